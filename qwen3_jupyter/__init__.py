@@ -1,0 +1,57 @@
+"""qwen3_jupyter: Qwen3 inside the Jupyter kernel, with memory that stays where you left it.
+
+`%load_ext qwen3_jupyter` registers the magics. Importing the package is cheap: torch and
+transformers are imported only when a model is first used, and the Jupyter server extension
+never imports them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# Modules with a `load(ip)` that registers one feature on the shell and its undo in
+# `lifecycle`; loaded in this order, unloaded in reverse.
+_COMPONENTS: tuple[str, ...] = ("magics",)
+
+# Public API, imported on first access so `import qwen3_jupyter` stays light.
+_LAZY: dict[str, str] = {
+    "Result": "generation",
+    "GenerationOptions": "generation",
+    "split_thinking": "generation",
+}
+
+
+def load_ipython_extension(ip: Any) -> None:
+    """Load every component; each registers its own undo, so unloading mirrors this exactly."""
+    from . import lifecycle
+
+    if getattr(ip, "_qwen3_jupyter_loaded", False):
+        return
+    for name in _COMPONENTS:
+        importlib.import_module(f"{__name__}.{name}").load(ip)
+    ip._qwen3_jupyter_loaded = True
+    lifecycle.on_unload("loaded-flag", lambda: setattr(ip, "_qwen3_jupyter_loaded", False))
+
+
+def unload_ipython_extension(ip: Any) -> None:
+    """The exact mirror of loading: every magic, hook, thread and comm target goes away."""
+    from . import lifecycle
+
+    lifecycle.run_unload()
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    return [{"src": "labextension", "dest": "qwen3-jupyter"}]
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    return [{"module": "qwen3_jupyter.server"}]

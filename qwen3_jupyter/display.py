@@ -1,0 +1,129 @@
+"""What a call shows in the cell: one updating stream display, the final answer, footers, errors.
+
+Everything here writes to the notebook output; nothing here computes. Errors are one line on
+stderr, so a typo never produces a traceback.
+"""
+
+from __future__ import annotations
+
+import html
+import sys
+from typing import Any
+
+from IPython.display import Markdown, display
+
+from .generation import Result, split_thinking
+from .memory import format_bytes
+
+PREFIX = "[qwen3]"
+
+
+class StreamView:
+    """One display that is updated in place while tokens arrive, then replaced by the answer."""
+
+    def __init__(self, think: bool, hide_thinking: bool) -> None:
+        self.think = think
+        self.hide_thinking = hide_thinking
+        self._handle: Any = display(Markdown("*generating…*"), display_id=True)
+
+    def update(self, text: str) -> None:
+        thinking, answer, finished = split_thinking(text, self.think)
+        self._show(render_answer(thinking, answer, finished, self.hide_thinking, streaming=True))
+
+    def finish(self, result: Result) -> None:
+        self._show(
+            render_answer(
+                result.thinking,
+                result.answer,
+                result.thinking_finished,
+                self.hide_thinking,
+                streaming=False,
+            )
+        )
+
+    def _show(self, markdown: str) -> None:
+        if self._handle is not None:
+            self._handle.update(Markdown(markdown))
+
+
+def render_answer(
+    thinking: str, answer: str, finished: bool, hide_thinking: bool, streaming: bool
+) -> str:
+    """Markdown for the cell: the thinking collapsed (or hidden), then the answer."""
+    parts = []
+    if thinking and not hide_thinking:
+        label = "Thinking" if finished else "Thinking (not finished)"
+        words = len(thinking.split())
+        is_open = " open" if streaming and not finished else ""
+        body = html.escape(thinking).replace("\n", "<br>\n")
+        parts.append(
+            f"<details{is_open}><summary>{label} · {words} words</summary>\n\n"
+            f"<blockquote>{body}</blockquote>\n\n</details>\n"
+        )
+    elif thinking and hide_thinking and streaming and not answer:
+        parts.append(f"*thinking… ({len(thinking.split())} words)*")
+    if answer:
+        parts.append(answer)
+    elif not streaming and not finished:
+        parts.append(
+            "*No answer: the token budget ran out while thinking. Raise "
+            "`--max-new-tokens` or use `--no-think`.*"
+        )
+    elif not streaming and not answer:
+        parts.append("*(empty answer)*")
+    return "\n\n".join(parts) if parts else "*generating…*"
+
+
+def footer(result: Result) -> str:
+    """The one-line summary printed after every call."""
+    pieces = [
+        f"{PREFIX} {result.model} on {result.device}",
+        f"{result.completion_tokens} tokens ({result.prompt_tokens} prompt)",
+        f"{result.tokens_per_s:.1f} tok/s",
+        f"{result.latency_s:.2f} s",
+        f"peak {format_bytes(result.peak_memory_bytes)} {result.memory_kind}",
+        f"freed {format_bytes(result.memory_freed_bytes)}",
+    ]
+    if result.stop_reason == "interrupted":
+        pieces.append("interrupted: partial answer kept")
+    elif result.think and not result.thinking_finished:
+        pieces.append("thinking not finished (raise --max-new-tokens)")
+    return " · ".join(pieces)
+
+
+def show_footer(result: Result) -> None:
+    print(footer(result), flush=True)
+
+
+def info(message: str) -> None:
+    print(f"{PREFIX} {message}", flush=True)
+
+
+def error(message: str) -> None:
+    """One actionable line on stderr, no traceback."""
+    print(f"{PREFIX} error: {message}", file=sys.stderr, flush=True)
+
+
+class Status:
+    """A single line that is rewritten in place (model loading, building progress)."""
+
+    def __init__(self) -> None:
+        self._handle: Any = None
+        self._last = ""
+
+    def show(self, text: str) -> None:
+        if text == self._last:
+            return
+        self._last = text
+        if self._handle is None:
+            self._handle = display(Markdown(f"*{text}*"), display_id=True)
+        else:
+            self._handle.update(Markdown(f"*{text}*"))
+
+    def progress(self, what: str, done: int, total: int) -> None:
+        percent = int(100 * done / total) if total else 100
+        self.show(f"{what}: {percent}%")
+
+    def clear(self) -> None:
+        if self._handle is not None:
+            self._handle.update(Markdown(""))

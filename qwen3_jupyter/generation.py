@@ -1,0 +1,281 @@
+"""Generate with the loaded model: prompt building, streaming, thinking split, chat history.
+
+Generation runs on the kernel's main thread so that an interrupt (Ctrl-C, the notebook's stop
+button) lands in it directly; the streamer only records tokens and, at most every
+`stream_interval` seconds, hands the decoded text to the caller.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .memory import process_rss
+from .models import LoadedModel, release_allocator_cache
+
+THINK_END = "</think>"
+THINK_START = "<think>"
+# Qwen3's recommended sampling (model card): thinking vs non-thinking mode.
+THINKING_SAMPLING = {"temperature": 0.6, "top_p": 0.95, "top_k": 20}
+NON_THINKING_SAMPLING = {"temperature": 0.7, "top_p": 0.8, "top_k": 20}
+DEFAULT_MAX_NEW_TOKENS = 512
+
+
+class GenerationOOM(Exception):
+    """The device ran out of memory during generation; memory has already been released."""
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """What a caller may set for one generation; None means Qwen3's recommended value."""
+
+    think: bool = True
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    seed: int | None = None
+    system: str | None = None
+    greedy: bool = False
+    ignore_eos: bool = False
+
+    def sampling(self) -> dict[str, Any]:
+        """Keyword arguments for `generate` that select the decoding strategy."""
+        if self.greedy:
+            return {"do_sample": False}
+        base = THINKING_SAMPLING if self.think else NON_THINKING_SAMPLING
+        return {
+            "do_sample": True,
+            "temperature": base["temperature"] if self.temperature is None else self.temperature,
+            "top_p": base["top_p"] if self.top_p is None else self.top_p,
+            "top_k": base["top_k"] if self.top_k is None else self.top_k,
+        }
+
+
+@dataclass(frozen=True)
+class Result:
+    """One call's outcome. Plain values only: it holds no tensors and keeps no memory alive."""
+
+    prompt: str
+    answer: str
+    thinking: str
+    model: str
+    device: str
+    think: bool
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    tokens_per_s: float
+    peak_memory_bytes: int | None
+    memory_kind: str
+    stop_reason: str
+    thinking_finished: bool
+    memory_freed_bytes: int | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        return self.stop_reason == "interrupted"
+
+    @property
+    def text(self) -> str:
+        """The raw completion: thinking block and answer as the model wrote them."""
+        if not self.think:
+            return self.answer
+        closing = THINK_END if self.thinking_finished else ""
+        return f"{THINK_START}{self.thinking}{closing}{self.answer}"
+
+
+@dataclass
+class Conversation:
+    """The per-kernel chat history used by `--chat`."""
+
+    messages: list[dict[str, str]] = field(default_factory=list)
+
+    def reset(self) -> None:
+        self.messages.clear()
+
+
+def build_messages(
+    prompt: str, options: GenerationOptions, history: list[dict[str, str]] | None = None
+) -> list[dict[str, str]]:
+    """Chat messages for one call: optional system turn, prior turns, then the prompt."""
+    messages: list[dict[str, str]] = []
+    if options.system:
+        messages.append({"role": "system", "content": options.system})
+    messages.extend(m for m in (history or []) if m["role"] != "system")
+    messages.append({"role": "user", "content": prompt})
+    return messages
+
+
+def split_thinking(text: str, think: bool) -> tuple[str, str, bool]:
+    """Split a completion into (thinking, answer, thinking_finished) at the first `</think>`.
+
+    With thinking off the whole text is the answer. With thinking on and no `</think>` yet
+    (the token budget ran out mid-thought) everything is thinking and the answer is empty.
+    """
+    if not think:
+        return "", text.strip(), True
+    body = text.removeprefix(THINK_START) if text.lstrip().startswith(THINK_START) else text
+    body = body.lstrip().removeprefix(THINK_START)
+    if THINK_END not in body:
+        return body.strip(), "", False
+    thinking, answer = body.split(THINK_END, 1)
+    return thinking.strip(), answer.strip(), True
+
+
+def current_memory(device: str) -> tuple[int, str]:
+    """What this process holds on `device` now, and what the figure is."""
+    import torch
+
+    if device.startswith("cuda"):
+        return int(torch.cuda.memory_reserved(torch.device(device))), "CUDA reserved"
+    return process_rss(), "host RSS"
+
+
+class _Streamer:
+    """transformers streamer: records generated ids, samples memory, emits text periodically."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        device: str,
+        on_text: Callable[[str], None] | None,
+        interval: float,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.device = device
+        self.on_text = on_text
+        self.interval = interval
+        self.ids: list[int] = []
+        self._prompt_seen = False
+        self._last_emit = 0.0
+        self._cpu = not device.startswith("cuda")
+        self.peak_rss = process_rss() if self._cpu else 0
+        self.memory_at_end: int | None = None
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self.ids.extend(int(i) for i in value.reshape(-1).tolist())
+        if self._cpu:
+            self.peak_rss = max(self.peak_rss, process_rss())
+        now = time.perf_counter()
+        if self.on_text is not None and now - self._last_emit >= self.interval:
+            self._last_emit = now
+            self.on_text(self.decode())
+
+    def end(self) -> None:
+        self.memory_at_end = current_memory(self.device)[0]
+
+    def decode(self) -> str:
+        return str(self.tokenizer.decode(self.ids, skip_special_tokens=True))
+
+
+def generate(
+    loaded: LoadedModel,
+    prompt: str,
+    options: GenerationOptions,
+    history: list[dict[str, str]] | None = None,
+    on_text: Callable[[str], None] | None = None,
+    stream_interval: float = 0.1,
+) -> Result:
+    """Generate one answer, streaming text to `on_text`, then release what generation left.
+
+    An interrupt stops generation and returns the partial answer with stop_reason
+    'interrupted'. Running out of device memory releases memory and raises GenerationOOM
+    (after the failing frames are gone, so the memory can really be returned).
+    """
+    import torch
+
+    tokenizer, model, device = loaded.tokenizer, loaded.model, loaded.device
+    messages = build_messages(prompt, options, history)
+    prompt_text = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, enable_thinking=options.think
+    )
+    inputs = tokenizer(prompt_text, return_tensors="pt").to(device)
+    prompt_tokens = int(inputs["input_ids"].shape[1])
+    streamer = _Streamer(tokenizer, device, on_text, stream_interval)
+    kwargs: dict[str, Any] = dict(
+        max_new_tokens=options.max_new_tokens,
+        streamer=streamer,
+        pad_token_id=tokenizer.pad_token_id,
+        **options.sampling(),
+    )
+    if options.ignore_eos:
+        kwargs["min_new_tokens"] = options.max_new_tokens
+    if options.seed is not None:
+        torch.manual_seed(options.seed)
+    on_cuda = device.startswith("cuda")
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(torch.device(device))
+    stop_reason = "length"
+    out_of_memory = False
+    started = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            model.generate(**inputs, **kwargs)
+    except KeyboardInterrupt:
+        stop_reason = "interrupted"
+    except torch.OutOfMemoryError:
+        out_of_memory = True
+    latency = time.perf_counter() - started
+    del inputs
+    if out_of_memory:
+        freed = release_after_generation(device, streamer.memory_at_end)
+        raise GenerationOOM(
+            f"{device} ran out of memory after {len(streamer.ids)} new tokens "
+            f"(freed {freed or 0} bytes since): lower --max-new-tokens, run "
+            "%qwen3_clean --verbose to see what holds memory, or use --device cpu"
+        )
+    ids = streamer.ids
+    if stop_reason != "interrupted" and ids and ids[-1] in _eos_ids(model, tokenizer):
+        stop_reason = "eos"
+    thinking, answer, finished = split_thinking(streamer.decode(), options.think)
+    if on_cuda:
+        peak: int | None = int(torch.cuda.max_memory_allocated(torch.device(device)))
+        kind = "CUDA allocated"
+    else:
+        peak, kind = streamer.peak_rss, "host RSS"
+    result = Result(
+        prompt=prompt,
+        answer=answer,
+        thinking=thinking,
+        model=loaded.name,
+        device=device,
+        think=options.think,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=len(ids),
+        latency_s=latency,
+        tokens_per_s=len(ids) / latency if latency > 0 else 0.0,
+        peak_memory_bytes=peak,
+        memory_kind=kind,
+        stop_reason=stop_reason,
+        thinking_finished=finished,
+    )
+    freed = release_after_generation(device, streamer.memory_at_end)
+    return replace(result, memory_freed_bytes=freed)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids
+
+
+def release_after_generation(device: str, memory_at_end: int | None) -> int | None:
+    """Free what generation left (cycles, cached allocator blocks) and return bytes freed.
+
+    'Freed' compares what the process held when the last token was produced (KV cache and
+    logits still alive) with what it holds after the release.
+    """
+    gc.collect()
+    release_allocator_cache()
+    if memory_at_end is None:
+        return None
+    return max(0, memory_at_end - current_memory(device)[0])

@@ -1,0 +1,265 @@
+"""`%qwen3` / `%%qwen3`: parse the line, call the layers below, show the results.
+
+Options come first, the prompt is the rest of the line taken verbatim (apostrophes, quotes
+and dashes inside a prompt are never parsed); `--` ends the options explicitly.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import shlex
+from argparse import Namespace
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
+from traitlets import Float, Unicode
+
+from . import display
+from .generation import DEFAULT_MAX_NEW_TOKENS, GenerationOOM, GenerationOptions
+from .memory import format_bytes
+from .models import DTYPES, ModelError
+from .session import SESSION
+
+_TOKEN = re.compile(r"\S+")
+
+
+@magics_class
+class Qwen3Magics(Magics):
+    """Magics that run Qwen3 inside this kernel."""
+
+    model = Unicode(
+        "", help="Model id or path used when --model is not given (else $QWEN3_JUPYTER_MODEL)."
+    ).tag(config=True)
+    device = Unicode("", help="Device override: cpu, cuda, cuda:1 (default: auto).").tag(
+        config=True
+    )
+    dtype = Unicode("", help=f"dtype override: one of {', '.join(DTYPES)}.").tag(config=True)
+    stream_interval = Float(0.1, help="Seconds between streamed display updates.").tag(config=True)
+
+    @magic_arguments()
+    @argument(
+        "--model",
+        metavar="ID_OR_PATH",
+        help="Hugging Face id, local folder, or an "
+        "embedded model: tiny, random:Qwen3-1.7B. Default: Qwen/Qwen3-1.7B.",
+    )
+    @argument("--device", help="cpu, cuda or cuda:N (default: cuda if present, else cpu).")
+    @argument("--dtype", choices=DTYPES, help="Default: bfloat16 on CUDA, float32 on CPU.")
+    @argument(
+        "--think",
+        dest="think",
+        action="store_true",
+        default=None,
+        help="Thinking mode (Qwen3's enable_thinking=True). The default.",
+    )
+    @argument(
+        "--no-think",
+        dest="think",
+        action="store_false",
+        help="Non-thinking mode (enable_thinking=False).",
+    )
+    @argument("--hide-thinking", action="store_true", help="Do not show the thinking text.")
+    @argument("--temperature", type=float, help="Default 0.6 thinking / 0.7 non-thinking.")
+    @argument("--top-p", type=float, help="Default 0.95 thinking / 0.8 non-thinking.")
+    @argument("--top-k", type=int, help="Default 20.")
+    @argument(
+        "--max-new-tokens",
+        type=int,
+        default=DEFAULT_MAX_NEW_TOKENS,
+        help=f"Token budget for the answer (default {DEFAULT_MAX_NEW_TOKENS}).",
+    )
+    @argument("--seed", type=int, help="Seed for reproducible sampling.")
+    @argument("--greedy", action="store_true", help="Greedy decoding (no sampling).")
+    @argument("--system", metavar="TEXT", help="System prompt (quote it if it has spaces).")
+    @argument(
+        "--chat",
+        action="store_true",
+        help="Continue this kernel's conversation (default: independent call).",
+    )
+    @argument("--reset", action="store_true", help="Clear the conversation.")
+    @argument(
+        "--unload",
+        action="store_true",
+        help="Free the loaded model completely and report the memory returned.",
+    )
+    @line_cell_magic
+    def qwen3(self, line: str = "", cell: str | None = None) -> None:
+        """Ask Qwen3, running inside this kernel; the answer streams into the cell.
+
+        Usage::
+
+          %qwen3 [options] PROMPT
+          %%qwen3 [options]
+          PROMPT (the whole cell)
+
+        The last call's result is bound to ``_qwen3`` (answer, thinking, token counts,
+        latency, tokens/s, peak memory); the magic returns nothing, so nothing lands in Out.
+        After every call the memory generation used is released and a footer says how much.
+
+        Examples::
+
+          %qwen3 --model tiny Why is the sky blue?
+          %qwen3 --no-think --max-new-tokens 64 Summarise this in one line: ...
+          %qwen3 --chat And in French?
+          %qwen3 --unload
+        """
+        options, prompt = parse_line(self.qwen3, line, cell)
+        try:
+            self._run(options, prompt)
+        except (ModelError, GenerationOOM) as exc:
+            message = str(exc)
+        else:
+            return
+        raise UsageError(message)
+
+    def _run(self, args: Namespace, prompt: str) -> None:
+        _validate(args, prompt)
+        if args.reset:
+            SESSION.conversation.reset()
+            display.info("conversation cleared")
+        if args.unload:
+            report = SESSION.unload()
+            if report.name is None:
+                display.info("no model loaded: nothing to unload")
+            else:
+                proof = (
+                    "model object freed"
+                    if report.model_freed
+                    else ("model object STILL referenced elsewhere: del your own references to it")
+                )
+                display.info(
+                    f"unloaded {report.name} · {proof} · {report.memory_kind} "
+                    f"{format_bytes(report.before)} -> {format_bytes(report.after)} "
+                    f"(freed {format_bytes(report.freed)})"
+                )
+        if not prompt:
+            return
+        choice = SESSION.choice(
+            args.model,
+            args.device or self.device or None,
+            args.dtype or self.dtype or None,
+            self.model or None,
+        )
+        status = display.Status()
+        if SESSION.loaded is None or SESSION.loaded.name != choice.name:
+            status.show(f"loading {choice.name} on {choice.device} ({choice.dtype})…")
+        try:
+            loaded = SESSION.load(choice, progress=status.progress)
+        finally:
+            status.clear()
+        options = GenerationOptions(
+            think=True if args.think is None else args.think,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            max_new_tokens=args.max_new_tokens,
+            seed=args.seed,
+            system=args.system,
+            greedy=args.greedy,
+        )
+        view = display.StreamView(options.think, args.hide_thinking)
+        result = SESSION.ask(loaded, prompt, options, chat=args.chat, on_text=view.update)
+        view.finish(result)
+        self.shell.user_ns["_qwen3"] = result
+        display.show_footer(result)
+
+
+def _validate(args: Namespace, prompt: str) -> None:
+    if not prompt and not (args.reset or args.unload):
+        raise UsageError("empty prompt: write %qwen3 [options] PROMPT (see %qwen3?)")
+    checks = [
+        (
+            args.temperature is not None and args.temperature <= 0,
+            "--temperature must be > 0 (use --greedy for deterministic output)",
+        ),
+        (args.top_p is not None and not 0 < args.top_p <= 1, "--top-p must be in (0, 1]"),
+        (args.top_k is not None and args.top_k < 1, "--top-k must be >= 1"),
+        (args.max_new_tokens < 1, "--max-new-tokens must be >= 1"),
+    ]
+    for failed, message in checks:
+        if failed:
+            raise UsageError(message)
+
+
+def parse_line(magic: Any, line: str, cell: str | None) -> tuple[Namespace, str]:
+    """Split `line` into options (parsed by the magic's argparse parser) and the prompt text."""
+    parser = magic.parser
+    takes_value = {
+        opt: action.nargs != 0 for action in parser._actions for opt in action.option_strings
+    }
+    argv: list[str] = []
+    position = 0
+    while True:
+        match = _TOKEN.search(line, position)
+        if match is None:
+            position = len(line)
+            break
+        token = match.group()
+        if token == "--":
+            position = match.end()
+            break
+        if not token.startswith("-") or _is_number(token):
+            position = match.start()
+            break
+        name = token.split("=", 1)[0]
+        if name not in takes_value:
+            close = difflib.get_close_matches(name, takes_value, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UsageError(
+                f"unknown option {name}{hint}; see %qwen3? — put -- before a prompt "
+                "that starts with '-'"
+            )
+        argv.append(token)
+        position = match.end()
+        if takes_value[name] and "=" not in token:
+            value, position = _read_value(line, position, name)
+            argv.append(value)
+    args = parser.parse_args(argv)
+    prompt = line[position:].strip()
+    if cell is not None:
+        prompt = "\n".join(p for p in (prompt, cell.strip()) if p)
+    return args, prompt
+
+
+def _read_value(line: str, position: int, name: str) -> tuple[str, int]:
+    """The option value starting at `position`, honouring shell-style quotes."""
+    rest = line[position:]
+    stripped = rest.lstrip()
+    if not stripped:
+        raise UsageError(f"{name} needs a value (see %qwen3?)")
+    start = position + len(rest) - len(stripped)
+    if stripped[0] in "\"'":
+        quote = stripped[0]
+        end = stripped.find(quote, 1)
+        if end < 0:
+            raise UsageError(f"{name}: unclosed {quote} quote")
+        return shlex.split(stripped[: end + 1])[0], start + end + 1
+    match = _TOKEN.match(line, start)
+    assert match is not None
+    return match.group(), match.end()
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def load(ip: Any) -> None:
+    """Register the magics on the shell, configured from the shell's config."""
+    from . import lifecycle
+
+    ip.register_magics(Qwen3Magics(shell=ip, config=ip.config))
+    lifecycle.on_unload("qwen3-magics", lambda: unload(ip))
+
+
+def unload(ip: Any) -> None:
+    """Remove what `load` registered."""
+    for kind in ("line", "cell"):
+        ip.magics_manager.magics[kind].pop("qwen3", None)
+    ip.magics_manager.registry.pop("Qwen3Magics", None)

@@ -1,0 +1,219 @@
+"""Resolve a model id or path, pick device and dtype, and keep the one loaded model per kernel.
+
+Resolution never touches the network unless the user opts in with
+QWEN3_JUPYTER_ALLOW_DOWNLOAD=1: a missing model must end in one clear line, never a hang.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import embedded
+
+DEFAULT_MODEL = "Qwen/Qwen3-1.7B"
+MODEL_ENV = "QWEN3_JUPYTER_MODEL"
+DEVICE_ENV = "QWEN3_JUPYTER_DEVICE"
+DTYPE_ENV = "QWEN3_JUPYTER_DTYPE"
+DOWNLOAD_ENV = "QWEN3_JUPYTER_ALLOW_DOWNLOAD"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+Progress = Callable[[str, int, int], None]
+
+
+class ModelError(Exception):
+    """A model problem the user can fix; its message is one actionable line."""
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """What to load: the name the user gave, where it comes from, and on what."""
+
+    name: str
+    device: str
+    dtype: str
+
+
+@dataclass
+class LoadedModel:
+    """The model and tokenizer in memory, and where they came from."""
+
+    name: str
+    path: str
+    model: Any
+    tokenizer: Any
+    device: str
+    dtype: str
+    embedded: bool
+
+
+def choose_model(explicit: str | None = None, configured: str | None = None) -> str:
+    """The model to use: flag, then environment variable, then config option, then default."""
+    for candidate in (explicit, os.environ.get(MODEL_ENV), configured):
+        if candidate:
+            return candidate
+    return DEFAULT_MODEL
+
+
+def pick_device(override: str | None = None) -> str:
+    """`cuda` when a GPU is present, else `cpu`; an override (flag or env) wins if usable."""
+    import torch
+
+    wanted = override or os.environ.get(DEVICE_ENV) or "auto"
+    if wanted == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"--device {wanted}: no CUDA GPU is visible here; use --device cpu")
+    try:
+        torch.device(wanted)
+    except RuntimeError as exc:
+        raise ModelError(
+            f"--device {wanted!r} is not a device torch knows (try cpu, cuda)"
+        ) from exc
+    return wanted
+
+
+def pick_dtype(device: str, override: str | None = None) -> str:
+    """bfloat16 on CUDA, float32 on CPU, unless overridden."""
+    wanted = override or os.environ.get(DTYPE_ENV) or "auto"
+    if wanted not in DTYPES:
+        raise ModelError(f"--dtype {wanted!r} is not one of {', '.join(DTYPES)}")
+    if wanted != "auto":
+        return wanted
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
+def resolve_path(name: str, progress: Progress | None = None) -> tuple[str, bool]:
+    """A local directory holding the checkpoint for `name`, and whether it is embedded.
+
+    Order: an embedded model name; an existing local directory; the Hugging Face cache
+    (offline). Raises ModelError with one line saying where it looked and what to do.
+    """
+    embedded_name = embedded.canonical_name(name)
+    if embedded_name is not None:
+        return str(embedded.ensure_built(embedded_name, progress=progress)), True
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").exists():
+            raise ModelError(f"{local} is a folder but holds no config.json: point at a checkpoint")
+        return str(local), False
+    if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
+        raise ModelError(f"model path {name!r} does not exist")
+    return _from_hf_cache(name), False
+
+
+def _from_hf_cache(repo_id: str) -> str:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    allow_download = os.environ.get(DOWNLOAD_ENV) == "1"
+    try:
+        return str(snapshot_download(repo_id, local_files_only=not allow_download))
+    except Exception as exc:
+        hint = (
+            f"model {repo_id!r} not found: looked for a local folder and in the Hugging Face "
+            f"cache ({HF_HUB_CACHE}). Use --model /path/to/weights, set {MODEL_ENV}, "
+            "or try the embedded model with --model tiny (or random:Qwen3-1.7B)"
+        )
+        if not allow_download:
+            hint += f"; set {DOWNLOAD_ENV}=1 to allow downloading"
+        raise ModelError(hint) from exc
+
+
+class ModelHolder:
+    """The one model of this kernel: loaded on first use, reused by every call, freed on ask."""
+
+    def __init__(self) -> None:
+        self._loaded: LoadedModel | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> LoadedModel | None:
+        return self._loaded
+
+    def get(self, choice: ModelChoice, progress: Progress | None = None) -> LoadedModel:
+        """The loaded model for `choice`, loading (and replacing another) only when needed."""
+        with self._lock:
+            current = self._loaded
+            if current and (current.name, current.device, current.dtype) == (
+                choice.name,
+                choice.device,
+                choice.dtype,
+            ):
+                return current
+            path, is_embedded = resolve_path(choice.name, progress)
+            if current is not None:
+                self._release()
+            self._loaded = _load(choice, path, is_embedded)
+            return self._loaded
+
+    def unload(self) -> bool:
+        """Drop the model and tokenizer and return their memory; False if none was loaded."""
+        with self._lock:
+            if self._loaded is None:
+                return False
+            self._release()
+            return True
+
+    def _release(self) -> None:
+        loaded, self._loaded = self._loaded, None
+        if loaded is not None:
+            loaded.model = None
+            loaded.tokenizer = None
+        del loaded
+        gc.collect()
+        release_allocator_cache()
+
+
+def release_allocator_cache() -> None:
+    """Return torch's cached CUDA blocks to the driver (nothing to do on CPU)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+def _load(choice: ModelChoice, path: str, is_embedded: bool) -> LoadedModel:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=getattr(torch, choice.dtype), device_map=None, low_cpu_mem_usage=True
+        )
+    except torch.OutOfMemoryError as exc:
+        raise ModelError(
+            f"out of memory loading {choice.name} on {choice.device}: "
+            "free memory with %qwen3_clean --verbose, or pick a smaller --dtype or --device cpu"
+        ) from exc
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"could not load {choice.name} from {path}: {first}") from exc
+    finally:
+        hf_logging.enable_progress_bar()
+    model.to(choice.device)
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return LoadedModel(
+        name=choice.name,
+        path=path,
+        model=model,
+        tokenizer=tokenizer,
+        device=choice.device,
+        dtype=choice.dtype,
+        embedded=is_embedded,
+    )
+
+
+HOLDER = ModelHolder()

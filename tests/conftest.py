@@ -1,0 +1,64 @@
+"""Shared fixtures: a model cache for the session and real kernels that use it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.kernel import Kernel
+
+ROOT = Path(__file__).resolve().parents[1]
+OUTPUT = ROOT / "test-output"
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache of embedded models for the whole run (the tiny model is built once).
+
+    Set QWEN3_JUPYTER_TEST_CACHE to reuse a cache across runs.
+    """
+    reuse = os.environ.get("QWEN3_JUPYTER_TEST_CACHE")
+    path = Path(reuse) if reuse else tmp_path_factory.mktemp("qwen3-cache")
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["QWEN3_JUPYTER_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def kernel_env(model_cache: Path) -> dict[str, str]:
+    """Environment of every test kernel: the shared cache, the tiny model, no GPU surprises."""
+    return {
+        "QWEN3_JUPYTER_CACHE": str(model_cache),
+        "QWEN3_JUPYTER_MODEL": "tiny",
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+@pytest.fixture(scope="module")
+def kernel(kernel_env: dict[str, str]) -> Iterator[Kernel]:
+    """A real kernel with the extension loaded, shared by the tests of one module."""
+    k = Kernel(kernel_env)
+    loaded = k.run("%load_ext qwen3_jupyter")
+    assert loaded.status == "ok", loaded.error
+    yield k
+    k.shutdown()
+
+
+@pytest.fixture()
+def fresh_kernel(kernel_env: dict[str, str]) -> Iterator[Kernel]:
+    """A kernel of its own, for tests that interrupt it or change its global state."""
+    k = Kernel(kernel_env)
+    yield k
+    k.shutdown()
+
+
+@pytest.fixture(scope="session")
+def output_dir() -> Path:
+    """Where tests leave artefacts (screenshots, executed notebooks); git ignores it."""
+    OUTPUT.mkdir(exist_ok=True)
+    return OUTPUT
