@@ -64,7 +64,7 @@ def _torch() -> Any | None:
 
 
 def cuda_in_use() -> bool:
-    """True when this process has initialised CUDA through torch (so its counters mean something)."""
+    """True when this process has initialised CUDA through torch (its counters mean something)."""
     torch = _torch()
     return bool(torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized())
 
