@@ -7,6 +7,7 @@ without importing IPython glue.
 from __future__ import annotations
 
 import gc
+import logging
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,17 @@ class Session:
 
     conversation: Conversation = field(default_factory=Conversation)
     last_result: Result | None = None
+    result_listeners: list[Callable[[Result], None]] = field(default_factory=list)
+
+    def add_result_listener(self, listener: Callable[[Result], None]) -> Callable[[], None]:
+        """Call `listener` with every finished Result (the gauge's latency-decay signal).
+
+        Returns the function that removes it again. A failing listener never fails a call.
+        """
+        self.result_listeners.append(listener)
+        return lambda: (
+            self.result_listeners.remove(listener) if listener in self.result_listeners else None
+        )
 
     def choice(
         self,
@@ -73,6 +85,11 @@ class Session:
             self.conversation.messages.append({"role": "user", "content": prompt})
             self.conversation.messages.append({"role": "assistant", "content": result.answer})
         self.last_result = result
+        for listener in list(self.result_listeners):
+            try:
+                listener(result)
+            except Exception:  # a gauge must never break generation
+                logging.getLogger(__name__).exception("result listener failed")
         return result
 
     def unload(self) -> UnloadReport:
