@@ -73,6 +73,11 @@ class Qwen3Magics(Magics):
     )
     @argument("--seed", type=int, help="Seed for reproducible sampling.")
     @argument("--greedy", action="store_true", help="Greedy decoding (no sampling).")
+    @argument(
+        "--ignore-eos",
+        action="store_true",
+        help="Always generate exactly --max-new-tokens tokens (for benchmarks).",
+    )
     @argument("--system", metavar="TEXT", help="System prompt (quote it if it has spaces).")
     @argument(
         "--chat",
@@ -159,6 +164,7 @@ class Qwen3Magics(Magics):
             seed=args.seed,
             system=args.system,
             greedy=args.greedy,
+            ignore_eos=args.ignore_eos,
         )
         view = display.StreamView(options.think, args.hide_thinking)
         result = SESSION.ask(loaded, prompt, options, chat=args.chat, on_text=view.update)
@@ -250,11 +256,31 @@ def _is_number(token: str) -> bool:
     return True
 
 
+_PROMPT_LINE = re.compile(r"^(\s*)%qwen3[ \t]+(?!\?+\s*$)(.*\S)\s*$")
+
+
+def protect_prompt_lines(lines: list[str]) -> list[str]:
+    """Turn `%qwen3 PROMPT` lines into explicit magic calls before IPython reads them.
+
+    IPython treats a line ending in `?` as a help request (`%qwen3 What is a kernel?` would
+    show help for `kernel`); prompts often end in `?`. `%qwen3?` alone still shows help.
+    """
+    out = []
+    for line in lines:
+        match = _PROMPT_LINE.match(line)
+        if match:
+            indent, rest = match.groups()
+            line = f"{indent}get_ipython().run_line_magic('qwen3', {rest!r})\n"
+        out.append(line)
+    return out
+
+
 def load(ip: Any) -> None:
     """Register the magics on the shell, configured from the shell's config."""
     from . import lifecycle
 
     ip.register_magics(Qwen3Magics(shell=ip, config=ip.config))
+    ip.input_transformers_cleanup.append(protect_prompt_lines)
     lifecycle.on_unload("qwen3-magics", lambda: unload(ip))
 
 
@@ -263,3 +289,5 @@ def unload(ip: Any) -> None:
     for kind in ("line", "cell"):
         ip.magics_manager.magics[kind].pop("qwen3", None)
     ip.magics_manager.registry.pop("Qwen3Magics", None)
+    if protect_prompt_lines in ip.input_transformers_cleanup:
+        ip.input_transformers_cleanup.remove(protect_prompt_lines)

@@ -1,4 +1,4 @@
-"""Readers of memory figures (host, torch allocator) that return immutable snapshots.
+"""Readers of memory figures (NVML, torch allocator, host) that return immutable snapshots.
 
 This module imports nothing from the package, so the kernel side, the server side and the
 benchmarks can all share it. torch is never imported here: if the calling process has not
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import psutil
@@ -145,3 +147,379 @@ def format_bytes(n: int | float | None) -> str:
             return f"{sign}{value:.0f} {unit}" if unit == "B" else f"{sign}{value:.1f} {unit}"
         value /= 1024
     return f"{sign}{value:.1f} TiB"
+
+
+# --- NVIDIA GPUs through NVML ---------------------------------------------------------------
+#
+# This is the only place that imports `pynvml` (from nvidia-ml-py). Everything above the reader
+# (monitor, gauge, server) works on the frozen readings below, so tests replace exactly one thing:
+# the module handed to `NvmlReader`.
+
+NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_NOT_FOUND = 6
+NVML_ERROR_DRIVER_NOT_LOADED = 9
+NVML_ERROR_LIBRARY_NOT_FOUND = 12
+NVML_ERROR_FUNCTION_NOT_FOUND = 13
+NVML_DEVICE_MIG_ENABLE = 1
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    """One process NVML lists on a GPU; `used_bytes` is None when NVML does not know it."""
+
+    pid: int
+    used_bytes: int | None
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    """One GPU (or MIG instance) as NVML reports it, in bytes.
+
+    `index` is NVML's index (host numbering, not torch's `cuda:N`); for a MIG instance it is the
+    instance's slot on its parent and `mig_parent` is the parent's NVML index. `memory_source`
+    says which memory call answered: "v2" (excludes the driver's own reservation) or "v1" (older
+    drivers; counts a few hundred MiB reserved by the driver as used).
+    """
+
+    index: int
+    uuid: str
+    name: str
+    memory_used: int
+    memory_total: int
+    utilization: int | None
+    processes: tuple[GpuProcess, ...]
+    memory_source: str
+    mig_parent: int | None = None
+
+    @property
+    def memory_free(self) -> int:
+        return max(0, self.memory_total - self.memory_used)
+
+    @property
+    def label(self) -> str:
+        """Short name for display: 'GPU 2' or 'GPU 0 / MIG 1'."""
+        if self.mig_parent is None:
+            return f"GPU {self.index}"
+        return f"GPU {self.mig_parent} / MIG {self.index}"
+
+
+@dataclass(frozen=True)
+class NvmlReading:
+    """Everything one NVML poll saw. `available` False means no NVML at all (see `reason`).
+
+    With `available` True, `reason` (when set) says what failed during this read, such as a lost
+    GPU; the GPUs that could still be read are in `gpus`.
+    """
+
+    available: bool
+    reason: str | None
+    driver_version: str | None
+    gpus: tuple[GpuReading, ...]
+    timestamp: float
+
+
+def _text(value: object) -> str:
+    """NVML strings are bytes in older wrappers and str in newer ones."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _nvml_code(exc: BaseException) -> int | None:
+    value = getattr(exc, "value", None)
+    return value if isinstance(value, int) else None
+
+
+def _nvml_message(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:  # pynvml's __str__ itself calls into the library
+        text = ""
+    return text or f"NVML error {_nvml_code(exc)}"
+
+
+def _init_failure(exc: BaseException) -> str:
+    """One line for the user: why there is no NVML and what they see instead."""
+    code = _nvml_code(exc)
+    if code == NVML_ERROR_LIBRARY_NOT_FOUND:
+        why = "no NVIDIA driver on this machine (libnvidia-ml not found)"
+    elif code == NVML_ERROR_DRIVER_NOT_LOADED:
+        why = "the NVIDIA driver is not loaded"
+    else:
+        why = _nvml_message(exc)
+    return f"NVML unavailable: {why}; showing host and torch memory only"
+
+
+class NvmlReader:
+    """Reads every NVIDIA GPU through NVML; opened once, read many times, closed once.
+
+    No method raises: a missing library or driver makes readings with `available=False` and a
+    one-line `reason`; errors while reading (a GPU lost, a driver reset) end up in the reading's
+    `reason`. Not meant to be shared between threads: the monitor owns one and calls it from its
+    polling thread only.
+    """
+
+    def __init__(self, nvml: ModuleType | None = None) -> None:
+        self._nvml = nvml
+        self._opened = False
+        self._tried = False
+        self._failure: str | None = None
+        self._driver: str | None = None
+
+    @property
+    def opened(self) -> bool:
+        return self._opened
+
+    def open(self) -> None:
+        """nvmlInit once; failure is remembered (and not retried) as the reason."""
+        if self._tried:
+            return
+        self._tried = True
+        if self._nvml is None:
+            try:
+                import pynvml
+            except Exception:
+                self._failure = (
+                    "NVML unavailable: nvidia-ml-py is not installed (pip install nvidia-ml-py); "
+                    "showing host and torch memory only"
+                )
+                return
+            self._nvml = pynvml
+        try:
+            self._nvml.nvmlInit()
+        except Exception as exc:
+            self._failure = _init_failure(exc)
+            return
+        self._opened = True
+        try:
+            self._driver = _text(self._nvml.nvmlSystemGetDriverVersion())
+        except Exception:
+            self._driver = None
+
+    def close(self) -> None:
+        """nvmlShutdown if `open` succeeded; safe to call any number of times."""
+        if self._opened:
+            self._opened = False
+            try:
+                assert self._nvml is not None
+                self._nvml.nvmlShutdown()
+            except Exception:
+                pass
+        self._tried = False
+        self._failure = None
+
+    def read(self) -> NvmlReading:
+        """One poll of every GPU (opening NVML on first use). Never raises."""
+        import time
+
+        now = time.time()
+        self.open()
+        if not self._opened:
+            return NvmlReading(False, self._failure, None, (), now)
+        nvml = self._nvml
+        assert nvml is not None
+        problems: list[str] = []
+        gpus: list[GpuReading] = []
+        try:
+            count = int(nvml.nvmlDeviceGetCount())
+        except Exception as exc:
+            return NvmlReading(
+                True, f"NVML error: {_nvml_message(exc)}", self._driver, (), time.time()
+            )
+        for index in range(count):
+            try:
+                handle = nvml.nvmlDeviceGetHandleByIndex(index)
+                gpus.append(self._read_device(handle, index, None))
+            except Exception as exc:
+                problems.append(f"GPU {index}: {_nvml_message(exc)}")
+                continue
+            try:
+                gpus.extend(self._read_mig(handle, index))
+            except Exception as exc:
+                problems.append(f"GPU {index} MIG: {_nvml_message(exc)}")
+        reason = "NVML error: " + "; ".join(problems) if problems else None
+        return NvmlReading(True, reason, self._driver, tuple(gpus), now)
+
+    def _read_mig(self, handle: Any, parent: int) -> list[GpuReading]:
+        """The MIG instances of a MIG-enabled GPU (none on GPUs without MIG)."""
+        nvml = self._nvml
+        assert nvml is not None
+        if not hasattr(nvml, "nvmlDeviceGetMigMode"):
+            return []
+        try:
+            current = nvml.nvmlDeviceGetMigMode(handle)[0]
+        except Exception as exc:
+            if _nvml_code(exc) in (NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND):
+                return []
+            raise
+        if current != NVML_DEVICE_MIG_ENABLE:
+            return []
+        instances = []
+        for slot in range(int(nvml.nvmlDeviceGetMaxMigDeviceCount(handle))):
+            try:
+                mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
+            except Exception as exc:
+                if _nvml_code(exc) == NVML_ERROR_NOT_FOUND:
+                    continue
+                raise
+            instances.append(self._read_device(mig, slot, parent))
+        return instances
+
+    def _read_device(self, handle: Any, index: int, parent: int | None) -> GpuReading:
+        nvml = self._nvml
+        assert nvml is not None
+        used, total, source = self._memory(handle)
+        return GpuReading(
+            index=index,
+            uuid=_text(nvml.nvmlDeviceGetUUID(handle)),
+            name=_text(nvml.nvmlDeviceGetName(handle)),
+            memory_used=used,
+            memory_total=total,
+            utilization=self._utilization(handle),
+            processes=self._processes(handle),
+            memory_source=source,
+            mig_parent=parent,
+        )
+
+    def _memory(self, handle: Any) -> tuple[int, int, str]:
+        """(used, total, source): the v2 call, falling back to v1 only where v2 does not exist.
+
+        v1 counts the driver's own reservation as used (hundreds of MiB on an idle GPU from R510
+        on), so it is used only when the wrapper lacks `nvmlMemory_v2` or the driver answers "not
+        supported" / lacks the v2 entry point.
+        """
+        nvml = self._nvml
+        assert nvml is not None
+        version = getattr(nvml, "nvmlMemory_v2", None)
+        if version is not None:
+            try:
+                info = nvml.nvmlDeviceGetMemoryInfo(handle, version=version)
+                return int(info.used), int(info.total), "v2"
+            except Exception as exc:
+                if _nvml_code(exc) not in (NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND):
+                    raise
+        info = nvml.nvmlDeviceGetMemoryInfo(handle)
+        return int(info.used), int(info.total), "v1"
+
+    def _utilization(self, handle: Any) -> int | None:
+        """GPU utilisation percent; None where NVML does not report it (MIG instances, vGPUs)."""
+        try:
+            return int(self._nvml.nvmlDeviceGetUtilizationRates(handle).gpu)  # type: ignore[union-attr]
+        except Exception:
+            return None
+
+    def _processes(self, handle: Any) -> tuple[GpuProcess, ...]:
+        """Compute then graphics processes, each pid once; empty when NVML will not list them."""
+        nvml = self._nvml
+        assert nvml is not None
+        found: dict[int, int | None] = {}
+        for call in (
+            "nvmlDeviceGetComputeRunningProcesses",
+            "nvmlDeviceGetGraphicsRunningProcesses",
+        ):
+            fn = getattr(nvml, call, None)
+            if fn is None:
+                continue
+            try:
+                listed = fn(handle)
+            except Exception:
+                continue
+            for proc in listed:
+                pid = int(proc.pid)
+                used = getattr(proc, "usedGpuMemory", None)
+                used = int(used) if used is not None else None
+                known = found.get(pid)
+                if pid not in found or known is None:
+                    found[pid] = used
+                elif used is not None:
+                    found[pid] = max(known, used)
+        return tuple(GpuProcess(pid, used) for pid, used in found.items())
+
+
+def _uuid_key(uuid: str | None) -> str:
+    """UUID without its 'GPU-'/'MIG-' prefix, lower case: torch and NVML spell them differently."""
+    if not uuid:
+        return ""
+    text = uuid.strip().lower()
+    for prefix in ("gpu-", "mig-"):
+        if text.startswith(prefix):
+            return text[len(prefix) :]
+    return text
+
+
+def _cuda_visible_entries(value: str) -> list[str]:
+    """CUDA_VISIBLE_DEVICES entries as CUDA parses them: up to the first invalid one."""
+    entries = []
+    for raw in value.split(","):
+        entry = raw.strip()
+        if not entry:
+            break
+        if entry.lstrip("-").isdigit():
+            if int(entry) < 0:
+                break
+        elif not entry.lower().startswith(("gpu-", "mig-")):
+            break
+        entries.append(entry)
+    return entries
+
+
+def visible_gpus(
+    reading: NvmlReading,
+    torch_devices: tuple[TorchDeviceMemory, ...] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[GpuReading, ...]:
+    """The GPUs this process can use, in the order torch numbers them (`cuda:0` first).
+
+    When torch has initialised CUDA, its devices are matched to NVML's by UUID. Otherwise
+    CUDA_VISIBLE_DEVICES decides (indices, or UUIDs / unique UUID prefixes, as CUDA accepts them;
+    indices assume CUDA's order matches NVML's PCI order); unset means every GPU.
+    """
+    if torch_devices:
+        by_key = {_uuid_key(g.uuid): g for g in reading.gpus}
+        matched = [by_key.get(_uuid_key(d.uuid)) for d in torch_devices]
+        return tuple(g for g in matched if g is not None)
+    env = os.environ if environ is None else environ
+    value = env.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return reading.gpus
+    chosen: list[GpuReading] = []
+    for entry in _cuda_visible_entries(value):
+        if entry.isdigit():
+            hits = [g for g in reading.gpus if g.mig_parent is None and g.index == int(entry)]
+        else:
+            key = _uuid_key(entry)
+            hits = [g for g in reading.gpus if _uuid_key(g.uuid).startswith(key)]
+        if len(hits) != 1:
+            break
+        if hits[0] in chosen:
+            break
+        chosen.append(hits[0])
+    return tuple(chosen)
+
+
+def torch_device_for(
+    gpu: GpuReading, torch_devices: tuple[TorchDeviceMemory, ...]
+) -> TorchDeviceMemory | None:
+    """torch's view of the same device (matched by UUID), if torch uses it."""
+    key = _uuid_key(gpu.uuid)
+    return next((d for d in torch_devices if _uuid_key(d.uuid) == key), None)
+
+
+def _pids_memory(gpu: GpuReading, pids: set[int]) -> int | None:
+    mine = [p for p in gpu.processes if p.pid in pids]
+    if not mine or any(p.used_bytes is None for p in mine):
+        return None
+    return sum(p.used_bytes or 0 for p in mine)
+
+
+def process_gpu_memory(reading: NvmlReading, pids: set[int]) -> dict[int, int | None]:
+    """Bytes these pids use on each whole GPU, by NVML index; None where it is unknown.
+
+    Unknown (never 0) when no pid is in NVML's list — inside a container NVML lists host PIDs,
+    and a process that has not touched the GPU is not listed either — or NVML does not know a
+    listed process's memory. MIG instances are left out here; see `process_memory_by_uuid`.
+    """
+    return {g.index: _pids_memory(g, pids) for g in reading.gpus if g.mig_parent is None}
+
+
+def process_memory_by_uuid(reading: NvmlReading, pids: set[int]) -> dict[str, int | None]:
+    """Like `process_gpu_memory`, for every GPU and MIG instance, keyed by UUID."""
+    return {g.uuid: _pids_memory(g, pids) for g in reading.gpus}

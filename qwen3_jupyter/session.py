@@ -58,9 +58,20 @@ class Session:
         dtype: str | None = None,
         configured_model: str | None = None,
     ) -> ModelChoice:
-        """Resolve what to load from flags, environment and configuration."""
-        name = choose_model(model, configured_model)
-        chosen_device = pick_device(device)
+        """Resolve what to load from flags, environment and configuration.
+
+        Without an explicit model, device or dtype, the model already loaded is reused as it
+        is: a kernel loads its model once and every later call shares it.
+        """
+        loaded = HOLDER.loaded
+        if loaded is not None and model is None:
+            name = loaded.name
+            chosen_device = pick_device(device) if device else loaded.device
+            if dtype is None and chosen_device == loaded.device:
+                return ModelChoice(name=name, device=chosen_device, dtype=loaded.dtype)
+        else:
+            name = choose_model(model, configured_model)
+            chosen_device = pick_device(device)
         return ModelChoice(name=name, device=chosen_device, dtype=pick_dtype(chosen_device, dtype))
 
     @property

@@ -1,0 +1,68 @@
+# The README's contract: `make demo` and `make test` set everything up in .venv/ and run.
+# Both are idempotent: setup is skipped while .venv/.setup-done is newer than what it installs.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-done
+LABEXT_STAMP := $(VENV)/.labextension-done
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+LABEXT_SOURCES := $(shell find labextension/src labextension/style labextension/schema -type f 2>/dev/null) \
+	labextension/package.json labextension/yarn.lock labextension/tsconfig.json
+
+.PHONY: setup demo test lint lab bench clean chromium
+
+setup: $(STAMP) $(LABEXT_STAMP)
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch: the CPU build from requirements-torch-cpu.txt when no NVIDIA GPU is present, so the
+# project's range never pulls a multi-GB CUDA build onto a CPU machine.
+$(STAMP): $(VENV)/bin/python pyproject.toml requirements-torch-cpu.txt
+	@if nvidia-smi -L >/dev/null 2>&1; then \
+		echo "NVIDIA GPU found: installing torch from the project's range"; \
+	else \
+		echo "No NVIDIA GPU: installing the CPU build of torch (requirements-torch-cpu.txt)"; \
+		$(PY) -m pip install -q -r requirements-torch-cpu.txt; \
+	fi
+	$(PY) -m pip install -q "hatchling>=1.21" "hatch-jupyter-builder>=0.9" editables "jupyterlab>=4.4,<4.7"
+	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	@touch $@
+
+# The JupyterLab extension, built from labextension/ with the JupyterLab that pip installed,
+# and linked into the venv so `jupyter lab` serves the working tree's build.
+$(LABEXT_STAMP): $(STAMP) $(LABEXT_SOURCES)
+	cd labextension && jlpm install --immutable && jlpm build
+	$(VENV)/bin/jupyter labextension develop --overwrite . >/dev/null
+	@touch $@
+
+chromium:
+	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || \
+		{ echo "Installing Debian's chromium for the browser tests"; \
+		  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+demo: setup
+	$(PY) -m qwen3_jupyter.demo notebooks/quickstart.ipynb --out out/
+
+lint: setup
+	$(PY) -m ruff check qwen3_jupyter tests
+	$(PY) -m ruff format --check qwen3_jupyter tests
+	$(PY) -m mypy
+	cd labextension && jlpm lint:check
+
+test: setup chromium
+	cd labextension && jlpm test
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lab: setup
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+bench: setup
+	$(PY) -m qwen3_jupyter.bench decay
+
+clean:
+	rm -rf $(VENV) out test-output qwen3_jupyter/labextension labextension/node_modules labextension/lib

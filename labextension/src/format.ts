@@ -1,0 +1,251 @@
+/**
+ * Pure formatting and threshold logic for the sidebar and the status bar.
+ *
+ * Nothing here touches the DOM or JupyterLab, so every rule (units, levels, sort order, what an
+ * empty state says) is unit-tested on its own.
+ */
+
+import type {
+  IGpuMetrics,
+  IKernelMetrics,
+  IMetrics,
+  IMetricsError
+} from './metrics';
+
+export type UsageLevel = 'ok' | 'warning' | 'critical' | 'unknown';
+
+export interface IThresholds {
+  /** Fraction of memory in use (0–1) from which a gauge turns amber. */
+  warning: number;
+  /** Fraction of memory in use (0–1) from which a gauge turns red. */
+  critical: number;
+}
+
+export const DEFAULT_THRESHOLDS: IThresholds = { warning: 0.75, critical: 0.9 };
+
+const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+
+/** Binary units with one decimal ("1.5 GiB"); `null`/`undefined` is "unknown", never "0 B". */
+export function formatBytes(bytes: number | null | undefined): string {
+  if (bytes === null || bytes === undefined || !Number.isFinite(bytes)) {
+    return 'unknown';
+  }
+  const sign = bytes < 0 ? '-' : '';
+  let value = Math.abs(bytes);
+  let unit = 0;
+  while (value >= 1024 && unit < UNITS.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  const digits = unit === 0 ? 0 : 1;
+  return `${sign}${value.toFixed(digits)} ${UNITS[unit]}`;
+}
+
+/** "used / total" with the unit of the total, so both numbers read on one scale. */
+export function formatUsedOfTotal(used: number | null, total: number | null): string {
+  if (total === null || total <= 0) {
+    return formatBytes(used);
+  }
+  let unit = 0;
+  let scale = 1;
+  while (total / scale >= 1024 && unit < UNITS.length - 1) {
+    scale *= 1024;
+    unit += 1;
+  }
+  const digits = unit === 0 ? 0 : 1;
+  const usedText = used === null ? 'unknown' : (used / scale).toFixed(digits);
+  return `${usedText} / ${(total / scale).toFixed(digits)} ${UNITS[unit]}`;
+}
+
+/** Fraction in use (0–1, clamped), or null when the total is unknown or zero. */
+export function usageFraction(used: number | null, total: number | null): number | null {
+  if (used === null || total === null || total <= 0) {
+    return null;
+  }
+  return Math.min(1, Math.max(0, used / total));
+}
+
+export function formatPercent(fraction: number | null): string {
+  return fraction === null ? '–' : `${Math.round(fraction * 100)}%`;
+}
+
+/**
+ * Clamp user-configured thresholds into [0, 1] and keep warning ≤ critical, so a settings
+ * typo (75 instead of 0.75, or the two swapped) degrades to something sensible.
+ */
+export function normalizeThresholds(warning: unknown, critical: unknown): IThresholds {
+  const asFraction = (value: unknown, fallback: number): number => {
+    if (typeof value !== 'number' || !Number.isFinite(value)) {
+      return fallback;
+    }
+    const fraction = value > 1 ? value / 100 : value;
+    return Math.min(1, Math.max(0, fraction));
+  };
+  const w = asFraction(warning, DEFAULT_THRESHOLDS.warning);
+  const c = asFraction(critical, DEFAULT_THRESHOLDS.critical);
+  return w <= c ? { warning: w, critical: c } : { warning: c, critical: w };
+}
+
+export function usageLevel(
+  fraction: number | null,
+  thresholds: IThresholds = DEFAULT_THRESHOLDS
+): UsageLevel {
+  if (fraction === null) {
+    return 'unknown';
+  }
+  if (fraction >= thresholds.critical) {
+    return 'critical';
+  }
+  if (fraction >= thresholds.warning) {
+    return 'warning';
+  }
+  return 'ok';
+}
+
+/** GPUs whose memory is not already counted by a parent (MIG instances are inside their GPU). */
+export function physicalGpus(gpus: IGpuMetrics[]): IGpuMetrics[] {
+  return gpus.filter(gpu => gpu.mig_parent === null);
+}
+
+export function gpuLabel(gpu: IGpuMetrics): string {
+  const prefix = gpu.mig_parent === null ? `GPU ${gpu.index}` : `MIG ${gpu.index}`;
+  return `${prefix} · ${gpu.name}`;
+}
+
+/** Total VRAM used and available across physical GPUs, or null when there is none. */
+export function totalVram(metrics: IMetrics): { used: number; total: number } | null {
+  const gpus = physicalGpus(metrics.gpus);
+  if (!metrics.available || gpus.length === 0) {
+    return null;
+  }
+  return gpus.reduce(
+    (sum, gpu) => ({
+      used: sum.used + gpu.memory_used,
+      total: sum.total + gpu.memory_total
+    }),
+    { used: 0, total: 0 }
+  );
+}
+
+/** Largest VRAM first; unknown VRAM after every known figure; then RSS, then label. */
+export function sortKernels(kernels: IKernelMetrics[]): IKernelMetrics[] {
+  const key = (value: number | null): number => (value === null ? -1 : value);
+  return [...kernels].sort(
+    (a, b) =>
+      key(b.gpu_memory_total) - key(a.gpu_memory_total) ||
+      key(b.rss) - key(a.rss) ||
+      kernelLabel(a).localeCompare(kernelLabel(b))
+  );
+}
+
+/** The notebook's file name, or a short kernel id for a kernel with no notebook session. */
+export function kernelLabel(kernel: IKernelMetrics): string {
+  if (kernel.notebook_path) {
+    const parts = kernel.notebook_path.split('/');
+    return parts[parts.length - 1] || kernel.notebook_path;
+  }
+  return `Kernel ${kernel.kernel_id.slice(0, 8)}`;
+}
+
+/** VRAM of one kernel as the row shows it, e.g. "1.2 GiB" or "unknown". */
+export function kernelVramText(kernel: IKernelMetrics, available: boolean): string {
+  if (!available) {
+    return 'no GPU';
+  }
+  return formatBytes(kernel.gpu_memory_total);
+}
+
+/**
+ * SVG polyline points for a sparkline of `values` scaled to `max` (the GPU's total), oldest
+ * left. Fewer than two values draw nothing.
+ */
+export function sparklinePoints(
+  values: number[],
+  max: number,
+  width: number,
+  height: number
+): string {
+  if (values.length < 2 || max <= 0) {
+    return '';
+  }
+  const step = width / (values.length - 1);
+  return values
+    .map((value, i) => {
+      const y = height - (Math.min(Math.max(value, 0), max) / max) * height;
+      return `${(i * step).toFixed(1)},${y.toFixed(1)}`;
+    })
+    .join(' ');
+}
+
+export interface IEmptyState {
+  title: string;
+  hint: string;
+}
+
+/** What an error means for the user and what they can do about it. */
+export function errorState(error: IMetricsError, retrySeconds: number): IEmptyState {
+  switch (error.kind) {
+    case 'extension-missing':
+      return {
+        title: 'The qwen3-jupyter server extension is not running on this server.',
+        hint:
+          'Run "jupyter server extension enable qwen3_jupyter" in the environment that ' +
+          'runs Jupyter, then restart the server.'
+      };
+    case 'forbidden':
+      return {
+        title: 'The server refused the request (not signed in).',
+        hint: 'Reload the page or open the URL with its token to sign in again.'
+      };
+    case 'unreachable':
+      return {
+        title: 'The Jupyter server is not reachable.',
+        hint: `Check that the server is still running; retrying every ${retrySeconds} s.`
+      };
+    default:
+      return {
+        title: `The metrics endpoint failed: ${error.message}`,
+        hint: 'See the Jupyter server log for the cause; retrying.'
+      };
+  }
+}
+
+/** Why there is no GPU gauge, when there is none. */
+export function noGpuState(metrics: IMetrics): IEmptyState | null {
+  if (metrics.available && metrics.gpus.length > 0) {
+    return null;
+  }
+  return {
+    title: `No GPU: ${metrics.reason ?? 'NVML found no NVIDIA GPU.'}`,
+    hint: 'Showing host memory instead. On a GPU machine, install the NVIDIA driver.'
+  };
+}
+
+export function noKernelsState(metrics: IMetrics): IEmptyState | null {
+  if (metrics.kernels.length > 0) {
+    return null;
+  }
+  return {
+    title: 'No running kernels on this server.',
+    hint: 'Open a notebook and run a cell; its memory appears here.'
+  };
+}
+
+/** The status bar's one-liner: total VRAM, or host RAM when there is no GPU. */
+export function statusBarText(metrics: IMetrics | null, error: IMetricsError | null): string {
+  if (error) {
+    return 'GPU: ?';
+  }
+  if (!metrics) {
+    return 'GPU: …';
+  }
+  const vram = totalVram(metrics);
+  if (vram) {
+    return `GPU ${formatUsedOfTotal(vram.used, vram.total)}`;
+  }
+  return `RAM ${formatUsedOfTotal(metrics.host.used, metrics.host.total)}`;
+}
+
+export const LOAD_EXTENSION_HINT =
+  'This kernel has not loaded qwen3-jupyter, so it cannot free its memory on request. ' +
+  'Run "%load_ext qwen3_jupyter" in the notebook, then press "Free memory" again.';

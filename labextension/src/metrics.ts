@@ -1,0 +1,82 @@
+/**
+ * The JSON that `GET /qwen3-jupyter/metrics` returns; names mirror the server's keys exactly.
+ *
+ * Sizes are bytes. A `null` size means "unknown" (NVML could not attribute it), never zero.
+ * GPU-keyed maps use the NVML device index as a string key (JSON object keys).
+ */
+
+export interface IGpuMetrics {
+  index: number;
+  uuid: string;
+  name: string;
+  memory_used: number;
+  memory_total: number;
+  utilization: number | null;
+  mig_parent: number | null;
+  memory_source: string;
+}
+
+export interface IHostMetrics {
+  total: number;
+  available: number;
+  used: number;
+}
+
+export interface IKernelMetrics {
+  kernel_id: string;
+  name: string;
+  notebook_path: string | null;
+  pid: number | null;
+  rss: number | null;
+  gpu_memory: Record<string, number | null>;
+  gpu_memory_total: number | null;
+  extension_loaded: boolean;
+  execution_state: string;
+}
+
+export interface IOtherProcesses {
+  gpu_memory: Record<string, number | null>;
+}
+
+export interface IHistory {
+  timestamps: number[];
+  gpu_memory_used: Record<string, number[]>;
+  host_used: number[];
+}
+
+export interface IMetrics {
+  available: boolean;
+  reason: string | null;
+  timestamp: number;
+  driver_version: string | null;
+  gpus: IGpuMetrics[];
+  host: IHostMetrics;
+  kernels: IKernelMetrics[];
+  other_processes: IOtherProcesses;
+  history: IHistory;
+  notes: string[];
+  sample_interval: number;
+}
+
+/** Why the endpoint gave no metrics; each kind has its own message and remedy. */
+export type MetricsErrorKind =
+  | 'extension-missing'
+  | 'forbidden'
+  | 'unreachable'
+  | 'server-error';
+
+export interface IMetricsError {
+  kind: MetricsErrorKind;
+  status: number | null;
+  message: string;
+}
+
+/** The kernel-side reply to `{"action": "cleanup"}` on the `qwen3_jupyter` comm. */
+export interface ICleanupReply {
+  action: 'cleanup';
+  ok: boolean;
+  freed_bytes?: number;
+  summary?: string;
+  report?: Record<string, unknown>;
+  error?: string;
+}

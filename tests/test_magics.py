@@ -1,0 +1,213 @@
+"""`%qwen3` / `%%qwen3` through a real kernel: what the kernel really sends back."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.kernel import Kernel
+
+FOOTER_PARTS = ("[qwen3] tiny on cpu", "tokens (", "tok/s", " s · ", "peak ", "freed ")
+
+
+def test_streams_into_one_updating_display_and_prints_footer(kernel: Kernel) -> None:
+    ex = kernel.run("%qwen3 --max-new-tokens 40 --seed 0 --no-think What's a kernel? Don't guess.")
+    assert ex.status == "ok", ex.stderr
+    displays = ex.of_type("display_data")
+    # The answer's display; the model-loading status line is a separate, transient one.
+    updates = [
+        m
+        for m in ex.of_type("update_display_data")
+        if m["content"]["data"]["text/markdown"]
+        and not m["content"]["data"]["text/markdown"].startswith(("*loading", "*building"))
+    ]
+    stream_ids = {m["content"]["transient"]["display_id"] for m in updates}
+    # One display (the answer) receives every streamed update: not a line per token.
+    assert len(stream_ids) == 1
+    assert len(updates) >= 2
+    streamed = [m["content"]["data"]["text/markdown"] for m in updates]
+    assert len(set(streamed)) >= 2, "streamed text never changed"
+    assert ex.stdout.count("[qwen3]") == 1
+    for part in FOOTER_PARTS:
+        assert part in ex.stdout
+    assert "40 tokens" in ex.stdout
+    # The magic returns nothing: no execute_result, nothing in Out.
+    assert ex.result() is None
+    assert kernel.value("len(Out)") == 0
+    assert len(displays) >= 1
+
+
+def test_last_result_is_plain_and_holds_no_tensors(kernel: Kernel) -> None:
+    kernel.run("%qwen3 --max-new-tokens 8 --no-think --seed 1 Hi")
+    fields = kernel.value("{k: type(v).__name__ for k, v in vars(_qwen3).items()}")
+    assert fields["answer"] == "str" and fields["thinking"] == "str"
+    assert fields["completion_tokens"] == "int" and fields["latency_s"] == "float"
+    assert "Tensor" not in fields.values()
+    assert kernel.value("_qwen3.completion_tokens") == 8
+    assert kernel.value("_qwen3.tokens_per_s > 0")
+
+
+def test_cell_magic_takes_the_whole_cell_as_prompt(kernel: Kernel) -> None:
+    ex = kernel.run("%%qwen3 --no-think --max-new-tokens 5 --seed 2\nfirst line?\n  second line")
+    assert ex.status == "ok", ex.stderr
+    assert kernel.value("_qwen3.prompt") == "first line?\n  second line"
+
+
+def test_trailing_question_mark_is_a_prompt_not_a_help_request(kernel: Kernel) -> None:
+    ex = kernel.run("%qwen3 --max-new-tokens 4 --no-think What is a kernel?")
+    assert ex.status == "ok"
+    assert kernel.value("_qwen3.prompt") == "What is a kernel?"
+
+
+def test_think_and_no_think_map_to_enable_thinking(kernel: Kernel) -> None:
+    kernel.run("%qwen3 --no-think --max-new-tokens 12 --seed 3 Hello")
+    no_think = kernel.value(
+        "(_qwen3.think, _qwen3.thinking, bool(_qwen3.answer), _qwen3.prompt_tokens)"
+    )
+    kernel.run("%qwen3 --think --max-new-tokens 12 --seed 3 Hello")
+    think = kernel.value(
+        "(_qwen3.think, bool(_qwen3.thinking), _qwen3.answer, _qwen3.prompt_tokens)"
+    )
+    assert no_think[:3] == (False, "", True)
+    # Random weights never close </think> in 12 tokens: everything is (unfinished) thinking.
+    assert think[:3] == (True, True, "")
+    # enable_thinking=False pre-fills an empty think block: 4 more prompt tokens.
+    assert no_think[3] == think[3] + 4
+
+
+def test_unfinished_thinking_is_shown_collapsed_and_explained(kernel: Kernel) -> None:
+    ex = kernel.run("%qwen3 --think --max-new-tokens 12 --seed 3 Hello")
+    final = ex.texts()[-1]
+    assert final.startswith("<details>") and "Thinking (not finished)" in final
+    assert "Raise `--max-new-tokens`" in final
+    assert "thinking not finished" in ex.stdout
+    hidden = kernel.run("%qwen3 --think --hide-thinking --max-new-tokens 12 --seed 3 Hello")
+    assert "<details" not in hidden.texts()[-1]
+
+
+def test_chat_continues_and_reset_clears(kernel: Kernel) -> None:
+    kernel.run("%qwen3 --reset")
+    kernel.run("%qwen3 --no-think --max-new-tokens 6 --seed 4 One")
+    alone = kernel.value("_qwen3.prompt_tokens")
+    kernel.run("%qwen3 --chat --no-think --max-new-tokens 6 --seed 4 One")
+    kernel.run("%qwen3 --chat --no-think --max-new-tokens 6 --seed 4 One")
+    with_history = kernel.value("_qwen3.prompt_tokens")
+    assert with_history > alone
+    assert (
+        kernel.value(
+            "len(__import__('qwen3_jupyter.session').session.SESSION.conversation.messages)"
+        )
+        == 4
+    )
+    ex = kernel.run("%qwen3 --reset")
+    assert "conversation cleared" in ex.stdout
+    kernel.run("%qwen3 --chat --no-think --max-new-tokens 6 --seed 4 One")
+    assert kernel.value("_qwen3.prompt_tokens") == alone
+
+
+def test_help_is_complete(kernel: Kernel) -> None:
+    ex = kernel.run("%qwen3?")
+    pages = [p for p in ex.reply.get("payload", []) if p.get("source") == "page"]
+    text = pages[0]["data"]["text/plain"] if pages else ex.stdout
+    for flag in (
+        "--model",
+        "--think",
+        "--no-think",
+        "--hide-thinking",
+        "--temperature",
+        "--top-p",
+        "--top-k",
+        "--max-new-tokens",
+        "--seed",
+        "--system",
+        "--chat",
+        "--reset",
+        "--unload",
+        "_qwen3",
+    ):
+        assert flag in text, flag
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("%qwen3 --tempreture 0.5 hi", "unknown option --tempreture (did you mean --temperature?)"),
+        ("%qwen3", "empty prompt"),
+        ("%qwen3 --no-think", "empty prompt"),
+        ("%qwen3 --top-k abc hi", "invalid int value: 'abc'"),
+        ("%qwen3 --temperature 0 hi", "--temperature must be > 0"),
+        ("%qwen3 --top-p 1.5 hi", "--top-p must be in (0, 1]"),
+        ("%qwen3 --max-new-tokens 0 hi", "--max-new-tokens must be >= 1"),
+        ("%qwen3 --seed", "--seed needs a value"),
+        ("%qwen3 --system 'unclosed hi", "unclosed ' quote"),
+        ("%qwen3 --dtype float8 hi", "invalid choice: 'float8'"),
+        ("%qwen3 --model /no/such/dir hi", "model path '/no/such/dir' does not exist"),
+        (
+            "%qwen3 --model nobody/no-such-model hi",
+            "looked for a local folder and in the Hugging Face cache",
+        ),
+        ("%qwen3 --device cuda hi", "no CUDA GPU is visible here"),
+    ],
+)
+def test_bad_input_is_one_line_and_loses_nothing(kernel: Kernel, line: str, expected: str) -> None:
+    kernel.run("keep_me = [41]\n%qwen3 --max-new-tokens 1 warm up")
+    ex = kernel.run(line)
+    assert ex.status == "error"
+    message = ex.stderr.strip()
+    assert expected in message, message
+    assert len(message.splitlines()) == 1, message
+    assert "Traceback" not in message
+    assert kernel.value("keep_me") == [41]
+    assert kernel.value("__import__('qwen3_jupyter.session').session.SESSION.loaded.name") == "tiny"
+
+
+def test_interrupt_stops_promptly_keeps_partial_answer_and_kernel(fresh_kernel: Kernel) -> None:
+    k = fresh_kernel
+    assert k.run("%load_ext qwen3_jupyter").status == "ok"
+    assert k.run("%qwen3 --max-new-tokens 2 warm up").status == "ok"
+    msg_id = k.start("%qwen3 --no-think --ignore-eos --max-new-tokens 3000 --seed 5 Talk")
+    # Wait for streaming to start, then interrupt.
+    deadline = time.monotonic() + 60
+    seen_updates = 0
+    while time.monotonic() < deadline and seen_updates < 2:
+        msg = k.kc.get_iopub_msg(timeout=60)
+        if (
+            msg["parent_header"].get("msg_id") == msg_id
+            and msg["msg_type"] == "update_display_data"
+        ):
+            seen_updates += 1
+    assert seen_updates >= 2
+    interrupted_at = time.monotonic()
+    k.interrupt()
+    ex = k.collect(msg_id, timeout=30)
+    assert time.monotonic() - interrupted_at < 5, "interrupt was not prompt"
+    assert ex.status == "ok"
+    assert "interrupted: partial answer kept" in ex.stdout
+    stop, tokens, answer = k.value("(_qwen3.stop_reason, _qwen3.completion_tokens, _qwen3.answer)")
+    assert stop == "interrupted" and 0 < tokens < 3000 and answer
+    assert k.run("%qwen3 --max-new-tokens 3 --no-think still alive").status == "ok"
+
+
+def test_unload_frees_the_model_and_proves_it(fresh_kernel: Kernel) -> None:
+    k = fresh_kernel
+    k.run("%load_ext qwen3_jupyter")
+    k.run("%qwen3 --max-new-tokens 2 hi")
+    k.run("import weakref, qwen3_jupyter.session as s; ref = weakref.ref(s.SESSION.loaded.model)")
+    ex = k.run("%qwen3 --unload")
+    assert ex.status == "ok"
+    assert "unloaded tiny · model object freed" in ex.stdout
+    assert "freed" in ex.stdout
+    assert k.value("ref() is None")
+    assert k.value("s.SESSION.loaded is None")
+    again = k.run("%qwen3 --unload")
+    assert "nothing to unload" in again.stdout
+
+
+def test_model_from_config_option(fresh_kernel: Kernel) -> None:
+    k = fresh_kernel
+    k.run("import os; os.environ.pop('QWEN3_JUPYTER_MODEL')\n%load_ext qwen3_jupyter")
+    k.run("%config Qwen3Magics.model = 'random:tiny'")
+    ex = k.run("%qwen3 --max-new-tokens 2 hi")
+    assert ex.status == "ok", ex.stderr
+    assert "[qwen3] random:tiny on cpu" in ex.stdout

@@ -1,0 +1,249 @@
+"""The memory readers: NVML through the fake pynvml, and the host / torch readers for real."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from qwen3_jupyter.memory import (
+    GiB,
+    MiB,
+    NvmlReader,
+    TorchDeviceMemory,
+    format_bytes,
+    process_gpu_memory,
+    process_memory_by_uuid,
+    read_host,
+    torch_device_for,
+    visible_gpus,
+)
+from tests.fake_nvml import (
+    GPU_IS_LOST,
+    LIBRARY_NOT_FOUND,
+    SELF,
+    FakeGpu,
+    FakeNvml,
+    FakeProcess,
+    child_env,
+    gpu_uuid,
+)
+
+
+def _read(fake: FakeNvml):
+    reader = NvmlReader(fake.module)
+    try:
+        return reader.read()
+    finally:
+        reader.close()
+
+
+def test_one_gpu_uses_the_v2_memory_call() -> None:
+    fake = FakeNvml([FakeGpu(used=3 * GiB, utilization=42)])
+    reading = _read(fake)
+    assert reading.available and reading.reason is None
+    assert reading.driver_version == "550.54.15"
+    (gpu,) = reading.gpus
+    assert (gpu.index, gpu.uuid, gpu.name) == (0, gpu_uuid(0), "NVIDIA H100 80GB HBM3")
+    assert gpu.memory_used == 3 * GiB  # v1 would add the driver's 512 MiB reservation
+    assert gpu.memory_total == 80 * GiB
+    assert gpu.memory_source == "v2"
+    assert gpu.utilization == 42
+    assert gpu.mig_parent is None
+    assert fake.calls["nvmlDeviceGetMemoryInfo"] == 1
+    assert fake.open_handles == 0
+
+
+def test_four_gpus_in_nvml_order() -> None:
+    fake = FakeNvml([FakeGpu(used=i * GiB) for i in range(4)])
+    reading = _read(fake)
+    assert [g.index for g in reading.gpus] == [0, 1, 2, 3]
+    assert [g.memory_used for g in reading.gpus] == [0, GiB, 2 * GiB, 3 * GiB]
+    assert len({g.uuid for g in reading.gpus}) == 4
+    assert visible_gpus(reading, environ={}) == reading.gpus
+
+
+def test_driver_without_v2_falls_back_to_v1() -> None:
+    fake = FakeNvml([FakeGpu(used=GiB)], supports_v2=False)
+    (gpu,) = _read(fake).gpus
+    assert gpu.memory_source == "v1"
+    assert gpu.memory_used == GiB + 512 * MiB
+
+
+def test_wrapper_without_v2_falls_back_to_v1() -> None:
+    fake = FakeNvml([FakeGpu(used=GiB)], wrapper_has_v2=False)
+    assert not hasattr(fake.module, "nvmlMemory_v2")
+    (gpu,) = _read(fake).gpus
+    assert gpu.memory_source == "v1"
+
+
+def test_cuda_visible_devices_selects_gpu_2_of_4_by_index_or_uuid() -> None:
+    reading = _read(FakeNvml.with_gpus(4))
+    (by_index,) = visible_gpus(reading, environ={"CUDA_VISIBLE_DEVICES": "2"})
+    assert by_index.index == 2
+    (by_uuid,) = visible_gpus(reading, environ={"CUDA_VISIBLE_DEVICES": gpu_uuid(2)})
+    assert by_uuid.index == 2
+    prefix = gpu_uuid(2)[:12]  # CUDA accepts a unique UUID prefix
+    assert [g.index for g in visible_gpus(reading, environ={"CUDA_VISIBLE_DEVICES": prefix})] == [2]
+    assert [g.index for g in visible_gpus(reading, environ={"CUDA_VISIBLE_DEVICES": "3,1"})] == [
+        3,
+        1,
+    ]
+    # CUDA stops at the first invalid entry; an empty value hides every GPU
+    assert [g.index for g in visible_gpus(reading, environ={"CUDA_VISIBLE_DEVICES": "1,7,2"})] == [
+        1
+    ]
+    assert visible_gpus(reading, environ={"CUDA_VISIBLE_DEVICES": ""}) == ()
+    assert visible_gpus(reading, environ={"CUDA_VISIBLE_DEVICES": "-1"}) == ()
+
+
+def test_torch_devices_are_matched_by_uuid_not_index() -> None:
+    reading = _read(FakeNvml.with_gpus(4))
+    # torch's cuda:0 is NVML's GPU 2; torch spells the uuid without the prefix sometimes
+    torch_dev = TorchDeviceMemory(0, "H100", gpu_uuid(2).upper(), GiB, 2 * GiB, GiB, 2 * GiB)
+    (gpu,) = visible_gpus(reading, (torch_dev,), environ={"CUDA_VISIBLE_DEVICES": "0"})
+    assert gpu.index == 2
+    assert torch_device_for(gpu, (torch_dev,)) is torch_dev
+    assert torch_device_for(reading.gpus[0], (torch_dev,)) is None
+
+
+def test_this_process_memory_is_unknown_not_zero_when_nvml_cannot_see_it() -> None:
+    me = os.getpid()
+    fake = FakeNvml(
+        [
+            FakeGpu(processes=[FakeProcess(SELF, 700 * MiB), FakeProcess(4242, GiB)]),
+            FakeGpu(processes=[]),  # empty list
+            FakeGpu(processes=[FakeProcess(999_999, GiB)]),  # only foreign (host) PIDs
+            FakeGpu(processes=[FakeProcess(SELF, None)]),  # listed, memory not available
+        ]
+    )
+    reading = _read(fake)
+    assert reading.gpus[0].processes[0].pid == me
+    assert process_gpu_memory(reading, {me}) == {0: 700 * MiB, 1: None, 2: None, 3: None}
+    assert process_gpu_memory(reading, {me, 4242})[0] == 700 * MiB + GiB
+    by_uuid = process_memory_by_uuid(reading, {me})
+    assert by_uuid[gpu_uuid(0)] == 700 * MiB and by_uuid[gpu_uuid(1)] is None
+
+
+def test_graphics_processes_are_listed_too() -> None:
+    fake = FakeNvml(
+        [FakeGpu(processes=[FakeProcess(10, GiB)], graphics=[FakeProcess(11, 5 * MiB)])]
+    )
+    (gpu,) = _read(fake).gpus
+    assert {(p.pid, p.used_bytes) for p in gpu.processes} == {(10, GiB), (11, 5 * MiB)}
+
+
+def test_mig_instances_are_their_own_readings() -> None:
+    instances = [
+        FakeGpu(
+            name="NVIDIA A100 MIG 3g.40gb",
+            total=40 * GiB,
+            used=GiB,
+            processes=[FakeProcess(SELF, GiB)],
+        ),
+        FakeGpu(name="NVIDIA A100 MIG 2g.20gb", total=20 * GiB, used=2 * GiB),
+    ]
+    fake = FakeNvml([FakeGpu(name="NVIDIA A100-SXM4-80GB", used=3 * GiB, mig=instances), FakeGpu()])
+    reading = _read(fake)
+    assert reading.reason is None
+    labels = [(g.label, g.uuid[:4], g.mig_parent) for g in reading.gpus]
+    assert labels == [
+        ("GPU 0", "GPU-", None),
+        ("GPU 0 / MIG 0", "MIG-", 0),
+        ("GPU 0 / MIG 1", "MIG-", 0),
+        ("GPU 1", "GPU-", None),
+    ]
+    mig0 = reading.gpus[1]
+    assert (mig0.memory_total, mig0.memory_used, mig0.utilization) == (40 * GiB, GiB, None)
+    # the whole GPU lists its instances' processes; a MIG UUID in CUDA_VISIBLE_DEVICES selects one
+    assert process_gpu_memory(reading, {os.getpid()}) == {0: GiB, 1: None}
+    chosen = visible_gpus(reading, environ={"CUDA_VISIBLE_DEVICES": instances[1].uuid})
+    assert [g.name for g in chosen] == ["NVIDIA A100 MIG 2g.20gb"]
+
+
+def test_error_mid_run_is_reported_not_raised_and_reading_recovers() -> None:
+    fake = FakeNvml.with_gpus(2)
+    reader = NvmlReader(fake.module)
+    assert len(reader.read().gpus) == 2
+    fake.gpus[1].lost = True
+    one_lost = reader.read()
+    assert [g.index for g in one_lost.gpus] == [0]
+    assert one_lost.available and one_lost.reason == "NVML error: GPU 1: GPU is lost"
+    fake.fail(GPU_IS_LOST)
+    all_lost = reader.read()
+    assert all_lost.available and all_lost.gpus == ()
+    assert all_lost.reason == "NVML error: GPU is lost"
+    fake.heal()
+    assert len(reader.read().gpus) == 2
+    reader.close()
+    reader.close()
+    assert (fake.init_count, fake.shutdown_count) == (1, 1)
+
+
+def test_fail_after_reads_switch() -> None:
+    fake = FakeNvml.with_gpus(1, fail_after_reads=2)
+    reader = NvmlReader(fake.module)
+    assert [bool(reader.read().gpus) for _ in range(4)] == [True, True, False, False]
+    reader.close()
+
+
+def test_no_driver_gives_one_line_reason_and_open_is_idempotent() -> None:
+    fake = FakeNvml(init_error=LIBRARY_NOT_FOUND)
+    reader = NvmlReader(fake.module)
+    reader.open()
+    reader.open()
+    first, second = reader.read(), reader.read()
+    assert not first.available and first.gpus == ()
+    assert first.reason == second.reason
+    assert first.reason is not None and "\n" not in first.reason
+    assert "no NVIDIA driver" in first.reason and "host" in first.reason
+    assert fake.calls["nvmlInit"] == 1  # a failed init is not retried every poll
+    reader.close()
+    assert fake.shutdown_count == 0
+
+
+def test_real_pynvml_without_a_driver_never_raises() -> None:
+    """This machine has nvidia-ml-py but no NVIDIA driver: the real module must say so."""
+    code = (
+        "from qwen3_jupyter.memory import NvmlReader\n"
+        "r = NvmlReader(); x = r.read(); r.close(); r.close()\n"
+        "print(x.available); print(x.reason)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.splitlines()
+    if out[0] == "True":  # a machine with a driver: nothing to check here
+        return
+    assert out[1].startswith("NVML unavailable: ")
+
+
+def test_child_process_gets_the_fake_from_the_environment(tmp_path: Path) -> None:
+    stats = tmp_path / "stats.json"
+    fake = FakeNvml([FakeGpu(used=GiB, processes=[FakeProcess(SELF, GiB)])])
+    fake.stats_path = str(stats)
+    env = {**os.environ, **child_env(fake, tmp_path / "site")}
+    code = (
+        "import os\n"
+        "from qwen3_jupyter.memory import NvmlReader, process_gpu_memory\n"
+        "r = NvmlReader(); x = r.read(); r.close()\n"
+        "print(x.gpus[0].memory_used, process_gpu_memory(x, {os.getpid()})[0])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(GiB), str(GiB)]
+    from tests.fake_nvml import read_stats
+
+    counted = read_stats(stats)
+    assert counted["init_count"] == counted["shutdown_count"] == 1
+    assert counted["reads"] == 1
+
+
+def test_host_reader_and_format_bytes() -> None:
+    host = read_host()
+    assert 0 < host.process_rss < host.total
+    assert 0 < host.available <= host.total
+    assert format_bytes(None) == "unknown"
+    assert format_bytes(1536 * MiB) == "1.5 GiB"
