@@ -101,7 +101,8 @@ def run_notebook(path: Path, out_dir: Path, timeout: int = 600) -> tuple[list[Ce
 def format_summary(path: Path, executed: Path, summaries: list[CellSummary]) -> str:
     lines = [
         f"Executed {path} headless in a real kernel -> {executed}",
-        f"{'cell':>4}  {'status':6}  {'time':>6}  {'tok/s':>7}  kernel RSS before -> after   source",
+        f"{'cell':>4}  {'status':6}  {'time':>6}  {'tok/s':>7}  "
+        f"{'kernel RSS before -> after':27}  source",
     ]
     for s in summaries:
         first = s.source.strip().splitlines()[0] if s.source.strip() else ""

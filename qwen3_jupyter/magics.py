@@ -169,7 +169,8 @@ class Qwen3Magics(Magics):
         view = display.StreamView(options.think, args.hide_thinking)
         result = SESSION.ask(loaded, prompt, options, chat=args.chat, on_text=view.update)
         view.finish(result)
-        self.shell.user_ns["_qwen3"] = result
+        if self.shell is not None:
+            self.shell.user_ns["_qwen3"] = result
         display.show_footer(result)
 
 

@@ -200,7 +200,7 @@ def _load(choice: ModelChoice, path: str, is_embedded: bool) -> LoadedModel:
         raise ModelError(f"could not load {choice.name} from {path}: {first}") from exc
     finally:
         hf_logging.enable_progress_bar()
-    model.to(choice.device)
+    model.to(torch.device(choice.device))  # type: ignore[call-arg,arg-type]
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

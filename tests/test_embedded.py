@@ -1,0 +1,100 @@
+"""The embedded models: Qwen3's shapes, real vocabulary and special ids, template, determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qwen3_jupyter import embedded
+
+
+def test_tiny_builds_quickly_and_is_cached(model_cache: Path) -> None:
+    import time
+
+    path = embedded.ensure_built("tiny")
+    started = time.perf_counter()
+    again = embedded.ensure_built("tiny")
+    assert again == path
+    assert time.perf_counter() - started < 0.1
+    config = json.loads((path / "config.json").read_text())
+    assert config["model_type"] == "qwen3"
+    assert config["num_hidden_layers"] == 2
+
+
+def test_full_size_shape_matches_qwen3_1_7b() -> None:
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    spec = embedded.EMBEDDED["random:Qwen3-1.7B"]
+    config = Qwen3Config(**spec.config)
+    with torch.device("meta"):
+        model = Qwen3ForCausalLM(config)
+    params = sum(p.numel() for p in model.parameters())
+    assert (config.num_hidden_layers, config.hidden_size) == (28, 2048)
+    assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (16, 8, 128)
+    assert config.vocab_size == 151936 and config.tie_word_embeddings
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert 1.70e9 < params < 1.73e9
+
+
+def test_tokenizer_has_qwen_vocabulary_and_special_ids(model_cache: Path) -> None:
+    tokenizer = embedded.build_tokenizer()
+    assert len(tokenizer) == 151669
+    ids = tokenizer.convert_tokens_to_ids(
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+    )
+    assert ids == [151643, 151644, 151645, 151667, 151668]
+    text = "Hello, 世界! def f(x): return x**2"
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+    # Qwen's BPE: "Hello" is a single token.
+    assert len(tokenizer("Hello")["input_ids"]) == 1
+
+
+def test_chat_template_honours_enable_thinking(model_cache: Path) -> None:
+    tokenizer = embedded.build_tokenizer()
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "<think>\nhmm\n</think>\n\nHello!"},
+        {"role": "user", "content": "Again"},
+    ]
+    on = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, enable_thinking=True
+    )
+    off = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, enable_thinking=False
+    )
+    assert on.startswith(
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+    )
+    assert "hmm" not in on, "earlier thinking must be dropped from the history, as Qwen3 does"
+    assert "<|im_start|>assistant\nHello!<|im_end|>\n" in on
+    assert on.endswith("<|im_start|>assistant\n")
+    assert off == on + "<think>\n\n</think>\n\n"
+
+
+def test_same_seed_same_weights_other_seed_other_weights(model_cache: Path) -> None:
+    from safetensors.torch import load_file
+
+    first = load_file(str(embedded.ensure_built("tiny", seed=3) / "model.safetensors"))
+    other = load_file(str(embedded.ensure_built("tiny", seed=4) / "model.safetensors"))
+    (embedded.checkpoint_dir("tiny", 3) / "qwen3_jupyter_build.json").unlink()
+    rebuilt = load_file(str(embedded.ensure_built("tiny", seed=3) / "model.safetensors"))
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert (first[name] == rebuilt[name]).all()
+    assert not (first[name] == other[name]).all()
+    assert (first["model.norm.weight"] == 1).all()
+
+
+def test_progress_is_reported_while_building(model_cache: Path) -> None:
+    seen: list[tuple[str, int, int]] = []
+    embedded.ensure_built("tiny", seed=7, progress=lambda *a: seen.append(a))
+    assert seen and seen[-1][1] == seen[-1][2]
+    assert all(b <= c for _, b, c in seen)
+
+
+@pytest.mark.parametrize("name", ["tiny", "random:tiny", "random:Qwen3-1.7B", "random:qwen3-1.7b"])
+def test_names(name: str) -> None:
+    assert embedded.canonical_name(name) in embedded.EMBEDDED

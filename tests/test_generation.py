@@ -1,0 +1,65 @@
+"""Generation without a kernel: thinking split, sampling defaults, messages, seeded runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qwen3_jupyter.generation import GenerationOptions, build_messages, generate, split_thinking
+
+
+@pytest.mark.parametrize(
+    ("text", "think", "expected"),
+    [
+        ("<think>\nstep 1\n</think>\n\nThe answer.", True, ("step 1", "The answer.", True)),
+        ("step 1\n</think>\n\nThe answer.", True, ("step 1", "The answer.", True)),
+        ("still thinking", True, ("still thinking", "", False)),
+        ("<think>\n\n</think>\n\nDirect.", True, ("", "Direct.", True)),
+        ("Plain answer", False, ("", "Plain answer", True)),
+        ("a </think> b </think> c", True, ("a", "b </think> c", True)),
+    ],
+)
+def test_split_thinking(text: str, think: bool, expected: tuple[str, str, bool]) -> None:
+    assert split_thinking(text, think) == expected
+
+
+def test_sampling_defaults_follow_qwen3_recommendations() -> None:
+    assert GenerationOptions(think=True).sampling() == {
+        "do_sample": True,
+        "temperature": 0.6,
+        "top_p": 0.95,
+        "top_k": 20,
+    }
+    assert GenerationOptions(think=False).sampling() == {
+        "do_sample": True,
+        "temperature": 0.7,
+        "top_p": 0.8,
+        "top_k": 20,
+    }
+    assert GenerationOptions(think=False, temperature=1.1, top_k=5).sampling()["temperature"] == 1.1
+    assert GenerationOptions(greedy=True).sampling() == {"do_sample": False}
+
+
+def test_messages_put_system_first_and_keep_history() -> None:
+    history = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    messages = build_messages("c", GenerationOptions(system="sys"), history)
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert messages[-1]["content"] == "c"
+
+
+def test_generate_is_deterministic_for_a_seed_and_frees_tensors(model_cache: Path) -> None:
+    import dataclasses
+
+    from qwen3_jupyter.models import ModelChoice, ModelHolder
+
+    holder = ModelHolder()
+    loaded = holder.get(ModelChoice("tiny", "cpu", "float32"))
+    options = GenerationOptions(think=False, max_new_tokens=12, seed=11, ignore_eos=True)
+    first = generate(loaded, "Hi", options)
+    second = generate(loaded, "Hi", options)
+    assert first.answer == second.answer and first.completion_tokens == 12
+    assert first.stop_reason == "length"
+    values = dataclasses.asdict(first).values()
+    assert all(isinstance(v, (str, int, float, bool, type(None))) for v in values)
+    assert holder.unload()
