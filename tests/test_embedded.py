@@ -90,6 +90,7 @@ def test_same_seed_same_weights_other_seed_other_weights(model_cache: Path) -> N
 
 def test_progress_is_reported_while_building(model_cache: Path) -> None:
     seen: list[tuple[str, int, int]] = []
+    (embedded.checkpoint_dir("tiny", 7) / "qwen3_jupyter_build.json").unlink(missing_ok=True)
     embedded.ensure_built("tiny", seed=7, progress=lambda *a: seen.append(a))
     assert seen and seen[-1][1] == seen[-1][2]
     assert all(b <= c for _, b, c in seen)
