@@ -1,0 +1,144 @@
+"""A real IPython kernel driven through jupyter_client, and what it sent back for each cell.
+
+Shared by the benchmarks (which must measure inside a real kernel: the output cache matters)
+and the test suite.
+
+Tests assert on the messages the kernel really sends on iopub (streams, display data and
+updates, comm messages, errors), collected per executed cell.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from jupyter_client.manager import KernelManager
+
+
+@dataclass
+class Execution:
+    """Everything the kernel published while running one cell, in arrival order."""
+
+    code: str
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    reply: dict[str, Any] = field(default_factory=dict)
+
+    def of_type(self, *types: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m["msg_type"] in types]
+
+    @property
+    def stdout(self) -> str:
+        return "".join(
+            m["content"]["text"] for m in self.of_type("stream") if m["content"]["name"] == "stdout"
+        )
+
+    @property
+    def stderr(self) -> str:
+        return "".join(
+            m["content"]["text"] for m in self.of_type("stream") if m["content"]["name"] == "stderr"
+        )
+
+    @property
+    def status(self) -> str:
+        return str(self.reply.get("status"))
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        errors = self.of_type("error")
+        return errors[-1]["content"] if errors else None
+
+    def texts(self, mime: str = "text/markdown") -> list[str]:
+        """Every rendered value of `mime` from display_data/update_display_data/execute_result."""
+        out = []
+        for m in self.of_type("display_data", "update_display_data", "execute_result"):
+            data = m["content"].get("data", {})
+            if mime in data:
+                out.append(data[mime])
+        return out
+
+    def result(self) -> str | None:
+        results = self.of_type("execute_result")
+        return results[-1]["content"]["data"].get("text/plain") if results else None
+
+
+class Kernel:
+    """One running kernel with a blocking client."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.km = KernelManager(kernel_name="python3")
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.km.start_kernel(env=full_env)
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
+
+    def run(
+        self,
+        code: str,
+        timeout: float = 120,
+        on_message: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Execution:
+        """Execute `code` and collect its iopub messages until the kernel is idle again."""
+        execution = Execution(code)
+        msg_id = self.kc.execute(code, allow_stdin=False)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"cell did not finish in {timeout} s: {code[:80]!r}")
+            try:
+                msg = self.kc.get_iopub_msg(timeout=remaining)
+            except queue.Empty:
+                continue
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            msg["received_at"] = time.monotonic()
+            if on_message is not None:
+                on_message(msg)
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                break
+            execution.messages.append(msg)
+        execution.reply = self.kc.get_shell_msg(timeout=timeout)["content"]
+        return execution
+
+    def start(self, code: str) -> str:
+        """Start executing `code` without waiting; returns the message id."""
+        return str(self.kc.execute(code, allow_stdin=False))
+
+    def collect(self, msg_id: str, timeout: float = 120) -> Execution:
+        """Collect the messages of a cell started with `start`."""
+        execution = Execution("")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                msg = self.kc.get_iopub_msg(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                continue
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            msg["received_at"] = time.monotonic()
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                execution.reply = self.kc.get_shell_msg(timeout=timeout)["content"]
+                return execution
+            execution.messages.append(msg)
+        raise TimeoutError("cell did not finish")
+
+    def value(self, expression: str) -> Any:
+        """Evaluate `expression` in the kernel and return it (via repr/literal_eval)."""
+        import ast
+
+        execution = self.run(f"print(repr({expression}))")
+        assert execution.status == "ok", execution.error
+        return ast.literal_eval(execution.stdout.strip())
+
+    def interrupt(self) -> None:
+        self.km.interrupt_kernel()
+
+    def shutdown(self) -> None:
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)

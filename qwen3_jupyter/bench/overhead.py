@@ -1,0 +1,89 @@
+"""`python -m qwen3_jupyter.bench overhead`: `%qwen3` end to end vs a bare `model.generate`.
+
+Both run as cells of one real kernel, timed the same way (execute request to idle, from the
+client), with the same prompt, greedy decoding and exactly the same number of new tokens.
+They alternate so drift (thermal, caches) hits both alike; the ratio of medians is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+from ._kernel import Kernel
+
+PROMPT = "Explain in detail how a Jupyter kernel keeps state between cells."
+
+BARE_SETUP = """
+import torch
+from qwen3_jupyter.session import SESSION as _S
+_l = _S.loaded
+_text = _l.tokenizer.apply_chat_template(
+    [{{"role": "user", "content": {prompt!r}}}], tokenize=False, add_generation_prompt=True,
+    enable_thinking=False)
+"""
+BARE_CELL = """
+with torch.inference_mode():
+    _inputs = _l.tokenizer(_text, return_tensors="pt").to(_l.device)
+    _out = _l.model.generate(**_inputs, max_new_tokens={n}, min_new_tokens={n}, do_sample=False,
+                             pad_token_id=_l.tokenizer.pad_token_id)
+assert _out.shape[1] - _inputs["input_ids"].shape[1] == {n}
+del _out, _inputs
+"""
+MAGIC_CELL = "%qwen3 --greedy --no-think --ignore-eos --max-new-tokens {n} {prompt}"
+
+
+def _timed(kernel: Kernel, code: str) -> float:
+    started = time.perf_counter()
+    execution = kernel.run(code, timeout=1800)
+    elapsed = time.perf_counter() - started
+    if execution.status != "ok":
+        raise RuntimeError(f"cell failed: {execution.stderr.strip() or execution.error}")
+    return elapsed
+
+
+def measure(model: str, tokens: int, repeats: int, device: str | None) -> dict[str, float]:
+    """Median seconds of each way, in one kernel, and their ratio."""
+    kernel = Kernel({"PYTHONUNBUFFERED": "1"})
+    try:
+        device_flag = f" --device {device}" if device else ""
+        _timed(kernel, "%load_ext qwen3_jupyter")
+        print(f"  loading {model} (the full-size model is built on first use)…", flush=True)
+        _timed(kernel, f"%qwen3 --model {model}{device_flag} --greedy --max-new-tokens 2 warm up")
+        _timed(kernel, BARE_SETUP.format(prompt=PROMPT))
+        _timed(kernel, BARE_CELL.format(n=tokens))  # warm the bare path too
+        bare, magic = [], []
+        for i in range(repeats):
+            bare.append(_timed(kernel, BARE_CELL.format(n=tokens)))
+            magic.append(_timed(kernel, MAGIC_CELL.format(n=tokens, prompt=PROMPT)))
+            print(
+                f"  run {i + 1}/{repeats}: bare {bare[-1]:.3f} s, %qwen3 {magic[-1]:.3f} s",
+                flush=True,
+            )
+    finally:
+        kernel.shutdown()
+    bare_s, magic_s = statistics.median(bare), statistics.median(magic)
+    return {"bare_s": bare_s, "magic_s": magic_s, "ratio": magic_s / bare_s}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m qwen3_jupyter.bench overhead", description=__doc__
+    )
+    parser.add_argument("--models", default="tiny,random:Qwen3-1.7B")
+    parser.add_argument("--tokens", type=int, default=32, help="new tokens per call")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default=None, help="default: cuda if present, else cpu")
+    args = parser.parse_args(argv)
+    rows = []
+    for model in args.models.split(","):
+        print(f"{model}: {args.tokens} new tokens, {args.repeats} alternating runs", flush=True)
+        rows.append((model, measure(model, args.tokens, args.repeats, args.device)))
+    print()
+    print("| model | bare model.generate (median s) | %qwen3 end to end (median s) | ratio |")
+    print("|---|---|---|---|")
+    for model, r in rows:
+        print(f"| {model} | {r['bare_s']:.3f} | {r['magic_s']:.3f} | {r['ratio']:.3f} |")
+    print("target: ratio <= 1.05 on random:Qwen3-1.7B")
+    return 0
