@@ -91,6 +91,22 @@ def footer(result: Result) -> str:
     return " · ".join(pieces)
 
 
+def show_batch(results: list[Result], report: Any) -> None:
+    """A table of the batch's answers, then its one-line report."""
+    rows = ["| # | prompt | answer | tokens |", "|---|---|---|---|"]
+    for i, r in enumerate(results):
+        answer = r.answer or ("*(thinking only)*" if r.thinking else "")
+        rows.append(f"| {i} | {_cell(r.prompt)} | {_cell(answer)} | {r.completion_tokens} |")
+    display(Markdown("\n".join(rows)))
+    print(f"{PREFIX} batch · {report.summary()}", flush=True)
+
+
+def _cell(text: str, width: int = 60) -> str:
+    flat = " ".join(text.split())
+    flat = flat if len(flat) <= width else flat[: width - 1] + "…"
+    return html.escape(flat).replace("|", "\\|")
+
+
 def show_footer(result: Result) -> None:
     print(footer(result), flush=True)
 

@@ -7,9 +7,11 @@ and dashes inside a prompt are never parsed); `--` ends the options explicitly.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import shlex
 from argparse import Namespace
+from pathlib import Path
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -18,6 +20,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Float, Unicode
 
 from . import display
+from .batching import BUDGET_ENV, parse_size, run_batches
 from .generation import DEFAULT_MAX_NEW_TOKENS, GenerationOOM, GenerationOptions
 from .memory import format_bytes
 from .models import DTYPES, ModelError
@@ -86,6 +89,28 @@ class Qwen3Magics(Magics):
     )
     @argument("--reset", action="store_true", help="Clear the conversation.")
     @argument(
+        "--file",
+        metavar="PROMPTS.txt",
+        help="Batch mode: one prompt per line (blank lines skipped).",
+    )
+    @argument(
+        "--batch-size",
+        type=int,
+        default=4,
+        help="Prompts per batch with --file (default 4); halved on out-of-memory.",
+    )
+    @argument(
+        "--out",
+        metavar="RESULTS.jsonl",
+        help="With --file: append one JSON line per prompt as each batch finishes.",
+    )
+    @argument(
+        "--memory-budget",
+        metavar="SIZE",
+        help="With --file: cap on the tensors one batch may hold, e.g. 2GiB (default "
+        "$QWEN3_JUPYTER_MEMORY_BUDGET); exceeding it backs off like an out-of-memory error.",
+    )
+    @argument(
         "--unload",
         action="store_true",
         help="Free the loaded model completely and report the memory returned.",
@@ -109,7 +134,11 @@ class Qwen3Magics(Magics):
           %qwen3 --model tiny Why is the sky blue?
           %qwen3 --no-think --max-new-tokens 64 Summarise this in one line: ...
           %qwen3 --chat And in French?
+          %qwen3 --file prompts.txt --batch-size 4 --out results.jsonl
           %qwen3 --unload
+
+        With --file, ``_qwen3`` is the list of results (in input order) and its ``.report``
+        says which batch size held after any out-of-memory back-off.
         """
         options, prompt = parse_line(self.qwen3, line, cell)
         try:
@@ -140,7 +169,7 @@ class Qwen3Magics(Magics):
                     f"{format_bytes(report.before)} -> {format_bytes(report.after)} "
                     f"(freed {format_bytes(report.freed)})"
                 )
-        if not prompt:
+        if not prompt and not args.file:
             return
         choice = SESSION.choice(
             args.model,
@@ -166,6 +195,9 @@ class Qwen3Magics(Magics):
             greedy=args.greedy,
             ignore_eos=args.ignore_eos,
         )
+        if args.file:
+            self._run_batch(args, loaded, options)
+            return
         view = display.StreamView(options.think, args.hide_thinking)
         result = SESSION.ask(loaded, prompt, options, chat=args.chat, on_text=view.update)
         view.finish(result)
@@ -173,10 +205,32 @@ class Qwen3Magics(Magics):
             self.shell.user_ns["_qwen3"] = result
         display.show_footer(result)
 
+    def _run_batch(self, args: Namespace, loaded: Any, options: GenerationOptions) -> None:
+        prompts = read_prompts(args.file)
+        budget_text = args.memory_budget or os.environ.get(BUDGET_ENV)
+        budget = parse_size(budget_text) if budget_text else None
+        results = run_batches(loaded, prompts, args.batch_size, options, budget, args.out, True)
+        display.show_batch(results, results.report)
+        if self.shell is not None:
+            self.shell.user_ns["_qwen3"] = results
+
 
 def _validate(args: Namespace, prompt: str) -> None:
-    if not prompt and not (args.reset or args.unload):
+    if args.file and prompt:
+        raise UsageError("give either a prompt or --file PROMPTS.txt, not both")
+    if (args.out or args.memory_budget) and not args.file:
+        raise UsageError("--out and --memory-budget go with --file PROMPTS.txt")
+    if not prompt and not args.file and not (args.reset or args.unload):
         raise UsageError("empty prompt: write %qwen3 [options] PROMPT (see %qwen3?)")
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be >= 1")
+    if args.memory_budget:
+        try:
+            parse_size(args.memory_budget)
+        except ValueError as exc:
+            raise UsageError(f"--memory-budget: {exc}") from None
+    if args.file:
+        read_prompts(args.file)
     checks = [
         (
             args.temperature is not None and args.temperature <= 0,
@@ -189,6 +243,18 @@ def _validate(args: Namespace, prompt: str) -> None:
     for failed, message in checks:
         if failed:
             raise UsageError(message)
+
+
+def read_prompts(path: str) -> list[str]:
+    """The prompts of a --file: one per line, blank lines skipped."""
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read --file {path}: {exc.strerror or exc}") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise UsageError(f"--file {path} holds no prompts (one per line)")
+    return prompts
 
 
 def parse_line(magic: Any, line: str, cell: str | None) -> tuple[Namespace, str]:

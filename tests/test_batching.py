@@ -1,0 +1,127 @@
+"""Batched generation: order, equality with one-by-one greedy runs, real out-of-memory back-off
+against a measured memory budget, and nothing lost on interrupt."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from qwen3_jupyter.batching import generate_batch, parse_size
+from qwen3_jupyter.generation import GenerationOOM, GenerationOptions, generate
+from qwen3_jupyter.session import SESSION
+from tests.kernel import Kernel
+
+PROMPTS = [f"Question {i}: " + "why " * (i * 3) for i in range(7)]
+GREEDY = {"greedy": True, "think": False, "max_new_tokens": 12, "ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def one_by_one(model_cache: Path) -> list[str]:
+    loaded = SESSION.load(SESSION.choice("tiny"))
+    options = GenerationOptions(**GREEDY)  # type: ignore[arg-type]
+    return [generate(loaded, p, options).answer for p in PROMPTS]
+
+
+def test_order_and_outputs_match_one_by_one(one_by_one: list[str]) -> None:
+    results = generate_batch(PROMPTS, batch_size=4, model="tiny", progress=False, **GREEDY)
+    assert [r.prompt for r in results] == PROMPTS
+    assert [r.answer for r in results] == one_by_one
+    assert all(r.completion_tokens == 12 for r in results)
+    assert results.report.held_batch_size == 4 and not results.report.back_offs
+
+
+def test_budget_forces_real_back_off_and_is_respected(one_by_one: list[str]) -> None:
+    peaks = {
+        size: generate_batch(
+            PROMPTS[:4], batch_size=size, model="tiny", progress=False, **GREEDY
+        ).report.peak_tensor_bytes
+        for size in (2, 4)
+    }
+    assert peaks[2] < peaks[4], "measured tensor bytes must grow with the batch"
+    budget = (peaks[2] + peaks[4]) // 2
+    results = generate_batch(
+        PROMPTS, batch_size=8, model="tiny", memory_budget=budget, progress=False, **GREEDY
+    )
+    report = results.report
+    assert [b.batch_size for b in report.back_offs] == [8, 4]
+    assert report.held_batch_size == 2
+    assert report.peak_tensor_bytes <= budget
+    assert [r.answer for r in results] == one_by_one
+    assert "batch size 8 -> 2 held" in report.summary()
+
+
+def test_out_of_memory_at_batch_size_one_says_so(tmp_path: Path) -> None:
+    with pytest.raises(GenerationOOM, match="even at batch size 1"):
+        generate_batch(
+            PROMPTS[:2], batch_size=2, model="tiny", memory_budget=1000, progress=False, **GREEDY
+        )
+
+
+def test_out_file_has_a_line_per_prompt(tmp_path: Path) -> None:
+    out = tmp_path / "r.jsonl"
+    results = generate_batch(
+        PROMPTS[:5], batch_size=2, model="tiny", out=out, progress=False, **GREEDY
+    )
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["index"] for r in records] == list(range(5))
+    assert [r["answer"] for r in records] == [r.answer for r in results]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("512MiB", 512 * 2**20), ("2GB", 2 * 10**9), ("1.5GiB", int(1.5 * 2**30)), ("1000", 1000)],
+)
+def test_parse_size(text: str, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+def test_magic_batch_and_interrupt_keep_finished_results(
+    fresh_kernel: Kernel, tmp_path: Path
+) -> None:
+    k = fresh_kernel
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(f"prompt {i}" for i in range(12)) + "\n\n")
+    out = tmp_path / "results.jsonl"
+    assert k.run("%load_ext qwen3_jupyter").status == "ok"
+    quick = k.run(f"%qwen3 --file {prompts} --batch-size 4 --greedy --no-think --max-new-tokens 4")
+    assert quick.status == "ok", quick.stderr
+    assert "[qwen3] batch · 12/12 prompts" in quick.stdout
+    assert "| 11 | prompt 11 |" in quick.texts()[-1]
+    assert k.value("len(_qwen3)") == 12
+
+    msg_id = k.start(
+        f"%qwen3 --file {prompts} --batch-size 2 --out {out} --greedy --no-think --ignore-eos "
+        "--max-new-tokens 1500"
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (
+        not out.exists() or len(out.read_text().splitlines()) < 2
+    ):
+        time.sleep(0.1)
+    k.interrupt()
+    ex = k.collect(msg_id, timeout=60)
+    assert ex.status == "ok", ex.stderr
+    assert "interrupted: finished results kept" in ex.stdout
+    lines = out.read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    kept = k.value("len(_qwen3)")
+    assert 2 <= len(records) == kept < 12
+    assert [r["index"] for r in records] == list(range(kept))
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("%qwen3 --file /no/such.txt", "cannot read --file /no/such.txt"),
+        ("%qwen3 --out r.jsonl hello", "--out and --memory-budget go with --file"),
+        ("%qwen3 --batch-size 0 hello", "--batch-size must be >= 1"),
+        ("%qwen3 --memory-budget lots --file x.txt", "--memory-budget: 'lots' is not a size"),
+    ],
+)
+def test_batch_flags_bad_input(kernel: Kernel, line: str, expected: str) -> None:
+    ex = kernel.run(line)
+    assert ex.status == "error"
+    assert expected in ex.stderr and len(ex.stderr.strip().splitlines()) == 1
