@@ -18,3 +18,14 @@ def test_quickstart_notebook_executes(model_cache: Path, output_dir: Path) -> No
     assert all(s.rss_before and s.rss_after for s in summaries)
     text = format_summary(notebook, executed, summaries)
     assert "tok/s" in text and "->" in text
+
+
+def test_decay_benchmark_notebook_executes(model_cache: Path, output_dir: Path) -> None:
+    notebook = ROOT / "notebooks" / "decay-benchmark.ipynb"
+    summaries, executed = run_notebook(notebook, output_dir / "notebooks", timeout=600)
+    assert summaries and all(s.status == "ok" for s in summaries)
+    import nbformat
+
+    cells = nbformat.read(executed, as_version=4).cells
+    images = [o for c in cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert images, "the plot was not shown"

@@ -136,6 +136,13 @@ class Kernel:
         assert execution.status == "ok", execution.error
         return ast.literal_eval(execution.stdout.strip())
 
+    @property
+    def pid(self) -> int | None:
+        """The kernel process's PID (local kernels), for measuring it from outside."""
+        provisioner = getattr(self.km, "provisioner", None)
+        pid = getattr(provisioner, "pid", None)
+        return int(pid) if pid is not None else None
+
     def interrupt(self) -> None:
         self.km.interrupt_kernel()
 

@@ -1,0 +1,421 @@
+"""`python -m qwen3_jupyter.bench decay`: does latency or memory creep up call after call?
+
+Reproduces the two tables users quote about Qwen3-1.7B in notebooks, on the same kind of work,
+with ours side by side. Every strategy runs in a fresh real kernel (the output cache matters),
+with the same prompt, greedy decoding and exactly `--tokens` new tokens per call.
+
+Table A — sequential calls: naive notebook use (`model.generate(..., return_dict_in_generate=True)`
+left as the cell's value), the hand recipe (`del` + `gc.collect()` + `torch.cuda.empty_cache()`),
+`%qwen3` (its own cleanup), `%qwen3 --no-think`.
+Table B — `generate_batch` at batch sizes 1, 2, 4, 8.
+
+Memory: on CPU the kernel's RSS (sampled from outside every 10 ms for the peak) and the bytes of
+live tensors inside it; on CUDA torch's allocated/peak bytes and NVML's figure for the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from ..memory import format_bytes
+from ._kernel import Kernel
+
+PROMPT = "Explain step by step how a Jupyter kernel keeps state between cells."
+STABLE_LATENCY = 0.05  # last 3 calls within 5% of the first 3
+# Retained memory is counted exactly (live tensor bytes, CUDA allocated bytes), so any growth
+# from the first call to the last is real growth.
+STABLE_MEMORY = 0
+
+SETUP = """
+import gc, json, torch
+from qwen3_jupyter.session import SESSION as _S
+from qwen3_jupyter.memory import live_tensor_bytes as _live
+_l = _S.loaded
+_text = _l.tokenizer.apply_chat_template(
+    [{{"role": "user", "content": {prompt!r}}}], tokenize=False, add_generation_prompt=True,
+    enable_thinking=True)
+def _gen_kwargs():
+    return dict(**_l.tokenizer(_text, return_tensors="pt").to(_l.device), max_new_tokens={n},
+                min_new_tokens={n}, do_sample=False, pad_token_id=_l.tokenizer.pad_token_id,
+                return_dict_in_generate=True)
+"""
+MEASURE = """
+_m = {{"live": sum(_live().values()), "cuda": torch.cuda.is_available()}}
+if _m["cuda"]:
+    _m.update(allocated=torch.cuda.memory_allocated(), peak=torch.cuda.max_memory_allocated(),
+              reserved=torch.cuda.memory_reserved())
+    torch.cuda.reset_peak_memory_stats()
+try:
+    from qwen3_jupyter.memory import NvmlReader, process_gpu_memory
+    import os as _os
+    _r = NvmlReader(); _r.open(); _reading = _r.read(); _r.close()
+    _m["nvml"] = sum(v or 0 for v in process_gpu_memory(_reading, {{_os.getpid()}}).values()) \\
+        if _reading.available else None
+except Exception:
+    _m["nvml"] = None
+print(json.dumps(_m))
+del _m
+"""
+STRATEGIES: dict[str, tuple[str, str]] = {
+    "naive (generate, result left in Out)": (
+        "_l.model.generate(**_gen_kwargs())",
+        "plain model.generate(return_dict_in_generate=True) as the cell's value, no cleanup",
+    ),
+    "hand recipe (del + gc + empty_cache)": (
+        "_out = _l.model.generate(**_gen_kwargs())\n"
+        "del _out\ngc.collect()\nif torch.cuda.is_available():\n    torch.cuda.empty_cache()",
+        "the result kept in a variable, then del + gc.collect() + torch.cuda.empty_cache()",
+    ),
+    "%qwen3": (
+        "%qwen3 --greedy --ignore-eos --max-new-tokens {n} {prompt}",
+        "our magic with its automatic cleanup (thinking on, the default)",
+    ),
+    "%qwen3 --no-think": (
+        "%qwen3 --no-think --greedy --ignore-eos --max-new-tokens {n} {prompt}",
+        "our magic, Qwen3's enable_thinking=False",
+    ),
+}
+
+
+class PeakSampler:
+    """Samples a process tree's RSS from outside every `interval` seconds; keeps the peak."""
+
+    def __init__(self, pid: int | None, interval: float = 0.01) -> None:
+        self.pid, self.interval, self.peak = pid, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def rss(self) -> int:
+        if self.pid is None:
+            return 0
+        try:
+            proc = psutil.Process(self.pid)
+            return int(sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]))
+        except psutil.Error:
+            return 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakSampler:
+        self.peak = self.rss()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.rss())
+
+
+@dataclass
+class Call:
+    latency_s: float
+    peak_rss: int
+    rss_after: int
+    live_tensor_bytes: int
+    cuda_peak: int | None = None
+    cuda_allocated: int | None = None
+    nvml_bytes: int | None = None
+
+
+@dataclass
+class StrategyRun:
+    name: str
+    description: str
+    baseline_rss: int = 0
+    baseline_live: int = 0
+    baseline_cuda: int | None = None
+    calls: list[Call] = field(default_factory=list)
+
+    def retained(self) -> list[int]:
+        """Memory left after each call, above the baseline (CUDA allocated, else live tensors)."""
+        if self.calls and self.calls[0].cuda_allocated is not None:
+            base = self.baseline_cuda or 0
+            return [(c.cuda_allocated or 0) - base for c in self.calls]
+        return [c.live_tensor_bytes - self.baseline_live for c in self.calls]
+
+    def stable(self) -> bool:
+        """Latency of the last 3 calls within 5% of the first 3, and retained memory flat."""
+        latencies = [c.latency_s for c in self.calls]
+        k = min(3, len(latencies))
+        first, last = statistics.median(latencies[:k]), statistics.median(latencies[-k:])
+        retained = self.retained()
+        growing = retained[-1] > retained[0] + STABLE_MEMORY
+        return abs(last - first) <= STABLE_LATENCY * first and not growing
+
+
+def _json_line(text: str) -> dict[str, Any]:
+    for line in reversed(text.strip().splitlines()):
+        if line.startswith("{"):
+            return dict(json.loads(line))
+    raise RuntimeError(f"no measurement in output: {text[-300:]!r}")
+
+
+def _ok(kernel: Kernel, code: str) -> Any:
+    execution = kernel.run(code, timeout=3600)
+    if execution.status != "ok":
+        detail = execution.stderr.strip() or json.dumps(execution.error)[:500]
+        raise RuntimeError(f"cell failed: {code[:60]!r}: {detail}")
+    return execution
+
+
+def _start_kernel(model: str, device: str | None, tokens: int) -> Kernel:
+    kernel = Kernel({"PYTHONUNBUFFERED": "1"})
+    device_flag = f" --device {device}" if device else ""
+    _ok(kernel, "%load_ext qwen3_jupyter")
+    _ok(kernel, f"%qwen3 --model {model}{device_flag} --greedy --max-new-tokens 2 warm up")
+    _ok(kernel, SETUP.format(prompt=PROMPT, n=tokens))
+    return kernel
+
+
+def run_strategy(
+    name: str,
+    model: str,
+    device: str | None,
+    calls: int,
+    tokens: int,
+    log: Callable[[str], None],
+) -> StrategyRun:
+    """`calls` sequential calls of one strategy in a fresh kernel, measured after each."""
+    code, description = STRATEGIES[name]
+    cell = code.format(n=tokens, prompt=PROMPT)
+    run = StrategyRun(name, description)
+    kernel = _start_kernel(model, device, tokens)
+    try:
+        sampler = PeakSampler(kernel.pid)
+        base = _json_line(_ok(kernel, MEASURE.format()).stdout)
+        run.baseline_rss, run.baseline_live = sampler.rss(), int(base["live"])
+        run.baseline_cuda = base.get("allocated")
+        for i in range(calls):
+            with PeakSampler(kernel.pid) as peak:
+                started = time.perf_counter()
+                _ok(kernel, cell)
+                latency = time.perf_counter() - started
+            m = _json_line(_ok(kernel, MEASURE.format()).stdout)
+            run.calls.append(
+                Call(
+                    latency,
+                    peak.peak,
+                    peak.rss(),
+                    int(m["live"]),
+                    m.get("peak"),
+                    m.get("allocated"),
+                    m.get("nvml"),
+                )
+            )
+            log(
+                f"  {name}: call {i + 1}/{calls} {latency:.2f} s, "
+                f"retained {format_bytes(run.retained()[-1])}"
+            )
+    finally:
+        kernel.shutdown()
+    return run
+
+
+@dataclass
+class BatchRow:
+    batch_size: int
+    seconds: float
+    latency_per_item_s: float
+    tokens_per_s: float
+    peak_rss: int
+    peak_generation_tensors: int
+    cuda_peak: int | None
+
+
+BATCH_CELL = """
+import qwen3_jupyter
+_prompts = [{prompt!r} + f" (variant {{i}})" for i in range({items})]
+_r = qwen3_jupyter.generate_batch(_prompts, batch_size={size}, greedy=True, ignore_eos=True,
+                                  max_new_tokens={n}, progress=False)
+print(json.dumps({{"seconds": _r.report.seconds, "tokens": sum(x.completion_tokens for x in _r),
+                  "held": _r.report.held_batch_size, "tensors": _r.report.peak_tensor_bytes,
+                  "cuda_peak": torch.cuda.max_memory_allocated() if torch.cuda.is_available()
+                  else None}}))
+del _r
+"""
+
+
+def run_batches(
+    model: str,
+    device: str | None,
+    tokens: int,
+    sizes: list[int],
+    items: int,
+    log: Callable[[str], None],
+) -> list[BatchRow]:
+    kernel = _start_kernel(model, device, tokens)
+    rows = []
+    try:
+        for size in sizes:
+            _ok(kernel, "if torch.cuda.is_available(): torch.cuda.reset_peak_memory_stats()")
+            with PeakSampler(kernel.pid) as peak:
+                out = _ok(
+                    kernel, BATCH_CELL.format(prompt=PROMPT, items=items, size=size, n=tokens)
+                )
+            m = _json_line(out.stdout)
+            rows.append(
+                BatchRow(
+                    size,
+                    m["seconds"],
+                    m["seconds"] / items,
+                    m["tokens"] / m["seconds"],
+                    peak.peak,
+                    m["tensors"],
+                    m["cuda_peak"],
+                )
+            )
+            log(f"  batch {size}: {m['seconds']:.2f} s for {items} prompts")
+    finally:
+        kernel.shutdown()
+    return rows
+
+
+def table_a(runs: list[StrategyRun], cuda: bool) -> str:
+    def at(run: StrategyRun, n: int) -> str:
+        return f"{run.calls[min(n, len(run.calls)) - 1].latency_s:.2f} s"
+
+    peak_label = "peak CUDA allocated" if cuda else "peak kernel RSS"
+    retained_label = "retained CUDA allocated" if cuda else "retained live tensors"
+    lines = [
+        f"| strategy | call 1 | call 5 | call 10 | {peak_label} | {retained_label} "
+        "| retained RSS | stable |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        peak = max((c.cuda_peak or 0) if cuda else c.peak_rss for c in run.calls)
+        rss = run.calls[-1].rss_after - run.baseline_rss
+        lines.append(
+            f"| {run.name} | {at(run, 1)} | {at(run, 5)} | {at(run, 10)} | {format_bytes(peak)} "
+            f"| {format_bytes(run.retained()[-1])} | {format_bytes(rss)} "
+            f"| {'yes' if run.stable() else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+def table_b(rows: list[BatchRow], cuda: bool) -> str:
+    label = "peak CUDA allocated" if cuda else "peak kernel RSS"
+    lines = [
+        f"| batch size | {label} | peak generation tensors | latency per item | tokens/s |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        peak = r.cuda_peak if cuda and r.cuda_peak is not None else r.peak_rss
+        lines.append(
+            f"| {r.batch_size} | {format_bytes(peak)} | "
+            f"{format_bytes(r.peak_generation_tensors)} | {r.latency_per_item_s:.2f} s | "
+            f"{r.tokens_per_s:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(runs: list[StrategyRun], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (lat, mem) = plt.subplots(1, 2, figsize=(11, 4))
+    for run in runs:
+        x = list(range(1, len(run.calls) + 1))
+        lat.plot(x, [c.latency_s for c in run.calls], marker="o", label=run.name)
+        mem.plot(x, [r / 2**20 for r in run.retained()], marker="o", label=run.name)
+    lat.set(title="latency per call", xlabel="call", ylabel="seconds")
+    mem.set(title="memory retained after each call", xlabel="call", ylabel="MiB")
+    lat.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_benchmark(
+    model: str = "random:Qwen3-1.7B",
+    calls: int = 10,
+    tokens: int = 32,
+    device: str | None = None,
+    sizes: tuple[int, ...] = (1, 2, 4, 8),
+    out_dir: Path = Path("out"),
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run both tables; write JSON and PNG into `out_dir`; return everything measured."""
+    import torch
+
+    cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+    started = datetime.now(timezone.utc)
+    runs = []
+    for name in STRATEGIES:
+        log(f"{name}: {calls} calls of {tokens} tokens")
+        runs.append(run_strategy(name, model, device, calls, tokens, log))
+    log(f"generate_batch: batch sizes {', '.join(map(str, sizes))}")
+    batch_rows = run_batches(model, device, tokens, list(sizes), max(sizes), log)
+    memory = (
+        "CUDA: torch allocated/peak bytes, NVML process memory"
+        if cuda
+        else "CPU: kernel RSS (peak sampled every 10 ms from outside) and live tensor bytes"
+    )
+    header = (
+        f"device {'cuda' if cuda else 'cpu'}, model {model}, dtype "
+        f"{'bfloat16' if cuda else 'float32'}, {tokens} new tokens per call (EOS ignored), "
+        f"greedy, {calls} calls per strategy, {started:%Y-%m-%d}; memory means {memory}"
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"decay-{model.replace(':', '_').replace('/', '_')}-{'cuda' if cuda else 'cpu'}"
+    png, data_path = out_dir / f"{stem}.png", out_dir / f"{stem}.json"
+    plot(runs, png)
+    data = {
+        "header": header,
+        "model": model,
+        "device": "cuda" if cuda else "cpu",
+        "tokens": tokens,
+        "calls": calls,
+        "date": started.isoformat(),
+        "table_a": table_a(runs, cuda),
+        "table_b": table_b(batch_rows, cuda),
+        "strategies": [asdict(r) | {"stable": r.stable(), "retained": r.retained()} for r in runs],
+        "batches": [asdict(r) for r in batch_rows],
+        "plot": str(png),
+    }
+    data_path.write_text(json.dumps(data, indent=2))
+    data["json"] = str(data_path)
+    return data
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m qwen3_jupyter.bench decay",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", default="random:Qwen3-1.7B")
+    parser.add_argument("--calls", type=int, default=10)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--batch-sizes", default="1,2,4,8")
+    parser.add_argument("--out", type=Path, default=Path("out"))
+    args = parser.parse_args(argv)
+    if args.calls < 1 or args.tokens < 1:
+        parser.error("--calls and --tokens must be >= 1")
+    sizes = tuple(int(s) for s in args.batch_sizes.split(","))
+    data = run_benchmark(args.model, args.calls, args.tokens, args.device, sizes, args.out)
+    print()
+    print(data["header"])
+    print("\nTable A: sequential calls\n")
+    print(data["table_a"])
+    print("\nTable B: generate_batch\n")
+    print(data["table_b"])
+    print(f"\nwrote {data['json']} and {data['plot']}")
+    return 0
