@@ -20,13 +20,14 @@ from typing import Any
 from .generation import (
     GenerationOOM,
     GenerationOptions,
+    MemoryGuard,
     Result,
     build_messages,
     current_memory,
     release_after_generation,
     split_thinking,
 )
-from .memory import format_bytes, process_rss
+from .memory import format_bytes
 from .models import LoadedModel
 
 BUDGET_ENV = "QWEN3_JUPYTER_MEMORY_BUDGET"
@@ -89,44 +90,6 @@ class BatchResults(list[Result]):
     """The results in input order, with the run's report."""
 
     report: BatchReport
-
-
-class _BudgetGuard:
-    """Stopping criterion that measures the tensors generation holds after every step.
-
-    It sums the KV cache's key/value storages, the logits and the ids, keeps the peak, and
-    raises torch.OutOfMemoryError when a budget is set and exceeded — the same error the CUDA
-    allocator raises, so one back-off path serves both.
-    """
-
-    def __init__(self, cache: Any, budget: int | None) -> None:
-        self.cache = cache
-        self.budget = budget
-        self.peak = 0
-        self.peak_rss = process_rss()
-
-    def measure(self, input_ids: Any, scores: Any) -> int:
-        total = int(input_ids.nbytes) + (int(scores.nbytes) if scores is not None else 0)
-        for layer in getattr(self.cache, "layers", ()):
-            for name in ("keys", "values"):
-                tensor = getattr(layer, name, None)
-                if tensor is not None:
-                    total += int(tensor.nbytes)
-        return total
-
-    def __call__(self, input_ids: Any, scores: Any, **_: Any) -> Any:
-        import torch
-
-        used = self.measure(input_ids, scores)
-        self.peak = max(self.peak, used)
-        if input_ids.device.type == "cpu":
-            self.peak_rss = max(self.peak_rss, process_rss())
-        if self.budget is not None and used > self.budget:
-            raise torch.OutOfMemoryError(
-                f"generation tensors hold {format_bytes(used)}, over the memory budget of "
-                f"{format_bytes(self.budget)}"
-            )
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 def options_from_kwargs(kwargs: dict[str, Any]) -> GenerationOptions:
@@ -232,7 +195,6 @@ def _generate_chunk(
 ) -> tuple[list[Result], int]:
     """One left-padded batch; out-of-memory is turned into GenerationOOM after freeing."""
     import torch
-    from transformers import DynamicCache, StoppingCriteriaList
 
     tokenizer, model, device = loaded.tokenizer, loaded.model, loaded.device
     texts = [
@@ -247,15 +209,13 @@ def _generate_chunk(
     inputs = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left").to(device)
     prompt_lengths = [int(n) for n in inputs["attention_mask"].sum(dim=1).tolist()]
     width = int(inputs["input_ids"].shape[1])
-    cache = DynamicCache(config=model.config)
-    guard = _BudgetGuard(cache, budget)
+    guard = MemoryGuard(model, budget)
     kwargs: dict[str, Any] = dict(
         max_new_tokens=options.max_new_tokens,
         pad_token_id=tokenizer.pad_token_id,
-        stopping_criteria=StoppingCriteriaList([guard]),
+        **guard.generate_kwargs(),
         **options.sampling(),
     )
-    kwargs[_cache_argument()] = cache
     if options.ignore_eos:
         kwargs["min_new_tokens"] = options.max_new_tokens
     if options.seed is not None:
@@ -275,8 +235,8 @@ def _generate_chunk(
         oom_message = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
     latency = time.perf_counter() - started
     memory_before_free = current_memory(device)[0]
-    del inputs, cache
-    guard.cache = None
+    del inputs
+    guard.release()
     if oom_message is not None:
         release_after_generation(device, None)
         raise GenerationOOM(oom_message)
@@ -309,14 +269,7 @@ def _generate_chunk(
     freed = release_after_generation(device, memory_before_free)
     if freed is not None:
         results = [_with_freed(r, freed) for r in results]
-    return results, guard.peak
-
-
-def _cache_argument() -> str:
-    """`generate`'s name for a caller-supplied cache: `cache` in newer transformers."""
-    from transformers.generation import utils
-
-    return "cache" if "cache" in getattr(utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
+    return results, guard.peak_tensor_bytes
 
 
 def _with_freed(result: Result, freed: int) -> Result:

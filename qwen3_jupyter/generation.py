@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .memory import process_rss
+from .memory import format_bytes, process_rss
 from .models import LoadedModel, release_allocator_cache
 
 THINK_END = "</think>"
@@ -135,8 +135,63 @@ def current_memory(device: str) -> tuple[int, str]:
     return process_rss(), "host RSS"
 
 
+class MemoryGuard:
+    """Measures what generation really holds after every step, and enforces a budget.
+
+    Used as a stopping criterion (it never stops generation by itself): it sums the KV
+    cache's key/value storages, the logits and the ids, keeps the peak, samples host RSS on
+    CPU, and raises torch.OutOfMemoryError when a budget is set and exceeded — the error the
+    CUDA allocator raises, so one out-of-memory path serves a GPU and a budgeted CPU alike.
+    """
+
+    def __init__(self, model: Any, budget: int | None = None) -> None:
+        from transformers import DynamicCache
+
+        self.cache: Any = DynamicCache(config=model.config)
+        self.budget = budget
+        self.peak_tensor_bytes = 0
+        self.peak_rss = process_rss()
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """Arguments that hand `generate` this guard and the cache it watches."""
+        from transformers import StoppingCriteriaList
+        from transformers.generation import utils
+
+        cache_name = (
+            "cache" if "cache" in getattr(utils, "ALL_CACHE_NAMES", ()) else ("past_key_values")
+        )
+        return {cache_name: self.cache, "stopping_criteria": StoppingCriteriaList([self])}
+
+    def tensor_bytes(self, input_ids: Any, scores: Any) -> int:
+        total = int(input_ids.nbytes) + (int(scores.nbytes) if scores is not None else 0)
+        for layer in getattr(self.cache, "layers", ()):
+            for name in ("keys", "values"):
+                tensor = getattr(layer, name, None)
+                if tensor is not None:
+                    total += int(tensor.nbytes)
+        return total
+
+    def __call__(self, input_ids: Any, scores: Any, **_: Any) -> Any:
+        import torch
+
+        used = self.tensor_bytes(input_ids, scores)
+        self.peak_tensor_bytes = max(self.peak_tensor_bytes, used)
+        if input_ids.device.type == "cpu":
+            self.peak_rss = max(self.peak_rss, process_rss())
+        if self.budget is not None and used > self.budget:
+            raise torch.OutOfMemoryError(
+                f"generation tensors hold {format_bytes(used)}, over the memory budget of "
+                f"{format_bytes(self.budget)}"
+            )
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    def release(self) -> None:
+        """Drop the cache so its tensors can be freed."""
+        self.cache = None
+
+
 class _Streamer:
-    """transformers streamer: records generated ids, samples memory, emits text periodically."""
+    """transformers streamer: records generated ids, emits text periodically."""
 
     def __init__(
         self,
@@ -152,8 +207,6 @@ class _Streamer:
         self.ids: list[int] = []
         self._prompt_seen = False
         self._last_emit = 0.0
-        self._cpu = not device.startswith("cuda")
-        self.peak_rss = process_rss() if self._cpu else 0
         self.memory_at_end: int | None = None
 
     def put(self, value: Any) -> None:
@@ -161,8 +214,6 @@ class _Streamer:
             self._prompt_seen = True
             return
         self.ids.extend(int(i) for i in value.reshape(-1).tolist())
-        if self._cpu:
-            self.peak_rss = max(self.peak_rss, process_rss())
         now = time.perf_counter()
         if self.on_text is not None and now - self._last_emit >= self.interval:
             self._last_emit = now
@@ -182,6 +233,7 @@ def generate(
     history: list[dict[str, str]] | None = None,
     on_text: Callable[[str], None] | None = None,
     stream_interval: float = 0.1,
+    memory_budget: int | None = None,
 ) -> Result:
     """Generate one answer, streaming text to `on_text`, then release what generation left.
 
@@ -199,10 +251,12 @@ def generate(
     inputs = tokenizer(prompt_text, return_tensors="pt").to(device)
     prompt_tokens = int(inputs["input_ids"].shape[1])
     streamer = _Streamer(tokenizer, device, on_text, stream_interval)
+    guard = MemoryGuard(model, memory_budget)
     kwargs: dict[str, Any] = dict(
         max_new_tokens=options.max_new_tokens,
         streamer=streamer,
         pad_token_id=tokenizer.pad_token_id,
+        **guard.generate_kwargs(),
         **options.sampling(),
     )
     if options.ignore_eos:
@@ -213,23 +267,30 @@ def generate(
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(torch.device(device))
     stop_reason = "length"
-    out_of_memory = False
+    oom_reason: str | None = None
     started = time.perf_counter()
     try:
         with torch.inference_mode():
             model.generate(**inputs, **kwargs)
     except KeyboardInterrupt:
         stop_reason = "interrupted"
-    except torch.OutOfMemoryError:
-        out_of_memory = True
+    except torch.OutOfMemoryError as exc:
+        oom_reason = (str(exc).strip().splitlines() or ["out of memory"])[0][:200]
     latency = time.perf_counter() - started
     del inputs
-    if out_of_memory:
-        freed = release_after_generation(device, streamer.memory_at_end)
+    guard.release()
+    if oom_reason is not None:
+        # Outside the except block: the failing frames (and their tensors) are gone now.
+        freed = release_after_generation(device, current_memory(device)[0])
+        hint = (
+            "raise --memory-budget or lower --max-new-tokens"
+            if memory_budget is not None and "memory budget" in oom_reason
+            else "lower --max-new-tokens, run %qwen3_clean --verbose to see what holds memory, "
+            "or use --device cpu"
+        )
         raise GenerationOOM(
-            f"{device} ran out of memory after {len(streamer.ids)} new tokens "
-            f"(freed {freed or 0} bytes since): lower --max-new-tokens, run "
-            "%qwen3_clean --verbose to see what holds memory, or use --device cpu"
+            f"out of memory on {device} after {len(streamer.ids)} new tokens ({oom_reason}); "
+            f"freed {format_bytes(freed)}: {hint}"
         )
     ids = streamer.ids
     if stop_reason != "interrupted" and ids and ids[-1] in _eos_ids(model, tokenizer):
@@ -239,7 +300,7 @@ def generate(
         peak: int | None = int(torch.cuda.max_memory_allocated(torch.device(device)))
         kind = "CUDA allocated"
     else:
-        peak, kind = streamer.peak_rss, "host RSS"
+        peak, kind = guard.peak_rss, "host RSS"
     result = Result(
         prompt=prompt,
         answer=answer,

@@ -107,8 +107,9 @@ class Qwen3Magics(Magics):
     @argument(
         "--memory-budget",
         metavar="SIZE",
-        help="With --file: cap on the tensors one batch may hold, e.g. 2GiB (default "
-        "$QWEN3_JUPYTER_MEMORY_BUDGET); exceeding it backs off like an out-of-memory error.",
+        help="Cap on the tensors generation may hold, e.g. 2GiB (default "
+        "$QWEN3_JUPYTER_MEMORY_BUDGET). Exceeding it is an out-of-memory error: a call stops "
+        "with a one-line message, --file halves its batch size and retries.",
     )
     @argument(
         "--unload",
@@ -199,7 +200,14 @@ class Qwen3Magics(Magics):
             self._run_batch(args, loaded, options)
             return
         view = display.StreamView(options.think, args.hide_thinking)
-        result = SESSION.ask(loaded, prompt, options, chat=args.chat, on_text=view.update)
+        result = SESSION.ask(
+            loaded,
+            prompt,
+            options,
+            chat=args.chat,
+            on_text=view.update,
+            memory_budget=_budget(args),
+        )
         view.finish(result)
         if self.shell is not None:
             self.shell.user_ns["_qwen3"] = result
@@ -207,9 +215,9 @@ class Qwen3Magics(Magics):
 
     def _run_batch(self, args: Namespace, loaded: Any, options: GenerationOptions) -> None:
         prompts = read_prompts(args.file)
-        budget_text = args.memory_budget or os.environ.get(BUDGET_ENV)
-        budget = parse_size(budget_text) if budget_text else None
-        results = run_batches(loaded, prompts, args.batch_size, options, budget, args.out, True)
+        results = run_batches(
+            loaded, prompts, args.batch_size, options, _budget(args), args.out, True
+        )
         display.show_batch(results, results.report)
         if self.shell is not None:
             self.shell.user_ns["_qwen3"] = results
@@ -218,8 +226,8 @@ class Qwen3Magics(Magics):
 def _validate(args: Namespace, prompt: str) -> None:
     if args.file and prompt:
         raise UsageError("give either a prompt or --file PROMPTS.txt, not both")
-    if (args.out or args.memory_budget) and not args.file:
-        raise UsageError("--out and --memory-budget go with --file PROMPTS.txt")
+    if args.out and not args.file:
+        raise UsageError("--out goes with --file PROMPTS.txt")
     if not prompt and not args.file and not (args.reset or args.unload):
         raise UsageError("empty prompt: write %qwen3 [options] PROMPT (see %qwen3?)")
     if args.batch_size < 1:
@@ -243,6 +251,12 @@ def _validate(args: Namespace, prompt: str) -> None:
     for failed, message in checks:
         if failed:
             raise UsageError(message)
+
+
+def _budget(args: Namespace) -> int | None:
+    """The memory budget from --memory-budget, else $QWEN3_JUPYTER_MEMORY_BUDGET, else none."""
+    text = args.memory_budget or os.environ.get(BUDGET_ENV)
+    return parse_size(text) if text else None
 
 
 def read_prompts(path: str) -> list[str]:

@@ -88,10 +88,13 @@ class Session:
         options: GenerationOptions,
         chat: bool = False,
         on_text: Callable[[str], None] | None = None,
+        memory_budget: int | None = None,
     ) -> Result:
         """One generation; with `chat`, the prompt and answer join the conversation."""
         history = self.conversation.messages if chat else None
-        result = generate(loaded, prompt, options, history=history, on_text=on_text)
+        result = generate(
+            loaded, prompt, options, history=history, on_text=on_text, memory_budget=memory_budget
+        )
         if chat and result.stop_reason != "interrupted":
             self.conversation.messages.append({"role": "user", "content": prompt})
             self.conversation.messages.append({"role": "assistant", "content": result.answer})

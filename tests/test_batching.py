@@ -116,7 +116,7 @@ def test_magic_batch_and_interrupt_keep_finished_results(
     ("line", "expected"),
     [
         ("%qwen3 --file /no/such.txt", "cannot read --file /no/such.txt"),
-        ("%qwen3 --out r.jsonl hello", "--out and --memory-budget go with --file"),
+        ("%qwen3 --out r.jsonl hello", "--out goes with --file"),
         ("%qwen3 --batch-size 0 hello", "--batch-size must be >= 1"),
         ("%qwen3 --memory-budget lots --file x.txt", "--memory-budget: 'lots' is not a size"),
     ],

@@ -189,6 +189,25 @@ def test_interrupt_stops_promptly_keeps_partial_answer_and_kernel(fresh_kernel: 
     assert k.run("%qwen3 --max-new-tokens 3 --no-think still alive").status == "ok"
 
 
+def test_out_of_memory_is_caught_released_and_explained(kernel: Kernel) -> None:
+    kernel.run("keep_me = [41]")
+    ex = kernel.run("%qwen3 --memory-budget 64KiB --no-think --ignore-eos --max-new-tokens 200 hi")
+    assert ex.status == "error"
+    message = ex.stderr.strip()
+    assert len(message.splitlines()) == 1, message
+    assert (
+        "out of memory on cpu after" in message and "over the memory budget of 64.0 KiB" in message
+    )
+    assert "raise --memory-budget or lower --max-new-tokens" in message
+    # Nothing is left referenced by the failed call: no live KV cache, model and variables intact.
+    leftovers = kernel.value(
+        "sum(1 for o in __import__('gc').get_objects() if type(o).__name__ == 'DynamicCache')"
+    )
+    assert leftovers == 0
+    assert kernel.value("keep_me") == [41]
+    assert kernel.run("%qwen3 --max-new-tokens 2 --no-think fine again").status == "ok"
+
+
 def test_unload_frees_the_model_and_proves_it(fresh_kernel: Kernel) -> None:
     k = fresh_kernel
     k.run("%load_ext qwen3_jupyter")
