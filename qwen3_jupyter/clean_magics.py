@@ -1,0 +1,276 @@
+"""`%%qwen3_clean` / `%qwen3_clean` and `%qwen3_autoclean`: cleanup as magics (thin glue).
+
+The cell form runs its body the way IPython runs a cell (input transforms, AST transformers,
+`ast_node_interactivity`, a trailing `;`), so the result displays as the cell's `Out[N]` and an
+exception shows its ordinary traceback and marks the cell as failed; then it cleans.
+"""
+
+from __future__ import annotations
+
+import ast
+import weakref
+from argparse import Namespace
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from . import display
+from .cleanup import CleanupReport, cleanup, shutdown_nvml
+
+_IPYTHON_OWN = ("_", "__", "___", "_i", "_ii", "_iii", "_ih", "_oh", "_dh", "In", "Out")
+
+
+@magics_class
+class CleanMagics(Magics):
+    """Free the memory that notebooks keep referenced: output cache, last traceback, cycles."""
+
+    def __init__(self, shell: Any, **kwargs: Any) -> None:
+        super().__init__(shell, **kwargs)
+        self.ip: Any = shell
+        self.autoclean = False
+        self._cleaned_cell: Any = None
+
+    @magic_arguments()
+    @argument(
+        "--drop",
+        action="store_true",
+        help="Delete the variables this cell created (never ones that existed before it).",
+    )
+    @argument(
+        "--keep",
+        metavar="NAMES",
+        default="",
+        help="Comma-separated names that --drop keeps, e.g. --keep model,tok.",
+    )
+    @argument("--dynamo", action="store_true", help="Also reset torch.compile (dynamo) state.")
+    @argument("--quiet", "-q", action="store_true", help="Print no report.")
+    @argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="Also list what still holds memory (variables, outputs, model) and how to free it.",
+    )
+    @line_cell_magic
+    def qwen3_clean(self, line: str = "", cell: str | None = None) -> None:
+        """Free memory that is only referenced by the notebook's machinery, and report it.
+
+        Usage::
+
+          %qwen3_clean [--dynamo] [--quiet] [--verbose]
+          %%qwen3_clean [--drop] [--keep NAMES] [--dynamo] [--quiet] [--verbose]
+          BODY (runs like a normal cell, then cleans)
+
+        Releases: output-cache entries (Out, _, __, ___, _N) that hold tensors or models,
+        including this cell's own result once it has been shown; the last exception's
+        traceback (its frames keep tensors alive; %debug has nothing to inspect afterwards);
+        caches generation left on the model; reference cycles (one full gc); torch's CUDA
+        cache on every device (peak counters reset). Never deletes a variable unless --drop
+        is given, and then only those the cell created; never unloads the model (use
+        %qwen3 --unload). Prints one line: memory before -> after and what was released.
+        The body runs like a cell (its result shows as Out[N], an error fails the cell),
+        except that top-level `await` is not supported in it.
+
+        Examples::
+
+          %qwen3_clean --verbose
+
+          %%qwen3_clean --drop --keep result
+          logits = model(**batch).logits
+          result = logits.argmax(-1).tolist()
+        """
+        args = _parse(self.qwen3_clean, line, "%qwen3_clean?")
+        keep = _parse_keep(args.keep)
+        if cell is None:
+            if args.drop or keep:
+                raise UsageError(
+                    "--drop and --keep apply to a %%qwen3_clean cell (the names it creates)"
+                )
+            self._clean(args, ())
+            return
+        if keep and not args.drop:
+            raise UsageError("--keep names what --drop spares: add --drop")
+        before = set(self.ip.user_ns)
+        try:
+            run_cell_body(self.ip, cell)
+        finally:
+            created = created_names(self.ip, before, keep) if args.drop else ()
+            self._clean(args, created)
+            current = getattr(self.ip.displayhook, "exec_result", None)
+            self._cleaned_cell = weakref.ref(current) if current is not None else None
+
+    @magic_arguments()
+    @argument(
+        "mode",
+        nargs="?",
+        default="status",
+        choices=("on", "off", "status"),
+        help="on: clean after every cell; off: stop; status (default): say which.",
+    )
+    @line_magic
+    def qwen3_autoclean(self, line: str = "") -> None:
+        """Clean after every cell (like %qwen3_clean), reporting only when memory was freed.
+
+        Usage::
+
+          %qwen3_autoclean on|off|status
+
+        With it on, a tensor shown as a cell's result is not kept in Out/_ and a failed cell's
+        traceback is released right after it is shown (so %debug has nothing to inspect):
+        turn it off while debugging. Unloading the extension turns it off.
+        """
+        args = _parse(self.qwen3_autoclean, line, "%qwen3_autoclean?")
+        if args.mode == "on":
+            self.set_autoclean(True)
+        elif args.mode == "off":
+            self.set_autoclean(False)
+        state = "on: cleaning after every cell" if self.autoclean else "off"
+        display.info(f"autoclean {state}")
+
+    def set_autoclean(self, on: bool) -> None:
+        """Register or remove the post_run_cell hook (idempotent)."""
+        if on and not self.autoclean:
+            self.ip.events.register("post_run_cell", self._after_cell)
+        elif not on and self.autoclean:
+            self.ip.events.unregister("post_run_cell", self._after_cell)
+        self.autoclean = on
+
+    def _after_cell(self, result: Any = None) -> None:
+        cleaned, self._cleaned_cell = self._cleaned_cell, None
+        if result is not None and cleaned is not None and cleaned() is result:
+            return  # a %%qwen3_clean cell has just cleaned
+        report = cleanup(self.ip)
+        if report.freed_bytes > 0 or report.error:
+            display.info(report.summary())
+
+    def _clean(self, args: Namespace, drop: tuple[str, ...]) -> CleanupReport:
+        report = cleanup(self.ip, drop=drop, dynamo=args.dynamo, verbose=args.verbose)
+        if not args.quiet:
+            display.info(report.summary())
+            for line in report.details():
+                print(f"  {line}", flush=True)
+        return report
+
+
+def _parse(magic: Any, line: str, help_hint: str) -> Namespace:
+    try:
+        return parse_argstring(magic, line)
+    except UsageError as exc:
+        raise UsageError(f"{exc} (see {help_hint})") from None
+
+
+def _parse_keep(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    bad = [n for n in names if not n.isidentifier()]
+    if bad:
+        raise UsageError(f"--keep takes comma-separated variable names; not a name: {bad[0]!r}")
+    return names
+
+
+def created_names(shell: Any, before: set[str], keep: tuple[str, ...]) -> tuple[str, ...]:
+    """Names the cell added to the user namespace, minus `keep` and IPython's own (`_N`, `_`)."""
+    hidden = getattr(shell, "user_ns_hidden", {})
+    return tuple(
+        name
+        for name in shell.user_ns
+        if name not in before
+        and name not in keep
+        and name not in hidden
+        and name not in _IPYTHON_OWN
+        and not (name.startswith("_") and name[1:].isdigit())
+        and not (name.startswith("_i") and name[2:].isdigit())
+    )
+
+
+def run_cell_body(shell: Any, body: str) -> None:
+    """Run `body` in the user namespace the way IPython runs a cell.
+
+    The body is transformed (magics, `!cmd`) and AST-transformed like a cell, its nodes run with
+    the shell's `ast_node_interactivity` so the last expression goes through the display hook
+    (it shows as this cell's Out[N]). An exception is shown with IPython's traceback, starting
+    at the body's own line, and recorded on the running cell's ExecutionResult so the cell
+    counts as failed (Run All stops) — as in a normal cell. Outside a running cell (no
+    ExecutionResult) the exception propagates instead.
+    """
+    __tracebackhide__ = True
+    number = shell.execution_count
+    transformed = shell.transform_cell(body)
+    # One blank line stands for the magic's own line, so tracebacks name the cell's line numbers.
+    source = "\n" + transformed
+    cell_name = shell.compile.cache(source, number, raw_code=body)
+    try:
+        with shell.display_trap:
+            tree = shell.compile.ast_parse(source, filename=cell_name)
+            tree = shell.transform_ast(tree)
+            for node, mode in _interactive_split(shell, tree.body, body):
+                module: ast.mod = (
+                    ast.Interactive([node]) if mode == "single" else ast.Module([node], [])
+                )
+                code = shell.compile(module, cell_name, mode)
+                exec(code, shell.user_global_ns, shell.user_ns)
+    except BaseException as exc:
+        if isinstance(exc, SystemExit) or not _show_error(shell, exc, cell_name):
+            raise
+
+
+def _interactive_split(shell: Any, nodes: list[ast.stmt], body: str) -> list[tuple[Any, str]]:
+    """(node, "exec" | "single") pairs following IPython's `run_ast_nodes` rules."""
+    if not nodes:
+        return []
+    mode = shell.ast_node_interactivity
+    if shell.displayhook.semicolon_at_end_of_expression(body):
+        mode = "none"
+    nodes = list(nodes)
+    if mode == "last_expr_or_assign":
+        last = nodes[-1]
+        target = None
+        if isinstance(last, ast.Assign) and len(last.targets) == 1:
+            target = last.targets[0]
+        elif isinstance(last, (ast.AugAssign, ast.AnnAssign)):
+            target = last.target
+        if isinstance(target, ast.Name):
+            echo = ast.Expr(ast.Name(target.id, ast.Load()))
+            ast.copy_location(echo, last)
+            nodes.append(ast.fix_missing_locations(echo))
+        mode = "last_expr"
+    if mode == "last_expr":
+        mode = "last" if isinstance(nodes[-1], ast.Expr) else "none"
+    if mode == "all":
+        return [(n, "single") for n in nodes]
+    if mode == "last":
+        return [*((n, "exec") for n in nodes[:-1]), (nodes[-1], "single")]
+    return [(n, "exec") for n in nodes]
+
+
+def _show_error(shell: Any, exc: BaseException, cell_name: str) -> bool:
+    """Show `exc` as a cell error and mark the running cell failed; False outside a cell."""
+    result = getattr(shell.displayhook, "exec_result", None)
+    if result is None:
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != cell_name:
+        tb = tb.tb_next
+    tb = tb or exc.__traceback__
+    shell.showtraceback((type(exc), exc.with_traceback(tb), tb))
+    result.error_in_exec = exc
+    return True
+
+
+def load(ip: Any) -> None:
+    """Register the cleanup magics; unloading removes them and the autoclean hook."""
+    from . import lifecycle
+
+    magics = CleanMagics(ip)
+    ip.register_magics(magics)
+    lifecycle.on_unload("clean-magics", lambda: unload(ip, magics))
+
+
+def unload(ip: Any, magics: CleanMagics) -> None:
+    """Remove what `load` registered."""
+    magics.set_autoclean(False)
+    shutdown_nvml()
+    ip.magics_manager.magics["line"].pop("qwen3_clean", None)
+    ip.magics_manager.magics["cell"].pop("qwen3_clean", None)
+    ip.magics_manager.magics["line"].pop("qwen3_autoclean", None)
+    ip.magics_manager.registry.pop("CleanMagics", None)

@@ -1,0 +1,951 @@
+"""One release action per memory holder, composed into `cleanup()` and its report.
+
+`gc.collect()` and `torch.cuda.empty_cache()` alone free little in a notebook, because the
+memory is still *referenced*: by IPython's output cache (`Out`, `_`, `_N`, the display hook's
+own attributes, the last ExecutionResult), by the last exception's traceback frames
+(`sys.last_*`, IPython's traceback handler and ExecutionResult), by caches kept on the model.
+Each holder has its own small release action here (accelerate's `release_memory` shape); each
+returns the names of what it let go and never deletes anything a user could still want by name:
+user variables go only when the caller passes them in `drop`, and the loaded model stays.
+
+`cleanup()` runs the actions in order (references first, then one full garbage collection, then
+the allocator caches, so the freed blocks really go back to the driver or the OS), measures
+memory before and after, and never raises: a failing action is recorded in the report and the
+others still run. torch is never imported here; if the process has not imported it, it holds no
+tensors and the tensor-related work is skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import inspect
+import itertools
+import logging
+import os
+import re
+import sys
+import time
+import types
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .memory import MiB, cuda_in_use, format_bytes, live_tensor_bytes, process_rss
+
+_log = logging.getLogger(__name__)
+
+HOST_NOISE_BYTES = 1 * MiB
+"""Host RSS moves by a few hundred KiB on its own (allocator bookkeeping, gc's own lists):
+changes smaller than this are not reported as freed."""
+
+WALK_DEPTH = 4
+"""How deep the tensor search descends into containers and plain objects (enough for a
+ModelOutput of tensors, a DynamicCache's layers, a dict of lists of tensors)."""
+
+WALK_BUDGET = 10_000
+"""The most objects the tensor search visits from one root, so a list of a million numbers in
+`Out` costs microseconds, not a walk of the whole list."""
+
+_OUT_NAME = re.compile(r"_\d+")
+_IPYTHON_NAMES = re.compile(r"_+|_\d+|_i+|_i\d+|_ih|_oh|_dh|In|Out|exit|quit|get_ipython")
+_MODEL_CACHE_ATTRS = ("_cache", "past_key_values", "_past_key_values", "_kv_cache")
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    """What one device holds for this process at one moment, in bytes (None: not measured).
+
+    `tensors`: bytes of live tensors — torch's allocated counter on CUDA (exact and cheap); on
+    the CPU the storages of every reachable tensor, which walks every object and is therefore
+    measured only when asked for (`count_tensors`, or `verbose`).
+    `reserved`: what torch's caching allocator holds from the driver (CUDA only).
+    `process`: what the OS or driver charges this process: host RSS for "cpu"; NVML's figure
+    for this process on a GPU, None where NVML cannot tell (no NVML, or PIDs from a container).
+    """
+
+    device: str
+    tensors: int | None
+    reserved: int | None
+    process: int | None
+
+
+@dataclass(frozen=True)
+class DeviceChange:
+    """One device before and after a cleanup."""
+
+    device: str
+    before: DeviceMemory
+    after: DeviceMemory
+
+    @property
+    def freed(self) -> int:
+        """Memory returned: NVML's figure for a GPU (else torch reserved); on "cpu" the tensor
+        bytes that went away when they were counted, else the drop in RSS (changes under
+        HOST_NOISE_BYTES count as nothing)."""
+        if self.device == "cpu":
+            if self.before.tensors is not None and self.after.tensors is not None:
+                return _drop(self.before.tensors, self.after.tensors)
+            drop = _drop(self.before.process, self.after.process)
+            return drop if drop >= HOST_NOISE_BYTES else 0
+        if self.before.process is not None and self.after.process is not None:
+            return _drop(self.before.process, self.after.process)
+        return _drop(self.before.reserved, self.after.reserved)
+
+    @property
+    def tensors_freed(self) -> int | None:
+        """Bytes of tensors that went away, where tensors were measured on both sides."""
+        if self.before.tensors is None or self.after.tensors is None:
+            return None
+        return _drop(self.before.tensors, self.after.tensors)
+
+    def describe(self) -> str:
+        """'cpu RSS 1.3 GiB -> 1.2 GiB, tensors 64.0 MiB -> 0 B' (one value when unchanged)."""
+        if self.device == "cpu":
+            parts = [f"cpu RSS {_arrow(self.before.process, self.after.process)}"]
+            if self.before.tensors is not None and self.after.tensors is not None:
+                parts.append(f"tensors {_arrow(self.before.tensors, self.after.tensors)}")
+            return ", ".join(parts)
+        parts = [
+            f"{self.device} allocated {_arrow(self.before.tensors, self.after.tensors)}",
+            f"reserved {_arrow(self.before.reserved, self.after.reserved)}",
+        ]
+        if self.before.process is not None and self.after.process is not None:
+            parts.append(f"process {_arrow(self.before.process, self.after.process)} (NVML)")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """What one release action did.
+
+    `released`: the references it dropped, by name (`Out[3]`, `sys.last_traceback`, `y`).
+    `freed_bytes`: memory that went away while it ran (torch allocated or reserved on CUDA,
+    host RSS above the noise floor); `error` is the one-line failure when it failed.
+    """
+
+    name: str
+    released: tuple[str, ...] = ()
+    freed_bytes: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+    @property
+    def freed(self) -> bool:
+        return self.freed_bytes > 0
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Something that still holds tensor memory after cleanup, and how to let it go."""
+
+    name: str
+    kind: str  # "variable", "output", "traceback", "model", "other"
+    what: str
+    nbytes: int
+    devices: tuple[str, ...]
+    hint: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.name}: {self.what} {format_bytes(self.nbytes)} {', '.join(self.devices)}"
+            f" ({self.hint})"
+        )
+
+
+@dataclass(frozen=True)
+class CleanupReport:
+    """What a cleanup freed, which actions freed it, and (verbose) what still holds memory."""
+
+    devices: tuple[DeviceChange, ...]
+    actions: tuple[ActionResult, ...]
+    holders: tuple[Holder, ...] = ()
+    seconds: float = 0.0
+    error: str | None = None
+
+    @property
+    def freed_bytes(self) -> int:
+        """Memory returned to the OS and the GPU drivers, summed over devices."""
+        return sum(change.freed for change in self.devices)
+
+    @property
+    def gc_seconds(self) -> float:
+        return sum(a.seconds for a in self.actions if a.name == "cycles")
+
+    @property
+    def released(self) -> tuple[str, ...]:
+        """Every reference dropped by the reference actions, in order."""
+        return tuple(r for a in self.actions if a.name in _REFERENCE_ACTIONS for r in a.released)
+
+    def device(self, name: str) -> DeviceChange | None:
+        return next((d for d in self.devices if d.device == name), None)
+
+    def summary(self) -> str:
+        """The one-line report: freed or not, per-device before -> after, what was released."""
+        released = self._released_text()
+        if self.freed_bytes > 0:
+            head = f"cleanup freed {format_bytes(self.freed_bytes)}"
+        elif released:
+            head = "cleanup freed no memory"
+        else:
+            head = "cleanup: nothing to free"
+        parts = [head, *(d.describe() for d in self.devices)]
+        if released:
+            parts.append(f"released {released}")
+            if self.freed_bytes <= 0 and not self.holders:
+                parts.append("--verbose lists what still holds memory")
+        failed = [f"{a.name} failed ({a.error})" for a in self.actions if a.error]
+        if self.error:
+            failed.append(self.error)
+        parts.extend(failed)
+        parts.append(f"{self.seconds * 1000:.0f} ms")
+        return " · ".join(parts)
+
+    def details(self) -> list[str]:
+        """One line per remaining holder, biggest first (empty unless verbose)."""
+        return [str(h) for h in self.holders]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form (for the sidebar's "Free memory" button and the gauge)."""
+        return {
+            "summary": self.summary(),
+            "freed_bytes": self.freed_bytes,
+            "seconds": self.seconds,
+            "gc_seconds": self.gc_seconds,
+            "devices": [
+                {
+                    "device": d.device,
+                    "before": asdict(d.before),
+                    "after": asdict(d.after),
+                    "freed": d.freed,
+                    "tensors_freed": d.tensors_freed,
+                }
+                for d in self.devices
+            ],
+            "actions": [
+                {
+                    "name": a.name,
+                    "released": list(a.released),
+                    "freed": a.freed,
+                    "freed_bytes": a.freed_bytes,
+                    "seconds": a.seconds,
+                    "error": a.error,
+                }
+                for a in self.actions
+            ],
+            "holders": [{**asdict(h), "devices": list(h.devices)} for h in self.holders],
+            "error": self.error,
+        }
+
+    def _released_text(self) -> str:
+        pieces = []
+        for action in self.actions:
+            if action.name not in _REFERENCE_ACTIONS or not action.released:
+                continue
+            shown = ", ".join(action.released[:4])
+            more = len(action.released) - 4
+            suffix = f" +{more} more" if more > 0 else ""
+            pieces.append(f"{action.name} ({shown}{suffix})")
+        return "; ".join(pieces)
+
+
+_REFERENCE_ACTIONS = ("dropped names", "output cache", "last exception", "generation leftovers")
+
+
+def _drop(before: int | None, after: int | None) -> int:
+    if before is None or after is None:
+        return 0
+    return max(0, before - after)
+
+
+def _arrow(before: int | None, after: int | None) -> str:
+    first, second = format_bytes(before), format_bytes(after)
+    return first if first == second else f"{first} -> {second}"
+
+
+# ----------------------------------------------------------------------------- finding tensors
+
+
+class _TensorScan:
+    """Storages of the tensors reachable from some roots, bounded in depth and visits.
+
+    Knows tensors (any device), nn.Modules (their parameters and buffers), objects exposing
+    `__cuda_array_interface__` (CuPy, Numba), and descends dicts (ModelOutput is one), lists,
+    tuples, sets and plain objects' attributes. Functions, classes and modules are not entered:
+    they reach everything.
+    """
+
+    def __init__(self, torch: Any, stop_at_first: bool = False) -> None:
+        self.torch = torch
+        self.stop_at_first = stop_at_first
+        self.storages: dict[tuple[str, int], int] = {}
+        self.tensor_count = 0
+        self._seen: set[int] = set()
+        self._budget = WALK_BUDGET
+
+    @property
+    def found(self) -> bool:
+        return bool(self.storages)
+
+    def nbytes(self) -> int:
+        return sum(self.storages.values())
+
+    def by_device(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for (device, _), size in self.storages.items():
+            totals[device] = totals.get(device, 0) + size
+        return totals
+
+    def visit(self, obj: Any, depth: int = 0) -> None:
+        if self._budget <= 0 or (self.stop_at_first and self.storages):
+            return
+        self._budget -= 1
+        if obj is None or isinstance(obj, (str, bytes, int, float, complex, bool)):
+            return
+        key = id(obj)
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        torch = self.torch
+        if isinstance(obj, torch.Tensor):
+            self._add_tensor(obj)
+            return
+        if isinstance(obj, torch.nn.Module):
+            for tensor in (*obj.parameters(), *obj.buffers()):
+                self._add_tensor(tensor)
+            return
+        if _cuda_array(obj):
+            self.storages[("cuda", id(obj))] = int(getattr(obj, "nbytes", 0) or 0)
+            return
+        if depth >= WALK_DEPTH or isinstance(obj, _OPAQUE):
+            return
+        if isinstance(obj, dict):
+            children: Iterable[Any] = list(itertools.islice(obj.values(), self._budget))
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            children = list(itertools.islice(obj, self._budget))
+        elif isinstance(obj, BaseException):
+            children = [obj.__traceback__, obj.__cause__, obj.__context__]
+        elif isinstance(obj, types.TracebackType):
+            children = _traceback_locals(obj)
+        else:
+            try:
+                attrs = vars(obj)
+            except TypeError:
+                return
+            children = list(attrs.values())
+        for child in children:
+            self.visit(child, depth + 1)
+            if self._budget <= 0 or (self.stop_at_first and self.storages):
+                return
+
+    def _add_tensor(self, tensor: Any) -> None:
+        try:
+            if tensor.is_meta:
+                return
+            storage = tensor.untyped_storage()
+            self.storages[(str(tensor.device), int(storage.data_ptr()))] = int(storage.nbytes())
+            self.tensor_count += 1
+        except Exception:  # sparse, nested, functorch wrappers: no plain storage
+            return
+
+
+_OPAQUE = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
+
+
+def _cuda_array(obj: Any) -> bool:
+    try:
+        return hasattr(type(obj), "__cuda_array_interface__")
+    except Exception:
+        return False
+
+
+def _traceback_locals(tb: types.TracebackType | None) -> list[Any]:
+    """Values of the locals of every function frame in a traceback (not module frames: those
+    are the user's namespace, which is not the traceback's to hold)."""
+    values: list[Any] = []
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_flags & inspect.CO_OPTIMIZED:
+            values.extend(frame.f_locals.values())
+        tb = tb.tb_next
+    return values
+
+
+def _torch() -> Any | None:
+    return sys.modules.get("torch")
+
+
+def holds_device_memory(obj: Any) -> bool:
+    """True when `obj` is or holds (within WALK_DEPTH) a tensor, a module with weights, or a
+    CUDA array. Cheap: stops at the first one found and visits at most WALK_BUDGET objects."""
+    torch = _torch()
+    if torch is None:
+        return False
+    scan = _TensorScan(torch, stop_at_first=True)
+    scan.visit(obj)
+    return scan.found
+
+
+# ----------------------------------------------------------------------------- release actions
+
+
+def release_dropped_names(shell: Any, names: Iterable[str]) -> tuple[str, ...]:
+    """Delete exactly `names` from the user namespace (the caller decides which: `--drop`
+    passes the names a cell created, minus `--keep`)."""
+    removed = []
+    for name in names:
+        if name in shell.user_ns:
+            del shell.user_ns[name]
+            removed.append(name)
+    return tuple(removed)
+
+
+def release_output_cache(shell: Any) -> tuple[str, ...]:
+    """Purge the output-cache entries that hold tensors, models or CUDA arrays; keep the rest.
+
+    IPython keeps a shown result in `Out`/`_oh` (the history manager's `output_hist`, normally
+    one dict), in `_N`, in `_`, `__`, `___` *and* in the display hook's own attributes of those
+    names, and in the ExecutionResult of the cell (`last_execution_result.result`). A `_` or
+    `_5` the user assigned is the user's and is left alone.
+    """
+    released: list[str] = []
+    purged: set[int] = set()
+    kept_alive: list[Any] = []  # until the end, so no id in `purged` is reused meanwhile
+    ns = shell.user_ns
+    hidden = getattr(shell, "user_ns_hidden", {})
+    caches: list[dict[Any, Any]] = []
+    history = getattr(shell, "history_manager", None)
+    for candidate in (getattr(history, "output_hist", None), ns.get("_oh"), ns.get("Out")):
+        if isinstance(candidate, dict) and all(candidate is not c for c in caches):
+            caches.append(candidate)
+    for cache in caches:
+        for key, value in list(cache.items()):
+            if id(value) in purged or holds_device_memory(value):
+                purged.add(id(value))
+                kept_alive.append(value)
+                del cache[key]
+                if f"Out[{key}]" not in released:
+                    released.append(f"Out[{key}]")
+    for name in [n for n in ns if _OUT_NAME.fullmatch(n)]:
+        value = ns[name]
+        set_by_ipython = name in hidden and hidden[name] is value
+        if id(value) in purged or (set_by_ipython and holds_device_memory(value)):
+            purged.add(id(value))
+            kept_alive.append(value)
+            del ns[name]
+            hidden.pop(name, None)
+            released.append(name)
+    hook = getattr(shell, "displayhook", None)
+    for name in ("_", "__", "___"):
+        value = getattr(hook, name, None)
+        if value is None or not (id(value) in purged or holds_device_memory(value)):
+            continue
+        setattr(hook, name, "")
+        if ns.get(name) is value:
+            ns[name] = ""
+            if name in hidden:
+                hidden[name] = ""
+        released.append(name)
+    for label, result in _execution_results(shell):
+        value = getattr(result, "result", None)
+        if value is not None and (id(value) in purged or holds_device_memory(value)):
+            result.result = None
+            released.append(f"{label}.result")
+    kept_alive.clear()
+    return tuple(released)
+
+
+def _execution_results(shell: Any) -> list[tuple[str, Any]]:
+    """The last cell's ExecutionResult and the running cell's (they differ during a cell)."""
+    found: list[tuple[str, Any]] = []
+    last = getattr(shell, "last_execution_result", None)
+    if last is not None:
+        found.append(("last_execution_result", last))
+    current = getattr(getattr(shell, "displayhook", None), "exec_result", None)
+    if current is not None and current is not last:
+        found.append(("displayhook.exec_result", current))
+    return found
+
+
+def release_last_exception(shell: Any | None) -> tuple[str, ...]:
+    """Let go of the last exception's traceback, whose frames keep every local tensor alive.
+
+    Drops `sys.last_type/value/traceback` (and `sys.last_exc` on 3.12+), IPython's traceback
+    handler's `tb` and debugger frames, and strips `__traceback__` from the exceptions that the
+    ExecutionResults keep. The exception objects themselves stay where IPython and ipykernel
+    read them (a failed cell still reports its error); only their frames go, so `%debug` has
+    nothing to inspect afterwards.
+    """
+    released: list[str] = []
+    exceptions: list[BaseException] = []
+    for name in ("last_exc", "last_value"):
+        value = getattr(sys, name, None)
+        if isinstance(value, BaseException):
+            exceptions.append(value)
+    for name in ("last_type", "last_value", "last_traceback", "last_exc"):
+        if hasattr(sys, name):
+            delattr(sys, name)
+            released.append(f"sys.{name}")
+    if shell is not None:
+        handler: Any = getattr(shell, "InteractiveTB", None)
+        if getattr(handler, "tb", None) is not None:
+            handler.tb = None
+            released.append("InteractiveTB.tb")
+        debugger = getattr(handler, "pdb", None)
+        if debugger is not None and getattr(debugger, "botframe", None) is not None:
+            with contextlib.suppress(Exception):
+                debugger.forget()
+            debugger.reset()
+            released.append("debugger frames")
+        for label, result in _execution_results(shell):
+            for name in ("error_in_exec", "error_before_exec"):
+                value = getattr(result, name, None)
+                if isinstance(value, BaseException) and value.__traceback__ is not None:
+                    exceptions.append(value)
+                    released.append(f"{label}.{name}.__traceback__")
+    current = sys.exc_info()[1]
+    for exc in _exception_chain(exceptions):
+        if exc is not current and exc.__traceback__ is not None:
+            exc.__traceback__ = None
+    return tuple(released)
+
+
+def _exception_chain(roots: Iterable[BaseException]) -> Iterator[BaseException]:
+    """Each exception once: the roots, their causes and contexts, and exception-group members."""
+    seen: set[int] = set()
+    stack = list(roots)
+    while stack and len(seen) < 1000:
+        exc = stack.pop()
+        if id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        yield exc
+        stack.extend(e for e in (exc.__cause__, exc.__context__) if e is not None)
+        stack.extend(e for e in getattr(exc, "exceptions", ()) if isinstance(e, BaseException))
+
+
+_SUSPENDABLE = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+
+
+def release_traceback_locals(exc: BaseException) -> int:
+    """Clear the locals of the finished function frames in `exc`'s traceback (and its chain).
+
+    For an exception that is still on its way to the user (the `inference()` block that raised):
+    its traceback still prints, but the tensors its failed calls held are released now instead
+    of at the next cleanup. Frames still running (the caller's) cannot be cleared and are kept,
+    and so are generator and coroutine frames (clearing one would close a suspended generator).
+    Returns how many frames were cleared.
+    """
+    cleared = 0
+    for item in _exception_chain([exc]):
+        tb = item.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            flags = frame.f_code.co_flags
+            plain_function = flags & inspect.CO_OPTIMIZED and not flags & _SUSPENDABLE
+            if plain_function and "__tracebackhide__" not in frame.f_code.co_varnames:
+                try:
+                    frame.clear()
+                    cleared += 1
+                except RuntimeError:  # still executing
+                    pass
+            tb = tb.tb_next
+    return cleared
+
+
+def release_generation_leftovers() -> tuple[str, ...]:
+    """Drop caches that generation left on the loaded model and the session's last outputs.
+
+    On the model (every submodule): transformers `Cache` objects and the attributes older
+    transformers versions keep a KV cache in (`_cache`, `past_key_values`, ...). On the session:
+    `last_*` attributes that hold tensors (a raw generate output kept for inspection). The model
+    itself, its weights and the conversation are never touched.
+    """
+    from .models import HOLDER
+    from .session import SESSION
+
+    released: list[str] = []
+    torch = _torch()
+    if torch is None:
+        return ()
+    loaded = HOLDER.loaded
+    model = getattr(loaded, "model", None)
+    if isinstance(model, torch.nn.Module):
+        cache_types = _cache_types()
+        for prefix, module in model.named_modules():
+            attrs = vars(module)
+            for attr in list(attrs):
+                value = attrs[attr]
+                if isinstance(value, cache_types) or (
+                    attr in _MODEL_CACHE_ATTRS
+                    and value is not None
+                    and not isinstance(value, torch.nn.Parameter)
+                ):
+                    delattr(module, attr)
+                    released.append(f"model{'.' + prefix if prefix else ''}.{attr}")
+    for attr, value in list(vars(SESSION).items()):
+        if attr.startswith("last_") and value is not None and holds_device_memory(value):
+            setattr(SESSION, attr, None)
+            released.append(f"SESSION.{attr}")
+    return tuple(released)
+
+
+def _cache_types() -> tuple[type, ...]:
+    utils = sys.modules.get("transformers.cache_utils")
+    cache = getattr(utils, "Cache", None)
+    return (cache,) if isinstance(cache, type) else ()
+
+
+def release_dynamo() -> tuple[str, ...]:
+    """Reset torch.compile state (compiled graphs, guards, cudagraph pools) and the compiled
+    forward transformers caches on the model. Skipped when torch._dynamo was never imported."""
+    from .models import HOLDER
+
+    released = []
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is not None:
+        dynamo.reset()
+        released.append("torch._dynamo")
+    model = getattr(HOLDER.loaded, "model", None)
+    if model is not None and "_compiled_call" in vars(model):
+        delattr(model, "_compiled_call")
+        released.append("model._compiled_call")
+    return tuple(released)
+
+
+def release_cycles() -> tuple[str, ...]:
+    """One full garbage collection (generation 2 includes the younger ones): frees reference
+    cycles that hold tensors. Runs once, after the references above are gone."""
+    found = gc.collect()
+    return (f"{found} unreachable objects",) if found else ()
+
+
+def release_allocator_caches() -> tuple[str, ...]:
+    """Return cached memory: torch's CUDA caching allocator on every device (empty_cache,
+    ipc_collect) with the peak counters reset so the next report is per cell, and the C heap's
+    free pages to the OS (glibc malloc_trim) so freed CPU tensors show in RSS."""
+    released = []
+    torch = _torch()
+    if torch is not None and cuda_in_use():
+        for index in range(torch.cuda.device_count()):
+            if torch.cuda.memory_reserved(index) > 0:
+                torch.cuda.synchronize(index)
+        torch.cuda.empty_cache()
+        torch.cuda.ipc_collect()
+        for index in range(torch.cuda.device_count()):
+            torch.cuda.reset_peak_memory_stats(index)
+        released.append("torch CUDA cache")
+    if _malloc_trim():
+        released.append("host heap")
+    return tuple(released)
+
+
+def _malloc_trim() -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):  # not glibc (musl), or no libc.so.6
+        return False
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+@dataclass
+class _Nvml:
+    """One NVML reader for cleanup reports, opened on first use when CUDA is in use."""
+
+    reader: Any = None
+    failed: bool = False
+
+    def process_memory(self) -> dict[str, int | None]:
+        """Bytes this process uses per torch CUDA device ('cuda:0'), None where unknown."""
+        if self.failed:
+            return {}
+        try:
+            from . import memory
+
+            if self.reader is None:
+                self.reader = memory.NvmlReader()
+            reading = self.reader.read()
+            if not reading.available:
+                self.failed = True
+                return {}
+            torch_devices = memory.read_torch()
+            by_uuid = memory.process_memory_by_uuid(reading, {os.getpid()})
+            result: dict[str, int | None] = {}
+            for device in torch_devices:
+                gpu = next((g for g in reading.gpus if memory.torch_device_for(g, (device,))), None)
+                result[f"cuda:{device.index}"] = by_uuid.get(gpu.uuid) if gpu else None
+            return result
+        except Exception:
+            _log.debug("NVML reading failed", exc_info=True)
+            self.failed = True
+            return {}
+
+    def close(self) -> None:
+        if self.reader is not None:
+            with contextlib.suppress(Exception):
+                self.reader.close()
+        self.reader = None
+        self.failed = False
+
+
+_NVML = _Nvml()
+
+
+def shutdown_nvml() -> None:
+    """Close the NVML handle cleanup reports opened (called when the extension unloads)."""
+    _NVML.close()
+
+
+def _probe() -> tuple[int, dict[int, tuple[int, int]]]:
+    """The cheap counters (host RSS; torch allocated and reserved per CUDA device)."""
+    cuda: dict[int, tuple[int, int]] = {}
+    torch = _torch()
+    if torch is not None and cuda_in_use():
+        for index in range(torch.cuda.device_count()):
+            cuda[index] = (
+                int(torch.cuda.memory_allocated(index)),
+                int(torch.cuda.memory_reserved(index)),
+            )
+    return process_rss(), cuda
+
+
+def _probe_drop(
+    before: tuple[int, dict[int, tuple[int, int]]], after: tuple[int, dict[int, tuple[int, int]]]
+) -> int:
+    rss = _drop(before[0], after[0])
+    freed = rss if rss >= HOST_NOISE_BYTES else 0
+    for index, (allocated, reserved) in before[1].items():
+        now_allocated, now_reserved = after[1].get(index, (allocated, reserved))
+        freed += max(_drop(allocated, now_allocated), _drop(reserved, now_reserved))
+    return freed
+
+
+def _snapshot(count_tensors: bool) -> tuple[dict[str, DeviceMemory], dict[str, int] | None]:
+    """Every device's figures, and (when counting) the live tensor bytes per device."""
+    torch = _torch()
+    cpu_tensors = None
+    totals = None
+    if count_tensors:
+        totals = live_tensor_bytes() if torch is not None else {}
+        cpu_tensors = totals.get("cpu", 0)
+    devices = {"cpu": DeviceMemory("cpu", cpu_tensors, None, process_rss())}
+    if torch is not None and cuda_in_use():
+        nvml = _NVML.process_memory()
+        for index in range(torch.cuda.device_count()):
+            name = f"cuda:{index}"
+            devices[name] = DeviceMemory(
+                name,
+                int(torch.cuda.memory_allocated(index)),
+                int(torch.cuda.memory_reserved(index)),
+                nvml.get(name),
+            )
+    return devices, totals
+
+
+# ----------------------------------------------------------------------------- holders
+
+
+def find_holders(
+    shell: Any | None, limit: int = 10, totals: dict[str, int] | None = None
+) -> tuple[Holder, ...]:
+    """The biggest things that still hold tensor memory, by name, biggest first.
+
+    User variables, output-cache entries, the last traceback, the loaded model; whatever live
+    tensor memory none of them reaches is reported as one "other" line (closures, module
+    globals, C extensions).
+    """
+    from .models import HOLDER
+
+    torch = _torch()
+    if torch is None:
+        return ()
+    holders: list[Holder] = []
+    reached: dict[tuple[str, int], int] = {}
+
+    def add(name: str, kind: str, obj: Any, hint: str, scan: _TensorScan | None = None) -> None:
+        if scan is None:
+            scan = _TensorScan(torch)
+            scan.visit(obj)
+        if not scan.found:
+            return
+        reached.update(scan.storages)
+        devices = tuple(sorted(scan.by_device()))
+        holders.append(Holder(name, kind, _describe(obj, scan), scan.nbytes(), devices, hint))
+
+    if shell is not None:
+        hidden = getattr(shell, "user_ns_hidden", {})
+        for name, value in list(shell.user_ns.items()):
+            if _IPYTHON_NAMES.fullmatch(name) or (name in hidden and hidden[name] is value):
+                continue
+            if isinstance(value, types.ModuleType):
+                continue
+            add(name, "variable", value, f"del {name}")
+        out = getattr(getattr(shell, "history_manager", None), "output_hist", None) or {}
+        for key, value in list(out.items()):
+            add(f"Out[{key}]", "output", value, "%qwen3_clean")
+    last_tb = getattr(sys, "last_traceback", None)
+    if last_tb is not None:
+        scan = _TensorScan(torch)
+        for value in _traceback_locals(last_tb):
+            scan.visit(value, 1)
+        add("last traceback", "traceback", last_tb, "%qwen3_clean", scan)
+    loaded = HOLDER.loaded
+    if loaded is not None and loaded.model is not None:
+        add(f"model {loaded.name}", "model", loaded.model, "%qwen3 --unload")
+    total = live_tensor_bytes() if totals is None else totals
+    known: dict[str, int] = {}
+    for (device, _), size in reached.items():
+        known[device] = known.get(device, 0) + size
+    other = {d: total[d] - known.get(d, 0) for d in total if total[d] - known.get(d, 0) > 0}
+    holders.sort(key=lambda h: h.nbytes, reverse=True)
+    result = holders[:limit]
+    if sum(other.values()) >= MiB:
+        result.append(
+            Holder(
+                "not reachable from a name",
+                "other",
+                "tensors",
+                sum(other.values()),
+                tuple(sorted(other)),
+                "held by closures, module globals or C code",
+            )
+        )
+    return tuple(result)
+
+
+def _describe(obj: Any, scan: _TensorScan) -> str:
+    torch = scan.torch
+    if isinstance(obj, torch.Tensor):
+        return f"Tensor{list(obj.shape)} {str(obj.dtype).removeprefix('torch.')}"
+    if isinstance(obj, types.TracebackType):
+        return f"frames holding {scan.tensor_count} tensors"
+    count = f"{scan.tensor_count} tensor{'s' if scan.tensor_count != 1 else ''}"
+    return f"{type(obj).__name__} ({count})"
+
+
+# ----------------------------------------------------------------------------- composing
+
+_listeners: list[Callable[[CleanupReport], None]] = []
+
+
+def add_cleanup_listener(callback: Callable[[CleanupReport], None]) -> Callable[[], None]:
+    """Call `callback` with every CleanupReport (the gauge resets its "peak since last cleanup"
+    and watches the memory that survives cleanups). Returns the function that removes it; a
+    failing listener is logged and never fails a cleanup."""
+    _listeners.append(callback)
+
+    def remove() -> None:
+        if callback in _listeners:
+            _listeners.remove(callback)
+
+    return remove
+
+
+def cleanup(
+    shell: Any | None = None,
+    *,
+    drop: Iterable[str] = (),
+    dynamo: bool = False,
+    verbose: bool = False,
+    count_tensors: bool | None = None,
+) -> CleanupReport:
+    """Release everything that holds memory without being asked for by name, and report it.
+
+    Order: `drop` names (only those given), the output cache, the last exception, generation
+    leftovers, torch.compile state (`dynamo=True` only), one full gc, the allocator caches.
+    `shell` defaults to the running IPython (none: the shell-held actions are skipped), so
+    `cleanup()` works with no arguments inside a kernel. `verbose` adds the biggest remaining
+    holders; `count_tensors` (default: `verbose`) measures live CPU tensor bytes before and
+    after, which walks every object. Never raises; never unloads the model.
+    """
+    started = time.perf_counter()
+    count = verbose if count_tensors is None else count_tensors
+    try:
+        if shell is None:
+            shell = _current_shell()
+        _malloc_trim()  # heap slack from before this cleanup is not this cleanup's to report
+        before, _ = _snapshot(count)
+        actions = _run_actions(shell, tuple(drop), dynamo)
+        after, totals = _snapshot(count)
+        holders = find_holders(shell, totals=totals) if verbose else ()
+        devices = tuple(
+            DeviceChange(name, before[name], after.get(name, before[name])) for name in before
+        )
+        report = CleanupReport(devices, actions, holders, time.perf_counter() - started)
+    except Exception as exc:  # never into the user's cell
+        _log.exception("qwen3_jupyter cleanup failed")
+        report = CleanupReport((), (), (), time.perf_counter() - started, _one_line(exc))
+    for listener in list(_listeners):
+        try:
+            listener(report)
+        except Exception:
+            _log.exception("cleanup listener failed")
+    return report
+
+
+def _current_shell() -> Any | None:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    return get_ipython()
+
+
+def _run_actions(
+    shell: Any | None, drop: tuple[str, ...], dynamo: bool
+) -> tuple[ActionResult, ...]:
+    steps: list[tuple[str, Callable[[], tuple[str, ...]]]] = []
+    if shell is not None:
+        if drop:
+            steps.append(("dropped names", lambda: release_dropped_names(shell, drop)))
+        steps.append(("output cache", lambda: release_output_cache(shell)))
+    steps.append(("last exception", lambda: release_last_exception(shell)))
+    steps.append(("generation leftovers", release_generation_leftovers))
+    if dynamo:
+        steps.append(("dynamo", release_dynamo))
+    steps.append(("cycles", release_cycles))
+    steps.append(("allocator caches", release_allocator_caches))
+    results = []
+    probe = _probe()
+    automatic_gc = gc.isenabled()
+    gc.disable()  # cycles are collected by the "cycles" action, not mid-way by an allocation
+    try:
+        for name, action in steps:
+            results.append(_run_action(name, action, probe))
+            probe = _probe()
+    finally:
+        if automatic_gc:
+            gc.enable()
+    return tuple(results)
+
+
+def _run_action(
+    name: str,
+    action: Callable[[], tuple[str, ...]],
+    probe: tuple[int, dict[int, tuple[int, int]]],
+) -> ActionResult:
+    started = time.perf_counter()
+    error = None
+    released: tuple[str, ...] = ()
+    try:
+        released = action()
+    except Exception as exc:
+        _log.warning("qwen3_jupyter cleanup: %s failed", name, exc_info=True)
+        error = _one_line(exc)
+    _malloc_trim()  # so host memory this action freed shows in RSS now, attributed to it
+    seconds = time.perf_counter() - started
+    return ActionResult(name, released, _probe_drop(probe, _probe()), seconds, error)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

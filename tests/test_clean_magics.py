@@ -1,0 +1,187 @@
+"""`%%qwen3_clean`, `%qwen3_clean` and `%qwen3_autoclean` in a real kernel."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.kernel import Execution, Kernel
+
+SETUP = """
+import gc, sys, weakref
+import torch
+MiB = 1024 * 1024
+refs = {}
+def alive(name):
+    return refs[name]() is not None
+"""
+
+
+def ok(kernel: Kernel, code: str) -> Execution:
+    execution = kernel.run(code)
+    assert execution.status == "ok", (code, execution.error, execution.stderr)
+    return execution
+
+
+def alive(kernel: Kernel, name: str) -> bool:
+    return bool(kernel.value(f"alive({name!r})"))
+
+
+@pytest.fixture(scope="module")
+def k(kernel: Kernel) -> Iterator[Kernel]:
+    ok(kernel, SETUP)
+    yield kernel
+
+
+def report_lines(execution: Execution) -> list[str]:
+    return [line for line in execution.stdout.splitlines() if line.startswith("[qwen3] cleanup")]
+
+
+def test_cell_result_displays_like_a_normal_cell(k: Kernel) -> None:
+    plain = ok(k, "%%qwen3_clean\na = 20\na + 22")
+    assert plain.result() == "42"
+    assert k.value(f"Out[{plain.reply['execution_count']}]") == 42, "a plain result stays in Out"
+    assert len(report_lines(plain)) == 1
+
+    shown = ok(k, '%%qwen3_clean\nt = torch.ones(4 * MiB)\nrefs["shown"] = weakref.ref(t)\nt * 2')
+    assert shown.result() is not None and shown.result().startswith("tensor([2., 2.")
+    n = shown.reply["execution_count"]
+    assert k.value(f"{n} in Out") is False, "a tensor result is shown, then not kept"
+    assert alive(k, "shown"), "no --drop: the cell's own variable stays"
+    ok(k, "del t")
+
+    quiet = ok(k, "%%qwen3_clean\n1 + 1;")
+    assert quiet.result() is None, "a trailing ; hides the result as in a normal cell"
+
+
+def test_body_runs_magics_and_honours_interactivity(k: Kernel) -> None:
+    timed = ok(k, "%%qwen3_clean --quiet\n%time b = 2\nb * 3")
+    assert "Wall time" in timed.stdout and timed.result() == "6"
+    ok(k, "%config InteractiveShell.ast_node_interactivity = 'all'")
+    try:
+        both = ok(k, "%%qwen3_clean --quiet\n1\n2")
+        assert [m["content"]["data"]["text/plain"] for m in both.of_type("execute_result")] == [
+            "1",
+            "2",
+        ]
+    finally:
+        ok(k, "%config InteractiveShell.ast_node_interactivity = 'last_expr'")
+
+
+def test_drop_deletes_only_what_the_cell_created(k: Kernel) -> None:
+    ok(k, 'old = torch.ones(MiB)\nrefs["old"] = weakref.ref(old)')
+    control = ok(k, '%%qwen3_clean\nmade = torch.ones(4 * MiB)\nrefs["made"] = weakref.ref(made)')
+    assert alive(k, "made"), "control: without --drop the new variable survives"
+    ok(k, "del made")
+
+    dropped = ok(
+        k,
+        "%%qwen3_clean --drop --keep kept,other\n"
+        "old = old * 1  # rebinding a name that existed: never dropped\n"
+        "new = torch.ones(4 * MiB)\n"
+        'refs["new"] = weakref.ref(new)\n'
+        "kept = torch.ones(8)\n"
+        "_private = torch.ones(8)",
+    )
+    assert not alive(k, "new")
+    assert k.value("('new' in globals(), '_private' in globals())") == (False, False)
+    assert k.value("('kept' in globals(), 'old' in globals())") == (True, True)
+    assert "dropped names (new, _private)" in report_lines(dropped)[0]
+    assert "dropped" not in report_lines(control)[0]
+
+
+def test_an_error_in_the_body_shows_fails_the_cell_and_frees_its_frames(k: Kernel) -> None:
+    failed = k.run(
+        "%%qwen3_clean --drop\n"
+        "def fail():\n"
+        "    big = torch.ones(4 * MiB)\n"
+        '    refs["frame"] = weakref.ref(big)\n'
+        '    raise ValueError("boom")\n'
+        "fail()"
+    )
+    assert failed.status == "error", "Run All must stop at a failing %%qwen3_clean cell"
+    assert failed.reply["ename"] == "ValueError" and failed.reply["evalue"] == "boom"
+    assert failed.error is not None
+    traceback = "\n".join(failed.error["traceback"])
+    assert "----> 6" in traceback.replace("\x1b[39m", "").replace("\x1b[32m", ""), traceback
+    assert "run_cell_magic" not in traceback, "the traceback starts at the body, like a cell"
+    assert len(report_lines(failed)) == 1
+    assert not alive(k, "frame"), "the failed call's tensor is freed right away"
+    assert k.value("'fail' in globals()") is False
+
+
+def test_line_form_cleans_now_and_quiet_prints_nothing(k: Kernel) -> None:
+    ok(k, "torch.ones(4 * MiB)")
+    loud = ok(k, "%qwen3_clean")
+    assert report_lines(loud) and report_lines(loud)[0].startswith("[qwen3] cleanup freed")
+    again = ok(k, "%qwen3_clean")
+    assert report_lines(again)[0].startswith("[qwen3] cleanup: nothing to free")
+    assert ok(k, "%qwen3_clean --quiet").stdout == ""
+
+
+def test_verbose_lists_holders(k: Kernel) -> None:
+    ok(k, "x = torch.zeros(1024, 1024)")
+    verbose = ok(k, "%qwen3_clean --verbose")
+    assert "  x: Tensor[1024, 1024] float32 4.0 MiB cpu (del x)" in verbose.stdout.splitlines()
+    ok(k, "del x")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("%qwen3_clean --bogus", "unrecognized arguments: --bogus (see %qwen3_clean?)"),
+        ("%qwen3_clean --drop", "--drop and --keep apply to a %%qwen3_clean cell"),
+        ("%qwen3_clean --keep 1a", "not a name: '1a'"),
+        ("%%qwen3_clean --keep\nx = 1", "expected one argument"),
+        ("%%qwen3_clean --keep x\nx = 1", "add --drop"),
+        ("%qwen3_autoclean maybe", "invalid choice: 'maybe'"),
+    ],
+)
+def test_bad_flags_are_one_line_usage_errors(k: Kernel, line: str, message: str) -> None:
+    execution = k.run(line)
+    assert execution.status == "error"
+    assert execution.reply["ename"] == "UsageError"
+    assert message in execution.reply["evalue"]
+    assert execution.stderr.count("\n") == 1, execution.stderr
+
+
+def test_autoclean_reports_only_when_something_was_freed(k: Kernel) -> None:
+    assert "autoclean off" in ok(k, "%qwen3_autoclean status").stdout
+    assert "autoclean on" in ok(k, "%qwen3_autoclean on").stdout
+    try:
+        ok(
+            k,
+            "def make():\n"
+            "    t = torch.ones(4 * MiB)\n"
+            '    refs["auto"] = weakref.ref(t)\n'
+            "    return t",
+        )
+        shown = ok(k, "make()")
+        assert len(report_lines(shown)) == 1 and "freed" in report_lines(shown)[0]
+        assert not alive(k, "auto")
+        assert report_lines(ok(k, "1 + 1")) == [], "nothing freed: nothing printed"
+        assert "autoclean on" in ok(k, "%qwen3_autoclean").stdout
+        cleaned = ok(k, "%%qwen3_clean\ntorch.ones(4 * MiB)")
+        assert len(report_lines(cleaned)) == 1, "a cleaning cell is not cleaned twice"
+    finally:
+        assert "autoclean off" in ok(k, "%qwen3_autoclean off").stdout
+    ok(k, "torch.ones(4 * MiB)")
+    assert report_lines(ok(k, "1")) == []
+
+
+def test_unloading_the_extension_removes_magics_and_hook(fresh_kernel: Kernel) -> None:
+    ok(fresh_kernel, "%load_ext qwen3_jupyter")
+    hooks = "len(get_ipython().events.callbacks['post_run_cell'])"
+    baseline = fresh_kernel.value(hooks)
+    ok(fresh_kernel, "%qwen3_autoclean on")
+    assert fresh_kernel.value(hooks) == baseline + 1
+    ok(fresh_kernel, "%unload_ext qwen3_jupyter")
+    assert fresh_kernel.value(hooks) == baseline
+    magics = fresh_kernel.value(
+        "[n for kind in ('line', 'cell') for n in get_ipython().magics_manager.magics[kind]"
+        " if n.startswith('qwen3_')]"
+    )
+    assert magics == []
+    ok(fresh_kernel, "%load_ext qwen3_jupyter")
+    assert "autoclean off" in ok(fresh_kernel, "%qwen3_autoclean").stdout

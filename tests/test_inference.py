@@ -1,0 +1,86 @@
+"""`with qwen3_jupyter.inference() as chat:` in a real kernel: it generates, and it cleans up on
+exit even when the block raises (the exception still reaches the user)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.kernel import Execution, Kernel
+
+SETUP = """
+import gc, weakref
+import torch
+import qwen3_jupyter
+from qwen3_jupyter.session import SESSION
+MiB = 1024 * 1024
+refs = {}
+def alive(name):
+    return refs[name]() is not None
+"""
+
+
+def ok(kernel: Kernel, code: str) -> Execution:
+    execution = kernel.run(code)
+    assert execution.status == "ok", (code, execution.error, execution.stderr)
+    return execution
+
+
+@pytest.fixture(scope="module")
+def k(kernel: Kernel) -> Iterator[Kernel]:
+    ok(kernel, SETUP)
+    yield kernel
+
+
+def test_block_generates_and_reports_its_cleanup(k: Kernel) -> None:
+    ok(
+        k,
+        'with qwen3_jupyter.inference(model="tiny", greedy=True, max_new_tokens=3) as chat:\n'
+        '    result = chat("hi")\n'
+        '    longer = chat("hi", max_new_tokens=5)\n'
+        '    refs["model"] = weakref.ref(SESSION.loaded.model)\n'
+        "    torch.ones(4 * MiB)  # a leftover only the cleanup can free\n",
+    )
+    assert k.value("(type(result).__name__, result.completion_tokens <= 3)") == ("Result", True)
+    assert k.value("longer.completion_tokens") <= 5
+    assert k.value("type(chat.report).__name__") == "CleanupReport"
+    assert k.value("alive('model') and SESSION.loaded is not None"), "the model stays loaded"
+    closed = k.run('chat("again")')
+    assert closed.status == "error" and "ended with its" in closed.reply["evalue"]
+
+
+def test_block_that_raises_is_cleaned_and_the_error_propagates(k: Kernel) -> None:
+    ok(
+        k,
+        "def work():\n"
+        "    big = torch.ones(4 * MiB)\n"
+        '    refs["inside"] = weakref.ref(big)\n'
+        '    raise RuntimeError("out of memory (pretend)")\n'
+        "caught = None\n"
+        "try:\n"
+        "    with qwen3_jupyter.inference(greedy=True, max_new_tokens=2) as chat:\n"
+        '        chat("hi")\n'
+        "        work()\n"
+        "except RuntimeError as exc:\n"
+        "    caught = str(exc)\n"
+        '    freed_while_handling = not alive("inside")',
+    )
+    assert k.value("caught") == "out of memory (pretend)"
+    assert k.value("freed_while_handling"), "the failed call's tensor outlived the block"
+    assert k.value("type(chat.report).__name__") == "CleanupReport"
+
+
+def test_uncaught_error_in_block_shows_and_is_freed(k: Kernel) -> None:
+    failed = k.run(
+        "with qwen3_jupyter.inference(greedy=True, max_new_tokens=2) as chat:\n    work()",
+    )
+    assert failed.status == "error" and failed.reply["ename"] == "RuntimeError"
+    assert k.value('alive("inside")') is False
+
+
+def test_unknown_option_is_a_clear_type_error(k: Kernel) -> None:
+    bad = k.run("qwen3_jupyter.inference(temprature=0.5).__enter__()")
+    assert bad.status == "error"
+    assert bad.reply["ename"] == "TypeError"
+    assert "unknown generation option 'temprature'" in bad.reply["evalue"]
