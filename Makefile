@@ -29,7 +29,7 @@ $(STAMP): $(VENV)/bin/python pyproject.toml requirements-torch-cpu.txt
 		echo "No NVIDIA GPU: installing the CPU build of torch (requirements-torch-cpu.txt)"; \
 		$(PY) -m pip install -q -r requirements-torch-cpu.txt; \
 	fi
-	$(PY) -m pip install -q "hatchling>=1.21" "hatch-jupyter-builder>=0.9" editables "jupyterlab>=4.4,<4.7"
+	$(PY) -m pip install -q "hatchling>=1.21" "hatch-jupyter-builder>=0.9" editables "jupyterlab>=4.6,<4.7"
 	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
 	@touch $@
 
@@ -55,7 +55,7 @@ lint: setup
 	cd labextension && jlpm lint:check
 
 test: setup chromium
-	cd labextension && jlpm test
+	cd labextension && jlpm lint:check && jlpm test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lab: setup
@@ -63,6 +63,10 @@ lab: setup
 
 bench: setup
 	$(PY) -m qwen3_jupyter.bench decay
+	$(PY) -m qwen3_jupyter.bench overhead
+	$(PY) -m qwen3_jupyter.bench cleanup
+	$(PY) -m qwen3_jupyter.bench monitor
+	$(PY) -m qwen3_jupyter.bench endpoint
 
 clean:
 	rm -rf $(VENV) out test-output qwen3_jupyter/labextension labextension/node_modules labextension/lib

@@ -14,14 +14,38 @@ __version__ = "0.1.0"
 
 # Modules with a `load(ip)` that registers one feature on the shell and its undo in
 # `lifecycle`; loaded in this order, unloaded in reverse.
-_COMPONENTS: tuple[str, ...] = ("magics",)
+_COMPONENTS: tuple[str, ...] = ("magics", "gauge_magics", "kernel_comm", "clean_magics")
 
-# Public API, imported on first access so `import qwen3_jupyter` stays light.
+# `cleanup()`, `inference()` and `gauge()` share their names with the submodules that define
+# them. Binding the functions here, after those submodules are imported, means a later
+# `import qwen3_jupyter.cleanup` cannot shadow the function with the module. They import
+# neither torch nor transformers (~0.1 s together).
+from .cleanup import CleanupReport, add_cleanup_listener, cleanup  # noqa: E402
+from .gauge import gauge  # noqa: E402
+from .inference import inference  # noqa: E402
+
+# The rest of the public API, imported on first access.
 _LAZY: dict[str, str] = {
     "Result": "generation",
     "GenerationOptions": "generation",
     "split_thinking": "generation",
+    "generate_batch": "batching",
+    "BatchResults": "batching",
 }
+
+
+__all__ = [
+    "BatchResults",
+    "CleanupReport",
+    "GenerationOptions",
+    "Result",
+    "add_cleanup_listener",
+    "cleanup",
+    "gauge",
+    "generate_batch",
+    "inference",
+    "split_thinking",
+]
 
 
 def load_ipython_extension(ip: Any) -> None:

@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 from argparse import Namespace
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from traitlets import Float, Unicode
 
 from . import display
 from .batching import BUDGET_ENV, parse_size, run_batches
+from .gauge import inline_gauge
 from .generation import DEFAULT_MAX_NEW_TOKENS, GenerationOOM, GenerationOptions
 from .memory import format_bytes
 from .models import DTYPES, ModelError
@@ -65,6 +67,11 @@ class Qwen3Magics(Magics):
         help="Non-thinking mode (enable_thinking=False).",
     )
     @argument("--hide-thinking", action="store_true", help="Do not show the thinking text.")
+    @argument(
+        "--gauge",
+        action="store_true",
+        help="Show a compact live memory gauge while generating (left as a static copy).",
+    )
     @argument("--temperature", type=float, help="Default 0.6 thinking / 0.7 non-thinking.")
     @argument("--top-p", type=float, help="Default 0.95 thinking / 0.8 non-thinking.")
     @argument("--top-k", type=int, help="Default 20.")
@@ -199,15 +206,16 @@ class Qwen3Magics(Magics):
         if args.file:
             self._run_batch(args, loaded, options)
             return
-        view = display.StreamView(options.think, args.hide_thinking)
-        result = SESSION.ask(
-            loaded,
-            prompt,
-            options,
-            chat=args.chat,
-            on_text=view.update,
-            memory_budget=_budget(args),
-        )
+        with inline_gauge() if args.gauge else nullcontext():
+            view = display.StreamView(options.think, args.hide_thinking)
+            result = SESSION.ask(
+                loaded,
+                prompt,
+                options,
+                chat=args.chat,
+                on_text=view.update,
+                memory_budget=_budget(args),
+            )
         view.finish(result)
         if self.shell is not None:
             self.shell.user_ns["_qwen3"] = result

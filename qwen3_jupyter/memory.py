@@ -122,7 +122,9 @@ def live_tensor_bytes() -> dict[str, int]:
     totals: dict[str, int] = {}
     for obj in gc.get_objects():
         try:
-            if not isinstance(obj, torch.Tensor) or obj.is_meta:
+            # type() rather than isinstance(): isinstance reads __class__, which wakes
+            # deprecation shims (torch.distributed.reduce_op) and warns.
+            if not issubclass(type(obj), torch.Tensor) or obj.is_meta:
                 continue
             storage = obj.untyped_storage()
             device = str(obj.device)
@@ -177,8 +179,8 @@ class GpuReading:
 
     `index` is NVML's index (host numbering, not torch's `cuda:N`); for a MIG instance it is the
     instance's slot on its parent and `mig_parent` is the parent's NVML index. `memory_source`
-    says which memory call answered: "v2" (excludes the driver's own reservation) or "v1" (older
-    drivers; counts a few hundred MiB reserved by the driver as used).
+    says which memory call answered: "v2" (excludes the driver's own reservation, reported apart
+    as `memory_reserved`) or "v1" (older drivers; counts the driver's reserve as used).
     """
 
     index: int
@@ -190,10 +192,12 @@ class GpuReading:
     processes: tuple[GpuProcess, ...]
     memory_source: str
     mig_parent: int | None = None
+    memory_reserved: int = 0
 
     @property
     def memory_free(self) -> int:
-        return max(0, self.memory_total - self.memory_used)
+        """What is left to allocate: total minus used minus the driver's reserve (v2 only)."""
+        return max(0, self.memory_total - self.memory_reserved - self.memory_used)
 
     @property
     def label(self) -> str:
@@ -366,7 +370,7 @@ class NvmlReader:
     def _read_device(self, handle: Any, index: int, parent: int | None) -> GpuReading:
         nvml = self._nvml
         assert nvml is not None
-        used, total, source = self._memory(handle)
+        used, total, reserved, source = self._memory(handle)
         return GpuReading(
             index=index,
             uuid=_text(nvml.nvmlDeviceGetUUID(handle)),
@@ -377,10 +381,11 @@ class NvmlReader:
             processes=self._processes(handle),
             memory_source=source,
             mig_parent=parent,
+            memory_reserved=reserved,
         )
 
-    def _memory(self, handle: Any) -> tuple[int, int, str]:
-        """(used, total, source): the v2 call, falling back to v1 only where v2 does not exist.
+    def _memory(self, handle: Any) -> tuple[int, int, int, str]:
+        """(used, total, reserved, source): the v2 call, or v1 only where v2 does not exist.
 
         v1 counts the driver's own reservation as used (hundreds of MiB on an idle GPU from R510
         on), so it is used only when the wrapper lacks `nvmlMemory_v2` or the driver answers "not
@@ -392,12 +397,13 @@ class NvmlReader:
         if version is not None:
             try:
                 info = nvml.nvmlDeviceGetMemoryInfo(handle, version=version)
-                return int(info.used), int(info.total), "v2"
+                reserved = int(getattr(info, "reserved", 0) or 0)
+                return int(info.used), int(info.total), reserved, "v2"
             except Exception as exc:
                 if _nvml_code(exc) not in (NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND):
                     raise
         info = nvml.nvmlDeviceGetMemoryInfo(handle)
-        return int(info.used), int(info.total), "v1"
+        return int(info.used), int(info.total), 0, "v1"
 
     def _utilization(self, handle: Any) -> int | None:
         """GPU utilisation percent; None where NVML does not report it (MIG instances, vGPUs)."""
@@ -468,11 +474,12 @@ def visible_gpus(
 ) -> tuple[GpuReading, ...]:
     """The GPUs this process can use, in the order torch numbers them (`cuda:0` first).
 
-    When torch has initialised CUDA, its devices are matched to NVML's by UUID. Otherwise
+    When torch has initialised CUDA (and knows its devices' UUIDs), its devices are matched to
+    NVML's by UUID. Otherwise
     CUDA_VISIBLE_DEVICES decides (indices, or UUIDs / unique UUID prefixes, as CUDA accepts them;
     indices assume CUDA's order matches NVML's PCI order); unset means every GPU.
     """
-    if torch_devices:
+    if torch_devices and all(d.uuid for d in torch_devices):
         by_key = {_uuid_key(g.uuid): g for g in reading.gpus}
         matched = [by_key.get(_uuid_key(d.uuid)) for d in torch_devices]
         return tuple(g for g in matched if g is not None)

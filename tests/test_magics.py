@@ -48,6 +48,20 @@ def test_last_result_is_plain_and_holds_no_tensors(kernel: Kernel) -> None:
     assert kernel.value("_qwen3.tokens_per_s > 0")
 
 
+def test_inline_gauge_shows_while_generating_and_stays_as_static_copy(kernel: Kernel) -> None:
+    ex = kernel.run("%qwen3 --gauge --no-think --max-new-tokens 8 --seed 1 Hi")
+    assert ex.status == "ok", ex.stderr
+    widgets = [
+        m
+        for m in ex.of_type("display_data")
+        if "application/vnd.jupyter.widget-view+json" in m["content"]["data"]
+    ]
+    assert widgets, "no live gauge was displayed during the call"
+    static = [m for m in ex.of_type("update_display_data") if "text/html" in m["content"]["data"]]
+    assert static, "the live gauge was not replaced by a static copy"
+    assert "[qwen3] tiny on cpu" in ex.stdout
+
+
 def test_cell_magic_takes_the_whole_cell_as_prompt(kernel: Kernel) -> None:
     ex = kernel.run("%%qwen3 --no-think --max-new-tokens 5 --seed 2\nfirst line?\n  second line")
     assert ex.status == "ok", ex.stderr

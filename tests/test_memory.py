@@ -49,6 +49,8 @@ def test_one_gpu_uses_the_v2_memory_call() -> None:
     assert gpu.memory_used == 3 * GiB  # v1 would add the driver's 512 MiB reservation
     assert gpu.memory_total == 80 * GiB
     assert gpu.memory_source == "v2"
+    assert gpu.memory_reserved == 512 * MiB
+    assert gpu.memory_free == 80 * GiB - 512 * MiB - 3 * GiB
     assert gpu.utilization == 42
     assert gpu.mig_parent is None
     assert fake.calls["nvmlDeviceGetMemoryInfo"] == 1
@@ -69,6 +71,7 @@ def test_driver_without_v2_falls_back_to_v1() -> None:
     (gpu,) = _read(fake).gpus
     assert gpu.memory_source == "v1"
     assert gpu.memory_used == GiB + 512 * MiB
+    assert (gpu.memory_reserved, gpu.memory_free) == (0, 80 * GiB - GiB - 512 * MiB)
 
 
 def test_wrapper_without_v2_falls_back_to_v1() -> None:
@@ -106,6 +109,9 @@ def test_torch_devices_are_matched_by_uuid_not_index() -> None:
     assert gpu.index == 2
     assert torch_device_for(gpu, (torch_dev,)) is torch_dev
     assert torch_device_for(reading.gpus[0], (torch_dev,)) is None
+    no_uuid = TorchDeviceMemory(0, "H100", None, 0, 0, 0, 0)  # an old torch: fall back to the env
+    (gpu,) = visible_gpus(reading, (no_uuid,), environ={"CUDA_VISIBLE_DEVICES": "3"})
+    assert gpu.index == 3
 
 
 def test_this_process_memory_is_unknown_not_zero_when_nvml_cannot_see_it() -> None:

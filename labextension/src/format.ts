@@ -5,12 +5,7 @@
  * empty state says) is unit-tested on its own.
  */
 
-import type {
-  IGpuMetrics,
-  IKernelMetrics,
-  IMetrics,
-  IMetricsError
-} from './metrics';
+import type { IGpuMetrics, IKernelMetrics, IMetrics, IMetricsError } from './metrics';
 
 export type UsageLevel = 'ok' | 'warning' | 'critical' | 'unknown';
 
@@ -183,7 +178,7 @@ export interface IEmptyState {
 }
 
 /** What an error means for the user and what they can do about it. */
-export function errorState(error: IMetricsError, retrySeconds: number): IEmptyState {
+export function errorState(error: IMetricsError): IEmptyState {
   switch (error.kind) {
     case 'extension-missing':
       return {
@@ -200,12 +195,12 @@ export function errorState(error: IMetricsError, retrySeconds: number): IEmptySt
     case 'unreachable':
       return {
         title: 'The Jupyter server is not reachable.',
-        hint: `Check that the server is still running; retrying every ${retrySeconds} s.`
+        hint: 'Check that the Jupyter server is still running; the panel keeps retrying on its own.'
       };
     default:
       return {
         title: `The metrics endpoint failed: ${error.message}`,
-        hint: 'See the Jupyter server log for the cause; retrying.'
+        hint: 'See the Jupyter server log for the cause; the panel keeps retrying.'
       };
   }
 }
@@ -215,9 +210,12 @@ export function noGpuState(metrics: IMetrics): IEmptyState | null {
   if (metrics.available && metrics.gpus.length > 0) {
     return null;
   }
+  const why = (metrics.reason ?? '').replace(/;\s*showing .*$/i, '').trim();
   return {
-    title: `No GPU: ${metrics.reason ?? 'NVML found no NVIDIA GPU.'}`,
-    hint: 'Showing host memory instead. On a GPU machine, install the NVIDIA driver.'
+    title: 'No GPU to show',
+    hint:
+      `${why || 'NVML found no NVIDIA GPU'}. Showing host memory and each notebook's RSS ` +
+      'instead; on a GPU machine, check the NVIDIA driver (nvidia-smi).'
   };
 }
 

@@ -2,10 +2,12 @@
  * The JSON that `GET /qwen3-jupyter/metrics` returns; names mirror the server's keys exactly.
  *
  * Sizes are bytes. A `null` size means "unknown" (NVML could not attribute it), never zero.
- * GPU-keyed maps use the NVML device index as a string key (JSON object keys).
+ * Per-GPU maps are keyed by the GPU's `key` (its NVML index, "parent/slot" for MIG instances).
  */
 
 export interface IGpuMetrics {
+  /** Key of this GPU in every per-GPU map: "0", or "0/1" for MIG instance 1 of GPU 0. */
+  key: string;
   index: number;
   uuid: string;
   name: string;
@@ -59,11 +61,7 @@ export interface IMetrics {
 }
 
 /** Why the endpoint gave no metrics; each kind has its own message and remedy. */
-export type MetricsErrorKind =
-  | 'extension-missing'
-  | 'forbidden'
-  | 'unreachable'
-  | 'server-error';
+export type MetricsErrorKind = 'extension-missing' | 'forbidden' | 'unreachable' | 'server-error';
 
 export interface IMetricsError {
   kind: MetricsErrorKind;

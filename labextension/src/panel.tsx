@@ -1,0 +1,394 @@
+/**
+ * The "GPU memory" sidebar: a gauge per GPU (or host memory when there is none) and the running
+ * notebooks, largest VRAM first, each with "Free memory" and "Shut down".
+ *
+ * It renders whatever the shared `MetricsModel` holds and never shows a blank panel: every
+ * state without figures says why and what to do.
+ */
+
+import { ReactWidget, UseSignal } from '@jupyterlab/ui-components';
+import { Message } from '@lumino/messaging';
+import * as React from 'react';
+
+import { CleanupError } from './api';
+import {
+  errorState,
+  formatBytes,
+  formatPercent,
+  formatUsedOfTotal,
+  gpuLabel,
+  IEmptyState,
+  IThresholds,
+  kernelLabel,
+  kernelVramText,
+  LOAD_EXTENSION_HINT,
+  noGpuState,
+  noKernelsState,
+  sortKernels,
+  sparklinePoints,
+  usageFraction,
+  usageLevel
+} from './format';
+import type { ICleanupReply, IKernelMetrics } from './metrics';
+import { MetricsModel } from './model';
+
+/** What the panel asks of the application; index.ts wires these to the service manager. */
+export interface IKernelActions {
+  freeMemory(kernel: IKernelMetrics): Promise<ICleanupReply>;
+  /** Asks for confirmation; resolves false when the user cancelled. */
+  shutdown(kernel: IKernelMetrics): Promise<boolean>;
+  open(kernel: IKernelMetrics): void;
+}
+
+interface IRowStatus {
+  busy: boolean;
+  tone: 'info' | 'success' | 'error' | 'hint';
+  text: string;
+  /** Secondary line, e.g. the cleanup's one-line summary. */
+  detail?: string;
+}
+
+function EmptyState(props: { state: IEmptyState; tone?: string }): JSX.Element {
+  return (
+    <div className={`q3j-empty q3j-empty--${props.tone ?? 'info'}`} role="status">
+      <div className="q3j-empty-title">{props.state.title}</div>
+      <div className="q3j-empty-hint">{props.state.hint}</div>
+    </div>
+  );
+}
+
+function Sparkline(props: { values: number[]; max: number }): JSX.Element | null {
+  const width = 72;
+  const height = 18;
+  const points = sparklinePoints(props.values, props.max, width, height);
+  if (!points) {
+    return null;
+  }
+  return (
+    <svg
+      className="q3j-sparkline"
+      viewBox={`0 0 ${width} ${height}`}
+      width={width}
+      height={height}
+      preserveAspectRatio="none"
+      aria-hidden="true"
+    >
+      <polyline points={points} />
+    </svg>
+  );
+}
+
+function Gauge(props: {
+  label: string;
+  used: number;
+  total: number;
+  thresholds: IThresholds;
+  detail?: string;
+  history?: number[];
+  testId: string;
+}): JSX.Element {
+  const fraction = usageFraction(props.used, props.total);
+  const level = usageLevel(fraction, props.thresholds);
+  return (
+    <div className={`q3j-gauge q3j-level-${level}`} data-testid={props.testId}>
+      <div className="q3j-gauge-label" title={props.label}>
+        {props.label}
+      </div>
+      <div
+        className="q3j-bar"
+        role="meter"
+        aria-valuemin={0}
+        aria-valuemax={props.total}
+        aria-valuenow={props.used}
+        aria-label={props.label}
+      >
+        <div className="q3j-bar-fill" style={{ width: `${(fraction ?? 0) * 100}%` }} />
+      </div>
+      <div className="q3j-gauge-foot">
+        <span className="q3j-gauge-value">
+          {formatUsedOfTotal(props.used, props.total)} ({formatPercent(fraction)})
+          {props.detail ? <span className="q3j-gauge-detail"> · {props.detail}</span> : null}
+        </span>
+        {props.history ? <Sparkline values={props.history} max={props.total} /> : null}
+      </div>
+    </div>
+  );
+}
+
+function KernelRow(props: {
+  kernel: IKernelMetrics;
+  available: boolean;
+  status: IRowStatus | undefined;
+  onFree: () => void;
+  onShutdown: () => void;
+  onOpen: () => void;
+}): JSX.Element {
+  const { kernel, status } = props;
+  const busy = status?.busy ?? false;
+  return (
+    <li className="q3j-kernel" data-kernel-id={kernel.kernel_id}>
+      <div className="q3j-kernel-head">
+        <button
+          className="q3j-kernel-name q3j-link"
+          title={kernel.notebook_path ?? kernel.kernel_id}
+          onClick={props.onOpen}
+        >
+          {kernelLabel(kernel)}
+        </button>
+        <span className={`q3j-kernel-state q3j-state-${kernel.execution_state}`}>
+          {kernel.execution_state}
+        </span>
+      </div>
+      <div className="q3j-kernel-figures">
+        {props.available ? (
+          <span
+            className="q3j-kernel-vram"
+            title="GPU memory of the kernel and its child processes"
+          >
+            VRAM {kernelVramText(kernel, props.available)}
+          </span>
+        ) : null}
+        <span
+          className="q3j-kernel-rss"
+          title="Resident host memory of the kernel and its children"
+        >
+          RSS {formatBytes(kernel.rss)}
+        </span>
+      </div>
+      <div className="q3j-kernel-actions">
+        <button
+          className="jp-mod-styled q3j-free"
+          disabled={busy}
+          title={
+            kernel.extension_loaded
+              ? 'Run qwen3_jupyter.cleanup() in this kernel'
+              : 'Shows how to load qwen3_jupyter in this kernel'
+          }
+          onClick={props.onFree}
+        >
+          Free memory
+        </button>
+        <button
+          className="jp-mod-styled jp-mod-warn q3j-shutdown"
+          disabled={busy}
+          onClick={props.onShutdown}
+        >
+          Shut down
+        </button>
+      </div>
+      {status ? (
+        <div className={`q3j-kernel-status q3j-tone-${status.tone}`} role="status">
+          <div className="q3j-status-text">{status.text}</div>
+          {status.detail ? <div className="q3j-status-detail">{status.detail}</div> : null}
+        </div>
+      ) : null}
+    </li>
+  );
+}
+
+function MetricsView(props: {
+  model: MetricsModel;
+  actions: IKernelActions;
+  rows: Map<string, IRowStatus>;
+  setRow: (id: string, status: IRowStatus | null) => void;
+}): JSX.Element {
+  const { model, actions, rows, setRow } = props;
+  const metrics = model.metrics;
+  const error = model.error;
+  const thresholds = model.options.thresholds;
+
+  if (!metrics) {
+    if (error) {
+      return <EmptyState state={errorState(error)} tone="error" />;
+    }
+    return (
+      <EmptyState
+        state={{
+          title: 'Reading GPU memory…',
+          hint: 'The first reading arrives within a second or two.'
+        }}
+      />
+    );
+  }
+
+  const free = async (kernel: IKernelMetrics): Promise<void> => {
+    if (!kernel.extension_loaded) {
+      setRow(kernel.kernel_id, { busy: false, tone: 'hint', text: LOAD_EXTENSION_HINT });
+      return;
+    }
+    setRow(kernel.kernel_id, {
+      busy: true,
+      tone: 'info',
+      text: kernel.execution_state === 'busy' ? 'Waiting for the running cell…' : 'Freeing…'
+    });
+    try {
+      const reply = await actions.freeMemory(kernel);
+      setRow(kernel.kernel_id, {
+        busy: false,
+        tone: 'success',
+        text: reply.freed_bytes ? `Freed ${formatBytes(reply.freed_bytes)}` : 'Nothing to free',
+        detail: reply.summary
+      });
+    } catch (reason) {
+      const notLoaded = reason instanceof CleanupError && reason.notLoaded;
+      setRow(kernel.kernel_id, {
+        busy: false,
+        tone: notLoaded ? 'hint' : 'error',
+        text: notLoaded
+          ? LOAD_EXTENSION_HINT
+          : `Free memory failed: ${String((reason as Error).message ?? reason)}`
+      });
+    }
+    void model.refresh();
+  };
+
+  const shutdown = async (kernel: IKernelMetrics): Promise<void> => {
+    try {
+      const done = await actions.shutdown(kernel);
+      if (done) {
+        setRow(kernel.kernel_id, { busy: true, tone: 'info', text: 'Shutting down…' });
+        void model.refresh();
+      }
+    } catch (reason) {
+      setRow(kernel.kernel_id, {
+        busy: false,
+        tone: 'error',
+        text: `Shut down failed: ${String((reason as Error).message ?? reason)}`
+      });
+    }
+  };
+
+  const noGpu = noGpuState(metrics);
+  const noKernels = noKernelsState(metrics);
+  const otherTotal = Object.values(metrics.other_processes.gpu_memory).reduce<number>(
+    (sum, v) => sum + (v ?? 0),
+    0
+  );
+
+  return (
+    <>
+      {error ? <EmptyState state={errorState(error)} tone="error" /> : null}
+      <section className="q3j-section q3j-gpus">
+        {noGpu ? <EmptyState state={noGpu} tone="hint" /> : null}
+        {metrics.gpus.map(gpu => (
+          <Gauge
+            key={gpu.key}
+            testId={`q3j-gpu-${gpu.key}`}
+            label={gpuLabel(gpu)}
+            used={gpu.memory_used}
+            total={gpu.memory_total}
+            thresholds={thresholds}
+            detail={gpu.utilization === null ? undefined : `util ${gpu.utilization}%`}
+            history={metrics.history.gpu_memory_used[gpu.key]}
+          />
+        ))}
+        <Gauge
+          testId="q3j-host"
+          label="Host memory"
+          used={metrics.host.used}
+          total={metrics.host.total}
+          thresholds={thresholds}
+          history={metrics.history.host_used}
+        />
+        {metrics.available && otherTotal > 0 ? (
+          <div
+            className="q3j-other"
+            title="GPU memory of processes that are not this server's kernels"
+          >
+            Other processes: {formatBytes(otherTotal)} VRAM
+          </div>
+        ) : null}
+        {metrics.notes.map(note => (
+          <div className="q3j-note" key={note}>
+            {note}
+          </div>
+        ))}
+      </section>
+      <section className="q3j-section">
+        <h3 className="q3j-heading">Notebooks</h3>
+        {noKernels ? (
+          <EmptyState state={noKernels} />
+        ) : (
+          <ul className="q3j-kernels">
+            {sortKernels(metrics.kernels).map(kernel => (
+              <KernelRow
+                key={kernel.kernel_id}
+                kernel={kernel}
+                available={metrics.available}
+                status={rows.get(kernel.kernel_id)}
+                onFree={() => void free(kernel)}
+                onShutdown={() => void shutdown(kernel)}
+                onOpen={() => actions.open(kernel)}
+              />
+            ))}
+          </ul>
+        )}
+      </section>
+      <div className="q3j-updated">
+        Updated {new Date(metrics.timestamp * 1000).toLocaleTimeString()}
+      </div>
+    </>
+  );
+}
+
+/** The sidebar widget; tells the model when it is shown so polling follows visibility. */
+export class GpuMemoryPanel extends ReactWidget {
+  constructor(
+    private readonly model: MetricsModel,
+    private readonly actions: IKernelActions
+  ) {
+    super();
+    this.addClass('q3j-panel');
+    this.id = 'qwen3-jupyter-gpu-memory';
+    this.title.caption = 'GPU memory';
+  }
+
+  protected onAfterShow(msg: Message): void {
+    super.onAfterShow(msg);
+    this.model.panelVisible = true;
+  }
+
+  protected onAfterHide(msg: Message): void {
+    super.onAfterHide(msg);
+    this.model.panelVisible = false;
+  }
+
+  protected onAfterAttach(msg: Message): void {
+    super.onAfterAttach(msg);
+    this.model.panelVisible = this.isVisible;
+  }
+
+  protected onBeforeDetach(msg: Message): void {
+    this.model.panelVisible = false;
+    super.onBeforeDetach(msg);
+  }
+
+  private setRow = (id: string, status: IRowStatus | null): void => {
+    if (status) {
+      this._rows.set(id, status);
+    } else {
+      this._rows.delete(id);
+    }
+    this.update();
+  };
+
+  render(): JSX.Element {
+    return (
+      <div className="q3j-content">
+        <h2 className="q3j-title">GPU memory</h2>
+        <UseSignal signal={this.model.changed}>
+          {() => (
+            <MetricsView
+              model={this.model}
+              actions={this.actions}
+              rows={this._rows}
+              setRow={this.setRow}
+            />
+          )}
+        </UseSignal>
+      </div>
+    );
+  }
+
+  private _rows = new Map<string, IRowStatus>();
+}

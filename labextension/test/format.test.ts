@@ -1,0 +1,230 @@
+import { describe, expect, it } from 'vitest';
+
+import {
+  DEFAULT_THRESHOLDS,
+  errorState,
+  formatBytes,
+  formatPercent,
+  formatUsedOfTotal,
+  gpuLabel,
+  kernelLabel,
+  kernelVramText,
+  noGpuState,
+  noKernelsState,
+  normalizeThresholds,
+  physicalGpus,
+  sortKernels,
+  sparklinePoints,
+  statusBarText,
+  totalVram,
+  usageFraction,
+  usageLevel
+} from '../src/format';
+import type { IGpuMetrics, IKernelMetrics, IMetrics } from '../src/metrics';
+
+const GiB = 1024 ** 3;
+
+function gpu(
+  index: number,
+  used: number,
+  total: number,
+  migParent: number | null = null
+): IGpuMetrics {
+  return {
+    key: migParent === null ? String(index) : `${migParent}/${index}`,
+    index,
+    uuid: `GPU-${index}`,
+    name: 'NVIDIA H100',
+    memory_used: used,
+    memory_total: total,
+    utilization: 10,
+    mig_parent: migParent,
+    memory_source: 'v2'
+  };
+}
+
+function kernel(
+  id: string,
+  vram: number | null,
+  rss: number | null,
+  path: string | null
+): IKernelMetrics {
+  return {
+    kernel_id: id,
+    name: 'python3',
+    notebook_path: path,
+    pid: 1,
+    rss,
+    gpu_memory: { '0': vram },
+    gpu_memory_total: vram,
+    extension_loaded: false,
+    execution_state: 'idle'
+  };
+}
+
+function metrics(partial: Partial<IMetrics> = {}): IMetrics {
+  return {
+    available: true,
+    reason: null,
+    timestamp: 0,
+    driver_version: '550.54',
+    gpus: [gpu(0, 2 * GiB, 80 * GiB)],
+    host: { total: 16 * GiB, available: 12 * GiB, used: 4 * GiB },
+    kernels: [],
+    other_processes: { gpu_memory: {} },
+    history: { timestamps: [], gpu_memory_used: {}, host_used: [] },
+    notes: [],
+    sample_interval: 1,
+    ...partial
+  };
+}
+
+describe('formatBytes', () => {
+  it('uses binary units with one decimal', () => {
+    expect(formatBytes(0)).toBe('0 B');
+    expect(formatBytes(1023)).toBe('1023 B');
+    expect(formatBytes(1536)).toBe('1.5 KiB');
+    expect(formatBytes(3 * GiB)).toBe('3.0 GiB');
+    expect(formatBytes(2048 * GiB)).toBe('2.0 TiB');
+    expect(formatBytes(-512 * 1024 * 1024)).toBe('-512.0 MiB');
+  });
+
+  it('says unknown, never 0, when the size is unknown', () => {
+    expect(formatBytes(null)).toBe('unknown');
+    expect(formatBytes(undefined)).toBe('unknown');
+    expect(formatBytes(Number.NaN)).toBe('unknown');
+  });
+});
+
+describe('formatUsedOfTotal', () => {
+  it('puts both numbers on the unit of the total', () => {
+    expect(formatUsedOfTotal(512 * 1024 * 1024, 80 * GiB)).toBe('0.5 / 80.0 GiB');
+    expect(formatUsedOfTotal(null, 8 * GiB)).toBe('unknown / 8.0 GiB');
+    expect(formatUsedOfTotal(100, 0)).toBe('100 B');
+  });
+});
+
+describe('thresholds', () => {
+  it('classifies fractions at the boundaries', () => {
+    expect(usageLevel(0.5)).toBe('ok');
+    expect(usageLevel(0.75)).toBe('warning');
+    expect(usageLevel(0.899)).toBe('warning');
+    expect(usageLevel(0.9)).toBe('critical');
+    expect(usageLevel(null)).toBe('unknown');
+    expect(usageLevel(0.6, { warning: 0.5, critical: 0.8 })).toBe('warning');
+  });
+
+  it('clamps fractions and refuses a zero total', () => {
+    expect(usageFraction(5, 10)).toBe(0.5);
+    expect(usageFraction(20, 10)).toBe(1);
+    expect(usageFraction(5, 0)).toBeNull();
+    expect(usageFraction(null, 10)).toBeNull();
+    expect(formatPercent(0.456)).toBe('46%');
+    expect(formatPercent(null)).toBe('–');
+  });
+
+  it('normalizes user settings: percent, swapped, invalid', () => {
+    expect(normalizeThresholds(0.6, 0.8)).toEqual({ warning: 0.6, critical: 0.8 });
+    expect(normalizeThresholds(60, 85)).toEqual({ warning: 0.6, critical: 0.85 });
+    expect(normalizeThresholds(0.95, 0.5)).toEqual({ warning: 0.5, critical: 0.95 });
+    expect(normalizeThresholds('x', undefined)).toEqual(DEFAULT_THRESHOLDS);
+    expect(normalizeThresholds(-1, 2)).toEqual({ warning: 0, critical: 0.02 });
+  });
+});
+
+describe('GPUs', () => {
+  it('does not double count MIG instances', () => {
+    const gpus = [
+      gpu(0, 10 * GiB, 80 * GiB),
+      gpu(1, 4 * GiB, 20 * GiB, 0),
+      gpu(2, 1 * GiB, 40 * GiB)
+    ];
+    expect(physicalGpus(gpus).map(g => g.index)).toEqual([0, 2]);
+    expect(totalVram(metrics({ gpus }))).toEqual({ used: 11 * GiB, total: 120 * GiB });
+    expect(gpuLabel(gpus[1])).toBe('MIG 1 · NVIDIA H100');
+  });
+
+  it('has no VRAM total without NVML', () => {
+    expect(totalVram(metrics({ available: false, gpus: [] }))).toBeNull();
+  });
+});
+
+describe('kernels', () => {
+  it('sorts by VRAM, unknown after known, then RSS, then name', () => {
+    const sorted = sortKernels([
+      kernel('a', 1 * GiB, 1, 'a.ipynb'),
+      kernel('b', null, 9 * GiB, 'b.ipynb'),
+      kernel('c', 5 * GiB, 1, 'c.ipynb'),
+      kernel('d', 0, 3 * GiB, 'd.ipynb'),
+      kernel('e', 0, 3 * GiB, 'dir/aa.ipynb')
+    ]);
+    expect(sorted.map(k => k.kernel_id)).toEqual(['c', 'a', 'e', 'd', 'b']);
+  });
+
+  it('labels by notebook file name or kernel id', () => {
+    expect(kernelLabel(kernel('x', 0, 0, 'work/train.ipynb'))).toBe('train.ipynb');
+    expect(kernelLabel(kernel('0123456789abcdef', 0, 0, null))).toBe('Kernel 01234567');
+  });
+
+  it('shows unknown VRAM as unknown and no GPU as such', () => {
+    expect(kernelVramText(kernel('x', null, 0, null), true)).toBe('unknown');
+    expect(kernelVramText(kernel('x', 2 * GiB, 0, null), true)).toBe('2.0 GiB');
+    expect(kernelVramText(kernel('x', null, 0, null), false)).toBe('no GPU');
+  });
+});
+
+describe('sparkline', () => {
+  it('scales to the total, oldest left', () => {
+    expect(sparklinePoints([0, 50, 100], 100, 100, 10)).toBe('0.0,10.0 50.0,5.0 100.0,0.0');
+    expect(sparklinePoints([200, -5], 100, 10, 10)).toBe('0.0,0.0 10.0,10.0');
+  });
+
+  it('draws nothing without two points or a total', () => {
+    expect(sparklinePoints([1], 100, 10, 10)).toBe('');
+    expect(sparklinePoints([1, 2], 0, 10, 10)).toBe('');
+  });
+});
+
+describe('empty states', () => {
+  it('say why and what to do for every error kind', () => {
+    const missing = errorState({ kind: 'extension-missing', status: 404, message: '' });
+    expect(missing.hint).toContain('jupyter server extension enable qwen3_jupyter');
+    const down = errorState({ kind: 'unreachable', status: null, message: '' });
+    expect(down.hint).toContain('keeps retrying');
+    const forbidden = errorState({ kind: 'forbidden', status: 403, message: '' });
+    expect(forbidden.hint).toContain('sign in');
+    const broken = errorState({ kind: 'server-error', status: 500, message: 'HTTP 500' });
+    expect(broken.title).toContain('HTTP 500');
+  });
+
+  it('explain a missing GPU and fall back to host memory', () => {
+    expect(noGpuState(metrics())).toBeNull();
+    const state = noGpuState(
+      metrics({
+        available: false,
+        gpus: [],
+        reason:
+          'NVML unavailable: the NVIDIA driver is not loaded; showing host and torch memory only'
+      })
+    );
+    expect(state?.title).toBe('No GPU to show');
+    expect(state?.hint).toMatch(
+      /^NVML unavailable: the NVIDIA driver is not loaded\. Showing host/
+    );
+    expect(noGpuState(metrics({ gpus: [] }))?.hint).toMatch(/^NVML found no NVIDIA GPU\./);
+  });
+
+  it('explain an empty kernel list', () => {
+    expect(noKernelsState(metrics())?.hint).toContain('Open a notebook');
+    expect(noKernelsState(metrics({ kernels: [kernel('a', 0, 0, null)] }))).toBeNull();
+  });
+});
+
+describe('status bar', () => {
+  it('shows VRAM, or RAM without a GPU, or why not', () => {
+    expect(statusBarText(metrics(), null)).toBe('GPU 2.0 / 80.0 GiB');
+    expect(statusBarText(metrics({ available: false, gpus: [] }), null)).toBe('RAM 4.0 / 16.0 GiB');
+    expect(statusBarText(null, null)).toBe('GPU: …');
+    expect(statusBarText(null, { kind: 'unreachable', status: null, message: 'x' })).toBe('GPU: ?');
+  });
+});

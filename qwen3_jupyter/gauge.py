@@ -1,0 +1,354 @@
+"""The live memory gauge: plain ipywidgets subscribed to the kernel's monitor.
+
+The gauge never reads memory itself: the monitor's polling thread hands it snapshots, and it
+sets widget values from that thread. ipywidgets sends a comm message only when a value really
+changes, and the monitor polls once per interval, so the front end gets at most one update per
+interval and none while memory is steady — even while a cell is busy. Figures are rounded to
+what is shown (three significant digits, whole percents) so noise does not become traffic.
+
+`qwen3_jupyter.gauge()` returns a `Gauge`; `%qwen3_gauge` displays one. Several gauges share the
+one monitor; `Gauge.close()` unsubscribes.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import weakref
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import ipywidgets as widgets
+
+from .memory import GiB, MiB
+from .monitor import GpuSample, Monitor, Snapshot, get_monitor
+
+SPARK_POINTS = 60
+SPARK_BUCKET_SECONDS = 2.0
+SPARK_WIDTH = 90
+SPARK_HEIGHT = 18
+WARN_FRACTION = 0.70
+DANGER_FRACTION = 0.90
+HOST_KEY = "host"
+
+_GAUGES: weakref.WeakSet[Gauge] = weakref.WeakSet()
+
+
+def short_bytes(n: int | None) -> str:
+    """Three significant digits in binary units ('412 MiB', '1.23 GiB', '80.0 GiB')."""
+    if n is None:
+        return "unknown"
+    value, unit = float(n), "B"
+    for next_unit, size in (("KiB", 1024), ("MiB", MiB), ("GiB", GiB)):
+        if abs(n) >= size:
+            value, unit = n / size, next_unit
+    if unit == "B":
+        return f"{n} B"
+    digits = 2 if abs(value) < 10 else 1 if abs(value) < 100 else 0
+    return f"{value:.{digits}f} {unit}"
+
+
+def device_bytes(n: int) -> str:
+    """Whole-device figures to 0.1 GiB: other processes make finer digits pure noise."""
+    return f"{n / GiB:.1f} GiB" if n >= GiB else short_bytes(n)
+
+
+@dataclass(frozen=True)
+class RowView:
+    """What one row shows; equal views mean no message."""
+
+    key: str
+    label: str
+    tooltip: str
+    percent: int
+    style: str
+    text: str
+    fraction: float
+
+
+def _style(fraction: float, free: int, low_free: int) -> str:
+    if fraction >= DANGER_FRACTION or free < low_free:
+        return "danger"
+    return "warning" if fraction >= WARN_FRACTION else "success"
+
+
+def _kernel_share(sample: GpuSample) -> str:
+    """This kernel's memory on the GPU, or why it is unknown (never a made-up 0)."""
+    if sample.kernel_bytes is not None:
+        return f"this kernel {short_bytes(sample.kernel_bytes)}"
+    if sample.torch is not None:
+        return f"this kernel unknown (torch reserved {short_bytes(sample.torch.reserved)})"
+    return "this kernel unknown (torch has not used this GPU)"
+
+
+def gpu_row(sample: GpuSample, low_free: int) -> RowView:
+    gpu = sample.gpu
+    fraction = gpu.memory_used / gpu.memory_total if gpu.memory_total else 0.0
+    parts = [
+        f"{device_bytes(gpu.memory_used)} / {device_bytes(gpu.memory_total)}",
+        _kernel_share(sample),
+    ]
+    if sample.torch is not None:
+        parts.append(
+            f"torch {short_bytes(sample.torch.allocated)} alloc · "
+            f"{short_bytes(sample.torch.reserved)} reserved"
+        )
+    parts.append(f"peak {short_bytes(sample.peak_used)}")
+    if gpu.utilization is not None:
+        parts.append(f"util {gpu.utilization}%")
+    if not sample.visible:
+        parts.append("not visible to this kernel")
+    source = "" if gpu.memory_source == "v2" else " · NVML v1 memory (counts driver reserve)"
+    return RowView(
+        key=gpu.uuid,
+        label=gpu.label,
+        tooltip=f"{gpu.name} · {gpu.uuid}{source}",
+        percent=round(100 * fraction),
+        style=_style(fraction, gpu.memory_free, low_free),
+        text=" · ".join(parts),
+        fraction=fraction,
+    )
+
+
+def host_row(snapshot: Snapshot, low_free: int) -> RowView:
+    host = snapshot.host
+    fraction = host.used / host.total if host.total else 0.0
+    text = (
+        f"{device_bytes(host.used)} / {device_bytes(host.total)} · "
+        f"this kernel {short_bytes(host.process_rss)} RSS · "
+        f"peak {short_bytes(snapshot.host_peak_rss)}"
+    )
+    return RowView(
+        key=HOST_KEY,
+        label="host",
+        tooltip="host RAM: used / total, and this kernel's resident memory",
+        percent=round(100 * fraction),
+        style=_style(fraction, host.available, low_free),
+        text=text,
+        fraction=fraction,
+    )
+
+
+def row_views(snapshot: Snapshot, show_all: bool, low_free: int) -> list[RowView]:
+    """One row per GPU this kernel sees (every GPU with `show_all`), then host memory."""
+    gpus = snapshot.gpus if show_all else snapshot.visible_gpus
+    return [*(gpu_row(g, low_free) for g in gpus), host_row(snapshot, low_free)]
+
+
+def footer_text(snapshot: Snapshot) -> str:
+    if snapshot.error:
+        return snapshot.error
+    if not snapshot.nvml_available:
+        return snapshot.nvml_reason or "NVML unavailable; showing host and torch memory only"
+    parts = [f"NVML · driver {snapshot.driver_version or 'unknown'}"]
+    if not snapshot.gpus:
+        parts.append("no NVIDIA GPU found: showing host memory")
+    elif not snapshot.visible_gpus:
+        parts.append("no GPU visible to this kernel (CUDA_VISIBLE_DEVICES): showing host memory")
+    if snapshot.nvml_reason:
+        parts.append(snapshot.nvml_reason)
+    parts.append(f"every {snapshot.interval:g} s")
+    return " · ".join(parts)
+
+
+def sparkline_svg(values: list[float]) -> str:
+    """An inline SVG polyline of fractions in [0, 1], oldest first, padded to a fixed width.
+
+    Padding with the oldest value keeps a steady series drawing the same picture, and heights
+    are rounded to half a pixel, so a steady gauge sends nothing.
+    """
+    if not values:
+        return ""
+    padded = [values[0]] * (SPARK_POINTS - len(values)) + values[-SPARK_POINTS:]
+    step = SPARK_WIDTH / (SPARK_POINTS - 1)
+    top = SPARK_HEIGHT - 1
+    points = " ".join(
+        f"{i * step:.1f},{round(2 * top * (1 - min(1.0, max(0.0, v)))) / 2 + 0.5:g}"
+        for i, v in enumerate(padded)
+    )
+    return (
+        f'<svg width="{SPARK_WIDTH}" height="{SPARK_HEIGHT}" '
+        'style="vertical-align:middle"><polyline fill="none" stroke="#4c78a8" '
+        f'stroke-width="1.2" points="{points}"/></svg>'
+    )
+
+
+class _Series:
+    """The last two minutes of one row in 2-second buckets (each bucket keeps its maximum)."""
+
+    def __init__(self) -> None:
+        self.values: deque[float] = deque(maxlen=SPARK_POINTS)
+        self.bucket: int | None = None
+
+    def add(self, timestamp: float, value: float) -> None:
+        bucket = int(timestamp // SPARK_BUCKET_SECONDS)
+        if bucket == self.bucket and self.values:
+            self.values[-1] = max(self.values[-1], value)
+        else:
+            self.values.append(value)
+            self.bucket = bucket
+
+
+class _Row:
+    def __init__(self, compact: bool) -> None:
+        self.label = widgets.HTML(layout=widgets.Layout(width="110px"))
+        self.bar = widgets.FloatProgress(
+            value=0.0, min=0.0, max=100.0, layout=widgets.Layout(width="160px")
+        )
+        self.spark = widgets.HTML(
+            layout=widgets.Layout(display="none" if compact else None, width="100px")
+        )
+        self.text = widgets.HTML()
+        self.box = widgets.HBox([self.label, self.bar, self.spark, self.text])
+        self.box.add_class("qwen3-gauge-row")
+        self.text.add_class("qwen3-gauge-text")
+
+    def show(self, view: RowView, spark: str) -> None:
+        self.label.value = (
+            f'<b title="{html.escape(view.tooltip, quote=True)}">{html.escape(view.label)}</b>'
+        )
+        with self.bar.hold_sync():
+            self.bar.value = float(view.percent)
+            self.bar.bar_style = view.style
+        self.spark.value = spark
+        self.text.value = f"<span>{html.escape(view.text)}</span>"
+
+    def close(self) -> None:
+        for w in (self.label, self.bar, self.spark, self.text, self.box):
+            w.close()
+
+
+class Gauge(widgets.VBox):
+    """A live view of the monitor: one row per visible GPU, then host memory, then warnings."""
+
+    def __init__(
+        self, monitor: Monitor | None = None, show_all: bool = False, compact: bool = False
+    ) -> None:
+        self._monitor = monitor if monitor is not None else get_monitor()
+        self._show_all = show_all
+        self._compact = compact
+        self._lock = threading.Lock()
+        self._rows: dict[str, _Row] = {}
+        self._series: dict[str, _Series] = {}
+        self._rows_box = widgets.VBox()
+        self._warnings = widgets.HTML()
+        self._footer = widgets.HTML(
+            "<small>reading memory…</small>",
+            layout=widgets.Layout(display="none" if compact else None),
+        )
+        self._closed = False
+        self.updates = 0
+        super().__init__([self._rows_box, self._warnings, self._footer])
+        self.add_class("qwen3-gauge")
+        for old in self._monitor.history():
+            self._record(old)
+        latest = self._monitor.latest()
+        if latest is not None:
+            self._render(latest)
+        self._unsubscribe = self._monitor.subscribe(self._on_snapshot)
+        _GAUGES.add(self)
+
+    @property
+    def monitor(self) -> Monitor:
+        return self._monitor
+
+    def _on_snapshot(self, snapshot: Snapshot) -> None:
+        self._record(snapshot)
+        self._render(snapshot)
+
+    def _record(self, snapshot: Snapshot) -> None:
+        for view in row_views(snapshot, True, self._monitor.low_free_bytes):
+            self._series.setdefault(view.key, _Series()).add(snapshot.timestamp, view.fraction)
+
+    def _render(self, snapshot: Snapshot) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            views = row_views(snapshot, self._show_all, self._monitor.low_free_bytes)
+            keys = [v.key for v in views]
+            if keys != list(self._rows):
+                for key in set(self._rows) - set(keys):
+                    self._rows.pop(key).close()
+                rows = {k: self._rows.get(k) or _Row(self._compact) for k in keys}
+                self._rows = rows
+                self._rows_box.children = tuple(r.box for r in rows.values())
+            for view in views:
+                series = self._series.get(view.key)
+                spark = (
+                    "" if self._compact or series is None else sparkline_svg(list(series.values))
+                )
+                self._rows[view.key].show(view, spark)
+            self._warnings.value = "".join(
+                f'<div style="color:#b45309">⚠ {html.escape(w)}</div>' for w in snapshot.warnings
+            )
+            self._footer.value = f"<small>{html.escape(footer_text(snapshot))}</small>"
+            self.updates += 1
+
+    def as_html(self) -> str:
+        """The rows and warnings as they are now, as static HTML (no widgets)."""
+        with self._lock:
+            rows = [
+                f"<div>{r.label.value} {r.bar.value:.0f}% · {r.text.value}</div>"
+                for r in self._rows.values()
+            ]
+            return f'<div class="qwen3-gauge-static">{"".join(rows)}{self._warnings.value}</div>'
+
+    def close(self) -> None:
+        """Stop receiving snapshots and close every child widget (the monitor keeps running)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._unsubscribe()
+        _GAUGES.discard(self)
+        for row in self._rows.values():
+            row.close()
+        for w in (self._rows_box, self._warnings, self._footer):
+            w.close()
+        super().close()
+
+
+@contextmanager
+def inline_gauge(compact: bool = True) -> Iterator[Gauge]:
+    """Show a live gauge for the duration of a block (one `%qwen3` call, one cleanup).
+
+    On exit the widget is replaced by a static copy of its last reading and closed, so a
+    notebook full of calls keeps no live widgets and the polling thread no extra subscribers.
+    """
+    from IPython.display import HTML, display
+
+    live = gauge(compact=compact)
+    handle = display(live, display_id=True)
+    try:
+        yield live
+    finally:
+        last = live.as_html()
+        live.close()
+        if handle is not None:
+            handle.update(HTML(last))
+
+
+def gauge(interval: float | None = None, show_all: bool = False, compact: bool = False) -> Gauge:
+    """A live memory gauge for this kernel (display it, or let it be a cell's last value).
+
+    `interval` sets the shared monitor's polling interval in seconds (default 0.5);
+    `show_all` also shows GPUs this kernel cannot use; `compact` drops sparkline and footer.
+    """
+    monitor = get_monitor()
+    if interval is not None:
+        monitor.interval = interval
+    return Gauge(monitor, show_all=show_all, compact=compact)
+
+
+def open_gauges() -> list[Gauge]:
+    return list(_GAUGES)
+
+
+def close_all() -> int:
+    """Close every open gauge; returns how many were closed."""
+    gauges = open_gauges()
+    for g in gauges:
+        g.close()
+    return len(gauges)

@@ -1,0 +1,141 @@
+"""`%qwen3_gauge`: show the live memory gauge; wires the monitor's decay signals on load.
+
+Loading registers the magic and feeds every finished `%qwen3` call to the monitor (latency
+decay) and every cleanup report (retained-memory drift, peak reset) when the cleanup module
+offers listeners. Unloading closes every gauge, stops the polling thread and shuts NVML down.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
+
+from . import lifecycle, monitor
+
+
+@magics_class
+class GaugeMagics(Magics):
+    """The memory gauge magic."""
+
+    @magic_arguments()
+    @argument(
+        "--interval",
+        type=float,
+        metavar="SECONDS",
+        help="Seconds between polls for every gauge in this kernel (default 0.5, minimum 0.05).",
+    )
+    @argument("--all", action="store_true", help="Also show GPUs this kernel cannot use.")
+    @argument("--compact", action="store_true", help="One line per row, no sparkline or footer.")
+    @argument(
+        "--stop",
+        action="store_true",
+        help="Close every gauge and stop the polling thread (a new gauge starts it again).",
+    )
+    @line_magic
+    def qwen3_gauge(self, line: str = "") -> None:
+        """Show a live memory gauge that updates while cells run.
+
+        One row per GPU this kernel can use (NVML, matched to torch by UUID, so
+        CUDA_VISIBLE_DEVICES is honoured), then host memory: a bar coloured by how full it is,
+        used / total, this kernel's share (or "unknown" with torch's reserved figure when NVML
+        cannot see this process, as in containers), torch allocated / reserved, the peak since
+        the last cleanup and a sparkline of the last two minutes. Warnings appear when free
+        memory runs low, when `%qwen3` calls slow down against the first calls, and when memory
+        left after cleanup keeps growing; `%qwen3_clean --verbose` shows what holds memory.
+        Without an NVIDIA driver the gauge says so and shows host memory.
+
+        Examples::
+
+          %qwen3_gauge
+          %qwen3_gauge --interval 0.2 --all
+          %qwen3_gauge --stop
+
+        From Python: ``qwen3_jupyter.gauge(interval=None, show_all=False, compact=False)``.
+        """
+        args = parse_argstring(self.qwen3_gauge, line)
+        if args.interval is not None and args.interval <= 0:
+            raise UsageError("--interval must be a positive number of seconds (e.g. 0.5)")
+        from .gauge import close_all, gauge
+
+        if args.stop:
+            closed = close_all()
+            running = monitor.current_monitor()
+            if running is not None:
+                running.stop()
+            print(f"gauge stopped ({closed} closed); %qwen3_gauge starts it again")
+            return
+        display(gauge(interval=args.interval, show_all=args.all, compact=args.compact))
+
+
+def _listen_to_results() -> Callable[[], None]:
+    from .session import SESSION
+
+    return SESSION.add_result_listener(lambda result: monitor.get_monitor().note_result(result))
+
+
+def _listen_to_cleanups() -> Callable[[], None] | None:
+    """Subscribe to cleanup reports if the cleanup module offers `add_cleanup_listener`."""
+    try:
+        cleanup = importlib.import_module(f"{__package__}.cleanup")
+    except ImportError:
+        return None
+    add = getattr(cleanup, "add_cleanup_listener", None)
+    if add is None:
+        return None
+
+    def on_report(report: Any) -> None:
+        monitor.get_monitor().note_cleanup(retained_bytes(report))
+
+    remove = add(on_report)
+    return remove if callable(remove) else None
+
+
+def retained_bytes(report: Any) -> int:
+    """What a cleanup left behind, measured the same way every time so drift means something.
+
+    Per device of the report: on a GPU, torch's allocated bytes (live tensors, always measured)
+    or else its reserved bytes; on the CPU, the process RSS (tensor bytes are counted there only
+    in verbose cleanups, so they would make calls incomparable).
+    """
+    total = 0
+    for change in getattr(report, "devices", ()):
+        after = change.after
+        if change.device == "cpu":
+            figure = after.process
+        else:
+            figure = after.tensors if after.tensors is not None else after.reserved
+        total += int(figure or 0)
+    return total
+
+
+def load(ip: Any) -> None:
+    """Register `%qwen3_gauge` and the decay-signal listeners; their undo goes to lifecycle."""
+    ip.register_magics(GaugeMagics(shell=ip))
+    undo_results = _listen_to_results()
+    undo_cleanups = _listen_to_cleanups()
+
+    def undo() -> None:
+        undo_results()
+        if undo_cleanups is not None:
+            undo_cleanups()
+        unload(ip)
+
+    lifecycle.on_unload("qwen3-gauge", undo)
+
+
+def unload(ip: Any) -> None:
+    """Close every gauge, stop the monitor thread and NVML, remove the magic."""
+    if f"{__package__}.gauge" in sys.modules:
+        from .gauge import close_all
+
+        close_all()
+    monitor.shutdown()
+    ip.magics_manager.magics["line"].pop("qwen3_gauge", None)
+    ip.magics_manager.registry.pop("GaugeMagics", None)

@@ -1,0 +1,140 @@
+"""Kernel side of the sidebar's "Free memory" button: the `qwen3_jupyter` comm target.
+
+Loading the extension registers the target and writes a marker file next to the kernel's
+connection file, which is how the server tells "qwen3_jupyter is loaded in this kernel" without
+sending the kernel anything. The sidebar opens a comm with `{"action": "cleanup"}`; the kernel
+runs `cleanup()` and answers with the report. It runs only on the main shell, between cells
+(never on a subshell beside a running cell), and only that action exists: a comm never runs
+code it was sent. Unloading removes both.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from . import __version__, lifecycle
+
+TARGET = "qwen3_jupyter"
+MARKER_SUFFIX = ".qwen3-jupyter.json"
+"""The marker sits at `<connection file stem>.qwen3-jupyter.json`; the server reads it."""
+
+_log = logging.getLogger(__name__)
+
+
+def _comm_manager(ip: Any) -> Any | None:
+    """The kernel's comm manager; None outside a kernel (plain IPython has no comms)."""
+    kernel = getattr(ip, "kernel", None)
+    if kernel is None:
+        return None
+    manager = getattr(kernel, "comm_manager", None)
+    if manager is not None:
+        return manager
+    try:
+        import comm
+
+        return comm.get_comm_manager()
+    except Exception:
+        return None
+
+
+def marker_path() -> Path | None:
+    """Marker next to this kernel's connection file; None when the kernel has no such file."""
+    try:
+        from ipykernel.connect import get_connection_file
+
+        connection_file = Path(get_connection_file())
+    except Exception:
+        return None
+    return connection_file.with_name(connection_file.stem + MARKER_SUFFIX)
+
+
+def write_marker(path: Path) -> bool:
+    """Say "loaded" to the server; True when written (a read-only runtime dir is not an error)."""
+    data = {"pid": os.getpid(), "comm_target": TARGET, "version": __version__}
+    try:
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+    except OSError as exc:
+        _log.debug("qwen3_jupyter: could not write %s: %s", path, exc)
+        return False
+    return True
+
+
+def remove_marker(path: Path) -> None:
+    try:
+        data = json.loads(path.read_text())
+        if data.get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def handle(data: Any) -> dict[str, Any]:
+    """The reply to one comm message: the cleanup report, or why there is none."""
+    action = data.get("action") if isinstance(data, dict) else None
+    if action != "cleanup":
+        return {"action": action, "ok": False, "error": f"unknown action {action!r}"}
+    if threading.current_thread() is not threading.main_thread():
+        return {
+            "action": "cleanup",
+            "ok": False,
+            "error": "cleanup runs only on the kernel's main shell, between cells; this comm "
+            "was opened on a subshell, where it would run beside a running cell",
+        }
+    try:
+        from .cleanup import cleanup
+
+        report = cleanup()
+    except Exception as exc:
+        _log.exception("qwen3_jupyter: cleanup requested by the sidebar failed")
+        return {"action": "cleanup", "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    return {
+        "action": "cleanup",
+        "ok": True,
+        "freed_bytes": int(report.freed_bytes),
+        "summary": report.summary(),
+        "report": report.to_dict(),
+    }
+
+
+def _on_open(comm: Any, open_msg: dict[str, Any]) -> None:
+    def on_msg(msg: dict[str, Any]) -> None:
+        comm.send(handle(msg["content"].get("data")))
+
+    comm.on_msg(on_msg)
+    data = open_msg.get("content", {}).get("data")
+    if isinstance(data, dict) and data.get("action"):
+        comm.send(handle(data))
+
+
+def load(ip: Any) -> None:
+    """Register the comm target and the marker; their undo goes to `lifecycle`."""
+    manager = _comm_manager(ip)
+    if manager is None:
+        return
+    manager.register_target(TARGET, _on_open)
+    marker = marker_path()
+    wrote = marker is not None and write_marker(marker)
+
+    def cleanup_marker() -> None:
+        if wrote and marker is not None:
+            remove_marker(marker)
+
+    if wrote:
+        atexit.register(cleanup_marker)
+
+    def undo() -> None:
+        if manager.targets.get(TARGET) is _on_open:
+            manager.unregister_target(TARGET, _on_open)
+        cleanup_marker()
+        if wrote:
+            atexit.unregister(cleanup_marker)
+
+    lifecycle.on_unload("kernel-comm", undo)

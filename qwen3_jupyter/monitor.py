@@ -1,0 +1,440 @@
+"""The kernel's one memory monitor: a polling thread, a bounded history, subscribers, signals.
+
+One `Monitor` per kernel process (`get_monitor()`), started on first use. Its thread is the only
+place NVML is called in the kernel (NVML calls can block for tens of milliseconds, so they stay
+off the main thread). Every poll becomes an immutable `Snapshot` handed to each subscriber on the
+polling thread; views (the gauge) subscribe and never read memory themselves. The thread stops
+on `%unload_ext qwen3_jupyter` and at interpreter exit, and NVML is shut down with it.
+
+Two decay signals are kept here because they need the history of calls, not of polls:
+`%qwen3` calls getting slower than the first calls (`note_result`), and memory left after
+cleanup drifting upward (`note_cleanup`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import logging
+import os
+import statistics
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import psutil
+
+from .memory import (
+    GpuReading,
+    HostMemory,
+    MiB,
+    NvmlReader,
+    NvmlReading,
+    TorchDeviceMemory,
+    format_bytes,
+    process_memory_by_uuid,
+    read_host,
+    read_torch,
+    torch_device_for,
+    visible_gpus,
+)
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_INTERVAL = 0.5
+HISTORY_SECONDS = 120.0
+LOW_FREE_BYTES = 500 * MiB
+MIN_INTERVAL = 0.05
+CLEAN_HINT = "%qwen3_clean --verbose shows what holds it"
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    """One GPU in one poll, with what this kernel holds on it.
+
+    `kernel_bytes` is this kernel's memory according to NVML, None when NVML cannot tell (the
+    kernel's PID is not in its list, as inside containers): never 0 for unknown. `torch` is
+    torch's allocator on the same device (matched by UUID), None when torch does not use it.
+    `peak_used` is the highest `memory_used` seen since the last cleanup.
+    """
+
+    gpu: GpuReading
+    visible: bool
+    kernel_bytes: int | None
+    torch: TorchDeviceMemory | None
+    peak_used: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one poll saw. `gpus` holds every GPU NVML reports; `visible` marks ours."""
+
+    seq: int
+    timestamp: float
+    interval: float
+    host: HostMemory
+    host_peak_rss: int
+    nvml_available: bool
+    nvml_reason: str | None
+    driver_version: str | None
+    gpus: tuple[GpuSample, ...]
+    torch: tuple[TorchDeviceMemory, ...]
+    warnings: tuple[str, ...]
+    error: str | None = None
+
+    @property
+    def visible_gpus(self) -> tuple[GpuSample, ...]:
+        return tuple(g for g in self.gpus if g.visible)
+
+
+class _TimedResult(Protocol):
+    @property
+    def latency_s(self) -> float: ...
+
+    @property
+    def completion_tokens(self) -> int: ...
+
+
+Subscriber = Callable[[Snapshot], None]
+
+
+def _seconds_per_token(result: _TimedResult) -> float:
+    tokens = getattr(result, "completion_tokens", 0) or 0
+    return float(result.latency_s) / max(1, int(tokens))
+
+
+class Monitor:
+    """Polls memory on one daemon thread and publishes snapshots to subscribers.
+
+    Thread-safe: subscribe, unsubscribe, `interval`, `note_*` and `stop` may be called from any
+    thread. Subscribers run on the polling thread; one that raises is logged and kept.
+    """
+
+    def __init__(
+        self,
+        reader: NvmlReader | None = None,
+        interval: float = DEFAULT_INTERVAL,
+        history_seconds: float = HISTORY_SECONDS,
+        low_free_bytes: int = LOW_FREE_BYTES,
+    ) -> None:
+        self._reader = reader if reader is not None else NvmlReader()
+        self._interval = max(MIN_INTERVAL, float(interval))
+        self._history_seconds = history_seconds
+        self.low_free_bytes = low_free_bytes
+        self._lock = threading.RLock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._subscribers: list[Subscriber] = []
+        self._history: deque[Snapshot] = deque(maxlen=self._history_length())
+        self._seq = 0
+        self._host_peak = 0
+        self._gpu_peaks: dict[str, int] = {}
+        self._call_costs: list[float] = []
+        self._retained: list[int] = []
+        self._children: set[int] = set()
+        self._children_at = 0.0
+        self._notice: str | None = None
+        self.thread_cpu_seconds = 0.0
+        self.polls = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the polling thread if it is not running (idempotent)."""
+        with self._lock:
+            if self.running:
+                return
+            self._stopping.clear()
+            self._thread = threading.Thread(
+                target=self._run, name="qwen3-jupyter-monitor", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop and join the thread, then shut NVML down. Subscribers stay registered."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            self._stopping.set()
+            self._wake.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        self._reader.close()
+
+    @property
+    def interval(self) -> float:
+        return self._interval
+
+    @interval.setter
+    def interval(self, seconds: float) -> None:
+        """Seconds between polls (at least 0.05); the history keeps covering ~2 minutes."""
+        with self._lock:
+            self._interval = max(MIN_INTERVAL, float(seconds))
+            self._history = deque(self._history, maxlen=self._history_length())
+        self._wake.set()
+
+    def _history_length(self) -> int:
+        return max(4, round(self._history_seconds / self._interval))
+
+    # -- subscribers ----------------------------------------------------------------------------
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call `callback(snapshot)` after every poll (starting the thread); returns the undo."""
+        with self._lock:
+            self._subscribers.append(callback)
+        self.start()
+        return lambda: self.unsubscribe(callback)
+
+    def unsubscribe(self, callback: Subscriber) -> None:
+        with self._lock:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+    def latest(self) -> Snapshot | None:
+        with self._lock:
+            return self._history[-1] if self._history else None
+
+    def history(self) -> tuple[Snapshot, ...]:
+        """The snapshots of the last ~2 minutes, oldest first."""
+        with self._lock:
+            return tuple(self._history)
+
+    @property
+    def notice(self) -> str | None:
+        """Why NVML is not in use (one line), once known; None while NVML works."""
+        return self._notice
+
+    # -- decay signals --------------------------------------------------------------------------
+
+    def note_result(self, result: _TimedResult) -> None:
+        """Record one finished `%qwen3` call (a `Result`) for the latency-decay signal."""
+        with self._lock:
+            self._call_costs.append(_seconds_per_token(result))
+
+    def note_cleanup(self, retained_bytes: int) -> None:
+        """Record the memory left after one cleanup, and restart the peaks from here."""
+        with self._lock:
+            self._retained.append(int(retained_bytes))
+            self._host_peak = 0
+            self._gpu_peaks.clear()
+
+    @property
+    def call_costs(self) -> tuple[float, ...]:
+        """Seconds per generated token of every `%qwen3` call noted, oldest first."""
+        with self._lock:
+            return tuple(self._call_costs)
+
+    @property
+    def retained_history(self) -> tuple[int, ...]:
+        """Bytes left after each cleanup noted, oldest first."""
+        with self._lock:
+            return tuple(self._retained)
+
+    def reset_signals(self) -> None:
+        with self._lock:
+            self._call_costs.clear()
+            self._retained.clear()
+
+    def latency_warning(self) -> str | None:
+        """Set when the last 3 calls take clearly longer per token than the first 3."""
+        costs = self._call_costs
+        if len(costs) < 6:
+            return None
+        first, last = statistics.median(costs[:3]), statistics.median(costs[-3:])
+        if first <= 0 or last <= 1.25 * first:
+            return None
+        return (
+            f"%qwen3 is slowing down: the last 3 calls took {last / first:.1f}× the time per "
+            f"token of the first 3 — memory pressure or fragmentation; {CLEAN_HINT}"
+        )
+
+    def retained_warning(self) -> str | None:
+        """Set when the memory left after cleanup rose at each of the last 3 cleanups.
+
+        Three rises in a row (each over 8 MiB, 64 MiB in all) are needed, so loading a model
+        between two cleanups — one step up, then flat — does not count as drift.
+        """
+        recent = self._retained[-4:]
+        if len(recent) < 4:
+            return None
+        steps = [b - a for a, b in itertools.pairwise(recent)]
+        if min(steps) <= 8 * MiB or recent[-1] - recent[0] < 64 * MiB:
+            return None
+        return (
+            f"memory left after cleanup keeps growing: {format_bytes(recent[0])} → "
+            f"{format_bytes(recent[-1])} over the last 4 cleanups — something keeps "
+            f"references; {CLEAN_HINT}"
+        )
+
+    # -- polling --------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            snapshot = self.sample()
+            for callback in list(self._subscribers):
+                if self._stopping.is_set():
+                    break
+                try:
+                    callback(snapshot)
+                except Exception:
+                    _log.exception("qwen3_jupyter: gauge update failed")
+            self.thread_cpu_seconds = time.thread_time()
+            self._wake.clear()
+            self._wake.wait(max(0.0, self._interval - (time.monotonic() - started)))
+
+    def sample(self) -> Snapshot:
+        """Poll once, append to the history and return the snapshot. Never raises."""
+        try:
+            snapshot = self._poll()
+        except Exception as exc:  # a reader failing must not kill the thread
+            _log.exception("qwen3_jupyter: memory poll failed")
+            snapshot = self._failed(f"memory poll failed: {exc}")
+        with self._lock:
+            self._history.append(snapshot)
+            self.polls += 1
+        return snapshot
+
+    def _poll(self) -> Snapshot:
+        nvml = self._reader.read()
+        host = read_host()
+        torch_devices = read_torch()
+        if not nvml.available and self._notice != nvml.reason:
+            self._notice = nvml.reason
+            _log.info("qwen3_jupyter: %s", nvml.reason)
+        gpus = self._gpu_samples(nvml, torch_devices)
+        with self._lock:
+            self._host_peak = max(self._host_peak, host.process_rss)
+            self._seq += 1
+            seq, host_peak = self._seq, self._host_peak
+        warnings = self._warnings(host, gpus)
+        return Snapshot(
+            seq=seq,
+            timestamp=time.time(),
+            interval=self._interval,
+            host=host,
+            host_peak_rss=host_peak,
+            nvml_available=nvml.available,
+            nvml_reason=nvml.reason,
+            driver_version=nvml.driver_version,
+            gpus=gpus,
+            torch=torch_devices,
+            warnings=warnings,
+        )
+
+    def _gpu_samples(
+        self, nvml: NvmlReading, torch_devices: tuple[TorchDeviceMemory, ...]
+    ) -> tuple[GpuSample, ...]:
+        if not nvml.gpus:
+            return ()
+        visible = {g.uuid for g in visible_gpus(nvml, torch_devices or None)}
+        mine = process_memory_by_uuid(nvml, self._pids())
+        samples = []
+        with self._lock:
+            for gpu in nvml.gpus:
+                peak = max(self._gpu_peaks.get(gpu.uuid, 0), gpu.memory_used)
+                self._gpu_peaks[gpu.uuid] = peak
+                samples.append(
+                    GpuSample(
+                        gpu=gpu,
+                        visible=gpu.uuid in visible,
+                        kernel_bytes=mine.get(gpu.uuid),
+                        torch=torch_device_for(gpu, torch_devices),
+                        peak_used=peak,
+                    )
+                )
+        return tuple(samples)
+
+    def _pids(self) -> set[int]:
+        """This process and its children (data loader workers), refreshed every 5 s."""
+        now = time.monotonic()
+        if now - self._children_at > 5.0:
+            self._children_at = now
+            try:
+                self._children = {c.pid for c in psutil.Process().children(recursive=True)}
+            except Exception:
+                self._children = set()
+        return {os.getpid(), *self._children}
+
+    def _warnings(self, host: HostMemory, gpus: tuple[GpuSample, ...]) -> tuple[str, ...]:
+        warnings = []
+        shown = [g for g in gpus if g.visible]
+        for sample in shown:
+            free = sample.gpu.memory_free
+            if free < self.low_free_bytes:
+                warnings.append(
+                    f"{sample.gpu.label}: only {format_bytes(free)} free (below "
+                    f"{format_bytes(self.low_free_bytes)}) — free memory before the next call; "
+                    f"{CLEAN_HINT}"
+                )
+        if not shown and host.available < self.low_free_bytes:
+            warnings.append(
+                f"host: only {format_bytes(host.available)} available (below "
+                f"{format_bytes(self.low_free_bytes)}) — {CLEAN_HINT}"
+            )
+        with self._lock:
+            for signal in (self.latency_warning(), self.retained_warning()):
+                if signal:
+                    warnings.append(signal)
+        return tuple(warnings)
+
+    def _failed(self, error: str) -> Snapshot:
+        with self._lock:
+            self._seq += 1
+            previous = self._history[-1] if self._history else None
+        host = previous.host if previous else HostMemory(0, 0, 0, 0)
+        return Snapshot(
+            seq=self._seq,
+            timestamp=time.time(),
+            interval=self._interval,
+            host=host,
+            host_peak_rss=self._host_peak,
+            nvml_available=False,
+            nvml_reason=None,
+            driver_version=None,
+            gpus=(),
+            torch=(),
+            warnings=(),
+            error=error,
+        )
+
+
+_MONITOR: Monitor | None = None
+_MONITOR_LOCK = threading.Lock()
+
+
+def get_monitor() -> Monitor:
+    """The kernel's monitor, created (not started) on first use."""
+    global _MONITOR
+    with _MONITOR_LOCK:
+        if _MONITOR is None:
+            _MONITOR = Monitor()
+        return _MONITOR
+
+
+def current_monitor() -> Monitor | None:
+    """The monitor if one was created, without creating it."""
+    return _MONITOR
+
+
+def shutdown() -> None:
+    """Stop the monitor's thread, close NVML and forget the monitor (unload, exit)."""
+    global _MONITOR
+    with _MONITOR_LOCK:
+        monitor, _MONITOR = _MONITOR, None
+    if monitor is not None:
+        monitor.stop()
+
+
+atexit.register(shutdown)

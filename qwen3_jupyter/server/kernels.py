@@ -1,0 +1,171 @@
+"""This server's kernels (PID, notebook, marker file) and whose GPU memory is whose.
+
+`running_kernels` runs on the event loop and only reads what the kernel and session managers
+already hold (no message to any kernel, no code run in one). `attribute` is pure: it maps NVML's
+process lists onto the kernels' process trees the sampler found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..kernel_comm import MARKER_SUFFIX
+from ..memory import GiB, MiB, NvmlReading
+from .sampler import ProcessTree, WatchedKernel, gpu_key
+
+
+@dataclass(frozen=True)
+class KernelInfo:
+    kernel_id: str
+    name: str
+    pid: int | None
+    execution_state: str
+    notebook_path: str | None
+    marker: Path | None
+
+    def watched(self) -> WatchedKernel | None:
+        return WatchedKernel(self.pid, self.marker) if self.pid is not None else None
+
+
+def marker_path(connection_file: str | None) -> Path | None:
+    """Where a kernel with this connection file says "qwen3_jupyter is loaded here"."""
+    if not connection_file:
+        return None
+    path = Path(connection_file)
+    return path.with_name(path.stem + MARKER_SUFFIX)
+
+
+def kernel_pid(kernel: Any) -> int | None:
+    """The local process of a kernel, from its provisioner; None for remote kernels."""
+    provisioner = getattr(kernel, "provisioner", None)
+    pid = getattr(provisioner, "pid", None)
+    if pid is None:
+        process = getattr(provisioner, "process", None) or getattr(kernel, "kernel", None)
+        pid = getattr(process, "pid", None)
+    return int(pid) if isinstance(pid, int) else None
+
+
+async def notebook_paths(session_manager: Any) -> dict[str, str]:
+    """kernel id -> path of the notebook (or console) whose session uses it."""
+    if session_manager is None:
+        return {}
+    paths: dict[str, str] = {}
+    for session in await session_manager.list_sessions():
+        kernel = session.get("kernel") or {}
+        if kernel.get("id") and session.get("path"):
+            paths[kernel["id"]] = session["path"]
+    return paths
+
+
+async def running_kernels(kernel_manager: Any, session_manager: Any) -> list[KernelInfo]:
+    """Every kernel this server runs, with its PID and its notebook's path where it has one."""
+    paths = await notebook_paths(session_manager)
+    kernels = []
+    for kernel_id in list(kernel_manager.list_kernel_ids()):
+        try:
+            kernel = kernel_manager.get_kernel(kernel_id)
+        except KeyError:
+            continue
+        kernels.append(
+            KernelInfo(
+                kernel_id=kernel_id,
+                name=str(getattr(kernel, "kernel_name", "") or ""),
+                pid=kernel_pid(kernel),
+                execution_state=str(getattr(kernel, "execution_state", "unknown") or "unknown"),
+                notebook_path=paths.get(kernel_id),
+                marker=marker_path(getattr(kernel, "connection_file", None)),
+            )
+        )
+    return kernels
+
+
+def _unlisted_threshold(memory_source: str) -> int:
+    """Memory in use above which a GPU with an empty process list must be hiding processes.
+
+    The v1 call counts the driver's own reservation (hundreds of MiB on an idle GPU) as used.
+    """
+    return 1 * GiB if memory_source == "v1" else 256 * MiB
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """GPU memory per kernel PID and of everything else, keyed like `gpu_key`.
+
+    A None figure is unknown, never zero: NVML did not report the memory, lists host PIDs
+    (containers), or lists no process while memory is in use.
+    """
+
+    kernels: Mapping[int, Mapping[str, int | None]]
+    totals: Mapping[int, int | None]
+    other: Mapping[str, int | None]
+    notes: tuple[str, ...]
+
+
+def attribute(
+    reading: NvmlReading, trees: Mapping[int, ProcessTree], local_pids: frozenset[int]
+) -> Attribution:
+    """Map NVML's per-GPU process lists onto the kernels' process trees (kernel + children)."""
+    notes: list[str] = []
+    listed = {p.pid for g in reading.gpus for p in g.processes}
+    pids_are_ours = not listed or bool(listed & local_pids)
+    if not pids_are_ours:
+        notes.append(
+            "NVML lists GPU processes by PIDs this server cannot see (a container?), so "
+            "per-notebook VRAM is unknown; the GPU totals are right."
+        )
+    kernel_pids = {pid for tree in trees.values() for pid in tree.pids}
+    per_kernel: dict[int, dict[str, int | None]] = {pid: {} for pid in trees}
+    other: dict[str, int | None] = {}
+    for gpu in reading.gpus:
+        key = gpu_key(gpu.index, gpu.mig_parent)
+        hidden = not gpu.processes and gpu.memory_used > _unlisted_threshold(gpu.memory_source)
+        if hidden:
+            notes.append(
+                f"{gpu.label} has memory in use but NVML lists no process on it, so "
+                "per-notebook VRAM on it is unknown."
+            )
+        known = pids_are_ours and not hidden
+        for pid, tree in trees.items():
+            mine = [p for p in gpu.processes if p.pid in tree.pids]
+            if mine:
+                used = [p.used_bytes for p in mine]
+                per_kernel[pid][key] = None if None in used else sum(u or 0 for u in used)
+            else:
+                per_kernel[pid][key] = 0 if known else None
+        rest = [p.used_bytes for p in gpu.processes if p.pid not in kernel_pids]
+        known_rest = [u for u in rest if u is not None]
+        if not known or (rest and not known_rest):
+            other[key] = None
+        else:
+            other[key] = sum(known_rest)
+    totals = {pid: _physical_total(reading, figures) for pid, figures in per_kernel.items()}
+    return Attribution(per_kernel, totals, other, tuple(notes))
+
+
+def _physical_total(reading: NvmlReading, figures: Mapping[str, int | None]) -> int | None:
+    """Sum over physical GPUs; a MIG-enabled GPU counts its instances when it lists nothing.
+
+    None when any GPU's figure is unknown (a partial sum would read as a complete one).
+    """
+    total = 0
+    for gpu in reading.gpus:
+        if gpu.mig_parent is not None:
+            continue
+        value = figures.get(gpu_key(gpu.index, None))
+        instances = [
+            figures.get(gpu_key(g.index, g.mig_parent))
+            for g in reading.gpus
+            if g.mig_parent == gpu.index
+        ]
+        if instances:
+            known = [v for v in instances if v is not None]
+            if value is None and len(known) < len(instances):
+                return None
+            value = max(value or 0, sum(known))
+        if value is None:
+            return None
+        total += value
+    return total

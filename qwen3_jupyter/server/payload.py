@@ -1,0 +1,86 @@
+"""The JSON of `GET /qwen3-jupyter/metrics`, built from one cached sample and the kernel list.
+
+Pure (no I/O), so the schema is tested without a server. The TypeScript interfaces in
+`labextension/src/metrics.ts` mirror these keys one for one. Sizes are bytes; None (JSON null)
+is "unknown", never zero. Per-GPU maps are keyed by `gpu_key` ("0", or "0/1" for MIG instance 1
+of GPU 0). Only PIDs and sizes are exposed: never command lines or environments.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .kernels import KernelInfo, attribute
+from .sampler import Sample, gpu_key
+
+HISTORY_POINTS = 60
+
+
+def build_payload(
+    sample: Sample, kernels: list[KernelInfo], interval: float, history_points: int = HISTORY_POINTS
+) -> dict[str, Any]:
+    reading = sample.nvml
+    gpu_keys = [gpu_key(g.index, g.mig_parent) for g in reading.gpus]
+    attribution = attribute(reading, sample.trees, sample.local_pids)
+    rows = []
+    for kernel in kernels:
+        tree = sample.trees.get(kernel.pid) if kernel.pid is not None else None
+        if not reading.available:
+            gpu_memory: dict[str, int | None] = {}
+            total: int | None = None
+        elif tree is None:
+            gpu_memory = dict.fromkeys(gpu_keys)
+            total = None
+        else:
+            gpu_memory = dict(attribution.kernels.get(kernel.pid or -1, {}))
+            total = attribution.totals.get(tree.pid)
+        rows.append(
+            {
+                "kernel_id": kernel.kernel_id,
+                "name": kernel.name,
+                "notebook_path": kernel.notebook_path,
+                "pid": kernel.pid,
+                "rss": tree.rss if tree else None,
+                "gpu_memory": gpu_memory,
+                "gpu_memory_total": total,
+                "extension_loaded": bool(tree and tree.extension_loaded),
+                "execution_state": kernel.execution_state,
+            }
+        )
+    history = sample.history[-history_points:]
+    return {
+        "available": reading.available,
+        "reason": reading.reason,
+        "timestamp": sample.timestamp,
+        "driver_version": reading.driver_version,
+        "gpus": [
+            {
+                "key": key,
+                "index": g.index,
+                "uuid": g.uuid,
+                "name": g.name,
+                "memory_used": g.memory_used,
+                "memory_total": g.memory_total,
+                "utilization": g.utilization,
+                "mig_parent": g.mig_parent,
+                "memory_source": g.memory_source,
+            }
+            for key, g in zip(gpu_keys, reading.gpus, strict=True)
+        ],
+        "host": {
+            "total": sample.host.total,
+            "available": sample.host.available,
+            "used": sample.host.used,
+        },
+        "kernels": rows,
+        "other_processes": {"gpu_memory": dict(attribution.other) if reading.available else {}},
+        "history": {
+            "timestamps": [p.timestamp for p in history],
+            "gpu_memory_used": {
+                key: [p.gpu_memory_used.get(key, 0) for p in history] for key in gpu_keys
+            },
+            "host_used": [p.host_used for p in history],
+        },
+        "notes": list(attribution.notes) if reading.available else [],
+        "sample_interval": interval,
+    }

@@ -1,0 +1,304 @@
+"""The server's one sampler thread: NVML, host memory and kernel process trees, cached.
+
+Every metrics request reads the cached `Sample`; only this thread calls NVML (calls can block
+for tens of milliseconds, and must never run on Tornado's event loop), so ten browser tabs cost
+the same NVML calls as one. The thread starts on the first request and stops itself (closing
+NVML) after `idle_timeout` seconds without one, so a server nobody watches never polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from ..memory import HostMemory, NvmlReader, NvmlReading, read_host
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WatchedKernel:
+    """What the sampler needs to know about one kernel: its process and its marker file."""
+
+    pid: int
+    marker: Path | None = None
+
+
+@dataclass(frozen=True)
+class ProcessTree:
+    """A kernel process and its descendants (DataLoader workers and the like) in one sample.
+
+    `rss` is the sum over the tree (None when the kernel process is gone). `extension_loaded`
+    comes from the marker file `kernel_comm` writes when `%load_ext qwen3_jupyter` runs.
+    """
+
+    pid: int
+    pids: frozenset[int]
+    rss: int | None
+    extension_loaded: bool
+
+
+@dataclass(frozen=True)
+class HistoryPoint:
+    timestamp: float
+    gpu_memory_used: Mapping[str, int]
+    host_used: int
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One reading of everything the endpoint serves, taken on the sampler thread."""
+
+    nvml: NvmlReading
+    host: HostMemory
+    trees: Mapping[int, ProcessTree]
+    local_pids: frozenset[int]
+    """NVML-listed PIDs that exist in this PID namespace (see `existing_pids`)."""
+    timestamp: float
+    history: tuple[HistoryPoint, ...] = ()
+
+
+def gpu_key(index: int, mig_parent: int | None) -> str:
+    """Key of a GPU in every per-GPU map of the endpoint: '2', or '2/1' for MIG instance 1 of 2."""
+    return str(index) if mig_parent is None else f"{mig_parent}/{index}"
+
+
+@dataclass
+class _Waiter:
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Sample]
+
+
+def read_marker(path: Path | None, pids: frozenset[int]) -> bool:
+    """True when `path` exists and names one of `pids` (a marker of this very kernel process)."""
+    if path is None:
+        return False
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("pid") in pids
+
+
+def _proc_children(pid: int) -> list[int] | None:
+    """Children of `pid` from /proc/<pid>/task/*/children (Linux); None where unsupported."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return []
+    except OSError:
+        return None
+    children: list[int] = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                children.extend(int(c) for c in f.read().split())
+        except FileNotFoundError:
+            if not os.path.exists(f"/proc/{pid}/task/{tid}"):
+                continue  # the thread ended meanwhile
+            return None  # a kernel without CONFIG_PROC_CHILDREN
+        except OSError:
+            continue
+    return children
+
+
+def _ppid_table() -> dict[int, list[int]]:
+    """parent -> children for every process (one pass; the portable fallback)."""
+    table: dict[int, list[int]] = {}
+    for proc in psutil.process_iter(["ppid"]):
+        ppid = proc.info.get("ppid")
+        if ppid is not None:
+            table.setdefault(int(ppid), []).append(proc.pid)
+    return table
+
+
+def process_trees(kernels: Iterable[WatchedKernel]) -> dict[int, ProcessTree]:
+    """Each kernel's process tree (kernel and descendants) and its summed RSS.
+
+    On Linux the tree is read from /proc/<pid>/task/*/children, so the cost grows with the
+    kernels, not with every process on the machine. Only PIDs and memory are read: never
+    command lines or environments.
+    """
+    table: dict[int, list[int]] | None = None
+    trees = {}
+    for kernel in kernels:
+        pids = {kernel.pid}
+        stack = [kernel.pid]
+        while stack:
+            parent = stack.pop()
+            children = _proc_children(parent)
+            if children is None:
+                table = _ppid_table() if table is None else table
+                children = table.get(parent, [])
+            for child in children:
+                if child not in pids:
+                    pids.add(child)
+                    stack.append(child)
+        rss: int | None = 0
+        for pid in pids:
+            try:
+                rss_pid = int(psutil.Process(pid).memory_info().rss)
+            except (psutil.Error, OSError):
+                if pid == kernel.pid:
+                    rss = None
+                    break
+                continue
+            rss = (rss or 0) + rss_pid
+        frozen = frozenset(pids)
+        trees[kernel.pid] = ProcessTree(kernel.pid, frozen, rss, read_marker(kernel.marker, frozen))
+    return trees
+
+
+def existing_pids(reading: NvmlReading) -> frozenset[int]:
+    """The PIDs in NVML's process lists that exist here (none do inside most containers)."""
+    listed = {p.pid for gpu in reading.gpus for p in gpu.processes}
+    return frozenset(pid for pid in listed if psutil.pid_exists(pid))
+
+
+class Sampler:
+    """Samples on its own thread every `interval` seconds while someone asks for data.
+
+    `request()` is called on the event loop by every metrics request: it records which kernels
+    to watch and (re)starts the thread; `current()` awaits a sample no older than two intervals
+    without blocking the loop. Readers of `latest` get an immutable `Sample`.
+    """
+
+    def __init__(
+        self,
+        interval: float = 1.0,
+        history_length: int = 120,
+        idle_timeout: float = 60.0,
+        reader_factory: Callable[[], NvmlReader] = NvmlReader,
+    ) -> None:
+        self.interval = max(0.05, float(interval))
+        self.idle_timeout = float(idle_timeout)
+        self._reader_factory = reader_factory
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._watched: tuple[WatchedKernel, ...] = ()
+        self._latest: Sample | None = None
+        self._history: deque[HistoryPoint] = deque(maxlen=max(1, history_length))
+        self._waiters: list[_Waiter] = []
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._last_request = 0.0
+        self.samples_taken = 0
+
+    @property
+    def latest(self) -> Sample | None:
+        return self._latest
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def request(self, kernels: Iterable[WatchedKernel]) -> None:
+        """Note a client's interest and the kernels to watch; wake the thread for new kernels."""
+        watched = tuple(kernels)
+        with self._lock:
+            self._last_request = time.monotonic()
+            new = {k.pid for k in watched} - {k.pid for k in self._watched}
+            self._watched = watched
+            if self._stopping:
+                return
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="qwen3-jupyter-sampler", daemon=True
+                )
+                self._thread.start()
+            elif new:
+                self._wake.set()
+
+    async def current(self, timeout: float = 5.0) -> Sample | None:
+        """The latest sample; waits (without blocking the loop) for the next one when needed.
+
+        Needed when there is none, it is stale (the sampler idled), or it lacks a kernel that
+        `request` just added, so a new kernel's row has its RSS on the first response.
+        """
+        sample = self._latest
+        fresh = sample is not None and time.time() - sample.timestamp <= 2 * self.interval + 0.5
+        if sample is not None and fresh and all(k.pid in sample.trees for k in self._watched):
+            return sample
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Sample] = loop.create_future()
+        with self._lock:
+            self._waiters.append(_Waiter(loop, future))
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            return self._latest
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread, close NVML and drop the reading; a later `request` starts afresh."""
+        with self._lock:
+            self._stopping = True
+            thread = self._thread
+        self._wake.set()
+        if thread is not None:
+            thread.join(timeout)
+        with self._lock:
+            self._stopping = False
+            self._thread = None
+            self._latest = None
+
+    def _run(self) -> None:
+        reader = self._reader_factory()
+        try:
+            while True:
+                with self._lock:
+                    watched = self._watched
+                    idle = time.monotonic() - self._last_request > self.idle_timeout
+                    if self._stopping or idle:
+                        if not self._stopping:
+                            self._thread = None
+                        return
+                self._publish(self._sample(reader, watched))
+                self._wake.wait(self.interval)
+                self._wake.clear()
+        except Exception:
+            _log.exception("qwen3-jupyter: the metrics sampler stopped")
+        finally:
+            reader.close()
+
+    def _sample(self, reader: NvmlReader, watched: tuple[WatchedKernel, ...]) -> Sample:
+        reading = reader.read()
+        host = read_host()
+        trees = process_trees(watched)
+        point = HistoryPoint(
+            timestamp=reading.timestamp,
+            gpu_memory_used={gpu_key(g.index, g.mig_parent): g.memory_used for g in reading.gpus},
+            host_used=host.used,
+        )
+        self._history.append(point)
+        self.samples_taken += 1
+        return Sample(
+            nvml=reading,
+            host=host,
+            trees=trees,
+            local_pids=existing_pids(reading),
+            timestamp=time.time(),
+            history=tuple(self._history),
+        )
+
+    def _publish(self, sample: Sample) -> None:
+        with self._lock:
+            self._latest = sample
+            waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.loop.call_soon_threadsafe(_resolve, waiter.future, sample)
+
+
+def _resolve(future: asyncio.Future[Sample], sample: Sample) -> None:
+    if not future.done():
+        future.set_result(sample)

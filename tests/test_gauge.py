@@ -1,0 +1,365 @@
+"""The gauge through real kernels: what the kernel sends on iopub while cells run.
+
+NVML is the fake pynvml (installed in the kernel by `tests.fake_nvml.child_env`); everything
+above it — monitor thread, widgets, comm messages — is the real thing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import comm
+import pytest
+
+from qwen3_jupyter.gauge import (
+    Gauge,
+    gpu_row,
+    host_row,
+    short_bytes,
+    sparkline_svg,
+)
+from qwen3_jupyter.memory import GiB, MiB, NvmlReader, TorchDeviceMemory
+from qwen3_jupyter.monitor import Monitor
+from tests.fake_nvml import SELF, FakeGpu, FakeNvml, FakeProcess, child_env
+from tests.kernel import Execution, Kernel
+
+
+class WidgetStates:
+    """Widget models as the front end would hold them, rebuilt from comm messages."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, dict[str, Any]] = {}
+
+    def feed(self, messages: list[dict[str, Any]]) -> list[tuple[float, str, dict[str, Any]]]:
+        """Apply messages; returns (received_at, comm_id, changed state) for every update."""
+        updates = []
+        for msg in messages:
+            content = msg["content"]
+            if msg["msg_type"] == "comm_open" and content.get("target_name") == "jupyter.widget":
+                self.states[content["comm_id"]] = dict(content["data"]["state"])
+            elif msg["msg_type"] == "comm_msg" and content["data"].get("method") == "update":
+                state = content["data"]["state"]
+                self.states.setdefault(content["comm_id"], {}).update(state)
+                updates.append((msg["received_at"], content["comm_id"], state))
+        return updates
+
+    def html(self) -> list[str]:
+        return [s["value"] for s in self.states.values() if s.get("_model_name") == "HTMLModel"]
+
+    def ids(self, model_name: str) -> list[str]:
+        return [cid for cid, s in self.states.items() if s.get("_model_name") == model_name]
+
+    def find(self, needle: str) -> str:
+        """The comm id of the HTML widget whose value contains `needle`."""
+        (comm_id,) = [
+            cid
+            for cid, s in self.states.items()
+            if s.get("_model_name") == "HTMLModel" and needle in s.get("value", "")
+        ]
+        return comm_id
+
+    def text(self) -> str:
+        return "\n".join(self.html())
+
+
+def _show(kernel: Kernel, line: str = "%qwen3_gauge") -> tuple[Execution, WidgetStates]:
+    """Display a gauge and wait until it shows its first reading."""
+    shown = kernel.run(f"{line}\nimport time; time.sleep(0.4)")
+    assert shown.status == "ok", shown.error
+    widgets = WidgetStates()
+    widgets.feed(shown.messages)
+    assert shown.of_type("display_data"), "no widget was displayed"
+    return shown, widgets
+
+
+def test_updates_arrive_while_a_cell_is_busy(kernel: Kernel) -> None:
+    """Host memory (no NVML here): the bar's text changes during a 2 s allocating cell."""
+    _, widgets = _show(kernel, "%qwen3_gauge --interval 0.1")
+    host_text = widgets.find("RSS")
+    assert "NVML unavailable" in widgets.text() or "NVML ·" in widgets.text()
+    started = time.monotonic()
+    busy = kernel.run(
+        "import time\n"
+        "blocks = []\n"
+        "for i in range(10):\n"
+        "    blocks.append(bytearray(b'x') * (40 * 2**20))\n"
+        "    time.sleep(0.1)\n"
+        "del blocks\n"
+        "for i in range(5):\n"
+        "    hold = bytearray(b'x') * ((i + 1) * 60 * 2**20)\n"
+        "    time.sleep(0.2)\n"
+        "del hold\n"
+    )
+    finished = time.monotonic()
+    assert busy.status == "ok", busy.error
+    updates = widgets.feed(busy.messages)
+    texts = [(at, state["value"]) for at, cid, state in updates if cid == host_text]
+    assert len({value for _, value in texts}) >= 5, texts
+    times = [at for at, _ in texts]
+    assert times[0] - started < 0.8, "first update came late"
+    assert times[-1] - times[0] > 1.0, "updates were not spread over the busy cell"
+    assert finished - times[-1] < 1.0
+    (bar,) = widgets.ids("FloatProgressModel")
+    assert any(cid == bar for _, cid, _ in updates), "the bar itself never moved"
+
+
+def test_gauge_api_and_stop(kernel: Kernel) -> None:
+    result = kernel.run(
+        "import qwen3_jupyter, threading, time\n"
+        "g = qwen3_jupyter.gauge(interval=0.2)\n"
+        "g2 = qwen3_jupyter.gauge()\n"
+        "time.sleep(0.3)\n"
+        "print(type(g).__name__, g.monitor is g2.monitor, g.monitor.subscriber_count >= 2)\n"
+        "g2.close()\n"
+        "from qwen3_jupyter.gauge import open_gauges\n"
+        "print(g.monitor.interval, g2 not in open_gauges())\n"
+    )
+    assert result.status == "ok", result.error
+    assert result.stdout.split() == ["Gauge", "True", "True", "0.2", "True"]
+    stopped = kernel.run("%qwen3_gauge --stop")
+    assert "gauge stopped" in stopped.stdout
+    threads = kernel.value(
+        "[t.name for t in __import__('threading').enumerate() if t.name.startswith('qwen3')]"
+    )
+    assert threads == []
+    bad = kernel.run("%qwen3_gauge --interval -1")
+    assert "UsageError: --interval must be a positive number of seconds" in bad.stderr
+    helped = kernel.run("%qwen3_gauge?")
+    assert "--interval" in str(helped.reply) and "CUDA_VISIBLE_DEVICES" in str(helped.reply)
+
+
+def test_inline_gauge_leaves_a_static_copy_and_no_live_widget(kernel: Kernel) -> None:
+    result = kernel.run(
+        "import time\n"
+        "from qwen3_jupyter.gauge import inline_gauge, open_gauges\n"
+        "with inline_gauge() as g:\n"
+        "    time.sleep(0.6)\n"
+        "print(g.comm is None, len(open_gauges()))"
+    )
+    assert result.status == "ok", result.error
+    assert result.stdout.split()[0] == "True"
+    (shown,) = result.of_type("display_data")
+    assert "application/vnd.jupyter.widget-view+json" in shown["content"]["data"]
+    (static,) = result.texts("text/html")
+    assert "qwen3-gauge-static" in static and "RSS" in static
+
+
+def test_qwen3_calls_and_cleanups_feed_the_decay_signals(kernel: Kernel) -> None:
+    asked = kernel.run("%qwen3 --greedy --no-think --max-new-tokens 4 hello")
+    assert asked.status == "ok", asked.error
+    cleaned = kernel.run(
+        "from qwen3_jupyter import cleanup\n"
+        "from qwen3_jupyter.monitor import get_monitor\n"
+        "cleanup(); cleanup()\n"
+        "_m = get_monitor()\n"
+        "print(len(_m.call_costs), len(_m.retained_history), min(_m.retained_history) > 0)"
+    )
+    assert cleaned.status == "ok", cleaned.error
+    assert cleaned.stdout.split() == ["1", "2", "True"]
+
+
+@pytest.fixture()
+def fake_kernel(
+    kernel_env: dict[str, str], tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Kernel]:
+    """A kernel whose pynvml is the fake `request.param` = (FakeNvml, extra env)."""
+    fake, extra = request.param
+    k = Kernel({**kernel_env, **child_env(fake, tmp_path), **extra})
+    loaded = k.run("%load_ext qwen3_jupyter")
+    assert loaded.status == "ok", loaded.error
+    yield k
+    k.shutdown()
+
+
+FOUR = FakeNvml(
+    [
+        FakeGpu(used=10 * GiB, processes=[FakeProcess(999_001, 10 * GiB)]),
+        FakeGpu(used=20 * GiB),
+        FakeGpu(name="NVIDIA A100-SXM4-80GB", used=30 * GiB, processes=[]),
+        FakeGpu(used=40 * GiB),
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    "fake_kernel", [(FOUR, {"CUDA_VISIBLE_DEVICES": "2"})], indirect=True, ids=["gpu2of4"]
+)
+def test_four_gpus_cuda_visible_devices_2(fake_kernel: Kernel) -> None:
+    _, widgets = _show(fake_kernel)
+    text = widgets.text()
+    assert ">GPU 2</b>" in text and ">GPU 0</b>" not in text and ">GPU 3</b>" not in text
+    assert "30.0 GiB / 80.0 GiB" in text
+    # the kernel's pid is not in NVML's list (as in containers): unknown, never 0
+    assert "this kernel unknown (torch has not used this GPU)" in text
+    assert "NVML · driver 550.54.15" in text
+    _, every = _show(fake_kernel, "%qwen3_gauge --all")
+    labels = [h for h in every.html() if h.startswith("<b title=")]
+    assert [h.split(">")[1].split("<")[0] for h in labels] == [
+        "GPU 0",
+        "GPU 1",
+        "GPU 2",
+        "GPU 3",
+        "host",
+    ]
+    assert "not visible to this kernel" in every.text()
+
+
+ONE = FakeNvml([FakeGpu(used=3 * GiB, utilization=55, processes=[FakeProcess(SELF, GiB)])])
+
+
+@pytest.mark.parametrize("fake_kernel", [(ONE, {})], indirect=True, ids=["onegpu"])
+def test_one_gpu_changes_and_a_driver_error_mid_run(fake_kernel: Kernel) -> None:
+    _, widgets = _show(fake_kernel, "%qwen3_gauge --interval 0.1")
+    text = widgets.text()
+    assert "3.0 GiB / 80.0 GiB · this kernel 1.00 GiB" in text and "util 55%" in text
+    busy = fake_kernel.run(
+        "import sys, time\n"
+        "fake = sys.modules['pynvml']._fake\n"
+        "for gib in (20, 40, 60, 79.3):\n"
+        "    fake.gpus[0].used = int(gib * 2**30)\n"
+        "    time.sleep(0.3)\n"
+        "fake.fail()\n"
+        "time.sleep(0.4)\n"
+    )
+    assert busy.status == "ok", busy.error
+    updates = widgets.feed(busy.messages)
+    values = [str(s.get("value", "")) for _, _, s in updates]
+    for shown in ("20.0 GiB / 80.0 GiB", "40.0 GiB", "60.0 GiB", "79.3 GiB"):
+        assert any(shown in v for v in values), shown
+    assert any("only 204.8 MiB free" in v for v in values), [v for v in values if "free" in v]
+    styles = [s["bar_style"] for _, _, s in updates if "bar_style" in s]
+    assert "danger" in styles
+    assert "NVML error: GPU is lost" in widgets.text()
+    assert "host" in widgets.text()
+    alive = fake_kernel.run(
+        "import threading\n"
+        "fake.heal(); time.sleep(0.3)\n"
+        "print([t.name for t in threading.enumerate() if t.name.startswith('qwen3')])\n"
+    )
+    assert alive.stdout.strip() == "['qwen3-jupyter-monitor']"
+    widgets.feed(alive.messages)
+    assert "NVML error" not in widgets.text() and "79.3 GiB / 80.0 GiB" in widgets.text()
+
+
+@pytest.mark.parametrize("fake_kernel", [(FakeNvml.with_gpus(1), {})], indirect=True, ids=["1"])
+def test_load_unload_50_times_leaves_nothing_behind(fake_kernel: Kernel) -> None:
+    result = fake_kernel.run(
+        "import sys, threading, time, qwen3_jupyter\n"
+        "from qwen3_jupyter.session import SESSION\n"
+        "ip = get_ipython(); fake = sys.modules['pynvml']._fake\n"
+        "ip.run_line_magic('unload_ext', 'qwen3_jupyter')\n"
+        "threads, listeners = threading.active_count(), len(SESSION.result_listeners)\n"
+        "for i in range(50):\n"
+        "    ip.run_line_magic('load_ext', 'qwen3_jupyter')\n"
+        "    g = qwen3_jupyter.gauge(interval=0.05)\n"
+        "    time.sleep(0.01)\n"
+        "    ip.run_line_magic('unload_ext', 'qwen3_jupyter')\n"
+        "print(threading.active_count() - threads, len(SESSION.result_listeners) - listeners)\n"
+        "print(fake.init_count, fake.shutdown_count, fake.open_handles)\n"
+        "print('qwen3_gauge' in ip.magics_manager.magics['line'], g.comm is None)\n"
+    )
+    assert result.status == "ok", result.error
+    lines = result.stdout.split("\n")
+    assert lines[0] == "0 0"
+    init, shutdown, open_handles = map(int, lines[1].split())
+    assert init == shutdown >= 50 and open_handles == 0
+    assert lines[2] == "False True"
+
+
+def test_fake_module_memory_figures_are_consistent() -> None:
+    """Guards the numbers the kernel tests above rely on."""
+    fake = FakeNvml([FakeGpu(used=int(79.3 * GiB))])
+    handle = fake.module.nvmlDeviceGetHandleByIndex  # uninitialised calls fail like NVML's
+    with pytest.raises(fake.module.NVMLError_Uninitialized):
+        handle(0)
+    fake.module.nvmlInit()
+    info = fake.module.nvmlDeviceGetMemoryInfo(handle(0), version=fake.module.nvmlMemory_v2)
+    assert round(info.free / MiB, 1) == 204.8
+    fake.module.nvmlShutdown()
+
+
+# -- the view alone, in this process (a counting comm stands in for the kernel) ----------------
+
+
+class CountingComm(comm.DummyComm):
+    sent: list[tuple[str, dict[str, Any]]] = []  # noqa: RUF012
+
+    def publish_msg(self, msg_type: str, data: Any = None, *args: Any, **keys: Any) -> None:
+        CountingComm.sent.append((self.comm_id, dict(data or {})))
+
+
+@pytest.fixture()
+def counting_comms(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
+    CountingComm.sent = []
+    monkeypatch.setattr(comm, "create_comm", CountingComm)
+    return CountingComm.sent
+
+
+def _updates(sent: list[tuple[str, dict[str, Any]]], ids: set[str]) -> list[dict[str, Any]]:
+    return [d["state"] for cid, d in sent if cid in ids and d.get("method") == "update"]
+
+
+def test_steady_memory_sends_nothing_and_a_change_sends_once(
+    counting_comms: list[tuple[str, dict[str, Any]]],
+) -> None:
+    fake = FakeNvml([FakeGpu(used=5 * GiB, processes=[FakeProcess(SELF, 5 * GiB)])])
+    monitor = Monitor(NvmlReader(fake.module), interval=0.05)
+    g = Gauge(monitor)
+    try:
+        _wait_for(lambda: g.updates >= 3)
+        row = next(iter(g._rows.values()))
+        gpu_ids = {w.comm.comm_id for w in (row.label, row.bar, row.spark, row.text)}
+        polls = monitor.polls
+        counting_comms.clear()
+        _wait_for(lambda: monitor.polls >= polls + 10)
+        assert _updates(counting_comms, gpu_ids) == []
+        fake.gpus[0].used = 41 * GiB
+        fake.gpus[0].processes[0].used = 41 * GiB
+        _wait_for(lambda: "41.0 GiB / 80.0 GiB" in row.text.value)
+        polls = monitor.polls
+        _wait_for(lambda: monitor.polls >= polls + 5)
+        changed = _updates(counting_comms, gpu_ids)
+        texts = [u["value"] for u in changed if "<span>" in str(u.get("value"))]
+        assert len(texts) == 1 and "this kernel 41.0 GiB" in texts[0]
+        bars = [u for u in changed if "bar_style" in u or isinstance(u.get("value"), float)]
+        assert len(bars) == 1 and bars[0]["value"] == 51.0  # one message for value + colour
+    finally:
+        g.close()
+        monitor.stop()
+    assert monitor.subscriber_count == 0 and g.comm is None
+
+
+def test_rows_say_unknown_with_torch_reserved_never_zero() -> None:
+    fake = FakeNvml([FakeGpu(used=9 * GiB, processes=[FakeProcess(4321, 9 * GiB)])])
+    snap = Monitor(NvmlReader(fake.module)).sample()
+    sample = snap.gpus[0]
+    torch_dev = TorchDeviceMemory(0, "H100", sample.gpu.uuid, 3 * GiB, 4 * GiB, 5 * GiB, 6 * GiB)
+    from dataclasses import replace
+
+    row = gpu_row(replace(sample, torch=torch_dev), 500 * MiB)
+    assert "this kernel unknown (torch reserved 4.00 GiB)" in row.text
+    assert "torch 3.00 GiB alloc · 4.00 GiB reserved" in row.text
+    assert (row.percent, row.style) == (11, "success")
+    host = host_row(snap, 500 * MiB)
+    assert host.label == "host" and "RSS" in host.text
+
+
+def test_formatting_and_sparkline() -> None:
+    assert short_bytes(412 * MiB + 3) == "412 MiB"
+    assert short_bytes(int(1.234 * GiB)) == "1.23 GiB"
+    assert short_bytes(None) == "unknown"
+    steady = sparkline_svg([0.5] * 3)
+    assert steady == sparkline_svg([0.5] * 40)  # filling up draws the same line
+    assert steady == sparkline_svg([0.501] * 3)  # sub-pixel noise draws nothing
+    assert steady != sparkline_svg([0.5, 0.5, 0.9])
+    assert sparkline_svg([]) == ""
+
+
+def _wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)

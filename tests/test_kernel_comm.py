@@ -1,0 +1,86 @@
+"""The kernel side of the sidebar's "Free memory": the `qwen3_jupyter` comm and its marker file.
+
+Driven like the sidebar drives it: a `comm_open` on the shell channel, the reply read from
+iopub, in a real kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from qwen3_jupyter.kernel_comm import MARKER_SUFFIX, TARGET, handle
+from tests.kernel import Kernel
+
+
+def marker_of(kernel: Kernel) -> Path:
+    connection_file = Path(kernel.km.connection_file)
+    return connection_file.with_name(connection_file.stem + MARKER_SUFFIX)
+
+
+def open_comm(kernel: Kernel, data: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
+    """Open a comm to the target with `data`; returns the kernel's first answer on it."""
+    comm_id = uuid.uuid4().hex
+    content = {"comm_id": comm_id, "target_name": TARGET, "data": data}
+    kernel.kc.shell_channel.send(kernel.kc.session.msg("comm_open", content))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            msg = kernel.kc.get_iopub_msg(timeout=1)
+        except queue.Empty:
+            continue
+        if msg["content"].get("comm_id") != comm_id:
+            continue
+        if msg["msg_type"] in ("comm_msg", "comm_close"):
+            return {"msg_type": msg["msg_type"], **msg["content"].get("data", {})}
+    raise TimeoutError("the kernel never answered on the comm")
+
+
+def test_loading_writes_a_marker_next_to_the_connection_file(kernel: Kernel) -> None:
+    marker = json.loads(marker_of(kernel).read_text())
+    assert marker["pid"] == kernel.value("__import__('os').getpid()")
+    assert marker["comm_target"] == TARGET
+
+
+def test_cleanup_over_the_comm_reports_what_it_freed(kernel: Kernel) -> None:
+    shown = kernel.run("import torch\ntorch.ones(50_000_000)")  # 200 MB held by Out and _
+    assert shown.status == "ok", shown.error
+    reply = open_comm(kernel, {"action": "cleanup"})
+    assert reply["msg_type"] == "comm_msg"
+    assert reply["ok"] is True and reply["action"] == "cleanup"
+    assert reply["freed_bytes"] > 100 * 2**20, reply["summary"]
+    assert reply["summary"] == reply["report"]["summary"]
+    assert "output cache" in reply["summary"]
+    json.dumps(reply["report"])
+
+
+def test_the_comm_runs_no_code_it_is_sent(kernel: Kernel, tmp_path: Path) -> None:
+    target = tmp_path / "should-not-exist"
+    reply = open_comm(kernel, {"action": "exec", "code": f"open({str(target)!r}, 'w')"})
+    assert reply["ok"] is False and "unknown action" in reply["error"]
+    assert not target.exists()
+
+
+def test_unloading_removes_the_target_and_the_marker(fresh_kernel: Kernel) -> None:
+    assert fresh_kernel.run("%load_ext qwen3_jupyter").status == "ok"
+    assert marker_of(fresh_kernel).exists()
+    assert fresh_kernel.run("%unload_ext qwen3_jupyter").status == "ok"
+    assert not marker_of(fresh_kernel).exists()
+    reply = open_comm(fresh_kernel, {"action": "cleanup"}, timeout=30)
+    assert reply["msg_type"] == "comm_close"  # what the sidebar reads as "not loaded"
+    assert fresh_kernel.run("%load_ext qwen3_jupyter").status == "ok"
+    assert open_comm(fresh_kernel, {"action": "cleanup"})["ok"] is True
+
+
+def test_cleanup_never_runs_beside_a_cell_on_a_subshell_thread() -> None:
+    replies: list[dict[str, Any]] = []
+    thread = threading.Thread(target=lambda: replies.append(handle({"action": "cleanup"})))
+    thread.start()
+    thread.join()
+    (reply,) = replies
+    assert reply["ok"] is False and "main shell" in reply["error"]

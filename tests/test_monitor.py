@@ -1,0 +1,181 @@
+"""The monitor in this process: polling thread, history, subscribers and decay signals.
+
+NVML is the fake (tests/fake_nvml.py); host and torch figures are read for real.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from qwen3_jupyter import monitor as monitor_module
+from qwen3_jupyter.memory import GiB, MiB, NvmlReader
+from qwen3_jupyter.monitor import Monitor, Snapshot
+from tests.fake_nvml import LIBRARY_NOT_FOUND, SELF, FakeGpu, FakeNvml, FakeProcess
+
+
+@dataclass(frozen=True)
+class Call:
+    latency_s: float
+    completion_tokens: int
+
+
+@pytest.fixture()
+def fake() -> FakeNvml:
+    return FakeNvml(
+        [
+            FakeGpu(used=2 * GiB, processes=[FakeProcess(SELF, GiB)]),
+            FakeGpu(used=GiB, processes=[FakeProcess(123_456, GiB)]),
+        ]
+    )
+
+
+@pytest.fixture()
+def monitor(fake: FakeNvml) -> Iterator[Monitor]:
+    m = Monitor(NvmlReader(fake.module), interval=0.05)
+    yield m
+    m.stop()
+
+
+def _wait(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def test_sample_reads_gpus_host_and_this_kernels_share(monitor: Monitor) -> None:
+    snap = monitor.sample()
+    assert snap.nvml_available and snap.driver_version == "550.54.15"
+    assert [g.gpu.index for g in snap.gpus] == [0, 1]
+    assert all(g.visible for g in snap.gpus) or os.environ.get("CUDA_VISIBLE_DEVICES")
+    assert snap.gpus[0].kernel_bytes == GiB
+    assert snap.gpus[1].kernel_bytes is None  # only a foreign pid: unknown, never 0
+    assert snap.gpus[0].torch is None  # torch has not initialised CUDA here
+    assert snap.host.total > 0 and snap.host_peak_rss >= snap.host.process_rss > 0
+    assert snap.warnings == ()
+    assert monitor.latest() is snap
+
+
+def test_thread_publishes_to_subscribers_and_stops_cleanly(
+    monitor: Monitor, fake: FakeNvml
+) -> None:
+    before = threading.active_count()
+    seen: list[Snapshot] = []
+    unsubscribe = monitor.subscribe(seen.append)
+    assert monitor.running and threading.active_count() == before + 1
+    _wait(lambda: len(seen) >= 3)
+    assert [s.seq for s in seen] == sorted({s.seq for s in seen})
+    unsubscribe()
+    count = len(seen)
+    time.sleep(0.15)
+    assert len(seen) <= count + 1
+    monitor.stop()
+    monitor.stop()
+    assert not monitor.running and threading.active_count() == before
+    assert fake.init_count == fake.shutdown_count == 1
+    monitor.subscribe(seen.append)  # a stopped monitor starts again on use
+    assert monitor.running
+    monitor.stop()
+    assert fake.init_count == fake.shutdown_count == 2
+
+
+def test_history_is_bounded_to_about_two_minutes(fake: FakeNvml) -> None:
+    m = Monitor(NvmlReader(fake.module), interval=0.5, history_seconds=2.0)
+    for _ in range(10):
+        m.sample()
+    assert len(m.history()) == 4
+    m.interval = 0.1
+    for _ in range(30):
+        m.sample()
+    assert len(m.history()) == 20
+    m.stop()
+
+
+def test_error_mid_run_is_shown_and_the_thread_survives(monitor: Monitor, fake: FakeNvml) -> None:
+    seen: list[Snapshot] = []
+    monitor.subscribe(seen.append)
+    _wait(lambda: len(seen) >= 2)
+    fake.fail()
+    _wait(lambda: seen[-1].nvml_reason == "NVML error: GPU is lost")
+    assert seen[-1].gpus == () and monitor.running
+    fake.heal()
+    _wait(lambda: len(seen[-1].gpus) == 2)
+    assert monitor.running
+
+
+def test_a_failing_subscriber_does_not_stop_the_others(monitor: Monitor) -> None:
+    seen: list[int] = []
+
+    def broken(_: Snapshot) -> None:
+        raise RuntimeError("boom")
+
+    monitor.subscribe(broken)
+    monitor.subscribe(lambda s: seen.append(s.seq))
+    _wait(lambda: len(seen) >= 3)
+    assert monitor.running
+
+
+def test_without_nvml_says_why_once_and_keeps_host_figures() -> None:
+    fake = FakeNvml(init_error=LIBRARY_NOT_FOUND)
+    m = Monitor(NvmlReader(fake.module))
+    first, second = m.sample(), m.sample()
+    assert not first.nvml_available and first.gpus == ()
+    assert m.notice is not None and m.notice.startswith("NVML unavailable: no NVIDIA driver")
+    assert second.host.process_rss > 0
+    assert fake.calls["nvmlInit"] == 1
+    m.stop()
+
+
+def test_low_free_memory_warns_with_what_to_do(monitor: Monitor, fake: FakeNvml) -> None:
+    fake.gpus[0].used = 80 * GiB - 512 * MiB - 100 * MiB
+    (warning,) = monitor.sample().warnings
+    assert warning.startswith("GPU 0: only 100.0 MiB free")
+    assert "%qwen3_clean --verbose" in warning
+
+
+def test_latency_decay_signal(monitor: Monitor) -> None:
+    for _ in range(3):
+        monitor.note_result(Call(1.0, 100))
+    monitor.note_result(Call(1.1, 100))
+    monitor.note_result(Call(0.5, 40))  # same cost per token as 1.25 s for 100
+    assert monitor.latency_warning() is None
+    monitor.note_result(Call(2.0, 100))
+    assert monitor.latency_warning() is None  # median of the last 3 is 1.25 s per 100 tokens
+    monitor.note_result(Call(2.0, 100))
+    warning = monitor.latency_warning()
+    assert warning is not None and "2.0× the time per token" in warning
+    assert "%qwen3_clean --verbose" in warning
+    assert warning in monitor.sample().warnings
+
+
+def test_retained_after_cleanup_drift_and_peak_reset(monitor: Monitor, fake: FakeNvml) -> None:
+    fake.gpus[0].used = 30 * GiB
+    monitor.sample()
+    fake.gpus[0].used = 2 * GiB
+    assert monitor.sample().gpus[0].peak_used == 30 * GiB
+    monitor.note_cleanup(100 * MiB)
+    assert monitor.sample().gpus[0].peak_used == 2 * GiB  # peaks restart after a cleanup
+    monitor.note_cleanup(3 * GiB)  # a model was loaded in between: one step, then flat
+    monitor.note_cleanup(3 * GiB + 2 * MiB)
+    monitor.note_cleanup(3 * GiB + 40 * MiB)
+    assert monitor.retained_warning() is None
+    monitor.note_cleanup(3 * GiB + 80 * MiB)
+    assert monitor.retained_warning() is None  # rising, but not at every one of the last 3
+    monitor.note_cleanup(3 * GiB + 120 * MiB)
+    warning = monitor.retained_warning()
+    assert warning is not None and "3.0 GiB → 3.1 GiB over the last 4 cleanups" in warning
+    assert "%qwen3_clean --verbose" in warning
+
+
+def test_module_singleton_and_shutdown() -> None:
+    monitor_module.shutdown()
+    m = monitor_module.get_monitor()
+    assert monitor_module.get_monitor() is m and monitor_module.current_monitor() is m
+    monitor_module.shutdown()
+    assert monitor_module.current_monitor() is None

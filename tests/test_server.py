@@ -1,0 +1,338 @@
+"""The metrics endpoint on a real Jupyter server with real kernels; NVML is the fake pynvml.
+
+One server (in this process, so the fake's process lists can name the kernels' real PIDs) runs
+two kernels: `gpu.ipynb` loaded the extension and started a child process (a DataLoader-like
+worker), `plain.ipynb` did neither. Each test installs the fake it needs; the sampler is
+restarted so it imports that fake.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qwen3_jupyter.memory import NvmlReader
+from qwen3_jupyter.server.kernels import attribute
+from qwen3_jupyter.server.sampler import Sampler, WatchedKernel, existing_pids, process_trees
+from tests.fake_nvml import (
+    LIBRARY_NOT_FOUND,
+    FakeGpu,
+    FakeNvml,
+    FakeProcess,
+    GiB,
+    MiB,
+)
+from tests.server_fixture import InProcessServer, http, run_cell
+
+FOREIGN_PID = 4_000_000  # above Linux's pid_max: never a process of this machine
+
+GPU_KEYS = {"key", "index", "uuid", "name", "memory_used", "memory_total", "utilization",
+            "mig_parent", "memory_source"}  # fmt: skip
+KERNEL_KEYS = {"kernel_id", "name", "notebook_path", "pid", "rss", "gpu_memory",
+               "gpu_memory_total", "extension_loaded", "execution_state"}  # fmt: skip
+TOP_KEYS = {"available", "reason", "timestamp", "driver_version", "gpus", "host", "kernels",
+            "other_processes", "history", "notes", "sample_interval"}  # fmt: skip
+
+
+@dataclass
+class Lab:
+    server: InProcessServer
+    gpu_kernel: str
+    plain_kernel: str
+    gpu_pid: int
+    plain_pid: int
+    child_pid: int
+
+    def use(self, fake: FakeNvml) -> FakeNvml:
+        """Make `fake` the server's NVML from the next request on."""
+        self.server.sampler.stop()
+        fake.install()
+        return fake
+
+    def row(self, metrics: dict[str, Any], kernel_id: str) -> dict[str, Any]:
+        return next(k for k in metrics["kernels"] if k["kernel_id"] == kernel_id)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    previous = sys.modules.get("pynvml")
+    FakeNvml([FakeGpu()]).install()
+    root = tmp_path_factory.mktemp("server-root")
+    server = InProcessServer(root, base_url="/user/alice/").start()
+    clients = []
+    child_pid = 0
+    try:
+        gpu_kernel = server.new_session("work/gpu.ipynb")
+        plain_kernel = server.new_session("plain.ipynb")
+        gpu_client = server.kernel_client(gpu_kernel)
+        clients = [gpu_client, server.kernel_client(plain_kernel)]
+        reply = run_cell(
+            gpu_client,
+            "%load_ext qwen3_jupyter\n"
+            "import subprocess, sys\n"
+            "worker = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+            "print(worker.pid)",
+        )
+        assert reply["status"] == "ok", reply
+        child_pid = int(reply["stdout"].split()[-1])
+        assert run_cell(clients[1], "x = 1")["status"] == "ok"
+        yield Lab(
+            server,
+            gpu_kernel,
+            plain_kernel,
+            server.kernel_pid(gpu_kernel),
+            server.kernel_pid(plain_kernel),
+            child_pid,
+        )
+    finally:
+        for client in clients:
+            client.stop_channels()
+        if child_pid:
+            with contextlib.suppress(OSError):
+                os.kill(child_pid, signal.SIGKILL)
+        server.stop()
+        if previous is None:
+            sys.modules.pop("pynvml", None)
+        else:
+            sys.modules["pynvml"] = previous
+
+
+def test_unauthenticated_requests_get_403_and_no_data(lab: Lab) -> None:
+    url = lab.server.url("qwen3-jupyter", "metrics")
+    for token in (None, "not-the-token"):
+        response = http(url, token)
+        assert response.status == 403
+        assert b"kernels" not in response.body and b"gpus" not in response.body
+    assert lab.server.get("qwen3-jupyter", "metrics").status == 200
+
+
+def test_lives_under_base_url(lab: Lab) -> None:
+    assert lab.server.base.endswith("/user/alice/")
+    outside = f"http://127.0.0.1:{lab.server.port}/qwen3-jupyter/metrics"
+    assert http(outside, lab.server.token).status == 404
+
+
+def test_no_gpu_answers_the_same_schema_with_a_reason(lab: Lab) -> None:
+    lab.use(FakeNvml(init_error=LIBRARY_NOT_FOUND))
+    metrics = lab.server.metrics()
+    assert set(metrics) == TOP_KEYS
+    assert metrics["available"] is False
+    assert metrics["gpus"] == []
+    assert "libnvidia-ml not found" in metrics["reason"]
+    assert metrics["host"]["total"] > metrics["host"]["used"] > 0
+    assert metrics["other_processes"] == {"gpu_memory": {}}
+    rows = {k["kernel_id"]: k for k in metrics["kernels"]}
+    assert set(rows) == {lab.gpu_kernel, lab.plain_kernel}
+    for row in rows.values():
+        assert set(row) == KERNEL_KEYS
+        assert row["gpu_memory"] == {} and row["gpu_memory_total"] is None
+        assert row["rss"] > 10 * MiB
+
+
+def test_one_gpu_maps_kernels_and_children_by_pid(lab: Lab) -> None:
+    fake = lab.use(FakeNvml([FakeGpu(used=9 * GiB, utilization=37)]))
+    fake.gpus[0].processes = [
+        FakeProcess(lab.gpu_pid, 3 * GiB),
+        FakeProcess(lab.child_pid, 1 * GiB),
+        FakeProcess(FOREIGN_PID, 4 * GiB),
+    ]
+    metrics = lab.server.metrics()
+    assert set(metrics) == TOP_KEYS
+    assert metrics["available"] is True and metrics["reason"] is None
+    (gpu,) = metrics["gpus"]
+    assert set(gpu) == GPU_KEYS
+    assert (gpu["key"], gpu["memory_used"], gpu["memory_total"]) == ("0", 9 * GiB, 80 * GiB)
+    assert (gpu["utilization"], gpu["mig_parent"], gpu["memory_source"]) == (37, None, "v2")
+
+    with_ext = lab.row(metrics, lab.gpu_kernel)
+    assert set(with_ext) == KERNEL_KEYS
+    assert with_ext["notebook_path"] == "work/gpu.ipynb"
+    assert with_ext["pid"] == lab.gpu_pid
+    assert with_ext["gpu_memory"] == {"0": 4 * GiB}  # the kernel and its worker
+    assert with_ext["gpu_memory_total"] == 4 * GiB
+    assert with_ext["extension_loaded"] is True
+    assert with_ext["execution_state"] == "idle"
+    assert with_ext["rss"] > 10 * MiB
+
+    plain = lab.row(metrics, lab.plain_kernel)
+    assert plain["notebook_path"] == "plain.ipynb"
+    assert plain["gpu_memory"] == {"0": 0} and plain["gpu_memory_total"] == 0
+    assert plain["extension_loaded"] is False
+
+    assert metrics["other_processes"] == {"gpu_memory": {"0": 4 * GiB}}
+    assert metrics["notes"] == []
+    assert metrics["history"]["gpu_memory_used"]["0"][-1] == 9 * GiB
+    assert len(metrics["history"]["timestamps"]) == len(metrics["history"]["host_used"])
+    body = lab.server.get("qwen3-jupyter", "metrics").body.decode()
+    assert "cmdline" not in body and "environ" not in body and "sleep" not in body
+
+
+def test_four_gpus_with_unknown_process_memory(lab: Lab) -> None:
+    fake = lab.use(FakeNvml([FakeGpu(used=(i + 1) * GiB) for i in range(4)]))
+    fake.gpus[0].processes = [FakeProcess(lab.gpu_pid, 1 * GiB)]
+    fake.gpus[1].processes = [FakeProcess(FOREIGN_PID, 2 * GiB)]
+    fake.gpus[2].processes = [FakeProcess(lab.child_pid, 3 * GiB)]
+    fake.gpus[3].processes = [FakeProcess(lab.plain_pid, None)]  # NVML: "not available"
+    metrics = lab.server.metrics()
+    assert [g["key"] for g in metrics["gpus"]] == ["0", "1", "2", "3"]
+    assert len({g["uuid"] for g in metrics["gpus"]}) == 4
+    with_ext = lab.row(metrics, lab.gpu_kernel)
+    assert with_ext["gpu_memory"] == {"0": 1 * GiB, "1": 0, "2": 3 * GiB, "3": 0}
+    assert with_ext["gpu_memory_total"] == 4 * GiB
+    plain = lab.row(metrics, lab.plain_kernel)
+    assert plain["gpu_memory"] == {"0": 0, "1": 0, "2": 0, "3": None}
+    assert plain["gpu_memory_total"] is None  # unknown, never a partial sum or 0
+    assert metrics["other_processes"]["gpu_memory"] == {"0": 0, "1": 2 * GiB, "2": 0, "3": 0}
+
+
+def test_host_pids_from_a_container_make_kernel_vram_unknown(lab: Lab) -> None:
+    fake = lab.use(FakeNvml([FakeGpu(used=5 * GiB)]))
+    fake.gpus[0].processes = [FakeProcess(FOREIGN_PID, 5 * GiB)]
+    metrics = lab.server.metrics()
+    for row in metrics["kernels"]:
+        assert row["gpu_memory"] == {"0": None} and row["gpu_memory_total"] is None
+    assert metrics["other_processes"]["gpu_memory"] == {"0": None}
+    assert any("container" in note for note in metrics["notes"])
+
+
+def test_ten_clients_cost_the_nvml_calls_of_one(lab: Lab) -> None:
+    fake = lab.use(FakeNvml([FakeGpu(used=GiB)]))
+    threads: set[str] = set()
+    count = fake.module.nvmlDeviceGetCount
+
+    def spy() -> int:
+        threads.add(threading.current_thread().name)
+        return int(count())
+
+    fake.module.nvmlDeviceGetCount = spy  # type: ignore[attr-defined]
+    lab.server.metrics()  # starts the sampler
+
+    def poll(seconds: float) -> int:
+        deadline = time.monotonic() + seconds
+        n = 0
+        while time.monotonic() < deadline:
+            assert lab.server.get("qwen3-jupyter", "metrics").status == 200
+            n += 1
+            time.sleep(0.05)
+        return n
+
+    window = 2.0
+    before = fake.reads
+    one_requests = poll(window)
+    one = fake.reads - before
+    before = fake.reads
+    with ThreadPoolExecutor(10) as pool:
+        ten_requests = sum(pool.map(poll, [window] * 10))
+    ten = fake.reads - before
+    assert ten_requests > 5 * one_requests / 2  # the ten clients really polled
+    expected = window / lab.server.sample_interval
+    assert one <= expected + 2 and ten <= expected + 2, (one, ten)
+    assert threads == {"qwen3-jupyter-sampler"}  # never on Tornado's event loop
+
+
+def test_unloading_the_extension_clears_the_flag(lab: Lab) -> None:
+    lab.use(FakeNvml([FakeGpu()]))
+    client = lab.server.kernel_client(lab.gpu_kernel)
+    try:
+        assert run_cell(client, "%unload_ext qwen3_jupyter")["status"] == "ok"
+        lab.server.wait_for(lambda m: not lab.row(m, lab.gpu_kernel)["extension_loaded"])
+        assert run_cell(client, "%load_ext qwen3_jupyter")["status"] == "ok"
+        lab.server.wait_for(lambda m: lab.row(m, lab.gpu_kernel)["extension_loaded"])
+    finally:
+        client.stop_channels()
+
+
+def test_new_and_removed_kernels_appear_and_go(lab: Lab) -> None:
+    lab.use(FakeNvml([FakeGpu()]))
+    kernel_id = lab.server.new_session("scratch.ipynb")
+    metrics = lab.server.metrics()
+    row = lab.row(metrics, kernel_id)
+    assert row["notebook_path"] == "scratch.ipynb" and row["rss"] is not None
+    assert (
+        http(lab.server.url("api", "kernels", kernel_id), lab.server.token, "DELETE").status == 204
+    )
+    metrics = lab.server.metrics()
+    assert kernel_id not in {k["kernel_id"] for k in metrics["kernels"]}
+
+
+# -- the sampler and the attribution alone ----------------------------------------------------
+
+
+def test_sampler_stops_polling_and_closes_nvml_when_nobody_asks() -> None:
+    fake = FakeNvml([FakeGpu()])
+    sampler = Sampler(
+        interval=0.05, idle_timeout=0.3, reader_factory=lambda: NvmlReader(fake.module)
+    )
+    sampler.request([WatchedKernel(os.getpid())])
+    deadline = time.monotonic() + 5
+    while sampler.latest is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sampler.latest is not None and os.getpid() in sampler.latest.trees
+    assert fake.open_handles == 1
+    time.sleep(0.8)
+    assert not sampler.running
+    assert fake.open_handles == 0
+    reads = fake.reads
+    time.sleep(0.3)
+    assert fake.reads == reads
+    sampler.request([])
+    time.sleep(0.2)
+    assert sampler.running and fake.reads > reads
+    sampler.stop()
+    assert fake.open_handles == 0
+
+
+def test_mig_instances_are_attributed_without_double_counting() -> None:
+    pid = os.getpid()
+    fake = FakeNvml(
+        [
+            FakeGpu(
+                used=20 * GiB,
+                mig=[
+                    FakeGpu(total=40 * GiB, used=12 * GiB, processes=[FakeProcess(pid, 12 * GiB)]),
+                    FakeGpu(
+                        total=40 * GiB, used=8 * GiB, processes=[FakeProcess(FOREIGN_PID, 8 * GiB)]
+                    ),
+                ],
+            )
+        ]
+    )
+    reading = NvmlReader(fake.module).read()
+    trees = process_trees([WatchedKernel(pid)])
+    result = attribute(reading, trees, existing_pids(reading))
+    assert result.kernels[pid] == {"0": 12 * GiB, "0/0": 12 * GiB, "0/1": 0}
+    assert result.totals[pid] == 12 * GiB
+    assert result.other == {"0": 8 * GiB, "0/0": 0, "0/1": 8 * GiB}
+
+
+def test_a_busy_gpu_without_a_process_list_is_unknown_not_zero() -> None:
+    fake = FakeNvml([FakeGpu(used=30 * GiB), FakeGpu(used=0)])
+    reading = NvmlReader(fake.module).read()
+    trees = process_trees([WatchedKernel(os.getpid())])
+    result = attribute(reading, trees, existing_pids(reading))
+    assert result.kernels[os.getpid()] == {"0": None, "1": 0}
+    assert result.totals[os.getpid()] is None
+    assert any("lists no process" in note for note in result.notes)
+
+
+def test_server_does_not_import_torch_or_the_magics(tmp_path: Path) -> None:
+    import subprocess
+
+    code = (
+        "import sys, qwen3_jupyter.server as s, qwen3_jupyter.server.handlers\n"
+        "bad = [m for m in ('torch', 'transformers', 'qwen3_jupyter.magics') if m in sys.modules]\n"
+        "print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

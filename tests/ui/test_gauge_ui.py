@@ -1,0 +1,96 @@
+"""The gauge in JupyterLab, in headless Chromium: it renders and its text moves with memory."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+
+from tests.ui.conftest import LabServer
+
+pytestmark = pytest.mark.ui
+
+HOST_TEXT = ".qwen3-gauge-row:last-child .qwen3-gauge-text"
+
+
+def _notebook(path: Path) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nb.cells = [
+        nbformat.v4.new_code_cell("%load_ext qwen3_jupyter\n%qwen3_gauge --interval 0.2"),
+        nbformat.v4.new_code_cell(
+            "import time\n"
+            "blocks = []\n"
+            "for _ in range(6):\n"
+            "    blocks.append(bytearray(b'x') * (128 * 2**20))\n"
+            "    time.sleep(0.3)"
+        ),
+    ]
+    nbformat.write(nb, path)
+
+
+def _wait_idle(page: Any, timeout: float = 60) -> None:
+    """Until the notebook's kernel says Idle (keys pressed earlier run nothing)."""
+    page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for(
+        timeout=timeout * 1000
+    )
+
+
+def _run_cell(page: Any, index: int) -> None:
+    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
+    cell.locator(".jp-InputArea-editor").click()
+    page.keyboard.press("Shift+Enter")
+
+
+def _run_until(page: Any, index: int, selector: str, attempts: int = 3) -> None:
+    """Run a cell until `selector` shows up (a keypress can be lost while the page settles)."""
+    for attempt in range(attempts):
+        _run_cell(page, index)
+        try:
+            page.locator(selector).first.wait_for(timeout=20_000)
+            return
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+
+
+def _host_text(page: Any) -> str:
+    return str(page.locator(HOST_TEXT).first.inner_text())
+
+
+def test_gauge_renders_and_updates_in_jupyterlab(
+    lab_server: LabServer, browser_page: Any, output_dir: Path
+) -> None:
+    _notebook(lab_server.root_dir / "gauge.ipynb")
+    page = browser_page
+    page.goto(lab_server.url("lab/tree/gauge.ipynb"), wait_until="domcontentloaded")
+    page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
+    try:
+        _wait_idle(page)
+        _run_until(page, 0, HOST_TEXT)
+    except Exception:
+        page.screenshot(path=str(output_dir / "gauge-jupyterlab-failed.png"))
+        raise
+    before = _host_text(page)
+    assert " / " in before and "RSS" in before
+    bar = page.locator(".qwen3-gauge-row:last-child .progress-bar")
+    assert bar.count() == 1
+    assert "progress-bar-" in str(bar.get_attribute("class"))  # coloured by threshold
+    assert page.locator(".qwen3-gauge-row:last-child svg polyline").count() == 1  # sparkline
+    _run_cell(page, 1)
+    deadline = time.monotonic() + 20
+    after = before
+    while time.monotonic() < deadline and after == before:
+        time.sleep(0.2)
+        after = _host_text(page)
+    page.screenshot(path=str(output_dir / "gauge-jupyterlab.png"))
+    assert after != before, f"the gauge text did not change: {before!r}"
+    footer = page.locator(".qwen3-gauge small").first.inner_text()
+    assert footer.startswith(("NVML unavailable", "NVML ·"))

@@ -1,0 +1,295 @@
+"""The "GPU memory" sidebar in JupyterLab, in headless Chromium, against a real server.
+
+No GPU here: the first test drives the real no-GPU path (host memory, per-notebook RSS) through
+a notebook that allocates memory, "Free memory", the load-the-extension hint and "Shut down".
+The second starts a server whose NVML is the fake (one GPU) to show the GPU gauge and the
+status-bar item; the third, the empty states of a server without the server extension and of a
+server that went away. Screenshots go to test-output/.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from jupyter_client.blocking.client import BlockingKernelClient
+
+from tests.fake_nvml import SELF, FakeGpu, FakeNvml, FakeProcess, GiB, child_env
+from tests.ui.conftest import LabServer
+
+pytestmark = pytest.mark.ui
+
+PANEL = "#qwen3-jupyter-gpu-memory"
+UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+
+
+def parse_size(text: str) -> int | None:
+    """ "RSS 512.3 MiB" -> bytes; None for "unknown"."""
+    match = re.search(r"([\d.]+) (B|KiB|MiB|GiB|TiB)", text)
+    return int(float(match.group(1)) * UNITS[match.group(2)]) if match else None
+
+
+def write_notebook(path: Path, cells: list[str]) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
+    nbformat.write(nb, path)
+
+
+def run_cell(page: Any, index: int) -> None:
+    page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-InputArea-editor").click()
+    page.keyboard.press("Shift+Enter")
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def screenshot(page: Any, path: Path) -> None:
+    """Save a screenshot without JupyterLab's "get notified about news?" toast over it."""
+    no_news = page.get_by_role("button", name="No", exact=True)
+    if no_news.count():
+        with contextlib.suppress(Exception):  # covered by a modal dialog: leave it
+            no_news.first.click(timeout=2000)
+            no_news.first.wait_for(state="detached", timeout=3000)
+    page.screenshot(path=str(path))
+
+
+def watch_console(page: Any) -> list[str]:
+    """Errors the page logs that mention this extension (none expected)."""
+    errors: list[str] = []
+    page.on(
+        "console",
+        lambda msg: (
+            errors.append(msg.text)
+            if msg.type in ("error", "warning") and "qwen3" in msg.text.lower()
+            else None
+        ),
+    )
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    return errors
+
+
+def open_sidebar(page: Any) -> Any:
+    """Open the "GPU memory" tab of the left sidebar."""
+    page.locator('.jp-SideBar li[data-id="qwen3-jupyter-gpu-memory"]').click()
+    panel = page.locator(PANEL)
+    panel.wait_for(state="visible", timeout=30_000)
+    return panel
+
+
+def row(page: Any, notebook: str) -> Any:
+    return page.locator(f"{PANEL} .q3j-kernel", has=page.locator(f'button[title="{notebook}"]'))
+
+
+def rss(page: Any, notebook: str) -> int | None:
+    locator = row(page, notebook).locator(".q3j-kernel-rss")
+    return parse_size(locator.inner_text()) if locator.count() else None
+
+
+GROW = """\
+import time, torch
+
+def grow(steps=4, mib=100):
+    chunks = []
+    for _ in range(steps):
+        chunks.append(torch.ones(mib * 2**20 // 4))
+        time.sleep(1.0)
+    return torch.cat(chunks)
+
+grow()  # the result lives on only in the output cache (Out, _)
+"""
+
+
+def test_sidebar_shows_notebook_memory_and_frees_it(
+    lab_server_factory: Callable[..., LabServer], browser_page: Any, output_dir: Path
+) -> None:
+    server = lab_server_factory()
+    write_notebook(server.root_dir / "memory.ipynb", ["%load_ext qwen3_jupyter", GROW])
+    write_notebook(server.root_dir / "plain.ipynb", ["x = 1"])
+    page = browser_page
+    errors = watch_console(page)
+    page.goto(server.url("lab/tree/memory.ipynb"), wait_until="domcontentloaded")
+    page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
+    panel = open_sidebar(page)
+
+    # No GPU on this machine: the panel says so and shows host memory.
+    panel.get_by_text("No GPU to show").wait_for(timeout=30_000)
+    assert "Showing host memory" in panel.locator(".q3j-empty").first.inner_text()
+    assert "Host memory" in panel.locator('[data-testid="q3j-host"]').inner_text()
+
+    row(page, "memory.ipynb").wait_for(timeout=60_000)
+    run_cell(page, 0)
+    run_cell(page, 1)
+    # The row's RSS climbs while the cell allocates 100 MiB a second.
+    seen: list[int] = []
+
+    def grown() -> bool:
+        value = rss(page, "memory.ipynb")
+        if value is not None and (not seen or value != seen[-1]):
+            seen.append(value)
+        return len(seen) >= 3 and seen[-1] - seen[0] > 150 * 2**20
+
+    wait_until(grown, 90, "the notebook's RSS to grow")
+    screenshot(page, output_dir / "sidebar-growing.png")
+    page.locator(".jp-Notebook .jp-Cell").nth(1).locator(".jp-OutputArea-output").wait_for(
+        timeout=60_000
+    )
+    time.sleep(2.5)  # two polls after the cell finished
+    before = rss(page, "memory.ipynb")
+    assert before is not None and before > 400 * 2**20, seen
+    screenshot(page, output_dir / "sidebar-before-free.png")
+
+    row(page, "memory.ipynb").locator("button.q3j-free").click()
+    status = row(page, "memory.ipynb").locator(".q3j-kernel-status")
+    wait_until(lambda: "Freed" in (status.inner_text() if status.count() else ""), 60, "Freed")
+    freed = parse_size(status.inner_text())
+    assert freed is not None and freed > 300 * 2**20, status.inner_text()
+    after = wait_until(
+        lambda: (v := rss(page, "memory.ipynb")) is not None and v < before - 300 * 2**20 and v,
+        30,
+        "the RSS to drop after Free memory",
+    )
+    screenshot(page, output_dir / "sidebar-after-free.png")
+    print(f"RSS before {before / 2**20:.0f} MiB, after {after / 2**20:.0f} MiB")
+
+    # A kernel without the extension: the action explains how to load it, runs nothing.
+    server.api(
+        "api/sessions",
+        "POST",
+        {"path": "plain.ipynb", "type": "notebook", "name": "plain", "kernel": {"name": "python3"}},
+    )
+    row(page, "plain.ipynb").wait_for(timeout=60_000)
+    row(page, "plain.ipynb").locator("button.q3j-free").click()
+    hint = row(page, "plain.ipynb").locator(".q3j-kernel-status")
+    hint.wait_for(timeout=10_000)
+    assert "%load_ext qwen3_jupyter" in hint.inner_text()
+    screenshot(page, output_dir / "sidebar-load-hint.png")
+
+    # "Shut down" asks first, then the kernel and its row go away.
+    plain_kernels = [
+        s["kernel"]["id"] for s in server.api("api/sessions") if s["path"] == "plain.ipynb"
+    ]
+    row(page, "plain.ipynb").locator("button.q3j-shutdown").click()
+    dialog = page.locator(".jp-Dialog")
+    dialog.wait_for(timeout=10_000)
+    assert "plain.ipynb" in dialog.inner_text()
+    screenshot(page, output_dir / "sidebar-shutdown-confirm.png")
+    dialog.locator("button.jp-mod-accept").click()
+    row(page, "plain.ipynb").wait_for(state="detached", timeout=30_000)
+    running = {k["id"] for k in server.api("api/kernels")}
+    assert not running & set(plain_kernels)
+    assert errors == []
+
+
+def test_sidebar_and_status_bar_show_a_gpu(
+    lab_server_factory: Callable[..., LabServer],
+    browser_page: Any,
+    output_dir: Path,
+    tmp_path: Path,
+) -> None:
+    fake = FakeNvml([FakeGpu(used=3 * GiB, utilization=42, processes=[FakeProcess(SELF, 3 * GiB)])])
+    server = lab_server_factory(child_env(fake, tmp_path / "fake-nvml"))
+    settings = server.api("lab/api/settings/qwen3-jupyter:plugin")
+    assert settings["schema"]["properties"]["pollInterval"]["default"] == 1000
+    page = browser_page
+    errors = watch_console(page)
+    page.goto(server.url("lab"), wait_until="domcontentloaded")
+    panel = open_sidebar(page)
+    gauge = panel.locator('[data-testid="q3j-gpu-0"]')
+    gauge.wait_for(timeout=30_000)
+    text = gauge.inner_text()
+    assert "GPU 0 · NVIDIA H100 80GB HBM3" in text and "3.0 / 80.0 GiB" in text, text
+    assert "util 42%" in text
+    assert "Other processes: 3.0 GiB VRAM" in panel.inner_text()
+    panel.get_by_text("No running kernels").wait_for(timeout=10_000)
+    status = page.locator(".q3j-status")
+    assert status.inner_text() == "GPU 3.0 / 80.0 GiB"
+    server.api(
+        "api/sessions",
+        "POST",
+        {"path": "train.ipynb", "type": "notebook", "name": "train", "kernel": {"name": "python3"}},
+    )
+    row(page, "train.ipynb").wait_for(timeout=60_000)
+    vram = row(page, "train.ipynb").locator(".q3j-kernel-vram")
+    assert vram.inner_text() == "VRAM 0 B"  # NVML lists the server, not this kernel
+
+    # "Free memory" on a kernel no open notebook is connected to: the sidebar opens its own
+    # kernel connection for the comm.
+    (kernel,) = [s["kernel"]["id"] for s in server.api("api/sessions")]
+    runtime = server.root_dir.parent / f"{server.root_dir.name}-jupyter-state" / "runtime"
+    client = BlockingKernelClient(connection_file=str(runtime / f"kernel-{kernel}.json"))
+    client.load_connection_file()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=60)
+        assert (
+            client.execute_interactive("%load_ext qwen3_jupyter", timeout=60)["content"]["status"]
+            == "ok"
+        )
+        wait_until(
+            lambda: all(
+                k["extension_loaded"] for k in server.api("qwen3-jupyter/metrics")["kernels"]
+            ),
+            30,
+            "the server to see the extension loaded",
+        )
+        row(page, "train.ipynb").locator("button.q3j-free").click()
+        status_line = row(page, "train.ipynb").locator(".q3j-kernel-status .q3j-status-text")
+
+        def answered() -> bool:
+            if not status_line.count():
+                return False
+            text = str(status_line.inner_text())
+            return text == "Nothing to free" or text.startswith("Freed")
+
+        wait_until(answered, 60, "the cleanup reply")
+        assert "cleanup" in row(page, "train.ipynb").locator(".q3j-status-detail").inner_text()
+    finally:
+        client.stop_channels()
+    screenshot(page, output_dir / "sidebar-fake-gpu.png")
+    assert errors == []
+
+
+def test_sidebar_explains_a_missing_extension_and_a_lost_server(
+    lab_server_factory: Callable[..., LabServer],
+    browser_page: Any,
+    output_dir: Path,
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "jupyter_server_config.json").write_text(
+        json.dumps({"ServerApp": {"jpserver_extensions": {"qwen3_jupyter": False}}})
+    )
+    server = lab_server_factory({"JUPYTER_CONFIG_PATH": str(config)})
+    page = browser_page
+    page.goto(server.url("lab"), wait_until="domcontentloaded")
+    panel = open_sidebar(page)
+    missing = panel.locator(".q3j-empty")
+    missing.get_by_text("server extension is not running").wait_for(timeout=30_000)
+    assert "jupyter server extension enable qwen3_jupyter" in missing.inner_text()
+    screenshot(page, output_dir / "sidebar-extension-missing.png")
+
+    server.process.terminate()
+    server.process.wait(20)
+    panel.get_by_text("The Jupyter server is not reachable.").wait_for(timeout=60_000)
+    assert "retrying" in panel.inner_text()
+    screenshot(page, output_dir / "sidebar-server-unreachable.png")
