@@ -24,6 +24,8 @@ from .generation import (
     Result,
     build_messages,
     current_memory,
+    eos_ids,
+    prepare_generate,
     release_after_generation,
     split_thinking,
 )
@@ -210,19 +212,8 @@ def _generate_chunk(
     prompt_lengths = [int(n) for n in inputs["attention_mask"].sum(dim=1).tolist()]
     width = int(inputs["input_ids"].shape[1])
     guard = MemoryGuard(model, budget)
-    kwargs: dict[str, Any] = dict(
-        max_new_tokens=options.max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
-        **guard.generate_kwargs(),
-        **options.sampling(),
-    )
-    if options.ignore_eos:
-        kwargs["min_new_tokens"] = options.max_new_tokens
-    if options.seed is not None:
-        torch.manual_seed(options.seed)
+    kwargs = prepare_generate(tokenizer, device, options, guard)
     on_cuda = device.startswith("cuda")
-    if on_cuda:
-        torch.cuda.reset_peak_memory_stats(torch.device(device))
     memory_before_free: int | None = None
     oom_message = None
     started = time.perf_counter()
@@ -240,7 +231,7 @@ def _generate_chunk(
     if oom_message is not None:
         release_after_generation(device, None)
         raise GenerationOOM(oom_message)
-    eos = _eos_ids(model, tokenizer)
+    eos = eos_ids(model, tokenizer)
     peak = int(torch.cuda.max_memory_allocated(torch.device(device))) if on_cuda else guard.peak_rss
     results = []
     for prompt, prompt_len, row in zip(prompts, prompt_lengths, new_rows, strict=True):
@@ -276,14 +267,6 @@ def _with_freed(result: Result, freed: int) -> Result:
     from dataclasses import replace
 
     return replace(result, memory_freed_bytes=freed)
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    eos = model.generation_config.eos_token_id
-    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    return ids
 
 
 def _until_eos(row: list[int], eos: set[int], pad: int | None) -> tuple[list[int], str]:

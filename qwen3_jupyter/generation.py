@@ -252,20 +252,8 @@ def generate(
     prompt_tokens = int(inputs["input_ids"].shape[1])
     streamer = _Streamer(tokenizer, device, on_text, stream_interval)
     guard = MemoryGuard(model, memory_budget)
-    kwargs: dict[str, Any] = dict(
-        max_new_tokens=options.max_new_tokens,
-        streamer=streamer,
-        pad_token_id=tokenizer.pad_token_id,
-        **guard.generate_kwargs(),
-        **options.sampling(),
-    )
-    if options.ignore_eos:
-        kwargs["min_new_tokens"] = options.max_new_tokens
-    if options.seed is not None:
-        torch.manual_seed(options.seed)
+    kwargs = prepare_generate(tokenizer, device, options, guard, streamer=streamer)
     on_cuda = device.startswith("cuda")
-    if on_cuda:
-        torch.cuda.reset_peak_memory_stats(torch.device(device))
     stop_reason = "length"
     oom_reason: str | None = None
     started = time.perf_counter()
@@ -293,7 +281,7 @@ def generate(
             f"freed {format_bytes(freed)}: {hint}"
         )
     ids = streamer.ids
-    if stop_reason != "interrupted" and ids and ids[-1] in _eos_ids(model, tokenizer):
+    if stop_reason != "interrupted" and ids and ids[-1] in eos_ids(model, tokenizer):
         stop_reason = "eos"
     thinking, answer, finished = split_thinking(streamer.decode(), options.think)
     if on_cuda:
@@ -321,7 +309,33 @@ def generate(
     return replace(result, memory_freed_bytes=freed)
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+def prepare_generate(
+    tokenizer: Any, device: str, options: GenerationOptions, guard: MemoryGuard, **extra: Any
+) -> dict[str, Any]:
+    """`generate` keyword arguments for `options`; seeds the RNG and resets CUDA peak counters.
+
+    Shared by single and batched generation so both decode exactly alike.
+    """
+    import torch
+
+    kwargs: dict[str, Any] = dict(
+        max_new_tokens=options.max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        **guard.generate_kwargs(),
+        **options.sampling(),
+        **extra,
+    )
+    if options.ignore_eos:
+        kwargs["min_new_tokens"] = options.max_new_tokens
+    if options.seed is not None:
+        torch.manual_seed(options.seed)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(torch.device(device))
+    return kwargs
+
+
+def eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    """Every token id that ends generation for this model and tokenizer."""
     eos = model.generation_config.eos_token_id
     ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     if tokenizer.eos_token_id is not None:

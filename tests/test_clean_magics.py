@@ -6,26 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.kernel import Execution, Kernel
+from tests.kernel import WEAKREF_HELPERS, Execution, Kernel, alive, ok
 
-SETUP = """
-import gc, sys, weakref
-import torch
-MiB = 1024 * 1024
-refs = {}
-def alive(name):
-    return refs[name]() is not None
-"""
-
-
-def ok(kernel: Kernel, code: str) -> Execution:
-    execution = kernel.run(code)
-    assert execution.status == "ok", (code, execution.error, execution.stderr)
-    return execution
-
-
-def alive(kernel: Kernel, name: str) -> bool:
-    return bool(kernel.value(f"alive({name!r})"))
+SETUP = WEAKREF_HELPERS
 
 
 @pytest.fixture(scope="module")

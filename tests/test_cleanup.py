@@ -21,21 +21,20 @@ from types import SimpleNamespace
 import pytest
 
 from qwen3_jupyter.memory import MiB
-from tests.kernel import Execution, Kernel
+from tests.kernel import WEAKREF_HELPERS, Kernel, alive, ok
 
 qc = importlib.import_module("qwen3_jupyter.cleanup")  # the module, not the package's function
 
 TENSOR_TOLERANCE = 1 * MiB  # live tensor bytes freed vs the tensor's size
 RSS_TOLERANCE = 8 * MiB  # host RSS freed vs the tensor's size (allocator and gc noise)
 
-SETUP = """
-import gc, json, sys, weakref
-import torch
+SETUP = (
+    WEAKREF_HELPERS
+    + """
+import json
 import qwen3_jupyter
 qc = sys.modules["qwen3_jupyter.cleanup"]  # the module (the package binds the function)
 from qwen3_jupyter.session import SESSION
-MiB = 1024 * 1024
-refs = {}
 keep = torch.ones(256 * 1024)  # exists before every test: must survive every cleanup
 refs["keep"] = weakref.ref(keep)
 
@@ -47,20 +46,8 @@ def cleanup_without(action, **kwargs):
         return qc.cleanup(**kwargs)
     finally:
         setattr(qc, action, original)
-
-def alive(name):
-    return refs[name]() is not None
 """
-
-
-def ok(kernel: Kernel, code: str) -> Execution:
-    execution = kernel.run(code)
-    assert execution.status == "ok", (code, execution.error, execution.stderr)
-    return execution
-
-
-def alive(kernel: Kernel, name: str) -> bool:
-    return bool(kernel.value(f"alive({name!r})"))
+)
 
 
 @pytest.fixture(scope="module")

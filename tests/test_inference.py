@@ -7,24 +7,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.kernel import Execution, Kernel
+from tests.kernel import WEAKREF_HELPERS, Kernel, ok
 
-SETUP = """
-import gc, weakref
-import torch
+SETUP = (
+    WEAKREF_HELPERS
+    + """
 import qwen3_jupyter
 from qwen3_jupyter.session import SESSION
-MiB = 1024 * 1024
-refs = {}
-def alive(name):
-    return refs[name]() is not None
 """
-
-
-def ok(kernel: Kernel, code: str) -> Execution:
-    execution = kernel.run(code)
-    assert execution.status == "ok", (code, execution.error, execution.stderr)
-    return execution
+)
 
 
 @pytest.fixture(scope="module")
