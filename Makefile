@@ -37,7 +37,7 @@ $(STAMP): $(VENV)/bin/python pyproject.toml requirements-torch-cpu.txt
 # and linked into the venv so `jupyter lab` serves the working tree's build.
 $(LABEXT_STAMP): $(STAMP) $(LABEXT_SOURCES)
 	cd labextension && jlpm install --immutable && jlpm build
-	$(VENV)/bin/jupyter labextension develop --overwrite . >/dev/null
+	$(VENV)/bin/jupyter-builder develop --overwrite . >/dev/null
 	@touch $@
 
 chromium:
