@@ -23,11 +23,11 @@ from .generation import (
     MemoryGuard,
     Result,
     build_messages,
+    completed_result,
     current_memory,
     eos_ids,
     prepare_generate,
     release_after_generation,
-    split_thinking,
 )
 from .memory import format_bytes
 from .models import LoadedModel
@@ -213,7 +213,6 @@ def _generate_chunk(
     width = int(inputs["input_ids"].shape[1])
     guard = MemoryGuard(model, budget)
     kwargs = prepare_generate(tokenizer, device, options, guard)
-    on_cuda = device.startswith("cuda")
     memory_before_free: int | None = None
     oom_message = None
     started = time.perf_counter()
@@ -232,29 +231,13 @@ def _generate_chunk(
         release_after_generation(device, None)
         raise GenerationOOM(oom_message)
     eos = eos_ids(model, tokenizer)
-    peak = int(torch.cuda.max_memory_allocated(torch.device(device))) if on_cuda else guard.peak_rss
     results = []
     for prompt, prompt_len, row in zip(prompts, prompt_lengths, new_rows, strict=True):
         ids, stop = _until_eos(row, eos, tokenizer.pad_token_id)
-        thinking, answer, finished = split_thinking(
-            tokenizer.decode(ids, skip_special_tokens=True), options.think
-        )
+        text = tokenizer.decode(ids, skip_special_tokens=True)
         results.append(
-            Result(
-                prompt=prompt,
-                answer=answer,
-                thinking=thinking,
-                model=loaded.name,
-                device=device,
-                think=options.think,
-                prompt_tokens=prompt_len,
-                completion_tokens=len(ids),
-                latency_s=latency,
-                tokens_per_s=len(ids) / latency if latency > 0 else 0.0,
-                peak_memory_bytes=peak,
-                memory_kind="CUDA allocated" if on_cuda else "host RSS",
-                stop_reason=stop,
-                thinking_finished=finished,
+            completed_result(
+                loaded, prompt, options, text, prompt_len, len(ids), latency, guard, stop
             )
         )
     freed = release_after_generation(device, memory_before_free)

@@ -253,7 +253,6 @@ def generate(
     streamer = _Streamer(tokenizer, device, on_text, stream_interval)
     guard = MemoryGuard(model, memory_budget)
     kwargs = prepare_generate(tokenizer, device, options, guard, streamer=streamer)
-    on_cuda = device.startswith("cuda")
     stop_reason = "length"
     oom_reason: str | None = None
     started = time.perf_counter()
@@ -283,30 +282,58 @@ def generate(
     ids = streamer.ids
     if stop_reason != "interrupted" and ids and ids[-1] in eos_ids(model, tokenizer):
         stop_reason = "eos"
-    thinking, answer, finished = split_thinking(streamer.decode(), options.think)
+    result = completed_result(
+        loaded,
+        prompt,
+        options,
+        streamer.decode(),
+        prompt_tokens,
+        len(ids),
+        latency,
+        guard,
+        stop_reason,
+    )
+    freed = release_after_generation(device, streamer.memory_at_end)
+    return replace(result, memory_freed_bytes=freed)
+
+
+def completed_result(
+    loaded: LoadedModel,
+    prompt: str,
+    options: GenerationOptions,
+    text: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    latency: float,
+    guard: MemoryGuard,
+    stop_reason: str,
+) -> Result:
+    """The Result of one finished completion (single or one row of a batch).
+
+    Peak memory is torch's peak allocated bytes on CUDA, else the host RSS the guard sampled.
+    """
+    import torch
+
+    thinking, answer, finished = split_thinking(text, options.think)
+    on_cuda = loaded.device.startswith("cuda")
     if on_cuda:
-        peak: int | None = int(torch.cuda.max_memory_allocated(torch.device(device)))
-        kind = "CUDA allocated"
-    else:
-        peak, kind = guard.peak_rss, "host RSS"
-    result = Result(
+        peak = int(torch.cuda.max_memory_allocated(torch.device(loaded.device)))
+    return Result(
         prompt=prompt,
         answer=answer,
         thinking=thinking,
         model=loaded.name,
-        device=device,
+        device=loaded.device,
         think=options.think,
         prompt_tokens=prompt_tokens,
-        completion_tokens=len(ids),
+        completion_tokens=completion_tokens,
         latency_s=latency,
-        tokens_per_s=len(ids) / latency if latency > 0 else 0.0,
-        peak_memory_bytes=peak,
-        memory_kind=kind,
+        tokens_per_s=completion_tokens / latency if latency > 0 else 0.0,
+        peak_memory_bytes=peak if on_cuda else guard.peak_rss,
+        memory_kind="CUDA allocated" if on_cuda else "host RSS",
         stop_reason=stop_reason,
         thinking_finished=finished,
     )
-    freed = release_after_generation(device, streamer.memory_at_end)
-    return replace(result, memory_freed_bytes=freed)
 
 
 def prepare_generate(
