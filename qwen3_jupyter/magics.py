@@ -190,6 +190,11 @@ class Qwen3Magics(Magics):
             status.show(f"loading {choice.name} on {choice.device} ({choice.dtype})…")
         try:
             loaded = SESSION.load(choice, progress=status.progress)
+        except KeyboardInterrupt:
+            raise UsageError(
+                f"interrupted while loading {choice.name}: no model is loaded now; "
+                "run the cell again to load it"
+            ) from None
         finally:
             status.clear()
         options = GenerationOptions(
@@ -215,6 +220,7 @@ class Qwen3Magics(Magics):
                 chat=args.chat,
                 on_text=view.update,
                 memory_budget=_budget(args),
+                stream_interval=self.stream_interval,
             )
         view.finish(result)
         if self.shell is not None:

@@ -89,11 +89,18 @@ class Session:
         chat: bool = False,
         on_text: Callable[[str], None] | None = None,
         memory_budget: int | None = None,
+        stream_interval: float = 0.1,
     ) -> Result:
         """One generation; with `chat`, the prompt and answer join the conversation."""
         history = self.conversation.messages if chat else None
         result = generate(
-            loaded, prompt, options, history=history, on_text=on_text, memory_budget=memory_budget
+            loaded,
+            prompt,
+            options,
+            history=history,
+            on_text=on_text,
+            stream_interval=stream_interval,
+            memory_budget=memory_budget,
         )
         if chat and result.stop_reason != "interrupted":
             self.conversation.messages.append({"role": "user", "content": prompt})
