@@ -191,9 +191,10 @@ class Qwen3Magics(Magics):
         try:
             loaded = SESSION.load(choice, progress=status.progress)
         except KeyboardInterrupt:
+            kept = SESSION.loaded
+            state = f"{kept.name} is still loaded" if kept else "no model is loaded now"
             raise UsageError(
-                f"interrupted while loading {choice.name}: no model is loaded now; "
-                "run the cell again to load it"
+                f"interrupted while loading {choice.name}: {state}; run the cell again to load it"
             ) from None
         finally:
             status.clear()
