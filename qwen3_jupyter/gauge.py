@@ -122,8 +122,12 @@ def host_row(snapshot: Snapshot, low_free: int) -> RowView:
     )
     return RowView(
         key=HOST_KEY,
-        label="host",
-        tooltip="host RAM: used / total, and this kernel's resident memory",
+        label="container" if host.source == "cgroup" else "host",
+        tooltip=(
+            "container memory (cgroup limit): used / limit, and this kernel's resident memory"
+            if host.source == "cgroup"
+            else "host RAM: used / total, and this kernel's resident memory"
+        ),
         percent=round(100 * fraction),
         style=_style(fraction, host.available, low_free),
         text=text,

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -19,16 +20,24 @@ import psutil
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_CGROUP = Path("/proc/self/cgroup")
 
 
 @dataclass(frozen=True)
 class HostMemory:
-    """Host RAM and this process's resident set, in bytes."""
+    """Host RAM and this process's resident set, in bytes.
+
+    Inside a container with a memory limit, `total`/`used`/`available` are the container's
+    (cgroup) figures, not the machine's — the limit is what an out-of-memory kill enforces —
+    and `source` says "cgroup"; otherwise `source` is "host".
+    """
 
     total: int
     available: int
     used: int
     process_rss: int
+    source: str = "host"
 
 
 @dataclass(frozen=True)
@@ -49,15 +58,69 @@ def process_rss(pid: int | None = None) -> int:
     return int(psutil.Process(pid or os.getpid()).memory_info().rss)
 
 
-def read_host() -> HostMemory:
-    """Host memory and this process's RSS."""
+def read_host(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> HostMemory:
+    """Host memory (or the container's limit, when lower) and this process's RSS."""
     vm = psutil.virtual_memory()
-    return HostMemory(
-        total=int(vm.total),
-        available=int(vm.available),
-        used=int(vm.total - vm.available),
-        process_rss=process_rss(),
-    )
+    rss = process_rss()
+    limit = cgroup_memory(cgroup_root, proc_cgroup)
+    if limit is not None and limit[0] < vm.total:
+        total, used = limit
+        return HostMemory(total, max(0, total - used), used, rss, source="cgroup")
+    return HostMemory(int(vm.total), int(vm.available), int(vm.total - vm.available), rss)
+
+
+def cgroup_memory(
+    root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP
+) -> tuple[int, int] | None:
+    """(limit, usage) of this process's memory cgroup, v2 or v1; None when unlimited or unknown.
+
+    Usage excludes the reclaimable page cache (as `docker stats` does), so a container that
+    read a large file does not look full.
+    """
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        relative = path.lstrip("/")
+        if controllers == "":  # cgroup v2: 0::/path
+            found = _cgroup_figures(
+                root / relative, "memory.max", "memory.current", "inactive_file"
+            )
+        elif "memory" in controllers.split(","):
+            found = _cgroup_figures(
+                root / "memory" / relative,
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+                "total_inactive_file",
+            )
+        else:
+            continue
+        if found is not None:
+            return found
+    return None
+
+
+def _cgroup_figures(
+    folder: Path, limit_file: str, usage_file: str, cache_key: str
+) -> tuple[int, int] | None:
+    try:
+        limit_text = (folder / limit_file).read_text().strip()
+        usage = int((folder / usage_file).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if limit_text == "max" or not limit_text.isdigit() or int(limit_text) >= 1 << 60:
+        return None
+    cache = 0
+    try:
+        for stat in (folder / "memory.stat").read_text().splitlines():
+            key, _, value = stat.partition(" ")
+            if key == cache_key:
+                cache = int(value)
+    except (OSError, ValueError):
+        pass
+    return int(limit_text), max(0, usage - cache)
 
 
 def _torch() -> Any | None:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from qwen3_jupyter.memory import (
     GiB,
     MiB,
@@ -253,3 +255,45 @@ def test_host_reader_and_format_bytes() -> None:
     assert 0 < host.available <= host.total
     assert format_bytes(None) == "unknown"
     assert format_bytes(1536 * MiB) == "1.5 GiB"
+
+
+def _cgroup_tree(
+    tmp_path: Path, version: int, limit: str, usage: int, cache: int
+) -> tuple[Path, Path]:
+    """A fake /sys/fs/cgroup and /proc/self/cgroup for one process in `/box`."""
+    root = tmp_path / "cgroup"
+    proc = tmp_path / "proc-cgroup"
+    if version == 2:
+        folder = root / "box"
+        proc.write_text("0::/box\n")
+        names = ("memory.max", "memory.current", "inactive_file")
+    else:
+        folder = root / "memory" / "box"
+        proc.write_text("4:memory:/box\n3:cpuset:/\n")
+        names = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+    folder.mkdir(parents=True)
+    (folder / names[0]).write_text(limit + "\n")
+    (folder / names[1]).write_text(f"{usage}\n")
+    (folder / "memory.stat").write_text(f"anon 1\n{names[2]} {cache}\n")
+    return root, proc
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_host_memory_is_the_container_limit_when_lower(tmp_path: Path, version: int) -> None:
+    from qwen3_jupyter.memory import GiB, MiB, read_host
+
+    root, proc = _cgroup_tree(tmp_path, version, str(2 * GiB), 900 * MiB, 100 * MiB)
+    host = read_host(root, proc)
+    assert (host.source, host.total, host.used) == ("cgroup", 2 * GiB, 800 * MiB)
+    assert host.available == 2 * GiB - 800 * MiB
+
+
+@pytest.mark.parametrize(("version", "limit"), [(2, "max"), (1, str(9223372036854771712))])
+def test_unlimited_cgroup_falls_back_to_the_host(tmp_path: Path, version: int, limit: str) -> None:
+    import psutil
+
+    from qwen3_jupyter.memory import read_host
+
+    root, proc = _cgroup_tree(tmp_path, version, limit, 1, 0)
+    host = read_host(root, proc)
+    assert host.source == "host" and host.total == psutil.virtual_memory().total

@@ -22,6 +22,8 @@ export interface IHostMetrics {
   total: number;
   available: number;
   used: number;
+  /** "cgroup" when total/used are the container's memory limit, else "host". */
+  source: 'host' | 'cgroup';
 }
 
 export interface IKernelMetrics {

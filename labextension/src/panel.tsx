@@ -284,7 +284,7 @@ function MetricsView(props: {
         ))}
         <Gauge
           testId="q3j-host"
-          label="Host memory"
+          label={metrics.host.source === 'cgroup' ? 'Container memory (limit)' : 'Host memory'}
           used={metrics.host.used}
           total={metrics.host.total}
           thresholds={thresholds}

@@ -69,7 +69,7 @@ function metrics(partial: Partial<IMetrics> = {}): IMetrics {
     timestamp: 0,
     driver_version: '550.54',
     gpus: [gpu(0, 2 * GiB, 80 * GiB)],
-    host: { total: 16 * GiB, available: 12 * GiB, used: 4 * GiB },
+    host: { total: 16 * GiB, available: 12 * GiB, used: 4 * GiB, source: 'host' },
     kernels: [],
     other_processes: { gpu_memory: {} },
     history: { timestamps: [], gpu_memory_used: {}, host_used: [] },

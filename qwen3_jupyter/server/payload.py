@@ -71,6 +71,7 @@ def build_payload(
             "total": sample.host.total,
             "available": sample.host.available,
             "used": sample.host.used,
+            "source": sample.host.source,
         },
         "kernels": rows,
         "other_processes": {"gpu_memory": dict(attribution.other) if reading.available else {}},
