@@ -233,7 +233,7 @@ def _generate_chunk(
     eos = eos_ids(model, tokenizer)
     results = []
     for prompt, prompt_len, row in zip(prompts, prompt_lengths, new_rows, strict=True):
-        ids, stop = _until_eos(row, eos, tokenizer.pad_token_id)
+        ids, stop = _until_eos(row, eos)
         text = tokenizer.decode(ids, skip_special_tokens=True)
         results.append(
             completed_result(
@@ -252,7 +252,7 @@ def _with_freed(result: Result, freed: int) -> Result:
     return replace(result, memory_freed_bytes=freed)
 
 
-def _until_eos(row: list[int], eos: set[int], pad: int | None) -> tuple[list[int], str]:
+def _until_eos(row: list[int], eos: set[int]) -> tuple[list[int], str]:
     """A row's new tokens up to (not including) its first end-of-sequence token."""
     for i, token in enumerate(row):
         if token in eos:

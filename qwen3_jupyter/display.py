@@ -1,13 +1,12 @@
 """What a call shows in the cell: one updating stream display, the final answer, footers, errors.
 
-Everything here writes to the notebook output; nothing here computes. Errors are one line on
-stderr, so a typo never produces a traceback.
+Everything here writes to the notebook output; nothing here computes. (Errors a user can fix
+are raised by the magics as one-line UsageErrors, never tracebacks.)
 """
 
 from __future__ import annotations
 
 import html
-import sys
 from typing import Any
 
 from IPython.display import Markdown, display
@@ -113,11 +112,6 @@ def show_footer(result: Result) -> None:
 
 def info(message: str) -> None:
     print(f"{PREFIX} {message}", flush=True)
-
-
-def error(message: str) -> None:
-    """One actionable line on stderr, no traceback."""
-    print(f"{PREFIX} error: {message}", file=sys.stderr, flush=True)
 
 
 class Status:

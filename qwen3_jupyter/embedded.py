@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-EMBEDDED_PREFIX = "random:"
 BUILD_FORMAT = 1  # bump when the build recipe changes, so stale caches are rebuilt
 
 # Qwen3's added tokens, in id order from 151643 (as in Qwen/Qwen3-1.7B's tokenizer.json).

@@ -15,7 +15,6 @@ import asyncio
 import json
 import secrets
 import socket
-import sys
 import threading
 import time
 import urllib.error
@@ -25,8 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_client.blocking.client import BlockingKernelClient
-
-VENV_BIN = Path(sys.executable).parent
 
 
 def free_port() -> int:
