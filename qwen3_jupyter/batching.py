@@ -8,11 +8,14 @@ and an interrupt returns what was finished.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -168,9 +171,10 @@ def run_batches(
                 bar.set_postfix(batch_size=size)
                 continue
             peak = max(peak, chunk_peak)
-            if writer is not None:
-                writer.write(position, chunk_results, size)
-            results.extend(chunk_results)
+            with _interrupt_deferred():  # a finished batch is both kept and written, or neither
+                if writer is not None:
+                    writer.write(position, chunk_results, size)
+                results.extend(chunk_results)
             position += len(chunk)
             bar.update(len(chunk))
     except KeyboardInterrupt:
@@ -258,6 +262,30 @@ def _until_eos(row: list[int], eos: set[int]) -> tuple[list[int], str]:
         if token in eos:
             return row[:i], "eos"
     return row, "length"
+
+
+@contextlib.contextmanager
+def _interrupt_deferred() -> Iterator[None]:
+    """Hold a kernel interrupt (SIGINT) until the block has run, then deliver it.
+
+    Without this, an interrupt landing between writing a batch to the JSONL file and adding it
+    to the results would leave the file with results the notebook does not have.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+    if not received or previous is signal.SIG_IGN:
+        return
+    if callable(previous):
+        previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
+    else:
+        raise KeyboardInterrupt
 
 
 class _JsonLines:

@@ -8,8 +8,9 @@ Each holder has its own small release action here (accelerate's `release_memory`
 returns the names of what it let go and never deletes anything a user could still want by name:
 user variables go only when the caller passes them in `drop`, and the loaded model stays.
 
-`cleanup()` runs the actions in order (references first, then one full garbage collection, then
-the allocator caches, so the freed blocks really go back to the driver or the OS), measures
+`cleanup()` runs the actions in order (references first, then one garbage collection — of the
+objects created since the last cleanup, or of all when incremental_gc's rules say so — then the
+allocator caches, so the freed blocks really go back to the driver or the OS), measures
 memory before and after, and never raises: a failing action is recorded in the report and the
 others still run. torch is never imported here; if the process has not imported it, it holds no
 tensors and the tensor-related work is skipped.
@@ -28,7 +29,7 @@ import re
 import sys
 import time
 import types
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,7 @@ from .cleanup_report import (
     Holder,
     drop,
 )
+from .incremental_gc import COLLECTOR
 from .memory import MiB, cuda_in_use, live_tensor_bytes, process_rss
 
 _log = logging.getLogger(__name__)
@@ -408,10 +410,13 @@ def release_dynamo() -> tuple[str, ...]:
     return tuple(released)
 
 
-def release_cycles() -> tuple[str, ...]:
-    """One full garbage collection (generation 2 includes the younger ones): frees reference
-    cycles that hold tensors. Runs once, after the references above are gone."""
-    found = gc.collect()
+def release_cycles(
+    variables: Mapping[str, Any] | None = None, full: bool = False, reason: str = ""
+) -> tuple[str, ...]:
+    """One garbage collection, after the references above are gone: frees reference cycles
+    that hold tensors. Incremental (objects new since the last cleanup) unless `full` or one of
+    incremental_gc's rules asks for all; `variables` lets it notice deleted or rebound names."""
+    found = COLLECTOR.collect(variables, full=full, reason=reason).found
     return (f"{found} unreachable objects",) if found else ()
 
 
@@ -573,10 +578,7 @@ def find_holders(
         holders.append(Holder(name, kind, _describe(obj, scan), scan.nbytes(), devices, hint))
 
     if shell is not None:
-        hidden = getattr(shell, "user_ns_hidden", {})
-        for name, value in list(shell.user_ns.items()):
-            if _IPYTHON_NAMES.fullmatch(name) or (name in hidden and hidden[name] is value):
-                continue
+        for name, value in user_variables(shell).items():
             if isinstance(value, types.ModuleType):
                 continue
             add(name, "variable", value, f"del {name}")
@@ -611,6 +613,16 @@ def find_holders(
             )
         )
     return tuple(result)
+
+
+def user_variables(shell: Any) -> dict[str, Any]:
+    """The user's own names: the namespace without IPython's (`In`, `Out`, `_N`, `_i`, ...)."""
+    hidden = getattr(shell, "user_ns_hidden", {})
+    return {
+        name: value
+        for name, value in list(shell.user_ns.items())
+        if not _IPYTHON_NAMES.fullmatch(name) and not (name in hidden and hidden[name] is value)
+    }
 
 
 def _describe(obj: Any, scan: _TensorScan) -> str:
@@ -648,30 +660,41 @@ def cleanup(
     dynamo: bool = False,
     verbose: bool = False,
     count_tensors: bool | None = None,
+    full: bool = False,
 ) -> CleanupReport:
     """Release everything that holds memory without being asked for by name, and report it.
 
     Order: `drop` names (only those given), the output cache, the last exception, generation
-    leftovers, torch.compile state (`dynamo=True` only), one full gc, the allocator caches.
+    leftovers, torch.compile state (`dynamo=True` only), one gc, the allocator caches. The gc
+    scans the objects created since the last cleanup, or all of them when `full` or one of
+    incremental_gc's rules (first cleanup, a deleted or rebound variable, ...) asks for it.
     `shell` defaults to the running IPython (none: the shell-held actions are skipped), so
     `cleanup()` works with no arguments inside a kernel. `verbose` adds the biggest remaining
     holders; `count_tensors` (default: `verbose`) measures live CPU tensor bytes before and
-    after, which walks every object. Never raises; never unloads the model.
+    after, which walks every object (so its gc is full too). Never raises; never unloads the
+    model.
     """
     started = time.perf_counter()
     count = verbose if count_tensors is None else count_tensors
+    COLLECTOR.last = None
     try:
         if shell is None:
             shell = _current_shell()
         _malloc_trim()  # heap slack from before this cleanup is not this cleanup's to report
         before, _ = _snapshot(count)
-        actions = _run_actions(shell, tuple(drop), dynamo)
+        reason = _full_gc_reason(full, dynamo, count)
+        actions = _run_actions(shell, tuple(drop), dynamo, full or bool(reason), reason)
+        if count:
+            COLLECTOR.hand_back("the last cleanup counted every tensor")
         after, totals = _snapshot(count)
         holders = find_holders(shell, totals=totals) if verbose else ()
         devices = tuple(
             DeviceChange(name, before[name], after.get(name, before[name])) for name in before
         )
-        report = CleanupReport(devices, actions, holders, time.perf_counter() - started)
+        gc_pass = COLLECTOR.last.describe() if COLLECTOR.last is not None else ""
+        report = CleanupReport(
+            devices, actions, holders, time.perf_counter() - started, gc_pass=gc_pass
+        )
     except Exception as exc:  # never into the user's cell
         _log.exception("qwen3_jupyter cleanup failed")
         report = CleanupReport((), (), (), time.perf_counter() - started, _one_line(exc))
@@ -683,6 +706,16 @@ def cleanup(
     return report
 
 
+def _full_gc_reason(full: bool, dynamo: bool, count: bool) -> str:
+    if full:
+        return "asked for"
+    if dynamo:
+        return "torch.compile state was reset"
+    if count:
+        return "counting tensors walks every object anyway"
+    return ""
+
+
 def _current_shell() -> Any | None:
     try:
         from IPython import get_ipython
@@ -692,7 +725,7 @@ def _current_shell() -> Any | None:
 
 
 def _run_actions(
-    shell: Any | None, drop: tuple[str, ...], dynamo: bool
+    shell: Any | None, drop: tuple[str, ...], dynamo: bool, full: bool, reason: str
 ) -> tuple[ActionResult, ...]:
     steps: list[tuple[str, Callable[[], tuple[str, ...]]]] = []
     if shell is not None:
@@ -703,7 +736,14 @@ def _run_actions(
     steps.append(("generation leftovers", release_generation_leftovers))
     if dynamo:
         steps.append(("dynamo", release_dynamo))
-    steps.append(("cycles", release_cycles))
+    steps.append(
+        (
+            "cycles",
+            lambda: release_cycles(
+                user_variables(shell) if shell is not None else None, full, reason
+            ),
+        )
+    )
     steps.append(("allocator caches", release_allocator_caches))
     results = []
     probe = _probe()

@@ -125,6 +125,8 @@ class CleanupReport:
     holders: tuple[Holder, ...] = ()
     seconds: float = 0.0
     error: str | None = None
+    gc_pass: str = ""
+    """How the cycle collection went: 'gc of 2,130 new objects' or 'full gc (why)'."""
 
     @property
     def freed_bytes(self) -> int:
@@ -161,7 +163,8 @@ class CleanupReport:
         if self.error:
             failed.append(self.error)
         parts.extend(failed)
-        parts.append(f"{self.seconds * 1000:.0f} ms")
+        timing = f"{self.seconds * 1000:.0f} ms"
+        parts.append(f"{timing} ({self.gc_pass})" if self.gc_pass else timing)
         return " · ".join(parts)
 
     def details(self) -> list[str]:
@@ -175,6 +178,7 @@ class CleanupReport:
             "freed_bytes": self.freed_bytes,
             "seconds": self.seconds,
             "gc_seconds": self.gc_seconds,
+            "gc_pass": self.gc_pass,
             "devices": [
                 {
                     "device": d.device,

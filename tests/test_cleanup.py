@@ -237,6 +237,7 @@ def test_report_is_json_safe_and_listeners_hear_it(k: Kernel) -> None:
             "freed_bytes",
             "seconds",
             "gc_seconds",
+            "gc_pass",
             "devices",
             "actions",
             "holders",
@@ -326,7 +327,7 @@ def test_traceback_locals_of_finished_frames_are_cleared() -> None:
 
 
 def test_failing_action_outside_ipython_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken() -> tuple[str, ...]:
+    def broken(*args: object) -> tuple[str, ...]:
         raise OSError("no")
 
     monkeypatch.setattr(qc, "release_cycles", broken)

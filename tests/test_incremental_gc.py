@@ -1,0 +1,212 @@
+"""incremental_gc.py: cleanups scan only new objects, yet no cycle is lost and gc stays honest.
+
+Every test runs in a real kernel with the tiny model loaded. A cycle is a `Node` that refers to
+itself and holds a tensor; a weakref to the tensor tells whether the cycle was freed. Each
+claim has its control: the object is alive before the step that should free it, and where
+the claim is "the freeze is in effect", the original (unwrapped) gc function is shown to miss
+what the wrapped one finds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.kernel import WEAKREF_HELPERS, Kernel, alive, ok
+
+SETUP = (
+    WEAKREF_HELPERS
+    + """
+import os
+import qwen3_jupyter
+from qwen3_jupyter.incremental_gc import COLLECTOR, _ORIGINAL
+class Node:
+    pass
+def cycle(name):
+    '''A self-referencing object holding a 1 MiB tensor, recorded as refs[name].'''
+    node = Node()
+    node.me = node
+    node.t = torch.ones(MiB // 4)
+    refs[name] = weakref.ref(node.t)
+    return node
+"""
+)
+
+
+@pytest.fixture(scope="module")
+def k(kernel: Kernel) -> Iterator[Kernel]:
+    ok(kernel, SETUP)
+    ok(kernel, "%qwen3 --model tiny --greedy --max-new-tokens 2 hi")
+    yield kernel
+
+
+@pytest.fixture()
+def frozen(k: Kernel) -> Kernel:
+    """The kernel right after a full cleanup: everything alive is frozen."""
+    ok(k, "gc.enable()")
+    assert k.value("qwen3_jupyter.cleanup(full=True).gc_pass") == "full gc (asked for)"
+    assert k.value("COLLECTOR.frozen") is True
+    return k
+
+
+def test_first_cleanup_is_full_then_only_new_objects_are_scanned(fresh_kernel: Kernel) -> None:
+    ok(fresh_kernel, "%load_ext qwen3_jupyter")
+    ok(fresh_kernel, SETUP)
+    first = fresh_kernel.value("qwen3_jupyter.cleanup().gc_pass")
+    assert first == "full gc (first cleanup)"
+    ok(fresh_kernel, "r = qwen3_jupyter.cleanup()")
+    assert fresh_kernel.value("r.gc_pass").startswith("gc of ")
+    scanned = fresh_kernel.value("COLLECTOR.last.scanned")
+    tracked = fresh_kernel.value("len(gc.get_objects())")  # hands the frozen ones back
+    assert tracked > 50_000, "control: the kernel holds many objects"
+    assert scanned < tracked / 20, (scanned, tracked)
+    assert "gc of" in fresh_kernel.value("r.summary()")
+
+
+def test_a_cycle_created_after_the_last_cleanup_is_freed(frozen: Kernel) -> None:
+    k = frozen
+    ok(k, "gc.disable()\nnode = cycle('new')\ndel node")
+    try:
+        assert alive(k, "new"), "control: nothing freed the cycle before the cleanup"
+        ok(k, "r = qwen3_jupyter.cleanup()")
+        assert k.value("r.gc_pass").startswith("gc of "), "not an incremental pass"
+        assert not alive(k, "new")
+    finally:
+        ok(k, "gc.enable()")
+
+
+def test_a_deleted_variable_whose_cycle_was_frozen_gets_a_full_pass(frozen: Kernel) -> None:
+    k = frozen
+    ok(k, "gc.disable()\nnode = cycle('named')\nqwen3_jupyter.cleanup()")
+    try:
+        assert alive(k, "named")
+        ok(k, "del node\nr = qwen3_jupyter.cleanup()")
+        assert k.value("r.gc_pass") == (
+            "full gc (`node` was deleted; its old value may be a stranded cycle)"
+        )
+        assert not alive(k, "named")
+    finally:
+        ok(k, "gc.enable()")
+
+
+def test_a_frozen_cycle_stranded_inside_a_container_waits_for_full(frozen: Kernel) -> None:
+    """The documented limit, and the control that shows old objects really are skipped."""
+    k = frozen
+    ok(k, "gc.disable()\nbox = [cycle('boxed')]\nqwen3_jupyter.cleanup()")
+    try:
+        ok(k, "box.clear()\nr = qwen3_jupyter.cleanup()")
+        assert k.value("r.gc_pass").startswith("gc of ")
+        assert alive(k, "boxed"), "an incremental pass scanned a frozen object"
+        ok(k, "%qwen3_clean --full")
+        assert not alive(k, "boxed")
+    finally:
+        ok(k, "gc.enable()\ndel box")
+
+
+def test_rebinding_keeps_the_pass_incremental_only_when_the_old_value_died(
+    frozen: Kernel,
+) -> None:
+    k = frozen
+    ok(k, "x = torch.ones(8)\nresults = [1]\nqwen3_jupyter.cleanup()")
+    ok(k, "x = torch.ones(8)  # the old tensor dies by reference counting")
+    assert k.value("qwen3_jupyter.cleanup().gc_pass").startswith("gc of ")
+    ok(k, "results = [2]  # a list: no weakref, so its fate is unknown")
+    assert k.value("qwen3_jupyter.cleanup().gc_pass") == (
+        "full gc (`results` was rebound; its old value may be a stranded cycle)"
+    )
+    ok(k, "del x, results")
+
+
+def test_gc_functions_still_see_and_collect_frozen_objects(frozen: Kernel) -> None:
+    k = frozen
+    ok(k, "gc.disable()\nkeeper = [cycle('old')]\nmarker = keeper[0].t\nqwen3_jupyter.cleanup()")
+    try:
+        assert k.value("any(o is marker for o in _ORIGINAL['get_objects']())") is False, (
+            "control: the tensor is not frozen"
+        )
+        assert k.value("any(o is marker for o in gc.get_objects())") is True
+        assert k.value("COLLECTOR.frozen") is False, "get_objects did not hand them back"
+        ok(k, "qwen3_jupyter.cleanup()")
+        assert k.value("any(r is keeper for r in gc.get_referrers(keeper[0]))") is True
+        ok(k, "qwen3_jupyter.cleanup()")
+        ok(k, "del marker\nkeeper.clear()\n_ORIGINAL['collect']()")
+        assert alive(k, "old"), "control: the original gc.collect() skips frozen objects"
+        ok(k, "gc.collect()  # the user's own recipe")
+        assert not alive(k, "old")
+        assert k.value("qwen3_jupyter.cleanup().gc_pass") == "full gc (gc.collect() was called)"
+    finally:
+        ok(k, "gc.enable()\ndel keeper")
+
+
+def test_python_own_full_collection_gets_the_frozen_objects_back(frozen: Kernel) -> None:
+    k = frozen
+    ok(k, "box = [cycle('auto')]\nqwen3_jupyter.cleanup()\nbox.clear()")
+    assert alive(k, "auto")
+    # Grow the heap by half with automatic gc on: Python's own full collection comes due.
+    ok(k, "grow = [[i] for i in range(sys.getallocatedblocks() // 4)]")
+    try:
+        assert not alive(k, "auto")
+        assert k.value("qwen3_jupyter.cleanup().gc_pass") == (
+            "full gc (Python's own full collection was due)"
+        )
+    finally:
+        ok(k, "del grow, box")
+
+
+def test_full_flag_dynamo_and_verbose_scan_everything(frozen: Kernel) -> None:
+    k = frozen
+    out = ok(k, "%qwen3_clean --full").stdout
+    assert "(full gc (asked for))" in out
+    assert k.value("qwen3_jupyter.cleanup(dynamo=True).gc_pass") == (
+        "full gc (torch.compile state was reset)"
+    )
+    assert k.value("qwen3_jupyter.cleanup(verbose=True).gc_pass") == (
+        "full gc (counting tensors walks every object anyway)"
+    )
+    assert k.value("qwen3_jupyter.cleanup().gc_pass") == (
+        "full gc (the last cleanup counted every tensor)"
+    )
+
+
+def test_switched_off_by_the_environment(frozen: Kernel) -> None:
+    k = frozen
+    ok(k, "os.environ['QWEN3_JUPYTER_INCREMENTAL_GC'] = '0'")
+    try:
+        for _ in range(2):
+            passes = k.value("qwen3_jupyter.cleanup().gc_pass")
+            assert passes == "full gc (QWEN3_JUPYTER_INCREMENTAL_GC=0)"
+        assert k.value("gc.get_freeze_count()") == 0
+    finally:
+        ok(k, "del os.environ['QWEN3_JUPYTER_INCREMENTAL_GC']")
+
+
+def test_unloading_the_model_after_cleanups_frees_it(frozen: Kernel) -> None:
+    k = frozen
+    ok(
+        k,
+        "from qwen3_jupyter.session import SESSION\n"
+        "refs['model'] = weakref.ref(SESSION.loaded.model)",
+    )
+    ok(k, "qwen3_jupyter.cleanup()")
+    out = ok(k, "%qwen3 --unload").stdout
+    assert not alive(k, "model"), out
+    ok(k, "%qwen3 --model tiny --greedy --max-new-tokens 2 hi")
+
+
+def test_unloading_the_extension_unfreezes_and_restores_gc(fresh_kernel: Kernel) -> None:
+    k = fresh_kernel
+    ok(k, "%load_ext qwen3_jupyter")
+    ok(k, "import gc, qwen3_jupyter\nqwen3_jupyter.cleanup()")
+    names = "('collect', 'get_objects', 'get_referrers')"
+    wrapped = f"[hasattr(getattr(gc, n), '__wrapped__') for n in {names}]"
+    ours = (
+        "sum(getattr(c, '__qualname__', '') == 'IncrementalCollector._on_gc' for c in gc.callbacks)"
+    )
+    assert k.value("gc.get_freeze_count() > 0"), "control: nothing was frozen"
+    assert k.value(wrapped) == [True] * 3
+    assert k.value(ours) == 1
+    ok(k, "%unload_ext qwen3_jupyter")
+    assert k.value("gc.get_freeze_count()") == 0
+    assert k.value(wrapped) == [False] * 3
+    assert k.value(ours) == 0
