@@ -410,13 +410,12 @@ def release_dynamo() -> tuple[str, ...]:
     return tuple(released)
 
 
-def release_cycles(
-    variables: Mapping[str, Any] | None = None, full: bool = False, reason: str = ""
-) -> tuple[str, ...]:
+def release_cycles(variables: Mapping[str, Any] | None = None, force: str = "") -> tuple[str, ...]:
     """One garbage collection, after the references above are gone: frees reference cycles
-    that hold tensors. Incremental (objects new since the last cleanup) unless `full` or one of
-    incremental_gc's rules asks for all; `variables` lets it notice deleted or rebound names."""
-    found = COLLECTOR.collect(variables, full=full, reason=reason).found
+    that hold tensors. Incremental (objects new since the last cleanup) unless `force` gives a
+    reason to scan all or one of incremental_gc's rules asks for it; `variables` lets it
+    notice deleted or rebound names."""
+    found = COLLECTOR.collect(variables, force).found
     return (f"{found} unreachable objects",) if found else ()
 
 
@@ -682,8 +681,7 @@ def cleanup(
             shell = _current_shell()
         _malloc_trim()  # heap slack from before this cleanup is not this cleanup's to report
         before, _ = _snapshot(count)
-        reason = _full_gc_reason(full, dynamo, count)
-        actions = _run_actions(shell, tuple(drop), dynamo, full or bool(reason), reason)
+        actions = _run_actions(shell, tuple(drop), dynamo, _full_gc_reason(full, dynamo, count))
         if count:
             COLLECTOR.hand_back("the last cleanup counted every tensor")
         after, totals = _snapshot(count)
@@ -725,7 +723,7 @@ def _current_shell() -> Any | None:
 
 
 def _run_actions(
-    shell: Any | None, drop: tuple[str, ...], dynamo: bool, full: bool, reason: str
+    shell: Any | None, drop: tuple[str, ...], dynamo: bool, full_gc_reason: str
 ) -> tuple[ActionResult, ...]:
     steps: list[tuple[str, Callable[[], tuple[str, ...]]]] = []
     if shell is not None:
@@ -740,7 +738,7 @@ def _run_actions(
         (
             "cycles",
             lambda: release_cycles(
-                user_variables(shell) if shell is not None else None, full, reason
+                user_variables(shell) if shell is not None else None, full_gc_reason
             ),
         )
     )

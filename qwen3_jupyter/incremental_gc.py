@@ -73,27 +73,22 @@ class IncrementalCollector:
 
     def __init__(self) -> None:
         self.last: GcPass | None = None
-        self._frozen = False
+        self.frozen = False
+        """Whether survivors of the last cleanup are frozen now (our own flag: asking gc,
+        `gc.get_freeze_count()`, walks the whole frozen list, ~40 ms per million objects)."""
         self._blocks_at_full = 0
         self._why_full = "first cleanup"
         self._variables: dict[str, tuple[int, type, weakref.ref[Any] | None]] = {}
         self._collecting = False
         self._installed = False
 
-    @property
-    def frozen(self) -> bool:
-        """Whether survivors of the last cleanup are frozen right now. (Our own flag:
-        gc.get_freeze_count() walks the whole frozen list, ~40 ms per million objects.)"""
-        return self._frozen
-
-    def collect(
-        self, variables: Mapping[str, Any] | None = None, full: bool = False, reason: str = ""
-    ) -> GcPass:
-        """Collect cycles among new objects (or everything, when a rule says so), then freeze
-        the survivors. `variables`: the user's names, to notice deleted or rebound ones."""
+    def collect(self, variables: Mapping[str, Any] | None = None, force: str = "") -> GcPass:
+        """Collect cycles among new objects (or everything, when `force` gives a reason or a
+        rule says so), then freeze the survivors. `variables`: the user's names, to notice
+        deleted or rebound ones."""
         started = time.perf_counter()
         incremental = enabled()
-        why = self.full_reason(variables, full, reason) if incremental else f"{ENV_SWITCH}=0"
+        why = self.full_reason(variables, force) if incremental else f"{ENV_SWITCH}=0"
         if why:
             self.hand_back(why)
         self._collecting = True
@@ -109,7 +104,7 @@ class IncrementalCollector:
                 scanned = len(_ORIGINAL["get_objects"]()) + found
             gc.freeze()
             self._install()
-            self._frozen = True
+            self.frozen = True
             if why:
                 self._blocks_at_full = sys.getallocatedblocks()
             self._why_full = ""
@@ -117,12 +112,10 @@ class IncrementalCollector:
         self.last = GcPass(bool(why), why, found, scanned, time.perf_counter() - started)
         return self.last
 
-    def full_reason(
-        self, variables: Mapping[str, Any] | None, full: bool = False, reason: str = ""
-    ) -> str:
+    def full_reason(self, variables: Mapping[str, Any] | None, force: str = "") -> str:
         """Why the next pass must scan everything ('' when new objects are enough)."""
-        if full:
-            return reason or "asked for"
+        if force:
+            return force
         if not self.frozen:
             return self._why_full or "the frozen objects were handed back"
         if self._heap_grew():
@@ -140,8 +133,8 @@ class IncrementalCollector:
 
     def hand_back(self, reason: str) -> None:
         """Unfreeze what the last cleanup froze; the next cleanup will scan everything."""
-        if self._frozen:
-            self._frozen = False
+        if self.frozen:
+            self.frozen = False
             self._why_full = reason
             gc.unfreeze()
 
@@ -174,7 +167,7 @@ class IncrementalCollector:
         Python's rule, a full collection of them is due (the heap grew by a quarter)."""
         if phase != "start" or info.get("generation") != 2 or self._collecting:
             return
-        if self._frozen and self._heap_grew():
+        if self.frozen and self._heap_grew():
             self.hand_back("Python's own full collection was due")
 
     def _heap_grew(self) -> bool:
