@@ -8,32 +8,21 @@ and an interrupt returns what was finished.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import signal
-import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .generation import (
-    GenerationOOM,
-    GenerationOptions,
-    MemoryGuard,
-    Result,
-    build_messages,
-    completed_result,
-    current_memory,
-    eos_ids,
-    prepare_generate,
-    release_after_generation,
-)
+from .generation import GenerationOOM, GenerationOptions, Result, release_after_generation
+from .interrupts import interrupt_deferred
 from .memory import format_bytes
-from .models import LoadedModel
+
+ChunkGenerator = Callable[[list[str], GenerationOptions, "int | None"], tuple[list[Result], int]]
+"""Decodes one left-padded batch: (prompts, options, memory budget) -> (results, peak bytes)."""
 
 BUDGET_ENV = "QWEN3_JUPYTER_MEMORY_BUDGET"
 _SIZE = re.compile(r"^\s*([\d.]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
@@ -73,17 +62,30 @@ class BatchReport:
     seconds: float
     peak_tensor_bytes: int
     out_path: str | None
+    failed: int = 0
+    """Prompts that got no answer (their Result's `error` says why); not in `completed`."""
+    concurrency: int | None = None
+    """Requests in flight at once when a server answered (None: batches in this kernel)."""
+    retries: int = 0
+    """Requests sent again after a 429/503 or a dropped connection (server batches)."""
 
     def summary(self) -> str:
         pieces = [f"{self.completed}/{self.total} prompts", f"{self.seconds:.2f} s"]
-        if self.back_offs:
-            pieces.append(
-                f"out of memory {len(self.back_offs)}x: batch size "
-                f"{self.requested_batch_size} -> {self.held_batch_size} held"
-            )
+        if self.concurrency is not None:
+            pieces.append(f"{self.concurrency} concurrent requests")
+            if self.retries:
+                pieces.append(f"{self.retries} retried")
+            if self.failed:
+                pieces.append(f"{self.failed} failed (see .error)")
         else:
-            pieces.append(f"batch size {self.held_batch_size} held")
-        pieces.append(f"peak generation tensors {format_bytes(self.peak_tensor_bytes)}")
+            if self.back_offs:
+                pieces.append(
+                    f"out of memory {len(self.back_offs)}x: batch size "
+                    f"{self.requested_batch_size} -> {self.held_batch_size} held"
+                )
+            else:
+                pieces.append(f"batch size {self.held_batch_size} held")
+            pieces.append(f"peak generation tensors {format_bytes(self.peak_tensor_bytes)}")
         if self.interrupted:
             pieces.append("interrupted: finished results kept")
         if self.out_path:
@@ -113,6 +115,9 @@ def generate_batch(
     model: str | None = None,
     device: str | None = None,
     dtype: str | None = None,
+    decode: str | None = None,
+    server: str | None = None,
+    concurrency: int | None = None,
     memory_budget: int | str | None = None,
     out: str | os.PathLike[str] | None = None,
     progress: bool = True,
@@ -123,7 +128,9 @@ def generate_batch(
     Options are GenerationOptions fields (think, max_new_tokens, greedy, seed, ...). Results
     come back in input order. `memory_budget` (bytes or '2GiB'; default
     $QWEN3_JUPYTER_MEMORY_BUDGET) caps the tensors one batch may hold. `out` appends one JSON
-    line per prompt as each batch finishes.
+    line per prompt as each batch finishes. `decode` picks the in-kernel path ('fast', 'eager';
+    default: fast on CUDA). `server` (or $QWEN3_JUPYTER_SERVER) sends the prompts to an
+    OpenAI-compatible server instead, `concurrency` at a time, with `model` the served model.
     """
     from .session import SESSION
 
@@ -133,12 +140,21 @@ def generate_batch(
     generation = options_from_kwargs(options)
     budget_value = memory_budget if memory_budget is not None else os.environ.get(BUDGET_ENV)
     budget = parse_size(budget_value) if isinstance(budget_value, str) else budget_value
-    loaded = SESSION.load(SESSION.choice(model, device, dtype))
-    return run_batches(loaded, prompt_list, batch_size, generation, budget, out, progress)
+    engine = SESSION.engine(model=model, device=device, dtype=dtype, decode=decode, server=server)
+    return engine.generate_batch(
+        prompt_list,
+        generation,
+        batch_size=batch_size,
+        concurrency=concurrency,
+        memory_budget=budget,
+        out=out,
+        progress=progress,
+    )
 
 
 def run_batches(
-    loaded: LoadedModel,
+    generate_chunk: ChunkGenerator,
+    device: str,
     prompts: list[str],
     batch_size: int,
     options: GenerationOptions,
@@ -159,7 +175,7 @@ def run_batches(
         while position < len(prompts):
             chunk = prompts[position : position + size]
             try:
-                chunk_results, chunk_peak = _generate_chunk(loaded, chunk, options, budget)
+                chunk_results, chunk_peak = generate_chunk(chunk, options, budget)
             except GenerationOOM as exc:
                 back_offs.append(BackOff(position, size, str(exc)))
                 if size == 1:
@@ -171,7 +187,7 @@ def run_batches(
                 bar.set_postfix(batch_size=size)
                 continue
             peak = max(peak, chunk_peak)
-            with _interrupt_deferred():  # a finished batch is both kept and written, or neither
+            with interrupt_deferred():  # a finished batch is both kept and written, or neither
                 if writer is not None:
                     writer.write(position, chunk_results, size)
                 results.extend(chunk_results)
@@ -179,7 +195,7 @@ def run_batches(
             bar.update(len(chunk))
     except KeyboardInterrupt:
         interrupted = True
-        release_after_generation(loaded.device, None)
+        release_after_generation(device, None)
     finally:
         bar.close()
     results.report = BatchReport(
@@ -194,98 +210,6 @@ def run_batches(
         out_path=str(out) if out is not None else None,
     )
     return results
-
-
-def _generate_chunk(
-    loaded: LoadedModel, prompts: list[str], options: GenerationOptions, budget: int | None
-) -> tuple[list[Result], int]:
-    """One left-padded batch; out-of-memory is turned into GenerationOOM after freeing."""
-    import torch
-
-    tokenizer, model, device = loaded.tokenizer, loaded.model, loaded.device
-    texts = [
-        tokenizer.apply_chat_template(
-            build_messages(p, options),
-            tokenize=False,
-            add_generation_prompt=True,
-            enable_thinking=options.think,
-        )
-        for p in prompts
-    ]
-    inputs = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left").to(device)
-    prompt_lengths = [int(n) for n in inputs["attention_mask"].sum(dim=1).tolist()]
-    width = int(inputs["input_ids"].shape[1])
-    guard = MemoryGuard(model, budget)
-    kwargs = prepare_generate(tokenizer, device, options, guard)
-    memory_before_free: int | None = None
-    oom_message = None
-    started = time.perf_counter()
-    try:
-        with torch.inference_mode():
-            sequences = model.generate(**inputs, **kwargs)
-        new_rows = sequences[:, width:].tolist()
-        del sequences
-    except torch.OutOfMemoryError as exc:
-        oom_message = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
-    latency = time.perf_counter() - started
-    memory_before_free = current_memory(device)[0]
-    del inputs
-    guard.release()
-    if oom_message is not None:
-        release_after_generation(device, None)
-        raise GenerationOOM(oom_message)
-    eos = eos_ids(model, tokenizer)
-    results = []
-    for prompt, prompt_len, row in zip(prompts, prompt_lengths, new_rows, strict=True):
-        ids, stop = _until_eos(row, eos)
-        text = tokenizer.decode(ids, skip_special_tokens=True)
-        results.append(
-            completed_result(
-                loaded, prompt, options, text, prompt_len, len(ids), latency, guard, stop
-            )
-        )
-    freed = release_after_generation(device, memory_before_free)
-    if freed is not None:
-        results = [_with_freed(r, freed) for r in results]
-    return results, guard.peak_tensor_bytes
-
-
-def _with_freed(result: Result, freed: int) -> Result:
-    from dataclasses import replace
-
-    return replace(result, memory_freed_bytes=freed)
-
-
-def _until_eos(row: list[int], eos: set[int]) -> tuple[list[int], str]:
-    """A row's new tokens up to (not including) its first end-of-sequence token."""
-    for i, token in enumerate(row):
-        if token in eos:
-            return row[:i], "eos"
-    return row, "length"
-
-
-@contextlib.contextmanager
-def _interrupt_deferred() -> Iterator[None]:
-    """Hold a kernel interrupt (SIGINT) until the block has run, then deliver it.
-
-    Without this, an interrupt landing between writing a batch to the JSONL file and adding it
-    to the results would leave the file with results the notebook does not have.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
-    if not received or previous is signal.SIG_IGN:
-        return
-    if callable(previous):
-        previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
-    else:
-        raise KeyboardInterrupt
 
 
 class _JsonLines:

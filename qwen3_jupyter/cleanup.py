@@ -593,6 +593,8 @@ def find_holders(
     loaded = HOLDER.loaded
     if loaded is not None and loaded.model is not None:
         add(f"model {loaded.name}", "model", loaded.model, "%qwen3 --unload")
+    for kept, holding in _kept_holdings():
+        add(kept, "kept", holding, "kept for speed: %qwen3 --eager or --unload gives it back")
     total = live_tensor_bytes() if totals is None else totals
     known: dict[str, int] = {}
     for (device, _), size in reached.items():
@@ -612,6 +614,27 @@ def find_holders(
             )
         )
     return tuple(result)
+
+
+def _kept_holdings() -> list[tuple[str, Any]]:
+    """(name, object) for what the session's engines keep on purpose (the fast path's cache)."""
+    session = sys.modules.get(f"{__package__}.session")
+    engines = getattr(getattr(session, "SESSION", None), "engines", {})
+    found = []
+    for key, engine in list(engines.items()):
+        holdings = engine.holdings()
+        if holdings:
+            found.append((f"{engine.kind} engine ({key}) decode cache", holdings))
+    return found
+
+
+def kept_memory_text() -> tuple[str, ...]:
+    """What the session's engines keep between calls on purpose, one phrase each."""
+    session = sys.modules.get(f"{__package__}.session")
+    keeper = getattr(session, "SESSION", None)
+    if keeper is None:
+        return ()
+    return tuple(k.describe() for k in keeper.kept_memory())
 
 
 def user_variables(shell: Any) -> dict[str, Any]:
@@ -691,7 +714,12 @@ def cleanup(
         )
         gc_pass = COLLECTOR.last.describe() if COLLECTOR.last is not None else ""
         report = CleanupReport(
-            devices, actions, holders, time.perf_counter() - started, gc_pass=gc_pass
+            devices,
+            actions,
+            holders,
+            time.perf_counter() - started,
+            gc_pass=gc_pass,
+            kept=kept_memory_text(),
         )
     except Exception as exc:  # never into the user's cell
         _log.exception("qwen3_jupyter cleanup failed")

@@ -74,15 +74,25 @@ def render_answer(
 
 
 def footer(result: Result) -> str:
-    """The one-line summary printed after every call."""
+    """The one-line summary printed after every call: what answered and how (engine), tokens,
+    speed, time to first token, latency, and memory — what the call peaked at and freed, and
+    what the engine keeps on purpose."""
     pieces = [
-        f"{PREFIX} {result.model} on {result.device}",
+        f"{PREFIX} {result.model} on {result.device} ({result.engine})",
         f"{result.completion_tokens} tokens ({result.prompt_tokens} prompt)",
         f"{result.tokens_per_s:.1f} tok/s",
-        f"{result.latency_s:.2f} s",
-        f"peak {format_bytes(result.peak_memory_bytes)} {result.memory_kind}",
-        f"freed {format_bytes(result.memory_freed_bytes)}",
     ]
+    if result.time_to_first_token_s is not None:
+        pieces.append(f"first token {result.time_to_first_token_s:.2f} s")
+    pieces.append(f"{result.latency_s:.2f} s")
+    if result.peak_memory_bytes is not None:
+        pieces.append(f"peak {format_bytes(result.peak_memory_bytes)} {result.memory_kind}")
+    if result.memory_freed_bytes is not None:
+        pieces.append(f"freed {format_bytes(result.memory_freed_bytes)}")
+    elif result.memory_kind:
+        pieces.append(result.memory_kind)
+    if result.kept_memory:
+        pieces.append(result.kept_memory)
     if result.stop_reason == "interrupted":
         pieces.append("interrupted: partial answer kept")
     elif result.think and not result.thinking_finished:
@@ -135,5 +145,7 @@ class Status:
         self.show(f"{what}: {percent}%")
 
     def clear(self) -> None:
-        if self._handle is not None:
+        """Empty the line (once: clearing an empty line sends nothing)."""
+        if self._handle is not None and self._last:
+            self._last = ""
             self._handle.update(Markdown(""))

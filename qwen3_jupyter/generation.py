@@ -1,16 +1,13 @@
-"""Generate with the loaded model: prompt building, streaming, thinking split, chat history.
+"""What every engine shares: options, the Result, prompts and chat history, the thinking split,
+end-of-sequence ids, the memory budget and the out-of-memory message, the post-call release.
 
-Generation runs on the kernel's main thread so that an interrupt (Ctrl-C, the notebook's stop
-button) lands in it directly; the streamer only records tokens and, at most every
-`stream_interval` seconds, hands the decoded text to the caller.
+The engines themselves (eager, fast, remote) live in `engines/`; this module knows none of them.
 """
 
 from __future__ import annotations
 
 import gc
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from .memory import format_bytes, process_rss
@@ -57,7 +54,13 @@ class GenerationOptions:
 
 @dataclass(frozen=True)
 class Result:
-    """One call's outcome. Plain values only: it holds no tensors and keeps no memory alive."""
+    """One call's outcome. Plain values only: it holds no tensors and keeps no memory alive.
+
+    `engine`: 'eager', 'fast' or 'remote'. `token_ids`: the completion's ids as plain ints (empty
+    where the engine does not see ids, e.g. a server). `kept_memory`: what the engine keeps
+    between calls on purpose ('decode cache 448 MiB on cuda:0, kept for speed'). `error`: why a
+    batch item has no answer (None for every answered call).
+    """
 
     prompt: str
     answer: str
@@ -74,10 +77,20 @@ class Result:
     stop_reason: str
     thinking_finished: bool
     memory_freed_bytes: int | None = None
+    engine: str = "eager"
+    time_to_first_token_s: float | None = None
+    token_ids: tuple[int, ...] = ()
+    kept_memory: str = ""
+    error: str | None = None
 
     @property
     def interrupted(self) -> bool:
         return self.stop_reason == "interrupted"
+
+    @property
+    def failed(self) -> bool:
+        """A batch item that produced no answer (its error says why)."""
+        return self.error is not None
 
     @property
     def text(self) -> str:
@@ -126,6 +139,23 @@ def split_thinking(text: str, think: bool) -> tuple[str, str, bool]:
     return thinking.strip(), answer.strip(), True
 
 
+def prompt_text(
+    tokenizer: Any,
+    prompt: str,
+    options: GenerationOptions,
+    history: list[dict[str, str]] | None = None,
+) -> str:
+    """The chat-templated text of one call (Qwen3's template honours enable_thinking)."""
+    return str(
+        tokenizer.apply_chat_template(
+            build_messages(prompt, options, history),
+            tokenize=False,
+            add_generation_prompt=True,
+            enable_thinking=options.think,
+        )
+    )
+
+
 def current_memory(device: str) -> tuple[int, str]:
     """What this process holds on `device` now, and what the figure is."""
     import torch
@@ -135,230 +165,101 @@ def current_memory(device: str) -> tuple[int, str]:
     return process_rss(), "host RSS"
 
 
-class MemoryGuard:
-    """Measures what generation really holds after every step, and enforces a budget.
+def enforce_budget(used: int, budget: int | None) -> None:
+    """Raise torch.OutOfMemoryError when generation tensors exceed the memory budget.
 
-    Used as a stopping criterion (it never stops generation by itself): it sums the KV
-    cache's key/value storages, the logits and the ids, keeps the peak, samples host RSS on
-    CPU, and raises torch.OutOfMemoryError when a budget is set and exceeded — the error the
-    CUDA allocator raises, so one out-of-memory path serves a GPU and a budgeted CPU alike.
+    The same error the CUDA allocator raises, so one out-of-memory path (a one-line message for
+    a call, a smaller batch for a batch) serves a GPU and a budgeted CPU alike.
     """
-
-    def __init__(self, model: Any, budget: int | None = None) -> None:
-        from transformers import DynamicCache
-
-        self.cache: Any = DynamicCache(config=model.config)
-        self.budget = budget
-        self.peak_tensor_bytes = 0
-        self.peak_rss = process_rss()
-
-    def generate_kwargs(self) -> dict[str, Any]:
-        """Arguments that hand `generate` this guard and the cache it watches."""
-        from transformers import StoppingCriteriaList
-        from transformers.generation import utils
-
-        cache_name = (
-            "cache" if "cache" in getattr(utils, "ALL_CACHE_NAMES", ()) else ("past_key_values")
-        )
-        return {cache_name: self.cache, "stopping_criteria": StoppingCriteriaList([self])}
-
-    def tensor_bytes(self, input_ids: Any, scores: Any) -> int:
-        total = int(input_ids.nbytes) + (int(scores.nbytes) if scores is not None else 0)
-        for layer in getattr(self.cache, "layers", ()):
-            for name in ("keys", "values"):
-                tensor = getattr(layer, name, None)
-                if tensor is not None:
-                    total += int(tensor.nbytes)
-        return total
-
-    def __call__(self, input_ids: Any, scores: Any, **_: Any) -> Any:
+    if budget is not None and used > budget:
         import torch
 
-        used = self.tensor_bytes(input_ids, scores)
-        self.peak_tensor_bytes = max(self.peak_tensor_bytes, used)
-        if input_ids.device.type == "cpu":
-            self.peak_rss = max(self.peak_rss, process_rss())
-        if self.budget is not None and used > self.budget:
-            raise torch.OutOfMemoryError(
-                f"generation tensors hold {format_bytes(used)}, over the memory budget of "
-                f"{format_bytes(self.budget)}"
-            )
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-
-    def release(self) -> None:
-        """Drop the cache so its tensors can be freed."""
-        self.cache = None
-
-
-class _Streamer:
-    """transformers streamer: records generated ids, emits text periodically."""
-
-    def __init__(
-        self,
-        tokenizer: Any,
-        device: str,
-        on_text: Callable[[str], None] | None,
-        interval: float,
-    ) -> None:
-        self.tokenizer = tokenizer
-        self.device = device
-        self.on_text = on_text
-        self.interval = interval
-        self.ids: list[int] = []
-        self._prompt_seen = False
-        self._last_emit = 0.0
-        self.memory_at_end: int | None = None
-
-    def put(self, value: Any) -> None:
-        if not self._prompt_seen:
-            self._prompt_seen = True
-            return
-        self.ids.extend(int(i) for i in value.reshape(-1).tolist())
-        now = time.perf_counter()
-        if self.on_text is not None and now - self._last_emit >= self.interval:
-            self._last_emit = now
-            self.on_text(self.decode())
-
-    def end(self) -> None:
-        self.memory_at_end = current_memory(self.device)[0]
-
-    def decode(self) -> str:
-        return str(self.tokenizer.decode(self.ids, skip_special_tokens=True))
-
-
-def generate(
-    loaded: LoadedModel,
-    prompt: str,
-    options: GenerationOptions,
-    history: list[dict[str, str]] | None = None,
-    on_text: Callable[[str], None] | None = None,
-    stream_interval: float = 0.1,
-    memory_budget: int | None = None,
-) -> Result:
-    """Generate one answer, streaming text to `on_text`, then release what generation left.
-
-    An interrupt stops generation and returns the partial answer with stop_reason
-    'interrupted'. Running out of device memory releases memory and raises GenerationOOM
-    (after the failing frames are gone, so the memory can really be returned).
-    """
-    import torch
-
-    tokenizer, model, device = loaded.tokenizer, loaded.model, loaded.device
-    messages = build_messages(prompt, options, history)
-    prompt_text = tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=True, enable_thinking=options.think
-    )
-    inputs = tokenizer(prompt_text, return_tensors="pt").to(device)
-    prompt_tokens = int(inputs["input_ids"].shape[1])
-    streamer = _Streamer(tokenizer, device, on_text, stream_interval)
-    guard = MemoryGuard(model, memory_budget)
-    kwargs = prepare_generate(tokenizer, device, options, guard, streamer=streamer)
-    stop_reason = "length"
-    oom_reason: str | None = None
-    started = time.perf_counter()
-    try:
-        with torch.inference_mode():
-            model.generate(**inputs, **kwargs)
-    except KeyboardInterrupt:
-        stop_reason = "interrupted"
-    except torch.OutOfMemoryError as exc:
-        oom_reason = (str(exc).strip().splitlines() or ["out of memory"])[0][:200]
-    latency = time.perf_counter() - started
-    del inputs
-    guard.release()
-    if oom_reason is not None:
-        # Outside the except block: the failing frames (and their tensors) are gone now.
-        freed = release_after_generation(device, current_memory(device)[0])
-        hint = (
-            "raise --memory-budget or lower --max-new-tokens"
-            if memory_budget is not None and "memory budget" in oom_reason
-            else "lower --max-new-tokens, run %qwen3_clean --verbose to see what holds memory, "
-            "or use --device cpu"
+        raise torch.OutOfMemoryError(
+            f"generation tensors hold {format_bytes(used)}, over the memory budget of "
+            f"{format_bytes(budget)}"
         )
-        raise GenerationOOM(
-            f"out of memory on {device} after {len(streamer.ids)} new tokens ({oom_reason}); "
-            f"freed {format_bytes(freed)}: {hint}"
-        )
-    ids = streamer.ids
-    if stop_reason != "interrupted" and ids and ids[-1] in eos_ids(model, tokenizer):
-        stop_reason = "eos"
-    result = completed_result(
-        loaded,
-        prompt,
-        options,
-        streamer.decode(),
-        prompt_tokens,
-        len(ids),
-        latency,
-        guard,
-        stop_reason,
+
+
+def oom_reason(exc: BaseException) -> str:
+    """The first line of an out-of-memory error, short enough for a one-line message."""
+    return (str(exc).strip().splitlines() or ["out of memory"])[0][:200]
+
+
+def oom_error(
+    device: str, new_tokens: int, reason: str, budget: int | None, freed: int | None
+) -> GenerationOOM:
+    """The one-line GenerationOOM a single call ends with, with what to do about it."""
+    hint = (
+        "raise --memory-budget or lower --max-new-tokens"
+        if budget is not None and "memory budget" in reason
+        else "lower --max-new-tokens, run %qwen3_clean --verbose to see what holds memory, "
+        "or use --device cpu"
     )
-    freed = release_after_generation(device, streamer.memory_at_end)
-    return replace(result, memory_freed_bytes=freed)
+    return GenerationOOM(
+        f"out of memory on {device} after {new_tokens} new tokens ({reason}); "
+        f"freed {format_bytes(freed)}: {hint}"
+    )
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One finished completion as an engine measured it, before it becomes a Result."""
+
+    prompt: str
+    text: str
+    prompt_tokens: int
+    token_ids: tuple[int, ...]
+    latency_s: float
+    stop_reason: str
+    time_to_first_token_s: float | None = None
+    completion_tokens: int | None = None
+    """Counted by whoever knows best (a server's usage figures); default len(token_ids)."""
 
 
 def completed_result(
     loaded: LoadedModel,
-    prompt: str,
     options: GenerationOptions,
-    text: str,
-    prompt_tokens: int,
-    completion_tokens: int,
-    latency: float,
-    guard: MemoryGuard,
-    stop_reason: str,
+    completion: Completion,
+    engine: str,
+    peak_rss: int,
+    kept_memory: str = "",
 ) -> Result:
-    """The Result of one finished completion (single or one row of a batch).
+    """The Result of one finished completion (single or one row of a batch) in this kernel.
 
-    Peak memory is torch's peak allocated bytes on CUDA, else the host RSS the guard sampled.
+    Peak memory is torch's peak allocated bytes on CUDA, else the host RSS the engine sampled.
     """
     import torch
 
-    thinking, answer, finished = split_thinking(text, options.think)
+    thinking, answer, finished = split_thinking(completion.text, options.think)
     on_cuda = loaded.device.startswith("cuda")
     if on_cuda:
         peak = int(torch.cuda.max_memory_allocated(torch.device(loaded.device)))
+    tokens = (
+        completion.completion_tokens
+        if completion.completion_tokens is not None
+        else len(completion.token_ids)
+    )
+    latency = completion.latency_s
     return Result(
-        prompt=prompt,
+        prompt=completion.prompt,
         answer=answer,
         thinking=thinking,
         model=loaded.name,
         device=loaded.device,
         think=options.think,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
+        prompt_tokens=completion.prompt_tokens,
+        completion_tokens=tokens,
         latency_s=latency,
-        tokens_per_s=completion_tokens / latency if latency > 0 else 0.0,
-        peak_memory_bytes=peak if on_cuda else guard.peak_rss,
+        tokens_per_s=tokens / latency if latency > 0 else 0.0,
+        peak_memory_bytes=peak if on_cuda else peak_rss,
         memory_kind="CUDA allocated" if on_cuda else "host RSS",
-        stop_reason=stop_reason,
+        stop_reason=completion.stop_reason,
         thinking_finished=finished,
+        engine=engine,
+        time_to_first_token_s=completion.time_to_first_token_s,
+        token_ids=completion.token_ids,
+        kept_memory=kept_memory,
     )
-
-
-def prepare_generate(
-    tokenizer: Any, device: str, options: GenerationOptions, guard: MemoryGuard, **extra: Any
-) -> dict[str, Any]:
-    """`generate` keyword arguments for `options`; seeds the RNG and resets CUDA peak counters.
-
-    Shared by single and batched generation so both decode exactly alike.
-    """
-    import torch
-
-    kwargs: dict[str, Any] = dict(
-        max_new_tokens=options.max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
-        **guard.generate_kwargs(),
-        **options.sampling(),
-        **extra,
-    )
-    if options.ignore_eos:
-        kwargs["min_new_tokens"] = options.max_new_tokens
-    if options.seed is not None:
-        torch.manual_seed(options.seed)
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats(torch.device(device))
-    return kwargs
 
 
 def eos_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -368,6 +269,15 @@ def eos_ids(model: Any, tokenizer: Any) -> set[int]:
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
     return ids
+
+
+def until_eos(row: list[int], eos: set[int]) -> tuple[list[int], str]:
+    """A row's new tokens up to its first end-of-sequence token (kept, as a single call keeps
+    it), and why the row stopped; what follows is padding."""
+    for i, token in enumerate(row):
+        if token in eos:
+            return row[: i + 1], "eos"
+    return row, "length"
 
 
 def release_after_generation(device: str, memory_at_end: int | None) -> int | None:

@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from .cleanup import CleanupReport, cleanup, release_traceback_locals
+from .engines import Engine
 from .generation import GenerationOptions, Result
-from .models import LoadedModel
 from .session import SESSION
 
 _OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(GenerationOptions))
@@ -31,10 +31,10 @@ class Chat:
     `chat=True` continues the kernel's conversation (as `%qwen3 --chat`).
     """
 
-    def __init__(self, loaded: LoadedModel, defaults: dict[str, Any]) -> None:
-        self._loaded: LoadedModel | None = loaded
+    def __init__(self, engine: Engine, defaults: dict[str, Any]) -> None:
+        self._engine: Engine | None = engine
         self.defaults = dict(defaults)
-        self.model_name = loaded.name
+        self.model_name = engine.model_name
         self.report: CleanupReport | None = None
 
     def __call__(
@@ -45,18 +45,19 @@ class Chat:
         on_text: Callable[[str], None] | None = None,
         **options: Any,
     ) -> Result:
-        if self._loaded is None:
+        if self._engine is None:
             raise RuntimeError("this chat ended with its `with inference()` block; open a new one")
         _check_options(options)
         merged = GenerationOptions(**{**self.defaults, **options})
-        return SESSION.ask(self._loaded, prompt, merged, chat=chat, on_text=on_text)
+        return SESSION.ask(self._engine, prompt, merged, chat=chat, on_text=on_text)
 
     def close(self) -> None:
-        """Forget the model (the kernel keeps it loaded; this object no longer reaches it)."""
-        self._loaded = None
+        """Forget the engine (the kernel keeps the model loaded; this object no longer reaches
+        it)."""
+        self._engine = None
 
     def __repr__(self) -> str:
-        state = "open" if self._loaded is not None else "closed"
+        state = "open" if self._engine is not None else "closed"
         return f"<qwen3 chat with {self.model_name} ({state})>"
 
 
@@ -73,24 +74,27 @@ def inference(
     *,
     device: str | None = None,
     dtype: str | None = None,
+    decode: str | None = None,
+    server: str | None = None,
     verbose: bool = False,
     **options: Any,
 ) -> Iterator[Chat]:
     """A block in which `chat(prompt)` generates with `model`, cleaned up on exit.
 
     `model` None uses the model already loaded in this kernel, else the configured default
-    ($QWEN3_JUPYTER_MODEL, then Qwen/Qwen3-1.7B). On exit — normal or by an exception —
-    `cleanup()` runs (output cache, last exception, generation leftovers, cycles, allocator
-    cache) and its report is `chat.report`; the model is not unloaded. When the block raises,
+    ($QWEN3_JUPYTER_MODEL, then Qwen/Qwen3-1.7B). `decode` picks the in-kernel path ('fast',
+    'eager'; default fast on CUDA); `server` (or $QWEN3_JUPYTER_SERVER) asks an
+    OpenAI-compatible server instead, `model` then naming the served model. On exit — normal or
+    by an exception — `cleanup()` runs (output cache, last exception, generation leftovers,
+    cycles, allocator cache) and its report is `chat.report`; the model is not unloaded. When
+    the block raises,
     the finished frames of its traceback drop their locals first, so the tensors they held are
     freed now, while the exception itself still propagates with its traceback.
     """
     _check_options(options)
-    loaded = SESSION.loaded
-    if loaded is None or model is not None or device is not None or dtype is not None:
-        loaded = SESSION.load(SESSION.choice(model, device, dtype))
-    chat = Chat(loaded, options)
-    del loaded
+    engine = SESSION.engine(model=model, device=device, dtype=dtype, decode=decode, server=server)
+    chat = Chat(engine, options)
+    del engine
     try:
         yield chat
     except BaseException as exc:

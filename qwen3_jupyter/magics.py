@@ -21,7 +21,9 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Float, Unicode
 
 from . import display
-from .batching import BUDGET_ENV, parse_size, run_batches
+from .batching import BUDGET_ENV, parse_size
+from .engines import Engine, EngineError, decode_mode, server_url
+from .engines.urls import mask_url
 from .gauge import inline_gauge
 from .generation import DEFAULT_MAX_NEW_TOKENS, GenerationOOM, GenerationOptions
 from .memory import format_bytes
@@ -43,6 +45,16 @@ class Qwen3Magics(Magics):
     )
     dtype = Unicode("", help=f"dtype override: one of {', '.join(DTYPES)}.").tag(config=True)
     stream_interval = Float(0.1, help="Seconds between streamed display updates.").tag(config=True)
+    decode = Unicode(
+        "auto",
+        help="auto (fast on CUDA, eager on CPU), fast (static cache + compiled decode step), "
+        "or eager (transformers generate); else $QWEN3_JUPYTER_DECODE.",
+    ).tag(config=True)
+    server = Unicode(
+        "",
+        help="OpenAI-compatible server URL used when --server is not given "
+        "(else $QWEN3_JUPYTER_SERVER).",
+    ).tag(config=True)
 
     @magic_arguments()
     @argument(
@@ -50,6 +62,14 @@ class Qwen3Magics(Magics):
         metavar="ID_OR_PATH",
         help="Hugging Face id, local folder, or an "
         "embedded model: tiny, random:Qwen3-1.7B. Default: Qwen/Qwen3-1.7B.",
+    )
+    @argument(
+        "--server",
+        metavar="URL",
+        help="Ask an OpenAI-compatible server (vLLM, SGLang, transformers serve) instead of a "
+        "model in this kernel, e.g. http://localhost:8000/v1; --model then names the served "
+        "model (default: the server's first). API key: $QWEN3_JUPYTER_API_KEY or "
+        "$OPENAI_API_KEY.",
     )
     @argument("--device", help="cpu, cuda or cuda:N (default: cuda if present, else cpu).")
     @argument("--dtype", choices=DTYPES, help="Default: bfloat16 on CUDA, float32 on CPU.")
@@ -65,6 +85,24 @@ class Qwen3Magics(Magics):
         dest="think",
         action="store_false",
         help="Non-thinking mode (enable_thinking=False).",
+    )
+    @argument(
+        "--fast",
+        action="store_true",
+        help="Decode through a static KV cache and a compiled decode step (a CUDA graph on "
+        "GPUs) — the default on CUDA. The cache is kept between calls for speed.",
+    )
+    @argument(
+        "--eager",
+        action="store_true",
+        help="Decode with transformers' own generate (dynamic cache), and give back all the "
+        "memory the fast path keeps. Alone: just give it back.",
+    )
+    @argument(
+        "--warmup",
+        action="store_true",
+        help="Compile (and capture) the fast decode step now, so the first question does not "
+        "wait for it; with or without a prompt.",
     )
     @argument("--hide-thinking", action="store_true", help="Do not show the thinking text.")
     @argument(
@@ -105,6 +143,12 @@ class Qwen3Magics(Magics):
         type=int,
         default=4,
         help="Prompts per batch with --file (default 4); halved on out-of-memory.",
+    )
+    @argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="With --file and --server: requests in flight at once (default 4).",
     )
     @argument(
         "--out",
@@ -151,7 +195,7 @@ class Qwen3Magics(Magics):
         options, prompt = parse_line(self.qwen3, line, cell)
         try:
             self._run(options, prompt)
-        except (ModelError, GenerationOOM) as exc:
+        except (ModelError, GenerationOOM, EngineError) as exc:
             message = str(exc)
         else:
             return
@@ -163,29 +207,47 @@ class Qwen3Magics(Magics):
             SESSION.conversation.reset()
             display.info("conversation cleared")
         if args.unload:
-            report = SESSION.unload()
-            if report.name is None:
-                display.info("no model loaded: nothing to unload")
-            else:
-                proof = (
-                    "model object freed"
-                    if report.model_freed
-                    else ("model object STILL referenced elsewhere: del your own references to it")
-                )
-                display.info(
-                    f"unloaded {report.name} · {proof} · {report.memory_kind} "
-                    f"{format_bytes(report.before)} -> {format_bytes(report.after)} "
-                    f"(freed {format_bytes(report.freed)})"
-                )
-        if not prompt and not args.file:
+            _show_unload(SESSION.unload())
+        if args.eager and not prompt and not args.file:
+            _show_fast_closed(SESSION)
+        if not prompt and not args.file and not args.warmup:
             return
+        status = display.Status()
+        try:
+            engine = self._engine(args, status)
+            if args.warmup:
+                display.info(_warmup(engine, status))
+                if not prompt and not args.file:
+                    return
+            status.clear()
+            engine.status = status.show
+            options = _options(args)
+            if args.file:
+                self._run_batch(args, engine, options, status)
+            else:
+                self._ask(args, engine, prompt, options, status)
+        finally:
+            status.clear()
+            for notice in SESSION.take_notices():
+                display.info(notice)
+
+    def _engine(self, args: Namespace, status: display.Status) -> Engine:
+        """The engine this call uses, loading the model (with progress) when it must."""
+        url = server_url(args.server, self.server or None)
+        if url is not None:
+            if args.device or args.dtype or args.eager or args.fast or args.warmup:
+                raise UsageError(
+                    "--device, --dtype, --eager, --fast and --warmup apply to a model in this "
+                    "kernel, not with --server"
+                )
+            status.show(f"connecting to {mask_url(url)}…")
+            return SESSION.remote_engine(url, args.model)
         choice = SESSION.choice(
             args.model,
             args.device or self.device or None,
             args.dtype or self.dtype or None,
             self.model or None,
         )
-        status = display.Status()
         if SESSION.loaded is None or SESSION.loaded.name != choice.name:
             status.show(f"loading {choice.name} on {choice.device} ({choice.dtype})…")
         try:
@@ -196,46 +258,119 @@ class Qwen3Magics(Magics):
             raise UsageError(
                 f"interrupted while loading {choice.name}: {state}; run the cell again to load it"
             ) from None
-        finally:
-            status.clear()
-        options = GenerationOptions(
-            think=True if args.think is None else args.think,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            top_k=args.top_k,
-            max_new_tokens=args.max_new_tokens,
-            seed=args.seed,
-            system=args.system,
-            greedy=args.greedy,
-            ignore_eos=args.ignore_eos,
-        )
-        if args.file:
-            self._run_batch(args, loaded, options)
-            return
+        flag = "eager" if args.eager else "fast" if args.fast or args.warmup else None
+        return SESSION.local_engine(loaded, decode_mode(flag, self.decode or None, loaded.device))
+
+    def _ask(
+        self,
+        args: Namespace,
+        engine: Engine,
+        prompt: str,
+        options: GenerationOptions,
+        status: display.Status,
+    ) -> None:
         with inline_gauge() if args.gauge else nullcontext():
             view = display.StreamView(options.think, args.hide_thinking)
-            result = SESSION.ask(
-                loaded,
-                prompt,
-                options,
-                chat=args.chat,
-                on_text=view.update,
-                memory_budget=_budget(args),
-                stream_interval=self.stream_interval,
-            )
+            try:
+                result = SESSION.ask(
+                    engine,
+                    prompt,
+                    options,
+                    chat=args.chat,
+                    on_text=view.update,
+                    memory_budget=_budget(args),
+                    stream_interval=self.stream_interval,
+                )
+            finally:
+                engine.status = None
+                status.clear()
         view.finish(result)
         if self.shell is not None:
             self.shell.user_ns["_qwen3"] = result
         display.show_footer(result)
 
-    def _run_batch(self, args: Namespace, loaded: Any, options: GenerationOptions) -> None:
+    def _run_batch(
+        self, args: Namespace, engine: Engine, options: GenerationOptions, status: display.Status
+    ) -> None:
         prompts = read_prompts(args.file)
-        results = run_batches(
-            loaded, prompts, args.batch_size, options, _budget(args), args.out, True
-        )
+        try:
+            results = engine.generate_batch(
+                prompts,
+                options,
+                batch_size=args.batch_size,
+                concurrency=args.concurrency,
+                memory_budget=_budget(args),
+                out=args.out,
+                progress=True,
+            )
+        finally:
+            engine.status = None
+            status.clear()
         display.show_batch(results, results.report)
         if self.shell is not None:
             self.shell.user_ns["_qwen3"] = results
+
+
+def _options(args: Namespace) -> GenerationOptions:
+    return GenerationOptions(
+        think=True if args.think is None else args.think,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        system=args.system,
+        greedy=args.greedy,
+        ignore_eos=args.ignore_eos,
+    )
+
+
+def _warmup(engine: Engine, status: display.Status) -> str:
+    """Compile the fast path's decode step now, so the first question does not wait."""
+    warmup = getattr(engine, "warmup", None)
+    if warmup is None:
+        return f"--warmup: nothing to compile for the {engine.kind} engine"
+    engine.status = status.show
+    try:
+        return str(warmup())
+    finally:
+        engine.status = None
+
+
+def _show_unload(report: Any) -> None:
+    if report.name is None:
+        display.info("no model loaded: nothing to unload")
+        return
+    proof = (
+        "model object freed"
+        if report.model_freed
+        else "model object STILL referenced elsewhere: del your own references to it"
+    )
+    display.info(
+        f"unloaded {report.name} · {proof} · {report.memory_kind} "
+        f"{format_bytes(report.before)} -> {format_bytes(report.after)} "
+        f"(freed {format_bytes(report.freed)})"
+    )
+
+
+def _show_fast_closed(session: Any) -> None:
+    """`%qwen3 --eager` alone: give back what the fast path kept, and say how much."""
+    from .generation import current_memory
+
+    loaded = session.loaded
+    kept = session.kept_memory()
+    if loaded is None or not kept:
+        display.info("fast decode holds nothing now: nothing to give back")
+        return
+    before, kind = current_memory(loaded.device)
+    session.close_engine("fast")
+    after, _ = current_memory(loaded.device)
+    what = "; ".join(k.describe() for k in kept)
+    display.info(
+        f"gave back {what} · {kind} {format_bytes(before)} -> {format_bytes(after)} "
+        f"(freed {format_bytes(max(0, before - after))}); the next call without --eager "
+        "builds it again"
+    )
 
 
 def _validate(args: Namespace, prompt: str) -> None:
@@ -243,10 +378,18 @@ def _validate(args: Namespace, prompt: str) -> None:
         raise UsageError("give either a prompt or --file PROMPTS.txt, not both")
     if args.out and not args.file:
         raise UsageError("--out goes with --file PROMPTS.txt")
-    if not prompt and not args.file and not (args.reset or args.unload):
+    if (
+        not prompt
+        and not args.file
+        and not (args.reset or args.unload or args.eager or args.warmup)
+    ):
         raise UsageError("empty prompt: write %qwen3 [options] PROMPT (see %qwen3?)")
     if args.batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
+    if args.concurrency is not None and args.concurrency < 1:
+        raise UsageError("--concurrency must be >= 1")
+    if args.eager and args.fast:
+        raise UsageError("--eager and --fast exclude each other")
     if args.memory_budget:
         try:
             parse_size(args.memory_budget)
@@ -378,6 +521,12 @@ def load(ip: Any) -> None:
     ip.register_magics(Qwen3Magics(shell=ip, config=ip.config))
     ip.input_transformers_cleanup.append(protect_prompt_lines)
     lifecycle.on_unload("qwen3-magics", lambda: unload(ip))
+    lifecycle.on_unload("qwen3-engines", _close_engines)
+
+
+def _close_engines() -> None:
+    """On `%unload_ext`: the fast path's cache and the servers' connections go too."""
+    SESSION.close_engines()
 
 
 def unload(ip: Any) -> None:

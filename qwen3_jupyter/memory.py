@@ -170,6 +170,10 @@ def _format_uuid(uuid: object) -> str | None:
     return text if text.startswith(("GPU-", "MIG-")) else f"GPU-{text}"
 
 
+_NOT_MEMORY = frozenset({"FakeTensor", "FunctionalTensor"})
+"""Tensor subclasses torch.compile leaves behind that stand for shapes, not memory."""
+
+
 def live_tensor_bytes() -> dict[str, int]:
     """Bytes of the storages of all live tensors reachable by the garbage collector, per device.
 
@@ -187,7 +191,8 @@ def live_tensor_bytes() -> dict[str, int]:
         try:
             # type() rather than isinstance(): isinstance reads __class__, which wakes
             # deprecation shims (torch.distributed.reduce_op) and warns.
-            if not issubclass(type(obj), torch.Tensor) or obj.is_meta:
+            kind = type(obj)
+            if not issubclass(kind, torch.Tensor) or kind.__name__ in _NOT_MEMORY or obj.is_meta:
                 continue
             storage = obj.untyped_storage()
             device = str(obj.device)

@@ -12,7 +12,8 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .generation import Conversation, GenerationOptions, Result, generate
+from .engines import Engine, KeptMemory, decode_mode, local_engine
+from .generation import Conversation, GenerationOptions, Result
 from .models import HOLDER, LoadedModel, ModelChoice, choose_model, pick_device, pick_dtype
 
 Progress = Callable[[str, int, int], None]
@@ -40,6 +41,11 @@ class Session:
     conversation: Conversation = field(default_factory=Conversation)
     last_result: Result | None = None
     result_listeners: list[Callable[[Result], None]] = field(default_factory=list)
+    engines: dict[str, Engine] = field(default_factory=dict)
+    """The engines that hold something between calls, by key ('fast', or a server's URL);
+    the eager engine holds nothing and is made per call."""
+    notices: list[str] = field(default_factory=list)
+    """One-line notices an engine left for the next display (a fallback to eager, say)."""
 
     def add_result_listener(self, listener: Callable[[Result], None]) -> Callable[[], None]:
         """Call `listener` with every finished Result (the gauge's latency-decay signal).
@@ -81,9 +87,76 @@ class Session:
     def load(self, choice: ModelChoice, progress: Progress | None = None) -> LoadedModel:
         return HOLDER.get(choice, progress)
 
+    def engine(
+        self,
+        *,
+        model: str | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        decode: str | None = None,
+        server: str | None = None,
+        configured_model: str | None = None,
+        configured_decode: str | None = None,
+        configured_server: str | None = None,
+        progress: Progress | None = None,
+    ) -> Engine:
+        """The engine for one call: a server's when a server is named (flag, then
+        $QWEN3_JUPYTER_SERVER, then config), else this kernel's model through the fast or the
+        eager path (flag, then $QWEN3_JUPYTER_DECODE, then config; default: fast on CUDA)."""
+        from .engines import server_url
+
+        url = server_url(server, configured_server)
+        if url is not None:
+            return self.remote_engine(url, model)
+        loaded = self.load(self.choice(model, device, dtype, configured_model), progress)
+        return self.local_engine(loaded, decode_mode(decode, configured_decode, loaded.device))
+
+    def local_engine(self, loaded: LoadedModel, mode: str) -> Engine:
+        """The eager or the fast engine for `loaded`. Choosing eager gives back everything the
+        fast engine kept; the fast engine is kept (with its decode cache) across calls."""
+        engine = local_engine(loaded, mode, self.engines.get("fast"), self.notices.append)
+        if engine.kind == "fast":
+            self.engines["fast"] = engine
+        else:
+            self.close_engine("fast")
+        return engine
+
+    def remote_engine(self, url: str, model: str | None = None) -> Engine:
+        """The one engine (and connection pool) this kernel keeps per server."""
+        from .engines.remote import RemoteEngine
+
+        engine = self.engines.get(url)
+        if not isinstance(engine, RemoteEngine):
+            engine = RemoteEngine(url)
+            self.engines[url] = engine
+        return engine.with_model(model)
+
+    def close_engine(self, key: str) -> bool:
+        """Close one kept engine (its memory or connections go back); False if there was none."""
+        engine = self.engines.pop(key, None)
+        if engine is None:
+            return False
+        engine.close()
+        return True
+
+    def close_engines(self) -> list[str]:
+        """Close every kept engine; the keys of those that were open."""
+        keys = list(self.engines)
+        for key in keys:
+            self.close_engine(key)
+        return keys
+
+    def kept_memory(self) -> tuple[KeptMemory, ...]:
+        """What the kept engines hold on purpose between calls."""
+        return tuple(k for e in list(self.engines.values()) for k in e.kept_memory())
+
+    def take_notices(self) -> list[str]:
+        notices, self.notices[:] = list(self.notices), []
+        return notices
+
     def ask(
         self,
-        loaded: LoadedModel,
+        engine: Engine,
         prompt: str,
         options: GenerationOptions,
         chat: bool = False,
@@ -93,8 +166,7 @@ class Session:
     ) -> Result:
         """One generation; with `chat`, the prompt and answer join the conversation."""
         history = self.conversation.messages if chat else None
-        result = generate(
-            loaded,
+        result = engine.generate(
             prompt,
             options,
             history=history,
@@ -114,17 +186,20 @@ class Session:
         return result
 
     def unload(self) -> UnloadReport:
-        """Free the model and measure it: weakref to the model object and memory before/after."""
+        """Close every engine, free the model, and measure it: a weakref to the model object,
+        memory before (model and kept decode cache) and after."""
         from .generation import current_memory
 
         loaded = HOLDER.loaded
         if loaded is None:
+            self.close_engines()
             return UnloadReport(None, "", 0, 0, model_freed=True)
         device, name = loaded.device, loaded.name
         ref = weakref.ref(loaded.model)
         del loaded
         gc.collect()
         before, kind = current_memory(device)
+        self.close_engines()
         HOLDER.unload()
         after, _ = current_memory(device)
         return UnloadReport(name, kind, before, after, model_freed=ref() is None)

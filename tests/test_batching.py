@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from qwen3_jupyter.batching import generate_batch, parse_size
-from qwen3_jupyter.generation import GenerationOOM, GenerationOptions, generate
+from qwen3_jupyter.engines.eager import EagerEngine
+from qwen3_jupyter.generation import GenerationOOM, GenerationOptions
 from qwen3_jupyter.session import SESSION
 from tests.kernel import Kernel
 
@@ -22,7 +23,7 @@ GREEDY = {"greedy": True, "think": False, "max_new_tokens": 12, "ignore_eos": Tr
 def one_by_one(model_cache: Path) -> list[str]:
     loaded = SESSION.load(SESSION.choice("tiny"))
     options = GenerationOptions(**GREEDY)  # type: ignore[arg-type]
-    return [generate(loaded, p, options).answer for p in PROMPTS]
+    return [EagerEngine(loaded).generate(p, options).answer for p in PROMPTS]
 
 
 def test_order_and_outputs_match_one_by_one(one_by_one: list[str]) -> None:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from qwen3_jupyter.generation import GenerationOptions, build_messages, generate, split_thinking
+from qwen3_jupyter.engines.eager import EagerEngine
+from qwen3_jupyter.generation import GenerationOptions, build_messages, split_thinking
 
 
 @pytest.mark.parametrize(
@@ -56,10 +57,18 @@ def test_generate_is_deterministic_for_a_seed_and_frees_tensors(model_cache: Pat
     holder = ModelHolder()
     loaded = holder.get(ModelChoice("tiny", "cpu", "float32"))
     options = GenerationOptions(think=False, max_new_tokens=12, seed=11, ignore_eos=True)
-    first = generate(loaded, "Hi", options)
-    second = generate(loaded, "Hi", options)
+    engine = EagerEngine(loaded)
+    first = engine.generate("Hi", options)
+    second = engine.generate("Hi", options)
     assert first.answer == second.answer and first.completion_tokens == 12
+    assert first.token_ids == second.token_ids and len(first.token_ids) == 12
+    assert all(isinstance(t, int) for t in first.token_ids)
+    assert first.time_to_first_token_s is not None and first.time_to_first_token_s > 0
     assert first.stop_reason == "length"
     values = dataclasses.asdict(first).values()
-    assert all(isinstance(v, (str, int, float, bool, type(None))) for v in values)
+    plain = (str, int, float, bool, type(None))
+    assert all(
+        isinstance(v, plain) or (isinstance(v, tuple) and all(isinstance(i, int) for i in v))
+        for v in values
+    )
     assert holder.unload()

@@ -1,0 +1,80 @@
+"""Engines: what generates. The magics, batching, `inference()` and the cleanup see only `Engine`.
+
+- `eager`: transformers `generate` with a dynamic cache (nothing kept between calls).
+- `fast`: a static KV cache and a compiled decode step, replayed as a CUDA graph on GPUs; the
+  cache and graphs are kept between calls on purpose, and say so.
+- `remote`: an OpenAI-compatible server (vLLM, SGLang, `transformers serve`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .base import Engine, EngineError, KeptMemory, describe_kept
+
+if TYPE_CHECKING:
+    from ..models import LoadedModel
+
+__all__ = [
+    "DECODE_ENV",
+    "DECODE_MODES",
+    "SERVER_ENV",
+    "Engine",
+    "EngineError",
+    "KeptMemory",
+    "decode_mode",
+    "describe_kept",
+    "local_engine",
+    "server_url",
+]
+
+DECODE_ENV = "QWEN3_JUPYTER_DECODE"
+DECODE_MODES = ("auto", "fast", "eager")
+SERVER_ENV = "QWEN3_JUPYTER_SERVER"
+
+
+def decode_mode(flag: str | None, configured: str | None, device: str) -> str:
+    """'fast' or 'eager': the flag, then $QWEN3_JUPYTER_DECODE, then the config option;
+    'auto' (the default) is fast on CUDA and eager on the CPU, where compiling buys little."""
+    wanted = (flag or os.environ.get(DECODE_ENV) or configured or "auto").strip().lower()
+    if wanted not in DECODE_MODES:
+        raise EngineError(f"decode mode {wanted!r} is not one of {', '.join(DECODE_MODES)}")
+    if wanted == "auto":
+        return "fast" if device.startswith("cuda") else "eager"
+    return wanted
+
+
+def server_url(flag: str | None, configured: str | None = None) -> str | None:
+    """The server to call, if any: the flag, then $QWEN3_JUPYTER_SERVER, then the config."""
+    for candidate in (flag, os.environ.get(SERVER_ENV), configured):
+        if candidate and candidate.strip():
+            return candidate.strip()
+    return None
+
+
+def local_engine(
+    loaded: LoadedModel,
+    mode: str,
+    kept: Engine | None,
+    notify: Callable[[str], None],
+) -> Engine:
+    """The engine for `loaded` in `mode`: the kept fast engine when it serves this model, a new
+    one otherwise, or the eager one. A model the fast path does not implement is served eagerly,
+    with a one-line notice."""
+    from .eager import EagerEngine
+
+    if mode == "fast":
+        from .fast import FastEngine
+        from .qwen3_step import UnsupportedModel
+
+        if isinstance(kept, FastEngine) and kept.loaded is loaded:
+            return kept
+        if kept is not None:
+            kept.close()
+        try:
+            return FastEngine(loaded, notify=notify)
+        except UnsupportedModel as exc:
+            notify(f"fast decode unavailable ({exc}); decoding eagerly")
+    return EagerEngine(loaded)

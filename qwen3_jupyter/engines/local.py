@@ -1,0 +1,65 @@
+"""What the two in-kernel engines (eager and fast) share: the loaded model and batching.
+
+Both batch through `batching.run_batches` (left-padded chunks, out-of-memory back-off, JSON
+lines as chunks finish, interrupt-safe); they differ only in how one chunk is decoded.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from .base import Engine
+
+if TYPE_CHECKING:
+    from ..batching import BatchResults
+    from ..generation import GenerationOptions, Result
+    from ..models import LoadedModel
+
+
+class LocalEngine(Engine):
+    """An engine that decodes with the model loaded in this kernel."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+
+    @property
+    def model_name(self) -> str:
+        return self.loaded.name
+
+    @property
+    def device(self) -> str:
+        return self.loaded.device
+
+    @abstractmethod
+    def generate_chunk(
+        self, prompts: list[str], options: GenerationOptions, budget: int | None
+    ) -> tuple[list[Result], int]:
+        """One left-padded batch: its Results and the peak generation tensor bytes it held.
+        Out of memory raises GenerationOOM after the memory was released."""
+
+    def generate_batch(
+        self,
+        prompts: Sequence[str],
+        options: GenerationOptions,
+        *,
+        batch_size: int = 4,
+        concurrency: int | None = None,
+        memory_budget: int | None = None,
+        out: str | os.PathLike[str] | None = None,
+        progress: bool = True,
+    ) -> BatchResults:
+        from ..batching import run_batches
+
+        return run_batches(
+            self.generate_chunk,
+            self.device,
+            list(prompts),
+            batch_size,
+            options,
+            memory_budget,
+            out,
+            progress,
+        )

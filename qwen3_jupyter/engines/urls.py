@@ -1,0 +1,97 @@
+"""Server addresses as users write them, and as messages may show them (never a credential).
+
+Users paste `http://host:8000`, `http://host:8000/v1`, `.../v1/chat/completions`, or a URL with
+`user:key@` in it. `api_base` turns each into the base URL an OpenAI client wants; `mask_url`
+and `redact` make sure no message, log line or file ever shows a credential.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from urllib.parse import urlsplit, urlunsplit
+
+from .base import EngineError
+
+_ENDPOINT_SUFFIXES = ("/chat/completions", "/completions", "/models")
+REDACTED = "***"
+
+
+def mask_url(url: str) -> str:
+    """`url` with any user name or password replaced by '***' (for every message and log)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid URL>"
+    if parts.username is None and parts.password is None:
+        return url
+    return urlunsplit(
+        (parts.scheme, f"{REDACTED}@{_host(parts)}", parts.path, parts.query, parts.fragment)
+    )
+
+
+def _host(parts: object) -> str:
+    hostname = getattr(parts, "hostname", None) or ""
+    if ":" in hostname:  # an IPv6 literal needs its brackets back
+        hostname = f"[{hostname}]"
+    port = getattr(parts, "port", None)
+    return f"{hostname}:{port}" if port is not None else hostname
+
+
+def api_base(url: str) -> str:
+    """The OpenAI base URL for what the user wrote: no credentials, no trailing slash, `/v1`
+    added when the path is empty (vLLM, SGLang and `transformers serve` all answer under /v1),
+    and a pasted endpoint (`/v1/chat/completions`) cut back to its base.
+
+    A URL that is not http(s)://host[:port][/path] raises a one-line EngineError.
+    """
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise EngineError(
+            f"--server {mask_url(url)!r} is not a URL: write e.g. http://localhost:8000/v1"
+        ) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise EngineError(
+            f"--server {mask_url(url)!r} is not an http(s) URL: write e.g. http://localhost:8000/v1"
+        )
+    path = parts.path.rstrip("/")
+    for suffix in _ENDPOINT_SUFFIXES:
+        if path.endswith(suffix):
+            path = path[: -len(suffix)].rstrip("/")
+            break
+    if not path:
+        path = "/v1"
+    return urlunsplit((parts.scheme, _host(parts), path, parts.query, ""))
+
+
+def server_root(base: str) -> str:
+    """Where the server's own endpoints (`/metrics`, `/health`) live: the base without `/v1`."""
+    parts = urlsplit(base)
+    path = parts.path.rstrip("/")
+    if path.endswith("/v1"):
+        path = path[: -len("/v1")]
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def url_password(url: str) -> str | None:
+    """The password (or lone user name) written in the URL, if any: `http://:KEY@host` and
+    `http://KEY@host` carry an API key the way some notebooks share endpoints."""
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return None
+    return parts.password or parts.username or None
+
+
+def redact(text: str, secrets: Iterable[str | None]) -> str:
+    """`text` with every secret (an API key, a URL password) replaced by '***'.
+
+    For text that comes from outside (a server's error message may echo the key it rejected)
+    before it reaches a message, a Result or a file. Secrets shorter than 4 characters are
+    left alone: replacing every 'a' would make messages unreadable and protect nothing.
+    """
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, REDACTED)
+    return text

@@ -1,0 +1,373 @@
+"""engines/fast.py and qwen3_step.py: the static-cache, compiled decode path, on the CPU.
+
+The same code runs here as on a GPU, minus the CUDA graph: a static KV cache, the decode step
+compiled by torch.compile (inductor's CPU backend), greedy tokens compared with transformers'
+own `generate` token for token. The embedded `tiny` model's random weights collapse into one
+repeated token, which would make "identical tokens" a weak check, so these tests scale its
+weights up (the same weights for both paths) until every answer is a varied sequence.
+
+GPU-only checks (CUDA graph capture, bf16 on the full-size model, NVML) are marked `gpu` at the
+bottom and skip without CUDA.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qwen3_jupyter.engines import decode_mode
+from qwen3_jupyter.engines.eager import EagerEngine
+from qwen3_jupyter.engines.fast import (
+    FastEngine,
+    batch_bucket,
+    cache_bucket,
+    compiles_so_far,
+    sample_width,
+)
+from qwen3_jupyter.generation import GenerationOOM, GenerationOptions
+from qwen3_jupyter.models import LoadedModel, ModelChoice, ModelHolder
+from tests.kernel import Kernel, ok
+
+GREEDY = GenerationOptions(greedy=True, think=False, max_new_tokens=24, ignore_eos=True)
+PERTURB = """
+import torch
+_g = torch.Generator().manual_seed(0)
+with torch.no_grad():
+    for _p in {model}.parameters():
+        if _p.dim() > 1:
+            _p.copy_(torch.randn(_p.shape, generator=_g) * 0.3)
+"""
+
+
+def perturb(model: Any) -> None:
+    """Scale the tiny model's weights up so greedy answers are varied sequences."""
+    exec(PERTURB.format(model="model"), {"model": model})
+
+
+@pytest.fixture(scope="module")
+def loaded(model_cache: Path) -> Iterator[LoadedModel]:
+    holder = ModelHolder()
+    model = holder.get(ModelChoice("tiny", "cpu", "float32"))
+    perturb(model.model)
+    yield model
+    holder.unload()
+
+
+@pytest.fixture(scope="module")
+def fast(loaded: LoadedModel) -> Iterator[FastEngine]:
+    notices: list[str] = []
+    engine = FastEngine(loaded, notify=notices.append)
+    engine.notices = notices  # type: ignore[attr-defined]
+    yield engine
+    engine.close()
+
+
+# ----------------------------------------------------------------------------- shapes
+
+
+def test_buckets_round_up_so_prompt_lengths_share_shapes() -> None:
+    assert [batch_bucket(n) for n in (1, 2, 3, 5, 16, 17)] == [1, 2, 4, 8, 16, 32]
+    assert cache_bucket(10) == cache_bucket(2_500) == 4096
+    assert cache_bucket(4097) == 8192
+    assert cache_bucket(100, minimum=1000) == 1024
+    assert sample_width(GenerationOptions(greedy=True), 151_936) == 0
+    assert sample_width(GenerationOptions(), 151_936) == 64  # Qwen3's top-k 20 fits
+    assert sample_width(GenerationOptions(top_k=100), 151_936) == 128
+
+
+def test_decode_mode_is_fast_on_cuda_only_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("QWEN3_JUPYTER_DECODE", raising=False)
+    assert decode_mode(None, None, "cuda") == "fast"
+    assert decode_mode(None, None, "cpu") == "eager"
+    assert decode_mode("eager", None, "cuda") == "eager"
+    assert decode_mode(None, "fast", "cpu") == "fast"
+    monkeypatch.setenv("QWEN3_JUPYTER_DECODE", "eager")
+    assert decode_mode(None, "fast", "cuda") == "eager"
+    from qwen3_jupyter.engines import EngineError
+
+    with pytest.raises(EngineError, match="not one of auto, fast, eager"):
+        decode_mode("quick", None, "cpu")
+
+
+# ----------------------------------------------------------------------------- same tokens
+
+
+PROMPTS = ["Hello", "Why is the sky blue? " * 3, "Tell me a long story about a kernel. " * 25]
+
+
+def test_greedy_tokens_are_identical_to_generate(fast: FastEngine, loaded: LoadedModel) -> None:
+    eager = EagerEngine(loaded)
+    for prompt in PROMPTS:
+        reference = eager.generate(prompt, GREEDY)
+        result = fast.generate(prompt, GREEDY)
+        assert len(set(reference.token_ids)) > 5, "control: the answer is a varied sequence"
+        assert result.token_ids == reference.token_ids, prompt[:40]
+        assert result.engine == "fast" and result.completion_tokens == 24
+        assert "decode cache (1×4096)" in result.kept_memory
+    assert fast.compile, "the step compiled on this CPU (else the fallback would be tested)"
+    assert fast.compiles >= 1
+
+
+def test_greedy_batches_match_generate_and_single_calls(
+    fast: FastEngine, loaded: LoadedModel
+) -> None:
+    options = GenerationOptions(greedy=True, think=False, max_new_tokens=12)
+    prompts = ["a", "bb bb", "ccc ccc ccc"]  # 3 rows: the 4-row shape with a repeated row
+    batch = fast.generate_batch(prompts, options, batch_size=4, progress=False)
+    eager_batch = EagerEngine(loaded).generate_batch(prompts, options, batch_size=4, progress=False)
+    singles = [EagerEngine(loaded).generate(p, options) for p in prompts]
+    assert [r.prompt for r in batch] == prompts
+    assert [r.token_ids for r in batch] == [r.token_ids for r in eager_batch]
+    assert [r.token_ids for r in batch] == [r.token_ids for r in singles]
+    assert [k.label for k in fast.kept_memory()] == ["decode cache (1×4096)"], (
+        "after a batch only the batch-1 cache is kept"
+    )
+
+
+def test_end_of_sequence_stops_a_row_like_generate(fast: FastEngine, loaded: LoadedModel) -> None:
+    """Without --ignore-eos both paths stop at the same end-of-sequence token (or not at all)."""
+    options = GenerationOptions(greedy=True, think=False, max_new_tokens=40)
+    for prompt in PROMPTS[:2]:
+        reference = EagerEngine(loaded).generate(prompt, options)
+        result = fast.generate(prompt, options)
+        assert result.token_ids == reference.token_ids
+        assert result.stop_reason == reference.stop_reason
+
+
+def test_a_seed_gives_the_same_sampled_answer(fast: FastEngine) -> None:
+    options = GenerationOptions(think=True, max_new_tokens=16, seed=3, ignore_eos=True)
+    first, second = fast.generate("Hi", options), fast.generate("Hi", options)
+    other = fast.generate("Hi", GenerationOptions(think=True, max_new_tokens=16, seed=4))
+    assert first.token_ids == second.token_ids
+    assert other.token_ids != first.token_ids, "control: another seed samples otherwise"
+
+
+def test_top_k_one_samples_the_greedy_token(fast: FastEngine) -> None:
+    """Sampling restricted to the best candidate is greedy: checks the sampler's top-k mask."""
+    sampled = fast.generate(
+        "Hello", GenerationOptions(think=False, max_new_tokens=24, top_k=1, ignore_eos=True)
+    )
+    assert sampled.token_ids == fast.generate("Hello", GREEDY).token_ids
+
+
+def test_uncompiled_static_path_gives_the_same_tokens(
+    loaded: LoadedModel, fast: FastEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QWEN3_JUPYTER_COMPILE", "0")
+    plain = FastEngine(loaded)
+    assert not plain.compile
+    try:
+        assert plain.generate(PROMPTS[1], GREEDY).token_ids == fast.generate(
+            PROMPTS[1], GREEDY
+        ).token_ids
+        assert plain.compiles == 0
+    finally:
+        plain.close()
+
+
+# ----------------------------------------------------------------------------- shapes, memory
+
+
+def test_no_recompile_across_prompt_lengths(fast: FastEngine, loaded: LoadedModel) -> None:
+    tokenizer = loaded.tokenizer
+    options = GenerationOptions(greedy=True, think=False, max_new_tokens=4, ignore_eos=True)
+    fast.generate("warm", options)  # the shape exists (compiled by earlier tests or now)
+    before_engine, before_process = fast.compiles, compiles_so_far()
+    lengths = []
+    for words in (5, 40, 180, 900, 1_900):
+        result = fast.generate("word " * words, options)
+        lengths.append(result.prompt_tokens)
+        assert result.completion_tokens == 4
+    assert lengths[0] <= 20 and lengths[-1] >= 1_900, lengths
+    assert tokenizer is not None
+    assert fast.compiles == before_engine, "a new prompt length compiled the step again"
+    assert compiles_so_far() == before_process
+
+
+def test_memory_budget_is_an_out_of_memory_error_and_batches_back_off(
+    fast: FastEngine, loaded: LoadedModel
+) -> None:
+    options = GenerationOptions(greedy=True, think=False, max_new_tokens=8, ignore_eos=True)
+    with pytest.raises(GenerationOOM, match="over the memory budget"):
+        fast.generate("hi", options, memory_budget=1000)
+    one_row = fast._estimate(1, 4096, 151_936)
+    two_rows = fast._estimate(2, 4096, 151_936)
+    results = fast.generate_batch(
+        ["a", "b", "c", "d"],
+        options,
+        batch_size=4,
+        memory_budget=(one_row + two_rows) // 2,
+        progress=False,
+    )
+    assert [b.batch_size for b in results.report.back_offs] == [4, 2]
+    assert results.report.held_batch_size == 1
+    assert [r.token_ids for r in results] == [
+        EagerEngine(loaded).generate(p, options).token_ids for p in "abcd"
+    ]
+
+
+def test_kept_memory_is_the_cache_and_close_gives_it_back(loaded: LoadedModel) -> None:
+    from qwen3_jupyter.memory import live_tensor_bytes
+
+    engine = FastEngine(loaded)
+    before = live_tensor_bytes().get("cpu", 0)
+    engine.generate("hi", GenerationOptions(greedy=True, think=False, max_new_tokens=4))
+    (kept,) = engine.kept_memory()
+    held = live_tensor_bytes().get("cpu", 0) - before
+    assert kept.nbytes == engine._estimate(1, 4096, 0)  # layers × K/V × 4096 tokens
+    assert kept.nbytes <= held <= kept.nbytes + 2 * 2**20  # + small per-shape buffers
+    engine.close()
+    assert engine.kept_memory() == ()
+    assert live_tensor_bytes().get("cpu", 0) - before <= 0
+
+
+# ----------------------------------------------------------------------------- real kernel
+
+LIVE_BYTES = "qwen3_jupyter.memory.live_tensor_bytes().get('cpu', 0)"
+
+
+@pytest.fixture(scope="module")
+def fk(kernel_env: dict[str, str]) -> Iterator[Kernel]:
+    """A kernel whose model is the weight-scaled tiny, decoding through --fast."""
+    kernel = Kernel({**kernel_env, "QWEN3_JUPYTER_DECODE": "fast"})
+    try:
+        ok(kernel, "%load_ext qwen3_jupyter")
+        ok(kernel, "import qwen3_jupyter, weakref\nfrom qwen3_jupyter.session import SESSION")
+        ok(kernel, "%qwen3 --eager --greedy --max-new-tokens 2 load")
+        ok(kernel, PERTURB.format(model="SESSION.loaded.model"))
+        yield kernel
+    finally:
+        kernel.shutdown()
+
+
+def test_first_fast_call_says_it_compiles_then_streams(fk: Kernel) -> None:
+    ex = ok(fk, "%qwen3 --greedy --no-think --ignore-eos --max-new-tokens 30 Hello there")
+    shown = " ".join(ex.texts())
+    assert "compiling the decode step for batch 1 × cache 4096" in shown
+    assert "the decode step for batch 1 × cache 4096 in" in ex.stdout  # the time it took
+    assert "(fast)" in ex.stdout and "first token" in ex.stdout
+    assert "decode cache (1×4096) 2.0 MiB on cpu, kept for speed" in ex.stdout
+    assert fk.value("(_qwen3.engine, len(_qwen3.token_ids))") == ("fast", 30)
+    assert fk.value("len(Out)") == 0
+
+
+def test_fast_and_eager_give_the_same_tokens_in_a_kernel(fk: Kernel) -> None:
+    cell = "%qwen3 {flag} --greedy --no-think --ignore-eos --max-new-tokens 30 Why is it so?"
+    ok(fk, cell.format(flag="--fast"))
+    fast = fk.value("_qwen3.token_ids")
+    ok(fk, cell.format(flag="--eager"))
+    assert fk.value("_qwen3.engine") == "eager"
+    assert fk.value("_qwen3.token_ids") == fast
+    assert len(set(fast)) > 5
+
+
+def test_ten_calls_retain_nothing_beyond_the_decode_cache(fk: Kernel) -> None:
+    cell = "%qwen3 --greedy --no-think --ignore-eos --max-new-tokens 16 Count to ten"
+    ok(fk, cell)
+    after_first = fk.value(LIVE_BYTES)
+    kept = fk.value("sum(k.nbytes for k in SESSION.kept_memory())")
+    assert kept == 2 * 2**20
+    figures = []
+    for _ in range(10):
+        ok(fk, cell)
+        figures.append(fk.value(LIVE_BYTES))
+    assert figures == [after_first] * 10
+
+
+def test_clean_verbose_names_the_decode_cache(fk: Kernel) -> None:
+    ok(fk, "%qwen3 --greedy --no-think --max-new-tokens 4 hi")
+    ex = ok(fk, "%qwen3_clean --verbose")
+    assert "kept on purpose: decode cache (1×4096) 2.0 MiB on cpu, kept for speed" in ex.stdout
+    assert "fast engine (fast) decode cache: " in ex.stdout
+    assert "kept for speed: %qwen3 --eager or --unload gives it back" in ex.stdout
+    assert "not reachable from a name" not in ex.stdout
+
+
+def test_interrupt_mid_decode_keeps_the_partial_answer_and_the_cache(fk: Kernel) -> None:
+    cell = "%qwen3 --greedy --no-think --ignore-eos --max-new-tokens {n} Talk about kernels"
+    ok(fk, cell.format(n=20))
+    reference = fk.value("_qwen3.token_ids")
+    msg_id = fk.start(cell.format(n=3_500))
+    deadline, updates = time.monotonic() + 60, 0
+    while time.monotonic() < deadline and updates < 2:
+        msg = fk.kc.get_iopub_msg(timeout=60)
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == (
+            "update_display_data"
+        ):
+            updates += 1
+    interrupted_at = time.monotonic()
+    fk.interrupt()
+    ex = fk.collect(msg_id, timeout=30)
+    assert time.monotonic() - interrupted_at < 5, "interrupt was not prompt"
+    assert ex.status == "ok" and "interrupted: partial answer kept" in ex.stdout
+    stop, tokens = fk.value("(_qwen3.stop_reason, _qwen3.completion_tokens)")
+    assert stop == "interrupted" and 0 < tokens < 3_500
+    assert fk.value("_qwen3.token_ids[:20]") == reference
+    ok(fk, cell.format(n=20))
+    assert fk.value("_qwen3.token_ids") == reference, "the cache is usable after an interrupt"
+
+
+def test_eager_alone_gives_the_decode_cache_back(fk: Kernel) -> None:
+    ok(fk, "%qwen3 --greedy --no-think --max-new-tokens 4 hi")
+    before = fk.value(LIVE_BYTES)
+    ex = ok(fk, "%qwen3 --eager")
+    assert "gave back decode cache (1×4096) 2.0 MiB on cpu, kept for speed" in ex.stdout
+    assert fk.value("SESSION.kept_memory()") == ()
+    assert before - fk.value(LIVE_BYTES) >= 2 * 2**20
+    assert "nothing to give back" in ok(fk, "%qwen3 --eager").stdout
+
+
+def test_warmup_compiles_ahead_so_the_next_call_compiles_nothing(fk: Kernel) -> None:
+    ex = ok(fk, "%qwen3 --warmup")
+    assert "fast decode ready for batch × cache 1×4096" in ex.stdout
+    ok(fk, "compiled = SESSION.engines['fast'].compiles")
+    ex = ok(fk, "%qwen3 --max-new-tokens 4 --seed 1 sampled now")
+    assert "compiled the decode step" not in ex.stdout
+    assert fk.value("SESSION.engines['fast'].compiles == compiled")
+
+
+def test_unload_frees_the_model_and_the_cache(fk: Kernel) -> None:
+    ok(fk, "%qwen3 --greedy --no-think --max-new-tokens 4 hi")
+    ok(fk, "ref = weakref.ref(SESSION.loaded.model)")
+    ex = ok(fk, "%qwen3 --unload")
+    assert "model object freed" in ex.stdout
+    assert fk.value("ref() is None and SESSION.kept_memory() == () and not SESSION.engines")
+
+
+def test_a_failing_compiler_falls_back_with_one_line(
+    kernel_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A real compile failure: inductor's C++ compiler is missing and nothing is cached."""
+    kernel = Kernel({**kernel_env, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "empty-cache")})
+    try:
+        ok(kernel, "%load_ext qwen3_jupyter")
+        ok(kernel, "import torch._inductor.config as c; c.cpp.cxx = ('/nonexistent/c++',)")
+        ex = kernel.run("%qwen3 --fast --greedy --no-think --ignore-eos --max-new-tokens 6 hi")
+        assert ex.status == "ok", ex.error
+        assert "compiling the decode step failed" in ex.stdout
+        assert "decoding with the static cache, uncompiled" in ex.stdout
+        lines = [line for line in ex.stdout.splitlines() if "failed" in line]
+        assert len(lines) == 1 and len(lines[0]) < 400
+        assert kernel.value("(_qwen3.engine, _qwen3.completion_tokens)") == ("fast", 6)
+        assert "Traceback" not in ex.stdout + ex.stderr
+    finally:
+        kernel.shutdown()
+
+
+def test_the_next_kernel_loads_the_compiled_step_from_disk(
+    fk: Kernel, kernel_env: dict[str, str]
+) -> None:
+    """The module's kernel compiled batch 1 × 4096 (greedy) into the shared cache folder."""
+    kernel = Kernel(kernel_env)
+    try:
+        ok(kernel, "%load_ext qwen3_jupyter")
+        ex = ok(kernel, "%qwen3 --fast --greedy --no-think --max-new-tokens 3 hi")
+        assert "loaded the compiled decode step from the cache" in ex.stdout
+        ok(kernel, "from qwen3_jupyter.engines.fast import compile_cache_hits")
+        assert kernel.value("compile_cache_hits() > 0")
+    finally:
+        kernel.shutdown()
