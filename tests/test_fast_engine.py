@@ -161,9 +161,10 @@ def test_uncompiled_static_path_gives_the_same_tokens(
     plain = FastEngine(loaded)
     assert not plain.compile
     try:
-        assert plain.generate(PROMPTS[1], GREEDY).token_ids == fast.generate(
-            PROMPTS[1], GREEDY
-        ).token_ids
+        assert (
+            plain.generate(PROMPTS[1], GREEDY).token_ids
+            == fast.generate(PROMPTS[1], GREEDY).token_ids
+        )
         assert plain.compiles == 0
     finally:
         plain.close()
@@ -371,3 +372,148 @@ def test_the_next_kernel_loads_the_compiled_step_from_disk(
         assert kernel.value("compile_cache_hits() > 0")
     finally:
         kernel.shutdown()
+
+
+def test_an_unexpected_fast_path_failure_decodes_eagerly_with_one_line(
+    loaded: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever breaks inside the fast path (a transformers release it does not fit), the call
+    still answers — eagerly — and says so once; the fast path's memory is given back."""
+    notices: list[str] = []
+    engine = FastEngine(loaded, notify=notices.append)
+
+    def broken_prefill(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("DynamicCache has no per-layer keys\nsecond line")
+
+    monkeypatch.setattr(engine, "_prefill", broken_prefill)
+    first = engine.generate("Hello", GREEDY)
+    second = engine.generate("Hello", GREEDY)
+    assert first.engine == second.engine == "eager"
+    assert first.token_ids == EagerEngine(loaded).generate("Hello", GREEDY).token_ids
+    assert len(notices) == 1 and "\n" not in notices[0]
+    assert notices[0].startswith("fast decode failed (RuntimeError: DynamicCache has no")
+    assert engine.kept_memory() == ()
+
+
+# ----------------------------------------------------------------------------- divergence
+
+
+def test_divergence_helpers_tell_a_near_tie_from_a_clear_winner() -> None:
+    from tests.divergence import bf16_ulp, first_divergence, near_tie
+
+    assert first_divergence([1, 2, 3], [1, 2, 3]) is None
+    assert first_divergence([1, 2, 3], [1, 5, 3]) == 1
+    assert first_divergence([1, 2], [1, 2, 3]) == 2
+    assert bf16_ulp(1.0) == 2**-7 and bf16_ulp(12.0) == 2**-4
+    tie, message = near_tie([0.1, 12.0, 12.0625, -3.0], 2, 1)
+    assert tie and "1.0 bf16 steps" in message
+    clear, _ = near_tie([0.1, 12.0, 13.0, -3.0], 2, 1)
+    assert not clear, "16 bf16 steps apart is a real difference"
+    third, _ = near_tie([12.1, 12.0, 12.0625, -3.0], 2, 1)
+    assert not third, "two close candidates behind a better one are not the tie that was decoded"
+
+
+# ----------------------------------------------------------------------------- GPU
+
+
+def _cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+gpu = pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def full_size(model_cache: Path) -> Iterator[LoadedModel]:
+    """random:Qwen3-1.7B in bf16 on the GPU (the shape the issue's figures are for)."""
+    holder = ModelHolder()
+    yield holder.get(ModelChoice("random:Qwen3-1.7B", "cuda", "bfloat16"))
+    holder.unload()
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_tiny_float32_greedy_tokens_are_identical(model_cache: Path) -> None:
+    holder = ModelHolder()
+    model = holder.get(ModelChoice("tiny", "cuda", "float32"))
+    perturb(model.model)
+    engine = FastEngine(model)
+    try:
+        for prompt in PROMPTS:
+            expected = EagerEngine(model).generate(prompt, GREEDY).token_ids
+            assert engine.generate(prompt, GREEDY).token_ids == expected
+        assert engine.states[(1, 4096)].graphs, "the step was captured as a CUDA graph"
+    finally:
+        engine.close()
+        holder.unload()
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_full_size_first_divergence_is_a_near_tie(full_size: LoadedModel) -> None:
+    """bf16 makes exact equality impossible to promise: where the fast path's greedy tokens
+    first differ from generate's, the two candidates must have been within a few bf16 steps of
+    each other in generate's own logits (and the two best) — else it is a bug, not rounding."""
+    import torch
+
+    from tests.divergence import first_divergence, near_tie
+
+    options = GenerationOptions(greedy=True, think=False, max_new_tokens=64, ignore_eos=True)
+    engine = FastEngine(full_size)
+    try:
+        for prompt in ("Why is the sky blue?", "Write a haiku about GPUs. " * 8):
+            eager = EagerEngine(full_size).generate(prompt, options)
+            fast = engine.generate(prompt, options)
+            index = first_divergence(eager.token_ids, fast.token_ids)
+            print(f"{prompt[:30]!r}: first divergence at {index} of 64")
+            if index is None:
+                continue
+            tokenizer = full_size.tokenizer
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}],
+                tokenize=False,
+                add_generation_prompt=True,
+                enable_thinking=False,
+            )
+            ids = tokenizer(text, return_tensors="pt")["input_ids"][0].tolist()
+            prefix = torch.tensor([ids + list(eager.token_ids[:index])], device="cuda")
+            with torch.inference_mode():
+                logits = full_size.model(input_ids=prefix).logits[0, -1].float().tolist()
+            tie, message = near_tie(logits, eager.token_ids[index], fast.token_ids[index])
+            print(message)
+            assert tie, f"divergence at token {index} is not a near-tie: {message}"
+    finally:
+        engine.close()
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_decode_cache_is_named_and_given_back(full_size: LoadedModel) -> None:
+    """448 MiB of cache at 4,096 tokens (28 layers x K,V x 8 heads x 128 x bf16), a graph pool,
+    nothing more retained over ten calls, and every byte back after close (what --eager and
+    --unload call): torch's allocated and reserved figures."""
+    import torch
+
+    options = GenerationOptions(greedy=True, think=False, max_new_tokens=32, ignore_eos=True)
+    torch.cuda.synchronize()
+    torch._C._cuda_clearCublasWorkspaces()  # counted in allocated; close() clears them too
+    torch.cuda.empty_cache()
+    allocated_before = torch.cuda.memory_allocated()
+    reserved_before = torch.cuda.memory_reserved()
+    engine = FastEngine(full_size)
+    result = engine.generate("hi", options)
+    kept = {k.label: k.nbytes for k in engine.kept_memory()}
+    print(result.kept_memory, f"{result.tokens_per_s:.0f} tok/s")
+    assert kept["decode cache (1×4096)"] == 448 * 2**20
+    assert kept.get("CUDA graph pool", 0) > 0
+    assert "decode cache (1×4096) 448.0 MiB on cuda, kept for speed" in result.kept_memory
+    after_first = torch.cuda.memory_allocated()
+    for _ in range(10):
+        engine.generate("hi", options)
+        assert torch.cuda.memory_allocated() == after_first
+    engine.close()
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == allocated_before
+    assert torch.cuda.memory_reserved() <= reserved_before

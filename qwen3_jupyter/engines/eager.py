@@ -88,6 +88,15 @@ def cache_keyword() -> str:
     return "cache" if "cache" in getattr(utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
 
 
+def forward_cache_keyword(model: Any) -> str:
+    """The keyword this model's `forward` takes its cache by (`cache` or `past_key_values`):
+    read from its signature, since a name it does not know would silently go to **kwargs."""
+    import inspect
+
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
 class _Streamer:
     """transformers streamer: records generated ids and the first token's time, emits text."""
 

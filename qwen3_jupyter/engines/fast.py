@@ -147,6 +147,9 @@ class DecodeState:
     wide: dict[int, qwen3_step.DecodeBuffers] = field(default_factory=dict)
     """Buffers for sample widths wider than the default: the same cache, noise of their own."""
     graphs: list[Any] = field(default_factory=list)
+    pool: Any = None
+    """This shape's CUDA graph memory pool, shared by its greedy and sampling graphs (they never
+    run at once and keep nothing in it between replays); dropping the shape frees all of it."""
     graph_bytes: int = 0
     """Memory the CUDA graphs of this shape reserved for themselves (their pool)."""
     setup_seconds: float = 0.0
@@ -212,7 +215,11 @@ class FastEngine(LocalEngine):
         self.compile_seconds: list[tuple[str, float]] = []
         self.compiles = 0
         """torch.compile graphs this engine caused (a new shape adds one; 0 on a cached shape)."""
-        self._pool: Any = None
+        self._capture_stream: Any = None
+        """One side stream for every warm-up and capture (each new stream would get a cuBLAS
+        workspace of its own)."""
+        self.broken = ""
+        """Why the fast path failed in this kernel ('' while it works); calls then go eager."""
         self._eos = sorted(eos_ids(loaded.model, loaded.tokenizer))
 
     # ------------------------------------------------------------------ Engine
@@ -234,11 +241,21 @@ class FastEngine(LocalEngine):
         return tuple(state.buffers for state in self.states.values())
 
     def close(self) -> None:
-        """Drop every cache and graph and return their memory to the driver."""
+        """Drop every cache and graph and return their memory to the driver — and the cuBLAS
+        workspaces, which capturing on a side stream adds (they come back lazily)."""
+        had_graphs = any(state.graphs for state in self.states.values())
         self.states.clear()
-        self._pool = None
         self.compiled_step = None
+        self._capture_stream = None
         release_after_generation(self.device, None)
+        if had_graphs:
+            import torch
+
+            clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+            if clear is not None:
+                torch.cuda.synchronize()
+                clear()
+                torch.cuda.empty_cache()
 
     def describe(self) -> str:
         mode = "compiled" if self.compile else "not compiled"
@@ -259,7 +276,16 @@ class FastEngine(LocalEngine):
         text = prompt_text(tokenizer, prompt, options, history)
         streamed = _Stream(tokenizer, on_text, stream_interval) if on_text else None
         try:
-            run = self._run([text], [prompt], options, memory_budget, streamed)
+            run = self._guarded_run([text], [prompt], options, memory_budget, streamed)
+        except _Unavailable:
+            return self._eager().generate(
+                prompt,
+                options,
+                history=history,
+                on_text=on_text,
+                stream_interval=stream_interval,
+                memory_budget=memory_budget,
+            )
         except _OutOfMemory as exc:
             freed = release_after_generation(self.device, current_memory(self.device)[0])
             raise oom_error(self.device, exc.new_tokens, exc.reason, memory_budget, freed) from None
@@ -276,7 +302,9 @@ class FastEngine(LocalEngine):
         tokenizer = self.loaded.tokenizer
         texts = [prompt_text(tokenizer, p, options) for p in prompts]
         try:
-            run = self._run(texts, prompts, options, budget, None)
+            run = self._guarded_run(texts, prompts, options, budget, None)
+        except _Unavailable:
+            return self._eager().generate_chunk(prompts, options, budget)
         except _OutOfMemory as exc:
             release_after_generation(self.device, None)
             raise GenerationOOM(exc.reason) from None
@@ -327,6 +355,31 @@ class FastEngine(LocalEngine):
         from .base import describe_kept
 
         return describe_kept(self.kept_memory())
+
+    def _eager(self) -> LocalEngine:
+        from .eager import EagerEngine
+
+        return EagerEngine(self.loaded)
+
+    def _guarded_run(self, *args: Any) -> _Run:
+        """`_run`, except that an unexpected failure of the fast path (a transformers or torch
+        release it does not fit, say) never fails the call: it is said in one line, the fast
+        path's memory is given back, and this call and the next ones decode eagerly until
+        `%qwen3 --eager` resets the choice."""
+        if self.broken:
+            raise _Unavailable
+        try:
+            return self._run(*args)
+        except (_OutOfMemory, GenerationOOM, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            self.broken = _first_line(exc)
+            self.close()
+            self.notify(
+                f"fast decode failed ({self.broken}); decoding eagerly in this kernel from now "
+                "on (run %qwen3 --eager once to reset, then the next call tries the fast path)"
+            )
+            raise _Unavailable from None
 
     def _run(
         self,
@@ -428,7 +481,7 @@ class FastEngine(LocalEngine):
         its keys/values into the static cache, set this call's buffers, return the first tokens."""
         import torch
 
-        from .eager import cache_keyword
+        from .eager import forward_cache_keyword
 
         model, buffers = self.loaded.model, state.buffers
         device = torch.device(self.device)
@@ -446,7 +499,7 @@ class FastEngine(LocalEngine):
             position_ids=positions,
             use_cache=True,
             logits_to_keep=1,
-            **{cache_keyword(): cache},
+            **{forward_cache_keyword(model): cache},
         )
         layers = getattr(cache, "layers", None)
         if not layers or getattr(layers[0], "keys", None) is None:
@@ -580,7 +633,10 @@ class FastEngine(LocalEngine):
         import torch
 
         saved = _snapshot(state.buffers)
-        devices = [torch.device(self.device)] if self.device.startswith("cuda") else []
+        devices = []
+        if self.device.startswith("cuda"):
+            index = torch.device(self.device).index
+            devices = [torch.cuda.current_device() if index is None else index]
         try:
             with torch.random.fork_rng(devices=devices):
                 yield
@@ -594,16 +650,18 @@ class FastEngine(LocalEngine):
 
         reserved_before = torch.cuda.memory_reserved()
         try:
-            side = torch.cuda.Stream()
+            if self._capture_stream is None:
+                self._capture_stream = torch.cuda.Stream()
+            side = self._capture_stream
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(2):
                     direct()
             torch.cuda.current_stream().wait_stream(side)
-            if self._pool is None:
-                self._pool = torch.cuda.graph_pool_handle()
+            if state.pool is None:
+                state.pool = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
-            with interrupt_deferred(), torch.cuda.graph(graph, pool=self._pool):
+            with interrupt_deferred(), torch.cuda.graph(graph, pool=state.pool, stream=side):
                 direct()
         except (KeyboardInterrupt, torch.OutOfMemoryError):
             raise
@@ -715,6 +773,10 @@ class _Stream:
         if now - self._last >= self.interval:
             self._last = now
             self.on_text(str(self.tokenizer.decode(ids, skip_special_tokens=True)))
+
+
+class _Unavailable(Exception):
+    """The fast path failed (said once); the call goes to the eager engine."""
 
 
 class _OutOfMemory(Exception):
