@@ -19,7 +19,6 @@ tensors and the tensor-related work is skipped.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import inspect
 import itertools
@@ -43,7 +42,7 @@ from .cleanup_report import (
     drop,
 )
 from .incremental_gc import COLLECTOR
-from .memory import MiB, cuda_in_use, live_tensor_bytes, process_rss
+from .memory import MiB, cuda_in_use, live_tensor_bytes, process_rss, trim_host_heap
 
 _log = logging.getLogger(__name__)
 
@@ -394,11 +393,16 @@ def _cache_types() -> tuple[type, ...]:
 
 
 def release_dynamo() -> tuple[str, ...]:
-    """Reset torch.compile state (compiled graphs, guards, cudagraph pools) and the compiled
-    forward transformers caches on the model. Skipped when torch._dynamo was never imported."""
+    """Reset torch.compile state (compiled graphs, guards, cudagraph pools), the compiled
+    forward transformers caches on the model, and this kernel's fast decode path (built on
+    torch.compile; the next call builds it again). Skipped when torch._dynamo was never
+    imported."""
     from .models import HOLDER
 
     released = []
+    session = getattr(sys.modules.get(f"{__package__}.session"), "SESSION", None)
+    if session is not None and session.close_engine("fast"):
+        released.append("fast decode path (its compiled step, cache and graphs)")
     dynamo = sys.modules.get("torch._dynamo")
     if dynamo is not None:
         dynamo.reset()
@@ -439,14 +443,7 @@ def release_allocator_caches() -> tuple[str, ...]:
     return tuple(released)
 
 
-def _malloc_trim() -> bool:
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.malloc_trim(0))
-    except (OSError, AttributeError):  # not glibc (musl), or no libc.so.6
-        return False
+_malloc_trim = trim_host_heap
 
 
 # ----------------------------------------------------------------------------- measuring

@@ -222,7 +222,13 @@ class CleanupReport:
         return "; ".join(pieces)
 
 
-REFERENCE_ACTIONS = ("dropped names", "output cache", "last exception", "generation leftovers")
+REFERENCE_ACTIONS = (
+    "dropped names",
+    "output cache",
+    "last exception",
+    "generation leftovers",
+    "dynamo",
+)
 
 
 def drop(before: int | None, after: int | None) -> int:

@@ -187,10 +187,20 @@ class Qwen3Magics(Magics):
           %qwen3 --no-think --max-new-tokens 64 Summarise this in one line: ...
           %qwen3 --chat And in French?
           %qwen3 --file prompts.txt --batch-size 4 --out results.jsonl
+          %qwen3 --warmup
+          %qwen3 --eager
+          %qwen3 --server http://localhost:8000/v1 Why is the sky blue?
           %qwen3 --unload
 
         With --file, ``_qwen3`` is the list of results (in input order) and its ``.report``
         says which batch size held after any out-of-memory back-off.
+
+        On CUDA, answers decode through the fast path: a static KV cache and a compiled decode
+        step replayed as a CUDA graph. Its first use in a kernel compiles (it says so, and how
+        long; compiled kernels are cached on disk for the next kernel; ``--warmup`` compiles
+        ahead). The cache is kept between calls for speed and named in the footer, the gauge
+        and ``%qwen3_clean --verbose``; ``--eager`` decodes with transformers' own generate and
+        gives all of it back. ``--server URL`` asks an OpenAI-compatible server instead.
         """
         options, prompt = parse_line(self.qwen3, line, cell)
         try:

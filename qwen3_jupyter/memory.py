@@ -206,6 +206,20 @@ def live_tensor_bytes() -> dict[str, int]:
     return totals
 
 
+def trim_host_heap() -> bool:
+    """Hand the C heap's free pages back to the OS (glibc `malloc_trim`), so freed CPU tensors
+    show in RSS; False where there is nothing to call (not Linux, not glibc)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):  # not glibc (musl), or no libc.so.6
+        return False
+
+
 def format_bytes(n: int | float | None) -> str:
     """Human-readable size with binary units; 'unknown' for None."""
     if n is None:

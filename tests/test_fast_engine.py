@@ -331,6 +331,15 @@ def test_warmup_compiles_ahead_so_the_next_call_compiles_nothing(fk: Kernel) -> 
     assert fk.value("SESSION.engines['fast'].compiles == compiled")
 
 
+def test_clean_dynamo_gives_back_the_fast_path_and_the_next_call_rebuilds_it(fk: Kernel) -> None:
+    ok(fk, "%qwen3 --greedy --no-think --max-new-tokens 4 hi")
+    ex = ok(fk, "%qwen3_clean --dynamo")
+    assert "fast decode path (its compiled step, cache and graphs)" in ex.stdout
+    assert fk.value("SESSION.kept_memory()") == ()
+    ok(fk, "%qwen3 --greedy --no-think --max-new-tokens 4 hi")
+    assert fk.value("(_qwen3.engine, _qwen3.completion_tokens)") == ("fast", 4)
+
+
 def test_unload_frees_the_model_and_the_cache(fk: Kernel) -> None:
     ok(fk, "%qwen3 --greedy --no-think --max-new-tokens 4 hi")
     ok(fk, "ref = weakref.ref(SESSION.loaded.model)")

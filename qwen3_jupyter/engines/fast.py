@@ -41,7 +41,7 @@ from ..generation import (
     release_after_generation,
 )
 from ..interrupts import interrupt_deferred
-from ..memory import process_rss
+from ..memory import process_rss, trim_host_heap
 from . import qwen3_step
 from .base import KeptMemory, TextCallback
 from .local import LocalEngine
@@ -248,6 +248,8 @@ class FastEngine(LocalEngine):
         self.compiled_step = None
         self._capture_stream = None
         release_after_generation(self.device, None)
+        if self.device == "cpu":
+            trim_host_heap()
         if had_graphs:
             import torch
 
