@@ -266,6 +266,18 @@ def test_fast_and_eager_give_the_same_tokens_in_a_kernel(fk: Kernel) -> None:
     assert len(set(fast)) > 5
 
 
+def test_chat_and_thinking_work_on_the_fast_path(fk: Kernel) -> None:
+    ok(fk, "%qwen3 --reset")
+    ok(fk, "%qwen3 --chat --max-new-tokens 24 --seed 2 Name a prime number.")
+    first = fk.value("(_qwen3.engine, _qwen3.prompt_tokens, _qwen3.think)")
+    ok(fk, "%qwen3 --chat --max-new-tokens 24 --seed 3 And another one?")
+    second = fk.value("(_qwen3.engine, _qwen3.prompt_tokens)")
+    assert first[0] == second[0] == "fast" and first[2] is True
+    assert second[1] > first[1] + 5, "the second turn's prompt carries the first turn"
+    assert fk.value("len(SESSION.conversation.messages)") == 4
+    ok(fk, "%qwen3 --reset")
+
+
 def test_ten_calls_retain_nothing_beyond_the_decode_cache(fk: Kernel) -> None:
     cell = "%qwen3 --greedy --no-think --ignore-eos --max-new-tokens 16 Count to ten"
     ok(fk, cell)
@@ -506,13 +518,17 @@ def test_gpu_decode_cache_is_named_and_given_back(full_size: LoadedModel) -> Non
     import torch
 
     options = GenerationOptions(greedy=True, think=False, max_new_tokens=32, ignore_eos=True)
+    from qwen3_jupyter.cleanup import _NVML
+
     torch.cuda.synchronize()
     torch._C._cuda_clearCublasWorkspaces()  # counted in allocated; close() clears them too
     torch.cuda.empty_cache()
     allocated_before = torch.cuda.memory_allocated()
     reserved_before = torch.cuda.memory_reserved()
+    nvml_before = _NVML.process_memory().get("cuda:0")
     engine = FastEngine(full_size)
     result = engine.generate("hi", options)
+    nvml_with = _NVML.process_memory().get("cuda:0")
     kept = {k.label: k.nbytes for k in engine.kept_memory()}
     print(result.kept_memory, f"{result.tokens_per_s:.0f} tok/s")
     assert kept["decode cache (1×4096)"] == 448 * 2**20
@@ -526,3 +542,8 @@ def test_gpu_decode_cache_is_named_and_given_back(full_size: LoadedModel) -> Non
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated() == allocated_before
     assert torch.cuda.memory_reserved() <= reserved_before
+    nvml_after = _NVML.process_memory().get("cuda:0")
+    print(f"NVML, this process: {nvml_before} -> {nvml_with} -> {nvml_after}")
+    if nvml_before is not None and nvml_with is not None and nvml_after is not None:
+        assert nvml_with - nvml_after >= 448 * 2**20  # (None: NVML cannot see this PID)
+        assert nvml_after <= nvml_before + 32 * 2**20

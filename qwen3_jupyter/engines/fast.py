@@ -43,7 +43,7 @@ from ..generation import (
 from ..interrupts import interrupt_deferred
 from ..memory import process_rss, trim_host_heap
 from . import qwen3_step
-from .base import KeptMemory, TextCallback
+from .base import EngineError, KeptMemory, TextCallback
 from .local import LocalEngine
 
 CACHE_TOKENS_ENV = "QWEN3_JUPYTER_CACHE_TOKENS"
@@ -70,7 +70,13 @@ def cache_bucket(tokens: int, minimum: int | None = None) -> int:
     """The cache length for `tokens` (prompt + new): the next power of two, at least `minimum`
     ($QWEN3_JUPYTER_CACHE_TOKENS, default 4,096) so that usual prompts share one shape."""
     if minimum is None:
-        minimum = int(os.environ.get(CACHE_TOKENS_ENV) or MIN_CACHE_TOKENS)
+        text = os.environ.get(CACHE_TOKENS_ENV) or str(MIN_CACHE_TOKENS)
+        try:
+            minimum = int(text)
+        except ValueError:
+            raise EngineError(
+                f"${CACHE_TOKENS_ENV}={text!r} is not a number of tokens (default 4096)"
+            ) from None
     return max(next_power_of_two(max(1, minimum)), next_power_of_two(tokens))
 
 
@@ -372,7 +378,7 @@ class FastEngine(LocalEngine):
             raise _Unavailable
         try:
             return self._run(*args)
-        except (_OutOfMemory, GenerationOOM, KeyboardInterrupt):
+        except (_OutOfMemory, GenerationOOM, EngineError, KeyboardInterrupt):
             raise
         except Exception as exc:
             self.broken = _first_line(exc)
