@@ -8,6 +8,7 @@ imported torch, the torch readers answer with nothing rather than paying a multi
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Mapping
@@ -209,15 +210,23 @@ def live_tensor_bytes() -> dict[str, int]:
 def trim_host_heap() -> bool:
     """Hand the C heap's free pages back to the OS (glibc `malloc_trim`), so freed CPU tensors
     show in RSS; False where there is nothing to call (not Linux, not glibc)."""
+    libc = _libc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False
+
+
+@functools.cache
+def _libc() -> Any:
+    """glibc, loaded once (a CDLL per call would leave a small garbage cycle every cleanup)."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.malloc_trim(0))
-    except (OSError, AttributeError):  # not glibc (musl), or no libc.so.6
-        return False
+        libc.malloc_trim  # noqa: B018 - not glibc (musl): no malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def format_bytes(n: int | float | None) -> str:

@@ -5,40 +5,68 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from qwen3_jupyter.bench import decay
 
+QUICK_SECONDS = 180
+"""`--quick` promises minutes on a GPU; on `tiny` on a CPU it has far less work to do."""
 
-def test_decay_benchmark_on_tiny(model_cache: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    assert (
-        decay.main(
-            [
-                "--model",
-                "tiny",
-                "--calls",
-                "3",
-                "--tokens",
-                "8",
-                "--batch-sizes",
-                "1,2",
-                "--out",
-                str(tmp_path),
-            ]
-        )
-        == 0
-    )
+
+def test_quick_decay_benchmark_on_tiny(
+    model_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert decay.main(["--quick", "--model", "tiny", "--tokens", "8", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "Table A" in printed and "Table B" in printed
     assert "device cpu, model tiny, dtype float32, 8 new tokens" in printed
+    assert "5 calls per strategy" in printed
+    assert "| strategy | call 1 | call 5 | peak kernel RSS |" in printed, "no call 10 of 5"
     data = json.loads((tmp_path / "decay-tiny-cpu.json").read_text())
+    assert f"finished in {data['seconds']:.0f} s" in printed
+    assert data["seconds"] < QUICK_SECONDS, data["seconds"]
     assert (tmp_path / "decay-tiny-cpu.png").stat().st_size > 1000
     by_name = {s["name"]: s for s in data["strategies"]}
     naive = by_name["naive (generate, result left in Out)"]
     ours = by_name["%qwen3"]
     # The naive row keeps every call's output (with its KV cache) alive in Out: it grows.
     assert naive["retained"][0] > 0
-    assert naive["retained"][0] < naive["retained"][1] < naive["retained"][2]
+    assert naive["retained"] == sorted(set(naive["retained"])), "strictly growing"
     assert not naive["stable"]
     # Our magic leaves no tensor behind: exactly zero live tensor bytes above the baseline.
-    assert ours["retained"] == [0, 0, 0]
-    assert [b["batch_size"] for b in data["batches"]] == [1, 2]
-    assert all(len(s["calls"]) == 3 for s in data["strategies"])
+    assert ours["retained"] == [0] * 5
+    assert [b["batch_size"] for b in data["batches"]] == [1, 4, 8]
+    assert all(len(s["calls"]) == 5 for s in data["strategies"])
+    assert all(c["cuda_device_allocs"] is None for c in ours["calls"]), "no CUDA here"
+    assert "cudaMalloc" not in printed
+
+
+def test_quick_sets_defaults_that_explicit_flags_override() -> None:
+    full = decay.parse_args([])
+    assert (full.calls, full.batch_sizes) == (10, "1,2,4,8")
+    quick = decay.parse_args(["--quick"])
+    assert (quick.calls, quick.batch_sizes) == (5, "1,4,8")
+    mine = decay.parse_args(["--quick", "--calls", "3", "--batch-sizes", "2"])
+    assert (mine.calls, mine.batch_sizes) == (3, "2")
+    for bad in (["--calls", "0"], ["--batch-sizes", "1,x"], ["--batch-sizes", "0,4"]):
+        with pytest.raises(SystemExit):
+            decay.parse_args(bad)
+
+
+def test_device_allocs_line_only_on_cuda() -> None:
+    cpu = [{"name": "%qwen3", "calls": [{"cuda_device_allocs": None}]}]
+    assert decay.device_allocs_line(cpu) == ""
+    cuda = [
+        {"name": "naive", "calls": [{"cuda_device_allocs": 14}, {"cuda_device_allocs": 2}]},
+        {"name": "%qwen3", "calls": [{"cuda_device_allocs": 9}, {"cuda_device_allocs": 0}]},
+    ]
+    assert decay.device_allocs_line(cuda) == (
+        "cudaMalloc calls during each call: naive 14, 2 · %qwen3 9, 0"
+    )
+
+
+def test_table_a_shows_the_calls_that_were_made() -> None:
+    assert decay._call_columns(10) == [1, 5, 10]
+    assert decay._call_columns(5) == [1, 5]
+    assert decay._call_columns(3) == [1, 3]
+    assert decay._call_columns(1) == [1]

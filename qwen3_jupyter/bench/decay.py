@@ -10,7 +10,12 @@ left as the cell's value), the hand recipe (`del` + `gc.collect()` + `torch.cuda
 Table B — `generate_batch` at batch sizes 1, 2, 4, 8.
 
 Memory: on CPU the kernel's RSS (sampled from outside every 10 ms for the peak) and the bytes of
-live tensors inside it; on CUDA torch's allocated/peak bytes and NVML's figure for the process.
+live tensors inside it; on CUDA torch's allocated/peak bytes and NVML's figure for the process,
+and how many segments the caching allocator had to get from the driver (cudaMalloc) during each
+call.
+
+`--quick`: 5 calls per strategy and batch sizes 1, 4, 8 (explicit `--calls`/`--batch-sizes`
+still win), so the tables can be re-measured on a GPU in a few minutes.
 """
 
 from __future__ import annotations
@@ -37,6 +42,21 @@ STABLE_LATENCY = 0.05  # last 3 calls within 5% of the first 3
 # from the first call to the last is real growth.
 STABLE_MEMORY = 0
 
+
+@dataclass(frozen=True)
+class Preset:
+    """Defaults of a run: calls per strategy and Table B's batch sizes."""
+
+    calls: int
+    batch_sizes: str
+
+
+FULL = Preset(calls=10, batch_sizes="1,2,4,8")
+QUICK = Preset(calls=5, batch_sizes="1,4,8")
+"""`--quick`: 5 calls still give call 1, call 5 and a median of the last 3; batch sizes 1, 4, 8
+show the trend. Meant to finish in under three minutes on a GPU; every run prints its wall time,
+so the first GPU run says whether it does."""
+
 SETUP = """
 import gc, json, torch
 from qwen3_jupyter.session import SESSION as _S
@@ -54,7 +74,8 @@ MEASURE = """
 _m = {{"live": sum(_live().values()), "cuda": torch.cuda.is_available()}}
 if _m["cuda"]:
     _m.update(allocated=torch.cuda.memory_allocated(), peak=torch.cuda.max_memory_allocated(),
-              reserved=torch.cuda.memory_reserved())
+              reserved=torch.cuda.memory_reserved(),
+              device_allocs=torch.cuda.memory_stats().get("num_device_alloc"))
     torch.cuda.reset_peak_memory_stats()
 try:
     from qwen3_jupyter.memory import NvmlReader, process_gpu_memory
@@ -130,6 +151,8 @@ class Call:
     cuda_peak: int | None = None
     cuda_allocated: int | None = None
     nvml_bytes: int | None = None
+    cuda_device_allocs: int | None = None
+    """Segments the caching allocator got from the driver (cudaMalloc) during this call."""
 
 
 @dataclass
@@ -200,6 +223,7 @@ def run_strategy(
         base = _json_line(_ok(kernel, MEASURE.format()).stdout)
         run.baseline_rss, run.baseline_live = sampler.rss(), int(base["live"])
         run.baseline_cuda = base.get("allocated")
+        device_allocs = base.get("device_allocs")
         for i in range(calls):
             with PeakSampler(kernel.pid) as peak:
                 started = time.perf_counter()
@@ -215,8 +239,10 @@ def run_strategy(
                     m.get("peak"),
                     m.get("allocated"),
                     m.get("nvml"),
+                    _delta(device_allocs, m.get("device_allocs")),
                 )
             )
+            device_allocs = m.get("device_allocs")
             log(
                 f"  {name}: call {i + 1}/{calls} {latency:.2f} s, "
                 f"retained {format_bytes(run.retained()[-1])}"
@@ -224,6 +250,10 @@ def run_strategy(
     finally:
         kernel.shutdown()
     return run
+
+
+def _delta(before: int | None, after: int | None) -> int | None:
+    return None if before is None or after is None else after - before
 
 
 @dataclass
@@ -286,25 +316,29 @@ def run_batches(
 
 
 def table_a(runs: list[StrategyRun], cuda: bool) -> str:
-    def at(run: StrategyRun, n: int) -> str:
-        return f"{run.calls[min(n, len(run.calls)) - 1].latency_s:.2f} s"
-
+    columns = _call_columns(min(len(run.calls) for run in runs))
     peak_label = "peak CUDA allocated" if cuda else "peak kernel RSS"
     retained_label = "retained CUDA allocated" if cuda else "retained live tensors"
+    calls = " | ".join(f"call {n}" for n in columns)
     lines = [
-        f"| strategy | call 1 | call 5 | call 10 | {peak_label} | {retained_label} "
-        "| retained RSS | stable |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| strategy | {calls} | {peak_label} | {retained_label} | retained RSS | stable |",
+        "|---|" + "---|" * (len(columns) + 4),
     ]
     for run in runs:
         peak = max((c.cuda_peak or 0) if cuda else c.peak_rss for c in run.calls)
         rss = run.calls[-1].rss_after - run.baseline_rss
+        latencies = " | ".join(f"{run.calls[n - 1].latency_s:.2f} s" for n in columns)
         lines.append(
-            f"| {run.name} | {at(run, 1)} | {at(run, 5)} | {at(run, 10)} | {format_bytes(peak)} "
+            f"| {run.name} | {latencies} | {format_bytes(peak)} "
             f"| {format_bytes(run.retained()[-1])} | {format_bytes(rss)} "
             f"| {'yes' if run.stable() else 'no'} |"
         )
     return "\n".join(lines)
+
+
+def _call_columns(calls: int) -> list[int]:
+    """The calls Table A shows: the first, the fifth and the last (1, 5, 10 for a full run)."""
+    return sorted({1, min(5, calls), calls})
 
 
 def table_b(rows: list[BatchRow], cuda: bool) -> str:
@@ -356,6 +390,7 @@ def run_benchmark(
 
     cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
     started = datetime.now(timezone.utc)
+    clock = time.perf_counter()
     runs = []
     for name in STRATEGIES:
         log(f"{name}: {calls} calls of {tokens} tokens")
@@ -388,6 +423,7 @@ def run_benchmark(
         "strategies": [asdict(r) | {"stable": r.stable(), "retained": r.retained()} for r in runs],
         "batches": [asdict(r) for r in batch_rows],
         "plot": str(png),
+        "seconds": time.perf_counter() - clock,
     }
     data_path.write_text(json.dumps(data, indent=2))
     data["json"] = str(data_path)
@@ -395,20 +431,7 @@ def run_benchmark(
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m qwen3_jupyter.bench decay",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--model", default="random:Qwen3-1.7B")
-    parser.add_argument("--calls", type=int, default=10)
-    parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--batch-sizes", default="1,2,4,8")
-    parser.add_argument("--out", type=Path, default=Path("out"))
-    args = parser.parse_args(argv)
-    if args.calls < 1 or args.tokens < 1:
-        parser.error("--calls and --tokens must be >= 1")
+    args = parse_args(argv)
     sizes = tuple(int(s) for s in args.batch_sizes.split(","))
     data = run_benchmark(args.model, args.calls, args.tokens, args.device, sizes, args.out)
     print()
@@ -417,5 +440,57 @@ def main(argv: list[str]) -> int:
     print(data["table_a"])
     print("\nTable B: generate_batch\n")
     print(data["table_b"])
-    print(f"\nwrote {data['json']} and {data['plot']}")
+    mallocs = device_allocs_line(data["strategies"])
+    if mallocs:
+        print(f"\n{mallocs}")
+    print(f"\nfinished in {data['seconds']:.0f} s; wrote {data['json']} and {data['plot']}")
     return 0
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line, with `--quick`'s defaults where no explicit value was given."""
+    parser = argparse.ArgumentParser(
+        prog="python -m qwen3_jupyter.bench decay",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", default="random:Qwen3-1.7B")
+    parser.add_argument("--calls", type=int, default=None, help=f"default {FULL.calls}")
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--device", default=None)
+    parser.add_argument(
+        "--batch-sizes", default=None, help=f"comma-separated, default {FULL.batch_sizes}"
+    )
+    parser.add_argument("--out", type=Path, default=Path("out"))
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK.calls} calls, batch sizes {QUICK.batch_sizes}: minutes on a GPU",
+    )
+    args = parser.parse_args(argv)
+    preset = QUICK if args.quick else FULL
+    if args.calls is None:
+        args.calls = preset.calls
+    if args.batch_sizes is None:
+        args.batch_sizes = preset.batch_sizes
+    if args.calls < 1 or args.tokens < 1:
+        parser.error("--calls and --tokens must be >= 1")
+    try:
+        sizes = [int(s) for s in str(args.batch_sizes).split(",")]
+    except ValueError:
+        parser.error(
+            f"--batch-sizes takes whole numbers separated by commas, not {args.batch_sizes!r}"
+        )
+    if not sizes or min(sizes) < 1:
+        parser.error("--batch-sizes must all be >= 1")
+    return args
+
+
+def device_allocs_line(strategies: list[dict[str, Any]]) -> str:
+    """'cudaMalloc calls during each call: naive 12, 0, 0 · ...' (CUDA runs only, else '')."""
+    parts = []
+    for strategy in strategies:
+        counts = [c.get("cuda_device_allocs") for c in strategy["calls"]]
+        if any(n is not None for n in counts):
+            parts.append(f"{strategy['name']} {', '.join(str(n) for n in counts)}")
+    return "cudaMalloc calls during each call: " + " · ".join(parts) if parts else ""
