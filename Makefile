@@ -67,6 +67,8 @@ bench: setup
 	$(PY) -m qwen3_jupyter.bench cleanup
 	$(PY) -m qwen3_jupyter.bench monitor
 	$(PY) -m qwen3_jupyter.bench endpoint
+	$(PY) -m qwen3_jupyter.bench speed
+	$(PY) -m qwen3_jupyter.bench remote
 
 clean:
 	rm -rf $(VENV) out test-output qwen3_jupyter/labextension labextension/node_modules labextension/lib

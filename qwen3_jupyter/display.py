@@ -105,6 +105,8 @@ def show_batch(results: list[Result], report: Any) -> None:
     rows = ["| # | prompt | answer | tokens |", "|---|---|---|---|"]
     for i, r in enumerate(results):
         answer = r.answer or ("*(thinking only)*" if r.thinking else "")
+        if r.error:
+            answer = f"failed: {r.error}"
         rows.append(f"| {i} | {_cell(r.prompt)} | {_cell(answer)} | {r.completion_tokens} |")
     display(Markdown("\n".join(rows)))
     print(f"{PREFIX} batch · {report.summary()}", flush=True)

@@ -8,6 +8,11 @@ what is shown (three significant digits, whole percents) so noise does not becom
 
 `qwen3_jupyter.gauge()` returns a `Gauge`; `%qwen3_gauge` displays one. Several gauges share the
 one monitor; `Gauge.close()` unsubscribes.
+
+Below the memory rows: one row per server this kernel asks (`%qwen3 --server`), its bar the
+server's KV-cache usage when it publishes Prometheus metrics, saying plainly that the model's
+memory lives there; then a line for what engines keep in memory on purpose (the fast path's
+decode cache), so memory held for speed is never mistaken for a leak.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import ipywidgets as widgets
 
@@ -32,6 +38,10 @@ SPARK_HEIGHT = 18
 WARN_FRACTION = 0.70
 DANGER_FRACTION = 0.90
 HOST_KEY = "host"
+SERVER_KEY = "server:"
+
+if TYPE_CHECKING:
+    from .engines.server_metrics import ServerLoad
 
 _GAUGES: weakref.WeakSet[Gauge] = weakref.WeakSet()
 
@@ -135,10 +145,41 @@ def host_row(snapshot: Snapshot, low_free: int) -> RowView:
     )
 
 
+def server_row(load: ServerLoad) -> RowView:
+    """A server's row: its KV-cache usage as the bar (0 when it publishes none), its running
+    and waiting requests, and that the model's memory is the server's, not this kernel's."""
+    fraction = load.kv_cache_usage if load.kv_cache_usage is not None else 0.0
+    return RowView(
+        key=f"{SERVER_KEY}{load.url}",
+        label="server",
+        tooltip=(
+            f"{load.url}: the model runs there; its GPU memory is the server's "
+            "(bar: KV-cache usage from the server's /metrics)"
+        ),
+        percent=round(100 * fraction),
+        style=_style(fraction, 1, 0),
+        text=f"{load.url} · {load.describe()}",
+        fraction=fraction,
+    )
+
+
 def row_views(snapshot: Snapshot, show_all: bool, low_free: int) -> list[RowView]:
-    """One row per GPU this kernel sees (every GPU with `show_all`), then host memory."""
+    """One row per GPU this kernel sees (every GPU with `show_all`), then host memory, then one
+    per server this kernel asks."""
     gpus = snapshot.gpus if show_all else snapshot.visible_gpus
-    return [*(gpu_row(g, low_free) for g in gpus), host_row(snapshot, low_free)]
+    return [
+        *(gpu_row(g, low_free) for g in gpus),
+        host_row(snapshot, low_free),
+        *(server_row(load) for load in snapshot.servers),
+    ]
+
+
+def kept_html(snapshot: Snapshot) -> str:
+    """The 'kept on purpose' line ('' when nothing is kept)."""
+    if not snapshot.kept:
+        return ""
+    text = "; ".join(snapshot.kept)
+    return f'<div style="color:#555">kept on purpose: {html.escape(text)}</div>'
 
 
 def footer_text(snapshot: Snapshot) -> str:
@@ -237,6 +278,7 @@ class Gauge(widgets.VBox):
         self._rows: dict[str, _Row] = {}
         self._series: dict[str, _Series] = {}
         self._rows_box = widgets.VBox()
+        self._kept = widgets.HTML()
         self._warnings = widgets.HTML()
         self._footer = widgets.HTML(
             "<small>reading memory…</small>",
@@ -244,7 +286,7 @@ class Gauge(widgets.VBox):
         )
         self._closed = False
         self.updates = 0
-        super().__init__([self._rows_box, self._warnings, self._footer])
+        super().__init__([self._rows_box, self._kept, self._warnings, self._footer])
         self.add_class("qwen3-gauge")
         for old in self._monitor.history():
             self._record(old)
@@ -284,6 +326,7 @@ class Gauge(widgets.VBox):
                     "" if self._compact or series is None else sparkline_svg(list(series.values))
                 )
                 self._rows[view.key].show(view, spark)
+            self._kept.value = kept_html(snapshot)
             self._warnings.value = "".join(
                 f'<div style="color:#b45309">⚠ {html.escape(w)}</div>' for w in snapshot.warnings
             )
@@ -297,7 +340,10 @@ class Gauge(widgets.VBox):
                 f"<div>{r.label.value} {r.bar.value:.0f}% · {r.text.value}</div>"
                 for r in self._rows.values()
             ]
-            return f'<div class="qwen3-gauge-static">{"".join(rows)}{self._warnings.value}</div>'
+            return (
+                f'<div class="qwen3-gauge-static">{"".join(rows)}{self._kept.value}'
+                f"{self._warnings.value}</div>"
+            )
 
     def close(self) -> None:
         """Stop receiving snapshots and close every child widget (the monitor keeps running)."""
@@ -309,7 +355,7 @@ class Gauge(widgets.VBox):
         _GAUGES.discard(self)
         for row in self._rows.values():
             row.close()
-        for w in (self._rows_box, self._warnings, self._footer):
+        for w in (self._rows_box, self._kept, self._warnings, self._footer):
             w.close()
         super().close()
 

@@ -2,7 +2,10 @@
 
 Loading registers the magic and feeds every finished `%qwen3` call to the monitor (latency
 decay) and every cleanup report (retained-memory drift, peak reset) when the cleanup module
-offers listeners. Unloading closes every gauge, stops the polling thread and shuts NVML down.
+offers listeners. It also plugs the session's engines into the monitor as sources: what they
+keep in memory on purpose, and the load of the servers `%qwen3 --server` talks to (so the
+monitor never imports the session). Unloading closes every gauge, stops the polling thread and
+shuts NVML down.
 """
 
 from __future__ import annotations
@@ -80,6 +83,36 @@ def _listen_to_results() -> Callable[[], None]:
     return SESSION.add_result_listener(lambda result: monitor.get_monitor().note_result(result))
 
 
+def kept_lines(session: Any) -> tuple[str, ...]:
+    """What the session's engines keep on purpose, one line each, with how to give it back."""
+    return tuple(f"{k.describe()} ({k.give_back})" for k in session.kept_memory())
+
+
+def server_loads(session: Any) -> tuple[Any, ...]:
+    """The load of every server the session keeps a connection to (engines with
+    `server_load()`; read on the monitor's thread, each cached for a few seconds)."""
+    loads = []
+    for engine in list(session.engines.values()):
+        read = getattr(engine, "server_load", None)
+        if callable(read):
+            loads.append(read())
+    return tuple(loads)
+
+
+def _watch_engines() -> Callable[[], None]:
+    from .session import SESSION
+
+    watched = monitor.get_monitor()
+    undo_kept = watched.watch_kept(lambda: kept_lines(SESSION))
+    undo_servers = watched.watch_servers(lambda: server_loads(SESSION))
+
+    def undo() -> None:
+        undo_kept()
+        undo_servers()
+
+    return undo
+
+
 def _listen_to_cleanups() -> Callable[[], None] | None:
     """Subscribe to cleanup reports if the cleanup module offers `add_cleanup_listener`."""
     try:
@@ -120,9 +153,11 @@ def load(ip: Any) -> None:
     ip.register_magics(GaugeMagics(shell=ip))
     undo_results = _listen_to_results()
     undo_cleanups = _listen_to_cleanups()
+    undo_engines = _watch_engines()
 
     def undo() -> None:
         undo_results()
+        undo_engines()
         if undo_cleanups is not None:
             undo_cleanups()
         unload(ip)

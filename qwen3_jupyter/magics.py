@@ -348,8 +348,14 @@ def _warmup(engine: Engine, status: display.Status) -> str:
 
 
 def _show_unload(report: Any) -> None:
+    servers = (
+        f" · closed the connection{'s' if report.servers > 1 else ''} to {report.servers} "
+        f"server{'s' if report.servers > 1 else ''}"
+        if report.servers
+        else ""
+    )
     if report.name is None:
-        display.info("no model loaded: nothing to unload")
+        display.info(f"no model loaded in this kernel{servers or ': nothing to unload'}")
         return
     proof = (
         "model object freed"
@@ -359,7 +365,7 @@ def _show_unload(report: Any) -> None:
     display.info(
         f"unloaded {report.name} · {proof} · {report.memory_kind} "
         f"{format_bytes(report.before)} -> {format_bytes(report.after)} "
-        f"(freed {format_bytes(report.freed)})"
+        f"(freed {format_bytes(report.freed)}){servers}"
     )
 
 

@@ -9,6 +9,11 @@ on `%unload_ext qwen3_jupyter` and at interpreter exit, and NVML is shut down wi
 Two decay signals are kept here because they need the history of calls, not of polls:
 `%qwen3` calls getting slower than the first calls (`note_result`), and memory left after
 cleanup drifting upward (`note_cleanup`).
+
+Two more kinds of figure come from sources the glue (`gauge_magics`) plugs in, so this module
+knows nothing of sessions or engines: what engines keep in memory on purpose (`watch_kept`,
+one line each) and the load of the servers a kernel talks to (`watch_servers`, read from their
+Prometheus metrics — on this thread, with a short timeout, never on the kernel's main thread).
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import psutil
 
@@ -41,6 +46,9 @@ from .memory import (
     torch_device_for,
     visible_gpus,
 )
+
+if TYPE_CHECKING:
+    from .engines.server_metrics import ServerLoad
 
 _log = logging.getLogger(__name__)
 
@@ -84,6 +92,11 @@ class Snapshot:
     torch: tuple[TorchDeviceMemory, ...]
     warnings: tuple[str, ...]
     error: str | None = None
+    kept: tuple[str, ...] = ()
+    """What engines keep in memory on purpose, one line each ('decode cache 448 MiB on cuda:0,
+    kept for speed (...)')."""
+    servers: tuple[ServerLoad, ...] = ()
+    """The load of each server this kernel talks to (the model's memory lives there)."""
 
     @property
     def visible_gpus(self) -> tuple[GpuSample, ...]:
@@ -99,6 +112,11 @@ class _TimedResult(Protocol):
 
 
 Subscriber = Callable[[Snapshot], None]
+KeptSource = Callable[[], Sequence[str]]
+"""Lines saying what is kept in memory on purpose (the glue asks the session's engines)."""
+ServerSource = Callable[[], Sequence["ServerLoad"]]
+"""The load of the servers this kernel talks to; called on the polling thread."""
+_Item = TypeVar("_Item")
 
 
 def _seconds_per_token(result: _TimedResult) -> float:
@@ -138,6 +156,8 @@ class Monitor:
         self._children: set[int] = set()
         self._children_at = 0.0
         self._notice: str | None = None
+        self._kept_sources: list[KeptSource] = []
+        self._server_sources: list[ServerSource] = []
         self.thread_cpu_seconds = 0.0
         self.polls = 0
 
@@ -196,6 +216,36 @@ class Monitor:
         with self._lock:
             if callback in self._subscribers:
                 self._subscribers.remove(callback)
+
+    # -- sources --------------------------------------------------------------------------------
+
+    def watch_kept(self, source: KeptSource) -> Callable[[], None]:
+        """Show what `source()` says is kept on purpose in every snapshot; returns the undo."""
+        with self._lock:
+            self._kept_sources.append(source)
+        return lambda: self._forget(self._kept_sources, source)
+
+    def watch_servers(self, source: ServerSource) -> Callable[[], None]:
+        """Show the server loads `source()` reads in every snapshot; returns the undo."""
+        with self._lock:
+            self._server_sources.append(source)
+        return lambda: self._forget(self._server_sources, source)
+
+    def _forget(self, sources: list[_Item], source: _Item) -> None:
+        with self._lock:
+            if source in sources:
+                sources.remove(source)
+
+    @staticmethod
+    def _read(sources: list[Callable[[], Sequence[_Item]]], what: str) -> tuple[_Item, ...]:
+        """Everything the sources give; a failing source is logged and skipped."""
+        items: list[_Item] = []
+        for source in sources:
+            try:
+                items.extend(source())
+            except Exception:
+                _log.exception("qwen3_jupyter: reading %s failed", what)
+        return tuple(items)
 
     @property
     def subscriber_count(self) -> int:
@@ -318,6 +368,9 @@ class Monitor:
             self._host_peak = max(self._host_peak, host.process_rss)
             self._seq += 1
             seq, host_peak = self._seq, self._host_peak
+            kept_sources, server_sources = list(self._kept_sources), list(self._server_sources)
+        kept = self._read(kept_sources, "kept memory")
+        servers = self._read(server_sources, "server metrics")
         warnings = self._warnings(host, gpus)
         return Snapshot(
             seq=seq,
@@ -331,6 +384,8 @@ class Monitor:
             gpus=gpus,
             torch=torch_devices,
             warnings=warnings,
+            kept=tuple(str(line) for line in kept),
+            servers=servers,
         )
 
     def _gpu_samples(

@@ -28,6 +28,13 @@ class UnloadReport:
     before: int
     after: int
     model_freed: bool
+    closed: tuple[str, ...] = ()
+    """The kept engines closed with it ('fast', or a server's URL)."""
+
+    @property
+    def servers(self) -> int:
+        """How many server connections were closed."""
+        return sum(1 for key in self.closed if key != "fast")
 
     @property
     def freed(self) -> int:
@@ -192,17 +199,17 @@ class Session:
 
         loaded = HOLDER.loaded
         if loaded is None:
-            self.close_engines()
-            return UnloadReport(None, "", 0, 0, model_freed=True)
+            closed = tuple(self.close_engines())
+            return UnloadReport(None, "", 0, 0, model_freed=True, closed=closed)
         device, name = loaded.device, loaded.name
         ref = weakref.ref(loaded.model)
         del loaded
         gc.collect()
         before, kind = current_memory(device)
-        self.close_engines()
+        closed = tuple(self.close_engines())
         HOLDER.unload()
         after, _ = current_memory(device)
-        return UnloadReport(name, kind, before, after, model_freed=ref() is None)
+        return UnloadReport(name, kind, before, after, model_freed=ref() is None, closed=closed)
 
 
 SESSION = Session()

@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.kernel import Kernel
+
+if TYPE_CHECKING:
+    from qwen3_jupyter.bench._openai_server import OpenAIServer
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "test-output"
@@ -62,3 +66,16 @@ def output_dir() -> Path:
     """Where tests leave artefacts (screenshots, executed notebooks); git ignores it."""
     OUTPUT.mkdir(exist_ok=True)
     return OUTPUT
+
+
+@pytest.fixture(scope="session")
+def openai_server(
+    model_cache: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OpenAIServer]:
+    """A real OpenAI-compatible server (`transformers serve` of the tiny model, CPU, offline)
+    on a free port, shared by the session and stopped at its end."""
+    from qwen3_jupyter.bench._openai_server import serve_tiny
+
+    server = serve_tiny(tmp_path_factory.mktemp("openai-server"))
+    yield server
+    server.stop()

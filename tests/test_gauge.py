@@ -363,3 +363,42 @@ def _wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyp
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.01)
+
+
+def test_server_rows_and_the_kept_line(counting_comms: list[tuple[str, dict[str, Any]]]) -> None:
+    """Fake sources stand in for the session: a server with metrics, one without, and the
+    fast path's decode cache; the gauge shows a row per server and one 'kept' line."""
+    from qwen3_jupyter.engines.server_metrics import ServerLoad
+    from qwen3_jupyter.gauge import kept_html, server_row
+
+    loads = [
+        ServerLoad("http://gpu-box:8000/v1", "vLLM", 0.93, 7, 2),
+        ServerLoad("http://laptop:8000/v1", error="no /metrics (HTTP 404)"),
+    ]
+    kept = ["decode cache 448 MiB on cuda:0, kept for speed (%qwen3 --eager gives it back)"]
+    monitor = Monitor(NvmlReader(FakeNvml([FakeGpu(used=GiB)]).module), interval=0.05)
+    monitor.watch_servers(lambda: loads)
+    monitor.watch_kept(lambda: kept)
+    g = Gauge(monitor)
+    try:
+        _wait_for(lambda: g.updates >= 1 and len(g._rows) == 4)
+        texts = [r.text.value for r in g._rows.values()]
+        assert (
+            "http://gpu-box:8000/v1 · vLLM · KV cache 93% · 7 running · 2 waiting · "
+            "model memory lives on the server"
+        ) in texts[2]
+        assert "http://laptop:8000/v1 · no /metrics (HTTP 404) · model memory lives" in texts[3]
+        assert "kept on purpose: decode cache 448 MiB on cuda:0" in g._kept.value
+        assert "kept on purpose" in g.as_html() and "gpu-box" in g.as_html()
+        loads.pop()
+        kept.clear()
+        _wait_for(lambda: len(g._rows) == 3 and g._kept.value == "")
+    finally:
+        g.close()
+        monitor.stop()
+    busy = server_row(ServerLoad("u", "vLLM", 0.93, 1, 0))
+    assert (busy.percent, busy.style, busy.label) == (93, "danger", "server")
+    assert server_row(ServerLoad("u", error="x")).percent == 0
+    quiet = Monitor(NvmlReader(FakeNvml([]).module))
+    assert kept_html(quiet.sample()) == ""
+    quiet.stop()

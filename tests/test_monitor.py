@@ -179,3 +179,48 @@ def test_module_singleton_and_shutdown() -> None:
     assert monitor_module.get_monitor() is m and monitor_module.current_monitor() is m
     monitor_module.shutdown()
     assert monitor_module.current_monitor() is None
+
+
+def test_kept_memory_and_server_loads_come_from_plugged_in_sources(monitor: Monitor) -> None:
+    """The glue plugs sources in (the session's engines); a failing one is skipped."""
+    from qwen3_jupyter.engines import KeptMemory
+    from qwen3_jupyter.engines.server_metrics import ServerLoad
+    from qwen3_jupyter.gauge_magics import kept_lines, server_loads
+
+    class FakeEngine:
+        def __init__(self, kept: tuple[KeptMemory, ...], load: ServerLoad | None) -> None:
+            self._kept = kept
+            if load is not None:
+                self.server_load = lambda: load
+
+        def kept_memory(self) -> tuple[KeptMemory, ...]:
+            return self._kept
+
+    class FakeSession:
+        def __init__(self) -> None:
+            load = ServerLoad("http://h:8000/v1", "vLLM", 0.5, 2, 0)
+            cache = KeptMemory("decode cache", 448 * MiB, "cuda:0")
+            self.engines = {"fast": FakeEngine((cache,), None), "url": FakeEngine((), load)}
+
+        def kept_memory(self) -> tuple[KeptMemory, ...]:
+            return tuple(k for e in self.engines.values() for k in e.kept_memory())
+
+    session = FakeSession()
+    assert monitor.sample().kept == () and monitor.sample().servers == ()
+    undo_kept = monitor.watch_kept(lambda: kept_lines(session))
+    undo_servers = monitor.watch_servers(lambda: server_loads(session))
+
+    def broken() -> tuple[str, ...]:
+        raise RuntimeError("boom")
+
+    undo_broken = monitor.watch_kept(broken)
+    snap = monitor.sample()
+    assert snap.kept == (
+        "decode cache 448.0 MiB on cuda:0, kept for speed "
+        "(%qwen3 --eager or --unload gives it back)",
+    )
+    assert [s.url for s in snap.servers] == ["http://h:8000/v1"]
+    undo_kept()
+    undo_servers()
+    undo_broken()
+    assert monitor.sample().kept == () and monitor.sample().servers == ()

@@ -1,0 +1,443 @@
+"""The remote engine: the same calls answered by an OpenAI-compatible server (vLLM, SGLang,
+`transformers serve`) instead of a model in this kernel.
+
+One `ServerConnection` per server per kernel (`remote_connection`) holds one `openai.OpenAI`
+client — its connection pool is reused by every call and closed by `%qwen3 --unload` and
+`%unload_ext` (never a client per call). `RemoteEngine` is that connection plus the served model
+a call asks for. The API key is never shown: messages name the server by its masked URL, text
+from the server is redacted, and no repr holds it. The model's memory lives on the server:
+Results say so instead of a peak, and the gauge shows the server's own load figures when it
+publishes them.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from ..generation import GenerationOptions, Result, build_messages
+from .base import Engine, EngineError, TextCallback
+from .remote_batch import RetryCounter, run_concurrently
+from .remote_connection import ServerConnection
+from .remote_errors import CallContext, Failure, classify
+from .remote_stream import (
+    ActiveStreams,
+    Cancelled,
+    Streamed,
+    StreamText,
+    Timeouts,
+    refused_fields,
+    request_arguments,
+    stream_completion,
+)
+from .server_metrics import MEMORY_ELSEWHERE, ServerLoad
+
+if TYPE_CHECKING:
+    from ..batching import BatchResults
+
+TIMEOUT_ENVS = {
+    "connect": "QWEN3_JUPYTER_CONNECT_TIMEOUT",
+    "first_token": "QWEN3_JUPYTER_FIRST_TOKEN_TIMEOUT",
+    "total": "QWEN3_JUPYTER_TIMEOUT",
+}
+DEFAULT_CONCURRENCY = 4
+CALL_RETRIES = 2
+"""A single call retries only a busy server (429/502/503/504), before any text arrived."""
+BATCH_ATTEMPTS = 4
+"""A batch item is tried this often on 429/5xx-busy, a dropped connection or a refused one."""
+MAX_BACKOFF_S = 8.0
+MAX_RETRY_AFTER_S = 30.0
+
+
+def timeouts_from_env(default: Timeouts | None = None) -> Timeouts:
+    """Timeouts from $QWEN3_JUPYTER_CONNECT_TIMEOUT, $QWEN3_JUPYTER_FIRST_TOKEN_TIMEOUT and
+    $QWEN3_JUPYTER_TIMEOUT (seconds), else `default`; read per call so `%env` applies at once."""
+    base = default or Timeouts()
+    values: dict[str, float] = {}
+    for name, env in TIMEOUT_ENVS.items():
+        text = os.environ.get(env, "").strip()
+        if not text:
+            continue
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if value <= 0:
+            raise EngineError(f"${env}={text!r} is not a positive number of seconds (e.g. 30)")
+        values[name] = value
+    return replace(base, **values)
+
+
+def backoff(attempt: int, retry_after: float | None) -> float:
+    """Seconds before retry `attempt` (1, 2, ...): what the server asked for (capped), else
+    0.5 s doubling to 8 s, with jitter so concurrent requests do not retry in lockstep."""
+    if retry_after is not None:
+        return min(MAX_RETRY_AFTER_S, retry_after)
+    return min(MAX_BACKOFF_S, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.75, 1.25)
+
+
+class RemoteEngine(Engine):
+    """Chat completions from a server; `model` None means the server's first model."""
+
+    kind = "remote"
+
+    def __init__(
+        self,
+        url: str,
+        model: str | None = None,
+        *,
+        connection: ServerConnection | None = None,
+        timeouts: Timeouts | None = None,
+    ) -> None:
+        self.connection = connection if connection is not None else ServerConnection(url)
+        self._model = model
+        self.timeouts = timeouts
+        """Fixed timeouts for this engine; None reads the environment per call."""
+
+    def __repr__(self) -> str:
+        model = self._model or "its first model"
+        return f"<RemoteEngine {model} at {self.connection.shown}>"
+
+    def with_model(self, model: str | None) -> RemoteEngine:
+        """This server asked for `model` (None: the server's first), sharing the connection."""
+        if model is None or model == self._model:
+            return self
+        return RemoteEngine(
+            self.connection.base_url, model, connection=self.connection, timeouts=self.timeouts
+        )
+
+    @property
+    def model_name(self) -> str:
+        return self._model or self._default_model(self._timeouts())
+
+    @property
+    def device(self) -> str:
+        return self.connection.shown
+
+    def server_load(self) -> ServerLoad:
+        """What the server's /metrics says about its load (for the gauge's server row)."""
+        return self.connection.load()
+
+    def close(self) -> None:
+        self.connection.close()
+
+    # -- one call -------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt: str,
+        options: GenerationOptions,
+        *,
+        history: list[dict[str, str]] | None = None,
+        on_text: TextCallback | None = None,
+        stream_interval: float = 0.1,
+        memory_budget: int | None = None,
+    ) -> Result:
+        """One streamed answer. An interrupt closes the stream at once (the server aborts the
+        request) and returns the partial answer; every failure is a one-line EngineError."""
+        timeouts = self._timeouts()
+        text, streamed = StreamText(), Streamed()
+        model = self._model or "?"
+        try:
+            model = self._model or self._default_model(timeouts)
+            messages = build_messages(prompt, options, history)
+            self._say(f"waiting for the first token from {self.connection.shown}…")
+            streamed = self._call(
+                model, messages, options, text, timeouts, on_text, stream_interval
+            )
+        except KeyboardInterrupt:
+            streamed.interrupted = True
+        return self._result(prompt, options, model, text, streamed)
+
+    def _call(
+        self,
+        model: str,
+        messages: list[dict[str, str]],
+        options: GenerationOptions,
+        text: StreamText,
+        timeouts: Timeouts,
+        on_text: TextCallback | None,
+        interval: float,
+    ) -> Streamed:
+        retries = 0
+        while True:
+            ctx = self._context(model, timeouts)
+            arguments = request_arguments(model, messages, options, self.connection.refused)
+            try:
+                return stream_completion(
+                    self.connection.client(),
+                    arguments,
+                    text,
+                    ctx,
+                    timeouts,
+                    think=options.think,
+                    on_text=on_text,
+                    interval=interval,
+                    on_first_token=lambda: self._say(f"streaming from {self.connection.shown}…"),
+                )
+            except Failure as failure:
+                explained = self._explain(failure, model, timeouts, arguments)
+                if explained is None:
+                    continue  # a refused optional field was dropped: send again without it
+                busy = explained.kind == "busy" and text.chunks == 0
+                if not busy or retries >= CALL_RETRIES:
+                    raise EngineError(explained.message) from None
+                retries += 1
+                self._say(f"{self.connection.shown} is busy; retry {retries} of {CALL_RETRIES}…")
+                time.sleep(backoff(retries, explained.retry_after))
+
+    # -- batches --------------------------------------------------------------------------------
+
+    def generate_batch(
+        self,
+        prompts: Sequence[str],
+        options: GenerationOptions,
+        *,
+        batch_size: int = 4,
+        concurrency: int | None = None,
+        memory_budget: int | None = None,
+        out: str | os.PathLike[str] | None = None,
+        progress: bool = True,
+    ) -> BatchResults:
+        """Every prompt as its own request, `concurrency` (default 4) in flight; see
+        `remote_batch`. `batch_size` and `memory_budget` concern a model in this kernel."""
+        width = concurrency or DEFAULT_CONCURRENCY
+        if width < 1:
+            raise EngineError("concurrency must be >= 1")
+        timeouts = self._timeouts()
+        model = self._checked_model(timeouts)
+        self.connection.client()  # made here, shared by the worker threads
+        active = ActiveStreams()
+        retries = RetryCounter()
+        unreachable = threading.Event()
+
+        def answer(prompt: str) -> Result:
+            return self._batch_item(prompt, options, model, timeouts, active, retries, unreachable)
+
+        self._say(f"sending {len(prompts)} prompts to {self.connection.shown}, {width} at a time…")
+        return run_concurrently(
+            [str(p) for p in prompts],
+            answer,
+            concurrency=width,
+            cancel=active.cancel,
+            retries=retries,
+            out=out,
+            progress=progress,
+        )
+
+    def _batch_item(
+        self,
+        prompt: str,
+        options: GenerationOptions,
+        model: str,
+        timeouts: Timeouts,
+        active: ActiveStreams,
+        retries: RetryCounter,
+        unreachable: threading.Event,
+    ) -> Result:
+        """One prompt of a batch, on a worker thread: retried with back-off while retrying
+        can help; a failure that stays is a failed Result. Raises only Cancelled."""
+        messages = build_messages(prompt, options)
+        attempt = 0
+        while True:
+            text = StreamText()
+            ctx = self._context(model, timeouts)
+            arguments = request_arguments(model, messages, options, self.connection.refused)
+            try:
+                streamed = stream_completion(
+                    self.connection.client(),
+                    arguments,
+                    text,
+                    ctx,
+                    timeouts,
+                    think=options.think,
+                    active=active,
+                )
+                return self._result(prompt, options, model, text, streamed)
+            except Cancelled:
+                raise
+            except Exception as exc:
+                failure = self._explain(classify(exc, ctx), model, timeouts, arguments)
+            if failure is None:
+                continue
+            attempt += 1
+            give_up = (
+                not failure.retryable
+                or attempt >= BATCH_ATTEMPTS
+                or active.cancelled.is_set()
+                or (failure.kind == "unreachable" and unreachable.is_set())
+            )
+            if give_up:
+                if failure.kind == "unreachable":
+                    unreachable.set()  # the server is gone: the other items stop retrying
+                return self._failed(prompt, options, model, failure.message)
+            retries.add()
+            if active.cancelled.wait(backoff(attempt, failure.retry_after)):
+                raise Cancelled()
+
+    # -- shared ---------------------------------------------------------------------------------
+
+    def _timeouts(self) -> Timeouts:
+        return self.timeouts if self.timeouts is not None else timeouts_from_env()
+
+    def _context(self, model: str | None, timeouts: Timeouts) -> CallContext:
+        return CallContext(
+            self.connection.shown,
+            model,
+            self.connection.secrets(),
+            connect_timeout=timeouts.connect,
+            first_token_timeout=timeouts.first_token,
+        )
+
+    def _say(self, text: str) -> None:
+        if self.status is not None:
+            self.status(text)
+
+    def _default_model(self, timeouts: Timeouts) -> str:
+        """The server's first model (GET /v1/models), as `--model` left out promises."""
+        self._say(f"asking {self.connection.shown} which model it serves…")
+        try:
+            served = self.connection.served_models(timeouts)
+        except Failure as failure:
+            if failure.kind in ("unreachable", "connect_timeout", "auth"):
+                raise EngineError(self._keyed(failure).message) from None
+            if failure.kind == "not_found":
+                raise EngineError(self._not_openai().message) from None
+            raise EngineError(
+                f"{failure.message} — asking GET /v1/models for the default model; "
+                "pass --model NAME to skip it"
+            ) from None
+        if not served:
+            raise EngineError(
+                f"{self.connection.shown} serves no model (GET /v1/models is empty): "
+                "pass --model NAME"
+            )
+        return served[0]
+
+    def _checked_model(self, timeouts: Timeouts) -> str:
+        """The model for a batch, checked once against what the server serves, so a wrong
+        name is one error rather than one failed item per prompt."""
+        if self._model is None:
+            return self._default_model(timeouts)
+        try:
+            served = self.connection.served_models(timeouts)
+        except Failure as failure:
+            if failure.kind in ("unreachable", "connect_timeout", "auth"):
+                raise EngineError(self._keyed(failure).message) from None
+            return self._model  # the server cannot list its models: let the requests say
+        if served and self._model not in served:
+            raise EngineError(self._wrong_model(self._model, served))
+        return self._model
+
+    def _explain(
+        self, failure: Failure, model: str, timeouts: Timeouts, sent: dict[str, Any]
+    ) -> Failure | None:
+        """Sharpen a failure with what only the server can tell (None: send again).
+
+        A 400/422 naming an optional field we sent (top_k, ignore_eos, ...) drops it for this
+        server from now on. A 400/404 is checked against GET /v1/models: a model the server
+        does not serve, or an endpoint that is not an OpenAI API at all, each get their own line.
+        """
+        if failure.kind == "bad_request":
+            refused = refused_fields(failure.server_says) & set(sent.get("extra_body") or {})
+            if refused:
+                self.connection.refused |= refused
+                return None
+        if failure.kind in ("bad_request", "not_found"):
+            try:
+                served = self.connection.served_models(timeouts, refresh=True)
+            except Failure as listing:
+                if failure.kind == "not_found" and listing.kind == "not_found":
+                    return self._not_openai()
+                return failure
+            if served and model not in served:
+                return Failure(self._wrong_model(model, served), "wrong_model")
+        return self._keyed(failure)
+
+    def _not_openai(self) -> Failure:
+        return Failure(
+            f"{self.connection.shown} does not answer like an OpenAI-compatible server (404 "
+            "Not Found for /models): check the URL (it usually ends in /v1, e.g. "
+            "http://localhost:8000/v1)",
+            "not_openai",
+        )
+
+    def _keyed(self, failure: Failure) -> Failure:
+        """A 401/403 says whether a key was sent at all."""
+        if failure.kind == "auth" and self.connection.api_key() is None:
+            return Failure(
+                f"the server at {self.connection.shown} needs an API key (HTTP "
+                f"{failure.status}): set $QWEN3_JUPYTER_API_KEY (or $OPENAI_API_KEY)",
+                "auth",
+                status=failure.status,
+            )
+        return failure
+
+    def _wrong_model(self, model: str, served: tuple[str, ...]) -> str:
+        names = ", ".join(served[:5]) + (" …" if len(served) > 5 else "")
+        return (
+            f"model {model!r} is not served at {self.connection.shown} (it serves: {names}): "
+            f"pass --model {served[0]}, or leave --model out for the first"
+        )
+
+    def _result(
+        self,
+        prompt: str,
+        options: GenerationOptions,
+        model: str,
+        text: StreamText,
+        streamed: Streamed,
+    ) -> Result:
+        """A plain Result from what arrived: the server's token counts when it sent them (the
+        count of streamed chunks otherwise), no memory figures (they are the server's)."""
+        thinking, answer, finished = text.split()
+        tokens = streamed.completion_tokens
+        if tokens is None or streamed.interrupted:
+            tokens = text.chunks
+        latency = streamed.latency_s
+        finish = streamed.finish_reason
+        stop = "interrupted" if streamed.interrupted else "eos" if finish == "stop" else finish
+        return Result(
+            prompt=prompt,
+            answer=answer,
+            thinking=thinking,
+            model=model,
+            device=self.connection.shown,
+            think=options.think,
+            prompt_tokens=int(streamed.prompt_tokens or 0),
+            completion_tokens=int(tokens),
+            latency_s=latency,
+            tokens_per_s=tokens / latency if latency > 0 else 0.0,
+            peak_memory_bytes=None,
+            memory_kind=MEMORY_ELSEWHERE,
+            stop_reason=stop or "unknown",
+            thinking_finished=finished,
+            memory_freed_bytes=None,
+            engine=self.kind,
+            time_to_first_token_s=streamed.first_token_s,
+        )
+
+    def _failed(self, prompt: str, options: GenerationOptions, model: str, error: str) -> Result:
+        return Result(
+            prompt=prompt,
+            answer="",
+            thinking="",
+            model=model,
+            device=self.connection.shown,
+            think=options.think,
+            prompt_tokens=0,
+            completion_tokens=0,
+            latency_s=0.0,
+            tokens_per_s=0.0,
+            peak_memory_bytes=None,
+            memory_kind=MEMORY_ELSEWHERE,
+            stop_reason="error",
+            thinking_finished=True,
+            engine=self.kind,
+            error=error,
+        )

@@ -1,0 +1,113 @@
+"""Many prompts to one server, `concurrency` requests in flight, results in input order.
+
+Requests run on worker threads (the server batches them; the kernel only waits), while the
+kernel's main thread collects each result as it finishes, appends it to the JSON-lines file at
+once and moves the progress bar. An interrupt lands on the main thread: it closes every stream
+in flight (the server aborts those requests), drops the requests not yet sent, and keeps every
+finished result — written and returned. An item that fails for good is a failed Result (its
+`error` says why) and the others go on.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+
+from ..batching import BatchReport, BatchResults, _JsonLines
+from ..generation import Result
+from ..interrupts import interrupt_deferred
+
+ItemRunner = Callable[[str], Result]
+"""Answers one prompt (retrying what is worth retrying); raises only when cancelled."""
+
+
+class RetryCounter:
+    """How many requests of a batch were sent again; shared by the worker threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def add(self) -> None:
+        with self._lock:
+            self.count += 1
+
+
+def run_concurrently(
+    prompts: list[str],
+    answer: ItemRunner,
+    *,
+    concurrency: int,
+    cancel: Callable[[], None],
+    retries: RetryCounter,
+    out: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> BatchResults:
+    """Answer every prompt with `answer`, `concurrency` at a time; see the module docstring.
+
+    `cancel` is called once on an interrupt, from the main thread: it must make the workers'
+    streams end now.
+    """
+    from tqdm.auto import tqdm
+
+    writer = _JsonLines(Path(out)) if out is not None else None
+    finished: dict[int, Result] = {}
+    interrupted = False
+    started = time.perf_counter()
+    bar = tqdm(total=len(prompts), desc="qwen3 server batch", unit="prompt", disable=not progress)
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="qwen3-remote")
+    futures: dict[Future[Result], int] = {}
+
+    def collect(done: set[Future[Result]] | list[Future[Result]]) -> None:
+        for future in sorted(done, key=futures.__getitem__):
+            index = futures[future]
+            if index in finished or future.cancelled() or future.exception() is not None:
+                continue
+            result = future.result()
+            with interrupt_deferred():  # a finished item is both kept and written, or neither
+                if writer is not None:
+                    writer.write(index, [result], 1)
+                finished[index] = result
+            bar.update(1)
+            failed = sum(r.failed for r in finished.values())
+            if failed:
+                bar.set_postfix(failed=failed)
+
+    try:
+        futures = {pool.submit(answer, prompt): i for i, prompt in enumerate(prompts)}
+        pending: set[Future[Result]] = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+            collect(done)
+    except KeyboardInterrupt:
+        interrupted = True
+        cancel()
+        pool.shutdown(wait=False, cancel_futures=True)
+        collect([f for f in futures if f.done()])
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        bar.close()
+    errors = [f.exception() for f in futures if f.done() and not f.cancelled()]
+    unexpected = [e for e in errors if e is not None and not interrupted]
+    if unexpected:
+        raise unexpected[0]
+    results = BatchResults(finished[i] for i in sorted(finished))
+    results.report = BatchReport(
+        total=len(prompts),
+        completed=sum(not r.failed for r in results),
+        requested_batch_size=concurrency,
+        held_batch_size=concurrency,
+        back_offs=(),
+        interrupted=interrupted,
+        seconds=time.perf_counter() - started,
+        peak_tensor_bytes=0,
+        out_path=str(out) if out is not None else None,
+        failed=sum(r.failed for r in results),
+        concurrency=concurrency,
+        retries=retries.count,
+    )
+    return results

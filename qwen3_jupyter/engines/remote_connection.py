@@ -1,0 +1,113 @@
+"""One server as this kernel sees it: its client and connection pool, the key to send, the
+models it serves, the optional request fields it refused, and its metrics reader.
+
+The API key is a password written in the URL (the most specific), else $QWEN3_JUPYTER_API_KEY,
+else $OPENAI_API_KEY, looked up per call. The client is made once and kept (remade only when
+the key changed or after `close()`), so every call reuses its connections.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from .remote_errors import CallContext, classify
+from .remote_http import pooled_http_client
+from .remote_stream import Timeouts
+from .server_metrics import MetricsReader, ServerLoad
+from .urls import api_base, mask_url, server_root, url_password
+
+API_KEY_ENVS = ("QWEN3_JUPYTER_API_KEY", "OPENAI_API_KEY")
+NO_KEY = "EMPTY"
+"""What the client sends when no key is set (vLLM's convention; servers without keys ignore it)."""
+
+
+class ServerConnection:
+    """One server: its client and connection pool, the models it serves, the optional request
+    fields it refused (so they are not sent again), and its metrics reader."""
+
+    def __init__(self, url: str) -> None:
+        self.base_url = api_base(url)
+        self._url_key = url_password(url)
+        self.shown = mask_url(url) if self._url_key else self.base_url
+        self.refused: set[str] = set()
+        self._served: tuple[str, ...] | None = None
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self._client_key: str | None = None
+        self._metrics: MetricsReader | None = None
+
+    def __repr__(self) -> str:
+        return f"<ServerConnection {self.shown}>"
+
+    def api_key(self) -> str | None:
+        """The key to send: a password written in the URL (the most specific), else
+        $QWEN3_JUPYTER_API_KEY, else $OPENAI_API_KEY — looked up per call, so a changed
+        variable applies at once."""
+        if self._url_key:
+            return self._url_key
+        for env in API_KEY_ENVS:
+            value = os.environ.get(env, "").strip()
+            if value:
+                return value
+        return None
+
+    def secrets(self) -> tuple[str | None, ...]:
+        """Everything that must never appear in a message."""
+        return (self._url_key, *(os.environ.get(env) for env in API_KEY_ENVS))
+
+    def client(self) -> Any:
+        """The one `openai.OpenAI` client for this server (made on first use, or again after
+        the key changed or the connection was closed)."""
+        import openai
+
+        key = self.api_key()
+        with self._lock:
+            if self._client is None or key != self._client_key:
+                if self._client is not None:
+                    self._client.close()
+                self._client = openai.OpenAI(
+                    base_url=self.base_url,
+                    api_key=key or NO_KEY,
+                    max_retries=0,
+                    http_client=pooled_http_client(openai),
+                )
+                self._client_key = key
+            return self._client
+
+    @property
+    def is_open(self) -> bool:
+        return self._client is not None
+
+    def served_models(self, timeouts: Timeouts, refresh: bool = False) -> tuple[str, ...]:
+        """The ids from GET /v1/models (cached); raises Failure when the server cannot say."""
+        if self._served is not None and not refresh:
+            return self._served
+        import openai
+
+        ctx = CallContext(self.shown, None, self.secrets(), connect_timeout=timeouts.connect)
+        timeout = openai.Timeout(timeouts.first_token, connect=timeouts.connect)
+        try:
+            page = self.client().models.list(timeout=timeout)
+            served = tuple(str(m.id) for m in page.data)
+        except Exception as exc:
+            raise classify(exc, ctx) from None
+        self._served = served
+        return served
+
+    def load(self) -> ServerLoad:
+        """The server's load from its /metrics (cached; never raises; any thread)."""
+        if self._metrics is None:
+            key = self.api_key()
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            root = server_root(self.base_url)
+            self._metrics = MetricsReader(f"{root}/metrics", self.shown, headers)
+        return self._metrics.read()
+
+    def close(self) -> None:
+        """Close the connection pool (idempotent); a later call opens a new one."""
+        with self._lock:
+            client, self._client, self._client_key = self._client, None, None
+        if client is not None:
+            client.close()

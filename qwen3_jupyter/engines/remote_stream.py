@@ -1,0 +1,296 @@
+"""One streamed chat completion from an OpenAI-compatible server, reduced to plain values.
+
+`request_arguments` maps GenerationOptions onto the request the way vLLM, SGLang and
+`transformers serve` take it. `stream_completion` sends it, reads the server-sent events into a
+`StreamText` (plain strings; no response or chunk object outlives the call), hands the text so
+far to `on_text` at most every `interval` seconds, and always closes the stream: at the end, on
+an error, and on an interrupt or a cancel — closing is what makes the server abort the request.
+
+Thinking arrives one of two ways: in a separate delta field (`reasoning_content`, or
+`reasoning` in newer vLLM, when the server runs a reasoning parser), or inline in the content
+between `<think>` tags (no parser). `StreamText.split` handles both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..generation import THINK_END, THINK_START, GenerationOptions, split_thinking
+from .remote_errors import CallContext, Failure, classify
+
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+OPTIONAL_FIELDS = ("top_k", "ignore_eos", "chat_template_kwargs")
+"""Request fields beyond OpenAI's own; dropped (and remembered) where a server refuses them."""
+
+
+class Cancelled(Exception):
+    """A batch was interrupted: this request's stream was closed before it finished."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds to wait: for the connection, for the first token (and for any silence after
+    it), and for the whole answer."""
+
+    connect: float = 10.0
+    first_token: float = 120.0
+    total: float = 600.0
+
+
+@dataclass
+class StreamText:
+    """What a stream delivered so far, as plain strings."""
+
+    reasoning: list[str] = field(default_factory=list)
+    content: list[str] = field(default_factory=list)
+    chunks: int = 0
+    """Content-bearing chunks: an estimate of tokens when the server sends no usage."""
+
+    def add(self, delta: Any) -> bool:
+        """Take one chunk's delta; True when it carried text."""
+        carried = False
+        for name in REASONING_FIELDS:
+            value = getattr(delta, name, None)
+            if isinstance(value, str) and value:
+                self.reasoning.append(value)
+                carried = True
+                break
+        content = getattr(delta, "content", None)
+        if isinstance(content, str) and content:
+            self.content.append(content)
+            carried = True
+        if carried:
+            self.chunks += 1
+        return carried
+
+    def split(self) -> tuple[str, str, bool]:
+        """(thinking, answer, thinking_finished).
+
+        A reasoning field means the server split it: the content is the answer, and thinking
+        finished once content arrived. Otherwise `<think>` tags in the content are split as an
+        in-kernel engine splits them; content without tags is all answer.
+        """
+        content = "".join(self.content)
+        if self.reasoning:
+            thinking = "".join(self.reasoning).strip()
+            return thinking, content.strip(), bool(content.strip()) or not thinking
+        if THINK_END in content or content.lstrip().startswith(THINK_START):
+            return split_thinking(content, True)
+        return "", content.strip(), True
+
+    def display_text(self, think: bool) -> str:
+        """The text so far in the form the stream view splits (`<think>…</think>answer`)."""
+        thinking, answer, finished = self.split()
+        if not think:
+            return answer
+        closing = THINK_END if finished else ""
+        return f"{THINK_START}{thinking}{closing}{answer}"
+
+
+@dataclass
+class Streamed:
+    """How one stream went: its finish reason, the server's token counts, the timings."""
+
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    first_token_s: float | None = None
+    latency_s: float = 0.0
+    interrupted: bool = False
+
+
+def request_arguments(
+    model: str, messages: list[dict[str, str]], options: GenerationOptions, refused: set[str]
+) -> dict[str, Any]:
+    """Keyword arguments for `chat.completions.create`: streamed, usage in the last chunk,
+    Qwen3's sampling defaults, thinking through `chat_template_kwargs`. Fields a server
+    refused before (`refused`) are left out."""
+    arguments: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": options.max_new_tokens,
+    }
+    extra: dict[str, Any] = {"chat_template_kwargs": {"enable_thinking": options.think}}
+    sampling = options.sampling()
+    if sampling.get("do_sample"):
+        arguments["temperature"] = sampling["temperature"]
+        arguments["top_p"] = sampling["top_p"]
+        extra["top_k"] = sampling["top_k"]
+    else:
+        arguments["temperature"] = 0.0
+    if options.seed is not None:
+        arguments["seed"] = options.seed
+    if options.ignore_eos:
+        extra["ignore_eos"] = True
+    extra = {k: v for k, v in extra.items() if k not in refused}
+    if extra:
+        arguments["extra_body"] = extra
+    return arguments
+
+
+def refused_fields(server_says: str) -> set[str]:
+    """Which optional fields a 400/422 names ('Unexpected fields in the request: {top_k}')."""
+    lowered = server_says.lower()
+    if not any(w in lowered for w in ("unexpected", "extra", "unrecognized", "not permitted")):
+        return set()
+    return {name for name in OPTIONAL_FIELDS if name in server_says}
+
+
+def abort(stream: Any) -> None:
+    """Close a stream now, from any thread: shut the socket down first (a read blocked in
+    another thread returns at once, and the server sees the client go), then close."""
+    response = getattr(stream, "response", None)
+    extensions = getattr(response, "extensions", None) or {}
+    network = extensions.get("network_stream")
+    with contextlib.suppress(Exception):
+        sock = network.get_extra_info("socket") if network is not None else None
+        if isinstance(sock, socket.socket):
+            sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(Exception):
+        stream.close()
+
+
+class ActiveStreams:
+    """The streams in flight, so a batch interrupt can close them all at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._streams: set[Any] = set()
+        self.cancelled = threading.Event()
+
+    def add(self, stream: Any) -> None:
+        with self._lock:
+            self._streams.add(stream)
+        if self.cancelled.is_set():
+            abort(stream)
+
+    def discard(self, stream: Any) -> None:
+        with self._lock:
+            self._streams.discard(stream)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        with self._lock:
+            streams = list(self._streams)
+        for stream in streams:
+            abort(stream)
+
+
+def stream_completion(
+    client: Any,
+    arguments: dict[str, Any],
+    text: StreamText,
+    ctx: CallContext,
+    timeouts: Timeouts,
+    *,
+    think: bool,
+    on_text: Callable[[str], None] | None = None,
+    interval: float = 0.1,
+    on_first_token: Callable[[], None] | None = None,
+    active: ActiveStreams | None = None,
+) -> Streamed:
+    """Send one streamed request and read it to the end into `text`.
+
+    Failures raise `Failure` (one line, classified). An interrupt on the calling thread closes
+    the stream and returns what arrived, marked interrupted. With `active`, a cancel from
+    another thread closes the stream and raises `Cancelled`.
+    """
+    import openai
+
+    result = Streamed()
+    started = time.perf_counter()
+    stream: Any = None
+    completed = False
+    last_emit = 0.0
+    try:
+        stream = client.chat.completions.create(
+            **arguments,
+            timeout=openai.Timeout(
+                timeouts.total,
+                connect=timeouts.connect,
+                read=timeouts.first_token,
+                write=timeouts.connect,
+                pool=timeouts.total,  # waiting for a free connection is queueing, not failure
+            ),
+        )
+        if active is not None:
+            active.add(stream)
+        for chunk in stream:
+            now = time.perf_counter()
+            usage = getattr(chunk, "usage", None)
+            if usage is not None:
+                result.prompt_tokens = getattr(usage, "prompt_tokens", None)
+                result.completion_tokens = getattr(usage, "completion_tokens", None)
+            for choice in getattr(chunk, "choices", None) or ():
+                if text.add(choice.delta) and result.first_token_s is None:
+                    result.first_token_s = now - started
+                    if on_first_token is not None:
+                        on_first_token()
+                if choice.finish_reason:
+                    result.finish_reason = choice.finish_reason
+            ctx.tokens = text.chunks
+            del chunk
+            elapsed = now - started
+            if result.first_token_s is None and elapsed > timeouts.first_token:
+                raise _timeout(ctx, f"no first token within {timeouts.first_token:g} s")
+            if elapsed > timeouts.total:
+                raise _timeout(ctx, f"the answer took longer than {timeouts.total:g} s")
+            if on_text is not None and text.chunks and now - last_emit >= interval:
+                last_emit = now
+                on_text(text.display_text(think))
+        completed = True
+    except KeyboardInterrupt:
+        result.interrupted = True
+    except Failure:
+        raise
+    except Exception as exc:
+        if active is not None and active.cancelled.is_set():
+            raise Cancelled() from None
+        raise classify(exc, ctx) from None
+    finally:
+        if stream is not None:
+            if active is not None:
+                active.discard(stream)
+            if completed:
+                stream.close()  # read to the end: the connection goes back to the pool
+            else:
+                abort(stream)  # the server sees the client go and stops generating
+        result.latency_s = time.perf_counter() - started
+    if active is not None and active.cancelled.is_set() and result.finish_reason is None:
+        raise Cancelled()
+    if result.finish_reason is None and not result.interrupted:
+        if text.chunks == 0:
+            raise Failure(
+                f"{ctx.url} sent no chat-completion events (HTTP 200 without a stream): is it an "
+                "OpenAI-compatible server? check the URL (it usually ends in /v1)",
+                "malformed",
+            )
+        raise Failure(
+            f"the stream from {ctx.url} ended after {text.chunks} tokens without a finish: the "
+            "server or a proxy cut it — check the server's log and run again",
+            "dropped",
+            retryable=True,
+        )
+    return result
+
+
+def _timeout(ctx: CallContext, what: str) -> Failure:
+    if "first token" in what:
+        hint = (
+            "the server may be overloaded or still loading the model — check its log; "
+            "$QWEN3_JUPYTER_FIRST_TOKEN_TIMEOUT sets the limit"
+        )
+        return Failure(f"{ctx.url}: {what}: {hint}", "first_token_timeout")
+    return Failure(
+        f"{ctx.url}: {what} ({ctx.tokens} tokens so far): lower --max-new-tokens or raise "
+        "$QWEN3_JUPYTER_TIMEOUT",
+        "total_timeout",
+    )

@@ -1,0 +1,295 @@
+"""What the remote-engine tests run against: a real `transformers serve` of the tiny model
+(`qwen3_jupyter.bench._openai_server`), a proxy in front of it that misbehaves on request, and a
+kernel whose own stdout/stderr go to a file (so the key test can read everything it printed).
+
+The proxy forwards to the real server and changes one thing per route prefix:
+- `/pass/v1/...`      nothing but vLLM's `data: [DONE]` at the end of a stream;
+- `/auth/v1/...`      401 unless `Authorization: Bearer <proxy key>`; the 401 body echoes the
+                      key it got, as OpenAI's own API does ("Incorrect API key provided: ...");
+- `/error/v1/...`     after 3 events the server reports an error event (a 500 mid-stream);
+- `/malformed/v1/...` an event that is not JSON;
+- `/inline/v1/...`    reasoning moved into the content between <think> tags (a server without a
+                      reasoning parser);
+- `/stall/v1/...`     headers, then silence (no first token);
+- `.../metrics`       a vLLM-style Prometheus text;
+- anything else       404 with an HTML page (a web server that is not an OpenAI API).
+Only chat requests (POST) misbehave; GET /v1/models is forwarded, after the key check on
+`/auth/`. On every route, a request whose prompt contains CUT loses its connection after 3
+events, and the first `busy_left` requests get 503 with Retry-After: 0. `stop()` closes the
+port (a server that went away). Client ports and disconnects are recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from qwen3_jupyter.bench._kernel import Kernel
+
+VLLM_METRICS = """\
+# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="Qwen/Qwen3-1.7B"} 3.0
+# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="Qwen/Qwen3-1.7B"} 1.0
+# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{engine="0",model_name="Qwen/Qwen3-1.7B"} 0.42
+"""
+
+ROUTES = ("pass", "auth", "error", "malformed", "inline", "stall")
+
+
+class ChaosProxy:
+    """A threaded HTTP proxy to `upstream` (an OpenAI base URL) with the routes above."""
+
+    def __init__(self, upstream: str, key: str, log: Path) -> None:
+        parts = urlsplit(upstream)
+        self.upstream_host = parts.hostname or "127.0.0.1"
+        self.upstream_port = int(parts.port or 80)
+        self.key = key
+        self.log = log
+        self.busy_left = 0
+        self.requests: list[str] = []
+        self.client_ports: list[int] = []
+        self.disconnects: list[float] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        handler = type("Handler", (_Handler,), {"proxy": self})
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def url(self, route: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{route}/v1"
+
+    @property
+    def root(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def note(self, line: str) -> None:
+        with self._lock:
+            self.requests.append(line)
+            with self.log.open("a", encoding="utf-8") as handle:
+                handle.write(line + "\n")
+
+    def opened(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+
+    def enter(self, port: int) -> None:
+        with self._lock:
+            self.client_ports.append(port)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    def take_busy(self) -> bool:
+        with self._lock:
+            if self.busy_left > 0:
+                self.busy_left -= 1
+                return True
+            return False
+
+    def stop(self) -> None:
+        """Close the port and every open connection, as a server that went away does."""
+        self.server.shutdown()
+        self.server.server_close()
+        with self._lock:
+            sockets, self._sockets = list(self._sockets), []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    proxy: ChaosProxy
+
+    def setup(self) -> None:
+        super().setup()
+        self.proxy.opened(self.connection)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        self.proxy.note(f"{self.command} {self.path}")
+
+    def do_GET(self) -> None:
+        self._handle(b"")
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self._handle(self.rfile.read(length))
+
+    def _handle(self, body: bytes) -> None:
+        if self.path.endswith("/metrics"):
+            self._send(200, VLLM_METRICS.encode(), "text/plain; version=0.0.4")
+            return
+        route, _, rest = self.path.lstrip("/").partition("/")
+        if route not in ROUTES or not rest.startswith("v1/"):
+            page = b"<html><body><h1>404 Not Found</h1>This is not an API.</body></html>"
+            self._send(404, page, "text/html")
+            return
+        if route == "auth" and self.headers.get("Authorization") != f"Bearer {self.proxy.key}":
+            sent = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+            error = {"message": f"Incorrect API key provided: {sent}", "code": "invalid_api_key"}
+            self._send(401, json.dumps({"error": error}).encode(), "application/json")
+            return
+        if self.command == "GET":
+            self._forward_counted(route, "/" + rest, body)
+            return
+        if self.proxy.take_busy():
+            self._send(503, b'{"error": {"message": "busy"}}', "application/json", retry=True)
+            return
+        if route == "malformed":
+            self._start_stream()
+            self._chunk(b'data: {"id": "x", "choices": [{"delta": {"content": "hi"}\n\n')
+            self._chunk(b"")
+            return
+        if route == "stall":
+            self._start_stream()
+            time.sleep(5)
+            self.close_connection = True
+            return
+        self._forward_counted(route, "/" + rest, body)
+
+    def _forward_counted(self, route: str, path: str, body: bytes) -> None:
+        self.proxy.enter(int(self.client_address[1]))
+        try:
+            self._forward(route, path, body)
+        finally:
+            self.proxy.leave()
+
+    def _forward(self, route: str, path: str, body: bytes) -> None:
+        upstream = http.client.HTTPConnection(
+            self.proxy.upstream_host, self.proxy.upstream_port, timeout=60
+        )
+        headers = {"Content-Type": self.headers.get("Content-Type") or "application/json"}
+        upstream.request(self.command, path, body=body or None, headers=headers)
+        response = upstream.getresponse()
+        kind = response.getheader("Content-Type") or ""
+        if "text/event-stream" not in kind:
+            self._send(response.status, response.read(), kind)
+            upstream.close()
+            return
+        cut = b"CUT" in body
+        self._start_stream()
+        events = 0
+        thinking = False
+        try:
+            while True:
+                line = response.readline()
+                if not line:
+                    if route == "pass":
+                        self._chunk(b"data: [DONE]\n\n")
+                    break
+                if not line.startswith(b"data: "):
+                    self._chunk(line)
+                    continue
+                events += 1
+                if cut and events > 3:
+                    self.close_connection = True
+                    return  # no terminating chunk: the client sees the connection drop
+                if route == "error" and events > 3:
+                    error = {"error": {"message": "CUDA error: an illegal memory access"}}
+                    self._chunk(b"data: " + json.dumps(error).encode() + b"\n\n")
+                    self._chunk(b"")
+                    return
+                if route == "inline":
+                    line, thinking = _inline(line, thinking)
+                self._chunk(line)
+            self._chunk(b"")
+        except OSError:
+            self.close_connection = True  # the client went away: drop the upstream request
+            self.proxy.disconnects.append(time.monotonic())
+        finally:
+            upstream.close()
+
+    def _send(self, status: int, body: bytes, kind: str, retry: bool = False) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        if retry:
+            self.send_header("Retry-After", "0")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _start_stream(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+
+def _inline(line: bytes, thinking: bool) -> tuple[bytes, bool]:
+    """One SSE line with `reasoning_content` moved into `content` between <think> tags."""
+    payload = line[len(b"data: ") :].strip()
+    if payload.startswith(b"[DONE]"):
+        return line, thinking
+    event = json.loads(payload)
+    for choice in event.get("choices", []):
+        delta = choice.get("delta", {})
+        reasoning = delta.pop("reasoning_content", None)
+        content = delta.get("content")
+        text = ""
+        if reasoning:
+            text += ("" if thinking else "<think>") + reasoning
+            thinking = True
+        if content:
+            text += ("</think>" if thinking else "") + content
+            thinking = False
+        if text:
+            delta["content"] = text
+    return b"data: " + json.dumps(event).encode() + b"\n\n", thinking
+
+
+class LoggedKernel(Kernel):
+    """A kernel whose process stdout/stderr go to `log` (library logs, warnings, crashes)."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        from jupyter_client.manager import KernelManager
+
+        self.log = log
+        self.executions: list[Any] = []
+        self.km = KernelManager(kernel_name="python3")
+        full_env = dict(os.environ)
+        full_env.update(env)
+        self._log_handle = log.open("ab")
+        self.km.start_kernel(env=full_env, stdout=self._log_handle, stderr=self._log_handle)
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
+
+    def run(self, code: str, timeout: float = 120, on_message: Any = None) -> Any:
+        execution = super().run(code, timeout=timeout, on_message=on_message)
+        self.executions.append(execution)
+        return execution
+
+    def collect(self, msg_id: str, timeout: float = 120) -> Any:
+        execution = super().collect(msg_id, timeout=timeout)
+        self.executions.append(execution)
+        return execution
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        self._log_handle.close()

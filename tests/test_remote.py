@@ -1,0 +1,462 @@
+"""`%qwen3 --server` through a real kernel, against a real OpenAI-compatible server.
+
+The server is `transformers serve` of the tiny model (session fixture `openai_server`); the
+failures a notebook meets in the wild come from a proxy in front of it (`tests.openai_server`)
+or from a server that is not there. The kernel runs with an API key in its environment; the last
+test reads every message, log and file these tests produced and finds no trace of it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qwen3_jupyter.bench._openai_server import OpenAIServer, free_port
+from tests.kernel import Execution
+from tests.openai_server import ChaosProxy, LoggedKernel
+
+KEY = f"sk-kernel-{secrets.token_hex(12)}"
+"""The key in the kernel's environment: the server ignores it, the /auth/ proxy rejects it."""
+PROXY_KEY = f"sk-proxy-{secrets.token_hex(12)}"
+"""The key the /auth/ proxy accepts (given in a URL by one test)."""
+STATUS_LINES = ("*connecting", "*waiting", "*asking", "*streaming", "*sending", "*generating")
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("remote")
+
+
+@pytest.fixture(scope="module")
+def proxy(openai_server: OpenAIServer, work: Path) -> Iterator[ChaosProxy]:
+    chaos = ChaosProxy(openai_server.url, PROXY_KEY, work / "proxy.log")
+    yield chaos
+    chaos.stop()
+
+
+@pytest.fixture(scope="module")
+def rk(kernel_env: dict[str, str], work: Path) -> Iterator[LoggedKernel]:
+    """The kernel of this module: the extension loaded, an API key in its environment."""
+    k = LoggedKernel({**kernel_env, "QWEN3_JUPYTER_API_KEY": KEY}, work / "kernel.log")
+    loaded = k.run("%load_ext qwen3_jupyter\nimport os, gc, qwen3_jupyter\nkeep = 42")
+    assert loaded.status == "ok", loaded.error
+    yield k
+    k.shutdown()
+
+
+def ok(kernel: LoggedKernel, code: str, timeout: float = 120) -> Execution:
+    execution = kernel.run(code, timeout=timeout)
+    assert execution.status == "ok", (code, execution.error, execution.stderr)
+    return execution
+
+
+def answer_updates(ex: Execution) -> list[str]:
+    """The streamed texts of the answer's display (status lines left out)."""
+    return [
+        m["content"]["data"]["text/markdown"]
+        for m in ex.of_type("update_display_data")
+        if m["content"]["data"].get("text/markdown")
+        and not m["content"]["data"]["text/markdown"].startswith(STATUS_LINES)
+    ]
+
+
+def failed(kernel: LoggedKernel, line: str) -> str:
+    """Run a %qwen3 line that must fail with a one-line UsageError; its message. The kernel,
+    its variables and the last result survive."""
+    before = kernel.value("repr(globals().get('_qwen3'))")
+    ex = kernel.run(line)
+    assert ex.status == "error", (line, ex.stdout)
+    assert ex.reply["ename"] == "UsageError", ex.reply
+    message = str(ex.reply["evalue"])
+    assert "\n" not in message and "Traceback" not in ex.stderr
+    assert kernel.value("keep") == 42
+    assert kernel.value("repr(globals().get('_qwen3'))") == before
+    return message
+
+
+def wait_for_streamed_text(kernel: LoggedKernel, msg_id: str, timeout: float = 60) -> str:
+    """Read the kernel's messages until the answer's display shows streamed text."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            msg = kernel.kc.get_iopub_msg(timeout=1)
+        except Exception:
+            continue
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        text = msg["content"].get("data", {}).get("text/markdown", "")
+        if msg["msg_type"] == "update_display_data" and text and not text.startswith(STATUS_LINES):
+            return str(text)
+    raise TimeoutError("the answer never started streaming")
+
+
+def wait_until(condition: Any, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+# -- answers ---------------------------------------------------------------------------------
+
+
+def test_streamed_answer_footer_result_and_nothing_in_out(
+    rk: LoggedKernel, openai_server: OpenAIServer
+) -> None:
+    url = openai_server.url
+    ex = ok(rk, f"%qwen3 --server {url} --no-think --max-new-tokens 40 --seed 1 What is a kernel?")
+    updates = answer_updates(ex)
+    assert len(updates) >= 2 and len(set(updates)) >= 2, "the answer did not stream"
+    ids = {
+        m["content"]["transient"]["display_id"]
+        for m in ex.of_type("update_display_data")
+        if m["content"]["data"].get("text/markdown") in updates
+    }
+    assert len(ids) == 1, "one display receives every streamed update"
+    assert ex.stdout.count("[qwen3]") == 1
+    footer = ex.stdout.strip()
+    for part in (
+        f"[qwen3] {openai_server.model} on {url} (remote)",
+        "40 tokens (",
+        "tok/s",
+        "first token ",
+        "model memory lives on the server",
+    ):
+        assert part in footer, (part, footer)
+    assert "peak" not in footer and "freed" not in footer
+    result = rk.value(
+        "(_qwen3.engine, _qwen3.completion_tokens, _qwen3.prompt_tokens > 0, _qwen3.thinking,"
+        " bool(_qwen3.answer), _qwen3.peak_memory_bytes, _qwen3.time_to_first_token_s > 0,"
+        " _qwen3.stop_reason, _qwen3.device)"
+    )
+    assert result == ("remote", 40, True, "", True, None, True, "length", url)
+    assert ex.result() is None and rk.value("len(Out)") == 0
+    # No response or chunk object outlives the call (control: the class exists).
+    assert (
+        rk.value(
+            "__import__('openai').types.chat.ChatCompletionChunk.__name__ == 'ChatCompletionChunk'"
+            " and sum(type(o).__name__ == 'ChatCompletionChunk' for o in gc.get_objects())"
+        )
+        == 0
+    )
+
+
+def test_thinking_on_and_off_from_the_reasoning_field_and_inline_tags(
+    rk: LoggedKernel, openai_server: OpenAIServer, proxy: ChaosProxy
+) -> None:
+    fields = "(_qwen3.think, bool(_qwen3.thinking), _qwen3.answer, _qwen3.thinking_finished)"
+    thinking = ok(rk, f"%qwen3 --server {openai_server.url} --think --max-new-tokens 12 Hi")
+    assert rk.value(fields) == (True, True, "", False)  # random weights never close </think>
+    assert thinking.texts()[-1].startswith("<details>")
+    assert "Thinking (not finished)" in thinking.texts()[-1]
+    assert "thinking not finished" in thinking.stdout
+    ok(rk, f"%qwen3 --server {openai_server.url} --no-think --max-new-tokens 12 Hi")
+    assert rk.value("(_qwen3.think, _qwen3.thinking, bool(_qwen3.answer))") == (False, "", True)
+    # A server without a reasoning parser: the same text inline between <think> tags.
+    ok(rk, f"%qwen3 --server {proxy.url('inline')} --think --max-new-tokens 12 Hi")
+    assert rk.value(fields) == (True, True, "", False)
+    assert "<think>" not in rk.value("_qwen3.thinking")
+    ok(rk, f"%qwen3 --server {proxy.url('inline')} --no-think --max-new-tokens 12 Hi")
+    assert rk.value("(_qwen3.thinking, bool(_qwen3.answer))") == ("", True)
+
+
+def test_one_client_per_server_reused_and_its_connection_kept(
+    rk: LoggedKernel, proxy: ChaosProxy
+) -> None:
+    url = proxy.url("pass")  # ends its streams with data: [DONE], as vLLM does
+    ok(rk, "from qwen3_jupyter.session import SESSION\nclients = []")
+    for _ in range(3):
+        ok(rk, f"%qwen3 --server {url} --no-think --max-new-tokens 4 Hi")
+        ok(rk, f"clients.append(id(SESSION.engines[{url!r}].connection._client))")
+    assert rk.value("len(set(clients))") == 1
+    posts = proxy.client_ports[-3:]
+    assert len(set(posts)) == 1, f"a new connection per call: client ports {posts}"
+    assert rk.value(f"sum(1 for k in SESSION.engines if k == {url!r})") == 1
+
+
+def test_batch_of_20_with_concurrency_4_in_input_order(
+    rk: LoggedKernel, proxy: ChaosProxy, work: Path
+) -> None:
+    prompts = work / "prompts.txt"
+    prompts.write_text("\n".join(f"prompt number {i}" for i in range(20)) + "\n")
+    out = work / "batch.jsonl"
+    proxy.max_in_flight = 0
+    ex = ok(
+        rk,
+        f"%qwen3 --server {proxy.url('pass')} --file {prompts} --concurrency 4 --out {out} "
+        "--no-think --max-new-tokens 8",
+    )
+    assert rk.value("[r.prompt for r in _qwen3]") == [f"prompt number {i}" for i in range(20)]
+    assert rk.value("(len(_qwen3), _qwen3.report.completed, _qwen3.report.failed)") == (20, 20, 0)
+    assert rk.value("all(r.engine == 'remote' and r.answer for r in _qwen3)")
+    assert proxy.max_in_flight == 4, "four requests in flight at once, never more"
+    assert "20/20 prompts" in ex.stdout and "4 concurrent requests" in ex.stdout
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["index"] for r in records) == list(range(20))
+    assert all(r["prompt"] == f"prompt number {r['index']}" for r in records)
+
+
+def test_batch_retries_busy_and_dropped_and_records_what_still_fails(
+    rk: LoggedKernel, proxy: ChaosProxy, work: Path
+) -> None:
+    prompts = ["one", "two CUT", "three", "four", "five", "six"]
+    out = work / "chaos.jsonl"
+    proxy.busy_left = 2
+    ok(
+        rk,
+        f"import qwen3_jupyter\nres = qwen3_jupyter.generate_batch({prompts!r}, "
+        f"server={proxy.url('pass')!r}, concurrency=3, out={str(out)!r}, think=False, "
+        "max_new_tokens=6, progress=False)",
+    )
+    assert rk.value("[r.prompt for r in res]") == prompts
+    report = rk.value("(res.report.completed, res.report.failed, res.report.retries)")
+    # Two 503s and three more tries of the cut prompt (one 503 may have hit it: 4 then).
+    assert report[:2] == (5, 1) and report[2] in (4, 5)
+    error = rk.value("res[1].error")
+    assert "dropped" in error and proxy.url("pass") in error
+    assert rk.value("[bool(r.answer) for r in res]") == [True, False, True, True, True, True]
+    records = {json.loads(line)["index"]: json.loads(line) for line in out.read_text().splitlines()}
+    assert sorted(records) == list(range(6)) and records[1]["error"] == error
+
+
+def test_env_config_and_python_api_use_the_same_server(
+    rk: LoggedKernel, openai_server: OpenAIServer
+) -> None:
+    url = openai_server.url
+    ok(rk, f"os.environ['QWEN3_JUPYTER_SERVER'] = {url!r}")
+    ok(rk, "%qwen3 --no-think --max-new-tokens 4 Hi")
+    assert rk.value("_qwen3.engine") == "remote"
+    ok(rk, "del os.environ['QWEN3_JUPYTER_SERVER']")
+    ok(rk, f"%config Qwen3Magics.server = {url!r}")
+    ok(rk, "%qwen3 --no-think --max-new-tokens 4 Hi")
+    assert rk.value("_qwen3.engine") == "remote"
+    ok(rk, "%config Qwen3Magics.server = ''")
+    ok(
+        rk,
+        f"with qwen3_jupyter.inference(server={url!r}, think=False, max_new_tokens=4) as chat:\n"
+        "    via_inference = chat('Hi')",
+    )
+    assert rk.value("(via_inference.engine, via_inference.completion_tokens)") == ("remote", 4)
+    assert rk.value(f"list(SESSION.engines).count({url!r})") == 1
+
+
+def test_interrupt_closes_the_stream_keeps_the_partial_answer_and_the_next_call_works(
+    rk: LoggedKernel, proxy: ChaosProxy
+) -> None:
+    url = proxy.url("pass")
+    msg_id = rk.start(f"%qwen3 --server {url} --no-think --max-new-tokens 4000 Tell me all")
+    streaming = wait_for_streamed_text(rk, msg_id)
+    time.sleep(0.5)
+    disconnects = len(proxy.disconnects)
+    interrupted_at = time.monotonic()
+    rk.interrupt()
+    ex = rk.collect(msg_id, timeout=60)
+    assert time.monotonic() - interrupted_at < 3.0, "the cell did not stop at once"
+    assert ex.reply["status"] == "ok", (ex.reply, streaming)
+    assert "interrupted: partial answer kept" in ex.stdout
+    stop, tokens, answer = rk.value("(_qwen3.stop_reason, _qwen3.completion_tokens, _qwen3.answer)")
+    assert stop == "interrupted" and 0 < tokens < 4000 and answer
+    # The connection was closed: the proxy's next write found the client gone, and it dropped
+    # the request upstream (which is how the server learns to stop generating).
+    wait_until(lambda: len(proxy.disconnects) > disconnects and proxy.in_flight == 0)
+    ok(rk, f"%qwen3 --server {url} --no-think --max-new-tokens 6 Hi")
+    assert rk.value("(_qwen3.stop_reason, _qwen3.completion_tokens)") == ("length", 6)
+
+
+def test_interrupting_a_batch_closes_its_streams_and_keeps_what_finished(
+    rk: LoggedKernel, proxy: ChaosProxy, work: Path
+) -> None:
+    out = work / "interrupted.jsonl"
+    prompts = [f"long answer {i}" for i in range(8)]
+    msg_id = rk.start(
+        f"res = qwen3_jupyter.generate_batch({prompts!r}, server={proxy.url('pass')!r}, "
+        f"concurrency=2, out={str(out)!r}, think=False, max_new_tokens=150, progress=False)"
+    )
+    deadline = time.monotonic() + 60
+    while not (out.exists() and out.read_text().strip()):
+        assert time.monotonic() < deadline, "no prompt finished"
+        time.sleep(0.05)
+    disconnects = len(proxy.disconnects)
+    interrupted_at = time.monotonic()
+    rk.interrupt()
+    ex = rk.collect(msg_id, timeout=60)
+    assert time.monotonic() - interrupted_at < 3.0, "the cell did not stop at once"
+    assert ex.reply["status"] == "ok", ex.reply
+    kept = rk.value("(res.report.interrupted, [r.prompt for r in res], res.report.completed)")
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert kept[0] is True and 1 <= len(kept[1]) < 8 and kept[2] == len(kept[1])
+    assert sorted(prompts[r["index"]] for r in written) == sorted(kept[1])  # kept = written
+    assert kept[1] == sorted(kept[1], key=prompts.index)  # in input order
+    # The streams in flight were closed: the proxy found the client gone and dropped them.
+    wait_until(lambda: len(proxy.disconnects) > disconnects and proxy.in_flight == 0)
+    workers = "sum(t.name.startswith('qwen3-remote') for t in __import__('threading').enumerate())"
+    wait_until(lambda: rk.value(workers) == 0)
+    ok(rk, f"%qwen3 --server {proxy.url('pass')} --no-think --max-new-tokens 4 Hi")
+    assert rk.value("_qwen3.completion_tokens") == 4
+
+
+# -- failures: one line each, kernel and variables intact -----------------------------------
+
+
+def test_wrong_port_and_a_server_that_went_away(
+    rk: LoggedKernel, proxy: ChaosProxy, openai_server: OpenAIServer
+) -> None:
+    port = free_port()
+    message = failed(rk, f"%qwen3 --server http://127.0.0.1:{port}/v1 --model m Hi")
+    assert message.startswith(f"cannot reach http://127.0.0.1:{port}/v1 (")
+    assert "is the server running, on that host and port?" in message
+    going = ChaosProxy(openai_server.url, PROXY_KEY, proxy.log)
+    url = going.url("pass")
+    ok(rk, f"%qwen3 --server {url} --no-think --max-new-tokens 4 Hi")
+    going.stop()
+    assert failed(rk, f"%qwen3 --server {url} --no-think --max-new-tokens 4 Hi").startswith(
+        f"cannot reach {url}"
+    )
+
+
+def test_wrong_model_name_lists_what_is_served(
+    rk: LoggedKernel, openai_server: OpenAIServer
+) -> None:
+    message = failed(rk, f"%qwen3 --server {openai_server.url} --model Qwen/Qwen3-8B Hi")
+    assert message == (
+        f"model 'Qwen/Qwen3-8B' is not served at {openai_server.url} (it serves: "
+        f"{openai_server.model}): pass --model {openai_server.model}, or leave --model out "
+        "for the first"
+    )
+
+
+def test_an_endpoint_that_is_not_openai(rk: LoggedKernel, proxy: ChaosProxy) -> None:
+    for line in (f"--server {proxy.root}", f"--server {proxy.root}/api/v1 --model m"):
+        message = failed(rk, f"%qwen3 {line} Hi")
+        assert "does not answer like an OpenAI-compatible server" in message
+        assert "it usually ends in /v1" in message
+    assert "not an http(s) URL" in failed(rk, "%qwen3 --server ftp://host/v1 Hi")
+
+
+def test_rejected_key_and_credentials_in_the_url(rk: LoggedKernel, proxy: ChaosProxy) -> None:
+    url = proxy.url("auth")
+    message = failed(rk, f"%qwen3 --server {url} Hi")
+    assert message.startswith(f"the server at {url} rejected the API key (HTTP 401: ")
+    assert "Incorrect API key provided: ***" in message  # the server echoed it; we did not
+    assert "QWEN3_JUPYTER_API_KEY" in message
+    wrong = url.replace("http://", "http://me:wrong-password-123@")
+    masked = url.replace("http://", "http://***@")
+    message = failed(rk, f"%qwen3 --server {wrong} --no-think --max-new-tokens 4 Hi")
+    assert masked in message and "wrong-password-123" not in message
+    right = url.replace("http://", f"http://me:{PROXY_KEY}@")
+    ex = ok(rk, f"%qwen3 --server {right} --no-think --max-new-tokens 4 Hi")
+    assert masked in ex.stdout and rk.value("_qwen3.device") == masked
+
+
+def test_stream_cut_midway_error_event_and_malformed_events(
+    rk: LoggedKernel, proxy: ChaosProxy
+) -> None:
+    cut = failed(rk, f"%qwen3 --server {proxy.url('pass')} --max-new-tokens 30 Hi CUT")
+    assert cut.startswith(f"the connection to {proxy.url('pass')} dropped after ")
+    error = failed(rk, f"%qwen3 --server {proxy.url('error')} --max-new-tokens 30 Hi")
+    assert error.startswith(f"the server at {proxy.url('error')} failed mid-answer after ")
+    assert "(CUDA error: an illegal memory access)" in error
+    malformed = failed(rk, f"%qwen3 --server {proxy.url('malformed')} Hi")
+    assert malformed.startswith(f"malformed stream from {proxy.url('malformed')}")
+
+
+def test_first_token_and_total_timeouts(
+    rk: LoggedKernel, proxy: ChaosProxy, openai_server: OpenAIServer
+) -> None:
+    ok(rk, "os.environ['QWEN3_JUPYTER_FIRST_TOKEN_TIMEOUT'] = '1'")
+    started = time.monotonic()
+    message = failed(rk, f"%qwen3 --server {proxy.url('stall')} Hi")
+    assert time.monotonic() - started < 4
+    assert message.startswith(f"no first token from {proxy.url('stall')} within 1 s")
+    ok(rk, "del os.environ['QWEN3_JUPYTER_FIRST_TOKEN_TIMEOUT']")
+    ok(rk, "os.environ['QWEN3_JUPYTER_TIMEOUT'] = '0.5'")
+    message = failed(rk, f"%qwen3 --server {openai_server.url} --max-new-tokens 4000 Hi")
+    assert message.startswith(f"{openai_server.url}: the answer took longer than 0.5 s")
+    ok(rk, "del os.environ['QWEN3_JUPYTER_TIMEOUT']")
+
+
+def test_a_busy_server_is_retried_for_a_single_call(rk: LoggedKernel, proxy: ChaosProxy) -> None:
+    proxy.busy_left = 1
+    ok(rk, f"%qwen3 --server {proxy.url('pass')} --no-think --max-new-tokens 4 Hi")
+    assert proxy.busy_left == 0 and rk.value("_qwen3.completion_tokens") == 4
+
+
+# -- the gauge, unload ------------------------------------------------------------------------
+
+
+def _widget_text(messages: list[dict[str, Any]]) -> str:
+    values = []
+    for m in messages:
+        data = m["content"].get("data", {})
+        state = data.get("state", {}) if isinstance(data, dict) else {}
+        if isinstance(state.get("value"), str):
+            values.append(state["value"])
+    return "\n".join(values)
+
+
+def test_gauge_shows_each_servers_row_and_its_metrics(
+    rk: LoggedKernel, proxy: ChaosProxy, openai_server: OpenAIServer
+) -> None:
+    shown = ok(rk, "%qwen3_gauge --interval 0.1\nimport time; time.sleep(0.6)")
+    text = _widget_text(shown.messages)
+    assert (
+        f"{proxy.url('pass')} · vLLM · KV cache 42% · 3 running · 1 waiting · "
+        "model memory lives on the server"
+    ) in text
+    assert f"{openai_server.url} · no /metrics (HTTP 404) · model memory lives on the server" in (
+        text
+    )
+    ok(rk, "%qwen3_gauge --stop")
+
+
+def test_unload_closes_every_server_connection(rk: LoggedKernel, proxy: ChaosProxy) -> None:
+    url = proxy.url("pass")
+    ok(rk, f"%qwen3 --server {url} --no-think --max-new-tokens 4 Hi")
+    ok(rk, f"conn = SESSION.engines[{url!r}].connection")
+    assert rk.value("conn.is_open")
+    unloaded = ok(rk, "%qwen3 --unload")
+    assert re.search(r"closed the connections? to \d+ servers?", unloaded.stdout)
+    assert rk.value("(conn.is_open, len(SESSION.engines))") == (False, 0)
+    ok(rk, f"%qwen3 --server {url} --no-think --max-new-tokens 4 Hi")
+    ok(rk, f"conn = SESSION.engines[{url!r}].connection")
+    ok(rk, "%unload_ext qwen3_jupyter")
+    assert rk.value("(conn.is_open, len(SESSION.engines))") == (False, 0)
+    ok(rk, "%load_ext qwen3_jupyter")
+
+
+def test_the_api_key_leaves_no_trace(
+    rk: LoggedKernel, proxy: ChaosProxy, openai_server: OpenAIServer, work: Path
+) -> None:
+    """Every message the kernel sent in this module (outputs, errors, tracebacks), its own
+    stdout/stderr, the proxy's and the server's logs, every file written: no key anywhere."""
+    ok(rk, "%xmode Verbose")  # tracebacks with every frame's local variables
+    raised = rk.run(
+        f"qwen3_jupyter.generate_batch(['Hi'], server={proxy.url('auth')!r}, progress=False)"
+    )
+    assert raised.status == "error" and raised.reply["ename"] == "EngineError"
+    ok(rk, "%xmode Context")
+    ok(rk, "print(repr(SESSION.engines), repr(_qwen3), repr(list(SESSION.engines.values())))")
+    texts = [
+        json.dumps(m["content"])
+        for ex in rk.executions
+        for m in ex.messages
+        if m["msg_type"] != "execute_input"  # the cells' own code, as the tests typed it
+    ]
+    texts += [json.dumps(ex.reply) for ex in rk.executions]
+    files = [rk.log, proxy.log, openai_server.log, *work.glob("*.jsonl")]
+    texts += [path.read_text(errors="replace") for path in files if path.exists()]
+    everything = "\n".join(texts)
+    # Controls: the scan covers the places a leak would show.
+    assert "Incorrect API key provided: ***" in everything  # the rejected key's echo, masked
+    assert "prompt number 19" in everything  # the JSONL
+    assert "POST /v1/chat/completions" in everything  # the server's log
+    assert raised.error is not None and len(raised.error["traceback"]) > 3
+    for secret in (KEY, PROXY_KEY, "wrong-password-123"):
+        assert secret not in everything, f"{secret[:6]}… leaked"

@@ -1,0 +1,218 @@
+"""The remote engine's parts that need no server: URLs and secrets, the thinking split, the
+request a call sends, error text, Prometheus parsing, timeouts, the batch report.
+
+Everything that talks to a server is tested against a real one in tests/test_remote.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from qwen3_jupyter.batching import BatchReport
+from qwen3_jupyter.engines.base import EngineError
+from qwen3_jupyter.engines.remote import backoff, timeouts_from_env
+from qwen3_jupyter.engines.remote_errors import CallContext, retry_after, server_says
+from qwen3_jupyter.engines.remote_stream import (
+    StreamText,
+    Timeouts,
+    refused_fields,
+    request_arguments,
+)
+from qwen3_jupyter.engines.server_metrics import MetricsReader, ServerLoad, parse_metrics
+from qwen3_jupyter.engines.urls import api_base, mask_url, redact, server_root, url_password
+from qwen3_jupyter.generation import GenerationOptions
+from tests.openai_server import VLLM_METRICS, ChaosProxy
+
+
+def test_api_base_accepts_what_users_paste() -> None:
+    assert api_base("http://localhost:8000") == "http://localhost:8000/v1"
+    assert api_base("http://localhost:8000/") == "http://localhost:8000/v1"
+    assert api_base(" http://host:8000/v1/ ") == "http://host:8000/v1"
+    assert api_base("http://host:8000/v1/chat/completions") == "http://host:8000/v1"
+    assert api_base("https://gw.example.com/qwen/v1") == "https://gw.example.com/qwen/v1"
+    assert api_base("http://user:pw@host:9/v1") == "http://host:9/v1"  # no credential in it
+    assert api_base("http://[::1]:8000") == "http://[::1]:8000/v1"
+    for bad in ("localhost:8000", "ftp://host/v1", "http://host:port/v1", "http:///v1"):
+        with pytest.raises(EngineError, match=r"e\.g\. http://localhost:8000/v1"):
+            api_base(bad)
+
+
+def test_credentials_are_masked_and_redacted() -> None:
+    url = "http://alice:s3cr3t-key@host:8000/v1"
+    assert mask_url(url) == "http://***@host:8000/v1"
+    assert mask_url("http://host:8000/v1") == "http://host:8000/v1"
+    assert url_password(url) == "s3cr3t-key"
+    assert url_password("http://:sk-abc@host/v1") == "sk-abc"
+    assert url_password("http://host/v1") is None
+    assert server_root("http://host:8000/v1") == "http://host:8000"
+    text = "Incorrect API key provided: s3cr3t-key (s3cr3t-key)"
+    assert redact(text, [None, "s3cr3t-key"]) == "Incorrect API key provided: *** (***)"
+    assert redact("a b c", ["a"]) == "a b c"  # too short to be a secret worth masking
+
+
+def _delta(**fields: str) -> SimpleNamespace:
+    return SimpleNamespace(**{"content": None, **fields})
+
+
+def test_thinking_split_from_a_reasoning_field_or_inline_tags() -> None:
+    by_field = StreamText()
+    for delta in (
+        _delta(reasoning_content="Let me "),
+        _delta(reasoning_content="think."),
+        _delta(content="Blue."),
+    ):
+        by_field.add(delta)
+    assert by_field.split() == ("Let me think.", "Blue.", True)
+    assert by_field.display_text(True) == "<think>Let me think.</think>Blue."
+    assert by_field.chunks == 3
+
+    newer_vllm = StreamText()
+    newer_vllm.add(_delta(reasoning="Hmm"))
+    assert newer_vllm.split() == ("Hmm", "", False)
+    assert newer_vllm.display_text(True) == "<think>Hmm"
+
+    inline = StreamText()
+    for piece in ("<think>\nLet me", " think.\n</think>\n\n", "Blue."):
+        inline.add(_delta(content=piece))
+    assert inline.split() == ("Let me think.", "Blue.", True)
+
+    prefilled = StreamText()  # the template opened <think>: only the close arrives
+    prefilled.add(_delta(content="Let me think.</think>Blue."))
+    assert prefilled.split() == ("Let me think.", "Blue.", True)
+
+    plain = StreamText()
+    plain.add(_delta(content="Blue."))
+    assert plain.split() == ("", "Blue.", True)
+    assert plain.display_text(True) == "<think></think>Blue."
+    assert plain.display_text(False) == "Blue."
+
+    empty_think = StreamText()  # a server's parser reporting the template's empty block
+    empty_think.add(_delta(reasoning_content="\n\n"))
+    empty_think.add(_delta(content="Blue."))
+    assert empty_think.split() == ("", "Blue.", True)
+
+
+def test_request_carries_thinking_sampling_and_drops_refused_fields() -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    thinking = request_arguments("m", messages, GenerationOptions(max_new_tokens=7), set())
+    assert thinking["stream"] is True and thinking["stream_options"] == {"include_usage": True}
+    assert thinking["max_tokens"] == 7
+    assert (thinking["temperature"], thinking["top_p"]) == (0.6, 0.95)
+    assert thinking["extra_body"] == {
+        "chat_template_kwargs": {"enable_thinking": True},
+        "top_k": 20,
+    }
+
+    options = GenerationOptions(think=False, greedy=True, seed=3, ignore_eos=True)
+    greedy = request_arguments("m", messages, options, {"ignore_eos"})
+    assert greedy["temperature"] == 0.0 and "top_p" not in greedy and greedy["seed"] == 3
+    assert greedy["extra_body"] == {"chat_template_kwargs": {"enable_thinking": False}}
+
+    said = "Unexpected fields in the request: {'top_k', 'ignore_eos'}"
+    assert refused_fields(said) == {"top_k", "ignore_eos"}
+    assert refused_fields("model 'top_k' does not exist") == set()
+
+
+def test_server_error_text_is_one_short_redacted_line() -> None:
+    assert server_says({"error": {"message": "The model `x` does not exist."}}) == (
+        "The model `x` does not exist."
+    )
+    assert server_says({"detail": "Not Found"}) == "Not Found"
+    assert server_says("multi\nline   text") == "multi line text"
+    assert server_says("<html><body>404</body></html>") == "an HTML page"
+    assert len(server_says("x" * 1000)) == 200
+    assert server_says({"error": "bad key sk-12345"}, ("sk-12345",)) == "bad key ***"
+    assert "secret" not in repr(CallContext("http://h/v1", "m", ("secret-key",)))
+
+
+def test_retry_after_and_backoff() -> None:
+    assert retry_after({"retry-after": "3"}) == 3.0
+    assert retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
+    assert retry_after({}) is None and retry_after(None) is None
+    assert backoff(1, 2.0) == 2.0 and backoff(1, 999.0) == 30.0
+    assert 0.375 <= backoff(1, None) <= 0.625 and backoff(10, None) <= 10.0
+
+
+def test_timeouts_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert timeouts_from_env() == Timeouts()
+    monkeypatch.setenv("QWEN3_JUPYTER_FIRST_TOKEN_TIMEOUT", "2.5")
+    monkeypatch.setenv("QWEN3_JUPYTER_TIMEOUT", "30")
+    assert timeouts_from_env() == Timeouts(connect=10.0, first_token=2.5, total=30.0)
+    monkeypatch.setenv("QWEN3_JUPYTER_CONNECT_TIMEOUT", "soon")
+    with pytest.raises(EngineError, match=r"CONNECT_TIMEOUT='soon' is not a positive number"):
+        timeouts_from_env()
+
+
+SGLANG_METRICS = """\
+# TYPE sglang:token_usage gauge
+sglang:token_usage{model_name="Qwen/Qwen3-1.7B",tp_rank="0"} 0.25
+sglang:token_usage{model_name="Qwen/Qwen3-1.7B",tp_rank="1"} 0.25
+# TYPE sglang:num_running_reqs gauge
+sglang:num_running_reqs{model_name="Qwen/Qwen3-1.7B",tp_rank="0"} 5.0
+sglang:num_running_reqs{model_name="Qwen/Qwen3-1.7B",tp_rank="1"} 5.0
+# TYPE sglang:num_queue_reqs gauge
+sglang:num_queue_reqs{model_name="Qwen/Qwen3-1.7B",tp_rank="0"} 2.0
+"""
+
+
+def test_prometheus_metrics_of_vllm_and_sglang() -> None:
+    vllm = parse_metrics(VLLM_METRICS, "http://h:8000/v1")
+    assert (vllm.server, vllm.kv_cache_usage, vllm.running, vllm.waiting) == ("vLLM", 0.42, 3, 1)
+    assert vllm.describe() == (
+        "vLLM · KV cache 42% · 3 running · 1 waiting · model memory lives on the server"
+    )
+    two_engines = VLLM_METRICS + VLLM_METRICS.replace('engine="0"', 'engine="1"')
+    assert parse_metrics(two_engines, "u").running == 6  # data-parallel engines add up
+    sglang = parse_metrics(SGLANG_METRICS, "u")  # the same figure per tensor rank counts once
+    assert (sglang.server, sglang.kv_cache_usage, sglang.running, sglang.waiting) == (
+        "SGLang",
+        0.25,
+        5,
+        2,
+    )
+    other = parse_metrics("# TYPE http_requests_total counter\nhttp_requests_total 3\n", "u")
+    assert other.server is None and other.error == "no KV-cache or request metrics at /metrics"
+    with pytest.raises(ValueError):
+        parse_metrics("this is { not prometheus", "u")
+
+
+def test_metrics_reader_over_http_caches_and_never_raises(tmp_path: Path) -> None:
+    proxy = ChaosProxy("http://127.0.0.1:9/v1", "k" * 8, tmp_path / "proxy.log")
+    try:
+        reader = MetricsReader(f"{proxy.root}/metrics", "http://shown/v1", every=60)
+        load = reader.read()
+        assert load == ServerLoad("http://shown/v1", "vLLM", 0.42, 3, 1)
+        assert reader.read() is load and len(proxy.requests) == 1  # cached
+        missing = MetricsReader(f"{proxy.root}/nothing/here", "s").read()
+        assert missing.error == "no /metrics (HTTP 404)"
+    finally:
+        proxy.stop()
+    down = MetricsReader(f"{proxy.root}/metrics", "s", timeout=0.2).read()
+    assert down.error is not None and down.error.startswith("metrics unreachable")
+    assert "model memory lives on the server" in down.describe()
+
+
+def test_batch_report_for_a_server() -> None:
+    report = BatchReport(
+        total=20,
+        completed=19,
+        requested_batch_size=4,
+        held_batch_size=4,
+        back_offs=(),
+        interrupted=False,
+        seconds=1.5,
+        peak_tensor_bytes=0,
+        out_path="r.jsonl",
+        failed=1,
+        concurrency=4,
+        retries=3,
+    )
+    assert report.summary() == (
+        "19/20 prompts · 1.50 s · 4 concurrent requests · 3 retried · 1 failed (see .error) · "
+        "written to r.jsonl"
+    )
+    local = BatchReport(3, 3, 4, 4, (), False, 1.0, 1024, None)
+    assert "batch size 4 held" in local.summary() and "peak generation tensors" in local.summary()
