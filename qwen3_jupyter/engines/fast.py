@@ -422,10 +422,10 @@ class FastEngine(LocalEngine):
         run = _Run(rows=rows, peak_rss=process_rss())
         started = time.perf_counter()
         try:
-            enforce_budget(self._estimate(batch, length, vocab), budget)
+            run.peak_tensor_bytes = self._estimate(batch, length, vocab)
+            enforce_budget(run.peak_tensor_bytes, budget)
             with torch.inference_mode():
                 state = self._state(batch, length)
-                run.peak_tensor_bytes = state.cache_bytes + batch * vocab * 4 * 3
                 first = self._prefill(state, encoded, options, sample)
                 run.note(first, self._eos, options, started)
                 if streamed is not None:
