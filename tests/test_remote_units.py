@@ -216,3 +216,38 @@ def test_batch_report_for_a_server() -> None:
     )
     local = BatchReport(3, 3, 4, 4, (), False, 1.0, 1024, None)
     assert "batch size 4 held" in local.summary() and "peak generation tensors" in local.summary()
+
+
+def test_a_server_that_never_accepts_ends_in_the_connect_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A real listening socket whose accept queue is full: the kernel drops further handshakes,
+    as a firewall that drops packets does, so only the connect timeout can end the call."""
+    import socket
+    import time
+
+    from qwen3_jupyter.engines.remote import RemoteEngine
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    for _ in range(8):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    time.sleep(0.3)
+    monkeypatch.setenv("QWEN3_JUPYTER_CONNECT_TIMEOUT", "1")
+    engine = RemoteEngine(f"http://127.0.0.1:{port}/v1").with_model("m")
+    started = time.perf_counter()
+    try:
+        with pytest.raises(EngineError, match=r"could not connect to .* within 1 s") as caught:
+            engine.generate("hi", GenerationOptions(max_new_tokens=2))
+        assert "\n" not in str(caught.value)
+        assert time.perf_counter() - started < 15
+    finally:
+        engine.close()
+        for sock in (*fillers, server):
+            sock.close()
