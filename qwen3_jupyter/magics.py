@@ -223,20 +223,23 @@ class Qwen3Magics(Magics):
         if not prompt and not args.file and not args.warmup:
             return
         status = display.Status()
+        engine: Engine | None = None
         try:
             engine = self._engine(args, status)
+            engine.status = status.show  # the engine's own progress line for this call
             if args.warmup:
-                display.info(_warmup(engine, status))
+                display.info(_warmup(engine))
                 if not prompt and not args.file:
                     return
             status.clear()
-            engine.status = status.show
             options = _options(args)
             if args.file:
                 self._run_batch(args, engine, options, status)
             else:
                 self._ask(args, engine, prompt, options, status)
         finally:
+            if engine is not None:
+                engine.status = None
             status.clear()
             for notice in SESSION.take_notices():
                 display.info(notice)
@@ -292,7 +295,6 @@ class Qwen3Magics(Magics):
                     stream_interval=self.stream_interval,
                 )
             finally:
-                engine.status = None
                 status.clear()
         view.finish(result)
         if self.shell is not None:
@@ -314,7 +316,6 @@ class Qwen3Magics(Magics):
                 progress=True,
             )
         finally:
-            engine.status = None
             status.clear()
         display.show_batch(results, results.report)
         if self.shell is not None:
@@ -335,16 +336,12 @@ def _options(args: Namespace) -> GenerationOptions:
     )
 
 
-def _warmup(engine: Engine, status: display.Status) -> str:
+def _warmup(engine: Engine) -> str:
     """Compile the fast path's decode step now, so the first question does not wait."""
     warmup = getattr(engine, "warmup", None)
     if warmup is None:
         return f"--warmup: nothing to compile for the {engine.kind} engine"
-    engine.status = status.show
-    try:
-        return str(warmup())
-    finally:
-        engine.status = None
+    return str(warmup())
 
 
 def _show_unload(report: Any) -> None:
