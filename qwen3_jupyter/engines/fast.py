@@ -52,6 +52,10 @@ MIN_CACHE_TOKENS = 4096
 SAMPLE_WIDTH = 64
 """Top-k candidates the sampler keeps (a static width); a larger --top-k widens it."""
 RECOMPILE_LIMIT = 64
+REHEARSAL_STEPS = 3
+"""Steps that building a shape runs before the call's own (one compile run, two warm-ups before
+a CUDA graph capture): they write cache slots past the prompt, so the cache leaves room for them
+(an index past its end is a device-side assert on CUDA, which ends the process's CUDA context)."""
 """torch.compile keeps this many shapes of the step (batch × cache × sampler) before giving up."""
 
 Notify = Callable[[str], None]
@@ -157,7 +161,7 @@ class DecodeState:
     """This shape's CUDA graph memory pool, shared by its greedy and sampling graphs (they never
     run at once and keep nothing in it between replays); dropping the shape frees all of it."""
     graph_bytes: int = 0
-    """Memory the CUDA graphs of this shape reserved for themselves (their pool)."""
+    """Memory in this shape's graph pool, measured after each capture (replays add none)."""
     setup_seconds: float = 0.0
     """Time spent compiling and capturing this shape's steps (not generation time)."""
 
@@ -222,6 +226,8 @@ class FastEngine(LocalEngine):
         self.compiles = 0
         """torch.compile graphs this engine caused (a new shape adds one; 0 on a cached shape)."""
         self._capture_stream: Any = None
+        self.capture = True
+        """False once a capture failed in this kernel: later shapes run without a graph at once."""
         """One side stream for every warm-up and capture (each new stream would get a cuBLAS
         workspace of its own)."""
         self.broken = ""
@@ -412,7 +418,7 @@ class FastEngine(LocalEngine):
                 f"prompt ({width} tokens) + --max-new-tokens {options.max_new_tokens} exceeds the "
                 f"model's {limit} positions: shorten the prompt or lower --max-new-tokens"
             )
-        length = cache_bucket(needed)
+        length = cache_bucket(needed + REHEARSAL_STEPS)
         vocab = int(model.lm_head.weight.shape[0])
         sample = sample_width(options, vocab)
         if options.seed is not None:
@@ -656,6 +662,8 @@ class FastEngine(LocalEngine):
         it is the step. A failed capture falls back to calling the step."""
         import torch
 
+        if not self.capture:
+            return direct
         reserved_before = torch.cuda.memory_reserved()
         try:
             if self._capture_stream is None:
@@ -674,13 +682,15 @@ class FastEngine(LocalEngine):
         except (KeyboardInterrupt, torch.OutOfMemoryError):
             raise
         except Exception as exc:
+            self.capture = False
             self.notify(
-                f"capturing the decode step as a CUDA graph failed ({_first_line(exc)}); "
-                "running it without a graph"
+                f"capturing the decode step as a CUDA graph failed ({_capture_failure(exc)}); "
+                "running it without a graph in this kernel"
             )
             return direct
-        state.graph_bytes += max(0, torch.cuda.memory_reserved() - reserved_before)
+        grown = state.graph_bytes + max(0, torch.cuda.memory_reserved() - reserved_before)
         state.graphs.append(graph)
+        state.graph_bytes = _graph_pool_bytes(state.pool, fallback=grown)
         return graph.replay
 
     def _decode(
@@ -808,3 +818,29 @@ def _restore(buffers: Any, saved: list[Any]) -> None:
         (buffers.tokens, buffers.positions, buffers.slot, buffers.valid), saved, strict=True
     ):
         target.copy_(value)
+
+
+def _graph_pool_bytes(pool: Any, fallback: int) -> int:
+    """Bytes of the allocator segments in a graph pool, as the allocator's snapshot names them.
+    `fallback` (reserved-memory growth across the captures) also counts the side stream's cuBLAS
+    workspace and whatever the capture's own cache emptying gave back: used only where the
+    snapshot has no pool ids."""
+    try:
+        import torch
+
+        wanted = tuple(pool)
+        return sum(
+            int(segment["total_size"])
+            for segment in torch.cuda.memory_snapshot()
+            if tuple(segment["segment_pool_id"]) == wanted
+        )
+    except Exception:
+        return fallback
+
+
+def _capture_failure(exc: BaseException) -> str:
+    """A failed capture's own error, not the "capture invalidated" that ending it raises on top."""
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and "invalidat" in str(exc).lower():
+        return f"{_first_line(cause)}; then: {_first_line(exc)}"
+    return _first_line(exc)

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The checks only a CUDA GPU can make, most important first, sized for one call on a lent GPU
+# (10 minutes a call, 15 minutes a session, the machine's start included). Each step starts only
+# if the time left ($GPU_CHECK_SECONDS, default 540, counted from this script's start) allows it;
+# the speed bench gets whatever is left, minus a margin for the measurement it is in when its own
+# limit passes. Everything is also written to $LOG_DIR (default /tmp), so a cut-off run still
+# reports.
+#
+# Here:            bash ../shared/gpu/prepare.sh
+# On the GPU:      LOG_DIR=$OUT bash .gpu/run.sh 'bash scripts/gpu-check.sh'
+# A second call:   LOG_DIR=$OUT bash .gpu/run.sh 'bash scripts/gpu-check.sh speed-batches'
+#                  (batches 4 and 16 on the fast path and bare static, reusing the first call's
+#                  built model and compile cache while the machine is still warm)
+set -u
+budget=${GPU_CHECK_SECONDS:-540}
+log=${LOG_DIR:-/tmp}
+mode=${1:-all}
+# Tests and benches share one folder of built models (random:Qwen3-1.7B takes a while to build)
+# and, with --warm-cache, the compile cache the tests filled.
+export QWEN3_JUPYTER_CACHE=${QWEN3_JUPYTER_CACHE:-$HOME/.cache/qwen3_jupyter}
+export QWEN3_JUPYTER_TEST_CACHE=$QWEN3_JUPYTER_CACHE
+status=0
+
+left() { echo $((budget - SECONDS)); }
+step() { echo; echo "=== $1 (at ${SECONDS} s of ${budget} s)"; }
+run() {  # run "$@" unless fewer than $1 seconds are left; a failure is remembered, not fatal
+  local need=$1
+  shift
+  if [ "$(left)" -lt "$need" ]; then
+    echo "skipped (needs ${need} s, $(left) s left): $*"
+    return
+  fi
+  "$@" || status=1
+}
+
+if [ "$mode" = all ]; then
+  step "torch.compile and a CUDA graph on this machine"
+  run 30 python3 - <<'EOF'
+import time
+import torch
+
+started = time.perf_counter()
+double = torch.compile(lambda x: x * 2 + 1)
+x = torch.ones(8, device="cuda")
+double(x)
+graph = torch.cuda.CUDAGraph()
+stream = torch.cuda.Stream()
+stream.wait_stream(torch.cuda.current_stream())
+with torch.cuda.stream(stream):
+    double(x)
+torch.cuda.current_stream().wait_stream(stream)
+with torch.cuda.graph(graph):
+    y = double(x)
+graph.replay()
+torch.cuda.synchronize()
+assert y.tolist() == [3.0] * 8
+print(f"compile + capture + replay work ({time.perf_counter() - started:.1f} s)")
+EOF
+
+  step "issue 10: the fast path's GPU tests (compile times are printed)"
+  run 240 timeout $(($(left) - 60)) python3 -m pytest -q -s -m gpu tests/test_fast_engine.py \
+    -p no:cacheprovider
+
+  step "issue 11: the cleanup GPU tests"
+  run 90 timeout 120 python3 -m pytest -q -m gpu tests/test_cleanup.py -p no:cacheprovider
+
+  step "issue 10: bench speed (batch 1 on every path first)"
+  run 150 python3 -m qwen3_jupyter.bench speed --warm-cache --time-limit $(($(left) - 120)) \
+    --json "$log/speed.json"
+elif [ "$mode" = speed-batches ]; then
+  step "issue 10: bench speed, batches 4 and 16"
+  run 120 python3 -m qwen3_jupyter.bench speed --warm-cache --batches 4,16 \
+    --paths fast,bare-static,eager --repeats 2 --skip-first-calls --time-limit $(($(left) - 100)) \
+    --json "$log/speed-batches.json"
+else
+  echo "usage: bash scripts/gpu-check.sh [all|speed-batches]" >&2
+  exit 2
+fi
+echo
+echo "=== done at ${SECONDS} s (status ${status})"
+exit $status
