@@ -75,6 +75,11 @@ def test_buckets_round_up_so_prompt_lengths_share_shapes() -> None:
     assert cache_bucket(10) == cache_bucket(2_500) == 4096
     assert cache_bucket(4097) == 8192
     assert cache_bucket(100, minimum=1000) == 1024
+    # a batch's floor is the single call's divided by its rows, not below 512
+    floors = {b: cache_bucket(10, batch=b) for b in (1, 2, 3, 4, 8, 16, 64)}
+    assert floors == {1: 4096, 2: 2048, 3: 1024, 4: 1024, 8: 512, 16: 512, 64: 512}
+    assert cache_bucket(1500, batch=16) == 2048, "a long prompt still gets the room it needs"
+    assert cache_bucket(10, minimum=64, batch=4) == 64, "a lower floor is not raised"
     assert sample_width(GenerationOptions(greedy=True), 151_936) == 0
     assert sample_width(GenerationOptions(), 151_936) == 64  # Qwen3's top-k 20 fits
     assert sample_width(GenerationOptions(top_k=100), 151_936) == 128
@@ -118,12 +123,14 @@ def test_greedy_batches_match_generate_and_single_calls(
 ) -> None:
     options = GenerationOptions(greedy=True, think=False, max_new_tokens=12)
     prompts = ["a", "bb bb", "ccc ccc ccc"]  # 3 rows: the 4-row shape with a repeated row
+    fast.generate("a", options)  # the batch-1 shape exists (whatever ran before)
     batch = fast.generate_batch(prompts, options, batch_size=4, progress=False)
     eager_batch = EagerEngine(loaded).generate_batch(prompts, options, batch_size=4, progress=False)
     singles = [EagerEngine(loaded).generate(p, options) for p in prompts]
     assert [r.prompt for r in batch] == prompts
     assert [r.token_ids for r in batch] == [r.token_ids for r in eager_batch]
     assert [r.token_ids for r in batch] == [r.token_ids for r in singles]
+    assert "4×1024" in batch[0].kept_memory, "a batch's cache floor is 4,096 tokens / its rows"
     assert [k.label for k in fast.kept_memory()] == ["decode cache (1×4096)"], (
         "after a batch only the batch-1 cache is kept"
     )
@@ -224,8 +231,8 @@ def test_memory_budget_is_an_out_of_memory_error_and_batches_back_off(
     options = GenerationOptions(greedy=True, think=False, max_new_tokens=8, ignore_eos=True)
     with pytest.raises(GenerationOOM, match="over the memory budget"):
         fast.generate("hi", options, memory_budget=1000)
-    one_row = fast._estimate(1, 4096, 151_936)
-    two_rows = fast._estimate(2, 4096, 151_936)
+    one_row = fast._estimate(1, cache_bucket(1), 151_936)
+    two_rows = fast._estimate(2, cache_bucket(1, batch=2), 151_936)
     results = fast.generate_batch(
         ["a", "b", "c", "d"],
         options,

@@ -9,7 +9,8 @@ The host reads each token one step late (pinned copy + event), so the GPU never 
 
 Shapes are bucketed so a new prompt length never compiles again: batch sizes round up to a power
 of two (extra rows repeat the last prompt and are dropped), the cache length to a power of two of
-at least `QWEN3_JUPYTER_CACHE_TOKENS` (4,096) tokens. The cache and the graphs' memory pool are
+at least `QWEN3_JUPYTER_CACHE_TOKENS` (4,096) tokens for a single call and that divided by the
+batch for a batch (not below 512). The cache and the graphs' memory pool are
 kept between calls on purpose — `kept_memory()` names them, and `close()` (what `--eager` and
 `--unload` call) gives every byte back.
 
@@ -49,6 +50,7 @@ from .local import LocalEngine
 CACHE_TOKENS_ENV = "QWEN3_JUPYTER_CACHE_TOKENS"
 COMPILE_ENV = "QWEN3_JUPYTER_COMPILE"
 MIN_CACHE_TOKENS = 4096
+MIN_BATCH_CACHE_TOKENS = 512
 SAMPLE_WIDTH = 64
 """Top-k candidates the sampler keeps (a static width); a larger --top-k widens it."""
 RECOMPILE_LIMIT = 64
@@ -70,9 +72,14 @@ def batch_bucket(rows: int) -> int:
     return next_power_of_two(max(1, rows))
 
 
-def cache_bucket(tokens: int, minimum: int | None = None) -> int:
-    """The cache length for `tokens` (prompt + new): the next power of two, at least `minimum`
-    ($QWEN3_JUPYTER_CACHE_TOKENS, default 4,096) so that usual prompts share one shape."""
+def cache_bucket(tokens: int, minimum: int | None = None, batch: int = 1) -> int:
+    """The cache length for `tokens` (prompt + new): the next power of two, at least a floor.
+
+    A single call's floor is `minimum` ($QWEN3_JUPYTER_CACHE_TOKENS, default 4,096), so that a
+    conversation's growing prompts share one compiled shape. A batch's floor is that divided by
+    its rows, not below 512: every step reads the whole cache, so 16 rows × 4,096 slots would
+    read twice the weights' bytes per token and hold 7 GiB for answers of a few hundred tokens;
+    this way the smallest cache of any batch holds no more tokens than a single call's."""
     if minimum is None:
         text = os.environ.get(CACHE_TOKENS_ENV) or str(MIN_CACHE_TOKENS)
         try:
@@ -81,7 +88,11 @@ def cache_bucket(tokens: int, minimum: int | None = None) -> int:
             raise EngineError(
                 f"${CACHE_TOKENS_ENV}={text!r} is not a number of tokens (default 4096)"
             ) from None
-    return max(next_power_of_two(max(1, minimum)), next_power_of_two(tokens))
+    floor = next_power_of_two(max(1, minimum))
+    rows = batch_bucket(batch)
+    if rows > 1:
+        floor = max(min(floor, MIN_BATCH_CACHE_TOKENS), floor // rows)
+    return max(floor, next_power_of_two(tokens))
 
 
 def sample_width(options: GenerationOptions, vocab: int) -> int:
@@ -354,10 +365,10 @@ class FastEngine(LocalEngine):
         widths = (0, sample_width(GenerationOptions(), vocab)) if greedy_and_sampled else (0,)
         with torch.inference_mode():
             for batch in batch_sizes:
-                state = self._state(batch_bucket(batch), cache_bucket(1))
+                state = self._state(batch_bucket(batch), cache_bucket(1, batch=batch))
                 for width in widths:
                     self._step_for(state, width)
-        shapes = ", ".join(f"{batch_bucket(b)}×{cache_bucket(1)}" for b in batch_sizes)
+        shapes = ", ".join(f"{batch_bucket(b)}×{cache_bucket(1, batch=b)}" for b in batch_sizes)
         return (
             f"fast decode ready for batch × cache {shapes} "
             f"({self.compiles - before} compiled, {time.perf_counter() - started:.1f} s)"
@@ -418,7 +429,7 @@ class FastEngine(LocalEngine):
                 f"prompt ({width} tokens) + --max-new-tokens {options.max_new_tokens} exceeds the "
                 f"model's {limit} positions: shorten the prompt or lower --max-new-tokens"
             )
-        length = cache_bucket(needed + REHEARSAL_STEPS)
+        length = cache_bucket(needed + REHEARSAL_STEPS, batch=batch)
         vocab = int(model.lm_head.weight.shape[0])
         sample = sample_width(options, vocab)
         if options.seed is not None:
