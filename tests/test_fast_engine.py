@@ -455,6 +455,28 @@ def test_an_unexpected_fast_path_failure_decodes_eagerly_with_one_line(
     assert engine.kept_memory() == ()
 
 
+def test_a_failed_capture_names_its_own_cause_before_the_error_ending_it_raised() -> None:
+    from qwen3_jupyter.engines.fast import _capture_failure
+
+    try:
+        try:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        except RuntimeError:
+            raise RuntimeError("operation failed due to a previous error during capture") from None
+    except RuntimeError as suppressed:
+        assert _capture_failure(suppressed).startswith("RuntimeError: operation failed")
+    try:
+        try:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        except RuntimeError:
+            raise RuntimeError("operation failed due to a previous error during capture")  # noqa: B904
+    except RuntimeError as chained:
+        assert _capture_failure(chained) == (
+            "RuntimeError: operation not permitted when stream is capturing; then: "
+            "RuntimeError: operation failed due to a previous error during capture"
+        )
+
+
 # ----------------------------------------------------------------------------- divergence
 
 

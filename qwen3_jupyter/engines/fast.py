@@ -850,8 +850,9 @@ def _graph_pool_bytes(pool: Any, fallback: int) -> int:
 
 
 def _capture_failure(exc: BaseException) -> str:
-    """A failed capture's own error, not the "capture invalidated" that ending it raises on top."""
-    cause = exc.__cause__ or exc.__context__
-    if cause is not None and "invalidat" in str(exc).lower():
+    """A failed capture's own error first: ending a broken capture raises again on top of it
+    (e.g. "operation failed due to a previous error during capture"), hiding the cause."""
+    cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    if cause is not None:
         return f"{_first_line(cause)}; then: {_first_line(exc)}"
     return _first_line(exc)
