@@ -229,8 +229,12 @@ def test_memory_budget_is_an_out_of_memory_error_and_batches_back_off(
     fast: FastEngine, loaded: LoadedModel
 ) -> None:
     options = GenerationOptions(greedy=True, think=False, max_new_tokens=8, ignore_eos=True)
+    before = fast.generate("hi", options).token_ids
+    compiled = compiles_so_far()
     with pytest.raises(GenerationOOM, match="over the memory budget"):
         fast.generate("hi", options, memory_budget=1000)
+    assert fast.generate("hi", options).token_ids == before, "the cache is usable after an OOM"
+    assert compiles_so_far() == compiled and not fast.broken
     one_row = fast._estimate(1, cache_bucket(1), 151_936)
     two_rows = fast._estimate(2, cache_bucket(1, batch=2), 151_936)
     results = fast.generate_batch(
