@@ -65,6 +65,10 @@ class Execution:
         return results[-1]["content"]["data"].get("text/plain") if results else None
 
 
+class KernelDied(RuntimeError):
+    """The kernel process ended while a cell was running."""
+
+
 class Kernel:
     """One running kernel with a blocking client."""
 
@@ -92,8 +96,9 @@ class Kernel:
             if remaining <= 0:
                 raise TimeoutError(f"cell did not finish in {timeout} s: {code[:80]!r}")
             try:
-                msg = self.kc.get_iopub_msg(timeout=remaining)
+                msg = self.kc.get_iopub_msg(timeout=min(remaining, 1.0))
             except queue.Empty:
+                self._raise_if_dead(code)
                 continue
             if msg["parent_header"].get("msg_id") != msg_id:
                 continue
@@ -106,6 +111,12 @@ class Kernel:
         execution.reply = self.kc.get_shell_msg(timeout=timeout)["content"]
         return execution
 
+    def _raise_if_dead(self, code: str) -> None:
+        """A kernel that died (a crash in native code, say) never goes idle: say so at once
+        instead of waiting out the cell's timeout."""
+        if not self.km.is_alive():
+            raise KernelDied(f"the kernel died while running {code[:80]!r}")
+
     def start(self, code: str) -> str:
         """Start executing `code` without waiting; returns the message id."""
         return str(self.kc.execute(code, allow_stdin=False))
@@ -116,8 +127,11 @@ class Kernel:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                msg = self.kc.get_iopub_msg(timeout=max(0.01, deadline - time.monotonic()))
+                msg = self.kc.get_iopub_msg(
+                    timeout=min(1.0, max(0.01, deadline - time.monotonic()))
+                )
             except queue.Empty:
+                self._raise_if_dead("")
                 continue
             if msg["parent_header"].get("msg_id") != msg_id:
                 continue

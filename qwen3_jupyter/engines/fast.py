@@ -54,11 +54,11 @@ MIN_BATCH_CACHE_TOKENS = 512
 SAMPLE_WIDTH = 64
 """Top-k candidates the sampler keeps (a static width); a larger --top-k widens it."""
 RECOMPILE_LIMIT = 64
+"""torch.compile keeps this many shapes of the step (batch × cache × sampler) before giving up."""
 REHEARSAL_STEPS = 3
 """Steps that building a shape runs before the call's own (one compile run, two warm-ups before
 a CUDA graph capture): they write cache slots past the prompt, so the cache leaves room for them
 (an index past its end is a device-side assert on CUDA, which ends the process's CUDA context)."""
-"""torch.compile keeps this many shapes of the step (batch × cache × sampler) before giving up."""
 
 Notify = Callable[[str], None]
 
@@ -237,10 +237,10 @@ class FastEngine(LocalEngine):
         self.compiles = 0
         """torch.compile graphs this engine caused (a new shape adds one; 0 on a cached shape)."""
         self._capture_stream: Any = None
-        self.capture = True
-        """False once a capture failed in this kernel: later shapes run without a graph at once."""
         """One side stream for every warm-up and capture (each new stream would get a cuBLAS
         workspace of its own)."""
+        self.capture = True
+        """False once a capture failed in this kernel: later shapes run without a graph at once."""
         self.broken = ""
         """Why the fast path failed in this kernel ('' while it works); calls then go eager."""
         self._eos = sorted(eos_ids(loaded.model, loaded.tokenizer))
