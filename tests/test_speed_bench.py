@@ -91,3 +91,10 @@ def test_a_failed_path_is_named_and_the_others_are_still_reported() -> None:
     assert '| bare generate, cache_implementation="static" | failed | 750.0 |' in text
     assert "failed: bare-static at batch 1: cell failed: InductorError: no cc" in text
     assert "- batch 1 >= 250 tok/s (600): met" in text
+
+
+def test_the_step_alone_says_how_much_of_it_whole_calls_keep() -> None:
+    text = "\n".join(report(results(step_ms=1.25)))
+    assert "one step alone (replayed 200 times, no host loop): 1.250 ms = 800 tok/s" in text
+    assert "whole calls (prefill, host loop) keep 0.75 of it" in text
+    assert "one step alone" not in "\n".join(report(results()))

@@ -123,6 +123,29 @@ def _measure(path, batch, tokens):
         return _magic(batch, tokens, path)
     return _bare(batch, tokens, static=path == "bare-static")
 
+def _step_ms(steps=200):
+    """Device time of one batch-1 fast step (a graph replay on CUDA), the host loop left out:
+    with tok/s it tells a GPU-bound step from a host-bound loop. The buffers it advances are
+    put back."""
+    engine = SESSION.engines.get("fast")
+    state = next((s for s in engine.states.values() if s.batch == 1), None) if engine else None
+    step = state.steps.get(0) if state is not None else None
+    if step is None or state.length - int(state.buffers.slot) <= steps:
+        return None
+    b = state.buffers
+    saved = [t.clone() for t in (b.tokens, b.positions, b.slot, b.valid)]
+    with torch.inference_mode():
+        step()
+        _sync()
+        started = time.perf_counter()
+        for _ in range(steps):
+            step()
+        _sync()
+        seconds = time.perf_counter() - started
+        for target, value in zip((b.tokens, b.positions, b.slot, b.valid), saved):
+            target.copy_(value)
+    return seconds / steps * 1000
+
 def _bandwidth():
     """Device-to-device copy bandwidth (bytes read + written per second) and weight bytes."""
     size = (512 if _dev.startswith("cuda") else 128) * 2**20
@@ -222,6 +245,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     print(f"  {LABELS[path]:48} batch {batch:>2}: FAILED: {exc}", flush=True)
                     continue
                 results["paths"][path][str(batch)] = figures
+                if path == "fast" and batch == 1:
+                    results["step_ms"] = _value(first_kernel, "_step_ms()")
     finally:
         first_kernel.shutdown()
     if results["not_measured"]:
@@ -333,6 +358,14 @@ def report(results: dict[str, Any]) -> list[str]:
         eager1 = _tok_s(results, "eager", 1)
         if eager1:
             lines.append(f"fast / eager at batch 1: {fast1 / eager1:.1f}x")
+        step_ms = results.get("step_ms")
+        if step_ms:
+            kept = fast1 * step_ms / 1000
+            lines.append(
+                f"fast batch 1, one step alone (replayed 200 times, no host loop): {step_ms:.3f} "
+                f"ms = {1000 / step_ms:,.0f} tok/s; whole calls (prefill, host loop) keep "
+                f"{kept:.2f} of it"
+            )
     decode = _decode_only(results)
     if decode:
         lines.append(
