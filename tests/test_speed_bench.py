@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from qwen3_jupyter.bench.speed import report
+import pytest
+
+from qwen3_jupyter.bench.speed import main, report
 
 
 def figure(tok_s: float, ttft: float | None = None, decode: float | None = None) -> dict[str, Any]:
@@ -98,3 +100,20 @@ def test_the_step_alone_says_how_much_of_it_whole_calls_keep() -> None:
     assert "one step alone (replayed 200 times, no host loop): 1.250 ms = 800 tok/s" in text
     assert "whole calls (prefill, host loop) keep 0.75 of it" in text
     assert "one step alone" not in "\n".join(report(results()))
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--paths", "fast,nonsense"], "unknown path 'nonsense': any of fast, eager, bare"),
+        (["--batches", "1,x"], "--batches '1,x': batch sizes of 1 or more"),
+        (["--batches", "0"], "--batches '0': batch sizes of 1 or more"),
+    ],
+)
+def test_bad_arguments_are_one_line_before_any_kernel_starts(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert said in capsys.readouterr().err

@@ -438,6 +438,15 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--json", metavar="PATH", help="also write the raw figures here")
     args = parser.parse_args(argv)
+    unknown = [path for path in args.paths.split(",") if path not in PATHS]
+    if unknown:
+        parser.error(f"unknown path {unknown[0]!r}: any of {', '.join(PATHS)}")
+    try:
+        sizes = [int(b) for b in args.batches.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        parser.error(f"--batches {args.batches!r}: batch sizes of 1 or more, e.g. 1,4,16")
     if args.model is None:
         import torch
 
