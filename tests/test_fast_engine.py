@@ -547,6 +547,7 @@ def test_gpu_full_size_first_divergence_is_a_near_tie(full_size: LoadedModel) ->
     of generate's in generate's own scores at that step — else it is a bug, not rounding."""
     import torch
 
+    from qwen3_jupyter.generation import prompt_text
     from tests.divergence import first_divergence, near_tie
 
     tokens = 64
@@ -555,12 +556,7 @@ def test_gpu_full_size_first_divergence_is_a_near_tie(full_size: LoadedModel) ->
     tokenizer = full_size.tokenizer
     try:
         for prompt in ("Why is the sky blue?", "Write a haiku about GPUs. " * 8):
-            text = tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}],
-                tokenize=False,
-                add_generation_prompt=True,
-                enable_thinking=False,
-            )
+            text = prompt_text(tokenizer, prompt, options)  # what the engines template
             ids = tokenizer(text, return_tensors="pt")["input_ids"].to("cuda")
             with torch.inference_mode():
                 reference = full_size.model.generate(

@@ -132,8 +132,8 @@ def _step_ms(steps=200):
     step = state.steps.get(0) if state is not None else None
     if step is None or state.length - int(state.buffers.slot) <= steps:
         return None
-    b = state.buffers
-    saved = [t.clone() for t in (b.tokens, b.positions, b.slot, b.valid)]
+    from qwen3_jupyter.engines.fast import _restore, _snapshot
+    saved = _snapshot(state.buffers)
     with torch.inference_mode():
         step()
         _sync()
@@ -142,8 +142,7 @@ def _step_ms(steps=200):
             step()
         _sync()
         seconds = time.perf_counter() - started
-        for target, value in zip((b.tokens, b.positions, b.slot, b.valid), saved):
-            target.copy_(value)
+        _restore(state.buffers, saved)
     return seconds / steps * 1000
 
 def _bandwidth():
@@ -206,7 +205,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if not args.warm_cache:
         env["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="qwen3-speed-compile-")
     device_flag = f" --device {args.device}" if args.device else ""
-    batches = [int(b) for b in args.batches.split(",")]
+    batches = args.batch_sizes
     paths = args.paths.split(",")
     deadline = time.monotonic() + args.time_limit if args.time_limit else None
     first_kernel = _fresh_kernel(env, args.model, device_flag)
@@ -442,10 +441,10 @@ def main(argv: list[str]) -> int:
     if unknown:
         parser.error(f"unknown path {unknown[0]!r}: any of {', '.join(PATHS)}")
     try:
-        sizes = [int(b) for b in args.batches.split(",")]
+        args.batch_sizes = [int(b) for b in args.batches.split(",")]
     except ValueError:
-        sizes = []
-    if not sizes or min(sizes) < 1:
+        args.batch_sizes = []
+    if not args.batch_sizes or min(args.batch_sizes) < 1:
         parser.error(f"--batches {args.batches!r}: batch sizes of 1 or more, e.g. 1,4,16")
     if args.model is None:
         import torch
