@@ -1,9 +1,12 @@
 """The kernel driver the benchmarks and tests share: a kernel that dies mid-cell is reported at
-once, so a crash in native code (a CUDA fault, say) cannot stall a bench until its timeout."""
+once, so a crash in native code (a CUDA fault, say) cannot stall a bench until its timeout; and
+each cell's status is its own, however slowly the kernel started."""
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -18,5 +21,26 @@ def test_a_kernel_that_dies_mid_cell_is_reported_at_once(kernel_env: dict[str, s
         with pytest.raises(KernelDied, match="the kernel died while running 'import os"):
             kernel.run("import os, time\ntime.sleep(0.5)\nos._exit(3)", timeout=120)
         assert time.monotonic() - started < 30, "waited for the cell's timeout"
+    finally:
+        kernel.shutdown()
+
+
+def test_each_cell_gets_its_own_status_when_the_kernel_starts_slowly(
+    kernel_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A kernel that takes over a second to answer its first kernel_info request (a cold disk,
+    a busy host: the H100 run of issue 11) is sent a second one by `wait_for_ready`, and that
+    reply stays queued. A driver that took "the next shell reply" then reported each cell's
+    predecessor's status: the cell after a failing one failed, with no error of its own."""
+    (tmp_path / "sitecustomize.py").write_text("import time\ntime.sleep(1.5)\n")
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    kernel = Kernel({**kernel_env, "PYTHONPATH": path})
+    try:
+        failing = kernel.run("1 / 0")
+        assert failing.status == "error" and failing.error is not None
+        assert failing.error["ename"] == "ZeroDivisionError"
+        following = kernel.run("x = 1")
+        assert following.status == "ok", following.reply
+        assert kernel.value("x") == 1
     finally:
         kernel.shutdown()

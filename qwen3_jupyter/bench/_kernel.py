@@ -108,8 +108,24 @@ class Kernel:
             if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
                 break
             execution.messages.append(msg)
-        execution.reply = self.kc.get_shell_msg(timeout=timeout)["content"]
+        execution.reply = self._reply_to(msg_id, timeout)
         return execution
+
+    def _reply_to(self, msg_id: str, timeout: float) -> dict[str, Any]:
+        """The shell reply to `msg_id`, skipping replies to earlier requests.
+
+        A kernel slower than a second to answer its first kernel_info request gets a second
+        one from `wait_for_ready`, whose reply stays queued on the shell channel; reading "the
+        next reply" would then give every cell its predecessor's status (seen on an H100: the
+        cell after a failing one reported an error it never had)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no reply to request {msg_id} in {timeout} s")
+            msg = self.kc.get_shell_msg(timeout=remaining)
+            if msg["parent_header"].get("msg_id") == msg_id:
+                return dict(msg["content"])
 
     def _raise_if_dead(self, code: str) -> None:
         """A kernel that died (a crash in native code, say) never goes idle: say so at once
@@ -137,7 +153,7 @@ class Kernel:
                 continue
             msg["received_at"] = time.monotonic()
             if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                execution.reply = self.kc.get_shell_msg(timeout=timeout)["content"]
+                execution.reply = self._reply_to(msg_id, timeout)
                 return execution
             execution.messages.append(msg)
         raise TimeoutError("cell did not finish")

@@ -3,8 +3,9 @@
 Why: transformers' eager loop is bound by Python and kernel launches per token (38 tok/s for the
 1.7B shape on an H100 whose memory bandwidth allows ~970). Here the prompt is prefilled eagerly
 by the model's own forward, its keys/values are copied into a cache of fixed shape, and every
-further token is one call of `qwen3_step.decode_step` — compiled once per shape with
-torch.compile and, on CUDA, captured once as a CUDA graph, so a token costs one graph replay.
+further token is one call of `qwen3_step.decode_step` — its parts (embedding, one decoder layer
+that serves every layer, head and sampler) compiled once per shape with torch.compile and, on
+CUDA, the whole step captured once as a CUDA graph, so a token costs one graph replay.
 The host reads each token one step late (pinned copy + event), so the GPU never waits on Python.
 
 Shapes are bucketed so a new prompt length never compiles again: batch sizes round up to a power
@@ -232,10 +233,11 @@ class FastEngine(LocalEngine):
         self.status: Callable[[str], None] | None = None
         self.states: dict[tuple[int, int], DecodeState] = {}
         self.compile = compile_enabled()
-        self.compiled_step: Any = None
+        self.compiled_step: qwen3_step.StepParts | None = None
         self.compile_seconds: list[tuple[str, float]] = []
         self.compiles = 0
-        """torch.compile graphs this engine caused (a new shape adds one; 0 on a cached shape)."""
+        """torch.compile graphs this engine caused (a new shape adds up to three, one per part of
+        the step; 0 on a cached shape)."""
         self._capture_stream: Any = None
         """One side stream for every warm-up and capture (each new stream would get a cuBLAS
         workspace of its own)."""
@@ -586,30 +588,32 @@ class FastEngine(LocalEngine):
             if self.compile and not self._compile_first(direct, shape):
                 direct = self._direct(state, sample, compiled=False)
             step = self._capture(state, direct) if self.device.startswith("cuda") else direct
+        if step is direct:
+            step = _whole_steps_only(direct)
         state.steps[sample] = step
         state.setup_seconds += time.perf_counter() - started
         return step
 
     def _direct(self, state: DecodeState, sample: int, compiled: bool) -> Callable[[], Any]:
         """One step as a plain call: fresh noise when sampling, then the (compiled) step."""
-        function = self._compiled() if compiled else qwen3_step.decode_step
+        parts = self._compiled() if compiled else qwen3_step.PLAIN_STEP
         model, buffers, greedy = self.loaded.model, self._buffers_for(state, sample), sample == 0
 
         def direct() -> Any:
             if not greedy:
                 buffers.noise.uniform_()
-            return function(model, buffers, greedy)
+            return qwen3_step.decode_step(model, buffers, greedy, parts)
 
         return direct
 
-    def _compiled(self) -> Any:
+    def _compiled(self) -> qwen3_step.StepParts:
         if self.compiled_step is None:
             import torch
 
             compile_cache_dir()
             _raise_recompile_limit()
-            self.compiled_step = torch.compile(
-                qwen3_step.decode_step, fullgraph=True, dynamic=False
+            self.compiled_step = qwen3_step.compiled_parts(
+                lambda function: torch.compile(function, fullgraph=True, dynamic=False)
             )
         return self.compiled_step
 
@@ -728,6 +732,21 @@ class FastEngine(LocalEngine):
             if rows is not None:
                 run.note([r[0] for r in rows], self._eos, options, started)
         reader.drain()
+
+
+def _whole_steps_only(step: Callable[[], Any]) -> Callable[[], Any]:
+    """`step`, with an interrupt held until the step has run (a graph replay needs no such care).
+
+    Why: an interrupt that lands while torch.compile checks whether its compiled code still
+    applies is lost: dynamo takes the failed check for a changed input and compiles again
+    (measured on the CPU: the interrupt ignored, a new graph, 9 s). Held to the step's end, it
+    stops the decode between two whole steps."""
+
+    def run() -> Any:
+        with interrupt_deferred():
+            return step()
+
+    return run
 
 
 @dataclass

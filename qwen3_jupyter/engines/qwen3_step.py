@@ -15,6 +15,7 @@ next token and moves the position on, with no Python in between.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,39 +109,51 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def decode_logits(model: Any, buffers: DecodeBuffers) -> torch.Tensor:
-    """Logits (B, V) for `buffers.tokens`, writing their keys/values at `buffers.slot`."""
+def start_step(
+    model: Any, buffers: DecodeBuffers
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Embed `buffers.tokens` and open their cache slot: (hidden, cos, sin, allowed)."""
     inner = model.model
-    batch = buffers.tokens.shape[0]
     hidden = inner.embed_tokens(buffers.tokens)  # (B, 1, H)
     cos, sin = inner.rotary_emb(hidden, buffers.positions)  # (B, 1, D)
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     buffers.valid.index_fill_(1, buffers.slot, True)
     allowed = buffers.valid[:, None, None, :]  # (B, 1, 1, S)
-    for index, layer in enumerate(inner.layers):
-        attention = layer.self_attn
-        head_dim = attention.head_dim
-        normed = layer.input_layernorm(hidden)
-        query = attention.q_norm(attention.q_proj(normed).view(batch, 1, -1, head_dim))
-        key = attention.k_norm(attention.k_proj(normed).view(batch, 1, -1, head_dim))
-        value = attention.v_proj(normed).view(batch, 1, -1, head_dim)
-        query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
-        query = query * cos + _rotate_half(query) * sin
-        key = key * cos + _rotate_half(key) * sin
-        keys, values = buffers.keys[index], buffers.values[index]
-        keys.index_copy_(2, buffers.slot, key.to(keys.dtype))
-        values.index_copy_(2, buffers.slot, value.to(values.dtype))
-        kv_heads = keys.shape[1]
-        grouped = query.reshape(batch, kv_heads, -1, head_dim)  # (B, kv, groups, D)
-        scores = torch.matmul(grouped, keys.transpose(2, 3)) * attention.scaling
-        scores = scores.masked_fill(~allowed, float("-inf"))
-        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
-        attended = torch.matmul(weights, values).reshape(batch, 1, -1)
-        hidden = hidden + attention.o_proj(attended)
-        hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-    hidden = inner.norm(hidden)
-    logits: torch.Tensor = model.lm_head(hidden[:, -1, :])
-    return logits
+    return hidden, cos.unsqueeze(1), sin.unsqueeze(1), allowed
+
+
+def layer_step(
+    layer: Any,
+    hidden: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    allowed: torch.Tensor,
+    slot: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+) -> torch.Tensor:
+    """One decoder layer for one new token per row: its key/value go to `slot` of this layer's
+    cache, its query attends over the slots `allowed`. Every layer has the same shapes, so one
+    compiled graph serves them all (the layer's weights are the graph's inputs)."""
+    attention = layer.self_attn
+    head_dim = attention.head_dim
+    batch = hidden.shape[0]
+    normed = layer.input_layernorm(hidden)
+    query = attention.q_norm(attention.q_proj(normed).view(batch, 1, -1, head_dim))
+    key = attention.k_norm(attention.k_proj(normed).view(batch, 1, -1, head_dim))
+    value = attention.v_proj(normed).view(batch, 1, -1, head_dim)
+    query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+    query = query * cos + _rotate_half(query) * sin
+    key = key * cos + _rotate_half(key) * sin
+    keys.index_copy_(2, slot, key.to(keys.dtype))
+    values.index_copy_(2, slot, value.to(values.dtype))
+    kv_heads = keys.shape[1]
+    grouped = query.reshape(batch, kv_heads, -1, head_dim)  # (B, kv, groups, D)
+    scores = torch.matmul(grouped, keys.transpose(2, 3)) * attention.scaling
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
+    attended = torch.matmul(weights, values).reshape(batch, 1, -1)
+    hidden = hidden + attention.o_proj(attended)
+    return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
 
 
 def pick_greedy(logits: torch.Tensor, buffers: DecodeBuffers) -> torch.Tensor:
@@ -168,11 +181,47 @@ def pick_sampled(logits: torch.Tensor, buffers: DecodeBuffers) -> torch.Tensor:
     return index.gather(-1, choice).squeeze(-1)
 
 
-def decode_step(model: Any, buffers: DecodeBuffers, greedy: bool) -> torch.Tensor:
-    """One token for every row: forward, sample, advance tokens/positions/slot in place."""
-    logits = decode_logits(model, buffers)
+def finish_step(
+    model: Any, buffers: DecodeBuffers, hidden: torch.Tensor, greedy: bool
+) -> torch.Tensor:
+    """The next token of every row from the last layer's output; tokens, positions and slot
+    advance in place."""
+    logits = model.lm_head(model.model.norm(hidden)[:, -1, :])
     picked = pick_greedy(logits, buffers) if greedy else pick_sampled(logits, buffers)
     buffers.tokens.copy_(picked.unsqueeze(-1))
     buffers.positions.add_(1)
     buffers.slot.add_(1)
     return buffers.tokens
+
+
+@dataclass(frozen=True)
+class StepParts:
+    """The three functions a step is made of, plain or each compiled on its own.
+
+    Why not compile the whole step: tracing and compiling 28 unrolled layers took 32 s on an
+    H100 and loading them from the disk cache 11 s in the next kernel; the layers all have one
+    shape, so one layer's graph serves every layer (and every sampler: only `finish` differs
+    between greedy and sampling). A CUDA graph capture of the step still records every layer's
+    kernels, so a token is still one replay."""
+
+    start: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+    layer: Callable[..., torch.Tensor]
+    finish: Callable[..., torch.Tensor]
+
+
+PLAIN_STEP = StepParts(start_step, layer_step, finish_step)
+
+
+def compiled_parts(compile: Callable[[Callable[..., Any]], Any]) -> StepParts:
+    """`PLAIN_STEP` with each part passed through `compile` (e.g. torch.compile)."""
+    return StepParts(compile(start_step), compile(layer_step), compile(finish_step))
+
+
+def decode_step(
+    model: Any, buffers: DecodeBuffers, greedy: bool, parts: StepParts = PLAIN_STEP
+) -> torch.Tensor:
+    """One token for every row: forward, sample, advance tokens/positions/slot in place."""
+    hidden, cos, sin, allowed = parts.start(model, buffers)
+    for layer, keys, values in zip(model.model.layers, buffers.keys, buffers.values, strict=True):
+        hidden = parts.layer(layer, hidden, cos, sin, allowed, buffers.slot, keys, values)
+    return parts.finish(model, buffers, hidden, greedy)
