@@ -10,7 +10,8 @@
 # On the GPU:      LOG_DIR=$OUT bash .gpu/run.sh 'bash scripts/gpu-check.sh'
 # A second call:   LOG_DIR=$OUT bash .gpu/run.sh 'bash scripts/gpu-check.sh speed-batches'
 #                  (batches 4 and 16 on the fast path and bare static, reusing the first call's
-#                  built model and compile cache while the machine is still warm)
+#                  built model and compile cache while the machine is still warm), or
+#                  '... gpu-check.sh decay' (bench decay --quick, for issue 11's tables)
 set -u
 budget=${GPU_CHECK_SECONDS:-540}
 log=${LOG_DIR:-/tmp}
@@ -72,8 +73,12 @@ elif [ "$mode" = speed-batches ]; then
   run 120 python3 -m qwen3_jupyter.bench speed --warm-cache --batches 4,16 \
     --paths fast,bare-static,eager --repeats 2 --skip-first-calls --time-limit $(($(left) - 100)) \
     --json "$log/speed-batches.json"
+elif [ "$mode" = decay ]; then
+  step "issue 11: bench decay --quick (the README's GPU decay tables, fast path in the %qwen3 rows)"
+  run 120 timeout $(($(left) - 20)) python3 -m qwen3_jupyter.bench decay --quick --tokens 64 \
+    --out "$log/decay"
 else
-  echo "usage: bash scripts/gpu-check.sh [all|speed-batches]" >&2
+  echo "usage: bash scripts/gpu-check.sh [all|speed-batches|decay]" >&2
   exit 2
 fi
 echo
