@@ -68,6 +68,7 @@ bench: setup
 	$(PY) -m qwen3_jupyter.bench monitor
 	$(PY) -m qwen3_jupyter.bench endpoint
 	$(PY) -m qwen3_jupyter.bench speed
+	$(PY) -m qwen3_jupyter.bench step
 	$(PY) -m qwen3_jupyter.bench remote
 
 clean:

@@ -62,6 +62,9 @@ EOF
   run 240 timeout $(($(left) - 60)) python3 -m pytest -q -s -m gpu tests/test_fast_engine.py \
     -p no:cacheprovider
 
+  step "issue 10: where the batch-1 step's time goes (kernels per step, their summed time)"
+  run 60 timeout 120 python3 -m qwen3_jupyter.bench step --json "$log/step.json"
+
   step "issue 11: the cleanup GPU tests"
   run 90 timeout 120 python3 -m pytest -q -m gpu tests/test_cleanup.py -p no:cacheprovider
 
