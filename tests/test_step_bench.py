@@ -31,6 +31,8 @@ def test_the_step_profile_accounts_for_the_step(
     assert "operators per step taking" in shown
 
 
-def test_more_steps_than_the_cache_holds_is_a_one_line_error(model_cache: Path) -> None:
+def test_bad_input_is_a_one_line_error(model_cache: Path) -> None:
     with pytest.raises(SystemExit, match=r"--steps 5000: the cache has room for \d+ more steps"):
         step.main(["--steps", "5000"])
+    with pytest.raises(SystemExit, match=r"^bench step: model 'nonsense' not found"):
+        step.main(["--model", "nonsense"])

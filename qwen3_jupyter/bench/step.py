@@ -22,8 +22,9 @@ from typing import Any
 import torch
 
 from ..engines.fast import FastEngine, _restore, _snapshot
+from ..engines.qwen3_step import UnsupportedModel
 from ..generation import GenerationOptions
-from ..models import ModelChoice, ModelHolder, pick_device, pick_dtype
+from ..models import ModelChoice, ModelError, ModelHolder, pick_device, pick_dtype
 
 
 def _sync(device: str) -> None:
@@ -177,7 +178,10 @@ def main(argv: list[str]) -> int:
     if args.model is None:
         cuda = pick_device(args.device).startswith("cuda")
         args.model = "random:Qwen3-1.7B" if cuda else "tiny"
-    figures = measure(args)
+    try:
+        figures = measure(args)
+    except (ModelError, UnsupportedModel) as exc:
+        raise SystemExit(f"bench step: {exc}") from None
     report(figures)
     if args.json:
         with open(args.json, "w") as handle:
