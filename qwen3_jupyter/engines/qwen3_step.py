@@ -199,10 +199,10 @@ class StepParts:
     """The three functions a step is made of, plain or each compiled on its own.
 
     Why not compile the whole step: tracing and compiling 28 unrolled layers took 32 s on an
-    H100 and loading them from the disk cache 11 s in the next kernel; the layers all have one
-    shape, so one layer's graph serves every layer (and every sampler: only `finish` differs
-    between greedy and sampling). A CUDA graph capture of the step still records every layer's
-    kernels, so a token is still one replay."""
+    H100, and the next kernel's first call, loading them from the disk cache, 11 s; the layers
+    all have one shape, so one layer's graph serves every layer (and every sampler: only
+    `finish` differs between greedy and sampling). A CUDA graph capture of the step still
+    records every layer's kernels, so a token is still one replay."""
 
     start: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
     layer: Callable[..., torch.Tensor]
