@@ -179,3 +179,14 @@ class Kernel:
     def shutdown(self) -> None:
         self.kc.stop_channels()
         self.km.shutdown_kernel(now=True)
+
+
+def timed_cell(kernel: Kernel, code: str, timeout: float = 1800) -> float:
+    """Seconds `code` took in `kernel`, wall clock as the notebook user sees it; a failed cell
+    raises instead of being timed."""
+    started = time.perf_counter()
+    execution = kernel.run(code, timeout=timeout)
+    elapsed = time.perf_counter() - started
+    if execution.status != "ok":
+        raise RuntimeError(f"cell failed: {execution.stderr.strip() or execution.error}")
+    return elapsed

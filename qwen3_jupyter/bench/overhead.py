@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
-from ._kernel import Kernel
+from ._kernel import Kernel, timed_cell
 
 PROMPT = "Explain in detail how a Jupyter kernel keeps state between cells."
 
@@ -34,29 +33,22 @@ del _out, _inputs
 MAGIC_CELL = "%qwen3 --greedy --no-think --ignore-eos --max-new-tokens {n} {prompt}"
 
 
-def _timed(kernel: Kernel, code: str) -> float:
-    started = time.perf_counter()
-    execution = kernel.run(code, timeout=1800)
-    elapsed = time.perf_counter() - started
-    if execution.status != "ok":
-        raise RuntimeError(f"cell failed: {execution.stderr.strip() or execution.error}")
-    return elapsed
-
-
 def measure(model: str, tokens: int, repeats: int, device: str | None) -> dict[str, float]:
     """Median seconds of each way, in one kernel, and their ratio."""
     kernel = Kernel({"PYTHONUNBUFFERED": "1"})
     try:
         device_flag = f" --device {device}" if device else ""
-        _timed(kernel, "%load_ext qwen3_jupyter")
+        timed_cell(kernel, "%load_ext qwen3_jupyter")
         print(f"  loading {model} (the full-size model is built on first use)…", flush=True)
-        _timed(kernel, f"%qwen3 --model {model}{device_flag} --greedy --max-new-tokens 2 warm up")
-        _timed(kernel, BARE_SETUP.format(prompt=PROMPT))
-        _timed(kernel, BARE_CELL.format(n=tokens))  # warm the bare path too
+        timed_cell(
+            kernel, f"%qwen3 --model {model}{device_flag} --greedy --max-new-tokens 2 warm up"
+        )
+        timed_cell(kernel, BARE_SETUP.format(prompt=PROMPT))
+        timed_cell(kernel, BARE_CELL.format(n=tokens))  # warm the bare path too
         bare, magic = [], []
         for i in range(repeats):
-            bare.append(_timed(kernel, BARE_CELL.format(n=tokens)))
-            magic.append(_timed(kernel, MAGIC_CELL.format(n=tokens, prompt=PROMPT)))
+            bare.append(timed_cell(kernel, BARE_CELL.format(n=tokens)))
+            magic.append(timed_cell(kernel, MAGIC_CELL.format(n=tokens, prompt=PROMPT)))
             print(
                 f"  run {i + 1}/{repeats}: bare {bare[-1]:.3f} s, %qwen3 {magic[-1]:.3f} s",
                 flush=True,

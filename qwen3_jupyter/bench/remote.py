@@ -19,12 +19,11 @@ import argparse
 import platform
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import psutil
 
-from ._kernel import Kernel
+from ._kernel import Kernel, timed_cell
 from ._openai_server import serve_tiny
 
 PROMPT = "Explain in detail how a Jupyter kernel keeps state between cells."
@@ -64,15 +63,6 @@ _row = (_res.report.seconds, sum(r.completion_tokens for r in _res),
 """
 
 
-def _timed(kernel: Kernel, code: str) -> float:
-    started = time.perf_counter()
-    execution = kernel.run(code, timeout=1800)
-    elapsed = time.perf_counter() - started
-    if execution.status != "ok":
-        raise RuntimeError(f"cell failed: {execution.stderr.strip() or execution.error}")
-    return elapsed
-
-
 def measure(
     args: argparse.Namespace, url: str
 ) -> tuple[dict[str, float], list[tuple[int, float, int, float, int]]]:
@@ -83,14 +73,14 @@ def measure(
     magic = MAGIC_CELL.format(url=url, model_flag=model_flag, eos=eos, n=args.tokens, prompt=PROMPT)
     bare = BARE_CELL.format(prompt=PROMPT, n=args.tokens, ignore_eos=args.ignore_eos)
     try:
-        _timed(kernel, "%load_ext qwen3_jupyter\nimport statistics, qwen3_jupyter")
-        _timed(kernel, BARE_SETUP.format(url=url, model=args.model or ""))
-        _timed(kernel, magic)  # warm: client, connection, the server's first request
-        _timed(kernel, bare)
+        timed_cell(kernel, "%load_ext qwen3_jupyter\nimport statistics, qwen3_jupyter")
+        timed_cell(kernel, BARE_SETUP.format(url=url, model=args.model or ""))
+        timed_cell(kernel, magic)  # warm: client, connection, the server's first request
+        timed_cell(kernel, bare)
         bare_s, magic_s = [], []
         for i in range(args.repeats):
-            bare_s.append(_timed(kernel, bare))
-            magic_s.append(_timed(kernel, magic))
+            bare_s.append(timed_cell(kernel, bare))
+            magic_s.append(timed_cell(kernel, magic))
             tokens = (kernel.value("_bare_tokens"), kernel.value("_qwen3.completion_tokens"))
             if tokens[0] != tokens[1]:
                 raise RuntimeError(f"token counts differ (bare, %qwen3) = {tokens}")
@@ -107,7 +97,7 @@ def measure(
         overhead["ratio"] = overhead["magic_s"] / overhead["bare_s"]
         rows = []
         for c in (int(x) for x in args.concurrency.split(",")):
-            _timed(
+            timed_cell(
                 kernel,
                 BATCH_CELL.format(
                     prompt=PROMPT,
