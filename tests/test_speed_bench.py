@@ -117,3 +117,16 @@ def test_bad_arguments_are_one_line_before_any_kernel_starts(
         main(argv)
     assert exit_info.value.code == 2
     assert said in capsys.readouterr().err
+
+
+def test_a_first_call_says_where_its_seconds_went() -> None:
+    split = results(
+        first_call_parts={"fast, second fresh kernel": {"compile_s": 3.5, "setup_s": 4.25}}
+    )
+    text = "\n".join(report(split))
+    assert (
+        "first fast call (fast, second fresh kernel): 6.0 s (loaded from the compile cache): "
+        "torch.compile 3.5 s, capturing and the rest of the step's set-up 0.8 s, the rest "
+        "(engine, prefill, decode, the kernel's round trip) 1.8 s"
+    ) in text
+    assert "first fast call (fast, fresh kernel): 40.0 s\n" in text + "\n"

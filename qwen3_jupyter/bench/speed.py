@@ -145,6 +145,15 @@ def _step_ms(steps=200):
         _restore(state.buffers, saved)
     return seconds / steps * 1000
 
+def _first_call_parts():
+    """How the fast engine's first call split: torch.compile's first runs (compiling or loading
+    the step), and building the step in all (those, plus capturing the graph)."""
+    engine = SESSION.engines.get("fast")
+    if engine is None:
+        return None
+    return {{"compile_s": sum(seconds for _, seconds in engine.compile_seconds),
+            "setup_s": sum(state.setup_seconds for state in engine.states.values())}}
+
 def _bandwidth():
     """Device-to-device copy bandwidth (bytes read + written per second) and weight bytes."""
     size = (512 if _dev.startswith("cuda") else 128) * 2**20
@@ -228,6 +237,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             _first_call(results, "fast, fresh kernel", first_kernel, args)
             second_kernel = _fresh_kernel(env, args.model, device_flag)
             try:
+                _ok(second_kernel, SETUP.format(prompt=PROMPT))
                 _first_call(results, "fast, second fresh kernel", second_kernel, args)
             finally:
                 second_kernel.shutdown()
@@ -274,7 +284,27 @@ def _first_call(
     )
     results["first_call"][name] = seconds
     results.setdefault("first_call_how", {})[name] = how
-    print(f"fast path, first call in a {name.split(', ')[1]}: {seconds:.1f} s ({how})", flush=True)
+    parts = _value(kernel, "_first_call_parts()")
+    if parts is not None:
+        results.setdefault("first_call_parts", {})[name] = parts
+    print(
+        f"fast path, first call in a {name.split(', ')[1]}: {seconds:.1f} s ({how})"
+        + _split(seconds, parts),
+        flush=True,
+    )
+
+
+def _split(seconds: float, parts: dict[str, float] | None) -> str:
+    """Where a first call's seconds went, for telling a slow compile-cache load from the rest."""
+    if not parts:
+        return ""
+    capture = parts["setup_s"] - parts["compile_s"]
+    rest = seconds - parts["setup_s"]
+    return (
+        f": torch.compile {parts['compile_s']:.1f} s, capturing and the rest of the step's set-up "
+        f"{capture:.1f} s, the rest "
+        f"(engine, prefill, decode, the kernel's round trip) {rest:.1f} s"
+    )
 
 
 def _measure_one(kernel: Kernel, path: str, batch: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -344,10 +374,12 @@ def report(results: dict[str, Any]) -> list[str]:
         f"bandwidth (device-to-device copy): {results['bandwidth'] / 1e9:,.0f} GB/s; weights "
         f"{results['weight_bytes'] / 1e9:.2f} GB -> limit {limit:,.0f} tok/s at batch 1"
     )
-    hows = results.get("first_call_how", {})
+    hows, splits = results.get("first_call_how", {}), results.get("first_call_parts", {})
     for name, seconds in results["first_call"].items():
         how = f" ({hows[name]})" if name in hows else ""
-        lines.append(f"first fast call ({name}): {seconds:.1f} s{how}")
+        lines.append(
+            f"first fast call ({name}): {seconds:.1f} s{how}{_split(seconds, splits.get(name))}"
+        )
     fast1 = _tok_s(results, "fast", 1)
     if fast1 is not None:
         lines.append(f"fast batch 1: {fast1:,.1f} tok/s = {fast1 / limit:.2f} of the limit")

@@ -8,6 +8,11 @@ tells them apart: the step's time in graph replays, and a profile of the same re
 step called without its graph) with the kernels per step, their summed device time and the
 kernels that take the most. On the CPU it profiles the step's operators instead.
 
+`--whole` also times the step compiled as one function (all layers unrolled in one graph, as it
+was compiled before the three parts of `qwen3_step.StepParts`), captured the same way, in the
+same process: whether compiling one layer for all of them costs speed is then a ratio measured
+in one run, not a comparison across runs.
+
 Runs in this process, not a kernel: the step does not touch the notebook's namespace.
 """
 
@@ -21,7 +26,8 @@ from typing import Any
 
 import torch
 
-from ..engines.fast import FastEngine, _restore, _snapshot
+from ..engines import qwen3_step
+from ..engines.fast import DecodeState, FastEngine, _restore, _snapshot
 from ..engines.qwen3_step import UnsupportedModel
 from ..generation import GenerationOptions
 from ..models import ModelChoice, ModelError, ModelHolder, pick_device, pick_dtype
@@ -84,6 +90,26 @@ def _profile(step: Callable[[], Any], steps: int, device: str, top: int) -> dict
     }
 
 
+def _whole_step(engine: FastEngine, state: DecodeState) -> tuple[Callable[[], Any], float]:
+    """The greedy step of `state` compiled as one function and captured like the engine's own
+    (on CUDA), and the seconds its first call took (compiling, or loading from the cache).
+    Its warm-up and first runs advance the buffers: the caller puts them back."""
+    model, buffers = engine.loaded.model, state.buffers
+    compiled = torch.compile(qwen3_step.decode_step, fullgraph=True, dynamic=False)
+
+    def direct() -> Any:
+        return compiled(model, buffers, True)
+
+    started = time.perf_counter()
+    with torch.inference_mode():
+        direct()
+        _sync(engine.device)
+    seconds = time.perf_counter() - started
+    with torch.inference_mode():
+        step = engine._capture(state, direct) if engine.device.startswith("cuda") else direct
+    return step, seconds
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     device = pick_device(args.device)
     dtype = pick_dtype(device, args.dtype)
@@ -126,6 +152,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             figures["direct_profile"] = measured(
                 lambda: _profile(direct, args.steps, device, args.top)
             )
+        if args.whole:
+            figures["parts_compile_s"] = sum(seconds for _, seconds in engine.compile_seconds)
+            whole, figures["whole_compile_s"] = measured(lambda: _whole_step(engine, state))
+            figures["whole_ms"] = measured(lambda: _wall_ms(whole, args.steps, device))
+            figures["whole_profile"] = measured(
+                lambda: _profile(whole, args.steps, device, args.top)
+            )
         return figures
     finally:
         engine.close()
@@ -144,6 +177,7 @@ def report(figures: dict[str, Any]) -> None:
     for label, wall, profile in (
         ("as run (graph replay)" if figures["captured"] else "as run", "step_ms", "profile"),
         ("called without its graph", "direct_ms", "direct_profile"),
+        ("compiled whole (all layers in one graph)", "whole_ms", "whole_profile"),
     ):
         if wall not in figures:
             continue
@@ -160,6 +194,13 @@ def report(figures: dict[str, Any]) -> None:
                 f"  {row['us_per_step']:9.1f} us {row['share']:5.1%} {row['per_step']:6.1f}x  "
                 f"{row['name'][:90]}"
             )
+    if "whole_ms" in figures:
+        print(
+            f"\nthree parts / whole: {figures['step_ms'] / figures['whole_ms']:.2f} of the whole "
+            f"step's time per step (lower is faster); first call {figures['parts_compile_s']:.1f}"
+            f" s in three parts, {figures['whole_compile_s']:.1f} s whole (compiling, or "
+            "loading from the compile cache)"
+        )
 
 
 def main(argv: list[str]) -> int:
@@ -171,6 +212,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32")
     parser.add_argument("--steps", type=int, default=50, help="steps timed and profiled")
     parser.add_argument("--top", type=int, default=15, help="kernels or operators listed")
+    parser.add_argument(
+        "--whole",
+        action="store_true",
+        help="also time the step compiled whole (one graph of all layers), in the same run",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the raw figures here")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.top < 1:
