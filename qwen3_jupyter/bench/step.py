@@ -198,8 +198,9 @@ def report(figures: dict[str, Any]) -> None:
         print(
             f"\nthree parts / whole: {figures['step_ms'] / figures['whole_ms']:.2f} of the whole "
             f"step's time per step (lower is faster); first call {figures['parts_compile_s']:.1f}"
-            f" s in three parts, {figures['whole_compile_s']:.1f} s whole (compiling, or "
-            "loading from the compile cache)"
+            f" s in three parts (torch.compile's start-up in this process included), "
+            f"{figures['whole_compile_s']:.1f} s whole (compiling, or loading from the compile "
+            "cache)"
         )
 
 
