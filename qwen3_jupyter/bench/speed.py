@@ -302,8 +302,7 @@ def _split(seconds: float, parts: dict[str, float] | None) -> str:
     rest = seconds - parts["setup_s"]
     return (
         f": torch.compile {parts['compile_s']:.1f} s, capturing and the rest of the step's set-up "
-        f"{capture:.1f} s, the rest "
-        f"(engine, prefill, decode, the kernel's round trip) {rest:.1f} s"
+        f"{capture:.1f} s, the rest (engine, prefill, decode, the kernel's round trip) {rest:.1f} s"
     )
 
 
