@@ -78,13 +78,14 @@ EOF
   # Starts nothing new after its limit (60 s for the measurement in flight, the rest for the two
   # checks after it): what the targets judge comes first, batch 16 before batch 4, and in each
   # batch the fast path and bare static before the two eager paths.
-  speed_limit=$(($(left) - 230))
+  speed_limit=$(($(left) - 250))
   [ "$speed_limit" -lt 60 ] && speed_limit=60
   run 150 python3 -m qwen3_jupyter.bench speed --warm-cache --time-limit "$speed_limit" \
     --batches 1,16,4 --paths fast,bare-static,eager,bare --json "$log/speed.json"
 
-  step "issue 10: where the batch-1 step's time goes, three parts vs the step compiled whole"
-  run 100 timeout 150 python3 -m qwen3_jupyter.bench step --whole --json "$log/step.json"
+  step "issue 10: where the batch-1 step's time goes; three parts vs compiled whole vs tuned"
+  run 100 timeout 170 python3 -m qwen3_jupyter.bench step --compare whole,tuned \
+    --json "$log/step.json"
 
   step "issue 11: the cleanup GPU tests"
   run 50 timeout 80 python3 -m pytest -q -m gpu tests/test_cleanup.py -p no:cacheprovider

@@ -15,7 +15,10 @@ def test_the_step_profile_accounts_for_the_step(
     model_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "step.json"
-    assert step.main(["--steps", "5", "--top", "3", "--whole", "--json", str(out)]) == 0
+    assert (
+        step.main(["--steps", "5", "--top", "3", "--compare", "whole,tuned", "--json", str(out)])
+        == 0
+    )
     figures = json.loads(out.read_text())
     assert figures["model"] == "tiny" and figures["device"] == "cpu"
     assert figures["compiled"] and not figures["captured"] and "direct_ms" not in figures
@@ -26,18 +29,28 @@ def test_the_step_profile_accounts_for_the_step(
     assert times == sorted(times, reverse=True) and times[0] <= profile["us_per_step"]
     # the step's own operators, not the profiler's or the harness's
     assert any(row["name"].startswith("aten::") for row in profile["top"])
-    # the step compiled whole, timed and profiled beside it in the same run
-    assert figures["whole_ms"] > 0 and figures["whole_compile_s"] > 0
-    assert figures["whole_profile"]["per_step"] > 10
+    # the step compiled other ways, each timed and profiled beside it in the same run
+    assert list(figures["variants"]) == ["whole", "tuned"]
+    for variant in figures["variants"].values():
+        assert variant["step_ms"] > 0 and variant["first_call_s"] > 0
+        assert variant["profile"]["per_step"] > 10
+    # one graph for all layers makes fewer calls per step than one per layer
+    assert figures["variants"]["whole"]["profile"]["per_step"] < profile["per_step"]
     shown = capsys.readouterr().out
     assert "decode step: tiny on CPU (float32), batch 1 × cache 4096, compiled" in shown
     assert "operators per step taking" in shown
     assert "compiled whole (all layers in one graph):" in shown
-    assert "three parts / whole: " in shown
+    assert "three parts, coordinate-descent tuning:" in shown
+    assert "  whole: " in shown and "  tuned: " in shown and "of the time per step" in shown
 
 
-def test_bad_input_is_a_one_line_error(model_cache: Path) -> None:
+def test_bad_input_is_a_one_line_error(
+    model_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit, match=r"--steps 5000: the cache has room for \d+ more steps"):
         step.main(["--steps", "5000"])
+    with pytest.raises(SystemExit):
+        step.main(["--compare", "whole,fastest"])
+    assert "--compare: unknown variant 'fastest': any of whole, tuned" in capsys.readouterr().err
     with pytest.raises(SystemExit, match=r"^bench step: model 'nonsense' not found"):
         step.main(["--model", "nonsense"])

@@ -8,10 +8,11 @@ tells them apart: the step's time in graph replays, and a profile of the same re
 step called without its graph) with the kernels per step, their summed device time and the
 kernels that take the most. On the CPU it profiles the step's operators instead.
 
-`--whole` also times the step compiled as one function (all layers unrolled in one graph, as it
-was compiled before the three parts of `qwen3_step.StepParts`), captured the same way, in the
-same process: whether compiling one layer for all of them costs speed is then a ratio measured
-in one run, not a comparison across runs.
+`--compare` also times other ways of compiling the same step, each captured the same way, in the
+same process, so each costs or saves speed as a ratio measured in one run, not across runs:
+`whole` (all layers unrolled in one graph, as before the three parts of `qwen3_step.StepParts`)
+and `tuned` (the three parts with inductor's coordinate-descent tuning of its Triton kernels'
+launch configurations; only GPUs have such kernels).
 
 Runs in this process, not a kernel: the step does not touch the notebook's namespace.
 """
@@ -90,15 +91,37 @@ def _profile(step: Callable[[], Any], steps: int, device: str, top: int) -> dict
     }
 
 
-def _whole_step(engine: FastEngine, state: DecodeState) -> tuple[Callable[[], Any], float]:
-    """The greedy step of `state` compiled as one function and captured like the engine's own
+VARIANTS = {
+    "whole": "compiled whole (all layers in one graph)",
+    "tuned": "three parts, coordinate-descent tuning",
+}
+
+
+def _variant_step(
+    engine: FastEngine, state: DecodeState, variant: str
+) -> tuple[Callable[[], Any], float]:
+    """The greedy step of `state` compiled the `variant` way and captured like the engine's own
     (on CUDA), and the seconds its first call took (compiling, or loading from the cache).
     Its warm-up and first runs advance the buffers: the caller puts them back."""
     model, buffers = engine.loaded.model, state.buffers
-    compiled = torch.compile(qwen3_step.decode_step, fullgraph=True, dynamic=False)
+    if variant == "whole":
+        compiled = torch.compile(qwen3_step.decode_step, fullgraph=True, dynamic=False)
 
-    def direct() -> Any:
-        return compiled(model, buffers, True)
+        def direct() -> Any:
+            return compiled(model, buffers, True)
+
+    else:
+        parts = qwen3_step.compiled_parts(
+            lambda function: torch.compile(
+                function,
+                fullgraph=True,
+                dynamic=False,
+                options={"coordinate_descent_tuning": True},
+            )
+        )
+
+        def direct() -> Any:
+            return qwen3_step.decode_step(model, buffers, True, parts)
 
     started = time.perf_counter()
     with torch.inference_mode():
@@ -152,13 +175,18 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             figures["direct_profile"] = measured(
                 lambda: _profile(direct, args.steps, device, args.top)
             )
-        if args.whole:
-            figures["parts_compile_s"] = sum(seconds for _, seconds in engine.compile_seconds)
-            whole, figures["whole_compile_s"] = measured(lambda: _whole_step(engine, state))
-            figures["whole_ms"] = measured(lambda: _wall_ms(whole, args.steps, device))
-            figures["whole_profile"] = measured(
-                lambda: _profile(whole, args.steps, device, args.top)
-            )
+        figures["first_call_s"] = sum(seconds for _, seconds in engine.compile_seconds)
+
+        def variant_figures(variant: str) -> dict[str, Any]:
+            built, first_call = measured(lambda: _variant_step(engine, state, variant))
+            return {
+                "first_call_s": first_call,
+                "step_ms": measured(lambda: _wall_ms(built, args.steps, device)),
+                "profile": measured(lambda: _profile(built, args.steps, device, args.top)),
+            }
+
+        if args.compare:
+            figures["variants"] = {variant: variant_figures(variant) for variant in args.compare}
         return figures
     finally:
         engine.close()
@@ -174,14 +202,14 @@ def report(figures: dict[str, Any]) -> None:
         f"decode step: {figures['model']} on {figures['device_name']} ({figures['dtype']}), "
         f"batch 1 × cache {figures['cache']}, {how}"
     )
-    for label, wall, profile in (
-        ("as run (graph replay)" if figures["captured"] else "as run", "step_ms", "profile"),
-        ("called without its graph", "direct_ms", "direct_profile"),
-        ("compiled whole (all layers in one graph)", "whole_ms", "whole_profile"),
-    ):
-        if wall not in figures:
-            continue
-        ms, prof = figures[wall], figures[profile]
+    variants = figures.get("variants", {})
+    graph = " (graph replay)" if figures["captured"] else ""
+    rows = [(f"as run{graph}", figures["step_ms"], figures["profile"])]
+    if "direct_ms" in figures:
+        rows.append(("called without its graph", figures["direct_ms"], figures["direct_profile"]))
+    for name, figure in variants.items():
+        rows.append((VARIANTS[name] + graph, figure["step_ms"], figure["profile"]))
+    for label, ms, prof in rows:
         busy = prof["us_per_step"] / 1000
         print(
             f"\n{label}: {ms:.3f} ms per step ({1000 / ms:,.0f} tok/s); {prof['per_step']:.0f} "
@@ -194,13 +222,16 @@ def report(figures: dict[str, Any]) -> None:
                 f"  {row['us_per_step']:9.1f} us {row['share']:5.1%} {row['per_step']:6.1f}x  "
                 f"{row['name'][:90]}"
             )
-    if "whole_ms" in figures:
+    if variants:
         print(
-            f"\nthree parts / whole: {figures['step_ms'] / figures['whole_ms']:.2f} of the whole "
-            f"step's time per step (lower is faster); first call {figures['parts_compile_s']:.1f}"
-            f" s in three parts (torch.compile's start-up in this process included), "
-            f"{figures['whole_compile_s']:.1f} s whole (compiling, or loading from the compile "
-            "cache)"
+            f"\nagainst the engine's three parts ({figures['step_ms']:.3f} ms per step, first call "
+            f"{figures['first_call_s']:.1f} s with torch.compile's start-up in this process):"
+        )
+    for name, v in variants.items():
+        print(
+            f"  {name}: {v['step_ms'] / figures['step_ms']:.2f} of the time per step (below 1 is "
+            f"faster), first call {v['first_call_s']:.1f} s (compiling, or loading from the "
+            "compile cache)"
         )
 
 
@@ -214,14 +245,20 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int, default=50, help="steps timed and profiled")
     parser.add_argument("--top", type=int, default=15, help="kernels or operators listed")
     parser.add_argument(
-        "--whole",
-        action="store_true",
-        help="also time the step compiled whole (one graph of all layers), in the same run",
+        "--compare",
+        default="",
+        metavar="VARIANTS",
+        help="also time the step compiled other ways, in the same run: comma-separated, any of "
+        + ", ".join(f"{name} ({what})" for name, what in VARIANTS.items()),
     )
     parser.add_argument("--json", metavar="PATH", help="also write the raw figures here")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.top < 1:
         parser.error("--steps and --top must be at least 1")
+    args.compare = [name for name in args.compare.split(",") if name]
+    for name in args.compare:
+        if name not in VARIANTS:
+            parser.error(f"--compare: unknown variant {name!r}: any of {', '.join(VARIANTS)}")
     if args.model is None:
         cuda = pick_device(args.device).startswith("cuda")
         args.model = "random:Qwen3-1.7B" if cuda else "tiny"
