@@ -121,12 +121,23 @@ def test_bad_arguments_are_one_line_before_any_kernel_starts(
 
 def test_a_first_call_says_where_its_seconds_went() -> None:
     split = results(
-        first_call_parts={"fast, second fresh kernel": {"compile_s": 3.5, "setup_s": 4.25}}
+        first_call_parts={
+            "fast, second fresh kernel": {
+                "compile_s": 3.5,
+                "setup_s": 4.25,
+                "timers": [["_compile.compile_inner", 3.4], ["bytecode_tracing", 0.52]],
+            }
+        }
     )
     text = "\n".join(report(split))
     assert (
         "first fast call (fast, second fresh kernel): 6.0 s (loaded from the compile cache): "
         "torch.compile 3.5 s, capturing and the rest of the step's set-up 0.8 s, the rest "
         "(engine, prefill, decode, the kernel's round trip) 1.8 s"
+    ) in text
+    assert (
+        "(engine, prefill, decode, the kernel's round trip) 1.8 s\n"
+        "  torch.compile's timers (nested ones overlap): _compile.compile_inner 3.40 s, "
+        "bytecode_tracing 0.52 s\n"
     ) in text
     assert "first fast call (fast, fresh kernel): 40.0 s\n" in text + "\n"

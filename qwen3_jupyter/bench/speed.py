@@ -147,12 +147,16 @@ def _step_ms(steps=200):
 
 def _first_call_parts():
     """How the fast engine's first call split: torch.compile's first runs (compiling or loading
-    the step), and building the step in all (those, plus capturing the graph)."""
+    the step), building the step in all (those, plus capturing the graph), and torch.compile's
+    own timers, slowest first (tracing, loading from the cache, ...; nested ones overlap)."""
     engine = SESSION.engines.get("fast")
     if engine is None:
         return None
+    metrics = torch._dynamo.utils.compilation_time_metrics
+    timers = sorted(((name, sum(times)) for name, times in metrics.items()), key=lambda t: -t[1])
     return {{"compile_s": sum(seconds for _, seconds in engine.compile_seconds),
-            "setup_s": sum(state.setup_seconds for state in engine.states.values())}}
+            "setup_s": sum(state.setup_seconds for state in engine.states.values()),
+            "timers": timers[:8]}}
 
 def _bandwidth():
     """Device-to-device copy bandwidth (bytes read + written per second) and weight bytes."""
@@ -289,12 +293,21 @@ def _first_call(
         results.setdefault("first_call_parts", {})[name] = parts
     print(
         f"fast path, first call in a {name.split(', ')[1]}: {seconds:.1f} s ({how})"
-        + _split(seconds, parts),
+        + _split(seconds, parts)
+        + _timers(parts),
         flush=True,
     )
 
 
-def _split(seconds: float, parts: dict[str, float] | None) -> str:
+def _timers(parts: dict[str, Any] | None) -> str:
+    """torch.compile's own timers of a first call, as a line of their own."""
+    if not parts or not parts.get("timers"):
+        return ""
+    shown = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in parts["timers"])
+    return f"\n  torch.compile's timers (nested ones overlap): {shown}"
+
+
+def _split(seconds: float, parts: dict[str, Any] | None) -> str:
     """Where a first call's seconds went, for telling a slow compile-cache load from the rest."""
     if not parts:
         return ""
@@ -376,9 +389,9 @@ def report(results: dict[str, Any]) -> list[str]:
     hows, splits = results.get("first_call_how", {}), results.get("first_call_parts", {})
     for name, seconds in results["first_call"].items():
         how = f" ({hows[name]})" if name in hows else ""
-        lines.append(
-            f"first fast call ({name}): {seconds:.1f} s{how}{_split(seconds, splits.get(name))}"
-        )
+        split = splits.get(name)
+        lines.append(f"first fast call ({name}): {seconds:.1f} s{how}{_split(seconds, split)}")
+        lines.extend(_timers(split).splitlines()[1:])
     fast1 = _tok_s(results, "fast", 1)
     if fast1 is not None:
         lines.append(f"fast batch 1: {fast1:,.1f} tok/s = {fast1 / limit:.2f} of the limit")
