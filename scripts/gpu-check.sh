@@ -3,8 +3,8 @@
 # (10 minutes a call, 15 minutes a session, the machine's start included). Each step starts only
 # if the time left ($GPU_CHECK_SECONDS, default 540, counted from this script's start) allows it;
 # the speed bench gets whatever is left, minus a margin for the measurement it is in when its own
-# limit passes and about three minutes for the step bench and the cleanup tests. Everything is also written to $LOG_DIR (default /tmp), so a cut-off run still
-# reports.
+# limit passes and about three minutes for the step bench and the cleanup tests. Everything is
+# also written to $LOG_DIR (default /tmp), so a cut-off run still reports.
 #
 # Here:            bash ../shared/gpu/prepare.sh
 # On the GPU:      LOG_DIR=$OUT bash .gpu/run.sh 'bash scripts/gpu-check.sh'

@@ -293,18 +293,20 @@ def _first_call(
         results.setdefault("first_call_parts", {})[name] = parts
     print(
         f"fast path, first call in a {name.split(', ')[1]}: {seconds:.1f} s ({how})"
-        + _split(seconds, parts)
-        + _timers(parts),
+        + _split(seconds, parts),
         flush=True,
     )
+    timers = _timers(parts)
+    if timers:
+        print(timers, flush=True)
 
 
 def _timers(parts: dict[str, Any] | None) -> str:
-    """torch.compile's own timers of a first call, as a line of their own."""
+    """torch.compile's own timers of a first call, as a line of their own ('' if none)."""
     if not parts or not parts.get("timers"):
         return ""
     shown = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in parts["timers"])
-    return f"\n  torch.compile's timers (nested ones overlap): {shown}"
+    return f"  torch.compile's timers (nested ones overlap): {shown}"
 
 
 def _split(seconds: float, parts: dict[str, Any] | None) -> str:
@@ -391,7 +393,9 @@ def report(results: dict[str, Any]) -> list[str]:
         how = f" ({hows[name]})" if name in hows else ""
         split = splits.get(name)
         lines.append(f"first fast call ({name}): {seconds:.1f} s{how}{_split(seconds, split)}")
-        lines.extend(_timers(split).splitlines()[1:])
+        timers = _timers(split)
+        if timers:
+            lines.append(timers)
     fast1 = _tok_s(results, "fast", 1)
     if fast1 is not None:
         lines.append(f"fast batch 1: {fast1:,.1f} tok/s = {fast1 / limit:.2f} of the limit")
