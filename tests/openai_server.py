@@ -60,6 +60,7 @@ class ChaosProxy:
         self.key = key
         self.log = log
         self.busy_left = 0
+        self.busy_bodies: list[bytes] = []
         self.requests: list[str] = []
         self.client_ports: list[int] = []
         self.disconnects: list[float] = []
@@ -101,10 +102,13 @@ class ChaosProxy:
         with self._lock:
             self.in_flight -= 1
 
-    def take_busy(self) -> bool:
+    def take_busy(self, body: bytes) -> bool:
+        """True for the first `busy_left` chat requests; their bodies are kept so a test can
+        tell which prompt each 503 hit."""
         with self._lock:
             if self.busy_left > 0:
                 self.busy_left -= 1
+                self.busy_bodies.append(body)
                 return True
             return False
 
@@ -154,7 +158,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "GET":
             self._forward_counted(route, "/" + rest, body)
             return
-        if self.proxy.take_busy():
+        if self.proxy.take_busy(body):
             self._send(503, b'{"error": {"message": "busy"}}', "application/json", retry=True)
             return
         if route == "malformed":
