@@ -132,6 +132,7 @@ def generate_batch(
     default: fast on CUDA). `server` (or $QWEN3_JUPYTER_SERVER) sends the prompts to an
     OpenAI-compatible server instead, `concurrency` at a time, with `model` the served model.
     """
+    from .api_call import api_call
     from .session import SESSION
 
     if batch_size < 1:
@@ -140,16 +141,25 @@ def generate_batch(
     generation = options_from_kwargs(options)
     budget_value = memory_budget if memory_budget is not None else os.environ.get(BUDGET_ENV)
     budget = parse_size(budget_value) if isinstance(budget_value, str) else budget_value
-    engine = SESSION.engine(model=model, device=device, dtype=dtype, decode=decode, server=server)
-    return engine.generate_batch(
-        prompt_list,
-        generation,
-        batch_size=batch_size,
-        concurrency=concurrency,
-        memory_budget=budget,
-        out=out,
-        progress=progress,
-    )
+    with api_call(show_status=progress) as call:
+        engine = SESSION.engine(
+            model=model,
+            device=device,
+            dtype=dtype,
+            decode=decode,
+            server=server,
+            progress=call.progress,
+        )
+        with call.watching(engine):
+            return engine.generate_batch(
+                prompt_list,
+                generation,
+                batch_size=batch_size,
+                concurrency=concurrency,
+                memory_budget=budget,
+                out=out,
+                progress=progress,
+            )
 
 
 def run_batches(

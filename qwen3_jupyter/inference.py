@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .api_call import api_call
 from .cleanup import CleanupReport, cleanup, release_traceback_locals
 from .engines import Engine
 from .generation import GenerationOptions, Result
@@ -49,7 +50,8 @@ class Chat:
             raise RuntimeError("this chat ended with its `with inference()` block; open a new one")
         _check_options(options)
         merged = GenerationOptions(**{**self.defaults, **options})
-        return SESSION.ask(self._engine, prompt, merged, chat=chat, on_text=on_text)
+        with api_call() as call, call.watching(self._engine):
+            return SESSION.ask(self._engine, prompt, merged, chat=chat, on_text=on_text)
 
     def close(self) -> None:
         """Forget the engine (the kernel keeps the model loaded; this object no longer reaches
@@ -92,7 +94,15 @@ def inference(
     freed now, while the exception itself still propagates with its traceback.
     """
     _check_options(options)
-    engine = SESSION.engine(model=model, device=device, dtype=dtype, decode=decode, server=server)
+    with api_call() as call:
+        engine = SESSION.engine(
+            model=model,
+            device=device,
+            dtype=dtype,
+            decode=decode,
+            server=server,
+            progress=call.progress,
+        )
     chat = Chat(engine, options)
     del engine
     try:

@@ -228,7 +228,10 @@ class Qwen3Magics(Magics):
             engine = self._engine(args, status)
             engine.status = status.show  # the engine's own progress line for this call
             if args.warmup:
-                display.info(_warmup(engine))
+                summary = _warmup(engine)
+                for notice in SESSION.take_notices():  # what each shape did, then the sum
+                    display.info(notice)
+                display.info(summary)
                 if not prompt and not args.file:
                     return
             status.clear()
@@ -272,7 +275,14 @@ class Qwen3Magics(Magics):
                 f"interrupted while loading {choice.name}: {state}; run the cell again to load it"
             ) from None
         flag = "eager" if args.eager else "fast" if args.fast or args.warmup else None
-        return SESSION.local_engine(loaded, decode_mode(flag, self.decode or None, loaded.device))
+        mode = decode_mode(flag, self.decode or None, loaded.device)
+        fast = SESSION.engines.get("fast")
+        if mode == "eager" and fast is not None and fast.kept_memory():
+            # Choosing eager gives the fast path's memory back: say so, as `--eager` alone does.
+            _show_fast_closed(
+                SESSION, "the next --fast call" if flag is None else "the next call without --eager"
+            )
+        return SESSION.local_engine(loaded, mode)
 
     def _ask(
         self,
@@ -366,8 +376,9 @@ def _show_unload(report: Any) -> None:
     )
 
 
-def _show_fast_closed(session: Any) -> None:
-    """`%qwen3 --eager` alone: give back what the fast path kept, and say how much."""
+def _show_fast_closed(session: Any, rebuilds: str = "the next call without --eager") -> None:
+    """Give back what the fast path kept (`%qwen3 --eager`, or a call that decodes eagerly),
+    and say how much; `rebuilds` names the call that builds it again."""
     from .generation import current_memory
 
     loaded = session.loaded
@@ -381,8 +392,7 @@ def _show_fast_closed(session: Any) -> None:
     what = "; ".join(k.describe() for k in kept)
     display.info(
         f"gave back {what} · {kind} {format_bytes(before)} -> {format_bytes(after)} "
-        f"(freed {format_bytes(max(0, before - after))}); the next call without --eager "
-        "builds it again"
+        f"(freed {format_bytes(max(0, before - after))}); {rebuilds} builds it again"
     )
 
 

@@ -288,8 +288,10 @@ def test_kept_memory_is_the_cache_and_close_gives_it_back(loaded: LoadedModel) -
     engine.generate("hi", GenerationOptions(greedy=True, think=False, max_new_tokens=4))
     (kept,) = engine.kept_memory()
     held = live_tensor_bytes().get("cpu", 0) - before
-    assert kept.nbytes == engine._estimate(1, 4096, 0)  # layers × K/V × 4096 tokens
-    assert kept.nbytes <= held <= kept.nbytes + 2 * 2**20  # + small per-shape buffers
+    (state,) = engine.states.values()
+    assert state.buffers.cache_bytes == engine._estimate(1, 4096, 0)  # layers × K/V × tokens
+    assert kept.nbytes == state.held_bytes == held  # the cache and its state: every byte kept
+    del state
     engine.close()
     assert engine.kept_memory() == ()
     assert live_tensor_bytes().get("cpu", 0) - before <= 0
@@ -323,7 +325,7 @@ def test_first_fast_call_says_it_compiles_then_streams(fk: Kernel) -> None:
     took = r"(compiled the decode step|loaded the compiled decode step from the cache) for "
     assert re.search(took + r"batch 1 × cache 4096 in \d+\.\d s", ex.stdout), ex.stdout
     assert "(fast)" in ex.stdout and "first token" in ex.stdout
-    assert "decode cache (1×4096) 2.0 MiB on cpu, kept for speed" in ex.stdout
+    assert "decode cache (1×4096) 2.6 MiB on cpu, kept for speed" in ex.stdout
     assert fk.value("(_qwen3.engine, len(_qwen3.token_ids))") == ("fast", 30)
     assert fk.value("len(Out)") == 0
 
@@ -332,7 +334,11 @@ def test_fast_and_eager_give_the_same_tokens_in_a_kernel(fk: Kernel) -> None:
     cell = "%qwen3 {flag} --greedy --no-think --ignore-eos --max-new-tokens 30 Why is it so?"
     ok(fk, cell.format(flag="--fast"))
     fast = fk.value("_qwen3.token_ids")
-    ok(fk, cell.format(flag="--eager"))
+    ex = ok(fk, cell.format(flag="--eager"))
+    # switching to eager gives the fast path's memory back, and says so before answering
+    assert "gave back decode cache (1×4096) 2.6 MiB on cpu, kept for speed" in ex.stdout
+    assert "the next call without --eager builds it again" in ex.stdout
+    assert fk.value("SESSION.kept_memory()") == ()
     assert fk.value("_qwen3.engine") == "eager"
     assert fk.value("_qwen3.token_ids") == fast
     assert len(set(fast)) > 5
@@ -355,7 +361,9 @@ def test_ten_calls_retain_nothing_beyond_the_decode_cache(fk: Kernel) -> None:
     ok(fk, cell)
     after_first = fk.value(LIVE_BYTES)
     kept = fk.value("sum(k.nbytes for k in SESSION.kept_memory())")
-    assert kept == 2 * 2**20
+    state = "SESSION.engines['fast'].states[(1, 4096)]"
+    assert fk.value(f"{state}.buffers.cache_bytes") == 2 * 2**20
+    assert kept == fk.value(f"{state}.held_bytes")  # the cache + its per-row state and bias
     figures = []
     for _ in range(10):
         ok(fk, cell)
@@ -366,7 +374,7 @@ def test_ten_calls_retain_nothing_beyond_the_decode_cache(fk: Kernel) -> None:
 def test_clean_verbose_names_the_decode_cache(fk: Kernel) -> None:
     ok(fk, "%qwen3 --greedy --no-think --max-new-tokens 4 hi")
     ex = ok(fk, "%qwen3_clean --verbose")
-    assert "kept on purpose: decode cache (1×4096) 2.0 MiB on cpu, kept for speed" in ex.stdout
+    assert "kept on purpose: decode cache (1×4096) 2.6 MiB on cpu, kept for speed" in ex.stdout
     assert "fast engine (fast) decode cache: " in ex.stdout
     assert "kept for speed: %qwen3 --eager or --unload gives it back" in ex.stdout
     assert "not reachable from a name" not in ex.stdout
@@ -406,7 +414,7 @@ def test_eager_alone_gives_the_decode_cache_back(fk: Kernel) -> None:
     ok(fk, "%qwen3 --greedy --no-think --max-new-tokens 4 hi")
     before = fk.value(LIVE_BYTES)
     ex = ok(fk, "%qwen3 --eager")
-    assert "gave back decode cache (1×4096) 2.0 MiB on cpu, kept for speed" in ex.stdout
+    assert "gave back decode cache (1×4096) 2.6 MiB on cpu, kept for speed" in ex.stdout
     assert fk.value("SESSION.kept_memory()") == ()
     assert before - fk.value(LIVE_BYTES) >= 2 * 2**20
     assert "nothing to give back" in ok(fk, "%qwen3 --eager").stdout
@@ -414,7 +422,14 @@ def test_eager_alone_gives_the_decode_cache_back(fk: Kernel) -> None:
 
 def test_warmup_compiles_ahead_so_the_next_call_compiles_nothing(fk: Kernel) -> None:
     ex = ok(fk, "%qwen3 --warmup")
-    assert "fast decode ready for batch × cache 1×4096" in ex.stdout
+    lines = ex.stdout.strip().splitlines()
+    # what each shape did first, then the sum: how its graphs came (compiled, loaded, neither)
+    assert re.fullmatch(
+        r"\[qwen3\] fast decode ready for batch × cache 1×4096 \((\d+ graphs?( compiled|"
+        r" loaded from the compile cache|, some loaded from the compile cache, the rest compiled)"
+        r"|nothing new to compile), \d+\.\d s\)",
+        lines[-1],
+    ), ex.stdout
     ok(fk, "compiled = SESSION.engines['fast'].compiles")
     ex = ok(fk, "%qwen3 --max-new-tokens 4 --seed 1 sampled now")
     assert "compiled the decode step" not in ex.stdout
@@ -428,6 +443,20 @@ def test_clean_dynamo_gives_back_the_fast_path_and_the_next_call_rebuilds_it(fk:
     assert fk.value("SESSION.kept_memory()") == ()
     ok(fk, "%qwen3 --greedy --no-think --max-new-tokens 4 hi")
     assert fk.value("(_qwen3.engine, _qwen3.completion_tokens)") == ("fast", 4)
+
+
+def test_api_calls_show_their_own_build_notices_and_status(fk: Kernel) -> None:
+    """A Python API call that builds a shape says so in its own cell (status line while it
+    builds, the one-line notice at its end), not in the next %qwen3 cell."""
+    ex = ok(fk, "rs = qwen3_jupyter.generate_batch(['a', 'b'], greedy=True, max_new_tokens=4)")
+    took = r"(compiled the decode step|loaded the compiled decode step from the cache) for "
+    assert re.search(took + r"batch 2 × cache 2048 in \d+\.\d s", ex.stdout), ex.stdout
+    assert "compiling the decode step for batch 2 × cache 2048" in " ".join(ex.texts())
+    assert fk.value("[len(r.token_ids) for r in rs]") == [4, 4]
+    ex = ok(fk, "with qwen3_jupyter.inference(seed=1, max_new_tokens=4) as chat:\n    chat('hi')")
+    assert re.search(took + r"batch 1 × cache 4096 \(sampling\)", ex.stdout), ex.stdout
+    later = ok(fk, "%qwen3 --greedy --no-think --max-new-tokens 2 hi").stdout
+    assert "decode step" not in later, later
 
 
 def test_unload_frees_the_model_and_the_cache(fk: Kernel) -> None:
@@ -645,9 +674,11 @@ def test_gpu_decode_cache_is_named_and_given_back(full_size: LoadedModel) -> Non
     print(result.kept_memory, f"{result.tokens_per_s:.0f} tok/s; reserved grew {grown:.0f} MiB")
     # (the allocator serves 8 MiB tensors from 20 MiB segments: up to 560 MiB reserved for the
     # 448 MiB cache, the rest reusable by other allocations of 1-4 MiB)
-    assert kept["decode cache (1×4096)"] == 448 * 2**20
+    held = engine.states[(1, 4096)].held_bytes  # (no reference kept: close() must free it)
+    assert engine.states[(1, 4096)].buffers.cache_bytes == 448 * 2**20
+    assert kept["decode cache (1×4096)"] == held  # the cache + 0.6 MiB of state and bias
     assert kept.get("CUDA graph pool", 0) > 0
-    assert "decode cache (1×4096) 448.0 MiB on cuda, kept for speed" in result.kept_memory
+    assert "decode cache (1×4096) 448.6 MiB on cuda, kept for speed" in result.kept_memory
     after_first = torch.cuda.memory_allocated()
     for _ in range(10):
         engine.generate("hi", options)

@@ -178,8 +178,9 @@ class DecodeState:
     """Time spent compiling and capturing this shape's steps (not generation time)."""
 
     @property
-    def cache_bytes(self) -> int:
-        return self.buffers.cache_bytes
+    def held_bytes(self) -> int:
+        """The cache, its per-row state, and the noise of any wider sampler (not the graphs)."""
+        return self.buffers.held_bytes + sum(int(w.noise.nbytes) for w in self.wide.values())
 
 
 class _TokenReader:
@@ -255,7 +256,7 @@ class FastEngine(LocalEngine):
             return ()
         shapes = ", ".join(f"{s.batch}×{s.length}" for s in states)
         kept = [
-            KeptMemory(f"decode cache ({shapes})", sum(s.cache_bytes for s in states), self.device)
+            KeptMemory(f"decode cache ({shapes})", sum(s.held_bytes for s in states), self.device)
         ]
         graphs = sum(s.graph_bytes for s in states)
         if graphs:
@@ -362,7 +363,7 @@ class FastEngine(LocalEngine):
         import torch
 
         started = time.perf_counter()
-        before = self.compiles
+        before, hits = self.compiles, compile_cache_hits()
         vocab = int(self.loaded.model.lm_head.weight.shape[0])
         widths = (0, sample_width(GenerationOptions(), vocab)) if greedy_and_sampled else (0,)
         with torch.inference_mode():
@@ -373,7 +374,8 @@ class FastEngine(LocalEngine):
         shapes = ", ".join(f"{batch_bucket(b)}×{cache_bucket(1, batch=b)}" for b in batch_sizes)
         return (
             f"fast decode ready for batch × cache {shapes} "
-            f"({self.compiles - before} compiled, {time.perf_counter() - started:.1f} s)"
+            f"({_graphs_built(self.compiles - before, compile_cache_hits() - hits)}, "
+            f"{time.perf_counter() - started:.1f} s)"
         )
 
     # ------------------------------------------------------------------ the decode
@@ -732,6 +734,19 @@ class FastEngine(LocalEngine):
             if rows is not None:
                 run.note([r[0] for r in rows], self._eos, options, started)
         reader.drain()
+
+
+def _graphs_built(graphs: int, cache_hits: int) -> str:
+    """How a warm-up got its graphs: compiled, loaded from the disk cache, or none needed (this
+    kernel's torch.compile already holds them, e.g. after `--eager` rebuilt the buffers)."""
+    if graphs == 0:
+        return "nothing new to compile"
+    noun = "graph" if graphs == 1 else "graphs"
+    if cache_hits <= 0:
+        return f"{graphs} {noun} compiled"
+    if cache_hits >= graphs:  # a graph can count twice: its autograd and its inductor entry
+        return f"{graphs} {noun} loaded from the compile cache"
+    return f"{graphs} {noun}, some loaded from the compile cache, the rest compiled"
 
 
 def _whole_steps_only(step: Callable[[], Any]) -> Callable[[], Any]:

@@ -74,6 +74,14 @@ class DecodeBuffers:
     def cache_bytes(self) -> int:
         return sum(int(t.nbytes) for t in (*self.keys, *self.values))
 
+    @property
+    def held_bytes(self) -> int:
+        """Every byte these buffers hold: the cache plus the per-row state and the logit bias
+        (the bias alone is 0.6 MiB at Qwen3's vocabulary), so a figure named "kept" is all of it."""
+        state = (self.tokens, self.positions, self.slot, self.valid, self.bias)
+        settings = (self.temperature, self.top_p, self.top_k, self.noise)
+        return self.cache_bytes + sum(int(t.nbytes) for t in (*state, *settings))
+
 
 def allocate(
     model: Any, batch: int, length: int, top_k_width: int, device: torch.device
