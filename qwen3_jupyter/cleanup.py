@@ -717,6 +717,7 @@ def cleanup(
             time.perf_counter() - started,
             gc_pass=gc_pass,
             kept=kept_memory_text(),
+            verbose=verbose,
         )
     except Exception as exc:  # never into the user's cell
         _log.exception("qwen3_jupyter cleanup failed")

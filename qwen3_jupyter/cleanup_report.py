@@ -130,6 +130,8 @@ class CleanupReport:
     kept: tuple[str, ...] = ()
     """What engines keep on purpose and a cleanup leaves alone ('decode cache 448 MiB on
     cuda:0, kept for speed')."""
+    verbose: bool = False
+    """Holders were looked for (so an empty `holders` means none was found)."""
 
     @property
     def freed_bytes(self) -> int:
@@ -161,7 +163,11 @@ class CleanupReport:
         if released:
             parts.append(f"released {released}")
             if self.freed_bytes <= 0 and not self.holders:
-                parts.append("--verbose lists what still holds memory")
+                parts.append(
+                    "nothing holds tensor memory now"
+                    if self.verbose
+                    else "--verbose lists what still holds memory"
+                )
         failed = [f"{a.name} failed ({a.error})" for a in self.actions if a.error]
         if self.error:
             failed.append(self.error)

@@ -413,6 +413,8 @@ def _validate(args: Namespace, prompt: str) -> None:
         raise UsageError("--concurrency must be >= 1")
     if args.eager and args.fast:
         raise UsageError("--eager and --fast exclude each other")
+    if args.eager and args.warmup:
+        raise UsageError("--warmup builds the fast path, which --eager gives back: use one")
     if args.memory_budget:
         try:
             parse_size(args.memory_budget)

@@ -11,6 +11,7 @@ same cells on the CPU and on a GPU and assert that the allocator's live bytes
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import sys
@@ -364,6 +365,16 @@ def test_summary_and_dict_of_a_synthetic_report() -> None:
     )
     assert report.gc_seconds == pytest.approx(0.030)
     assert json.loads(json.dumps(report.to_dict()))["actions"][0]["freed"] is True
+
+
+def test_the_verbose_hint_goes_only_to_a_cleanup_that_was_not_verbose() -> None:
+    host = qc.DeviceMemory("cpu", None, None, 500 * MiB)
+    released = (qc.ActionResult("last exception", ("sys.last_value",), 0, 0.001),)
+    plain = qc.CleanupReport((qc.DeviceChange("cpu", host, host),), released)
+    assert "--verbose lists what still holds memory" in plain.summary()
+    verbose = dataclasses.replace(plain, verbose=True)  # looked, and no holder was found
+    assert "--verbose" not in verbose.summary()
+    assert "nothing holds tensor memory now" in verbose.summary()
 
 
 def test_host_noise_is_not_reported_as_freed() -> None:

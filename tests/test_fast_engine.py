@@ -436,6 +436,14 @@ def test_warmup_compiles_ahead_so_the_next_call_compiles_nothing(fk: Kernel) -> 
     assert fk.value("SESSION.engines['fast'].compiles == compiled")
 
 
+def test_a_wider_top_k_names_its_own_sampler(fk: Kernel) -> None:
+    """A top-k past the default width builds a sampler of its own; its notice says which, so
+    the shape does not seem to be built twice."""
+    ex = ok(fk, "%qwen3 --top-k 500 --seed 1 --max-new-tokens 3 hi")
+    assert "batch 1 × cache 4096 (sampling, top-k up to 512) in" in ex.stdout, ex.stdout
+    assert fk.value("len(_qwen3.token_ids)") == 3
+
+
 def test_clean_dynamo_gives_back_the_fast_path_and_the_next_call_rebuilds_it(fk: Kernel) -> None:
     ok(fk, "%qwen3 --greedy --no-think --max-new-tokens 4 hi")
     ex = ok(fk, "%qwen3_clean --dynamo")

@@ -162,6 +162,7 @@ def test_help_is_complete(kernel: Kernel) -> None:
             "looked for a local folder and in the Hugging Face cache",
         ),
         ("%qwen3 --device cuda hi", "no CUDA GPU is visible here"),
+        ("%qwen3 --warmup --eager", "--warmup builds the fast path, which --eager gives back"),
     ],
 )
 def test_bad_input_is_one_line_and_loses_nothing(kernel: Kernel, line: str, expected: str) -> None:

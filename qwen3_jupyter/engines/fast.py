@@ -583,7 +583,7 @@ class FastEngine(LocalEngine):
         step = state.steps.get(sample)
         if step is not None:
             return step
-        shape = f"batch {state.batch} × cache {state.length}" + (" (sampling)" if sample else "")
+        shape = f"batch {state.batch} × cache {state.length}" + _sampler_label(sample)
         started = time.perf_counter()
         direct = self._direct(state, sample, compiled=self.compile)
         with self._rehearsal(state):  # runs that build the step leave no trace in the call
@@ -734,6 +734,14 @@ class FastEngine(LocalEngine):
             if rows is not None:
                 run.note([r[0] for r in rows], self._eos, options, started)
         reader.drain()
+
+
+def _sampler_label(sample: int) -> str:
+    """How a shape's notices name its sampler: greedy (nothing), the default sampler, or a wider
+    top-k (which builds a sampler of its own: say so, or the same shape seems built twice)."""
+    if not sample:
+        return ""
+    return " (sampling)" if sample <= SAMPLE_WIDTH else f" (sampling, top-k up to {sample})"
 
 
 def _graphs_built(graphs: int, cache_hits: int) -> str:
