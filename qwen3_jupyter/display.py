@@ -79,7 +79,7 @@ def footer(result: Result) -> str:
     what the engine keeps on purpose."""
     pieces = [
         f"{PREFIX} {result.model} on {result.device} ({result.engine})",
-        f"{result.completion_tokens} tokens ({result.prompt_tokens} prompt)",
+        f"{_count(result.completion_tokens, 'token')} ({result.prompt_tokens} prompt)",
         f"{result.tokens_per_s:.1f} tok/s",
     ]
     if result.time_to_first_token_s is not None:
@@ -98,6 +98,10 @@ def footer(result: Result) -> str:
     elif result.think and not result.thinking_finished:
         pieces.append("thinking not finished (raise --max-new-tokens)")
     return " · ".join(pieces)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def show_batch(results: list[Result], report: Any) -> None:

@@ -495,6 +495,40 @@ def test_a_failing_compiler_falls_back_with_one_line(
         kernel.shutdown()
 
 
+def test_an_interrupt_while_compiling_ends_the_call_and_the_next_call_compiles(
+    kernel_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Stopping a slow first compile: the cell ends at once with the prefill's token, the build
+    time is not counted as generation time, nothing is lost, and the next call builds again."""
+    kernel = Kernel({**kernel_env, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cold-cache")})
+    try:
+        ok(kernel, "%load_ext qwen3_jupyter")
+        ok(kernel, "keep_me = [41]")
+        cell = "%qwen3 --fast --greedy --no-think --ignore-eos --max-new-tokens {n} hi"
+        msg_id = kernel.start(cell.format(n=40))
+        deadline, compiling = time.monotonic() + 120, False
+        while time.monotonic() < deadline and not compiling:
+            msg = kernel.kc.get_iopub_msg(timeout=120)
+            data = msg["content"].get("data", {}).get("text/markdown", "")
+            compiling = msg["parent_header"].get("msg_id") == msg_id and (
+                "compiling the decode step" in data
+            )
+        assert compiling, "the call never said it was compiling"
+        time.sleep(1.0)
+        interrupted_at = time.monotonic()
+        kernel.interrupt()
+        ex = kernel.collect(msg_id, timeout=60)
+        assert time.monotonic() - interrupted_at < 10, "the interrupt waited for the compile"
+        assert ex.status == "ok" and "interrupted: partial answer kept" in ex.stdout, ex.stdout
+        assert "1 token (" in ex.stdout  # the prefill's token; the build made none
+        assert kernel.value("_qwen3.latency_s") < 1.0, "the build was counted as generation"
+        assert kernel.value("keep_me") == [41]
+        ok(kernel, cell.format(n=6))
+        assert kernel.value("(_qwen3.engine, _qwen3.completion_tokens)") == ("fast", 6)
+    finally:
+        kernel.shutdown()
+
+
 def test_the_next_kernel_loads_the_compiled_step_from_disk(
     fk: Kernel, kernel_env: dict[str, str]
 ) -> None:

@@ -453,8 +453,10 @@ class FastEngine(LocalEngine):
                     streamed.update(run.ids[0])
                 if not run.done(options):
                     setup_before = state.setup_seconds
-                    step = self._step_for(state, sample)
-                    run.setup_seconds = state.setup_seconds - setup_before
+                    try:
+                        step = self._step_for(state, sample)
+                    finally:  # an interrupted build is not generation time either
+                        run.setup_seconds = state.setup_seconds - setup_before
                     self._decode(step, state.buffers.tokens, run, options, streamed, started)
         except KeyboardInterrupt:
             run.interrupted = True
@@ -585,15 +587,17 @@ class FastEngine(LocalEngine):
             return step
         shape = f"batch {state.batch} × cache {state.length}" + _sampler_label(sample)
         started = time.perf_counter()
-        direct = self._direct(state, sample, compiled=self.compile)
-        with self._rehearsal(state):  # runs that build the step leave no trace in the call
-            if self.compile and not self._compile_first(direct, shape):
-                direct = self._direct(state, sample, compiled=False)
-            step = self._capture(state, direct) if self.device.startswith("cuda") else direct
+        try:
+            direct = self._direct(state, sample, compiled=self.compile)
+            with self._rehearsal(state):  # runs that build the step leave no trace in the call
+                if self.compile and not self._compile_first(direct, shape):
+                    direct = self._direct(state, sample, compiled=False)
+                step = self._capture(state, direct) if self.device.startswith("cuda") else direct
+        finally:  # counted also when an interrupt ends the build
+            state.setup_seconds += time.perf_counter() - started
         if step is direct:
             step = _whole_steps_only(direct)
         state.steps[sample] = step
-        state.setup_seconds += time.perf_counter() - started
         return step
 
     def _direct(self, state: DecodeState, sample: int, compiled: bool) -> Callable[[], Any]:
