@@ -26,6 +26,7 @@ from qwen3_jupyter.engines.fast import (
     FastEngine,
     batch_bucket,
     cache_bucket,
+    compile_cache_dir,
     compiles_so_far,
     sample_width,
 )
@@ -83,6 +84,23 @@ def test_buckets_round_up_so_prompt_lengths_share_shapes() -> None:
     assert sample_width(GenerationOptions(greedy=True), 151_936) == 0
     assert sample_width(GenerationOptions(), 151_936) == 64  # Qwen3's top-k 20 fits
     assert sample_width(GenerationOptions(top_k=100), 151_936) == 128
+
+
+def test_an_unwritable_cache_folder_leaves_inductor_its_own(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The compile cache goes under the project's cache folder; where that cannot be created
+    (read-only, or a file in the way) compiling still works, with inductor's own folder."""
+    import qwen3_jupyter.embedded as embedded
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setattr(embedded, "cache_root", lambda: tmp_path / "cache")
+    assert compile_cache_dir() == str(tmp_path / "cache" / "torch-compile")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setattr(embedded, "cache_root", lambda: tmp_path / "a-file")
+    chosen = compile_cache_dir()  # no NotADirectoryError
+    assert chosen and "a-file" not in chosen
 
 
 def test_decode_mode_is_fast_on_cuda_only_by_default(monkeypatch: pytest.MonkeyPatch) -> None:

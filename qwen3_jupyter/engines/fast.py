@@ -117,7 +117,10 @@ def compile_cache_dir() -> str:
     if current and current != _inductor_default_dir():
         return current
     path = cache_root() / "torch-compile"
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only cache folder: inductor's own folder still caches
+        return _inductor_default_dir() or ""
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
     return str(path)
 
