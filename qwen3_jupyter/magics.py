@@ -31,6 +31,8 @@ from .models import DTYPES, ModelError
 from .session import SESSION
 
 _TOKEN = re.compile(r"\S+")
+DEFAULT_BATCH_SIZE = 4
+"""Prompts per batch for `%qwen3 --file` when --batch-size is not given."""
 
 
 @magics_class
@@ -102,7 +104,8 @@ class Qwen3Magics(Magics):
         "--warmup",
         action="store_true",
         help="Compile (and capture) the fast decode step now, so the first question does not "
-        "wait for it; with or without a prompt.",
+        "wait for it; with or without a prompt. With --batch-size N, the batch-N step too "
+        "(its cache is given back at once; the compiled step stays for generate_batch).",
     )
     @argument("--hide-thinking", action="store_true", help="Do not show the thinking text.")
     @argument(
@@ -141,8 +144,9 @@ class Qwen3Magics(Magics):
     @argument(
         "--batch-size",
         type=int,
-        default=4,
-        help="Prompts per batch with --file (default 4); halved on out-of-memory.",
+        default=None,
+        help=f"Prompts per batch with --file (default {DEFAULT_BATCH_SIZE}); halved on "
+        "out-of-memory. With --warmup: also build the step for batches of this size.",
     )
     @argument(
         "--concurrency",
@@ -187,7 +191,7 @@ class Qwen3Magics(Magics):
           %qwen3 --no-think --max-new-tokens 64 Summarise this in one line: ...
           %qwen3 --chat And in French?
           %qwen3 --file prompts.txt --batch-size 4 --out results.jsonl
-          %qwen3 --warmup
+          %qwen3 --warmup --batch-size 16
           %qwen3 --eager
           %qwen3 --server http://localhost:8000/v1 Why is the sky blue?
           %qwen3 --unload
@@ -228,7 +232,7 @@ class Qwen3Magics(Magics):
             engine = self._engine(args, status)
             engine.status = status.show  # the engine's own progress line for this call
             if args.warmup:
-                summary = _warmup(engine)
+                summary = _warmup(engine, args.batch_size)
                 for notice in SESSION.take_notices():  # what each shape did, then the sum
                     display.info(notice)
                 display.info(summary)
@@ -319,7 +323,7 @@ class Qwen3Magics(Magics):
             results = engine.generate_batch(
                 prompts,
                 options,
-                batch_size=args.batch_size,
+                batch_size=args.batch_size or DEFAULT_BATCH_SIZE,
                 concurrency=args.concurrency,
                 memory_budget=_budget(args),
                 out=args.out,
@@ -346,12 +350,14 @@ def _options(args: Namespace) -> GenerationOptions:
     )
 
 
-def _warmup(engine: Engine) -> str:
-    """Compile the fast path's decode step now, so the first question does not wait."""
+def _warmup(engine: Engine, batch_size: int | None) -> str:
+    """Compile the fast path's decode step now (for batches of `batch_size` too), so the first
+    question does not wait."""
     warmup = getattr(engine, "warmup", None)
     if warmup is None:
         return f"--warmup: nothing to compile for the {engine.kind} engine"
-    return str(warmup())
+    sizes = (1,) if batch_size is None or batch_size == 1 else (1, batch_size)
+    return str(warmup(sizes))
 
 
 def _show_unload(report: Any) -> None:
@@ -407,7 +413,7 @@ def _validate(args: Namespace, prompt: str) -> None:
         and not (args.reset or args.unload or args.eager or args.warmup)
     ):
         raise UsageError("empty prompt: write %qwen3 [options] PROMPT (see %qwen3?)")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
     if args.concurrency is not None and args.concurrency < 1:
         raise UsageError("--concurrency must be >= 1")

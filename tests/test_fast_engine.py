@@ -454,6 +454,24 @@ def test_warmup_compiles_ahead_so_the_next_call_compiles_nothing(fk: Kernel) -> 
     assert fk.value("SESSION.engines['fast'].compiles == compiled")
 
 
+def test_warmup_with_a_batch_size_builds_that_step_and_keeps_only_the_single_cache(
+    fk: Kernel,
+) -> None:
+    ex = ok(fk, "%qwen3 --warmup --batch-size 4")
+    assert "fast decode ready for batch × cache 1×4096, 4×1024 (" in ex.stdout, ex.stdout
+    assert "batch 4: cache given back, the compiled step kept for generate_batch" in ex.stdout
+    assert fk.value("[list(key) for key in SESSION.engines['fast'].states]") == [[1, 4096]]
+    ok(fk, "compiled = SESSION.engines['fast'].compiles")
+    ex = ok(
+        fk,
+        "rs = qwen3_jupyter.generate_batch(['a', 'b', 'c', 'd'], batch_size=4, greedy=True, "
+        "max_new_tokens=3)",
+    )
+    assert "decode step" not in ex.stdout, ex.stdout  # nothing compiled or loaded: warmed up
+    assert fk.value("SESSION.engines['fast'].compiles == compiled")
+    assert fk.value("[len(r.token_ids) for r in rs]") == [3, 3, 3, 3]
+
+
 def test_a_wider_top_k_names_its_own_sampler(fk: Kernel) -> None:
     """A top-k past the default width builds a sampler of its own; its notice says which, so
     the shape does not seem to be built twice."""

@@ -362,23 +362,36 @@ class FastEngine(LocalEngine):
     # ------------------------------------------------------------------ warm-up
 
     def warmup(self, batch_sizes: tuple[int, ...] = (1,), greedy_and_sampled: bool = True) -> str:
-        """Compile (and capture, on CUDA) the default shapes now; one line saying what it did."""
+        """Compile (and capture, on CUDA) the default shapes now; one line saying what it did.
+
+        A batch shape's cache is given back at once, as after every `generate_batch` call: what
+        warming it up keeps is its compiled step, so the batch call itself compiles nothing."""
         import torch
 
         started = time.perf_counter()
         before, hits = self.compiles, compile_cache_hits()
         vocab = int(self.loaded.model.lm_head.weight.shape[0])
         widths = (0, sample_width(GenerationOptions(), vocab)) if greedy_and_sampled else (0,)
-        with torch.inference_mode():
-            for batch in batch_sizes:
-                state = self._state(batch_bucket(batch), cache_bucket(1, batch=batch))
-                for width in widths:
-                    self._step_for(state, width)
+        try:
+            with torch.inference_mode():
+                for batch in batch_sizes:
+                    state = self._state(batch_bucket(batch), cache_bucket(1, batch=batch))
+                    for width in widths:
+                        self._step_for(state, width)
+        finally:
+            self._drop_states(lambda state: state.batch > 1)
         shapes = ", ".join(f"{batch_bucket(b)}×{cache_bucket(1, batch=b)}" for b in batch_sizes)
+        batches = [b for b in batch_sizes if batch_bucket(b) > 1]
+        given_back = (
+            f"; batch {', '.join(str(batch_bucket(b)) for b in batches)}: cache given back, "
+            "the compiled step kept for generate_batch"
+            if batches
+            else ""
+        )
         return (
             f"fast decode ready for batch × cache {shapes} "
             f"({_graphs_built(self.compiles - before, compile_cache_hits() - hits)}, "
-            f"{time.perf_counter() - started:.1f} s)"
+            f"{time.perf_counter() - started:.1f} s){given_back}"
         )
 
     # ------------------------------------------------------------------ the decode
