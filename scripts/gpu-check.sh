@@ -70,6 +70,11 @@ EOF
   run 30 python3 -c "$smoke" "cold"
   run 30 python3 -c "$smoke" "second process, compile cache warm"
 
+  step "issue 10: what a new attention shape costs, torch's backend choice vs ours (no cuDNN)"
+  # If torch picks cuDNN here and a new shape costs tens of ms, that is the eager first call's
+  # 13.0 s (vs 5.0 s repeated) on the last H100 run; bench speed below then shows the fix.
+  run 40 timeout 60 python3 -m qwen3_jupyter.bench attention --json "$log/attention.json"
+
   step "issue 10: the fast path's GPU tests (compile times are printed)"
   run 240 timeout $(($(left) - 60)) python3 -m pytest -q -s -m gpu tests/test_fast_engine.py \
     -p no:cacheprovider

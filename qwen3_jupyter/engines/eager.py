@@ -30,6 +30,7 @@ from ..generation import (
     until_eos,
 )
 from ..memory import process_rss
+from .attention import planless_attention
 from .base import TextCallback
 from .local import LocalEngine
 
@@ -190,7 +191,7 @@ class EagerEngine(LocalEngine):
         failure: str | None = None
         started = time.perf_counter()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), planless_attention():
                 model.generate(**inputs, **kwargs)
         except KeyboardInterrupt:
             stop_reason = "interrupted"
@@ -238,7 +239,7 @@ class EagerEngine(LocalEngine):
         failure = None
         started = time.perf_counter()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), planless_attention():
                 sequences = model.generate(**inputs, **kwargs)
             new_rows = sequences[:, width:].tolist()
             del sequences

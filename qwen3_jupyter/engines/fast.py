@@ -45,6 +45,7 @@ from ..generation import (
 from ..interrupts import interrupt_deferred
 from ..memory import process_rss, trim_host_heap
 from . import qwen3_step
+from .attention import planless_attention
 from .base import EngineError, KeptMemory, TextCallback
 from .local import LocalEngine
 
@@ -540,14 +541,15 @@ class FastEngine(LocalEngine):
         from transformers import DynamicCache
 
         cache = DynamicCache(config=model.config)
-        output = model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-            **{forward_cache_keyword(model): cache},
-        )
+        with planless_attention():  # a new prompt length would build a cuDNN plan
+            output = model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
+                **{forward_cache_keyword(model): cache},
+            )
         layers = getattr(cache, "layers", None)
         if not layers or getattr(layers[0], "keys", None) is None:
             raise RuntimeError("this transformers release's DynamicCache has no per-layer keys")
