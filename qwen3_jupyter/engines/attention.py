@@ -7,7 +7,8 @@ token (eager decoding's key length grows by one per step) and at every new promp
 (prefill), so plans are built all the time and the cache only grows. On an H100 (torch 2.11,
 cu130) the first 128-token `--eager` answer in a kernel took 13.0 s against 5.0 s for the same
 call repeated, and the fast path's first call of a new prompt length 0.46 s against 0.38 s: about
-60 ms per plan. Flash and memory-efficient attention need no plans, and on CUDA they are what
+60 ms per new shape, which plans would explain (inferred; `bench attention` measures it). Flash
+and memory-efficient attention need no plans, and on CUDA they are what
 torch picks when cuDNN is left out. Only this package's own generation runs inside the context;
 the user's code keeps torch's choice. `QWEN3_JUPYTER_CUDNN_ATTENTION=1` keeps it for ours too.
 """
