@@ -24,6 +24,11 @@ class ApiCall:
     def __init__(self, show_status: bool) -> None:
         self.status = display.Status() if show_status and _in_kernel() else None
 
+    def engine(self, **choice: str | None) -> Any:
+        """`SESSION.engine(**choice)` (model, device, dtype, decode, server), its loading
+        progress on this call's line."""
+        return SESSION.engine(**choice, progress=self.progress)
+
     def progress(self, what: str, done: int, total: int) -> None:
         """Model loading progress, for `SESSION.engine(progress=...)`."""
         if self.status is not None:

@@ -133,7 +133,6 @@ def generate_batch(
     OpenAI-compatible server instead, `concurrency` at a time, with `model` the served model.
     """
     from .api_call import api_call
-    from .session import SESSION
 
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
@@ -142,14 +141,7 @@ def generate_batch(
     budget_value = memory_budget if memory_budget is not None else os.environ.get(BUDGET_ENV)
     budget = parse_size(budget_value) if isinstance(budget_value, str) else budget_value
     with api_call(show_status=progress) as call:
-        engine = SESSION.engine(
-            model=model,
-            device=device,
-            dtype=dtype,
-            decode=decode,
-            server=server,
-            progress=call.progress,
-        )
+        engine = call.engine(model=model, device=device, dtype=dtype, decode=decode, server=server)
         with call.watching(engine):
             return engine.generate_batch(
                 prompt_list,

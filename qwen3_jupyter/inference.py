@@ -95,14 +95,7 @@ def inference(
     """
     _check_options(options)
     with api_call() as call:
-        engine = SESSION.engine(
-            model=model,
-            device=device,
-            dtype=dtype,
-            decode=decode,
-            server=server,
-            progress=call.progress,
-        )
+        engine = call.engine(model=model, device=device, dtype=dtype, decode=decode, server=server)
     chat = Chat(engine, options)
     del engine
     try:
