@@ -357,7 +357,13 @@ def _warmup(engine: Engine, batch_size: int | None) -> str:
     if warmup is None:
         return f"--warmup: nothing to compile for the {engine.kind} engine"
     sizes = (1,) if batch_size is None or batch_size == 1 else (1, batch_size)
-    return str(warmup(sizes))
+    try:
+        return str(warmup(sizes))
+    except KeyboardInterrupt:  # one line, not torch.compile's 50 frames
+        raise UsageError(
+            "--warmup interrupted: the model, your variables and the shapes already built are "
+            "kept; run it again to finish (or just ask: the first call builds what it needs)"
+        ) from None
 
 
 def _show_unload(report: Any) -> None:

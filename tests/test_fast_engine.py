@@ -565,6 +565,32 @@ def test_an_interrupt_while_compiling_ends_the_call_and_the_next_call_compiles(
         kernel.shutdown()
 
 
+def test_an_interrupted_warmup_is_one_line_and_loses_nothing(
+    kernel_env: dict[str, str], tmp_path: Path
+) -> None:
+    kernel = Kernel({**kernel_env, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cold-cache")})
+    try:
+        ok(kernel, "%load_ext qwen3_jupyter")
+        ok(kernel, "%qwen3 --max-new-tokens 2 load")
+        ok(kernel, "keep_me = [41]")
+        msg_id = kernel.start("%qwen3 --fast --warmup --batch-size 8")
+        time.sleep(3)  # a cold compile of the first shape takes longer than this
+        kernel.interrupt()
+        ex = kernel.collect(msg_id, timeout=60)
+        assert ex.status == "error"
+        message = ex.stderr.strip()
+        assert message.startswith("UsageError: --warmup interrupted"), message
+        assert len(message.splitlines()) == 1 and "Traceback" not in message
+        assert kernel.value("keep_me") == [41]
+        states = "[list(key) for key in SESSION.engines['fast'].states]"
+        ok(kernel, "from qwen3_jupyter.session import SESSION")
+        assert all(batch == 1 for batch, _ in kernel.value(states)), "a batch cache kept"
+        ok(kernel, "%qwen3 --fast --greedy --no-think --ignore-eos --max-new-tokens 3 hi")
+        assert kernel.value("(_qwen3.engine, _qwen3.completion_tokens)") == ("fast", 3)
+    finally:
+        kernel.shutdown()
+
+
 def test_the_next_kernel_loads_the_compiled_step_from_disk(
     fk: Kernel, kernel_env: dict[str, str]
 ) -> None:
