@@ -511,84 +511,80 @@ def test_unload_frees_the_model_and_the_cache(fk: Kernel) -> None:
     assert fk.value("ref() is None and SESSION.kept_memory() == () and not SESSION.engines")
 
 
-def test_a_failing_compiler_falls_back_with_one_line(
-    kernel_env: dict[str, str], tmp_path: Path
-) -> None:
-    """A real compile failure: inductor's C++ compiler is missing and nothing is cached."""
-    kernel = Kernel({**kernel_env, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "empty-cache")})
+@pytest.fixture
+def cold_kernel(kernel_env: dict[str, str], tmp_path: Path) -> Iterator[Kernel]:
+    """A fresh kernel with the extension loaded whose compile cache starts empty, so the first
+    fast call really compiles (slow enough to interrupt, or to fail)."""
+    kernel = Kernel({**kernel_env, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cold-cache")})
     try:
         ok(kernel, "%load_ext qwen3_jupyter")
-        ok(kernel, "import torch._inductor.config as c; c.cpp.cxx = ('/nonexistent/c++',)")
-        ex = kernel.run("%qwen3 --fast --greedy --no-think --ignore-eos --max-new-tokens 6 hi")
-        assert ex.status == "ok", ex.error
-        assert "compiling the decode step failed" in ex.stdout
-        assert "decoding with the static cache, uncompiled" in ex.stdout
-        lines = [line for line in ex.stdout.splitlines() if "failed" in line]
-        assert len(lines) == 1 and len(lines[0]) < 400
-        assert kernel.value("(_qwen3.engine, _qwen3.completion_tokens)") == ("fast", 6)
-        assert "Traceback" not in ex.stdout + ex.stderr
+        yield kernel
     finally:
         kernel.shutdown()
+
+
+def test_a_failing_compiler_falls_back_with_one_line(cold_kernel: Kernel) -> None:
+    """A real compile failure: inductor's C++ compiler is missing and nothing is cached."""
+    kernel = cold_kernel
+    ok(kernel, "import torch._inductor.config as c; c.cpp.cxx = ('/nonexistent/c++',)")
+    ex = kernel.run("%qwen3 --fast --greedy --no-think --ignore-eos --max-new-tokens 6 hi")
+    assert ex.status == "ok", ex.error
+    assert "compiling the decode step failed" in ex.stdout
+    assert "decoding with the static cache, uncompiled" in ex.stdout
+    lines = [line for line in ex.stdout.splitlines() if "failed" in line]
+    assert len(lines) == 1 and len(lines[0]) < 400
+    assert kernel.value("(_qwen3.engine, _qwen3.completion_tokens)") == ("fast", 6)
+    assert "Traceback" not in ex.stdout + ex.stderr
 
 
 def test_an_interrupt_while_compiling_ends_the_call_and_the_next_call_compiles(
-    kernel_env: dict[str, str], tmp_path: Path
+    cold_kernel: Kernel,
 ) -> None:
     """Stopping a slow first compile: the cell ends at once with the prefill's token, the build
     time is not counted as generation time, nothing is lost, and the next call builds again."""
-    kernel = Kernel({**kernel_env, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cold-cache")})
-    try:
-        ok(kernel, "%load_ext qwen3_jupyter")
-        ok(kernel, "keep_me = [41]")
-        cell = "%qwen3 --fast --greedy --no-think --ignore-eos --max-new-tokens {n} hi"
-        msg_id = kernel.start(cell.format(n=40))
-        deadline, compiling = time.monotonic() + 120, False
-        while time.monotonic() < deadline and not compiling:
-            msg = kernel.kc.get_iopub_msg(timeout=120)
-            data = msg["content"].get("data", {}).get("text/markdown", "")
-            compiling = msg["parent_header"].get("msg_id") == msg_id and (
-                "compiling the decode step" in data
-            )
-        assert compiling, "the call never said it was compiling"
-        time.sleep(1.0)
-        interrupted_at = time.monotonic()
-        kernel.interrupt()
-        ex = kernel.collect(msg_id, timeout=60)
-        assert time.monotonic() - interrupted_at < 10, "the interrupt waited for the compile"
-        assert ex.status == "ok" and "interrupted: partial answer kept" in ex.stdout, ex.stdout
-        assert "1 token (" in ex.stdout  # the prefill's token; the build made none
-        assert kernel.value("_qwen3.latency_s") < 1.0, "the build was counted as generation"
-        assert kernel.value("keep_me") == [41]
-        ok(kernel, cell.format(n=6))
-        assert kernel.value("(_qwen3.engine, _qwen3.completion_tokens)") == ("fast", 6)
-    finally:
-        kernel.shutdown()
+    kernel = cold_kernel
+    ok(kernel, "keep_me = [41]")
+    cell = "%qwen3 --fast --greedy --no-think --ignore-eos --max-new-tokens {n} hi"
+    msg_id = kernel.start(cell.format(n=40))
+    deadline, compiling = time.monotonic() + 120, False
+    while time.monotonic() < deadline and not compiling:
+        msg = kernel.kc.get_iopub_msg(timeout=120)
+        data = msg["content"].get("data", {}).get("text/markdown", "")
+        compiling = msg["parent_header"].get("msg_id") == msg_id and (
+            "compiling the decode step" in data
+        )
+    assert compiling, "the call never said it was compiling"
+    time.sleep(1.0)
+    interrupted_at = time.monotonic()
+    kernel.interrupt()
+    ex = kernel.collect(msg_id, timeout=60)
+    assert time.monotonic() - interrupted_at < 10, "the interrupt waited for the compile"
+    assert ex.status == "ok" and "interrupted: partial answer kept" in ex.stdout, ex.stdout
+    assert "1 token (" in ex.stdout  # the prefill's token; the build made none
+    assert kernel.value("_qwen3.latency_s") < 1.0, "the build was counted as generation"
+    assert kernel.value("keep_me") == [41]
+    ok(kernel, cell.format(n=6))
+    assert kernel.value("(_qwen3.engine, _qwen3.completion_tokens)") == ("fast", 6)
 
 
-def test_an_interrupted_warmup_is_one_line_and_loses_nothing(
-    kernel_env: dict[str, str], tmp_path: Path
-) -> None:
-    kernel = Kernel({**kernel_env, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cold-cache")})
-    try:
-        ok(kernel, "%load_ext qwen3_jupyter")
-        ok(kernel, "%qwen3 --max-new-tokens 2 load")
-        ok(kernel, "keep_me = [41]")
-        msg_id = kernel.start("%qwen3 --fast --warmup --batch-size 8")
-        time.sleep(3)  # a cold compile of the first shape takes longer than this
-        kernel.interrupt()
-        ex = kernel.collect(msg_id, timeout=60)
-        assert ex.status == "error"
-        message = ex.stderr.strip()
-        assert message.startswith("UsageError: --warmup interrupted"), message
-        assert len(message.splitlines()) == 1 and "Traceback" not in message
-        assert kernel.value("keep_me") == [41]
-        states = "[list(key) for key in SESSION.engines['fast'].states]"
-        ok(kernel, "from qwen3_jupyter.session import SESSION")
-        assert all(batch == 1 for batch, _ in kernel.value(states)), "a batch cache kept"
-        ok(kernel, "%qwen3 --fast --greedy --no-think --ignore-eos --max-new-tokens 3 hi")
-        assert kernel.value("(_qwen3.engine, _qwen3.completion_tokens)") == ("fast", 3)
-    finally:
-        kernel.shutdown()
+def test_an_interrupted_warmup_is_one_line_and_loses_nothing(cold_kernel: Kernel) -> None:
+    kernel = cold_kernel
+    ok(kernel, "%qwen3 --max-new-tokens 2 load")
+    ok(kernel, "keep_me = [41]")
+    msg_id = kernel.start("%qwen3 --fast --warmup --batch-size 8")
+    time.sleep(3)  # a cold compile of the first shape takes longer than this
+    kernel.interrupt()
+    ex = kernel.collect(msg_id, timeout=60)
+    assert ex.status == "error"
+    message = ex.stderr.strip()
+    assert message.startswith("UsageError: --warmup interrupted"), message
+    assert len(message.splitlines()) == 1 and "Traceback" not in message
+    assert kernel.value("keep_me") == [41]
+    states = "[list(key) for key in SESSION.engines['fast'].states]"
+    ok(kernel, "from qwen3_jupyter.session import SESSION")
+    assert all(batch == 1 for batch, _ in kernel.value(states)), "a batch cache kept"
+    ok(kernel, "%qwen3 --fast --greedy --no-think --ignore-eos --max-new-tokens 3 hi")
+    assert kernel.value("(_qwen3.engine, _qwen3.completion_tokens)") == ("fast", 3)
 
 
 def test_the_next_kernel_loads_the_compiled_step_from_disk(
