@@ -280,13 +280,8 @@ class Qwen3Magics(Magics):
             ) from None
         flag = "eager" if args.eager else "fast" if args.fast or args.warmup else None
         mode = decode_mode(flag, self.decode or None, loaded.device)
-        fast = SESSION.engines.get("fast")
-        if mode == "eager" and fast is not None and fast.kept_memory():
-            # Choosing eager gives the fast path's memory back: say so, as `--eager` alone does.
-            _show_fast_closed(
-                SESSION, "the next --fast call" if flag is None else "the next call without --eager"
-            )
-        return SESSION.local_engine(loaded, mode)
+        rebuilds = "the next --fast call" if flag is None else "the next call without --eager"
+        return SESSION.local_engine(loaded, mode, rebuilds)
 
     def _ask(
         self,
@@ -388,24 +383,10 @@ def _show_unload(report: Any) -> None:
     )
 
 
-def _show_fast_closed(session: Any, rebuilds: str = "the next call without --eager") -> None:
-    """Give back what the fast path kept (`%qwen3 --eager`, or a call that decodes eagerly),
-    and say how much; `rebuilds` names the call that builds it again."""
-    from .generation import current_memory
-
-    loaded = session.loaded
-    kept = session.kept_memory()
-    if loaded is None or not kept:
-        display.info("fast decode holds nothing now: nothing to give back")
-        return
-    before, kind = current_memory(loaded.device)
-    session.close_engine("fast")
-    after, _ = current_memory(loaded.device)
-    what = "; ".join(k.describe() for k in kept)
-    display.info(
-        f"gave back {what} · {kind} {format_bytes(before)} -> {format_bytes(after)} "
-        f"(freed {format_bytes(max(0, before - after))}); {rebuilds} builds it again"
-    )
+def _show_fast_closed(session: Any) -> None:
+    """`%qwen3 --eager` alone: give back what the fast path kept, and say how much."""
+    notice = session.give_back_fast("the next call without --eager")
+    display.info(notice or "fast decode holds nothing now: nothing to give back")
 
 
 def _validate(args: Namespace, prompt: str) -> None:

@@ -118,15 +118,39 @@ class Session:
         loaded = self.load(self.choice(model, device, dtype, configured_model), progress)
         return self.local_engine(loaded, decode_mode(decode, configured_decode, loaded.device))
 
-    def local_engine(self, loaded: LoadedModel, mode: str) -> Engine:
+    def local_engine(
+        self, loaded: LoadedModel, mode: str, rebuilds: str = "the next fast call"
+    ) -> Engine:
         """The eager or the fast engine for `loaded`. Choosing eager gives back everything the
-        fast engine kept; the fast engine is kept (with its decode cache) across calls."""
+        fast engine kept, with a notice saying how much (`rebuilds`: the call that builds it
+        again); the fast engine is kept (with its decode cache) across calls."""
         engine = local_engine(loaded, mode, self.engines.get("fast"), self.notices.append)
         if engine.kind == "fast":
             self.engines["fast"] = engine
         else:
-            self.close_engine("fast")
+            notice = self.give_back_fast(rebuilds)
+            if notice:
+                self.notices.append(notice)
         return engine
+
+    def give_back_fast(self, rebuilds: str) -> str | None:
+        """Close the fast engine; one line measuring what it gave back (None: it held nothing)."""
+        from .generation import current_memory
+        from .memory import format_bytes
+
+        fast, loaded = self.engines.get("fast"), self.loaded
+        kept = fast.kept_memory() if fast is not None else ()
+        if loaded is None or not kept:
+            self.close_engine("fast")
+            return None
+        before, kind = current_memory(loaded.device)
+        self.close_engine("fast")
+        after, _ = current_memory(loaded.device)
+        what = "; ".join(k.describe() for k in kept)
+        return (
+            f"gave back {what} · {kind} {format_bytes(before)} -> {format_bytes(after)} "
+            f"(freed {format_bytes(max(0, before - after))}); {rebuilds} builds it again"
+        )
 
     def remote_engine(self, url: str, model: str | None = None) -> Engine:
         """The one engine (and connection pool) this kernel keeps per server."""
