@@ -12,6 +12,7 @@ from typing import Any
 
 from .memory import format_bytes, process_rss
 from .models import LoadedModel, release_allocator_cache
+from .out_of_memory import out_of_memory_reason
 
 THINK_END = "</think>"
 THINK_START = "<think>"
@@ -182,7 +183,9 @@ def enforce_budget(used: int, budget: int | None) -> None:
 
 def oom_reason(exc: BaseException) -> str:
     """The first line of an out-of-memory error, short enough for a one-line message."""
-    return (str(exc).strip().splitlines() or ["out of memory"])[0][:200]
+    return (
+        out_of_memory_reason(exc) or (str(exc).strip().splitlines() or ["out of memory"])[0][:200]
+    )
 
 
 def oom_error(
@@ -192,8 +195,8 @@ def oom_error(
     hint = (
         "raise --memory-budget or lower --max-new-tokens"
         if budget is not None and "memory budget" in reason
-        else "lower --max-new-tokens, run %qwen3_clean --verbose to see what holds memory, "
-        "or use --device cpu"
+        else "lower --max-new-tokens, run %qwen3_clean --verbose to see what holds memory"
+        + ("" if device == "cpu" else ", or use --device cpu")
     )
     return GenerationOOM(
         f"out of memory on {device} after {new_tokens} new tokens ({reason}); "

@@ -236,7 +236,7 @@ def format_bytes(n: int | float | None) -> str:
     sign = "-" if n < 0 else ""
     value = float(abs(n))
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
+        if value < 1024:
             return f"{sign}{value:.0f} {unit}" if unit == "B" else f"{sign}{value:.1f} {unit}"
         value /= 1024
     return f"{sign}{value:.1f} TiB"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import embedded
+from .out_of_memory import out_of_memory_reason
 
 DEFAULT_MODEL = "Qwen/Qwen3-1.7B"
 MODEL_ENV = "QWEN3_JUPYTER_MODEL"
@@ -149,7 +150,15 @@ class ModelHolder:
             path, is_embedded = resolve_path(choice.name, progress)
             if current is not None:
                 self._release()
-            self._loaded = _load(choice, path, is_embedded)
+            try:
+                self._loaded = _load(choice, path, is_embedded)
+            except ModelError as exc:
+                if current is None:
+                    raise
+                raise ModelError(
+                    f"{exc}; {current.name} was unloaded to make room for it "
+                    f"(--model {current.name} loads it again)"
+                ) from None
             return self._loaded
 
     def unload(self) -> bool:
@@ -185,22 +194,34 @@ def _load(choice: ModelChoice, path: str, is_embedded: bool) -> LoadedModel:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    model: Any = None
+    short_of: str | None = None
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=getattr(torch, choice.dtype), device_map=None, low_cpu_mem_usage=True
         )
-    except torch.OutOfMemoryError as exc:
-        raise ModelError(
-            f"out of memory loading {choice.name} on {choice.device}: "
-            "free memory with %qwen3_clean --verbose, or pick a smaller --dtype or --device cpu"
-        ) from exc
+        model.to(torch.device(choice.device))
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"could not load {choice.name} from {path}: {first}") from exc
+    except RuntimeError as exc:  # torch.OutOfMemoryError, or the CPU allocator's RuntimeError
+        short_of = out_of_memory_reason(exc)
+        if short_of is None:
+            raise
     finally:
         hf_logging.enable_progress_bar()
-    model.to(torch.device(choice.device))  # type: ignore[call-arg,arg-type]
+    if short_of is not None:
+        # Out of the except block, the failed load's frames are gone: drop the weights that
+        # reached the device before it ran out, so the failure holds nothing.
+        model = None
+        gc.collect()
+        release_allocator_cache()
+        elsewhere = "a smaller model" if choice.device == "cpu" else "--device cpu"
+        raise ModelError(
+            f"out of memory loading {choice.name} on {choice.device} ({short_of}): free memory "
+            f"with %qwen3_clean --verbose, or pick a smaller --dtype or {elsewhere}"
+        )
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

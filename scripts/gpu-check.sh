@@ -75,9 +75,9 @@ EOF
   # 13.0 s (vs 5.0 s repeated) on the last H100 run; bench speed below then shows the fix.
   run 40 timeout 60 python3 -m qwen3_jupyter.bench attention --json "$log/attention.json"
 
-  step "issue 10: the fast path's GPU tests (compile times are printed)"
+  step "issue 10: the fast path's GPU tests (compile times are printed), then loading into a full GPU"
   run 240 timeout $(($(left) - 60)) python3 -m pytest -q -s -m gpu tests/test_fast_engine.py \
-    -p no:cacheprovider
+    tests/test_models.py -p no:cacheprovider
 
   step "issue 10: bench speed (first calls, then batch 1 on every path, then 16 and 4)"
   # Starts nothing new after its limit (60 s for the measurement in flight, the rest for the two

@@ -14,6 +14,7 @@ from qwen3_jupyter.engines.eager import EagerEngine
 from qwen3_jupyter.generation import GenerationOOM, GenerationOptions
 from qwen3_jupyter.session import SESSION
 from tests.kernel import Kernel
+from tests.oversized import hog_above
 
 PROMPTS = [f"Question {i}: " + "why " * (i * 3) for i in range(7)]
 GREEDY = {"greedy": True, "think": False, "max_new_tokens": 12, "ignore_eos": True}
@@ -59,6 +60,26 @@ def test_out_of_memory_at_batch_size_one_says_so(tmp_path: Path) -> None:
         generate_batch(
             PROMPTS[:2], batch_size=2, model="tiny", memory_budget=1000, progress=False, **GREEDY
         )
+
+
+def test_running_out_of_host_memory_backs_off_like_any_out_of_memory(
+    one_by_one: list[str],
+) -> None:
+    """The CPU allocator's failure (a RuntimeError) halves the batch as torch.OutOfMemoryError
+    does: here every forward of more than two rows asks for more memory than any host has.
+    (The fast path turns it into the same GenerationOOM: tests/test_magics.py, `--fast`.)"""
+    hook = hog_above(SESSION.load(SESSION.choice("tiny")).model, rows_allowed=2)
+    try:
+        results = generate_batch(
+            PROMPTS, batch_size=8, model="tiny", decode="eager", progress=False, **GREEDY
+        )
+    finally:
+        hook.remove()
+    report = results.report
+    assert [b.batch_size for b in report.back_offs] == [8, 4]
+    assert all("host memory: could not allocate" in b.message for b in report.back_offs)
+    assert report.held_batch_size == 2
+    assert [r.answer for r in results] == one_by_one
 
 
 def test_out_file_has_a_line_per_prompt(tmp_path: Path) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.kernel import Kernel
+from tests.kernel import Kernel, ok
+from tests.oversized import HOG_HOOK, checkpoint_too_large_for_any_host
 
 FOOTER_PARTS = ("[qwen3] tiny on cpu", "tokens (", "tok/s", " s · ", "peak ", "freed ")
 
@@ -221,6 +223,53 @@ def test_out_of_memory_is_caught_released_and_explained(kernel: Kernel) -> None:
     assert leftovers == 0
     assert kernel.value("keep_me") == [41]
     assert kernel.run("%qwen3 --max-new-tokens 2 --no-think fine again").status == "ok"
+
+
+def test_running_out_of_host_memory_is_the_same_one_line_out_of_memory(kernel: Kernel) -> None:
+    """The CPU allocator's failure is a RuntimeError, not torch.OutOfMemoryError: a call that
+    runs out of host memory still ends in one line, holding nothing, on either decode path."""
+    kernel.run("keep_me = [41]")
+    ok(kernel, "%qwen3 --max-new-tokens 2 --no-think load")
+    ok(kernel, HOG_HOOK + "from qwen3_jupyter.session import SESSION as _s")
+    ok(kernel, "hook = hog_above(_s.loaded.model, 0)")
+    try:
+        for path in ("--eager", "--fast"):
+            ex = kernel.run(f"%qwen3 {path} --no-think --max-new-tokens 20 hi")
+            assert ex.status == "error", path
+            message = ex.stderr.strip()
+            assert len(message.splitlines()) == 1, message
+            assert message.startswith(
+                "UsageError: out of memory on cpu after 0 new tokens (host memory: could not "
+                "allocate 262144.0 TiB more); freed "
+            ), message
+            assert message.endswith("to see what holds memory"), message
+    finally:
+        ok(kernel, "hook.remove()")
+    leftovers = kernel.value(
+        "sum(1 for o in __import__('gc').get_objects() if type(o).__name__ == 'DynamicCache')"
+    )
+    assert leftovers == 0
+    assert kernel.value("keep_me") == [41]
+    assert kernel.run("%qwen3 --max-new-tokens 2 --no-think fine again").status == "ok"
+
+
+def test_a_model_too_large_to_load_is_one_line_and_loses_no_variables(
+    kernel: Kernel, tmp_path: Path
+) -> None:
+    from qwen3_jupyter import embedded
+
+    huge = checkpoint_too_large_for_any_host(embedded.ensure_built("tiny"), tmp_path / "huge")
+    kernel.run("keep_me = [41]")
+    ok(kernel, "%qwen3 --max-new-tokens 2 --no-think load")
+    ex = kernel.run(f"%qwen3 --model {huge} --max-new-tokens 2 hi")
+    assert ex.status == "error"
+    # Before the error, transformers reports the weights this checkpoint lacks (on stderr).
+    assert "Traceback" not in ex.stderr
+    message = ex.stderr.strip().splitlines()[-1]
+    assert message.startswith(f"UsageError: out of memory loading {huge} on cpu (host memory:")
+    assert message.endswith("tiny was unloaded to make room for it (--model tiny loads it again)")
+    assert kernel.value("keep_me") == [41]
+    ok(kernel, "%qwen3 --model tiny --max-new-tokens 2 --no-think back again")
 
 
 def test_unload_frees_the_model_and_proves_it(fresh_kernel: Kernel) -> None:

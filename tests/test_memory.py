@@ -255,6 +255,7 @@ def test_host_reader_and_format_bytes() -> None:
     assert 0 < host.available <= host.total
     assert format_bytes(None) == "unknown"
     assert format_bytes(1536 * MiB) == "1.5 GiB"
+    assert format_bytes(2**48) == "256.0 TiB"  # what a checkpoint too large for any host asks
 
 
 def _cgroup_tree(

@@ -69,3 +69,72 @@ def test_failed_switch_keeps_the_loaded_model(model_cache: Path) -> None:
         holder.get(models.ModelChoice("/no/such/model", "cpu", "float32"))
     assert holder.loaded is loaded
     holder.unload()
+
+
+def test_a_checkpoint_too_large_for_the_host_is_one_line_and_holds_nothing(
+    model_cache: Path, tmp_path: Path
+) -> None:
+    """torch's CPU allocator fails with a RuntimeError, not torch.OutOfMemoryError: loading
+    still ends in the one-line out-of-memory message, and nothing of the failed load lives on."""
+    import gc
+
+    from qwen3_jupyter import embedded
+    from tests.oversized import checkpoint_too_large_for_any_host
+
+    def models_alive() -> set[int]:
+        gc.collect()
+        return {id(o) for o in gc.get_objects() if type(o).__name__ == "Qwen3ForCausalLM"}
+
+    huge = checkpoint_too_large_for_any_host(embedded.ensure_built("tiny"), tmp_path / "huge")
+    alive_before = models_alive()
+    holder = models.ModelHolder()
+    holder.get(models.ModelChoice("tiny", "cpu", "float32"))
+    with pytest.raises(models.ModelError) as info:
+        holder.get(models.ModelChoice(str(huge), "cpu", "float32"))
+    message = str(info.value)
+    assert len(message.splitlines()) == 1, message
+    assert (
+        f"out of memory loading {huge} on cpu (host memory: could not allocate 262144.0 TiB "
+        "more): free memory with %qwen3_clean --verbose, or pick a smaller --dtype or a smaller "
+        "model; tiny was unloaded to make room for it (--model tiny loads it again)"
+    ) == message
+    assert holder.loaded is None
+    # Measured while the error is still held: neither tiny nor the half-built model is alive.
+    assert models_alive() <= alive_before
+
+
+def _cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")
+def test_gpu_a_model_larger_than_the_free_memory_gives_back_what_fit(model_cache: Path) -> None:
+    """The weights are moved to the GPU after loading on the host: running out part-way must
+    end in the one-line message with every byte that did reach the GPU given back (allocated
+    bytes measured before and after), not in a traceback that keeps them."""
+    import torch
+
+    from qwen3_jupyter import embedded
+
+    embedded.ensure_built("random:Qwen3-1.7B")  # 3.4 GB in bf16; 1 GiB of the GPU is left free
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    free, _ = torch.cuda.mem_get_info()
+    blocker = torch.empty(free - 2**30, dtype=torch.uint8, device="cuda")
+    allocated = torch.cuda.memory_allocated()
+    try:
+        with pytest.raises(models.ModelError) as info:
+            models.ModelHolder().get(models.ModelChoice("random:Qwen3-1.7B", "cuda", "bfloat16"))
+        message = str(info.value)
+        assert len(message.splitlines()) == 1, message
+        assert message.startswith(
+            "out of memory loading random:Qwen3-1.7B on cuda (CUDA out of memory."
+        ), message
+        assert message.endswith("or pick a smaller --dtype or --device cpu"), message
+        assert torch.cuda.memory_allocated() == allocated, "weights that reached the GPU are held"
+    finally:
+        del blocker
+        torch.cuda.empty_cache()

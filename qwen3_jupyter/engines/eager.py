@@ -30,6 +30,7 @@ from ..generation import (
     until_eos,
 )
 from ..memory import process_rss
+from ..out_of_memory import allocation_failures_as_oom
 from .attention import planless_attention
 from .base import TextCallback
 from .local import LocalEngine
@@ -191,7 +192,7 @@ class EagerEngine(LocalEngine):
         failure: str | None = None
         started = time.perf_counter()
         try:
-            with torch.inference_mode(), planless_attention():
+            with torch.inference_mode(), planless_attention(), allocation_failures_as_oom():
                 model.generate(**inputs, **kwargs)
         except KeyboardInterrupt:
             stop_reason = "interrupted"
@@ -239,7 +240,7 @@ class EagerEngine(LocalEngine):
         failure = None
         started = time.perf_counter()
         try:
-            with torch.inference_mode(), planless_attention():
+            with torch.inference_mode(), planless_attention(), allocation_failures_as_oom():
                 sequences = model.generate(**inputs, **kwargs)
             new_rows = sequences[:, width:].tolist()
             del sequences

@@ -44,6 +44,7 @@ from ..generation import (
 )
 from ..interrupts import interrupt_deferred
 from ..memory import process_rss, trim_host_heap
+from ..out_of_memory import allocation_failures_as_oom
 from . import qwen3_step
 from .attention import planless_attention
 from .base import EngineError, KeptMemory, TextCallback
@@ -462,7 +463,7 @@ class FastEngine(LocalEngine):
         try:
             run.peak_tensor_bytes = self._estimate(batch, length, vocab)
             enforce_budget(run.peak_tensor_bytes, budget)
-            with torch.inference_mode():
+            with torch.inference_mode(), allocation_failures_as_oom():
                 state = self._state(batch, length)
                 first = self._prefill(state, encoded, options, sample)
                 run.note(first, self._eos, options, started)
@@ -650,7 +651,8 @@ class FastEngine(LocalEngine):
             self.status(f"compiling the decode step for {shape} (once per kernel; cached on disk)…")
         before, hits, started = compiles_so_far(), compile_cache_hits(), time.perf_counter()
         try:
-            direct()
+            with allocation_failures_as_oom():  # running out is not a failed compile
+                direct()
         except (KeyboardInterrupt, torch.OutOfMemoryError):
             raise
         except Exception as exc:

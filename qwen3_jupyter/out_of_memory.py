@@ -1,0 +1,59 @@
+"""What counts as running out of memory, on a GPU and on the host alike.
+
+Why: torch's caching allocator raises `torch.OutOfMemoryError`, but the same failure reaches
+Python as a plain RuntimeError elsewhere: torch's CPU allocator ("DefaultCPUAllocator: can't
+allocate memory: you tried to allocate N bytes"), a CUDA allocation outside the caching allocator
+("CUDA error: out of memory") and cuBLAS creating its handle or workspace on a full GPU
+("CUBLAS_STATUS_ALLOC_FAILED"). Without this module those end in a traceback where the caching
+allocator's error gets a one-line message and a smaller batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+
+from .memory import format_bytes
+
+_HOST_ALLOCATION = re.compile(
+    r"DefaultCPUAllocator: can't allocate memory(?:: you tried to allocate (\d+) bytes)?"
+)
+_DEVICE_ALLOCATION = {
+    "CUDA error: out of memory": "CUDA error: out of memory, outside torch's allocator",
+    "CUBLAS_STATUS_ALLOC_FAILED": "cuBLAS could not allocate its workspace",
+}
+
+
+def out_of_memory_reason(exc: BaseException) -> str | None:
+    """One line saying what ran out if `exc` is an allocation failure, else None."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return (str(exc).strip().splitlines() or ["out of memory"])[0][:200]
+    if not isinstance(exc, RuntimeError):
+        return None
+    text = str(exc)
+    host = _HOST_ALLOCATION.search(text)
+    if host is not None:
+        wanted = f" {format_bytes(int(host.group(1)))}" if host.group(1) else ""
+        return f"host memory: could not allocate{wanted} more"
+    return next((why for marker, why in _DEVICE_ALLOCATION.items() if marker in text), None)
+
+
+@contextlib.contextmanager
+def allocation_failures_as_oom() -> Iterator[None]:
+    """Re-raise every allocation failure as `torch.OutOfMemoryError`, so the one out-of-memory
+    path (a one-line message for a call, a smaller batch for a batch) serves them all. Every
+    other exception passes through untouched."""
+    import torch
+
+    try:
+        yield
+    except RuntimeError as exc:
+        if isinstance(exc, torch.OutOfMemoryError):
+            raise
+        reason = out_of_memory_reason(exc)
+        if reason is None:
+            raise
+        raise torch.OutOfMemoryError(reason) from None
