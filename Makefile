@@ -69,6 +69,7 @@ bench: setup
 	$(PY) -m qwen3_jupyter.bench endpoint
 	$(PY) -m qwen3_jupyter.bench speed
 	$(PY) -m qwen3_jupyter.bench step
+	$(PY) -m qwen3_jupyter.bench attention
 	$(PY) -m qwen3_jupyter.bench remote
 
 clean:

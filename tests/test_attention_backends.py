@@ -112,11 +112,16 @@ def test_the_attention_bench_times_new_and_seen_shapes_both_ways(tmp_path: Path)
     )
     figures = json.loads(out.read_text())
     assert figures["device"] == "cpu"
+    seen_lengths: set[int] = set()
     for phase in ("decode", "prefill"):
-        sides = figures[phase]
-        assert list(sides) == ["torch's choice", "ours (no cuDNN)"]
-        mine, theirs = (set(side["lengths"]) for side in sides.values())
-        assert not mine & theirs, "each side must meet shapes the other never built"
-        for side in sides.values():
-            assert side["backend"] != "cuDNN" or side is sides["torch's choice"]
-            assert side["new_ms"] > 0 and side["seen_ms"] > 0
+        assert list(figures[phase]) == ["grouped", "repeated"]
+        for sides in figures[phase].values():
+            assert list(sides) == ["torch's choice", "ours (no cuDNN)"]
+            mine, theirs = (set(side["lengths"]) for side in sides.values())
+            assert len(mine) == len(theirs) == 2
+            assert not mine & theirs, "each side must meet shapes the other never built"
+            seen_lengths |= mine | theirs
+            for side in sides.values():
+                assert side["backend"] != "cuDNN" or side is sides["torch's choice"]
+                assert side["new_ms"] > 0 and side["seen_ms"] > 0
+    assert len(seen_lengths) == 8, "every form and side of a phase has key lengths of its own"

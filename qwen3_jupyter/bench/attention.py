@@ -9,7 +9,10 @@ shape is what a notebook pays. For the model's attention shape (Qwen3-1.7B: 16 q
 `--shapes` key lengths never seen before, first with torch's choice and then with ours (on
 disjoint lengths, so neither finds the other's plans), then the same lengths again (warm).
 Printed: the backend each picks, and milliseconds per call, new shape vs seen shape, for a decode
-step (one query) and a prefill (causal, query length = key length).
+step (one query) and a prefill (causal, query length = key length), each in the two forms
+transformers' SDPA attention uses: `grouped` (8 key/value heads, `enable_gqa`: no mask, the
+common case of one prompt) and `repeated` (keys and values repeated to the 16 query heads, with a
+mask: a padded batch) — the backends torch may pick differ between them.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ BACKEND_NAMES = {
     3: "cuDNN",
     4: "overrideable",
 }
+PHASES = ("decode", "prefill")
+FORMS = ("grouped", "repeated")
+"""transformers' two SDPA forms: key/value heads grouped in the kernel (no mask), or repeated
+to the query heads (with a mask)."""
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -53,32 +60,65 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    lengths = [args.start + 2 * i for i in range(2 * args.shapes)]
     sides: dict[str, Callable[[], AbstractContextManager[Any]]] = {
         "torch's choice": nullcontext,
         "ours (no cuDNN)": planless_attention,
     }
+    runs = [(form, side) for form in FORMS for side in sides]
+    lengths = [args.start + 2 * i for i in range(len(runs) * args.shapes)]
     figures: dict[str, Any] = {"device": device, "dtype": str(dtype).replace("torch.", "")}
-    for phase in ("decode", "prefill"):
-        figures[phase] = {}
-        for index, (side, context) in enumerate(sides.items()):
-            mine = lengths[index :: len(sides)]  # disjoint lengths: no plan from the other side
-            with context():
-                figures[phase][side] = _side(torch, device, dtype, phase, mine, args)
+    for phase in PHASES:
+        figures[phase] = {form: {} for form in FORMS}
+        for index, (form, side) in enumerate(runs):
+            mine = lengths[index :: len(runs)]  # disjoint lengths: no plan from another run
+            with sides[side]():
+                shape = _Shape(phase, form, device, dtype, args)
+                # One call at a length of its own first: loading the backend's kernels (cuDNN's
+                # library, say) is paid once per process, not per shape.
+                warm_up = args.start - 1 - index
+                _timed(torch, device, shape.inputs(torch, warm_up), shape.kwargs(torch, warm_up))
+                figures[phase][form][side] = _side(torch, shape, mine)
     return figures
 
 
-def _side(
-    torch: Any, device: str, dtype: Any, phase: str, lengths: list[int], args: argparse.Namespace
-) -> dict[str, Any]:
+class _Shape:
+    """One attention call's form, at any key length: its inputs and keyword arguments."""
+
+    def __init__(
+        self, phase: str, form: str, device: str, dtype: Any, args: argparse.Namespace
+    ) -> None:
+        self.phase, self.form, self.device, self.dtype = phase, form, device, dtype
+        self.heads, self.head_dim = args.heads, args.head_dim
+        self.kv_heads = args.kv_heads if form == "grouped" else args.heads
+
+    def inputs(self, torch: Any, length: int) -> tuple[Any, Any, Any]:
+        queries = 1 if self.phase == "decode" else length
+        size = (1, self.heads, queries, self.head_dim)
+        query = torch.randn(size, device=self.device, dtype=self.dtype)
+        key = torch.randn(
+            1, self.kv_heads, length, self.head_dim, device=self.device, dtype=self.dtype
+        )
+        return query, key, torch.randn_like(key)
+
+    def kwargs(self, torch: Any, length: int) -> dict[str, Any]:
+        if self.form == "grouped":  # no mask: causal by flag (prefill), GQA inside the kernel
+            return {"is_causal": self.phase == "prefill", "enable_gqa": True}
+        queries = 1 if self.phase == "decode" else length
+        allowed = torch.ones(queries, length, dtype=torch.bool, device=self.device)
+        if self.phase == "prefill":
+            allowed = torch.tril(allowed)
+        return {"attn_mask": allowed[None, None]}
+
+
+def _side(torch: Any, shape: _Shape, lengths: list[int]) -> dict[str, Any]:
     new, seen, backend = [], [], -1
     for length in lengths:
-        inputs = _inputs(torch, device, dtype, phase, length, args)
-        backend = int(torch._fused_sdp_choice(*inputs, **_kwargs(phase)))
-        new.append(_timed(torch, device, phase, inputs))
+        inputs, kwargs = shape.inputs(torch, length), shape.kwargs(torch, length)
+        backend = int(torch._fused_sdp_choice(*inputs, **kwargs))
+        new.append(_timed(torch, shape.device, inputs, kwargs))
     for length in lengths:
-        inputs = _inputs(torch, device, dtype, phase, length, args)
-        seen.append(_timed(torch, device, phase, inputs))
+        inputs, kwargs = shape.inputs(torch, length), shape.kwargs(torch, length)
+        seen.append(_timed(torch, shape.device, inputs, kwargs))
     return {
         "backend": BACKEND_NAMES.get(backend, str(backend)),
         "new_ms": statistics.median(new),
@@ -87,37 +127,25 @@ def _side(
     }
 
 
-def _inputs(
-    torch: Any, device: str, dtype: Any, phase: str, length: int, args: argparse.Namespace
-) -> tuple[Any, Any, Any]:
-    queries = 1 if phase == "decode" else length
-    query = torch.randn(1, args.heads, queries, args.head_dim, device=device, dtype=dtype)
-    key = torch.randn(1, args.kv_heads, length, args.head_dim, device=device, dtype=dtype)
-    return query, key, torch.randn_like(key)
-
-
-def _kwargs(phase: str) -> dict[str, Any]:
-    return {"is_causal": phase == "prefill", "enable_gqa": True}
-
-
-def _timed(torch: Any, device: str, phase: str, inputs: tuple[Any, Any, Any]) -> float:
+def _timed(torch: Any, device: str, inputs: tuple[Any, Any, Any], kwargs: dict[str, Any]) -> float:
     """Milliseconds of one attention call, the device synchronised on both sides."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     sync()
     started = time.perf_counter()
-    torch.nn.functional.scaled_dot_product_attention(*inputs, **_kwargs(phase))
+    torch.nn.functional.scaled_dot_product_attention(*inputs, **kwargs)
     sync()
     return (time.perf_counter() - started) * 1000
 
 
 def report(figures: dict[str, Any]) -> Iterator[str]:
     yield f"attention per new shape on {figures['device']} ({figures['dtype']}):"
-    for phase in ("decode", "prefill"):
-        for side, row in figures[phase].items():
-            yield (
-                f"  {phase:7} {side:16} picks {row['backend']:28} new shape "
-                f"{row['new_ms']:8.2f} ms, seen shape {row['seen_ms']:8.2f} ms"
-            )
+    for phase in PHASES:
+        for form in FORMS:
+            for side, row in figures[phase][form].items():
+                yield (
+                    f"  {phase:7} {form:8} {side:16} picks {row['backend']:28} new shape "
+                    f"{row['new_ms']:8.2f} ms, seen shape {row['seen_ms']:8.2f} ms"
+                )
 
 
 def main(argv: list[str]) -> int:
