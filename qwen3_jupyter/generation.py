@@ -189,15 +189,22 @@ def oom_reason(exc: BaseException) -> str:
 
 
 def oom_error(
-    device: str, new_tokens: int, reason: str, budget: int | None, freed: int | None
+    device: str,
+    new_tokens: int,
+    reason: str,
+    budget: int | None,
+    freed: int | None,
+    hint: str | None = None,
 ) -> GenerationOOM:
-    """The one-line GenerationOOM a single call ends with, with what to do about it."""
-    hint = (
-        "raise --memory-budget or lower --max-new-tokens"
-        if budget is not None and "memory budget" in reason
-        else "lower --max-new-tokens, run %qwen3_clean --verbose to see what holds memory"
-        + ("" if device == "cpu" else ", or use --device cpu")
-    )
+    """The one-line GenerationOOM a single call ends with, with what to do about it (`hint`, or
+    the advice for a cache that grows with the answer)."""
+    if hint is None:
+        hint = (
+            "raise --memory-budget or lower --max-new-tokens"
+            if budget is not None and "memory budget" in reason
+            else "lower --max-new-tokens, run %qwen3_clean --verbose to see what holds memory"
+            + ("" if device == "cpu" else ", or use --device cpu")
+        )
     return GenerationOOM(
         f"out of memory on {device} after {new_tokens} new tokens ({reason}); "
         f"freed {format_bytes(freed)}: {hint}"

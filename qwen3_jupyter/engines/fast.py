@@ -43,7 +43,7 @@ from ..generation import (
     release_after_generation,
 )
 from ..interrupts import interrupt_deferred
-from ..memory import process_rss, trim_host_heap
+from ..memory import format_bytes, process_rss, trim_host_heap
 from ..out_of_memory import allocation_failures_as_oom
 from . import qwen3_step
 from .attention import planless_attention
@@ -321,7 +321,14 @@ class FastEngine(LocalEngine):
             )
         except _OutOfMemory as exc:
             freed = release_after_generation(self.device, current_memory(self.device)[0])
-            raise oom_error(self.device, exc.new_tokens, exc.reason, memory_budget, freed) from None
+            raise oom_error(
+                self.device,
+                exc.new_tokens,
+                exc.reason,
+                memory_budget,
+                freed,
+                exc.hint(memory_budget),
+            ) from None
         completion = run.completions[0]
         result = completed_result(
             self.loaded, options, completion, self.kind, run.peak_rss, self._kept_text()
@@ -481,7 +488,9 @@ class FastEngine(LocalEngine):
             if device.startswith("cuda"):
                 torch.cuda.synchronize(torch.device(device))
         except torch.OutOfMemoryError as exc:
-            raise _OutOfMemory(oom_reason(exc), max((len(r) for r in run.ids), default=0)) from None
+            new_tokens = max((len(r) for r in run.ids), default=0)
+            cache = self._cache_bytes(batch, length)
+            raise _OutOfMemory(oom_reason(exc), new_tokens, f"{batch}×{length}", cache) from None
         run.latency = time.perf_counter() - started - run.setup_seconds
         run.memory_at_end = current_memory(device)[0]
         if device == "cpu":
@@ -491,13 +500,17 @@ class FastEngine(LocalEngine):
 
     def _estimate(self, batch: int, length: int, vocab: int) -> int:
         """Bytes a shape holds while decoding: its cache plus logits and sampler work."""
+        return self._cache_bytes(batch, length) + batch * vocab * 4 * 3
+
+    def _cache_bytes(self, batch: int, length: int) -> int:
+        """The static KV cache of one shape: keys and values of every layer, every slot."""
         config = self.loaded.model.config
         head_dim = getattr(config, "head_dim", None) or (
             config.hidden_size // config.num_attention_heads
         )
         itemsize = self.loaded.model.lm_head.weight.element_size()
         per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * itemsize
-        return batch * length * per_token + batch * vocab * 4 * 3
+        return batch * length * per_token
 
     def _state(self, batch: int, length: int) -> DecodeState:
         """The kept buffers for this shape, allocating them (and dropping other batch shapes)."""
@@ -875,9 +888,21 @@ class _Unavailable(Exception):
 
 
 class _OutOfMemory(Exception):
-    def __init__(self, reason: str, new_tokens: int) -> None:
+    def __init__(self, reason: str, new_tokens: int, shape: str, cache_bytes: int) -> None:
         super().__init__(reason)
         self.reason, self.new_tokens = reason, new_tokens
+        self.shape, self.cache_bytes = shape, cache_bytes
+
+    def hint(self, budget: int | None) -> str:
+        """What to do, for the fast path: its cache has a fixed size (4,096 tokens for a single
+        call, whatever --max-new-tokens says), so a shorter answer would not have helped."""
+        eager = (
+            f"decode with --eager (the fast path needs a {format_bytes(self.cache_bytes)} decode "
+            f"cache for {self.shape} tokens; --eager's grows with the answer)"
+        )
+        if budget is not None and "memory budget" in self.reason:
+            return f"raise --memory-budget, or {eager}"
+        return f"{eager}, or run %qwen3_clean --verbose to see what else holds memory"
 
 
 def _first_line(exc: BaseException) -> str:
