@@ -141,3 +141,13 @@ def test_a_first_call_says_where_its_seconds_went() -> None:
         "bytecode_tracing 0.52 s\n"
     ) in text
     assert "first fast call (fast, fresh kernel): 40.0 s\n" in text + "\n"
+
+
+def test_a_first_call_is_shown_with_the_load_before_it() -> None:
+    text = "\n".join(report(results(load_s={"fast, second fresh kernel": 3.25})))
+    assert (
+        "first fast call (fast, second fresh kernel): 6.0 s (loaded from the compile cache)\n"
+        "  before it, loading the model (and 2 eager tokens) took 3.2 s: a new kernel's first "
+        "fast answer, loading included, about 9.2 s"
+    ) in text
+    assert "before it" not in "\n".join(report(results()))
