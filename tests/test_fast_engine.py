@@ -709,6 +709,31 @@ def test_gpu_tiny_float32_greedy_tokens_are_identical(model_cache: Path) -> None
 
 @pytest.mark.gpu
 @gpu
+def test_gpu_tiny_float32_batches_match_one_by_one(model_cache: Path) -> None:
+    """generate_batch on CUDA decodes through the fast path too: rows of different lengths,
+    left-padded and captured as one batch graph, each token for token what eager generate gives
+    that prompt alone; afterwards only the batch-1 cache is kept."""
+    holder = ModelHolder()
+    model = holder.get(ModelChoice("tiny", "cuda", "float32"))
+    perturb(model.model)
+    engine = FastEngine(model, notify=print)
+    prompts = [*PROMPTS, "a"]
+    try:
+        expected = [EagerEngine(model).generate(p, GREEDY).token_ids for p in prompts]
+        engine.generate(prompts[0], GREEDY)  # the batch-1 shape exists, as in a notebook
+        results = engine.generate_batch(prompts, GREEDY, batch_size=4, progress=False)
+        assert [r.token_ids for r in results] == expected
+        assert results.report.held_batch_size == 4 and not results.report.back_offs
+        assert engine.compile and engine.capture, "compiled and captured (else printed above)"
+        assert engine.kept_memory()[0].label == "decode cache (1×4096)"
+        assert list(engine.states) == [(1, 4096)], "the batch shape's cache was given back"
+    finally:
+        engine.close()
+        holder.unload()
+
+
+@pytest.mark.gpu
+@gpu
 def test_gpu_full_size_first_divergence_is_a_near_tie(full_size: LoadedModel) -> None:
     """bf16 makes exact equality impossible to promise: where the fast path's greedy tokens
     first differ from generate's, the fast path's token must have been within a few bf16 steps
