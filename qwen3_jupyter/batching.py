@@ -181,9 +181,10 @@ def run_batches(
             except GenerationOOM as exc:
                 back_offs.append(BackOff(position, size, str(exc)))
                 if size == 1:
+                    hint = f": {exc.hint}" if exc.hint else ""
                     raise GenerationOOM(
                         f"out of memory even at batch size 1 (prompt {position}; "
-                        f"{len(results)} finished results kept): {exc}"
+                        f"{len(results)} finished results kept): {exc}{hint}"
                     ) from None
                 size = max(1, size // 2)
                 bar.set_postfix(batch_size=size)

@@ -23,7 +23,14 @@ DEFAULT_MAX_NEW_TOKENS = 512
 
 
 class GenerationOOM(Exception):
-    """The device ran out of memory during generation; memory has already been released."""
+    """The device ran out of memory during generation; memory has already been released.
+
+    `hint` is what would help, for whoever words the final message (a batch that backs off
+    retries first, and says it only when even one prompt at a time does not fit)."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 @dataclass(frozen=True)
@@ -188,6 +195,15 @@ def oom_reason(exc: BaseException) -> str:
     )
 
 
+def oom_hint(device: str, reason: str, budget: int | None) -> str:
+    """What helps when generation whose cache grows with the answer runs out of memory."""
+    if budget is not None and "memory budget" in reason:
+        return "raise --memory-budget or lower --max-new-tokens"
+    return "lower --max-new-tokens, run %qwen3_clean --verbose to see what holds memory" + (
+        "" if device == "cpu" else ", or use --device cpu"
+    )
+
+
 def oom_error(
     device: str,
     new_tokens: int,
@@ -199,12 +215,7 @@ def oom_error(
     """The one-line GenerationOOM a single call ends with, with what to do about it (`hint`, or
     the advice for a cache that grows with the answer)."""
     if hint is None:
-        hint = (
-            "raise --memory-budget or lower --max-new-tokens"
-            if budget is not None and "memory budget" in reason
-            else "lower --max-new-tokens, run %qwen3_clean --verbose to see what holds memory"
-            + ("" if device == "cpu" else ", or use --device cpu")
-        )
+        hint = oom_hint(device, reason, budget)
     return GenerationOOM(
         f"out of memory on {device} after {new_tokens} new tokens ({reason}); "
         f"freed {format_bytes(freed)}: {hint}"

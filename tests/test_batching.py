@@ -56,10 +56,15 @@ def test_budget_forces_real_back_off_and_is_respected(one_by_one: list[str]) -> 
 
 
 def test_out_of_memory_at_batch_size_one_says_so(tmp_path: Path) -> None:
-    with pytest.raises(GenerationOOM, match="even at batch size 1"):
+    with pytest.raises(GenerationOOM, match="even at batch size 1") as info:
         generate_batch(
             PROMPTS[:2], batch_size=2, model="tiny", memory_budget=1000, progress=False, **GREEDY
         )
+    message = str(info.value)
+    assert len(message.splitlines()) == 1, message
+    assert message.endswith(
+        "over the memory budget of 1000 B: raise --memory-budget or lower --max-new-tokens"
+    ), message
 
 
 def test_running_out_of_host_memory_backs_off_like_any_out_of_memory(

@@ -24,6 +24,7 @@ from ..generation import (
     enforce_budget,
     eos_ids,
     oom_error,
+    oom_hint,
     oom_reason,
     prompt_text,
     release_after_generation,
@@ -252,7 +253,7 @@ class EagerEngine(LocalEngine):
         guard.release()
         if failure is not None:
             release_after_generation(device, None)
-            raise GenerationOOM(failure)
+            raise GenerationOOM(failure, oom_hint(device, failure, budget))
         eos = eos_ids(model, tokenizer)
         completions = []
         for prompt, prompt_len, row in zip(prompts, prompt_lengths, new_rows, strict=True):

@@ -347,7 +347,7 @@ class FastEngine(LocalEngine):
             return self._eager().generate_chunk(prompts, options, budget)
         except _OutOfMemory as exc:
             release_after_generation(self.device, None)
-            raise GenerationOOM(exc.reason) from None
+            raise GenerationOOM(exc.reason, exc.hint(budget)) from None
         if run.interrupted:
             raise KeyboardInterrupt
         freed = release_after_generation(self.device, run.memory_at_end)
