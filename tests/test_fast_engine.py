@@ -281,7 +281,7 @@ def test_memory_budget_is_an_out_of_memory_error_and_batches_back_off(
     with pytest.raises(GenerationOOM, match="over the memory budget") as info:
         fast.generate("hi", options, memory_budget=1000)
     assert str(info.value).endswith(
-        "raise --memory-budget, or decode with --eager (the fast path needs a 2.0 MiB decode "
+        "raise --memory-budget, or decode with --eager (the fast path needs a 2.6 MiB decode "
         "cache for 1×4096 tokens; --eager's grows with the answer)"
     ), "a lower --max-new-tokens would not shrink the fast path's cache: not the advice"
     assert fast.generate("hi", options).token_ids == before, "the cache is usable after an OOM"

@@ -246,7 +246,7 @@ def test_running_out_of_host_memory_is_the_same_one_line_out_of_memory(kernel: K
                 assert message.endswith("to see what holds memory"), message
             else:  # the fast path's cache has a fixed size: a shorter answer would not help
                 assert "freed " in message and message.endswith(
-                    ": decode with --eager (the fast path needs a 2.0 MiB decode cache for "
+                    ": decode with --eager (the fast path needs a 2.6 MiB decode cache for "
                     "1×4096 tokens; --eager's grows with the answer), or run %qwen3_clean "
                     "--verbose to see what else holds memory"
                 ), message

@@ -489,8 +489,8 @@ class FastEngine(LocalEngine):
                 torch.cuda.synchronize(torch.device(device))
         except torch.OutOfMemoryError as exc:
             new_tokens = max((len(r) for r in run.ids), default=0)
-            cache = self._cache_bytes(batch, length)
-            raise _OutOfMemory(oom_reason(exc), new_tokens, f"{batch}×{length}", cache) from None
+            held = self._held_bytes(batch, length)
+            raise _OutOfMemory(oom_reason(exc), new_tokens, f"{batch}×{length}", held) from None
         run.latency = time.perf_counter() - started - run.setup_seconds
         run.memory_at_end = current_memory(device)[0]
         if device == "cpu":
@@ -500,17 +500,21 @@ class FastEngine(LocalEngine):
 
     def _estimate(self, batch: int, length: int, vocab: int) -> int:
         """Bytes a shape holds while decoding: its cache plus logits and sampler work."""
-        return self._cache_bytes(batch, length) + batch * vocab * 4 * 3
-
-    def _cache_bytes(self, batch: int, length: int) -> int:
-        """The static KV cache of one shape: keys and values of every layer, every slot."""
         config = self.loaded.model.config
         head_dim = getattr(config, "head_dim", None) or (
             config.hidden_size // config.num_attention_heads
         )
         itemsize = self.loaded.model.lm_head.weight.element_size()
         per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * itemsize
-        return batch * length * per_token
+        return batch * length * per_token + batch * vocab * 4 * 3
+
+    def _held_bytes(self, batch: int, length: int) -> int:
+        """What a shape's buffers hold, the figure the footer calls "decode cache": the same
+        buffers allocated on the meta device, which costs no memory."""
+        import torch
+
+        meta = torch.device("meta")
+        return qwen3_step.allocate(self.loaded.model, batch, length, SAMPLE_WIDTH, meta).held_bytes
 
     def _state(self, batch: int, length: int) -> DecodeState:
         """The kept buffers for this shape, allocating them (and dropping other batch shapes)."""
@@ -888,16 +892,16 @@ class _Unavailable(Exception):
 
 
 class _OutOfMemory(Exception):
-    def __init__(self, reason: str, new_tokens: int, shape: str, cache_bytes: int) -> None:
+    def __init__(self, reason: str, new_tokens: int, shape: str, held_bytes: int) -> None:
         super().__init__(reason)
         self.reason, self.new_tokens = reason, new_tokens
-        self.shape, self.cache_bytes = shape, cache_bytes
+        self.shape, self.held_bytes = shape, held_bytes
 
     def hint(self, budget: int | None) -> str:
         """What to do, for the fast path: its cache has a fixed size (4,096 tokens for a single
         call, whatever --max-new-tokens says), so a shorter answer would not have helped."""
         eager = (
-            f"decode with --eager (the fast path needs a {format_bytes(self.cache_bytes)} decode "
+            f"decode with --eager (the fast path needs a {format_bytes(self.held_bytes)} decode "
             f"cache for {self.shape} tokens; --eager's grows with the answer)"
         )
         if budget is not None and "memory budget" in self.reason:
