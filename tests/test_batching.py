@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from qwen3_jupyter.batching import generate_batch, parse_size
+from qwen3_jupyter.engines.base import EngineError
 from qwen3_jupyter.engines.eager import EagerEngine
 from qwen3_jupyter.generation import GenerationOOM, GenerationOptions
 from qwen3_jupyter.session import SESSION
@@ -85,6 +86,25 @@ def test_running_out_of_host_memory_backs_off_like_any_out_of_memory(
     assert all("host memory: could not allocate" in b.message for b in report.back_offs)
     assert report.held_batch_size == 2
     assert [r.answer for r in results] == one_by_one
+
+
+def test_a_prompt_too_long_for_the_model_fails_the_batch_before_any_work(tmp_path: Path) -> None:
+    out = tmp_path / "r.jsonl"
+    with pytest.raises(EngineError) as info:
+        generate_batch(
+            ["short", "why " * 5000, "also short"],
+            batch_size=2,
+            model="tiny",
+            out=out,
+            progress=False,
+            **GREEDY,
+        )
+    message = str(info.value)
+    assert message.startswith("prompt 1 (5,0") and message.endswith(
+        "tokens) + --max-new-tokens 12 exceeds the 4,096 positions of tiny: shorten it or "
+        "lower --max-new-tokens"
+    ), message
+    assert not out.exists(), "nothing was generated, so nothing was written"
 
 
 def test_out_file_has_a_line_per_prompt(tmp_path: Path) -> None:

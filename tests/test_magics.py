@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -258,6 +259,30 @@ def test_running_out_of_host_memory_is_the_same_one_line_out_of_memory(kernel: K
     assert leftovers == 0
     assert kernel.value("keep_me") == [41]
     assert kernel.run("%qwen3 --max-new-tokens 2 --no-think fine again").status == "ok"
+
+
+def test_an_answer_longer_than_the_model_allows_is_one_line_at_once(kernel: Kernel) -> None:
+    """A typo such as --max-new-tokens 99999999 must not run for hours: transformers' generate
+    goes on past the model's positions, so both paths check before generating anything."""
+    kernel.run("keep_me = [41]")
+    for path in ("--eager", "--fast"):
+        started = time.monotonic()
+        ex = kernel.run(f"%qwen3 {path} --no-think --max-new-tokens 99999999 hi", timeout=60)
+        assert ex.status == "error", path
+        assert time.monotonic() - started < 10, path
+        message = ex.stderr.strip()
+        assert len(message.splitlines()) == 1, message
+        assert re.fullmatch(
+            r"UsageError: prompt \(\d+ tokens\) \+ --max-new-tokens 99,999,999 exceeds the 4,096 "
+            r"positions of tiny: shorten it or lower --max-new-tokens",
+            message,
+        ), message
+    ok(kernel, "%qwen3 --chat --no-think --max-new-tokens 4 hi")  # a conversation to shorten
+    ex = kernel.run("%qwen3 --chat --no-think --max-new-tokens 4080 hi", timeout=60)
+    assert "shorten it (--reset clears a --chat conversation)" in ex.stderr, ex.stderr
+    ok(kernel, "%qwen3 --reset")
+    assert kernel.value("keep_me") == [41]
+    ok(kernel, "%qwen3 --max-new-tokens 2 --no-think still fine")
 
 
 def test_a_model_too_large_to_load_is_one_line_and_loses_no_variables(

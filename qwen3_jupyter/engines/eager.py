@@ -186,6 +186,7 @@ class EagerEngine(LocalEngine):
         text = prompt_text(tokenizer, prompt, options, history)
         inputs = tokenizer(text, return_tensors="pt").to(device)
         prompt_tokens = int(inputs["input_ids"].shape[1])
+        self.check_positions(prompt_tokens, options, chat=bool(history))
         streamer = _Streamer(tokenizer, device, on_text, stream_interval)
         guard = MemoryGuard(model, memory_budget)
         kwargs = prepare_generate(tokenizer, device, options, guard, streamer=streamer)

@@ -309,7 +309,9 @@ class FastEngine(LocalEngine):
         text = prompt_text(tokenizer, prompt, options, history)
         streamed = _Stream(tokenizer, on_text, stream_interval) if on_text else None
         try:
-            run = self._guarded_run([text], [prompt], options, memory_budget, streamed)
+            run = self._guarded_run(
+                [text], [prompt], options, memory_budget, streamed, chat=bool(history)
+            )
         except _Unavailable:
             return self._eager().generate(
                 prompt,
@@ -415,7 +417,7 @@ class FastEngine(LocalEngine):
 
         return EagerEngine(self.loaded)
 
-    def _guarded_run(self, *args: Any) -> _Run:
+    def _guarded_run(self, *args: Any, **kwargs: Any) -> _Run:
         """`_run`, except that an unexpected failure of the fast path (a transformers or torch
         release it does not fit, say) never fails the call: it is said in one line, the fast
         path's memory is given back, and this call and the next ones decode eagerly until
@@ -423,7 +425,7 @@ class FastEngine(LocalEngine):
         if self.broken:
             raise _Unavailable
         try:
-            return self._run(*args)
+            return self._run(*args, **kwargs)
         except (_OutOfMemory, GenerationOOM, EngineError, KeyboardInterrupt):
             raise
         except Exception as exc:
@@ -442,6 +444,7 @@ class FastEngine(LocalEngine):
         options: GenerationOptions,
         budget: int | None,
         streamed: _Stream | None,
+        chat: bool = False,
     ) -> _Run:
         import torch
 
@@ -451,13 +454,8 @@ class FastEngine(LocalEngine):
         padded = texts + [texts[-1]] * (batch - rows)
         encoded = tokenizer(padded, return_tensors="pt", padding=True, padding_side="left")
         width = int(encoded["input_ids"].shape[1])
-        limit = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+        self.check_positions(width, options, chat=chat)
         needed = width + options.max_new_tokens
-        if limit and needed > limit:
-            raise GenerationOOM(
-                f"prompt ({width} tokens) + --max-new-tokens {options.max_new_tokens} exceeds the "
-                f"model's {limit} positions: shorten the prompt or lower --max-new-tokens"
-            )
         length = cache_bucket(needed + REHEARSAL_STEPS, batch=batch)
         vocab = int(model.lm_head.weight.shape[0])
         sample = sample_width(options, vocab)

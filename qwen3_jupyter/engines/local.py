@@ -11,7 +11,7 @@ from abc import abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .base import Engine
+from .base import Engine, EngineError
 
 if TYPE_CHECKING:
     from ..batching import BatchResults
@@ -33,6 +33,27 @@ class LocalEngine(Engine):
     def device(self) -> str:
         return self.loaded.device
 
+    def check_positions(
+        self,
+        prompt_tokens: int,
+        options: GenerationOptions,
+        what: str = "prompt",
+        chat: bool = False,
+    ) -> None:
+        """Raise EngineError when the prompt and the answer asked for do not fit the model's
+        positions: generate itself would go on past them (for --max-new-tokens 99999999, for
+        hours), and the fast path's cache could not hold them."""
+        config = getattr(self.loaded.model, "config", None)
+        limit = int(getattr(config, "max_position_embeddings", 0) or 0)
+        if not limit or prompt_tokens + options.max_new_tokens <= limit:
+            return
+        shorten = "shorten it (--reset clears a --chat conversation)" if chat else "shorten it"
+        raise EngineError(
+            f"{what} ({prompt_tokens:,} tokens) + --max-new-tokens {options.max_new_tokens:,} "
+            f"exceeds the {limit:,} positions of {self.model_name}: {shorten} or lower "
+            "--max-new-tokens"
+        )
+
     @abstractmethod
     def generate_chunk(
         self, prompts: list[str], options: GenerationOptions, budget: int | None
@@ -52,7 +73,13 @@ class LocalEngine(Engine):
         progress: bool = True,
     ) -> BatchResults:
         from ..batching import run_batches
+        from ..generation import prompt_text
 
+        prompts = list(prompts)
+        tokenizer = self.loaded.tokenizer
+        for index, prompt in enumerate(prompts):  # all of them before any is generated
+            tokens = len(tokenizer(prompt_text(tokenizer, prompt, options))["input_ids"])
+            self.check_positions(tokens, options, what=f"prompt {index}")
         return run_batches(
             self.generate_chunk,
             self.device,
