@@ -134,6 +134,11 @@ def generate_batch(
     """
     from .api_call import api_call
 
+    if isinstance(prompts, str):  # iterating it would ask one question per character
+        raise TypeError(
+            "generate_batch takes a list of prompts, not one string: pass [prompt] (or use "
+            "%qwen3 / inference() for a single prompt)"
+        )
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     prompt_list = [str(p) for p in prompts]

@@ -47,6 +47,26 @@ class GenerationOptions:
     greedy: bool = False
     ignore_eos: bool = False
 
+    def __post_init__(self) -> None:
+        """Refuse values no decoder can use, in words, before anything runs (transformers would
+        raise deep in `generate`, or a decode loop would never start)."""
+        checks = [
+            (
+                self.temperature is not None and not self.temperature > 0,
+                f"temperature={self.temperature!r}: must be > 0 (greedy=True decodes "
+                "deterministically)",
+            ),
+            (
+                self.top_p is not None and not 0 < self.top_p <= 1,
+                f"top_p={self.top_p!r}: must be in (0, 1]",
+            ),
+            (self.top_k is not None and self.top_k < 1, f"top_k={self.top_k!r}: must be >= 1"),
+            (self.max_new_tokens < 1, f"max_new_tokens={self.max_new_tokens!r}: must be >= 1"),
+        ]
+        for failed, message in checks:
+            if failed:
+                raise ValueError(message)
+
     def sampling(self) -> dict[str, Any]:
         """Keyword arguments for `generate` that select the decoding strategy."""
         if self.greedy:

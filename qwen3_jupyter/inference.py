@@ -94,6 +94,7 @@ def inference(
     freed now, while the exception itself still propagates with its traceback.
     """
     _check_options(options)
+    GenerationOptions(**options)  # a bad value fails here, before a model is loaded
     with api_call() as call:
         engine = call.engine(model=model, device=device, dtype=dtype, decode=decode, server=server)
     chat = Chat(engine, options)

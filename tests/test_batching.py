@@ -107,6 +107,13 @@ def test_a_prompt_too_long_for_the_model_fails_the_batch_before_any_work(tmp_pat
     assert not out.exists(), "nothing was generated, so nothing was written"
 
 
+def test_one_string_is_not_taken_for_a_list_of_one_character_prompts() -> None:
+    with pytest.raises(
+        TypeError, match=r"takes a list of prompts, not one string: pass \[prompt\]"
+    ):
+        generate_batch("Why is the sky blue?", model="tiny", progress=False)
+
+
 def test_out_file_has_a_line_per_prompt(tmp_path: Path) -> None:
     out = tmp_path / "r.jsonl"
     results = generate_batch(

@@ -42,6 +42,28 @@ def test_sampling_defaults_follow_qwen3_recommendations() -> None:
     assert GenerationOptions(greedy=True).sampling() == {"do_sample": False}
 
 
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        (
+            {"temperature": -1},
+            "temperature=-1: must be > 0 (greedy=True decodes deterministically)",
+        ),
+        ({"temperature": 0.0}, "temperature=0.0: must be > 0"),
+        ({"top_p": 1.5}, "top_p=1.5: must be in (0, 1]"),
+        ({"top_p": 0}, "top_p=0: must be in (0, 1]"),
+        ({"top_k": 0}, "top_k=0: must be >= 1"),
+        ({"max_new_tokens": 0}, "max_new_tokens=0: must be >= 1"),
+    ],
+)
+def test_values_no_decoder_can_use_are_refused_in_words(options: dict, said: str) -> None:
+    """The Python API (inference(), generate_batch) gets what the magic's flags get: the value
+    and the rule, before a model is touched, not transformers' error from inside generate."""
+    with pytest.raises(ValueError) as info:
+        GenerationOptions(**options)
+    assert str(info.value).startswith(said)
+
+
 def test_messages_put_system_first_and_keep_history() -> None:
     history = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
     messages = build_messages("c", GenerationOptions(system="sys"), history)

@@ -75,3 +75,18 @@ def test_unknown_option_is_a_clear_type_error(k: Kernel) -> None:
     assert bad.status == "error"
     assert bad.reply["ename"] == "TypeError"
     assert "unknown generation option 'temprature'" in bad.reply["evalue"]
+
+
+def test_a_bad_value_is_a_clear_value_error_before_any_model_loads(k: Kernel) -> None:
+    ok(k, "%qwen3 --unload")
+    bad = k.run("qwen3_jupyter.inference(model='tiny', temperature=-1).__enter__()")
+    assert bad.status == "error"
+    assert bad.reply["ename"] == "ValueError"
+    assert bad.reply["evalue"].startswith("temperature=-1: must be > 0")
+    assert k.value("SESSION.loaded is None"), "nothing was loaded for a call that cannot run"
+    in_call = k.run(
+        "with qwen3_jupyter.inference(model='tiny', max_new_tokens=2) as chat:\n"
+        "    chat('hi', top_p=3)"
+    )
+    assert in_call.reply["ename"] == "ValueError"
+    assert in_call.reply["evalue"] == "top_p=3: must be in (0, 1]"
