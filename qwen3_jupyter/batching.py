@@ -220,12 +220,25 @@ def run_batches(
     return results
 
 
+class ResultsFileError(OSError):
+    """The results file (`out=`, `--out`) cannot be written; said before any prompt runs."""
+
+
 class _JsonLines:
     """Appends results as JSON lines, flushed and synced per batch so a crash loses nothing."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Open the file once now, so a path that cannot be written fails before any prompt
+        runs (a folder, say, failed only when the first batch's answers were ready)."""
+        self.path = path.expanduser()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8"):
+                pass
+        except OSError as exc:
+            raise ResultsFileError(
+                f"cannot write results to {self.path}: {exc.strerror or exc}"
+            ) from None
 
     def write(self, first_index: int, results: Iterable[Result], batch_size: int) -> None:
         with self.path.open("a", encoding="utf-8") as handle:

@@ -21,7 +21,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Float, Unicode
 
 from . import display
-from .batching import BUDGET_ENV, parse_size
+from .batching import BUDGET_ENV, ResultsFileError, parse_size
 from .engines import Engine, EngineError, decode_mode, server_url
 from .engines.urls import mask_url
 from .gauge import inline_gauge
@@ -209,7 +209,7 @@ class Qwen3Magics(Magics):
         options, prompt = parse_line(self.qwen3, line, cell)
         try:
             self._run(options, prompt)
-        except (ModelError, GenerationOOM, EngineError) as exc:
+        except (ModelError, GenerationOOM, EngineError, ResultsFileError) as exc:
             message = str(exc)
         else:
             return

@@ -179,3 +179,21 @@ def test_batch_flags_bad_input(kernel: Kernel, line: str, expected: str) -> None
     ex = kernel.run(line)
     assert ex.status == "error"
     assert expected in ex.stderr and len(ex.stderr.strip().splitlines()) == 1
+
+
+def test_an_out_path_that_cannot_be_written_fails_before_any_prompt_runs(
+    kernel: Kernel, tmp_path: Path
+) -> None:
+    """A folder, or a path under a file: one line before the first batch, not a traceback once
+    its answers are ready (a folder failed only then, with the batch's work lost)."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a\nb\n")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for out, why in ((tmp_path, "Is a directory"), (blocker / "r.jsonl", "File exists")):
+        ex = kernel.run(f"%qwen3 --file {prompts} --out {out} --greedy --max-new-tokens 2")
+        assert ex.status == "error"
+        assert ex.stderr.strip() == f"UsageError: cannot write results to {out}: {why}", ex.stderr
+        assert "qwen3 batch" not in ex.stdout + ex.stderr, "no batch started"
+    with pytest.raises(OSError, match=f"cannot write results to {tmp_path}: Is a directory"):
+        generate_batch(["a"], model="tiny", out=tmp_path, progress=False, **GREEDY)
