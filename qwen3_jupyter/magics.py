@@ -207,6 +207,9 @@ class Qwen3Magics(Magics):
         gives all of it back. ``--server URL`` asks an OpenAI-compatible server instead.
         """
         options, prompt = parse_line(self.qwen3, line, cell)
+        if prompt in ("?", "??") and cell is None:  # `%qwen3 ?`: help, not a 512-token answer
+            self._help()
+            return
         try:
             self._run(options, prompt)
         except (ModelError, GenerationOOM, EngineError, ResultsFileError) as exc:
@@ -214,6 +217,13 @@ class Qwen3Magics(Magics):
         else:
             return
         raise UsageError(message)
+
+    def _help(self) -> None:
+        """What `%qwen3?` shows: IPython's page for the magic (its options and docstring)."""
+        if self.shell is not None:
+            self.shell.run_line_magic("pinfo", "%qwen3")
+        else:
+            print(self.qwen3.__doc__)
 
     def _run(self, args: Namespace, prompt: str) -> None:
         _validate(args, prompt)

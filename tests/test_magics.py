@@ -77,6 +77,15 @@ def test_trailing_question_mark_is_a_prompt_not_a_help_request(kernel: Kernel) -
     assert kernel.value("_qwen3.prompt") == "What is a kernel?"
 
 
+def test_a_lone_question_mark_after_a_space_is_the_help_not_a_prompt(kernel: Kernel) -> None:
+    kernel.run("_qwen3 = 'before'")
+    ex = kernel.run("%qwen3 ?")
+    assert ex.status == "ok"
+    pages = [p for p in ex.reply.get("payload", []) if p.get("source") == "page"]
+    assert pages and "--max-new-tokens" in pages[0]["data"]["text/plain"]
+    assert kernel.value("_qwen3") == "before", "nothing was generated"
+
+
 def test_think_and_no_think_map_to_enable_thinking(kernel: Kernel) -> None:
     kernel.run("%qwen3 --no-think --max-new-tokens 12 --seed 3 Hello")
     no_think = kernel.value(
