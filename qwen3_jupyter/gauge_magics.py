@@ -21,6 +21,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display
 
 from . import lifecycle, monitor
+from .display import info
 
 
 @magics_class
@@ -72,7 +73,7 @@ class GaugeMagics(Magics):
             running = monitor.current_monitor()
             if running is not None:
                 running.stop()
-            print(f"gauge stopped ({closed} closed); %qwen3_gauge starts it again")
+            info(f"gauge stopped ({closed} closed); %qwen3_gauge starts it again")
             return
         display(gauge(interval=args.interval, show_all=args.all, compact=args.compact))
 
