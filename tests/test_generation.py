@@ -94,3 +94,16 @@ def test_generate_is_deterministic_for_a_seed_and_frees_tensors(model_cache: Pat
         for v in values
     )
     assert holder.unload()
+
+
+def test_the_position_limit_follows_a_rope_scaling_the_user_configured() -> None:
+    """Qwen3's model card extends the context with YaRN (factor 4 over 32,768 positions) and
+    leaves max_position_embeddings at 40,960: the length check must allow 131,072 then."""
+    from transformers import Qwen3Config
+
+    from qwen3_jupyter.engines.local import position_limit
+
+    assert position_limit(Qwen3Config(max_position_embeddings=40960)) == 40960
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
+    assert position_limit(Qwen3Config(max_position_embeddings=40960, rope_scaling=yarn)) == 131072
+    assert position_limit(None) == 0, "unknown: no check"

@@ -19,6 +19,19 @@ if TYPE_CHECKING:
     from ..models import LoadedModel
 
 
+def position_limit(config: object) -> int:
+    """The positions a model is configured for (0: unknown): `max_position_embeddings`, or what a
+    RoPE scaling extends it to (Qwen3's model card adds YaRN with factor 4 over 32,768 for
+    131,072 tokens, leaving `max_position_embeddings` at 40,960)."""
+    limit = int(getattr(config, "max_position_embeddings", 0) or 0)
+    for name in ("rope_parameters", "rope_scaling"):
+        scaling = getattr(config, name, None)
+        if isinstance(scaling, dict) and scaling.get("factor"):
+            base = int(scaling.get("original_max_position_embeddings") or limit)
+            limit = max(limit, int(base * float(scaling["factor"])))
+    return limit
+
+
 class LocalEngine(Engine):
     """An engine that decodes with the model loaded in this kernel."""
 
@@ -43,8 +56,7 @@ class LocalEngine(Engine):
         """Raise EngineError when the prompt and the answer asked for do not fit the model's
         positions: generate itself would go on past them (for --max-new-tokens 99999999, for
         hours), and the fast path's cache could not hold them."""
-        config = getattr(self.loaded.model, "config", None)
-        limit = int(getattr(config, "max_position_embeddings", 0) or 0)
+        limit = position_limit(getattr(self.loaded.model, "config", None))
         if not limit or prompt_tokens + options.max_new_tokens <= limit:
             return
         shorten = "shorten it (--reset clears a --chat conversation)" if chat else "shorten it"
