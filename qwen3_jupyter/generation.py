@@ -7,6 +7,7 @@ The engines themselves (eager, fast, remote) live in `engines/`; this module kno
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,23 @@ class GenerationOOM(Exception):
         self.hint = hint
 
 
+OPTION_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "temperature": (lambda value: value > 0, "must be > 0"),
+    "top_p": (lambda value: 0 < value <= 1, "must be in (0, 1]"),
+    "top_k": (lambda value: value >= 1, "must be >= 1"),
+    "max_new_tokens": (lambda value: value >= 1, "must be >= 1"),
+}
+"""What each numeric option must be: one table for the magic's flags and the Python API."""
+
+
+def broken_rules(values: Mapping[str, Any]) -> Iterator[tuple[str, Any, str]]:
+    """(name, value, rule) for every option in `values` that breaks its rule (None is unset)."""
+    for name, (valid, rule) in OPTION_RULES.items():
+        value = values.get(name)
+        if value is not None and not valid(value):
+            yield name, value, rule
+
+
 @dataclass(frozen=True)
 class GenerationOptions:
     """What a caller may set for one generation; None means Qwen3's recommended value."""
@@ -50,22 +68,9 @@ class GenerationOptions:
     def __post_init__(self) -> None:
         """Refuse values no decoder can use, in words, before anything runs (transformers would
         raise deep in `generate`, or a decode loop would never start)."""
-        checks = [
-            (
-                self.temperature is not None and not self.temperature > 0,
-                f"temperature={self.temperature!r}: must be > 0 (greedy=True decodes "
-                "deterministically)",
-            ),
-            (
-                self.top_p is not None and not 0 < self.top_p <= 1,
-                f"top_p={self.top_p!r}: must be in (0, 1]",
-            ),
-            (self.top_k is not None and self.top_k < 1, f"top_k={self.top_k!r}: must be >= 1"),
-            (self.max_new_tokens < 1, f"max_new_tokens={self.max_new_tokens!r}: must be >= 1"),
-        ]
-        for failed, message in checks:
-            if failed:
-                raise ValueError(message)
+        for name, value, rule in broken_rules(vars(self)):
+            extra = " (greedy=True decodes deterministically)" if name == "temperature" else ""
+            raise ValueError(f"{name}={value!r}: {rule}{extra}")
 
     def sampling(self) -> dict[str, Any]:
         """Keyword arguments for `generate` that select the decoding strategy."""

@@ -25,7 +25,7 @@ from .batching import BUDGET_ENV, ResultsFileError, parse_size
 from .engines import Engine, EngineError, decode_mode, server_url
 from .engines.urls import mask_url
 from .gauge import inline_gauge
-from .generation import DEFAULT_MAX_NEW_TOKENS, GenerationOOM, GenerationOptions
+from .generation import DEFAULT_MAX_NEW_TOKENS, GenerationOOM, GenerationOptions, broken_rules
 from .memory import format_bytes
 from .models import DTYPES, ModelError
 from .session import SESSION
@@ -425,18 +425,9 @@ def _validate(args: Namespace, prompt: str) -> None:
             raise UsageError(f"--memory-budget: {exc}") from None
     if args.file:
         read_prompts(args.file)
-    checks = [
-        (
-            args.temperature is not None and args.temperature <= 0,
-            "--temperature must be > 0 (use --greedy for deterministic output)",
-        ),
-        (args.top_p is not None and not 0 < args.top_p <= 1, "--top-p must be in (0, 1]"),
-        (args.top_k is not None and args.top_k < 1, "--top-k must be >= 1"),
-        (args.max_new_tokens < 1, "--max-new-tokens must be >= 1"),
-    ]
-    for failed, message in checks:
-        if failed:
-            raise UsageError(message)
+    for name, _value, rule in broken_rules(vars(args)):
+        extra = " (use --greedy for deterministic output)" if name == "temperature" else ""
+        raise UsageError(f"--{name.replace('_', '-')} {rule}{extra}")
 
 
 def _budget(args: Namespace) -> int | None:
