@@ -216,6 +216,17 @@ def test_interrupt_stops_promptly_keeps_partial_answer_and_kernel(fresh_kernel: 
     assert k.run("%qwen3 --max-new-tokens 3 --no-think still alive").status == "ok"
 
 
+def assert_failed_call_left_nothing(kernel: Kernel) -> None:
+    """Nothing is left referenced by a failed call: no live KV cache, the model and `keep_me`
+    intact, and the next call works."""
+    leftovers = kernel.value(
+        "sum(1 for o in __import__('gc').get_objects() if type(o).__name__ == 'DynamicCache')"
+    )
+    assert leftovers == 0
+    assert kernel.value("keep_me") == [41]
+    assert kernel.run("%qwen3 --max-new-tokens 2 --no-think fine again").status == "ok"
+
+
 def test_out_of_memory_is_caught_released_and_explained(kernel: Kernel) -> None:
     kernel.run("keep_me = [41]")
     ex = kernel.run("%qwen3 --memory-budget 64KiB --no-think --ignore-eos --max-new-tokens 200 hi")
@@ -226,13 +237,7 @@ def test_out_of_memory_is_caught_released_and_explained(kernel: Kernel) -> None:
         "out of memory on cpu after" in message and "over the memory budget of 64.0 KiB" in message
     )
     assert "raise --memory-budget or lower --max-new-tokens" in message
-    # Nothing is left referenced by the failed call: no live KV cache, model and variables intact.
-    leftovers = kernel.value(
-        "sum(1 for o in __import__('gc').get_objects() if type(o).__name__ == 'DynamicCache')"
-    )
-    assert leftovers == 0
-    assert kernel.value("keep_me") == [41]
-    assert kernel.run("%qwen3 --max-new-tokens 2 --no-think fine again").status == "ok"
+    assert_failed_call_left_nothing(kernel)
 
 
 def test_running_out_of_host_memory_is_the_same_one_line_out_of_memory(kernel: Kernel) -> None:
@@ -262,12 +267,7 @@ def test_running_out_of_host_memory_is_the_same_one_line_out_of_memory(kernel: K
                 ), message
     finally:
         ok(kernel, "hook.remove()")
-    leftovers = kernel.value(
-        "sum(1 for o in __import__('gc').get_objects() if type(o).__name__ == 'DynamicCache')"
-    )
-    assert leftovers == 0
-    assert kernel.value("keep_me") == [41]
-    assert kernel.run("%qwen3 --max-new-tokens 2 --no-think fine again").status == "ok"
+    assert_failed_call_left_nothing(kernel)
 
 
 def test_an_answer_longer_than_the_model_allows_is_one_line_at_once(kernel: Kernel) -> None:
