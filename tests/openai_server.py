@@ -11,6 +11,10 @@ The proxy forwards to the real server and changes one thing per route prefix:
 - `/inline/v1/...`    reasoning moved into the content between <think> tags (a server without a
                       reasoning parser);
 - `/stall/v1/...`     headers, then silence (no first token);
+- `/limited/v1/...`   vLLM started with `--max-model-len 256`: GET /v1/models lists
+                      `max_model_len`, and a chat request whose prompt (counted with the served
+                      model's own tokenizer and chat template) plus `max_tokens` exceeds it gets
+                      vLLM's 400 and its wording;
 - `.../metrics`       a vLLM-style Prometheus text;
 - anything else       404 with an HTML page (a web server that is not an OpenAI API).
 Only chat requests (POST) misbehave; GET /v1/models is forwarded, after the key check on
@@ -47,14 +51,18 @@ vllm:num_requests_waiting{engine="0",model_name="Qwen/Qwen3-1.7B"} 1.0
 vllm:kv_cache_usage_perc{engine="0",model_name="Qwen/Qwen3-1.7B"} 0.42
 """
 
-ROUTES = ("pass", "auth", "error", "malformed", "inline", "stall")
+ROUTES = ("pass", "auth", "error", "malformed", "inline", "stall", "limited")
+SERVED_CONTEXT = 256
+"""The context length the /limited/ route's server is 'started with'."""
 
 
 class ChaosProxy:
     """A threaded HTTP proxy to `upstream` (an OpenAI base URL) with the routes above."""
 
-    def __init__(self, upstream: str, key: str, log: Path) -> None:
+    def __init__(self, upstream: str, key: str, log: Path, checkpoint: Path | None = None) -> None:
         parts = urlsplit(upstream)
+        self.checkpoint = checkpoint
+        self._tokenizer: Any = None
         self.upstream_host = parts.hostname or "127.0.0.1"
         self.upstream_port = int(parts.port or 80)
         self.key = key
@@ -112,6 +120,19 @@ class ChaosProxy:
                 return True
             return False
 
+    def prompt_tokens(self, request: dict[str, Any]) -> int:
+        """The prompt's tokens as vLLM counts them: the served chat template applied."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self.checkpoint))
+        kwargs = request.get("chat_template_kwargs") or {}
+        ids = self._tokenizer.apply_chat_template(
+            request["messages"], add_generation_prompt=True, tokenize=True, **kwargs
+        )
+        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+        return len(ids)
+
     def stop(self) -> None:
         """Close the port and every open connection, as a server that went away does."""
         self.server.shutdown()
@@ -158,6 +179,12 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "GET":
             self._forward_counted(route, "/" + rest, body)
             return
+        if route == "limited":
+            refusal = _length_refusal(self.proxy, json.loads(body))
+            if refusal is not None:
+                error = {"error": {"message": refusal, "type": "BadRequestError", "code": 400}}
+                self._send(400, json.dumps(error).encode(), "application/json")
+                return
         if self.proxy.take_busy(body):
             self._send(503, b'{"error": {"message": "busy"}}', "application/json", retry=True)
             return
@@ -189,7 +216,13 @@ class _Handler(BaseHTTPRequestHandler):
         response = upstream.getresponse()
         kind = response.getheader("Content-Type") or ""
         if "text/event-stream" not in kind:
-            self._send(response.status, response.read(), kind)
+            payload = response.read()
+            if route == "limited" and path.endswith("/models") and response.status == 200:
+                listing = json.loads(payload)
+                for entry in listing.get("data", []):
+                    entry["max_model_len"] = SERVED_CONTEXT
+                payload = json.dumps(listing).encode()
+            self._send(response.status, payload, kind)
             upstream.close()
             return
         cut = b"CUT" in body
@@ -243,6 +276,24 @@ class _Handler(BaseHTTPRequestHandler):
     def _chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
+
+
+def _length_refusal(proxy: ChaosProxy, request: dict[str, Any]) -> str | None:
+    """vLLM's refusal of a request longer than its context (its wording), or None."""
+    prompt = proxy.prompt_tokens(request)
+    asked = int(request.get("max_completion_tokens") or request.get("max_tokens") or 0)
+    head = f"This model's maximum context length is {SERVED_CONTEXT} tokens"
+    if prompt >= SERVED_CONTEXT:
+        return (
+            f"{head}. However, your request has {prompt} input tokens. Please reduce the length "
+            "of the input messages."
+        )
+    if prompt + asked > SERVED_CONTEXT:
+        return (
+            f"'max_tokens' or 'max_completion_tokens' is too large: {asked}. {head} and your "
+            f"request has {prompt} input tokens ({asked} > {SERVED_CONTEXT} - {prompt})."
+        )
+    return None
 
 
 def _inline(line: bytes, thinking: bool) -> tuple[bytes, bool]:

@@ -36,7 +36,9 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def proxy(openai_server: OpenAIServer, work: Path) -> Iterator[ChaosProxy]:
-    chaos = ChaosProxy(openai_server.url, PROXY_KEY, work / "proxy.log")
+    chaos = ChaosProxy(
+        openai_server.url, PROXY_KEY, work / "proxy.log", checkpoint=openai_server.checkpoint
+    )
     yield chaos
     chaos.stop()
 
@@ -334,6 +336,58 @@ def test_wrong_model_name_lists_what_is_served(
         f"{openai_server.model}): pass --model {openai_server.model}, or leave --model out "
         "for the first"
     )
+
+
+def test_a_request_longer_than_the_served_context_names_the_option_to_change(
+    rk: LoggedKernel, proxy: ChaosProxy, openai_server: OpenAIServer, work: Path
+) -> None:
+    """Behind /limited/ the server lists a 256-token context and refuses longer requests in
+    vLLM's words. An answer budget no prompt fits is refused before anything is sent (a batch
+    once, not once per prompt); the server's own refusals come back as one line naming the
+    prompt's size, as the server counted it, and the option to change."""
+    url, model = proxy.url("limited"), openai_server.model
+    context = f"the 256-token context {model} is served with at {url}"
+
+    def posts() -> int:
+        return sum(line.startswith("POST /limited/") for line in proxy.requests)
+
+    sent = posts()
+    assert failed(rk, f"%qwen3 --server {url} --max-new-tokens 99999999 Hi") == (
+        f"--max-new-tokens 99,999,999 leaves no room for the prompt in {context}: "
+        "lower --max-new-tokens"
+    )
+    prompts = work / "limited-prompts.txt"
+    prompts.write_text("one\ntwo\nthree\n", encoding="utf-8")
+    results = work / "limited.jsonl"
+    batch = f"%qwen3 --server {url} --file {prompts} --out {results} --max-new-tokens 256"
+    assert failed(rk, batch).startswith("--max-new-tokens 256 leaves no room for the prompt")
+    assert posts() == sent and not results.exists(), "nothing was sent, no results file made"
+
+    hi = proxy.prompt_tokens(
+        {"messages": [{"role": "user", "content": "Hi"}], "chat_template_kwargs": {}}
+    )
+    assert failed(rk, f"%qwen3 --server {url} --max-new-tokens 250 Hi") == (
+        f"prompt ({hi} tokens) + --max-new-tokens 250 exceeds {context}: shorten it or lower "
+        "--max-new-tokens"
+    )
+    long = "word " * 300
+    message = failed(rk, f"%qwen3 --server {url} --max-new-tokens 4 {long}")
+    alone = rf"prompt \((\d+) tokens\) exceeds {re.escape(context)}: shorten it"
+    assert re.fullmatch(alone, message), message
+
+    question = "word " * 130
+    ok(rk, f"%qwen3 --server {url} --chat --no-think --max-new-tokens 4 {question}")
+    message = failed(rk, f"%qwen3 --server {url} --chat --no-think --max-new-tokens 4 {question}")
+    assert "shorten it (--reset clears a --chat conversation)" in message, message
+    ok(rk, "%qwen3 --reset")
+
+    code = (
+        f"r = qwen3_jupyter.generate_batch(['Hi', {long!r}, 'Yo'], server={url!r}, "
+        "max_new_tokens=4, think=False, progress=False)\n"
+        "print([x.error for x in r])"
+    )
+    errors = ok(rk, code).stdout
+    assert errors.count("None") == 2 and f"exceeds {context}: shorten it" in errors, errors
 
 
 def test_an_endpoint_that_is_not_openai(rk: LoggedKernel, proxy: ChaosProxy) -> None:

@@ -15,6 +15,13 @@ from qwen3_jupyter.batching import BatchReport
 from qwen3_jupyter.engines.base import EngineError
 from qwen3_jupyter.engines.remote import backoff, timeouts_from_env
 from qwen3_jupyter.engines.remote_errors import CallContext, retry_after, server_says
+from qwen3_jupyter.engines.remote_limits import (
+    ContextRefusal,
+    answer_cannot_fit,
+    context_refusal,
+    declared_context,
+    too_long,
+)
 from qwen3_jupyter.engines.remote_stream import (
     StreamText,
     Timeouts,
@@ -126,6 +133,79 @@ def test_server_error_text_is_one_short_redacted_line() -> None:
     assert len(server_says("x" * 1000)) == 200
     assert server_says({"error": "bad key sk-12345"}, ("sk-12345",)) == "bad key ***"
     assert "secret" not in repr(CallContext("http://h/v1", "m", ("secret-key",)))
+
+
+@pytest.mark.parametrize(
+    ("says", "refusal"),
+    [
+        (  # vLLM: prompt + max_tokens too long
+            "'max_tokens' or 'max_completion_tokens' is too large: 8000. This model's maximum "
+            "context length is 4096 tokens and your request has 2778 input tokens "
+            "(8000 > 4096 - 2778).",
+            ContextRefusal(4096, 2778),
+        ),
+        (  # vLLM: the prompt alone
+            "This model's maximum context length is 4096 tokens. However, your request has 5000 "
+            "input tokens. Please reduce the length of the input messages.",
+            ContextRefusal(4096, 5000),
+        ),
+        (  # older vLLM
+            "This model's maximum context length is 4096 tokens. However, you requested 10778 "
+            "tokens (2778 in the messages, 8000 in the completion). Please reduce the length of "
+            "the messages or completion.",
+            ContextRefusal(4096, 2778),
+        ),
+        (  # SGLang: prompt + max_tokens too long
+            "Requested token count exceeds the model's maximum context length of 131072 tokens. "
+            "You requested a total of 140000 tokens: 123616 tokens from the input messages and "
+            "16384 tokens for the completion.",
+            ContextRefusal(131072, 123616),
+        ),
+        (  # SGLang: the prompt alone
+            "The input (140000 tokens) is longer than the model's context length (131072 tokens).",
+            ContextRefusal(131072, 140000),
+        ),
+        ("Unexpected fields in the request: {top_k}", None),
+        ("temperature must be non-negative", None),
+    ],
+)
+def test_a_refusal_for_length_is_read_from_each_servers_wording(
+    says: str, refusal: ContextRefusal | None
+) -> None:
+    assert context_refusal(says) == refusal
+
+
+def test_length_messages_name_the_prompt_the_context_and_the_option() -> None:
+    where = "http://h:8000/v1"
+    assert too_long(ContextRefusal(4096, 2778), 8000, "Qwen/Qwen3-1.7B", where) == (
+        "prompt (2,778 tokens) + --max-new-tokens 8,000 exceeds the 4,096-token context "
+        "Qwen/Qwen3-1.7B is served with at http://h:8000/v1: shorten it or lower --max-new-tokens"
+    )
+    assert too_long(ContextRefusal(4096, 5000), 8, "m", where, chat=True) == (
+        "prompt (5,000 tokens) exceeds the 4,096-token context m is served with at "
+        "http://h:8000/v1: shorten it (--reset clears a --chat conversation)"
+    )
+    assert too_long(ContextRefusal(4096, None), 9000, "m", where).startswith(
+        "prompt + --max-new-tokens 9,000 exceeds"
+    )
+    assert answer_cannot_fit(4095, 4096, "m", where) is None
+    assert answer_cannot_fit(4096, 4096, "m", where) == (
+        "--max-new-tokens 4,096 leaves no room for the prompt in the 4,096-token context m is "
+        "served with at http://h:8000/v1: lower --max-new-tokens"
+    )
+
+
+def test_the_declared_context_comes_from_the_model_listing() -> None:
+    import openai
+
+    def entry(**extra: object) -> object:
+        fields = {"id": "m", "object": "model", "created": 0, "owned_by": "x", **extra}
+        return openai.types.Model.model_validate(fields)
+
+    assert declared_context(entry(max_model_len=40960)) == 40960  # vLLM, SGLang
+    assert declared_context(entry()) is None  # transformers serve lists none
+    assert declared_context(entry(max_model_len=None)) is None
+    assert declared_context(entry(max_model_len="n/a")) is None
 
 
 def test_retry_after_and_backoff() -> None:

@@ -25,6 +25,7 @@ from .base import Engine, EngineError, TextCallback
 from .remote_batch import RetryCounter, run_concurrently
 from .remote_connection import ServerConnection
 from .remote_errors import CallContext, Failure, classify
+from .remote_limits import answer_cannot_fit, context_refusal, too_long
 from .remote_stream import (
     ActiveStreams,
     Cancelled,
@@ -145,10 +146,12 @@ class RemoteEngine(Engine):
         model = self._model or "?"
         try:
             model = self._model or self._default_model(timeouts)
+            self._check_fits(model, options, timeouts)
+            chat = bool(history)
             messages = build_messages(prompt, options, history)
             self._say(f"waiting for the first token from {self.connection.shown}…")
             streamed = self._call(
-                model, messages, options, text, timeouts, on_text, stream_interval
+                model, messages, options, text, timeouts, on_text, stream_interval, chat
             )
         except KeyboardInterrupt:
             streamed.interrupted = True
@@ -163,6 +166,7 @@ class RemoteEngine(Engine):
         timeouts: Timeouts,
         on_text: TextCallback | None,
         interval: float,
+        chat: bool,
     ) -> Streamed:
         retries = 0
         while True:
@@ -181,7 +185,7 @@ class RemoteEngine(Engine):
                     on_first_token=lambda: self._say(f"streaming from {self.connection.shown}…"),
                 )
             except Failure as failure:
-                explained = self._explain(failure, model, timeouts, arguments)
+                explained = self._explain(failure, model, timeouts, arguments, chat)
                 if explained is None:
                     continue  # a refused optional field was dropped: send again without it
                 busy = explained.kind == "busy" and text.chunks == 0
@@ -211,6 +215,7 @@ class RemoteEngine(Engine):
             raise EngineError("concurrency must be >= 1")
         timeouts = self._timeouts()
         model = self._checked_model(timeouts)
+        self._check_fits(model, options, timeouts)
         self.connection.client()  # made here, shared by the worker threads
         active = ActiveStreams()
         retries = RetryCounter()
@@ -334,20 +339,48 @@ class RemoteEngine(Engine):
             raise EngineError(self._wrong_model(self._model, served))
         return self._model
 
+    def _check_fits(self, model: str, options: GenerationOptions, timeouts: Timeouts) -> None:
+        """Refuse, before sending, an answer budget that no prompt fits beside, where the server
+        lists the model's context length (vLLM, SGLang); the listing is asked once per server."""
+        try:
+            self.connection.served_models(timeouts)
+        except Failure as failure:
+            if failure.kind in ("unreachable", "connect_timeout", "auth"):
+                raise EngineError(self._keyed(failure).message) from None
+            return  # the server cannot list its models: the request itself will say
+        limit = self.connection.context_length(model)
+        if limit is None:
+            return
+        shown = self.connection.shown
+        message = answer_cannot_fit(options.max_new_tokens, limit, model, shown)
+        if message is not None:
+            raise EngineError(message)
+
     def _explain(
-        self, failure: Failure, model: str, timeouts: Timeouts, sent: dict[str, Any]
+        self,
+        failure: Failure,
+        model: str,
+        timeouts: Timeouts,
+        sent: dict[str, Any],
+        chat: bool = False,
     ) -> Failure | None:
         """Sharpen a failure with what only the server can tell (None: send again).
 
         A 400/422 naming an optional field we sent (top_k, ignore_eos, ...) drops it for this
-        server from now on. A 400/404 is checked against GET /v1/models: a model the server
-        does not serve, or an endpoint that is not an OpenAI API at all, each get their own line.
+        server from now on; one refusing the request's length names the option to change. A
+        400/404 is checked against GET /v1/models: a model the server does not serve, or an
+        endpoint that is not an OpenAI API at all, each get their own line.
         """
         if failure.kind == "bad_request":
             refused = refused_fields(failure.server_says) & set(sent.get("extra_body") or {})
             if refused:
                 self.connection.refused |= refused
                 return None
+            refusal = context_refusal(failure.server_says)
+            if refusal is not None:
+                budget = int(sent.get("max_tokens") or 0)
+                message = too_long(refusal, budget, model, self.connection.shown, chat)
+                return Failure(message, "too_long", status=failure.status)
         if failure.kind in ("bad_request", "not_found"):
             try:
                 served = self.connection.served_models(timeouts, refresh=True)

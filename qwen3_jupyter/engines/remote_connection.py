@@ -1,5 +1,6 @@
 """One server as this kernel sees it: its client and connection pool, the key to send, the
-models it serves, the optional request fields it refused, and its metrics reader.
+models it serves (and the context length each is served with, where the server says), the
+optional request fields it refused, and its metrics reader.
 
 The API key is a password written in the URL (the most specific), else $QWEN3_JUPYTER_API_KEY,
 else $OPENAI_API_KEY, looked up per call. The client is made once and kept (remade only when
@@ -14,6 +15,7 @@ from typing import Any
 
 from .remote_errors import CallContext, classify
 from .remote_http import pooled_http_client
+from .remote_limits import declared_context
 from .remote_stream import Timeouts
 from .server_metrics import MetricsReader, ServerLoad
 from .urls import api_base, mask_url, server_root, url_password
@@ -33,6 +35,7 @@ class ServerConnection:
         self.shown = mask_url(url) if self._url_key else self.base_url
         self.refused: set[str] = set()
         self._served: tuple[str, ...] | None = None
+        self._context: dict[str, int] = {}
         self._lock = threading.Lock()
         self._client: Any = None
         self._client_key: str | None = None
@@ -91,10 +94,17 @@ class ServerConnection:
         try:
             page = self.client().models.list(timeout=timeout)
             served = tuple(str(m.id) for m in page.data)
+            context = {str(m.id): declared_context(m) for m in page.data}
         except Exception as exc:
             raise classify(exc, ctx) from None
         self._served = served
+        self._context = {name: limit for name, limit in context.items() if limit is not None}
         return served
+
+    def context_length(self, model: str) -> int | None:
+        """The context length `model` is served with, as the last GET /v1/models listed it
+        (vLLM's and SGLang's `max_model_len`); None when not listed or not asked yet."""
+        return self._context.get(model)
 
     def load(self) -> ServerLoad:
         """The server's load from its /metrics (cached; never raises; any thread)."""

@@ -1,0 +1,90 @@
+"""How long a request a server takes, and its refusal of a longer one in this magic's words.
+
+vLLM and SGLang list each model's context length (`max_model_len`) in GET /v1/models, and refuse
+a request whose prompt plus `max_tokens` exceeds it with a 400 whose text names the numbers.
+The client has no tokenizer to count a prompt with, so the check before sending covers what no
+prompt can fit (--max-new-tokens alone at or past the limit, which also spares a batch one
+refusal per prompt); a server's refusal is re-worded from its own numbers, so the user reads
+which option to change instead of the server's phrasing of `max_tokens`. `transformers serve`
+lists no limit and refuses nothing: there a long answer runs until it ends or is interrupted.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+_LIMIT = re.compile(
+    r"maximum context length (?:is|of) (\d+)"  # vLLM, SGLang (prompt + answer)
+    r"|context length \((\d+) tokens\)"  # SGLang (the prompt alone)
+)
+_PROMPT = re.compile(
+    r"(\d+) input tokens"  # vLLM
+    r"|\((\d+) in the messages"  # older vLLM
+    r"|(\d+) tokens from the input messages"  # SGLang
+    r"|input \((\d+) tokens\)"  # SGLang (the prompt alone)
+)
+CHAT_HINT = " (--reset clears a --chat conversation)"
+
+
+@dataclass(frozen=True)
+class ContextRefusal:
+    """What a server's refusal said: its context length, and the prompt's tokens if named."""
+
+    limit: int
+    prompt_tokens: int | None
+
+
+def declared_context(entry: Any) -> int | None:
+    """A model's context length from its GET /v1/models entry (None: the server does not say)."""
+    value: Any = getattr(entry, "max_model_len", None)
+    if value is None:
+        extra = getattr(entry, "model_extra", None)
+        value = extra.get("max_model_len") if isinstance(extra, dict) else None
+    try:
+        limit = int(value)
+    except (TypeError, ValueError):
+        return None
+    return limit if limit > 0 else None
+
+
+def context_refusal(server_says: str) -> ContextRefusal | None:
+    """The numbers in a 400 that refused a request for its length (None: another refusal)."""
+    limit = _first_number(_LIMIT, server_says)
+    if limit is None:
+        return None
+    return ContextRefusal(limit, _first_number(_PROMPT, server_says))
+
+
+def answer_cannot_fit(max_new_tokens: int, limit: int, model: str, where: str) -> str | None:
+    """The one-line error for an answer budget that leaves no room for any prompt, else None."""
+    if max_new_tokens < limit:
+        return None
+    return (
+        f"--max-new-tokens {max_new_tokens:,} leaves no room for the prompt in the {limit:,}-token "
+        f"context {model} is served with at {where}: lower --max-new-tokens"
+    )
+
+
+def too_long(
+    refusal: ContextRefusal, max_new_tokens: int, model: str, where: str, chat: bool = False
+) -> str:
+    """A server's length refusal as one line naming the option to change."""
+    context = f"the {refusal.limit:,}-token context {model} is served with at {where}"
+    shorten = "shorten it" + (CHAT_HINT if chat else "")
+    tokens = refusal.prompt_tokens
+    prompt = "prompt" if tokens is None else f"prompt ({tokens:,} tokens)"
+    if tokens is not None and tokens >= refusal.limit:
+        return f"{prompt} exceeds {context}: {shorten}"
+    return (
+        f"{prompt} + --max-new-tokens {max_new_tokens:,} exceeds {context}: {shorten} or lower "
+        "--max-new-tokens"
+    )
+
+
+def _first_number(pattern: re.Pattern[str], text: str) -> int | None:
+    match = pattern.search(text)
+    if match is None:
+        return None
+    return int(next(group for group in match.groups() if group is not None))
