@@ -21,15 +21,10 @@ from typing import Any
 import pytest
 
 from qwen3_jupyter.engines import decode_mode
+from qwen3_jupyter.engines.compile_setup import compile_cache_dir, compiles_so_far
+from qwen3_jupyter.engines.decode_shapes import batch_bucket, cache_bucket, sample_width
 from qwen3_jupyter.engines.eager import EagerEngine
-from qwen3_jupyter.engines.fast import (
-    FastEngine,
-    batch_bucket,
-    cache_bucket,
-    compile_cache_dir,
-    compiles_so_far,
-    sample_width,
-)
+from qwen3_jupyter.engines.fast import FastEngine
 from qwen3_jupyter.generation import GenerationOOM, GenerationOptions
 from qwen3_jupyter.models import LoadedModel, ModelChoice, ModelHolder
 from tests.kernel import Kernel, ok
@@ -406,7 +401,7 @@ def test_interrupt_mid_decode_keeps_the_partial_answer_and_the_cache(fk: Kernel)
     cell = "%qwen3 --greedy --no-think --ignore-eos --max-new-tokens {n} Talk about kernels"
     ok(fk, cell.format(n=20))
     reference = fk.value("_qwen3.token_ids")
-    graphs = "__import__('qwen3_jupyter.engines.fast', fromlist=['x']).compiles_so_far()"
+    graphs = "__import__('qwen3_jupyter.engines.compile_setup', fromlist=['x']).compiles_so_far()"
     compiled = fk.value(graphs)
     msg_id = fk.start(cell.format(n=3_500))
     deadline, updates = time.monotonic() + 60, 0
@@ -600,7 +595,7 @@ def test_the_next_kernel_loads_the_compiled_step_from_disk(
         ok(kernel, "%load_ext qwen3_jupyter")
         ex = ok(kernel, "%qwen3 --fast --greedy --no-think --max-new-tokens 3 hi")
         assert "loaded the compiled decode step from the cache" in ex.stdout
-        ok(kernel, "from qwen3_jupyter.engines.fast import compile_cache_hits")
+        ok(kernel, "from qwen3_jupyter.engines.compile_setup import compile_cache_hits")
         assert kernel.value("compile_cache_hits() > 0")
     finally:
         kernel.shutdown()

@@ -8,11 +8,10 @@ that serves every layer, head and sampler) compiled once per shape with torch.co
 CUDA, the whole step captured once as a CUDA graph, so a token costs one graph replay.
 The host reads each token one step late (pinned copy + event), so the GPU never waits on Python.
 
-Shapes are bucketed so a new prompt length never compiles again: batch sizes round up to a power
-of two (extra rows repeat the last prompt and are dropped), the cache length to a power of two of
-at least `QWEN3_JUPYTER_CACHE_TOKENS` (4,096) tokens for a single call and that divided by the
-batch for a batch (not below 512). The cache and the graphs' memory pool are
-kept between calls on purpose — `kept_memory()` names them, and `close()` (what `--eager` and
+Shapes are bucketed (`decode_shapes`) so a new prompt length never compiles again; a batch's
+extra rows repeat its last prompt and are dropped. Compiling is set up by `compile_setup`
+(on/off, the on-disk cache, the shape limit). The cache and the graphs' memory pool are kept
+between calls on purpose — `kept_memory()` names them, and `close()` (what `--eager` and
 `--unload` call) gives every byte back.
 
 A failed compile falls back to the uncompiled step (still a static cache, still one graph), a
@@ -22,7 +21,6 @@ failed capture to calling the step directly; each says so in one line and never 
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -48,118 +46,23 @@ from ..out_of_memory import allocation_failures_as_oom
 from . import qwen3_step
 from .attention import planless_attention
 from .base import EngineError, KeptMemory, TextCallback
+from .compile_setup import (
+    compile_cache_dir,
+    compile_cache_hits,
+    compile_enabled,
+    compiles_so_far,
+    raise_recompile_limit,
+)
+from .decode_shapes import SAMPLE_WIDTH, batch_bucket, cache_bucket, sample_width
 from .local import LocalEngine
 
-CACHE_TOKENS_ENV = "QWEN3_JUPYTER_CACHE_TOKENS"
-COMPILE_ENV = "QWEN3_JUPYTER_COMPILE"
-MIN_CACHE_TOKENS = 4096
-MIN_BATCH_CACHE_TOKENS = 512
-SAMPLE_WIDTH = 64
-"""Top-k candidates the sampler keeps (a static width); a larger --top-k widens it."""
-RECOMPILE_LIMIT = 64
-"""torch.compile keeps this many shapes of the step (batch × cache × sampler) before giving up."""
 REHEARSAL_STEPS = 3
 """Steps that building a shape runs before the call's own (one compile run, two warm-ups before
 a CUDA graph capture): they write cache slots past the prompt, so the cache leaves room for them
 (an index past its end is a device-side assert on CUDA, which ends the process's CUDA context)."""
 
+
 Notify = Callable[[str], None]
-
-
-def next_power_of_two(n: int) -> int:
-    return 1 << max(0, n - 1).bit_length()
-
-
-def batch_bucket(rows: int) -> int:
-    """The batch size a decode graph is built for: the next power of two."""
-    return next_power_of_two(max(1, rows))
-
-
-def cache_bucket(tokens: int, minimum: int | None = None, batch: int = 1) -> int:
-    """The cache length for `tokens` (prompt + new): the next power of two, at least a floor.
-
-    A single call's floor is `minimum` ($QWEN3_JUPYTER_CACHE_TOKENS, default 4,096), so that a
-    conversation's growing prompts share one compiled shape. A batch's floor is that divided by
-    its rows, not below 512: every step reads the whole cache, so 16 rows × 4,096 slots would
-    read twice the weights' bytes per token and hold 7 GiB for answers of a few hundred tokens;
-    this way the smallest cache of any batch holds no more tokens than a single call's."""
-    if minimum is None:
-        text = os.environ.get(CACHE_TOKENS_ENV) or str(MIN_CACHE_TOKENS)
-        try:
-            minimum = int(text)
-        except ValueError:
-            raise EngineError(
-                f"${CACHE_TOKENS_ENV}={text!r} is not a number of tokens (default 4096)"
-            ) from None
-    floor = next_power_of_two(max(1, minimum))
-    rows = batch_bucket(batch)
-    if rows > 1:
-        floor = max(min(floor, MIN_BATCH_CACHE_TOKENS), floor // rows)
-    return max(floor, next_power_of_two(tokens))
-
-
-def sample_width(options: GenerationOptions, vocab: int) -> int:
-    """0 for greedy; else the static top-k width the sampler needs."""
-    if options.greedy:
-        return 0
-    wanted = options.sampling()["top_k"] or vocab
-    return min(vocab, max(SAMPLE_WIDTH, next_power_of_two(int(wanted))))
-
-
-def compile_enabled() -> bool:
-    return os.environ.get(COMPILE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
-
-
-def compile_cache_dir() -> str:
-    """Where compiled kernels persist across kernels: under the project's cache folder, unless
-    the user set TORCHINDUCTOR_CACHE_DIR."""
-    from ..embedded import cache_root
-
-    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if current and current != _inductor_default_dir():
-        return current
-    path = cache_root() / "torch-compile"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:  # a read-only cache folder: inductor's own folder still caches
-        return _inductor_default_dir() or ""
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
-    return str(path)
-
-
-def _inductor_default_dir() -> str | None:
-    """The folder inductor picks for itself (it sets the variable when first imported)."""
-    try:
-        from torch._inductor.runtime.runtime_utils import default_cache_dir
-    except ImportError:
-        return None
-    return str(default_cache_dir())
-
-
-def compiles_so_far() -> int:
-    """Graphs torch.compile has produced in this process (a new shape adds one)."""
-    from torch._dynamo.utils import counters
-
-    return int(counters["stats"]["unique_graphs"])
-
-
-def compile_cache_hits() -> int:
-    """Compiled graphs this process loaded from the on-disk cache instead of compiling."""
-    from torch._dynamo.utils import counters
-
-    return int(counters["aot_autograd"]["autograd_cache_hit"]) + int(
-        counters["inductor"]["fxgraph_cache_hit"]
-    )
-
-
-def _raise_recompile_limit() -> None:
-    import torch._dynamo.config as dynamo_config
-
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(dynamo_config, name) and getattr(dynamo_config, name) < RECOMPILE_LIMIT:
-            setattr(dynamo_config, name, RECOMPILE_LIMIT)
-    if getattr(dynamo_config, "accumulated_recompile_limit", RECOMPILE_LIMIT) < RECOMPILE_LIMIT:
-        dynamo_config.accumulated_recompile_limit = RECOMPILE_LIMIT
 
 
 @dataclass
@@ -651,7 +554,7 @@ class FastEngine(LocalEngine):
             import torch
 
             compile_cache_dir()
-            _raise_recompile_limit()
+            raise_recompile_limit()
             self.compiled_step = qwen3_step.compiled_parts(
                 lambda function: torch.compile(function, fullgraph=True, dynamic=False)
             )
