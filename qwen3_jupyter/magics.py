@@ -324,6 +324,9 @@ class Qwen3Magics(Magics):
         self, args: Namespace, engine: Engine, options: GenerationOptions, status: display.Status
     ) -> None:
         prompts = read_prompts(args.file)
+        ignored = _ignored_by(engine, args)
+        if ignored:
+            display.info(ignored)
         try:
             results = engine.generate_batch(
                 prompts,
@@ -339,6 +342,29 @@ class Qwen3Magics(Magics):
         display.show_batch(results, results.report)
         if self.shell is not None:
             self.shell.user_ns["_qwen3"] = results
+
+
+def _ignored_by(engine: Engine, args: Namespace) -> str | None:
+    """A notice for batch options the engine has no use for: a notebook pointed at a local
+    model or at a server by configuration keeps working either way, and is told."""
+    if engine.kind != "remote":
+        if args.concurrency is None:
+            return None
+        return (
+            "--concurrency applies to a --server: ignored for a model in this kernel, which "
+            f"batches {args.batch_size or DEFAULT_BATCH_SIZE} prompts at a time (--batch-size)"
+        )
+    from .engines.remote import DEFAULT_CONCURRENCY
+
+    flags = {"--batch-size": args.batch_size, "--memory-budget": args.memory_budget}
+    unused = [flag for flag, value in flags.items() if value is not None]
+    if not unused:
+        return None
+    verb = "apply" if len(unused) > 1 else "applies"
+    return (
+        f"{' and '.join(unused)} {verb} to a model in this kernel: ignored for a server, which "
+        f"gets {args.concurrency or DEFAULT_CONCURRENCY} requests at once (--concurrency)"
+    )
 
 
 def _options(args: Namespace) -> GenerationOptions:
@@ -414,6 +440,10 @@ def _validate(args: Namespace, prompt: str) -> None:
         raise UsageError("--batch-size must be >= 1")
     if args.concurrency is not None and args.concurrency < 1:
         raise UsageError("--concurrency must be >= 1")
+    if args.batch_size is not None and not (args.file or args.warmup):
+        raise UsageError("--batch-size goes with --file PROMPTS.txt or --warmup")
+    if args.concurrency is not None and not args.file:
+        raise UsageError("--concurrency goes with --file PROMPTS.txt and --server URL")
     if args.eager and args.fast:
         raise UsageError("--eager and --fast exclude each other")
     if args.eager and args.warmup:
@@ -437,11 +467,18 @@ def _budget(args: Namespace) -> int | None:
 
 
 def read_prompts(path: str) -> list[str]:
-    """The prompts of a --file: one per line, blank lines skipped."""
+    """The prompts of a --file: one per line, blank lines skipped; UTF-8, with or without the
+    byte-order mark Windows editors write (it would otherwise start the first prompt)."""
     try:
-        text = Path(path).expanduser().read_text(encoding="utf-8")
+        text = Path(path).expanduser().read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise UsageError(f"cannot read --file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise UsageError(
+            f"--file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line "
+            f"{line}): save it as UTF-8"
+        ) from None
     prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
         raise UsageError(f"--file {path} holds no prompts (one per line)")

@@ -172,6 +172,8 @@ def test_magic_batch_and_interrupt_keep_finished_results(
         ("%qwen3 --file /no/such.txt", "cannot read --file /no/such.txt"),
         ("%qwen3 --out r.jsonl hello", "--out goes with --file"),
         ("%qwen3 --batch-size 0 hello", "--batch-size must be >= 1"),
+        ("%qwen3 --batch-size 8 hello", "--batch-size goes with --file PROMPTS.txt or --warmup"),
+        ("%qwen3 --concurrency 3 hello", "--concurrency goes with --file PROMPTS.txt and --server"),
         ("%qwen3 --memory-budget lots --file x.txt", "--memory-budget: 'lots' is not a size"),
     ],
 )
@@ -179,6 +181,33 @@ def test_batch_flags_bad_input(kernel: Kernel, line: str, expected: str) -> None
     ex = kernel.run(line)
     assert ex.status == "error"
     assert expected in ex.stderr and len(ex.stderr.strip().splitlines()) == 1
+
+
+def test_prompt_files_from_other_editors_and_options_a_local_model_ignores(
+    kernel: Kernel, tmp_path: Path
+) -> None:
+    """A byte-order mark (Windows editors save UTF-8 with one) is not part of the first prompt;
+    a file in another encoding is one line naming the line to fix; --concurrency, which only a
+    server uses, is named as ignored rather than silently dropped."""
+    with_bom = tmp_path / "bom.txt"
+    with_bom.write_bytes("\ufeffalpha\r\nbeta\r\n".encode())
+    ex = kernel.run(
+        f"%qwen3 --file {with_bom} --concurrency 8 --greedy --no-think --max-new-tokens 2\n"
+        "print([r.prompt for r in _qwen3])"
+    )
+    assert ex.status == "ok", ex.stderr
+    assert "['alpha', 'beta']" in ex.stdout
+    assert (
+        "[qwen3] --concurrency applies to a --server: ignored for a model in this kernel, which "
+        "batches 4 prompts at a time (--batch-size)"
+    ) in ex.stdout
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("first\ncaf\u00e9\n".encode("latin-1"))
+    ex = kernel.run(f"%qwen3 --file {latin}")
+    assert ex.status == "error"
+    assert ex.stderr.strip() == (
+        f"UsageError: --file {latin} is not UTF-8 text (byte 0xe9 on line 2): save it as UTF-8"
+    )
 
 
 def test_an_out_path_that_cannot_be_written_fails_before_any_prompt_runs(

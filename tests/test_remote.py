@@ -205,6 +205,20 @@ def test_batch_of_20_with_concurrency_4_in_input_order(
     assert all(r["prompt"] == f"prompt number {r['index']}" for r in records)
 
 
+def test_batch_options_of_a_local_model_are_named_as_ignored_for_a_server(
+    rk: LoggedKernel, openai_server: OpenAIServer, work: Path
+) -> None:
+    prompts = work / "two-prompts.txt"
+    prompts.write_text("one\ntwo\n", encoding="utf-8")
+    flags = "--batch-size 8 --memory-budget 1GiB --concurrency 2 --no-think --max-new-tokens 2"
+    ex = ok(rk, f"%qwen3 --server {openai_server.url} --file {prompts} {flags}")
+    assert (
+        "[qwen3] --batch-size and --memory-budget apply to a model in this kernel: ignored for "
+        "a server, which gets 2 requests at once (--concurrency)"
+    ) in ex.stdout
+    assert "2/2 prompts" in ex.stdout
+
+
 def test_batch_retries_busy_and_dropped_and_records_what_still_fails(
     rk: LoggedKernel, proxy: ChaosProxy, work: Path
 ) -> None:
