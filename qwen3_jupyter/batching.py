@@ -141,7 +141,13 @@ def generate_batch(
         )
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    prompt_list = [str(p) for p in prompts]
+    prompt_list = list(prompts)
+    for index, prompt in enumerate(prompt_list):  # None or NaN would be asked as "None", "nan"
+        if not isinstance(prompt, str):
+            raise TypeError(
+                f"prompt {index} is {prompt!r} ({type(prompt).__name__}), not text: drop or fill "
+                "missing prompts first (e.g. df['prompt'].dropna().tolist())"
+            )
     generation = options_from_kwargs(options)
     budget_value = memory_budget if memory_budget is not None else os.environ.get(BUDGET_ENV)
     budget = parse_size(budget_value) if isinstance(budget_value, str) else budget_value

@@ -48,6 +48,7 @@ class Chat:
     ) -> Result:
         if self._engine is None:
             raise RuntimeError("this chat ended with its `with inference()` block; open a new one")
+        _check_prompt(prompt)
         _check_options(options)
         merged = GenerationOptions(**{**self.defaults, **options})
         with api_call() as call, call.watching(self._engine):
@@ -61,6 +62,17 @@ class Chat:
     def __repr__(self) -> str:
         state = "open" if self._engine is not None else "closed"
         return f"<qwen3 chat with {self.model_name} ({state})>"
+
+
+def _check_prompt(prompt: object) -> None:
+    """One line instead of the chat template's own error three frames deep in jinja."""
+    if isinstance(prompt, str):
+        return
+    if isinstance(prompt, (list, tuple)):
+        raise TypeError(
+            "chat() answers one prompt: for a list use qwen3_jupyter.generate_batch(prompts)"
+        )
+    raise TypeError(f"the prompt is {prompt!r} ({type(prompt).__name__}), not text")
 
 
 def _check_options(options: dict[str, Any]) -> None:

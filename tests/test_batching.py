@@ -114,6 +114,14 @@ def test_one_string_is_not_taken_for_a_list_of_one_character_prompts() -> None:
         generate_batch("Why is the sky blue?", model="tiny", progress=False)
 
 
+def test_a_missing_prompt_is_refused_not_asked_as_none_or_nan() -> None:
+    """A list built from a table column can hold None or NaN; str() would ask "None" or "nan"."""
+    with pytest.raises(TypeError, match=r"^prompt 1 is None \(NoneType\), not text: drop or fill"):
+        generate_batch(["a", None, "b"], model="tiny", progress=False)  # type: ignore[list-item]
+    with pytest.raises(TypeError, match=r"^prompt 0 is nan \(float\), not text"):
+        generate_batch([float("nan")], model="tiny", progress=False)  # type: ignore[list-item]
+
+
 def test_out_file_has_a_line_per_prompt(tmp_path: Path) -> None:
     out = tmp_path / "r.jsonl"
     results = generate_batch(

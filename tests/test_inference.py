@@ -90,3 +90,23 @@ def test_a_bad_value_is_a_clear_value_error_before_any_model_loads(k: Kernel) ->
     )
     assert in_call.reply["ename"] == "ValueError"
     assert in_call.reply["evalue"] == "top_p=3: must be in (0, 1]"
+
+
+def test_a_prompt_that_is_not_text_is_one_clear_type_error(k: Kernel) -> None:
+    """Before, None failed inside the chat template (jinja's UndefinedError) and a list with
+    "can only concatenate str"; the chat stays usable."""
+    for prompt, expected in (
+        ("None", "the prompt is None (NoneType), not text"),
+        ("['a', 'b']", "chat() answers one prompt: for a list use qwen3_jupyter.generate_batch"),
+    ):
+        bad = k.run(
+            "with qwen3_jupyter.inference(model='tiny', max_new_tokens=2) as chat:\n"
+            f"    chat({prompt})"
+        )
+        assert bad.reply["ename"] == "TypeError", bad.reply
+        assert bad.reply["evalue"].startswith(expected), bad.reply["evalue"]
+    ok(
+        k,
+        "with qwen3_jupyter.inference(model='tiny', max_new_tokens=2) as chat:\n"
+        "    assert chat('hi', ignore_eos=True).completion_tokens == 2",
+    )
