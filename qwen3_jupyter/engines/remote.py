@@ -303,14 +303,19 @@ class RemoteEngine(Engine):
         if self.status is not None:
             self.status(text)
 
+    def _stop_if_unreachable(self, failure: Failure) -> None:
+        """A model listing that failed because the server cannot be reached or refused the key
+        ends the call: the request would fail the same way."""
+        if failure.kind in ("unreachable", "connect_timeout", "auth"):
+            raise EngineError(self._keyed(failure).message) from None
+
     def _default_model(self, timeouts: Timeouts) -> str:
         """The server's first model (GET /v1/models), as `--model` left out promises."""
         self._say(f"asking {self.connection.shown} which model it serves…")
         try:
             served = self.connection.served_models(timeouts)
         except Failure as failure:
-            if failure.kind in ("unreachable", "connect_timeout", "auth"):
-                raise EngineError(self._keyed(failure).message) from None
+            self._stop_if_unreachable(failure)
             if failure.kind == "not_found":
                 raise EngineError(self._not_openai().message) from None
             raise EngineError(
@@ -332,8 +337,7 @@ class RemoteEngine(Engine):
         try:
             served = self.connection.served_models(timeouts)
         except Failure as failure:
-            if failure.kind in ("unreachable", "connect_timeout", "auth"):
-                raise EngineError(self._keyed(failure).message) from None
+            self._stop_if_unreachable(failure)
             return self._model  # the server cannot list its models: let the requests say
         if served and self._model not in served:
             raise EngineError(self._wrong_model(self._model, served))
@@ -345,8 +349,7 @@ class RemoteEngine(Engine):
         try:
             self.connection.served_models(timeouts)
         except Failure as failure:
-            if failure.kind in ("unreachable", "connect_timeout", "auth"):
-                raise EngineError(self._keyed(failure).message) from None
+            self._stop_if_unreachable(failure)
             return  # the server cannot list its models: the request itself will say
         limit = self.connection.context_length(model)
         if limit is None:
