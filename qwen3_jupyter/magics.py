@@ -444,6 +444,16 @@ def _validate(args: Namespace, prompt: str) -> None:
         raise UsageError("--batch-size goes with --file PROMPTS.txt or --warmup")
     if args.concurrency is not None and not args.file:
         raise UsageError("--concurrency goes with --file PROMPTS.txt and --server URL")
+    sampling = [
+        f"--{n.replace('_', '-')}"
+        for n in ("temperature", "top_p", "top_k")
+        if getattr(args, n) is not None
+    ]
+    if args.greedy and sampling:
+        raise UsageError(
+            f"--greedy always takes the likeliest token, so {' and '.join(sampling)} would do "
+            "nothing: drop one of them"
+        )
     if args.eager and args.fast:
         raise UsageError("--eager and --fast exclude each other")
     if args.eager and args.warmup:

@@ -164,6 +164,11 @@ def test_help_is_complete(kernel: Kernel) -> None:
         ("%qwen3 --top-k abc hi", "invalid int value: 'abc'"),
         ("%qwen3 --temperature 0 hi", "--temperature must be > 0"),
         ("%qwen3 --top-p 1.5 hi", "--top-p must be in (0, 1]"),
+        (
+            "%qwen3 --greedy --temperature 0.5 --top-k 5 hi",
+            "--greedy always takes the likeliest token, so --temperature and --top-k would do "
+            "nothing: drop one of them",
+        ),
         ("%qwen3 --max-new-tokens 0 hi", "--max-new-tokens must be >= 1"),
         ("%qwen3 --seed", "--seed needs a value"),
         ("%qwen3 --system 'unclosed hi", "unclosed ' quote"),
