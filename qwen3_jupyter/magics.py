@@ -27,7 +27,7 @@ from .engines.urls import mask_url
 from .gauge import inline_gauge
 from .generation import DEFAULT_MAX_NEW_TOKENS, GenerationOOM, GenerationOptions, broken_rules
 from .memory import format_bytes
-from .models import DTYPES, ModelError
+from .models import DTYPES, ModelError, canonical_dtype
 from .session import SESSION
 
 _TOKEN = re.compile(r"\S+")
@@ -74,7 +74,12 @@ class Qwen3Magics(Magics):
         "$OPENAI_API_KEY.",
     )
     @argument("--device", help="cpu, cuda or cuda:N (default: cuda if present, else cpu).")
-    @argument("--dtype", choices=DTYPES, help="Default: bfloat16 on CUDA, float32 on CPU.")
+    @argument(
+        "--dtype",
+        type=canonical_dtype,
+        choices=DTYPES,
+        help="Default: bfloat16 on CUDA, float32 on CPU (bf16, fp16, fp32 also accepted).",
+    )
     @argument(
         "--think",
         dest="think",

@@ -23,6 +23,7 @@ DEVICE_ENV = "QWEN3_JUPYTER_DEVICE"
 DTYPE_ENV = "QWEN3_JUPYTER_DTYPE"
 DOWNLOAD_ENV = "QWEN3_JUPYTER_ALLOW_DOWNLOAD"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32"}
 
 Progress = Callable[[str, int, int], None]
 
@@ -79,9 +80,15 @@ def pick_device(override: str | None = None) -> str:
     return wanted
 
 
+def canonical_dtype(text: str) -> str:
+    """The dtype name for what users type: bf16, fp16, half, fp32, torch.bfloat16, any case."""
+    name = text.strip().lower().removeprefix("torch.")
+    return DTYPE_ALIASES.get(name, name)
+
+
 def pick_dtype(device: str, override: str | None = None) -> str:
     """bfloat16 on CUDA, float32 on CPU, unless overridden."""
-    wanted = override or os.environ.get(DTYPE_ENV) or "auto"
+    wanted = canonical_dtype(override or os.environ.get(DTYPE_ENV) or "auto")
     if wanted not in DTYPES:
         raise ModelError(f"--dtype {wanted!r} is not one of {', '.join(DTYPES)}")
     if wanted != "auto":

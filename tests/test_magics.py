@@ -173,6 +173,7 @@ def test_help_is_complete(kernel: Kernel) -> None:
         ("%qwen3 --seed", "--seed needs a value"),
         ("%qwen3 --system 'unclosed hi", "unclosed ' quote"),
         ("%qwen3 --dtype float8 hi", "invalid choice: 'float8'"),
+        ("%qwen3 --dtype bf8 hi", "invalid choice: 'bf8'"),
         ("%qwen3 --model /no/such/dir hi", "model path '/no/such/dir' does not exist"),
         (
             "%qwen3 --model nobody/no-such-model hi",
@@ -192,6 +193,16 @@ def test_bad_input_is_one_line_and_loses_nothing(kernel: Kernel, line: str, expe
     assert "Traceback" not in message
     assert kernel.value("keep_me") == [41]
     assert kernel.value("__import__('qwen3_jupyter.session').session.SESSION.loaded.name") == "tiny"
+
+
+def test_dtype_takes_the_names_users_type(kernel: Kernel) -> None:
+    """fp32 is float32: tiny on the CPU is already float32, so nothing loads again."""
+    kernel.run("%qwen3 --max-new-tokens 1 warm up")
+    model = "__import__('qwen3_jupyter.session').session.SESSION.loaded"
+    before = kernel.value(f"id({model}.model)")
+    ok(kernel, "%qwen3 --dtype fp32 --max-new-tokens 1 hi")
+    assert kernel.value(f"{model}.dtype") == "float32"
+    assert kernel.value(f"id({model}.model)") == before, "the same model, not a reload"
 
 
 def test_interrupt_stops_promptly_keeps_partial_answer_and_kernel(fresh_kernel: Kernel) -> None:

@@ -28,6 +28,16 @@ def test_device_and_dtype_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert models.pick_dtype("cpu") == "float32"
     assert models.pick_dtype("cuda") == "bfloat16"
     assert models.pick_dtype("cpu", "bfloat16") == "bfloat16"
+    for typed, meant in (
+        ("bf16", "bfloat16"),
+        ("FP16", "float16"),
+        ("half", "float16"),
+        ("torch.float32", "float32"),
+        (" fp32 ", "float32"),
+    ):
+        assert models.pick_dtype("cpu", typed) == meant, typed
+    monkeypatch.setenv(models.DTYPE_ENV, "bf16")
+    assert models.pick_dtype("cpu") == "bfloat16"
     with pytest.raises(models.ModelError, match="not one of"):
         models.pick_dtype("cpu", "int3")
 
