@@ -231,7 +231,7 @@ class Qwen3Magics(Magics):
             print(self.qwen3.__doc__)
 
     def _run(self, args: Namespace, prompt: str) -> None:
-        _validate(args, prompt)
+        batch = _validate(args, prompt)
         if args.reset:
             SESSION.conversation.reset()
             display.info("conversation cleared")
@@ -256,7 +256,7 @@ class Qwen3Magics(Magics):
             status.clear()
             options = _options(args)
             if args.file:
-                self._run_batch(args, engine, options, status)
+                self._run_batch(args, batch or [], engine, options, status)
             else:
                 self._ask(args, engine, prompt, options, status)
         finally:
@@ -326,9 +326,13 @@ class Qwen3Magics(Magics):
         display.show_footer(result)
 
     def _run_batch(
-        self, args: Namespace, engine: Engine, options: GenerationOptions, status: display.Status
+        self,
+        args: Namespace,
+        prompts: list[str],
+        engine: Engine,
+        options: GenerationOptions,
+        status: display.Status,
     ) -> None:
-        prompts = read_prompts(args.file)
         ignored = _ignored_by(engine, args)
         if ignored:
             display.info(ignored)
@@ -430,7 +434,8 @@ def _show_fast_closed(session: Any) -> None:
     display.info(notice or "fast decode holds nothing now: nothing to give back")
 
 
-def _validate(args: Namespace, prompt: str) -> None:
+def _validate(args: Namespace, prompt: str) -> list[str] | None:
+    """Refuse bad flags in one line before any work; the --file prompts, read once, if any."""
     if args.file and prompt:
         raise UsageError("give either a prompt or --file PROMPTS.txt, not both")
     if args.out and not args.file:
@@ -468,11 +473,11 @@ def _validate(args: Namespace, prompt: str) -> None:
             parse_size(args.memory_budget)
         except ValueError as exc:
             raise UsageError(f"--memory-budget: {exc}") from None
-    if args.file:
-        read_prompts(args.file)
+    batch = read_prompts(args.file) if args.file else None
     for name, _value, rule in broken_rules(vars(args)):
         extra = " (use --greedy for deterministic output)" if name == "temperature" else ""
         raise UsageError(f"--{name.replace('_', '-')} {rule}{extra}")
+    return batch
 
 
 def _budget(args: Namespace) -> int | None:

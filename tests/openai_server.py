@@ -130,7 +130,7 @@ class ChaosProxy:
         ids = self._tokenizer.apply_chat_template(
             request["messages"], add_generation_prompt=True, tokenize=True, **kwargs
         )
-        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
         return len(ids)
 
     def stop(self) -> None:
