@@ -1,7 +1,9 @@
 """`%qwen3` / `%%qwen3`: parse the line, call the layers below, show the results.
 
 Options come first, the prompt is the rest of the line taken verbatim (apostrophes, quotes
-and dashes inside a prompt are never parsed); `--` ends the options explicitly.
+and dashes inside a prompt are never parsed); `--` ends the options explicitly. The prompt and
+`--system` are text for the model, sent as typed (`--vars` fills `{expression}` in them); other
+option values are paths, URLs and numbers, expanded as IPython expands any magic's line.
 """
 
 from __future__ import annotations
@@ -11,13 +13,21 @@ import os
 import re
 import shlex
 from argparse import Namespace
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic import (
+    Magics,
+    line_cell_magic,
+    magics_class,
+    needs_local_scope,
+    no_var_expand,
+)
 from IPython.core.magic_arguments import argument, magic_arguments
+from IPython.utils.text import DollarFormatter
 from traitlets import Float, Unicode
 
 from . import display
@@ -28,6 +38,7 @@ from .gauge import inline_gauge
 from .generation import DEFAULT_MAX_NEW_TOKENS, GenerationOOM, GenerationOptions, broken_rules
 from .memory import format_bytes
 from .models import DTYPES, ModelError, canonical_dtype
+from .prompt_vars import PromptVarsError, fill
 from .session import SESSION
 
 _TOKEN = re.compile(r"\S+")
@@ -136,6 +147,13 @@ class Qwen3Magics(Magics):
     )
     @argument("--system", metavar="TEXT", help="System prompt (quote it if it has spaces).")
     @argument(
+        "--vars",
+        action="store_true",
+        help="Fill {expression} in the prompt and --system from this notebook, as in an "
+        "f-string: {name}, {df.head()}, {x:.2f}; {{ and }} are literal braces. Without it the "
+        "prompt is sent exactly as typed ($ and braces included).",
+    )
+    @argument(
         "--chat",
         action="store_true",
         help="Continue this kernel's conversation (default: independent call).",
@@ -177,7 +195,11 @@ class Qwen3Magics(Magics):
         help="Free the loaded model completely and report the memory returned.",
     )
     @line_cell_magic
-    def qwen3(self, line: str = "", cell: str | None = None) -> None:
+    @no_var_expand
+    @needs_local_scope
+    def qwen3(
+        self, line: str = "", cell: str | None = None, local_ns: dict[str, Any] | None = None
+    ) -> None:
         """Ask Qwen3, running inside this kernel; the answer streams into the cell.
 
         Usage::
@@ -195,6 +217,7 @@ class Qwen3Magics(Magics):
           %qwen3 --model tiny Why is the sky blue?
           %qwen3 --no-think --max-new-tokens 64 Summarise this in one line: ...
           %qwen3 --chat And in French?
+          %qwen3 --vars Summarise this review: {reviews[0]}
           %qwen3 --file prompts.txt --batch-size 4 --out results.jsonl
           %qwen3 --warmup --batch-size 16
           %qwen3 --eager
@@ -211,17 +234,27 @@ class Qwen3Magics(Magics):
         and ``%qwen3_clean --verbose``; ``--eager`` decodes with transformers' own generate and
         gives all of it back. ``--server URL`` asks an OpenAI-compatible server instead.
         """
-        options, prompt = parse_line(self.qwen3, line, cell)
+        namespace = self._namespace(local_ns)
+        options, prompt = parse_line(self.qwen3, line, cell, _expander(namespace))
         if prompt in ("?", "??") and cell is None:  # `%qwen3 ?`: help, not a 512-token answer
             self._help()
             return
         try:
+            if options.vars:
+                prompt = _fill_text(options, prompt, namespace)
             self._run(options, prompt)
-        except (ModelError, GenerationOOM, EngineError, ResultsFileError) as exc:
+        except (ModelError, GenerationOOM, EngineError, ResultsFileError, PromptVarsError) as exc:
             message = str(exc)
         else:
             return
         raise UsageError(message)
+
+    def _namespace(self, local_ns: dict[str, Any] | None) -> dict[str, Any]:
+        """The names a `{...}` or `$name` may use: the notebook's, then the caller's locals
+        (a `%qwen3` line inside a function sees that function's variables)."""
+        namespace = dict(self.shell.user_ns) if self.shell is not None else {}
+        namespace.update(local_ns or {})
+        return namespace
 
     def _help(self) -> None:
         """What `%qwen3?` shows: IPython's page for the magic (its options and docstring)."""
@@ -505,8 +538,38 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
-def parse_line(magic: Any, line: str, cell: str | None) -> tuple[Namespace, str]:
-    """Split `line` into options (parsed by the magic's argparse parser) and the prompt text."""
+def _expander(namespace: dict[str, Any]) -> Callable[[str], str]:
+    """IPython's expansion of a magic line (`$name`, `{expression}`; the text unchanged unless
+    every one of them resolves), for option values only: the prompt is text for the model."""
+    formatter = DollarFormatter()
+
+    def expand(value: str) -> str:
+        try:
+            return formatter.vformat(value, args=[], kwargs=namespace)
+        except Exception:  # what IPython does: leave a value it cannot expand as typed
+            return value
+
+    return expand
+
+
+def _fill_text(args: Namespace, prompt: str, namespace: dict[str, Any]) -> str:
+    """--vars: the prompt and --system with their `{expression}`s filled."""
+    if args.file:
+        raise UsageError(
+            "--vars fills a prompt typed in the cell; --file prompts are sent as written "
+            "(build them in Python and call qwen3_jupyter.generate_batch)"
+        )
+    if args.system:
+        args.system = fill(args.system, namespace)
+    return fill(prompt, namespace)
+
+
+def parse_line(
+    magic: Any, line: str, cell: str | None, expand: Callable[[str], str] | None = None
+) -> tuple[Namespace, str]:
+    """Split `line` into options (parsed by the magic's argparse parser) and the prompt text.
+
+    `expand` is applied to option values other than --system (paths, URLs, numbers)."""
     parser = magic.parser
     takes_value = {
         opt: action.nargs != 0 for action in parser._actions for opt in action.option_strings
@@ -533,16 +596,23 @@ def parse_line(magic: Any, line: str, cell: str | None) -> tuple[Namespace, str]
                 f"unknown option {name}{hint}; see %qwen3? — put -- before a prompt "
                 "that starts with '-'"
             )
-        argv.append(token)
         position = match.end()
         if takes_value[name] and "=" not in token:
             value, position = _read_value(line, position, name)
-            argv.append(value)
+            argv += [token, _expanded(name, value, expand)]
+        elif takes_value[name]:
+            argv.append(f"{name}={_expanded(name, token.split('=', 1)[1], expand)}")
+        else:
+            argv.append(token)
     args = parser.parse_args(argv)
     prompt = line[position:].strip()
     if cell is not None:
         prompt = "\n".join(p for p in (prompt, cell.strip()) if p)
     return args, prompt
+
+
+def _expanded(name: str, value: str, expand: Callable[[str], str] | None) -> str:
+    return value if expand is None or name == "--system" else expand(value)
 
 
 def _read_value(line: str, position: int, name: str) -> tuple[str, int]:

@@ -71,6 +71,44 @@ def test_cell_magic_takes_the_whole_cell_as_prompt(kernel: Kernel) -> None:
     assert kernel.value("_qwen3.prompt") == "first line?\n  second line"
 
 
+def test_a_prompt_is_sent_as_typed_and_vars_fills_it_like_an_f_string(
+    kernel: Kernel, tmp_path: Path
+) -> None:
+    """IPython would expand `$x` and `{x}` in a line magic (when all of them resolve): LaTeX and
+    code in a prompt would change silently. Prompts go as typed; `--vars` fills `{...}` on
+    request; option values (paths, numbers) still expand as in any magic."""
+    prompts = tmp_path / "two prompts.txt"
+    prompts.write_text("one\ntwo\n")
+    ok(kernel, f"x = 5; price = 2.5; reviews = ['great', 'bad']; n = 3; path = {str(prompts)!r}")
+    flags = "--no-think --greedy --max-new-tokens 2"
+    ok(kernel, f"%qwen3 {flags} Solve $x^2 = 4$ and explain f'{{x}}'")
+    assert kernel.value("_qwen3.prompt") == "Solve $x^2 = 4$ and explain f'{x}'"
+    ok(kernel, f"%%qwen3 {flags}\nprint(f'{{x}}') costs $price")
+    assert kernel.value("_qwen3.prompt") == "print(f'{x}') costs $price"
+
+    filled = "${x} at {price:.2f}: {reviews[0]!r} {{set}} {n*2}"
+    ok(kernel, f"%qwen3 --vars {flags} {filled}")
+    assert kernel.value("_qwen3.prompt") == "$5 at 2.50: 'great' {set} 6"
+    ok(kernel, "def ask(topic):\n    %qwen3 --vars --no-think --max-new-tokens 1 On {topic}\n")
+    ok(kernel, "ask('owls')")
+    assert kernel.value("_qwen3.prompt") == "On owls", "a line in a function sees its locals"
+
+    tokens = {}
+    for name, line in {
+        "filled": "%%qwen3 --vars {flags} --system 'Price {{price:.2f}}'\nLine {{x}}",
+        "typed out": "%%qwen3 {flags} --system 'Price 2.50'\nLine 5",
+        "unfilled": "%%qwen3 {flags} --system 'Price {{price:.2f}}'\nLine 5",
+    }.items():
+        ok(kernel, line.format(flags=flags))
+        tokens[name] = kernel.value("_qwen3.prompt_tokens")
+    assert tokens["filled"] == tokens["typed out"] != tokens["unfilled"], tokens
+
+    ok(kernel, "%qwen3 --no-think --greedy --ignore-eos --max-new-tokens $n hi")
+    assert kernel.value("_qwen3.completion_tokens") == 3
+    ok(kernel, f"%qwen3 --file {{path}} {flags}")
+    assert kernel.value("[r.prompt for r in _qwen3]") == ["one", "two"]
+
+
 def test_trailing_question_mark_is_a_prompt_not_a_help_request(kernel: Kernel) -> None:
     ex = kernel.run("%qwen3 --max-new-tokens 4 --no-think What is a kernel?")
     assert ex.status == "ok"
@@ -147,6 +185,7 @@ def test_help_is_complete(kernel: Kernel) -> None:
         "--max-new-tokens",
         "--seed",
         "--system",
+        "--vars",
         "--chat",
         "--reset",
         "--unload",
@@ -181,6 +220,13 @@ def test_help_is_complete(kernel: Kernel) -> None:
         ),
         ("%qwen3 --device cuda hi", "no CUDA GPU is visible here"),
         ("%qwen3 --warmup --eager", "--warmup builds the fast path, which --eager gives back"),
+        (
+            "%qwen3 --vars about {no_such_name}",
+            "--vars: {no_such_name}: name 'no_such_name' is not defined in this notebook",
+        ),
+        ("%qwen3 --vars a } alone", "--vars: the prompt's braces do not pair up"),
+        ("%qwen3 --vars {keep_me[7]}", "--vars: {keep_me[7]} raised IndexError"),
+        ("%qwen3 --vars --file p.txt", "--vars fills a prompt typed in the cell"),
     ],
 )
 def test_bad_input_is_one_line_and_loses_nothing(kernel: Kernel, line: str, expected: str) -> None:
