@@ -14,10 +14,11 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 
 from . import display
 from .cleanup import CleanupReport, cleanup, shutdown_nvml
+from .magic_args import parse_options
 
 _IPYTHON_OWN = ("_", "__", "___", "_i", "_ii", "_iii", "_ih", "_oh", "_dh", "In", "Out")
 
@@ -94,7 +95,7 @@ class CleanMagics(Magics):
           logits = model(**batch).logits
           result = logits.argmax(-1).tolist()
         """
-        args = _parse(self.qwen3_clean, line, "%qwen3_clean?")
+        args = parse_options(self.qwen3_clean, line, "%qwen3_clean?")
         keep = _parse_keep(args.keep)
         if cell is None:
             if args.drop or keep:
@@ -134,7 +135,7 @@ class CleanMagics(Magics):
         traceback is released right after it is shown (so %debug has nothing to inspect):
         turn it off while debugging. Unloading the extension turns it off.
         """
-        args = _parse(self.qwen3_autoclean, line, "%qwen3_autoclean?")
+        args = parse_options(self.qwen3_autoclean, line, "%qwen3_autoclean?")
         if args.mode == "on":
             self.set_autoclean(True)
         elif args.mode == "off":
@@ -167,13 +168,6 @@ class CleanMagics(Magics):
             for line in report.details():
                 print(f"  {line}", flush=True)
         return report
-
-
-def _parse(magic: Any, line: str, help_hint: str) -> Namespace:
-    try:
-        return parse_argstring(magic, line)
-    except UsageError as exc:
-        raise UsageError(f"{exc} (see {help_hint})") from None
 
 
 def _parse_keep(text: str) -> tuple[str, ...]:

@@ -17,11 +17,12 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 
 from . import lifecycle, monitor
 from .display import info
+from .magic_args import parse_options
 
 
 @magics_class
@@ -63,7 +64,7 @@ class GaugeMagics(Magics):
 
         From Python: ``qwen3_jupyter.gauge(interval=None, show_all=False, compact=False)``.
         """
-        args = parse_argstring(self.qwen3_gauge, line)
+        args = parse_options(self.qwen3_gauge, line, "%qwen3_gauge?")
         if args.interval is not None and args.interval <= 0:
             raise UsageError("--interval must be a positive number of seconds (e.g. 0.5)")
         from .gauge import close_all, gauge

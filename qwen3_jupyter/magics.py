@@ -8,7 +8,6 @@ option values are paths, URLs and numbers, expanded as IPython expands any magic
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import shlex
@@ -36,6 +35,7 @@ from .engines import Engine, EngineError, decode_mode, server_url
 from .engines.urls import mask_url
 from .gauge import inline_gauge
 from .generation import DEFAULT_MAX_NEW_TOKENS, GenerationOOM, GenerationOptions, broken_rules
+from .magic_args import did_you_mean
 from .memory import format_bytes
 from .models import DTYPES, ModelError, canonical_dtype
 from .prompt_vars import PromptVarsError, fill
@@ -590,11 +590,9 @@ def parse_line(
             break
         name = token.split("=", 1)[0]
         if name not in takes_value:
-            close = difflib.get_close_matches(name, takes_value, n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
             raise UsageError(
-                f"unknown option {name}{hint}; see %qwen3? — put -- before a prompt "
-                "that starts with '-'"
+                f"unknown option {name}{did_you_mean(name, takes_value)}; see %qwen3? — put -- "
+                "before a prompt that starts with '-'"
             )
         position = match.end()
         if takes_value[name] and "=" not in token:

@@ -113,7 +113,12 @@ def test_verbose_lists_holders(k: Kernel) -> None:
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("%qwen3_clean --bogus", "unrecognized arguments: --bogus (see %qwen3_clean?)"),
+        ("%qwen3_clean --bogus", "unknown option --bogus (see %qwen3_clean?)"),
+        (
+            "%qwen3_clean --verb",  # argparse alone would take it for --verbose
+            "unknown option --verb (did you mean --verbose?) (see %qwen3_clean?)",
+        ),
+        ("%qwen3_clean stray", "unrecognized arguments: stray (see %qwen3_clean?)"),
         ("%qwen3_clean --drop", "--drop and --keep apply to a %%qwen3_clean cell"),
         ("%qwen3_clean --keep 1a", "not a name: '1a'"),
         ("%%qwen3_clean --keep\nx = 1", "expected one argument"),
