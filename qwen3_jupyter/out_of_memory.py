@@ -4,15 +4,18 @@ Why: torch's caching allocator raises `torch.OutOfMemoryError`, but the same fai
 Python as a plain RuntimeError elsewhere: torch's CPU allocator ("DefaultCPUAllocator: can't
 allocate memory: you tried to allocate N bytes"), a CUDA allocation outside the caching allocator
 ("CUDA error: out of memory") and cuBLAS creating its handle or workspace on a full GPU
-("CUBLAS_STATUS_ALLOC_FAILED"). Without this module those end in a traceback where the caching
-allocator's error gets a one-line message and a smaller batch.
+("CUBLAS_STATUS_ALLOC_FAILED"), Triton launching a kernel ("Triton Error [CUDA]: out of memory").
+And it arrives wrapped: torch.compile reports a backend's failure as `BackendCompilerFailed`,
+and ending a CUDA graph capture that ran out raises its own error on top of the allocator's.
+Without this module those end in a traceback, or switch compiling or capturing off for the
+kernel, where the caching allocator's error gets a one-line message and a smaller batch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from .memory import format_bytes
 
@@ -22,11 +25,31 @@ _HOST_ALLOCATION = re.compile(
 _DEVICE_ALLOCATION = {
     "CUDA error: out of memory": "CUDA error: out of memory, outside torch's allocator",
     "CUBLAS_STATUS_ALLOC_FAILED": "cuBLAS could not allocate its workspace",
+    "Triton Error [CUDA]: out of memory": "CUDA out of memory launching a Triton kernel",
 }
+_CHAIN_LIMIT = 8
 
 
 def out_of_memory_reason(exc: BaseException) -> str | None:
-    """One line saying what ran out if `exc` is an allocation failure, else None."""
+    """One line saying what ran out if `exc` is an allocation failure, or was raised because of
+    one (its wrapped, cause or context exception), else None."""
+    return next(filter(None, map(_own_reason, _chain(exc))), None)
+
+
+def _chain(exc: BaseException) -> Iterable[BaseException]:
+    """`exc`, then what it wraps (torch.compile's `inner_exception`), its cause and context."""
+    seen: set[int] = set()
+    waiting: list[BaseException | None] = [exc]
+    while waiting and len(seen) < _CHAIN_LIMIT:
+        link = waiting.pop(0)
+        if link is None or id(link) in seen:
+            continue
+        seen.add(id(link))
+        yield link
+        waiting += [getattr(link, "inner_exception", None), link.__cause__, link.__context__]
+
+
+def _own_reason(exc: BaseException) -> str | None:
     import torch
 
     if isinstance(exc, torch.OutOfMemoryError):

@@ -623,7 +623,7 @@ def test_an_unexpected_fast_path_failure_decodes_eagerly_with_one_line(
 
 
 def test_a_failed_capture_names_its_own_cause_before_the_error_ending_it_raised() -> None:
-    from qwen3_jupyter.engines.fast import _capture_failure
+    from qwen3_jupyter.engines.cuda_graphs import failure_text
 
     try:
         try:
@@ -631,14 +631,14 @@ def test_a_failed_capture_names_its_own_cause_before_the_error_ending_it_raised(
         except RuntimeError:
             raise RuntimeError("operation failed due to a previous error during capture") from None
     except RuntimeError as suppressed:
-        assert _capture_failure(suppressed).startswith("RuntimeError: operation failed")
+        assert failure_text(suppressed).startswith("RuntimeError: operation failed")
     try:
         try:
             raise RuntimeError("operation not permitted when stream is capturing")
         except RuntimeError:
             raise RuntimeError("operation failed due to a previous error during capture")  # noqa: B904
     except RuntimeError as chained:
-        assert _capture_failure(chained) == (
+        assert failure_text(chained) == (
             "RuntimeError: operation not permitted when stream is capturing; then: "
             "RuntimeError: operation failed due to a previous error during capture"
         )
@@ -725,6 +725,47 @@ def test_gpu_tiny_float32_batches_match_one_by_one(model_cache: Path) -> None:
     finally:
         engine.close()
         holder.unload()
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_a_failed_capture_gives_back_the_stream_and_the_pool(model_cache: Path) -> None:
+    """A step that waits for the host cannot be captured (here a hook's `.item()`): ending the
+    capture raises, and torch then leaves its capture stream current (the user's next cells
+    would run on it) and the allocator routing that stream into the graph's pool. The call
+    must still answer token for token without a graph, the default stream be current again,
+    and closing the engine give every byte back."""
+    import torch
+
+    holder = ModelHolder()
+    model = holder.get(ModelChoice("tiny", "cuda", "float32"))
+    perturb(model.model)
+    expected = EagerEngine(model).generate(PROMPTS[0], GREEDY).token_ids
+    torch.cuda.synchronize()
+    torch._C._cuda_clearCublasWorkspaces()  # close() clears them too
+    torch.cuda.empty_cache()
+    allocated_before = torch.cuda.memory_allocated()
+    reserved_before = torch.cuda.memory_reserved()
+    waits = model.model.model.layers[0].mlp.register_forward_pre_hook(
+        lambda module, args: args[0].sum().item()
+    )
+    notices: list[str] = []
+    engine = FastEngine(model, notify=notices.append)
+    engine.compile = False  # the hook runs as written (torch.compile would break the graph there)
+    try:
+        assert engine.generate(PROMPTS[0], GREEDY).token_ids == expected
+        assert not engine.capture, notices
+        assert any("capturing the decode step as a CUDA graph failed" in n for n in notices)
+        print(notices)
+        assert torch.cuda.current_stream() == torch.cuda.default_stream()
+        assert engine.generate(PROMPTS[0], GREEDY).token_ids == expected, "and the next call"
+    finally:
+        waits.remove()
+        engine.close()
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == allocated_before
+    assert torch.cuda.memory_reserved() <= reserved_before, "the graph's pool was given back"
+    holder.unload()
 
 
 @pytest.mark.gpu

@@ -332,6 +332,51 @@ def test_running_out_of_host_memory_is_the_same_one_line_out_of_memory(kernel: K
     assert_failed_call_left_nothing(kernel)
 
 
+HOLD_THEN_RUN_OUT = """
+import gc, weakref
+import torch
+held_ref, alive_at_collections = None, []
+
+def hold_then_run_out(module, args):
+    global held_ref
+    held = torch.ones(4 * 2**20)  # alive in this frame when the allocator fails, as a
+    held_ref = weakref.ref(held)  # prefill's activations are
+    torch.empty(BEYOND_ANY_HOST, dtype=torch.uint8)
+
+def note_collection(phase, info):
+    if phase == "start" and held_ref is not None:
+        alive_at_collections.append(held_ref() is not None)
+"""
+
+
+def test_the_release_after_running_out_finds_the_failing_frames_gone(kernel: Kernel) -> None:
+    """The release after a call ran out must come after the failing frames died: an exception
+    still referenced (inside its except block, or as the context of the one raised there)
+    keeps every frame's tensors alive, and on a GPU their blocks would stay reserved. Every
+    collection during the call (automatic ones off) is watched for the frame's tensor."""
+    ok(kernel, "keep_me = [41]")
+    ok(kernel, "%qwen3 --max-new-tokens 2 --no-think load")
+    ok(kernel, HOG_HOOK + HOLD_THEN_RUN_OUT + "from qwen3_jupyter.session import SESSION as _s")
+    embed = "_s.loaded.model.model.embed_tokens"
+    ok(kernel, f"hook = {embed}.register_forward_pre_hook(hold_then_run_out)")
+    try:
+        for path in ("--eager", "--fast"):
+            ok(kernel, "alive_at_collections.clear(); held_ref = None")
+            ok(kernel, "gc.disable(); gc.callbacks.append(note_collection)")
+            try:
+                ex = kernel.run(f"%qwen3 {path} --no-think --max-new-tokens 4 hi")
+            finally:
+                ok(kernel, "gc.callbacks.remove(note_collection); gc.enable()")
+            assert "out of memory on cpu after 0 new tokens" in ex.stderr, (path, ex.stderr)
+            seen = kernel.value("alive_at_collections")
+            assert seen, f"{path}: the call released nothing (no collection ran)"
+            assert not any(seen), f"{path}: the failing frame's tensor was alive at {seen}"
+            assert kernel.value("held_ref() is None")
+    finally:
+        ok(kernel, "hook.remove()")
+    assert_failed_call_left_nothing(kernel)
+
+
 def test_an_answer_longer_than_the_model_allows_is_one_line_at_once(kernel: Kernel) -> None:
     """A typo such as --max-new-tokens 99999999 must not run for hours: transformers' generate
     goes on past the model's positions, so both paths check before generating anything."""

@@ -32,6 +32,10 @@ def test_the_cpu_allocators_runtime_error_is_out_of_memory() -> None:
             RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate`"),
             "cuBLAS could not allocate its workspace",
         ),
+        (
+            RuntimeError("Triton Error [CUDA]: out of memory"),  # Triton's driver.c wording
+            "CUDA out of memory launching a Triton kernel",
+        ),
         (RuntimeError("Expected all tensors to be on the same device"), None),
         (ValueError("can't allocate memory"), None),
     ],
@@ -48,3 +52,39 @@ def test_allocation_failures_become_out_of_memory_errors_and_others_pass() -> No
     with other as info, allocation_failures_as_oom():
         raise RuntimeError("Expected all tensors to be on the same device")
     assert not isinstance(info.value, torch.OutOfMemoryError)
+
+
+def _host_allocation_failure() -> RuntimeError:
+    try:
+        torch.empty(BEYOND_ANY_HOST, dtype=torch.uint8)
+    except RuntimeError as exc:
+        return exc
+    raise AssertionError("the allocation succeeded")
+
+
+def test_a_failure_wrapped_around_running_out_is_running_out() -> None:
+    """torch.compile wraps a backend's error in BackendCompilerFailed; ending a CUDA graph
+    capture that ran out raises its own error with the allocator's as context. Both are running
+    out of memory (a smaller batch, a one-line message), not a failed compile or capture that
+    would switch compiling or capturing off for the kernel."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    wrapped = BackendCompilerFailed(lambda: None, _host_allocation_failure(), None)
+    assert out_of_memory_reason(wrapped) == "host memory: could not allocate 262144.0 TiB more"
+    with pytest.raises(torch.OutOfMemoryError, match="host memory"), allocation_failures_as_oom():
+        raise wrapped
+
+    def end_capture() -> None:
+        try:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB.")
+        except torch.OutOfMemoryError:
+            ended = "CUDA error: operation failed due to a previous error during capture"
+            raise RuntimeError(ended)  # noqa: B904 - torch raises it so, the OOM as context
+
+    with pytest.raises(RuntimeError) as info:
+        end_capture()
+    assert out_of_memory_reason(info.value) == "CUDA out of memory. Tried to allocate 20.00 MiB."
+
+    unrelated = RuntimeError("Expected all tensors to be on the same device")
+    unrelated.__context__ = ValueError("can't allocate memory")
+    assert out_of_memory_reason(unrelated) is None

@@ -53,11 +53,20 @@ from .compile_setup import (
     compiles_so_far,
     raise_recompile_limit,
 )
+from .cuda_graphs import (
+    WARMUP_RUNS,
+    end_failed_capture,
+    failure_text,
+    first_line,
+    on_device,
+    pool_bytes,
+    record,
+)
 from .decode_shapes import SAMPLE_WIDTH, batch_bucket, cache_bucket, sample_width
 from .local import LocalEngine
 
-REHEARSAL_STEPS = 3
-"""Steps that building a shape runs before the call's own (one compile run, two warm-ups before
+REHEARSAL_STEPS = 1 + WARMUP_RUNS
+"""Steps that building a shape runs before the call's own (one compile run, the warm-ups before
 a CUDA graph capture): they write cache slots past the prompt, so the cache leaves room for them
 (an index past its end is a device-side assert on CUDA, which ends the process's CUDA context)."""
 
@@ -177,21 +186,22 @@ class FastEngine(LocalEngine):
     def close(self) -> None:
         """Drop every cache and graph and return their memory to the driver — and the cuBLAS
         workspaces, which capturing on a side stream adds (they come back lazily)."""
-        had_graphs = any(state.graphs for state in self.states.values())
+        used_side_stream = self._capture_stream is not None  # even if no state is left now
         self.states.clear()
         self.compiled_step = None
         self._capture_stream = None
         release_after_generation(self.device, None)
         if self.device == "cpu":
             trim_host_heap()
-        if had_graphs:
+        if used_side_stream:
             import torch
 
             clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
             if clear is not None:
-                torch.cuda.synchronize()
-                clear()
-                torch.cuda.empty_cache()
+                with on_device(self.device):
+                    torch.cuda.synchronize()
+                    clear()
+                    torch.cuda.empty_cache()
 
     def describe(self) -> str:
         mode = "compiled" if self.compile else "not compiled"
@@ -287,7 +297,7 @@ class FastEngine(LocalEngine):
         vocab = int(self.loaded.model.lm_head.weight.shape[0])
         widths = (0, sample_width(GenerationOptions(), vocab)) if greedy_and_sampled else (0,)
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), on_device(self.device):
                 for batch in batch_sizes:
                     state = self._state(batch_bucket(batch), cache_bucket(1, batch=batch))
                     for width in widths:
@@ -328,11 +338,12 @@ class FastEngine(LocalEngine):
         if self.broken:
             raise _Unavailable
         try:
-            return self._run(*args, **kwargs)
+            with on_device(self.device):
+                return self._run(*args, **kwargs)
         except (_OutOfMemory, GenerationOOM, EngineError, KeyboardInterrupt):
             raise
         except Exception as exc:
-            self.broken = _first_line(exc)
+            self.broken = first_line(exc)
             self.close()
             self.notify(
                 f"fast decode failed ({self.broken}); decoding eagerly in this kernel from now "
@@ -368,6 +379,7 @@ class FastEngine(LocalEngine):
             torch.cuda.reset_peak_memory_stats(torch.device(device))
         run = _Run(rows=rows, peak_rss=process_rss())
         started = time.perf_counter()
+        out_of_memory: str | None = None
         try:
             run.peak_tensor_bytes = self._estimate(batch, length, vocab)
             enforce_budget(run.peak_tensor_bytes, budget)
@@ -389,9 +401,13 @@ class FastEngine(LocalEngine):
             if device.startswith("cuda"):
                 torch.cuda.synchronize(torch.device(device))
         except torch.OutOfMemoryError as exc:
+            out_of_memory = oom_reason(exc)
+        if out_of_memory is not None:
+            # Outside the except block: the failing frames (a prefill's activations, say) are
+            # gone now, so the release that follows can give their memory back.
             new_tokens = max((len(r) for r in run.ids), default=0)
             held = self._held_bytes(batch, length)
-            raise _OutOfMemory(oom_reason(exc), new_tokens, f"{batch}×{length}", held) from None
+            raise _OutOfMemory(out_of_memory, new_tokens, f"{batch}×{length}", held)
         run.latency = time.perf_counter() - started - run.setup_seconds
         run.memory_at_end = current_memory(device)[0]
         if device == "cpu":
@@ -577,7 +593,7 @@ class FastEngine(LocalEngine):
             self.compile = False
             self.compiled_step = None
             self.notify(
-                f"compiling the decode step failed ({_first_line(exc)}); "
+                f"compiling the decode step failed ({first_line(exc)}); "
                 "decoding with the static cache, uncompiled"
             )
             return False
@@ -618,38 +634,35 @@ class FastEngine(LocalEngine):
 
     def _capture(self, state: DecodeState, direct: Callable[[], Any]) -> Callable[[], Any]:
         """Capture one step as a CUDA graph (after warm-up runs on a side stream); replaying
-        it is the step. A failed capture falls back to calling the step."""
+        it is the step. A failed capture falls back to calling the step; running out of memory
+        while capturing is an out-of-memory error, not a failed capture."""
         import torch
 
         if not self.capture:
             return direct
         reserved_before = torch.cuda.memory_reserved()
+        previous = torch.cuda.current_stream()
+        if self._capture_stream is None:
+            self._capture_stream = torch.cuda.Stream()
+        if state.pool is None:
+            state.pool = torch.cuda.graph_pool_handle()
         try:
-            if self._capture_stream is None:
-                self._capture_stream = torch.cuda.Stream()
-            side = self._capture_stream
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    direct()
-            torch.cuda.current_stream().wait_stream(side)
-            if state.pool is None:
-                state.pool = torch.cuda.graph_pool_handle()
-            graph = torch.cuda.CUDAGraph()
-            with interrupt_deferred(), torch.cuda.graph(graph, pool=state.pool, stream=side):
-                direct()
+            with allocation_failures_as_oom():
+                graph = record(direct, self._capture_stream, state.pool)
         except (KeyboardInterrupt, torch.OutOfMemoryError):
+            end_failed_capture(previous, state.pool)
             raise
         except Exception as exc:
+            end_failed_capture(previous, state.pool)
             self.capture = False
             self.notify(
-                f"capturing the decode step as a CUDA graph failed ({_capture_failure(exc)}); "
+                f"capturing the decode step as a CUDA graph failed ({failure_text(exc)}); "
                 "running it without a graph in this kernel"
             )
             return direct
         grown = state.graph_bytes + max(0, torch.cuda.memory_reserved() - reserved_before)
         state.graphs.append(graph)
-        state.graph_bytes = _graph_pool_bytes(state.pool, fallback=grown)
+        state.graph_bytes = pool_bytes(state.pool, fallback=grown)
         return graph.replay
 
     def _decode(
@@ -810,11 +823,6 @@ class _OutOfMemory(Exception):
         return f"{eager}, or run %qwen3_clean --verbose to see what else holds memory"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = (str(exc).strip().splitlines() or [""])[0][:160]
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _snapshot(buffers: Any) -> list[Any]:
     """The per-call state a warm-up or capture advances (not the cache: it is overwritten)."""
     return [t.clone() for t in (buffers.tokens, buffers.positions, buffers.slot, buffers.valid)]
@@ -825,30 +833,3 @@ def _restore(buffers: Any, saved: list[Any]) -> None:
         (buffers.tokens, buffers.positions, buffers.slot, buffers.valid), saved, strict=True
     ):
         target.copy_(value)
-
-
-def _graph_pool_bytes(pool: Any, fallback: int) -> int:
-    """Bytes of the allocator segments in a graph pool, as the allocator's snapshot names them.
-    `fallback` (reserved-memory growth across the captures) also counts the side stream's cuBLAS
-    workspace and whatever the capture's own cache emptying gave back: used only where the
-    snapshot has no pool ids."""
-    try:
-        import torch
-
-        wanted = tuple(pool)
-        return sum(
-            int(segment["total_size"])
-            for segment in torch.cuda.memory_snapshot()
-            if tuple(segment["segment_pool_id"]) == wanted
-        )
-    except Exception:
-        return fallback
-
-
-def _capture_failure(exc: BaseException) -> str:
-    """A failed capture's own error first: ending a broken capture raises again on top of it
-    (e.g. "operation failed due to a previous error during capture"), hiding the cause."""
-    cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
-    if cause is not None:
-        return f"{_first_line(cause)}; then: {_first_line(exc)}"
-    return _first_line(exc)

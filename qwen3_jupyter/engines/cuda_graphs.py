@@ -1,0 +1,102 @@
+"""Capturing the decode step as a CUDA graph, and leaving torch as it was when that fails.
+
+Why a module of its own: every call here depends on state torch keeps per *current* device and
+per stream, not per tensor. A graph captured while another device is current records nothing
+of the step's work (torch only warns "The CUDA Graph is empty"), and a capture that fails inside
+`capture_end` leaves the capture stream current for the rest of the kernel and the allocator
+still routing that stream's allocations into the graph's pool. The fast engine calls these and
+keeps the policy (what to say, what to switch off).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+WARMUP_RUNS = 2
+"""Runs of the step on the side stream before capturing (lazy inits, cuBLAS workspaces)."""
+
+
+def on_device(device: str) -> contextlib.AbstractContextManager[Any]:
+    """Make `device` torch's current CUDA device for the block (nothing on the CPU): streams,
+    events, graph capture and the allocator's figures follow the current device, not the
+    tensors', so `cuda:1` would otherwise be timed, captured and measured on `cuda:0`."""
+    if not device.startswith("cuda"):
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.cuda.device(torch.device(device))
+
+
+def record(step: Callable[[], Any], side: Any, pool: Any) -> Any:
+    """Warm `step` up on the side stream, then capture one run of it into a new graph that
+    allocates from `pool`. Raises what the capture raised; `end_failed_capture` tidies up."""
+    import torch
+
+    from ..interrupts import interrupt_deferred
+
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(WARMUP_RUNS):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with interrupt_deferred(), torch.cuda.graph(graph, pool=pool, stream=side):
+        step()
+    return graph
+
+
+def end_failed_capture(previous: Any, pool: Any) -> bool:
+    """Undo what a capture that failed in `capture_begin` or `capture_end` left behind, and
+    say whether there was anything to undo.
+
+    torch's `graph.__exit__` puts the previous stream back only after `capture_end` succeeds,
+    and `capture_end` stops routing allocations to the pool only after the driver ended the
+    capture: when it raises, both are left to us. A capture that ended cleanly (the stream is
+    back) needs nothing; torch gives its pool back when the graph goes."""
+    import torch
+
+    if torch.cuda.current_stream() == previous:
+        return False
+    torch.cuda.set_stream(previous)
+    device = torch.cuda.current_device()
+    try:
+        torch._C._cuda_endAllocateToPool(device, pool)
+    except (AttributeError, RuntimeError):  # not routing to it (capture_begin failed first)
+        return True
+    torch._C._cuda_releasePool(device, pool)
+    return True
+
+
+def pool_bytes(pool: Any, fallback: int) -> int:
+    """Bytes of the allocator segments in a graph pool, as the allocator's snapshot names them.
+    `fallback` (reserved-memory growth across the captures) also counts the side stream's cuBLAS
+    workspace and whatever the capture's own cache emptying gave back: used only where the
+    snapshot has no pool ids."""
+    try:
+        import torch
+
+        wanted = tuple(pool)
+        return sum(
+            int(segment["total_size"])
+            for segment in torch.cuda.memory_snapshot()
+            if tuple(segment["segment_pool_id"]) == wanted
+        )
+    except Exception:
+        return fallback
+
+
+def failure_text(exc: BaseException) -> str:
+    """A failed capture's own error first: ending a broken capture raises again on top of it
+    (e.g. "operation failed due to a previous error during capture"), hiding the cause."""
+    cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    if cause is not None:
+        return f"{first_line(cause)}; then: {first_line(exc)}"
+    return first_line(exc)
+
+
+def first_line(exc: BaseException) -> str:
+    """`Type: first line of the message` (160 characters at most)."""
+    text = (str(exc).strip().splitlines() or [""])[0][:160]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
