@@ -14,7 +14,13 @@ __version__ = "0.1.0"
 
 # Modules with a `load(ip)` that registers one feature on the shell and its undo in
 # `lifecycle`; loaded in this order, unloaded in reverse.
-_COMPONENTS: tuple[str, ...] = ("magics", "gauge_magics", "kernel_comm", "clean_magics")
+_COMPONENTS: tuple[str, ...] = (
+    "magics",
+    "gauge_magics",
+    "kernel_comm",
+    "clean_magics",
+    "completion",
+)
 
 # `cleanup()`, `inference()` and `gauge()` share their names with the submodules that define
 # them. Binding the functions here, after those submodules are imported, means a later

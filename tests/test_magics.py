@@ -109,6 +109,49 @@ def test_a_prompt_is_sent_as_typed_and_vars_fills_it_like_an_f_string(
     assert kernel.value("[r.prompt for r in _qwen3]") == ["one", "two"]
 
 
+def test_tab_offers_each_magics_options_and_known_values(
+    kernel_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Tab after a magic offers its options, and for --model, --dtype, --server and
+    %qwen3_autoclean their values (models from the Hugging Face cache too) — nothing else, as
+    Jedi would add keywords or, after `--`, every builtin. Paths and the prompt are left to
+    IPython; unloading takes the completion away."""
+    hub = tmp_path / "hub"
+    for folder in ("models--Qwen--Qwen3-8B", "models--gpt2", "datasets--some--data"):
+        (hub / folder).mkdir(parents=True)
+    (tmp_path / "prompts.txt").write_text("hi\n")
+    k = Kernel({**kernel_env, "HF_HUB_CACHE": str(hub)})
+    try:
+        ok(k, "%load_ext qwen3_jupyter")
+        assert k.complete("%qwen3 --no-th") == ["%qwen3 --no-think"]
+        assert k.complete("%%qwen3 --gr") == ["%%qwen3 --greedy"]
+        assert k.complete("%qwen3 --model ") == [
+            f"%qwen3 --model {m}"
+            for m in ("Qwen/Qwen3-1.7B", "Qwen/Qwen3-8B", "gpt2", "random:Qwen3-1.7B", "tiny")
+        ]
+        assert k.complete("%qwen3 --model random:Q") == ["%qwen3 --model random:Qwen3-1.7B"]
+        assert k.complete("%qwen3 --no-think --dtype b") == [
+            "%qwen3 --no-think --dtype bf16",
+            "%qwen3 --no-think --dtype bfloat16",
+        ]
+        assert "%qwen3 --server http://localhost:8000/v1" in k.complete("%qwen3 --server ")
+        assert k.complete("%qwen3_gauge --") == [
+            f"%qwen3_gauge {o}" for o in ("--all", "--compact", "--interval", "--stop")
+        ]
+        assert k.complete("%qwen3_clean --ve") == ["%qwen3_clean --verbose"]
+        assert k.complete("%qwen3_autoclean o") == ["%qwen3_autoclean off", "%qwen3_autoclean on"]
+        assert not any("--" in c for c in k.complete("%qwen3 Why is")), "the prompt is text"
+        path = f"%qwen3 --file {tmp_path}/pro"
+        assert f"%qwen3 --file {tmp_path}/prompts.txt" in k.complete(path), "IPython's own"
+        matchers = "len(get_ipython().Completer.custom_matchers)"
+        loaded = k.value(matchers)
+        ok(k, "%unload_ext qwen3_jupyter")
+        assert k.value(matchers) == loaded - 1
+        assert "%qwen3 --no-think" not in k.complete("%qwen3 --no-th")
+    finally:
+        k.shutdown()
+
+
 def test_trailing_question_mark_is_a_prompt_not_a_help_request(kernel: Kernel) -> None:
     ex = kernel.run("%qwen3 --max-new-tokens 4 --no-think What is a kernel?")
     assert ex.status == "ok"

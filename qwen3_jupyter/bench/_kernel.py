@@ -111,6 +111,14 @@ class Kernel:
         execution.reply = self._reply_to(msg_id, timeout)
         return execution
 
+    def complete(self, code: str, timeout: float = 30) -> list[str]:
+        """What the cell would read after each completion the kernel offers on Tab with the
+        cursor at the end of `code`."""
+        msg_id = self.kc.complete(code, len(code))
+        reply = self._reply_to(msg_id, timeout)
+        start, end = reply["cursor_start"], reply["cursor_end"]
+        return [code[:start] + match + code[end:] for match in reply["matches"]]
+
     def _reply_to(self, msg_id: str, timeout: float) -> dict[str, Any]:
         """The shell reply to `msg_id`, skipping replies to earlier requests.
 
