@@ -465,17 +465,17 @@ class _Nvml:
 
             if self.reader is None:
                 self.reader = memory.NvmlReader()
-            reading = self.reader.read()
-            if not reading.available:
+            self.reader.open()
+            if not self.reader.opened:
                 self.failed = True
                 return {}
-            torch_devices = memory.read_torch()
-            by_uuid = memory.process_memory_by_uuid(reading, {os.getpid()})
-            result: dict[str, int | None] = {}
-            for device in torch_devices:
-                gpu = next((g for g in reading.gpus if memory.torch_device_for(g, (device,))), None)
-                result[f"cuda:{device.index}"] = by_uuid.get(gpu.uuid) if gpu else None
-            return result
+            pids = {os.getpid()}
+            return {  # torch's devices only, by UUID: a few NVML calls, not a poll of every GPU
+                f"cuda:{device.index}": self.reader.process_bytes(device.uuid, pids)
+                if device.uuid
+                else None
+                for device in memory.read_torch()
+            }
         except Exception:
             _log.debug("NVML reading failed", exc_info=True)
             self.failed = True

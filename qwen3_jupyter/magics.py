@@ -89,7 +89,8 @@ class Qwen3Magics(Magics):
         "--dtype",
         type=canonical_dtype,
         choices=DTYPES,
-        help="Default: bfloat16 on CUDA, float32 on CPU (bf16, fp16, fp32 also accepted).",
+        help="Default: bfloat16 on CUDA (float16 before Ampere: T4, V100), float32 on CPU "
+        "(bf16, fp16, fp32 also accepted).",
     )
     @argument(
         "--think",

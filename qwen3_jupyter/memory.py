@@ -284,6 +284,8 @@ class GpuReading:
     memory_source: str
     mig_parent: int | None = None
     memory_reserved: int = 0
+    processes_listed: bool = True
+    """False when NVML refused to list the compute processes: `processes` is then unknown."""
 
     @property
     def memory_free(self) -> int:
@@ -422,16 +424,44 @@ class NvmlReader:
         for index in range(count):
             try:
                 handle = nvml.nvmlDeviceGetHandleByIndex(index)
-                gpus.append(self._read_device(handle, index, None))
             except Exception as exc:
                 problems.append(f"GPU {index}: {_nvml_message(exc)}")
                 continue
+            try:
+                gpus.append(self._read_device(handle, index, None))
+            except Exception as exc:  # a MIG slice's container may not read its parent:
+                problems.append(f"GPU {index}: {_nvml_message(exc)}")  # its slices still count
             try:
                 gpus.extend(self._read_mig(handle, index))
             except Exception as exc:
                 problems.append(f"GPU {index} MIG: {_nvml_message(exc)}")
         reason = "NVML error: " + "; ".join(problems) if problems else None
         return NvmlReading(True, reason, self._driver, tuple(gpus), now)
+
+    def process_bytes(self, uuid: str, pids: set[int]) -> int | None:
+        """Bytes `pids` use on the GPU (or MIG instance) with this UUID; None where unknown.
+
+        A few NVML calls for one device, where `read` polls every GPU and MIG slot: for a
+        caller on the kernel's main thread (a cleanup report), which must stay cheap."""
+        self.open()
+        if not self._opened:
+            return None
+        nvml = self._nvml
+        assert nvml is not None
+        key = _uuid_key(uuid)
+        for spelling in (uuid, f"GPU-{key}", f"MIG-{key}"):
+            try:
+                handle = nvml.nvmlDeviceGetHandleByUUID(spelling)
+            except Exception:
+                continue
+            processes, listed = self._processes(handle)
+            if not listed:
+                return None
+            mine = [p for p in processes if p.pid in pids]
+            if not mine or any(p.used_bytes is None for p in mine):
+                return None
+            return sum(p.used_bytes or 0 for p in mine)
+        return None
 
     def _read_mig(self, handle: Any, parent: int) -> list[GpuReading]:
         """The MIG instances of a MIG-enabled GPU (none on GPUs without MIG)."""
@@ -462,6 +492,7 @@ class NvmlReader:
         nvml = self._nvml
         assert nvml is not None
         used, total, reserved, source = self._memory(handle)
+        processes, listed = self._processes(handle)
         return GpuReading(
             index=index,
             uuid=_text(nvml.nvmlDeviceGetUUID(handle)),
@@ -469,10 +500,11 @@ class NvmlReader:
             memory_used=used,
             memory_total=total,
             utilization=self._utilization(handle),
-            processes=self._processes(handle),
+            processes=processes,
             memory_source=source,
             mig_parent=parent,
             memory_reserved=reserved,
+            processes_listed=listed,
         )
 
     def _memory(self, handle: Any) -> tuple[int, int, int, str]:
@@ -503,23 +535,21 @@ class NvmlReader:
         except Exception:
             return None
 
-    def _processes(self, handle: Any) -> tuple[GpuProcess, ...]:
-        """Compute then graphics processes, each pid once; empty when NVML will not list them."""
-        nvml = self._nvml
-        assert nvml is not None
+    def _processes(self, handle: Any) -> tuple[tuple[GpuProcess, ...], bool]:
+        """Compute then graphics processes, each pid once, and whether NVML listed the compute
+        processes at all (it refuses without privileges, e.g. on a MIG parent in a container):
+        an empty list that NVML refused is unknown, not "no process"."""
         found: dict[int, int | None] = {}
+        listed = True
         for call in (
             "nvmlDeviceGetComputeRunningProcesses",
             "nvmlDeviceGetGraphicsRunningProcesses",
         ):
-            fn = getattr(nvml, call, None)
-            if fn is None:
+            entries = self._listing(call, handle)
+            if entries is None:
+                listed = listed and call != "nvmlDeviceGetComputeRunningProcesses"
                 continue
-            try:
-                listed = fn(handle)
-            except Exception:
-                continue
-            for proc in listed:
+            for proc in entries:
                 pid = int(proc.pid)
                 used = getattr(proc, "usedGpuMemory", None)
                 used = int(used) if used is not None else None
@@ -528,7 +558,23 @@ class NvmlReader:
                     found[pid] = used
                 elif used is not None:
                     found[pid] = max(known, used)
-        return tuple(GpuProcess(pid, used) for pid, used in found.items())
+        return tuple(GpuProcess(pid, used) for pid, used in found.items()), listed
+
+    def _listing(self, call: str, handle: Any) -> list[Any] | None:
+        """One process list, or None when NVML will not give it. nvidia-ml-py's unversioned
+        call is the v3 entry point, which drivers before R510 lack (FUNCTION_NOT_FOUND, or its
+        NVMLLibraryMismatchError, not an NVMLError): those drivers answer the v2 call."""
+        for name in (call, f"{call}_v2"):
+            fn = getattr(self._nvml, name, None)
+            if fn is None:
+                continue
+            try:
+                return list(fn(handle))
+            except Exception as exc:
+                missing = type(exc).__name__ == "NVMLLibraryMismatchError"
+                if not missing and _nvml_code(exc) != NVML_ERROR_FUNCTION_NOT_FOUND:
+                    return None
+        return None
 
 
 def _uuid_key(uuid: str | None) -> str:

@@ -87,13 +87,30 @@ def canonical_dtype(text: str) -> str:
 
 
 def pick_dtype(device: str, override: str | None = None) -> str:
-    """bfloat16 on CUDA, float32 on CPU, unless overridden."""
+    """bfloat16 on CUDA (float16 on GPUs older than Ampere), float32 on CPU, unless overridden."""
     wanted = canonical_dtype(override or os.environ.get(DTYPE_ENV) or "auto")
     if wanted not in DTYPES:
         raise ModelError(f"--dtype {wanted!r} is not one of {', '.join(DTYPES)}")
     if wanted != "auto":
         return wanted
-    return "bfloat16" if device.startswith("cuda") else "float32"
+    if not device.startswith("cuda"):
+        return "float32"
+    return "bfloat16" if _bfloat16_in_hardware(device) else "float16"
+
+
+def _bfloat16_in_hardware(device: str) -> bool:
+    """Ampere (compute capability 8.0) and later compute in bfloat16; older GPUs (T4, V100: the
+    free notebook GPUs) only emulate it, many times slower, so float16 is their half type (as
+    vLLM chooses there). True where no GPU answers: the load then says what is wrong."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return True
+    try:
+        major, _minor = torch.cuda.get_device_capability(torch.device(device))
+    except (RuntimeError, AssertionError, ValueError):
+        return True
+    return major >= 8
 
 
 def resolve_path(name: str, progress: Progress | None = None) -> tuple[str, bool]:

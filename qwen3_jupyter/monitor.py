@@ -172,20 +172,25 @@ class Monitor:
         with self._lock:
             if self.running:
                 return
-            self._stopping.clear()
+            # Each thread has its own stop signal: one still stuck in an NVML call (a GPU
+            # reset) when `stop` gave up waiting must not carry on beside its successor.
+            self._stopping = threading.Event()
             self._thread = threading.Thread(
-                target=self._run, name="qwen3-jupyter-monitor", daemon=True
+                target=self._run, args=(self._stopping,), name="qwen3-jupyter-monitor", daemon=True
             )
             self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop and join the thread, then shut NVML down. Subscribers stay registered."""
+        """Stop and join the thread, then shut NVML down (the thread does, when an NVML call
+        holds it past `timeout`: never shut down under a call). Subscribers stay registered."""
         with self._lock:
             thread, self._thread = self._thread, None
             self._stopping.set()
             self._wake.set()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+            if thread.is_alive():
+                return
         self._reader.close()
 
     @property
@@ -329,20 +334,26 @@ class Monitor:
 
     # -- polling --------------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            started = time.monotonic()
-            snapshot = self.sample()
-            for callback in list(self._subscribers):
-                if self._stopping.is_set():
-                    break
-                try:
-                    callback(snapshot)
-                except Exception:
-                    _log.exception("qwen3_jupyter: gauge update failed")
-            self.thread_cpu_seconds = time.thread_time()
-            self._wake.clear()
-            self._wake.wait(max(0.0, self._interval - (time.monotonic() - started)))
+    def _run(self, stopping: threading.Event) -> None:
+        try:
+            while not stopping.is_set():
+                started = time.monotonic()
+                snapshot = self.sample()
+                for callback in list(self._subscribers):
+                    if stopping.is_set():
+                        break
+                    try:
+                        callback(snapshot)
+                    except Exception:
+                        _log.exception("qwen3_jupyter: gauge update failed")
+                self.thread_cpu_seconds = time.thread_time()
+                self._wake.clear()
+                self._wake.wait(max(0.0, self._interval - (time.monotonic() - started)))
+        finally:
+            with self._lock:
+                replaced = self._thread is not None
+            if not replaced:  # `stop` left the shutdown to this thread, or already did it
+                self._reader.close()
 
     def sample(self) -> Snapshot:
         """Poll once, append to the history and return the snapshot. Never raises."""

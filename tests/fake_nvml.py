@@ -4,7 +4,8 @@ Describe GPUs with `FakeGpu`, build a `FakeNvml`, and either hand `fake.module` 
 `NvmlReader(nvml=...)` or `fake.install()` it as `sys.modules["pynvml"]`. It behaves like NVML
 where the reader depends on it: calls before `nvmlInit` fail, init is reference counted, the v2
 memory call can be missing, MIG instances hang off their parent, a process's memory can be
-unknown (None), and any call can start failing (a lost GPU) from some point on.
+unknown (None), any call can start failing (a lost GPU) from some point on, single calls can
+fail on one GPU, and reads can block (`reads_open`).
 
 Child processes (kernels, Jupyter servers) get the fake through `child_env(fake, tmp_dir)`: it
 writes the fake's spec as JSON plus a `sitecustomize.py` that calls `install_from_env()`, and
@@ -19,6 +20,7 @@ import atexit
 import json
 import os
 import sys
+import threading
 import types
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -73,7 +75,10 @@ class FakeGpu:
 
     `mig` set (even to []) means MIG mode is enabled and lists the instances; None means the GPU
     does not support MIG. `utilization` None makes the call answer "not supported". `lost` makes
-    every call on this GPU raise GPU_IS_LOST.
+    every call on this GPU raise GPU_IS_LOST. `errors` makes single calls on this GPU fail with
+    an NVML code, as real drivers do: NO_PERMISSION for a MIG parent's memory or process list in
+    a container, FUNCTION_NOT_FOUND for the v3 process list on drivers before R510 (whose `_v2`
+    call still answers).
     """
 
     name: str = "NVIDIA H100 80GB HBM3"
@@ -86,6 +91,7 @@ class FakeGpu:
     graphics: list[FakeProcess] = field(default_factory=list)
     mig: list[FakeGpu] | None = None
     lost: bool = False
+    errors: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FakeGpu:
@@ -139,6 +145,9 @@ class FakeNvml:
         self.fail_error = fail_error
         self.stats_path = stats_path
         self.failing: int | None = None
+        self.reads_open = threading.Event()
+        """Cleared, every device count waits for it: an NVML call that blocks (a GPU reset)."""
+        self.reads_open.set()
         self.calls: Counter[str] = Counter()
         self.init_count = 0
         self.shutdown_count = 0
@@ -248,6 +257,8 @@ class FakeNvml:
                             arg.gpu.lost or (arg.parent is not None and arg.parent.gpu.lost)
                         ):
                             raise_(GPU_IS_LOST)
+                        if isinstance(arg, _Handle) and name in arg.gpu.errors:
+                            raise_(arg.gpu.errors[name])
                     return fn(*args, **kwargs)
 
                 call.__name__ = name
@@ -280,6 +291,7 @@ class FakeNvml:
 
         @api("nvmlDeviceGetCount")
         def _count() -> int:
+            fake.reads_open.wait()
             fake.reads += 1
             fake.write_stats()
             if fake.fail_after_reads is not None and fake.reads > fake.fail_after_reads:
@@ -358,16 +370,19 @@ class FakeNvml:
                 for p in entries
             ]
 
-        @api("nvmlDeviceGetComputeRunningProcesses")
-        def _compute(handle: _Handle) -> list[types.SimpleNamespace]:
+        def compute(handle: _Handle) -> list[types.SimpleNamespace]:
             gpu = handle.gpu
             if gpu.mig is not None and not gpu.processes:
                 return processes([p for inst in gpu.mig for p in inst.processes])
             return processes(gpu.processes)
 
-        @api("nvmlDeviceGetGraphicsRunningProcesses")
-        def _graphics(handle: _Handle) -> list[types.SimpleNamespace]:
+        def graphics(handle: _Handle) -> list[types.SimpleNamespace]:
             return processes(handle.gpu.graphics)
+
+        # nvidia-ml-py's unversioned calls are the v3 entry points; the v2 ones exist too.
+        for suffix in ("", "_v2"):
+            api(f"nvmlDeviceGetComputeRunningProcesses{suffix}")(compute)
+            api(f"nvmlDeviceGetGraphicsRunningProcesses{suffix}")(graphics)
 
         @api("nvmlDeviceGetMigMode")
         def _mig_mode(handle: _Handle) -> list[int]:

@@ -22,8 +22,10 @@ from qwen3_jupyter.memory import (
     visible_gpus,
 )
 from tests.fake_nvml import (
+    FUNCTION_NOT_FOUND,
     GPU_IS_LOST,
     LIBRARY_NOT_FOUND,
+    NO_PERMISSION,
     SELF,
     FakeGpu,
     FakeNvml,
@@ -168,6 +170,57 @@ def test_mig_instances_are_their_own_readings() -> None:
     assert process_gpu_memory(reading, {os.getpid()}) == {0: GiB, 1: None}
     chosen = visible_gpus(reading, environ={"CUDA_VISIBLE_DEVICES": instances[1].uuid})
     assert [g.name for g in chosen] == ["NVIDIA A100 MIG 2g.20gb"]
+
+
+def test_a_mig_slice_shows_when_its_parent_gpu_cannot_be_read() -> None:
+    """In a container given one MIG slice, NVML refuses the parent GPU's memory and process
+    calls (NO_PERMISSION): the slice this kernel uses must still be read, with the refusal
+    said, not "no GPU"."""
+    slice_ = FakeGpu(name="NVIDIA H100 MIG 3g.40gb", total=40 * GiB, used=GiB)
+    slice_.processes = [FakeProcess(SELF, GiB)]
+    parent = FakeGpu(mig=[slice_], errors={"nvmlDeviceGetMemoryInfo": NO_PERMISSION})
+    reading = _read(FakeNvml([parent]))
+    assert [g.label for g in reading.gpus] == ["GPU 0 / MIG 0"]
+    assert reading.reason == "NVML error: GPU 0: Insufficient Permissions"
+    assert process_memory_by_uuid(reading, {os.getpid()}) == {reading.gpus[0].uuid: GiB}
+
+
+def test_process_lists_from_older_drivers_and_refused_ones() -> None:
+    """nvidia-ml-py's process calls are the v3 entry points, missing before driver R510: the
+    v2 call answers there. A list NVML refuses is unknown (`processes_listed` False), never an
+    empty "no process"."""
+    old_driver = {"nvmlDeviceGetComputeRunningProcesses": FUNCTION_NOT_FOUND}
+    refused = {"nvmlDeviceGetComputeRunningProcesses": NO_PERMISSION}
+    fake = FakeNvml(
+        [
+            FakeGpu(processes=[FakeProcess(SELF, GiB)], errors=old_driver),
+            FakeGpu(processes=[FakeProcess(SELF, GiB)], errors=refused),
+        ]
+    )
+    old, private = _read(fake).gpus
+    assert [(p.pid, p.used_bytes) for p in old.processes] == [(os.getpid(), GiB)]
+    assert old.processes_listed
+    assert private.processes == () and not private.processes_listed
+
+
+def test_one_devices_process_bytes_take_a_few_calls_not_a_poll() -> None:
+    """What a cleanup report asks on the kernel's main thread: this process's bytes on the
+    devices torch uses, found by UUID (torch may spell it without NVML's `GPU-` prefix),
+    without polling every GPU and MIG slot; unknown where NVML cannot say."""
+    me = os.getpid()
+    fake = FakeNvml.with_gpus(8)
+    fake.gpus[5].processes = [FakeProcess(SELF, 3 * GiB), FakeProcess(4242, GiB)]
+    fake.gpus[6].errors = {"nvmlDeviceGetComputeRunningProcesses": NO_PERMISSION}
+    reader = NvmlReader(fake.module)
+    try:
+        assert reader.process_bytes(gpu_uuid(5).removeprefix("GPU-"), {me}) == 3 * GiB
+        assert sum(fake.calls.values()) <= 6, fake.calls
+        assert reader.process_bytes(gpu_uuid(4), {me}) is None, "not listed: unknown, not 0"
+        assert reader.process_bytes(gpu_uuid(6), {me}) is None, "refused: unknown"
+        assert reader.process_bytes("GPU-no-such-device", {me}) is None
+        assert fake.calls["nvmlDeviceGetCount"] == 0
+    finally:
+        reader.close()
 
 
 def test_error_mid_run_is_reported_not_raised_and_reading_recovers() -> None:

@@ -27,6 +27,7 @@ from qwen3_jupyter.server.kernels import attribute
 from qwen3_jupyter.server.sampler import Sampler, WatchedKernel, existing_pids, process_trees
 from tests.fake_nvml import (
     LIBRARY_NOT_FOUND,
+    NO_PERMISSION,
     FakeGpu,
     FakeNvml,
     FakeProcess,
@@ -324,6 +325,32 @@ def test_a_busy_gpu_without_a_process_list_is_unknown_not_zero() -> None:
     assert result.kernels[os.getpid()] == {"0": None, "1": 0}
     assert result.totals[os.getpid()] is None
     assert any("lists no process" in note for note in result.notes)
+
+
+def test_a_refused_process_list_is_unknown_and_a_readable_mig_slice_still_counts() -> None:
+    """NVML refusing a GPU's process list (no privileges) must read as unknown, not as "this
+    kernel uses 0 there", even on an idle-looking GPU; a MIG parent that cannot be read at all
+    still has its slices, and a kernel's total counts them."""
+    pid = os.getpid()
+    refused = {"nvmlDeviceGetComputeRunningProcesses": NO_PERMISSION}
+    mig_only = {"nvmlDeviceGetMemoryInfo": NO_PERMISSION}
+    slice_ = FakeGpu(total=40 * GiB, used=3 * GiB, processes=[FakeProcess(pid, 3 * GiB)])
+    fake = FakeNvml(
+        [
+            FakeGpu(used=100 * MiB, processes=[FakeProcess(pid, 100 * MiB)], errors=refused),
+            FakeGpu(mig=[slice_], errors=mig_only),
+        ]
+    )
+    reading = NvmlReader(fake.module).read()
+    trees = process_trees([WatchedKernel(pid)])
+    result = attribute(reading, trees, existing_pids(reading))
+    assert result.kernels[pid] == {"0": None, "1/0": 3 * GiB}
+    assert result.totals[pid] is None, "unknown on GPU 0: no partial sum"
+    assert any("will not list the processes on GPU 0" in note for note in result.notes)
+    fake.gpus[0].errors.clear()
+    reading = NvmlReader(fake.module).read()
+    result = attribute(reading, trees, existing_pids(reading))
+    assert result.totals[pid] == 100 * MiB + 3 * GiB
 
 
 def test_server_does_not_import_torch_or_the_magics(tmp_path: Path) -> None:

@@ -121,13 +121,19 @@ def attribute(
     other: dict[str, int | None] = {}
     for gpu in reading.gpus:
         key = gpu_key(gpu.index, gpu.mig_parent)
+        refused = not gpu.processes_listed
         hidden = not gpu.processes and gpu.memory_used > _unlisted_threshold(gpu.memory_source)
-        if hidden:
+        if refused:
+            notes.append(
+                f"NVML will not list the processes on {gpu.label} (no permission here?), so "
+                "per-notebook VRAM on it is unknown."
+            )
+        elif hidden:
             notes.append(
                 f"{gpu.label} has memory in use but NVML lists no process on it, so "
                 "per-notebook VRAM on it is unknown."
             )
-        known = pids_are_ours and not hidden
+        known = pids_are_ours and not hidden and not refused
         for pid, tree in trees.items():
             mine = [p for p in gpu.processes if p.pid in tree.pids]
             if mine:
@@ -151,14 +157,14 @@ def _physical_total(reading: NvmlReading, figures: Mapping[str, int | None]) -> 
     None when any GPU's figure is unknown (a partial sum would read as a complete one).
     """
     total = 0
-    for gpu in reading.gpus:
-        if gpu.mig_parent is not None:
-            continue
-        value = figures.get(gpu_key(gpu.index, None))
+    # Physical GPUs by NVML index, including a MIG parent whose own row could not be read.
+    physical = sorted({g.index if g.mig_parent is None else g.mig_parent for g in reading.gpus})
+    for index in physical:
+        value = figures.get(gpu_key(index, None))
         instances = [
             figures.get(gpu_key(g.index, g.mig_parent))
             for g in reading.gpus
-            if g.mig_parent == gpu.index
+            if g.mig_parent == index
         ]
         if instances:
             known = [v for v in instances if v is not None]
