@@ -95,6 +95,13 @@ def footer(result: Result) -> str:
         pieces.append(result.kept_memory)
     if result.stop_reason == "interrupted":
         pieces.append("interrupted: partial answer kept")
+    elif result.stop_reason == "context":
+        pieces.append(
+            "stopped at the served context length before --max-new-tokens (shorten the prompt; "
+            "--reset clears a --chat conversation)"
+        )
+    elif result.stop_reason == "abort":
+        pieces.append("the server aborted the answer: partial answer kept (check its log)")
     elif result.think and not result.thinking_finished:
         pieces.append("thinking not finished (raise --max-new-tokens)")
     return " · ".join(pieces)

@@ -158,7 +158,7 @@ class Session:
 
         engine = self.engines.get(url)
         if not isinstance(engine, RemoteEngine):
-            engine = RemoteEngine(url)
+            engine = RemoteEngine(url, notify=self.notices.append)
             self.engines[url] = engine
         return engine.with_model(model)
 

@@ -14,12 +14,18 @@ The proxy forwards to the real server and changes one thing per route prefix:
 - `/limited/v1/...`   vLLM started with `--max-model-len 256`: GET /v1/models lists
                       `max_model_len`, and a chat request whose prompt (counted with the served
                       model's own tokenizer and chat template) plus `max_tokens` exceeds it gets
-                      vLLM's 400 and its wording;
+                      vLLM's 400 and its wording — or, with `clamp_to_context` set, its
+                      `max_tokens` lowered to what the context has room for (vLLM 0.32 and
+                      later: no refusal, a shorter answer);
+- `/sglang/v1/...`    SGLang's model listing (`owned_by: "sglang"`); it answers any model name;
+- `/r1parser/v1/...`  vLLM's deepseek_r1 reasoning parser on Qwen3: everything arrives in the
+                      `reasoning` field, the answer of a thinking-off request too;
 - `.../metrics`       a vLLM-style Prometheus text;
 - anything else       404 with an HTML page (a web server that is not an OpenAI API).
 Only chat requests (POST) misbehave; GET /v1/models is forwarded, after the key check on
 `/auth/`. On every route, a request whose prompt contains CUT loses its connection after 3
-events, and the first `busy_left` requests get 503 with Retry-After: 0. `stop()` closes the
+events, and the first `busy_left` requests get 503 with Retry-After: 0 (with `busy_in_stream`,
+SGLang's way: a 200 stream whose one event is an error with code 503). `stop()` closes the
 port (a server that went away). Client ports and disconnects are recorded.
 """
 
@@ -51,7 +57,16 @@ vllm:num_requests_waiting{engine="0",model_name="Qwen/Qwen3-1.7B"} 1.0
 vllm:kv_cache_usage_perc{engine="0",model_name="Qwen/Qwen3-1.7B"} 0.42
 """
 
-ROUTES = ("pass", "auth", "error", "malformed", "inline", "stall", "limited")
+ROUTES = ("pass", "auth", "error", "malformed", "inline", "stall", "limited", "r1parser", "sglang")
+QUEUE_FULL = {  # SGLang's serving_chat: a scheduler abort with a status code, as an error event
+    "error": {
+        "object": "error",
+        "message": "The request queue is full.",
+        "type": "SERVICE_UNAVAILABLE",
+        "param": None,
+        "code": 503,
+    }
+}
 SERVED_CONTEXT = 256
 """The context length the /limited/ route's server is 'started with'."""
 
@@ -63,11 +78,14 @@ class ChaosProxy:
         parts = urlsplit(upstream)
         self.checkpoint = checkpoint
         self._tokenizer: Any = None
+        self._served: str | None = None
         self.upstream_host = parts.hostname or "127.0.0.1"
         self.upstream_port = int(parts.port or 80)
         self.key = key
         self.log = log
         self.busy_left = 0
+        self.busy_in_stream = False
+        self.clamp_to_context = False
         self.busy_bodies: list[bytes] = []
         self.requests: list[str] = []
         self.client_ports: list[int] = []
@@ -119,6 +137,19 @@ class ChaosProxy:
                 self.busy_bodies.append(body)
                 return True
             return False
+
+    def served_model(self) -> str:
+        """The upstream's model id (GET /v1/models, asked once)."""
+        if self._served is None:
+            upstream = http.client.HTTPConnection(
+                self.upstream_host, self.upstream_port, timeout=30
+            )
+            try:
+                upstream.request("GET", "/v1/models")
+                self._served = str(json.loads(upstream.getresponse().read())["data"][0]["id"])
+            finally:
+                upstream.close()
+        return self._served
 
     def prompt_tokens(self, request: dict[str, Any]) -> int:
         """The prompt's tokens as vLLM counts them: the served chat template applied."""
@@ -179,13 +210,25 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "GET":
             self._forward_counted(route, "/" + rest, body)
             return
+        if route == "sglang":  # any model name is answered by the one model served
+            request = json.loads(body)
+            request["model"] = self.proxy.served_model()
+            body = json.dumps(request).encode()
         if route == "limited":
-            refusal = _length_refusal(self.proxy, json.loads(body))
-            if refusal is not None:
+            request = json.loads(body)
+            refusal = _length_refusal(self.proxy, request)
+            if refusal is not None and self.proxy.clamp_to_context:
+                body = _clamped(self.proxy, request)
+            elif refusal is not None:
                 error = {"error": {"message": refusal, "type": "BadRequestError", "code": 400}}
                 self._send(400, json.dumps(error).encode(), "application/json")
                 return
         if self.proxy.take_busy(body):
+            if self.proxy.busy_in_stream:
+                self._start_stream()
+                self._chunk(b"data: " + json.dumps(QUEUE_FULL).encode() + b"\n\n")
+                self._chunk(b"")
+                return
             self._send(503, b'{"error": {"message": "busy"}}', "application/json", retry=True)
             return
         if route == "malformed":
@@ -217,10 +260,17 @@ class _Handler(BaseHTTPRequestHandler):
         kind = response.getheader("Content-Type") or ""
         if "text/event-stream" not in kind:
             payload = response.read()
-            if route == "limited" and path.endswith("/models") and response.status == 200:
+            if (
+                route in ("limited", "sglang")
+                and path.endswith("/models")
+                and response.status == 200
+            ):
                 listing = json.loads(payload)
                 for entry in listing.get("data", []):
-                    entry["max_model_len"] = SERVED_CONTEXT
+                    if route == "limited":
+                        entry["max_model_len"] = SERVED_CONTEXT
+                    else:
+                        entry["owned_by"] = "sglang"
                 payload = json.dumps(listing).encode()
             self._send(response.status, payload, kind)
             upstream.close()
@@ -250,6 +300,8 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 if route == "inline":
                     line, thinking = _inline(line, thinking)
+                if route == "r1parser":
+                    line = _all_reasoning(line)
                 self._chunk(line)
             self._chunk(b"")
         except OSError:
@@ -294,6 +346,29 @@ def _length_refusal(proxy: ChaosProxy, request: dict[str, Any]) -> str | None:
             f"request has {prompt} input tokens ({asked} > {SERVED_CONTEXT} - {prompt})."
         )
     return None
+
+
+def _clamped(proxy: ChaosProxy, request: dict[str, Any]) -> bytes:
+    """The request with `max_tokens` lowered to the room the context leaves (vLLM 0.32+)."""
+    room = SERVED_CONTEXT - proxy.prompt_tokens(request)
+    for name in ("max_tokens", "max_completion_tokens"):
+        if name in request:
+            request[name] = min(int(request[name]), room)
+    return json.dumps(request).encode()
+
+
+def _all_reasoning(line: bytes) -> bytes:
+    """One SSE line with its content moved to the `reasoning` field."""
+    payload = line[len(b"data: ") :].strip()
+    if payload == b"[DONE]":
+        return line
+    event = json.loads(payload)
+    for choice in event.get("choices", []):
+        delta = choice.get("delta") or {}
+        content = delta.pop("content", None)
+        if content:
+            delta["reasoning"] = (delta.pop("reasoning_content", None) or "") + content
+    return b"data: " + json.dumps(event).encode() + b"\n\n"
 
 
 def _inline(line: bytes, thinking: bool) -> tuple[bytes, bool]:

@@ -404,6 +404,29 @@ def test_a_request_longer_than_the_served_context_names_the_option_to_change(
     assert errors.count("None") == 2 and f"exceeds {context}: shorten it" in errors, errors
 
 
+def test_sglang_answers_any_model_name_and_ignores_a_seed_which_is_said_once(
+    rk: LoggedKernel, proxy: ChaosProxy
+) -> None:
+    """SGLang (`owned_by: "sglang"` in its listing) answers whatever model a request names, so a
+    name it does not list is no error there; and it samples without the request's seed unless
+    started deterministic, which the first seeded call says."""
+    url = proxy.url("sglang")
+    first = ok(
+        rk, f"%qwen3 --server {url} --model any-name --seed 3 --no-think --max-new-tokens 4 Hi"
+    )
+    assert "SGLang at " in first.stdout and "ignores --seed" in first.stdout
+    again = ok(
+        rk, f"%qwen3 --server {url} --model any-name --seed 3 --no-think --max-new-tokens 4 Hi"
+    )
+    assert "ignores --seed" not in again.stdout, "said once per server"
+    code = (
+        f"r = qwen3_jupyter.generate_batch(['a', 'b'], server={url!r}, model='any-name', "
+        "think=False, max_new_tokens=4, progress=False)"
+    )
+    ok(rk, code)
+    assert rk.value("(r.report.completed, r.report.failed)") == (2, 0)
+
+
 def test_an_endpoint_that_is_not_openai(rk: LoggedKernel, proxy: ChaosProxy) -> None:
     for line in (f"--server {proxy.root}", f"--server {proxy.root}/api/v1 --model m"):
         message = failed(rk, f"%qwen3 {line} Hi")
@@ -454,10 +477,55 @@ def test_first_token_and_total_timeouts(
     ok(rk, "del os.environ['QWEN3_JUPYTER_TIMEOUT']")
 
 
-def test_a_busy_server_is_retried_for_a_single_call(rk: LoggedKernel, proxy: ChaosProxy) -> None:
-    proxy.busy_left = 1
-    ok(rk, f"%qwen3 --server {proxy.url('pass')} --no-think --max-new-tokens 4 Hi")
-    assert proxy.busy_left == 0 and rk.value("_qwen3.completion_tokens") == 4
+@pytest.mark.parametrize("in_stream", [False, True], ids=["http-503", "sglang-error-event"])
+def test_a_busy_server_is_retried_for_a_single_call_and_a_batch(
+    rk: LoggedKernel, proxy: ChaosProxy, in_stream: bool
+) -> None:
+    """A 503, or SGLang's full queue: an error event with code 503 inside a 200 stream."""
+    proxy.busy_in_stream = in_stream
+    try:
+        proxy.busy_left = 1
+        ok(rk, f"%qwen3 --server {proxy.url('pass')} --no-think --max-new-tokens 4 Hi")
+        assert proxy.busy_left == 0 and rk.value("_qwen3.completion_tokens") == 4
+        proxy.busy_left = 2
+        code = (
+            f"r = qwen3_jupyter.generate_batch(['a', 'b', 'c'], server={proxy.url('pass')!r}, "
+            "concurrency=3, think=False, max_new_tokens=4, progress=False)"
+        )
+        ok(rk, code)
+        assert rk.value("(r.report.completed, r.report.failed, r.report.retries)") == (3, 0, 2)
+    finally:
+        proxy.busy_in_stream = False
+
+
+def test_a_no_think_answer_a_reasoning_parser_filed_as_reasoning_is_the_answer(
+    rk: LoggedKernel, proxy: ChaosProxy
+) -> None:
+    """vLLM's deepseek_r1 parser on Qwen3 sends even a thinking-off answer as `reasoning`."""
+    ex = ok(rk, f"%qwen3 --server {proxy.url('r1parser')} --no-think --max-new-tokens 12 Hi")
+    answer, thinking = rk.value("(_qwen3.answer, _qwen3.thinking)")
+    assert answer and thinking == "", (answer, thinking)
+    assert any(answer in text for text in answer_updates(ex)), "streamed as the answer"
+    ok(rk, f"%qwen3 --server {proxy.url('r1parser')} --think --max-new-tokens 12 Hi")
+    assert rk.value("(bool(_qwen3.thinking), _qwen3.answer)") == (True, ""), "thinking stays"
+
+
+def test_an_answer_a_server_shortened_to_its_context_says_so(
+    rk: LoggedKernel, proxy: ChaosProxy
+) -> None:
+    """vLLM 0.32 and later lower max_tokens to the room the context leaves instead of refusing:
+    the answer stops early with finish "length", which must not read as --max-new-tokens."""
+    proxy.clamp_to_context = True
+    try:
+        line = "--no-think --ignore-eos --max-new-tokens 250 Hi"
+        ex = ok(rk, f"%qwen3 --server {proxy.url('limited')} {line}")
+    finally:
+        proxy.clamp_to_context = False
+    stop, prompt, tokens = rk.value(
+        "(_qwen3.stop_reason, _qwen3.prompt_tokens, _qwen3.completion_tokens)"
+    )
+    assert stop == "context" and tokens < 250 and prompt + tokens == 256, (stop, prompt, tokens)
+    assert "stopped at the served context length before --max-new-tokens" in ex.stdout
 
 
 # -- the gauge, unload ------------------------------------------------------------------------

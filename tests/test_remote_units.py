@@ -101,6 +101,14 @@ def test_thinking_split_from_a_reasoning_field_or_inline_tags() -> None:
     empty_think.add(_delta(content="Blue."))
     assert empty_think.split() == ("", "Blue.", True)
 
+    # vLLM's deepseek_r1 parser on Qwen3 files a --no-think answer as reasoning (no </think>)
+    misfiled = StreamText()
+    misfiled.add(_delta(reasoning="Blue, "))
+    misfiled.add(_delta(reasoning="mostly."))
+    assert misfiled.split(think=False) == ("", "Blue, mostly.", True)
+    assert misfiled.display_text(False) == "Blue, mostly."
+    assert misfiled.split() == ("Blue, mostly.", "", False), "with thinking on it is thinking"
+
 
 def test_request_carries_thinking_sampling_and_drops_refused_fields() -> None:
     messages = [{"role": "user", "content": "hi"}]
@@ -135,6 +143,55 @@ def test_server_error_text_is_one_short_redacted_line() -> None:
     assert "secret" not in repr(CallContext("http://h/v1", "m", ("secret-key",)))
 
 
+def test_an_error_event_carrying_an_http_code_is_that_refusal_before_any_token() -> None:
+    """vLLM and SGLang send some refusals as an error event inside a 200 stream, with the HTTP
+    code they mean (SGLang's full queue: 503; its KV-pool length check: 400). Before any token
+    that is the refusal itself: busy is retried, a length refusal re-worded. After tokens it
+    failed mid-answer, as before."""
+    import httpx
+    import openai
+
+    from qwen3_jupyter.engines.remote_errors import classify
+
+    request = httpx.Request("POST", "http://h:30000/v1/chat/completions")
+
+    def event(message: str, code: object, kind: str) -> openai.APIError:
+        body = {"object": "error", "message": message, "type": kind, "param": None, "code": code}
+        return openai.APIError(message, request, body=body)  # as the client raises it
+
+    full = event("The request queue is full.", 503, "SERVICE_UNAVAILABLE")
+    busy = classify(full, CallContext("http://h:30000/v1", "m"))
+    assert (busy.kind, busy.retryable, busy.status) == ("busy", True, 503)
+    assert "(HTTP 503: The request queue is full.)" in busy.message
+    later = classify(full, CallContext("http://h:30000/v1", "m", tokens=12))
+    assert later.kind == "server_error" and "mid-answer after 12 tokens" in later.message
+    too_long = event(
+        "Input length (300 tokens) exceeds the maximum allowed length (256 tokens). Use a "
+        "shorter input or enable --allow-auto-truncate.",
+        400,
+        "BAD_REQUEST",
+    )
+    refused = classify(too_long, CallContext("http://h:30000/v1", "m"))
+    assert refused.kind == "bad_request"
+    assert context_refusal(refused.server_says) == ContextRefusal(256, 300)
+    openai_style = event("The server had an error", "server_error", "server_error")
+    assert classify(openai_style, CallContext("u", "m")).kind == "server_error"
+
+
+def test_why_a_served_answer_stopped() -> None:
+    """A "length" before --max-new-tokens is the served context (vLLM 0.32+ shortens instead of
+    refusing); only the server's own count can say so."""
+    from qwen3_jupyter.engines.remote import stop_reason
+    from qwen3_jupyter.engines.remote_stream import Streamed
+
+    assert stop_reason(Streamed(finish_reason="stop"), 100) == "eos"
+    assert stop_reason(Streamed(finish_reason="length", completion_tokens=100), 100) == "length"
+    assert stop_reason(Streamed(finish_reason="length", completion_tokens=60), 100) == "context"
+    assert stop_reason(Streamed(finish_reason="length"), 100) == "length", "no count: unknown"
+    assert stop_reason(Streamed(finish_reason="abort"), 100) == "abort"
+    assert stop_reason(Streamed(finish_reason="length", interrupted=True), 100) == "interrupted"
+
+
 @pytest.mark.parametrize(
     ("says", "refusal"),
     [
@@ -164,6 +221,21 @@ def test_server_error_text_is_one_short_redacted_line() -> None:
         (  # SGLang: the prompt alone
             "The input (140000 tokens) is longer than the model's context length (131072 tokens).",
             ContextRefusal(131072, 140000),
+        ),
+        (  # vLLM 0.33: a prompt longer in characters than any fitting prompt
+            "This model's maximum context length is 40960 tokens. However, your prompt contains "
+            "500000 characters (more than 327680 characters, which is the upper bound for 40960 "
+            "input tokens). Please reduce the length of the input prompt.",
+            ContextRefusal(40960, None),
+        ),
+        (  # vLLM's get_max_tokens
+            "Input length (41000) exceeds model's maximum context length (40960).",
+            ContextRefusal(40960, 41000),
+        ),
+        (  # SGLang's KV-pool check, sent inside the stream
+            "Input length (300 tokens) exceeds the maximum allowed length (256 tokens). Use a "
+            "shorter input or enable --allow-auto-truncate.",
+            ContextRefusal(256, 300),
         ),
         ("Unexpected fields in the request: {top_k}", None),
         ("temperature must be non-negative", None),
@@ -253,6 +325,13 @@ def test_prometheus_metrics_of_vllm_and_sglang() -> None:
         5,
         2,
     )
+    by_priority = (  # SGLang with priority scheduling: the total, then each priority's share
+        "# TYPE sglang:num_running_reqs gauge\n"
+        'sglang:num_running_reqs{model_name="m",priority="",tp_rank="0"} 7.0\n'
+        'sglang:num_running_reqs{model_name="m",priority="1",tp_rank="0"} 4.0\n'
+        'sglang:num_running_reqs{model_name="m",priority="2",tp_rank="0"} 3.0\n'
+    )
+    assert parse_metrics(by_priority, "u").running == 7, "the total once, not again by priority"
     other = parse_metrics("# TYPE http_requests_total counter\nhttp_requests_total 3\n", "u")
     assert other.server is None and other.error == "no KV-cache or request metrics at /metrics"
     with pytest.raises(ValueError):

@@ -16,7 +16,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +82,33 @@ def backoff(attempt: int, retry_after: float | None) -> float:
     return min(MAX_BACKOFF_S, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.75, 1.25)
 
 
+def stop_reason(streamed: Streamed, max_new_tokens: int) -> str | None:
+    """Why an answer ended, in the in-kernel engines' words where they share one: "eos" for the
+    model's own stop, "context" for a "length" that came before `max_new_tokens` — vLLM 0.32 and
+    later shorten an answer to what the served context has room for instead of refusing it, so
+    only the server's own count tells the two apart — and the server's reason otherwise
+    ("length", "abort": the server gave up on it)."""
+    if streamed.interrupted:
+        return "interrupted"
+    finish = streamed.finish_reason
+    if finish == "stop":
+        return "eos"
+    counted = streamed.completion_tokens
+    if finish == "length" and counted is not None and counted < max_new_tokens:
+        return "context"
+    return finish
+
+
+def aborted(url: str, tokens: int) -> Failure:
+    """A request the server gave up on ("abort": preempted, timed out, shutting down): retried
+    in a batch like a dropped connection."""
+    return Failure(
+        f"the server at {url} aborted the answer after {tokens} tokens: check its log",
+        "dropped",
+        retryable=True,
+    )
+
+
 class RemoteEngine(Engine):
     """Chat completions from a server; `model` None means the server's first model."""
 
@@ -94,11 +121,13 @@ class RemoteEngine(Engine):
         *,
         connection: ServerConnection | None = None,
         timeouts: Timeouts | None = None,
+        notify: Callable[[str], None] | None = None,
     ) -> None:
         self.connection = connection if connection is not None else ServerConnection(url)
         self._model = model
         self.timeouts = timeouts
         """Fixed timeouts for this engine; None reads the environment per call."""
+        self.notify: Callable[[str], None] = notify or (lambda message: None)
 
     def __repr__(self) -> str:
         model = self._model or "its first model"
@@ -109,7 +138,11 @@ class RemoteEngine(Engine):
         if model is None or model == self._model:
             return self
         return RemoteEngine(
-            self.connection.base_url, model, connection=self.connection, timeouts=self.timeouts
+            self.connection.base_url,
+            model,
+            connection=self.connection,
+            timeouts=self.timeouts,
+            notify=self.notify,
         )
 
     @property
@@ -147,6 +180,7 @@ class RemoteEngine(Engine):
         try:
             model = self._model or self._default_model(timeouts)
             self._check_fits(model, options, timeouts)
+            self._note_ignored_seed(options)
             chat = bool(history)
             messages = build_messages(prompt, options, history)
             self._say(f"waiting for the first token from {self.connection.shown}…")
@@ -216,6 +250,7 @@ class RemoteEngine(Engine):
         timeouts = self._timeouts()
         model = self._checked_model(timeouts)
         self._check_fits(model, options, timeouts)
+        self._note_ignored_seed(options)
         self.connection.client()  # made here, shared by the worker threads
         active = ActiveStreams()
         retries = RetryCounter()
@@ -263,6 +298,8 @@ class RemoteEngine(Engine):
                     think=options.think,
                     active=active,
                 )
+                if streamed.finish_reason == "abort":
+                    raise aborted(ctx.url, text.chunks)
                 return self._result(prompt, options, model, text, streamed)
             except Cancelled:
                 raise
@@ -339,7 +376,7 @@ class RemoteEngine(Engine):
         except Failure as failure:
             self._stop_if_unreachable(failure)
             return self._model  # the server cannot list its models: let the requests say
-        if served and self._model not in served:
+        if served and self._model not in served and not self.connection.takes_any_model():
             raise EngineError(self._wrong_model(self._model, served))
         return self._model
 
@@ -358,6 +395,18 @@ class RemoteEngine(Engine):
         message = answer_cannot_fit(options.max_new_tokens, limit, model, shown)
         if message is not None:
             raise EngineError(message)
+
+    def _note_ignored_seed(self, options: GenerationOptions) -> None:
+        """SGLang samples without a per-request seed unless it was started deterministic: say so
+        once per server, rather than let --seed promise what it cannot keep."""
+        if options.seed is None or options.greedy or not self.connection.is_sglang():
+            return
+        if not self.connection.seed_noted:
+            self.connection.seed_noted = True
+            self.notify(
+                f"SGLang at {self.connection.shown} ignores --seed unless it was started with "
+                "--enable-deterministic-inference: sampled answers may differ from run to run"
+            )
 
     def _explain(
         self,
@@ -391,7 +440,7 @@ class RemoteEngine(Engine):
                 if failure.kind == "not_found" and listing.kind == "not_found":
                     return self._not_openai()
                 return failure
-            if served and model not in served:
+            if served and model not in served and not self.connection.takes_any_model():
                 return Failure(self._wrong_model(model, served), "wrong_model")
         return self._keyed(failure)
 
@@ -431,13 +480,12 @@ class RemoteEngine(Engine):
     ) -> Result:
         """A plain Result from what arrived: the server's token counts when it sent them (the
         count of streamed chunks otherwise), no memory figures (they are the server's)."""
-        thinking, answer, finished = text.split()
+        thinking, answer, finished = text.split(options.think)
         tokens = streamed.completion_tokens
         if tokens is None or streamed.interrupted:
             tokens = text.chunks
         latency = streamed.latency_s
-        finish = streamed.finish_reason
-        stop = "interrupted" if streamed.interrupted else "eos" if finish == "stop" else finish
+        stop = stop_reason(streamed, options.max_new_tokens)
         return Result(
             prompt=prompt,
             answer=answer,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import replace
 from typing import Any
 
 from .remote_errors import CallContext, classify
@@ -36,6 +37,9 @@ class ServerConnection:
         self.refused: set[str] = set()
         self._served: tuple[str, ...] | None = None
         self._context: dict[str, int] = {}
+        self._owners: set[str] = set()
+        self.seed_noted = False
+        """Whether this kernel was told that this server ignores --seed."""
         self._lock = threading.Lock()
         self._client: Any = None
         self._client_key: str | None = None
@@ -95,16 +99,27 @@ class ServerConnection:
             page = self.client().models.list(timeout=timeout)
             served = tuple(str(m.id) for m in page.data)
             context = {str(m.id): declared_context(m) for m in page.data}
+            owners = {str(getattr(m, "owned_by", "") or "").lower() for m in page.data}
         except Exception as exc:
             raise classify(exc, ctx) from None
         self._served = served
         self._context = {name: limit for name, limit in context.items() if limit is not None}
+        self._owners = owners
         return served
 
     def context_length(self, model: str) -> int | None:
         """The context length `model` is served with, as the last GET /v1/models listed it
         (vLLM's and SGLang's `max_model_len`); None when not listed or not asked yet."""
         return self._context.get(model)
+
+    def is_sglang(self) -> bool:
+        """Whether the last GET /v1/models came from SGLang (its `owned_by`)."""
+        return self._owners == {"sglang"}
+
+    def takes_any_model(self) -> bool:
+        """SGLang answers whatever `model` a request names (the name matters only for its
+        `base:adapter` LoRA syntax): a name it does not list is not an error there."""
+        return self.is_sglang()
 
     def load(self) -> ServerLoad:
         """The server's load from its /metrics (cached; never raises; any thread)."""
@@ -113,7 +128,10 @@ class ServerConnection:
             headers = {"Authorization": f"Bearer {key}"} if key else {}
             root = server_root(self.base_url)
             self._metrics = MetricsReader(f"{root}/metrics", self.shown, headers)
-        return self._metrics.read()
+        load = self._metrics.read()
+        if self.is_sglang() and load.error and load.error.startswith("no /metrics"):
+            return replace(load, error=f"{load.error}: start SGLang with --enable-metrics")
+        return load
 
     def close(self) -> None:
         """Close the connection pool (idempotent); a later call opens a new one."""

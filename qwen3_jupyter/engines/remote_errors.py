@@ -128,6 +128,12 @@ def classify(exc: BaseException, ctx: CallContext) -> Failure:
         return _connection_failure(exc, ctx)
     if isinstance(exc, openai.APIError):  # an error event inside the stream
         says = server_says(exc.body if exc.body is not None else exc.message, ctx.secrets)
+        status = stream_status(exc.body)
+        if status is not None and ctx.tokens == 0:
+            # A refusal met once the stream had begun (SGLang's full queue, a prompt too long
+            # for the KV cache; vLLM's retryable internal error) carries its HTTP code: nothing
+            # was answered yet, so it is that refusal, with its retry and its re-wording.
+            return _failure_for_status(status, says, None, ctx)
         return Failure(
             f"the server at {ctx.url} failed mid-answer after {ctx.tokens} tokens ({says}): "
             "check the server's log and run the cell again",
@@ -147,10 +153,26 @@ def classify(exc: BaseException, ctx: CallContext) -> Failure:
     )
 
 
+def stream_status(body: object) -> int | None:
+    """The HTTP status an error event inside a stream carries (vLLM's and SGLang's `code`),
+    or None: OpenAI's own events carry a string code instead."""
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        body = body["error"]
+    code = body.get("code") if isinstance(body, dict) else None
+    try:
+        status = int(code)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return status if 400 <= status <= 599 else None
+
+
 def _status_failure(exc: Any, ctx: CallContext) -> Failure:
-    status = int(exc.status_code)
     says = server_says(exc.body if exc.body is not None else exc.message, ctx.secrets)
     wait = retry_after(getattr(exc.response, "headers", None))
+    return _failure_for_status(int(exc.status_code), says, wait, ctx)
+
+
+def _failure_for_status(status: int, says: str, wait: float | None, ctx: CallContext) -> Failure:
     said = f": {says}" if says else ""
     if status in (401, 403):
         return Failure(

@@ -17,13 +17,15 @@ from typing import Any
 
 _LIMIT = re.compile(
     r"maximum context length (?:is|of) (\d+)"  # vLLM, SGLang (prompt + answer)
-    r"|context length \((\d+) tokens\)"  # SGLang (the prompt alone)
+    r"|context length \((\d+)(?: tokens)?\)"  # SGLang (the prompt alone); vLLM's get_max_tokens
+    r"|maximum allowed length \((\d+) tokens\)"  # SGLang's KV-pool check (in the stream)
 )
 _PROMPT = re.compile(
-    r"(\d+) input tokens"  # vLLM
+    r"(?:contains|has) (?:at least )?(\d+) input tokens"  # vLLM
     r"|\((\d+) in the messages"  # older vLLM
     r"|(\d+) tokens from the input messages"  # SGLang
     r"|input \((\d+) tokens\)"  # SGLang (the prompt alone)
+    r"|Input length \((\d+)(?: tokens)?\)"  # vLLM's get_max_tokens, SGLang's KV-pool check
 )
 CHAT_HINT = " (--reset clears a --chat conversation)"
 

@@ -69,14 +69,18 @@ class StreamText:
             self.chunks += 1
         return carried
 
-    def split(self) -> tuple[str, str, bool]:
+    def split(self, think: bool = True) -> tuple[str, str, bool]:
         """(thinking, answer, thinking_finished).
 
         A reasoning field means the server split it: the content is the answer, and thinking
         finished once content arrived. Otherwise `<think>` tags in the content are split as an
-        in-kernel engine splits them; content without tags is all answer.
+        in-kernel engine splits them; content without tags is all answer. With thinking off,
+        text that arrived only as reasoning is the answer: a reasoning parser that ignores
+        `enable_thinking` (vLLM's deepseek_r1 on Qwen3) files everything there.
         """
         content = "".join(self.content)
+        if self.reasoning and not think and not content.strip():
+            return "", "".join(self.reasoning).strip(), True
         if self.reasoning:
             thinking = "".join(self.reasoning).strip()
             return thinking, content.strip(), bool(content.strip()) or not thinking
@@ -86,7 +90,7 @@ class StreamText:
 
     def display_text(self, think: bool) -> str:
         """The text so far in the form the stream view splits (`<think>…</think>answer`)."""
-        thinking, answer, finished = self.split()
+        thinking, answer, finished = self.split(think)
         if not think:
             return answer
         closing = THINK_END if finished else ""

@@ -97,6 +97,9 @@ def _first(
 
 
 def _count(values: list[tuple[dict[str, str], float]]) -> int:
+    if any(labels.get("priority") == "" for labels, _ in values):
+        # SGLang with priority scheduling repeats its total as one figure per priority
+        values = [(labels, value) for labels, value in values if not labels.get("priority")]
     by_key: dict[tuple[tuple[str, str], ...], float] = {}
     for labels, value in values:
         key = tuple(sorted((k, v) for k, v in labels.items() if k not in _RANK_LABELS))
