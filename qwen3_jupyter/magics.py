@@ -561,7 +561,10 @@ def _fill_text(args: Namespace, prompt: str, namespace: dict[str, Any]) -> str:
             "(build them in Python and call qwen3_jupyter.generate_batch)"
         )
     if args.system:
-        args.system = fill(args.system, namespace)
+        try:
+            args.system = fill(args.system, namespace)
+        except PromptVarsError as exc:
+            raise PromptVarsError(str(exc).replace("--vars:", "--vars, in --system:", 1)) from None
     return fill(prompt, namespace)
 
 

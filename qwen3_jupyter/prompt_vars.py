@@ -28,7 +28,7 @@ def fill(text: str, namespace: Mapping[str, Any]) -> str:
         fields = list(string.Formatter().parse(text))
     except ValueError as exc:  # a lone `{` or `}`
         raise PromptVarsError(
-            f"--vars: the prompt's braces do not pair up ({exc}): {_BRACES_HINT}"
+            f"--vars: the braces do not pair up ({exc}): {_BRACES_HINT}"
         ) from None
     parts: list[str] = []
     for literal, expression, spec, conversion in fields:
