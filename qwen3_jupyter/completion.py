@@ -11,6 +11,7 @@ torch; the Hugging Face cache is only listed.
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,9 @@ def candidates(
     value of the option before it; None where IPython's own completion should answer (a path,
     the prompt). `symbol` is IPython's token at the cursor, which stops at `:`, `=` or `/`:
     each candidate is cut to match it (`random:Qw` → `Qwen3-1.7B`)."""
-    words = typed.split()
+    words = _words(typed)
+    if words is None:  # inside a quoted value (`--system "You are`): nothing to offer
+        return None
     current = "" if not typed or typed[-1].isspace() else words.pop()
     if not words:  # still typing the magic's name
         return None
@@ -96,11 +99,23 @@ def candidates(
         option, _, partial = current.partition("=")
         found = [f"{option}={v}" for v in values.get(option, ()) if v.startswith(partial)]
     elif current.startswith("-") or not current:
-        found = [o for o in options if o.startswith(current)] + list(values.get("", ()))
+        found = [v for v in (*options, *values.get("", ())) if v.startswith(current)]
     else:  # a positional value (`on`), or the first word of the prompt
         found = [v for v in values.get("", ()) if v.startswith(current)]
     cut = len(current) - len(symbol) if current.endswith(symbol) else 0
     return sorted({v[cut:] for v in found}, key=_option_order) or None
+
+
+def _words(typed: str) -> list[str] | None:
+    """The line's words as the magic reads them (a quoted value is one word); None inside an
+    unclosed quote."""
+    lexer = shlex.shlex(typed, posix=False)
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    try:
+        return list(lexer)
+    except ValueError:
+        return None
 
 
 def _expected_value(words: list[str], options: dict[str, bool]) -> str | None:

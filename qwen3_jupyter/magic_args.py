@@ -19,10 +19,15 @@ _UNRECOGNIZED = re.compile(r"unrecognized arguments: (\S+)")
 
 
 def did_you_mean(name: str, options: Iterable[str]) -> str:
-    """' (did you mean --x?)' for the option closest to `name`, or ''. Dashes are not compared:
-    every option shares them, which would make `--bogus` "close" to `--verbose`."""
+    """' (did you mean --x?)' for the options `name` shortens, else the one closest to it, or
+    ''. Dashes are not compared: every option shares them, which would make `--bogus` "close"
+    to `--verbose`."""
     by_word = {option.lstrip("-"): option for option in options}
-    close = difflib.get_close_matches(name.lstrip("-"), list(by_word), n=1)
+    typed = name.lstrip("-")
+    longer = sorted(option for word, option in by_word.items() if typed and word.startswith(typed))
+    if 1 <= len(longer) <= 3:
+        return f" (did you mean {' or '.join(longer)}?)"
+    close = difflib.get_close_matches(typed, list(by_word), n=1)
     return f" (did you mean {by_word[close[0]]}?)" if close else ""
 
 

@@ -249,6 +249,7 @@ def format_bytes(n: int | float | None) -> str:
 # the module handed to `NvmlReader`.
 
 NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_NO_PERMISSION = 4
 NVML_ERROR_NOT_FOUND = 6
 NVML_ERROR_DRIVER_NOT_LOADED = 9
 NVML_ERROR_LIBRARY_NOT_FOUND = 12
@@ -429,8 +430,12 @@ class NvmlReader:
                 continue
             try:
                 gpus.append(self._read_device(handle, index, None))
-            except Exception as exc:  # a MIG slice's container may not read its parent:
-                problems.append(f"GPU {index}: {_nvml_message(exc)}")  # its slices still count
+            except Exception as exc:
+                problems.append(f"GPU {index}: {_nvml_message(exc)}")
+                if _nvml_code(exc) not in (NVML_ERROR_NO_PERMISSION, NVML_ERROR_NOT_SUPPORTED):
+                    continue  # a lost GPU: nothing on it answers
+                # else a container given one MIG slice, which may not read the parent: the
+                # slice still counts
             try:
                 gpus.extend(self._read_mig(handle, index))
             except Exception as exc:

@@ -145,6 +145,8 @@ class Monitor:
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._lingering: list[threading.Thread] = []
+        """Threads `stop` gave up waiting for (stuck in an NVML call): NVML stays open for them."""
         self._thread: threading.Thread | None = None
         self._subscribers: list[Subscriber] = []
         self._history: deque[Snapshot] = deque(maxlen=self._history_length())
@@ -172,11 +174,15 @@ class Monitor:
         with self._lock:
             if self.running:
                 return
-            # Each thread has its own stop signal: one still stuck in an NVML call (a GPU
-            # reset) when `stop` gave up waiting must not carry on beside its successor.
-            self._stopping = threading.Event()
+            # Each thread has its own stop and wake signals: one still stuck in an NVML call (a
+            # GPU reset) when `stop` gave up waiting must neither carry on beside its successor
+            # nor swallow the successor's wake-up.
+            self._stopping, self._wake = threading.Event(), threading.Event()
             self._thread = threading.Thread(
-                target=self._run, args=(self._stopping,), name="qwen3-jupyter-monitor", daemon=True
+                target=self._run,
+                args=(self._stopping, self._wake),
+                name="qwen3-jupyter-monitor",
+                daemon=True,
             )
             self._thread.start()
 
@@ -190,8 +196,19 @@ class Monitor:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
             if thread.is_alive():
-                return
-        self._reader.close()
+                with self._lock:
+                    self._lingering.append(thread)
+        self._close_unless_in_use()
+
+    def _close_unless_in_use(self) -> None:
+        """nvmlShutdown, unless a polling thread is running or still stuck in a call: the
+        last of them to end does it."""
+        current = threading.current_thread()
+        with self._lock:
+            self._lingering = [t for t in self._lingering if t.is_alive() and t is not current]
+            in_use = self._thread is not None or bool(self._lingering)
+        if not in_use:
+            self._reader.close()
 
     @property
     def interval(self) -> float:
@@ -334,7 +351,7 @@ class Monitor:
 
     # -- polling --------------------------------------------------------------------------------
 
-    def _run(self, stopping: threading.Event) -> None:
+    def _run(self, stopping: threading.Event, wake: threading.Event) -> None:
         try:
             while not stopping.is_set():
                 started = time.monotonic()
@@ -347,13 +364,11 @@ class Monitor:
                     except Exception:
                         _log.exception("qwen3_jupyter: gauge update failed")
                 self.thread_cpu_seconds = time.thread_time()
-                self._wake.clear()
-                self._wake.wait(max(0.0, self._interval - (time.monotonic() - started)))
+                wake.clear()
+                wake.wait(max(0.0, self._interval - (time.monotonic() - started)))
         finally:
-            with self._lock:
-                replaced = self._thread is not None
-            if not replaced:  # `stop` left the shutdown to this thread, or already did it
-                self._reader.close()
+            if stopping.is_set():  # `stop` may have left the shutdown to this thread
+                self._close_unless_in_use()
 
     def sample(self) -> Snapshot:
         """Poll once, append to the history and return the snapshot. Never raises."""

@@ -129,6 +129,8 @@ def test_gauge_api_and_stop(kernel: Kernel) -> None:
     assert "UsageError: --interval must be a positive number of seconds" in bad.stderr
     typo = kernel.run("%qwen3_gauge --stp")
     assert "unknown option --stp (did you mean --stop?) (see %qwen3_gauge?)" in typo.stderr
+    short = kernel.run("%qwen3_gauge --int 0.2")
+    assert "unknown option --int (did you mean --interval?)" in short.stderr
     helped = kernel.run("%qwen3_gauge?")
     assert "--interval" in str(helped.reply) and "CUDA_VISIBLE_DEVICES" in str(helped.reply)
 

@@ -124,6 +124,8 @@ def test_tab_offers_each_magics_options_and_known_values(
     try:
         ok(k, "%load_ext qwen3_jupyter")
         assert k.complete("%qwen3 --no-th") == ["%qwen3 --no-think"]
+        quoted = "%qwen3 --system 'Be brief' --no-th"  # a quoted value is one word
+        assert k.complete(quoted) == ["%qwen3 --system 'Be brief' --no-think"]
         assert k.complete("%%qwen3 --gr") == ["%%qwen3 --greedy"]
         assert k.complete("%qwen3 --model ") == [
             f"%qwen3 --model {m}"
@@ -267,7 +269,7 @@ def test_help_is_complete(kernel: Kernel) -> None:
             "%qwen3 --vars about {no_such_name}",
             "--vars: {no_such_name}: name 'no_such_name' is not defined in this notebook",
         ),
-        ("%qwen3 --vars a } alone", "--vars: the braces do not pair up"),
+        ("%qwen3 --vars a } alone", "--vars: a single } with no { before it"),
         ("%qwen3 --vars --system '{nope}' hi", "--vars, in --system: {nope}: name 'nope'"),
         ("%qwen3 --vars {keep_me[7]}", "--vars: {keep_me[7]} raised IndexError"),
         ("%qwen3 --vars --file p.txt", "--vars fills a prompt typed in the cell"),

@@ -231,6 +231,10 @@ def test_error_mid_run_is_reported_not_raised_and_reading_recovers() -> None:
     one_lost = reader.read()
     assert [g.index for g in one_lost.gpus] == [0]
     assert one_lost.available and one_lost.reason == "NVML error: GPU 1: GPU is lost"
+    fake.gpus[1].lost = False
+    fake.gpus[1].errors = {"nvmlDeviceGetMemoryInfo": GPU_IS_LOST}  # its handle still resolves
+    assert reader.read().reason == "NVML error: GPU 1: GPU is lost", "said once, no MIG probe"
+    fake.gpus[1].errors = {}
     fake.fail(GPU_IS_LOST)
     all_lost = reader.read()
     assert all_lost.available and all_lost.gpus == ()

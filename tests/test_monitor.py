@@ -86,25 +86,31 @@ def test_thread_publishes_to_subscribers_and_stops_cleanly(
 
 
 def test_a_poll_stuck_in_nvml_is_not_shut_down_under_nor_left_polling(fake: FakeNvml) -> None:
-    """An NVML call can block for seconds (a GPU reset). `stop` must not call nvmlShutdown under
-    it, and a thread that outlived `stop` must end once the call returns, not poll beside the
-    thread a new `start` made."""
+    """An NVML call can block for seconds (a GPU reset). No `stop` may call nvmlShutdown under
+    it — not the one that gave up waiting, not a second one, not the stop of a thread started
+    meanwhile — and a thread that outlived `stop` ends once its call returns, the last one out
+    shutting NVML down."""
     monitor = Monitor(NvmlReader(fake.module), interval=0.05)
+    polling = lambda: [t for t in threading.enumerate() if t.name == "qwen3-jupyter-monitor"]  # noqa: E731
     monitor.start()
     _wait(lambda: fake.reads >= 1)
     fake.reads_open.clear()
     _wait(lambda: fake.calls["nvmlDeviceGetCount"] > fake.reads)  # the thread is stuck now
     monitor.stop(timeout=0.1)
+    monitor.stop(timeout=0.1)
     assert fake.open_handles == 1, "nvmlShutdown under a blocked call"
-    monitor.start()  # a new thread, while the old one is still stuck
+    monitor.start()  # a second thread, which gets stuck too
+    _wait(lambda: fake.calls["nvmlDeviceGetCount"] > fake.reads + 1)
+    monitor.stop(timeout=0.1)
+    assert fake.open_handles == 1 and len(polling()) == 2
     fake.reads_open.set()
-    polling = lambda: [t for t in threading.enumerate() if t.name == "qwen3-jupyter-monitor"]  # noqa: E731
-    _wait(lambda: len(polling()) == 1)
-    reads = fake.reads
-    _wait(lambda: fake.reads > reads + 2)  # the new thread polls on
-    monitor.stop()
     _wait(lambda: not polling())
-    assert fake.open_handles == 0
+    assert fake.open_handles == 0, "the last thread out shut NVML down"
+    monitor.start()
+    reads = fake.reads
+    _wait(lambda: fake.reads > reads + 2)
+    monitor.stop()
+    assert not polling() and fake.open_handles == 0
 
 
 def test_history_is_bounded_to_about_two_minutes(fake: FakeNvml) -> None:

@@ -650,10 +650,10 @@ class FastEngine(LocalEngine):
             with allocation_failures_as_oom():
                 graph = record(direct, self._capture_stream, state.pool)
         except (KeyboardInterrupt, torch.OutOfMemoryError):
-            end_failed_capture(previous, state.pool)
+            self._after_failed_capture(state, previous)
             raise
         except Exception as exc:
-            end_failed_capture(previous, state.pool)
+            self._after_failed_capture(state, previous)
             self.capture = False
             self.notify(
                 f"capturing the decode step as a CUDA graph failed ({failure_text(exc)}); "
@@ -664,6 +664,14 @@ class FastEngine(LocalEngine):
         state.graphs.append(graph)
         state.graph_bytes = pool_bytes(state.pool, fallback=grown)
         return graph.replay
+
+    @staticmethod
+    def _after_failed_capture(state: DecodeState, previous: Any) -> None:
+        """Put torch back as the capture found it; a shape with no graph yet takes a new pool
+        next time (torch may have given this one up: reusing its id trips an assert)."""
+        end_failed_capture(previous, state.pool)
+        if not state.graphs:
+            state.pool = None
 
     def _decode(
         self,
