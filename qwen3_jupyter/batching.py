@@ -181,6 +181,7 @@ def run_batches(
     results = BatchResults()
     back_offs: list[BackOff] = []
     size, position, peak, interrupted = batch_size, 0, 0, False
+    out_of_memory: str | None = None
     started = time.perf_counter()
     writer = _JsonLines(Path(out)) if out is not None else None
     bar = tqdm(total=len(prompts), desc="qwen3 batch", unit="prompt", disable=not progress)
@@ -193,10 +194,11 @@ def run_batches(
                 back_offs.append(BackOff(position, size, str(exc)))
                 if size == 1:
                     hint = f": {exc.hint}" if exc.hint else ""
-                    raise GenerationOOM(
+                    out_of_memory = (
                         f"out of memory even at batch size 1 (prompt {position}; "
-                        f"{len(results)} finished results kept): {exc}{hint}"
-                    ) from None
+                        f"{len(results)} finished results kept in .results): {exc}{hint}"
+                    )
+                    break
                 size = max(1, size // 2)
                 bar.set_postfix(batch_size=size)
                 continue
@@ -209,9 +211,10 @@ def run_batches(
             bar.update(len(chunk))
     except KeyboardInterrupt:
         interrupted = True
-        release_after_generation(device, None)
     finally:
         bar.close()
+    if interrupted:  # out of the except block: the interrupted chunk's frames are gone now
+        release_after_generation(device, None)
     results.report = BatchReport(
         total=len(prompts),
         completed=len(results),
@@ -223,6 +226,8 @@ def run_batches(
         peak_tensor_bytes=peak,
         out_path=str(out) if out is not None else None,
     )
+    if out_of_memory is not None:
+        raise GenerationOOM(out_of_memory, results=results)
     return results
 
 
@@ -239,18 +244,24 @@ class _JsonLines:
         self.path = path.expanduser()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8"):
-                pass
+            with self.path.open("a+b") as handle:
+                handle.seek(0, os.SEEK_END)
+                if handle.tell() > 0:  # a run killed mid-write left a partial last line:
+                    handle.seek(-1, os.SEEK_END)  # end it, so this run's lines stay readable
+                    if handle.read(1) != b"\n":
+                        handle.write(b"\n")
         except OSError as exc:
             raise ResultsFileError(
                 f"cannot write results to {self.path}: {exc.strerror or exc}"
             ) from None
 
     def write(self, first_index: int, results: Iterable[Result], batch_size: int) -> None:
+        lines = []
+        for offset, result in enumerate(results):
+            record = {"index": first_index + offset, "batch_size": batch_size}
+            record.update(asdict(result))
+            lines.append(json.dumps(record, ensure_ascii=False) + "\n")
         with self.path.open("a", encoding="utf-8") as handle:
-            for offset, result in enumerate(results):
-                record = {"index": first_index + offset, "batch_size": batch_size}
-                record.update(asdict(result))
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            handle.write("".join(lines))  # one write: a kill mid-batch cuts one line at most
             handle.flush()
             os.fsync(handle.fileno())

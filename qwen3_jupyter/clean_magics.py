@@ -8,6 +8,7 @@ exception shows its ordinary traceback and marks the cell as failed; then it cle
 from __future__ import annotations
 
 import ast
+import types
 import weakref
 from argparse import Namespace
 from typing import Any
@@ -20,6 +21,7 @@ from . import display
 from .cleanup import CleanupReport, cleanup, shutdown_nvml
 from .magic_args import parse_options
 
+_DEFINITIONS = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)
 _IPYTHON_OWN = ("_", "__", "___", "_i", "_ii", "_iii", "_ih", "_oh", "_dh", "In", "Out")
 
 
@@ -179,17 +181,20 @@ def _parse_keep(text: str) -> tuple[str, ...]:
 
 
 def created_names(shell: Any, before: set[str], keep: tuple[str, ...]) -> tuple[str, ...]:
-    """Names the cell added to the user namespace, minus `keep` and IPython's own (`_N`, `_`)."""
+    """Names the cell added to the user namespace, minus `keep`, IPython's own (`_N`, `_`),
+    and what the cell imported or defined (modules, functions, classes): they hold no data,
+    and dropping them would only break the next cell that uses them."""
     hidden = getattr(shell, "user_ns_hidden", {})
     return tuple(
         name
-        for name in shell.user_ns
+        for name, value in shell.user_ns.items()
         if name not in before
         and name not in keep
         and name not in hidden
         and name not in _IPYTHON_OWN
         and not (name.startswith("_") and name[1:].isdigit())
         and not (name.startswith("_i") and name[2:].isdigit())
+        and not isinstance(value, _DEFINITIONS)
     )
 
 

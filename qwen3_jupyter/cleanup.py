@@ -234,14 +234,21 @@ def release_output_cache(shell: Any) -> tuple[str, ...]:
     hook = getattr(shell, "displayhook", None)
     for name in ("_", "__", "___"):
         value = getattr(hook, name, None)
-        if value is None or not (id(value) in purged or holds_device_memory(value)):
-            continue
-        setattr(hook, name, "")
-        if ns.get(name) is value:
-            ns[name] = ""
-            if name in hidden:
-                hidden[name] = ""
-        released.append(name)
+        if value is not None and (id(value) in purged or holds_device_memory(value)):
+            setattr(hook, name, "")
+            if ns.get(name) is value:
+                ns[name] = ""
+                if name in hidden:
+                    hidden[name] = ""
+            released.append(name)
+        # Once a cell assigns `_` itself (`for _ in ...`), IPython stops moving `_`, `__` and
+        # `___` along: the namespace can keep an output the hook has already let go of.
+        held = ns.get(name)
+        set_by_ipython = name in hidden and hidden[name] is held and held is not value
+        if set_by_ipython and (id(held) in purged or holds_device_memory(held)):
+            ns[name] = hidden[name] = ""
+            if name not in released:
+                released.append(name)
     for label, result in _execution_results(shell):
         value = getattr(result, "result", None)
         if value is not None and (id(value) in purged or holds_device_memory(value)):

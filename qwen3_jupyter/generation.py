@@ -27,11 +27,13 @@ class GenerationOOM(Exception):
     """The device ran out of memory during generation; memory has already been released.
 
     `hint` is what would help, for whoever words the final message (a batch that backs off
-    retries first, and says it only when even one prompt at a time does not fit)."""
+    retries first, and says it only when even one prompt at a time does not fit). `results`:
+    what a batch finished before it stopped (a `BatchResults`), so that work is not lost."""
 
-    def __init__(self, message: str, hint: str = "") -> None:
+    def __init__(self, message: str, hint: str = "", results: Any = None) -> None:
         super().__init__(message)
         self.hint = hint
+        self.results = results
 
 
 OPTION_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {

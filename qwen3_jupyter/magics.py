@@ -380,6 +380,12 @@ class Qwen3Magics(Magics):
                 out=args.out,
                 progress=True,
             )
+        except GenerationOOM as exc:
+            if exc.results is None or self.shell is None:
+                raise
+            self.shell.user_ns["_qwen3"] = exc.results  # what finished is not lost
+            kept = str(exc).replace("kept in .results", "kept in _qwen3")
+            raise GenerationOOM(kept, exc.hint) from None
         finally:
             status.clear()
         display.show_batch(results, results.report)

@@ -68,6 +68,74 @@ def test_out_of_memory_at_batch_size_one_says_so(tmp_path: Path) -> None:
     ), message
 
 
+LONG_PROMPT_HOG = """
+import torch
+from tests.oversized import BEYOND_ANY_HOST
+
+def hog_long_prompts(module, args):
+    # a prefill wider than 40 tokens asks for more memory than any host has (decode steps
+    # are one token wide): the long prompt runs out even alone
+    if args[0].shape[1] > 40:
+        torch.empty(BEYOND_ANY_HOST, dtype=torch.uint8)
+"""
+OOM_PROMPTS = ["short one", "short two", "long " * 60, "never reached"]
+
+
+def test_running_out_even_at_batch_size_one_keeps_what_finished(tmp_path: Path) -> None:
+    """The error says the finished results were kept: they are, on the error (`.results`),
+    in the results file, and after a partial last line a killed run left, still one JSON
+    object per line."""
+    namespace: dict[str, object] = {}
+    exec(LONG_PROMPT_HOG, namespace)
+    model = SESSION.load(SESSION.choice("tiny")).model
+    hook = model.model.embed_tokens.register_forward_pre_hook(namespace["hog_long_prompts"])
+    out = tmp_path / "kept.jsonl"
+    out.write_text('{"index": 0, "prompt": "from a run killed mid-wr', encoding="utf-8")
+    try:
+        with pytest.raises(GenerationOOM) as info:
+            generate_batch(
+                OOM_PROMPTS,
+                batch_size=1,
+                model="tiny",
+                decode="eager",
+                out=out,
+                progress=False,
+                **GREEDY,
+            )
+    finally:
+        hook.remove()
+    message = str(info.value)
+    assert "(prompt 2; 2 finished results kept in .results)" in message, message
+    kept = info.value.results
+    assert [r.prompt for r in kept] == OOM_PROMPTS[:2] and kept.report.completed == 2
+    partial, *lines = out.read_text(encoding="utf-8").splitlines()
+    assert partial.endswith("killed mid-wr")
+    assert [json.loads(line)["prompt"] for line in lines] == OOM_PROMPTS[:2]
+
+
+def test_the_magic_keeps_what_finished_in_qwen3_when_running_out(
+    kernel: Kernel, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(OOM_PROMPTS) + "\n", encoding="utf-8")
+    ok = kernel.run(
+        "%qwen3 --max-new-tokens 1 load\n" + LONG_PROMPT_HOG + "\n"
+        "from qwen3_jupyter.session import SESSION as _s\n"
+        "_hook = _s.loaded.model.model.embed_tokens.register_forward_pre_hook("
+        "hog_long_prompts)"
+    )
+    assert ok.status == "ok", ok.error
+    try:
+        ex = kernel.run(
+            f"%qwen3 --file {prompts} --batch-size 1 --greedy --no-think --max-new-tokens 4"
+        )
+    finally:
+        kernel.run("_hook.remove()")
+    assert ex.status == "error" and len(ex.stderr.strip().splitlines()) == 1, ex.stderr
+    assert "2 finished results kept in _qwen3" in ex.stderr
+    assert kernel.value("[r.prompt for r in _qwen3]") == OOM_PROMPTS[:2]
+
+
 def test_running_out_of_host_memory_backs_off_like_any_out_of_memory(
     one_by_one: list[str],
 ) -> None:

@@ -65,11 +65,16 @@ def test_drop_deletes_only_what_the_cell_created(k: Kernel) -> None:
         "new = torch.ones(4 * MiB)\n"
         'refs["new"] = weakref.ref(new)\n'
         "kept = torch.ones(8)\n"
-        "_private = torch.ones(8)",
+        "_private = torch.ones(8)\n"
+        "import json as imported\n"
+        "def defined(): pass\n"
+        "class Defined: pass",
     )
     assert not alive(k, "new")
     assert k.value("('new' in globals(), '_private' in globals())") == (False, False)
     assert k.value("('kept' in globals(), 'old' in globals())") == (True, True)
+    definitions = "[name in globals() for name in ('imported', 'defined', 'Defined')]"
+    assert k.value(definitions) == [True, True, True], "imports and definitions hold no data"
     assert "dropped names (new, _private)" in report_lines(dropped)[0]
     assert "dropped" not in report_lines(control)[0]
 
@@ -91,7 +96,19 @@ def test_an_error_in_the_body_shows_fails_the_cell_and_frees_its_frames(k: Kerne
     assert "run_cell_magic" not in traceback, "the traceback starts at the body, like a cell"
     assert len(report_lines(failed)) == 1
     assert not alive(k, "frame"), "the failed call's tensor is freed right away"
-    assert k.value("'fail' in globals()") is False
+    assert k.value("'fail' in globals()") is True, "a function the cell defined stays"
+
+
+def test_an_output_left_in_dunder_after_a_cell_assigned_underscore_is_freed(k: Kernel) -> None:
+    """Once a cell assigns `_` itself, IPython stops moving `_`, `__` and `___` along, so `__`
+    can keep an output the display hook already let go of."""
+    ok(k, 'shown = torch.ones(4 * MiB) * 2\nrefs["dunder"] = weakref.ref(shown)\nshown')
+    ok(k, "del shown\n'x'")
+    ok(k, "for _ in range(2):\n    pass")
+    ok(k, "'y'")
+    assert alive(k, "dunder"), "control: an IPython-set name still holds the shown tensor"
+    ok(k, "%qwen3_clean")
+    assert not alive(k, "dunder")
 
 
 def test_line_form_cleans_now_and_quiet_prints_nothing(k: Kernel) -> None:

@@ -353,6 +353,25 @@ def test_a_refused_process_list_is_unknown_and_a_readable_mig_slice_still_counts
     assert result.totals[pid] == 100 * MiB + 3 * GiB
 
 
+def test_a_killed_kernel_whose_marker_stayed_has_no_extension_loaded(tmp_path: Path) -> None:
+    """SIGKILL leaves the marker file; a dead process cannot answer "Free memory"."""
+    import json
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    marker = tmp_path / "kernel-1.qwen3-jupyter.json"
+    marker.write_text(json.dumps({"pid": child.pid}))
+    try:
+        (alive,) = process_trees([WatchedKernel(child.pid, marker)]).values()
+        assert alive.extension_loaded, "control: a live process with its marker"
+    finally:
+        child.kill()
+        child.wait()
+    (dead,) = process_trees([WatchedKernel(child.pid, marker)]).values()
+    assert marker.exists() and dead.rss is None and not dead.extension_loaded
+
+
 def test_server_does_not_import_torch_or_the_magics(tmp_path: Path) -> None:
     import subprocess
 

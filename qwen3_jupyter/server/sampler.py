@@ -155,7 +155,10 @@ def process_trees(kernels: Iterable[WatchedKernel]) -> dict[int, ProcessTree]:
                 continue
             rss = (rss or 0) + rss_pid
         frozen = frozenset(pids)
-        trees[kernel.pid] = ProcessTree(kernel.pid, frozen, rss, read_marker(kernel.marker, frozen))
+        loaded = rss is not None and read_marker(
+            kernel.marker, frozen
+        )  # a killed kernel's marker stays
+        trees[kernel.pid] = ProcessTree(kernel.pid, frozen, rss, loaded)
     return trees
 
 
