@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from IPython.core.completer import (
 
 from . import lifecycle
 from .embedded import EMBEDDED
+from .magic_args import options_of
 from .models import DEFAULT_MODEL, DTYPE_ALIASES, DTYPES
 
 MAGIC_NAMES = {
@@ -141,16 +142,8 @@ def _option_order(value: str) -> tuple[bool, str]:
 
 
 def _options(magic: Any) -> dict[str, bool]:
-    """Each option string of the magic, and whether it takes a value."""
-    parser = getattr(magic, "parser", None)
-    if parser is None:
-        return {}
-    return {
-        option: action.nargs != 0
-        for action in parser._actions
-        for option in action.option_strings
-        if option not in ("-h", "--help")
-    }
+    """Each option string of the magic but help, and whether it takes a value."""
+    return {o: takes for o, takes in options_of(magic).items() if o not in ("-h", "--help")}
 
 
 def _values(magic_name: str, shell: Any) -> dict[str, Iterable[str]]:
@@ -160,11 +153,22 @@ def _values(magic_name: str, shell: Any) -> dict[str, Iterable[str]]:
     if magic_name != "qwen3":
         return {}
     return {
-        "--model": [*EMBEDDED, DEFAULT_MODEL, *cached_models()],
+        "--model": _OnDemand(lambda: [*EMBEDDED, DEFAULT_MODEL, *cached_models()]),
         "--dtype": [*DTYPES, *DTYPE_ALIASES],
         "--device": ["cpu", "cuda"],
         "--server": [*_configured_servers(shell), *SERVERS],
     }
+
+
+class _OnDemand:
+    """Values produced only when iterated: the Hugging Face cache is listed when `--model`'s
+    values are wanted, not on every Tab after a magic."""
+
+    def __init__(self, produce: Callable[[], list[str]]) -> None:
+        self._produce = produce
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._produce())
 
 
 def cached_models() -> list[str]:

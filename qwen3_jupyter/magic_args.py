@@ -31,9 +31,14 @@ def did_you_mean(name: str, options: Iterable[str]) -> str:
     return f" (did you mean {by_word[close[0]]}?)" if close else ""
 
 
-def option_strings(magic: Any) -> list[str]:
-    """Every option string the magic's argparse parser knows."""
-    return [option for action in magic.parser._actions for option in action.option_strings]
+def options_of(magic: Any) -> dict[str, bool]:
+    """Every option string the magic's argparse parser knows, and whether it takes a value."""
+    parser = getattr(magic, "parser", None)
+    if parser is None:
+        return {}
+    return {
+        option: action.nargs != 0 for action in parser._actions for option in action.option_strings
+    }
 
 
 def parse_options(magic: Any, line: str, help_hint: str) -> Namespace:
@@ -46,6 +51,6 @@ def parse_options(magic: Any, line: str, help_hint: str) -> Namespace:
         unknown = _UNRECOGNIZED.match(str(exc))
         if unknown and unknown.group(1).startswith("-"):
             name = unknown.group(1).split("=", 1)[0]
-            hint = did_you_mean(name, option_strings(magic))
+            hint = did_you_mean(name, options_of(magic))
             raise UsageError(f"unknown option {name}{hint} (see {help_hint})") from None
         raise UsageError(f"{exc} (see {help_hint})") from None

@@ -35,7 +35,7 @@ from .engines import Engine, EngineError, decode_mode, server_url
 from .engines.urls import mask_url
 from .gauge import inline_gauge
 from .generation import DEFAULT_MAX_NEW_TOKENS, GenerationOOM, GenerationOptions, broken_rules
-from .magic_args import did_you_mean
+from .magic_args import did_you_mean, options_of
 from .memory import format_bytes
 from .models import DTYPES, ModelError, canonical_dtype
 from .prompt_vars import PromptVarsError, fill
@@ -580,10 +580,7 @@ def parse_line(
     """Split `line` into options (parsed by the magic's argparse parser) and the prompt text.
 
     `expand` is applied to option values other than --system (paths, URLs, numbers)."""
-    parser = magic.parser
-    takes_value = {
-        opt: action.nargs != 0 for action in parser._actions for opt in action.option_strings
-    }
+    takes_value = options_of(magic)
     argv: list[str] = []
     position = 0
     while True:
@@ -612,7 +609,7 @@ def parse_line(
             argv.append(f"{name}={_expanded(name, token.split('=', 1)[1], expand)}")
         else:
             argv.append(token)
-    args = parser.parse_args(argv)
+    args = magic.parser.parse_args(argv)
     prompt = line[position:].strip()
     if cell is not None:
         prompt = "\n".join(p for p in (prompt, cell.strip()) if p)

@@ -460,12 +460,7 @@ class NvmlReader:
             except Exception:
                 continue
             processes, listed = self._processes(handle)
-            if not listed:
-                return None
-            mine = [p for p in processes if p.pid in pids]
-            if not mine or any(p.used_bytes is None for p in mine):
-                return None
-            return sum(p.used_bytes or 0 for p in mine)
+            return _pids_bytes(processes, pids) if listed else None
         return None
 
     def _read_mig(self, handle: Any, parent: int) -> list[GpuReading]:
@@ -652,8 +647,10 @@ def torch_device_for(
     return next((d for d in torch_devices if _uuid_key(d.uuid) == key), None)
 
 
-def _pids_memory(gpu: GpuReading, pids: set[int]) -> int | None:
-    mine = [p for p in gpu.processes if p.pid in pids]
+def _pids_bytes(processes: tuple[GpuProcess, ...], pids: set[int]) -> int | None:
+    """Bytes `pids` use among `processes`; None when none of them is listed or NVML does not
+    know a listed one's memory (unknown, never 0)."""
+    mine = [p for p in processes if p.pid in pids]
     if not mine or any(p.used_bytes is None for p in mine):
         return None
     return sum(p.used_bytes or 0 for p in mine)
@@ -666,9 +663,9 @@ def process_gpu_memory(reading: NvmlReading, pids: set[int]) -> dict[int, int | 
     and a process that has not touched the GPU is not listed either — or NVML does not know a
     listed process's memory. MIG instances are left out here; see `process_memory_by_uuid`.
     """
-    return {g.index: _pids_memory(g, pids) for g in reading.gpus if g.mig_parent is None}
+    return {g.index: _pids_bytes(g.processes, pids) for g in reading.gpus if g.mig_parent is None}
 
 
 def process_memory_by_uuid(reading: NvmlReading, pids: set[int]) -> dict[str, int | None]:
     """Like `process_gpu_memory`, for every GPU and MIG instance, keyed by UUID."""
-    return {g.uuid: _pids_memory(g, pids) for g in reading.gpus}
+    return {g.uuid: _pids_bytes(g.processes, pids) for g in reading.gpus}
