@@ -406,6 +406,13 @@ def release_dynamo() -> tuple[str, ...]:
     imported."""
     from .models import HOLDER
 
+    with HOLDER.in_use("a cleanup of torch.compile state"):  # not under another thread's decode
+        return _release_dynamo()
+
+
+def _release_dynamo() -> tuple[str, ...]:
+    from .models import HOLDER
+
     released = []
     session = getattr(sys.modules.get(f"{__package__}.session"), "SESSION", None)
     if session is not None and session.close_engine("fast"):

@@ -9,7 +9,8 @@ from __future__ import annotations
 import gc
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,26 +151,65 @@ def _from_hf_cache(repo_id: str) -> str:
         raise ModelError(hint) from exc
 
 
+class ModelBusy(ModelError):
+    """Another thread is using the kernel's model: generating, loading or unloading it."""
+
+
 class ModelHolder:
-    """The one model of this kernel: loaded on first use, reused by every call, freed on ask."""
+    """The one model of this kernel: loaded on first use, reused by every call, freed on ask.
+
+    One thread uses it at a time (`in_use`). Why: the fast path decodes into one static cache
+    and one captured graph per shape, so two generations at once (a `generate_batch` in a thread
+    beside a `%qwen3` cell) would overwrite each other's tokens without any error, and an unload
+    or a model switch mid-generation frees what the other call is reading."""
 
     def __init__(self) -> None:
         self._loaded: LoadedModel | None = None
-        self._lock = threading.Lock()
+        self._use = threading.RLock()
+        self._user: tuple[str, str] | None = None
+        """What holds the model (an activity, a thread's name), for the busy message."""
+        self._depth = 0
 
     @property
     def loaded(self) -> LoadedModel | None:
         return self._loaded
 
+    @property
+    def user(self) -> str | None:
+        """What holds the model now ("a batch in thread 'MainThread'"), None when it is free."""
+        user = self._user
+        return f"{user[0]} in thread {user[1]!r}" if user else None
+
+    @contextmanager
+    def in_use(self, activity: str) -> Iterator[None]:
+        """Hold the model for `activity`; the holding thread may nest, any other thread gets
+        ModelBusy at once (waiting would leave its cell silent for as long as the other runs)."""
+        if not self._use.acquire(blocking=False):
+            raise ModelBusy(
+                f"the model is busy: {self.user or 'a call in another thread'}; wait for it to "
+                "end (or stop it), then run this again"
+            )
+        try:
+            if self._depth == 0:
+                self._user = (activity, threading.current_thread().name)
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    self._user = None
+        finally:
+            self._use.release()
+
     def get(self, choice: ModelChoice, progress: Progress | None = None) -> LoadedModel:
         """The loaded model for `choice`, loading (and replacing another) only when needed."""
-        with self._lock:
+        current = self._loaded
+        if current and _same(current, choice):
+            return current
+        with self.in_use(f"loading {choice.name}"):
             current = self._loaded
-            if current and (current.name, current.device, current.dtype) == (
-                choice.name,
-                choice.device,
-                choice.dtype,
-            ):
+            if current and _same(current, choice):  # another thread just loaded it
                 return current
             path, is_embedded = resolve_path(choice.name, progress)
             if current is not None:
@@ -187,7 +227,7 @@ class ModelHolder:
 
     def unload(self) -> bool:
         """Drop the model and tokenizer and return their memory; False if none was loaded."""
-        with self._lock:
+        with self.in_use("unloading the model"):
             if self._loaded is None:
                 return False
             self._release()
@@ -201,6 +241,10 @@ class ModelHolder:
         del loaded
         gc.collect()
         release_allocator_cache()
+
+
+def _same(loaded: LoadedModel, choice: ModelChoice) -> bool:
+    return (loaded.name, loaded.device, loaded.dtype) == (choice.name, choice.device, choice.dtype)
 
 
 def release_allocator_cache() -> None:

@@ -163,11 +163,13 @@ class Session:
         return engine.with_model(model)
 
     def close_engine(self, key: str) -> bool:
-        """Close one kept engine (its memory or connections go back); False if there was none."""
-        engine = self.engines.pop(key, None)
+        """Close one kept engine (its memory or connections go back); False if there was none.
+        An engine that cannot close now (ModelBusy: another thread decodes on it) stays kept."""
+        engine = self.engines.get(key)
         if engine is None:
             return False
         engine.close()
+        self.engines.pop(key, None)
         return True
 
     def close_engines(self) -> list[str]:
@@ -219,6 +221,10 @@ class Session:
     def unload(self) -> UnloadReport:
         """Close every engine, free the model, and measure it: a weakref to the model object,
         memory before (model and kept decode cache) and after."""
+        with HOLDER.in_use("unloading the model"):  # nothing closed if another thread decodes
+            return self._unload()
+
+    def _unload(self) -> UnloadReport:
         from .generation import current_memory
 
         loaded = HOLDER.loaded

@@ -6,7 +6,7 @@
  */
 
 import { URLExt } from '@jupyterlab/coreutils';
-import { Kernel, ServerConnection } from '@jupyterlab/services';
+import { Kernel, KernelMessage, ServerConnection } from '@jupyterlab/services';
 
 import type { ICleanupReply, IMetrics, IMetricsError } from './metrics';
 
@@ -84,50 +84,101 @@ export class CleanupError extends Error {
  * Only opens a comm to the extension's own target: a kernel without it closes the comm at once
  * (rejected with `notLoaded`), and no code is ever executed. A busy kernel answers when its
  * current cell finishes, hence the generous timeout.
+ *
+ * `kernel` should not handle comms (`handleComms: false`): the comm is opened, read and closed
+ * by hand. Why: a connection that handles comms closes every comm the kernel opens that it has
+ * no target for, and this request stays open for as long as the running cell takes, so the
+ * widgets that cell creates (a progress bar, a slider) would be closed under the notebook. The
+ * messages carry no subshell id, so the kernel runs the cleanup on its main shell, between
+ * cells, like a cell.
  */
 export function requestCleanup(
   kernel: Kernel.IKernelConnection,
   timeoutMs = 120_000
 ): Promise<ICleanupReply> {
   return new Promise<ICleanupReply>((resolve, reject) => {
-    const comm = kernel.createComm(COMM_TARGET);
+    const commId = newCommId();
     let settled = false;
-    const finish = (result: ICleanupReply | CleanupError): void => {
+    const finish = (result: ICleanupReply | CleanupError, closeAfter: boolean): void => {
       if (settled) {
         return;
       }
       settled = true;
       window.clearTimeout(timer);
+      kernel.iopubMessage.disconnect(onIOPub);
+      if (closeAfter) {
+        closeComm(kernel, commId);
+      }
       if (result instanceof CleanupError) {
         reject(result);
       } else {
         resolve(result);
       }
-      if (!comm.isDisposed) {
-        try {
-          comm.close();
-        } catch {
-          // The kernel already closed it.
-        }
-      }
     };
-    const timer = window.setTimeout(
-      () => finish(new CleanupError('The kernel did not answer in time; it may be busy.')),
-      timeoutMs
-    );
-    comm.onMsg = msg => {
-      const data = msg.content.data as unknown as ICleanupReply;
-      if (data?.action !== 'cleanup') {
+    const onIOPub = (_: Kernel.IKernelConnection, msg: KernelMessage.IIOPubMessage): void => {
+      const content = msg.content as { comm_id?: string; data?: unknown };
+      if (content.comm_id !== commId) {
+        return;
+      }
+      if (msg.header.msg_type === 'comm_close') {
+        finish(
+          new CleanupError('The kernel closed the comm: the extension is not loaded.', true),
+          false
+        );
+        return;
+      }
+      const data = content.data as ICleanupReply | undefined;
+      if (msg.header.msg_type !== 'comm_msg' || data?.action !== 'cleanup') {
         return;
       }
       if (data.ok) {
-        finish(data);
+        finish(data, true);
       } else {
-        finish(new CleanupError(data.error ?? 'The cleanup failed in the kernel.'));
+        finish(new CleanupError(data.error ?? 'The cleanup failed in the kernel.'), true);
       }
     };
-    comm.onClose = () =>
-      finish(new CleanupError('The kernel closed the comm: the extension is not loaded.', true));
-    comm.open({ action: 'cleanup' });
+    const timer = window.setTimeout(
+      () => finish(new CleanupError('The kernel did not answer in time; it may be busy.'), true),
+      timeoutMs
+    );
+    kernel.iopubMessage.connect(onIOPub);
+    try {
+      openComm(kernel, commId);
+    } catch (reason) {
+      finish(new CleanupError(`Could not reach the kernel: ${String(reason)}`), false);
+    }
   });
+}
+
+/** Open the comm on the main shell (no subshell id); the kernel sends no reply to it. */
+function openComm(kernel: Kernel.IKernelConnection, commId: string): void {
+  const msg = KernelMessage.createMessage<KernelMessage.ICommOpenMsg<'shell'>>({
+    msgType: 'comm_open',
+    channel: 'shell',
+    session: kernel.clientId,
+    username: kernel.username,
+    content: { comm_id: commId, target_name: COMM_TARGET, data: { action: 'cleanup' } }
+  });
+  kernel.sendShellMessage(msg, false, true);
+}
+
+/** Close the comm again (nothing to do when the kernel went away meanwhile). */
+function closeComm(kernel: Kernel.IKernelConnection, commId: string): void {
+  if (kernel.isDisposed || kernel.status === 'dead') {
+    return;
+  }
+  const msg = KernelMessage.createMessage<KernelMessage.ICommCloseMsg<'shell'>>({
+    msgType: 'comm_close',
+    channel: 'shell',
+    session: kernel.clientId,
+    username: kernel.username,
+    content: { comm_id: commId, data: {} }
+  });
+  kernel.sendShellMessage(msg, false, true);
+}
+
+/** A random comm id (crypto.randomUUID needs a secure context; a plain-http Lab is not one). */
+function newCommId(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, byte => byte.toString(16).padStart(2, '0')).join('');
 }

@@ -4,7 +4,6 @@
 
 import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { Dialog, ICommandPalette, showDialog } from '@jupyterlab/apputils';
-import { CommsOverSubshells } from '@jupyterlab/services';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { LabIcon } from '@jupyterlab/ui-components';
@@ -50,15 +49,15 @@ function readOptions(settings: ISettingRegistry.ISettings | null): IMetricsOptio
 function kernelActions(app: JupyterFrontEnd): IKernelActions {
   return {
     /**
-     * Uses a connection of its own with comms on the main shell: JupyterLab otherwise sends
-     * comm messages over a kernel subshell, where the cleanup would run beside a running cell.
-     * On the main shell it runs between cells, like a cell would.
+     * Uses a connection of its own that handles no comms: `requestCleanup` sends its comm on
+     * the main shell by hand, so the cleanup runs between cells (JupyterLab would send comm
+     * messages over a subshell, beside a running cell), and no comm the kernel opens meanwhile
+     * (a running cell's widgets) is closed for want of a target on this connection.
      */
     async freeMemory(kernel: IKernelMetrics): Promise<ICleanupReply> {
       const connection = app.serviceManager.kernels.connectTo({
         model: { id: kernel.kernel_id, name: kernel.name },
-        handleComms: true,
-        commsOverSubshells: CommsOverSubshells.Disabled
+        handleComms: false
       });
       try {
         return await requestCleanup(connection);

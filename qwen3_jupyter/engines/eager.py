@@ -34,7 +34,7 @@ from ..memory import process_rss
 from ..out_of_memory import allocation_failures_as_oom
 from .attention import planless_attention
 from .base import TextCallback
-from .local import LocalEngine
+from .local import LocalEngine, holds_model
 
 
 class MemoryGuard:
@@ -165,6 +165,7 @@ class EagerEngine(LocalEngine):
 
     kind = "eager"
 
+    @holds_model("a generation")
     def generate(
         self,
         prompt: str,
@@ -224,6 +225,7 @@ class EagerEngine(LocalEngine):
         freed = release_after_generation(device, streamer.memory_at_end)
         return replace(result, memory_freed_bytes=freed)
 
+    @holds_model("a batch")
     def generate_chunk(
         self, prompts: list[str], options: GenerationOptions, budget: int | None
     ) -> tuple[list[Result], int]:

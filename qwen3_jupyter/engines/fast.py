@@ -63,7 +63,7 @@ from .cuda_graphs import (
     record,
 )
 from .decode_shapes import SAMPLE_WIDTH, batch_bucket, cache_bucket, sample_width
-from .local import LocalEngine
+from .local import LocalEngine, holds_model
 
 REHEARSAL_STEPS = 1 + WARMUP_RUNS
 """Steps that building a shape runs before the call's own (one compile run, the warm-ups before
@@ -183,6 +183,7 @@ class FastEngine(LocalEngine):
     def holdings(self) -> tuple[object, ...]:
         return tuple(state.buffers for state in self.states.values())
 
+    @holds_model("closing the fast decode path")
     def close(self) -> None:
         """Drop every cache and graph and return their memory to the driver — and the cuBLAS
         workspaces, which capturing on a side stream adds (they come back lazily)."""
@@ -207,6 +208,7 @@ class FastEngine(LocalEngine):
         mode = "compiled" if self.compile else "not compiled"
         return f"fast decode ({mode}, static cache) for {self.model_name} on {self.device}"
 
+    @holds_model("a generation")
     def generate(
         self,
         prompt: str,
@@ -251,6 +253,7 @@ class FastEngine(LocalEngine):
         freed = release_after_generation(self.device, run.memory_at_end)
         return replace(result, memory_freed_bytes=freed)
 
+    @holds_model("a batch")
     def generate_chunk(
         self, prompts: list[str], options: GenerationOptions, budget: int | None
     ) -> tuple[list[Result], int]:
@@ -285,6 +288,7 @@ class FastEngine(LocalEngine):
 
     # ------------------------------------------------------------------ warm-up
 
+    @holds_model("a warm-up (--warmup)")
     def warmup(self, batch_sizes: tuple[int, ...] = (1,), greedy_and_sampled: bool = True) -> str:
         """Compile (and capture, on CUDA) the default shapes now; one line saying what it did.
 

@@ -6,10 +6,11 @@ lines as chunks finish, interrupt-safe); they differ only in how one chunk is de
 
 from __future__ import annotations
 
+import functools
 import os
 from abc import abstractmethod
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
 from .base import Engine, EngineError
 
@@ -17,6 +18,35 @@ if TYPE_CHECKING:
     from ..batching import BatchResults
     from ..generation import GenerationOptions, Result
     from ..models import LoadedModel
+
+
+Params = ParamSpec("Params")
+Returned = TypeVar("Returned")
+EngineSelf = TypeVar("EngineSelf")
+
+
+def holds_model(
+    activity: str,
+) -> Callable[
+    [Callable[Concatenate[EngineSelf, Params], Returned]],
+    Callable[Concatenate[EngineSelf, Params], Returned],
+]:
+    """Run the method holding the kernel's model (`ModelHolder.in_use`): a call from another
+    thread meanwhile gets a one-line ModelBusy instead of sharing the decode buffers."""
+
+    def wrap(
+        method: Callable[Concatenate[EngineSelf, Params], Returned],
+    ) -> Callable[Concatenate[EngineSelf, Params], Returned]:
+        @functools.wraps(method)
+        def run(self: EngineSelf, *args: Params.args, **kwargs: Params.kwargs) -> Returned:
+            from ..models import HOLDER
+
+            with HOLDER.in_use(activity):
+                return method(self, *args, **kwargs)
+
+        return run
+
+    return wrap
 
 
 def position_limit(config: object) -> int:
@@ -73,6 +103,7 @@ class LocalEngine(Engine):
         """One left-padded batch: its Results and the peak generation tensor bytes it held.
         Out of memory raises GenerationOOM after the memory was released."""
 
+    @holds_model("a batch")
     def generate_batch(
         self,
         prompts: Sequence[str],

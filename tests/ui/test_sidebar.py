@@ -199,6 +199,68 @@ def test_sidebar_shows_notebook_memory_and_frees_it(
     assert errors == []
 
 
+SLOW_WIDGET_CELL = """\
+import time, ipywidgets
+time.sleep(8)  # "Free memory" is clicked meanwhile: it waits for this cell
+slider = ipywidgets.IntSlider(value=1)
+slider
+"""
+
+
+def test_free_memory_during_a_cell_leaves_the_widgets_it_creates_working(
+    lab_server_factory: Callable[..., LabServer], browser_page: Any, output_dir: Path
+) -> None:
+    """Clicked while a cell runs, "Free memory" waits for the cell, then frees; the widget the
+    cell created meanwhile still talks to the kernel (its comm was not closed by the sidebar's
+    own kernel connection, which has no widget target)."""
+    server = lab_server_factory()
+    write_notebook(
+        server.root_dir / "widgets.ipynb",
+        ["%load_ext qwen3_jupyter", SLOW_WIDGET_CELL, "print('kernel sees', slider.value)"],
+    )
+    page = browser_page
+    errors = watch_console(page)
+    page.goto(server.url("lab/tree/widgets.ipynb"), wait_until="domcontentloaded")
+    page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
+    panel = open_sidebar(page)
+    row(page, "widgets.ipynb").wait_for(timeout=60_000)
+    run_cell(page, 0)
+    page.locator(".jp-Notebook .jp-Cell").nth(0).locator(".jp-InputPrompt").get_by_text(
+        "[1]:"
+    ).wait_for(timeout=60_000)
+    run_cell(page, 1)
+    status = row(page, "widgets.ipynb").locator(".q3j-kernel-status")
+    row(page, "widgets.ipynb").locator(".q3j-state-busy").wait_for(timeout=30_000)
+    row(page, "widgets.ipynb").locator("button.q3j-free").click()
+    wait_until(
+        lambda: "Waiting for the running cell" in (status.inner_text() if status.count() else ""),
+        10,
+        "the sidebar to say it waits for the running cell",
+    )
+    readout = page.locator(".jp-Notebook .jp-Cell").nth(1).locator(".widget-readout")
+    readout.wait_for(timeout=60_000)
+    answer = status.locator(".q3j-status-text")
+    wait_until(
+        lambda: answer.count() and answer.inner_text().startswith(("Freed", "Nothing to free")),
+        60,
+        "the cleanup's answer",
+    )
+    # The user moves the slider (its readout is editable); the kernel must hear of it, which
+    # it does not once the widget's comm was closed: the kernel drops messages for it.
+    readout.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.type("5")
+    page.keyboard.press("Enter")
+    wait_until(lambda: readout.inner_text().strip() == "5", 10, "the readout to show 5")
+    run_cell(page, 2)
+    output = page.locator(".jp-Notebook .jp-Cell").nth(2).locator(".jp-OutputArea-output")
+    output.wait_for(timeout=30_000)
+    assert output.inner_text().strip() == "kernel sees 5", output.inner_text()
+    screenshot(page, output_dir / "sidebar-free-beside-widgets.png")
+    assert panel.is_visible()
+    assert errors == []
+
+
 def test_sidebar_and_status_bar_show_a_gpu(
     lab_server_factory: Callable[..., LabServer],
     browser_page: Any,
