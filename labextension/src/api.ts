@@ -104,7 +104,7 @@ export function requestCleanup(
         return;
       }
       settled = true;
-      window.clearTimeout(timer);
+      clearTimeout(timer);
       kernel.iopubMessage.disconnect(onIOPub);
       if (closeAfter) {
         closeComm(kernel, commId);
@@ -137,8 +137,15 @@ export function requestCleanup(
         finish(new CleanupError(data.error ?? 'The cleanup failed in the kernel.'), true);
       }
     };
-    const timer = window.setTimeout(
-      () => finish(new CleanupError('The kernel did not answer in time; it may be busy.'), true),
+    const timer = setTimeout(
+      () =>
+        finish(
+          new CleanupError(
+            `No answer after ${Math.round(timeoutMs / 1000)} s: the kernel is still busy. The ` +
+              'cleanup stays queued and runs when the running cell ends.'
+          ),
+          true
+        ),
       timeoutMs
     );
     kernel.iopubMessage.connect(onIOPub);
