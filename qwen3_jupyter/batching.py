@@ -133,6 +133,8 @@ def generate_batch(
     OpenAI-compatible server instead, `concurrency` at a time, with `model` the served model.
     """
     from .api_call import api_call
+    from .engines import server_url
+    from .model_use import holding
 
     if isinstance(prompts, str):  # iterating it would ask one question per character
         raise TypeError(
@@ -151,7 +153,8 @@ def generate_batch(
     generation = options_from_kwargs(options)
     budget_value = memory_budget if memory_budget is not None else os.environ.get(BUDGET_ENV)
     budget = parse_size(budget_value) if isinstance(budget_value, str) else budget_value
-    with api_call(show_status=progress) as call:
+    local = server_url(server) is None
+    with holding(local, "a batch (generate_batch)"), api_call(show_status=progress) as call:
         engine = call.engine(model=model, device=device, dtype=dtype, decode=decode, server=server)
         with call.watching(engine):
             return engine.generate_batch(

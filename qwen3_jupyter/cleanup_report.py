@@ -84,7 +84,8 @@ class ActionResult:
 
     `released`: the references it dropped, by name (`Out[3]`, `sys.last_traceback`, `y`).
     `freed_bytes`: memory that went away while it ran (torch allocated or reserved on CUDA,
-    host RSS above the noise floor); `error` is the one-line failure when it failed.
+    host RSS above the noise floor); `error` is the one-line failure when it failed; `skipped`
+    says why it did not run (another thread was using the model).
     """
 
     name: str
@@ -92,6 +93,7 @@ class ActionResult:
     freed_bytes: int = 0
     seconds: float = 0.0
     error: str | None = None
+    skipped: str | None = None
 
     @property
     def freed(self) -> bool:
@@ -172,6 +174,10 @@ class CleanupReport:
         if self.error:
             failed.append(self.error)
         parts.extend(failed)
+        skipped = [a for a in self.actions if a.skipped]
+        if skipped:
+            names = ", ".join(a.name for a in skipped)
+            parts.append(f"skipped {names}: {skipped[0].skipped}")
         if self.kept:
             parts.append(f"kept on purpose: {'; '.join(self.kept)}")
         timing = f"{self.seconds * 1000:.0f} ms"
@@ -209,6 +215,7 @@ class CleanupReport:
                     "freed_bytes": a.freed_bytes,
                     "seconds": a.seconds,
                     "error": a.error,
+                    "skipped": a.skipped,
                 }
                 for a in self.actions
             ],

@@ -18,7 +18,9 @@ from typing import Any
 from .api_call import api_call
 from .cleanup import CleanupReport, cleanup, release_traceback_locals
 from .engines import Engine
+from .engines.local import LocalEngine
 from .generation import GenerationOptions, Result
+from .model_use import holding
 from .session import SESSION
 
 _OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(GenerationOptions))
@@ -51,7 +53,8 @@ class Chat:
         _check_prompt(prompt)
         _check_options(options)
         merged = GenerationOptions(**{**self.defaults, **options})
-        with api_call() as call, call.watching(self._engine):
+        local = isinstance(self._engine, LocalEngine)
+        with holding(local, "an inference() chat"), api_call() as call, call.watching(self._engine):
             return SESSION.ask(self._engine, prompt, merged, chat=chat, on_text=on_text)
 
     def close(self) -> None:

@@ -4,8 +4,9 @@ Loading the extension registers the target and writes a marker file next to the 
 connection file, which is how the server tells "qwen3_jupyter is loaded in this kernel" without
 sending the kernel anything. The sidebar opens a comm with `{"action": "cleanup"}`; the kernel
 runs `cleanup()` and answers with the report. It runs only on the main shell, between cells
-(never on a subshell beside a running cell), and only that action exists: a comm never runs
-code it was sent. Unloading removes both.
+(never on a subshell beside a running cell; a request that arrives while a cell awaits runs when
+that cell ends), and only that action exists: a comm never runs code it was sent. Unloading
+removes both.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,14 +106,57 @@ def handle(data: Any) -> dict[str, Any]:
     }
 
 
+class _Cells:
+    """Whether a cell is running, and the answers waiting for it to end.
+
+    Why: ipykernel handles a comm message at once, on the main thread, while a cell with a
+    top-level `await` waits (its shell is busy but its event loop is free). The cleanup must
+    still run between cells, so then it runs when that cell ends (IPython's post_run_cell)."""
+
+    def __init__(self) -> None:
+        self.running = False
+        self.waiting: list[tuple[Any, Any]] = []
+        """(comm, request data) of the requests that wait for the running cell."""
+
+    def pre_run_cell(self, info: Any = None) -> None:
+        self.running = True
+
+    def post_run_cell(self, result: Any = None) -> None:
+        self.running = False
+        self._answer_waiting(handle)
+
+    def answer(self, comm: Any, data: Any) -> None:
+        """Answer on `comm` now, or when the running cell ends."""
+        if self.running and threading.current_thread() is threading.main_thread():
+            self.waiting.append((comm, data))
+        else:
+            comm.send(handle(data))
+
+    def drop_waiting(self, reason: str) -> None:
+        """Answer the waiting requests with `reason` instead of a cleanup."""
+        self.running = False
+        self._answer_waiting(lambda data: {"action": "cleanup", "ok": False, "error": reason})
+
+    def _answer_waiting(self, reply: Callable[[Any], dict[str, Any]]) -> None:
+        waiting, self.waiting = self.waiting, []
+        for comm, data in waiting:
+            try:
+                comm.send(reply(data))
+            except Exception:
+                _log.exception("qwen3_jupyter: answering the sidebar failed")
+
+
+_CELLS = _Cells()
+
+
 def _on_open(comm: Any, open_msg: dict[str, Any]) -> None:
     def on_msg(msg: dict[str, Any]) -> None:
-        comm.send(handle(msg["content"].get("data")))
+        _CELLS.answer(comm, msg["content"].get("data"))
 
     comm.on_msg(on_msg)
     data = open_msg.get("content", {}).get("data")
     if isinstance(data, dict) and data.get("action"):
-        comm.send(handle(data))
+        _CELLS.answer(comm, data)
 
 
 def load(ip: Any) -> None:
@@ -120,6 +165,10 @@ def load(ip: Any) -> None:
     if manager is None:
         return
     manager.register_target(TARGET, _on_open)
+    events = getattr(ip, "events", None)
+    if events is not None:
+        events.register("pre_run_cell", _CELLS.pre_run_cell)
+        events.register("post_run_cell", _CELLS.post_run_cell)
     marker = marker_path()
     wrote = marker is not None and write_marker(marker)
 
@@ -133,6 +182,14 @@ def load(ip: Any) -> None:
     def undo() -> None:
         if manager.targets.get(TARGET) is _on_open:
             manager.unregister_target(TARGET, _on_open)
+        if events is not None:
+            for name, hook in (
+                ("pre_run_cell", _CELLS.pre_run_cell),
+                ("post_run_cell", _CELLS.post_run_cell),
+            ):
+                if hook in events.callbacks[name]:
+                    events.unregister(name, hook)
+        _CELLS.drop_waiting("qwen3_jupyter was unloaded before the cleanup ran")
         cleanup_marker()
         if wrote:
             atexit.unregister(cleanup_marker)

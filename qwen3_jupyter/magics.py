@@ -37,6 +37,7 @@ from .gauge import inline_gauge
 from .generation import DEFAULT_MAX_NEW_TOKENS, GenerationOOM, GenerationOptions, broken_rules
 from .magic_args import did_you_mean, options_of
 from .memory import format_bytes
+from .model_use import ModelBusy, holding
 from .models import DTYPES, ModelError, canonical_dtype
 from .prompt_vars import PromptVarsError, fill
 from .session import SESSION
@@ -244,7 +245,14 @@ class Qwen3Magics(Magics):
             if options.vars:
                 prompt = _fill_text(options, prompt, namespace)
             self._run(options, prompt)
-        except (ModelError, GenerationOOM, EngineError, ResultsFileError, PromptVarsError) as exc:
+        except (
+            ModelError,
+            ModelBusy,
+            GenerationOOM,
+            EngineError,
+            ResultsFileError,
+            PromptVarsError,
+        ) as exc:
             message = str(exc)
         else:
             return
@@ -269,6 +277,11 @@ class Qwen3Magics(Magics):
         if args.reset:
             SESSION.conversation.reset()
             display.info("conversation cleared")
+        local = args.unload or server_url(args.server, self.server or None) is None
+        with holding(local, "a %qwen3 cell"):  # before it touches the engine another thread uses
+            self._run_holding(args, prompt, batch)
+
+    def _run_holding(self, args: Namespace, prompt: str, batch: list[str] | None) -> None:
         if args.unload:
             _show_unload(SESSION.unload())
         if args.eager and not prompt and not args.file:

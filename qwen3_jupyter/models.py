@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import gc
 import os
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import embedded
+from .model_use import ModelUse
 from .out_of_memory import out_of_memory_reason
 
 DEFAULT_MODEL = "Qwen/Qwen3-1.7B"
@@ -151,24 +151,13 @@ def _from_hf_cache(repo_id: str) -> str:
         raise ModelError(hint) from exc
 
 
-class ModelBusy(ModelError):
-    """Another thread is using the kernel's model: generating, loading or unloading it."""
-
-
 class ModelHolder:
     """The one model of this kernel: loaded on first use, reused by every call, freed on ask.
-
-    One thread uses it at a time (`in_use`). Why: the fast path decodes into one static cache
-    and one captured graph per shape, so two generations at once (a `generate_batch` in a thread
-    beside a `%qwen3` cell) would overwrite each other's tokens without any error, and an unload
-    or a model switch mid-generation frees what the other call is reading."""
+    One thread at a time uses it (`in_use`, see model_use)."""
 
     def __init__(self) -> None:
         self._loaded: LoadedModel | None = None
-        self._use = threading.RLock()
-        self._user: tuple[str, str] | None = None
-        """What holds the model (an activity, a thread's name), for the busy message."""
-        self._depth = 0
+        self._use = ModelUse()
 
     @property
     def loaded(self) -> LoadedModel | None:
@@ -177,30 +166,12 @@ class ModelHolder:
     @property
     def user(self) -> str | None:
         """What holds the model now ("a batch in thread 'MainThread'"), None when it is free."""
-        user = self._user
-        return f"{user[0]} in thread {user[1]!r}" if user else None
+        return self._use.user
 
-    @contextmanager
-    def in_use(self, activity: str) -> Iterator[None]:
-        """Hold the model for `activity`; the holding thread may nest, any other thread gets
-        ModelBusy at once (waiting would leave its cell silent for as long as the other runs)."""
-        if not self._use.acquire(blocking=False):
-            raise ModelBusy(
-                f"the model is busy: {self.user or 'a call in another thread'}; wait for it to "
-                "end (or stop it), then run this again"
-            )
-        try:
-            if self._depth == 0:
-                self._user = (activity, threading.current_thread().name)
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-                if self._depth == 0:
-                    self._user = None
-        finally:
-            self._use.release()
+    def in_use(self, activity: str) -> AbstractContextManager[None]:
+        """Hold the model for `activity`: the holding thread may nest, any other thread gets
+        ModelBusy at once."""
+        return self._use.hold(activity)
 
     def get(self, choice: ModelChoice, progress: Progress | None = None) -> LoadedModel:
         """The loaded model for `choice`, loading (and replacing another) only when needed."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from .engines import Engine, KeptMemory, decode_mode, local_engine
 from .generation import Conversation, GenerationOptions, Result
+from .model_use import ModelBusy
 from .models import HOLDER, LoadedModel, ModelChoice, choose_model, pick_device, pick_dtype
 
 Progress = Callable[[str, int, int], None]
@@ -174,10 +175,14 @@ class Session:
 
     def close_engines(self) -> list[str]:
         """Close every kept engine; the keys of those that were open."""
-        keys = list(self.engines)
-        for key in keys:
-            self.close_engine(key)
-        return keys
+        closed = []
+        for key in list(self.engines):
+            try:
+                self.close_engine(key)
+            except ModelBusy:  # another thread decodes on it: kept, the others still close
+                continue
+            closed.append(key)
+        return closed
 
     def kept_memory(self) -> tuple[KeptMemory, ...]:
         """What the kept engines hold on purpose between calls."""

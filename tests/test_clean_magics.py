@@ -176,13 +176,14 @@ def test_autoclean_reports_only_when_something_was_freed(k: Kernel) -> None:
 
 
 def test_unloading_the_extension_removes_magics_and_hook(fresh_kernel: Kernel) -> None:
-    ok(fresh_kernel, "%load_ext qwen3_jupyter")
     hooks = "len(get_ipython().events.callbacks['post_run_cell'])"
-    baseline = fresh_kernel.value(hooks)
+    before_loading = fresh_kernel.value(hooks)
+    ok(fresh_kernel, "%load_ext qwen3_jupyter")
+    loaded = fresh_kernel.value(hooks)
     ok(fresh_kernel, "%qwen3_autoclean on")
-    assert fresh_kernel.value(hooks) == baseline + 1
+    assert fresh_kernel.value(hooks) == loaded + 1
     ok(fresh_kernel, "%unload_ext qwen3_jupyter")
-    assert fresh_kernel.value(hooks) == baseline
+    assert fresh_kernel.value(hooks) == before_loading
     magics = fresh_kernel.value(
         "[n for kind in ('line', 'cell') for n in get_ipython().magics_manager.magics[kind]"
         " if n.startswith('qwen3_')]"

@@ -84,3 +84,35 @@ def test_cleanup_never_runs_beside_a_cell_on_a_subshell_thread() -> None:
     thread.join()
     (reply,) = replies
     assert reply["ok"] is False and "main shell" in reply["error"]
+
+
+AWAITING_CELL = """
+import asyncio
+for _ in range(30):
+    await asyncio.sleep(0.1)  # the event loop is free: ipykernel handles comm messages now
+print("cell done", flush=True)  # published now, not after the cell
+"""
+
+
+def test_a_request_during_an_awaiting_cell_runs_when_the_cell_ends(kernel: Kernel) -> None:
+    """A cell with a top-level await leaves the kernel's loop free, and ipykernel then handles
+    a comm_open at once, on the main thread: the cleanup must still wait for the cell."""
+    cell_id = kernel.start(AWAITING_CELL)
+    time.sleep(1.0)
+    comm_id = uuid.uuid4().hex
+    content = {"comm_id": comm_id, "target_name": TARGET, "data": {"action": "cleanup"}}
+    kernel.kc.shell_channel.send(kernel.kc.session.msg("comm_open", content))
+    order: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(order) < 2:
+        try:
+            msg = kernel.kc.get_iopub_msg(timeout=1)
+        except queue.Empty:
+            continue
+        if msg["content"].get("comm_id") == comm_id and msg["msg_type"] == "comm_msg":
+            assert msg["content"]["data"]["ok"] is True, msg["content"]["data"]
+            order.append("cleanup answered")
+        elif msg["parent_header"].get("msg_id") == cell_id and msg["msg_type"] == "stream":
+            assert msg["content"]["text"] == "cell done\n"
+            order.append("cell done")
+    assert order == ["cell done", "cleanup answered"]

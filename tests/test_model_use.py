@@ -7,13 +7,16 @@ test does not depend on how fast the CPU decodes)."""
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 
-from qwen3_jupyter.models import ModelBusy, ModelHolder
+from qwen3_jupyter.model_use import ModelBusy
+from qwen3_jupyter.models import ModelHolder
 from tests.kernel import Kernel, ok
 
 BUSY = "the model is busy: a generation in thread 'background'"
+"""The refusal's start ("…; wait for it to end, then run this again" follows)."""
 
 START_PAUSED_GENERATION = """
 import threading
@@ -28,6 +31,7 @@ def on_text(text):
     resume.wait(120)
 def ask():
     out.append(SESSION.ask(engine, "Count to five.", options, on_text=on_text, stream_interval=0))
+engine.status = status_of_background = lambda text: None
 background = threading.Thread(target=ask, name="background")
 background.start()
 assert started.wait(120), "the background generation never streamed"
@@ -66,6 +70,15 @@ def test_a_second_generation_while_one_runs_is_refused_and_the_first_is_intact(
         )
         assert name == "ModelBusy" and message.startswith(BUSY)
         assert kernel.value("SESSION.loaded.dtype") == "float32", "the model was switched"
+        assert kernel.value("engine.status is status_of_background"), "a refused call set it"
+        ok(kernel, "report = qwen3_jupyter.cleanup()")
+        summary = kernel.value("report.summary()")
+        busy = "the model is busy (a generation in thread 'background')"
+        assert f"skipped generation leftovers, allocator caches: {busy}" in summary, summary
+        assert kernel.value("[a.name for a in report.actions if a.skipped]") == [
+            "generation leftovers",
+            "allocator caches",
+        ]
     finally:
         ok(kernel, "resume.set(); background.join(120)")
     assert kernel.value("out[0].token_ids == reference and len(reference)") == 12
@@ -95,10 +108,90 @@ def test_the_holding_thread_may_nest_and_every_way_out_frees_the_model() -> None
         with holder.in_use("a generation"):
             errors.append("entered while another thread held the model")
     except ModelBusy as exc:
-        assert str(exc).startswith("the model is busy: a warm-up in thread 'warmer'; wait")
+        assert str(exc) == (
+            "the model is busy: a warm-up in thread 'warmer'; wait for it to end, then run this "
+            "again"
+        )
     finally:
         leave.set()
         thread.join(10)
     assert not errors
     with holder.in_use("a generation"):  # free once the other thread left
         assert holder.user == "a generation in thread 'MainThread'"
+
+
+START_PAUSED_BATCH = """
+import threading
+import qwen3_jupyter
+from qwen3_jupyter.session import SESSION
+engine = SESSION.engine(decode="fast")
+started, resume, out = threading.Event(), threading.Event(), []
+chunk = engine.generate_chunk
+def paused_chunk(*args, **kwargs):
+    done = chunk(*args, **kwargs)
+    started.set()
+    resume.wait(120)
+    return done
+engine.generate_chunk = paused_chunk
+def run():
+    out.append(qwen3_jupyter.generate_batch(
+        ["one", "two", "three", "four"], batch_size=4, decode="fast", greedy=True,
+        max_new_tokens=4, progress=False))
+background = threading.Thread(target=run, name="batcher")
+background.start()
+assert started.wait(120), "the background batch never finished a chunk"
+"""
+
+
+def test_a_refused_batch_leaves_the_running_batch_its_shapes(kernel: Kernel) -> None:
+    """The fast path drops its batch shapes when a batch ends; a batch refused while another
+    runs must not drop the running one's (it would rebuild, or fail mid-capture on a GPU)."""
+    ok(kernel, "%qwen3 --max-new-tokens 2 load")
+    ok(kernel, START_PAUSED_BATCH)
+    shapes = "sorted(batch for batch, _ in engine.states)"
+    try:
+        assert 4 in kernel.value(shapes)
+        ok(kernel, REFUSAL)
+        name, message = kernel.value(
+            "_refusal(lambda: qwen3_jupyter.generate_batch(['a', 'b'], decode='fast', "
+            "progress=False))"
+        )
+        assert name == "ModelBusy"
+        assert message.startswith("the model is busy: a batch (generate_batch) in thread 'batcher'")
+        assert 4 in kernel.value(shapes), "the refused call dropped the running batch's shape"
+        ok(kernel, "from qwen3_jupyter.generation import GenerationOptions")
+        name, _ = kernel.value(  # the engine's own entry, as the magics' --file reaches it
+            "_refusal(lambda: engine.generate_batch(['a', 'b'], GenerationOptions(), "
+            "progress=False))"
+        )
+        assert name == "ModelBusy"
+        assert 4 in kernel.value(shapes), "the engine's refused batch dropped the running shape"
+    finally:
+        ok(kernel, "resume.set(); background.join(120); del engine.generate_chunk")
+    assert kernel.value("[len(r.token_ids) for r in out[0]]") == [4, 4, 4, 4]
+    assert 4 not in kernel.value(shapes), "the batch's own end gives its shape back"
+
+
+def test_closing_every_engine_skips_one_in_use_and_closes_the_rest() -> None:
+    """`%unload_ext` while a thread decodes: the busy fast engine stays, servers still close."""
+    from qwen3_jupyter.session import Session
+
+    closed: list[str] = []
+
+    class Engine:
+        def __init__(self, name: str, busy: bool) -> None:
+            self.name, self.busy = name, busy
+
+        def close(self) -> None:
+            if self.busy:
+                raise ModelBusy("the model is busy: a batch in thread 'batcher'")
+            closed.append(self.name)
+
+    session = Session()
+    engines: dict[str, Any] = {
+        "fast": Engine("fast", busy=True),
+        "http://a/v1": Engine("http://a/v1", busy=False),
+    }
+    session.engines.update(engines)
+    assert session.close_engines() == ["http://a/v1"]
+    assert closed == ["http://a/v1"] and list(session.engines) == ["fast"]

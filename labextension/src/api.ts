@@ -106,13 +106,19 @@ export function requestCleanup(
       settled = true;
       clearTimeout(timer);
       kernel.iopubMessage.disconnect(onIOPub);
-      if (closeAfter) {
-        closeComm(kernel, commId);
-      }
+      kernel.statusChanged.disconnect(onStatus);
+      kernel.disposed.disconnect(onDisposed);
       if (result instanceof CleanupError) {
         reject(result);
       } else {
         resolve(result);
+      }
+      if (closeAfter) {
+        try {
+          closeComm(kernel, commId);
+        } catch {
+          // The kernel went away meanwhile: nothing left to close.
+        }
       }
     };
     const onIOPub = (_: Kernel.IKernelConnection, msg: KernelMessage.IIOPubMessage): void => {
@@ -137,18 +143,30 @@ export function requestCleanup(
         finish(new CleanupError(data.error ?? 'The cleanup failed in the kernel.'), true);
       }
     };
-    const timer = setTimeout(
-      () =>
-        finish(
-          new CleanupError(
-            `No answer after ${Math.round(timeoutMs / 1000)} s: the kernel is still busy. The ` +
-              'cleanup stays queued and runs when the running cell ends.'
-          ),
-          true
+    // A kernel that dies or restarts drops the queued request: say so now, not at the timeout.
+    const onStatus = (_: Kernel.IKernelConnection, status: Kernel.Status): void => {
+      if (status === 'dead' || status === 'restarting' || status === 'autorestarting') {
+        const what = status === 'dead' ? 'stopped' : 'restarted';
+        finish(new CleanupError(`The kernel ${what} before the cleanup ran.`), false);
+      }
+    };
+    const onDisposed = (): void =>
+      finish(new CleanupError('The connection to the kernel closed before an answer.'), false);
+    const timer = setTimeout(() => {
+      const sent = kernel.connectionStatus === 'connected';
+      finish(
+        new CleanupError(
+          sent
+            ? `No answer after ${Math.round(timeoutMs / 1000)} s: the kernel is still busy. ` +
+                'The cleanup stays queued and runs when the running cell ends.'
+            : `Could not reach the kernel in ${Math.round(timeoutMs / 1000)} s.`
         ),
-      timeoutMs
-    );
+        sent
+      );
+    }, timeoutMs);
     kernel.iopubMessage.connect(onIOPub);
+    kernel.statusChanged.connect(onStatus);
+    kernel.disposed.connect(onDisposed);
     try {
       openComm(kernel, commId);
     } catch (reason) {

@@ -5,22 +5,48 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 
 import { COMM_TARGET, CleanupError, requestCleanup } from '../src/api';
 
-/** The part of a kernel connection `requestCleanup` uses: IOPub in, shell messages out. */
-class FakeConnection {
-  readonly iopubMessage = new Signal<this, KernelMessage.IIOPubMessage>(this);
-  readonly sent: KernelMessage.IShellMessage[] = [];
-  readonly clientId = 'client';
-  readonly username = 'user';
-  readonly isDisposed = false;
-  readonly status = 'busy';
+/** A signal that counts its connections: a settled request must leave none behind. */
+class CountedSignal<S, T> extends Signal<S, T> {
+  connections = 0;
 
-  sendShellMessage(msg: KernelMessage.IShellMessage): void {
-    this.sent.push(msg);
+  connect(slot: Signal.Slot<S, T>, thisArg?: unknown): boolean {
+    this.connections += 1;
+    return super.connect(slot, thisArg);
   }
 
-  /** The kernel's side: an IOPub comm message for the comm the request opened. */
-  answer(msgType: 'comm_msg' | 'comm_close', data: Record<string, unknown>): void {
-    const commId = (this.sent[0].content as { comm_id: string }).comm_id;
+  disconnect(slot: Signal.Slot<S, T>, thisArg?: unknown): boolean {
+    this.connections -= 1;
+    return super.disconnect(slot, thisArg);
+  }
+}
+
+/** The part of a kernel connection `requestCleanup` uses: IOPub, status and disposal in, shell
+ * messages out. */
+class FakeConnection {
+  readonly iopubMessage = new CountedSignal<this, KernelMessage.IIOPubMessage>(this);
+  readonly statusChanged = new CountedSignal<this, Kernel.Status>(this);
+  readonly disposed = new CountedSignal<this, void>(this);
+  readonly sent: { msg: KernelMessage.IShellMessage; expectReply: boolean; dispose: boolean }[] =
+    [];
+  readonly clientId = 'client';
+  readonly username = 'user';
+  isDisposed = false;
+  status: Kernel.Status = 'busy';
+  connectionStatus: Kernel.ConnectionStatus = 'connected';
+
+  sendShellMessage(msg: KernelMessage.IShellMessage, expectReply = false, dispose = true): void {
+    if (this.status === 'dead') {
+      throw new Error('Kernel is dead');
+    }
+    this.sent.push({ msg, expectReply, dispose });
+  }
+
+  /** The kernel's side: an IOPub comm message for `commId` (default: the request's comm). */
+  answer(
+    msgType: 'comm_msg' | 'comm_close',
+    data: Record<string, unknown>,
+    commId = (this.sent[0].msg.content as { comm_id: string }).comm_id
+  ): void {
     const msg = KernelMessage.createMessage({
       msgType,
       channel: 'iopub',
@@ -31,12 +57,27 @@ class FakeConnection {
   }
 
   get types(): string[] {
-    return this.sent.map(msg => msg.header.msg_type);
+    return this.sent.map(({ msg }) => msg.header.msg_type);
+  }
+
+  get listeners(): number {
+    return (
+      this.iopubMessage.connections + this.statusChanged.connections + this.disposed.connections
+    );
   }
 }
 
 function request(fake: FakeConnection, timeoutMs?: number): Promise<unknown> {
   return requestCleanup(fake as unknown as Kernel.IKernelConnection, timeoutMs);
+}
+
+async function failure(reply: Promise<unknown>): Promise<CleanupError> {
+  const reason = await reply.then(
+    () => null,
+    (error: unknown) => error
+  );
+  expect(reason).toBeInstanceOf(CleanupError);
+  return reason as CleanupError;
 }
 
 describe('requestCleanup', () => {
@@ -46,47 +87,93 @@ describe('requestCleanup', () => {
   it('opens its comm on the main shell and closes it after the report', async () => {
     const fake = new FakeConnection();
     const reply = request(fake);
-    const open = fake.sent[0];
+    const { msg: open, expectReply, dispose } = fake.sent[0];
     expect(open.header.msg_type).toBe('comm_open');
     expect(open.channel).toBe('shell');
     expect(open.content).toMatchObject({ target_name: COMM_TARGET, data: { action: 'cleanup' } });
-    expect((open.header as { subshell_id?: string }).subshell_id ?? null).toBeNull();
-    fake.iopubMessage.emit(
-      KernelMessage.createMessage({
-        msgType: 'comm_msg',
-        channel: 'iopub',
-        session: 'kernel',
-        content: { comm_id: 'someone-else', data: { action: 'cleanup', ok: false } }
-      }) as KernelMessage.IIOPubMessage
-    );
+    expect((open.header as { subshell_id?: string | null }).subshell_id ?? null).toBeNull();
+    expect([expectReply, dispose]).toEqual([false, true]); // a comm_open gets no reply
+    fake.answer('comm_msg', { action: 'cleanup', ok: false }, 'someone-else');
     fake.answer('comm_msg', { action: 'cleanup', ok: true, freed_bytes: 5, summary: 'freed 5 B' });
     await expect(reply).resolves.toMatchObject({ ok: true, freed_bytes: 5 });
     expect(fake.types).toEqual(['comm_open', 'comm_close']);
-    expect(fake.sent[1].content).toMatchObject({ comm_id: open.content.comm_id });
+    expect(fake.sent[1].msg.content).toMatchObject({ comm_id: open.content.comm_id });
+    expect(fake.listeners).toBe(0);
+  });
+
+  it("passes on the kernel's error and closes the comm", async () => {
+    const fake = new FakeConnection();
+    const reply = request(fake);
+    fake.answer('comm_msg', { action: 'cleanup', ok: false, error: 'RuntimeError: boom' });
+    const error = await failure(reply);
+    expect(error.message).toBe('RuntimeError: boom');
+    expect(error.notLoaded).toBe(false);
+    expect(fake.types).toEqual(['comm_open', 'comm_close']);
   });
 
   it('reads a closed comm as the extension not loaded, and sends nothing more', async () => {
     const fake = new FakeConnection();
     const reply = request(fake);
     fake.answer('comm_close', {});
-    const error = await reply.catch((reason: unknown) => reason);
-    expect(error).toBeInstanceOf(CleanupError);
-    expect((error as CleanupError).notLoaded).toBe(true);
+    expect((await failure(reply)).notLoaded).toBe(true);
     expect(fake.types).toEqual(['comm_open']);
+    expect(fake.listeners).toBe(0);
   });
 
   it('says a request that timed out still runs when the cell ends', async () => {
     const fake = new FakeConnection();
-    const reply = request(fake, 120_000).catch((reason: unknown) => reason);
+    const reply = request(fake, 120_000);
     vi.advanceTimersByTime(120_000);
-    const error = (await reply) as CleanupError;
+    const error = await failure(reply);
     expect(error.message).toBe(
       'No answer after 120 s: the kernel is still busy. The cleanup stays queued and runs ' +
         'when the running cell ends.'
     );
-    expect(error.notLoaded).toBe(false);
     expect(fake.types).toEqual(['comm_open', 'comm_close']);
-    fake.answer('comm_msg', { action: 'cleanup', ok: true, freed_bytes: 1, summary: '' });
-    expect(fake.types).toHaveLength(2); // a late answer changes nothing
+    expect(fake.listeners).toBe(0);
+  });
+
+  it('does not claim a queued cleanup when the connection never opened', async () => {
+    const fake = new FakeConnection();
+    fake.connectionStatus = 'connecting';
+    const reply = request(fake, 120_000);
+    vi.advanceTimersByTime(120_000);
+    expect((await failure(reply)).message).toBe('Could not reach the kernel in 120 s.');
+    expect(fake.types).toEqual(['comm_open']);
+  });
+
+  it.each([
+    ['dead', 'The kernel stopped before the cleanup ran.'],
+    ['restarting', 'The kernel restarted before the cleanup ran.'],
+    ['autorestarting', 'The kernel restarted before the cleanup ran.']
+  ] as [Kernel.Status, string][])(
+    'ends at once when the kernel goes %s',
+    async (status, message) => {
+      const fake = new FakeConnection();
+      const reply = request(fake);
+      fake.status = status;
+      fake.statusChanged.emit(status);
+      expect((await failure(reply)).message).toBe(message);
+      expect(fake.types).toEqual(['comm_open']);
+      expect(fake.listeners).toBe(0);
+    }
+  );
+
+  it('ends at once when its connection is disposed', async () => {
+    const fake = new FakeConnection();
+    const reply = request(fake);
+    fake.isDisposed = true;
+    fake.disposed.emit();
+    expect((await failure(reply)).message).toBe(
+      'The connection to the kernel closed before an answer.'
+    );
+  });
+
+  it('says why when the kernel is already dead', async () => {
+    const fake = new FakeConnection();
+    fake.status = 'dead';
+    const error = await failure(request(fake));
+    expect(error.message).toBe('Could not reach the kernel: Error: Kernel is dead');
+    expect(fake.listeners).toBe(0);
   });
 });

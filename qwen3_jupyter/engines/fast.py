@@ -279,6 +279,7 @@ class FastEngine(LocalEngine):
         ]
         return results, run.peak_tensor_bytes
 
+    @holds_model("a batch")  # its clean-up too: a refused call must not drop the holder's shapes
     def generate_batch(self, prompts: Any, options: GenerationOptions, **kwargs: Any) -> Any:
         """Batches as the other local engines do; afterwards only the batch-1 shape is kept."""
         try:

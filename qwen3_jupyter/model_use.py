@@ -1,0 +1,95 @@
+"""One thread at a time uses the kernel's model.
+
+Why: the fast path decodes into one static cache and one captured graph per shape, so two
+generations at once (a `generate_batch` in a thread beside a `%qwen3` cell) would overwrite each
+other's tokens without any error, and an unload, a model switch or a cleanup of the allocator
+mid-generation frees or disturbs what the other call is using. A call from a second thread is
+refused at once (waiting would leave its cell silent for as long as the other call runs); the
+holding thread may nest (a batch's chunks, the fast path falling back to eager).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from contextlib import AbstractContextManager
+from types import TracebackType
+
+from .interrupts import interrupt_deferred
+
+
+class ModelBusy(RuntimeError):
+    """Another thread is using the kernel's model: generating, loading or unloading it."""
+
+
+class ModelUse:
+    """The lock, what holds it ("a batch", and the thread), and how deep the holder nests."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._user: tuple[str, str] | None = None
+        self._depth = 0
+
+    @property
+    def user(self) -> str | None:
+        """What holds the model now ("a batch in thread 'MainThread'"), None when it is free."""
+        user = self._user
+        return f"{user[0]} in thread {user[1]!r}" if user else None
+
+    def hold(self, activity: str) -> AbstractContextManager[None]:
+        """Hold the model for `activity` for a `with` block, or raise ModelBusy."""
+        return _Hold(self, activity)
+
+    def _enter(self, activity: str) -> None:
+        acquired = False
+        try:
+            with interrupt_deferred():  # an interrupt between the two would keep the lock
+                acquired = self._lock.acquire(blocking=False)
+                if acquired:
+                    self._depth += 1
+                    if self._depth == 1:
+                        self._user = (activity, threading.current_thread().name)
+        except KeyboardInterrupt:
+            if acquired:
+                self._exit()
+            raise
+        if not acquired:
+            raise ModelBusy(
+                f"the model is busy: {self.user or 'a call in another thread'}; wait for it to "
+                "end, then run this again"
+            )
+
+    def _exit(self) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self._user = None
+        self._lock.release()
+
+
+class _Hold:
+    """`ModelUse.hold`'s context manager (a class: a generator's could be left suspended, still
+    holding the lock, by an interrupt landing as it enters)."""
+
+    def __init__(self, use: ModelUse, activity: str) -> None:
+        self.use, self.activity = use, activity
+
+    def __enter__(self) -> None:
+        self.use._enter(self.activity)
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.use._exit()
+
+
+def holding(local: bool, activity: str) -> AbstractContextManager[None]:
+    """Hold the kernel's model for a call that uses it (`local`); a server's call holds nothing.
+    Held from the start of the call, before it touches the engine it shares with the holder."""
+    if not local:
+        return contextlib.nullcontext()
+    from .models import HOLDER
+
+    return HOLDER.in_use(activity)
