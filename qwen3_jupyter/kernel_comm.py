@@ -114,16 +114,18 @@ class _Cells:
     still run between cells, so then it runs when that cell ends (IPython's post_run_cell)."""
 
     def __init__(self) -> None:
-        self.running = False
+        self.running = 0
+        """Cells running now (a cell may run another with `get_ipython().run_cell`)."""
         self.waiting: list[tuple[Any, Any]] = []
         """(comm, request data) of the requests that wait for the running cell."""
 
     def pre_run_cell(self, info: Any = None) -> None:
-        self.running = True
+        self.running += 1
 
     def post_run_cell(self, result: Any = None) -> None:
-        self.running = False
-        self._answer_waiting(handle)
+        self.running = max(0, self.running - 1)
+        if not self.running:
+            self._answer_waiting(handle)
 
     def answer(self, comm: Any, data: Any) -> None:
         """Answer on `comm` now, or when the running cell ends."""
@@ -134,7 +136,7 @@ class _Cells:
 
     def drop_waiting(self, reason: str) -> None:
         """Answer the waiting requests with `reason` instead of a cleanup."""
-        self.running = False
+        self.running = 0
         self._answer_waiting(lambda data: {"action": "cleanup", "ok": False, "error": reason})
 
     def _answer_waiting(self, reply: Callable[[Any], dict[str, Any]]) -> None:
