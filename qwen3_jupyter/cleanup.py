@@ -815,7 +815,7 @@ def _hold_the_model(stack: contextlib.ExitStack) -> str:
     try:
         stack.enter_context(HOLDER.in_use("a cleanup"))
     except ModelBusy:
-        return f"the model is busy ({HOLDER.user or 'another thread'})"
+        return f"the model is busy with {HOLDER.user or 'a call in another thread'}"
     return ""
 
 

@@ -114,18 +114,31 @@ class _Cells:
     still run between cells, so then it runs when that cell ends (IPython's post_run_cell)."""
 
     def __init__(self) -> None:
-        self.running = 0
-        """Cells running now (a cell may run another with `get_ipython().run_cell`)."""
+        self.cell: object | None = None
+        """The main shell's running cell (its ExecutionInfo), None between cells."""
         self.waiting: list[tuple[Any, Any]] = []
         """(comm, request data) of the requests that wait for the running cell."""
 
+    @property
+    def running(self) -> bool:
+        return self.cell is not None
+
     def pre_run_cell(self, info: Any = None) -> None:
-        self.running += 1
+        """A cell starts; a cell it runs itself (`run_cell`) or one on a subshell thread is not
+        the main shell's cell."""
+        if self.cell is None and threading.current_thread() is threading.main_thread():
+            self.cell = info if info is not None else object()
 
     def post_run_cell(self, result: Any = None) -> None:
-        self.running = max(0, self.running - 1)
-        if not self.running:
-            self._answer_waiting(handle)
+        """The main shell's cell ends (matched by its ExecutionInfo: a blank cell ends without
+        having started, `run_cell_async` starts without ending)."""
+        if self.cell is None or threading.current_thread() is not threading.main_thread():
+            return
+        info = getattr(result, "info", None)
+        if info is not None and info is not self.cell:
+            return  # a cell the running one ran
+        self.cell = None
+        self._answer_waiting(handle)
 
     def answer(self, comm: Any, data: Any) -> None:
         """Answer on `comm` now, or when the running cell ends."""
@@ -136,7 +149,7 @@ class _Cells:
 
     def drop_waiting(self, reason: str) -> None:
         """Answer the waiting requests with `reason` instead of a cleanup."""
-        self.running = 0
+        self.cell = None
         self._answer_waiting(lambda data: {"action": "cleanup", "ok": False, "error": reason})
 
     def _answer_waiting(self, reply: Callable[[Any], dict[str, Any]]) -> None:

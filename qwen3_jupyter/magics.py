@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import threading
 from argparse import Namespace
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -274,14 +275,16 @@ class Qwen3Magics(Magics):
 
     def _run(self, args: Namespace, prompt: str) -> None:
         batch = _validate(args, prompt)
-        if args.reset:
-            SESSION.conversation.reset()
-            display.info("conversation cleared")
         local = args.unload or server_url(args.server, self.server or None) is None
-        with holding(local, "a %qwen3 cell"):  # before it touches the engine another thread uses
+        uses_model = bool(prompt or args.file or args.warmup or args.unload or args.eager)
+        # Held before the call touches anything another thread's call uses (engine, notices).
+        with holding(local and uses_model, "a %qwen3 cell"):
             self._run_holding(args, prompt, batch)
 
     def _run_holding(self, args: Namespace, prompt: str, batch: list[str] | None) -> None:
+        if args.reset:
+            SESSION.conversation.reset()
+            display.info("conversation cleared")
         if args.unload:
             _show_unload(SESSION.unload())
         if args.eager and not prompt and not args.file:
@@ -684,8 +687,17 @@ def load(ip: Any) -> None:
 
     ip.register_magics(Qwen3Magics(shell=ip, config=ip.config))
     ip.input_transformers_cleanup.append(protect_prompt_lines)
+    ip.events.register("post_run_cell", _release_leftover_hold)
     lifecycle.on_unload("qwen3-magics", lambda: unload(ip))
     lifecycle.on_unload("qwen3-engines", _close_engines)
+
+
+def _release_leftover_hold(result: Any = None) -> None:
+    """At a cell's end the main thread holds the model no more (see ModelUse.release_leftover)."""
+    from .models import HOLDER
+
+    if threading.current_thread() is threading.main_thread():
+        HOLDER.release_leftover()
 
 
 def _close_engines() -> None:
@@ -700,3 +712,5 @@ def unload(ip: Any) -> None:
     ip.magics_manager.registry.pop("Qwen3Magics", None)
     if protect_prompt_lines in ip.input_transformers_cleanup:
         ip.input_transformers_cleanup.remove(protect_prompt_lines)
+    if _release_leftover_hold in ip.events.callbacks["post_run_cell"]:
+        ip.events.unregister("post_run_cell", _release_leftover_hold)

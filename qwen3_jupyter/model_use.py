@@ -29,6 +29,8 @@ class ModelUse:
         self._lock = threading.RLock()
         self._user: tuple[str, str] | None = None
         self._depth = 0
+        self._owner: int | None = None
+        """The holding thread's ident (set with `_user`)."""
 
     @property
     def user(self) -> str | None:
@@ -49,6 +51,7 @@ class ModelUse:
                     self._depth += 1
                     if self._depth == 1:
                         self._user = (activity, threading.current_thread().name)
+                        self._owner = threading.get_ident()
         except KeyboardInterrupt:
             if acquired:
                 self._exit()
@@ -60,10 +63,24 @@ class ModelUse:
             )
 
     def _exit(self) -> None:
-        self._depth -= 1
-        if self._depth == 0:
-            self._user = None
-        self._lock.release()
+        with interrupt_deferred():  # an interrupt mid-way would keep the lock for good
+            self._depth -= 1
+            if self._depth == 0:
+                self._user = None
+                self._owner = None
+            self._lock.release()
+
+    def release_leftover(self) -> bool:
+        """Release a hold this thread kept by accident; True if there was one.
+
+        Why: an interrupt landing exactly as a hold is left (before `_exit` can defer it) keeps
+        the lock, and every other thread would then be refused for the rest of the kernel. The
+        main thread holds nothing between cells, so the end of a cell is a safe point to check."""
+        if self._owner != threading.get_ident() or self._depth == 0:
+            return False
+        while self._depth:
+            self._exit()
+        return True
 
 
 class _Hold:

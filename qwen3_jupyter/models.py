@@ -168,6 +168,9 @@ class ModelHolder:
         """What holds the model now ("a batch in thread 'MainThread'"), None when it is free."""
         return self._use.user
 
+    def release_leftover(self) -> bool:
+        return self._use.release_leftover()
+
     def in_use(self, activity: str) -> AbstractContextManager[None]:
         """Hold the model for `activity`: the holding thread may nest, any other thread gets
         ModelBusy at once."""

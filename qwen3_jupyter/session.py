@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +43,27 @@ class UnloadReport:
         return max(0, self.before - self.after)
 
 
+class Notices:
+    """The notices engines leave, each kept for the thread whose call left it.
+
+    Why: a `generate_batch` in a thread and a `%qwen3` cell each print the notices of their
+    own call ("compiled the decode step …") when they end; with one shared list, whichever call
+    ended first would print both, the other's in the wrong cell."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_thread: dict[int, list[str]] = {}
+
+    def append(self, text: str) -> None:
+        with self._lock:
+            self._by_thread.setdefault(threading.get_ident(), []).append(text)
+
+    def take(self) -> list[str]:
+        """This thread's notices, oldest first; they are gone from here."""
+        with self._lock:
+            return self._by_thread.pop(threading.get_ident(), [])
+
+
 @dataclass
 class Session:
     """The kernel's one model holder, conversation and last result."""
@@ -52,7 +74,7 @@ class Session:
     engines: dict[str, Engine] = field(default_factory=dict)
     """The engines that hold something between calls, by key ('fast', or a server's URL);
     the eager engine holds nothing and is made per call."""
-    notices: list[str] = field(default_factory=list)
+    notices: Notices = field(default_factory=lambda: Notices())
     """One-line notices an engine left for the next display (a fallback to eager, say)."""
 
     def add_result_listener(self, listener: Callable[[Result], None]) -> Callable[[], None]:
@@ -189,8 +211,7 @@ class Session:
         return tuple(k for e in list(self.engines.values()) for k in e.kept_memory())
 
     def take_notices(self) -> list[str]:
-        notices, self.notices[:] = list(self.notices), []
-        return notices
+        return self.notices.take()
 
     def ask(
         self,

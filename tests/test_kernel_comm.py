@@ -116,3 +116,27 @@ def test_a_request_during_an_awaiting_cell_runs_when_the_cell_ends(kernel: Kerne
             assert msg["content"]["text"] == "cell done\n"
             order.append("cell done")
     assert order == ["cell done", "cleanup answered"]
+
+
+def test_the_wait_follows_the_main_shells_cell_only() -> None:
+    """Which cell ends the wait: the one that started it (matched by its ExecutionInfo), not a
+    cell it runs itself, a blank cell that ends without starting, or a subshell's cell."""
+    from types import SimpleNamespace
+
+    from qwen3_jupyter.kernel_comm import _Cells
+
+    sent: list[dict[str, Any]] = []
+    comm = SimpleNamespace(send=sent.append)
+    cells = _Cells()
+    outer, inner, blank = object(), object(), object()
+    cells.pre_run_cell(outer)
+    cells.answer(comm, {"action": "unknown"})  # waits: a cell is running
+    cells.pre_run_cell(inner)  # `await get_ipython().run_cell_async(...)`: it never ends
+    cells.post_run_cell(SimpleNamespace(info=blank))  # `run_cell("")`: ends, never started
+    subshell = threading.Thread(target=cells.post_run_cell, args=(SimpleNamespace(info=outer),))
+    subshell.start()
+    subshell.join(10)
+    assert cells.running and sent == []
+    cells.post_run_cell(SimpleNamespace(info=outer))
+    assert not cells.running
+    assert sent == [{"action": "unknown", "ok": False, "error": "unknown action 'unknown'"}]

@@ -71,9 +71,10 @@ def test_a_second_generation_while_one_runs_is_refused_and_the_first_is_intact(
         assert name == "ModelBusy" and message.startswith(BUSY)
         assert kernel.value("SESSION.loaded.dtype") == "float32", "the model was switched"
         assert kernel.value("engine.status is status_of_background"), "a refused call set it"
+        assert "conversation cleared" in ok(kernel, "%qwen3 --reset").stdout  # needs no model
         ok(kernel, "report = qwen3_jupyter.cleanup()")
         summary = kernel.value("report.summary()")
-        busy = "the model is busy (a generation in thread 'background')"
+        busy = "the model is busy with a generation in thread 'background'"
         assert f"skipped generation leftovers, allocator caches: {busy}" in summary, summary
         assert kernel.value("[a.name for a in report.actions if a.skipped]") == [
             "generation leftovers",
@@ -195,3 +196,44 @@ def test_closing_every_engine_skips_one_in_use_and_closes_the_rest() -> None:
     session.engines.update(engines)
     assert session.close_engines() == ["http://a/v1"]
     assert closed == ["http://a/v1"] and list(session.engines) == ["fast"]
+
+
+def test_a_hold_an_interrupt_left_behind_is_released_at_the_cell_end() -> None:
+    """An interrupt landing exactly as a hold is left can keep the lock; the end of the cell
+    (the magics' post_run_cell hook calls release_leftover) gives it back."""
+    holder = ModelHolder()
+    hold = holder.in_use("a generation")
+    hold.__enter__()  # left without __exit__, as such an interrupt leaves it
+    assert holder.user == "a generation in thread 'MainThread'"
+    errors: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            with holder.in_use("a batch"):
+                pass
+        except BaseException as exc:  # the test reports it
+            errors.append(exc)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join(10)
+    assert [type(e) for e in errors] == [ModelBusy]
+    assert holder.release_leftover() is True and holder.user is None
+    assert holder.release_leftover() is False
+    errors.clear()
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join(10)
+    assert errors == []
+
+
+def test_each_thread_gets_the_notices_its_own_calls_left() -> None:
+    from qwen3_jupyter.session import Notices
+
+    notices = Notices()
+    notices.append("compiled the decode step for batch 1")
+    thread = threading.Thread(target=notices.append, args=("compiled the step for batch 4",))
+    thread.start()
+    thread.join(10)
+    assert notices.take() == ["compiled the decode step for batch 1"]
+    assert notices.take() == []

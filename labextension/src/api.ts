@@ -144,8 +144,11 @@ export function requestCleanup(
       }
     };
     // A kernel that dies or restarts drops the queued request: say so now, not at the timeout.
+    // ('starting' is how a restart from the notebook shows here: the new kernel says it on
+    // IOPub; only the server's auto-restart sends 'restarting'.)
+    const ended: Kernel.Status[] = ['dead', 'restarting', 'autorestarting', 'starting'];
     const onStatus = (_: Kernel.IKernelConnection, status: Kernel.Status): void => {
-      if (status === 'dead' || status === 'restarting' || status === 'autorestarting') {
+      if (ended.includes(status)) {
         const what = status === 'dead' ? 'stopped' : 'restarted';
         finish(new CleanupError(`The kernel ${what} before the cleanup ran.`), false);
       }

@@ -145,7 +145,8 @@ describe('requestCleanup', () => {
   it.each([
     ['dead', 'The kernel stopped before the cleanup ran.'],
     ['restarting', 'The kernel restarted before the cleanup ran.'],
-    ['autorestarting', 'The kernel restarted before the cleanup ran.']
+    ['autorestarting', 'The kernel restarted before the cleanup ran.'],
+    ['starting', 'The kernel restarted before the cleanup ran.']
   ] as [Kernel.Status, string][])(
     'ends at once when the kernel goes %s',
     async (status, message) => {
@@ -167,6 +168,8 @@ describe('requestCleanup', () => {
     expect((await failure(reply)).message).toBe(
       'The connection to the kernel closed before an answer.'
     );
+    expect(fake.types).toEqual(['comm_open']);
+    expect(fake.listeners).toBe(0);
   });
 
   it('says why when the kernel is already dead', async () => {

@@ -181,7 +181,9 @@ class FastEngine(LocalEngine):
         return tuple(kept)
 
     def holdings(self) -> tuple[object, ...]:
-        return tuple(state.buffers for state in self.states.values())
+        """The buffers kept (a copy of the shapes first: a verbose cleanup may ask while another
+        thread's batch adds or drops one)."""
+        return tuple(state.buffers for state in list(self.states.values()))
 
     @holds_model("closing the fast decode path")
     def close(self) -> None:
