@@ -37,6 +37,8 @@ _LAZY: dict[str, str] = {
     "split_thinking": "generation",
     "generate_batch": "batching",
     "BatchResults": "batching",
+    "stop": "model_use",
+    "ModelBusy": "model_use",
 }
 
 
@@ -44,6 +46,7 @@ __all__ = [
     "BatchResults",
     "CleanupReport",
     "GenerationOptions",
+    "ModelBusy",
     "Result",
     "add_cleanup_listener",
     "cleanup",
@@ -51,6 +54,7 @@ __all__ = [
     "generate_batch",
     "inference",
     "split_thinking",
+    "stop",
 ]
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from .generation import GenerationOOM, GenerationOptions, Result, release_after_generation
 from .interrupts import interrupt_deferred
 from .memory import format_bytes
+from .model_use import stop_point
 
 ChunkGenerator = Callable[[list[str], GenerationOptions, "int | None"], tuple[list[Result], int]]
 """Decodes one left-padded batch: (prompts, options, memory budget) -> (results, peak bytes)."""
@@ -212,6 +213,7 @@ def run_batches(
                 results.extend(chunk_results)
             position += len(chunk)
             bar.update(len(chunk))
+            stop_point()  # a stop asked for while the last chunk finished ends the batch here
     except KeyboardInterrupt:
         interrupted = True
     finally:

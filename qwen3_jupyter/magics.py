@@ -38,7 +38,7 @@ from .gauge import inline_gauge
 from .generation import DEFAULT_MAX_NEW_TOKENS, GenerationOOM, GenerationOptions, broken_rules
 from .magic_args import did_you_mean, options_of
 from .memory import format_bytes
-from .model_use import ModelBusy, holding
+from .model_use import ModelBusy, holding, stop
 from .models import DTYPES, ModelError, canonical_dtype
 from .prompt_vars import PromptVarsError, fill
 from .session import SESSION
@@ -197,6 +197,12 @@ class Qwen3Magics(Magics):
         action="store_true",
         help="Free the loaded model completely and report the memory returned.",
     )
+    @argument(
+        "--stop",
+        action="store_true",
+        help="Ask the call using the model in another thread (a generate_batch started in a "
+        "thread, say) to stop at its next step; it keeps what it finished.",
+    )
     @line_cell_magic
     @no_var_expand
     @needs_local_scope
@@ -275,6 +281,9 @@ class Qwen3Magics(Magics):
 
     def _run(self, args: Namespace, prompt: str) -> None:
         batch = _validate(args, prompt)
+        if args.stop:
+            display.info(stop())
+            return
         local = args.unload or server_url(args.server, self.server or None) is None
         uses_model = bool(prompt or args.file or args.warmup or args.unload or args.eager)
         # Held before the call touches anything another thread's call uses (engine, notices).
@@ -492,6 +501,10 @@ def _show_fast_closed(session: Any) -> None:
 
 def _validate(args: Namespace, prompt: str) -> list[str] | None:
     """Refuse bad flags in one line before any work; the --file prompts, read once, if any."""
+    if args.stop and (prompt or args.file or args.reset or args.unload or args.warmup):
+        raise UsageError(
+            "--stop goes alone: it asks the call using the model in another thread to stop"
+        )
     if args.file and prompt:
         raise UsageError("give either a prompt or --file PROMPTS.txt, not both")
     if args.out and not args.file:
@@ -499,7 +512,7 @@ def _validate(args: Namespace, prompt: str) -> list[str] | None:
     if (
         not prompt
         and not args.file
-        and not (args.reset or args.unload or args.eager or args.warmup)
+        and not (args.reset or args.unload or args.eager or args.warmup or args.stop)
     ):
         raise UsageError("empty prompt: write %qwen3 [options] PROMPT (see %qwen3?)")
     if args.batch_size is not None and args.batch_size < 1:

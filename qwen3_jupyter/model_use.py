@@ -31,6 +31,8 @@ class ModelUse:
         self._depth = 0
         self._owner: int | None = None
         """The holding thread's ident (set with `_user`)."""
+        self._stop = threading.Event()
+        """Set by `request_stop`; the holder raises KeyboardInterrupt at its next step."""
 
     @property
     def user(self) -> str | None:
@@ -52,6 +54,7 @@ class ModelUse:
                     if self._depth == 1:
                         self._user = (activity, threading.current_thread().name)
                         self._owner = threading.get_ident()
+                        self._stop.clear()
         except KeyboardInterrupt:
             if acquired:
                 self._exit()
@@ -59,7 +62,7 @@ class ModelUse:
         if not acquired:
             raise ModelBusy(
                 f"the model is busy: {self.user or 'a call in another thread'}; wait for it to "
-                "end, then run this again"
+                "end (or stop it: %qwen3 --stop), then run this again"
             )
 
     def _exit(self) -> None:
@@ -68,7 +71,26 @@ class ModelUse:
             if self._depth == 0:
                 self._user = None
                 self._owner = None
+                self._stop.clear()
             self._lock.release()
+
+    def request_stop(self) -> str | None:
+        """Ask the call holding the model to stop at its next step; what holds it, or None.
+
+        Why: a call in a background thread (a `generate_batch` started so the notebook stays
+        free) cannot be interrupted, since an interrupt reaches only the main thread. The
+        holder checks at every decode step and between batches (`check_stop`) and then ends
+        as an interrupt would end it, keeping what it finished."""
+        user = self.user
+        if user is not None:
+            self._stop.set()
+        return user
+
+    def check_stop(self) -> None:
+        """Raise KeyboardInterrupt in the holding thread if a stop was asked for (once)."""
+        if self._stop.is_set() and self._owner == threading.get_ident():
+            self._stop.clear()
+            raise KeyboardInterrupt
 
     def release_leftover(self) -> bool:
         """Release a hold this thread kept by accident; True if there was one.
@@ -100,6 +122,25 @@ class _Hold:
         traceback: TracebackType | None,
     ) -> None:
         self.use._exit()
+
+
+def stop() -> str:
+    """Ask the call that is using the kernel's model (a batch in a thread, say) to stop at its
+    next step; it keeps what it finished, as an interrupt would. One line says what was asked."""
+    from .models import HOLDER
+
+    user = HOLDER.request_stop()
+    if user is None:
+        return "nothing is using the model: nothing to stop"
+    return f"asked {user} to stop at its next step (it keeps what it finished)"
+
+
+def stop_point() -> None:
+    """Where a call using the kernel's model may be stopped by `stop()` (a decode step's end,
+    between batches): raises KeyboardInterrupt there, in the holding thread only."""
+    from .models import HOLDER
+
+    HOLDER.check_stop()
 
 
 def holding(local: bool, activity: str) -> AbstractContextManager[None]:

@@ -171,6 +171,12 @@ class ModelHolder:
     def release_leftover(self) -> bool:
         return self._use.release_leftover()
 
+    def request_stop(self) -> str | None:
+        return self._use.request_stop()
+
+    def check_stop(self) -> None:
+        self._use.check_stop()
+
     def in_use(self, activity: str) -> AbstractContextManager[None]:
         """Hold the model for `activity`: the holding thread may nest, any other thread gets
         ModelBusy at once."""

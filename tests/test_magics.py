@@ -234,6 +234,7 @@ def test_help_is_complete(kernel: Kernel) -> None:
         "--chat",
         "--reset",
         "--unload",
+        "--stop",
         "_qwen3",
     ):
         assert flag in text, flag

@@ -110,8 +110,8 @@ def test_the_holding_thread_may_nest_and_every_way_out_frees_the_model() -> None
             errors.append("entered while another thread held the model")
     except ModelBusy as exc:
         assert str(exc) == (
-            "the model is busy: a warm-up in thread 'warmer'; wait for it to end, then run this "
-            "again"
+            "the model is busy: a warm-up in thread 'warmer'; wait for it to end (or stop it: "
+            "%qwen3 --stop), then run this again"
         )
     finally:
         leave.set()
@@ -237,3 +237,42 @@ def test_each_thread_gets_the_notices_its_own_calls_left() -> None:
     thread.join(10)
     assert notices.take() == ["compiled the decode step for batch 1"]
     assert notices.take() == []
+
+
+@pytest.mark.parametrize("decode", ["fast", "eager"])
+def test_stop_ends_a_generation_in_another_thread_at_its_next_step(
+    kernel: Kernel, decode: str
+) -> None:
+    """An interrupt reaches only the main thread; `%qwen3 --stop` reaches the thread that holds
+    the model, which ends as an interrupt would end it: the tokens so far kept."""
+    ok(kernel, "%qwen3 --max-new-tokens 2 load")
+    ok(kernel, START_PAUSED_GENERATION.format(decode=decode))
+    try:
+        said = ok(kernel, "%qwen3 --stop").stdout
+        assert "asked a generation in thread 'background' to stop at its next step" in said
+    finally:
+        ok(kernel, "resume.set(); background.join(120)")
+    stopped = kernel.value("(out[0].stop_reason, out[0].completion_tokens)")
+    assert stopped[0] == "interrupted" and 1 <= stopped[1] < 12, stopped
+    ok(kernel, "from qwen3_jupyter.models import HOLDER")
+    assert kernel.value("HOLDER.user") is None
+    assert "nothing to stop" in ok(kernel, "%qwen3 --stop").stdout
+    ok(kernel, f"%qwen3 --{decode} --greedy --max-new-tokens 3 hi")  # free, and not stopped
+
+
+def test_stop_ends_a_background_batch_between_batches_keeping_the_finished(
+    kernel: Kernel,
+) -> None:
+    ok(kernel, "%qwen3 --max-new-tokens 2 load")
+    ok(kernel, START_PAUSED_BATCH.replace('["one", "two", "three", "four"]', "['p'] * 8"))
+    try:
+        said = ok(kernel, "import qwen3_jupyter\nprint(qwen3_jupyter.stop())").stdout
+        assert "asked a batch (generate_batch) in thread 'batcher' to stop" in said
+    finally:
+        ok(kernel, "resume.set(); background.join(120); del engine.generate_chunk")
+    assert kernel.value("(out[0].report.interrupted, len(out[0]))") == (True, 4)
+    refused = kernel.run("%qwen3 --stop hi")
+    assert refused.status == "error"
+    assert refused.stderr.strip() == (
+        "UsageError: --stop goes alone: it asks the call using the model in another thread to stop"
+    )

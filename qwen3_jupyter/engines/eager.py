@@ -31,6 +31,7 @@ from ..generation import (
     until_eos,
 )
 from ..memory import process_rss
+from ..model_use import stop_point
 from ..out_of_memory import allocation_failures_as_oom
 from .attention import planless_attention
 from .base import TextCallback
@@ -76,6 +77,7 @@ class MemoryGuard:
         if input_ids.device.type == "cpu":
             self.peak_rss = max(self.peak_rss, process_rss())
         enforce_budget(used, self.budget)
+        stop_point()  # `%qwen3 --stop` from another thread ends the call here
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
     def release(self) -> None:

@@ -42,6 +42,7 @@ from ..generation import (
 )
 from ..interrupts import interrupt_deferred
 from ..memory import format_bytes, process_rss, trim_host_heap
+from ..model_use import stop_point
 from ..out_of_memory import allocation_failures_as_oom
 from . import qwen3_step
 from .attention import planless_attention
@@ -692,6 +693,7 @@ class FastEngine(LocalEngine):
         reader = _TokenReader(tokens)
         for _ in range(options.max_new_tokens - 1):
             step()
+            stop_point()  # `%qwen3 --stop` from another thread ends the call here
             rows = reader.queued()
             if rows is not None:
                 run.note([r[0] for r in rows], self._eos, options, started)
