@@ -191,6 +191,7 @@ def run_batches(
     bar = tqdm(total=len(prompts), desc="qwen3 batch", unit="prompt", disable=not progress)
     try:
         while position < len(prompts):
+            stop_point()  # a stop asked for as the last batch finished: before the next one
             chunk = prompts[position : position + size]
             try:
                 chunk_results, chunk_peak = generate_chunk(chunk, options, budget)
@@ -213,7 +214,6 @@ def run_batches(
                 results.extend(chunk_results)
             position += len(chunk)
             bar.update(len(chunk))
-            stop_point()  # a stop asked for while the last chunk finished ends the batch here
     except KeyboardInterrupt:
         interrupted = True
     finally:

@@ -1,16 +1,20 @@
-"""Holding a kernel interrupt (SIGINT) across a few lines that must run together.
+"""Kernel interrupts (SIGINT): held across a few lines that must run together, or made to land.
 
 An interrupt lands between any two Python bytecodes. Where a half-done step would lose or corrupt
 something (a batch written to the JSON-lines file but not kept; a CUDA graph half captured), the
-interrupt is held until the block has run and delivered right after.
+interrupt is held until the block has run and delivered right after (`interrupt_deferred`).
+Where Python may drop it (a long torch.compile), it is sent again until it lands
+(`interrupts_that_land`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -35,3 +39,77 @@ def interrupt_deferred() -> Iterator[None]:
         previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
     else:
         raise KeyboardInterrupt
+
+
+def interrupts_that_land() -> contextlib.AbstractContextManager[None]:
+    """See `_LandingInterrupts`: an interrupt during the block ends it, even a dropped one."""
+    return _LandingInterrupts()
+
+
+class _LandingInterrupts:
+    """Make an interrupt (SIGINT) end the block even where Python would drop it.
+
+    Why: Python raises an interrupt's KeyboardInterrupt at whatever bytecode runs next, and when
+    that is a finalizer (`__del__`, a weakref or gc callback) it prints "Exception ignored" and
+    the interrupt is gone. torch.compile frees objects all the time while it traces, so an
+    interrupt during a compile was lost now and then (measured: the compile went on for 15 s and
+    the call decoded every token). Here the first SIGINT is sent again to the main thread every
+    0.25 s while the main thread is still inside the block, and a KeyboardInterrupt is raised
+    only there; if every one was dropped and the block ends, it raises on the way out. Only on
+    the main thread (signal handlers can be set nowhere else); elsewhere the block simply runs.
+    """
+
+    RESEND_EVERY = 0.25
+    RESEND_AT_MOST = 40
+
+    def __init__(self) -> None:
+        self._active = threading.current_thread() is threading.main_thread()
+        self._block: Any = None
+        self._received = threading.Event()
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        """Taken to resend and to finish: no resend once the block is done."""
+        self._previous: Any = None
+
+    def __enter__(self) -> None:
+        if not self._active:
+            return
+        self._block = sys._getframe(1)
+        self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
+        if not self._active:
+            return
+        with self._lock:
+            self._done.set()
+        signal.signal(  # it first runs a signal still pending, with _on_sigint: ignored now
+            signal.SIGINT, self._previous if self._previous is not None else signal.SIG_DFL
+        )
+        self._block = None
+        if self._received.is_set() and kind is None:
+            raise KeyboardInterrupt  # every one was dropped, and the block ran to its end
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self._done.is_set() or not self._inside(frame or sys._getframe(1)):
+            return  # the block is over: this was a resend that came late
+        if not self._received.is_set():
+            self._received.set()
+            threading.Thread(target=self._resend, name="qwen3-interrupt", daemon=True).start()
+        raise KeyboardInterrupt
+
+    def _inside(self, frame: Any) -> bool:
+        while frame is not None:
+            if frame is self._block:
+                return True
+            frame = frame.f_back
+        return False
+
+    def _resend(self) -> None:
+        main = threading.main_thread().ident
+        for _ in range(self.RESEND_AT_MOST):
+            if self._done.wait(self.RESEND_EVERY) or main is None:
+                return
+            with self._lock:
+                if self._done.is_set() or not self._inside(sys._current_frames().get(main)):
+                    return  # the KeyboardInterrupt got out of the block
+                signal.pthread_kill(main, signal.SIGINT)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, lifecycle
+from .main_cell import MainCell
 
 TARGET = "qwen3_jupyter"
 MARKER_SUFFIX = ".qwen3-jupyter.json"
@@ -114,31 +115,20 @@ class _Cells:
     still run between cells, so then it runs when that cell ends (IPython's post_run_cell)."""
 
     def __init__(self) -> None:
-        self.cell: object | None = None
-        """The main shell's running cell (its ExecutionInfo), None between cells."""
+        self.cell = MainCell()
         self.waiting: list[tuple[Any, Any]] = []
         """(comm, request data) of the requests that wait for the running cell."""
 
     @property
     def running(self) -> bool:
-        return self.cell is not None
+        return self.cell.running
 
     def pre_run_cell(self, info: Any = None) -> None:
-        """A cell starts; a cell it runs itself (`run_cell`) or one on a subshell thread is not
-        the main shell's cell."""
-        if self.cell is None and threading.current_thread() is threading.main_thread():
-            self.cell = info if info is not None else object()
+        self.cell.started(info)
 
     def post_run_cell(self, result: Any = None) -> None:
-        """The main shell's cell ends (matched by its ExecutionInfo: a blank cell ends without
-        having started, `run_cell_async` starts without ending)."""
-        if self.cell is None or threading.current_thread() is not threading.main_thread():
-            return
-        info = getattr(result, "info", None)
-        if info is not None and info is not self.cell:
-            return  # a cell the running one ran
-        self.cell = None
-        self._answer_waiting(handle)
+        if self.cell.ended(result):
+            self._answer_waiting(handle)
 
     def answer(self, comm: Any, data: Any) -> None:
         """Answer on `comm` now, or when the running cell ends."""
@@ -149,7 +139,7 @@ class _Cells:
 
     def drop_waiting(self, reason: str) -> None:
         """Answer the waiting requests with `reason` instead of a cleanup."""
-        self.cell = None
+        self.cell = MainCell()
         self._answer_waiting(lambda data: {"action": "cleanup", "ok": False, "error": reason})
 
     def _answer_waiting(self, reply: Callable[[Any], dict[str, Any]]) -> None:

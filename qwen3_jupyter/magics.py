@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import threading
 from argparse import Namespace
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -26,7 +25,7 @@ from IPython.core.magic import (
     needs_local_scope,
     no_var_expand,
 )
-from IPython.core.magic_arguments import argument, magic_arguments
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.utils.text import DollarFormatter
 from traitlets import Float, Unicode
 
@@ -37,6 +36,7 @@ from .engines.urls import mask_url
 from .gauge import inline_gauge
 from .generation import DEFAULT_MAX_NEW_TOKENS, GenerationOOM, GenerationOptions, broken_rules
 from .magic_args import did_you_mean, options_of
+from .main_cell import MainCell
 from .memory import format_bytes
 from .model_use import ModelBusy, holding, stop
 from .models import DTYPES, ModelError, canonical_dtype
@@ -499,9 +499,19 @@ def _show_fast_closed(session: Any) -> None:
     display.info(notice or "fast decode holds nothing now: nothing to give back")
 
 
+def _options_given(args: Namespace, exclude: tuple[str, ...] = ()) -> list[str]:
+    """The options set to other than their defaults (from the magic's own parser)."""
+    defaults = vars(parse_argstring(Qwen3Magics.qwen3, ""))
+    return [
+        name
+        for name, value in vars(args).items()
+        if name not in exclude and name in defaults and value != defaults[name]
+    ]
+
+
 def _validate(args: Namespace, prompt: str) -> list[str] | None:
     """Refuse bad flags in one line before any work; the --file prompts, read once, if any."""
-    if args.stop and (prompt or args.file or args.reset or args.unload or args.warmup):
+    if args.stop and (prompt or _options_given(args, exclude=("stop",))):
         raise UsageError(
             "--stop goes alone: it asks the call using the model in another thread to stop"
         )
@@ -700,16 +710,21 @@ def load(ip: Any) -> None:
 
     ip.register_magics(Qwen3Magics(shell=ip, config=ip.config))
     ip.input_transformers_cleanup.append(protect_prompt_lines)
+    ip.events.register("pre_run_cell", _MAIN_CELL.started)
     ip.events.register("post_run_cell", _release_leftover_hold)
     lifecycle.on_unload("qwen3-magics", lambda: unload(ip))
     lifecycle.on_unload("qwen3-engines", _close_engines)
 
 
+_MAIN_CELL = MainCell()
+
+
 def _release_leftover_hold(result: Any = None) -> None:
-    """At a cell's end the main thread holds the model no more (see ModelUse.release_leftover)."""
+    """When the main shell's cell ends, the main thread holds the model no more (see
+    ModelUse.release_leftover); a cell that cell ran itself is not its end."""
     from .models import HOLDER
 
-    if threading.current_thread() is threading.main_thread():
+    if _MAIN_CELL.ended(result):
         HOLDER.release_leftover()
 
 
@@ -725,5 +740,9 @@ def unload(ip: Any) -> None:
     ip.magics_manager.registry.pop("Qwen3Magics", None)
     if protect_prompt_lines in ip.input_transformers_cleanup:
         ip.input_transformers_cleanup.remove(protect_prompt_lines)
-    if _release_leftover_hold in ip.events.callbacks["post_run_cell"]:
-        ip.events.unregister("post_run_cell", _release_leftover_hold)
+    for event, hook in (
+        ("pre_run_cell", _MAIN_CELL.started),
+        ("post_run_cell", _release_leftover_hold),
+    ):
+        if hook in ip.events.callbacks[event]:
+            ip.events.unregister(event, hook)

@@ -22,6 +22,10 @@ class ModelBusy(RuntimeError):
     """Another thread is using the kernel's model: generating, loading or unloading it."""
 
 
+STOPPABLE = ("a generation", "a batch", "a %qwen3 cell", "an inference() chat")
+"""The activities that decode, and so check for a stop at every step."""
+
+
 class ModelUse:
     """The lock, what holds it ("a batch", and the thread), and how deep the holder nests."""
 
@@ -33,12 +37,21 @@ class ModelUse:
         """The holding thread's ident (set with `_user`)."""
         self._stop = threading.Event()
         """Set by `request_stop`; the holder raises KeyboardInterrupt at its next step."""
+        self._stop_for: int | None = None
+        """The thread the stop was asked of (a thread that took the model since is not it)."""
 
     @property
     def user(self) -> str | None:
         """What holds the model now ("a batch in thread 'MainThread'"), None when it is free."""
         user = self._user
         return f"{user[0]} in thread {user[1]!r}" if user else None
+
+    @property
+    def stoppable(self) -> bool:
+        """Whether the holder decodes, so `request_stop` reaches it (loading, a warm-up or a
+        cleanup has no step to stop at)."""
+        user = self._user
+        return user is not None and user[0].startswith(STOPPABLE)
 
     def hold(self, activity: str) -> AbstractContextManager[None]:
         """Hold the model for `activity` for a `with` block, or raise ModelBusy."""
@@ -60,12 +73,15 @@ class ModelUse:
                 self._exit()
             raise
         if not acquired:
+            how = " (or stop it: %qwen3 --stop)" if self.stoppable else ""
             raise ModelBusy(
                 f"the model is busy: {self.user or 'a call in another thread'}; wait for it to "
-                "end (or stop it: %qwen3 --stop), then run this again"
+                f"end{how}, then run this again"
             )
 
     def _exit(self) -> None:
+        if self._owner != threading.get_ident() or self._depth == 0:
+            return  # given back already (release_leftover): nothing of this thread's to release
         with interrupt_deferred():  # an interrupt mid-way would keep the lock for good
             self._depth -= 1
             if self._depth == 0:
@@ -82,13 +98,14 @@ class ModelUse:
         holder checks at every decode step and between batches (`check_stop`) and then ends
         as an interrupt would end it, keeping what it finished."""
         user = self.user
-        if user is not None:
+        if user is not None and self.stoppable:
+            self._stop_for = self._owner
             self._stop.set()
         return user
 
     def check_stop(self) -> None:
-        """Raise KeyboardInterrupt in the holding thread if a stop was asked for (once)."""
-        if self._stop.is_set() and self._owner == threading.get_ident():
+        """Raise KeyboardInterrupt in the holding thread if a stop was asked of it (once)."""
+        if self._stop.is_set() and self._stop_for == threading.get_ident() == self._owner:
             self._stop.clear()
             raise KeyboardInterrupt
 
@@ -132,6 +149,8 @@ def stop() -> str:
     user = HOLDER.request_stop()
     if user is None:
         return "nothing is using the model: nothing to stop"
+    if not HOLDER.stoppable:
+        return f"{user} cannot be stopped part-way; it ends by itself"
     return f"asked {user} to stop at its next step (it keeps what it finished)"
 
 

@@ -174,6 +174,10 @@ class ModelHolder:
     def request_stop(self) -> str | None:
         return self._use.request_stop()
 
+    @property
+    def stoppable(self) -> bool:
+        return self._use.stoppable
+
     def check_stop(self) -> None:
         self._use.check_stop()
 

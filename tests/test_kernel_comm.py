@@ -119,8 +119,10 @@ def test_a_request_during_an_awaiting_cell_runs_when_the_cell_ends(kernel: Kerne
 
 
 def test_the_wait_follows_the_main_shells_cell_only() -> None:
-    """Which cell ends the wait: the one that started it (matched by its ExecutionInfo), not a
-    cell it runs itself, a blank cell that ends without starting, or a subshell's cell."""
+    """Which ending ends the wait: the main shell's cell's (by its ExecutionInfo, or any ending
+    no nested cell started: an interrupt in IPython's own code ends a cell with a new info), not
+    the end of a cell it ran itself, nor a subshell's; a nested cell that never ends
+    (`run_cell_async`) does not hold the wait past the main cell's end."""
     from types import SimpleNamespace
 
     from qwen3_jupyter.kernel_comm import _Cells
@@ -128,15 +130,20 @@ def test_the_wait_follows_the_main_shells_cell_only() -> None:
     sent: list[dict[str, Any]] = []
     comm = SimpleNamespace(send=sent.append)
     cells = _Cells()
-    outer, inner, blank = object(), object(), object()
+    outer, inner, never_ends = object(), object(), object()
     cells.pre_run_cell(outer)
     cells.answer(comm, {"action": "unknown"})  # waits: a cell is running
-    cells.pre_run_cell(inner)  # `await get_ipython().run_cell_async(...)`: it never ends
-    cells.post_run_cell(SimpleNamespace(info=blank))  # `run_cell("")`: ends, never started
+    cells.pre_run_cell(inner)  # the cell runs another with get_ipython().run_cell(...)
+    cells.post_run_cell(SimpleNamespace(info=inner))
+    cells.pre_run_cell(never_ends)  # `await get_ipython().run_cell_async(...)`
     subshell = threading.Thread(target=cells.post_run_cell, args=(SimpleNamespace(info=outer),))
     subshell.start()
     subshell.join(10)
     assert cells.running and sent == []
-    cells.post_run_cell(SimpleNamespace(info=outer))
+    cells.post_run_cell(SimpleNamespace(info=object()))  # IPython ended it with a new info
     assert not cells.running
     assert sent == [{"action": "unknown", "ok": False, "error": "unknown action 'unknown'"}]
+    cells.pre_run_cell(object())  # the next cell starts afresh: nothing nested is left over
+    cells.answer(comm, {"action": "unknown"})
+    cells.post_run_cell(None)
+    assert len(sent) == 2 and not cells.running

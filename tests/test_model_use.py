@@ -109,9 +109,9 @@ def test_the_holding_thread_may_nest_and_every_way_out_frees_the_model() -> None
         with holder.in_use("a generation"):
             errors.append("entered while another thread held the model")
     except ModelBusy as exc:
-        assert str(exc) == (
-            "the model is busy: a warm-up in thread 'warmer'; wait for it to end (or stop it: "
-            "%qwen3 --stop), then run this again"
+        assert str(exc) == (  # a warm-up has no step to stop at: no --stop offered
+            "the model is busy: a warm-up in thread 'warmer'; wait for it to end, then run this "
+            "again"
         )
     finally:
         leave.set()
@@ -220,6 +220,7 @@ def test_a_hold_an_interrupt_left_behind_is_released_at_the_cell_end() -> None:
     assert [type(e) for e in errors] == [ModelBusy]
     assert holder.release_leftover() is True and holder.user is None
     assert holder.release_leftover() is False
+    hold.__exit__(None, None, None)  # the late exit of a hold given back already: nothing
     errors.clear()
     thread = threading.Thread(target=other)
     thread.start()
@@ -271,8 +272,43 @@ def test_stop_ends_a_background_batch_between_batches_keeping_the_finished(
     finally:
         ok(kernel, "resume.set(); background.join(120); del engine.generate_chunk")
     assert kernel.value("(out[0].report.interrupted, len(out[0]))") == (True, 4)
-    refused = kernel.run("%qwen3 --stop hi")
-    assert refused.status == "error"
-    assert refused.stderr.strip() == (
-        "UsageError: --stop goes alone: it asks the call using the model in another thread to stop"
-    )
+    for cell in ("%qwen3 --stop hi", "%qwen3 --stop --eager", "%qwen3 --stop --server http://x"):
+        refused = kernel.run(cell)
+        assert refused.status == "error"
+        assert refused.stderr.strip() == (
+            "UsageError: --stop goes alone: it asks the call using the model in another thread "
+            "to stop"
+        ), cell
+
+
+def test_only_a_decoding_holder_is_asked_to_stop() -> None:
+    """Loading, a warm-up or a cleanup has no step to stop at: stop says so, the busy message
+    offers no --stop, and the flag is not left for the next call."""
+    from qwen3_jupyter.model_use import ModelUse
+
+    use = ModelUse()
+    entered, leave = threading.Event(), threading.Event()
+
+    def hold(activity: str) -> None:
+        with use.hold(activity):
+            entered.set()
+            leave.wait(10)
+
+    for activity, stoppable in (("loading tiny", False), ("a batch", True)):
+        entered.clear()
+        leave.clear()
+        thread = threading.Thread(target=hold, args=(activity,), name="worker")
+        thread.start()
+        assert entered.wait(10)
+        try:
+            assert use.request_stop() == f"{activity} in thread 'worker'"
+            assert use.stoppable is stoppable
+            with pytest.raises(ModelBusy) as refused, use.hold("a generation"):
+                pass
+            assert ("%qwen3 --stop" in str(refused.value)) is stoppable
+            use.check_stop()  # asked of the worker, not of this thread: nothing happens here
+        finally:
+            leave.set()
+            thread.join(10)
+    with use.hold("a generation"):
+        use.check_stop()  # a stop asked of an earlier holder does not reach this one

@@ -40,7 +40,7 @@ from ..generation import (
     prompt_text,
     release_after_generation,
 )
-from ..interrupts import interrupt_deferred
+from ..interrupts import interrupt_deferred, interrupts_that_land
 from ..memory import format_bytes, process_rss, trim_host_heap
 from ..model_use import stop_point
 from ..out_of_memory import allocation_failures_as_oom
@@ -593,7 +593,9 @@ class FastEngine(LocalEngine):
             self.status(f"compiling the decode step for {shape} (once per kernel; cached on disk)…")
         before, hits, started = compiles_so_far(), compile_cache_hits(), time.perf_counter()
         try:
-            with allocation_failures_as_oom():  # running out is not a failed compile
+            # Running out is not a failed compile; an interrupt ends it even where Python would
+            # drop it (in one of the finalizers torch.compile runs all the time).
+            with allocation_failures_as_oom(), interrupts_that_land():
                 direct()
         except (KeyboardInterrupt, torch.OutOfMemoryError):
             raise
@@ -693,7 +695,6 @@ class FastEngine(LocalEngine):
         reader = _TokenReader(tokens)
         for _ in range(options.max_new_tokens - 1):
             step()
-            stop_point()  # `%qwen3 --stop` from another thread ends the call here
             rows = reader.queued()
             if rows is not None:
                 run.note([r[0] for r in rows], self._eos, options, started)
@@ -701,6 +702,7 @@ class FastEngine(LocalEngine):
                     streamed.update(run.ids[0])
                 if run.done(options):
                     break
+            stop_point()  # `%qwen3 --stop` from another thread ends the call here
         else:
             rows = reader.drain()
             if rows is not None:
