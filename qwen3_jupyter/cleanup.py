@@ -29,6 +29,7 @@ import sys
 import time
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -783,40 +784,37 @@ def _run_actions(
         )
     )
     steps.append(("allocator caches", release_allocator_caches))
-    with contextlib.ExitStack() as holding:
-        busy = _hold_the_model(holding)
-        results = []
-        probe = _probe()
-        automatic_gc = gc.isenabled()
-        gc.disable()  # cycles are collected by the "cycles" action, not mid-way by an allocation
-        try:
-            for name, action in steps:
-                if busy and name in MODEL_ACTIONS:
-                    results.append(ActionResult(name, skipped=busy))
-                    continue
-                results.append(_run_action(name, action, probe))
-                probe = _probe()
-        finally:
-            if automatic_gc:
-                gc.enable()
+    from .model_use import ModelBusy
+    from .models import HOLDER
+
+    busy, entering = "", HOLDER.in_use("a cleanup")
+    hold: AbstractContextManager[None] | None = entering
+    try:
+        entering.__enter__()  # entered here, so the hold is this frame's while the actions run
+    except ModelBusy:
+        busy, hold = f"the model is busy with {HOLDER.user or 'a call in another thread'}", None
+    results = []
+    probe = _probe()
+    automatic_gc = gc.isenabled()
+    gc.disable()  # cycles are collected by the "cycles" action, not mid-way by an allocation
+    try:
+        for name, action in steps:
+            if busy and name in MODEL_ACTIONS:
+                results.append(ActionResult(name, skipped=busy))
+                continue
+            results.append(_run_action(name, action, probe))
+            probe = _probe()
+    finally:
+        if automatic_gc:
+            gc.enable()
+        if hold is not None:
+            hold.__exit__(None, None, None)
     return tuple(results)
 
 
 MODEL_ACTIONS = ("generation leftovers", "dynamo", "allocator caches")
 """The actions that touch the model, its engines or the CUDA allocator: skipped while another
 thread generates (emptying the cache or resetting peaks mid-capture breaks its CUDA graph)."""
-
-
-def _hold_the_model(stack: contextlib.ExitStack) -> str:
-    """Hold the kernel's model for the cleanup; '' when held, else why the model actions wait."""
-    from .model_use import ModelBusy
-    from .models import HOLDER
-
-    try:
-        stack.enter_context(HOLDER.in_use("a cleanup"))
-    except ModelBusy:
-        return f"the model is busy with {HOLDER.user or 'a call in another thread'}"
-    return ""
 
 
 def _run_action(

@@ -80,14 +80,18 @@ class _LandingInterrupts:
     def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
         if not self._active:
             return
-        with self._lock:
+        with self._lock:  # (an interrupt in here is ignored: see _inside)
             self._done.set()
-        signal.signal(  # it first runs a signal still pending, with _on_sigint: ignored now
-            signal.SIGINT, self._previous if self._previous is not None else signal.SIG_DFL
-        )
+        previous = self._previous if self._previous is not None else signal.SIG_DFL
+        try:
+            signal.signal(signal.SIGINT, previous)  # it first runs pending signals' handlers
+        except BaseException:  # another signal's handler raised: put ours back all the same
+            signal.signal(signal.SIGINT, previous)
+            raise
         self._block = None
-        if self._received.is_set() and kind is None:
-            raise KeyboardInterrupt  # every one was dropped, and the block ran to its end
+        if self._received.is_set() and not isinstance(value, KeyboardInterrupt):
+            # Every one was dropped and the block ran to its end, or ended in another error.
+            raise KeyboardInterrupt from value
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         if self._done.is_set() or not self._inside(frame or sys._getframe(1)):
@@ -98,7 +102,10 @@ class _LandingInterrupts:
         raise KeyboardInterrupt
 
     def _inside(self, frame: Any) -> bool:
+        """Whether `frame` runs in the block (and not in this object's own exit)."""
         while frame is not None:
+            if frame.f_code is _EXIT_CODE:
+                return False  # leaving the block: raising here would skip putting things back
             if frame is self._block:
                 return True
             frame = frame.f_back
@@ -113,3 +120,6 @@ class _LandingInterrupts:
                 if self._done.is_set() or not self._inside(sys._current_frames().get(main)):
                     return  # the KeyboardInterrupt got out of the block
                 signal.pthread_kill(main, signal.SIGINT)
+
+
+_EXIT_CODE = _LandingInterrupts.__exit__.__code__

@@ -139,7 +139,7 @@ class _Cells:
 
     def drop_waiting(self, reason: str) -> None:
         """Answer the waiting requests with `reason` instead of a cleanup."""
-        self.cell = MainCell()
+        self.cell.running = False
         self._answer_waiting(lambda data: {"action": "cleanup", "ok": False, "error": reason})
 
     def _answer_waiting(self, reply: Callable[[Any], dict[str, Any]]) -> None:

@@ -36,7 +36,6 @@ from .engines.urls import mask_url
 from .gauge import inline_gauge
 from .generation import DEFAULT_MAX_NEW_TOKENS, GenerationOOM, GenerationOptions, broken_rules
 from .magic_args import did_you_mean, options_of
-from .main_cell import MainCell
 from .memory import format_bytes
 from .model_use import ModelBusy, holding, stop
 from .models import DTYPES, ModelError, canonical_dtype
@@ -710,22 +709,17 @@ def load(ip: Any) -> None:
 
     ip.register_magics(Qwen3Magics(shell=ip, config=ip.config))
     ip.input_transformers_cleanup.append(protect_prompt_lines)
-    ip.events.register("pre_run_cell", _MAIN_CELL.started)
     ip.events.register("post_run_cell", _release_leftover_hold)
     lifecycle.on_unload("qwen3-magics", lambda: unload(ip))
     lifecycle.on_unload("qwen3-engines", _close_engines)
 
 
-_MAIN_CELL = MainCell()
-
-
 def _release_leftover_hold(result: Any = None) -> None:
-    """When the main shell's cell ends, the main thread holds the model no more (see
-    ModelUse.release_leftover); a cell that cell ran itself is not its end."""
+    """At a cell's end, give back a hold no running code uses any more (see
+    ModelUse.release_leftover)."""
     from .models import HOLDER
 
-    if _MAIN_CELL.ended(result):
-        HOLDER.release_leftover()
+    HOLDER.release_leftover()
 
 
 def _close_engines() -> None:
@@ -740,9 +734,5 @@ def unload(ip: Any) -> None:
     ip.magics_manager.registry.pop("Qwen3Magics", None)
     if protect_prompt_lines in ip.input_transformers_cleanup:
         ip.input_transformers_cleanup.remove(protect_prompt_lines)
-    for event, hook in (
-        ("pre_run_cell", _MAIN_CELL.started),
-        ("post_run_cell", _release_leftover_hold),
-    ):
-        if hook in ip.events.callbacks[event]:
-            ip.events.unregister(event, hook)
+    if _release_leftover_hold in ip.events.callbacks["post_run_cell"]:
+        ip.events.unregister("post_run_cell", _release_leftover_hold)

@@ -11,9 +11,11 @@ holding thread may nest (a batch's chunks, the fast path falling back to eager).
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from contextlib import AbstractContextManager
 from types import TracebackType
+from typing import Any
 
 from .interrupts import interrupt_deferred
 
@@ -39,6 +41,8 @@ class ModelUse:
         """Set by `request_stop`; the holder raises KeyboardInterrupt at its next step."""
         self._stop_for: int | None = None
         """The thread the stop was asked of (a thread that took the model since is not it)."""
+        self._frames: list[Any] = []
+        """The frame of each `with` holding the model now, outermost first."""
 
     @property
     def user(self) -> str | None:
@@ -57,12 +61,13 @@ class ModelUse:
         """Hold the model for `activity` for a `with` block, or raise ModelBusy."""
         return _Hold(self, activity)
 
-    def _enter(self, activity: str) -> None:
+    def _enter(self, activity: str, frame: Any) -> None:
         acquired = False
         try:
             with interrupt_deferred():  # an interrupt between the two would keep the lock
                 acquired = self._lock.acquire(blocking=False)
                 if acquired:
+                    self._frames.append(frame)
                     self._depth += 1
                     if self._depth == 1:
                         self._user = (activity, threading.current_thread().name)
@@ -83,6 +88,8 @@ class ModelUse:
         if self._owner != threading.get_ident() or self._depth == 0:
             return  # given back already (release_leftover): nothing of this thread's to release
         with interrupt_deferred():  # an interrupt mid-way would keep the lock for good
+            if self._frames:
+                self._frames.pop()
             self._depth -= 1
             if self._depth == 0:
                 self._user = None
@@ -110,16 +117,24 @@ class ModelUse:
             raise KeyboardInterrupt
 
     def release_leftover(self) -> bool:
-        """Release a hold this thread kept by accident; True if there was one.
+        """Release the holds this thread kept by accident; True if there was one.
 
         Why: an interrupt landing exactly as a hold is left (before `_exit` can defer it) keeps
-        the lock, and every other thread would then be refused for the rest of the kernel. The
-        main thread holds nothing between cells, so the end of a cell is a safe point to check."""
+        the lock, and every other thread would then be refused for the rest of the kernel. A
+        hold whose `with` is no longer on this thread's stack is such a leftover; one whose
+        `with` still runs (a cell run from inside a generation, say) is in use and kept."""
         if self._owner != threading.get_ident() or self._depth == 0:
             return False
-        while self._depth:
+        running = set()
+        frame: Any = sys._getframe(1)
+        while frame is not None:
+            running.add(id(frame))
+            frame = frame.f_back
+        released = False
+        while self._depth and (not self._frames or id(self._frames[-1]) not in running):
             self._exit()
-        return True
+            released = True
+        return released
 
 
 class _Hold:
@@ -130,7 +145,7 @@ class _Hold:
         self.use, self.activity = use, activity
 
     def __enter__(self) -> None:
-        self.use._enter(self.activity)
+        self.use._enter(self.activity, sys._getframe(1))
 
     def __exit__(
         self,

@@ -5,6 +5,7 @@ it again until it ends the block."""
 from __future__ import annotations
 
 import signal
+import threading
 import time
 
 import pytest
@@ -22,6 +23,10 @@ class _DropsTheInterrupt:
             _DropsTheInterrupt.fired = True
             signal.raise_signal(signal.SIGINT)
             time.sleep(0.01)  # bytecodes after the signal: its KeyboardInterrupt is raised here
+
+
+before = signal.getsignal(signal.SIGINT)
+"""This process's handler (Python's own, or SIG_IGN in a job started from a shell)."""
 
 
 def _busy_block(steps: list[int]) -> None:
@@ -53,11 +58,40 @@ def test_an_interrupt_dropped_in_a_finalizer_still_ends_the_block() -> None:
         _busy_block(steps)
     assert _DropsTheInterrupt.fired
     assert len(steps) < 100, f"the block ran {len(steps)} steps after the interrupt"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    assert signal.getsignal(signal.SIGINT) is before  # put back
 
 
 def test_a_block_that_ends_without_an_interrupt_leaves_nothing_behind() -> None:
     with interrupts_that_land():
         time.sleep(0.05)
     time.sleep(0.6)  # no resend comes later
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_an_interrupt_turned_into_another_error_still_ends_as_an_interrupt() -> None:
+    """The interrupt landed, but the code it stopped raised something else on the way out (as a
+    compiler may wrap it): the block still ends with KeyboardInterrupt, not a 'failed compile'."""
+    with pytest.raises(KeyboardInterrupt) as ended, interrupts_that_land():
+        try:
+            signal.raise_signal(signal.SIGINT)
+            time.sleep(1)
+        except KeyboardInterrupt:
+            raise RuntimeError("compile failed") from None
+    assert isinstance(ended.value.__cause__, RuntimeError)
+
+
+def test_an_interrupt_while_the_block_is_left_is_ignored_and_the_handler_put_back() -> None:
+    """An interrupt that lands in the block's own exit must not skip putting the handler back
+    (every later interrupt of the cell would be ignored)."""
+
+    class InterruptedAsItIsSet(threading.Event):
+        def set(self) -> None:
+            signal.raise_signal(signal.SIGINT)
+            time.sleep(0.01)  # the KeyboardInterrupt would be raised in here
+            super().set()
+
+    landing = interrupts_that_land()
+    landing._done = InterruptedAsItIsSet()  # type: ignore[attr-defined]
+    with landing:
+        pass
+    assert signal.getsignal(signal.SIGINT) is before

@@ -119,31 +119,35 @@ def test_a_request_during_an_awaiting_cell_runs_when_the_cell_ends(kernel: Kerne
 
 
 def test_the_wait_follows_the_main_shells_cell_only() -> None:
-    """Which ending ends the wait: the main shell's cell's (by its ExecutionInfo, or any ending
-    no nested cell started: an interrupt in IPython's own code ends a cell with a new info), not
-    the end of a cell it ran itself, nor a subshell's; a nested cell that never ends
-    (`run_cell_async`) does not hold the wait past the main cell's end."""
+    """Which ending ends the wait, in a real IPython shell: the main cell's, not that of a cell
+    it runs itself or of a blank one (which ends without starting), nor a subshell's."""
     from types import SimpleNamespace
+
+    from IPython.core.interactiveshell import InteractiveShell
 
     from qwen3_jupyter.kernel_comm import _Cells
 
     sent: list[dict[str, Any]] = []
-    comm = SimpleNamespace(send=sent.append)
     cells = _Cells()
-    outer, inner, never_ends = object(), object(), object()
-    cells.pre_run_cell(outer)
-    cells.answer(comm, {"action": "unknown"})  # waits: a cell is running
-    cells.pre_run_cell(inner)  # the cell runs another with get_ipython().run_cell(...)
-    cells.post_run_cell(SimpleNamespace(info=inner))
-    cells.pre_run_cell(never_ends)  # `await get_ipython().run_cell_async(...)`
-    subshell = threading.Thread(target=cells.post_run_cell, args=(SimpleNamespace(info=outer),))
-    subshell.start()
-    subshell.join(10)
-    assert cells.running and sent == []
-    cells.post_run_cell(SimpleNamespace(info=object()))  # IPython ended it with a new info
-    assert not cells.running
-    assert sent == [{"action": "unknown", "ok": False, "error": "unknown action 'unknown'"}]
-    cells.pre_run_cell(object())  # the next cell starts afresh: nothing nested is left over
-    cells.answer(comm, {"action": "unknown"})
-    cells.post_run_cell(None)
-    assert len(sent) == 2 and not cells.running
+    shell = InteractiveShell.instance()
+    shell.events.register("pre_run_cell", cells.pre_run_cell)
+    shell.events.register("post_run_cell", cells.post_run_cell)
+    shell.user_ns.update(cells=cells, comm=SimpleNamespace(send=sent.append), sent=sent)
+    try:
+        result = shell.run_cell(
+            "cells.answer(comm, {'action': 'unknown'})\n"
+            "get_ipython().run_cell('')\n"
+            "get_ipython().run_cell('nested = 1')\n"
+            "import threading\n"
+            "subshell = threading.Thread(target=cells.post_run_cell)\n"
+            "subshell.start(); subshell.join(10)\n"
+            "waiting = (cells.running, len(sent))\n"
+        )
+        assert result.success, result.error_in_exec
+        assert shell.user_ns["waiting"] == (True, 0)
+        assert not cells.running
+        assert sent == [{"action": "unknown", "ok": False, "error": "unknown action 'unknown'"}]
+    finally:
+        shell.events.unregister("pre_run_cell", cells.pre_run_cell)
+        shell.events.unregister("post_run_cell", cells.post_run_cell)
+        InteractiveShell.clear_instance()

@@ -202,8 +202,15 @@ def test_a_hold_an_interrupt_left_behind_is_released_at_the_cell_end() -> None:
     """An interrupt landing exactly as a hold is left can keep the lock; the end of the cell
     (the magics' post_run_cell hook calls release_leftover) gives it back."""
     holder = ModelHolder()
+    with holder.in_use("a generation"):  # a hold whose `with` still runs is in use: kept
+        assert holder.release_leftover() is False
+        assert holder.user == "a generation in thread 'MainThread'"
     hold = holder.in_use("a generation")
-    hold.__enter__()  # left without __exit__, as such an interrupt leaves it
+
+    def leave_a_hold_behind() -> None:
+        hold.__enter__()  # its function returns without __exit__, as such an interrupt leaves it
+
+    leave_a_hold_behind()
     assert holder.user == "a generation in thread 'MainThread'"
     errors: list[BaseException] = []
 
