@@ -15,13 +15,13 @@ import atexit
 import json
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from . import __version__, lifecycle
-from .main_cell import MainCell
 
 TARGET = "qwen3_jupyter"
 MARKER_SUFFIX = ".qwen3-jupyter.json"
@@ -108,27 +108,31 @@ def handle(data: Any) -> dict[str, Any]:
 
 
 class _Cells:
-    """Whether a cell is running, and the answers waiting for it to end.
+    """Whether the main shell's cell is running, and the answers waiting for it to end.
 
     Why: ipykernel handles a comm message at once, on the main thread, while a cell with a
     top-level `await` waits (its shell is busy but its event loop is free). The cleanup must
-    still run between cells, so then it runs when that cell ends (IPython's post_run_cell)."""
+    still run between cells, so then it runs when that cell ends (IPython's post_run_cell).
+    Which cell is the main shell's is read off the stack, not by pairing the events: a cell may
+    run cells itself (`run_cell`, `run_cell_async` that starts without ending, a blank one that
+    ends without starting), a subshell's cells fire them on their own thread, and an interrupt
+    can cost a cell its ending. The main cell's pre_run_cell fires inside one `run_cell_async`
+    frame, its post_run_cell outside any; a nested cell's fire inside more."""
 
     def __init__(self) -> None:
-        self.cell = MainCell()
+        self.running = False
         self.waiting: list[tuple[Any, Any]] = []
         """(comm, request data) of the requests that wait for the running cell."""
 
-    @property
-    def running(self) -> bool:
-        return self.cell.running
-
     def pre_run_cell(self, info: Any = None) -> None:
-        self.cell.started(info)
+        if threading.current_thread() is threading.main_thread() and _cells_on_stack() <= 1:
+            self.running = True
 
     def post_run_cell(self, result: Any = None) -> None:
-        if self.cell.ended(result):
-            self._answer_waiting(handle)
+        if threading.current_thread() is not threading.main_thread() or _cells_on_stack():
+            return  # a subshell's cell, or one the running cell ran itself
+        self.running = False
+        self._answer_waiting(handle)
 
     def answer(self, comm: Any, data: Any) -> None:
         """Answer on `comm` now, or when the running cell ends."""
@@ -139,7 +143,7 @@ class _Cells:
 
     def drop_waiting(self, reason: str) -> None:
         """Answer the waiting requests with `reason` instead of a cleanup."""
-        self.cell.running = False
+        self.running = False
         self._answer_waiting(lambda data: {"action": "cleanup", "ok": False, "error": reason})
 
     def _answer_waiting(self, reply: Callable[[Any], dict[str, Any]]) -> None:
@@ -149,6 +153,18 @@ class _Cells:
                 comm.send(reply(data))
             except Exception:
                 _log.exception("qwen3_jupyter: answering the sidebar failed")
+
+
+def _cells_on_stack() -> int:
+    """How many IPython cells the main thread is inside (frames of `run_cell_async`)."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    code, count = InteractiveShell.run_cell_async.__code__, 0
+    frame: Any = sys._getframe(1)
+    while frame is not None:
+        count += frame.f_code is code
+        frame = frame.f_back
+    return count
 
 
 _CELLS = _Cells()
