@@ -792,7 +792,7 @@ def _run_actions(
     try:
         entering.__enter__()  # entered here, so the hold is this frame's while the actions run
     except ModelBusy:
-        busy, hold = f"the model is busy with {HOLDER.user or 'a call in another thread'}", None
+        busy, hold = f"the model is busy with {HOLDER.use.user or 'a call in another thread'}", None
     results = []
     probe = _probe()
     automatic_gc = gc.isenabled()

@@ -719,7 +719,7 @@ def _release_leftover_hold(result: Any = None) -> None:
     ModelUse.release_leftover)."""
     from .models import HOLDER
 
-    HOLDER.release_leftover()
+    HOLDER.use.release_leftover()
 
 
 def _close_engines() -> None:

@@ -43,6 +43,8 @@ class ModelUse:
         """The thread the stop was asked of (a thread that took the model since is not it)."""
         self._frames: list[Any] = []
         """The frame of each `with` holding the model now, outermost first."""
+        self._decoding: tuple[int, Any] | None = None
+        """The thread decoding now and the frame of its `decoding()` block (see there)."""
 
     @property
     def user(self) -> str | None:
@@ -116,17 +118,48 @@ class ModelUse:
             self._stop.clear()
             raise KeyboardInterrupt
 
+    def decoding(self) -> AbstractContextManager[None]:
+        """Mark a decode for a `with` block; one started inside it raises ModelBusy.
+
+        Why: the holding thread may nest, so only this mark catches a generation started from
+        a running one's streaming callback (`on_text`), which on the fast path decodes into the
+        same static cache and silently changes the running answer's tokens (measured)."""
+        return _Decoding(self)
+
+    def _start_decoding(self, frame: Any) -> None:
+        current, thread = self._decoding, threading.get_ident()
+        if current is not None and current[0] == thread and _on_stack(current[1], frame):
+            raise ModelBusy(
+                "a generation cannot start inside another one's on_text callback (they would "
+                "share the model's decode cache): start it after that call returns"
+            )
+        self._decoding = (thread, frame)  # one assignment: an interrupt cannot half-set it
+
+    def _end_decoding(self) -> None:
+        current = self._decoding
+        if current is not None and current[0] == threading.get_ident():
+            self._decoding = None
+
     def release_leftover(self) -> bool:
         """Release the holds this thread kept by accident; True if there was one.
 
         Why: an interrupt landing exactly as a hold is left (before `_exit` can defer it) keeps
         the lock, and every other thread would then be refused for the rest of the kernel. A
         hold whose `with` is no longer on this thread's stack is such a leftover; one whose
-        `with` still runs (a cell run from inside a generation, say) is in use and kept."""
+        `with` still runs (a cell run from inside a generation, say) is in use and kept. A
+        decode mark left the same way is dropped too (it would pin its frame's locals)."""
+        here: Any = sys._getframe(1)
+        decoding = self._decoding
+        if (
+            decoding is not None
+            and decoding[0] == threading.get_ident()
+            and not _on_stack(decoding[1], here)
+        ):
+            self._decoding = None  # left by an interrupt as it began: no decode runs
         if self._owner != threading.get_ident() or self._depth == 0:
             return False
         running = set()
-        frame: Any = sys._getframe(1)
+        frame = here
         while frame is not None:
             running.add(id(frame))
             frame = frame.f_back
@@ -156,15 +189,42 @@ class _Hold:
         self.use._exit()
 
 
+class _Decoding:
+    """`ModelUse.decoding`'s context manager (a class, for the same reason as `_Hold`)."""
+
+    def __init__(self, use: ModelUse) -> None:
+        self.use = use
+
+    def __enter__(self) -> None:
+        self.use._start_decoding(sys._getframe(1))
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.use._end_decoding()
+
+
+def _on_stack(frame: Any, innermost: Any) -> bool:
+    """Whether `frame` is `innermost` or one of its callers (still running)."""
+    while innermost is not None:
+        if innermost is frame:
+            return True
+        innermost = innermost.f_back
+    return False
+
+
 def stop() -> str:
     """Ask the call that is using the kernel's model (a batch in a thread, say) to stop at its
     next step; it keeps what it finished, as an interrupt would. One line says what was asked."""
     from .models import HOLDER
 
-    user = HOLDER.request_stop()
+    user = HOLDER.use.request_stop()
     if user is None:
         return "nothing is using the model: nothing to stop"
-    if not HOLDER.stoppable:
+    if not HOLDER.use.stoppable:
         return f"{user} cannot be stopped part-way; it ends by itself"
     return f"asked {user} to stop at its next step (it keeps what it finished)"
 
@@ -174,7 +234,7 @@ def stop_point() -> None:
     between batches): raises KeyboardInterrupt there, in the holding thread only."""
     from .models import HOLDER
 
-    HOLDER.check_stop()
+    HOLDER.use.check_stop()
 
 
 def holding(local: bool, activity: str) -> AbstractContextManager[None]:

@@ -157,34 +157,17 @@ class ModelHolder:
 
     def __init__(self) -> None:
         self._loaded: LoadedModel | None = None
-        self._use = ModelUse()
+        self.use = ModelUse()
+        """Who uses the model now, and the stop asked of them (see model_use)."""
 
     @property
     def loaded(self) -> LoadedModel | None:
         return self._loaded
 
-    @property
-    def user(self) -> str | None:
-        """What holds the model now ("a batch in thread 'MainThread'"), None when it is free."""
-        return self._use.user
-
-    def release_leftover(self) -> bool:
-        return self._use.release_leftover()
-
-    def request_stop(self) -> str | None:
-        return self._use.request_stop()
-
-    @property
-    def stoppable(self) -> bool:
-        return self._use.stoppable
-
-    def check_stop(self) -> None:
-        self._use.check_stop()
-
     def in_use(self, activity: str) -> AbstractContextManager[None]:
         """Hold the model for `activity`: the holding thread may nest, any other thread gets
         ModelBusy at once."""
-        return self._use.hold(activity)
+        return self.use.hold(activity)
 
     def get(self, choice: ModelChoice, progress: Progress | None = None) -> LoadedModel:
         """The loaded model for `choice`, loading (and replacing another) only when needed."""

@@ -6,14 +6,22 @@ test does not depend on how fast the CPU decodes)."""
 
 from __future__ import annotations
 
+import gc
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from qwen3_jupyter.engines.eager import EagerEngine
+from qwen3_jupyter.engines.fast import FastEngine
+from qwen3_jupyter.engines.local import LocalEngine
+from qwen3_jupyter.generation import GenerationOptions
 from qwen3_jupyter.model_use import ModelBusy
-from qwen3_jupyter.models import ModelHolder
+from qwen3_jupyter.models import HOLDER, ModelChoice, ModelHolder
 from tests.kernel import Kernel, ok
+from tests.test_fast_engine import perturb
 
 BUSY = "the model is busy: a generation in thread 'background'"
 """The refusal's start ("…; wait for it to end, then run this again" follows)."""
@@ -84,15 +92,15 @@ def test_a_second_generation_while_one_runs_is_refused_and_the_first_is_intact(
         ok(kernel, "resume.set(); background.join(120)")
     assert kernel.value("out[0].token_ids == reference and len(reference)") == 12
     ok(kernel, "from qwen3_jupyter.models import HOLDER")
-    assert kernel.value("HOLDER.user") is None
+    assert kernel.value("HOLDER.use.user") is None
     ok(kernel, f"%qwen3 --{decode} --greedy --max-new-tokens 2 hi")  # free again
 
 
 def test_the_holding_thread_may_nest_and_every_way_out_frees_the_model() -> None:
     holder = ModelHolder()
     with holder.in_use("a batch"), holder.in_use("a generation"):  # a batch's chunks nest
-        assert holder.user == "a batch in thread 'MainThread'"
-    assert holder.user is None
+        assert holder.use.user == "a batch in thread 'MainThread'"
+    assert holder.use.user is None
     with pytest.raises(KeyboardInterrupt), holder.in_use("a generation"):
         raise KeyboardInterrupt
     entered, leave, errors = threading.Event(), threading.Event(), []
@@ -118,7 +126,7 @@ def test_the_holding_thread_may_nest_and_every_way_out_frees_the_model() -> None
         thread.join(10)
     assert not errors
     with holder.in_use("a generation"):  # free once the other thread left
-        assert holder.user == "a generation in thread 'MainThread'"
+        assert holder.use.user == "a generation in thread 'MainThread'"
 
 
 START_PAUSED_BATCH = """
@@ -203,15 +211,15 @@ def test_a_hold_an_interrupt_left_behind_is_released_at_the_cell_end() -> None:
     (the magics' post_run_cell hook calls release_leftover) gives it back."""
     holder = ModelHolder()
     with holder.in_use("a generation"):  # a hold whose `with` still runs is in use: kept
-        assert holder.release_leftover() is False
-        assert holder.user == "a generation in thread 'MainThread'"
+        assert holder.use.release_leftover() is False
+        assert holder.use.user == "a generation in thread 'MainThread'"
     hold = holder.in_use("a generation")
 
     def leave_a_hold_behind() -> None:
         hold.__enter__()  # its function returns without __exit__, as such an interrupt leaves it
 
     leave_a_hold_behind()
-    assert holder.user == "a generation in thread 'MainThread'"
+    assert holder.use.user == "a generation in thread 'MainThread'"
     errors: list[BaseException] = []
 
     def other() -> None:
@@ -225,8 +233,8 @@ def test_a_hold_an_interrupt_left_behind_is_released_at_the_cell_end() -> None:
     thread.start()
     thread.join(10)
     assert [type(e) for e in errors] == [ModelBusy]
-    assert holder.release_leftover() is True and holder.user is None
-    assert holder.release_leftover() is False
+    assert holder.use.release_leftover() is True and holder.use.user is None
+    assert holder.use.release_leftover() is False
     hold.__exit__(None, None, None)  # the late exit of a hold given back already: nothing
     errors.clear()
     thread = threading.Thread(target=other)
@@ -263,7 +271,7 @@ def test_stop_ends_a_generation_in_another_thread_at_its_next_step(
     stopped = kernel.value("(out[0].stop_reason, out[0].completion_tokens)")
     assert stopped[0] == "interrupted" and 1 <= stopped[1] < 12, stopped
     ok(kernel, "from qwen3_jupyter.models import HOLDER")
-    assert kernel.value("HOLDER.user") is None
+    assert kernel.value("HOLDER.use.user") is None
     assert "nothing to stop" in ok(kernel, "%qwen3 --stop").stdout
     ok(kernel, f"%qwen3 --{decode} --greedy --max-new-tokens 3 hi")  # free, and not stopped
 
@@ -319,3 +327,97 @@ def test_only_a_decoding_holder_is_asked_to_stop() -> None:
             thread.join(10)
     with use.hold("a generation"):
         use.check_stop()  # a stop asked of an earlier holder does not reach this one
+
+
+# ----------------------------------------------------------------------------- callbacks
+
+VARIED = GenerationOptions(greedy=True, think=False, max_new_tokens=16, ignore_eos=True)
+NESTED = "a generation cannot start inside another one's on_text callback"
+
+
+@pytest.fixture(scope="module")
+def engines(model_cache: Path) -> Iterator[dict[str, LocalEngine]]:
+    """Both in-kernel engines on `tiny`, weights scaled so greedy answers are varied. The fast
+    one uncompiled: the same static cache and decode loop, and no compile in this process that
+    test_fast_engine's compile counts would then find done already."""
+    holder = ModelHolder()
+    loaded = holder.get(ModelChoice("tiny", "cpu", "float32"))
+    perturb(loaded.model)
+    notices: list[str] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("QWEN3_JUPYTER_COMPILE", "0")
+        fast = FastEngine(loaded, notify=notices.append)
+    assert not fast.compile
+    fast.notices = notices  # type: ignore[attr-defined]
+    yield {"fast": fast, "eager": EagerEngine(loaded)}
+    fast.close()
+    holder.unload()
+
+
+@pytest.mark.parametrize("decode", ["fast", "eager"])
+def test_a_generation_started_from_a_running_ones_callback_is_refused_and_leaves_it_intact(
+    engines: dict[str, LocalEngine], decode: str
+) -> None:
+    """Measured before the refusal: on the fast path the inner call decoded into the same
+    static cache and the outer answer's tokens changed from the second on, without an error."""
+    engine = engines[decode]
+    reference = engine.generate("Hello", VARIED).token_ids
+    assert len(set(reference)) > 5, "control: a varied answer, so a change would show"
+    refusals: list[BaseException] = []
+
+    def on_text(text: str) -> None:
+        if not refusals:
+            try:
+                engine.generate("Tell me a long story. " * 5, VARIED)
+            except ModelBusy as exc:
+                refusals.append(exc)
+
+    result = engine.generate("Hello", VARIED, on_text=on_text, stream_interval=0)
+    assert [str(e).split(" (")[0] for e in refusals] == [NESTED]
+    assert result.token_ids == reference and result.engine == decode
+    assert engine.generate("Hello", VARIED).token_ids == reference  # the mark was given back
+
+
+@pytest.mark.parametrize("decode", ["fast", "eager"])
+def test_an_error_in_the_callers_on_text_is_theirs_and_the_path_and_memory_stay(
+    engines: dict[str, LocalEngine], decode: str
+) -> None:
+    """A typo in a streaming callback used to mark the fast path broken for the kernel (every
+    later call decoded eagerly, ~6× slower on a GPU); it is the caller's error, raised as is."""
+    engine = engines[decode]
+    reference = engine.generate("Hello", VARIED).token_ids
+    typo = NameError("name 'widgte' is not defined")
+
+    def on_text(text: str) -> None:
+        raise typo
+
+    notices = list(getattr(engine, "notices", []))
+    with pytest.raises(NameError) as raised:
+        engine.generate("Hello", VARIED, on_text=on_text, stream_interval=0)
+    assert raised.value is typo
+    gc.collect()
+    kept = [  # while the error (and its traceback) is still held, as IPython keeps the last one
+        layer
+        for layer in gc.get_objects()
+        if type(layer).__name__ == "DynamicLayer" and getattr(layer, "keys", None) is not None
+    ]
+    assert kept == [], "the error's traceback keeps the dynamic KV cache"
+    assert getattr(engine, "notices", []) == notices, "a notice said the path failed"
+    after = engine.generate("Hello", VARIED)
+    assert after.engine == decode and after.token_ids == reference
+
+
+def test_a_decode_mark_an_interrupt_left_behind_neither_refuses_nor_outlives_the_cell() -> None:
+    use = HOLDER.use
+    mark = use.decoding()
+
+    def begin_and_leave() -> None:
+        mark.__enter__()  # its function returns without __exit__, as such an interrupt leaves it
+
+    begin_and_leave()
+    # the marked block is gone from the stack, so it is no decode running now
+    with use.decoding(), pytest.raises(ModelBusy, match=NESTED), use.decoding():
+        pass
+    begin_and_leave()
+    use.release_leftover()  # the cell's end: the stale mark (and its frame) is dropped
+    assert use._decoding is None

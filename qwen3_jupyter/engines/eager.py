@@ -35,7 +35,7 @@ from ..model_use import stop_point
 from ..out_of_memory import allocation_failures_as_oom
 from .attention import planless_attention
 from .base import TextCallback
-from .local import LocalEngine, holds_model
+from .local import LocalEngine, decodes, holds_model
 
 
 class MemoryGuard:
@@ -81,7 +81,10 @@ class MemoryGuard:
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
     def release(self) -> None:
-        """Drop the cache so its tensors can be freed."""
+        """Empty and drop the cache so its tensors are freed now, even while generate's frames
+        still refer to the cache object (in the traceback of an error ending the call)."""
+        for layer in getattr(self.cache, "layers", None) or ():
+            layer.keys = layer.values = None
         self.cache = None
 
 
@@ -168,6 +171,7 @@ class EagerEngine(LocalEngine):
     kind = "eager"
 
     @holds_model("a generation")
+    @decodes
     def generate(
         self,
         prompt: str,
@@ -203,9 +207,10 @@ class EagerEngine(LocalEngine):
             stop_reason = "interrupted"
         except torch.OutOfMemoryError as exc:
             failure = oom_reason(exc)
+        finally:  # an error of the caller's on_text too: its traceback must not keep the cache
+            guard.release()
         latency = time.perf_counter() - started
         del inputs
-        guard.release()
         if failure is not None:
             # Outside the except block: the failing frames (and their tensors) are gone now.
             freed = release_after_generation(device, current_memory(device)[0])
@@ -228,6 +233,7 @@ class EagerEngine(LocalEngine):
         return replace(result, memory_freed_bytes=freed)
 
     @holds_model("a batch")
+    @decodes
     def generate_chunk(
         self, prompts: list[str], options: GenerationOptions, budget: int | None
     ) -> tuple[list[Result], int]:
@@ -252,10 +258,11 @@ class EagerEngine(LocalEngine):
             del sequences
         except torch.OutOfMemoryError as exc:
             failure = oom_reason(exc)
+        finally:
+            guard.release()
         latency = time.perf_counter() - started
         memory_before_free = current_memory(device)[0]
         del inputs
-        guard.release()
         if failure is not None:
             release_after_generation(device, None)
             raise GenerationOOM(failure, oom_hint(device, failure, budget))

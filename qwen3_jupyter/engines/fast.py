@@ -64,7 +64,7 @@ from .cuda_graphs import (
     record,
 )
 from .decode_shapes import SAMPLE_WIDTH, batch_bucket, cache_bucket, sample_width
-from .local import LocalEngine, holds_model
+from .local import LocalEngine, decodes, holds_model
 
 REHEARSAL_STEPS = 1 + WARMUP_RUNS
 """Steps that building a shape runs before the call's own (one compile run, the warm-ups before
@@ -338,16 +338,20 @@ class FastEngine(LocalEngine):
 
         return EagerEngine(self.loaded)
 
+    @decodes
     def _guarded_run(self, *args: Any, **kwargs: Any) -> _Run:
         """`_run`, except that an unexpected failure of the fast path (a transformers or torch
         release it does not fit, say) never fails the call: it is said in one line, the fast
         path's memory is given back, and this call and the next ones decode eagerly until
-        `%qwen3 --eager` resets the choice."""
+        `%qwen3 --eager` resets the choice. An error of the caller's own `on_text` is theirs:
+        it ends the call as it is, and the fast path stays."""
         if self.broken:
             raise _Unavailable
         try:
             with on_device(self.device):
                 return self._run(*args, **kwargs)
+        except _CallbackFailed as failed:
+            raise failed.error from None
         except (_OutOfMemory, GenerationOOM, EngineError, KeyboardInterrupt):
             raise
         except Exception as exc:
@@ -817,7 +821,18 @@ class _Stream:
         now = time.perf_counter()
         if now - self._last >= self.interval:
             self._last = now
-            self.on_text(str(self.tokenizer.decode(ids, skip_special_tokens=True)))
+            try:
+                self.on_text(str(self.tokenizer.decode(ids, skip_special_tokens=True)))
+            except Exception as exc:
+                raise _CallbackFailed(exc) from exc
+
+
+class _CallbackFailed(Exception):
+    """The caller's `on_text` raised `error`: not a failure of the fast path."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 class _Unavailable(Exception):

@@ -49,6 +49,22 @@ def holds_model(
     return wrap
 
 
+def decodes(
+    method: Callable[Concatenate[EngineSelf, Params], Returned],
+) -> Callable[Concatenate[EngineSelf, Params], Returned]:
+    """Run the method as one decode (`ModelUse.decoding`): a generation started from inside it
+    (by its streaming callback) gets a one-line ModelBusy instead of sharing its cache."""
+
+    @functools.wraps(method)
+    def run(self: EngineSelf, *args: Params.args, **kwargs: Params.kwargs) -> Returned:
+        from ..models import HOLDER
+
+        with HOLDER.use.decoding():
+            return method(self, *args, **kwargs)
+
+    return run
+
+
 def position_limit(config: object) -> int:
     """The positions a model is configured for (0: unknown): `max_position_embeddings`, or what a
     RoPE scaling extends it to (Qwen3's model card adds YaRN with factor 4 over 32,768 for
