@@ -200,7 +200,8 @@ class Qwen3Magics(Magics):
         "--stop",
         action="store_true",
         help="Ask the call using the model in another thread (a generate_batch started in a "
-        "thread, say) to stop at its next step; it keeps what it finished.",
+        "thread, say), and any --server call running in another thread, to stop at its next "
+        "step; each keeps what it finished.",
     )
     @line_cell_magic
     @no_var_expand

@@ -217,16 +217,26 @@ def _on_stack(frame: Any, innermost: Any) -> bool:
 
 
 def stop() -> str:
-    """Ask the call that is using the kernel's model (a batch in a thread, say) to stop at its
-    next step; it keeps what it finished, as an interrupt would. One line says what was asked."""
+    """Ask the call that is using the kernel's model (a batch in a thread, say), and every call
+    to a server running in another thread, to stop at its next step; each keeps what it
+    finished, as an interrupt would. One line says what was asked."""
     from .models import HOLDER
+    from .server_calls import SERVER_CALLS
 
     user = HOLDER.use.request_stop()
-    if user is None:
-        return "nothing is using the model: nothing to stop"
-    if not HOLDER.use.stoppable:
+    asked = ([user] if user is not None and HOLDER.use.stoppable else []) + (
+        SERVER_CALLS.request_stop()
+    )
+    if len(asked) == 1:
+        return f"asked {asked[0]} to stop at its next step (it keeps what it finished)"
+    if asked:
+        return (
+            f"asked {', '.join(asked[:-1])} and {asked[-1]} to stop, each at its next step "
+            "(each keeps what it finished)"
+        )
+    if user is not None:
         return f"{user} cannot be stopped part-way; it ends by itself"
-    return f"asked {user} to stop at its next step (it keeps what it finished)"
+    return "nothing is using the model or a server: nothing to stop"
 
 
 def stop_point() -> None:

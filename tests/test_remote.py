@@ -322,6 +322,55 @@ def test_interrupting_a_batch_closes_its_streams_and_keeps_what_finished(
     assert rk.value("_qwen3.completion_tokens") == 4
 
 
+def test_stop_ends_a_server_batch_running_in_a_thread_and_keeps_what_finished(
+    rk: LoggedKernel, proxy: ChaosProxy, work: Path
+) -> None:
+    """An interrupt reaches only the main thread; a batch started in a thread (so the notebook
+    stays free) is ended by `%qwen3 --stop` instead, as an interrupt would end it."""
+    out = work / "stopped.jsonl"
+    prompts = [f"long answer {i}" for i in range(8)]
+    ok(
+        rk,
+        "import threading\nstopped = []\n"
+        f"run = lambda: stopped.append(qwen3_jupyter.generate_batch({prompts!r}, "
+        f"server={proxy.url('pass')!r}, concurrency=2, out={str(out)!r}, think=False, "
+        "max_new_tokens=150, progress=False))\n"
+        "batcher = threading.Thread(target=run, name='batcher')\nbatcher.start()",
+    )
+    deadline = time.monotonic() + 60
+    while not (out.exists() and out.read_text().strip()):
+        assert time.monotonic() < deadline, "no prompt finished"
+        time.sleep(0.05)
+    disconnects = len(proxy.disconnects)
+    said = ok(rk, "%qwen3 --stop").stdout
+    assert "asked a --server batch in thread 'batcher' to stop at its next step" in said, said
+    ok(rk, "batcher.join(30)\nassert not batcher.is_alive()")
+    kept = rk.value("(stopped[0].report.interrupted, [r.prompt for r in stopped[0]])")
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert kept[0] is True and 1 <= len(kept[1]) < 8
+    assert sorted(prompts[r["index"]] for r in written) == sorted(kept[1])  # kept = written
+    wait_until(lambda: len(proxy.disconnects) > disconnects and proxy.in_flight == 0)
+    assert "nothing to stop" in ok(rk, "%qwen3 --stop").stdout  # the batch is gone from the list
+
+
+def test_an_error_in_the_callers_on_text_is_theirs_not_the_servers(
+    rk: LoggedKernel, proxy: ChaosProxy
+) -> None:
+    """It used to come out as "malformed stream from …: is it an OpenAI-compatible server?"."""
+    ok(
+        rk,
+        "def typo(text):\n    raise NameError(\"name 'widgte' is not defined\")\n"
+        f"with qwen3_jupyter.inference(server={proxy.url('pass')!r}, think=False, "
+        "max_new_tokens=40) as chat:\n"
+        "    try:\n        chat('Tell me all', on_text=typo)\n"
+        "    except Exception as exc:\n        caught = (type(exc).__name__, str(exc))\n"
+        "    after = chat('Hi', max_new_tokens=4)",
+    )
+    assert rk.value("caught") == ("NameError", "name 'widgte' is not defined")
+    assert rk.value("after.completion_tokens") == 4
+    wait_until(lambda: proxy.in_flight == 0)
+
+
 # -- failures: one line each, kernel and variables intact -----------------------------------
 
 

@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..generation import GenerationOptions, Result, build_messages
+from ..server_calls import SERVER_CALLS
 from .base import Engine, EngineError, TextCallback
 from .remote_batch import RetryCounter, run_concurrently
 from .remote_connection import ServerConnection
@@ -173,7 +174,19 @@ class RemoteEngine(Engine):
         memory_budget: int | None = None,
     ) -> Result:
         """One streamed answer. An interrupt closes the stream at once (the server aborts the
-        request) and returns the partial answer; every failure is a one-line EngineError."""
+        request) and returns the partial answer; every failure is a one-line EngineError. Run
+        in a thread, `%qwen3 --stop` ends it the same way at its next token."""
+        with SERVER_CALLS.running("a --server call"):
+            return self._generate(prompt, options, history, on_text, stream_interval)
+
+    def _generate(
+        self,
+        prompt: str,
+        options: GenerationOptions,
+        history: list[dict[str, str]] | None,
+        on_text: TextCallback | None,
+        stream_interval: float,
+    ) -> Result:
         timeouts = self._timeouts()
         text, streamed = StreamText(), Streamed()
         model = self._model or "?"
@@ -260,15 +273,16 @@ class RemoteEngine(Engine):
             return self._batch_item(prompt, options, model, timeouts, active, retries, unreachable)
 
         self._say(f"sending {len(prompts)} prompts to {self.connection.shown}, {width} at a time…")
-        return run_concurrently(
-            [str(p) for p in prompts],
-            answer,
-            concurrency=width,
-            cancel=active.cancel,
-            retries=retries,
-            out=out,
-            progress=progress,
-        )
+        with SERVER_CALLS.running("a --server batch"):
+            return run_concurrently(
+                [str(p) for p in prompts],
+                answer,
+                concurrency=width,
+                cancel=active.cancel,
+                retries=retries,
+                out=out,
+                progress=progress,
+            )
 
     def _batch_item(
         self,

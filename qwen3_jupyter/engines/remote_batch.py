@@ -20,6 +20,7 @@ from pathlib import Path
 from ..batching import BatchReport, BatchResults, _JsonLines
 from ..generation import Result
 from ..interrupts import interrupt_deferred
+from ..server_calls import SERVER_CALLS
 
 ItemRunner = Callable[[str], Result]
 """Answers one prompt (retrying what is worth retrying); raises only when cancelled."""
@@ -83,6 +84,7 @@ def run_concurrently(
         while pending:
             done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
             collect(done)
+            SERVER_CALLS.check_stop()  # `%qwen3 --stop` ends a batch run in a thread here
     except KeyboardInterrupt:
         interrupted = True
         cancel()

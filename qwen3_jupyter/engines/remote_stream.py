@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..generation import THINK_END, THINK_START, GenerationOptions, split_thinking
+from ..server_calls import SERVER_CALLS
 from .remote_errors import CallContext, Failure, classify
 
 REASONING_FIELDS = ("reasoning_content", "reasoning")
@@ -214,6 +215,7 @@ def stream_completion(
     stream: Any = None
     completed = False
     last_emit = 0.0
+    callback_error: Exception | None = None
     try:
         stream = client.chat.completions.create(
             **arguments,
@@ -249,13 +251,20 @@ def stream_completion(
                 raise _timeout(ctx, f"the answer took longer than {timeouts.total:g} s")
             if on_text is not None and text.chunks and now - last_emit >= interval:
                 last_emit = now
-                on_text(text.display_text(think))
+                try:
+                    on_text(text.display_text(think))
+                except Exception as exc:
+                    callback_error = exc
+                    raise
+            SERVER_CALLS.check_stop()  # `%qwen3 --stop` from another thread ends the call here
         completed = True
     except KeyboardInterrupt:
         result.interrupted = True
     except Failure:
         raise
     except Exception as exc:
+        if exc is callback_error:
+            raise  # the caller's own on_text failed: their error, as it is, not the server's
         if active is not None and active.cancelled.is_set():
             raise Cancelled() from None
         raise classify(exc, ctx) from None
