@@ -351,6 +351,23 @@ def test_stop_ends_a_server_batch_running_in_a_thread_and_keeps_what_finished(
     assert sorted(prompts[r["index"]] for r in written) == sorted(kept[1])  # kept = written
     wait_until(lambda: len(proxy.disconnects) > disconnects and proxy.in_flight == 0)
     assert "nothing to stop" in ok(rk, "%qwen3 --stop").stdout  # the batch is gone from the list
+    ok(  # a single call in a thread stops at its next token, its partial answer kept
+        rk,
+        "from qwen3_jupyter.generation import GenerationOptions\n"
+        "from qwen3_jupyter.session import SESSION\n"
+        f"engine = SESSION.engine(server={proxy.url('pass')!r})\n"
+        "streaming, single = threading.Event(), []\n"
+        "long = GenerationOptions(max_new_tokens=4000, think=False)\n"
+        "asker = threading.Thread(name='asker', target=lambda: single.append(SESSION.ask(\n"
+        "    engine, 'Tell me all', long, on_text=lambda text: streaming.set())))\n"
+        "asker.start()\nassert streaming.wait(60)",
+    )
+    said = ok(rk, "%qwen3 --stop").stdout
+    assert "asked a --server call in thread 'asker' to stop at its next step" in said, said
+    ok(rk, "asker.join(30)\nassert not asker.is_alive()")
+    stop, tokens = rk.value("(single[0].stop_reason, single[0].completion_tokens)")
+    assert stop == "interrupted" and 0 < tokens < 4000
+    wait_until(lambda: proxy.in_flight == 0)
 
 
 def test_an_error_in_the_callers_on_text_is_theirs_not_the_servers(
