@@ -177,7 +177,10 @@ class CleanupReport:
         skipped = [a for a in self.actions if a.skipped]
         if skipped:
             names = ", ".join(a.name for a in skipped)
-            parts.append(f"skipped {names}: {skipped[0].skipped}")
+            parts.append(
+                f"skipped {names}: {skipped[0].skipped} (the figures include what it allocated "
+                "or freed meanwhile)"
+            )
         if self.kept:
             parts.append(f"kept on purpose: {'; '.join(self.kept)}")
         timing = f"{self.seconds * 1000:.0f} ms"

@@ -80,17 +80,26 @@ def test_a_second_generation_while_one_runs_is_refused_and_the_first_is_intact(
         assert kernel.value("SESSION.loaded.dtype") == "float32", "the model was switched"
         assert kernel.value("engine.status is status_of_background"), "a refused call set it"
         assert "conversation cleared" in ok(kernel, "%qwen3 --reset").stdout  # needs no model
+        ok(kernel, "from qwen3_jupyter import monitor")
+        noted = "len(monitor.get_monitor().retained_history)"
+        count = kernel.value(noted)
         ok(kernel, "report = qwen3_jupyter.cleanup()")
         summary = kernel.value("report.summary()")
         busy = "the model is busy with a generation in thread 'background'"
         assert f"skipped generation leftovers, allocator caches: {busy}" in summary, summary
+        assert "the figures include what it allocated or freed meanwhile" in summary
         assert kernel.value("[a.name for a in report.actions if a.skipped]") == [
             "generation leftovers",
             "allocator caches",
         ]
+        # The gauge's "memory left after cleanup keeps growing" compares cleanups: one taken
+        # while a batch grows its cache in another thread would count the batch as drift.
+        assert kernel.value(noted) == count, "a busy cleanup's figures fed the drift"
     finally:
         ok(kernel, "resume.set(); background.join(120)")
     assert kernel.value("out[0].token_ids == reference and len(reference)") == 12
+    ok(kernel, "qwen3_jupyter.cleanup()")
+    assert kernel.value(noted) == count + 1, "control: a cleanup is noted"
     ok(kernel, "from qwen3_jupyter.models import HOLDER")
     assert kernel.value("HOLDER.use.user") is None
     ok(kernel, f"%qwen3 --{decode} --greedy --max-new-tokens 2 hi")  # free again
