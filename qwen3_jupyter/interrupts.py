@@ -10,6 +10,7 @@ Where Python may drop it (a long torch.compile), it is sent again until it lands
 from __future__ import annotations
 
 import contextlib
+import importlib
 import signal
 import sys
 import threading
@@ -39,6 +40,22 @@ def interrupt_deferred() -> Iterator[None]:
         previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
     else:
         raise KeyboardInterrupt
+
+
+def import_whole(*modules: str) -> None:
+    """Import `modules` with a kernel interrupt held until they are in, then delivered.
+
+    Why: an interrupt landing inside `import torch` (1.4 s here, the first call's first step)
+    leaves torch's operator registrations half made, and every later `import torch` in that
+    kernel then fails ("Trying to override a python impl for DispatchKey.Meta on operator
+    aten::broadcast_tensors") until a restart and a slow model reload. Waiting out the import
+    keeps the kernel usable; the interrupt still ends the cell right after.
+    """
+    missing = [name for name in modules if name not in sys.modules]
+    if missing:
+        with interrupt_deferred():
+            for name in missing:
+                importlib.import_module(name)
 
 
 def interrupts_that_land() -> contextlib.AbstractContextManager[None]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import sys
 from argparse import Namespace
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -336,13 +337,26 @@ class Qwen3Magics(Magics):
                 )
             status.show(f"connecting to {mask_url(url)}…")
             return SESSION.remote_engine(url, args.model)
-        choice = SESSION.choice(
-            args.model,
-            args.device or self.device or None,
-            args.dtype or self.dtype or None,
-            self.model or None,
-        )
-        if SESSION.loaded is None or SESSION.loaded.name != choice.name:
+        if "torch" not in sys.modules:
+            status.show("importing torch and transformers…")
+        try:
+            choice = SESSION.choice(
+                args.model,
+                args.device or self.device or None,
+                args.dtype or self.dtype or None,
+                self.model or None,
+            )
+        except KeyboardInterrupt:  # held until torch was whole (import_whole): it still works
+            raise UsageError(
+                "interrupted while importing torch (it was let finish, so this kernel can still "
+                "use it); run the cell again"
+            ) from None
+        loaded = SESSION.loaded
+        if loaded is None or (loaded.name, loaded.device, loaded.dtype) != (
+            choice.name,
+            choice.device,
+            choice.dtype,
+        ):
             status.show(f"loading {choice.name} on {choice.device} ({choice.dtype})…")
         try:
             loaded = SESSION.load(choice, progress=status.progress)

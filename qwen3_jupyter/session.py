@@ -15,8 +15,17 @@ from dataclasses import dataclass, field
 
 from .engines import Engine, KeptMemory, decode_mode, local_engine
 from .generation import Conversation, GenerationOptions, Result
+from .interrupts import import_whole
 from .model_use import ModelBusy
-from .models import HOLDER, LoadedModel, ModelChoice, choose_model, pick_device, pick_dtype
+from .models import (
+    HOLDER,
+    LoadedModel,
+    ModelChoice,
+    ModelError,
+    choose_model,
+    pick_device,
+    pick_dtype,
+)
 
 Progress = Callable[[str, int, int], None]
 
@@ -96,11 +105,15 @@ class Session:
     ) -> ModelChoice:
         """Resolve what to load from flags, environment and configuration.
 
-        Without an explicit model, device or dtype, the model already loaded is reused as it
-        is: a kernel loads its model once and every later call shares it.
+        Without an explicit device or dtype, the model already loaded is reused as it is when
+        no model or that same one is named: a kernel loads its model once and every later call
+        shares it (naming it again must not silently reload it in another dtype).
         """
+        import_whole("torch", "transformers")  # the first step of a kernel's first call
+        if model is not None and not model.strip():
+            raise ModelError("--model needs a name (e.g. Qwen/Qwen3-1.7B, or tiny)")
         loaded = HOLDER.loaded
-        if loaded is not None and model is None:
+        if loaded is not None and model in (None, loaded.name):
             name = loaded.name
             chosen_device = pick_device(device) if device else loaded.device
             if dtype is None and chosen_device == loaded.device:

@@ -1,0 +1,78 @@
+"""The first `%qwen3` of a kernel: importing torch and choosing the model.
+
+An interrupt during `import torch` used to leave torch half registered, so every later call (and
+a plain `import torch`) failed until a kernel restart. The test makes the import slow at a fixed
+point inside torch (an import hook sleeping as `torch._decomp` is looked up), so the interrupt
+lands inside it every time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.kernel import Kernel, ok
+
+SLOW_TORCH_IMPORT = """
+import pathlib, sys, time
+class _SlowTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch._decomp":
+            pathlib.Path({flag!r}).write_text("importing")
+            time.sleep(3)
+        return None
+sys.meta_path.insert(0, _SlowTorch())
+assert "torch" not in sys.modules, "control: torch is imported by the first call"
+"""
+
+
+@pytest.fixture()
+def new_kernel(kernel_env: dict[str, str]) -> Iterator[Kernel]:
+    kernel = Kernel(kernel_env)
+    try:
+        ok(kernel, "%load_ext qwen3_jupyter\nkeep = 42")
+        yield kernel
+    finally:
+        kernel.shutdown()
+
+
+def test_an_interrupt_while_torch_imports_is_one_line_and_torch_still_works(
+    new_kernel: Kernel, tmp_path: Path
+) -> None:
+    flag = tmp_path / "importing"
+    ok(new_kernel, SLOW_TORCH_IMPORT.format(flag=str(flag)))
+    msg_id = new_kernel.start("%qwen3 --greedy --max-new-tokens 2 hi")
+    deadline = time.monotonic() + 60
+    while not flag.exists():
+        assert time.monotonic() < deadline, "torch's import never reached torch._decomp"
+        time.sleep(0.02)
+    new_kernel.interrupt()
+    ex = new_kernel.collect(msg_id, timeout=120)
+    message = ex.stderr.strip()
+    assert ex.status == "error" and message.startswith("UsageError: interrupted while importing")
+    assert len(message.splitlines()) == 1, message
+    ok(new_kernel, "import torch\nassert torch.ones(2).sum().item() == 2")
+    ok(new_kernel, "%qwen3 --greedy --max-new-tokens 2 hi")
+    assert new_kernel.value("(_qwen3.completion_tokens, keep)") == (2, 42)
+
+
+def test_naming_the_loaded_model_again_reuses_it_as_loaded(kernel: Kernel) -> None:
+    """`--model tiny` after `--dtype bfloat16` silently reloaded tiny in float32."""
+    ok(kernel, "%qwen3 --dtype bfloat16 --greedy --max-new-tokens 2 hi")
+    ok(kernel, "from qwen3_jupyter.session import SESSION\nfirst = id(SESSION.loaded.model)")
+    again = ok(kernel, "%qwen3 --model tiny --greedy --max-new-tokens 2 hi")
+    assert kernel.value("(id(SESSION.loaded.model) == first, SESSION.loaded.dtype)") == (
+        True,
+        "bfloat16",
+    )
+    assert "loading" not in str(again.messages)
+    switched = ok(kernel, "%qwen3 --model tiny --dtype float32 --greedy --max-new-tokens 2 hi")
+    assert "loading tiny on cpu (float32)" in str(switched.messages), "the reload is said"
+    empty = kernel.run('%qwen3 --model "" hi')
+    assert empty.status == "error" and empty.stderr.strip().startswith(
+        "UsageError: --model needs a name"
+    ), empty.stderr
+    assert kernel.value("SESSION.loaded.dtype") == "float32"
