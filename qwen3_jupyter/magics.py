@@ -36,6 +36,7 @@ from .engines import Engine, EngineError, decode_mode, server_url
 from .engines.urls import mask_url
 from .gauge import inline_gauge
 from .generation import DEFAULT_MAX_NEW_TOKENS, GenerationOOM, GenerationOptions, broken_rules
+from .interrupts import CELL_INTERRUPTS
 from .magic_args import did_you_mean, options_of
 from .memory import format_bytes
 from .model_use import ModelBusy, holding, stop
@@ -285,6 +286,14 @@ class Qwen3Magics(Magics):
         if args.stop:
             display.info(stop())
             return
+        if prompt or args.file:
+            try:
+                CELL_INTERRUPTS.check()
+            except KeyboardInterrupt:
+                raise UsageError(
+                    "not started: a call earlier in this cell was interrupted, and one interrupt "
+                    "stops the cell's calls (run the cell again)"
+                ) from None
         local = args.unload or server_url(args.server, self.server or None) is None
         uses_model = bool(prompt or args.file or args.warmup or args.unload or args.eager)
         # Held before the call touches anything another thread's call uses (engine, notices).
@@ -410,6 +419,7 @@ class Qwen3Magics(Magics):
         if ignored:
             display.info(ignored)
         try:
+            CELL_INTERRUPTS.check()
             results = engine.generate_batch(
                 prompts,
                 options,
@@ -427,6 +437,7 @@ class Qwen3Magics(Magics):
             raise GenerationOOM(kept, exc.hint) from None
         finally:
             status.clear()
+        CELL_INTERRUPTS.note(results.report.interrupted)
         display.show_batch(results, results.report)
         if self.shell is not None:
             self.shell.user_ns["_qwen3"] = results

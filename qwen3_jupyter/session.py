@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from .engines import Engine, KeptMemory, decode_mode, local_engine
 from .generation import Conversation, GenerationOptions, Result
-from .interrupts import import_whole
+from .interrupts import CELL_INTERRUPTS, import_whole
 from .model_use import ModelBusy
 from .models import (
     HOLDER,
@@ -236,7 +236,9 @@ class Session:
         memory_budget: int | None = None,
         stream_interval: float = 0.1,
     ) -> Result:
-        """One generation; with `chat`, the prompt and answer join the conversation."""
+        """One generation; with `chat`, the prompt and answer join the conversation. Not
+        started when a call earlier in the cell was interrupted (KeyboardInterrupt)."""
+        CELL_INTERRUPTS.check()
         history = self.conversation.messages if chat else None
         result = engine.generate(
             prompt,
@@ -246,6 +248,7 @@ class Session:
             stream_interval=stream_interval,
             memory_budget=memory_budget,
         )
+        CELL_INTERRUPTS.note(result.stop_reason == "interrupted")
         if chat and result.stop_reason != "interrupted":
             self.conversation.messages.append({"role": "user", "content": prompt})
             self.conversation.messages.append({"role": "assistant", "content": result.answer})

@@ -76,3 +76,72 @@ def test_naming_the_loaded_model_again_reuses_it_as_loaded(kernel: Kernel) -> No
         "UsageError: --model needs a name"
     ), empty.stderr
     assert kernel.value("SESSION.loaded.dtype") == "float32"
+
+
+LOOP_OF_CHATS = """
+import pathlib, qwen3_jupyter
+answers = []
+def started(text):
+    pathlib.Path({flag!r}).write_text("streaming")
+with qwen3_jupyter.inference(decode="eager", think=False, ignore_eos=True) as chat:
+    for _ in range(3):
+        answers.append(chat("Tell me all", max_new_tokens=3000, on_text=started).stop_reason)
+"""
+
+LOOP_OF_MAGICS = """
+for _ in range(3):
+    get_ipython().run_line_magic(
+        "qwen3", "--eager --no-think --ignore-eos --max-new-tokens 3000 Tell me all"
+    )
+"""
+
+
+def wait_for_file(flag: Path) -> None:
+    deadline = time.monotonic() + 120
+    while not flag.exists():
+        assert time.monotonic() < deadline, "the call never started streaming"
+        time.sleep(0.02)
+
+
+def wait_for_answer_text(kernel: Kernel, msg_id: str) -> None:
+    """Read the kernel's messages until the cell's answer display streams text."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            msg = kernel.kc.get_iopub_msg(timeout=1)
+        except Exception:
+            continue
+        text = msg["content"].get("data", {}).get("text/markdown", "")
+        mine = msg["parent_header"].get("msg_id") == msg_id
+        if mine and msg["msg_type"] == "update_display_data" and text and text[0] != "*":
+            return
+    raise TimeoutError("the answer never started streaming")
+
+
+def test_one_interrupt_stops_a_loop_of_calls_in_its_cell(kernel: Kernel, tmp_path: Path) -> None:
+    """The interrupted call keeps its partial answer; the loop's next call does not start (it
+    used to: three calls of a loop ran 28 s after one press of the stop button)."""
+    flag = tmp_path / "streaming"
+    msg_id = kernel.start(LOOP_OF_CHATS.format(flag=str(flag)))
+    wait_for_file(flag)
+    interrupted_at = time.monotonic()
+    kernel.interrupt()
+    ex = kernel.collect(msg_id, timeout=120)
+    assert time.monotonic() - interrupted_at < 10, "the loop went on"
+    assert ex.status == "error" and ex.error is not None, ex.stdout
+    assert ex.error["ename"] == "KeyboardInterrupt", ex.error
+    assert kernel.value("answers") == ["interrupted"]
+
+    msg_id = kernel.start(LOOP_OF_MAGICS)
+    wait_for_answer_text(kernel, msg_id)
+    interrupted_at = time.monotonic()
+    kernel.interrupt()
+    ex = kernel.collect(msg_id, timeout=120)
+    assert time.monotonic() - interrupted_at < 10, "the loop went on"
+    assert "interrupted: partial answer kept" in ex.stdout
+    message = ex.stderr.strip()
+    assert ex.status == "error" and message.startswith("UsageError: not started: a call earlier")
+    assert len(message.splitlines()) == 1, message
+
+    ok(kernel, "%qwen3 --greedy --max-new-tokens 2 hi")  # the next cell starts clear
+    assert kernel.value("_qwen3.completion_tokens") == 2
