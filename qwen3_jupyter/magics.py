@@ -8,6 +8,7 @@ option values are paths, URLs and numbers, expanded as IPython expands any magic
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shlex
@@ -540,8 +541,17 @@ def _validate(args: Namespace, prompt: str) -> list[str] | None:
         raise UsageError(
             "--stop goes alone: it asks the call using the model in another thread to stop"
         )
+    if args.unload and (prompt or args.file or args.warmup):
+        raise UsageError(
+            "--unload goes alone: it frees the model, which asking would load again at once "
+            "(ask in the next cell)"
+        )
     if args.file and prompt:
         raise UsageError("give either a prompt or --file PROMPTS.txt, not both")
+    if args.file and args.chat:
+        raise UsageError(
+            "--chat continues one conversation; the prompts of --file are each asked alone"
+        )
     if args.out and not args.file:
         raise UsageError("--out goes with --file PROMPTS.txt")
     if (
@@ -666,11 +676,14 @@ def parse_line(
                 "before a prompt that starts with '-'"
             )
         position = match.end()
-        if takes_value[name] and "=" not in token:
-            value, position = _read_value(line, position, name)
-            argv += [token, _expanded(name, value, expand)]
-        elif takes_value[name]:
-            argv.append(f"{name}={_expanded(name, token.split('=', 1)[1], expand)}")
+        if takes_value[name]:
+            if "=" in token:  # --system="be brief": the value starts right after the "="
+                position = match.start() + len(name) + 1
+            value, position = _read_value(line, position, name, allow_empty="=" in token)
+            # One argument: a value starting with "-" (--system "--x") stays a value.
+            argv.append(f"{name}={_expanded(name, value, expand)}")
+        elif "=" in token:
+            raise UsageError(f"{name} takes no value (see %qwen3?)")
         else:
             argv.append(token)
     args = magic.parser.parse_args(argv)
@@ -684,22 +697,31 @@ def _expanded(name: str, value: str, expand: Callable[[str], str] | None) -> str
     return value if expand is None or name == "--system" else expand(value)
 
 
-def _read_value(line: str, position: int, name: str) -> tuple[str, int]:
-    """The option value starting at `position`, honouring shell-style quotes."""
+def _read_value(line: str, position: int, name: str, allow_empty: bool = False) -> tuple[str, int]:
+    """The option value starting at `position` and where it ends: a word as written (a
+    Windows path keeps its backslashes), or shell-style when it has quotes ("be brief",
+    'it'"'"'s', "say \"hi\"")."""
     rest = line[position:]
-    stripped = rest.lstrip()
-    if not stripped:
-        raise UsageError(f"{name} needs a value (see %qwen3?)")
+    stripped = rest if allow_empty else rest.lstrip()
     start = position + len(rest) - len(stripped)
-    if stripped[0] in "\"'":
-        quote = stripped[0]
-        end = stripped.find(quote, 1)
-        if end < 0:
-            raise UsageError(f"{name}: unclosed {quote} quote")
-        return shlex.split(stripped[: end + 1])[0], start + end + 1
+    if not stripped or stripped[0].isspace():
+        if allow_empty:
+            return "", start
+        raise UsageError(f"{name} needs a value (see %qwen3?)")
     match = _TOKEN.match(line, start)
     assert match is not None
-    return match.group(), match.end()
+    if not any(quote in match.group() for quote in "\"'"):
+        return match.group(), match.end()
+    lexer = shlex.shlex(io.StringIO(stripped), posix=True)
+    lexer.whitespace_split, lexer.commenters = True, ""
+    try:
+        value = lexer.get_token()
+    except ValueError:
+        raise UsageError(
+            f'{name}: a quote is not closed (write a quote inside a value as \\" within '
+            "double quotes)"
+        ) from None
+    return value or "", start + lexer.instream.tell()
 
 
 def _is_number(token: str) -> bool:

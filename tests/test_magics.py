@@ -256,7 +256,11 @@ def test_help_is_complete(kernel: Kernel) -> None:
         ),
         ("%qwen3 --max-new-tokens 0 hi", "--max-new-tokens must be >= 1"),
         ("%qwen3 --seed", "--seed needs a value"),
-        ("%qwen3 --system 'unclosed hi", "unclosed ' quote"),
+        ("%qwen3 --system 'unclosed hi", "--system: a quote is not closed"),
+        ('%qwen3 --system "a \\"b hi', "--system: a quote is not closed"),
+        ("%qwen3 --greedy=yes hi", "--greedy takes no value"),
+        ("%qwen3 --unload hi", "--unload goes alone"),
+        ("%qwen3 --file p.txt --chat", "--chat continues one conversation"),
         ("%qwen3 --dtype float8 hi", "invalid choice: 'float8'"),
         ("%qwen3 --dtype bf8 hi", "invalid choice: 'bf8'"),
         ("%qwen3 --model /no/such/dir hi", "model path '/no/such/dir' does not exist"),
@@ -286,6 +290,28 @@ def test_bad_input_is_one_line_and_loses_nothing(kernel: Kernel, line: str, expe
     assert "Traceback" not in message
     assert kernel.value("keep_me") == [41]
     assert kernel.value("__import__('qwen3_jupyter.session').session.SESSION.loaded.name") == "tiny"
+
+
+@pytest.mark.parametrize(
+    ("options", "system"),
+    [
+        ('--system="be brief"', "be brief"),  # the rest of the line was the prompt
+        ("--system='be brief'", "be brief"),
+        ('--system "say \\"hi\\" twice"', 'say "hi" twice'),  # a 56-line shlex traceback
+        ('--system "--terse"', "--terse"),  # "expected one argument"
+        ("--system C:\\notes\\x", "C:\\notes\\x"),  # unquoted: kept as written
+    ],
+)
+def test_option_values_are_read_as_a_shell_would(kernel: Kernel, options: str, system: str) -> None:
+    ok(kernel, f"%qwen3 {options} --greedy --max-new-tokens 2 --no-think hi")
+    result = "(_qwen3.prompt, _qwen3.completion_tokens, _qwen3.thinking)"
+    assert kernel.value(result) == ("hi", 2, ""), "options after the value were lost"
+    ok(kernel, "from qwen3_jupyter.session import SESSION\nfrom qwen3_jupyter import generation")
+    tokens = (  # the prompt as it is with exactly `system` as the system prompt
+        "len(SESSION.loaded.tokenizer(generation.prompt_text(SESSION.loaded.tokenizer, 'hi', "
+        f"generation.GenerationOptions(system={system!r}, think=False)))['input_ids'])"
+    )
+    assert kernel.value(f"{tokens} == _qwen3.prompt_tokens"), "another system prompt was used"
 
 
 def test_dtype_takes_the_names_users_type(kernel: Kernel) -> None:
