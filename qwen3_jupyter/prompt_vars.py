@@ -145,7 +145,10 @@ def _format(value: Any, spec: str, field: _Field) -> str:
     try:
         return format(value, spec)
     except (ValueError, TypeError) as exc:
-        raise PromptVarsError(f"--vars: {field.text}: {_first_line(exc)}") from None
+        # Code with a dict in it ({"a": 1}) reads as a field with a format spec.
+        raise PromptVarsError(
+            f"--vars: {field.text}: {_first_line(exc)} ({_BRACES_HINT})"
+        ) from None
 
 
 def _first_line(exc: BaseException) -> str:

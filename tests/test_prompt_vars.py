@@ -53,6 +53,10 @@ def test_a_field_is_what_the_same_f_string_gives(typed: str, sent: str) -> None:
         ("{x", "--vars: '{x' has no closing }"),
         ("a } b", "--vars: a single } with no { before it"),
         ("{names:.2f}", "--vars: {names:.2f}: unsupported format string"),
+        (  # code with a dict literal: the field's "format spec" is the dict's value
+            'def f(): return {"a": 1}',
+            '--vars: {"a": 1}: Space not allowed in string format specifier (write {{ and }}',
+        ),
     ],
 )
 def test_what_cannot_be_filled_is_one_line_naming_the_field(typed: str, message: str) -> None:
