@@ -3,14 +3,19 @@
 Why: an interrupt reaches only the main thread, and a `--server` call holds no model (see
 model_use), so a `generate_batch(server=...)` started in a thread to keep the notebook free could
 only be waited out. Such a call registers its thread while it runs (`running`); `stop()` asks
-every registered call of another thread, and each ends at its next check (`check_stop`: between
-a batch's results, after each streamed token) as an interrupt would end it, keeping what it
-finished.
+every registered call of another thread, and each ends as an interrupt would end it, keeping
+what it finished: a batch at its next check (`check_stop`, between results); a single call at
+once, because the stop also closes the stream it is reading (`closing`) — a read blocked on a
+server that has not sent its first token, or queued the request, would otherwise never see it —
+and wakes its wait between retries (`wait`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -20,6 +25,7 @@ class _Call:
     activity: str
     thread: str
     stop: threading.Event = field(default_factory=threading.Event)
+    closers: list[Callable[[], None]] = field(default_factory=list)
 
 
 class ServerCalls:
@@ -34,21 +40,61 @@ class ServerCalls:
         return _Running(self, activity)
 
     def request_stop(self) -> list[str]:
-        """Ask every call of another thread to stop; what each one is ("a --server batch in
-        thread 'batcher'")."""
+        """Ask every call of another thread to stop, closing the stream each is reading; what
+        each one is ("a --server batch in thread 'batcher'")."""
         here = threading.get_ident()
         with self._lock:
             asked = [call for ident, call in self._calls.items() if ident != here]
-        for call in asked:
-            call.stop.set()
+            for call in asked:
+                call.stop.set()
+            closers = [close for call in asked for close in call.closers]
+        for close in closers:
+            with contextlib.suppress(Exception):
+                close()
         return [f"{call.activity} in thread {call.thread!r}" for call in asked]
 
     def check_stop(self) -> None:
         """Raise KeyboardInterrupt if a stop was asked of this thread's call (once)."""
+        if self.take_stop():
+            raise KeyboardInterrupt
+
+    def take_stop(self) -> bool:
+        """Whether a stop was asked of this thread's call; True once per stop."""
         call = self._calls.get(threading.get_ident())
         if call is not None and call.stop.is_set():
             call.stop.clear()
-            raise KeyboardInterrupt
+            return True
+        return False
+
+    @contextlib.contextmanager
+    def closing(self, close: Callable[[], None]) -> Iterator[None]:
+        """While the block runs, a stop asked of this thread's call also runs `close` (from the
+        stopping thread); a stop asked before the block runs it at once. Nothing for a thread
+        with no registered call (a batch's workers: the batch closes their streams)."""
+        call = self._calls.get(threading.get_ident())
+        if call is None:
+            yield
+            return
+        with self._lock:
+            call.closers.append(close)
+            stopped = call.stop.is_set()
+        if stopped:
+            close()
+        try:
+            yield
+        finally:
+            with self._lock:
+                call.closers.remove(close)
+
+    def wait(self, seconds: float) -> None:
+        """Sleep `seconds`, or raise KeyboardInterrupt as soon as a stop is asked of this
+        thread's call: a call waiting to retry a busy server stops at once, not after it."""
+        call = self._calls.get(threading.get_ident())
+        if call is None:
+            time.sleep(seconds)
+            return
+        if call.stop.wait(seconds):
+            self.check_stop()
 
 
 class _Running:

@@ -1,11 +1,19 @@
 """The remote engine's parts that need no server: URLs and secrets, the thinking split, the
-request a call sends, error text, Prometheus parsing, timeouts, the batch report.
+request a call sends, error text, Prometheus parsing, timeouts, the batch report; and the edge
+cases a real server cannot be made to show on cue (keep-alive comments, a hung server, a
+connection lost after the finish, a restart with another model), against a small scripted
+server (tests/scripted_server.py), in a second or two each.
 
-Everything that talks to a server is tested against a real one in tests/test_remote.py.
+The ordinary paths are tested against a real server in tests/test_remote.py.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,7 +21,8 @@ import pytest
 
 from qwen3_jupyter.batching import BatchReport
 from qwen3_jupyter.engines.base import EngineError
-from qwen3_jupyter.engines.remote import backoff, timeouts_from_env
+from qwen3_jupyter.engines.remote import RemoteEngine, backoff, timeouts_from_env
+from qwen3_jupyter.engines.remote_connection import ServerConnection
 from qwen3_jupyter.engines.remote_errors import CallContext, retry_after, server_says
 from qwen3_jupyter.engines.remote_limits import (
     ContextRefusal,
@@ -29,9 +38,20 @@ from qwen3_jupyter.engines.remote_stream import (
     request_arguments,
 )
 from qwen3_jupyter.engines.server_metrics import MetricsReader, ServerLoad, parse_metrics
-from qwen3_jupyter.engines.urls import api_base, mask_url, redact, server_root, url_password
-from qwen3_jupyter.generation import GenerationOptions
+from qwen3_jupyter.engines.urls import (
+    api_base,
+    mask_url,
+    redact,
+    server_root,
+    url_password,
+    url_query,
+)
+from qwen3_jupyter.generation import GenerationOptions, Result
+from qwen3_jupyter.server_calls import SERVER_CALLS
 from tests.openai_server import VLLM_METRICS, ChaosProxy
+from tests.scripted_server import ScriptedServer
+
+SHORT = GenerationOptions(max_new_tokens=8, greedy=True)
 
 
 def test_api_base_accepts_what_users_paste() -> None:
@@ -410,3 +430,211 @@ def test_a_server_that_never_accepts_ends_in_the_connect_timeout(
         engine.close()
         for sock in (*fillers, server):
             sock.close()
+
+
+# -- against the scripted server ------------------------------------------------------------
+
+
+@pytest.fixture
+def scripted() -> Iterator[ScriptedServer]:
+    server = ScriptedServer(wait=4.0)
+    yield server
+    server.close()
+
+
+def _engine(
+    url: str, model: str | None = "m1", first_token: float = 30.0, total: float = 30.0
+) -> RemoteEngine:
+    return RemoteEngine(url, model, timeouts=Timeouts(2.0, first_token, total))
+
+
+@pytest.mark.parametrize(
+    ("route", "limits", "said"),  # limits: (first token, total)
+    [
+        ("keepalive", (0.6, 30), r"^no first token from \S+ within 0.6 s"),
+        ("keepalive", (30, 0.6), r": the answer took longer than 0.6 s "),
+        ("slowfirst", (30, 0.6), r": the answer took longer than 0.6 s "),
+    ],
+    ids=["keepalive-first-token", "keepalive-total", "silent-total"],
+)
+def test_each_limit_holds_however_the_server_keeps_the_stream_alive(
+    scripted: ScriptedServer, route: str, limits: tuple[float, float], said: str
+) -> None:
+    """SSE keep-alive comments restart the HTTP read timeout, and a silent stream is read only
+    when a chunk arrives: both used to run until the server ended (here 4 s; for ever with a
+    queueing proxy) and then name the wrong limit."""
+    engine = _engine(scripted.url(route), "m1", *limits)
+    started = time.perf_counter()
+    with pytest.raises(EngineError, match=said):
+        engine.generate("hi", SHORT)
+    assert time.perf_counter() - started < 1.6
+    if route == "keepalive":  # the silent route writes nothing more, so cannot notice
+        deadline = time.monotonic() + 2
+        while route not in scripted.disconnects and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert route in scripted.disconnects, "the stream was closed: the server stops"
+    engine.close()
+
+
+def test_a_finished_answer_is_kept_whatever_happens_after_its_finish(
+    scripted: ScriptedServer,
+) -> None:
+    """The finish reason makes the answer whole: a connection lost before the usage chunk and
+    `[DONE]`, or a limit passed while they were late, no longer throws it away."""
+    dropped = _engine(scripted.url("finishthendrop")).generate("hi", SHORT)
+    assert (dropped.answer, dropped.stop_reason) == ("Hello world", "eos")
+    assert dropped.completion_tokens == 2  # counted from the stream: no usage figures came
+    scripted.wait = 0.8
+    late = _engine(scripted.url("lateusage"), first_token=5, total=0.5).generate("hi", SHORT)
+    assert (late.answer, late.stop_reason, late.completion_tokens) == ("Hello world", "eos", 2)
+
+
+def _in_thread(engine: RemoteEngine) -> tuple[threading.Thread, list[Result]]:
+    results: list[Result] = []
+    thread = threading.Thread(
+        target=lambda: results.append(engine.generate("hi", SHORT)), name="asker", daemon=True
+    )
+    thread.start()
+    return thread, results
+
+
+@pytest.mark.parametrize("route", ["slowfirst", "busy"], ids=["no-first-token", "retry-wait"])
+def test_stop_ends_a_single_call_in_a_thread_at_once(scripted: ScriptedServer, route: str) -> None:
+    """`%qwen3 --stop` reached a call only at its next chunk: one waiting for its first token
+    (4 s here, minutes on a loaded server) or sleeping before retrying a busy server (30 s here)
+    went on regardless. The stop closes the stream, or wakes the wait, at once."""
+    thread, results = _in_thread(_engine(scripted.url(route), first_token=10, total=10))
+    deadline = time.monotonic() + 5
+    while len(scripted.requests) == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # inside the read, or the back-off
+    assert SERVER_CALLS.request_stop() == ["a --server call in thread 'asker'"]
+    thread.join(1.5)
+    assert not thread.is_alive(), "the call went on after --stop"
+    assert results[0].stop_reason == "interrupted" and results[0].error is None
+
+
+def test_a_hung_server_costs_one_timeout_and_says_the_limit(scripted: ScriptedServer) -> None:
+    """A server that accepts and never answers cost a timed-out model listing, then a timed-out
+    request (2-3 limits before one error), and the listing's message said 'within 0 s'."""
+    for model in ("m1", None):
+        engine = _engine(scripted.url("hung"), model, first_token=0.6, total=30)
+        started = time.perf_counter()
+        with pytest.raises(EngineError, match=r"within 0.6 s") as caught:
+            engine.generate("hi", SHORT)
+        assert time.perf_counter() - started < 1.1, f"--model {model}: more than one timeout"
+        assert "\n" not in str(caught.value)
+        started = time.perf_counter()
+        with pytest.raises(EngineError, match=r"within 0.6 s"):
+            engine.generate_batch(["a", "b"], SHORT, progress=False)
+        assert time.perf_counter() - started < 1.1, f"--model {model}: batch"
+        engine.close()
+
+
+def test_an_interrupt_while_a_batch_asks_the_server_ends_it_as_interrupted(
+    scripted: ScriptedServer,
+) -> None:
+    """Ctrl-C during the model check before a batch came out as an 80-line traceback; it ends
+    the batch as an interrupt during the batch does: nothing finished, report interrupted."""
+    engine = _engine(scripted.url("hung"), first_token=3, total=30)
+    main = threading.main_thread().ident
+    assert main is not None and threading.get_ident() == main
+    timer = threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT))
+    timer.start()
+    try:
+        results = engine.generate_batch(["a", "b"], SHORT, progress=False)
+    except KeyboardInterrupt:
+        pytest.fail("the interrupt escaped the batch")
+    finally:
+        timer.cancel()
+    assert list(results) == [] and results.report.interrupted
+    assert results.report.total == 2 and results.report.completed == 0
+    assert "interrupted: finished results kept" in results.report.summary()
+    engine.close()
+
+
+def test_a_server_restarted_with_another_model_is_followed_without_model(
+    scripted: ScriptedServer,
+) -> None:
+    """With --model left out, the model listed first when this kernel first asked was kept for
+    ever: after a restart with another model every call failed ('leave --model out for the
+    first', though it was), and a batch failed every prompt, listing the models once each."""
+    engine = _engine(scripted.url("ok"), None, first_token=5, total=5)
+    assert engine.generate("hi", SHORT).model == "m1"
+    scripted.model = "m2"
+    again = engine.generate("hi", SHORT)
+    assert (again.model, again.answer) == ("m2", "Hello world")
+    scripted.model = "m3"
+    before = len(scripted.requests)
+    results = engine.generate_batch(["a", "b", "c", "d"], SHORT, progress=False)
+    assert [r.model for r in results] == ["m3"] * 4 and results.report.failed == 0
+    listings = [path for method, path in scripted.requests[before:] if method == "GET"]
+    assert len(listings) == 1
+    named = _engine(scripted.url("ok"), "m3", first_token=5, total=5)
+    scripted.model = "m4"
+    with pytest.raises(EngineError, match=r"model 'm3' is not served .* \(it serves: m4\)"):
+        named.generate("hi", SHORT)  # a model the user named is not swapped behind their back
+
+
+def test_a_query_in_the_url_is_sent_with_every_request(scripted: ScriptedServer) -> None:
+    """`http://h/v1?api-version=...` used to become `GET /v1/?api-version=...models`."""
+    assert api_base("http://h/ok/v1?api-version=2024-10-21") == "http://h/ok/v1"
+    assert url_query("http://h/v1?api-version=2024-10-21&a=") == {
+        "api-version": "2024-10-21",
+        "a": "",
+    }
+    engine = _engine(scripted.url("ok") + "?api-version=2024-10-21", None, first_token=5)
+    assert engine.generate("hi", SHORT).answer == "Hello world"
+    assert scripted.requests == [
+        ("GET", "/ok/v1/models?api-version=2024-10-21"),
+        ("POST", "/ok/v1/chat/completions?api-version=2024-10-21"),
+    ]
+    assert "?" not in engine.device  # messages name the server without it (it may hold a key)
+    keyed = ServerConnection("http://h/v1?api-version=2024-10-21&api_key=abcd-1234")
+    assert "abcd-1234" in keyed.secrets() and "2024-10-21" not in keyed.secrets()
+
+
+def test_a_key_in_the_url_is_sent_decoded_and_never_shown(scripted: ScriptedServer) -> None:
+    """A URL must percent-escape '/', '@' and ':' in a key; the escaped form was sent."""
+    url = scripted.url("ok").replace("http://", "http://:sk%2Fab%40c-key@")
+    assert url_password(url) == "sk/ab@c-key"
+    connection = ServerConnection(url)
+    assert connection.api_key() == "sk/ab@c-key"
+    engine = RemoteEngine(url, "m1", connection=connection)
+    assert engine.generate("hi", SHORT).answer == "Hello world"
+    assert scripted.keys == ["sk/ab@c-key"] * len(scripted.keys) and scripted.keys
+    shown = " ".join((repr(connection), connection.shown, repr(engine), engine.device))
+    assert "sk" not in shown and "***@" in shown
+    said = "rejected sk/ab@c-key (sk%2Fab%40c-key)"
+    assert redact(said, connection.secrets()) == "rejected *** (***)"
+
+
+def test_metrics_reader_survives_a_garbled_reply() -> None:
+    """http.client's own errors (a bad status line, a body cut short) escaped `read()`: the
+    gauge logged a traceback on every poll, and its server row stopped for every server."""
+    import socket
+
+    replies = {
+        "BadStatusLine": b"\x15\x03\x01\x00\x02\x02\x50",
+        "IncompleteRead": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nvllm:num",
+    }
+    for name, reply in replies.items():
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+
+        def answer(server: socket.socket = server, reply: bytes = reply) -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    client, _ = server.accept()
+                    client.recv(65536)
+                    client.sendall(reply)
+                    client.close()
+
+        threading.Thread(target=answer, daemon=True).start()
+        port = server.getsockname()[1]
+        reader = MetricsReader(f"http://127.0.0.1:{port}/metrics", "s", every=60, timeout=2)
+        load = reader.read()
+        assert load.error == f"metrics unreadable ({name})", load
+        assert reader.read() is load, "asked again only after the usual delay"
+        server.close()

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ..generation import GenerationOptions, Result, build_messages
 from ..server_calls import SERVER_CALLS
 from .base import Engine, EngineError, TextCallback
-from .remote_batch import RetryCounter, run_concurrently
+from .remote_batch import RetryCounter, interrupted_before_start, run_concurrently
 from .remote_connection import ServerConnection
 from .remote_errors import CallContext, Failure, classify
 from .remote_limits import answer_cannot_fit, context_refusal, too_long
@@ -110,6 +110,11 @@ def aborted(url: str, tokens: int) -> Failure:
     )
 
 
+class _NotServed(EngineError):
+    """The server does not serve the model a call sent, which was its first model when asked:
+    it may have been restarted with another since."""
+
+
 class RemoteEngine(Engine):
     """Chat completions from a server; `model` None means the server's first model."""
 
@@ -175,7 +180,7 @@ class RemoteEngine(Engine):
     ) -> Result:
         """One streamed answer. An interrupt closes the stream at once (the server aborts the
         request) and returns the partial answer; every failure is a one-line EngineError. Run
-        in a thread, `%qwen3 --stop` ends it the same way at its next token."""
+        in a thread, `%qwen3 --stop` ends it the same way, at once (see `server_calls`)."""
         with SERVER_CALLS.running("a --server call"):
             return self._generate(prompt, options, history, on_text, stream_interval)
 
@@ -197,9 +202,15 @@ class RemoteEngine(Engine):
             chat = bool(history)
             messages = build_messages(prompt, options, history)
             self._say(f"waiting for the first token from {self.connection.shown}…")
-            streamed = self._call(
-                model, messages, options, text, timeouts, on_text, stream_interval, chat
-            )
+            try:
+                streamed = self._call(
+                    model, messages, options, text, timeouts, on_text, stream_interval, chat
+                )
+            except _NotServed as gone:
+                model = self._replacement(model, gone)
+                streamed = self._call(
+                    model, messages, options, text, timeouts, on_text, stream_interval, chat
+                )
         except KeyboardInterrupt:
             streamed.interrupted = True
         return self._result(prompt, options, model, text, streamed)
@@ -215,8 +226,11 @@ class RemoteEngine(Engine):
         interval: float,
         chat: bool,
     ) -> Streamed:
+        """One request, sent again while that can help: without a refused optional field, or
+        after a busy server's back-off (a wait `%qwen3 --stop` ends at once)."""
         retries = 0
         while True:
+            SERVER_CALLS.check_stop()
             ctx = self._context(model, timeouts)
             arguments = request_arguments(model, messages, options, self.connection.refused)
             try:
@@ -235,12 +249,23 @@ class RemoteEngine(Engine):
                 explained = self._explain(failure, model, timeouts, arguments, chat)
                 if explained is None:
                     continue  # a refused optional field was dropped: send again without it
+                if explained.kind == "wrong_model" and self._model is None:
+                    raise _NotServed(explained.message) from None
                 busy = explained.kind == "busy" and text.chunks == 0
                 if not busy or retries >= CALL_RETRIES:
                     raise EngineError(explained.message) from None
                 retries += 1
                 self._say(f"{self.connection.shown} is busy; retry {retries} of {CALL_RETRIES}…")
-                time.sleep(backoff(retries, explained.retry_after))
+                SERVER_CALLS.wait(backoff(retries, explained.retry_after))
+
+    def _replacement(self, model: str, gone: _NotServed) -> str:
+        """The server's first model now, for a call that left --model out and found `model`
+        gone (the server was restarted with another): the listing `_explain` just refreshed."""
+        fresh = self._default_model(self._timeouts())
+        if fresh == model:
+            raise EngineError(str(gone)) from None
+        self._say(f"{self.connection.shown} now serves {fresh}; asking it instead…")
+        return fresh
 
     # -- batches --------------------------------------------------------------------------------
 
@@ -256,13 +281,34 @@ class RemoteEngine(Engine):
         progress: bool = True,
     ) -> BatchResults:
         """Every prompt as its own request, `concurrency` (default 4) in flight; see
-        `remote_batch`. `batch_size` and `memory_budget` concern a model in this kernel."""
+        `remote_batch`. `batch_size` and `memory_budget` concern a model in this kernel. An
+        interrupt (or `--stop`) while the server is asked about the model ends the batch as
+        one during it does: an interrupted report, here with nothing finished."""
         width = concurrency or DEFAULT_CONCURRENCY
         if width < 1:
             raise EngineError("concurrency must be >= 1")
         timeouts = self._timeouts()
-        model = self._checked_model(timeouts)
-        self._check_fits(model, options, timeouts)
+        started = time.perf_counter()
+        with SERVER_CALLS.running("a --server batch"):
+            try:
+                model = self._checked_model(timeouts)
+                self._check_fits(model, options, timeouts)
+                SERVER_CALLS.check_stop()
+            except KeyboardInterrupt:  # while asking the server: nothing sent, nothing finished
+                return interrupted_before_start(len(prompts), width, started)
+            return self._run_batch(prompts, options, model, timeouts, width, out, progress)
+
+    def _run_batch(
+        self,
+        prompts: Sequence[str],
+        options: GenerationOptions,
+        model: str,
+        timeouts: Timeouts,
+        width: int,
+        out: str | os.PathLike[str] | None,
+        progress: bool,
+    ) -> BatchResults:
+        """The batch itself, once the model was checked."""
         self._note_ignored_seed(options)
         self.connection.client()  # made here, shared by the worker threads
         active = ActiveStreams()
@@ -273,16 +319,15 @@ class RemoteEngine(Engine):
             return self._batch_item(prompt, options, model, timeouts, active, retries, unreachable)
 
         self._say(f"sending {len(prompts)} prompts to {self.connection.shown}, {width} at a time…")
-        with SERVER_CALLS.running("a --server batch"):
-            return run_concurrently(
-                [str(p) for p in prompts],
-                answer,
-                concurrency=width,
-                cancel=active.cancel,
-                retries=retries,
-                out=out,
-                progress=progress,
-            )
+        return run_concurrently(
+            [str(p) for p in prompts],
+            answer,
+            concurrency=width,
+            cancel=active.cancel,
+            retries=retries,
+            out=out,
+            progress=progress,
+        )
 
     def _batch_item(
         self,
@@ -318,7 +363,7 @@ class RemoteEngine(Engine):
             except Cancelled:
                 raise
             except Exception as exc:
-                failure = self._explain(classify(exc, ctx), model, timeouts, arguments)
+                failure = self._explain(classify(exc, ctx), model, timeouts, arguments, listed=True)
             if failure is None:
                 continue
             attempt += 1
@@ -355,16 +400,17 @@ class RemoteEngine(Engine):
             self.status(text)
 
     def _stop_if_unreachable(self, failure: Failure) -> None:
-        """A model listing that failed because the server cannot be reached or refused the key
-        ends the call: the request would fail the same way."""
-        if failure.kind in ("unreachable", "connect_timeout", "auth"):
+        """A model listing that failed because the server cannot be reached, refused the key or
+        did not answer in time ends the call: the request would fail the same way (a hung
+        server would cost a second full timeout before the same error)."""
+        if failure.kind in ("unreachable", "connect_timeout", "auth", "listing_timeout"):
             raise EngineError(self._keyed(failure).message) from None
 
-    def _default_model(self, timeouts: Timeouts) -> str:
+    def _default_model(self, timeouts: Timeouts, refresh: bool = False) -> str:
         """The server's first model (GET /v1/models), as `--model` left out promises."""
         self._say(f"asking {self.connection.shown} which model it serves…")
         try:
-            served = self.connection.served_models(timeouts)
+            served = self.connection.served_models(timeouts, refresh)
         except Failure as failure:
             self._stop_if_unreachable(failure)
             if failure.kind == "not_found":
@@ -381,12 +427,13 @@ class RemoteEngine(Engine):
         return served[0]
 
     def _checked_model(self, timeouts: Timeouts) -> str:
-        """The model for a batch, checked once against what the server serves, so a wrong
+        """The model for a batch, checked once against what the server serves now (the listing
+        is asked again: the server may have been restarted with another model), so a wrong
         name is one error rather than one failed item per prompt."""
         if self._model is None:
-            return self._default_model(timeouts)
+            return self._default_model(timeouts, refresh=True)
         try:
-            served = self.connection.served_models(timeouts)
+            served = self.connection.served_models(timeouts, refresh=True)
         except Failure as failure:
             self._stop_if_unreachable(failure)
             return self._model  # the server cannot list its models: let the requests say
@@ -429,13 +476,15 @@ class RemoteEngine(Engine):
         timeouts: Timeouts,
         sent: dict[str, Any],
         chat: bool = False,
+        listed: bool = False,
     ) -> Failure | None:
         """Sharpen a failure with what only the server can tell (None: send again).
 
         A 400/422 naming an optional field we sent (top_k, ignore_eos, ...) drops it for this
         server from now on; one refusing the request's length names the option to change. A
         400/404 is checked against GET /v1/models: a model the server does not serve, or an
-        endpoint that is not an OpenAI API at all, each get their own line.
+        endpoint that is not an OpenAI API at all, each get their own line. `listed`: the
+        listing was just asked (a batch asks it once, not once per failed prompt).
         """
         if failure.kind == "bad_request":
             refused = refused_fields(failure.server_says) & set(sent.get("extra_body") or {})
@@ -449,7 +498,7 @@ class RemoteEngine(Engine):
                 return Failure(message, "too_long", status=failure.status)
         if failure.kind in ("bad_request", "not_found"):
             try:
-                served = self.connection.served_models(timeouts, refresh=True)
+                served = self.connection.served_models(timeouts, refresh=not listed)
             except Failure as listing:
                 if failure.kind == "not_found" and listing.kind == "not_found":
                     return self._not_openai()

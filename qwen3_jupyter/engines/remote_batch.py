@@ -98,8 +98,32 @@ def run_concurrently(
     if unexpected:
         raise unexpected[0]
     results = BatchResults(finished[i] for i in sorted(finished))
-    results.report = BatchReport(
-        total=len(prompts),
+    written = str(out) if out is not None else None
+    results.report = _report(
+        results, len(prompts), concurrency, retries.count, interrupted, started, written
+    )
+    return results
+
+
+def interrupted_before_start(total: int, concurrency: int, started: float) -> BatchResults:
+    """A batch interrupted while it was still asking the server about the model, before any
+    request: no results, nothing written, reported as an interrupt midway is."""
+    results = BatchResults()
+    results.report = _report(results, total, concurrency, 0, True, started)
+    return results
+
+
+def _report(
+    results: BatchResults,
+    total: int,
+    concurrency: int,
+    retries: int,
+    interrupted: bool,
+    started: float,
+    out_path: str | None = None,
+) -> BatchReport:
+    return BatchReport(
+        total=total,
         completed=sum(not r.failed for r in results),
         requested_batch_size=concurrency,
         held_batch_size=concurrency,
@@ -107,9 +131,8 @@ def run_concurrently(
         interrupted=interrupted,
         seconds=time.perf_counter() - started,
         peak_tensor_bytes=0,
-        out_path=str(out) if out is not None else None,
+        out_path=out_path,
         failed=sum(r.failed for r in results),
         concurrency=concurrency,
-        retries=retries.count,
+        retries=retries,
     )
-    return results

@@ -4,7 +4,8 @@ optional request fields it refused, and its metrics reader.
 
 The API key is a password written in the URL (the most specific), else $QWEN3_JUPYTER_API_KEY,
 else $OPENAI_API_KEY, looked up per call. The client is made once and kept (remade only when
-the key changed or after `close()`), so every call reuses its connections.
+the key changed or after `close()`), so every call reuses its connections. A query written in
+the URL (`?api-version=...`) goes with every request and into no message.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ import threading
 from dataclasses import replace
 from typing import Any
 
-from .remote_errors import CallContext, classify
+from .remote_errors import CallContext, Failure, classify
 from .remote_http import pooled_http_client
 from .remote_limits import declared_context
 from .remote_stream import Timeouts
 from .server_metrics import MetricsReader, ServerLoad
-from .urls import api_base, mask_url, server_root, url_password
+from .urls import api_base, mask_url, server_root, url_password, url_query
 
 API_KEY_ENVS = ("QWEN3_JUPYTER_API_KEY", "OPENAI_API_KEY")
+CREDENTIAL_WORDS = ("key", "token", "secret", "sig", "auth", "pass")
+"""A query parameter whose name holds one of these is treated as a secret."""
 NO_KEY = "EMPTY"
 """What the client sends when no key is set (vLLM's convention; servers without keys ignore it)."""
 
@@ -32,8 +35,13 @@ class ServerConnection:
 
     def __init__(self, url: str) -> None:
         self.base_url = api_base(url)
+        self.query = url_query(url)
+        """Sent with every request (as the client's `default_query`); never shown: a query
+        may carry a key too."""
         self._url_key = url_password(url)
-        self.shown = mask_url(url) if self._url_key else self.base_url
+        self._url_key_written = url_password(url, decoded=False)
+        """The key as the URL spells it (percent-escaped): a secret too."""
+        self.shown = mask_url(url.strip().split("?")[0]) if self._url_key else self.base_url
         self.refused: set[str] = set()
         self._served: tuple[str, ...] | None = None
         self._context: dict[str, int] = {}
@@ -62,7 +70,16 @@ class ServerConnection:
 
     def secrets(self) -> tuple[str | None, ...]:
         """Everything that must never appear in a message."""
-        return (self._url_key, *(os.environ.get(env) for env in API_KEY_ENVS))
+        keys = (self._url_key, self._url_key_written, *self._query_secrets())
+        return (*keys, *(os.environ.get(env) for env in API_KEY_ENVS))
+
+    def _query_secrets(self) -> tuple[str, ...]:
+        """Query values that may be credentials (`?key=`, `?sig=`, `?token=`...)."""
+        return tuple(
+            value
+            for name, value in self.query.items()
+            if any(word in name.lower() for word in CREDENTIAL_WORDS)
+        )
 
     def client(self) -> Any:
         """The one `openai.OpenAI` client for this server (made on first use, or again after
@@ -77,6 +94,7 @@ class ServerConnection:
                 self._client = openai.OpenAI(
                     base_url=self.base_url,
                     api_key=key or NO_KEY,
+                    default_query=self.query or None,
                     max_retries=0,
                     http_client=pooled_http_client(openai),
                 )
@@ -93,7 +111,13 @@ class ServerConnection:
             return self._served
         import openai
 
-        ctx = CallContext(self.shown, None, self.secrets(), connect_timeout=timeouts.connect)
+        ctx = CallContext(
+            self.shown,
+            None,
+            self.secrets(),
+            connect_timeout=timeouts.connect,
+            first_token_timeout=timeouts.first_token,
+        )
         timeout = openai.Timeout(timeouts.first_token, connect=timeouts.connect)
         try:
             page = self.client().models.list(timeout=timeout)
@@ -101,7 +125,16 @@ class ServerConnection:
             context = {str(m.id): declared_context(m) for m in page.data}
             owners = {str(getattr(m, "owned_by", "") or "").lower() for m in page.data}
         except Exception as exc:
-            raise classify(exc, ctx) from None
+            failure = classify(exc, ctx)
+            if failure.kind == "first_token_timeout":
+                failure = Failure(
+                    f"{self.shown} did not answer GET /v1/models within "
+                    f"{timeouts.first_token:g} s: the server may be hung, overloaded or still "
+                    "loading the model — check its log; $QWEN3_JUPYTER_FIRST_TOKEN_TIMEOUT "
+                    "sets the limit",
+                    "listing_timeout",
+                )
+            raise failure from None
         self._served = served
         self._context = {name: limit for name, limit in context.items() if limit is not None}
         self._owners = owners

@@ -189,6 +189,84 @@ class ActiveStreams:
             abort(stream)
 
 
+DEADLINE_GRACE_S = 0.05
+"""How early a read timeout may end before its deadline and still count as that deadline."""
+
+
+class Deadlines:
+    """One stream's first-token and total deadlines, kept by a watchdog thread that aborts the
+    stream when one passes.
+
+    Why a thread: the HTTP read timeout restarts with every byte, so a server or proxy that
+    sends only keep-alive comments (`: keep-alive`) while the request waits never trips it, and
+    a check in the read loop runs only when a chunk arrives. After an abort, `expired` says
+    which deadline it was, so the error names the limit that was really passed.
+    """
+
+    def __init__(self, timeouts: Timeouts) -> None:
+        now = time.monotonic()
+        self._first_token_at = now + timeouts.first_token
+        self._total_at = now + timeouts.total
+        self._cond = threading.Condition()
+        self._stream: Any = None
+        self._got_text = False
+        self._settled = False
+        self._fired: str | None = None
+        watchdog = threading.Thread(target=self._watch, name="qwen3-stream-deadlines", daemon=True)
+        watchdog.start()
+
+    def watch(self, stream: Any) -> None:
+        """The stream to abort (at once, when a deadline passed while it was being opened)."""
+        with self._cond:
+            self._stream = stream
+            fired = self._fired is not None
+        if fired:
+            abort(stream)
+
+    def got_text(self) -> None:
+        """Text arrived: only the total deadline is left."""
+        with self._cond:
+            self._got_text = True
+            self._cond.notify()
+
+    def settle(self) -> None:
+        """The answer finished (or the call ended): no deadline applies any more."""
+        with self._cond:
+            self._settled = True
+            self._cond.notify()
+
+    def expired(self, grace: float = 0.0) -> str | None:
+        """Which deadline passed ("first_token", "total") or None; none once settled, unless
+        the watchdog had already aborted the stream for one."""
+        with self._cond:
+            if self._fired is not None or self._settled:
+                return self._fired
+            return self._due(time.monotonic() + grace)
+
+    def _due(self, now: float) -> str | None:
+        candidates = [(self._total_at, "total")]
+        if not self._got_text:
+            candidates.insert(0, (self._first_token_at, "first_token"))
+        at, passed = min(candidates, key=lambda c: c[0])
+        return passed if now >= at else None
+
+    def _next_at(self) -> float:
+        return self._total_at if self._got_text else min(self._first_token_at, self._total_at)
+
+    def _watch(self) -> None:
+        with self._cond:
+            while not self._settled:
+                passed = self._due(time.monotonic())
+                if passed is not None:
+                    self._fired, stream = passed, self._stream
+                    break
+                self._cond.wait(max(0.0, self._next_at() - time.monotonic()))
+            else:
+                return
+        if stream is not None:
+            abort(stream)
+
+
 def stream_completion(
     client: Any,
     arguments: dict[str, Any],
@@ -204,29 +282,37 @@ def stream_completion(
 ) -> Streamed:
     """Send one streamed request and read it to the end into `text`.
 
-    Failures raise `Failure` (one line, classified). An interrupt on the calling thread closes
-    the stream and returns what arrived, marked interrupted. With `active`, a cancel from
-    another thread closes the stream and raises `Cancelled`.
+    Failures raise `Failure` (one line, classified); the first-token and total limits hold
+    however the server behaves (`Deadlines`). An interrupt on the calling thread, or
+    `%qwen3 --stop` from another one, closes the stream and returns what arrived, marked
+    interrupted. With `active`, a cancel from another thread closes the stream and raises
+    `Cancelled`. Once the server sent a finish reason the answer is whole: no limit applies,
+    and a connection lost before the usage figures or `[DONE]` returns it (without them).
     """
     import openai
 
     result = Streamed()
     started = time.perf_counter()
+    deadlines = Deadlines(timeouts)
     stream: Any = None
     completed = False
     last_emit = 0.0
     callback_error: Exception | None = None
+    closers = contextlib.ExitStack()
     try:
         stream = client.chat.completions.create(
             **arguments,
             timeout=openai.Timeout(
                 timeouts.total,
                 connect=timeouts.connect,
-                read=timeouts.first_token,
+                # before the headers no byte arrives, so no keep-alive can restart this
+                read=min(timeouts.first_token, timeouts.total),
                 write=timeouts.connect,
                 pool=timeouts.total,  # waiting for a free connection is queueing, not failure
             ),
         )
+        deadlines.watch(stream)
+        closers.enter_context(SERVER_CALLS.closing(lambda: abort(stream)))
         if active is not None:
             active.add(stream)
         for chunk in stream:
@@ -238,17 +324,17 @@ def stream_completion(
             for choice in getattr(chunk, "choices", None) or ():
                 if text.add(choice.delta) and result.first_token_s is None:
                     result.first_token_s = now - started
+                    deadlines.got_text()
                     if on_first_token is not None:
                         on_first_token()
                 if choice.finish_reason:
                     result.finish_reason = choice.finish_reason
+                    deadlines.settle()
             ctx.tokens = text.chunks
             del chunk
-            elapsed = now - started
-            if result.first_token_s is None and elapsed > timeouts.first_token:
-                raise _timeout(ctx, f"no first token within {timeouts.first_token:g} s")
-            if elapsed > timeouts.total:
-                raise _timeout(ctx, f"the answer took longer than {timeouts.total:g} s")
+            passed = deadlines.expired() if result.finish_reason is None else None
+            if passed is not None:
+                raise _timeout(ctx, passed, timeouts)
             if on_text is not None and text.chunks and now - last_emit >= interval:
                 last_emit = now
                 try:
@@ -258,6 +344,8 @@ def stream_completion(
                     raise
             SERVER_CALLS.check_stop()  # `%qwen3 --stop` from another thread ends the call here
         completed = True
+        if result.finish_reason is None:
+            raise _EndedEarly()
     except KeyboardInterrupt:
         result.interrupted = True
     except Failure:
@@ -265,10 +353,11 @@ def stream_completion(
     except Exception as exc:
         if exc is callback_error:
             raise  # the caller's own on_text failed: their error, as it is, not the server's
-        if active is not None and active.cancelled.is_set():
-            raise Cancelled() from None
-        raise classify(exc, ctx) from None
+        if result.finish_reason is None:
+            _raise_for_early_end(exc, result, ctx, timeouts, deadlines, active)
     finally:
+        deadlines.settle()
+        closers.close()
         if stream is not None:
             if active is not None:
                 active.discard(stream)
@@ -295,15 +384,45 @@ def stream_completion(
     return result
 
 
-def _timeout(ctx: CallContext, what: str) -> Failure:
-    if "first token" in what:
-        hint = (
-            "the server may be overloaded or still loading the model — check its log; "
-            "$QWEN3_JUPYTER_FIRST_TOKEN_TIMEOUT sets the limit"
+class _EndedEarly(Exception):
+    """The stream ended without a finish reason (read to its end)."""
+
+
+def _raise_for_early_end(
+    exc: Exception,
+    result: Streamed,
+    ctx: CallContext,
+    timeouts: Timeouts,
+    deadlines: Deadlines,
+    active: ActiveStreams | None,
+) -> None:
+    """Why a stream ended before its finish reason, most specific first: a stop (then it is
+    an interrupt, and returns), a batch's cancel, a deadline (the watchdog closed it), or the
+    server's or the network's failure. An `_EndedEarly` with none of these returns: the
+    caller says what arrived."""
+    if SERVER_CALLS.take_stop():
+        result.interrupted = True
+        return
+    if active is not None and active.cancelled.is_set():
+        raise Cancelled() from None
+    passed = deadlines.expired(grace=DEADLINE_GRACE_S)
+    if passed is not None:
+        raise _timeout(ctx, passed, timeouts) from None
+    if not isinstance(exc, _EndedEarly):
+        raise classify(exc, ctx) from None
+
+
+def _timeout(ctx: CallContext, passed: str, timeouts: Timeouts) -> Failure:
+    """The one line for a passed deadline ("first_token" or "total")."""
+    if passed == "first_token":
+        return Failure(
+            f"no first token from {ctx.url} within {timeouts.first_token:g} s: the server may be "
+            "overloaded or still loading the model — check its log; "
+            "$QWEN3_JUPYTER_FIRST_TOKEN_TIMEOUT sets the limit",
+            "first_token_timeout",
         )
-        return Failure(f"{ctx.url}: {what}: {hint}", "first_token_timeout")
     return Failure(
-        f"{ctx.url}: {what} ({ctx.tokens} tokens so far): lower --max-new-tokens or raise "
-        "$QWEN3_JUPYTER_TIMEOUT",
+        f"{ctx.url}: the answer took longer than {timeouts.total:g} s ({ctx.tokens} tokens so "
+        "far): lower --max-new-tokens or raise $QWEN3_JUPYTER_TIMEOUT",
         "total_timeout",
     )

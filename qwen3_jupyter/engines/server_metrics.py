@@ -108,7 +108,8 @@ def _count(values: list[tuple[dict[str, str], float]]) -> int:
 
 
 class MetricsReader:
-    """Reads one server's `/metrics`, at most every `every` seconds; `read()` never raises.
+    """Reads one server's `/metrics`, at most every `every` seconds; `read()` never raises (the
+    gauge polls every server's reader on one thread: one that raised would end every row).
 
     A server without metrics (404, `transformers serve`) is asked again only every 30 s.
     """
@@ -153,8 +154,11 @@ class MetricsReader:
         except (OSError, ValueError) as exc:
             reason = getattr(exc, "reason", None) or exc
             return ServerLoad(self._shown_url, error=f"metrics unreachable ({reason})"), self._every
+        except Exception as exc:  # a garbled reply (http.client's BadStatusLine, IncompleteRead)
+            why = f"metrics unreadable ({type(exc).__name__})"
+            return ServerLoad(self._shown_url, error=why), self._every
         try:
             return parse_metrics(text, self._shown_url), self._every
-        except ValueError:
+        except Exception:  # ValueError, or whatever else the parser meets in odd text
             why = "/metrics is not Prometheus text"
             return ServerLoad(self._shown_url, error=why), MISSING_RETRY_S

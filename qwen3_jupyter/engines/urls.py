@@ -1,14 +1,16 @@
 """Server addresses as users write them, and as messages may show them (never a credential).
 
-Users paste `http://host:8000`, `http://host:8000/v1`, `.../v1/chat/completions`, or a URL with
-`user:key@` in it. `api_base` turns each into the base URL an OpenAI client wants; `mask_url`
-and `redact` make sure no message, log line or file ever shows a credential.
+Users paste `http://host:8000`, `http://host:8000/v1`, `.../v1/chat/completions`, a URL with
+`user:key@` in it, or one with a query every request must carry (`?api-version=...`).
+`api_base` turns each into the base URL an OpenAI client wants and `url_query` keeps the query
+apart (the client appends paths to the base, so a query left in it would end up mid-path);
+`mask_url` and `redact` make sure no message, log line or file ever shows a credential.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from .base import EngineError
 
@@ -38,9 +40,10 @@ def _host(parts: object) -> str:
 
 
 def api_base(url: str) -> str:
-    """The OpenAI base URL for what the user wrote: no credentials, no trailing slash, `/v1`
-    added when the path is empty (vLLM, SGLang and `transformers serve` all answer under /v1),
-    and a pasted endpoint (`/v1/chat/completions`) cut back to its base.
+    """The OpenAI base URL for what the user wrote: no credentials, no query (see `url_query`),
+    no trailing slash, `/v1` added when the path is empty (vLLM, SGLang and `transformers
+    serve` all answer under /v1), and a pasted endpoint (`/v1/chat/completions`) cut back to
+    its base.
 
     A URL that is not http(s)://host[:port][/path] raises a one-line EngineError.
     """
@@ -62,7 +65,16 @@ def api_base(url: str) -> str:
             break
     if not path:
         path = "/v1"
-    return urlunsplit((parts.scheme, _host(parts), path, parts.query, ""))
+    return urlunsplit((parts.scheme, _host(parts), path, "", ""))
+
+
+def url_query(url: str) -> dict[str, str]:
+    """The query written in the URL (`?api-version=2024-10-21`), to send with every request."""
+    try:
+        query = urlsplit(url.strip()).query
+    except ValueError:
+        return {}
+    return dict(parse_qsl(query, keep_blank_values=True))
 
 
 def server_root(base: str) -> str:
@@ -74,14 +86,18 @@ def server_root(base: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
-def url_password(url: str) -> str | None:
+def url_password(url: str, decoded: bool = True) -> str | None:
     """The password (or lone user name) written in the URL, if any: `http://:KEY@host` and
-    `http://KEY@host` carry an API key the way some notebooks share endpoints."""
+    `http://KEY@host` carry an API key the way some notebooks share endpoints. Percent-escapes
+    are decoded (`sk%2Fab` is the key `sk/ab`): a URL must escape `/`, `@` and `:` in a key."""
     try:
         parts = urlsplit(url.strip())
     except ValueError:
         return None
-    return parts.password or parts.username or None
+    written = parts.password or parts.username
+    if not written:
+        return None
+    return unquote(written) if decoded else written
 
 
 def redact(text: str, secrets: Iterable[str | None]) -> str:
