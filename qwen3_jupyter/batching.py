@@ -9,6 +9,7 @@ and an interrupt returns what was finished.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import re
 import time
@@ -17,8 +18,14 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .generation import GenerationOOM, GenerationOptions, Result, release_after_generation
-from .interrupts import interrupt_deferred
+from .generation import (
+    GenerationOOM,
+    GenerationOptions,
+    Result,
+    check_arguments,
+    release_after_generation,
+)
+from .interrupts import CELL_INTERRUPTS, interrupt_deferred
 from .memory import format_bytes
 from .model_use import stop_point
 
@@ -26,19 +33,22 @@ ChunkGenerator = Callable[[list[str], GenerationOptions, "int | None"], tuple[li
 """Decodes one left-padded batch: (prompts, options, memory budget) -> (results, peak bytes)."""
 
 BUDGET_ENV = "QWEN3_JUPYTER_MEMORY_BUDGET"
-_SIZE = re.compile(r"^\s*([\d.]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgt])(i)?)?b?\s*$", re.IGNORECASE)
+_PREFIXES = "kmgt"
 
 
 def parse_size(text: str) -> int:
-    """Bytes from '512MiB', '2GB', '1.5GiB' or a plain number of bytes."""
+    """Bytes from '512MiB', '2GB', '1.5GiB' or a plain number of bytes; more than 0, since a
+    budget of nothing only fails once the model has run."""
     match = _SIZE.match(text)
     if not match:
         raise ValueError(f"{text!r} is not a size (examples: 512MiB, 2GB, 1000000)")
-    number, unit = float(match.group(1)), (match.group(2) or "").lower()
-    binary = "i" in unit
-    scale = 1024 ** " kmgt".index(unit[0]) if binary and unit[0] in "kmgt" else _UNITS[unit[:1]]
-    return int(number * scale)
+    number, prefix, binary = float(match.group(1)), (match.group(2) or "").lower(), match.group(3)
+    power = _PREFIXES.index(prefix) + 1 if prefix else 0
+    size = int(number * (1024 if binary else 1000) ** power)
+    if size < 1:
+        raise ValueError(f"{text!r} is less than 1 byte: give a budget such as 512MiB or 2GB")
+    return size
 
 
 @dataclass(frozen=True)
@@ -142,8 +152,15 @@ def generate_batch(
             "generate_batch takes a list of prompts, not one string: pass [prompt] (or use "
             "%qwen3 / inference() for a single prompt)"
         )
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
+    _check_count("batch_size", batch_size)
+    if concurrency is not None:
+        _check_count("concurrency", concurrency)
+    if out is not None and not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"out={out!r} ({type(out).__name__}): must be a file path or None")
+    check_arguments(
+        {"model": model, "device": device, "dtype": dtype, "decode": decode, "server": server},
+        {"progress": progress},
+    )
     prompt_list = list(prompts)
     for index, prompt in enumerate(prompt_list):  # None or NaN would be asked as "None", "nan"
         if not isinstance(prompt, str):
@@ -152,13 +169,13 @@ def generate_batch(
                 "missing prompts first (e.g. df['prompt'].dropna().tolist())"
             )
     generation = options_from_kwargs(options)
-    budget_value = memory_budget if memory_budget is not None else os.environ.get(BUDGET_ENV)
-    budget = parse_size(budget_value) if isinstance(budget_value, str) else budget_value
+    budget = memory_budget_bytes(memory_budget)
     local = server_url(server) is None
+    CELL_INTERRUPTS.check()  # a call earlier in this cell was interrupted: this one is too
     with holding(local, "a batch (generate_batch)"), api_call(show_status=progress) as call:
         engine = call.engine(model=model, device=device, dtype=dtype, decode=decode, server=server)
         with call.watching(engine):
-            return engine.generate_batch(
+            results: BatchResults = engine.generate_batch(
                 prompt_list,
                 generation,
                 batch_size=batch_size,
@@ -167,6 +184,43 @@ def generate_batch(
                 out=out,
                 progress=progress,
             )
+    CELL_INTERRUPTS.note(results.report.interrupted)
+    return results
+
+
+def _check_count(name: str, value: object) -> None:
+    """A whole number >= 1, or a one-line TypeError/ValueError naming the argument (a float
+    failed as a slice index once the model was in use, a str in a comparison)."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"{name}={value!r} ({type(value).__name__}): must be a whole number >= 1")
+    if value < 1:
+        raise ValueError(f"{name}={value!r}: must be >= 1")
+
+
+def memory_budget_bytes(memory_budget: int | str | None) -> int | None:
+    """The budget in bytes from `memory_budget`, else $QWEN3_JUPYTER_MEMORY_BUDGET, else None;
+    one that cannot hold anything is refused here, before a model runs into it."""
+    if memory_budget is None:
+        text = os.environ.get(BUDGET_ENV)
+        if not text:
+            return None
+        try:
+            return parse_size(text)
+        except ValueError as exc:
+            raise ValueError(f"${BUDGET_ENV}: {exc}") from None
+    if isinstance(memory_budget, str):
+        try:
+            return parse_size(memory_budget)
+        except ValueError as exc:
+            raise ValueError(f"memory_budget: {exc}") from None
+    if not isinstance(memory_budget, numbers.Integral) or isinstance(memory_budget, bool):
+        raise TypeError(
+            f"memory_budget={memory_budget!r} ({type(memory_budget).__name__}): must be a whole "
+            "number of bytes or a size like '2GiB'"
+        )
+    if memory_budget < 1:
+        raise ValueError(f"memory_budget={memory_budget!r}: must be >= 1 byte (e.g. '2GiB')")
+    return int(memory_budget)
 
 
 def run_batches(

@@ -98,6 +98,8 @@ class CleanMagics(Magics):
           result = logits.argmax(-1).tolist()
         """
         args = parse_options(self.qwen3_clean, line, "%qwen3_clean?")
+        if args.quiet and args.verbose:  # quiet won silently: the report asked for never came
+            raise UsageError("--quiet prints no report and --verbose a longer one: use one")
         keep = _parse_keep(args.keep)
         if cell is None:
             if args.drop or keep:

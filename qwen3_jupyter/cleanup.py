@@ -677,7 +677,12 @@ _listeners: list[Callable[[CleanupReport], None]] = []
 def add_cleanup_listener(callback: Callable[[CleanupReport], None]) -> Callable[[], None]:
     """Call `callback` with every CleanupReport (the gauge resets its "peak since last cleanup"
     and watches the memory that survives cleanups). Returns the function that removes it; a
-    failing listener is logged and never fails a cleanup."""
+    failing listener is logged and never fails a cleanup; one that cannot be called at all is
+    refused now, not logged at every cleanup to come."""
+    if not callable(callback):
+        raise TypeError(
+            f"add_cleanup_listener({callback!r}): needs a function that takes a CleanupReport"
+        )
     _listeners.append(callback)
 
     def remove() -> None:
@@ -690,7 +695,7 @@ def add_cleanup_listener(callback: Callable[[CleanupReport], None]) -> Callable[
 def cleanup(
     shell: Any | None = None,
     *,
-    drop: Iterable[str] = (),
+    drop: Iterable[str] | str = (),
     dynamo: bool = False,
     verbose: bool = False,
     count_tensors: bool | None = None,
@@ -705,9 +710,10 @@ def cleanup(
     `shell` defaults to the running IPython (none: the shell-held actions are skipped), so
     `cleanup()` works with no arguments inside a kernel. `verbose` adds the biggest remaining
     holders; `count_tensors` (default: `verbose`) measures live CPU tensor bytes before and
-    after, which walks every object (so its gc is full too). Never raises; never unloads the
-    model.
+    after, which walks every object (so its gc is full too). Never raises once it runs (a `drop`
+    that names no variables is refused first); never unloads the model.
     """
+    names = _drop_names(drop)
     started = time.perf_counter()
     count = verbose if count_tensors is None else count_tensors
     COLLECTOR.last = None
@@ -716,7 +722,7 @@ def cleanup(
             shell = _current_shell()
         _malloc_trim()  # heap slack from before this cleanup is not this cleanup's to report
         before, _ = _snapshot(count)
-        actions = _run_actions(shell, tuple(drop), dynamo, _full_gc_reason(full, dynamo, count))
+        actions = _run_actions(shell, names, dynamo, _full_gc_reason(full, dynamo, count))
         if count:
             COLLECTOR.hand_back("the last cleanup counted every tensor")
         after, totals = _snapshot(count)
@@ -743,6 +749,21 @@ def cleanup(
         except Exception:
             _log.exception("cleanup listener failed")
     return report
+
+
+def _drop_names(drop: Iterable[str] | str) -> tuple[str, ...]:
+    """The variable names in `drop`: a str is one name (iterating it deleted each single-letter
+    variable it spells: drop="ab" took a and b, not ab)."""
+    if isinstance(drop, str):
+        return (drop,)
+    try:
+        names = tuple(drop)
+    except TypeError:
+        raise TypeError(f"drop={drop!r}: must be variable names (a str or a list of str)") from None
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"drop: {name!r} ({type(name).__name__}) is not a variable name")
+    return names
 
 
 def _full_gc_reason(full: bool, dynamo: bool, count: bool) -> str:

@@ -89,8 +89,8 @@ def footer(result: Result) -> str:
         pieces.append(f"peak {format_bytes(result.peak_memory_bytes)} {result.memory_kind}")
     if result.memory_freed_bytes is not None:
         pieces.append(f"freed {format_bytes(result.memory_freed_bytes)}")
-    elif result.memory_kind:
-        pieces.append(result.memory_kind)
+    elif result.peak_memory_bytes is None and result.memory_kind:
+        pieces.append(result.memory_kind)  # where the memory is when this kernel has no figure
     if result.kept_memory:
         pieces.append(result.kept_memory)
     if result.stop_reason == "interrupted":

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import ipywidgets as widgets
 
 from .memory import GiB, MiB
-from .monitor import GpuSample, Monitor, Snapshot, get_monitor
+from .monitor import GpuSample, Monitor, Snapshot, checked_interval, get_monitor
 
 SPARK_POINTS = 60
 SPARK_BUCKET_SECONDS = 2.0
@@ -383,12 +383,14 @@ def inline_gauge(compact: bool = True) -> Iterator[Gauge]:
 def gauge(interval: float | None = None, show_all: bool = False, compact: bool = False) -> Gauge:
     """A live memory gauge for this kernel (display it, or let it be a cell's last value).
 
-    `interval` sets the shared monitor's polling interval in seconds (default 0.5);
+    `interval` sets the shared monitor's polling interval in seconds (default 0.5; one that no
+    poll can wait, such as 0, -1 or inf, is a one-line error before anything starts);
     `show_all` also shows GPUs this kernel cannot use; `compact` drops sparkline and footer.
     """
+    seconds = None if interval is None else checked_interval(interval)
     monitor = get_monitor()
-    if interval is not None:
-        monitor.interval = interval
+    if seconds is not None:
+        monitor.interval = seconds
     return Gauge(monitor, show_all=show_all, compact=compact)
 
 

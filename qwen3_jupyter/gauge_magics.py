@@ -65,8 +65,9 @@ class GaugeMagics(Magics):
         From Python: ``qwen3_jupyter.gauge(interval=None, show_all=False, compact=False)``.
         """
         args = parse_options(self.qwen3_gauge, line, "%qwen3_gauge?")
-        if args.interval is not None and args.interval <= 0:
-            raise UsageError("--interval must be a positive number of seconds (e.g. 0.5)")
+        problem = None if args.interval is None else monitor.interval_problem(args.interval)
+        if problem is not None:
+            raise UsageError(f"--interval {problem}")
         from .gauge import close_all, gauge
 
         if args.stop:

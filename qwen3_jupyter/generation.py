@@ -7,6 +7,7 @@ The engines themselves (eager, fast, remote) live in `engines/`; this module kno
 from __future__ import annotations
 
 import gc
+import numbers
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,21 +37,90 @@ class GenerationOOM(Exception):
         self.results = results
 
 
+SEED_LIMIT = 2**63 - 1
+"""torch.manual_seed takes at most 64 bits; a larger seed failed deep inside torch."""
+
+
+def _whole(value: Any) -> bool:
+    """An integer that is not a bool (True would otherwise pass as 1)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    """A real number that is not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _flag(value: Any) -> bool:
+    """Only True or False: a string like 'no' is truthy and would silently mean yes."""
+    return isinstance(value, bool)
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+OPTION_KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "think": (_flag, "True or False"),
+    "temperature": (_number, "a number"),
+    "top_p": (_number, "a number"),
+    "top_k": (_whole, "a whole number"),
+    "max_new_tokens": (_whole, "a whole number"),
+    "seed": (_whole, "a whole number"),
+    "system": (_text, "text"),
+    "greedy": (_flag, "True or False"),
+    "ignore_eos": (_flag, "True or False"),
+}
+"""What type each option must be, checked before its rule: a comparison of the wrong type
+raised deep in the call ('>=' not supported between 'str' and 'int'), a truthy string passed."""
+
+OPTIONAL = frozenset({"temperature", "top_p", "top_k", "seed", "system"})
+"""Options for which None means Qwen3's recommended value (or none)."""
+
 OPTION_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "temperature": (lambda value: value > 0, "must be > 0"),
     "top_p": (lambda value: 0 < value <= 1, "must be in (0, 1]"),
     "top_k": (lambda value: value >= 1, "must be >= 1"),
     "max_new_tokens": (lambda value: value >= 1, "must be >= 1"),
+    "seed": (lambda value: 0 <= value <= SEED_LIMIT, "must be from 0 to 2**63-1"),
 }
 """What each numeric option must be: one table for the magic's flags and the Python API."""
 
 
+def wrong_kinds(values: Mapping[str, Any]) -> Iterator[tuple[str, Any, str]]:
+    """(name, value, kind) for every option in `values` of the wrong type (None is unset where
+    the option is optional; absent names are not checked)."""
+    for name, (valid, kind) in OPTION_KINDS.items():
+        if name not in values:
+            continue
+        value = values[name]
+        if value is None and name in OPTIONAL:
+            continue
+        if not valid(value):
+            yield name, value, kind
+
+
 def broken_rules(values: Mapping[str, Any]) -> Iterator[tuple[str, Any, str]]:
-    """(name, value, rule) for every option in `values` that breaks its rule (None is unset)."""
+    """(name, value, rule) for every option in `values` that breaks its rule (None is unset;
+    a value of the wrong type is `wrong_kinds`' to report, never compared here)."""
     for name, (valid, rule) in OPTION_RULES.items():
         value = values.get(name)
-        if value is not None and not valid(value):
+        if value is not None and _number(value) and not valid(value):
             yield name, value, rule
+
+
+def check_arguments(
+    texts: Mapping[str, object] | None = None, flags: Mapping[str, object] | None = None
+) -> None:
+    """Refuse an API argument of the wrong type in one line, before any model is touched:
+    `texts` must be str or None (`model=123` failed in the model lookup, `.lower()` of an int),
+    `flags` True or False (a truthy 'no' would mean yes)."""
+    for name, value in (texts or {}).items():
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{name}={value!r} ({type(value).__name__}): must be text or None")
+    for name, value in (flags or {}).items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{name}={value!r} ({type(value).__name__}): must be True or False")
 
 
 @dataclass(frozen=True)
@@ -70,9 +140,17 @@ class GenerationOptions:
     def __post_init__(self) -> None:
         """Refuse values no decoder can use, in words, before anything runs (transformers would
         raise deep in `generate`, or a decode loop would never start)."""
+        for name, value, kind in wrong_kinds(vars(self)):
+            unset = " or None" if name in OPTIONAL else ""
+            raise TypeError(f"{name}={value!r} ({type(value).__name__}): must be {kind}{unset}")
         for name, value, rule in broken_rules(vars(self)):
             extra = " (greedy=True decodes deterministically)" if name == "temperature" else ""
             raise ValueError(f"{name}={value!r}: {rule}{extra}")
+        for name, value in vars(self).items():  # numpy's int64 and the like become plain
+            if _whole(value) and type(value) is not int:  # values a server's JSON can carry
+                object.__setattr__(self, name, int(value))
+            elif _number(value) and not isinstance(value, (int, float)):
+                object.__setattr__(self, name, float(value))
 
     def sampling(self) -> dict[str, Any]:
         """Keyword arguments for `generate` that select the decoding strategy."""

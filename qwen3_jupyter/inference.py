@@ -19,7 +19,7 @@ from .api_call import api_call
 from .cleanup import CleanupReport, cleanup, release_traceback_locals
 from .engines import Engine
 from .engines.local import LocalEngine
-from .generation import GenerationOptions, Result
+from .generation import GenerationOptions, Result, check_arguments
 from .model_use import holding
 from .session import SESSION
 
@@ -52,6 +52,9 @@ class Chat:
             raise RuntimeError("this chat ended with its `with inference()` block; open a new one")
         _check_prompt(prompt)
         _check_options(options)
+        check_arguments(flags={"chat": chat})
+        if on_text is not None and not callable(on_text):
+            raise TypeError(f"on_text={on_text!r}: must be a function of the new text, or None")
         merged = GenerationOptions(**{**self.defaults, **options})
         local = isinstance(self._engine, LocalEngine)
         with holding(local, "an inference() chat"), api_call() as call, call.watching(self._engine):
@@ -109,6 +112,10 @@ def inference(
     freed now, while the exception itself still propagates with its traceback.
     """
     _check_options(options)
+    check_arguments(
+        {"model": model, "device": device, "dtype": dtype, "decode": decode, "server": server},
+        {"verbose": verbose},
+    )
     GenerationOptions(**options)  # a bad value fails here, before a model is loaded
     with api_call() as call:
         engine = call.engine(model=model, device=device, dtype=dtype, decode=decode, server=server)

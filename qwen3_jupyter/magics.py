@@ -9,7 +9,6 @@ option values are paths, URLs and numbers, expanded as IPython expands any magic
 from __future__ import annotations
 
 import io
-import os
 import re
 import shlex
 import sys
@@ -32,7 +31,7 @@ from IPython.utils.text import DollarFormatter
 from traitlets import Float, Unicode
 
 from . import display
-from .batching import BUDGET_ENV, ResultsFileError, parse_size
+from .batching import ResultsFileError, memory_budget_bytes, parse_size
 from .engines import Engine, EngineError, decode_mode, server_url
 from .engines.urls import mask_url
 from .gauge import inline_gauge
@@ -587,6 +586,11 @@ def _validate(args: Namespace, prompt: str) -> list[str] | None:
             parse_size(args.memory_budget)
         except ValueError as exc:
             raise UsageError(f"--memory-budget: {exc}") from None
+    else:
+        try:
+            memory_budget_bytes(None)  # $QWEN3_JUPYTER_MEMORY_BUDGET, which the flag overrides
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     batch = read_prompts(args.file) if args.file else None
     for name, _value, rule in broken_rules(vars(args)):
         extra = " (use --greedy for deterministic output)" if name == "temperature" else ""
@@ -596,8 +600,7 @@ def _validate(args: Namespace, prompt: str) -> list[str] | None:
 
 def _budget(args: Namespace) -> int | None:
     """The memory budget from --memory-budget, else $QWEN3_JUPYTER_MEMORY_BUDGET, else none."""
-    text = args.memory_budget or os.environ.get(BUDGET_ENV)
-    return parse_size(text) if text else None
+    return parse_size(args.memory_budget) if args.memory_budget else memory_budget_bytes(None)
 
 
 def read_prompts(path: str) -> list[str]:
@@ -712,7 +715,8 @@ def _read_value(line: str, position: int, name: str, allow_empty: bool = False) 
     assert match is not None
     if not any(quote in match.group() for quote in "\"'"):
         return match.group(), match.end()
-    lexer = shlex.shlex(io.StringIO(stripped), posix=True)
+    stream = io.StringIO(stripped)
+    lexer = shlex.shlex(stream, posix=True)
     lexer.whitespace_split, lexer.commenters = True, ""
     try:
         value = lexer.get_token()
@@ -721,7 +725,7 @@ def _read_value(line: str, position: int, name: str, allow_empty: bool = False) 
             f'{name}: a quote is not closed (write a quote inside a value as \\" within '
             "double quotes)"
         ) from None
-    return value or "", start + lexer.instream.tell()
+    return value or "", start + stream.tell()
 
 
 def _is_number(token: str) -> bool:

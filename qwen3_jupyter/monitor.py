@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import logging
+import numbers
 import os
 import statistics
 import threading
@@ -56,6 +57,9 @@ DEFAULT_INTERVAL = 0.5
 HISTORY_SECONDS = 120.0
 LOW_FREE_BYTES = 500 * MiB
 MIN_INTERVAL = 0.05
+MAX_INTERVAL = 3600.0
+"""An hour: far longer waits (inf, 1e300) overflow the polling thread's timed wait and kill it."""
+INTERVAL_RULE = "must be a positive number of seconds, at most 3600 (e.g. 0.5)"
 CLEAN_HINT = "%qwen3_clean --verbose shows what holds it"
 
 
@@ -119,6 +123,26 @@ ServerSource = Callable[[], Sequence["ServerLoad"]]
 _Item = TypeVar("_Item")
 
 
+def interval_problem(seconds: object) -> str | None:
+    """Why `seconds` cannot be a polling interval (None: it can). The magic and `gauge()`
+    word their errors from this one rule."""
+    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real):
+        return f"{INTERVAL_RULE}, not {type(seconds).__name__}"
+    if not 0 < float(seconds) <= MAX_INTERVAL:  # NaN fails both comparisons
+        return INTERVAL_RULE
+    return None
+
+
+def checked_interval(seconds: float) -> float:
+    """`seconds` as a float, at least MIN_INTERVAL (a shorter one is raised to it), or a
+    one-line TypeError/ValueError (`interval=...: rule`) for one no poll can wait."""
+    problem = interval_problem(seconds)
+    if problem is not None:
+        wrong_type = isinstance(seconds, bool) or not isinstance(seconds, numbers.Real)
+        raise (TypeError if wrong_type else ValueError)(f"interval={seconds!r}: {problem}")
+    return max(MIN_INTERVAL, float(seconds))
+
+
 def _seconds_per_token(result: _TimedResult) -> float:
     tokens = getattr(result, "completion_tokens", 0) or 0
     return float(result.latency_s) / max(1, int(tokens))
@@ -139,7 +163,7 @@ class Monitor:
         low_free_bytes: int = LOW_FREE_BYTES,
     ) -> None:
         self._reader = reader if reader is not None else NvmlReader()
-        self._interval = max(MIN_INTERVAL, float(interval))
+        self._interval = checked_interval(interval)
         self._history_seconds = history_seconds
         self.low_free_bytes = low_free_bytes
         self._lock = threading.RLock()
@@ -216,9 +240,11 @@ class Monitor:
 
     @interval.setter
     def interval(self, seconds: float) -> None:
-        """Seconds between polls (at least 0.05); the history keeps covering ~2 minutes."""
+        """Seconds between polls (0.05 to 3600, else a one-line error and the interval stays);
+        the history keeps covering ~2 minutes."""
+        seconds = checked_interval(seconds)
         with self._lock:
-            self._interval = max(MIN_INTERVAL, float(seconds))
+            self._interval = seconds
             self._history = deque(self._history, maxlen=self._history_length())
         self._wake.set()
 

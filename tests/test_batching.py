@@ -190,6 +190,47 @@ def test_a_missing_prompt_is_refused_not_asked_as_none_or_nan() -> None:
         generate_batch([float("nan")], model="tiny", progress=False)  # type: ignore[list-item]
 
 
+@pytest.mark.parametrize(
+    ("arguments", "error", "said"),
+    [
+        ({"batch_size": "4"}, TypeError, "batch_size='4' (str): must be a whole number >= 1"),
+        ({"batch_size": 2.5}, TypeError, "batch_size=2.5 (float): must be a whole number >= 1"),
+        ({"batch_size": True}, TypeError, "batch_size=True (bool): must be a whole number"),
+        ({"batch_size": 0}, ValueError, "batch_size=0: must be >= 1"),
+        ({"concurrency": 0}, ValueError, "concurrency=0: must be >= 1"),
+        ({"concurrency": "2"}, TypeError, "concurrency='2' (str): must be a whole number"),
+        ({"memory_budget": -5}, ValueError, "memory_budget=-5: must be >= 1 byte"),
+        ({"memory_budget": 0}, ValueError, "memory_budget=0: must be >= 1 byte"),
+        ({"memory_budget": "0"}, ValueError, "memory_budget: '0' is less than 1 byte"),
+        ({"memory_budget": 1.5e9}, TypeError, "memory_budget=1500000000.0 (float): must be"),
+        ({"out": 5}, TypeError, "out=5 (int): must be a file path or None"),
+        ({"model": 123}, TypeError, "model=123 (int): must be text or None"),
+        ({"progress": "no"}, TypeError, "progress='no' (str): must be True or False"),
+        ({"max_new_tokens": "5"}, TypeError, "max_new_tokens='5' (str): must be a whole"),
+        ({"think": "no"}, TypeError, "think='no' (str): must be True or False"),
+        ({"seed": 10**30}, ValueError, f"seed={10**30}: must be from 0 to 2**63-1"),
+    ],
+)
+def test_a_wrong_argument_is_one_line_before_any_model_is_used(
+    arguments: dict, error: type[Exception], said: str
+) -> None:
+    """Before: a str batch size failed in a comparison, 2.5 as a slice index once the model was
+    in use, and a budget of -5 ran and then reported 'over the memory budget of -5 B'."""
+    loaded = SESSION.loaded
+    with pytest.raises(error) as info:
+        generate_batch(["a"], **{"model": "tiny", "progress": False, **arguments})
+    assert str(info.value).startswith(said), str(info.value)
+    assert SESSION.loaded is loaded, "nothing was loaded for a batch that cannot run"
+
+
+def test_a_budget_of_nothing_in_the_environment_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("QWEN3_JUPYTER_MEMORY_BUDGET", "0")
+    with pytest.raises(ValueError, match=r"^\$QWEN3_JUPYTER_MEMORY_BUDGET: '0' is less than 1"):
+        generate_batch(["a"], model="tiny", progress=False)
+
+
 def test_out_file_has_a_line_per_prompt(tmp_path: Path) -> None:
     out = tmp_path / "r.jsonl"
     results = generate_batch(
@@ -206,6 +247,25 @@ def test_out_file_has_a_line_per_prompt(tmp_path: Path) -> None:
 )
 def test_parse_size(text: str, expected: int) -> None:
     assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("0", "'0' is less than 1 byte"),
+        ("0.4", "'0.4' is less than 1 byte"),
+        ("0GiB", "'0GiB' is less than 1 byte"),
+        ("1.2.3", "'1.2.3' is not a size"),
+        ("5ib", "'5ib' is not a size"),
+        (".", "'.' is not a size"),
+    ],
+)
+def test_parse_size_refuses_no_memory_and_malformed_sizes(text: str, said: str) -> None:
+    """A budget of 0 ran the model and then failed 'over the memory budget of 0 B'; '1.2.3'
+    and '5ib' escaped as float()'s and a KeyError's messages."""
+    with pytest.raises(ValueError) as info:
+        parse_size(text)
+    assert str(info.value).startswith(said)
 
 
 def test_magic_batch_and_interrupt_keep_finished_results(
@@ -251,6 +311,7 @@ def test_magic_batch_and_interrupt_keep_finished_results(
         ("%qwen3 --batch-size 8 hello", "--batch-size goes with --file PROMPTS.txt or --warmup"),
         ("%qwen3 --concurrency 3 hello", "--concurrency goes with --file PROMPTS.txt and --server"),
         ("%qwen3 --memory-budget lots --file x.txt", "--memory-budget: 'lots' is not a size"),
+        ("%qwen3 --memory-budget 0 hello", "--memory-budget: '0' is less than 1 byte"),
     ],
 )
 def test_batch_flags_bad_input(kernel: Kernel, line: str, expected: str) -> None:

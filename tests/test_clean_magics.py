@@ -141,6 +141,8 @@ def test_verbose_lists_holders(k: Kernel) -> None:
         ("%%qwen3_clean --keep\nx = 1", "expected one argument"),
         ("%%qwen3_clean --keep x\nx = 1", "add --drop"),
         ("%qwen3_autoclean maybe", "invalid choice: 'maybe'"),
+        ("%qwen3_clean -q -v", "--quiet prints no report and --verbose a longer one: use one"),
+        ("%%qwen3_clean --verbose --quiet\nnever = 1", "--quiet prints no report and --verbose"),
     ],
 )
 def test_bad_flags_are_one_line_usage_errors(k: Kernel, line: str, message: str) -> None:
@@ -149,6 +151,7 @@ def test_bad_flags_are_one_line_usage_errors(k: Kernel, line: str, message: str)
     assert execution.reply["ename"] == "UsageError"
     assert message in execution.reply["evalue"]
     assert execution.stderr.count("\n") == 1, execution.stderr
+    assert k.value("'never' in globals()") is False, "a refused cell's body does not run"
 
 
 def test_autoclean_reports_only_when_something_was_freed(k: Kernel) -> None:

@@ -252,7 +252,30 @@ def test_report_is_json_safe_and_listeners_hear_it(k: Kernel) -> None:
     )
 
 
+def test_a_string_given_to_drop_is_one_name(k: Kernel) -> None:
+    """tuple("ab") deleted the variables a and b and left ab."""
+    ok(k, "a, b, ab, c = 1, 2, 3, 4")
+    ok(k, 'r = qwen3_jupyter.cleanup(drop="ab")')
+    assert k.value("[name in globals() for name in ('a', 'b', 'ab')]") == [True, True, False]
+    ok(k, 'r = qwen3_jupyter.cleanup(drop=["a", "c"])')
+    assert k.value("[name in globals() for name in ('a', 'b', 'c')]") == [False, True, False]
+    bad = k.run("qwen3_jupyter.cleanup(drop=[b])")
+    assert bad.reply["ename"] == "TypeError", bad.reply
+    assert bad.reply["evalue"] == "drop: 2 (int) is not a variable name"
+    assert k.value("b") == 2
+    ok(k, "del b")
+
+
 # ----------------------------------------------------------------------------- in-process units
+
+
+@pytest.mark.parametrize("listener", [None, "print", 3])
+def test_a_listener_that_cannot_be_called_is_refused_at_once(listener: object) -> None:
+    """It was accepted, and every later cleanup logged a TypeError traceback."""
+    before = list(qc._listeners)
+    with pytest.raises(TypeError, match=r"needs a function that takes a CleanupReport$"):
+        qc.add_cleanup_listener(listener)
+    assert qc._listeners == before
 
 
 def test_holds_device_memory_walks_containers_and_model_outputs() -> None:

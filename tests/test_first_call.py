@@ -95,6 +95,16 @@ for _ in range(3):
     )
 """
 
+LOOP_OF_BATCHES = """
+import pathlib, qwen3_jupyter
+batches = []
+for _ in range(3):
+    pathlib.Path({flag!r}).write_text("batching")
+    batches.append(qwen3_jupyter.generate_batch(
+        ["Tell me all", "And more"], decode="eager", think=False, ignore_eos=True,
+        max_new_tokens=3000, progress=False).report.interrupted)
+"""
+
 
 def wait_for_file(flag: Path) -> None:
     deadline = time.monotonic() + 120
@@ -142,6 +152,17 @@ def test_one_interrupt_stops_a_loop_of_calls_in_its_cell(kernel: Kernel, tmp_pat
     message = ex.stderr.strip()
     assert ex.status == "error" and message.startswith("UsageError: not started: a call earlier")
     assert len(message.splitlines()) == 1, message
+
+    flag = tmp_path / "batching"
+    msg_id = kernel.start(LOOP_OF_BATCHES.format(flag=str(flag)))
+    wait_for_file(flag)
+    time.sleep(2)  # the model is loaded: the batch decodes its 2 × 3000 tokens by then
+    interrupted_at = time.monotonic()
+    kernel.interrupt()
+    ex = kernel.collect(msg_id, timeout=120)
+    assert time.monotonic() - interrupted_at < 10, "the loop went on"
+    assert ex.error is not None and ex.error["ename"] == "KeyboardInterrupt", ex.error
+    assert kernel.value("batches") == [True], "the interrupted batch returned what it had"
 
     ok(kernel, "%qwen3 --greedy --max-new-tokens 2 hi")  # the next cell starts clear
     assert kernel.value("_qwen3.completion_tokens") == 2

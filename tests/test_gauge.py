@@ -125,8 +125,22 @@ def test_gauge_api_and_stop(kernel: Kernel) -> None:
         "[t.name for t in __import__('threading').enumerate() if t.name.startswith('qwen3')]"
     )
     assert threads == []
-    bad = kernel.run("%qwen3_gauge --interval -1")
-    assert "UsageError: --interval must be a positive number of seconds" in bad.stderr
+    for value in ("-1", "0", "inf", "nan", "1e300"):
+        bad = kernel.run(f"%qwen3_gauge --interval {value}")
+        assert bad.reply["ename"] == "UsageError", bad.reply
+        assert bad.reply["evalue"] == (
+            "--interval must be a positive number of seconds, at most 3600 (e.g. 0.5)"
+        )
+        assert bad.stderr.count("\n") == 1, bad.stderr
+    for value in ("-1", "float('inf')"):  # -1 was silently raised to 0.05, inf killed the thread
+        api = kernel.run(f"qwen3_jupyter.gauge(interval={value})")
+        assert api.reply["ename"] == "ValueError", api.reply
+        assert api.reply["evalue"].endswith(
+            ": must be a positive number of seconds, at most 3600 (e.g. 0.5)"
+        )
+    assert (
+        kernel.value("[t.name for t in threading.enumerate() if t.name.startswith('qwen3')]") == []
+    )
     typo = kernel.run("%qwen3_gauge --stp")
     assert "unknown option --stp (did you mean --stop?) (see %qwen3_gauge?)" in typo.stderr
     short = kernel.run("%qwen3_gauge --int 0.2")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
+from qwen3_jupyter.display import footer
 from qwen3_jupyter.engines.eager import EagerEngine
-from qwen3_jupyter.generation import GenerationOptions, build_messages, split_thinking
+from qwen3_jupyter.generation import GenerationOptions, Result, build_messages, split_thinking
+from tests.kernel import Kernel, ok
 
 
 @pytest.mark.parametrize(
@@ -54,6 +57,10 @@ def test_sampling_defaults_follow_qwen3_recommendations() -> None:
         ({"top_p": 0}, "top_p=0: must be in (0, 1]"),
         ({"top_k": 0}, "top_k=0: must be >= 1"),
         ({"max_new_tokens": 0}, "max_new_tokens=0: must be >= 1"),
+        ({"seed": 10**30}, f"seed={10**30}: must be from 0 to 2**63-1"),
+        ({"seed": 2**63}, f"seed={2**63}: must be from 0 to 2**63-1"),
+        ({"seed": -1}, "seed=-1: must be from 0 to 2**63-1"),
+        ({"temperature": float("nan")}, "temperature=nan: must be > 0"),
     ],
 )
 def test_values_no_decoder_can_use_are_refused_in_words(options: dict, said: str) -> None:
@@ -62,6 +69,63 @@ def test_values_no_decoder_can_use_are_refused_in_words(options: dict, said: str
     with pytest.raises(ValueError) as info:
         GenerationOptions(**options)
     assert str(info.value).startswith(said)
+
+
+def test_the_largest_seed_torch_takes_is_accepted() -> None:
+    import torch
+
+    options = GenerationOptions(seed=2**63 - 1)
+    torch.manual_seed(options.seed)  # what the engines do with it: no overflow
+    assert GenerationOptions(seed=0).seed == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        ({"max_new_tokens": "5"}, "max_new_tokens='5' (str): must be a whole number"),
+        ({"max_new_tokens": True}, "max_new_tokens=True (bool): must be a whole number"),
+        ({"max_new_tokens": 2.0}, "max_new_tokens=2.0 (float): must be a whole number"),
+        ({"max_new_tokens": None}, "max_new_tokens=None (NoneType): must be a whole number"),
+        ({"temperature": "hot"}, "temperature='hot' (str): must be a number or None"),
+        ({"top_p": "0.9"}, "top_p='0.9' (str): must be a number or None"),
+        ({"top_k": 2.5}, "top_k=2.5 (float): must be a whole number or None"),
+        ({"seed": "1"}, "seed='1' (str): must be a whole number or None"),
+        ({"seed": False}, "seed=False (bool): must be a whole number or None"),
+        ({"system": 5}, "system=5 (int): must be text or None"),
+        ({"think": "no"}, "think='no' (str): must be True or False"),
+        ({"greedy": 1}, "greedy=1 (int): must be True or False"),
+        ({"ignore_eos": None}, "ignore_eos=None (NoneType): must be True or False"),
+    ],
+)
+def test_values_of_the_wrong_type_are_one_line_type_errors(options: dict, said: str) -> None:
+    """A comparison failed deep inside ('>=' not supported between 'str' and 'int'), a str
+    system prompt reached the chat template, and think='no' was taken as yes."""
+    with pytest.raises(TypeError) as info:
+        GenerationOptions(**options)
+    assert str(info.value) == said
+
+
+def test_numpy_numbers_are_accepted_as_plain_values() -> None:
+    """A seed or budget from a numpy array is a number; a server's JSON needs a plain one."""
+    import numpy as np
+
+    options = GenerationOptions(max_new_tokens=np.int64(5), seed=np.int32(3), top_p=np.float32(0.5))
+    assert (type(options.max_new_tokens), type(options.seed), type(options.top_p)) == (
+        int,
+        int,
+        float,
+    )
+    assert (options.max_new_tokens, options.seed, options.top_p) == (5, 3, 0.5)
+
+
+def test_a_seed_too_large_for_torch_is_a_one_line_usage_error(kernel: Kernel) -> None:
+    """It was a 112-line 'Overflow when unpacking long long' from torch.manual_seed."""
+    ok(kernel, "x = 42")
+    bad = kernel.run("%qwen3 --seed 99999999999999999999999 --max-new-tokens 3 hi")
+    assert bad.reply["ename"] == "UsageError", bad.reply
+    assert bad.reply["evalue"] == "--seed must be from 0 to 2**63-1"
+    assert bad.stderr.count("\n") == 1, bad.stderr
+    assert kernel.value("x") == 42
 
 
 def test_messages_put_system_first_and_keep_history() -> None:
@@ -107,3 +171,41 @@ def test_the_position_limit_follows_a_rope_scaling_the_user_configured() -> None
     yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}
     assert position_limit(Qwen3Config(max_position_embeddings=40960, rope_scaling=yarn)) == 131072
     assert position_limit(None) == 0, "unknown: no check"
+
+
+def _result(**changes: object) -> Result:
+    base = Result(
+        prompt="hi",
+        answer="partial",
+        thinking="",
+        model="tiny",
+        device="cpu",
+        think=False,
+        prompt_tokens=9,
+        completion_tokens=8,
+        latency_s=0.05,
+        tokens_per_s=160.0,
+        peak_memory_bytes=635 * 2**20,
+        memory_kind="host RSS",
+        stop_reason="interrupted",
+        thinking_finished=True,
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_an_interrupted_calls_footer_names_its_memory_once() -> None:
+    """An interrupted call frees nothing measured (memory_freed_bytes None): its footer read
+    'peak 635.0 MiB host RSS · host RSS · interrupted'."""
+    pieces = footer(_result()).split(" · ")
+    assert pieces[-2:] == ["peak 635.0 MiB host RSS", "interrupted: partial answer kept"]
+    assert sum("host RSS" in piece for piece in pieces) == 1
+    finished = footer(_result(stop_reason="eos", memory_freed_bytes=2**20)).split(" · ")
+    assert finished[-2:] == ["peak 635.0 MiB host RSS", "freed 1.0 MiB"]
+
+
+def test_a_server_calls_footer_still_says_where_its_memory_is() -> None:
+    served = _result(peak_memory_bytes=None, memory_kind="model memory lives on the server")
+    assert footer(served).split(" · ")[-2:] == [
+        "model memory lives on the server",
+        "interrupted: partial answer kept",
+    ]

@@ -110,3 +110,62 @@ def test_a_prompt_that_is_not_text_is_one_clear_type_error(k: Kernel) -> None:
         "with qwen3_jupyter.inference(model='tiny', max_new_tokens=2) as chat:\n"
         "    assert chat('hi', ignore_eos=True).completion_tokens == 2",
     )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "said"),
+    [
+        ({"max_new_tokens": "5"}, TypeError, "max_new_tokens='5' (str): must be a whole number"),
+        ({"max_new_tokens": True}, TypeError, "max_new_tokens=True (bool): must be a whole"),
+        ({"temperature": "hot"}, TypeError, "temperature='hot' (str): must be a number"),
+        ({"seed": 10**30}, ValueError, f"seed={10**30}: must be from 0 to 2**63-1"),
+        ({"model": 123}, TypeError, "model=123 (int): must be text or None"),
+        ({"device": 0}, TypeError, "device=0 (int): must be text or None"),
+        ({"server": b"http://x"}, TypeError, "server=b'http://x' (bytes): must be text"),
+        ({"verbose": "yes"}, TypeError, "verbose='yes' (str): must be True or False"),
+    ],
+)
+def test_inference_refuses_a_wrong_argument_in_one_line_before_any_model(
+    arguments: dict, error: type[Exception], said: str
+) -> None:
+    """In process: the check comes before the session is asked for a model (model=123 was an
+    AttributeError from `.lower()` inside the model lookup)."""
+    from qwen3_jupyter import inference
+    from qwen3_jupyter.session import SESSION
+
+    loaded = SESSION.loaded
+    with pytest.raises(error) as info:
+        inference(**arguments).__enter__()
+    assert str(info.value).startswith(said), str(info.value)
+    assert SESSION.loaded is loaded, "nothing was loaded for a call that cannot run"
+
+
+class _NoEngine:
+    """Stands for an engine that must not be reached: every check comes before it."""
+
+    model_name = "none"
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"the engine was used ({name}) for a call that cannot run")
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "said"),
+    [
+        ({"system": 5}, TypeError, "system=5 (int): must be text or None"),
+        ({"think": "no"}, TypeError, "think='no' (str): must be True or False"),
+        ({"seed": 10**30}, ValueError, f"seed={10**30}: must be from 0 to 2**63-1"),
+        ({"max_new_tokens": 2.5}, TypeError, "max_new_tokens=2.5 (float): must be a whole"),
+        ({"chat": "yes"}, TypeError, "chat='yes' (str): must be True or False"),
+        ({"on_text": "print"}, TypeError, "on_text='print': must be a function"),
+    ],
+)
+def test_a_chat_call_refuses_a_wrong_option_before_the_engine(
+    options: dict, error: type[Exception], said: str
+) -> None:
+    from qwen3_jupyter.inference import Chat
+
+    chat = Chat(_NoEngine(), {})  # type: ignore[arg-type]
+    with pytest.raises(error) as info:
+        chat("hi", **options)
+    assert str(info.value).startswith(said), str(info.value)

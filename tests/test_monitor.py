@@ -125,6 +125,42 @@ def test_history_is_bounded_to_about_two_minutes(fake: FakeNvml) -> None:
     m.stop()
 
 
+@pytest.mark.parametrize(
+    ("seconds", "error"),
+    [
+        (float("inf"), ValueError),
+        (float("nan"), ValueError),
+        (1e300, ValueError),
+        (0, ValueError),
+        (-1, ValueError),
+        ("1", TypeError),
+        (True, TypeError),
+    ],
+)
+def test_an_interval_no_poll_can_wait_is_refused_and_polling_goes_on(
+    monitor: Monitor, fake: FakeNvml, seconds: object, error: type[Exception]
+) -> None:
+    """inf killed the polling thread (OverflowError from its timed wait, a traceback on
+    stderr) and -1 was silently raised to 0.05: both are a one-line error now, the interval and
+    the thread unchanged."""
+    monitor.subscribe(lambda snapshot: None)
+    with pytest.raises(error, match=r"^interval=.*: must be a positive number of seconds"):
+        monitor.interval = seconds  # type: ignore[assignment]
+    with pytest.raises(error):
+        Monitor(NvmlReader(fake.module), interval=seconds)  # type: ignore[arg-type]
+    assert monitor.interval == 0.05
+    reads = fake.reads
+    _wait(lambda: fake.reads > reads + 1)
+    assert monitor.running
+
+
+def test_a_short_positive_interval_is_raised_to_the_minimum(monitor: Monitor) -> None:
+    monitor.interval = 0.001
+    assert monitor.interval == monitor_module.MIN_INTERVAL
+    monitor.interval = 3600
+    assert monitor.interval == 3600.0
+
+
 def test_error_mid_run_is_shown_and_the_thread_survives(monitor: Monitor, fake: FakeNvml) -> None:
     seen: list[Snapshot] = []
     monitor.subscribe(seen.append)
