@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -25,8 +26,19 @@ class _DropsTheInterrupt:
             time.sleep(0.01)  # bytecodes after the signal: its KeyboardInterrupt is raised here
 
 
-before = signal.getsignal(signal.SIGINT)
-"""This process's handler (Python's own, or SIG_IGN in a job started from a shell)."""
+@pytest.fixture(autouse=True)
+def pythons_own_handler() -> Iterator[None]:
+    """Each test starts from Python's own SIGINT handler, whatever this process had: SIG_IGN in
+    a job started from a shell, or what nbclient (test_demo) put back, which is not always what
+    it found."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+before = signal.default_int_handler
 
 
 def _busy_block(steps: list[int]) -> None:
