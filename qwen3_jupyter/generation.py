@@ -416,7 +416,7 @@ def release_after_generation(device: str, memory_at_end: int | None) -> int | No
     transformers is imported, which would dominate short calls. `%qwen3_clean` does the full one.
     """
     gc.collect(1)
-    release_allocator_cache()
+    release_allocator_cache(device)
     if memory_at_end is None:
         return None
     return max(0, memory_at_end - current_memory(device)[0])

@@ -202,24 +202,32 @@ class ModelHolder:
 
     def _release(self) -> None:
         loaded, self._loaded = self._loaded, None
+        device = loaded.device if loaded is not None else None
         if loaded is not None:
             loaded.model = None
             loaded.tokenizer = None
         del loaded
         gc.collect()
-        release_allocator_cache()
+        release_allocator_cache(device)
 
 
 def _same(loaded: LoadedModel, choice: ModelChoice) -> bool:
     return (loaded.name, loaded.device, loaded.dtype) == (choice.name, choice.device, choice.dtype)
 
 
-def release_allocator_cache() -> None:
-    """Return torch's cached CUDA blocks to the driver (nothing to do on CPU)."""
+def release_allocator_cache(device: str | None = None) -> None:
+    """Return torch's cached CUDA blocks to the driver (nothing to do on CPU).
+
+    `device` is the GPU whose queued work must end first: `synchronize()` alone waits for the
+    current device, cuda:0 unless a cell set another, not the `cuda:1` a model may be on (and
+    would touch a GPU the kernel does not use). None: the current device."""
     import torch
 
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
+        if device is None:
+            torch.cuda.synchronize()
+        elif device.startswith("cuda"):
+            torch.cuda.synchronize(torch.device(device))
         torch.cuda.empty_cache()
 
 
@@ -251,7 +259,7 @@ def _load(choice: ModelChoice, path: str, is_embedded: bool) -> LoadedModel:
         # reached the device before it ran out, so the failure holds nothing.
         model = None
         gc.collect()
-        release_allocator_cache()
+        release_allocator_cache(choice.device)
         elsewhere = "a smaller model" if choice.device == "cpu" else "--device cpu"
         raise ModelError(
             f"out of memory loading {choice.name} on {choice.device} ({short_of}): free memory "

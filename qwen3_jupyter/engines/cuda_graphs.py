@@ -41,8 +41,21 @@ def record(step: Callable[[], Any], side: Any, pool: Any) -> Any:
         for _ in range(WARMUP_RUNS):
             step()
     torch.cuda.current_stream().wait_stream(side)
+    # The warm-ups made the side stream's cuBLAS workspace in the common pool, where a capture
+    # would bake in its address: freed later (a user's mode="reduce-overhead" compile clears
+    # every workspace) and reused, a replay would write into another tensor. Cleared here, the
+    # capture makes its own in the graph's pool, alive as long as the graph (as torch's own
+    # cudagraph trees do).
+    clear_workspaces = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear_workspaces is not None:
+        clear_workspaces()
     graph = torch.cuda.CUDAGraph()
-    with interrupt_deferred(), torch.cuda.graph(graph, pool=pool, stream=side):
+    # thread_local: a cell of the notebook's main thread may use the GPU while a background
+    # batch captures its new shape; "global" (the default) would fail that cell's CUDA calls.
+    with (
+        interrupt_deferred(),
+        torch.cuda.graph(graph, pool=pool, stream=side, capture_error_mode="thread_local"),
+    ):
         step()
     return graph
 

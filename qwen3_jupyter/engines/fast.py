@@ -356,12 +356,14 @@ class FastEngine(LocalEngine):
             raise
         except Exception as exc:
             self.broken = first_line(exc)
-            self.close()
-            self.notify(
-                f"fast decode failed ({self.broken}); decoding eagerly in this kernel from now "
-                "on (run %qwen3 --eager once to reset, then the next call tries the fast path)"
-            )
-            raise _Unavailable from None
+        # Out of the except block: its traceback held the failed run's frames, and with them
+        # the cache and the graphs, which close() could then not give back.
+        self.close()
+        self.notify(
+            f"fast decode failed ({self.broken}); decoding eagerly in this kernel from now "
+            "on (run %qwen3 --eager once to reset, then the next call tries the fast path)"
+        )
+        raise _Unavailable
 
     def _run(
         self,
