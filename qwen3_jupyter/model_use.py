@@ -14,7 +14,6 @@ import contextlib
 import sys
 import threading
 from contextlib import AbstractContextManager
-from types import TracebackType
 from typing import Any
 
 from .interrupts import interrupt_deferred
@@ -180,12 +179,7 @@ class _Hold:
     def __enter__(self) -> None:
         self.use._enter(self.activity, sys._getframe(1))
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exception: object) -> None:
         self.use._exit()
 
 
@@ -198,12 +192,7 @@ class _Decoding:
     def __enter__(self) -> None:
         self.use._start_decoding(sys._getframe(1))
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exception: object) -> None:
         self.use._end_decoding()
 
 

@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from types import TracebackType
 
 
 @dataclass
@@ -111,12 +110,7 @@ class _Running:
                 self.calls._calls[ident] = _Call(self.activity, threading.current_thread().name)
                 self._registered = True
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exception: object) -> None:
         if self._registered:
             with self.calls._lock:
                 self.calls._calls.pop(threading.get_ident(), None)
