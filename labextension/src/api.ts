@@ -51,10 +51,12 @@ export async function fetchMetrics(
     });
   }
   if (!response.ok) {
+    const explanation = await errorMessage(response);
     throw new MetricsRequestError({
       kind: 'server-error',
       status: response.status,
-      message: `HTTP ${response.status} ${response.statusText}`
+      message: explanation ?? `HTTP ${response.status} ${response.statusText}`.trim(),
+      fromServer: explanation !== null
     });
   }
   try {
@@ -66,6 +68,24 @@ export async function fetchMetrics(
       message: `invalid JSON (${String(reason)})`
     });
   }
+}
+
+/**
+ * The explanation in an error response's JSON body (Jupyter's APIHandler error format,
+ * `{"message": ..., "reason": ...}`), or null when there is none.
+ */
+async function errorMessage(response: Response): Promise<string | null> {
+  try {
+    const body = (await response.json()) as { message?: unknown; reason?: unknown } | null;
+    for (const value of [body?.message, body?.reason]) {
+      if (typeof value === 'string' && value.trim()) {
+        return value.trim();
+      }
+    }
+  } catch {
+    // Not JSON (a proxy's HTML page, an empty body): the status line is all there is.
+  }
+  return null;
 }
 
 /** Why a cleanup request gave no report. */

@@ -97,14 +97,45 @@ export function usageLevel(
   return 'ok';
 }
 
-/** GPUs whose memory is not already counted by a parent (MIG instances are inside their GPU). */
+/**
+ * GPUs whose memory is not already counted by another entry: every GPU without a MIG parent,
+ * and the MIG instances whose parent is not listed (in a container that sees only its MIG
+ * slice, the parent GPU cannot be read; the slice is all there is).
+ */
 export function physicalGpus(gpus: IGpuMetrics[]): IGpuMetrics[] {
-  return gpus.filter(gpu => gpu.mig_parent === null);
+  const parents = new Set(gpus.filter(gpu => gpu.mig_parent === null).map(gpu => gpu.index));
+  return gpus.filter(gpu => gpu.mig_parent === null || !parents.has(gpu.mig_parent));
 }
 
 export function gpuLabel(gpu: IGpuMetrics): string {
-  const prefix = gpu.mig_parent === null ? `GPU ${gpu.index}` : `MIG ${gpu.index}`;
+  const prefix =
+    gpu.mig_parent === null ? `GPU ${gpu.index}` : `GPU ${gpu.mig_parent} · MIG ${gpu.index}`;
   return `${prefix} · ${gpu.name}`;
+}
+
+/**
+ * Sum of a per-GPU map ("0", "0/1", …) over physical GPUs, as the server's `_physical_total`
+ * does: a MIG parent's figure already contains its instances', so each physical GPU counts
+ * max(its own figure, the sum of its instances'). Unknown (null) figures count as zero.
+ */
+export function physicalSum(figures: Record<string, number | null>): number {
+  const perGpu = new Map<string, { own: number; instances: number }>();
+  for (const [key, value] of Object.entries(figures)) {
+    const slash = key.indexOf('/');
+    const parent = slash === -1 ? key : key.slice(0, slash);
+    const entry = perGpu.get(parent) ?? { own: 0, instances: 0 };
+    if (slash === -1) {
+      entry.own += value ?? 0;
+    } else {
+      entry.instances += value ?? 0;
+    }
+    perGpu.set(parent, entry);
+  }
+  let total = 0;
+  for (const { own, instances } of perGpu.values()) {
+    total += Math.max(own, instances);
+  }
+  return total;
 }
 
 /** Total VRAM used and available across physical GPUs, or null when there is none. */
@@ -198,6 +229,15 @@ export function errorState(error: IMetricsError): IEmptyState {
         hint: 'Check that the Jupyter server is still running; the panel keeps retrying on its own.'
       };
     default:
+      if (error.fromServer) {
+        return {
+          title: error.message,
+          hint:
+            error.status === 503
+              ? 'The panel keeps retrying on its own.'
+              : `The metrics endpoint answered HTTP ${error.status ?? '?'}; the panel keeps retrying.`
+        };
+      }
       return {
         title: `The metrics endpoint failed: ${error.message}`,
         hint: 'See the Jupyter server log for the cause; the panel keeps retrying.'
@@ -217,6 +257,41 @@ export function noGpuState(metrics: IMetrics): IEmptyState | null {
       `${why || 'NVML found no NVIDIA GPU'}. Showing host memory and each notebook's RSS ` +
       'instead; on a GPU machine, check the NVIDIA driver (nvidia-smi).'
   };
+}
+
+export interface IPanelNote {
+  text: string;
+  tone: 'info' | 'warning';
+}
+
+/**
+ * The notes the panel shows under the gauges, most urgent first: a stale reading, the reading's
+ * `reason` when GPUs are still listed (with none, `noGpuState` already says it), then the
+ * server's own notes.
+ */
+export function panelNotes(metrics: IMetrics): IPanelNote[] {
+  const notes: IPanelNote[] = [];
+  const add = (text: string, tone: IPanelNote['tone']): void => {
+    if (text && !notes.some(note => note.text === text)) {
+      notes.push({ text, tone });
+    }
+  };
+  if (metrics.stale) {
+    const age = metrics.sample_age_s;
+    add(
+      typeof age === 'number' && Number.isFinite(age)
+        ? `Reading is ${Math.round(age)} s old: the GPU driver is not answering.`
+        : 'Reading is out of date: the GPU driver is not answering.',
+      'warning'
+    );
+  }
+  if (noGpuState(metrics) === null) {
+    add((metrics.reason ?? '').trim(), 'warning');
+  }
+  for (const note of metrics.notes) {
+    add(note, 'info');
+  }
+  return notes;
 }
 
 export function noKernelsState(metrics: IMetrics): IEmptyState | null {

@@ -60,6 +60,13 @@ export interface IMetrics {
   history: IHistory;
   notes: string[];
   sample_interval: number;
+  /**
+   * True when the sample is older than it should be because the GPU driver stopped answering
+   * (the server then answers at once with its last sample). Absent from older servers.
+   */
+  stale?: boolean;
+  /** Age of the sample in seconds. Absent from older servers. */
+  sample_age_s?: number;
 }
 
 /** Why the endpoint gave no metrics; each kind has its own message and remedy. */
@@ -69,6 +76,8 @@ export interface IMetricsError {
   kind: MetricsErrorKind;
   status: number | null;
   message: string;
+  /** True when `message` is the server's own explanation (the JSON body's "message"). */
+  fromServer?: boolean;
 }
 
 /** The kernel-side reply to `{"action": "cleanup"}` on the `qwen3_jupyter` comm. */

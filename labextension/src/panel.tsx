@@ -24,6 +24,8 @@ import {
   LOAD_EXTENSION_HINT,
   noGpuState,
   noKernelsState,
+  panelNotes,
+  physicalSum,
   sortKernels,
   sparklinePoints,
   usageFraction,
@@ -260,10 +262,7 @@ function MetricsView(props: {
 
   const noGpu = noGpuState(metrics);
   const noKernels = noKernelsState(metrics);
-  const otherTotal = Object.values(metrics.other_processes.gpu_memory).reduce<number>(
-    (sum, v) => sum + (v ?? 0),
-    0
-  );
+  const otherTotal = physicalSum(metrics.other_processes.gpu_memory);
 
   return (
     <>
@@ -298,9 +297,13 @@ function MetricsView(props: {
             Other processes: {formatBytes(otherTotal)} VRAM
           </div>
         ) : null}
-        {metrics.notes.map(note => (
-          <div className="q3j-note" key={note}>
-            {note}
+        {panelNotes(metrics).map(note => (
+          <div
+            className={`q3j-note q3j-note--${note.tone}`}
+            key={note.text}
+            role={note.tone === 'warning' ? 'status' : undefined}
+          >
+            {note.text}
           </div>
         ))}
       </section>

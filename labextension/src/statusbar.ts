@@ -1,5 +1,6 @@
 /**
- * Compact status-bar item: total VRAM in use (host RAM without a GPU); a click opens the sidebar.
+ * Compact status-bar item: total VRAM in use (host RAM without a GPU); a click, or Enter or Space
+ * when it has the focus, opens the sidebar.
  */
 
 import { Widget } from '@lumino/widgets';
@@ -12,6 +13,7 @@ import {
   usageLevel,
   UsageLevel
 } from './format';
+import { makeButton } from './button';
 import { MetricsModel } from './model';
 
 export class GpuMemoryStatus extends Widget {
@@ -21,8 +23,7 @@ export class GpuMemoryStatus extends Widget {
   ) {
     super();
     this.addClass('q3j-status');
-    this.node.setAttribute('role', 'button');
-    this.node.addEventListener('click', onClick);
+    makeButton(this.node, onClick);
     model.changed.connect(this._render, this);
     this._render();
   }
@@ -48,10 +49,13 @@ export class GpuMemoryStatus extends Widget {
       const bytes = k.gpu_memory_total ?? -1;
       return bytes > (best?.bytes ?? 0) ? { label: k.notebook_path ?? k.kernel_id, bytes } : best;
     }, null);
+    const text = this.node.textContent;
     this.node.title = error
       ? `GPU memory: ${error.message}`
       : top
         ? `GPU memory — largest: ${top.label} (${formatBytes(top.bytes)}). Click for details.`
         : 'GPU memory — click for details.';
+    // The title says what the item is and does; the text, the figure it shows now.
+    this.node.setAttribute('aria-label', `${this.node.title} ${text}`);
   }
 }

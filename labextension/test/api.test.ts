@@ -1,9 +1,16 @@
-import { KernelMessage } from '@jupyterlab/services';
+import { KernelMessage, ServerConnection } from '@jupyterlab/services';
 import type { Kernel } from '@jupyterlab/services';
 import { Signal } from '@lumino/signaling';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 
-import { COMM_TARGET, CleanupError, requestCleanup } from '../src/api';
+import {
+  COMM_TARGET,
+  CleanupError,
+  fetchMetrics,
+  MetricsRequestError,
+  requestCleanup
+} from '../src/api';
+import { errorState } from '../src/format';
 
 /** A signal that counts its connections: a settled request must leave none behind. */
 class CountedSignal<S, T> extends Signal<S, T> {
@@ -178,5 +185,43 @@ describe('requestCleanup', () => {
     const error = await failure(request(fake));
     expect(error.message).toBe('Could not reach the kernel: Error: Kernel is dead');
     expect(fake.listeners).toBe(0);
+  });
+});
+
+describe('fetchMetrics', () => {
+  const settings = ServerConnection.makeSettings({ baseUrl: 'http://lab.test/' });
+
+  afterEach(() => {
+    vi.restoreAllMocks();
+  });
+
+  async function failure(response: Response): Promise<MetricsRequestError> {
+    vi.spyOn(ServerConnection, 'makeRequest').mockResolvedValue(response);
+    const error = await fetchMetrics(settings).catch((reason: unknown) => reason);
+    expect(error).toBeInstanceOf(MetricsRequestError);
+    return error as MetricsRequestError;
+  }
+
+  it("shows the server's explanation of a 503", async () => {
+    const message = 'The GPU memory sampler has no reading yet; try again in a few seconds.';
+    const error = await failure(
+      new Response(JSON.stringify({ message, reason: null }), {
+        status: 503,
+        statusText: 'Service Unavailable',
+        headers: { 'Content-Type': 'application/json' }
+      })
+    );
+    expect(error.detail).toMatchObject({ kind: 'server-error', status: 503, message });
+    expect(errorState(error.detail).title).toBe(message);
+  });
+
+  it('falls back to the status line without a JSON message', async () => {
+    const error = await failure(
+      new Response('<html>Bad gateway</html>', { status: 502, statusText: 'Bad Gateway' })
+    );
+    expect(error.detail.message).toBe('HTTP 502 Bad Gateway');
+    expect(errorState(error.detail).title).toBe(
+      'The metrics endpoint failed: HTTP 502 Bad Gateway'
+    );
   });
 });

@@ -12,7 +12,9 @@ import {
   noGpuState,
   noKernelsState,
   normalizeThresholds,
+  panelNotes,
   physicalGpus,
+  physicalSum,
   sortKernels,
   sparklinePoints,
   statusBarText,
@@ -141,7 +143,38 @@ describe('GPUs', () => {
     ];
     expect(physicalGpus(gpus).map(g => g.index)).toEqual([0, 2]);
     expect(totalVram(metrics({ gpus }))).toEqual({ used: 11 * GiB, total: 120 * GiB });
-    expect(gpuLabel(gpus[1])).toBe('MIG 1 · NVIDIA H100');
+    expect(gpuLabel(gpus[1])).toBe('GPU 0 · MIG 1 · NVIDIA H100');
+  });
+
+  it('labels MIG instances with their parent GPU', () => {
+    expect(gpuLabel(gpu(0, 0, 40 * GiB, 0))).toBe('GPU 0 · MIG 0 · NVIDIA H100');
+    expect(gpuLabel(gpu(0, 0, 40 * GiB, 1))).toBe('GPU 1 · MIG 0 · NVIDIA H100');
+    expect(gpuLabel(gpu(3, 0, 80 * GiB))).toBe('GPU 3 · NVIDIA H100');
+  });
+
+  it('counts a MIG slice whose parent GPU cannot be read', () => {
+    // A container that sees only its slice: no entry with mig_parent null for GPU 0.
+    const slice = [gpu(0, 30 * GiB, 40 * GiB, 0)];
+    expect(physicalGpus(slice).map(g => g.key)).toEqual(['0/0']);
+    const m = metrics({ gpus: slice, reason: 'NVML error: GPU 0: Insufficient Permissions' });
+    expect(totalVram(m)).toEqual({ used: 30 * GiB, total: 40 * GiB });
+    expect(statusBarText(m, null)).toBe('GPU 30.0 / 40.0 GiB');
+    // Two slices of an unreadable GPU 0 beside a plain GPU 1.
+    const mixed = [
+      gpu(0, 1 * GiB, 40 * GiB, 0),
+      gpu(1, 2 * GiB, 40 * GiB, 0),
+      gpu(1, 3 * GiB, 80 * GiB)
+    ];
+    expect(totalVram(metrics({ gpus: mixed }))).toEqual({ used: 6 * GiB, total: 160 * GiB });
+  });
+
+  it('sums per-GPU figures per physical GPU, counting MIG memory once', () => {
+    expect(physicalSum({ '0': 20 * GiB, '0/0': 12 * GiB, '0/1': 8 * GiB })).toBe(20 * GiB);
+    // The parent's own figure can be missing or smaller than its instances'.
+    expect(physicalSum({ '0/0': 12 * GiB, '0/1': 8 * GiB })).toBe(20 * GiB);
+    expect(physicalSum({ '0': 5 * GiB, '0/0': 12 * GiB })).toBe(12 * GiB);
+    expect(physicalSum({ '0': 1 * GiB, '1': 2 * GiB, '1/0': 2 * GiB, '2': null })).toBe(3 * GiB);
+    expect(physicalSum({})).toBe(0);
   });
 
   it('has no VRAM total without NVML', () => {
@@ -197,6 +230,13 @@ describe('empty states', () => {
     expect(broken.title).toContain('HTTP 500');
   });
 
+  it("show the server's own explanation of an error", () => {
+    const message = 'The GPU memory sampler has no reading yet; try again in a few seconds.';
+    const state = errorState({ kind: 'server-error', status: 503, message, fromServer: true });
+    expect(state.title).toBe(message);
+    expect(state.hint).toContain('keeps retrying');
+  });
+
   it('explain a missing GPU and fall back to host memory', () => {
     expect(noGpuState(metrics())).toBeNull();
     const state = noGpuState(
@@ -217,6 +257,28 @@ describe('empty states', () => {
   it('explain an empty kernel list', () => {
     expect(noKernelsState(metrics())?.hint).toContain('Open a notebook');
     expect(noKernelsState(metrics({ kernels: [kernel('a', 0, 0, null)] }))).toBeNull();
+  });
+});
+
+describe('notes', () => {
+  it("show the reading's reason while some GPUs are still listed", () => {
+    const reason = 'NVML error: GPU 1: GPU is lost';
+    expect(panelNotes(metrics({ reason, notes: ['a note'] }))).toEqual([
+      { text: reason, tone: 'warning' },
+      { text: 'a note', tone: 'info' }
+    ]);
+    expect(panelNotes(metrics())).toEqual([]);
+    // With no GPU left the empty state says it already.
+    expect(panelNotes(metrics({ available: false, gpus: [], reason }))).toEqual([]);
+  });
+
+  it('say when the reading is stale', () => {
+    expect(panelNotes(metrics({ stale: true, sample_age_s: 12.4 }))).toEqual([
+      { text: 'Reading is 12 s old: the GPU driver is not answering.', tone: 'warning' }
+    ]);
+    expect(panelNotes(metrics({ stale: true }))[0].text).toContain('not answering');
+    // An older server sends neither field; a fresh reading says nothing.
+    expect(panelNotes(metrics({ stale: false, sample_age_s: 0.5 }))).toEqual([]);
   });
 });
 

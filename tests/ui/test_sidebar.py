@@ -284,6 +284,15 @@ def test_sidebar_and_status_bar_show_a_gpu(
     panel.get_by_text("No running kernels").wait_for(timeout=10_000)
     status = page.locator(".q3j-status")
     assert status.inner_text() == "GPU 3.0 / 80.0 GiB"
+    # The status-bar item works from the keyboard: in the Tab order, labelled, and Enter opens
+    # the sidebar as a click does.
+    assert status.evaluate("node => node.tabIndex") == 0
+    assert "GPU 3.0 / 80.0 GiB" in (status.get_attribute("aria-label") or "")
+    page.locator('.jp-SideBar li[data-id="qwen3-jupyter-gpu-memory"]').click()  # collapse it
+    panel.wait_for(state="hidden", timeout=10_000)
+    status.focus()
+    page.keyboard.press("Enter")
+    panel.wait_for(state="visible", timeout=10_000)
     server.api(
         "api/sessions",
         "POST",
