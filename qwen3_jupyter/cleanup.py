@@ -731,12 +731,14 @@ def cleanup(
             DeviceChange(name, before[name], after.get(name, before[name])) for name in before
         )
         gc_pass = COLLECTOR.last.describe() if COLLECTOR.last is not None else ""
+        incremental = COLLECTOR.last is not None and not COLLECTOR.last.full
         report = CleanupReport(
             devices,
             actions,
             holders,
             time.perf_counter() - started,
             gc_pass=gc_pass,
+            gc_incremental=incremental,
             kept=kept_memory_text(),
             verbose=verbose,
         )

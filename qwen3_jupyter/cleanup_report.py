@@ -43,12 +43,10 @@ class DeviceChange:
 
     @property
     def freed(self) -> int:
-        """Memory returned: NVML's figure for a GPU (else torch reserved); on "cpu" the tensor
-        bytes that went away when they were counted, else the drop in RSS (changes under
-        HOST_NOISE_BYTES count as nothing)."""
+        """Memory returned: NVML's figure for a GPU (else torch reserved); on "cpu" the drop in
+        RSS (changes under HOST_NOISE_BYTES count as nothing), whether or not tensors were
+        counted, so `--verbose` shows the same headline (`tensors_freed` is its own figure)."""
         if self.device == "cpu":
-            if self.before.tensors is not None and self.after.tensors is not None:
-                return drop(self.before.tensors, self.after.tensors)
             rss = drop(self.before.process, self.after.process)
             return rss if rss >= HOST_NOISE_BYTES else 0
         if self.before.process is not None and self.after.process is not None:
@@ -129,6 +127,9 @@ class CleanupReport:
     error: str | None = None
     gc_pass: str = ""
     """How the cycle collection went: 'gc of 2,130 new objects' or 'full gc (why)'."""
+    gc_incremental: bool = False
+    """The gc scanned only objects new since the last cleanup: "nothing to free" would be a
+    claim about objects it never looked at (a cycle frozen earlier that became garbage)."""
     kept: tuple[str, ...] = ()
     """What engines keep on purpose and a cleanup leaves alone ('decode cache 448 MiB on
     cuda:0, kept for speed')."""
@@ -157,11 +158,20 @@ class CleanupReport:
         released = self._released_text()
         if self.freed_bytes > 0:
             head = f"cleanup freed {format_bytes(self.freed_bytes)}"
+        elif self._tensors_freed():
+            head = (
+                f"cleanup freed {format_bytes(self._tensors_freed())} of tensors; the process "
+                "kept the memory"
+            )
         elif released:
             head = "cleanup freed no memory"
+        elif self.gc_incremental:
+            head = "cleanup: nothing new to free"
         else:
             head = "cleanup: nothing to free"
         parts = [head, *(d.describe() for d in self.devices)]
+        if self.freed_bytes <= 0 and self.gc_incremental:
+            parts.append("objects older than the last full gc were not scanned (--full scans them)")
         if released:
             parts.append(f"released {released}")
             if self.freed_bytes <= 0 and not self.holders:
@@ -225,6 +235,10 @@ class CleanupReport:
             "holders": [{**asdict(h), "devices": list(h.devices)} for h in self.holders],
             "error": self.error,
         }
+
+    def _tensors_freed(self) -> int:
+        """Tensor bytes that went away, summed where they were counted (verbose on the CPU)."""
+        return sum(d.tensors_freed or 0 for d in self.devices if d.device == "cpu")
 
     def _released_text(self) -> str:
         pieces = []

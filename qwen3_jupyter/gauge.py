@@ -346,7 +346,8 @@ class Gauge(widgets.VBox):
             )
 
     def close(self) -> None:
-        """Stop receiving snapshots and close every child widget (the monitor keeps running)."""
+        """Stop receiving snapshots and close every child widget; the last gauge to close stops
+        the polling thread (the next gauge starts it again)."""
         with self._lock:
             if self._closed:
                 return

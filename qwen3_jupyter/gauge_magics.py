@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -83,7 +84,34 @@ class GaugeMagics(Magics):
 def _listen_to_results() -> Callable[[], None]:
     from .session import SESSION
 
-    return SESSION.add_result_listener(lambda result: monitor.get_monitor().note_result(result))
+    loads = LoadCounter()
+    return SESSION.add_result_listener(
+        lambda result: monitor.get_monitor().note_result(result, loads.current(SESSION.loaded))
+    )
+
+
+class LoadCounter:
+    """Numbers the loads of the model: an unloaded and reloaded model gets a new number, so
+    the latency signal never compares calls across a reload. Holds a weak reference only
+    (a strong one would keep an unloaded model alive; an id could be reused by the next load)."""
+
+    def __init__(self) -> None:
+        self._ref: weakref.ref[Any] | None = None
+        self.number = 0
+
+    def current(self, loaded: object | None) -> int:
+        known = self._ref() if self._ref is not None else None
+        if loaded is None or loaded is not known:
+            self.number += loaded is not None or self._ref is not None
+            self._ref = _weak(loaded)
+        return self.number
+
+
+def _weak(value: object | None) -> weakref.ref[Any] | None:
+    try:
+        return None if value is None else weakref.ref(value)
+    except TypeError:  # cannot tell loads apart: every call starts a new baseline
+        return None
 
 
 def kept_lines(session: Any) -> tuple[str, ...]:

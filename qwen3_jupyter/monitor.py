@@ -143,9 +143,30 @@ def checked_interval(seconds: float) -> float:
     return max(MIN_INTERVAL, float(seconds))
 
 
-def _seconds_per_token(result: _TimedResult) -> float:
-    tokens = getattr(result, "completion_tokens", 0) or 0
-    return float(result.latency_s) / max(1, int(tokens))
+MIN_DECODE_TOKENS = 8
+"""Calls shorter than this are not compared: their time is mostly prompt processing and
+first-token latency, so a run of short calls would read as a slow-down."""
+
+
+def decode_seconds_per_token(result: _TimedResult) -> float | None:
+    """Time per generated token after the first ((latency - time to first token) / (tokens -
+    1)): what memory pressure slows, independent of prompt length and answer length. None for
+    a call that cannot be compared (too short, no first-token time, interrupted or failed)."""
+    tokens = int(getattr(result, "completion_tokens", 0) or 0)
+    first = getattr(result, "time_to_first_token_s", None)
+    if tokens < MIN_DECODE_TOKENS or first is None:
+        return None
+    if getattr(result, "stop_reason", "") == "interrupted" or getattr(result, "error", None):
+        return None
+    decode = float(result.latency_s) - float(first)
+    return decode / (tokens - 1) if decode > 0 else None
+
+
+def baseline_key(result: _TimedResult, load: object = None) -> tuple[object, ...]:
+    """Calls are compared only with calls of the same model, engine and device (and the same
+    load of the model: `load` changes when it is unloaded or reloaded)."""
+    model, engine, device = (getattr(result, n, None) for n in ("model", "engine", "device"))
+    return (model, engine, device, load)
 
 
 class Monitor:
@@ -172,12 +193,15 @@ class Monitor:
         self._lingering: list[threading.Thread] = []
         """Threads `stop` gave up waiting for (stuck in an NVML call): NVML stays open for them."""
         self._thread: threading.Thread | None = None
+        self._wanted = False
+        """`start` was called: poll even with no subscriber (else the last unsubscribe stops)."""
         self._subscribers: list[Subscriber] = []
         self._history: deque[Snapshot] = deque(maxlen=self._history_length())
         self._seq = 0
         self._host_peak = 0
         self._gpu_peaks: dict[str, int] = {}
         self._call_costs: list[float] = []
+        self._cost_key: tuple[object, ...] | None = None
         self._retained: list[int] = []
         self._children: set[int] = set()
         self._children_at = 0.0
@@ -194,7 +218,13 @@ class Monitor:
         return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
-        """Start the polling thread if it is not running (idempotent)."""
+        """Start the polling thread if it is not running (idempotent); it keeps polling with no
+        subscriber until `stop` (a caller that reads `latest()` itself asked for it)."""
+        with self._lock:
+            self._wanted = True
+        self._ensure_running()
+
+    def _ensure_running(self) -> None:
         with self._lock:
             if self.running:
                 return
@@ -214,9 +244,19 @@ class Monitor:
         """Stop and join the thread, then shut NVML down (the thread does, when an NVML call
         holds it past `timeout`: never shut down under a call). Subscribers stay registered."""
         with self._lock:
-            thread, self._thread = self._thread, None
-            self._stopping.set()
-            self._wake.set()
+            self._wanted = False
+            thread = self._detach()
+        self._finish(thread, timeout)
+
+    def _detach(self) -> threading.Thread | None:
+        """Tell the thread to end and forget it (call with the lock held)."""
+        thread, self._thread = self._thread, None
+        self._stopping.set()
+        self._wake.set()
+        return thread
+
+    def _finish(self, thread: threading.Thread | None, timeout: float) -> None:
+        """Join a detached thread (remembering it if stuck), then shut NVML down if unused."""
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
             if thread.is_alive():
@@ -257,13 +297,19 @@ class Monitor:
         """Call `callback(snapshot)` after every poll (starting the thread); returns the undo."""
         with self._lock:
             self._subscribers.append(callback)
-        self.start()
+        self._ensure_running()
         return lambda: self.unsubscribe(callback)
 
     def unsubscribe(self, callback: Subscriber) -> None:
+        """Stop sending `callback` snapshots; the last one out stops the thread (unless `start`
+        asked for it), so a closed gauge leaves no thread polling for nobody."""
         with self._lock:
             if callback in self._subscribers:
                 self._subscribers.remove(callback)
+            idle = not self._subscribers and not self._wanted and self._thread is not None
+            thread = self._detach() if idle else None
+        if idle:
+            self._finish(thread, timeout=1.0)
 
     # -- sources --------------------------------------------------------------------------------
 
@@ -315,10 +361,19 @@ class Monitor:
 
     # -- decay signals --------------------------------------------------------------------------
 
-    def note_result(self, result: _TimedResult) -> None:
-        """Record one finished `%qwen3` call (a `Result`) for the latency-decay signal."""
+    def note_result(self, result: _TimedResult, load: object = None) -> None:
+        """Record one finished `%qwen3` call (a `Result`) for the latency-decay signal: its
+        decode time per token, when it can be compared (`decode_seconds_per_token`). A call of
+        another model, engine, device or `load` starts a new baseline."""
+        cost = decode_seconds_per_token(result)
+        if cost is None:
+            return
+        key = baseline_key(result, load)
         with self._lock:
-            self._call_costs.append(_seconds_per_token(result))
+            if key != self._cost_key:
+                self._call_costs.clear()
+                self._cost_key = key
+            self._call_costs.append(cost)
 
     def note_cleanup(self, retained_bytes: int) -> None:
         """Record the memory left after one cleanup, and restart the peaks from here."""
@@ -329,7 +384,8 @@ class Monitor:
 
     @property
     def call_costs(self) -> tuple[float, ...]:
-        """Seconds per generated token of every `%qwen3` call noted, oldest first."""
+        """Decode seconds per token of the comparable `%qwen3` calls since the baseline (the
+        same model, engine and load), oldest first."""
         with self._lock:
             return tuple(self._call_costs)
 
@@ -342,10 +398,12 @@ class Monitor:
     def reset_signals(self) -> None:
         with self._lock:
             self._call_costs.clear()
+            self._cost_key = None
             self._retained.clear()
 
     def latency_warning(self) -> str | None:
-        """Set when the last 3 calls take clearly longer per token than the first 3."""
+        """Set when the last 3 comparable calls (same model, engine and load, at least
+        MIN_DECODE_TOKENS tokens) decode clearly slower per token than the first 3."""
         costs = self._call_costs
         if len(costs) < 6:
             return None

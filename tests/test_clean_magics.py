@@ -28,7 +28,8 @@ def test_cell_result_displays_like_a_normal_cell(k: Kernel) -> None:
     assert len(report_lines(plain)) == 1
 
     shown = ok(k, '%%qwen3_clean\nt = torch.ones(4 * MiB)\nrefs["shown"] = weakref.ref(t)\nt * 2')
-    assert shown.result() is not None and shown.result().startswith("tensor([2., 2.")
+    shown_text = shown.result()
+    assert shown_text is not None and shown_text.startswith("tensor([2., 2.")
     n = shown.reply["execution_count"]
     assert k.value(f"{n} in Out") is False, "a tensor result is shown, then not kept"
     assert alive(k, "shown"), "no --drop: the cell's own variable stays"
@@ -116,7 +117,8 @@ def test_line_form_cleans_now_and_quiet_prints_nothing(k: Kernel) -> None:
     loud = ok(k, "%qwen3_clean")
     assert report_lines(loud) and report_lines(loud)[0].startswith("[qwen3] cleanup freed")
     again = ok(k, "%qwen3_clean")
-    assert report_lines(again)[0].startswith("[qwen3] cleanup: nothing to free")
+    assert report_lines(again)[0].startswith("[qwen3] cleanup: nothing new to free")
+    assert "--full scans them" in report_lines(again)[0]
     assert ok(k, "%qwen3_clean --quiet").stdout == ""
 
 

@@ -166,17 +166,20 @@ def test_inline_gauge_leaves_a_static_copy_and_no_live_widget(kernel: Kernel) ->
 
 
 def test_qwen3_calls_and_cleanups_feed_the_decay_signals(kernel: Kernel) -> None:
-    asked = kernel.run("%qwen3 --greedy --no-think --max-new-tokens 4 hello")
+    asked = kernel.run("%qwen3 --greedy --no-think --max-new-tokens 12 hello")
     assert asked.status == "ok", asked.error
     cleaned = kernel.run(
         "from qwen3_jupyter import cleanup\n"
         "from qwen3_jupyter.monitor import get_monitor\n"
         "cleanup(); cleanup()\n"
         "_m = get_monitor()\n"
-        "print(len(_m.call_costs), len(_m.retained_history), min(_m.retained_history) > 0)"
+        "from qwen3_jupyter.session import SESSION\n"
+        "comparable = SESSION.last_result.completion_tokens >= 8\n"
+        "print(len(_m.call_costs) == comparable, len(_m.retained_history),"
+        " min(_m.retained_history) > 0)"
     )
     assert cleaned.status == "ok", cleaned.error
-    assert cleaned.stdout.split() == ["1", "2", "True"]
+    assert cleaned.stdout.split() == ["True", "2", "True"]
 
 
 @pytest.fixture()
@@ -348,6 +351,28 @@ def test_steady_memory_sends_nothing_and_a_change_sends_once(
         g.close()
         monitor.stop()
     assert monitor.subscriber_count == 0 and g.comm is None
+
+
+def test_closing_the_last_gauge_stops_the_polling_thread(
+    counting_comms: list[tuple[str, dict[str, Any]]],
+) -> None:
+    monitor = Monitor(NvmlReader(FakeNvml([FakeGpu(used=GiB)]).module), interval=0.05)
+    first, second = Gauge(monitor), Gauge(monitor)
+    try:
+        _wait_for(lambda: first.updates >= 2)
+        second.close()
+        assert monitor.running, "one gauge is still open"
+        first.close()
+        assert not monitor.running and monitor.subscriber_count == 0
+        polls = monitor.polls
+        time.sleep(0.2)
+        assert monitor.polls == polls
+        third = Gauge(monitor)
+        _wait_for(lambda: third.updates >= 1)
+        third.close()
+        assert not monitor.running
+    finally:
+        monitor.stop()
 
 
 def test_rows_say_unknown_with_torch_reserved_never_zero() -> None:

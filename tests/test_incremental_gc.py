@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from qwen3_jupyter.memory import MiB
 from tests.kernel import WEAKREF_HELPERS, Kernel, alive, ok
 
 SETUP = (
@@ -102,6 +103,35 @@ def test_a_frozen_cycle_stranded_inside_a_container_waits_for_full(frozen: Kerne
         assert not alive(k, "boxed")
     finally:
         ok(k, "gc.enable()\ndel box")
+
+
+def test_a_big_frozen_cycle_stranded_inside_a_container_gets_a_full_pass(frozen: Kernel) -> None:
+    """Its tensor is not in pymalloc's block count, so only the memory rule notices it: the
+    cleanup that froze it saw the process grow by MEMORY_GROWTH, so the next one scans all."""
+    k = frozen
+    size = k.value("qwen3_jupyter.incremental_gc.MEMORY_GROWTH") + 32 * MiB
+    ok(k, f"gc.disable()\nbig = cycle('bigboxed')\nbig.t = torch.ones({size} // 4)")
+    ok(k, "refs['bigboxed'] = weakref.ref(big.t)\nbox = [big]\ndel big")
+    try:
+        assert k.value("qwen3_jupyter.cleanup().gc_pass").startswith("gc of "), "control"
+        ok(k, "box.clear()")
+        assert alive(k, "bigboxed"), "control: nothing freed the cycle before the cleanup"
+        ok(k, "r = qwen3_jupyter.cleanup()")
+        assert "more memory was frozen since the last full gc" in k.value("r.gc_pass")
+        assert not alive(k, "bigboxed")
+        assert k.value("r.freed_bytes") >= size - 8 * MiB, k.value("r.summary()")
+        ok(k, "r = qwen3_jupyter.cleanup()")
+        assert k.value("r.gc_pass").startswith("gc of "), "the baseline did not move back"
+    finally:
+        ok(k, "gc.enable()\ndel box")
+
+
+def test_full_pass_after_full_every_incremental_ones(frozen: Kernel) -> None:
+    k = frozen
+    every = k.value("qwen3_jupyter.incremental_gc.FULL_EVERY")
+    passes = k.value(f"[qwen3_jupyter.cleanup().gc_pass for _ in range({every + 1})]")
+    assert all(p.startswith("gc of ") for p in passes[:-1]), passes
+    assert passes[-1] == f"full gc ({every} incremental passes since the last full gc)"
 
 
 def test_rebinding_keeps_the_pass_incremental_only_when_the_old_value_died(

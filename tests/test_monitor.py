@@ -5,6 +5,7 @@ NVML is the fake (tests/fake_nvml.py); host and torch figures are read for real.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -21,8 +22,14 @@ from tests.fake_nvml import LIBRARY_NOT_FOUND, SELF, FakeGpu, FakeNvml, FakeProc
 
 @dataclass(frozen=True)
 class Call:
+    """A `Result` as the latency signal reads it; 0.1 s to the first token by default."""
+
     latency_s: float
     completion_tokens: int
+    time_to_first_token_s: float | None = 0.1
+    model: str = "tiny"
+    engine: str = "eager"
+    device: str = "cpu"
 
 
 @pytest.fixture()
@@ -125,6 +132,26 @@ def test_history_is_bounded_to_about_two_minutes(fake: FakeNvml) -> None:
     m.stop()
 
 
+def test_the_last_unsubscribe_stops_the_thread_unless_start_asked_for_it(
+    monitor: Monitor, fake: FakeNvml
+) -> None:
+    before = threading.active_count()
+    first, second = monitor.subscribe(lambda s: None), monitor.subscribe(lambda s: None)
+    first()
+    assert monitor.running, "one subscriber is left"
+    second()
+    assert not monitor.running and threading.active_count() == before
+    polls = monitor.polls
+    time.sleep(0.15)
+    assert monitor.polls == polls, "polled with no subscriber"
+    assert fake.init_count == fake.shutdown_count == 1
+    monitor.subscribe(lambda s: None)()  # subscribe restarts it; unsubscribing stops it again
+    assert not monitor.running and fake.init_count == fake.shutdown_count == 2
+    monitor.start()
+    monitor.subscribe(lambda s: None)()
+    assert monitor.running, "an explicit start() keeps polling until stop()"
+
+
 @pytest.mark.parametrize(
     ("seconds", "error"),
     [
@@ -205,17 +232,54 @@ def test_low_free_memory_warns_with_what_to_do(monitor: Monitor, fake: FakeNvml)
 
 def test_latency_decay_signal(monitor: Monitor) -> None:
     for _ in range(3):
-        monitor.note_result(Call(1.0, 100))
-    monitor.note_result(Call(1.1, 100))
-    monitor.note_result(Call(0.5, 40))  # same cost per token as 1.25 s for 100
+        monitor.note_result(Call(1.09, 100))  # 0.99 s of decoding for 99 tokens
+    monitor.note_result(Call(1.2, 100))
+    monitor.note_result(Call(0.49, 40))  # same decode cost per token as 1.35 s for 100
     assert monitor.latency_warning() is None
-    monitor.note_result(Call(2.0, 100))
-    assert monitor.latency_warning() is None  # median of the last 3 is 1.25 s per 100 tokens
-    monitor.note_result(Call(2.0, 100))
+    monitor.note_result(Call(2.1, 100))
+    assert monitor.latency_warning() is None  # median of the last 3 is 1.25 s per 99 tokens
+    monitor.note_result(Call(2.08, 100))
     warning = monitor.latency_warning()
     assert warning is not None and "2.0× the time per token" in warning
     assert "%qwen3_clean --verbose" in warning
     assert warning in monitor.sample().warnings
+
+
+def test_short_calls_after_long_ones_are_not_a_slow_down(monitor: Monitor) -> None:
+    """1-token calls cost their prompt and first token, not decoding: not compared at all."""
+    for _ in range(3):
+        monitor.note_result(Call(1.0, 48, time_to_first_token_s=0.06))
+    for _ in range(3):
+        monitor.note_result(Call(0.05, 1, time_to_first_token_s=0.05))
+        monitor.note_result(Call(0.2, 4, time_to_first_token_s=0.05))
+    monitor.note_result(Call(0.5, 48, time_to_first_token_s=None))  # no first-token time
+    assert len(monitor.call_costs) == 3
+    assert monitor.latency_warning() is None
+
+
+def test_a_new_model_engine_or_load_starts_a_new_baseline(monitor: Monitor) -> None:
+    fast = Call(1.1, 101)  # 10 ms per token
+    slow = Call(3.1, 101)  # 30 ms per token: another model or engine, not a slow-down
+    for changed in (
+        dataclasses.replace(slow, model="Qwen3-8B"),
+        dataclasses.replace(slow, engine="fast"),
+        dataclasses.replace(slow, device="cuda:0"),
+    ):
+        monitor.reset_signals()
+        for _ in range(3):
+            monitor.note_result(fast)
+        for _ in range(3):
+            monitor.note_result(changed)
+        assert monitor.latency_warning() is None, changed
+        assert len(monitor.call_costs) == 3, changed
+    monitor.reset_signals()
+    for load in (1, 1, 1, 2, 2, 2):  # the same model unloaded and loaded again
+        monitor.note_result(fast if load == 1 else slow, load=load)
+    assert monitor.latency_warning() is None
+    monitor.reset_signals()
+    for call in (fast, fast, fast, slow, slow, slow):  # control: without a change it warns
+        monitor.note_result(call, load=3)
+    assert monitor.latency_warning() is not None
 
 
 def test_retained_after_cleanup_drift_and_peak_reset(monitor: Monitor, fake: FakeNvml) -> None:
