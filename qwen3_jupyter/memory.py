@@ -361,6 +361,10 @@ class NvmlReader:
         self._tried = False
         self._failure: str | None = None
         self._driver: str | None = None
+        self.unread: frozenset[int] | None = frozenset()
+        """NVML indices of the GPUs the last `read` could not read (lost, or MIG slices
+        unlisted); None when it could not even count them. A reading lists only what answered, so
+        without this a sum over its GPUs would read as complete."""
 
     @property
     def opened(self) -> bool:
@@ -410,12 +414,14 @@ class NvmlReader:
 
         now = time.time()
         self.open()
+        self.unread = None  # until the GPUs are counted
         if not self._opened:
             return NvmlReading(False, self._failure, None, (), now)
         nvml = self._nvml
         assert nvml is not None
         problems: list[str] = []
         gpus: list[GpuReading] = []
+        unread: set[int] = set()
         try:
             count = int(nvml.nvmlDeviceGetCount())
         except Exception as exc:
@@ -427,19 +433,29 @@ class NvmlReader:
                 handle = nvml.nvmlDeviceGetHandleByIndex(index)
             except Exception as exc:
                 problems.append(f"GPU {index}: {_nvml_message(exc)}")
+                unread.add(index)
                 continue
+            parent_read = True
             try:
                 gpus.append(self._read_device(handle, index, None))
             except Exception as exc:
                 problems.append(f"GPU {index}: {_nvml_message(exc)}")
+                parent_read = False
                 if _nvml_code(exc) not in (NVML_ERROR_NO_PERMISSION, NVML_ERROR_NOT_SUPPORTED):
+                    unread.add(index)
                     continue  # a lost GPU: nothing on it answers
                 # else a container given one MIG slice, which may not read the parent: the
                 # slice still counts
             try:
-                gpus.extend(self._read_mig(handle, index))
+                instances = self._read_mig(handle, index)
             except Exception as exc:
                 problems.append(f"GPU {index} MIG: {_nvml_message(exc)}")
+                unread.add(index)
+                continue
+            gpus.extend(instances)
+            if not parent_read and not instances:
+                unread.add(index)  # neither the GPU nor a slice of it answered
+        self.unread = frozenset(unread)
         reason = "NVML error: " + "; ".join(problems) if problems else None
         return NvmlReading(True, reason, self._driver, tuple(gpus), now)
 

@@ -24,7 +24,13 @@ import pytest
 
 from qwen3_jupyter.memory import NvmlReader
 from qwen3_jupyter.server.kernels import attribute
-from qwen3_jupyter.server.sampler import Sampler, WatchedKernel, existing_pids, process_trees
+from qwen3_jupyter.server.sampler import (
+    Sampler,
+    WatchedKernel,
+    existing_pids,
+    process_trees,
+    stale_after,
+)
 from tests.fake_nvml import (
     LIBRARY_NOT_FOUND,
     NO_PERMISSION,
@@ -43,7 +49,8 @@ GPU_KEYS = {"key", "index", "uuid", "name", "memory_used", "memory_total", "util
 KERNEL_KEYS = {"kernel_id", "name", "notebook_path", "pid", "rss", "gpu_memory",
                "gpu_memory_total", "extension_loaded", "execution_state"}  # fmt: skip
 TOP_KEYS = {"available", "reason", "timestamp", "driver_version", "gpus", "host", "kernels",
-            "other_processes", "history", "notes", "sample_interval"}  # fmt: skip
+            "other_processes", "history", "notes", "sample_interval", "stale",
+            "sample_age_s"}  # fmt: skip
 
 
 @dataclass
@@ -207,6 +214,84 @@ def test_host_pids_from_a_container_make_kernel_vram_unknown(lab: Lab) -> None:
     assert any("container" in note for note in metrics["notes"])
 
 
+def test_nvml_failing_to_count_gpus_makes_kernel_vram_unknown_not_zero(lab: Lab) -> None:
+    """A reading that could not list its GPUs (driver reset) is not a reading of zero GPUs."""
+    fake = lab.use(FakeNvml([FakeGpu(used=9 * GiB)]))
+    fake.gpus[0].processes = [FakeProcess(lab.gpu_pid, 3 * GiB)]
+    assert lab.row(lab.server.metrics(), lab.gpu_kernel)["gpu_memory_total"] == 3 * GiB
+    fake.fail()
+    metrics = lab.server.wait_for(lambda m: m["reason"] is not None)
+    assert metrics["gpus"] == [] and "GPU is lost" in metrics["reason"]
+    for row in metrics["kernels"]:
+        assert row["gpu_memory_total"] is None, row
+    fake.heal()
+    metrics = lab.server.wait_for(lambda m: m["reason"] is None)
+    assert lab.row(metrics, lab.gpu_kernel)["gpu_memory_total"] == 3 * GiB
+
+
+def test_a_lost_gpu_makes_kernel_totals_unknown_not_partial(lab: Lab) -> None:
+    fake = lab.use(FakeNvml([FakeGpu(used=2 * GiB), FakeGpu(used=10 * GiB)]))
+    fake.gpus[0].processes = [FakeProcess(lab.gpu_pid, 2 * GiB)]
+    fake.gpus[1].processes = [FakeProcess(lab.gpu_pid, 10 * GiB)]
+    assert lab.row(lab.server.metrics(), lab.gpu_kernel)["gpu_memory_total"] == 12 * GiB
+    fake.gpus[1].lost = True
+    metrics = lab.server.wait_for(lambda m: m["reason"] is not None)
+    assert [g["key"] for g in metrics["gpus"]] == ["0"] and "GPU 1" in metrics["reason"]
+    row = lab.row(metrics, lab.gpu_kernel)
+    assert row["gpu_memory"] == {"0": 2 * GiB}
+    assert row["gpu_memory_total"] is None, "GPU 1 is unknown: no partial sum"
+    assert lab.row(metrics, lab.plain_kernel)["gpu_memory_total"] is None
+    fake.heal()
+    metrics = lab.server.wait_for(lambda m: m["reason"] is None)
+    assert lab.row(metrics, lab.gpu_kernel)["gpu_memory_total"] == 12 * GiB
+
+
+def test_a_hung_nvml_serves_the_last_sample_at_once_marked_stale(lab: Lab) -> None:
+    """A driver reset can block NVML for minutes: answer at once with the last reading, saying
+    how old it is, instead of a 5 s wait per request for an ever older 200 OK."""
+    fake = lab.use(FakeNvml([FakeGpu(used=GiB)]))
+    stale = stale_after(lab.server.sample_interval)
+    metrics = lab.server.metrics()
+    assert metrics["stale"] is False and 0 <= metrics["sample_age_s"] <= stale
+    fake.reads_open.clear()
+    try:
+        time.sleep(stale + 0.3)
+        bodies = []
+        for _ in range(3):
+            start = time.monotonic()
+            response = lab.server.get("qwen3-jupyter", "metrics")
+            assert response.status == 200 and time.monotonic() - start < 1.0
+            bodies.append(response.json())
+        assert all(b["stale"] is True and b["sample_age_s"] > stale for b in bodies)
+        assert len({b["timestamp"] for b in bodies}) == 1, "the last sample, served again"
+        ages = [b["sample_age_s"] for b in bodies]
+        assert ages == sorted(ages)
+    finally:
+        fake.reads_open.set()
+    metrics = lab.server.wait_for(lambda m: not m["stale"])
+    assert metrics["sample_age_s"] <= stale
+
+
+def test_a_hung_nvml_before_any_sample_answers_503_at_once(lab: Lab) -> None:
+    fake = lab.use(FakeNvml([FakeGpu()]))
+    fake.reads_open.clear()
+    try:
+        lab.server.sampler.request([])  # the sampler starts and blocks in NVML
+        time.sleep(stale_after(lab.server.sample_interval) + 0.3)
+        for _ in range(2):
+            start = time.monotonic()
+            response = lab.server.get("qwen3-jupyter", "metrics")
+            assert response.status == 503 and time.monotonic() - start < 1.0
+            assert b"NVML has not answered" in response.body
+    finally:
+        fake.reads_open.set()
+    deadline = time.monotonic() + 10
+    while lab.server.get("qwen3-jupyter", "metrics").status != 200:  # 503 until NVML answers
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert lab.server.metrics()["stale"] is False
+
+
 def test_ten_clients_cost_the_nvml_calls_of_one(lab: Lab) -> None:
     fake = lab.use(FakeNvml([FakeGpu(used=GiB)]))
     threads: set[str] = set()
@@ -292,6 +377,31 @@ def test_sampler_stops_polling_and_closes_nvml_when_nobody_asks() -> None:
     assert sampler.running and fake.reads > reads
     sampler.stop()
     assert fake.open_handles == 0
+
+
+def test_history_starts_afresh_after_the_sampler_idles_out() -> None:
+    """Readings from before an idle period must not be joined to today's in the sparkline."""
+    import asyncio
+
+    fake = FakeNvml([FakeGpu(used=70 * GiB)])
+    sampler = Sampler(
+        interval=0.05, idle_timeout=0.3, reader_factory=lambda: NvmlReader(fake.module)
+    )
+    sampler.request([])
+    deadline = time.monotonic() + 5
+    while (sampler.latest is None or len(sampler.latest.history) < 3) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.01)
+    while sampler.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not sampler.running
+    fake.gpus[0].used = 1 * GiB  # freed while nobody watched
+    sampler.request([])
+    sample = asyncio.run(sampler.current())
+    sampler.stop()
+    assert sample is not None
+    assert [p.gpu_memory_used["0"] for p in sample.history] == [1 * GiB] * len(sample.history)
 
 
 def test_mig_instances_are_attributed_without_double_counting() -> None:

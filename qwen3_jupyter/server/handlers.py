@@ -36,12 +36,20 @@ class MetricsHandler(APIHandler):
         self.sampler.request(watched)
         sample = await self.sampler.current()
         if sample is None:
-            raise tornado.web.HTTPError(
-                503, "The GPU memory sampler has no reading yet; try again in a few seconds."
-            )
+            raise tornado.web.HTTPError(503, no_sample_message(self.sampler.stuck_for()))
         self.set_header("Cache-Control", "no-store")
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(build_payload(sample, kernels, self.sampler.interval)))
+
+
+def no_sample_message(stuck_for: float | None) -> str:
+    """Why there is nothing to show: not read yet, or NVML hung (a driver reset, a lost GPU)."""
+    if stuck_for is None:
+        return "The GPU memory sampler has no reading yet; try again in a few seconds."
+    return (
+        f"NVML has not answered for {stuck_for:.0f} s (a GPU driver reset or a lost GPU?), so "
+        "there is no GPU memory reading yet; try again later."
+    )
 
 
 def metrics_url(base_url: str) -> str:

@@ -105,9 +105,16 @@ class Attribution:
 
 
 def attribute(
-    reading: NvmlReading, trees: Mapping[int, ProcessTree], local_pids: frozenset[int]
+    reading: NvmlReading,
+    trees: Mapping[int, ProcessTree],
+    local_pids: frozenset[int],
+    unread: frozenset[int] | None = frozenset(),
 ) -> Attribution:
-    """Map NVML's per-GPU process lists onto the kernels' process trees (kernel + children)."""
+    """Map NVML's per-GPU process lists onto the kernels' process trees (kernel + children).
+
+    `unread` is `NvmlReader.unread`: GPUs the reading left out (None: it could not count them),
+    which make every kernel's total unknown, as a kernel may have had memory on them.
+    """
     notes: list[str] = []
     listed = {p.pid for g in reading.gpus for p in g.processes}
     pids_are_ours = not listed or bool(listed & local_pids)
@@ -147,7 +154,10 @@ def attribute(
             other[key] = None
         else:
             other[key] = sum(known_rest)
-    totals = {pid: _physical_total(reading, figures) for pid, figures in per_kernel.items()}
+    totals = {
+        pid: None if unread is None or unread else _physical_total(reading, figures)
+        for pid, figures in per_kernel.items()
+    }
     return Attribution(per_kernel, totals, other, tuple(notes))
 
 

@@ -8,20 +8,28 @@ of GPU 0). Only PIDs and sizes are exposed: never command lines or environments.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from .kernels import KernelInfo, attribute
-from .sampler import Sample, gpu_key
+from .sampler import Sample, gpu_key, stale_after
 
 HISTORY_POINTS = 60
 
 
 def build_payload(
-    sample: Sample, kernels: list[KernelInfo], interval: float, history_points: int = HISTORY_POINTS
+    sample: Sample,
+    kernels: list[KernelInfo],
+    interval: float,
+    history_points: int = HISTORY_POINTS,
+    now: float | None = None,
 ) -> dict[str, Any]:
+    """`stale` is true when the sample is older than `stale_after(interval)`: the sampler is
+    stuck in NVML (a hung driver) and this is the last reading it got, `sample_age_s` old."""
     reading = sample.nvml
+    age = max(0.0, (time.time() if now is None else now) - sample.timestamp)
     gpu_keys = [gpu_key(g.index, g.mig_parent) for g in reading.gpus]
-    attribution = attribute(reading, sample.trees, sample.local_pids)
+    attribution = attribute(reading, sample.trees, sample.local_pids, sample.unread_gpus)
     rows = []
     for kernel in kernels:
         tree = sample.trees.get(kernel.pid) if kernel.pid is not None else None
@@ -84,4 +92,6 @@ def build_payload(
         },
         "notes": list(attribution.notes) if reading.available else [],
         "sample_interval": interval,
+        "stale": age > stale_after(interval),
+        "sample_age_s": round(age, 3),
     }

@@ -66,6 +66,20 @@ class Sample:
     """NVML-listed PIDs that exist in this PID namespace (see `existing_pids`)."""
     timestamp: float
     history: tuple[HistoryPoint, ...] = ()
+    unread_gpus: frozenset[int] | None = frozenset()
+    """GPUs NVML listed but could not read; None when it could not list them (see
+    `NvmlReader.unread`): kernel totals are then unknown, not a sum over the GPUs that answered."""
+
+
+STALE_INTERVALS = 3
+"""A sample older than this many intervals (plus `STALE_SLACK`) means NVML stopped answering."""
+STALE_SLACK = 0.5
+
+
+def stale_after(interval: float) -> float:
+    """Seconds after which a sample is stale: the sampler has been stuck, not merely between
+    two readings (slack for a slow process walk, so a healthy sampler is never flagged)."""
+    return STALE_INTERVALS * interval + STALE_SLACK
 
 
 def gpu_key(index: int, mig_parent: int | None) -> str:
@@ -195,6 +209,8 @@ class Sampler:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._last_request = 0.0
+        self._sampling_since: float | None = None
+        """monotonic() when the pass in progress began (None between passes)."""
         self.samples_taken = 0
 
     @property
@@ -204,6 +220,19 @@ class Sampler:
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def stale_after(self) -> float:
+        return stale_after(self.interval)
+
+    def stuck_for(self) -> float | None:
+        """Seconds the pass in progress has been blocked (NVML hung, a driver reset), once that
+        is longer than `stale_after`; None while the sampler keeps up."""
+        since = self._sampling_since
+        if since is None or not self.running:
+            return None
+        blocked = time.monotonic() - since
+        return blocked if blocked > self.stale_after else None
 
     def request(self, kernels: Iterable[WatchedKernel]) -> None:
         """Note a client's interest and the kernels to watch; wake the thread for new kernels."""
@@ -225,13 +254,23 @@ class Sampler:
     async def current(self, timeout: float = 5.0) -> Sample | None:
         """The latest sample; waits (without blocking the loop) for the next one when needed.
 
-        Needed when there is none, it is stale (the sampler idled), or it lacks a kernel that
-        `request` just added, so a new kernel's row has its RSS on the first response.
+        Needed when there is none, it is old, or it lacks a kernel that `request` just added, so
+        a new kernel's row has its RSS on the first response. With a sample in hand the wait is
+        short (a couple of intervals), and none at all once the sampler is stuck in NVML: an
+        old sample now (the payload says how old) beats a request hanging on a hung driver.
         """
         sample = self._latest
-        fresh = sample is not None and time.time() - sample.timestamp <= 2 * self.interval + 0.5
-        if sample is not None and fresh and all(k.pid in sample.trees for k in self._watched):
+        if sample is None:
+            return None if self.stuck_for() is not None else await self._next(timeout)
+        fresh = time.time() - sample.timestamp <= 2 * self.interval + 0.5
+        if fresh and all(k.pid in sample.trees for k in self._watched):
             return sample
+        if self.stuck_for() is not None:
+            return sample
+        return await self._next(min(timeout, 2 * self.interval + 0.5))
+
+    async def _next(self, timeout: float) -> Sample | None:
+        """The next published sample, or the latest one (perhaps None) after `timeout`."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Sample] = loop.create_future()
         with self._lock:
@@ -253,7 +292,14 @@ class Sampler:
         with self._lock:
             self._stopping = False
             self._thread = None
-            self._latest = None
+            self._forget()
+
+    def _forget(self) -> None:
+        """Drop the reading and its history (caller holds the lock): after an idle period the
+        sparkline must not join old readings to new ones as if nothing happened between."""
+        self._latest = None
+        self._history.clear()
+        self._sampling_since = None
 
     def _run(self) -> None:
         reader = self._reader_factory()
@@ -265,7 +311,9 @@ class Sampler:
                     if self._stopping or idle:
                         if not self._stopping:
                             self._thread = None
+                            self._forget()
                         return
+                    self._sampling_since = time.monotonic()
                 self._publish(self._sample(reader, watched))
                 self._wake.wait(self.interval)
                 self._wake.clear()
@@ -292,11 +340,13 @@ class Sampler:
             local_pids=existing_pids(reading),
             timestamp=time.time(),
             history=tuple(self._history),
+            unread_gpus=reader.unread,
         )
 
     def _publish(self, sample: Sample) -> None:
         with self._lock:
             self._latest = sample
+            self._sampling_since = None
             waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.loop.call_soon_threadsafe(_resolve, waiter.future, sample)
