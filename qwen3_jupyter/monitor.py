@@ -203,6 +203,8 @@ class Monitor:
         self._call_costs: list[float] = []
         self._cost_key: tuple[object, ...] | None = None
         self._retained: list[int] = []
+        self._explained: list[bool] = []
+        """Per noted cleanup: whether new variables or imports account for a rise."""
         self._children: set[int] = set()
         self._children_at = 0.0
         self._notice: str | None = None
@@ -375,10 +377,14 @@ class Monitor:
                 self._cost_key = key
             self._call_costs.append(cost)
 
-    def note_cleanup(self, retained_bytes: int) -> None:
-        """Record the memory left after one cleanup, and restart the peaks from here."""
+    def note_cleanup(self, retained_bytes: int, explained: bool = False) -> None:
+        """Record the memory left after one cleanup, and restart the peaks from here.
+
+        `explained`: something since the last cleanup accounts for a rise (new variables in
+        the notebook, new imports), so this step is no sign of references kept by accident."""
         with self._lock:
             self._retained.append(int(retained_bytes))
+            self._explained.append(explained)
             self._host_peak = 0
             self._gpu_peaks.clear()
 
@@ -400,6 +406,7 @@ class Monitor:
             self._call_costs.clear()
             self._cost_key = None
             self._retained.clear()
+            self._explained.clear()
 
     def latency_warning(self) -> str | None:
         """Set when the last 3 comparable calls (same model, engine and load, at least
@@ -419,18 +426,19 @@ class Monitor:
         """Set when the memory left after cleanup rose at each of the last 3 cleanups.
 
         Three rises in a row (each over 8 MiB, 64 MiB in all) are needed, so loading a model
-        between two cleanups — one step up, then flat — does not count as drift.
+        between two cleanups — one step up, then flat — does not count as drift, and none of
+        the three may be explained by new variables or imports (data kept on purpose).
         """
         recent = self._retained[-4:]
-        if len(recent) < 4:
+        if len(recent) < 4 or any(self._explained[-3:]):
             return None
         steps = [b - a for a, b in itertools.pairwise(recent)]
         if min(steps) <= 8 * MiB or recent[-1] - recent[0] < 64 * MiB:
             return None
         return (
             f"memory left after cleanup keeps growing: {format_bytes(recent[0])} → "
-            f"{format_bytes(recent[-1])} over the last 4 cleanups — something keeps "
-            f"references; {CLEAN_HINT}"
+            f"{format_bytes(recent[-1])} over the last 4 cleanups, with no new variables or "
+            f"imports to explain it — something keeps references; {CLEAN_HINT}"
         )
 
     # -- polling --------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from qwen3_jupyter.gauge import (
 from qwen3_jupyter.memory import GiB, MiB, NvmlReader, TorchDeviceMemory
 from qwen3_jupyter.monitor import Monitor
 from tests.fake_nvml import SELF, FakeGpu, FakeNvml, FakeProcess, child_env
-from tests.kernel import Execution, Kernel
+from tests.kernel import Execution, Kernel, ok
 
 
 class WidgetStates:
@@ -180,6 +180,29 @@ def test_qwen3_calls_and_cleanups_feed_the_decay_signals(kernel: Kernel) -> None
     )
     assert cleaned.status == "ok", cleaned.error
     assert cleaned.stdout.split() == ["True", "2", "True"]
+
+
+def test_drift_is_not_new_variables_or_imports_but_a_growing_hidden_holder(
+    fresh_kernel: Kernel,
+) -> None:
+    """Measured before: four cells each keeping a new 32 MiB tensor (or importing libraries)
+    made the gauge warn "memory left after cleanup keeps growing … something keeps
+    references". Data growing where no new name shows it (a list filling up) still warns."""
+    k = fresh_kernel
+    ok(k, "%load_ext qwen3_jupyter")
+    ok(k, "import torch\nfrom qwen3_jupyter.monitor import get_monitor\n%qwen3_autoclean on")
+    for name in "abcde":
+        ok(k, f"{name} = torch.ones(8 * 2**20)")  # 32 MiB each, kept on purpose
+    # One expression: a cell of its own would add a flat cleanup before the check.
+    noted, warning = k.value(
+        "(len(get_monitor().retained_history), get_monitor().retained_warning())"
+    )
+    assert noted >= 5 and warning is None, warning
+    ok(k, "leaky = []")
+    for _ in range(4):
+        ok(k, "leaky.append(torch.ones(8 * 2**20))")
+    warning = k.value("get_monitor().retained_warning()")
+    assert warning is not None and "memory left after cleanup keeps growing" in warning
 
 
 @pytest.fixture()

@@ -301,6 +301,16 @@ def test_retained_after_cleanup_drift_and_peak_reset(monitor: Monitor, fake: Fak
     assert "%qwen3_clean --verbose" in warning
 
 
+def test_a_rise_explained_by_new_variables_or_imports_is_no_drift(monitor: Monitor) -> None:
+    for step, explained in enumerate((False, False, True, False)):
+        monitor.note_cleanup(GiB + step * 100 * MiB, explained=explained)
+    assert monitor.retained_warning() is None  # one of the last three rises is explained
+    monitor.note_cleanup(GiB + 400 * MiB)
+    monitor.note_cleanup(GiB + 500 * MiB)
+    warning = monitor.retained_warning()  # control: three unexplained rises in a row
+    assert warning is not None and "with no new variables or imports to explain it" in warning
+
+
 def test_module_singleton_and_shutdown() -> None:
     monitor_module.shutdown()
     m = monitor_module.get_monitor()
