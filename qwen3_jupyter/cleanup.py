@@ -55,6 +55,10 @@ WALK_BUDGET = 10_000
 """The most objects the tensor search visits from one root, so a list of a million numbers in
 `Out` costs microseconds, not a walk of the whole list."""
 
+EXACT_BUDGET = 1_000_000
+"""The most objects the exact search visits. It runs only where the bounded one was cut short
+(a tensor past the 10,000th element of a list in `Out` must still count), so it is rare."""
+
 _OUT_NAME = re.compile(r"_\d+")
 _IPYTHON_NAMES = re.compile(r"_+|_\d+|_i+|_i\d+|_ih|_oh|_dh|In|Out|exit|quit|get_ipython")
 _MODEL_CACHE_ATTRS = ("_cache", "past_key_values", "_past_key_values", "_kv_cache")
@@ -78,7 +82,12 @@ class _TensorScan:
         self.storages: dict[tuple[str, int], int] = {}
         self.tensor_count = 0
         self._seen: set[int] = set()
+        self._counted: set[int] = set()
         self._budget = WALK_BUDGET
+        self.truncated = False
+        """The bounded walk left something unvisited (budget or depth): only `visit_all` is sure."""
+        self.stopped = False
+        """Even `visit_all` ran out of budget: tensors may lie past where it stopped."""
 
     @property
     def found(self) -> bool:
@@ -93,8 +102,14 @@ class _TensorScan:
             totals[device] = totals.get(device, 0) + size
         return totals
 
+    def _done(self) -> bool:
+        return self.stop_at_first and bool(self.storages)
+
     def visit(self, obj: Any, depth: int = 0) -> None:
-        if self._budget <= 0 or (self.stop_at_first and self.storages):
+        if self._done():
+            return
+        if self._budget <= 0:
+            self.truncated = True
             return
         self._budget -= 1
         if obj is None or isinstance(obj, (str, bytes, int, float, complex, bool)):
@@ -103,18 +118,10 @@ class _TensorScan:
         if key in self._seen:
             return
         self._seen.add(key)
-        torch = self.torch
-        if isinstance(obj, torch.Tensor):
-            self._add_tensor(obj)
+        if self._take(obj) or isinstance(obj, _OPAQUE):
             return
-        if isinstance(obj, torch.nn.Module):
-            for tensor in (*obj.parameters(), *obj.buffers()):
-                self._add_tensor(tensor)
-            return
-        if _cuda_array(obj):
-            self.storages[("cuda", id(obj))] = int(getattr(obj, "nbytes", 0) or 0)
-            return
-        if depth >= WALK_DEPTH or isinstance(obj, _OPAQUE):
+        if depth >= WALK_DEPTH:
+            self.truncated = self.truncated or gc.is_tracked(obj)
             return
         if isinstance(obj, dict):
             children: Iterable[Any] = list(itertools.islice(obj.values(), self._budget))
@@ -132,10 +139,50 @@ class _TensorScan:
             children = list(attrs.values())
         for child in children:
             self.visit(child, depth + 1)
-            if self._budget <= 0 or (self.stop_at_first and self.storages):
+            if self._done():
+                return
+            if self._budget <= 0:
+                self.truncated = True
                 return
 
+    def visit_all(self, root: Any) -> None:
+        """Every tensor reachable from `root` through the garbage collector's references, at
+        any depth (up to EXACT_BUDGET objects): the exact answer where `visit` was cut short.
+        Functions, classes and modules other than `root` are not entered, as in `visit`."""
+        seen = {id(root)}
+        stack = [root]
+        budget = EXACT_BUDGET
+        while stack and not self._done():
+            budget -= 1
+            if budget < 0:
+                self.stopped = True
+                return
+            obj = stack.pop()
+            if self._take(obj) or (obj is not root and isinstance(obj, _OPAQUE)):
+                continue
+            for child in filter(gc.is_tracked, _referents(obj)):
+                if id(child) not in seen:
+                    seen.add(id(child))
+                    stack.append(child)
+
+    def _take(self, obj: Any) -> bool:
+        """Record `obj` if it is a tensor, a module's weights or a CUDA array (not entered)."""
+        torch = self.torch
+        if isinstance(obj, torch.Tensor):
+            self._add_tensor(obj)
+        elif isinstance(obj, torch.nn.Module):
+            for tensor in (*obj.parameters(), *obj.buffers()):
+                self._add_tensor(tensor)
+        elif _cuda_array(obj):
+            self.storages[("cuda", id(obj))] = int(getattr(obj, "nbytes", 0) or 0)
+        else:
+            return False
+        return True
+
     def _add_tensor(self, tensor: Any) -> None:
+        if id(tensor) in self._counted:
+            return
+        self._counted.add(id(tensor))
         try:
             if tensor.is_meta:
                 return
@@ -156,6 +203,14 @@ def _cuda_array(obj: Any) -> bool:
         return False
 
 
+def _referents(obj: Any) -> list[Any]:
+    """What `obj` references, except a module frame's globals (the user's namespace, not the
+    frame's to hold: only function frames' locals count, as in `_traceback_locals`)."""
+    if isinstance(obj, types.FrameType):
+        return list(obj.f_locals.values()) if obj.f_code.co_flags & inspect.CO_OPTIMIZED else []
+    return gc.get_referents(obj)
+
+
 def _traceback_locals(tb: types.TracebackType | None) -> list[Any]:
     """Values of the locals of every function frame in a traceback (not module frames: those
     are the user's namespace, which is not the traceback's to hold)."""
@@ -174,13 +229,16 @@ def _torch() -> Any | None:
 
 def holds_device_memory(obj: Any) -> bool:
     """True when `obj` is or holds (within WALK_DEPTH) a tensor, a module with weights, or a
-    CUDA array. Cheap: stops at the first one found and visits at most WALK_BUDGET objects."""
+    CUDA array. Cheap: stops at the first one found and visits at most WALK_BUDGET objects,
+    unless that walk was cut short: then an exact walk decides (and "maybe" counts as yes)."""
     torch = _torch()
     if torch is None:
         return False
     scan = _TensorScan(torch, stop_at_first=True)
     scan.visit(obj)
-    return scan.found
+    if not scan.found and scan.truncated:
+        scan.visit_all(obj)
+    return scan.found or scan.stopped
 
 
 # ----------------------------------------------------------------------------- release actions
@@ -208,6 +266,16 @@ def release_output_cache(shell: Any) -> tuple[str, ...]:
     released: list[str] = []
     purged: set[int] = set()
     kept_alive: list[Any] = []  # until the end, so no id in `purged` is reused meanwhile
+    verdicts: dict[int, bool] = {}
+
+    def holds(value: Any) -> bool:
+        """holds_device_memory, once per object: `Out[3]`, `_3` and `_` are often one list,
+        and a long one costs an exact walk."""
+        if id(value) not in verdicts:
+            kept_alive.append(value)
+            verdicts[id(value)] = holds_device_memory(value)
+        return verdicts[id(value)]
+
     ns = shell.user_ns
     hidden = getattr(shell, "user_ns_hidden", {})
     caches: list[dict[Any, Any]] = []
@@ -217,7 +285,7 @@ def release_output_cache(shell: Any) -> tuple[str, ...]:
             caches.append(candidate)
     for cache in caches:
         for key, value in list(cache.items()):
-            if id(value) in purged or holds_device_memory(value):
+            if id(value) in purged or holds(value):
                 purged.add(id(value))
                 kept_alive.append(value)
                 del cache[key]
@@ -226,7 +294,7 @@ def release_output_cache(shell: Any) -> tuple[str, ...]:
     for name in [n for n in ns if _OUT_NAME.fullmatch(n)]:
         value = ns[name]
         set_by_ipython = name in hidden and hidden[name] is value
-        if id(value) in purged or (set_by_ipython and holds_device_memory(value)):
+        if id(value) in purged or (set_by_ipython and holds(value)):
             purged.add(id(value))
             kept_alive.append(value)
             del ns[name]
@@ -235,7 +303,7 @@ def release_output_cache(shell: Any) -> tuple[str, ...]:
     hook = getattr(shell, "displayhook", None)
     for name in ("_", "__", "___"):
         value = getattr(hook, name, None)
-        if value is not None and (id(value) in purged or holds_device_memory(value)):
+        if value is not None and (id(value) in purged or holds(value)):
             setattr(hook, name, "")
             if ns.get(name) is value:
                 ns[name] = ""
@@ -246,13 +314,13 @@ def release_output_cache(shell: Any) -> tuple[str, ...]:
         # `___` along: the namespace can keep an output the hook has already let go of.
         held = ns.get(name)
         set_by_ipython = name in hidden and hidden[name] is held and held is not value
-        if set_by_ipython and (id(held) in purged or holds_device_memory(held)):
+        if set_by_ipython and (id(held) in purged or holds(held)):
             ns[name] = hidden[name] = ""
             if name not in released:
                 released.append(name)
     for label, result in _execution_results(shell):
         value = getattr(result, "result", None)
-        if value is not None and (id(value) in purged or holds_device_memory(value)):
+        if value is not None and (id(value) in purged or holds(value)):
             result.result = None
             released.append(f"{label}.result")
     kept_alive.clear()
@@ -566,9 +634,10 @@ def find_holders(
 ) -> tuple[Holder, ...]:
     """The biggest things that still hold tensor memory, by name, biggest first.
 
-    User variables, output-cache entries, the last traceback, the loaded model; whatever live
-    tensor memory none of them reaches is reported as one "other" line (closures, module
-    globals, C extensions).
+    User variables (and what the user's functions and classes keep inside: closures,
+    defaults, lru_cache contents, class attributes), output-cache entries, the last traceback,
+    the loaded model; whatever live tensor memory none of them reaches is reported as one
+    "other" line (module globals, C extensions).
     """
     from .models import HOLDER
 
@@ -577,11 +646,16 @@ def find_holders(
         return ()
     holders: list[Holder] = []
     reached: dict[tuple[str, int], int] = {}
+    stopped: list[str] = []
 
     def add(name: str, kind: str, obj: Any, hint: str, scan: _TensorScan | None = None) -> None:
         if scan is None:
             scan = _TensorScan(torch)
             scan.visit(obj)
+        if scan.truncated:
+            scan.visit_all(obj)
+        if scan.stopped:
+            stopped.append(name)
         if not scan.found:
             return
         reached.update(scan.storages)
@@ -592,7 +666,11 @@ def find_holders(
         for name, value in user_variables(shell).items():
             if isinstance(value, types.ModuleType):
                 continue
-            add(name, "variable", value, f"del {name}")
+            inside = _inner_holdings(name, value)
+            for inner_name, obj, hint in inside:
+                add(inner_name, "variable", obj, hint)
+            if not inside:
+                add(name, "variable", value, f"del {name}")
         out = getattr(getattr(shell, "history_manager", None), "output_hist", None) or {}
         for key, value in list(out.items()):
             add(f"Out[{key}]", "output", value, "%qwen3_clean")
@@ -622,10 +700,74 @@ def find_holders(
                 "tensors",
                 sum(other.values()),
                 tuple(sorted(other)),
-                "held by closures, module globals or C code",
+                _other_hint(stopped),
             )
         )
     return tuple(result)
+
+
+def _other_hint(stopped: list[str]) -> str:
+    """Where the unattributed tensors may be: past a search that stopped, or out of its sight."""
+    if stopped:
+        return f"the search stopped inside {', '.join(stopped)}: they may be there"
+    return "held by module globals, C code or closures outside the user's namespace"
+
+
+def _inner_holdings(name: str, value: Any) -> list[tuple[str, Any, str]]:
+    """(holder name, contents, hint) for what a user's function or class keeps inside it.
+
+    The scan does not enter functions and classes (everything is reachable from there), so
+    their own contents are named here: closure cells, defaults, an lru_cache's results (C:
+    only the garbage collector sees them) and the attributes of a class defined in `__main__`.
+    Naming only: the cleanup never deletes them.
+    """
+    if _is_lru_cache(value):
+        contents = [o for o in gc.get_referents(value) if _cached_result(value, o)]
+        return [(f"{name} (lru_cache)", contents, f"{name}.cache_clear() frees it")]
+    if isinstance(value, types.FunctionType):
+        found: list[tuple[str, Any, str]] = []
+        cells = [cell.cell_contents for cell in value.__closure__ or () if _filled(cell)]
+        if cells:
+            found.append((f"{name} (closure)", _one_or_all(cells), f"del {name}"))
+        defaults = [*(value.__defaults__ or ()), *(value.__kwdefaults__ or {}).values()]
+        if defaults:
+            found.append((f"{name} (defaults)", _one_or_all(defaults), f"del {name}"))
+        return found
+    if isinstance(value, type) and value.__module__ == "__main__":
+        return [
+            (f"{name}.{attr}", item, f"del {name}.{attr}")
+            for attr, item in vars(value).items()
+            if not (attr.startswith("__") and attr.endswith("__"))
+        ]
+    return []
+
+
+def _is_lru_cache(value: Any) -> bool:
+    return all(callable(getattr(value, a, None)) for a in ("cache_clear", "cache_info")) and (
+        hasattr(value, "__wrapped__")
+    )
+
+
+def _cached_result(wrapper: Any, obj: Any) -> bool:
+    """A referent of an lru_cache wrapper that is its cache (keys, results), not its own
+    machinery (its type, wrapped function, `__dict__`)."""
+    return (
+        not isinstance(obj, type)
+        and obj is not wrapper.__wrapped__
+        and (obj is not getattr(wrapper, "__dict__", None))
+    )
+
+
+def _filled(cell: types.CellType) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 - an empty cell raises
+    except ValueError:
+        return False
+    return True
+
+
+def _one_or_all(items: list[Any]) -> Any:
+    return items[0] if len(items) == 1 else tuple(items)
 
 
 def _kept_holdings() -> list[tuple[str, Any]]:

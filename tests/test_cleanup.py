@@ -95,6 +95,59 @@ def test_output_cache_entry_is_released(k: Kernel) -> None:
     assert_survivors(k)
 
 
+def test_a_tensor_past_the_scan_limits_is_still_released(k: Kernel) -> None:
+    """A tensor beyond WALK_BUDGET elements (or WALK_DEPTH levels) of a shown result: the exact
+    walk finds it; a long list with no tensor stays in Out."""
+    ok(k, 't = torch.ones(MiB)\nrefs["far"] = weakref.ref(t)')
+    far = ok(k, "[0] * 20_000 + [t]").reply["execution_count"]
+    deep = ok(k, "[[[[[[t]]]]]]").reply["execution_count"]
+    plain = ok(k, "[0] * 20_000").reply["execution_count"]
+    ok(k, "del t")
+    ok(k, 'r = cleanup_without("release_output_cache")')
+    assert alive(k, "far"), "control: something other than the output-cache action freed it"
+    ok(k, "r = qwen3_jupyter.cleanup()")
+    assert not alive(k, "far")
+    assert k.value(f"({far} in Out, {deep} in Out, len(Out[{plain}]))") == (False, False, 20_000)
+    ok(k, f"del Out[{plain}], _{plain}")
+    assert_survivors(k)
+
+
+def test_verbose_names_what_functions_and_classes_keep(k: Kernel) -> None:
+    """Closures, defaults, lru_cache results and class attributes are named, and kept."""
+    ok(
+        k,
+        """
+import functools
+def make():
+    x = torch.ones(MiB); refs["clos"] = weakref.ref(x)
+    return lambda: x
+clos = make()
+class K:
+    table = torch.ones(MiB)
+refs["K"] = weakref.ref(K.table)
+def dflt(a=torch.ones(MiB)): return a
+@functools.lru_cache
+def cached(n):
+    return torch.ones(n)
+refs["cached"] = weakref.ref(cached(MiB))
+""",
+    )
+    try:
+        ok(k, "r = qwen3_jupyter.cleanup(verbose=True)")
+        details = k.value("r.details()")
+        for line in (
+            "clos (closure): Tensor[1048576] float32 4.0 MiB cpu (del clos)",
+            "K.table: Tensor[1048576] float32 4.0 MiB cpu (del K.table)",
+            "dflt (defaults): Tensor[1048576] float32 4.0 MiB cpu (del dflt)",
+            "cached (lru_cache): list (1 tensor) 4.0 MiB cpu (cached.cache_clear() frees it)",
+        ):
+            assert line in details, details
+        assert not any(line.startswith("not reachable") for line in details), details
+        assert alive(k, "clos") and alive(k, "K") and alive(k, "cached"), "the user's, not ours"
+    finally:
+        ok(k, "del clos, K, dflt, cached, make")
+
+
 def test_last_exception_frames_are_released(k: Kernel) -> None:
     ok(
         k,
@@ -298,8 +351,8 @@ def test_holds_device_memory_walks_containers_and_model_outputs() -> None:
     deep: object = t
     for _ in range(qc.WALK_DEPTH + 1):
         deep = [deep]
-    assert not qc.holds_device_memory(deep), "the walk is bounded in depth"
-    assert not qc.holds_device_memory([*range(qc.WALK_BUDGET), t]), "and in visits"
+    assert qc.holds_device_memory(deep), "past the bounded depth, the exact walk finds it"
+    assert qc.holds_device_memory([*range(qc.WALK_BUDGET), t]), "and past the bounded visits"
 
 
 def _fake_loaded(monkeypatch: pytest.MonkeyPatch, model: object) -> None:
@@ -599,3 +652,13 @@ def test_device_cycle_returns_to_baseline(dk: DeviceKernel) -> None:
         ok(dk.kernel, "gc.enable()")
     _assert_back_to_baseline(trip, dk.device)
     assert_survivors(dk.kernel)
+
+
+def test_a_walk_cut_short_is_finished_exactly_or_counts_as_holding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("torch")  # holds_device_memory looks only where torch is imported
+    assert not qc.holds_device_memory(list(range(20_000)))
+    monkeypatch.setattr(qc, "EXACT_BUDGET", 3)
+    assert qc.holds_device_memory([[object()] for _ in range(20_000)]), "unsure must mean yes"
+    assert "the search stopped inside Out[3]" in qc._other_hint(["Out[3]"])
