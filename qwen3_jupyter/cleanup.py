@@ -55,7 +55,7 @@ WALK_BUDGET = 10_000
 """The most objects the tensor search visits from one root, so a list of a million numbers in
 `Out` costs microseconds, not a walk of the whole list."""
 
-EXACT_BUDGET = 1_000_000
+EXACT_BUDGET = 200_000
 """The most objects the exact search visits. It runs only where the bounded one was cut short
 (a tensor past the 10,000th element of a list in `Out` must still count), so it is rare."""
 
@@ -230,15 +230,38 @@ def _torch() -> Any | None:
 def holds_device_memory(obj: Any) -> bool:
     """True when `obj` is or holds (within WALK_DEPTH) a tensor, a module with weights, or a
     CUDA array. Cheap: stops at the first one found and visits at most WALK_BUDGET objects,
-    unless that walk was cut short: then an exact walk decides (and "maybe" counts as yes)."""
+    unless that walk was cut short: then an exact walk decides, once per object (see
+    `_WALKED_EMPTY`). An exact walk that ran out of budget keeps the object: a cleanup only
+    deletes what it knows holds memory (a big table in `Out` is the user's result too)."""
     torch = _torch()
     if torch is None:
         return False
     scan = _TensorScan(torch, stop_at_first=True)
     scan.visit(obj)
-    if not scan.found and scan.truncated:
-        scan.visit_all(obj)
-    return scan.found or scan.stopped
+    if scan.found or not scan.truncated:
+        return scan.found
+    if _WALKED_EMPTY.get(id(obj)) == _size(obj):
+        return False
+    scan.visit_all(obj)
+    if not scan.found and not scan.stopped:
+        if len(_WALKED_EMPTY) > 1000:
+            _WALKED_EMPTY.clear()
+        _WALKED_EMPTY[id(obj)] = _size(obj)
+    return scan.found
+
+
+_WALKED_EMPTY: dict[int, int] = {}
+"""Objects an exact walk found no tensor in, by id, with their size then. Why: an entry kept in
+`Out` (a long list) would otherwise be walked again at every cleanup, which autoclean runs
+after every cell (0.9 s for 300,000 small dicts). An output kept in `Out` keeps its id; the
+cheap walk still runs each time, so a tensor added within its reach is found."""
+
+
+def _size(obj: Any) -> int:
+    try:
+        return len(obj)
+    except TypeError:
+        return -1
 
 
 # ----------------------------------------------------------------------------- release actions

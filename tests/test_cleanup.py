@@ -654,11 +654,21 @@ def test_device_cycle_returns_to_baseline(dk: DeviceKernel) -> None:
     assert_survivors(dk.kernel)
 
 
-def test_a_walk_cut_short_is_finished_exactly_or_counts_as_holding(
+def test_a_walk_cut_short_is_finished_exactly_and_an_unfinished_one_keeps_the_object(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    pytest.importorskip("torch")  # holds_device_memory looks only where torch is imported
-    assert not qc.holds_device_memory(list(range(20_000)))
+    """A cleanup deletes only what it knows holds memory: a table too big to walk is the
+    user's result and stays. A big entry found empty is not walked again at the next cleanup
+    (autoclean runs one after every cell)."""
+    torch = pytest.importorskip("torch")  # holds_device_memory looks where torch is imported
+    table = list(range(20_000))
+    assert not qc.holds_device_memory(table)
+    walks: list[int] = []
+    monkeypatch.setattr(qc._TensorScan, "visit_all", lambda self, root: walks.append(1))
+    assert not qc.holds_device_memory(table) and walks == [], "walked again"
+    table.append(torch.ones(1))
+    monkeypatch.undo()
+    assert qc.holds_device_memory(table), "a list that changed size is walked again"
     monkeypatch.setattr(qc, "EXACT_BUDGET", 3)
-    assert qc.holds_device_memory([[object()] for _ in range(20_000)]), "unsure must mean yes"
+    assert not qc.holds_device_memory([[object()] for _ in range(20_000)]), "unsure keeps it"
     assert "the search stopped inside Out[3]" in qc._other_hint(["Out[3]"])

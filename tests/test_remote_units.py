@@ -313,9 +313,12 @@ def test_timeouts_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QWEN3_JUPYTER_FIRST_TOKEN_TIMEOUT", "2.5")
     monkeypatch.setenv("QWEN3_JUPYTER_TIMEOUT", "30")
     assert timeouts_from_env() == Timeouts(connect=10.0, first_token=2.5, total=30.0)
-    monkeypatch.setenv("QWEN3_JUPYTER_CONNECT_TIMEOUT", "soon")
-    with pytest.raises(EngineError, match=r"CONNECT_TIMEOUT='soon' is not a positive number"):
-        timeouts_from_env()
+    for text in ("soon", "0", "-1", "inf", "nan", "1e300"):  # inf killed the stream watchdog
+        monkeypatch.setenv("QWEN3_JUPYTER_CONNECT_TIMEOUT", text)
+        with pytest.raises(EngineError, match=rf"CONNECT_TIMEOUT='{text}' is not a number of"):
+            timeouts_from_env()
+    monkeypatch.setenv("QWEN3_JUPYTER_CONNECT_TIMEOUT", "86400")
+    assert timeouts_from_env().connect == 86_400.0
 
 
 SGLANG_METRICS = """\

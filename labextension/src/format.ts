@@ -118,22 +118,37 @@ export function gpuLabel(gpu: IGpuMetrics): string {
  * does: a MIG parent's figure already contains its instances', so each physical GPU counts
  * max(its own figure, the sum of its instances'). Unknown (null) figures count as zero.
  */
-export function physicalSum(figures: Record<string, number | null>): number {
-  const perGpu = new Map<string, { own: number; instances: number }>();
+export function physicalSum(figures: Record<string, number | null>): number | null {
+  const perGpu = new Map<string, { own: number | null; instances: (number | null)[] }>();
   for (const [key, value] of Object.entries(figures)) {
     const slash = key.indexOf('/');
     const parent = slash === -1 ? key : key.slice(0, slash);
-    const entry = perGpu.get(parent) ?? { own: 0, instances: 0 };
+    const entry = perGpu.get(parent) ?? { own: null, instances: [] };
     if (slash === -1) {
-      entry.own += value ?? 0;
+      entry.own = value;
     } else {
-      entry.instances += value ?? 0;
+      entry.instances.push(value);
     }
     perGpu.set(parent, entry);
   }
+  // As the server's _physical_total: an unknown figure makes the sum unknown, never partial.
   let total = 0;
   for (const { own, instances } of perGpu.values()) {
-    total += Math.max(own, instances);
+    let value = own;
+    if (instances.length > 0) {
+      const known = instances.filter((v): v is number => v !== null);
+      if (own === null && known.length < instances.length) {
+        return null;
+      }
+      value = Math.max(
+        own ?? 0,
+        known.reduce((sum, v) => sum + v, 0)
+      );
+    }
+    if (value === null) {
+      return null;
+    }
+    total += value;
   }
   return total;
 }

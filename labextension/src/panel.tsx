@@ -289,7 +289,7 @@ function MetricsView(props: {
           thresholds={thresholds}
           history={metrics.history.host_used}
         />
-        {metrics.available && otherTotal > 0 ? (
+        {metrics.available && otherTotal !== 0 ? (
           <div
             className="q3j-other"
             title="GPU memory of processes that are not this server's kernels"

@@ -173,7 +173,10 @@ describe('GPUs', () => {
     // The parent's own figure can be missing or smaller than its instances'.
     expect(physicalSum({ '0/0': 12 * GiB, '0/1': 8 * GiB })).toBe(20 * GiB);
     expect(physicalSum({ '0': 5 * GiB, '0/0': 12 * GiB })).toBe(12 * GiB);
-    expect(physicalSum({ '0': 1 * GiB, '1': 2 * GiB, '1/0': 2 * GiB, '2': null })).toBe(3 * GiB);
+    expect(physicalSum({ '0': 1 * GiB, '1': 2 * GiB, '1/0': 2 * GiB })).toBe(3 * GiB);
+    // An unknown figure makes the sum unknown, as on the server: never a partial sum.
+    expect(physicalSum({ '0': 1 * GiB, '2': null })).toBeNull();
+    expect(physicalSum({ '0/0': 1 * GiB, '0/1': null })).toBeNull();
     expect(physicalSum({})).toBe(0);
   });
 

@@ -54,6 +54,7 @@ BATCH_ATTEMPTS = 4
 """A batch item is tried this often on 429/5xx-busy, a dropped connection or a refused one."""
 MAX_BACKOFF_S = 8.0
 MAX_RETRY_AFTER_S = 30.0
+MAX_TIMEOUT_S = 86_400.0
 
 
 def timeouts_from_env(default: Timeouts | None = None) -> Timeouts:
@@ -69,8 +70,13 @@ def timeouts_from_env(default: Timeouts | None = None) -> Timeouts:
             value = float(text)
         except ValueError:
             value = -1.0
-        if value <= 0:
-            raise EngineError(f"${env}={text!r} is not a positive number of seconds (e.g. 30)")
+        # inf, nan or 1e300 would end the stream watchdog's wait with an OverflowError, and
+        # with it the limit it keeps: a day is the most a notebook call waits.
+        if not 0 < value <= MAX_TIMEOUT_S:
+            raise EngineError(
+                f"${env}={text!r} is not a number of seconds from 0 to {MAX_TIMEOUT_S:,.0f} "
+                "(e.g. 30)"
+            )
         values[name] = value
     return replace(base, **values)
 
