@@ -187,15 +187,12 @@ class _NotebookState:
 
 
 def _user_names() -> set[str]:
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return set()
+    from IPython import get_ipython
+
+    from .cleanup import user_variables
+
     shell = get_ipython()
-    if shell is None:
-        return set()
-    hidden = getattr(shell, "user_ns_hidden", {})
-    return {n for n in shell.user_ns if not n.startswith("_") and n not in hidden}
+    return set(user_variables(shell)) if shell is not None else set()
 
 
 def retained_bytes(report: Any) -> int:

@@ -40,7 +40,7 @@ from .interrupts import CELL_INTERRUPTS
 from .magic_args import did_you_mean, options_of
 from .memory import format_bytes
 from .model_use import ModelBusy, holding, stop
-from .models import DTYPES, ModelError, canonical_dtype
+from .models import DTYPES, ModelError, canonical_dtype, is_loaded_as
 from .prompt_vars import PromptVarsError, fill
 from .session import SESSION
 
@@ -361,11 +361,7 @@ class Qwen3Magics(Magics):
                 "use it); run the cell again"
             ) from None
         loaded = SESSION.loaded
-        if loaded is None or (loaded.name, loaded.device, loaded.dtype) != (
-            choice.name,
-            choice.device,
-            choice.dtype,
-        ):
+        if loaded is None or not is_loaded_as(loaded, choice):
             status.show(f"loading {choice.name} on {choice.device} ({choice.dtype})…")
         try:
             loaded = SESSION.load(choice, progress=status.progress)
@@ -419,7 +415,6 @@ class Qwen3Magics(Magics):
         if ignored:
             display.info(ignored)
         try:
-            CELL_INTERRUPTS.check()
             results = engine.generate_batch(
                 prompts,
                 options,

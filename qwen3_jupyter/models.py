@@ -172,11 +172,11 @@ class ModelHolder:
     def get(self, choice: ModelChoice, progress: Progress | None = None) -> LoadedModel:
         """The loaded model for `choice`, loading (and replacing another) only when needed."""
         current = self._loaded
-        if current and _same(current, choice):
+        if current and is_loaded_as(current, choice):
             return current
         with self.in_use(f"loading {choice.name}"):
             current = self._loaded
-            if current and _same(current, choice):  # another thread just loaded it
+            if current and is_loaded_as(current, choice):  # another thread just loaded it
                 return current
             path, is_embedded = resolve_path(choice.name, progress)
             if current is not None:
@@ -211,7 +211,8 @@ class ModelHolder:
         release_allocator_cache(device)
 
 
-def _same(loaded: LoadedModel, choice: ModelChoice) -> bool:
+def is_loaded_as(loaded: LoadedModel, choice: ModelChoice) -> bool:
+    """Whether `loaded` is what `choice` asks for (same name, device and dtype)."""
     return (loaded.name, loaded.device, loaded.dtype) == (choice.name, choice.device, choice.dtype)
 
 
