@@ -270,11 +270,10 @@ class Monitor:
         """nvmlShutdown, unless a polling thread is running or still stuck in a call: the
         last of them to end does it."""
         current = threading.current_thread()
-        with self._lock:
+        with self._lock:  # held while closing: a thread starting meanwhile must not read
             self._lingering = [t for t in self._lingering if t.is_alive() and t is not current]
-            in_use = self._thread is not None or bool(self._lingering)
-        if not in_use:
-            self._reader.close()
+            if self._thread is None and not self._lingering:
+                self._reader.close()
 
     @property
     def interval(self) -> float:
