@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -357,6 +358,10 @@ class NvmlReader:
 
     def __init__(self, nvml: ModuleType | None = None) -> None:
         self._nvml = nvml
+        self._calls = threading.RLock()
+        """Held by `read` and `close`: a monitor thread starting as the last one ends must not
+        read while NVML is being shut down (a lock of the reader's own, so a driver call that
+        hangs blocks only the thread that made it, never the kernel's main thread's lock)."""
         self._opened = False
         self._tried = False
         self._failure: str | None = None
@@ -398,6 +403,10 @@ class NvmlReader:
 
     def close(self) -> None:
         """nvmlShutdown if `open` succeeded; safe to call any number of times."""
+        with self._calls:
+            self._close()
+
+    def _close(self) -> None:
         if self._opened:
             self._opened = False
             try:
@@ -410,6 +419,10 @@ class NvmlReader:
 
     def read(self) -> NvmlReading:
         """One poll of every GPU (opening NVML on first use). Never raises."""
+        with self._calls:
+            return self._read()
+
+    def _read(self) -> NvmlReading:
         import time
 
         now = time.time()

@@ -270,10 +270,11 @@ class Monitor:
         """nvmlShutdown, unless a polling thread is running or still stuck in a call: the
         last of them to end does it."""
         current = threading.current_thread()
-        with self._lock:  # held while closing: a thread starting meanwhile must not read
+        with self._lock:
             self._lingering = [t for t in self._lingering if t.is_alive() and t is not current]
-            if self._thread is None and not self._lingering:
-                self._reader.close()
+            in_use = self._thread is not None or bool(self._lingering)
+        if not in_use:
+            self._reader.close()  # the reader's own lock keeps a new thread's read out
 
     @property
     def interval(self) -> float:

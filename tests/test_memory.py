@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -355,3 +356,26 @@ def test_unlimited_cgroup_falls_back_to_the_host(tmp_path: Path, version: int, l
     root, proc = _cgroup_tree(tmp_path, version, limit, 1, 0)
     host = read_host(root, proc)
     assert host.source == "host" and host.total == psutil.virtual_memory().total
+
+
+def test_close_waits_for_a_read_in_progress_instead_of_shutting_nvml_under_it() -> None:
+    """A gauge opened as the last one's polling thread ends: that thread shuts NVML down while
+    the new one reads. The reader's own lock makes the shutdown wait for the read."""
+    import threading
+
+    fake = FakeNvml([FakeGpu(used=3 * GiB)])
+    reader = NvmlReader(fake.module)
+    reader.open()
+    fake.reads_open.clear()  # the next read blocks in the driver
+    readings: list[Any] = []
+    reading = threading.Thread(target=lambda: readings.append(reader.read()))
+    reading.start()
+    closing = threading.Thread(target=reader.close)
+    closing.start()
+    closing.join(0.3)
+    assert closing.is_alive() and fake.shutdown_count == 0, "NVML shut down under a read"
+    fake.reads_open.set()
+    reading.join(5)
+    closing.join(5)
+    assert readings[0].available and len(readings[0].gpus) == 1
+    assert fake.shutdown_count == 1 and fake.open_handles == 0
