@@ -7,6 +7,7 @@ The engines themselves (eager, fast, remote) live in `engines/`; this module kno
 from __future__ import annotations
 
 import gc
+import math
 import numbers
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -78,7 +79,7 @@ OPTIONAL = frozenset({"temperature", "top_p", "top_k", "seed", "system"})
 """Options for which None means Qwen3's recommended value (or none)."""
 
 OPTION_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "temperature": (lambda value: value > 0, "must be > 0"),
+    "temperature": (lambda value: 0 < value < math.inf, "must be > 0 and finite"),
     "top_p": (lambda value: 0 < value <= 1, "must be in (0, 1]"),
     "top_k": (lambda value: value >= 1, "must be >= 1"),
     "max_new_tokens": (lambda value: value >= 1, "must be >= 1"),

@@ -50,7 +50,7 @@ def test_sampling_defaults_follow_qwen3_recommendations() -> None:
     [
         (
             {"temperature": -1},
-            "temperature=-1: must be > 0 (greedy=True decodes deterministically)",
+            "temperature=-1: must be > 0 and finite (greedy=True decodes deterministically)",
         ),
         ({"temperature": 0.0}, "temperature=0.0: must be > 0"),
         ({"top_p": 1.5}, "top_p=1.5: must be in (0, 1]"),
@@ -61,6 +61,8 @@ def test_sampling_defaults_follow_qwen3_recommendations() -> None:
         ({"seed": 2**63}, f"seed={2**63}: must be from 0 to 2**63-1"),
         ({"seed": -1}, "seed=-1: must be from 0 to 2**63-1"),
         ({"temperature": float("nan")}, "temperature=nan: must be > 0"),
+        # inf divides every logit to 0: sampling uniformly over top-k, never what was meant
+        ({"temperature": float("inf")}, "temperature=inf: must be > 0 and finite"),
     ],
 )
 def test_values_no_decoder_can_use_are_refused_in_words(options: dict, said: str) -> None:

@@ -248,6 +248,7 @@ def test_help_is_complete(kernel: Kernel) -> None:
         ("%qwen3 --no-think", "empty prompt"),
         ("%qwen3 --top-k abc hi", "invalid int value: 'abc'"),
         ("%qwen3 --temperature 0 hi", "--temperature must be > 0"),
+        ("%qwen3 --temperature inf hi", "--temperature must be > 0 and finite"),
         ("%qwen3 --top-p 1.5 hi", "--top-p must be in (0, 1]"),
         (
             "%qwen3 --greedy --temperature 0.5 --top-k 5 hi",
