@@ -5,9 +5,16 @@ shapes it may keep, and the counters that show what it compiled or loaded.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 COMPILE_ENV = "QWEN3_JUPYTER_COMPILE"
+COMPILED_MARKS = "qwen3_jupyter-compiled"
+"""Folder in the compile cache with one empty file per step this cache already holds."""
+THREADS_ENV = "TORCHINDUCTOR_COMPILE_THREADS"
 RECOMPILE_LIMIT = 64
 """torch.compile keeps this many shapes of the step (batch × cache × sampler) before giving up."""
 
@@ -67,3 +74,44 @@ def raise_recompile_limit() -> None:
             setattr(dynamo_config, name, RECOMPILE_LIMIT)
     if getattr(dynamo_config, "accumulated_recompile_limit", RECOMPILE_LIMIT) < RECOMPILE_LIMIT:
         dynamo_config.accumulated_recompile_limit = RECOMPILE_LIMIT
+
+
+def _mark(step: str) -> Path:
+    """The file saying the compiled `step` (shape, model, dtype, device) is in the cache."""
+    import torch
+
+    digest = hashlib.sha256(f"{torch.__version__}|{step}".encode()).hexdigest()[:24]
+    return Path(compile_cache_dir()) / COMPILED_MARKS / digest
+
+
+def remember_compiled(step: str) -> None:
+    """Mark `step` as cached, so the next kernel loads it in-process (`compiling`)."""
+    mark = _mark(step)
+    with contextlib.suppress(OSError):  # a read-only cache: the next kernel loads it in a pool
+        mark.parent.mkdir(parents=True, exist_ok=True)
+        mark.touch()
+
+
+@contextlib.contextmanager
+def compiling(step: str) -> Iterator[bool]:
+    """Around the first run of compiled `step`: where this cache already holds it, compile with
+    one thread. Inductor otherwise starts a pool of worker processes (one per core, each
+    importing torch) on a GPU and hands kernels to it to load (`AsyncCompile.triton`), so a
+    second kernel's first call can wait for that start-up to load what it could read itself
+    (not yet timed on a GPU: `bench speed` prints the first call's parts). A step not
+    cached keeps the pool (compiling its kernels in parallel is what the pool is for); so does a
+    user's own $TORCHINDUCTOR_COMPILE_THREADS. Yields whether the step was marked cached."""
+    import torch._inductor.config as inductor_config
+
+    cached = _mark(step).exists()
+    # a torch without the setting (renamed, say) compiles as it would have: never a failure
+    before = getattr(inductor_config, "compile_threads", None)
+    known = hasattr(inductor_config, "compile_threads")
+    serial = cached and known and THREADS_ENV not in os.environ
+    if serial:
+        inductor_config.compile_threads = 1
+    try:
+        yield cached
+    finally:
+        if serial:
+            inductor_config.compile_threads = before

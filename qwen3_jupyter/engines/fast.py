@@ -52,7 +52,9 @@ from .compile_setup import (
     compile_cache_hits,
     compile_enabled,
     compiles_so_far,
+    compiling,
     raise_recompile_limit,
+    remember_compiled,
 )
 from .cuda_graphs import (
     WARMUP_RUNS,
@@ -542,7 +544,9 @@ class FastEngine(LocalEngine):
             return buffers
         wide = state.wide.get(sample)
         if wide is None:
-            noise = torch.full((state.batch, sample), 0.5, device=buffers.noise.device)
+            noise = torch.full(
+                (state.batch, sample), 0.5, dtype=buffers.noise.dtype, device=buffers.noise.device
+            )
             wide = state.wide[sample] = replace(buffers, noise=noise)
         return wide
 
@@ -598,10 +602,11 @@ class FastEngine(LocalEngine):
         if self.status is not None:
             self.status(f"compiling the decode step for {shape} (once per kernel; cached on disk)…")
         before, hits, started = compiles_so_far(), compile_cache_hits(), time.perf_counter()
+        step = self._step_key(shape)
         try:
             # Running out is not a failed compile; an interrupt ends it even where Python would
             # drop it (in one of the finalizers torch.compile runs all the time).
-            with allocation_failures_as_oom(), interrupts_that_land():
+            with allocation_failures_as_oom(), interrupts_that_land(), compiling(step):
                 direct()
         except (KeyboardInterrupt, torch.OutOfMemoryError):
             raise
@@ -617,6 +622,7 @@ class FastEngine(LocalEngine):
         new = compiles_so_far() - before
         self.compiles += new
         if new:
+            remember_compiled(step)
             self.compile_seconds.append((shape, seconds))
             how = (
                 "loaded the compiled decode step from the cache"
@@ -628,6 +634,17 @@ class FastEngine(LocalEngine):
                 f"figures; cache: {compile_cache_dir()})"
             )
         return True
+
+    def _step_key(self, shape: str) -> str:
+        """What a compiled step depends on: its shape, the model, the dtype and the device."""
+        import torch
+
+        device = self.device
+        if device.startswith("cuda"):
+            index = torch.device(device).index
+            capability = torch.cuda.get_device_capability(index)
+            device = f"{torch.cuda.get_device_name(index)} sm{capability[0]}{capability[1]}"
+        return f"{shape} · {self.loaded.name} {self.loaded.dtype} · {device}"
 
     @contextlib.contextmanager
     def _rehearsal(self, state: DecodeState) -> Iterator[None]:
