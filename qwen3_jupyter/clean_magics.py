@@ -18,8 +18,9 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from . import display
-from .cleanup import CleanupReport, cleanup, shutdown_nvml
+from .cleanup import CleanupReport, cleanup, definition_holders, shutdown_nvml
 from .magic_args import parse_options
+from .memory import format_bytes
 
 _DEFINITIONS = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)
 _IPYTHON_OWN = ("_", "__", "___", "_i", "_ii", "_iii", "_ih", "_oh", "_dh", "In", "Out")
@@ -115,7 +116,8 @@ class CleanMagics(Magics):
             run_cell_body(self.ip, cell)
         finally:
             created = created_names(self.ip, before, keep) if args.drop else ()
-            self._clean(args, created)
+            kept = kept_definitions(self.ip, before) if args.drop else ()
+            self._clean(args, created, kept)
             current = getattr(self.ip.displayhook, "exec_result", None)
             self._cleaned_cell = weakref.ref(current) if current is not None else None
 
@@ -163,13 +165,15 @@ class CleanMagics(Magics):
         if report.freed_bytes > 0 or report.error:
             display.info(report.summary())
 
-    def _clean(self, args: Namespace, drop: tuple[str, ...]) -> CleanupReport:
+    def _clean(
+        self, args: Namespace, drop: tuple[str, ...], kept: tuple[str, ...] = ()
+    ) -> CleanupReport:
         report = cleanup(
             self.ip, drop=drop, dynamo=args.dynamo, verbose=args.verbose, full=args.full
         )
         if not args.quiet:
             display.info(report.summary())
-            for line in report.details():
+            for line in (*report.details(), *kept):
                 print(f"  {line}", flush=True)
         return report
 
@@ -184,8 +188,9 @@ def _parse_keep(text: str) -> tuple[str, ...]:
 
 def created_names(shell: Any, before: set[str], keep: tuple[str, ...]) -> tuple[str, ...]:
     """Names the cell added to the user namespace, minus `keep`, IPython's own (`_N`, `_`),
-    and what the cell imported or defined (modules, functions, classes): they hold no data,
-    and dropping them would only break the next cell that uses them."""
+    and what the cell imported or defined (modules, functions, classes): dropping them would
+    break the next cell that uses them (a definition that holds tensors is named in the
+    report instead, see `kept_definitions`)."""
     hidden = getattr(shell, "user_ns_hidden", {})
     return tuple(
         name
@@ -198,6 +203,20 @@ def created_names(shell: Any, before: set[str], keep: tuple[str, ...]) -> tuple[
         and not (name.startswith("_i") and name[2:].isdigit())
         and not isinstance(value, _DEFINITIONS)
     )
+
+
+def kept_definitions(shell: Any, before: set[str]) -> tuple[str, ...]:
+    """One line per function or class the cell defined that holds tensors, which `--drop`
+    keeps (the next cell may call it): "f (closure) 64.0 MiB kept: defined by this cell,
+    `del f` frees it"."""
+    lines = []
+    for name, value in list(shell.user_ns.items()):
+        if name in before or not isinstance(value, (types.FunctionType, type)):
+            continue
+        hint = f"defined by this cell, `del {name}` frees it"
+        for holder in definition_holders(name, value, hint):
+            lines.append(f"{holder.name} {format_bytes(holder.nbytes)} kept: {holder.hint}")
+    return tuple(lines)
 
 
 def run_cell_body(shell: Any, body: str) -> None:

@@ -19,6 +19,7 @@ tensors and the tensor-related work is skipped.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import inspect
 import itertools
@@ -28,6 +29,7 @@ import re
 import sys
 import time
 import types
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -59,6 +61,9 @@ EXACT_BUDGET = 200_000
 """The most objects the exact search visits. It runs only where the bounded one was cut short
 (a tensor past the 10,000th element of a list in `Out` must still count), so it is rare."""
 
+GRAPH_BUDGET = 10_000
+"""The most autograd nodes one scan visits (a training step's graph has a few thousand)."""
+
 _OUT_NAME = re.compile(r"_\d+")
 _IPYTHON_NAMES = re.compile(r"_+|_\d+|_i+|_i\d+|_ih|_oh|_dh|In|Out|exit|quit|get_ipython")
 _MODEL_CACHE_ATTRS = ("_cache", "past_key_values", "_past_key_values", "_kv_cache")
@@ -88,6 +93,8 @@ class _TensorScan:
         """The bounded walk left something unvisited (budget or depth): only `visit_all` is sure."""
         self.stopped = False
         """Even `visit_all` ran out of budget: tensors may lie past where it stopped."""
+        self._nodes: set[int] = set()
+        self._graph_budget = GRAPH_BUDGET
 
     @property
     def found(self) -> bool:
@@ -115,7 +122,7 @@ class _TensorScan:
         if obj is None or isinstance(obj, (str, bytes, int, float, complex, bool)):
             return
         key = id(obj)
-        if key in self._seen:
+        if key in self._seen or type(obj) in _PROXIES:
             return
         self._seen.add(key)
         if self._take(obj) or isinstance(obj, _OPAQUE):
@@ -128,15 +135,15 @@ class _TensorScan:
         elif isinstance(obj, (list, tuple, set, frozenset)):
             children = list(itertools.islice(obj, self._budget))
         elif isinstance(obj, BaseException):
-            children = [obj.__traceback__, obj.__cause__, obj.__context__]
+            children = [obj.__traceback__, obj.__cause__, obj.__context__, *_exception_data(obj)]
         elif isinstance(obj, types.TracebackType):
             children = _traceback_locals(obj)
         else:
-            try:
-                attrs = vars(obj)
-            except TypeError:
+            inside = _contents(obj)
+            if inside is None:  # a C object vars() cannot open: only the exact walk sees in
+                self.truncated = self.truncated or gc.is_tracked(obj)
                 return
-            children = list(attrs.values())
+            children = inside
         for child in children:
             self.visit(child, depth + 1)
             if self._done():
@@ -158,9 +165,11 @@ class _TensorScan:
                 self.stopped = True
                 return
             obj = stack.pop()
+            if type(obj) in _PROXIES:
+                continue
             if self._take(obj) or (obj is not root and isinstance(obj, _OPAQUE)):
                 continue
-            for child in filter(gc.is_tracked, _referents(obj)):
+            for child in [*filter(gc.is_tracked, _referents(obj)), *_untracked(obj)]:
                 if id(child) not in seen:
                     seen.add(id(child))
                     stack.append(child)
@@ -183,6 +192,12 @@ class _TensorScan:
         if id(tensor) in self._counted:
             return
         self._counted.add(id(tensor))
+        self._add_storage(tensor)
+        grad_fn = getattr(tensor, "grad_fn", None)
+        if grad_fn is not None and not self.stop_at_first:  # a yes/no question needs no graph
+            self._add_graph(grad_fn)
+
+    def _add_storage(self, tensor: Any) -> None:
         try:
             if tensor.is_meta:
                 return
@@ -192,8 +207,137 @@ class _TensorScan:
         except Exception:  # sparse, nested, functorch wrappers: no plain storage
             return
 
+    def _add_graph(self, root: Any) -> None:
+        """The tensors an autograd graph keeps for backward (saved inputs and results, leaf
+        variables): they have no Python object of their own, so only the graph reaches them
+        (`loss = (w * 2).exp().sum(); del w` keeps w and exp's result through `loss`)."""
+        stack = [root]
+        while stack and self._graph_budget > 0:
+            node = stack.pop()
+            if node is None or id(node) in self._nodes:
+                continue
+            self._nodes.add(id(node))
+            self._graph_budget -= 1
+            for tensor in _saved_tensors(node):
+                self._add_storage(tensor)
+            stack.extend(child for child, _ in getattr(node, "next_functions", ()))
 
-_OPAQUE = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
+
+_OPAQUE = (type, types.ModuleType, types.FunctionType)
+_PROXIES = (weakref.ProxyType, weakref.CallableProxyType)
+"""Weak proxies hold nothing, and a dead one raises ReferenceError at any isinstance()."""
+
+
+def _contents(obj: Any) -> list[Any] | None:
+    """What a non-container object holds, as far as Python can tell cheaply: a bound method's
+    `__self__` (`t.sum` shown by mistake), a partial's function and arguments, a suspended
+    generator's or coroutine's locals, a numpy array's base (`t.numpy()`), attributes in
+    `__dict__` and `__slots__`. None: a C object whose contents only gc.get_referents sees."""
+    if isinstance(obj, _SPECIAL):
+        return _special_contents(obj)
+    slots = _slot_names(type(obj))
+    values = [getattr(obj, name, None) for name in slots]
+    try:
+        return [*vars(obj).values(), *values]
+    except TypeError:
+        found = _untracked(obj)
+        return [*values, *found] if slots or found or _slotted(type(obj)) else None
+
+
+_SPECIAL = (
+    types.MethodType,
+    types.BuiltinFunctionType,
+    functools.partial,
+    types.GeneratorType,
+    types.CoroutineType,
+    types.AsyncGeneratorType,
+)
+
+
+def _special_contents(obj: Any) -> list[Any] | None:
+    """`_contents` of the objects whose references are not attributes (see _SPECIAL), and of a
+    numpy array (its base)."""
+    if isinstance(obj, (types.MethodType, types.BuiltinFunctionType)):
+        owner = getattr(obj, "__self__", None)
+        return [] if owner is None or isinstance(owner, _OPAQUE) else [owner]
+    if isinstance(obj, functools.partial):
+        return [obj.func, *obj.args, *obj.keywords.values(), *vars(obj).values()]
+    frame = (
+        getattr(obj, "gi_frame", None)
+        or getattr(obj, "cr_frame", None)
+        or getattr(obj, "ag_frame", None)
+    )
+    return list(frame.f_locals.values()) if frame is not None else []
+
+
+def _untracked(obj: Any) -> list[Any]:
+    """References the garbage collector does not report: a numpy array's `base` (ndarray has
+    no gc support, so neither walk would reach the tensor a `t.numpy()` view keeps)."""
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(obj, numpy.ndarray) and obj.base is not None:
+        return [obj.base]
+    return []
+
+
+def _slotted(cls: type) -> bool:
+    return any("__slots__" in vars(c) for c in cls.__mro__[:-1])
+
+
+def _slot_names(cls: type) -> tuple[str, ...]:
+    """The `__slots__` attribute names of `cls` and its bases (mangled), once per type."""
+    names = _SLOT_NAMES.get(cls)
+    if names is None:
+        found = []
+        for c in cls.__mro__[:-1]:
+            slots = vars(c).get("__slots__", ())
+            for name in (slots,) if isinstance(slots, str) else slots:
+                if name in ("__dict__", "__weakref__"):
+                    continue
+                if name.startswith("__") and not name.endswith("__"):
+                    name = f"_{c.__name__.lstrip('_')}{name}"
+                found.append(name)
+        names = _SLOT_NAMES[cls] = tuple(found)
+    return names
+
+
+_SLOT_NAMES: weakref.WeakKeyDictionary[type, tuple[str, ...]] = weakref.WeakKeyDictionary()
+"""Weak: a class redefined in a later cell (and what its attributes hold) must not stay."""
+
+
+def _saved_tensors(node: Any) -> list[Any]:
+    """The tensors one autograd node keeps: its `_saved_*` values and, for AccumulateGrad,
+    the leaf `variable` (a node whose saved values were freed by backward keeps none)."""
+    found: list[Any] = []
+    for name in _saved_names(type(node)):
+        try:
+            value = getattr(node, name)
+        except Exception:  # freed by backward(), or not a tensor to unpack
+            continue
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        found.extend(v for v in values if _is_tensor(v))
+    return found
+
+
+def _saved_names(node_type: type) -> tuple[str, ...]:
+    """The attributes of an autograd node type that may hold tensors (one dir() per type)."""
+    if node_type not in _SAVED_NAMES:
+        names = tuple(n for n in dir(node_type) if n.startswith("_saved_"))
+        extra = ("variable",) if node_type.__name__ == "AccumulateGrad" else ()
+        _SAVED_NAMES[node_type] = (*names, *extra)
+    return _SAVED_NAMES[node_type]
+
+
+_SAVED_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _is_tensor(value: Any) -> bool:
+    torch = _torch()
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def _exception_data(exc: BaseException) -> list[Any]:
+    """What an exception carries besides its traceback: its args and attributes."""
+    return [*exc.args, *getattr(exc, "__dict__", {}).values()]
 
 
 def _cuda_array(obj: Any) -> bool:
@@ -392,17 +536,53 @@ def release_last_exception(shell: Any | None) -> tuple[str, ...]:
                 debugger.forget()
             debugger.reset()
             released.append("debugger frames")
-        for label, result in _execution_results(shell):
-            for name in ("error_in_exec", "error_before_exec"):
-                value = getattr(result, name, None)
-                if isinstance(value, BaseException) and value.__traceback__ is not None:
-                    exceptions.append(value)
-                    released.append(f"{label}.{name}.__traceback__")
+        for label, name, value in _kept_exceptions(shell):
+            exceptions.append(value)
+            if value.__traceback__ is not None:
+                released.append(f"{label}.{name}.__traceback__")
+            released.extend(f"{label}.{name}.{part}" for part in _release_contents(value))
     current = sys.exc_info()[1]
     for exc in _exception_chain(exceptions):
-        if exc is not current and exc.__traceback__ is not None:
+        if exc is not current:
             exc.__traceback__ = None
+            _release_contents(exc)
     return tuple(released)
+
+
+def _kept_exceptions(shell: Any) -> list[tuple[str, str, BaseException]]:
+    """(ExecutionResult label, attribute, exception) for the exceptions IPython keeps."""
+    found = []
+    for label, result in _execution_results(shell):
+        for name in ("error_in_exec", "error_before_exec"):
+            value = getattr(result, name, None)
+            if isinstance(value, BaseException):
+                found.append((label, name, value))
+    return found
+
+
+def _release_contents(exc: BaseException) -> list[str]:
+    """Replace what an exception's args and attributes hold in tensors by its repr: the message
+    still reads the same (`assert x.sum() == 0, x` puts the tensor itself in `args`), the
+    memory goes. Returns the parts replaced ("args", attribute names)."""
+    replaced = []
+    if any(holds_device_memory(arg) for arg in exc.args):
+        exc.args = tuple(_stand_in(arg) if holds_device_memory(arg) else arg for arg in exc.args)
+        replaced.append("args")
+    attrs = getattr(exc, "__dict__", {})
+    for name, value in list(attrs.items()):
+        if holds_device_memory(value):
+            attrs[name] = _stand_in(value)
+            replaced.append(name)
+    return replaced
+
+
+def _stand_in(value: Any) -> str:
+    """A bounded repr, kept in place of a value that holds tensors."""
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 2000 else f"{text[:2000]}..."
 
 
 def _exception_chain(roots: Iterable[BaseException]) -> Iterator[BaseException]:
@@ -552,6 +732,13 @@ def release_allocator_caches() -> tuple[str, ...]:
 _malloc_trim = trim_host_heap
 
 
+def _release_heap_slack() -> tuple[str, ...]:
+    """Hand back what the C heap kept of memory freed before this cleanup (after generation,
+    an unload, a `del`): measured by the cleanup like any action, so an RSS drop it causes is
+    reported, not taken before the "before" snapshot and missed."""
+    return ("free heap pages",) if _malloc_trim() else ()
+
+
 # ----------------------------------------------------------------------------- measuring
 
 
@@ -632,10 +819,12 @@ def _snapshot(count_tensors: bool) -> tuple[dict[str, DeviceMemory], dict[str, i
     torch = _torch()
     cpu_tensors = None
     totals = None
+    rss = process_rss()  # first: counting tensors leaves heap slack of its own behind
     if count_tensors:
         totals = live_tensor_bytes() if torch is not None else {}
         cpu_tensors = totals.get("cpu", 0)
-    devices = {"cpu": DeviceMemory("cpu", cpu_tensors, None, process_rss())}
+        _malloc_trim()  # or the next cleanup reports the count's garbage as heap it returned
+    devices = {"cpu": DeviceMemory("cpu", cpu_tensors, None, rss)}
     if torch is not None and cuda_in_use():
         nvml = _NVML.process_memory()
         for index in range(torch.cuda.device_count()):
@@ -693,7 +882,7 @@ def find_holders(
             for inner_name, obj, hint in inside:
                 add(inner_name, "variable", obj, hint)
             if not inside:
-                add(name, "variable", value, f"del {name}")
+                add(name, "variable", value, _variable_hint(name, value))
         out = getattr(getattr(shell, "history_manager", None), "output_hist", None) or {}
         for key, value in list(out.items()):
             add(f"Out[{key}]", "output", value, "%qwen3_clean")
@@ -703,6 +892,11 @@ def find_holders(
         for value in _traceback_locals(last_tb):
             scan.visit(value, 1)
         add("last traceback", "traceback", last_tb, "%qwen3_clean", scan)
+    for exc in _exceptions_in_sight(shell):
+        scan = _TensorScan(torch)
+        for value in _exception_data(exc):
+            scan.visit(value, 1)
+        add("last exception (args)", "exception", exc, "%qwen3_clean", scan)
     loaded = HOLDER.loaded
     if loaded is not None and loaded.model is not None:
         add(f"model {loaded.name}", "model", loaded.model, "%qwen3 --unload")
@@ -727,6 +921,22 @@ def find_holders(
             )
         )
     return tuple(result)
+
+
+def _exceptions_in_sight(shell: Any | None) -> list[BaseException]:
+    """The last exception as IPython and `sys` keep it, each once."""
+    found = [value for _, _, value in _kept_exceptions(shell)] if shell is not None else []
+    last = getattr(sys, "last_value", None)
+    if isinstance(last, BaseException):
+        found.append(last)
+    return list({id(exc): exc for exc in found}.values())
+
+
+def _variable_hint(name: str, value: Any) -> str:
+    """How to free a variable; a tensor with an autograd graph can also keep just its data."""
+    if getattr(value, "grad_fn", None) is not None and _is_tensor(value):
+        return f"del {name} or {name} = {name}.detach()"
+    return f"del {name}"
 
 
 def _other_hint(stopped: list[str]) -> str:
@@ -763,6 +973,25 @@ def _inner_holdings(name: str, value: Any) -> list[tuple[str, Any, str]]:
             if not (attr.startswith("__") and attr.endswith("__"))
         ]
     return []
+
+
+def definition_holders(name: str, value: Any, hint: str) -> list[Holder]:
+    """What a function or class keeps in tensors (closure, defaults, class attributes), one
+    Holder each with `hint`: `--drop` keeps definitions (the next cell may call them), so it
+    names the ones that hold memory instead of keeping them silently."""
+    torch = _torch()
+    if torch is None:
+        return []
+    found = []
+    for inner, obj, _ in _inner_holdings(name, value):
+        scan = _TensorScan(torch)
+        scan.visit(obj)
+        if scan.truncated:
+            scan.visit_all(obj)
+        if scan.found:
+            devices = tuple(sorted(scan.by_device()))
+            found.append(Holder(inner, "definition", "", scan.nbytes(), devices, hint))
+    return found
 
 
 def _is_lru_cache(value: Any) -> bool:
@@ -827,7 +1056,8 @@ def user_variables(shell: Any) -> dict[str, Any]:
 def _describe(obj: Any, scan: _TensorScan) -> str:
     torch = scan.torch
     if isinstance(obj, torch.Tensor):
-        return f"Tensor{list(obj.shape)} {str(obj.dtype).removeprefix('torch.')}"
+        graph = " + autograd graph" if obj.grad_fn is not None and scan._nodes else ""
+        return f"Tensor{list(obj.shape)} {str(obj.dtype).removeprefix('torch.')}{graph}"
     if isinstance(obj, types.TracebackType):
         return f"frames holding {scan.tensor_count} tensors"
     count = f"{scan.tensor_count} tensor{'s' if scan.tensor_count != 1 else ''}"
@@ -885,9 +1115,10 @@ def cleanup(
     try:
         if shell is None:
             shell = _current_shell()
-        _malloc_trim()  # heap slack from before this cleanup is not this cleanup's to report
+        start = _probe()  # before counting tensors: the count's own garbage is not slack
         before, _ = _snapshot(count)
-        actions = _run_actions(shell, names, dynamo, _full_gc_reason(full, dynamo, count))
+        heap = _run_action("host heap", _release_heap_slack, start)
+        actions = (heap, *_run_actions(shell, names, dynamo, _full_gc_reason(full, dynamo, count)))
         if count:
             COLLECTOR.hand_back("the last cleanup counted every tensor")
         after, totals = _snapshot(count)

@@ -180,6 +180,11 @@ class CleanupReport:
                     if self.verbose
                     else "--verbose lists what still holds memory"
                 )
+        parts.extend(
+            f"host heap returned {format_bytes(a.freed_bytes)} freed before this cleanup"
+            for a in self.actions
+            if a.name == "host heap" and a.freed
+        )
         failed = [f"{a.name} failed ({a.error})" for a in self.actions if a.error]
         if self.error:
             failed.append(self.error)

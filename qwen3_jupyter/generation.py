@@ -415,9 +415,15 @@ def release_after_generation(device: str, memory_at_end: int | None) -> int | No
     holds a tensor (measured: live tensor bytes are the same before and after a full
     collection), so a young-generation pass suffices; a full one costs ~200 ms once
     transformers is imported, which would dominate short calls. `%qwen3_clean` does the full one.
+    On CPU the C heap keeps what the call freed until trimmed (130 MiB after the tiny model's
+    first call): trimmed here, measured at 0.4-0.6 ms per call once the process is settled.
     """
     gc.collect(1)
     release_allocator_cache(device)
+    if not device.startswith("cuda"):
+        from .memory import trim_host_heap
+
+        trim_host_heap()
     if memory_at_end is None:
         return None
     return max(0, memory_at_end - current_memory(device)[0])

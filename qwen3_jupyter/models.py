@@ -209,6 +209,10 @@ class ModelHolder:
         del loaded
         gc.collect()
         release_allocator_cache(device)
+        if device is None or not device.startswith("cuda"):
+            from .memory import trim_host_heap
+
+            trim_host_heap()  # on CPU the weights and calls' buffers were on the C heap
 
 
 def is_loaded_as(loaded: LoadedModel, choice: ModelChoice) -> bool:

@@ -277,6 +277,10 @@ class Session:
         ref = weakref.ref(loaded.model)
         del loaded
         gc.collect()
+        if not device.startswith("cuda"):
+            from .memory import trim_host_heap
+
+            trim_host_heap()  # slack freed earlier is not this unload's to report
         before, kind = current_memory(device)
         closed = tuple(self.close_engines())
         HOLDER.unload()

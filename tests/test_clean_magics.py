@@ -196,3 +196,30 @@ def test_unloading_the_extension_removes_magics_and_hook(fresh_kernel: Kernel) -
     assert magics == []
     ok(fresh_kernel, "%load_ext qwen3_jupyter")
     assert "autoclean off" in ok(fresh_kernel, "%qwen3_autoclean").stdout
+
+
+def test_drop_names_the_definitions_it_keeps_that_hold_tensors(k: Kernel) -> None:
+    """--drop keeps the functions and classes a cell defines; one holding a tensor (closure,
+    class attribute) was kept silently and the README said definitions hold no data."""
+    cell = ok(
+        k,
+        "%%qwen3_clean --drop\n"
+        "def make():\n"
+        "    x = torch.ones(MiB)\n"
+        '    refs["closure"] = weakref.ref(x)\n'
+        "    return lambda: x\n"
+        "f = make()\n"
+        "class Table:\n"
+        "    data = torch.ones(2 * MiB)\n"
+        'refs["class"] = weakref.ref(Table.data)\n'
+        "def plain(): pass",
+    )
+    try:
+        lines = cell.stdout.splitlines()
+        assert "  f (closure) 4.0 MiB kept: defined by this cell, `del f` frees it" in lines, lines
+        assert "  Table.data 8.0 MiB kept: defined by this cell, `del Table` frees it" in lines
+        assert not any(line.startswith(("  make", "  plain")) for line in lines), lines
+        assert alive(k, "closure") and alive(k, "class"), "named, not dropped"
+    finally:
+        ok(k, "del make, f, Table, plain\ngc.collect()  # a class is a cycle")
+    assert not alive(k, "closure") and not alive(k, "class"), "the hint's `del` frees it"

@@ -415,8 +415,14 @@ def test_failing_action_outside_ipython_never_raises(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(qc, "release_cycles", broken)
     report = qc.cleanup(shell=None)
     names = [a.name for a in report.actions]
-    assert names == ["last exception", "generation leftovers", "cycles", "allocator caches"]
-    assert report.actions[2].error == "OSError: no"
+    assert names == [
+        "host heap",
+        "last exception",
+        "generation leftovers",
+        "cycles",
+        "allocator caches",
+    ]
+    assert report.actions[3].error == "OSError: no"
     assert "cycles failed (OSError: no)" in report.summary()
 
 
@@ -672,3 +678,149 @@ def test_a_walk_cut_short_is_finished_exactly_and_an_unfinished_one_keeps_the_ob
     monkeypatch.setattr(qc, "EXACT_BUDGET", 3)
     assert not qc.holds_device_memory([[object()] for _ in range(20_000)]), "unsure keeps it"
     assert "the search stopped inside Out[3]" in qc._other_hint(["Out[3]"])
+
+
+def test_output_entries_the_cheap_walk_could_not_see_into_are_released(k: Kernel) -> None:
+    """A tensor reached from `Out` through a bound method (`t.sum` shown by mistake), a
+    functools.partial, an object with `__slots__`, a started generator's frame or a numpy view:
+    the walk saw none of them, so the entry stayed and the report blamed "module globals"."""
+    ok(
+        k,
+        "import functools\n"
+        "class Slotted:\n"
+        "    __slots__ = ('w',)\n"
+        "    def __init__(self, w): self.w = w\n"
+        "def gen():\n"
+        "    held = torch.ones(MiB); refs['gen'] = weakref.ref(held)\n"
+        "    yield 1\n"
+        "t = torch.ones(MiB); refs['method'] = weakref.ref(t)",
+    )
+    cells = {
+        "method": "t.sum",
+        "partial": "u = torch.ones(MiB); refs['partial'] = weakref.ref(u)\n"
+        "functools.partial(torch.add, u)",
+        "slots": "v = torch.ones(MiB); refs['slots'] = weakref.ref(v)\nSlotted(v)",
+        "gen": "g = gen(); next(g); g",
+        "numpy": "n = torch.ones(MiB).numpy(); refs['numpy'] = weakref.ref(n.base)\nn",
+    }
+    shown = {name: ok(k, code).reply["execution_count"] for name, code in cells.items()}
+    ok(k, "del t, u, v, g, n")
+    ok(k, 'r = cleanup_without("release_output_cache")')
+    dead = [name for name in cells if not alive(k, name)]
+    assert dead == [], "control: freed without the output-cache action"
+    ok(k, "r = qwen3_jupyter.cleanup(verbose=True)")
+    assert [name for name in cells if alive(k, name)] == []
+    released = k.value('[a.released for a in r.actions if a.name == "output cache"][0]')
+    assert all(f"Out[{n}]" in released for n in shown.values()), released
+    assert not any(line.startswith("not reachable") for line in k.value("r.details()"))
+    ok(k, "del Slotted, gen")
+    assert_survivors(k)
+
+
+def test_holds_device_memory_sees_through_methods_partials_slots_generators() -> None:
+    torch = pytest.importorskip("torch")
+    import functools
+
+    t = torch.ones(4)
+
+    class Slotted:
+        __slots__ = ("__w",)
+
+        def __init__(self, w: object) -> None:
+            self.__w = w
+
+    def gen() -> Iterator[int]:
+        held = t
+        yield int(held.numel())
+
+    started = gen()
+    next(started)
+    for holder in (t.sum, functools.partial(torch.add, t), Slotted(t), started, t.numpy()):
+        assert qc.holds_device_memory(holder), holder
+        assert qc.holds_device_memory([holder]), f"one level down: {holder}"
+    assert not qc.holds_device_memory(len), "a builtin function's module is not entered"
+    assert not qc.holds_device_memory(functools.partial(max, 1))
+
+
+def test_a_tensor_in_the_last_exceptions_args_is_released(k: Kernel) -> None:
+    """`assert a.sum() == 0, a` puts the tensor in the exception's args, which IPython keeps
+    (`last_execution_result.error_in_exec`): stripping the traceback alone left it alive."""
+    ok(
+        k,
+        "def check():\n"
+        "    a = torch.ones(4 * MiB)\n"
+        '    refs["args"] = weakref.ref(a)\n'
+        "    assert a.sum() == 0, a\n"
+        "class Failed(Exception): pass\n"
+        "def fail_with_attr():\n"
+        "    e = Failed('kept on the exception')\n"
+        "    e.payload = torch.ones(4 * MiB)\n"
+        '    refs["attr"] = weakref.ref(e.payload)\n'
+        "    raise e",
+    )
+    assert k.run("check()").status == "error"
+    ok(k, 'r = cleanup_without("release_last_exception", verbose=True)')
+    assert alive(k, "args"), "control: freed without the last-exception action"
+    details = k.value("r.details()")
+    assert any(line.startswith("last exception (args): ") for line in details), details
+    assert k.run("check()").status == "error"
+    kept = "e = get_ipython().last_execution_result.error_in_exec\nr = qwen3_jupyter.cleanup()"
+    ok(k, kept)
+    assert k.value("repr(e)").startswith("AssertionError('tensor([1., 1., 1."), "still readable"
+    ok(k, "del e")
+    assert not alive(k, "args")
+    assert k.run("fail_with_attr()").status == "error"
+    ok(k, kept)
+    assert k.value("str(e)") == "kept on the exception"
+    ok(k, "del e")
+    assert not alive(k, "attr")
+    ok(k, "del check, Failed, fail_with_attr")
+    assert_survivors(k)
+
+
+HEAP_SLACK = """
+blobs = [bytes(1000) + bytes([i % 256]) for i in range(40_000)]  # ~40 MiB of malloc'd blocks
+pin = bytes(1001)  # allocated above them: the heap's top cannot shrink on its own
+del blobs
+"""
+"""Host heap slack: freed C-heap blocks glibc keeps until malloc_trim (as after generation)."""
+
+
+def test_heap_slack_returned_by_a_cleanup_is_reported(k: Kernel) -> None:
+    """cleanup() trimmed the heap before its "before" snapshot: RSS dropped by tens of MiB
+    while the report said "nothing to free"."""
+    ok(k, "qwen3_jupyter.cleanup()  # settle")
+    ok(k, "import psutil\nrss = lambda: psutil.Process().memory_info().rss")
+    ok(k, HEAP_SLACK + "start = rss()")
+    ok(k, "r = qwen3_jupyter.cleanup()\nmeasured = start - rss()")
+    measured = k.value("measured")
+    assert measured >= 30 * MiB, f"control: no heap slack to return ({measured} B)"
+    heap = k.value('[a.freed_bytes for a in r.actions if a.name == "host heap"][0]')
+    assert abs(heap - measured) <= RSS_TOLERANCE, (heap, measured)
+    assert abs(k.value("r.freed_bytes") - measured) <= RSS_TOLERANCE
+    summary = k.value("r.summary()")
+    assert summary.startswith("cleanup freed") and "host heap returned" in summary, summary
+    ok(k, "del pin")
+
+
+def test_verbose_charges_a_tensors_autograd_graph_to_its_name(k: Kernel) -> None:
+    """`loss = (w * 2).exp().sum(); del w`: the graph keeps w and exp's result (saved tensors
+    have no Python object), and the report said `loss: Tensor[] 4 B`."""
+    ok(
+        k,
+        "w = torch.ones(4 * MiB, requires_grad=True)\n"
+        'refs["leaf"] = weakref.ref(w)\n'
+        "loss = (w * 2).exp().sum()\n"
+        "del w",
+    )
+    try:
+        ok(k, "r = qwen3_jupyter.cleanup(verbose=True)")
+        details = k.value("r.details()")
+        hint = "(del loss or loss = loss.detach())"
+        line = f"loss: Tensor[] float32 + autograd graph 32.0 MiB cpu {hint}"
+        assert line in details, details
+        assert alive(k, "leaf"), "named, not freed"
+        ok(k, "loss = loss.detach()")
+        assert not alive(k, "leaf"), "the hint frees it"
+    finally:
+        ok(k, "del loss")
