@@ -206,6 +206,11 @@ class CleanupReport:
         """One line per remaining holder, biggest first (empty unless verbose)."""
         return [str(h) for h in self.holders]
 
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """`cleanup()` as a cell's last line shows what `%qwen3_clean` prints, not a wall of
+        nested fields (the fields stay there to read: `report.devices`, `to_dict()`)."""
+        printer.text("\n".join([self.summary(), *(f"  {line}" for line in self.details())]))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form (for the sidebar's "Free memory" button and the gauge)."""
         return {

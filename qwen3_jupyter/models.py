@@ -146,9 +146,11 @@ def _from_hf_cache(repo_id: str) -> str:
             f"cache ({HF_HUB_CACHE}). Use --model /path/to/weights, set {MODEL_ENV}, "
             "or try the embedded model with --model tiny (or random:Qwen3-1.7B)"
         )
-        if not allow_download:
-            hint += f"; set {DOWNLOAD_ENV}=1 to allow downloading"
-        raise ModelError(hint) from exc
+        if allow_download:  # the download's own error (network, access) is the reason
+            raise ModelError(hint) from exc
+        # offline, the hub's lookup failing is all there is to say: its 60-line chain buried
+        # the one line under it in an API call's traceback
+        raise ModelError(hint + f"; set {DOWNLOAD_ENV}=1 to allow downloading") from None
 
 
 class ModelHolder:

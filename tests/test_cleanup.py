@@ -319,6 +319,22 @@ def test_a_string_given_to_drop_is_one_name(k: Kernel) -> None:
     ok(k, "del b")
 
 
+def test_cleanup_as_a_cells_last_line_shows_the_report_and_bad_switches_are_refused(
+    k: Kernel,
+) -> None:
+    """The README's first API call showed `CleanupReport(devices=(DeviceChange(...` as text;
+    `verbose="no"` (truthy) ran a verbose cleanup."""
+    shown = ok(k, "qwen3_jupyter.cleanup(verbose=True)").result() or ""
+    assert shown.startswith("cleanup") and "CleanupReport(" not in shown, shown
+    assert k.value("qwen3_jupyter.cleanup().summary().startswith('cleanup')")
+    for call, said in [
+        ('qwen3_jupyter.cleanup(verbose="no")', "verbose='no' (str): must be True or False"),
+        ("qwen3_jupyter.cleanup(full=1)", "full=1 (int): must be True or False"),
+    ]:
+        bad = k.run(call)
+        assert (bad.reply["ename"], bad.reply["evalue"]) == ("TypeError", said)
+
+
 # ----------------------------------------------------------------------------- in-process units
 
 

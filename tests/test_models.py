@@ -51,6 +51,7 @@ def test_missing_hub_model_is_one_clear_line(
         models.resolve_path("Qwen/Qwen3-1.7B")
     message = str(info.value)
     assert "\n" not in message
+    assert info.value.__suppress_context__, "no chain of the hub's lookup under the one line"
     for part in (
         "Hugging Face cache",
         "--model /path/to/weights",
