@@ -6,18 +6,30 @@ The proxy forwards to the real server and changes one thing per route prefix:
 - `/pass/v1/...`      nothing but vLLM's `data: [DONE]` at the end of a stream;
 - `/auth/v1/...`      401 unless `Authorization: Bearer <proxy key>`; the 401 body echoes the
                       key it got, as OpenAI's own API does ("Incorrect API key provided: ...");
-- `/error/v1/...`     after 3 events the server reports an error event (a 500 mid-stream);
+- `/error/v1/...`     after 3 events the server reports an error event as vLLM does (a 500:
+                      `{"error": {..., "type": "InternalServerError", "code": 500}}`, then
+                      `data: [DONE]`);
 - `/malformed/v1/...` an event that is not JSON;
+- `/garbled/v1/...`   after 3 good events, one that is not JSON (a server failing mid-answer);
 - `/inline/v1/...`    reasoning moved into the content between <think> tags (a server without a
-                      reasoning parser);
+                      reasoning parser, serving a model that writes its own `<think>`);
+- `/prefilled/v1/...` reasoning moved into the content with only the closing `</think>`: a
+                      server without a reasoning parser whose chat template opened the block in
+                      the prompt (Qwen3-*-Thinking-2507, Qwen3.5), so no `<think>` is streamed;
+                      the model is listed (and asked for) as `<served>-Thinking-2507`;
+- `/untagged/v1/...`  the same stream under the served model's own name (a name that does not
+                      say whether its template thinks);
 - `/stall/v1/...`     headers, then silence (no first token);
-- `/limited/v1/...`   vLLM started with `--max-model-len 256`: GET /v1/models lists
-                      `max_model_len`, and a chat request whose prompt (counted with the served
-                      model's own tokenizer and chat template) plus `max_tokens` exceeds it gets
-                      vLLM's 400 and its wording — or, with `clamp_to_context` set, its
-                      `max_tokens` lowered to what the context has room for (vLLM 0.32 and
-                      later: no refusal, a shorter answer);
-- `/sglang/v1/...`    SGLang's model listing (`owned_by: "sglang"`); it answers any model name;
+- `/limited/v1/...`   vLLM 0.33 started with `--max-model-len 256`: GET /v1/models lists
+                      `max_model_len` (`owned_by: "vllm"`); a chat request's `max_tokens` is
+                      lowered to the room its prompt (counted with the served model's own
+                      tokenizer and chat template) leaves, a prompt that fills the context is
+                      refused ("max_tokens must be at least 1, got 0") and a longer one too, in
+                      vLLM's words (renderers/params.py);
+- `/sglang/v1/...`    SGLang with a 256-token context: its model listing (`owned_by: "sglang"`,
+                      `max_model_len`); it answers any model name, and refuses a prompt that
+                      fills the context, or prompt + `max_tokens` beyond it, in SGLang's words
+                      (tokenizer_manager.py);
 - `/r1parser/v1/...`  vLLM's deepseek_r1 reasoning parser on Qwen3: everything arrives in the
                       `reasoning` field, the answer of a thinking-off request too;
 - `.../metrics`       a vLLM-style Prometheus text;
@@ -25,7 +37,9 @@ The proxy forwards to the real server and changes one thing per route prefix:
 Only chat requests (POST) misbehave; GET /v1/models is forwarded, after the key check on
 `/auth/`. On every route, a request whose prompt contains CUT loses its connection after 3
 events, and the first `busy_left` requests get 503 with Retry-After: 0 (with `busy_in_stream`,
-SGLang's way: a 200 stream whose one event is an error with code 503). `stop()` closes the
+SGLang's way: a 200 stream whose one event is an error with code 503), and with `max_tokens_cap`
+set every chat request's `max_tokens` is lowered to it (vLLM capping it by the model's
+generation config, `max_new_tokens` there). `stop()` closes the
 port (a server that went away). Client ports and disconnects are recorded.
 """
 
@@ -57,7 +71,23 @@ vllm:num_requests_waiting{engine="0",model_name="Qwen/Qwen3-1.7B"} 1.0
 vllm:kv_cache_usage_perc{engine="0",model_name="Qwen/Qwen3-1.7B"} 0.42
 """
 
-ROUTES = ("pass", "auth", "error", "malformed", "inline", "stall", "limited", "r1parser", "sglang")
+THINKING_SUFFIX = "-Thinking-2507"
+"""How `/prefilled/` names the served model: a name that says its template opens `<think>`."""
+
+ROUTES = (
+    "pass",
+    "auth",
+    "error",
+    "malformed",
+    "garbled",
+    "inline",
+    "prefilled",
+    "untagged",
+    "stall",
+    "limited",
+    "r1parser",
+    "sglang",
+)
 QUEUE_FULL = {  # SGLang's serving_chat: a scheduler abort with a status code, as an error event
     "error": {
         "object": "error",
@@ -65,6 +95,14 @@ QUEUE_FULL = {  # SGLang's serving_chat: a scheduler abort with a status code, a
         "type": "SERVICE_UNAVAILABLE",
         "param": None,
         "code": 503,
+    }
+}
+ENGINE_ERROR = {  # vLLM's create_error_response for an internal error during generation
+    "error": {
+        "message": "CUDA error: an illegal memory access",
+        "type": "InternalServerError",
+        "param": None,
+        "code": 500,
     }
 }
 SERVED_CONTEXT = 256
@@ -85,7 +123,7 @@ class ChaosProxy:
         self.log = log
         self.busy_left = 0
         self.busy_in_stream = False
-        self.clamp_to_context = False
+        self.max_tokens_cap: int | None = None
         self.busy_bodies: list[bytes] = []
         self.requests: list[str] = []
         self.client_ports: list[int] = []
@@ -213,16 +251,26 @@ class _Handler(BaseHTTPRequestHandler):
         if route == "sglang":  # any model name is answered by the one model served
             request = json.loads(body)
             request["model"] = self.proxy.served_model()
+            refusal = _sglang_refusal(self.proxy, request)
+            if refusal is not None:
+                error = {"object": "error", "message": refusal, "type": "BadRequest", "code": 400}
+                self._send(400, json.dumps(error).encode(), "application/json")
+                return
+            body = json.dumps(request).encode()
+        if route == "prefilled":  # the Thinking name it lists is the served model
+            request = json.loads(body)
+            request["model"] = str(request.get("model", "")).removesuffix(THINKING_SUFFIX)
             body = json.dumps(request).encode()
         if route == "limited":
             request = json.loads(body)
-            refusal = _length_refusal(self.proxy, request)
-            if refusal is not None and self.proxy.clamp_to_context:
-                body = _clamped(self.proxy, request)
-            elif refusal is not None:
+            refusal = _vllm_refusal(self.proxy, request)
+            if refusal is not None:
                 error = {"error": {"message": refusal, "type": "BadRequestError", "code": 400}}
                 self._send(400, json.dumps(error).encode(), "application/json")
                 return
+            body = _clamped(self.proxy, request)
+        if self.proxy.max_tokens_cap is not None:
+            body = _capped(json.loads(body), self.proxy.max_tokens_cap)
         if self.proxy.take_busy(body):
             if self.proxy.busy_in_stream:
                 self._start_stream()
@@ -267,10 +315,13 @@ class _Handler(BaseHTTPRequestHandler):
             ):
                 listing = json.loads(payload)
                 for entry in listing.get("data", []):
-                    if route == "limited":
-                        entry["max_model_len"] = SERVED_CONTEXT
-                    else:
-                        entry["owned_by"] = "sglang"
+                    entry["max_model_len"] = SERVED_CONTEXT
+                    entry["owned_by"] = "vllm" if route == "limited" else "sglang"
+                payload = json.dumps(listing).encode()
+            if route == "prefilled" and path.endswith("/models") and response.status == 200:
+                listing = json.loads(payload)
+                for entry in listing.get("data", []):
+                    entry["id"] += THINKING_SUFFIX
                 payload = json.dumps(listing).encode()
             self._send(response.status, payload, kind)
             upstream.close()
@@ -294,12 +345,16 @@ class _Handler(BaseHTTPRequestHandler):
                     self.close_connection = True
                     return  # no terminating chunk: the client sees the connection drop
                 if route == "error" and events > 3:
-                    error = {"error": {"message": "CUDA error: an illegal memory access"}}
-                    self._chunk(b"data: " + json.dumps(error).encode() + b"\n\n")
+                    self._chunk(b"data: " + json.dumps(ENGINE_ERROR).encode() + b"\n\n")
+                    self._chunk(b"data: [DONE]\n\n")
                     self._chunk(b"")
                     return
-                if route == "inline":
-                    line, thinking = _inline(line, thinking)
+                if route == "garbled" and events > 3:
+                    self._chunk(b'data: {"id": "x", "choices": [{"delta": {"content": "hi"}\n\n')
+                    self._chunk(b"")
+                    return
+                if route in ("inline", "prefilled", "untagged"):
+                    line, thinking = _inline(line, thinking, opening=route == "inline")
                 if route == "r1parser":
                     line = _all_reasoning(line)
                 self._chunk(line)
@@ -330,30 +385,56 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
-def _length_refusal(proxy: ChaosProxy, request: dict[str, Any]) -> str | None:
-    """vLLM's refusal of a request longer than its context (its wording), or None."""
+def _vllm_refusal(proxy: ChaosProxy, request: dict[str, Any]) -> str | None:
+    """vLLM 0.33's refusal of a prompt its context cannot take (its wording), or None: a prompt
+    longer than the context, or one that fills it (no room left for max_tokens)."""
+    prompt = proxy.prompt_tokens(request)
+    if prompt > SERVED_CONTEXT:
+        return (
+            f"This model's maximum context length is {SERVED_CONTEXT} tokens. However, your "
+            f"prompt contains {prompt} input tokens, which exceeds this limit even without any "
+            "output tokens. Please reduce the length of the input prompt."
+        )
+    if prompt == SERVED_CONTEXT:
+        return "max_tokens must be at least 1, got 0."
+    return None
+
+
+def _sglang_refusal(proxy: ChaosProxy, request: dict[str, Any]) -> str | None:
+    """SGLang's refusal of a request longer than its context (its wording), or None."""
     prompt = proxy.prompt_tokens(request)
     asked = int(request.get("max_completion_tokens") or request.get("max_tokens") or 0)
-    head = f"This model's maximum context length is {SERVED_CONTEXT} tokens"
     if prompt >= SERVED_CONTEXT:
         return (
-            f"{head}. However, your request has {prompt} input tokens. Please reduce the length "
-            "of the input messages."
+            f"The input ({prompt} tokens) is longer than the model's context length "
+            f"({SERVED_CONTEXT} tokens)."
         )
     if prompt + asked > SERVED_CONTEXT:
         return (
-            f"'max_tokens' or 'max_completion_tokens' is too large: {asked}. {head} and your "
-            f"request has {prompt} input tokens ({asked} > {SERVED_CONTEXT} - {prompt})."
+            "Requested token count exceeds the model's maximum context length of "
+            f"{SERVED_CONTEXT} tokens. You requested a total of {prompt + asked} tokens: "
+            f"{prompt} tokens from the input messages and {asked} tokens for the completion. "
+            "Please reduce the number of tokens in the input messages or the completion to fit "
+            "within the limit."
         )
     return None
 
 
 def _clamped(proxy: ChaosProxy, request: dict[str, Any]) -> bytes:
-    """The request with `max_tokens` lowered to the room the context leaves (vLLM 0.32+)."""
+    """The request with `max_tokens` lowered to the room the context leaves (vLLM 0.32+:
+    serve/utils/api_utils.py get_max_tokens)."""
     room = SERVED_CONTEXT - proxy.prompt_tokens(request)
     for name in ("max_tokens", "max_completion_tokens"):
         if name in request:
             request[name] = min(int(request[name]), room)
+    return json.dumps(request).encode()
+
+
+def _capped(request: dict[str, Any], cap: int) -> bytes:
+    """The request with `max_tokens` lowered to `cap` (vLLM's generation-config limit)."""
+    for name in ("max_tokens", "max_completion_tokens"):
+        if name in request:
+            request[name] = min(int(request[name]), cap)
     return json.dumps(request).encode()
 
 
@@ -371,8 +452,9 @@ def _all_reasoning(line: bytes) -> bytes:
     return b"data: " + json.dumps(event).encode() + b"\n\n"
 
 
-def _inline(line: bytes, thinking: bool) -> tuple[bytes, bool]:
-    """One SSE line with `reasoning_content` moved into `content` between <think> tags."""
+def _inline(line: bytes, thinking: bool, opening: bool = True) -> tuple[bytes, bool]:
+    """One SSE line with `reasoning_content` moved into `content` between <think> tags; without
+    `opening` only `</think>` is written (the template opened the block in the prompt)."""
     payload = line[len(b"data: ") :].strip()
     if payload.startswith(b"[DONE]"):
         return line, thinking
@@ -383,7 +465,7 @@ def _inline(line: bytes, thinking: bool) -> tuple[bytes, bool]:
         content = delta.get("content")
         text = ""
         if reasoning:
-            text += ("" if thinking else "<think>") + reasoning
+            text += ("" if thinking or not opening else "<think>") + reasoning
             thinking = True
         if content:
             text += ("</think>" if thinking else "") + content

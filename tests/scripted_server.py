@@ -11,6 +11,15 @@ Routes (`url(route)` gives `http://127.0.0.1:PORT/<route>/v1`):
 - `finishthendrop` a whole answer with its finish reason, then the connection drops;
 - `lateusage`      a whole answer with its finish reason, then the usage and `[DONE]` after
                    `wait` seconds;
+- `strict`         refuses a request with a field beyond OpenAI's own (top_k, ignore_eos,
+                   chat_template_kwargs) with a 422 in `transformers serve`'s words ("Unexpected
+                   fields in the request: {...}"), else answers as `ok` does;
+- `retryable`      while `errors_left` > 0 (each request takes one), two tokens then vLLM's
+                   retryable engine error as an event (`{"error": {..., "code": 503}}`) and
+                   `[DONE]`; then answers as `ok` does;
+- `cache`          a `transformers serve` started without a model: GET /models lists every
+                   model of `cache` (id, "loaded"/"unloaded") with its `status`, and a chat
+                   request for any model is answered (the server loads it);
 - `hung`           for any request (GET /models too): accepts, reads, never answers.
 GET `.../models` lists `model` (except on `hung`). Every request's method and path (with its
 query) is recorded in `requests`, its key in `keys`; a client that went away is recorded in
@@ -43,6 +52,11 @@ USAGE = (
 ANSWER = [_event({"role": "assistant", "content": ""}), _event({"content": "Hello"})]
 FINISH = _event({"content": " world"}, "stop")
 DONE = b"data: [DONE]\n\n"
+RETRYABLE = (  # vLLM's RetryableRequestError inside a stream (create_error_response)
+    b'data: {"error": {"message": "Request failed; please retry", "type": '
+    b'"ServiceUnavailableError", "param": null, "code": 503}}\n\n'
+)
+LOCK = threading.Lock()
 
 
 class ScriptedServer:
@@ -51,6 +65,8 @@ class ScriptedServer:
     def __init__(self, model: str = "m1", wait: float = WAIT_S) -> None:
         self.model = model
         self.wait = wait
+        self.errors_left = 0
+        self.cache: list[tuple[str, str]] = []
         self.requests: list[tuple[str, str]] = []
         self.keys: list[str] = []
         """The bearer token of every request."""
@@ -91,6 +107,13 @@ class _Handler(BaseHTTPRequestHandler):
         route = self.path.strip("/").split("/")[0]
         if route == "hung":
             self._hang()
+        elif route == "cache" and self.path.split("?")[0].endswith("/models"):
+            data = [
+                {"owned_by": m.split("/")[0], "id": m, "object": "model", "created": 0}
+                | {"status": {"value": status}}
+                for m, status in state.cache
+            ]
+            self._send(200, json.dumps({"object": "list", "data": data}).encode())
         elif self.path.split("?")[0].endswith("/models"):
             entry = {"id": state.model, "object": "model", "created": 0, "owned_by": "vllm"}
             self._send(200, json.dumps({"object": "list", "data": [entry]}).encode())
@@ -116,6 +139,32 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, json.dumps(error).encode())
             return
         self._stream([*ANSWER, FINISH, USAGE, DONE])
+
+    def _strict(self, body: dict[str, Any]) -> None:
+        from openai.types.chat.completion_create_params import (
+            CompletionCreateParamsStreaming as Params,
+        )
+
+        unexpected = set(body) - Params.__required_keys__ - Params.__optional_keys__
+        if unexpected:
+            detail = f"Unexpected fields in the request: {unexpected}"
+            self._send(422, json.dumps({"detail": detail}).encode())
+            return
+        self._ok(body)
+
+    def _cache(self, body: dict[str, Any]) -> None:
+        self.server_state.requests.append(("MODEL", body["model"]))
+        self._stream([*ANSWER, FINISH, USAGE, DONE])
+
+    def _retryable(self, body: dict[str, Any]) -> None:
+        state = self.server_state
+        with LOCK:
+            failing = state.errors_left > 0
+            state.errors_left -= failing
+        if not failing:
+            self._ok(body)
+            return
+        self._stream([*ANSWER, _event({"content": " wor"}), RETRYABLE, DONE])
 
     def _keepalive(self, body: dict[str, Any]) -> None:
         self._start()

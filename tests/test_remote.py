@@ -169,6 +169,64 @@ def test_thinking_on_and_off_from_the_reasoning_field_and_inline_tags(
     assert rk.value("(_qwen3.thinking, bool(_qwen3.answer))") == ("", True)
 
 
+def test_thinking_a_prefilled_template_opened_is_thinking_not_the_answer(
+    rk: LoggedKernel, proxy: ChaosProxy
+) -> None:
+    """Without a reasoning parser, a template that opens `<think>` in the prompt (Thinking-2507,
+    Qwen3.5) streams `thought</think>answer` with no opening tag: a thought cut off by the
+    token budget came back as the finished answer, and streamed as the answer all along."""
+    url = proxy.url("prefilled")
+    fields = "(_qwen3.think, bool(_qwen3.thinking), _qwen3.answer, _qwen3.thinking_finished)"
+    ex = ok(rk, f"%qwen3 --server {url} --think --max-new-tokens 12 Hi")
+    assert rk.value(fields) == (True, True, "", False)
+    assert "thinking not finished" in ex.stdout
+    updates = answer_updates(ex)
+    assert updates and all(u.startswith("<details") for u in updates), updates
+    advice = (
+        f"[qwen3] {url} sends the model's thinking inside the answer (no reasoning parser): "
+        "start the server with --reasoning-parser qwen3 (vLLM, SGLang) to separate them"
+    )
+    assert advice in ex.stdout, ex.stdout
+    again = ok(rk, f"%qwen3 --server {url} --think --max-new-tokens 12 Hi")
+    assert "reasoning-parser" not in again.stdout, "said once per server"
+    ok(rk, f"%qwen3 --server {url} --no-think --max-new-tokens 12 Hi")
+    assert rk.value("(_qwen3.thinking, bool(_qwen3.answer))") == ("", True)
+
+
+def test_untagged_text_from_a_model_whose_name_does_not_say_stays_the_answer_with_a_notice(
+    rk: LoggedKernel, proxy: ChaosProxy
+) -> None:
+    """The same stream under a name that does not say the template thinks (an Instruct model
+    answers exactly so, with thinking on by default): the text stays the answer, streamed as
+    the answer, and one notice says what it may be and how to be sure."""
+    url = proxy.url("untagged")
+    fields = "(bool(_qwen3.thinking), bool(_qwen3.answer), _qwen3.thinking_finished)"
+    ex = ok(rk, f"%qwen3 --server {url} --think --max-new-tokens 12 Hi")
+    assert rk.value(fields) == (False, True, True)
+    updates = answer_updates(ex)
+    assert updates and not any(u.startswith("<details") for u in updates), updates
+    notice = (
+        f"[qwen3] {url}: the answer reached --max-new-tokens without thinking tags; if this "
+        "model's template opens <think> itself, this text is its thinking (a reasoning parser "
+        "on the server, --reasoning-parser qwen3, separates them)"
+    )
+    assert notice in ex.stdout, ex.stdout
+    again = ok(rk, f"%qwen3 --server {url} --think --max-new-tokens 12 Hi")
+    assert "reasoning-parser" not in again.stdout, "said once per server"
+
+
+def test_ignore_eos_refused_by_transformers_serve_is_said_once(
+    rk: LoggedKernel, proxy: ChaosProxy
+) -> None:
+    """`transformers serve` answers 422 to `ignore_eos`: it was dropped in silence."""
+    url = proxy.url("pass")
+    line = f"%qwen3 --server {url} --ignore-eos --no-think --max-new-tokens 4 Hi"
+    ex = ok(rk, line)
+    assert f"[qwen3] {url} refuses `ignore_eos`: --ignore-eos has no effect there" in ex.stdout
+    assert rk.value("bool(_qwen3.answer)")
+    assert "refuses" not in ok(rk, line).stdout, "said once per server"
+
+
 def test_one_client_per_server_reused_and_its_connection_kept(
     rk: LoggedKernel, proxy: ChaosProxy
 ) -> None:
@@ -421,15 +479,63 @@ def test_wrong_model_name_lists_what_is_served(
 def test_a_request_longer_than_the_served_context_names_the_option_to_change(
     rk: LoggedKernel, proxy: ChaosProxy, openai_server: OpenAIServer, work: Path
 ) -> None:
-    """Behind /limited/ the server lists a 256-token context and refuses longer requests in
-    vLLM's words. An answer budget no prompt fits is refused before anything is sent (a batch
-    once, not once per prompt); the server's own refusals come back as one line naming the
-    prompt's size, as the server counted it, and the option to change."""
+    """Behind /limited/, vLLM 0.33 with a 256-token context: it shortens max_tokens to the room
+    the prompt leaves, so an answer budget at or past the context is sent (the answer stops
+    at the context), and refuses only a prompt that fills the context or exceeds it. Its
+    refusals come back as one line naming the prompt's size, as the server counted it, and
+    what to change."""
     url, model = proxy.url("limited"), openai_server.model
     context = f"the 256-token context {model} is served with at {url}"
 
+    ok(rk, f"%qwen3 --server {url} --no-think --max-new-tokens 256 Hi")
+    stop, prompt, tokens = rk.value(
+        "(_qwen3.stop_reason, _qwen3.prompt_tokens, _qwen3.completion_tokens)"
+    )
+    assert (stop, prompt + tokens) == ("context", 256), (stop, prompt, tokens)
+
+    long = "word " * 300
+    message = failed(rk, f"%qwen3 --server {url} --max-new-tokens 4 {long}")
+    alone = rf"prompt \((\d+) tokens\) exceeds {re.escape(context)}: shorten it"
+    assert re.fullmatch(alone, message), message
+
+    def tokens_of(text: str) -> int:
+        return proxy.prompt_tokens({"messages": [{"role": "user", "content": text}]})
+
+    words = next(n for n in range(200, 300) if tokens_of(" ".join(["word"] * n)) >= 256)
+    filling = " ".join(["word"] * words)
+    assert tokens_of(filling) == 256, "a prompt of exactly the context"
+    message = failed(rk, f"%qwen3 --server {url} --max-new-tokens 4 {filling}")
+    assert message == (
+        f"the prompt fills the whole 256-token context {model} is served with at {url}, "
+        "leaving no room for an answer: shorten it"
+    )
+
+    question = "word " * 130
+    ok(rk, f"%qwen3 --server {url} --chat --no-think --max-new-tokens 4 {question}")
+    message = failed(rk, f"%qwen3 --server {url} --chat --no-think --max-new-tokens 4 {question}")
+    assert "shorten it (--reset clears a --chat conversation)" in message, message
+    ok(rk, "%qwen3 --reset")
+
+    code = (
+        f"r = qwen3_jupyter.generate_batch(['Hi', {long!r}, 'Yo'], server={url!r}, "
+        "max_new_tokens=4, think=False, progress=False)\n"
+        "print([x.error for x in r])"
+    )
+    errors = ok(rk, code).stdout
+    assert errors.count("None") == 2 and f"exceeds {context}: shorten it" in errors, errors
+
+
+def test_sglang_refuses_a_request_longer_than_its_context_in_this_magics_words(
+    rk: LoggedKernel, proxy: ChaosProxy, openai_server: OpenAIServer, work: Path
+) -> None:
+    """SGLang refuses prompt + max_tokens beyond its context: an answer budget no prompt fits
+    is refused before anything is sent (a batch once, not once per prompt); the server's own
+    refusals name the prompt's size and the option to change."""
+    url, model = proxy.url("sglang"), openai_server.model
+    context = f"the 256-token context {model} is served with at {url}"
+
     def posts() -> int:
-        return sum(line.startswith("POST /limited/") for line in proxy.requests)
+        return sum(line.startswith("POST /sglang/") for line in proxy.requests)
 
     sent = posts()
     assert failed(rk, f"%qwen3 --server {url} --max-new-tokens 99999999 Hi") == (
@@ -450,24 +556,9 @@ def test_a_request_longer_than_the_served_context_names_the_option_to_change(
         f"prompt ({hi} tokens) + --max-new-tokens 250 exceeds {context}: shorten it or lower "
         "--max-new-tokens"
     )
-    long = "word " * 300
-    message = failed(rk, f"%qwen3 --server {url} --max-new-tokens 4 {long}")
+    message = failed(rk, f"%qwen3 --server {url} --max-new-tokens 4 {'word ' * 300}")
     alone = rf"prompt \((\d+) tokens\) exceeds {re.escape(context)}: shorten it"
     assert re.fullmatch(alone, message), message
-
-    question = "word " * 130
-    ok(rk, f"%qwen3 --server {url} --chat --no-think --max-new-tokens 4 {question}")
-    message = failed(rk, f"%qwen3 --server {url} --chat --no-think --max-new-tokens 4 {question}")
-    assert "shorten it (--reset clears a --chat conversation)" in message, message
-    ok(rk, "%qwen3 --reset")
-
-    code = (
-        f"r = qwen3_jupyter.generate_batch(['Hi', {long!r}, 'Yo'], server={url!r}, "
-        "max_new_tokens=4, think=False, progress=False)\n"
-        "print([x.error for x in r])"
-    )
-    errors = ok(rk, code).stdout
-    assert errors.count("None") == 2 and f"exceeds {context}: shorten it" in errors, errors
 
 
 def test_sglang_answers_any_model_name_and_ignores_a_seed_which_is_said_once(
@@ -524,8 +615,15 @@ def test_stream_cut_midway_error_event_and_malformed_events(
     error = failed(rk, f"%qwen3 --server {proxy.url('error')} --max-new-tokens 30 Hi")
     assert error.startswith(f"the server at {proxy.url('error')} failed mid-answer after ")
     assert "(CUDA error: an illegal memory access)" in error
+    assert "(HTTP 500" not in error and "check the server's log" in error
     malformed = failed(rk, f"%qwen3 --server {proxy.url('malformed')} Hi")
     assert malformed.startswith(f"malformed stream from {proxy.url('malformed')}")
+    garbled = failed(rk, f"%qwen3 --server {proxy.url('garbled')} --max-new-tokens 30 Hi")
+    assert re.fullmatch(
+        rf"the server at {re.escape(proxy.url('garbled'))} failed mid-answer after \d+ tokens "
+        r"\(an unreadable event\): check the server's log and run the cell again",
+        garbled,
+    ), garbled
 
 
 def test_first_token_and_total_timeouts(
@@ -581,17 +679,31 @@ def test_an_answer_a_server_shortened_to_its_context_says_so(
 ) -> None:
     """vLLM 0.32 and later lower max_tokens to the room the context leaves instead of refusing:
     the answer stops early with finish "length", which must not read as --max-new-tokens."""
-    proxy.clamp_to_context = True
-    try:
-        line = "--no-think --ignore-eos --max-new-tokens 250 Hi"
-        ex = ok(rk, f"%qwen3 --server {proxy.url('limited')} {line}")
-    finally:
-        proxy.clamp_to_context = False
+    line = "--no-think --ignore-eos --max-new-tokens 250 Hi"
+    ex = ok(rk, f"%qwen3 --server {proxy.url('limited')} {line}")
     stop, prompt, tokens = rk.value(
         "(_qwen3.stop_reason, _qwen3.prompt_tokens, _qwen3.completion_tokens)"
     )
     assert stop == "context" and tokens < 250 and prompt + tokens == 256, (stop, prompt, tokens)
     assert "stopped at the served context length before --max-new-tokens" in ex.stdout
+
+
+def test_an_answer_a_server_capped_below_max_new_tokens_is_not_called_the_context(
+    rk: LoggedKernel, proxy: ChaosProxy
+) -> None:
+    """vLLM also lowers max_tokens to the generation config's limit: an early "length" with
+    room left in the context was called the context ("shorten the prompt")."""
+    proxy.max_tokens_cap = 6
+    try:
+        ex = ok(rk, f"%qwen3 --server {proxy.url('limited')} --no-think --max-new-tokens 20 Hi")
+    finally:
+        proxy.max_tokens_cap = None
+    stop, prompt, tokens = rk.value(
+        "(_qwen3.stop_reason, _qwen3.prompt_tokens, _qwen3.completion_tokens)"
+    )
+    assert (stop, tokens) == ("capped", 6) and prompt + tokens < 256, (stop, prompt, tokens)
+    assert "the server capped the answer below --max-new-tokens" in ex.stdout
+    assert "shorten the prompt" not in ex.stdout
 
 
 # -- the gauge, unload ------------------------------------------------------------------------

@@ -27,8 +27,10 @@ from qwen3_jupyter.engines.remote_errors import CallContext, retry_after, server
 from qwen3_jupyter.engines.remote_limits import (
     ContextRefusal,
     answer_cannot_fit,
+    context_full,
     context_refusal,
     declared_context,
+    fills_context,
     too_long,
 )
 from qwen3_jupyter.engines.remote_stream import (
@@ -36,6 +38,7 @@ from qwen3_jupyter.engines.remote_stream import (
     Timeouts,
     refused_fields,
     request_arguments,
+    template_opens_think,
 )
 from qwen3_jupyter.engines.server_metrics import MetricsReader, ServerLoad, parse_metrics
 from qwen3_jupyter.engines.urls import (
@@ -110,11 +113,25 @@ def test_thinking_split_from_a_reasoning_field_or_inline_tags() -> None:
     prefilled.add(_delta(content="Let me think.</think>Blue."))
     assert prefilled.split() == ("Let me think.", "Blue.", True)
 
-    plain = StreamText()
+    # no tags from a model whose template opens <think> (its name says Thinking): its thought
+    thinker = StreamText(template_thinks=template_opens_think("Qwen/Qwen3-4B-Thinking-2507"))
+    thinker.add(_delta(content="Blue."))
+    assert thinker.display_text(True) == "<think>Blue.", "streaming: not a finished answer yet"
+    assert thinker.display_text(False) == "Blue."
+    thinker.finish = "stop"  # the model's own stop: an answer
+    assert thinker.split() == ("", "Blue.", True)
+    assert thinker.display_text(True) == "<think></think>Blue."
+    thinker.finish = "length"  # the budget ran out before </think>: an unfinished thought
+    assert thinker.split() == ("Blue.", "", False) and thinker.thought_cut_off(True)
+    assert thinker.split(think=False) == ("", "Blue.", True)
+
+    # ... from any other model (an Instruct one answers so, thinking on by default): the answer
+    plain = StreamText(template_thinks=template_opens_think("Qwen/Qwen3-4B-Instruct-2507"))
     plain.add(_delta(content="Blue."))
-    assert plain.split() == ("", "Blue.", True)
     assert plain.display_text(True) == "<think></think>Blue."
-    assert plain.display_text(False) == "Blue."
+    plain.finish = "length"
+    assert plain.split() == ("", "Blue.", True) and not plain.thought_cut_off(True)
+    assert plain.untagged(True), "untagged all the same (the notice for unclear names)"
 
     empty_think = StreamText()  # a server's parser reporting the template's empty block
     empty_think.add(_delta(reasoning_content="\n\n"))
@@ -185,6 +202,7 @@ def test_an_error_event_carrying_an_http_code_is_that_refusal_before_any_token()
     assert "(HTTP 503: The request queue is full.)" in busy.message
     later = classify(full, CallContext("http://h:30000/v1", "m", tokens=12))
     assert later.kind == "server_error" and "mid-answer after 12 tokens" in later.message
+    assert later.retryable, "a batch item, which starts over, may ask again"
     too_long = event(
         "Input length (300 tokens) exceeds the maximum allowed length (256 tokens). Use a "
         "shorter input or enable --allow-auto-truncate.",
@@ -206,7 +224,12 @@ def test_why_a_served_answer_stopped() -> None:
 
     assert stop_reason(Streamed(finish_reason="stop"), 100) == "eos"
     assert stop_reason(Streamed(finish_reason="length", completion_tokens=100), 100) == "length"
-    assert stop_reason(Streamed(finish_reason="length", completion_tokens=60), 100) == "context"
+    full = Streamed(finish_reason="length", prompt_tokens=196, completion_tokens=60)
+    assert stop_reason(full, 100, 256) == "context"
+    # vLLM also caps max_tokens by the generation config: room was left, so not the context
+    capped = Streamed(finish_reason="length", prompt_tokens=10, completion_tokens=60)
+    assert stop_reason(capped, 100, 256) == "capped"
+    assert stop_reason(capped, 100) == "capped", "no context length listed: not the context"
     assert stop_reason(Streamed(finish_reason="length"), 100) == "length", "no count: unknown"
     assert stop_reason(Streamed(finish_reason="abort"), 100) == "abort"
     assert stop_reason(Streamed(finish_reason="length", interrupted=True), 100) == "interrupted"
@@ -246,7 +269,13 @@ def test_why_a_served_answer_stopped() -> None:
             "This model's maximum context length is 40960 tokens. However, your prompt contains "
             "500000 characters (more than 327680 characters, which is the upper bound for 40960 "
             "input tokens). Please reduce the length of the input prompt.",
-            ContextRefusal(40960, None),
+            ContextRefusal(40960, None, 500000),
+        ),
+        (  # vLLM 0.33: the prompt alone, in tokens
+            "This model's maximum context length is 256 tokens. However, your prompt contains at "
+            "least 257 input tokens, which exceeds this limit even without any output tokens. "
+            "Please reduce the length of the input prompt.",
+            ContextRefusal(256, 257),
         ),
         (  # vLLM's get_max_tokens
             "Input length (41000) exceeds model's maximum context length (40960).",
@@ -279,6 +308,17 @@ def test_length_messages_name_the_prompt_the_context_and_the_option() -> None:
     )
     assert too_long(ContextRefusal(4096, None), 9000, "m", where).startswith(
         "prompt + --max-new-tokens 9,000 exceeds"
+    )
+    # vLLM 0.33 refuses a prompt by its characters before tokenizing: the prompt alone
+    assert too_long(ContextRefusal(40960, None, 500000), 9000, "m", where) == (
+        "prompt (500,000 characters) exceeds the 40,960-token context m is served with at "
+        "http://h:8000/v1: shorten it"
+    )
+    assert fills_context("max_tokens must be at least 1, got 0.")
+    assert not fills_context("max_tokens must be at least 1, got -3.")
+    assert context_full(256, "m", where) == (
+        "the prompt fills the whole 256-token context m is served with at http://h:8000/v1, "
+        "leaving no room for an answer: shorten it"
     )
     assert answer_cannot_fit(4095, 4096, "m", where) is None
     assert answer_cannot_fit(4096, 4096, "m", where) == (
@@ -577,6 +617,95 @@ def test_a_server_restarted_with_another_model_is_followed_without_model(
     scripted.model = "m4"
     with pytest.raises(EngineError, match=r"model 'm3' is not served .* \(it serves: m4\)"):
         named.generate("hi", SHORT)  # a model the user named is not swapped behind their back
+
+
+def test_a_refused_ignore_eos_or_thinking_switch_is_said_once_and_top_k_goes_quietly(
+    scripted: ScriptedServer,
+) -> None:
+    """A server that refuses ignore_eos or chat_template_kwargs (422, `transformers serve`'s
+    wording) had them dropped and the request sent again in silence: --ignore-eos and
+    --no-think then did nothing, and nothing said so. top_k alone is dropped quietly."""
+    url = scripted.url("strict")
+    lost = (
+        f"{url} refuses `chat_template_kwargs`: --think/--no-think have no effect there",
+        f"{url} refuses `ignore_eos`: --ignore-eos has no effect there",
+    )
+    notes: list[str] = []
+    engine = RemoteEngine(url, "m1", timeouts=Timeouts(2.0, 5.0, 5.0), notify=notes.append)
+    options = GenerationOptions(max_new_tokens=8, think=False, ignore_eos=True)
+    assert engine.generate("hi", options).answer == "Hello world"
+    assert [n.split(" (")[0] for n in notes] == list(lost), notes
+    assert all("\n" not in n and "vLLM or SGLang" in n for n in notes)
+    assert engine.generate("hi", options).answer == "Hello world"
+    assert len(notes) == 2, "said once per server"
+    engine.close()
+
+    quiet: list[str] = []
+    sampled = RemoteEngine(url, "m1", timeouts=Timeouts(2.0, 5.0, 5.0), notify=quiet.append)
+    sampled.connection.refused.add("chat_template_kwargs")  # only top_k left to refuse
+    assert sampled.generate("hi", GenerationOptions(max_new_tokens=8)).answer == "Hello world"
+    assert quiet == [] and sampled.connection.refused == {"top_k", "chat_template_kwargs"}
+    sampled.close()
+
+    batch_notes: list[str] = []
+    batch = RemoteEngine(url, "m1", timeouts=Timeouts(2.0, 5.0, 5.0), notify=batch_notes.append)
+    results = batch.generate_batch(["a", "b", "c"], options, concurrency=3, progress=False)
+    assert [r.answer for r in results] == ["Hello world"] * 3
+    assert [n.split(" (")[0] for n in batch_notes] == list(lost), "each once, said by the caller"
+    batch.close()
+
+
+def test_a_retryable_error_event_after_tokens_retries_a_batch_item_not_a_single_call(
+    scripted: ScriptedServer,
+) -> None:
+    """vLLM sends a retryable engine error (code 503) as an event, possibly after tokens: a
+    batch item starts over, so it is retried; a single call that showed text is not."""
+    url = scripted.url("retryable")
+    scripted.errors_left = 2
+    results = _engine(url).generate_batch(["a"], SHORT, progress=False)
+    assert [r.answer for r in results] == ["Hello world"]
+    assert (results.report.failed, results.report.retries) == (0, 2)
+    scripted.errors_left = 1
+    with pytest.raises(EngineError, match=r"failed mid-answer after 2 tokens \(Request failed"):
+        _engine(url).generate("hi", SHORT)
+    assert scripted.errors_left == 0, "a single call that streamed text is not sent again"
+
+
+def test_a_transformers_serve_listing_its_cache_gets_a_loaded_or_qwen3_model_or_a_question(
+    scripted: ScriptedServer,
+) -> None:
+    """`transformers serve` without a model lists its whole Hugging Face cache, each entry
+    `loaded` or `unloaded`: the first listed was used, whatever it was. A loaded model is
+    preferred, then a Qwen3; else the call asks for --model. Any name is answered there."""
+    url = scripted.url("cache")
+
+    def asked(model: str | None = None) -> str:
+        engine = _engine(url, model, first_token=5, total=5)
+        try:
+            assert engine.generate("hi", SHORT).answer == "Hello world"
+        finally:
+            engine.close()
+        return [m for kind, m in scripted.requests if kind == "MODEL"][-1]
+
+    smol, big, small = "HuggingFaceTB/SmolLM2-135M", "Qwen/Qwen3-1.7B", "Qwen/Qwen3-0.6B"
+    scripted.cache = [(smol, "unloaded"), (big, "loaded"), (small, "unloaded")]
+    assert asked() == big, "the loaded model"
+    scripted.cache = [(smol, "unloaded"), (small, "unloaded")]
+    assert asked() == small, "nothing loaded: the Qwen3"
+    assert asked("meta-llama/Llama-3.2-1B") == "meta-llama/Llama-3.2-1B", "any name is loaded"
+    llama = _engine(url, "meta-llama/Llama-3.2-1B", first_token=5, total=5)
+    batch = llama.generate_batch(["a", "b"], SHORT, progress=False)  # checks the name first
+    assert [r.answer for r in batch] == ["Hello world"] * 2
+    llama.close()
+    scripted.cache = [(smol, "unloaded"), (big, "unloaded"), (small, "unloaded")]
+    with pytest.raises(EngineError) as caught:
+        asked()
+    assert str(caught.value) == (
+        f"{url} lists 3 models and does not say which to use ({big}, {small}): pass --model "
+        f"NAME, e.g. --model {big}"
+    )
+    scripted.cache = [(small, "loaded")]  # pinned (`transformers serve MODEL`): that one
+    assert asked() == small
 
 
 def test_a_query_in_the_url_is_sent_with_every_request(scripted: ScriptedServer) -> None:

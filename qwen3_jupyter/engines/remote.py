@@ -26,7 +26,13 @@ from .base import Engine, EngineError, TextCallback
 from .remote_batch import RetryCounter, interrupted_before_start, run_concurrently
 from .remote_connection import ServerConnection
 from .remote_errors import CallContext, Failure, classify
-from .remote_limits import answer_cannot_fit, context_refusal, too_long
+from .remote_limits import (
+    answer_cannot_fit,
+    context_full,
+    context_refusal,
+    fills_context,
+    too_long,
+)
 from .remote_stream import (
     ActiveStreams,
     Cancelled,
@@ -36,6 +42,7 @@ from .remote_stream import (
     refused_fields,
     request_arguments,
     stream_completion,
+    template_opens_think,
 )
 from .server_metrics import MEMORY_ELSEWHERE, ServerLoad
 
@@ -55,6 +62,13 @@ BATCH_ATTEMPTS = 4
 MAX_BACKOFF_S = 8.0
 MAX_RETRY_AFTER_S = 30.0
 MAX_TIMEOUT_S = 86_400.0
+LOST_OPTIONS = {
+    "ignore_eos": "refuses `ignore_eos`: --ignore-eos has no effect there (answers stop at the "
+    "model's end token); use vLLM or SGLang for fixed-length answers",
+    "chat_template_kwargs": "refuses `chat_template_kwargs`: --think/--no-think have no effect "
+    "there (the model thinks as its chat template decides); use vLLM or SGLang to switch it",
+}
+"""What a server's refusal of an optional request field costs the user, said once per server."""
 
 
 def timeouts_from_env(default: Timeouts | None = None) -> Timeouts:
@@ -89,12 +103,13 @@ def backoff(attempt: int, retry_after: float | None) -> float:
     return min(MAX_BACKOFF_S, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.75, 1.25)
 
 
-def stop_reason(streamed: Streamed, max_new_tokens: int) -> str | None:
+def stop_reason(streamed: Streamed, max_new_tokens: int, context: int | None = None) -> str | None:
     """Why an answer ended, in the in-kernel engines' words where they share one: "eos" for the
-    model's own stop, "context" for a "length" that came before `max_new_tokens` — vLLM 0.32 and
-    later shorten an answer to what the served context has room for instead of refusing it, so
-    only the server's own count tells the two apart — and the server's reason otherwise
-    ("length", "abort": the server gave up on it)."""
+    model's own stop, and the server's reason otherwise ("length", "abort": the server gave up
+    on it). A "length" before `max_new_tokens` is the server's own limit — only its count tells
+    the two apart: "context" when prompt and answer filled the model's `context` (vLLM 0.32 and
+    later shorten an answer to the room left instead of refusing it), else "capped" (vLLM also
+    caps max_tokens by the model's generation config)."""
     if streamed.interrupted:
         return "interrupted"
     finish = streamed.finish_reason
@@ -102,7 +117,8 @@ def stop_reason(streamed: Streamed, max_new_tokens: int) -> str | None:
         return "eos"
     counted = streamed.completion_tokens
     if finish == "length" and counted is not None and counted < max_new_tokens:
-        return "context"
+        used = counted + (streamed.prompt_tokens or 0)
+        return "context" if context is not None and used >= context else "capped"
     return finish
 
 
@@ -219,6 +235,7 @@ class RemoteEngine(Engine):
                 )
         except KeyboardInterrupt:
             streamed.interrupted = True
+        self._note_inline_thinking(model, text, options, self.notify)
         return self._result(prompt, options, model, text, streamed)
 
     def _call(
@@ -235,6 +252,7 @@ class RemoteEngine(Engine):
         """One request, sent again while that can help: without a refused optional field, or
         after a busy server's back-off (a wait `%qwen3 --stop` ends at once)."""
         retries = 0
+        text.template_thinks = template_opens_think(model)
         while True:
             SERVER_CALLS.check_stop()
             ctx = self._context(model, timeouts)
@@ -321,19 +339,27 @@ class RemoteEngine(Engine):
         retries = RetryCounter()
         unreachable = threading.Event()
 
+        notes: list[str] = []
+
         def answer(prompt: str) -> Result:
-            return self._batch_item(prompt, options, model, timeouts, active, retries, unreachable)
+            return self._batch_item(
+                prompt, options, model, timeouts, active, retries, unreachable, notes.append
+            )
 
         self._say(f"sending {len(prompts)} prompts to {self.connection.shown}, {width} at a time…")
-        return run_concurrently(
-            [str(p) for p in prompts],
-            answer,
-            concurrency=width,
-            cancel=active.cancel,
-            retries=retries,
-            out=out,
-            progress=progress,
-        )
+        try:
+            return run_concurrently(
+                [str(p) for p in prompts],
+                answer,
+                concurrency=width,
+                cancel=active.cancel,
+                retries=retries,
+                out=out,
+                progress=progress,
+            )
+        finally:
+            for note in notes:  # said by the calling thread: its notices reach its cell
+                self.notify(note)
 
     def _batch_item(
         self,
@@ -344,13 +370,15 @@ class RemoteEngine(Engine):
         active: ActiveStreams,
         retries: RetryCounter,
         unreachable: threading.Event,
+        note: Callable[[str], None],
     ) -> Result:
         """One prompt of a batch, on a worker thread: retried with back-off while retrying
-        can help; a failure that stays is a failed Result. Raises only Cancelled."""
+        can help; a failure that stays is a failed Result. Raises only Cancelled. Notices go
+        to `note` (the calling thread says them)."""
         messages = build_messages(prompt, options)
         attempt = 0
         while True:
-            text = StreamText()
+            text = StreamText(template_thinks=template_opens_think(model))
             ctx = self._context(model, timeouts)
             arguments = request_arguments(model, messages, options, self.connection.refused)
             try:
@@ -365,11 +393,14 @@ class RemoteEngine(Engine):
                 )
                 if streamed.finish_reason == "abort":
                     raise aborted(ctx.url, text.chunks)
+                self._note_inline_thinking(model, text, options, note)
                 return self._result(prompt, options, model, text, streamed)
             except Cancelled:
                 raise
             except Exception as exc:
-                failure = self._explain(classify(exc, ctx), model, timeouts, arguments, listed=True)
+                failure = self._explain(
+                    classify(exc, ctx), model, timeouts, arguments, listed=True, note=note
+                )
             if failure is None:
                 continue
             attempt += 1
@@ -430,7 +461,14 @@ class RemoteEngine(Engine):
                 f"{self.connection.shown} serves no model (GET /v1/models is empty): "
                 "pass --model NAME"
             )
-        return served[0]
+        chosen, candidates = self.connection.default_model()
+        if chosen is None:
+            names = ", ".join(candidates[:4]) + (" …" if len(candidates) > 4 else "")
+            raise EngineError(
+                f"{self.connection.shown} lists {len(served)} models and does not say which to "
+                f"use ({names}): pass --model NAME, e.g. --model {candidates[0]}"
+            )
+        return chosen
 
     def _checked_model(self, timeouts: Timeouts) -> str:
         """The model for a batch, checked once against what the server serves now (the listing
@@ -449,19 +487,60 @@ class RemoteEngine(Engine):
 
     def _check_fits(self, model: str, options: GenerationOptions, timeouts: Timeouts) -> None:
         """Refuse, before sending, an answer budget that no prompt fits beside, where the server
-        lists the model's context length (vLLM, SGLang); the listing is asked once per server."""
+        lists the model's context length and refuses such a request (SGLang); the listing is
+        asked once per server. vLLM (0.32 and later) shortens max_tokens to the room the prompt
+        leaves instead: there the request goes, and the "context" stop reason says why the
+        answer is short."""
         try:
             self.connection.served_models(timeouts)
         except Failure as failure:
             self._stop_if_unreachable(failure)
             return  # the server cannot list its models: the request itself will say
         limit = self.connection.context_length(model)
-        if limit is None:
+        if limit is None or self.connection.is_vllm():
             return
         shown = self.connection.shown
         message = answer_cannot_fit(options.max_new_tokens, limit, model, shown)
         if message is not None:
             raise EngineError(message)
+
+    def _tell_once(self, key: str, message: str, sink: Callable[[str], None]) -> None:
+        """Say `message` (about this server) once per kernel; `sink` is where: a batch's
+        worker threads collect theirs for the calling thread to say."""
+        if self.connection.first_notice(key):
+            sink(message)
+
+    def _note_inline_thinking(
+        self,
+        model: str,
+        text: StreamText,
+        options: GenerationOptions,
+        sink: Callable[[str], None],
+    ) -> None:
+        """A thought cut off without tags means the server streams thinking as content (its
+        template opened `<think>`, no reasoning parser splits it): say how to fix that. Where
+        the model's name does not say whether its template thinks, an untagged answer cut off
+        by the budget may be such a thought: say so once, and how to be sure."""
+        if text.thought_cut_off(options.think):
+            self._tell_once(
+                "inline_thinking",
+                f"{self.connection.shown} sends the model's thinking inside the answer (no "
+                "reasoning parser): start the server with --reasoning-parser qwen3 (vLLM, "
+                "SGLang) to separate them",
+                sink,
+            )
+        elif (
+            text.finish == "length"
+            and text.untagged(options.think)
+            and "instruct" not in model.lower()
+        ):
+            self._tell_once(
+                "untagged_thinking",
+                f"{self.connection.shown}: the answer reached --max-new-tokens without thinking "
+                "tags; if this model's template opens <think> itself, this text is its thinking "
+                "(a reasoning parser on the server, --reasoning-parser qwen3, separates them)",
+                sink,
+            )
 
     def _note_ignored_seed(self, options: GenerationOptions) -> None:
         """SGLang samples without a per-request seed unless it was started deterministic: say so
@@ -483,20 +562,25 @@ class RemoteEngine(Engine):
         sent: dict[str, Any],
         chat: bool = False,
         listed: bool = False,
+        note: Callable[[str], None] | None = None,
     ) -> Failure | None:
         """Sharpen a failure with what only the server can tell (None: send again).
 
         A 400/422 naming an optional field we sent (top_k, ignore_eos, ...) drops it for this
-        server from now on; one refusing the request's length names the option to change. A
-        400/404 is checked against GET /v1/models: a model the server does not serve, or an
-        endpoint that is not an OpenAI API at all, each get their own line. `listed`: the
-        listing was just asked (a batch asks it once, not once per failed prompt).
+        server from now on (`_drop_refused`); one refusing the request's length names the
+        option to change. A 400/404 is checked against GET /v1/models: a model the server does
+        not serve, or an endpoint that is not an OpenAI API at all, each get their own line.
+        `listed`: the listing was just asked (a batch asks it once, not once per failed prompt).
         """
         if failure.kind == "bad_request":
             refused = refused_fields(failure.server_says) & set(sent.get("extra_body") or {})
             if refused:
-                self.connection.refused |= refused
+                self._drop_refused(refused, note or self.notify)
                 return None
+            if fills_context(failure.server_says):
+                limit = self.connection.context_length(model)
+                message = context_full(limit, model, self.connection.shown, chat)
+                return Failure(message, "too_long", status=failure.status)
             refusal = context_refusal(failure.server_says)
             if refusal is not None:
                 budget = int(sent.get("max_tokens") or 0)
@@ -512,6 +596,16 @@ class RemoteEngine(Engine):
             if served and model not in served and not self.connection.takes_any_model():
                 return Failure(self._wrong_model(model, served), "wrong_model")
         return self._keyed(failure)
+
+    def _drop_refused(self, refused: set[str], note: Callable[[str], None]) -> None:
+        """Leave `refused` out of this server's requests from now on. Without top_k sampling
+        barely changes, so that goes quietly; without ignore_eos or chat_template_kwargs an
+        option the user gave does nothing, which is said once per server."""
+        self.connection.refused |= refused
+        for name in sorted(refused & set(LOST_OPTIONS)):
+            self._tell_once(
+                f"refused:{name}", f"{self.connection.shown} {LOST_OPTIONS[name]}", note
+            )
 
     def _not_openai(self) -> Failure:
         return Failure(
@@ -554,7 +648,8 @@ class RemoteEngine(Engine):
         if tokens is None or streamed.interrupted:
             tokens = text.chunks
         latency = streamed.latency_s
-        stop = stop_reason(streamed, options.max_new_tokens)
+        limit = self.connection.context_length(model)
+        stop = stop_reason(streamed, options.max_new_tokens, limit)
         return Result(
             prompt=prompt,
             answer=answer,

@@ -46,8 +46,12 @@ class ServerConnection:
         self._served: tuple[str, ...] | None = None
         self._context: dict[str, int] = {}
         self._owners: set[str] = set()
+        self._loaded: frozenset[str] | None = None
+        """The models listed as loaded, where the listing says (`transformers serve`'s
+        `status`); None where it does not."""
         self.seed_noted = False
         """Whether this kernel was told that this server ignores --seed."""
+        self._noted: set[str] = set()
         self._lock = threading.Lock()
         self._client: Any = None
         self._client_key: str | None = None
@@ -101,6 +105,15 @@ class ServerConnection:
                 self._client_key = key
             return self._client
 
+    def first_notice(self, key: str) -> bool:
+        """True the first time `key` is asked for this server (any thread): a notice about
+        the server is said once per kernel, not once per call or per batch item."""
+        with self._lock:
+            if key in self._noted:
+                return False
+            self._noted.add(key)
+            return True
+
     @property
     def is_open(self) -> bool:
         return self._client is not None
@@ -124,6 +137,7 @@ class ServerConnection:
             served = tuple(str(m.id) for m in page.data)
             context = {str(m.id): declared_context(m) for m in page.data}
             owners = {str(getattr(m, "owned_by", "") or "").lower() for m in page.data}
+            statuses = {str(m.id): listed_status(m) for m in page.data}
         except Exception as exc:
             failure = classify(exc, ctx)
             if failure.kind == "first_token_timeout":
@@ -138,7 +152,29 @@ class ServerConnection:
         self._served = served
         self._context = {name: limit for name, limit in context.items() if limit is not None}
         self._owners = owners
+        if any(status is not None for status in statuses.values()):
+            self._loaded = frozenset(m for m, status in statuses.items() if status == "loaded")
+        else:
+            self._loaded = None
         return served
+
+    def default_model(self) -> tuple[str | None, tuple[str, ...]]:
+        """The model a call without --model asks for, from the last listing: (the model, or
+        None when the listing leaves it ambiguous; the candidates it was chosen among).
+
+        Most servers list the one model they serve. A `transformers serve` started without a
+        model lists every model of its Hugging Face cache, each `loaded` or `unloaded`: the
+        first listed is then no better than any, so a loaded model is preferred, then a Qwen3.
+        """
+        served = self._served or ()
+        if self._loaded is None or len(served) <= 1:
+            return (served[0] if served else None), served
+        candidates = tuple(m for m in served if m in self._loaded) or served
+        qwen3 = tuple(m for m in candidates if "qwen3" in m.lower())
+        for pool in (candidates, qwen3):
+            if len(pool) == 1:
+                return pool[0], candidates
+        return None, qwen3 or candidates
 
     def context_length(self, model: str) -> int | None:
         """The context length `model` is served with, as the last GET /v1/models listed it
@@ -149,10 +185,17 @@ class ServerConnection:
         """Whether the last GET /v1/models came from SGLang (its `owned_by`)."""
         return self._owners == {"sglang"}
 
+    def is_vllm(self) -> bool:
+        """Whether the last GET /v1/models came from vLLM (its `owned_by`)."""
+        return self._owners == {"vllm"}
+
     def takes_any_model(self) -> bool:
         """SGLang answers whatever `model` a request names (the name matters only for its
-        `base:adapter` LoRA syntax): a name it does not list is not an error there."""
-        return self.is_sglang()
+        `base:adapter` LoRA syntax), and a `transformers serve` started without a model loads
+        whatever it is asked for (it lists its cache, several models with a `status`; pinned
+        to one it lists that one alone, and refuses others): a name not listed is no error."""
+        several = self._loaded is not None and len(self._served or ()) > 1
+        return self.is_sglang() or several
 
     def load(self) -> ServerLoad:
         """The server's load from its /metrics (cached; never raises; any thread)."""
@@ -172,3 +215,12 @@ class ServerConnection:
             client, self._client, self._client_key = self._client, None, None
         if client is not None:
             client.close()
+
+
+def listed_status(entry: Any) -> str | None:
+    """A GET /v1/models entry's `status` ("loaded", "unloaded": `transformers serve`), or None
+    where the server lists none (OpenAI's schema has no such field)."""
+    extra = getattr(entry, "model_extra", None)
+    status = extra.get("status") if isinstance(extra, dict) else None
+    value = status.get("value") if isinstance(status, dict) else status
+    return str(value).lower() if isinstance(value, str) else None

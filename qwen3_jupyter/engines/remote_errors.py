@@ -134,11 +134,23 @@ def classify(exc: BaseException, ctx: CallContext) -> Failure:
             # for the KV cache; vLLM's retryable internal error) carries its HTTP code: nothing
             # was answered yet, so it is that refusal, with its retry and its re-wording.
             return _failure_for_status(status, says, None, ctx)
+        # After tokens, a retryable code (vLLM's RetryableRequestError: 503) still says that
+        # asking again can help: a batch item, which starts over, is retried; a single call
+        # that already showed text is not (remote.RemoteEngine._call).
         return Failure(
             f"the server at {ctx.url} failed mid-answer after {ctx.tokens} tokens ({says}): "
             "check the server's log and run the cell again",
             "server_error",
+            retryable=status in RETRY_STATUSES,
+            status=status,
             server_says=says,
+        )
+    if isinstance(exc, (ValueError, TypeError, KeyError, AttributeError)) and ctx.tokens > 0:
+        # good events came first: the URL is right, the server broke while answering
+        return Failure(
+            f"the server at {ctx.url} failed mid-answer after {ctx.tokens} tokens (an "
+            "unreadable event): check the server's log and run the cell again",
+            "server_error",
         )
     if isinstance(exc, (ValueError, TypeError, KeyError, AttributeError)):
         return Failure(

@@ -1,12 +1,15 @@
 """How long a request a server takes, and its refusal of a longer one in this magic's words.
 
-vLLM and SGLang list each model's context length (`max_model_len`) in GET /v1/models, and refuse
-a request whose prompt plus `max_tokens` exceeds it with a 400 whose text names the numbers.
-The client has no tokenizer to count a prompt with, so the check before sending covers what no
-prompt can fit (--max-new-tokens alone at or past the limit, which also spares a batch one
-refusal per prompt); a server's refusal is re-worded from its own numbers, so the user reads
-which option to change instead of the server's phrasing of `max_tokens`. `transformers serve`
-lists no limit and refuses nothing: there a long answer runs until it ends or is interrupted.
+vLLM and SGLang list each model's context length (`max_model_len`) in GET /v1/models. SGLang
+refuses a request whose prompt plus `max_tokens` exceeds it with a 400 whose text names the
+numbers; vLLM 0.32 and later shorten `max_tokens` to the room left instead, and refuse only a
+prompt longer than the context (in tokens, or in characters before tokenizing) or one that fills
+it ("max_tokens must be at least 1, got 0"). The client has no tokenizer to count a prompt
+with, so the check before sending covers what no prompt can fit (--max-new-tokens alone at or
+past the limit, which also spares a batch one refusal per prompt) on a server that would refuse
+it; a server's refusal is re-worded from its own numbers, so the user reads which option to
+change instead of the server's phrasing of `max_tokens`. `transformers serve` lists no limit
+and refuses nothing: there a long answer runs until it ends or is interrupted.
 """
 
 from __future__ import annotations
@@ -27,15 +30,20 @@ _PROMPT = re.compile(
     r"|input \((\d+) tokens\)"  # SGLang (the prompt alone)
     r"|Input length \((\d+)(?: tokens)?\)"  # vLLM's get_max_tokens, SGLang's KV-pool check
 )
+_CHARS = re.compile(r"contains (\d+) characters \(more than")  # vLLM 0.33, before tokenizing
+_NO_ROOM = "max_tokens must be at least 1, got 0"
+"""vLLM 0.33 when the prompt fills the context exactly: the room left for the answer is 0."""
 CHAT_HINT = " (--reset clears a --chat conversation)"
 
 
 @dataclass(frozen=True)
 class ContextRefusal:
-    """What a server's refusal said: its context length, and the prompt's tokens if named."""
+    """What a server's refusal said: its context length, and the prompt's size if named (in
+    tokens, or in characters when the server refused it before tokenizing)."""
 
     limit: int
     prompt_tokens: int | None
+    prompt_chars: int | None = None
 
 
 def declared_context(entry: Any) -> int | None:
@@ -56,7 +64,23 @@ def context_refusal(server_says: str) -> ContextRefusal | None:
     limit = _first_number(_LIMIT, server_says)
     if limit is None:
         return None
-    return ContextRefusal(limit, _first_number(_PROMPT, server_says))
+    chars = _first_number(_CHARS, server_says)
+    return ContextRefusal(limit, _first_number(_PROMPT, server_says), chars)
+
+
+def fills_context(server_says: str) -> bool:
+    """Whether a 400 says the prompt left no room for any answer (vLLM 0.33's "max_tokens must
+    be at least 1, got 0": it shortens max_tokens to the room left, and none was)."""
+    return _NO_ROOM in server_says
+
+
+def context_full(limit: int | None, model: str, where: str, chat: bool = False) -> str:
+    """The one line for a prompt that fills the whole context, leaving no room for an answer."""
+    size = f"{limit:,}-token " if limit is not None else ""
+    return (
+        f"the prompt fills the whole {size}context {model} is served with at {where}, leaving no "
+        "room for an answer: shorten it" + (CHAT_HINT if chat else "")
+    )
 
 
 def answer_cannot_fit(max_new_tokens: int, limit: int, model: str, where: str) -> str | None:
@@ -75,8 +99,10 @@ def too_long(
     """A server's length refusal as one line naming the option to change."""
     context = f"the {refusal.limit:,}-token context {model} is served with at {where}"
     shorten = "shorten it" + (CHAT_HINT if chat else "")
-    tokens = refusal.prompt_tokens
+    tokens, chars = refusal.prompt_tokens, refusal.prompt_chars
     prompt = "prompt" if tokens is None else f"prompt ({tokens:,} tokens)"
+    if chars is not None:  # refused for its characters: the prompt alone is too long
+        return f"prompt ({chars:,} characters) exceeds {context}: {shorten}"
     if tokens is not None and tokens >= refusal.limit:
         return f"{prompt} exceeds {context}: {shorten}"
     return (

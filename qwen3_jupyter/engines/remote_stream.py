@@ -44,6 +44,15 @@ class Timeouts:
     total: float = 600.0
 
 
+def template_opens_think(model: str) -> bool:
+    """Whether a served model's chat template writes `<think>` into the prompt itself, so the
+    model streams its thought without the opening tag: the Qwen3 Thinking models
+    (Qwen3-30B-A3B-Thinking-2507 …) name it. Others (Qwen3, Instruct-2507) write their own
+    tags or do not think; a model whose name does not tell gets a notice instead
+    (RemoteEngine._note_inline_thinking)."""
+    return "thinking" in model.rsplit("/", 1)[-1].lower()
+
+
 @dataclass
 class StreamText:
     """What a stream delivered so far, as plain strings."""
@@ -52,6 +61,11 @@ class StreamText:
     content: list[str] = field(default_factory=list)
     chunks: int = 0
     """Content-bearing chunks: an estimate of tokens when the server sends no usage."""
+    finish: str | None = None
+    """The stream's finish reason, once it arrived."""
+    template_thinks: bool = False
+    """The served model's chat template opens `<think>` in the prompt (`template_opens_think`),
+    so untagged content is its thought until `</think>` arrives."""
 
     def add(self, delta: Any) -> bool:
         """Take one chunk's delta; True when it carried text."""
@@ -75,9 +89,10 @@ class StreamText:
 
         A reasoning field means the server split it: the content is the answer, and thinking
         finished once content arrived. Otherwise `<think>` tags in the content are split as an
-        in-kernel engine splits them; content without tags is all answer. With thinking off,
-        text that arrived only as reasoning is the answer: a reasoning parser that ignores
-        `enable_thinking` (vLLM's deepseek_r1 on Qwen3) files everything there.
+        in-kernel engine splits them; content without tags is the answer, unless the budget
+        ended it (`thought_cut_off`). With thinking off, text that arrived only as reasoning is
+        the answer: a reasoning parser that ignores `enable_thinking` (vLLM's deepseek_r1 on
+        Qwen3) files everything there.
         """
         content = "".join(self.content)
         if self.reasoning and not think and not content.strip():
@@ -87,10 +102,37 @@ class StreamText:
             return thinking, content.strip(), bool(content.strip()) or not thinking
         if THINK_END in content or content.lstrip().startswith(THINK_START):
             return split_thinking(content, True)
+        if self.thought_cut_off(think):
+            return content.strip(), "", False
         return "", content.strip(), True
 
+    def untagged(self, think: bool) -> bool:
+        """Thinking asked for, yet only content without `<think>` tags arrived: a thought
+        whose opening tag the chat template wrote into the prompt (Thinking-2507, Qwen3.5 on a
+        server without a reasoning parser), or the answer of a model that does not think."""
+        content = "".join(self.content)
+        return (
+            think
+            and not self.reasoning
+            and bool(content.strip())
+            and THINK_END not in content
+            and not content.lstrip().startswith(THINK_START)
+        )
+
+    def thought_cut_off(self, think: bool) -> bool:
+        """Untagged text the token budget ended (finish "length") from a model whose template
+        opened `<think>`: its thought, cut off before `</think>`, not a finished answer. From
+        any other model it stays the answer: an Instruct model's untagged text is its answer,
+        and Qwen3's own default (thinking on) must not turn every long Instruct answer into
+        "thinking not finished"."""
+        return self.template_thinks and self.finish == "length" and self.untagged(think)
+
     def display_text(self, think: bool) -> str:
-        """The text so far in the form the stream view splits (`<think>…</think>answer`)."""
+        """The text so far in the form the stream view splits (`<think>…</think>answer`).
+        Untagged text still streaming from a model whose template thinks is shown as thinking
+        in progress: until `</think>` or the model's stop nothing says it is an answer."""
+        if self.finish is None and self.template_thinks and self.untagged(think):
+            return f"{THINK_START}{''.join(self.content).strip()}"
         thinking, answer, finished = self.split(think)
         if not think:
             return answer
@@ -328,7 +370,7 @@ def stream_completion(
                     if on_first_token is not None:
                         on_first_token()
                 if choice.finish_reason:
-                    result.finish_reason = choice.finish_reason
+                    result.finish_reason = text.finish = choice.finish_reason
                     deadlines.settle()
             ctx.tokens = text.chunks
             del chunk
