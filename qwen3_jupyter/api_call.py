@@ -10,6 +10,7 @@ the call ends.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -23,6 +24,13 @@ class ApiCall:
 
     def __init__(self, show_status: bool) -> None:
         self.status = display.Status() if show_status and _in_kernel() else None
+        self.notices: list[str] = []
+        """This call's own one-line notices, printed after the engines' at its end."""
+
+    def notify(self, notice: str) -> None:
+        """Say `notice` when the call ends (an interrupt that ended it early, say: the cell
+        would otherwise end "ok" with no sign that the results are partial)."""
+        self.notices.append(notice)
 
     def engine(self, **choice: str | None) -> Any:
         """`SESSION.engine(**choice)` (model, device, dtype, decode, server), its loading
@@ -49,7 +57,7 @@ class ApiCall:
     def end(self) -> None:
         if self.status is not None:
             self.status.clear()
-        for notice in SESSION.take_notices():
+        for notice in [*SESSION.take_notices(), *self.notices]:
             display.info(notice)
 
 
@@ -60,8 +68,51 @@ def api_call(show_status: bool = True) -> Iterator[ApiCall]:
     call = ApiCall(show_status)
     try:
         yield call
+    except Exception as exc:
+        in_api_words(exc)
+        raise
     finally:
         call.end()
+
+
+_FLAG = re.compile(
+    r"--(max-new-tokens|device|dtype|model|server|temperature|top-p|top-k|seed|system|"
+    r"batch-size|concurrency|memory-budget|out|eager|fast)(?![\w-])"
+    r"(?: ('[^']*'|\"[^\"]*\"|\d[\d,._]*\d|\d|[/~][\w./~-]*\w))?"
+)
+"""A flag the API has an argument for, and the value the message gives it where that is
+unmistakably a value (quoted, a number, a path); any other word after it is the sentence's."""
+
+
+def _argument(match: re.Match[str]) -> str:
+    """`--device 'gpu'` -> `device='gpu'`, `--max-new-tokens 12` -> `max_new_tokens=12`,
+    `--model /path` -> `model='/path'`, `lower --max-new-tokens` -> `lower max_new_tokens`,
+    `--eager` -> `decode='eager'`."""
+    flag, value = match.group(1), match.group(2)
+    if flag in ("eager", "fast"):
+        return f"decode={flag!r}" + (f" {value}" if value else "")
+    name = flag.replace("-", "_")
+    if value is None:
+        return name
+    return f"{name}={value!r}" if value[0] in "/~" else f"{name}={value}"
+
+
+def in_api_words(exc: BaseException) -> None:
+    """Reword `exc` in place with the argument names a Python caller typed: the layers below
+    word their errors for the magic's flags (`--max-new-tokens 99,999,999 exceeds ...`), which
+    a caller of chat() or generate_batch() never wrote. The exception keeps its type and
+    attributes (a GenerationOOM's `.results`)."""
+    if exc.args and isinstance(exc.args[0], str):
+        exc.args = (_api_words(exc.args[0]), *exc.args[1:])
+    hint = getattr(exc, "hint", None)
+    if isinstance(hint, str) and hint:
+        exc.hint = _api_words(hint)  # type: ignore[attr-defined]
+
+
+def _api_words(text: str) -> str:
+    text = re.sub(r"decode with --(eager|fast)\b", r"use decode='\1'", text)
+    text = re.sub(r"--(eager|fast)'s", r"\1 decoding's", text)
+    return _FLAG.sub(_argument, text)
 
 
 def _in_kernel() -> bool:

@@ -26,6 +26,7 @@ from .generation import (
     release_after_generation,
 )
 from .interrupts import CELL_INTERRUPTS, interrupt_deferred
+from .magic_args import refuse_unknown_keywords
 from .memory import format_bytes
 from .model_use import stop_point
 
@@ -110,12 +111,11 @@ class BatchResults(list[Result]):
     report: BatchReport
 
 
-def options_from_kwargs(kwargs: dict[str, Any]) -> GenerationOptions:
-    """GenerationOptions from keyword arguments, with a clear error for unknown names."""
-    known = {f.name for f in fields(GenerationOptions)}
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise TypeError(f"unknown generation option(s) {unknown}; known: {sorted(known)}")
+def options_from_kwargs(kwargs: dict[str, Any], also: Iterable[str] = ()) -> GenerationOptions:
+    """GenerationOptions from keyword arguments; an unknown name is the one-line TypeError
+    every API call gives, naming the closest of the fields and `also` (the caller's own
+    keywords, e.g. `modle=` -> model)."""
+    refuse_unknown_keywords(kwargs, {*(f.name for f in fields(GenerationOptions)), *also})
     return GenerationOptions(**kwargs)
 
 
@@ -168,7 +168,12 @@ def generate_batch(
                 f"prompt {index} is {prompt!r} ({type(prompt).__name__}), not text: drop or fill "
                 "missing prompts first (e.g. df['prompt'].dropna().tolist())"
             )
-    generation = options_from_kwargs(options)
+        if not prompt.strip():  # it would generate a full answer to nothing
+            raise ValueError(
+                f"prompt {index} is empty ({prompt!r}): drop blank prompts first (e.g. "
+                "[p for p in prompts if p.strip()])"
+            )
+    generation = options_from_kwargs(options, _BATCH_KEYWORDS)
     budget = memory_budget_bytes(memory_budget)
     local = server_url(server) is None
     CELL_INTERRUPTS.check()  # a call earlier in this cell was interrupted: this one is too
@@ -184,8 +189,27 @@ def generate_batch(
                 out=out,
                 progress=progress,
             )
+        if results.report.interrupted:
+            call.notify(
+                f"generate_batch interrupted: {results.report.completed}/{results.report.total} "
+                "finished results kept"
+            )
     CELL_INTERRUPTS.note(results.report.interrupted)
     return results
+
+
+_BATCH_KEYWORDS = (
+    "batch_size",
+    "model",
+    "device",
+    "dtype",
+    "decode",
+    "server",
+    "concurrency",
+    "memory_budget",
+    "out",
+    "progress",
+)
 
 
 def _check_count(name: str, value: object) -> None:

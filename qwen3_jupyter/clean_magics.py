@@ -19,7 +19,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 
 from . import display
 from .cleanup import CleanupReport, cleanup, definition_holders, shutdown_nvml
-from .magic_args import parse_options
+from .magic_args import asks_help, parse_options, show_help
 from .memory import format_bytes
 
 _DEFINITIONS = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)
@@ -98,6 +98,9 @@ class CleanMagics(Magics):
           logits = model(**batch).logits
           result = logits.argmax(-1).tolist()
         """
+        if asks_help(line):  # the page `%qwen3_clean?` shows; the cell does not run
+            show_help(self.shell, "qwen3_clean", self.qwen3_clean)
+            return None
         args = parse_options(self.qwen3_clean, line, "%qwen3_clean?")
         if args.quiet and args.verbose:  # quiet won silently: the report asked for never came
             raise UsageError("--quiet prints no report and --verbose a longer one: use one")
@@ -141,6 +144,9 @@ class CleanMagics(Magics):
         traceback is released right after it is shown (so %debug has nothing to inspect):
         turn it off while debugging. Unloading the extension turns it off.
         """
+        if asks_help(line):
+            show_help(self.shell, "qwen3_autoclean", self.qwen3_autoclean)
+            return
         args = parse_options(self.qwen3_autoclean, line, "%qwen3_autoclean?")
         if args.mode == "on":
             self.set_autoclean(True)

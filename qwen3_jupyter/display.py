@@ -40,6 +40,11 @@ class StreamView:
             )
         )
 
+    def clear(self) -> None:
+        """Empty the display when the call raised: `*generating…*` (or a partial stream) left
+        above the error would say the call is still running."""
+        self._show("")
+
     def _show(self, markdown: str) -> None:
         if self._handle is not None:
             self._handle.update(Markdown(markdown))
@@ -99,6 +104,11 @@ def footer(result: Result) -> str:
         pieces.append(
             "stopped at the served context length before --max-new-tokens (shorten the prompt; "
             "--reset clears a --chat conversation)"
+        )
+    elif result.stop_reason == "capped":
+        pieces.append(
+            "the server capped the answer below --max-new-tokens (a max_tokens limit of its own, "
+            "e.g. from the model's generation config: raise it on the server)"
         )
     elif result.stop_reason == "abort":
         pieces.append("the server aborted the answer: partial answer kept (check its log)")

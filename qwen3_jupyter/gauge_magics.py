@@ -23,7 +23,7 @@ from IPython.display import display
 
 from . import lifecycle, monitor
 from .display import info
-from .magic_args import parse_options
+from .magic_args import asks_help, parse_options, show_help
 
 
 @magics_class
@@ -65,6 +65,9 @@ class GaugeMagics(Magics):
 
         From Python: ``qwen3_jupyter.gauge(interval=None, show_all=False, compact=False)``.
         """
+        if asks_help(line):
+            show_help(self.shell, "qwen3_gauge", self.qwen3_gauge)
+            return
         args = parse_options(self.qwen3_gauge, line, "%qwen3_gauge?")
         problem = None if args.interval is None else monitor.interval_problem(args.interval)
         if problem is not None:

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, NoReturn
 
 from .api_call import api_call
 from .cleanup import CleanupReport, cleanup, release_traceback_locals
 from .engines import Engine
 from .engines.local import LocalEngine
 from .generation import GenerationOptions, Result, check_arguments
+from .magic_args import refuse_unknown_keywords
 from .model_use import holding
 from .session import SESSION
 
@@ -51,14 +52,19 @@ class Chat:
         if self._engine is None:
             raise RuntimeError("this chat ended with its `with inference()` block; open a new one")
         _check_prompt(prompt)
-        _check_options(options)
+        refuse_unknown_keywords(options, _CHAT_KEYWORDS)
         check_arguments(flags={"chat": chat})
         if on_text is not None and not callable(on_text):
             raise TypeError(f"on_text={on_text!r}: must be a function of the new text, or None")
         merged = GenerationOptions(**{**self.defaults, **options})
         local = isinstance(self._engine, LocalEngine)
         with holding(local, "an inference() chat"), api_call() as call, call.watching(self._engine):
-            return SESSION.ask(self._engine, prompt, merged, chat=chat, on_text=on_text)
+            result = SESSION.ask(self._engine, prompt, merged, chat=chat, on_text=on_text)
+            if result.stop_reason == "interrupted":
+                call.notify(
+                    f"chat interrupted: partial answer kept ({result.completion_tokens} tokens)"
+                )
+            return result
 
     def close(self) -> None:
         """Forget the engine (the kernel keeps the model loaded; this object no longer reaches
@@ -73,6 +79,8 @@ class Chat:
 def _check_prompt(prompt: object) -> None:
     """One line instead of the chat template's own error three frames deep in jinja."""
     if isinstance(prompt, str):
+        if not prompt.strip():  # the model would answer nothing in particular, 512 tokens long
+            raise ValueError(f"the prompt is empty ({prompt!r}): ask chat() something")
         return
     if isinstance(prompt, (list, tuple)):
         raise TypeError(
@@ -81,14 +89,33 @@ def _check_prompt(prompt: object) -> None:
     raise TypeError(f"the prompt is {prompt!r} ({type(prompt).__name__}), not text")
 
 
-def _check_options(options: dict[str, Any]) -> None:
-    unknown = sorted(set(options) - _OPTION_NAMES)
-    if unknown:
-        allowed = ", ".join(sorted(_OPTION_NAMES))
-        raise TypeError(f"unknown generation option {unknown[0]!r}; use one of {allowed}")
+_CHAT_KEYWORDS = _OPTION_NAMES | {"chat", "on_text"}
+_BLOCK_KEYWORDS = _OPTION_NAMES | {"model", "device", "dtype", "decode", "server", "verbose"}
 
 
-@contextmanager
+class InferenceBlock(AbstractContextManager[Chat]):
+    """What `inference()` returns: a `with` block, and nothing else.
+
+    Why: the generator context manager it was could also be called, as a decorator, so
+    `inference(model="tiny")("hi")` returned a function and silently did nothing.
+    """
+
+    def __init__(self, block: AbstractContextManager[Chat]) -> None:
+        self._block = block
+
+    def __enter__(self) -> Chat:
+        return self._block.__enter__()
+
+    def __exit__(self, kind: Any, value: Any, traceback: Any) -> bool | None:
+        return self._block.__exit__(kind, value, traceback)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError(
+            "inference() opens a block, it does not answer: with qwen3_jupyter.inference(...) "
+            'as chat: chat("hi")'
+        )
+
+
 def inference(
     model: str | None = None,
     *,
@@ -98,7 +125,7 @@ def inference(
     server: str | None = None,
     verbose: bool = False,
     **options: Any,
-) -> Iterator[Chat]:
+) -> InferenceBlock:
     """A block in which `chat(prompt)` generates with `model`, cleaned up on exit.
 
     `model` None uses the model already loaded in this kernel, else the configured default
@@ -111,7 +138,21 @@ def inference(
     the finished frames of its traceback drop their locals first, so the tensors they held are
     freed now, while the exception itself still propagates with its traceback.
     """
-    _check_options(options)
+    return InferenceBlock(_block(model, device, dtype, decode, server, verbose, options))
+
+
+@contextmanager
+def _block(
+    model: str | None,
+    device: str | None,
+    dtype: str | None,
+    decode: str | None,
+    server: str | None,
+    verbose: bool,
+    options: dict[str, Any],
+) -> Iterator[Chat]:
+    """The block itself: arguments checked on entry, the engine, the chat, the cleanup."""
+    refuse_unknown_keywords(options, _BLOCK_KEYWORDS)
     check_arguments(
         {"model": model, "device": device, "dtype": dtype, "decode": decode, "server": server},
         {"verbose": verbose},

@@ -142,6 +142,10 @@ class _LandingInterrupts:
 _EXIT_CODE = _LandingInterrupts.__exit__.__code__
 
 
+INTERRUPTED_EARLIER = "a call earlier in this cell was interrupted; run the cell again"
+"""Why a call did not start: a bare `KeyboardInterrupt:` said nothing of the earlier call."""
+
+
 class CellInterrupts:
     """One interrupt stops every later call of the cell it landed in.
 
@@ -173,7 +177,7 @@ class CellInterrupts:
     def check(self) -> None:
         """Raise KeyboardInterrupt if a call earlier in this cell was interrupted."""
         if self._interrupted and threading.current_thread() is threading.main_thread():
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt(INTERRUPTED_EARLIER)
 
     def _clear(self, *info: Any) -> None:
         self._interrupted = False

@@ -31,6 +31,46 @@ def did_you_mean(name: str, options: Iterable[str]) -> str:
     return f" (did you mean {by_word[close[0]]}?)" if close else ""
 
 
+_SAY_INSTEAD = {
+    "no_think": "think=False",
+    "enable_thinking": "think",
+    "max_tokens": "max_new_tokens",
+    "eager": "decode='eager'",
+    "fast": "decode='fast'",
+}
+"""Keywords a Python caller types from the magic's flags or other APIs, and what they mean here."""
+
+
+def refuse_unknown_keywords(given: Iterable[str], known: Iterable[str]) -> None:
+    """A one-line TypeError for the first keyword argument not in `known`, naming the closest
+    one: every Python API call words a misspelt keyword the same way."""
+    names = set(known)
+    for name in sorted(set(given) - names):
+        instead = _SAY_INSTEAD.get(name)
+        if instead is not None and instead.split("=", 1)[0] in names:
+            hint = f" (did you mean {instead}?)"
+        else:
+            hint = did_you_mean(name, names) or f"; options: {', '.join(sorted(names))}"
+        raise TypeError(f"unknown option {name}{hint}")
+
+
+HELP_FLAGS = frozenset({"-h", "--help"})
+
+
+def asks_help(line: str) -> bool:
+    """Whether a magic that takes only options was given -h or --help, which every
+    command-line tool answers with its help (argparse's own answer is switched off in magics)."""
+    return any(word in HELP_FLAGS for word in line.split())
+
+
+def show_help(shell: Any, name: str, magic: Any) -> None:
+    """What `%name?` shows: IPython's page for the magic (its options and docstring)."""
+    if shell is not None:
+        shell.run_line_magic("pinfo", f"%{name}")
+    else:
+        print(magic.__doc__)
+
+
 def options_of(magic: Any) -> dict[str, bool]:
     """Every option string the magic's argparse parser knows, and whether it takes a value."""
     parser = getattr(magic, "parser", None)

@@ -37,7 +37,7 @@ from .engines.urls import mask_url
 from .gauge import inline_gauge
 from .generation import DEFAULT_MAX_NEW_TOKENS, GenerationOOM, GenerationOptions, broken_rules
 from .interrupts import CELL_INTERRUPTS
-from .magic_args import did_you_mean, options_of
+from .magic_args import HELP_FLAGS, did_you_mean, options_of, show_help
 from .memory import format_bytes
 from .model_use import ModelBusy, holding, stop
 from .models import DTYPES, ModelError, canonical_dtype, is_loaded_as
@@ -125,7 +125,8 @@ class Qwen3Magics(Magics):
         action="store_true",
         help="Compile (and capture) the fast decode step now, so the first question does not "
         "wait for it; with or without a prompt. With --batch-size N, the batch-N step too "
-        "(its cache is given back at once; the compiled step stays for generate_batch).",
+        "(its cache is given back at once; the compiled step stays for generate_batch). On CPU, "
+        "where plain calls decode eagerly, it serves --fast calls (the warmup line says so).",
     )
     @argument("--hide-thinking", action="store_true", help="Do not show the thinking text.")
     @argument(
@@ -219,6 +220,10 @@ class Qwen3Magics(Magics):
           %%qwen3 [options]
           PROMPT (the whole cell)
 
+        Options come before the prompt: ``%qwen3 --no-think Why?``, not ``%qwen3 Why?
+        --no-think`` (refused: put ``--`` first to send option-like words as text).
+        ``%qwen3 --help`` shows this page.
+
         The last call's result is bound to ``_qwen3`` (answer, thinking, token counts,
         latency, tokens/s, peak memory); the magic returns nothing, so nothing lands in Out.
         After every call the memory generation used is released and a footer says how much.
@@ -245,6 +250,9 @@ class Qwen3Magics(Magics):
         and ``%qwen3_clean --verbose``; ``--eager`` decodes with transformers' own generate and
         gives all of it back. ``--server URL`` asks an OpenAI-compatible server instead.
         """
+        if _asks_help(line):  # `%qwen3 --help`, `-h`: the page `%qwen3?` shows
+            self._help()
+            return
         namespace = self._namespace(local_ns)
         options, prompt = parse_line(self.qwen3, line, cell, _expander(namespace))
         if prompt in ("?", "??") and cell is None:  # `%qwen3 ?`: help, not a 512-token answer
@@ -276,10 +284,7 @@ class Qwen3Magics(Magics):
 
     def _help(self) -> None:
         """What `%qwen3?` shows: IPython's page for the magic (its options and docstring)."""
-        if self.shell is not None:
-            self.shell.run_line_magic("pinfo", "%qwen3")
-        else:
-            print(self.qwen3.__doc__)
+        show_help(self.shell, "qwen3", self.qwen3)
 
     def _run(self, args: Namespace, prompt: str) -> None:
         batch = _validate(args, prompt)
@@ -319,7 +324,7 @@ class Qwen3Magics(Magics):
                 summary = _warmup(engine, args.batch_size)
                 for notice in SESSION.take_notices():  # what each shape did, then the sum
                     display.info(notice)
-                display.info(summary)
+                display.info(summary + _warmup_caveat(engine, self.decode or None))
                 if not prompt and not args.file:
                     return
             status.clear()
@@ -396,6 +401,9 @@ class Qwen3Magics(Magics):
                     memory_budget=_budget(args),
                     stream_interval=self.stream_interval,
                 )
+            except BaseException:
+                view.clear()
+                raise
             finally:
                 status.clear()
         view.finish(result)
@@ -491,6 +499,18 @@ def _warmup(engine: Engine, batch_size: int | None) -> str:
         ) from None
 
 
+def _warmup_caveat(engine: Engine, configured: str | None) -> str:
+    """Where plain calls decode eagerly (the CPU's default), the next one gives the warmed-up
+    path back: say so with the warmup, rather than let it look wasted later."""
+    device = str(getattr(engine, "device", ""))
+    if not hasattr(engine, "warmup") or decode_mode(None, configured, device) == "fast":
+        return ""
+    return (
+        f" · on {device} plain calls decode eagerly and give this back: it serves --fast calls "
+        "(or %config Qwen3Magics.decode = 'fast')"
+    )
+
+
 def _show_unload(report: Any) -> None:
     servers = (
         f" · closed the connection{'s' if report.servers > 1 else ''} to {report.servers} "
@@ -548,6 +568,8 @@ def _validate(args: Namespace, prompt: str) -> list[str] | None:
         )
     if args.out and not args.file:
         raise UsageError("--out goes with --file PROMPTS.txt")
+    if prompt and not prompt.strip():  # --vars filled it with blanks: nothing to ask
+        raise UsageError("empty prompt: --vars filled it with nothing but blanks")
     if (
         not prompt
         and not args.file
@@ -653,20 +675,34 @@ def parse_line(
 
     `expand` is applied to option values other than --system (paths, URLs, numbers)."""
     takes_value = options_of(magic)
+    argv, position, ended = _read_options(line, 0, takes_value, expand)
+    args = magic.parser.parse_args(argv)
+    prompt = line[position:].strip()
+    if cell is None and not ended:
+        _refuse_trailing_options(magic, line[:position], prompt, takes_value)
+    if cell is not None:
+        prompt = "\n".join(p for p in (prompt, cell.strip()) if p)
+    return args, _unquoted_empty(prompt)
+
+
+def _read_options(
+    line: str,
+    position: int,
+    takes_value: dict[str, bool],
+    expand: Callable[[str], str] | None = None,
+) -> tuple[list[str], int, bool]:
+    """The options at the start of `line[position:]` as argv, where the prompt starts, and
+    whether `--` ended them (the rest is text even if it looks like options)."""
     argv: list[str] = []
-    position = 0
     while True:
         match = _TOKEN.search(line, position)
         if match is None:
-            position = len(line)
-            break
+            return argv, len(line), False
         token = match.group()
         if token == "--":
-            position = match.end()
-            break
+            return argv, match.end(), True
         if not token.startswith("-") or _is_number(token):
-            position = match.start()
-            break
+            return argv, match.start(), False
         name = token.split("=", 1)[0]
         if name not in takes_value:
             raise UsageError(
@@ -684,11 +720,59 @@ def parse_line(
             raise UsageError(f"{name} takes no value (see %qwen3?)")
         else:
             argv.append(token)
-    args = magic.parser.parse_args(argv)
-    prompt = line[position:].strip()
-    if cell is not None:
-        prompt = "\n".join(p for p in (prompt, cell.strip()) if p)
-    return args, prompt
+
+
+def _refuse_trailing_options(
+    magic: Any, options: str, prompt: str, takes_value: dict[str, bool]
+) -> None:
+    """`%qwen3 Why? --no-think`: options typed after the prompt would silently become prompt
+    text (and the call think for 512 tokens); refuse, showing the line that means them."""
+    tail = _trailing_options(magic, prompt, takes_value)
+    if tail is None:
+        return
+    head = prompt[:tail].strip()
+    fixed = " ".join(part for part in (options.strip(), prompt[tail:].strip(), head) if part)
+    raise UsageError(
+        f"options go before the prompt: %qwen3 {fixed}; put -- first to send them as text"
+    )
+
+
+def _trailing_options(magic: Any, prompt: str, takes_value: dict[str, bool]) -> int | None:
+    """Where the known options (with valid values) that end `prompt` start, if any: the
+    earliest word from which the rest of the prompt reads as options and nothing else."""
+    for match in _TOKEN.finditer(prompt):
+        if match.start() == 0 or match.group().split("=", 1)[0] not in takes_value:
+            continue
+        try:
+            argv, end, ended = _read_options(prompt, match.start(), takes_value)
+            if end < len(prompt) or ended:
+                continue
+            magic.parser.parse_args(argv)
+        except UsageError:  # not options after all (an unknown word, a bad value): text
+            continue
+        return match.start()
+    return None
+
+
+_QUOTED_BLANK = re.compile(r"""^(["'])\s*\1$""")
+
+
+def _unquoted_empty(prompt: str) -> str:
+    """`%qwen3 ""` asks nothing: a quoted empty (or blank) prompt is an empty one, refused as
+    such, not two quote characters sent to the model."""
+    return "" if _QUOTED_BLANK.match(prompt) else prompt
+
+
+def _asks_help(line: str) -> bool:
+    """Whether the options (the words before the prompt or `--`) include -h or --help, which
+    every command-line tool takes for its help."""
+    for match in _TOKEN.finditer(line):
+        token = match.group()
+        if token in HELP_FLAGS:
+            return True
+        if token == "--" or not token.startswith("-") or _is_number(token):
+            return False
+    return False
 
 
 def _expanded(name: str, value: str, expand: Callable[[str], str] | None) -> str:

@@ -14,7 +14,7 @@ from qwen3_jupyter.engines.base import EngineError
 from qwen3_jupyter.engines.eager import EagerEngine
 from qwen3_jupyter.generation import GenerationOOM, GenerationOptions
 from qwen3_jupyter.session import SESSION
-from tests.kernel import Kernel
+from tests.kernel import Kernel, ok
 from tests.oversized import hog_above
 
 PROMPTS = [f"Question {i}: " + "why " * (i * 3) for i in range(7)]
@@ -64,7 +64,7 @@ def test_out_of_memory_at_batch_size_one_says_so(tmp_path: Path) -> None:
     message = str(info.value)
     assert len(message.splitlines()) == 1, message
     assert message.endswith(
-        "over the memory budget of 1000 B: raise --memory-budget or lower --max-new-tokens"
+        "over the memory budget of 1000 B: raise memory_budget or lower max_new_tokens"
     ), message
 
 
@@ -169,8 +169,8 @@ def test_a_prompt_too_long_for_the_model_fails_the_batch_before_any_work(tmp_pat
         )
     message = str(info.value)
     assert message.startswith("prompt 1 (5,0") and message.endswith(
-        "tokens) + --max-new-tokens 12 exceeds the 4,096 positions of tiny: shorten it or "
-        "lower --max-new-tokens"
+        "tokens) + max_new_tokens=12 exceeds the 4,096 positions of tiny: shorten it or "
+        "lower max_new_tokens"
     ), message
     assert not out.exists(), "nothing was generated, so nothing was written"
 
@@ -188,6 +188,15 @@ def test_a_missing_prompt_is_refused_not_asked_as_none_or_nan() -> None:
         generate_batch(["a", None, "b"], model="tiny", progress=False)  # type: ignore[list-item]
     with pytest.raises(TypeError, match=r"^prompt 0 is nan \(float\), not text"):
         generate_batch([float("nan")], model="tiny", progress=False)  # type: ignore[list-item]
+
+
+def test_an_empty_prompt_is_refused_naming_its_index(kernel: Kernel) -> None:
+    """Before, a blank prompt got a full answer to nothing (512 tokens)."""
+    ok(kernel, "import qwen3_jupyter")
+    for prompts, index in (('["a", "", "b"]', 1), ('["a", "b", "  "]', 2)):
+        bad = kernel.run(f"qwen3_jupyter.generate_batch({prompts}, progress=False)")
+        assert bad.reply["ename"] == "ValueError", bad.reply
+        assert bad.reply["evalue"].startswith(f"prompt {index} is empty ("), bad.reply["evalue"]
 
 
 @pytest.mark.parametrize(

@@ -954,4 +954,3 @@ def test_gpu_decode_cache_is_named_and_given_back(full_size: LoadedModel) -> Non
     if nvml_before is not None and nvml_with is not None and nvml_after is not None:
         assert nvml_with - nvml_after >= 448 * 2**20  # (None: NVML cannot see this PID)
         assert nvml_after <= nvml_before + 32 * 2**20
-

@@ -3,6 +3,7 @@ exit even when the block raises (the exception still reaches the user)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -70,11 +71,36 @@ def test_uncaught_error_in_block_shows_and_is_freed(k: Kernel) -> None:
     assert k.value('alive("inside")') is False
 
 
-def test_unknown_option_is_a_clear_type_error(k: Kernel) -> None:
-    bad = k.run("qwen3_jupyter.inference(temprature=0.5).__enter__()")
+@pytest.mark.parametrize(
+    ("code", "said"),
+    [
+        (
+            "qwen3_jupyter.inference(temprature=0.5).__enter__()",
+            "unknown option temprature (did you mean temperature?)",
+        ),
+        (
+            "with qwen3_jupyter.inference(model='tiny') as chat:\n    chat('hi', no_think=True)",
+            "unknown option no_think (did you mean think=False?)",
+        ),
+        (
+            "qwen3_jupyter.generate_batch(['a'], no_think=True)",
+            "unknown option no_think (did you mean think=False?)",
+        ),
+        (
+            "qwen3_jupyter.generate_batch(['a'], modle='tiny')",
+            "unknown option modle (did you mean model?)",
+        ),
+    ],
+)
+def test_a_misspelt_keyword_is_one_clear_type_error_naming_the_right_one(
+    k: Kernel, code: str, said: str
+) -> None:
+    """inference(), chat() and generate_batch word it the same way (generate_batch listed every
+    field, with no suggestion)."""
+    bad = k.run(code)
     assert bad.status == "error"
     assert bad.reply["ename"] == "TypeError"
-    assert "unknown generation option 'temprature'" in bad.reply["evalue"]
+    assert bad.reply["evalue"] == said
 
 
 def test_a_bad_value_is_a_clear_value_error_before_any_model_loads(k: Kernel) -> None:
@@ -110,6 +136,57 @@ def test_a_prompt_that_is_not_text_is_one_clear_type_error(k: Kernel) -> None:
         "with qwen3_jupyter.inference(model='tiny', max_new_tokens=2) as chat:\n"
         "    assert chat('hi', ignore_eos=True).completion_tokens == 2",
     )
+
+
+def test_calling_inference_like_chat_is_one_line_pointing_to_the_block(k: Kernel) -> None:
+    """Before, `inference(...)("hi")` used the block as a decorator: it returned a function
+    and did nothing."""
+    bad = k.run('qwen3_jupyter.inference(model="tiny")("hi")')
+    assert bad.status == "error"
+    assert bad.reply["ename"] == "TypeError"
+    assert bad.reply["evalue"] == (
+        "inference() opens a block, it does not answer: with qwen3_jupyter.inference(...) as "
+        'chat: chat("hi")'
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "said"),
+    [
+        ("qwen3_jupyter.inference(device='gpu').__enter__()", r"device='gpu' is not a device "),
+        ("qwen3_jupyter.inference(dtype='fp8').__enter__()", r"dtype='fp8' is not one of "),
+        (
+            "with qwen3_jupyter.inference(model='tiny') as chat:\n"
+            "    chat('hi', max_new_tokens=99999999)",
+            r"prompt \(\d+ tokens\) \+ max_new_tokens=99,999,999 exceeds the 4,096 positions of "
+            r"tiny: shorten it or lower max_new_tokens",
+        ),
+        (
+            "qwen3_jupyter.generate_batch(['hi'], model='tiny', memory_budget=1000, "
+            "max_new_tokens=50, progress=False)",
+            r"out of memory even at batch size 1 .*: raise memory_budget or lower max_new_tokens",
+        ),
+    ],
+)
+def test_api_errors_name_the_arguments_the_caller_typed(k: Kernel, code: str, said: str) -> None:
+    """Before, they named the magic's flags (`--device 'gpu'`, `--max-new-tokens`), which a
+    Python caller never typed."""
+    bad = k.run(code)
+    assert bad.status == "error"
+    assert re.match(said, bad.reply["evalue"]), bad.reply["evalue"]
+    assert "--" not in bad.reply["evalue"], bad.reply["evalue"]
+
+
+def test_an_empty_prompt_is_refused_in_one_line(k: Kernel) -> None:
+    """Before, chat("") generated a full 512-token answer to nothing."""
+    for prompt in ("''", "'  \\n'"):
+        bad = k.run(
+            "with qwen3_jupyter.inference(model='tiny', max_new_tokens=2) as chat:\n"
+            f"    chat({prompt})"
+        )
+        assert bad.reply["ename"] == "ValueError", bad.reply
+        assert bad.reply["evalue"].startswith("the prompt is empty ("), bad.reply["evalue"]
+        assert len(bad.stderr.strip().splitlines()) <= 1
 
 
 @pytest.mark.parametrize(

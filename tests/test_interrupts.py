@@ -7,11 +7,13 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from qwen3_jupyter.interrupts import interrupts_that_land
+from tests.kernel import Execution, Kernel, ok
 
 
 class _DropsTheInterrupt:
@@ -107,3 +109,60 @@ def test_an_interrupt_while_the_block_is_left_is_ignored_and_the_handler_put_bac
     with landing:
         pass
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def _interrupt_once(kernel: Kernel, code: str, started: Callable[[], bool]) -> Execution:
+    """Run `code`, interrupt it once `started()` (its answers are coming), and collect what the
+    cell sent."""
+    msg_id = kernel.start(code)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not started():
+        time.sleep(0.05)
+    assert started(), "the call never started"
+    kernel.interrupt()
+    return kernel.collect(msg_id, timeout=60)
+
+
+@pytest.fixture()
+def api_kernel(fresh_kernel: Kernel) -> Kernel:
+    ok(fresh_kernel, "%load_ext qwen3_jupyter\nimport qwen3_jupyter, pathlib")
+    ok(fresh_kernel, "%qwen3 --max-new-tokens 1 hi")
+    return fresh_kernel
+
+
+def test_an_interrupted_generate_batch_says_so(api_kernel: Kernel, tmp_path: Path) -> None:
+    """Before, an interrupted generate_batch ended the cell "ok" and silent."""
+    out = tmp_path / "results.jsonl"
+    batch = _interrupt_once(
+        api_kernel,
+        "r = qwen3_jupyter.generate_batch([f'prompt {i}' for i in range(12)], 2, "
+        f"out={str(out)!r}, greedy=True, think=False, ignore_eos=True, max_new_tokens=1500, "
+        "progress=False)",
+        lambda: out.exists() and len(out.read_text().splitlines()) >= 2,
+    )
+    assert batch.status == "ok", batch.stderr
+    kept = api_kernel.value("len(r)")
+    assert 2 <= kept < 12
+    assert f"[qwen3] generate_batch interrupted: {kept}/12 finished results kept" in batch.stdout
+
+
+def test_an_interrupted_chat_says_so_and_the_cells_next_call_says_why_it_stops(
+    api_kernel: Kernel, tmp_path: Path
+) -> None:
+    """Before, an interrupted chat() said nothing, and the cell's next call raised a bare
+    `KeyboardInterrupt:`."""
+    started = tmp_path / "streaming"
+    chat = _interrupt_once(
+        api_kernel,
+        "with qwen3_jupyter.inference(model='tiny', think=False, ignore_eos=True) as chat:\n"
+        "    first = chat('Talk', max_new_tokens=3000, on_text=lambda t: "
+        f"pathlib.Path({str(started)!r}).touch())\n"
+        "    second = chat('And again')\n",
+        started.exists,
+    )
+    assert chat.status == "error"
+    assert chat.reply["ename"] == "KeyboardInterrupt"
+    assert chat.reply["evalue"] == "a call earlier in this cell was interrupted; run the cell again"
+    tokens = api_kernel.value("first.completion_tokens")
+    assert f"[qwen3] chat interrupted: partial answer kept ({tokens} tokens)" in chat.stdout
+    assert api_kernel.value("'second' in dir()") is False

@@ -169,6 +169,82 @@ def test_a_lone_question_mark_after_a_space_is_the_help_not_a_prompt(kernel: Ker
     assert kernel.value("_qwen3") == "before", "nothing was generated"
 
 
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "what is a - b",
+        "What does --no-think do?",
+        "Explain --max-new-tokens abc",  # not a valid value: text
+        "-- Explain --no-think",  # `--` first: everything after it is text
+    ],
+)
+def test_option_like_words_in_a_prompt_stay_text(kernel: Kernel, prompt: str) -> None:
+    ok(kernel, f"%qwen3 --max-new-tokens 2 --no-think {prompt}")
+    assert kernel.value("_qwen3.prompt") == prompt.removeprefix("-- ")
+
+
+@pytest.mark.parametrize("line", ["%qwen3 --help", "%qwen3 -h", "%qwen3 --no-think --help"])
+def test_help_flags_show_the_help_page(kernel: Kernel, line: str) -> None:
+    kernel.run("_qwen3 = 'before'")
+    ex = kernel.run(line)
+    assert ex.status == "ok", ex.stderr
+    pages = [p for p in ex.reply.get("payload", []) if p.get("source") == "page"]
+    assert pages, "no help page"
+    text = pages[0]["data"]["text/plain"]
+    assert "--max-new-tokens" in text and "Options come before the prompt" in text
+    assert kernel.value("_qwen3") == "before", "nothing was generated"
+
+
+@pytest.mark.parametrize(
+    ("magic", "option"),
+    [("%qwen3_clean", "--verbose"), ("%qwen3_autoclean", "on|off"), ("%qwen3_gauge", "--interval")],
+)
+def test_help_flags_of_the_other_magics_show_their_help_page(
+    kernel: Kernel, magic: str, option: str
+) -> None:
+    """It was "unknown option -h" (for --help, nothing closer); `%%qwen3_clean --help` shows
+    the page and runs nothing."""
+    for flag in ("-h", "--help"):
+        ex = kernel.run(f"{magic} {flag}")
+        assert ex.status == "ok", ex.stderr
+        pages = [p for p in ex.reply.get("payload", []) if p.get("source") == "page"]
+        assert pages and option in pages[0]["data"]["text/plain"], pages
+    ex = kernel.run("%%qwen3_clean --help\nran_the_cell = True")
+    assert ex.status == "ok" and not kernel.value("'ran_the_cell' in globals()")
+
+
+def test_a_warmup_on_cpu_says_plain_calls_do_not_use_it(kernel: Kernel) -> None:
+    """On CPU plain calls decode eagerly and give the warmed-up path back: the warmup said
+    nothing of it, and looked wasted."""
+    ex = kernel.run("%qwen3 --warmup", timeout=600)
+    assert ex.status == "ok", ex.stderr
+    assert (
+        "fast decode ready" in ex.stdout
+        and " · on cpu plain calls decode eagerly and give this back: it serves --fast calls "
+        "(or %config Qwen3Magics.decode = 'fast')\n"
+        in ex.stdout
+    ), ex.stdout
+    ok(kernel, "%qwen3 --max-new-tokens 2 --no-think hi")
+
+
+def test_a_call_that_fails_leaves_no_generating_placeholder(kernel: Kernel) -> None:
+    """`*generating…*` left above the error said the call was still running."""
+    ex = kernel.run("%qwen3 --memory-budget 64KiB --no-think --ignore-eos --max-new-tokens 200 hi")
+    assert ex.status == "error"
+    shown = {
+        m["content"]["transient"]["display_id"]
+        for m in ex.of_type("display_data")
+        if m["content"]["data"].get("text/markdown") == "*generating…*"
+    }
+    assert len(shown) == 1, "the stream display was not shown"
+    last = [
+        m["content"]["data"]["text/markdown"]
+        for m in ex.of_type("update_display_data")
+        if m["content"]["transient"]["display_id"] in shown
+    ]
+    assert last and last[-1] == "", last
+
+
 def test_think_and_no_think_map_to_enable_thinking(kernel: Kernel) -> None:
     kernel.run("%qwen3 --no-think --max-new-tokens 12 --seed 3 Hello")
     no_think = kernel.value(
@@ -279,6 +355,18 @@ def test_help_is_complete(kernel: Kernel) -> None:
         ("%qwen3 --vars --system '{nope}' hi", "--vars, in --system: {nope}: name 'nope'"),
         ("%qwen3 --vars {keep_me[7]}", "--vars: {keep_me[7]} raised IndexError"),
         ("%qwen3 --vars --file p.txt", "--vars fills a prompt typed in the cell"),
+        ('%qwen3 ""', "empty prompt"),
+        ("%qwen3 --no-think '  '", "empty prompt"),
+        ("%qwen3 --vars {' '}", "empty prompt: --vars filled it with nothing but blanks"),
+        (
+            "%qwen3 --greedy Why is the sky blue? --max-new-tokens 8 --no-think",
+            "UsageError: options go before the prompt: %qwen3 --greedy --max-new-tokens 8 "
+            "--no-think Why is the sky blue?; put -- first to send them as text",
+        ),
+        (
+            "%qwen3 Say 'a - b' --system='be brief'",
+            "options go before the prompt: %qwen3 --system='be brief' Say 'a - b';",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_loses_nothing(kernel: Kernel, line: str, expected: str) -> None:
