@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from . import display
@@ -76,7 +77,7 @@ def api_call(show_status: bool = True) -> Iterator[ApiCall]:
 
 
 _FLAG = re.compile(
-    r"--(max-new-tokens|device|dtype|model|server|temperature|top-p|top-k|seed|system|"
+    r"(?<![\w/~.-])--(max-new-tokens|device|dtype|model|server|temperature|top-p|top-k|seed|system|"
     r"batch-size|concurrency|memory-budget|out|eager|fast)(?![\w-])"
     r"(?: ('[^']*'|\"[^\"]*\"|\d[\d,._]*\d|\d|[/~][\w./~-]*\w))?"
 )
@@ -101,12 +102,28 @@ def in_api_words(exc: BaseException) -> None:
     """Reword `exc` in place with the argument names a Python caller typed: the layers below
     word their errors for the magic's flags (`--max-new-tokens 99,999,999 exceeds ...`), which
     a caller of chat() or generate_batch() never wrote. The exception keeps its type and
-    attributes (a GenerationOOM's `.results`)."""
+    attributes (a GenerationOOM's `.results`). Only this package's own errors: one raised in
+    the caller's `on_text`, or inside torch, keeps its words."""
+    if not _raised_here(exc):
+        return
     if exc.args and isinstance(exc.args[0], str):
         exc.args = (_api_words(exc.args[0]), *exc.args[1:])
     hint = getattr(exc, "hint", None)
     if isinstance(hint, str) and hint:
         exc.hint = _api_words(hint)  # type: ignore[attr-defined]
+
+
+_PACKAGE = str(Path(__file__).resolve().parent)
+
+
+def _raised_here(exc: BaseException) -> bool:
+    """Whether `exc` was raised by this package's code (its innermost frame is ours)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return str(Path(tb.tb_frame.f_code.co_filename).resolve()).startswith(_PACKAGE)
 
 
 def _api_words(text: str) -> str:

@@ -208,9 +208,9 @@ class _TensorScan:
             return
 
     def _add_graph(self, root: Any) -> None:
-        """The tensors an autograd graph keeps for backward (saved inputs and results, leaf
-        variables): they have no Python object of their own, so only the graph reaches them
-        (`loss = (w * 2).exp().sum(); del w` keeps w and exp's result through `loss`)."""
+        """The leaf variables an autograd graph keeps: no name holds them any more, so only
+        the graph reaches them (`loss = (w * 2).exp().sum(); del w` keeps w through `loss`; it
+        keeps exp's result too, which is counted nowhere: see `_saved_tensors`)."""
         stack = [root]
         while stack and self._graph_budget > 0:
             node = stack.pop()
@@ -262,12 +262,10 @@ def _special_contents(obj: Any) -> list[Any] | None:
         return [] if owner is None or isinstance(owner, _OPAQUE) else [owner]
     if isinstance(obj, functools.partial):
         return [obj.func, *obj.args, *obj.keywords.values(), *vars(obj).values()]
-    frame = (
-        getattr(obj, "gi_frame", None)
-        or getattr(obj, "cr_frame", None)
-        or getattr(obj, "ag_frame", None)
-    )
-    return list(frame.f_locals.values()) if frame is not None else []
+    # What the collector sees of a suspended generator or coroutine is its frame's locals.
+    # Not `frame.f_locals`: before Python 3.13 reading it copies the locals into a dict that
+    # stays on the frame, so a tensor the generator later deleted stayed alive.
+    return list(gc.get_referents(obj))
 
 
 def _untracked(obj: Any) -> list[Any]:
@@ -305,29 +303,14 @@ _SLOT_NAMES: weakref.WeakKeyDictionary[type, tuple[str, ...]] = weakref.WeakKeyD
 
 
 def _saved_tensors(node: Any) -> list[Any]:
-    """The tensors one autograd node keeps: its `_saved_*` values and, for AccumulateGrad,
-    the leaf `variable` (a node whose saved values were freed by backward keeps none)."""
-    found: list[Any] = []
-    for name in _saved_names(type(node)):
-        try:
-            value = getattr(node, name)
-        except Exception:  # freed by backward(), or not a tensor to unpack
-            continue
-        values = value if isinstance(value, (tuple, list)) else (value,)
-        found.extend(v for v in values if _is_tensor(v))
-    return found
-
-
-def _saved_names(node_type: type) -> tuple[str, ...]:
-    """The attributes of an autograd node type that may hold tensors (one dir() per type)."""
-    if node_type not in _SAVED_NAMES:
-        names = tuple(n for n in dir(node_type) if n.startswith("_saved_"))
-        extra = ("variable",) if node_type.__name__ == "AccumulateGrad" else ()
-        _SAVED_NAMES[node_type] = (*names, *extra)
-    return _SAVED_NAMES[node_type]
-
-
-_SAVED_NAMES: dict[type, tuple[str, ...]] = {}
+    """The tensors one autograd node keeps that can be read without running anything: the
+    leaf `variable` of an AccumulateGrad. Not the `_saved_*` values: reading one unpacks it,
+    which runs its saved-tensor hooks (torch.utils.checkpoint runs the forward again,
+    `save_on_cpu` copies back to the GPU), so the graph's figure is a floor."""
+    if type(node).__name__ != "AccumulateGrad":
+        return []
+    variable = getattr(node, "variable", None)
+    return [variable] if _is_tensor(variable) else []
 
 
 def _is_tensor(value: Any) -> bool:
@@ -1179,7 +1162,7 @@ def _full_gc_reason(full: bool, dynamo: bool, count: bool) -> str:
     if dynamo:
         return "torch.compile state was reset"
     if count:
-        return "counting tensors walks every object anyway"
+        return "needed to count tensors"
     return ""
 
 

@@ -199,7 +199,7 @@ class CleanupReport:
         if self.kept:
             parts.append(f"kept on purpose: {'; '.join(self.kept)}")
         timing = f"{self.seconds * 1000:.0f} ms"
-        parts.append(f"{timing} ({self.gc_pass})" if self.gc_pass else timing)
+        parts.append(f"{timing}, {self.gc_pass}" if self.gc_pass else timing)
         return " · ".join(parts)
 
     def details(self) -> list[str]:
@@ -255,11 +255,22 @@ class CleanupReport:
         for action in self.actions:
             if action.name not in REFERENCE_ACTIONS or not action.released:
                 continue
-            shown = ", ".join(action.released[:4])
-            more = len(action.released) - 4
+            named = _user_facing(action.released)
+            shown = ", ".join(named[:4])
+            more = len(named) - 4
             suffix = f" +{more} more" if more > 0 else ""
             pieces.append(f"{action.name} ({shown}{suffix})")
         return "; ".join(pieces)
+
+
+_IPYTHON_INTERNALS = ("last_execution_result.", "displayhook.")
+
+
+def _user_facing(released: tuple[str, ...]) -> tuple[str, ...]:
+    """The references a user knows (`Out[10]`, `_`), without IPython's own copies of them
+    (`last_execution_result.result`) where those are there too: `released` keeps them all."""
+    known = tuple(r for r in released if not r.startswith(_IPYTHON_INTERNALS))
+    return known or released
 
 
 REFERENCE_ACTIONS = (

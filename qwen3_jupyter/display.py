@@ -24,8 +24,10 @@ class StreamView:
         self.think = think
         self.hide_thinking = hide_thinking
         self._handle: Any = display(Markdown("*generating…*"), display_id=True)
+        self._streamed = False
 
     def update(self, text: str) -> None:
+        self._streamed = True
         thinking, answer, finished = split_thinking(text, self.think)
         self._show(render_answer(thinking, answer, finished, self.hide_thinking, streaming=True))
 
@@ -41,9 +43,11 @@ class StreamView:
         )
 
     def clear(self) -> None:
-        """Empty the display when the call raised: `*generating…*` (or a partial stream) left
-        above the error would say the call is still running."""
-        self._show("")
+        """When the call raised: empty the display if it still says `*generating…*` (left above
+        the error, it would say the call is still running). Text that streamed stays: the call
+        raised, so it is nowhere else (not in `_qwen3`)."""
+        if not self._streamed:
+            self._show("")
 
     def _show(self, markdown: str) -> None:
         if self._handle is not None:
@@ -109,6 +113,11 @@ def footer(result: Result) -> str:
         pieces.append(
             "the server capped the answer below --max-new-tokens (a max_tokens limit of its own, "
             "e.g. from the model's generation config: raise it on the server)"
+        )
+    elif result.stop_reason == "shortened":
+        pieces.append(
+            "the server ended the answer before --max-new-tokens (its context length or a "
+            "max_tokens limit of its own)"
         )
     elif result.stop_reason == "abort":
         pieces.append("the server aborted the answer: partial answer kept (check its log)")

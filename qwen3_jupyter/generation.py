@@ -201,6 +201,22 @@ class Result:
     def interrupted(self) -> bool:
         return self.stop_reason == "interrupted"
 
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """`_qwen3` typed alone shows the call's footer and a trimmed answer, not a repr of
+        several KB with every token id (the fields are all there to read)."""
+        from .display import footer
+
+        def trimmed(text: str) -> str:
+            return text if len(text) <= 200 else text[:200] + f"… ({len(text):,} characters)"
+
+        lines = [f"Result: {footer(self)}"]
+        if self.error:
+            lines.append(f"error: {self.error}")
+        if self.thinking:
+            lines.append(f"thinking: {trimmed(self.thinking)!r}")
+        lines.append(f"answer: {trimmed(self.answer)!r}")
+        printer.text("\n".join(lines))
+
     @property
     def failed(self) -> bool:
         """A batch item that produced no answer (its error says why)."""
@@ -415,15 +431,11 @@ def release_after_generation(device: str, memory_at_end: int | None) -> int | No
     holds a tensor (measured: live tensor bytes are the same before and after a full
     collection), so a young-generation pass suffices; a full one costs ~200 ms once
     transformers is imported, which would dominate short calls. `%qwen3_clean` does the full one.
-    On CPU the C heap keeps what the call freed until trimmed (130 MiB after the tiny model's
-    first call): trimmed here, measured at 0.4-0.6 ms per call once the process is settled.
+    The C heap is not trimmed here (`malloc_trim` took 80 ms per call on a fragmented heap,
+    holding the arena locks): `%qwen3_clean` and `--unload` trim it and report what it returned.
     """
     gc.collect(1)
     release_allocator_cache(device)
-    if not device.startswith("cuda"):
-        from .memory import trim_host_heap
-
-        trim_host_heap()
     if memory_at_end is None:
         return None
     return max(0, memory_at_end - current_memory(device)[0])

@@ -250,7 +250,7 @@ class Qwen3Magics(Magics):
         and ``%qwen3_clean --verbose``; ``--eager`` decodes with transformers' own generate and
         gives all of it back. ``--server URL`` asks an OpenAI-compatible server instead.
         """
-        if _asks_help(line):  # `%qwen3 --help`, `-h`: the page `%qwen3?` shows
+        if _asks_help(line, options_of(self.qwen3)):  # -h, --help: `%qwen3?`
             self._help()
             return
         namespace = self._namespace(local_ns)
@@ -738,20 +738,42 @@ def _refuse_trailing_options(
 
 
 def _trailing_options(magic: Any, prompt: str, takes_value: dict[str, bool]) -> int | None:
-    """Where the known options (with valid values) that end `prompt` start, if any: the
-    earliest word from which the rest of the prompt reads as options and nothing else."""
+    """Where the known options that end `prompt` start, if any: the earliest word from which
+    the rest of the prompt reads as options and nothing else, each a switch (`--no-think`) or
+    given a number or size (`--max-new-tokens 8`, `--memory-budget 2GiB`). A word after a
+    value-taking option is text too (`What does pip install --system do`)."""
     for match in _TOKEN.finditer(prompt):
         if match.start() == 0 or match.group().split("=", 1)[0] not in takes_value:
             continue
         try:
             argv, end, ended = _read_options(prompt, match.start(), takes_value)
-            if end < len(prompt) or ended:
+            tail = prompt[match.start() :]
+            if end < len(prompt) or ended or not _plainly_options(tail, takes_value):
                 continue
             magic.parser.parse_args(argv)
         except UsageError:  # not options after all (an unknown word, a bad value): text
             continue
         return match.start()
     return None
+
+
+_PLAIN_VALUE = re.compile(r"""-?[\d.,_]+(?:[kKMGT]i?B?)?|["'].*""")
+"""A value no sentence has after a flag's name: a number, a size, or a quoted text."""
+
+
+def _plainly_options(tail: str, takes_value: dict[str, bool]) -> bool:
+    """Whether every value in `tail` (options only, see `_trailing_options`) is written as
+    only a value is: `--seed 5`, `--memory-budget 2GiB`, `--system="be brief"`, `--system
+    'be brief'`, not a bare word (`pip install --system do`)."""
+    words = _TOKEN.findall(tail)
+    for index, word in enumerate(words):
+        name, given, _ = word.partition("=")
+        if not name.startswith("--") or given:
+            continue
+        following = words[index + 1] if index + 1 < len(words) else ""
+        if takes_value.get(name) and not _PLAIN_VALUE.fullmatch(following):
+            return False
+    return True
 
 
 _QUOTED_BLANK = re.compile(r"""^(["'])\s*\1$""")
@@ -763,15 +785,21 @@ def _unquoted_empty(prompt: str) -> str:
     return "" if _QUOTED_BLANK.match(prompt) else prompt
 
 
-def _asks_help(line: str) -> bool:
+def _asks_help(line: str, takes_value: dict[str, bool]) -> bool:
     """Whether the options (the words before the prompt or `--`) include -h or --help, which
-    every command-line tool takes for its help."""
+    every command-line tool takes for its help; an option's value is not one
+    (`--system -h hi`)."""
+    value_next = False
     for match in _TOKEN.finditer(line):
         token = match.group()
+        if value_next:
+            value_next = False
+            continue
         if token in HELP_FLAGS:
             return True
         if token == "--" or not token.startswith("-") or _is_number(token):
             return False
+        value_next = takes_value.get(token, False)  # `--system=x` carries its value itself
     return False
 
 

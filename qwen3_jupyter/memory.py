@@ -126,8 +126,14 @@ def _cgroup_figures(
 
 
 def _torch() -> Any | None:
-    """torch if this process already imported it, else None (never imports it)."""
-    return sys.modules.get("torch")
+    """torch if this process already imported it, else None (never imports it). A torch the
+    main thread is still importing is None too: the gauge's thread polled one whose `cuda` did
+    not exist yet ("partially initialized module 'torch'"), a traceback in the first call's
+    cell."""
+    torch = sys.modules.get("torch")
+    if torch is None or getattr(getattr(torch, "__spec__", None), "_initializing", False):
+        return None
+    return torch
 
 
 def cuda_in_use() -> bool:

@@ -188,6 +188,8 @@ class Monitor:
         self._history_seconds = history_seconds
         self.low_free_bytes = low_free_bytes
         self._lock = threading.RLock()
+        self._logged: set[str | None] = set()
+        """Poll errors already logged (each once: a poll every half second would repeat it)."""
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._lingering: list[threading.Thread] = []
@@ -467,8 +469,11 @@ class Monitor:
         try:
             snapshot = self._poll()
         except Exception as exc:  # a reader failing must not kill the thread
-            _log.exception("qwen3_jupyter: memory poll failed")
             snapshot = self._failed(f"memory poll failed: {exc}")
+            if snapshot.error not in self._logged:  # one line per new error, not per poll
+                self._logged.add(snapshot.error)
+                _log.warning("qwen3_jupyter: %s", snapshot.error)
+                _log.debug("qwen3_jupyter: memory poll failed", exc_info=True)
         with self._lock:
             self._history.append(snapshot)
             self.polls += 1

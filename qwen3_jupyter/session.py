@@ -182,7 +182,7 @@ class Session:
         before, kind = current_memory(loaded.device)
         self.close_engine("fast")
         after, _ = current_memory(loaded.device)
-        what = "; ".join(k.describe() for k in kept)
+        what = "; ".join(k.describe(why=False) for k in kept)
         return (
             f"gave back {what} · {kind} {format_bytes(before)} -> {format_bytes(after)} "
             f"(freed {format_bytes(max(0, before - after))}); {rebuilds} builds it again"

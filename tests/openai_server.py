@@ -479,11 +479,11 @@ class LoggedKernel(Kernel):
     """A kernel whose process stdout/stderr go to `log` (library logs, warnings, crashes)."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
-        from jupyter_client.manager import KernelManager
+        from qwen3_jupyter.bench._kernel import private_kernel_manager
 
         self.log = log
         self.executions: list[Any] = []
-        self.km = KernelManager(kernel_name="python3")
+        self.km = private_kernel_manager()
         full_env = dict(os.environ)
         full_env.update(env)
         self._log_handle = log.open("ab")

@@ -12,6 +12,7 @@ same cells on the CPU and on a GPU and assert that the allocator's live bytes
 from __future__ import annotations
 
 import dataclasses
+import gc
 import importlib
 import json
 import sys
@@ -92,6 +93,8 @@ def test_output_cache_entry_is_released(k: Kernel) -> None:
     assert k.value(f"(_, Out[{later}])") == (42, 42), "the output cache keeps working"
     released = k.value('[a.released for a in r.actions if a.name == "output cache"][0]')
     assert f"Out[{n}]" in released
+    summary = k.value("r.summary()")  # IPython's own copies are not named to the user
+    assert f"Out[{n}]" in summary and "last_execution_result" not in summary, summary
     assert_survivors(k)
 
 
@@ -758,6 +761,48 @@ def test_holds_device_memory_sees_through_methods_partials_slots_generators() ->
     assert not qc.holds_device_memory(functools.partial(max, 1))
 
 
+def test_looking_into_a_generator_keeps_nothing_it_lets_go_later() -> None:
+    """Reading a suspended generator's `f_locals` (Python < 3.13) left a copy of its locals on
+    the frame: a tensor the generator deleted afterwards stayed alive."""
+    torch = pytest.importorskip("torch")
+    import weakref
+
+    def gen() -> Iterator[int]:
+        held = torch.ones(1000)
+        yield 1
+        del held
+        yield 2
+
+    started = gen()
+    next(started)
+    (tensor,) = [r for r in gc.get_referents(started) if isinstance(r, torch.Tensor)]
+    ref = weakref.ref(tensor)
+    del tensor
+    assert qc.holds_device_memory(started)
+    next(started)
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_verbose_scan_never_unpacks_saved_tensors() -> None:
+    """Reading an autograd node's `_saved_*` runs its unpack hook: torch.utils.checkpoint ran
+    the forward again inside a cleanup, `save_on_cpu` copied back to the GPU."""
+    torch = pytest.importorskip("torch")
+    unpacked = []
+
+    def unpack(value: object) -> object:
+        unpacked.append(1)
+        return value
+
+    w = torch.ones(1000, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda value: value, unpack):
+        loss = (w * 2).exp().sum()
+    scan = qc._TensorScan(torch)
+    scan.visit(loss, 0)
+    assert not unpacked
+    assert scan.tensor_count >= 2, "the loss and the leaf w it keeps through its graph"
+
+
 def test_a_tensor_in_the_last_exceptions_args_is_released(k: Kernel) -> None:
     """`assert a.sum() == 0, a` puts the tensor in the exception's args, which IPython keeps
     (`last_execution_result.error_in_exec`): stripping the traceback alone left it alive."""
@@ -820,8 +865,8 @@ def test_heap_slack_returned_by_a_cleanup_is_reported(k: Kernel) -> None:
 
 
 def test_verbose_charges_a_tensors_autograd_graph_to_its_name(k: Kernel) -> None:
-    """`loss = (w * 2).exp().sum(); del w`: the graph keeps w and exp's result (saved tensors
-    have no Python object), and the report said `loss: Tensor[] 4 B`."""
+    """`loss = (w * 2).exp().sum(); del w`: the graph keeps w (and exp's result, which only
+    unpacking could read: not counted), and the report said `loss: Tensor[] 4 B`."""
     ok(
         k,
         "w = torch.ones(4 * MiB, requires_grad=True)\n"
@@ -833,7 +878,7 @@ def test_verbose_charges_a_tensors_autograd_graph_to_its_name(k: Kernel) -> None
         ok(k, "r = qwen3_jupyter.cleanup(verbose=True)")
         details = k.value("r.details()")
         hint = "(del loss or loss = loss.detach())"
-        line = f"loss: Tensor[] float32 + autograd graph 32.0 MiB cpu {hint}"
+        line = f"loss: Tensor[] float32 + autograd graph 16.0 MiB cpu {hint}"
         assert line in details, details
         assert alive(k, "leaf"), "named, not freed"
         ok(k, "loss = loss.detach()")

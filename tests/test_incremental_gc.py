@@ -192,7 +192,7 @@ def test_full_flag_dynamo_and_verbose_scan_everything(frozen: Kernel) -> None:
         "full gc (torch.compile state was reset)"
     )
     assert k.value("qwen3_jupyter.cleanup(verbose=True).gc_pass") == (
-        "full gc (counting tensors walks every object anyway)"
+        "full gc (needed to count tensors)"
     )
     assert k.value("qwen3_jupyter.cleanup().gc_pass") == (
         "full gc (the last cleanup counted every tensor)"

@@ -177,6 +177,18 @@ def test_api_errors_name_the_arguments_the_caller_typed(k: Kernel, code: str, sa
     assert "--" not in bad.reply["evalue"], bad.reply["evalue"]
 
 
+def test_the_callers_own_error_keeps_its_words(k: Kernel) -> None:
+    """Only the package's errors are reworded in argument names: an `on_text` that raised
+    `bad --seed 5 in /data/run--model/x` reached its caller as `bad seed=5 in /data/runmodel/x`."""
+    said = "bad --seed 5 in /data/run--model/x and --device 'cuda:1'"
+    bad = k.run(
+        f"def cb(text):\n    raise ValueError({said!r})\n"
+        "with qwen3_jupyter.inference(model='tiny', max_new_tokens=4) as chat:\n"
+        "    chat('hi', on_text=cb)"
+    )
+    assert (bad.reply["ename"], bad.reply["evalue"]) == ("ValueError", said)
+
+
 def test_an_empty_prompt_is_refused_in_one_line(k: Kernel) -> None:
     """Before, chat("") generated a full 512-token answer to nothing."""
     for prompt in ("''", "'  \\n'"):

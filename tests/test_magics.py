@@ -176,11 +176,31 @@ def test_a_lone_question_mark_after_a_space_is_the_help_not_a_prompt(kernel: Ker
         "What does --no-think do?",
         "Explain --max-new-tokens abc",  # not a valid value: text
         "-- Explain --no-think",  # `--` first: everything after it is text
+        # a word after a value-taking option is text: refusing it suggested
+        # `%qwen3 --system do What does pip install`
+        "What does pip install --system do",
+        "How do I pass --system prompt",
     ],
 )
 def test_option_like_words_in_a_prompt_stay_text(kernel: Kernel, prompt: str) -> None:
     ok(kernel, f"%qwen3 --max-new-tokens 2 --no-think {prompt}")
     assert kernel.value("_qwen3.prompt") == prompt.removeprefix("-- ")
+
+
+def test_the_last_result_typed_alone_is_its_footer_and_answer(kernel: Kernel) -> None:
+    """`_qwen3` alone printed a dataclass repr of several KB (every token id)."""
+    ok(kernel, "%qwen3 --max-new-tokens 40 --no-think --ignore-eos hi")
+    shown = ok(kernel, "_qwen3").result() or ""
+    lines = shown.splitlines()
+    assert lines[0].startswith("Result: [qwen3] tiny on cpu") and "40 tokens" in lines[0], shown
+    assert lines[-1].startswith("answer: ") and "token_ids" not in shown, shown
+
+
+def test_an_options_value_is_not_a_help_request(kernel: Kernel) -> None:
+    """`--system -h` is the system prompt "-h" (the parser reads it so): it showed the help."""
+    kernel.run("_qwen3 = 'before'")
+    ok(kernel, "%qwen3 --system -h --max-new-tokens 2 --no-think hi")
+    assert kernel.value("_qwen3.prompt") == "hi"
 
 
 @pytest.mark.parametrize("line", ["%qwen3 --help", "%qwen3 -h", "%qwen3 --no-think --help"])

@@ -6,6 +6,7 @@ NVML is the fake (tests/fake_nvml.py); host and torch figures are read for real.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import threading
 import time
@@ -362,3 +363,20 @@ def test_kept_memory_and_server_loads_come_from_plugged_in_sources(monitor: Moni
     undo_servers()
     undo_broken()
     assert monitor.sample().kept == () and monitor.sample().servers == ()
+
+
+def test_a_failing_poll_is_one_log_line_once(
+    monitor: Monitor, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each failed poll logged its whole traceback, into the cell that was running."""
+
+    def broken() -> None:
+        raise AttributeError("no cuda yet")
+
+    monkeypatch.setattr(monitor, "_poll", broken)
+    with caplog.at_level(logging.INFO, logger="qwen3_jupyter"):
+        for _ in range(3):
+            assert monitor.sample().error == "memory poll failed: no cuda yet"
+    lines = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert [r.getMessage() for r in lines] == ["qwen3_jupyter: memory poll failed: no cuda yet"]
+    assert lines[0].exc_info is None

@@ -229,7 +229,9 @@ def test_why_a_served_answer_stopped() -> None:
     # vLLM also caps max_tokens by the generation config: room was left, so not the context
     capped = Streamed(finish_reason="length", prompt_tokens=10, completion_tokens=60)
     assert stop_reason(capped, 100, 256) == "capped"
-    assert stop_reason(capped, 100) == "capped", "no context length listed: not the context"
+    assert stop_reason(capped, 100) == "shortened", "no context length listed: cannot tell"
+    uncounted = Streamed(finish_reason="length", completion_tokens=60)
+    assert stop_reason(uncounted, 100, 256) == "shortened", "no prompt count: cannot tell"
     assert stop_reason(Streamed(finish_reason="length"), 100) == "length", "no count: unknown"
     assert stop_reason(Streamed(finish_reason="abort"), 100) == "abort"
     assert stop_reason(Streamed(finish_reason="length", interrupted=True), 100) == "interrupted"

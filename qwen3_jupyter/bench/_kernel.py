@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,11 +71,21 @@ class KernelDied(RuntimeError):
     """The kernel process ended while a cell was running."""
 
 
+def private_kernel_manager() -> KernelManager:
+    """A manager for a kernel only this process talks to: over IPC sockets in a folder of its
+    own, not TCP ports (every TCP kernel warns about eavesdropping in red, once per kernel a
+    benchmark starts, in the notebook that runs it)."""
+    folder = tempfile.mkdtemp(prefix="qwen3-kernel-")
+    manager = KernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(folder, "k"))
+    manager.socket_folder = folder  # type: ignore[attr-defined]  # removed by `shutdown`
+    return manager
+
+
 class Kernel:
     """One running kernel with a blocking client."""
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
-        self.km = KernelManager(kernel_name="python3")
+        self.km = private_kernel_manager()
         full_env = dict(os.environ)
         full_env.update(env or {})
         self.km.start_kernel(env=full_env)
@@ -187,6 +199,7 @@ class Kernel:
     def shutdown(self) -> None:
         self.kc.stop_channels()
         self.km.shutdown_kernel(now=True)
+        shutil.rmtree(getattr(self.km, "socket_folder", ""), ignore_errors=True)
 
 
 def timed_cell(kernel: Kernel, code: str, timeout: float = 1800) -> float:

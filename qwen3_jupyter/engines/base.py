@@ -33,9 +33,11 @@ class KeptMemory:
     why: str = "kept for speed"
     give_back: str = "%qwen3 --eager or --unload gives it back"
 
-    def describe(self) -> str:
-        """'decode cache 448 MiB on cuda:0, kept for speed'."""
-        return f"{self.label} {format_bytes(self.nbytes)} on {self.device}, {self.why}"
+    def describe(self, why: bool = True) -> str:
+        """'decode cache 448 MiB on cuda:0, kept for speed' (without `why`, for a line saying
+        it was given back: 'gave back … kept for speed' contradicted itself)."""
+        reason = f", {self.why}" if why else ""
+        return f"{self.label} {format_bytes(self.nbytes)} on {self.device}{reason}"
 
 
 def describe_kept(kept: Sequence[KeptMemory]) -> str:

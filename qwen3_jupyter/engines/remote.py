@@ -109,7 +109,8 @@ def stop_reason(streamed: Streamed, max_new_tokens: int, context: int | None = N
     on it). A "length" before `max_new_tokens` is the server's own limit — only its count tells
     the two apart: "context" when prompt and answer filled the model's `context` (vLLM 0.32 and
     later shorten an answer to the room left instead of refusing it), else "capped" (vLLM also
-    caps max_tokens by the model's generation config)."""
+    caps max_tokens by the model's generation config); "shortened" where the context or the
+    prompt's count is not known."""
     if streamed.interrupted:
         return "interrupted"
     finish = streamed.finish_reason
@@ -117,8 +118,9 @@ def stop_reason(streamed: Streamed, max_new_tokens: int, context: int | None = N
         return "eos"
     counted = streamed.completion_tokens
     if finish == "length" and counted is not None and counted < max_new_tokens:
-        used = counted + (streamed.prompt_tokens or 0)
-        return "context" if context is not None and used >= context else "capped"
+        if context is None or streamed.prompt_tokens is None:
+            return "shortened"  # no count to tell the context from a cap of the server's
+        return "context" if counted + streamed.prompt_tokens >= context else "capped"
     return finish
 
 
