@@ -626,6 +626,29 @@ def test_stream_cut_midway_error_event_and_malformed_events(
     ), garbled
 
 
+def test_a_call_failing_mid_answer_keeps_the_text_it_streamed(
+    rk: LoggedKernel, proxy: ChaosProxy
+) -> None:
+    """The display was emptied when the call raised: the streamed text (in no `_qwen3`, as the
+    call failed) was gone; only a display still saying `*generating…*` is emptied."""
+    ok(rk, "%config Qwen3Magics.stream_interval = 0")
+    try:
+        line = f"%qwen3 --server {proxy.url('garbled')} --no-think --max-new-tokens 30 Hi"
+        ex = rk.run(line)
+        assert ex.status == "error"
+        updates = answer_updates(ex)
+        assert updates and updates[-1].strip(), updates
+        gone = rk.run(f"%qwen3 --server {proxy.url('malformed')} Hi")  # nothing streamed
+        assert gone.status == "error"
+        shown = [
+            m["content"]["data"].get("text/markdown")
+            for m in gone.of_type("display_data", "update_display_data")
+        ]
+        assert "*generating…*" in shown and shown[-1] == "", shown
+    finally:
+        ok(rk, "%config Qwen3Magics.stream_interval = 0.1")
+
+
 def test_first_token_and_total_timeouts(
     rk: LoggedKernel, proxy: ChaosProxy, openai_server: OpenAIServer
 ) -> None:
