@@ -187,7 +187,7 @@ def test_python_own_full_collection_gets_the_frozen_objects_back(frozen: Kernel)
 def test_full_flag_dynamo_and_verbose_scan_everything(frozen: Kernel) -> None:
     k = frozen
     out = ok(k, "%qwen3_clean --full").stdout
-    assert "(full gc (asked for))" in out
+    assert ", full gc (asked for)\n" in out
     assert k.value("qwen3_jupyter.cleanup(dynamo=True).gc_pass") == (
         "full gc (torch.compile state was reset)"
     )

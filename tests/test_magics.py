@@ -248,8 +248,9 @@ def test_a_warmup_on_cpu_says_plain_calls_do_not_use_it(kernel: Kernel) -> None:
 
 
 def test_a_call_that_fails_leaves_no_generating_placeholder(kernel: Kernel) -> None:
-    """`*generating…*` left above the error said the call was still running."""
-    ex = kernel.run("%qwen3 --memory-budget 64KiB --no-think --ignore-eos --max-new-tokens 200 hi")
+    """`*generating…*` left above the error said the call was still running. (Text that
+    streamed before a failure stays: tests/test_remote.py shows it.)"""
+    ex = kernel.run("%qwen3 --no-think --max-new-tokens 4090 hi")  # too long: fails at once
     assert ex.status == "error"
     shown = {
         m["content"]["transient"]["display_id"]
