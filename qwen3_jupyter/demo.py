@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -53,11 +54,16 @@ def _outputs_text(cell: Any) -> str:
 def run_notebook(path: Path, out_dir: Path, timeout: int = 600) -> tuple[list[CellSummary], Path]:
     """Execute `path` with nbclient; write the executed copy under `out_dir`."""
     import nbformat
+    from jupyter_client.manager import AsyncKernelManager
     from nbclient import NotebookClient
 
+    from .bench._kernel import private_kernel_manager
+
     notebook = nbformat.read(path, as_version=4)
+    manager = private_kernel_manager(AsyncKernelManager)  # IPC: no TCP eavesdropping warning
     client = NotebookClient(
         notebook,
+        km=manager,
         timeout=timeout,
         kernel_name="python3",
         resources={"metadata": {"path": str(path.parent)}},
@@ -92,6 +98,7 @@ def run_notebook(path: Path, out_dir: Path, timeout: int = 600) -> tuple[list[Ce
     try:
         client.execute()
     finally:
+        shutil.rmtree(manager.socket_folder, ignore_errors=True)
         out_dir.mkdir(parents=True, exist_ok=True)
         executed = out_dir / path.name
         nbformat.write(notebook, executed)

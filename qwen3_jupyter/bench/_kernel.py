@@ -71,13 +71,15 @@ class KernelDied(RuntimeError):
     """The kernel process ended while a cell was running."""
 
 
-def private_kernel_manager() -> KernelManager:
+def private_kernel_manager(manager_class: type[Any] = KernelManager) -> Any:
     """A manager for a kernel only this process talks to: over IPC sockets in a folder of its
     own, not TCP ports (every TCP kernel warns about eavesdropping in red, once per kernel a
-    benchmark starts, in the notebook that runs it)."""
+    benchmark starts, in the notebook that runs it). `socket_folder` is the caller's to remove
+    once the kernel is shut down (`Kernel.shutdown` does). nbclient takes an
+    AsyncKernelManager as `manager_class`."""
     folder = tempfile.mkdtemp(prefix="qwen3-kernel-")
-    manager = KernelManager(kernel_name="python3", transport="ipc", ip=os.path.join(folder, "k"))
-    manager.socket_folder = folder  # type: ignore[attr-defined]  # removed by `shutdown`
+    manager = manager_class(kernel_name="python3", transport="ipc", ip=os.path.join(folder, "k"))
+    manager.socket_folder = folder
     return manager
 
 
