@@ -1070,14 +1070,6 @@ def add_cleanup_listener(callback: Callable[[CleanupReport], None]) -> Callable[
     return remove
 
 
-def _check_switches(**switches: bool | None) -> None:
-    """Refuse a switch that is not True or False (None: count_tensors' default), in one line:
-    `verbose="no"` is truthy and would have meant yes."""
-    for name, value in switches.items():
-        if not isinstance(value, bool) and not (value is None and name == "count_tensors"):
-            raise TypeError(f"{name}={value!r} ({type(value).__name__}): must be True or False")
-
-
 def cleanup(
     shell: Any | None = None,
     *,
@@ -1100,7 +1092,12 @@ def cleanup(
     that names no variables is refused first); never unloads the model.
     """
     names = _drop_names(drop)
-    _check_switches(dynamo=dynamo, verbose=verbose, full=full, count_tensors=count_tensors)
+    from .generation import check_arguments  # `verbose="no"` is truthy: it meant yes
+
+    switches: dict[str, object] = {"dynamo": dynamo, "verbose": verbose, "full": full}
+    if count_tensors is not None:
+        switches["count_tensors"] = count_tensors
+    check_arguments(flags=switches)
     started = time.perf_counter()
     count = verbose if count_tensors is None else count_tensors
     COLLECTOR.last = None

@@ -549,12 +549,12 @@ class RemoteEngine(Engine):
         once per server, rather than let --seed promise what it cannot keep."""
         if options.seed is None or options.greedy or not self.connection.is_sglang():
             return
-        if not self.connection.seed_noted:
-            self.connection.seed_noted = True
-            self.notify(
-                f"SGLang at {self.connection.shown} ignores --seed unless it was started with "
-                "--enable-deterministic-inference: sampled answers may differ from run to run"
-            )
+        self._tell_once(
+            "ignored_seed",
+            f"SGLang at {self.connection.shown} ignores --seed unless it was started with "
+            "--enable-deterministic-inference: sampled answers may differ from run to run",
+            self.notify,
+        )
 
     def _explain(
         self,

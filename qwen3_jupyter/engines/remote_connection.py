@@ -49,8 +49,6 @@ class ServerConnection:
         self._loaded: frozenset[str] | None = None
         """The models listed as loaded, where the listing says (`transformers serve`'s
         `status`); None where it does not."""
-        self.seed_noted = False
-        """Whether this kernel was told that this server ignores --seed."""
         self._noted: set[str] = set()
         self._lock = threading.Lock()
         self._client: Any = None
