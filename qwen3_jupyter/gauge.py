@@ -3,8 +3,10 @@
 The gauge never reads memory itself: the monitor's polling thread hands it snapshots, and it
 sets widget values from that thread. ipywidgets sends a comm message only when a value really
 changes, and the monitor polls once per interval, so the front end gets at most one update per
-interval and none while memory is steady — even while a cell is busy. Figures are rounded to
-what is shown (three significant digits, whole percents) so noise does not become traffic.
+interval — even while a cell is busy — and, while memory is steady, only the footer's heartbeat
+every 2 s, which lets the browser mark a gauge whose kernel is gone as stale (`footer_html`).
+Figures are rounded to what is shown (three significant digits, whole percents) so noise does
+not become traffic.
 
 `qwen3_jupyter.gauge()` returns a `Gauge`; `%qwen3_gauge` displays one. Several gauges share the
 one monitor; `Gauge.close()` unsubscribes.
@@ -18,7 +20,9 @@ decode cache), so memory held for speed is never mistaken for a leak.
 from __future__ import annotations
 
 import html
+import os
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Iterator
@@ -35,7 +39,8 @@ SPARK_POINTS = 60
 SPARK_BUCKET_SECONDS = 2.0
 SPARK_WIDTH = 90
 SPARK_HEIGHT = 18
-WARN_FRACTION = 0.70
+WARN_FRACTION = 0.75
+"""Amber from here (the JupyterLab sidebar's default warning threshold too)."""
 DANGER_FRACTION = 0.90
 HOST_KEY = "host"
 SERVER_KEY = "server:"
@@ -47,22 +52,32 @@ _GAUGES: weakref.WeakSet[Gauge] = weakref.WeakSet()
 
 
 def short_bytes(n: int | None) -> str:
-    """Three significant digits in binary units ('412 MiB', '1.23 GiB', '80.0 GiB')."""
+    """Three significant digits in binary units ('412 MiB', '1.23 GiB', '80.0 GiB'); the unit
+    and the digits are chosen after rounding, so 1023.99 MiB reads '1.00 GiB', not '1024 MiB'."""
     if n is None:
         return "unknown"
-    value, unit = float(n), "B"
-    for next_unit, size in (("KiB", 1024), ("MiB", MiB), ("GiB", GiB)):
-        if abs(n) >= size:
-            value, unit = n / size, next_unit
-    if unit == "B":
+    units = (("B", 1), ("KiB", 1024), ("MiB", MiB), ("GiB", GiB))
+    step = len(units) - 1
+    while step > 0 and abs(n) < units[step][1]:
+        step -= 1
+    if step == 0:
         return f"{n} B"
-    digits = 2 if abs(value) < 10 else 1 if abs(value) < 100 else 0
-    return f"{value:.{digits}f} {unit}"
+    while True:
+        unit, size = units[step]
+        value = n / size
+        digits = 2 if abs(value) < 10 else 1 if abs(value) < 100 else 0
+        shown = round(value, digits)
+        if abs(shown) >= 1024 and step < len(units) - 1:
+            step += 1  # 1023.99 MiB rounds to 1024: say it in GiB
+            continue
+        if digits and abs(shown) >= (10 if digits == 2 else 100):
+            digits -= 1  # 9.999 GiB rounds to 10.00: three digits are '10.0'
+        return f"{value:.{digits}f} {unit}"
 
 
 def device_bytes(n: int) -> str:
     """Whole-device figures to 0.1 GiB: other processes make finer digits pure noise."""
-    return f"{n / GiB:.1f} GiB" if n >= GiB else short_bytes(n)
+    return f"{n / GiB:.1f} GiB" if round(n / GiB, 1) >= 1 else short_bytes(n)
 
 
 @dataclass(frozen=True)
@@ -88,9 +103,25 @@ def _kernel_share(sample: GpuSample) -> str:
     """This kernel's memory on the GPU, or why it is unknown (never a made-up 0)."""
     if sample.kernel_bytes is not None:
         return f"this kernel {short_bytes(sample.kernel_bytes)}"
+    reasons = []
+    if sample.kernel_listed:
+        reasons.append("the driver lists this kernel without a figure")
+    elif not sample.gpu.processes_listed:
+        reasons.append("NVML will not list the processes here")
     if sample.torch is not None:
-        return f"this kernel unknown (torch reserved {short_bytes(sample.torch.reserved)})"
-    return "this kernel unknown (torch has not used this GPU)"
+        reasons.append(f"torch reserved {short_bytes(sample.torch.reserved)}")
+    elif not reasons:
+        reasons.append("torch has not used this GPU")
+    return f"this kernel unknown ({'; '.join(reasons)})"
+
+
+def gpu_label(sample: GpuSample) -> str:
+    """'GPU 2', or 'cuda:0 (GPU 2)' where torch numbers it differently from NVML
+    (CUDA_VISIBLE_DEVICES), so a row can be matched to the device a notebook names."""
+    gpu = sample.gpu
+    if sample.cuda_index is None or (gpu.mig_parent is None and sample.cuda_index == gpu.index):
+        return gpu.label
+    return f"cuda:{sample.cuda_index} ({gpu.label})"
 
 
 def gpu_row(sample: GpuSample, low_free: int) -> RowView:
@@ -113,8 +144,8 @@ def gpu_row(sample: GpuSample, low_free: int) -> RowView:
     source = "" if gpu.memory_source == "v2" else " · NVML v1 memory (counts driver reserve)"
     return RowView(
         key=gpu.uuid,
-        label=gpu.label,
-        tooltip=f"{gpu.name} · {gpu.uuid}{source}",
+        label=gpu_label(sample),
+        tooltip=f"{gpu.name} · {gpu.uuid} · NVML {gpu.label}{source}",
         percent=round(100 * fraction),
         style=_style(fraction, gpu.memory_free, low_free),
         text=" · ".join(parts),
@@ -163,12 +194,48 @@ def server_row(load: ServerLoad) -> RowView:
     )
 
 
+def unread_row(index: int, reason: str | None) -> RowView:
+    """A GPU NVML counted but could not read (lost, reset): kept on screen, saying so, rather
+    than a row that silently disappears."""
+    return RowView(
+        key=f"unread:{index}",
+        label=f"GPU {index}",
+        tooltip=reason or "NVML could not read this GPU",
+        percent=0,
+        style="danger",
+        text="could not be read (" + _unread_reason(index, reason) + ")",
+        fraction=0.0,
+    )
+
+
+def _unread_reason(index: int, reason: str | None) -> str:
+    """This GPU's part of the poll's NVML error ('GPU is lost'), else the whole error."""
+    for part in (reason or "").removeprefix("NVML error: ").split("; "):
+        if part.startswith(f"GPU {index}: "):
+            return "NVML: " + part.split(": ", 1)[1]
+    return reason or "NVML error"
+
+
+def _unread_shown(snapshot: Snapshot, show_all: bool) -> list[int]:
+    """Unread GPUs this kernel may be using: all of them unless CUDA_VISIBLE_DEVICES names
+    others by index (an unread GPU has no UUID to match)."""
+    unread = sorted(snapshot.unread_gpus or ())
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if show_all or value is None:
+        return unread
+    entries = [e.strip() for e in value.split(",") if e.strip()]
+    if not all(e.isdigit() for e in entries):
+        return unread
+    return [i for i in unread if str(i) in entries]
+
+
 def row_views(snapshot: Snapshot, show_all: bool, low_free: int) -> list[RowView]:
-    """One row per GPU this kernel sees (every GPU with `show_all`), then host memory, then one
-    per server this kernel asks."""
+    """One row per GPU this kernel sees (every GPU with `show_all`), in torch's order, and one
+    per GPU that could not be read; then host memory, then one per server this kernel asks."""
     gpus = snapshot.gpus if show_all else snapshot.visible_gpus
     return [
         *(gpu_row(g, low_free) for g in gpus),
+        *(unread_row(i, snapshot.nvml_reason) for i in _unread_shown(snapshot, show_all)),
         host_row(snapshot, low_free),
         *(server_row(load) for load in snapshot.servers),
     ]
@@ -188,7 +255,9 @@ def footer_text(snapshot: Snapshot) -> str:
     if not snapshot.nvml_available:
         return snapshot.nvml_reason or "NVML unavailable; showing host and torch memory only"
     parts = [f"NVML · driver {snapshot.driver_version or 'unknown'}"]
-    if not snapshot.gpus:
+    if not snapshot.gpus and (snapshot.unread_gpus is None or snapshot.unread_gpus):
+        parts.append("could not read the GPUs: showing host memory")
+    elif not snapshot.gpus:
         parts.append("no NVIDIA GPU found: showing host memory")
     elif not snapshot.visible_gpus:
         parts.append("no GPU visible to this kernel (CUDA_VISIBLE_DEVICES): showing host memory")
@@ -196,6 +265,42 @@ def footer_text(snapshot: Snapshot) -> str:
         parts.append(snapshot.nvml_reason)
     parts.append(f"every {snapshot.interval:g} s")
     return " · ".join(parts)
+
+
+HEARTBEAT_SECONDS = 2.0
+"""How often a steady gauge still sends its footer: a front end that stops hearing it (a stopped
+or restarted kernel) marks the reading stale after `STALE_BEATS` beats."""
+STALE_BEATS = 3
+FIRST_READING_WAIT = 0.5
+"""Seconds a new gauge waits for its first reading, so it is never displayed (or saved) empty;
+NVML that hangs longer leaves 'reading memory…' until the thread's reading arrives."""
+_STALE_CSS = (
+    "<style>@keyframes qwen3-gauge-stale{to{max-height:4em;opacity:1}}"
+    "@keyframes qwen3-gauge-dim{to{opacity:.45}}</style>"
+)
+
+
+def footer_html(snapshot: Snapshot, compact: bool = False) -> str:
+    """The footer line, and a warning that appears by itself in the browser when no new footer
+    arrives for a while. The footer changes at least every heartbeat (its `data-beat`), so the
+    browser rebuilds it and restarts a CSS animation whose delay outlasts a few beats; when
+    the kernel stops sending — shut down, restarted, its thread hung — the animation runs out:
+    the readings dim and the warning shows when they were taken. (ipywidgets only sends what
+    changed, so without a beat a steady gauge and a dead one look the same.)"""
+    period = max(HEARTBEAT_SECONDS, snapshot.interval)
+    beat = int(snapshot.timestamp // period)
+    delay = STALE_BEATS * period + 1
+    since = time.strftime("%H:%M:%S", time.localtime(beat * period))
+    live = "" if compact else html.escape(footer_text(snapshot))
+    return (
+        f'{_STALE_CSS}<small class="qwen3-gauge-footer" data-beat="{beat}">'
+        f'<span class="qwen3-gauge-live" style="animation:qwen3-gauge-dim 0s {delay:g}s '
+        f'forwards">{live}</span><span class="qwen3-gauge-stale" style="display:block;'
+        f"max-height:0;overflow:hidden;opacity:0;color:#b91c1c;"
+        f'animation:qwen3-gauge-stale 0s {delay:g}s forwards">⚠ not updated since {since}: '
+        "the kernel stopped or restarted, or its gauge thread hung; run %qwen3_gauge again"
+        "</span></small>"
+    )
 
 
 def sparkline_svg(values: list[float]) -> str:
@@ -280,10 +385,8 @@ class Gauge(widgets.VBox):
         self._rows_box = widgets.VBox()
         self._kept = widgets.HTML()
         self._warnings = widgets.HTML()
-        self._footer = widgets.HTML(
-            "<small>reading memory…</small>",
-            layout=widgets.Layout(display="none" if compact else None),
-        )
+        self._footer = widgets.HTML("" if compact else "<small>reading memory…</small>")
+        self._first_reading = threading.Event()
         self._closed = False
         self.updates = 0
         super().__init__([self._rows_box, self._kept, self._warnings, self._footer])
@@ -295,6 +398,7 @@ class Gauge(widgets.VBox):
             self._render(latest)
         self._unsubscribe = self._monitor.subscribe(self._on_snapshot)
         _GAUGES.add(self)
+        self._first_reading.wait(FIRST_READING_WAIT)
 
     @property
     def monitor(self) -> Monitor:
@@ -330,8 +434,9 @@ class Gauge(widgets.VBox):
             self._warnings.value = "".join(
                 f'<div style="color:#b45309">⚠ {html.escape(w)}</div>' for w in snapshot.warnings
             )
-            self._footer.value = f"<small>{html.escape(footer_text(snapshot))}</small>"
+            self._footer.value = footer_html(snapshot, self._compact)
             self.updates += 1
+        self._first_reading.set()
 
     def as_html(self) -> str:
         """The rows and warnings as they are now, as static HTML (no widgets)."""
@@ -386,7 +491,8 @@ def gauge(interval: float | None = None, show_all: bool = False, compact: bool =
 
     `interval` sets the shared monitor's polling interval in seconds (default 0.5; one that no
     poll can wait, such as 0, -1 or inf, is a one-line error before anything starts);
-    `show_all` also shows GPUs this kernel cannot use; `compact` drops sparkline and footer.
+    `show_all` also shows GPUs this kernel cannot use; `compact` drops the sparklines and the
+    footer (all but its stale-reading warning).
     """
     seconds = None if interval is None else checked_interval(interval)
     monitor = get_monitor()

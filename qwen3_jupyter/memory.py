@@ -546,8 +546,9 @@ class NvmlReader:
         """(used, total, reserved, source): the v2 call, or v1 only where v2 does not exist.
 
         v1 counts the driver's own reservation as used (hundreds of MiB on an idle GPU from R510
-        on), so it is used only when the wrapper lacks `nvmlMemory_v2` or the driver answers "not
-        supported" / lacks the v2 entry point.
+        on), so it is used only when the wrapper lacks `nvmlMemory_v2` or the v2 call fails: "not
+        supported", a missing entry point, or another error where v1 still answers (WSL drivers
+        answer v2 with "Unknown Error"). Where v1 fails too, v2's error is the one raised.
         """
         nvml = self._nvml
         assert nvml is not None
@@ -558,9 +559,18 @@ class NvmlReader:
                 reserved = int(getattr(info, "reserved", 0) or 0)
                 return int(info.used), int(info.total), reserved, "v2"
             except Exception as exc:
-                if _nvml_code(exc) not in (NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND):
-                    raise
-        info = nvml.nvmlDeviceGetMemoryInfo(handle)
+                if _nvml_code(exc) in (NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND):
+                    v2_error = None
+                else:
+                    v2_error = exc
+        else:
+            v2_error = None
+        try:
+            info = nvml.nvmlDeviceGetMemoryInfo(handle)
+        except Exception:
+            if v2_error is not None:
+                raise v2_error from None
+            raise
         return int(info.used), int(info.total), 0, "v1"
 
     def _utilization(self, handle: Any) -> int | None:

@@ -70,7 +70,11 @@ class GpuSample:
     `kernel_bytes` is this kernel's memory according to NVML, None when NVML cannot tell (the
     kernel's PID is not in its list, as inside containers): never 0 for unknown. `torch` is
     torch's allocator on the same device (matched by UUID), None when torch does not use it.
-    `peak_used` is the highest `memory_used` seen since the last cleanup.
+    `peak_used` is the highest `memory_used` seen since the last cleanup. `cuda_index` is the
+    N of torch's `cuda:N` for a GPU this kernel sees (None for the others: NVML numbers GPUs by
+    bus, CUDA_VISIBLE_DEVICES renumbers them for torch). `kernel_listed` says NVML lists this
+    kernel's process on the GPU, so an unknown `kernel_bytes` is the driver keeping the figure
+    back (containers, some vGPUs), not a kernel that never touched it.
     """
 
     gpu: GpuReading
@@ -78,6 +82,8 @@ class GpuSample:
     kernel_bytes: int | None
     torch: TorchDeviceMemory | None
     peak_used: int
+    cuda_index: int | None = None
+    kernel_listed: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,10 +107,15 @@ class Snapshot:
     kept for speed (...)')."""
     servers: tuple[ServerLoad, ...] = ()
     """The load of each server this kernel talks to (the model's memory lives there)."""
+    unread_gpus: frozenset[int] | None = frozenset()
+    """NVML indices of GPUs counted but not read this poll (a lost GPU, a driver reset); None
+    when NVML could not even count them."""
 
     @property
     def visible_gpus(self) -> tuple[GpuSample, ...]:
-        return tuple(g for g in self.gpus if g.visible)
+        """The GPUs this kernel sees, in torch's order (`cuda:0` first)."""
+        mine = [g for g in self.gpus if g.visible]
+        return tuple(sorted(mine, key=lambda g: g.cuda_index if g.cuda_index is not None else 0))
 
 
 class _TimedResult(Protocol):
@@ -509,6 +520,7 @@ class Monitor:
             warnings=warnings,
             kept=tuple(str(line) for line in kept),
             servers=servers,
+            unread_gpus=self._reader.unread if nvml.available else frozenset(),
         )
 
     def _gpu_samples(
@@ -516,8 +528,9 @@ class Monitor:
     ) -> tuple[GpuSample, ...]:
         if not nvml.gpus:
             return ()
-        visible = {g.uuid for g in visible_gpus(nvml, torch_devices or None)}
-        mine = process_memory_by_uuid(nvml, self._pids())
+        order = {g.uuid: n for n, g in enumerate(visible_gpus(nvml, torch_devices or None))}
+        pids = self._pids()
+        mine = process_memory_by_uuid(nvml, pids)
         samples = []
         with self._lock:
             for gpu in nvml.gpus:
@@ -526,10 +539,12 @@ class Monitor:
                 samples.append(
                     GpuSample(
                         gpu=gpu,
-                        visible=gpu.uuid in visible,
+                        visible=gpu.uuid in order,
                         kernel_bytes=mine.get(gpu.uuid),
                         torch=torch_device_for(gpu, torch_devices),
                         peak_used=peak,
+                        cuda_index=order.get(gpu.uuid),
+                        kernel_listed=any(p.pid in pids for p in gpu.processes),
                     )
                 )
         return tuple(samples)

@@ -78,7 +78,8 @@ class FakeGpu:
     every call on this GPU raise GPU_IS_LOST. `errors` makes single calls on this GPU fail with
     an NVML code, as real drivers do: NO_PERMISSION for a MIG parent's memory or process list in
     a container, FUNCTION_NOT_FOUND for the v3 process list on drivers before R510 (whose `_v2`
-    call still answers).
+    call still answers). The key "nvmlDeviceGetMemoryInfo_v2" fails only the v2 memory call
+    (WSL drivers answer it with UNKNOWN while v1 still works).
     """
 
     name: str = "NVIDIA H100 80GB HBM3"
@@ -342,6 +343,8 @@ class FakeNvml:
                     raise TypeError("nvmlDeviceGetMemoryInfo() got an unexpected keyword argument")
                 if not fake.supports_v2:
                     raise_(NOT_SUPPORTED)
+                if "nvmlDeviceGetMemoryInfo_v2" in gpu.errors:
+                    raise_(gpu.errors["nvmlDeviceGetMemoryInfo_v2"])
                 used = gpu.used
                 return types.SimpleNamespace(
                     version=version,

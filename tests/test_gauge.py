@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,14 @@ import comm
 import pytest
 
 from qwen3_jupyter.gauge import (
+    HEARTBEAT_SECONDS,
     Gauge,
+    device_bytes,
+    footer_html,
+    footer_text,
     gpu_row,
     host_row,
+    row_views,
     short_bytes,
     sparkline_svg,
 )
@@ -234,7 +240,8 @@ FOUR = FakeNvml(
 def test_four_gpus_cuda_visible_devices_2(fake_kernel: Kernel) -> None:
     _, widgets = _show(fake_kernel)
     text = widgets.text()
-    assert ">GPU 2</b>" in text and ">GPU 0</b>" not in text and ">GPU 3</b>" not in text
+    # torch calls it cuda:0: the row says both names
+    assert ">cuda:0 (GPU 2)</b>" in text and ">GPU 0</b>" not in text and ">GPU 3</b>" not in text
     assert "30.0 GiB / 80.0 GiB" in text
     # the kernel's pid is not in NVML's list (as in containers): unknown, never 0
     assert "this kernel unknown (torch has not used this GPU)" in text
@@ -244,7 +251,7 @@ def test_four_gpus_cuda_visible_devices_2(fake_kernel: Kernel) -> None:
     assert [h.split(">")[1].split("<")[0] for h in labels] == [
         "GPU 0",
         "GPU 1",
-        "GPU 2",
+        "cuda:0 (GPU 2)",
         "GPU 3",
         "host",
     ]
@@ -468,3 +475,101 @@ def test_server_rows_and_the_kept_line(counting_comms: list[tuple[str, dict[str,
     quiet = Monitor(NvmlReader(FakeNvml([]).module))
     assert kept_html(quiet.sample()) == ""
     quiet.stop()
+
+
+# -- what a row says when NVML is partly blind, and how the gauge says it is stale --------------
+
+
+def test_a_gpu_that_cannot_be_read_keeps_its_row_and_the_footer_does_not_say_no_gpu() -> None:
+    fake = FakeNvml([FakeGpu(used=GiB), FakeGpu(used=2 * GiB)])
+    monitor = Monitor(NvmlReader(fake.module))
+    try:
+        fake.gpus[1].lost = True
+        snap = monitor.sample()
+        rows = row_views(snap, False, 500 * MiB)
+        assert [r.label for r in rows] == ["GPU 0", "GPU 1", "host"]
+        assert rows[1].text == "could not be read (NVML: GPU is lost)"
+        assert rows[1].style == "danger"
+        fake.fail()
+        blind = monitor.sample()
+        assert [r.label for r in row_views(blind, False, 500 * MiB)] == ["host"]
+        footer = footer_text(blind)
+        assert "could not read the GPUs" in footer and "no NVIDIA GPU found" not in footer
+        fake.heal()
+        assert [r.label for r in row_views(monitor.sample(), False, 0)] == [
+            "GPU 0",
+            "GPU 1",
+            "host",
+        ]
+    finally:
+        monitor.stop()
+    nothing = Monitor(NvmlReader(FakeNvml([]).module))
+    assert "no NVIDIA GPU found" in footer_text(nothing.sample())
+    nothing.stop()
+
+
+def test_rows_follow_torchs_numbering_under_cuda_visible_devices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")
+    monitor = Monitor(NvmlReader(FakeNvml([FakeGpu(used=GiB), FakeGpu(used=5 * GiB)]).module))
+    try:
+        rows = row_views(monitor.sample(), False, 0)
+    finally:
+        monitor.stop()
+    assert [r.label for r in rows] == ["cuda:0 (GPU 1)", "cuda:1 (GPU 0)", "host"]
+    assert rows[0].text.startswith("5.0 GiB / 80.0 GiB")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    same = Monitor(NvmlReader(FakeNvml.with_gpus(2).module))
+    try:
+        assert [r.label for r in row_views(same.sample(), False, 0)][:2] == ["GPU 0", "GPU 1"]
+    finally:
+        same.stop()
+
+
+def test_an_unknown_share_says_why_it_is_unknown() -> None:
+    listed = FakeNvml([FakeGpu(used=9 * GiB, processes=[FakeProcess(SELF, None)])])
+    monitor = Monitor(NvmlReader(listed.module))
+    try:
+        (row, _) = row_views(monitor.sample(), False, 0)
+    finally:
+        monitor.stop()
+    assert "this kernel unknown (the driver lists this kernel without a figure)" in row.text
+
+
+def test_sizes_pick_their_unit_after_rounding() -> None:
+    assert short_bytes(int(1023.99 * MiB)) == "1.00 GiB"
+    assert short_bytes(int(9.999 * GiB)) == "10.0 GiB"
+    assert short_bytes(int(99.96 * MiB)) == "100 MiB"
+    assert short_bytes(1023) == "1023 B" and short_bytes(1024) == "1.00 KiB"
+    assert device_bytes(int(1023.99 * MiB)) == "1.0 GiB"
+    assert device_bytes(80 * GiB) == "80.0 GiB" and device_bytes(412 * MiB) == "412 MiB"
+
+
+def test_the_footer_beats_every_two_seconds_and_carries_its_stale_warning() -> None:
+    monitor = Monitor(NvmlReader(FakeNvml([]).module), interval=0.5)
+    try:
+        snap = monitor.sample()
+    finally:
+        monitor.stop()
+    start = (snap.timestamp // HEARTBEAT_SECONDS) * HEARTBEAT_SECONDS
+    at = [footer_html(replace(snap, timestamp=start + t)) for t in (0.1, 1.0, 1.9, 2.1)]
+    assert at[0] == at[1] == at[2] != at[3]  # one message per beat while memory is steady
+    assert "animation:qwen3-gauge-stale 0s 7s forwards" in at[0]  # 3 beats + 1 s
+    assert "not updated since" in at[0] and "NVML" in at[0]
+    slow = footer_html(replace(snap, timestamp=start, interval=10.0))
+    assert "0s 31s forwards" in slow  # a slow poll is not mistaken for a dead kernel
+    compact = footer_html(snap, compact=True)
+    assert "not updated since" in compact and "NVML" not in compact
+
+
+def test_a_new_gauge_shows_a_reading_at_once(
+    counting_comms: list[tuple[str, dict[str, Any]]],
+) -> None:
+    monitor = Monitor(NvmlReader(FakeNvml([FakeGpu(used=GiB)]).module), interval=0.5)
+    g = Gauge(monitor)
+    try:
+        assert g.updates >= 1 and "reading memory" not in g._footer.value
+    finally:
+        g.close()
+        monitor.stop()

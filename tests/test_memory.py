@@ -28,6 +28,7 @@ from tests.fake_nvml import (
     LIBRARY_NOT_FOUND,
     NO_PERMISSION,
     SELF,
+    UNKNOWN,
     FakeGpu,
     FakeNvml,
     FakeProcess,
@@ -77,6 +78,17 @@ def test_driver_without_v2_falls_back_to_v1() -> None:
     assert gpu.memory_source == "v1"
     assert gpu.memory_used == GiB + 512 * MiB
     assert (gpu.memory_reserved, gpu.memory_free) == (0, 80 * GiB - GiB - 512 * MiB)
+
+
+def test_a_v2_call_failing_otherwise_falls_back_to_v1_where_v1_answers() -> None:
+    """WSL drivers answer the v2 call with "Unknown Error" while v1 works: the GPU stays on
+    screen, marked v1; a GPU whose v1 call fails too reports v2's error."""
+    works = FakeGpu(used=GiB, errors={"nvmlDeviceGetMemoryInfo_v2": UNKNOWN})
+    broken = FakeGpu(used=GiB, errors={"nvmlDeviceGetMemoryInfo": UNKNOWN})
+    reading = _read(FakeNvml([works, broken]))
+    (gpu,) = reading.gpus
+    assert (gpu.index, gpu.memory_source, gpu.memory_used) == (0, "v1", GiB + 512 * MiB)
+    assert reading.reason == "NVML error: GPU 1: Unknown Error"
 
 
 def test_wrapper_without_v2_falls_back_to_v1() -> None:

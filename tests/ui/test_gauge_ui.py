@@ -92,5 +92,22 @@ def test_gauge_renders_and_updates_in_jupyterlab(
         after = _host_text(page)
     page.screenshot(path=str(output_dir / "gauge-jupyterlab.png"))
     assert after != before, f"the gauge text did not change: {before!r}"
-    footer = page.locator(".qwen3-gauge small").first.inner_text()
-    assert footer.startswith(("NVML unavailable", "NVML ·"))
+    live = page.locator(".qwen3-gauge .qwen3-gauge-live").first
+    assert live.inner_text().startswith(("NVML unavailable", "NVML ·"))
+    stale = page.locator(".qwen3-gauge .qwen3-gauge-stale").first
+    assert _opacity(stale) == 0.0, "a live gauge shows no stale warning"
+    # The kernel goes away: nothing tells the widget, so the gauge must notice by itself.
+    _wait_idle(page)
+    (session,) = [s for s in lab_server.api("api/sessions") if s["path"] == "gauge.ipynb"]
+    lab_server.api(f"api/kernels/{session['kernel']['id']}", method="DELETE")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and _opacity(stale) < 1.0:
+        time.sleep(0.5)
+    page.screenshot(path=str(output_dir / "gauge-jupyterlab-stale.png"))
+    assert _opacity(stale) == 1.0, "the gauge still looks live after its kernel was shut down"
+    assert "not updated since" in stale.inner_text()
+    assert _opacity(live) < 0.5  # the readings are dimmed
+
+
+def _opacity(locator: Any) -> float:
+    return float(locator.evaluate("e => getComputedStyle(e).opacity"))
