@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from qwen3_jupyter.engines import decode_mode
+from qwen3_jupyter.engines import compile_setup, decode_mode
 from qwen3_jupyter.engines.compile_setup import (
     THREADS_ENV,
     compile_cache_dir,
@@ -117,6 +117,11 @@ def _one_thread_where_cached(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(THREADS_ENV, "4")
     with compiling("batch 1 × cache 4096 · tiny") as cached:
         assert (cached, inductor_config.compile_threads) == (True, 16)
+    monkeypatch.delenv(THREADS_ENV)
+    # a new Triton makes inductor's cache keys new: the old mark must not claim the step
+    monkeypatch.setattr(compile_setup, "_triton_version", lambda: "99.0")
+    with compiling("batch 1 × cache 4096 · tiny") as cached:
+        assert (cached, inductor_config.compile_threads) == (False, 16)
 
 
 def test_an_unwritable_cache_folder_leaves_inductor_its_own(

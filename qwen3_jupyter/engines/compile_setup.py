@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,11 +78,20 @@ def raise_recompile_limit() -> None:
 
 
 def _mark(step: str) -> Path:
-    """The file saying the compiled `step` (shape, model, dtype, device) is in the cache."""
+    """The file saying the compiled `step` (shape, model, dtype, device) is in the cache; torch
+    and Triton versions are part of its name, as they are of inductor's own cache keys."""
     import torch
 
-    digest = hashlib.sha256(f"{torch.__version__}|{step}".encode()).hexdigest()[:24]
+    key = f"{torch.__version__}|{_triton_version()}|{step}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
     return Path(compile_cache_dir()) / COMPILED_MARKS / digest
+
+
+def _triton_version() -> str:
+    try:
+        return importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        return "no triton"
 
 
 def remember_compiled(step: str) -> None:
