@@ -118,6 +118,13 @@ def _one_thread_where_cached(monkeypatch: pytest.MonkeyPatch) -> None:
     with compiling("batch 1 × cache 4096 · tiny") as cached:
         assert (cached, inductor_config.compile_threads) == (True, 16)
     monkeypatch.delenv(THREADS_ENV)
+    # without inductor's disk cache a mark would promise a load that is really a compile
+    with inductor_config.patch(fx_graph_cache=False):
+        remember_compiled("batch 2 × cache 4096 · tiny")
+        with compiling("batch 1 × cache 4096 · tiny") as cached:
+            assert not cached
+    with compiling("batch 2 × cache 4096 · tiny") as cached:
+        assert not cached
     # a new Triton makes inductor's cache keys new: the old mark must not claim the step
     monkeypatch.setattr(compile_setup, "_triton_version", lambda: "99.0")
     with compiling("batch 1 × cache 4096 · tiny") as cached:

@@ -94,8 +94,18 @@ def _triton_version() -> str:
         return "no triton"
 
 
+def _disk_cache_on() -> bool:
+    """Whether inductor keeps compiled graphs on disk (TORCHINDUCTOR_FX_GRAPH_CACHE=0 turns it
+    off): without it a mark would promise a load that is really a compile."""
+    import torch._inductor.config as inductor_config
+
+    return bool(getattr(inductor_config, "fx_graph_cache", True))
+
+
 def remember_compiled(step: str) -> None:
     """Mark `step` as cached, so the next kernel loads it in-process (`compiling`)."""
+    if not _disk_cache_on():
+        return
     mark = _mark(step)
     with contextlib.suppress(OSError):  # a read-only cache: the next kernel loads it in a pool
         mark.parent.mkdir(parents=True, exist_ok=True)
@@ -113,7 +123,7 @@ def compiling(step: str) -> Iterator[bool]:
     user's own $TORCHINDUCTOR_COMPILE_THREADS. Yields whether the step was marked cached."""
     import torch._inductor.config as inductor_config
 
-    cached = _mark(step).exists()
+    cached = _disk_cache_on() and _mark(step).exists()
     # a torch without the setting (renamed, say) compiles as it would have: never a failure
     before = getattr(inductor_config, "compile_threads", None)
     known = hasattr(inductor_config, "compile_threads")
