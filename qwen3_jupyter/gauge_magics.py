@@ -69,6 +69,12 @@ class GaugeMagics(Magics):
             show_help(self.shell, "qwen3_gauge", self.qwen3_gauge)
             return
         args = parse_options(self.qwen3_gauge, line, "%qwen3_gauge?")
+        others = [v for k, v in vars(args).items() if k != "stop"]
+        if args.stop and any(v is not None and v is not False for v in others):
+            # as `%qwen3 --stop`: an option beside it (--interval 0.2) was silently dropped
+            raise UsageError(
+                "--stop goes alone: it closes every gauge and stops the polling thread"
+            )
         problem = None if args.interval is None else monitor.interval_problem(args.interval)
         if problem is not None:
             raise UsageError(f"--interval {problem}")

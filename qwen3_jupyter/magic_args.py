@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 from argparse import Namespace
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -57,10 +57,37 @@ def refuse_unknown_keywords(given: Iterable[str], known: Iterable[str]) -> None:
 HELP_FLAGS = frozenset({"-h", "--help"})
 
 
-def asks_help(line: str) -> bool:
-    """Whether a magic that takes only options was given -h or --help, which every
-    command-line tool answers with its help (argparse's own answer is switched off in magics)."""
-    return any(word in HELP_FLAGS for word in line.split())
+def asks_help(line: str, takes_value: Mapping[str, bool] | None = None) -> bool:
+    """Whether the magic was given -h or --help, which every command-line tool answers with its
+    help (argparse's own answer is switched off in magics).
+
+    Without `takes_value` (a magic that takes only options) any word counts. With it (each
+    option and whether it takes a value, as `options_of` gives them) only the options count:
+    the words before the first one that is not an option (a prompt) or `--`, an option's value
+    skipped (`--system -h hi` is the system prompt "-h")."""
+    words = line.split()
+    if takes_value is None:
+        return any(word in HELP_FLAGS for word in words)
+    value_next = False
+    for word in words:
+        if value_next:
+            value_next = False
+            continue
+        if word in HELP_FLAGS:
+            return True
+        if word == "--" or not word.startswith("-") or is_number(word):
+            return False
+        value_next = takes_value.get(word, False)  # `--system=x` carries its value itself
+    return False
+
+
+def is_number(word: str) -> bool:
+    """Whether `word` reads as a number (`-5` is a value or text, never an option)."""
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
 
 
 def show_help(shell: Any, name: str, magic: Any) -> None:

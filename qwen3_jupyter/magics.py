@@ -37,7 +37,7 @@ from .engines.urls import mask_url
 from .gauge import inline_gauge
 from .generation import DEFAULT_MAX_NEW_TOKENS, GenerationOOM, GenerationOptions, broken_rules
 from .interrupts import CELL_INTERRUPTS
-from .magic_args import HELP_FLAGS, did_you_mean, options_of, show_help
+from .magic_args import asks_help, did_you_mean, is_number, options_of, show_help
 from .memory import format_bytes
 from .model_use import ModelBusy, holding, stop
 from .models import DTYPES, ModelError, canonical_dtype, is_loaded_as
@@ -250,7 +250,7 @@ class Qwen3Magics(Magics):
         and ``%qwen3_clean --verbose``; ``--eager`` decodes with transformers' own generate and
         gives all of it back. ``--server URL`` asks an OpenAI-compatible server instead.
         """
-        if _asks_help(line, options_of(self.qwen3)):  # -h, --help: `%qwen3?`
+        if asks_help(line, options_of(self.qwen3)):  # -h, --help: `%qwen3?`
             self._help()
             return
         namespace = self._namespace(local_ns)
@@ -620,9 +620,14 @@ def _budget(args: Namespace) -> int | None:
     return parse_size(args.memory_budget) if args.memory_budget else memory_budget_bytes(None)
 
 
+_BOM = "\ufeff"
+
+
 def read_prompts(path: str) -> list[str]:
     """The prompts of a --file: one per line, blank lines skipped; UTF-8, with or without the
-    byte-order mark Windows editors write (it would otherwise start the first prompt)."""
+    byte-order mark Windows editors write. A mark starting any line is dropped, not only the
+    file's first (files saved so and joined carry one per piece): a line holding only one is
+    blank."""
     try:
         text = Path(path).expanduser().read_text(encoding="utf-8-sig")
     except OSError as exc:
@@ -633,7 +638,8 @@ def read_prompts(path: str) -> list[str]:
             f"--file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line "
             f"{line}): save it as UTF-8"
         ) from None
-    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = (line.lstrip(_BOM).strip() for line in text.splitlines())
+    prompts = [line for line in lines if line]
     if not prompts:
         raise UsageError(f"--file {path} holds no prompts (one per line)")
     return prompts
@@ -701,7 +707,7 @@ def _read_options(
         token = match.group()
         if token == "--":
             return argv, match.end(), True
-        if not token.startswith("-") or _is_number(token):
+        if not token.startswith("-") or is_number(token):
             return argv, match.start(), False
         name = token.split("=", 1)[0]
         if name not in takes_value:
@@ -785,24 +791,6 @@ def _unquoted_empty(prompt: str) -> str:
     return "" if _QUOTED_BLANK.match(prompt) else prompt
 
 
-def _asks_help(line: str, takes_value: dict[str, bool]) -> bool:
-    """Whether the options (the words before the prompt or `--`) include -h or --help, which
-    every command-line tool takes for its help; an option's value is not one
-    (`--system -h hi`)."""
-    value_next = False
-    for match in _TOKEN.finditer(line):
-        token = match.group()
-        if value_next:
-            value_next = False
-            continue
-        if token in HELP_FLAGS:
-            return True
-        if token == "--" or not token.startswith("-") or _is_number(token):
-            return False
-        value_next = takes_value.get(token, False)  # `--system=x` carries its value itself
-    return False
-
-
 def _expanded(name: str, value: str, expand: Callable[[str], str] | None) -> str:
     return value if expand is None or name == "--system" else expand(value)
 
@@ -833,14 +821,6 @@ def _read_value(line: str, position: int, name: str, allow_empty: bool = False) 
             "double quotes)"
         ) from None
     return value or "", start + stream.tell()
-
-
-def _is_number(token: str) -> bool:
-    try:
-        float(token)
-    except ValueError:
-        return False
-    return True
 
 
 _PROMPT_LINE = re.compile(r"^(\s*)%qwen3[ \t]+(?!\?+\s*$)(.*\S)\s*$")

@@ -70,3 +70,33 @@ def test_table_a_shows_the_calls_that_were_made() -> None:
     assert decay._call_columns(5) == [1, 5]
     assert decay._call_columns(3) == [1, 3]
     assert decay._call_columns(1) == [1]
+
+
+def _run(latencies: list[float], retained: list[int] | None = None) -> decay.StrategyRun:
+    run = decay.StrategyRun("s", "")
+    for index, latency in enumerate(latencies):
+        kept = retained[index] if retained is not None else 0
+        run.calls.append(decay.Call(latency, 0, 0, kept))
+    return run
+
+
+def test_stable_compares_windows_that_share_no_call() -> None:
+    """With 3 calls or fewer the first and last windows were the same calls (a 55% slowdown
+    over 2 calls read "stable: yes"); with 5 they shared call 3."""
+    assert _run([0.40, 0.62]).stable() is False
+    assert _run([0.40, 0.41]).stable() is True
+    assert _run([1.0]).stable() is None, "one call: nothing later to compare it with"
+    # 5 calls: the first 2 against the last 2, call 3 in neither. Windows of 3 both held it,
+    # and it was the median of both: these later calls, 9% slower, read as stable.
+    assert _run([1.0, 1.25, 1.2, 1.3, 1.15]).stable() is False
+    assert _run([1.0, 1.0, 9.0, 1.02, 1.02]).stable() is True
+    # 6 calls: the first 3 against the last 3.
+    assert _run([1.0, 1.0, 1.0, 1.3, 1.3, 1.3]).stable() is False
+    assert _run([1.0, 1.0, 1.0, 1.0, 1.02, 1.02]).stable() is True
+    assert _run([1.0, 1.0, 1.0, 1.0, 1.0, 1.0], [0, 0, 0, 0, 0, 8]).stable() is False, "memory"
+
+
+def test_table_a_says_why_one_call_has_no_verdict() -> None:
+    table = decay.table_a([_run([1.0])], cuda=False)
+    assert table.splitlines()[2].endswith("| n/a |")
+    assert "n/a" in table.splitlines()[-1] and "one call" in table.splitlines()[-1]

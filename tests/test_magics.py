@@ -109,6 +109,18 @@ def test_a_prompt_is_sent_as_typed_and_vars_fills_it_like_an_f_string(
     assert kernel.value("[r.prompt for r in _qwen3]") == ["one", "two"]
 
 
+def test_byte_order_marks_of_concatenated_prompt_files_are_not_prompt_text(
+    kernel: Kernel, tmp_path: Path
+) -> None:
+    """Windows-saved UTF-8 files joined into one start each piece with a byte-order mark: a
+    line holding only one was sent as the prompt '\\ufeff', and one starting a later line
+    stayed glued to that prompt."""
+    joined = tmp_path / "joined.txt"
+    joined.write_bytes("\ufeffone\r\n\ufeff\r\n\ufefftwo\n\ufeff\ufeff three\n".encode())
+    ok(kernel, f"%qwen3 --file {joined} --no-think --greedy --max-new-tokens 1")
+    assert kernel.value("[r.prompt for r in _qwen3]") == ["one", "two", "three"]
+
+
 def test_tab_offers_each_magics_options_and_known_values(
     kernel_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -201,6 +213,21 @@ def test_an_options_value_is_not_a_help_request(kernel: Kernel) -> None:
     kernel.run("_qwen3 = 'before'")
     ok(kernel, "%qwen3 --system -h --max-new-tokens 2 --no-think hi")
     assert kernel.value("_qwen3.prompt") == "hi"
+
+
+def test_one_help_rule_for_every_magic() -> None:
+    """`%qwen3` reads -h/--help among the options only (skipping their values); a magic that
+    takes only options takes it anywhere. One function answers both."""
+    from qwen3_jupyter.magic_args import asks_help
+
+    takes = {"--system": True, "--no-think": False, "--max-new-tokens": True}
+    assert asks_help("-h", takes) and asks_help("--no-think --help", takes)
+    assert asks_help("--max-new-tokens 4 -h hi", takes)
+    assert not asks_help("--system -h hi", takes), "the system prompt '-h'"
+    assert not asks_help("--no-think what does -h mean", takes), "prompt text"
+    assert not asks_help("-- -h", takes) and not asks_help("-5 -h", takes)
+    assert not asks_help("--system=-h hi", takes)
+    assert asks_help("--all -h") and asks_help("on --help") and not asks_help("--all")
 
 
 @pytest.mark.parametrize("line", ["%qwen3 --help", "%qwen3 -h", "%qwen3 --no-think --help"])

@@ -37,7 +37,7 @@ from ..memory import format_bytes
 from ._kernel import Kernel
 
 PROMPT = "Explain step by step how a Jupyter kernel keeps state between cells."
-STABLE_LATENCY = 0.05  # last 3 calls within 5% of the first 3
+STABLE_LATENCY = 0.05  # last 3 calls within 5% of the first 3 (see StrategyRun.stable)
 # Retained memory is counted exactly (live tensor bytes, CUDA allocated bytes), so any growth
 # from the first call to the last is real growth.
 STABLE_MEMORY = 0
@@ -53,9 +53,9 @@ class Preset:
 
 FULL = Preset(calls=10, batch_sizes="1,2,4,8")
 QUICK = Preset(calls=5, batch_sizes="1,4,8")
-"""`--quick`: 5 calls still give call 1, call 5 and a median of the last 3; batch sizes 1, 4, 8
-show the trend. Meant to finish in under three minutes on a GPU; every run prints its wall time,
-so the first GPU run says whether it does."""
+"""`--quick`: 5 calls still give call 1, call 5 and medians of the first 2 and the last 2 (see
+`StrategyRun.stable`); batch sizes 1, 4, 8 show the trend. Meant to finish in under three
+minutes on a GPU; every run prints its wall time, so the first GPU run says whether it does."""
 
 SETUP = """
 import gc, json, torch
@@ -171,10 +171,16 @@ class StrategyRun:
             return [(c.cuda_allocated or 0) - base for c in self.calls]
         return [c.live_tensor_bytes - self.baseline_live for c in self.calls]
 
-    def stable(self) -> bool:
-        """Latency of the last 3 calls within 5% of the first 3, and retained memory flat."""
+    def stable(self) -> bool | None:
+        """Median latency of the last 3 calls within 5% of the first 3, and retained memory
+        flat; None for a single call, which has no later call to compare with.
+
+        The two windows never share a call (k = min(3, calls // 2)): with 3 calls or fewer they
+        were the same calls, so a slowdown could not show (55% over 2 calls read "stable")."""
         latencies = [c.latency_s for c in self.calls]
-        k = min(3, len(latencies))
+        k = min(3, len(latencies) // 2)
+        if k == 0:
+            return None
         first, last = statistics.median(latencies[:k]), statistics.median(latencies[-k:])
         retained = self.retained()
         growing = retained[-1] > retained[0] + STABLE_MEMORY
@@ -331,9 +337,24 @@ def table_a(runs: list[StrategyRun], cuda: bool) -> str:
         lines.append(
             f"| {run.name} | {latencies} | {format_bytes(peak)} "
             f"| {format_bytes(run.retained()[-1])} | {format_bytes(rss)} "
-            f"| {'yes' if run.stable() else 'no'} |"
+            f"| {_verdict(run.stable())} |"
         )
+    lines += ["", STABLE_MEANS]
+    if any(run.stable() is None for run in runs):
+        lines.append(ONE_CALL)
     return "\n".join(lines)
+
+
+STABLE_MEANS = (
+    "stable: the median latency of the last 3 calls is within 5% of the first 3 (the last and "
+    "first half, rounded down, with fewer than 6 calls: the two never share a call) and "
+    "retained memory did not grow."
+)
+ONE_CALL = "n/a: one call has no later call to compare it with (run --calls 2 or more)."
+
+
+def _verdict(stable: bool | None) -> str:
+    return "n/a" if stable is None else "yes" if stable else "no"
 
 
 def _call_columns(calls: int) -> list[int]:
