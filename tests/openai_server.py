@@ -36,11 +36,11 @@ The proxy forwards to the real server and changes one thing per route prefix:
 - anything else       404 with an HTML page (a web server that is not an OpenAI API).
 Only chat requests (POST) misbehave; GET /v1/models is forwarded, after the key check on
 `/auth/`. On every route, a request whose prompt contains CUT loses its connection after 3
-events, and the first `busy_left` requests get 503 with Retry-After: 0 (with `busy_in_stream`,
-SGLang's way: a 200 stream whose one event is an error with code 503), and with `max_tokens_cap`
-set every chat request's `max_tokens` is lowered to it (vLLM capping it by the model's
-generation config, `max_new_tokens` there). `stop()` closes the
-port (a server that went away). Client ports and disconnects are recorded.
+events, and the first `busy_left` requests get 503 with Retry-After `busy_retry_after` (0)
+(with `busy_in_stream`, SGLang's way: a 200 stream whose one event is an error with code
+503), and with `max_tokens_cap` set every chat request's `max_tokens` is lowered to it (vLLM
+capping it by the model's generation config, `max_new_tokens` there). `stop()` closes the port
+(a server that went away). Client ports and disconnects are recorded.
 """
 
 from __future__ import annotations
@@ -122,6 +122,8 @@ class ChaosProxy:
         self.key = key
         self.log = log
         self.busy_left = 0
+        self.busy_retry_after = "0"
+        """What a 503 asks for in Retry-After (seconds)."""
         self.busy_in_stream = False
         self.max_tokens_cap: int | None = None
         self.busy_bodies: list[bytes] = []
@@ -370,7 +372,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
         if retry:
-            self.send_header("Retry-After", "0")
+            self.send_header("Retry-After", self.proxy.busy_retry_after)
         self.end_headers()
         self.wfile.write(body)
 

@@ -672,8 +672,12 @@ def test_a_busy_server_is_retried_for_a_single_call_and_a_batch(
     proxy.busy_in_stream = in_stream
     try:
         proxy.busy_left = 1
-        ok(rk, f"%qwen3 --server {proxy.url('pass')} --no-think --max-new-tokens 4 Hi")
+        proxy.busy_retry_after = "0" if in_stream else "2"
+        ex = ok(rk, f"%qwen3 --server {proxy.url('pass')} --no-think --max-new-tokens 4 Hi")
         assert proxy.busy_left == 0 and rk.value("_qwen3.completion_tokens") == 4
+        if not in_stream:  # a wait the user can see coming, and how to cut it short
+            said = "\n".join(str(m["content"]["data"]) for m in ex.of_type("update_display_data"))
+            assert "is busy; retry 1 of 2 in 2 s (as it asked) (interrupt to stop)" in said
         proxy.busy_left = 2
         code = (
             f"r = qwen3_jupyter.generate_batch(['a', 'b', 'c'], server={proxy.url('pass')!r}, "
@@ -683,6 +687,7 @@ def test_a_busy_server_is_retried_for_a_single_call_and_a_batch(
         assert rk.value("(r.report.completed, r.report.failed, r.report.retries)") == (3, 0, 2)
     finally:
         proxy.busy_in_stream = False
+        proxy.busy_retry_after = "0"
 
 
 def test_a_no_think_answer_a_reasoning_parser_filed_as_reasoning_is_the_answer(

@@ -281,8 +281,15 @@ class RemoteEngine(Engine):
                 if not busy or retries >= CALL_RETRIES:
                     raise EngineError(explained.message) from None
                 retries += 1
-                self._say(f"{self.connection.shown} is busy; retry {retries} of {CALL_RETRIES}…")
-                SERVER_CALLS.wait(backoff(retries, explained.retry_after))
+                wait = backoff(retries, explained.retry_after)
+                asked = " (as it asked)" if explained.retry_after is not None else ""
+                self._say(
+                    f"{self.connection.shown} is busy; retry {retries} of {CALL_RETRIES} in "
+                    f"{wait:.0f} s{asked} (interrupt to stop)…"
+                    if wait >= 2
+                    else f"{self.connection.shown} is busy; retry {retries} of {CALL_RETRIES}…"
+                )
+                SERVER_CALLS.wait(wait)
 
     def _replacement(self, model: str, gone: _NotServed) -> str:
         """The server's first model now, for a call that left --model out and found `model`
