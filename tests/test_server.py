@@ -246,6 +246,76 @@ def test_a_lost_gpu_makes_kernel_totals_unknown_not_partial(lab: Lab) -> None:
     assert lab.row(metrics, lab.gpu_kernel)["gpu_memory_total"] == 12 * GiB
 
 
+def test_a_gpu_unread_for_a_while_is_a_gap_in_its_history_not_zero(lab: Lab) -> None:
+    """A GPU NVML could not read (lost, then back) has no figure at those points: null in
+    the history, so the sparkline breaks instead of dropping to 0 as if memory were freed."""
+    fake = lab.use(FakeNvml([FakeGpu(used=20 * GiB), FakeGpu(used=30 * GiB)]))
+    lab.server.metrics()
+    fake.gpus[1].lost = True
+    lab.server.wait_for(lambda m: m["reason"] is not None)
+    fake.heal()
+    metrics = lab.server.wait_for(lambda m: m["reason"] is None)
+    history = metrics["history"]["gpu_memory_used"]
+    assert set(history) == {"0", "1"}
+    assert len(history["1"]) == len(history["0"]) == len(metrics["history"]["timestamps"])
+    assert None in history["1"], history["1"]
+    assert set(history["1"]) == {30 * GiB, None}, "never 0 for a GPU that was not read"
+    assert set(history["0"]) == {20 * GiB}
+    assert history["1"][-1] == 30 * GiB
+
+
+def test_a_kernel_listed_without_its_memory_gets_a_note_saying_why(lab: Lab) -> None:
+    """NVML lists the kernel's process but no usedGpuMemory (containers, some drivers): the
+    kernel's VRAM is unknown, and a note says why."""
+    fake = lab.use(FakeNvml([FakeGpu(used=5 * GiB)]))
+    fake.gpus[0].processes = [FakeProcess(lab.gpu_pid, None)]
+    metrics = lab.server.metrics()
+    row = lab.row(metrics, lab.gpu_kernel)
+    assert row["gpu_memory"] == {"0": None} and row["gpu_memory_total"] is None
+    assert any(
+        note.startswith("GPU 0: the driver does not report per-process memory here")
+        for note in metrics["notes"]
+    ), metrics["notes"]
+    fake.gpus[0].processes = [FakeProcess(lab.gpu_pid, 1 * GiB)]
+    metrics = lab.server.wait_for(lambda m: lab.row(m, lab.gpu_kernel)["gpu_memory_total"])
+    assert metrics["notes"] == []
+
+
+def test_a_sigkilled_kernel_is_dead_with_unknown_rss_not_idle_with_zero(lab: Lab) -> None:
+    """Until the restarter replaces it, a SIGKILLed kernel is a zombie: RSS unknown, "dead"."""
+    import psutil
+
+    lab.use(FakeNvml([FakeGpu(used=GiB)]))
+    kernel_id = lab.server.new_session("killed.ipynb")
+    pid = lab.server.kernel_pid(kernel_id)
+    assert lab.row(lab.server.metrics(), kernel_id)["rss"]
+    os.kill(pid, signal.SIGKILL)
+
+    def gone() -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    while not gone():
+        time.sleep(0.01)
+    killed_at = time.time()
+    seen = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        metrics = lab.server.metrics()
+        row = lab.row(metrics, kernel_id)
+        if row["pid"] != pid:
+            break  # the restarter replaced it
+        if metrics["history"]["timestamps"][-1] > killed_at:  # a sample taken after the kill
+            seen.append((row["rss"], row["execution_state"], row["extension_loaded"]))
+        time.sleep(0.05)
+    with contextlib.suppress(Exception):
+        http(lab.server.url("api", "kernels", kernel_id), lab.server.token, "DELETE")
+    assert seen, "never saw the killed kernel's row"
+    assert all(r == (None, "dead", False) for r in seen), seen
+
+
 def test_a_hung_nvml_serves_the_last_sample_at_once_marked_stale(lab: Lab) -> None:
     """A driver reset can block NVML for minutes: answer at once with the last reading, saying
     how old it is, instead of a 5 s wait per request for an ever older 200 OK."""
@@ -480,6 +550,50 @@ def test_a_killed_kernel_whose_marker_stayed_has_no_extension_loaded(tmp_path: P
         child.wait()
     (dead,) = process_trees([WatchedKernel(child.pid, marker)]).values()
     assert marker.exists() and dead.rss is None and not dead.extension_loaded
+
+
+def test_a_zombie_kernel_process_is_gone_not_zero_rss(tmp_path: Path) -> None:
+    """A killed kernel not yet reaped (a zombie) holds no memory and runs nothing: its tree is
+    gone (RSS unknown), not a live process of 0 bytes."""
+    import json
+    import subprocess
+
+    import psutil
+
+    from qwen3_jupyter.server.payload import build_payload
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    marker = tmp_path / "kernel-1.qwen3-jupyter.json"
+    marker.write_text(json.dumps({"pid": child.pid}))
+    try:
+        child.kill()
+        deadline = time.monotonic() + 5
+        while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        trees = process_trees([WatchedKernel(child.pid, marker)])
+        (zombie,) = trees.values()
+        assert zombie.gone and zombie.rss is None and not zombie.extension_loaded
+        fake = FakeNvml([FakeGpu(used=GiB)])
+        reader = NvmlReader(fake.module)
+        reading = reader.read()
+        reader.close()
+        from qwen3_jupyter.memory import read_host
+        from qwen3_jupyter.server.kernels import KernelInfo
+        from qwen3_jupyter.server.sampler import Sample
+
+        sample = Sample(reading, read_host(), trees, frozenset(), time.time())
+        kernel = KernelInfo("k1", "python3", child.pid, "idle", "nb.ipynb", marker)
+        (row,) = build_payload(sample, [kernel], 1.0)["kernels"]
+        assert (row["rss"], row["execution_state"], row["extension_loaded"]) == (
+            None,
+            "dead",
+            False,
+        )
+        assert row["gpu_memory_total"] is None
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_server_does_not_import_torch_or_the_magics(tmp_path: Path) -> None:

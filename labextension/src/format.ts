@@ -16,9 +16,32 @@ export interface IThresholds {
   critical: number;
 }
 
+/**
+ * Amber from 75% in use, red from 90%: the defaults of the `warningThreshold` and
+ * `criticalThreshold` settings (schema/plugin.json), and the notebook gauge's warning level.
+ */
 export const DEFAULT_THRESHOLDS: IThresholds = { warning: 0.75, critical: 0.9 };
 
 const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+
+/**
+ * The binary unit for `bytes` (its index in UNITS and the scale 1024^index), chosen after
+ * rounding to the digits shown: 1023.96 KiB reads "1.0 MiB", never "1024.0 KiB".
+ */
+function unitFor(bytes: number): { unit: number; scale: number; digits: number } {
+  let unit = 0;
+  let scale = 1;
+  const digitsOf = (u: number): number => (u === 0 ? 0 : 1);
+  const rounded = (u: number, s: number): number => {
+    const factor = 10 ** digitsOf(u);
+    return Math.round((bytes / s) * factor) / factor;
+  };
+  while (rounded(unit, scale) >= 1024 && unit < UNITS.length - 1) {
+    scale *= 1024;
+    unit += 1;
+  }
+  return { unit, scale, digits: digitsOf(unit) };
+}
 
 /** Binary units with one decimal ("1.5 GiB"); `null`/`undefined` is "unknown", never "0 B". */
 export function formatBytes(bytes: number | null | undefined): string {
@@ -26,14 +49,9 @@ export function formatBytes(bytes: number | null | undefined): string {
     return 'unknown';
   }
   const sign = bytes < 0 ? '-' : '';
-  let value = Math.abs(bytes);
-  let unit = 0;
-  while (value >= 1024 && unit < UNITS.length - 1) {
-    value /= 1024;
-    unit += 1;
-  }
-  const digits = unit === 0 ? 0 : 1;
-  return `${sign}${value.toFixed(digits)} ${UNITS[unit]}`;
+  const value = Math.abs(bytes);
+  const { unit, scale, digits } = unitFor(value);
+  return `${sign}${(value / scale).toFixed(digits)} ${UNITS[unit]}`;
 }
 
 /** "used / total" with the unit of the total, so both numbers read on one scale. */
@@ -41,13 +59,7 @@ export function formatUsedOfTotal(used: number | null, total: number | null): st
   if (total === null || total <= 0) {
     return formatBytes(used);
   }
-  let unit = 0;
-  let scale = 1;
-  while (total / scale >= 1024 && unit < UNITS.length - 1) {
-    scale *= 1024;
-    unit += 1;
-  }
-  const digits = unit === 0 ? 0 : 1;
+  const { unit, scale, digits } = unitFor(total);
   const usedText = used === null ? 'unknown' : (used / scale).toFixed(digits);
   return `${usedText} / ${(total / scale).toFixed(digits)} ${UNITS[unit]}`;
 }
@@ -198,24 +210,36 @@ export function kernelVramText(kernel: IKernelMetrics, available: boolean): stri
 
 /**
  * SVG polyline points for a sparkline of `values` scaled to `max` (the GPU's total), oldest
- * left. Fewer than two values draw nothing.
+ * left: one points string per unbroken run. A `null` value is a sample in which the GPU could
+ * not be read: the line breaks there (it does not drop to 0, which would read as memory freed),
+ * and the gap keeps its width. A reading alone between gaps is a zero-length run ("x,y x,y"),
+ * which a round line cap draws as a dot. Fewer than two values draw nothing.
  */
 export function sparklinePoints(
-  values: number[],
+  values: readonly (number | null)[],
   max: number,
   width: number,
   height: number
-): string {
+): string[] {
   if (values.length < 2 || max <= 0) {
-    return '';
+    return [];
   }
   const step = width / (values.length - 1);
-  return values
-    .map((value, i) => {
-      const y = height - (Math.min(Math.max(value, 0), max) / max) * height;
-      return `${(i * step).toFixed(1)},${y.toFixed(1)}`;
-    })
-    .join(' ');
+  const runs: string[][] = [];
+  let run: string[] | null = null;
+  values.forEach((value, i) => {
+    if (value === null || !Number.isFinite(value)) {
+      run = null;
+      return;
+    }
+    const y = height - (Math.min(Math.max(value, 0), max) / max) * height;
+    if (run === null) {
+      run = [];
+      runs.push(run);
+    }
+    run.push(`${(i * step).toFixed(1)},${y.toFixed(1)}`);
+  });
+  return runs.map(points => (points.length === 1 ? [points[0], points[0]] : points).join(' '));
 }
 
 export interface IEmptyState {

@@ -44,7 +44,11 @@ export interface IOtherProcesses {
 
 export interface IHistory {
   timestamps: number[];
-  gpu_memory_used: Record<string, number[]>;
+  /**
+   * Memory in use per GPU at each timestamp; `null` where the GPU could not be read in that
+   * sample (lost for a moment): a gap, never zero. Older servers sent 0 there.
+   */
+  gpu_memory_used: Record<string, (number | null)[]>;
   host_used: number[];
 }
 

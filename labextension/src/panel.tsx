@@ -59,11 +59,12 @@ function EmptyState(props: { state: IEmptyState; tone?: string }): JSX.Element {
   );
 }
 
-function Sparkline(props: { values: number[]; max: number }): JSX.Element | null {
+function Sparkline(props: { values: (number | null)[]; max: number }): JSX.Element | null {
   const width = 72;
   const height = 18;
-  const points = sparklinePoints(props.values, props.max, width, height);
-  if (!points) {
+  // One polyline per run of readings: a GPU that could not be read is a gap, not a drop to 0.
+  const runs = sparklinePoints(props.values, props.max, width, height);
+  if (runs.length === 0) {
     return null;
   }
   return (
@@ -75,7 +76,9 @@ function Sparkline(props: { values: number[]; max: number }): JSX.Element | null
       preserveAspectRatio="none"
       aria-hidden="true"
     >
-      <polyline points={points} />
+      {runs.map((points, i) => (
+        <polyline key={i} points={points} strokeLinecap="round" />
+      ))}
     </svg>
   );
 }
@@ -86,7 +89,7 @@ function Gauge(props: {
   total: number;
   thresholds: IThresholds;
   detail?: string;
-  history?: number[];
+  history?: (number | null)[];
   testId: string;
 }): JSX.Element {
   const fraction = usageFraction(props.used, props.total);

@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+
 import { describe, expect, it } from 'vitest';
 
 import {
@@ -91,6 +93,16 @@ describe('formatBytes', () => {
     expect(formatBytes(-512 * 1024 * 1024)).toBe('-512.0 MiB');
   });
 
+  it('picks the unit after rounding: 1023.96 KiB is 1.0 MiB, not 1024.0 KiB', () => {
+    expect(formatBytes(1023.96 * 1024)).toBe('1.0 MiB');
+    expect(formatBytes(1024 ** 2 - 1)).toBe('1.0 MiB');
+    expect(formatBytes(1023.94 * 1024)).toBe('1023.9 KiB');
+    expect(formatBytes(1023.6)).toBe('1.0 KiB');
+    expect(formatBytes(GiB - 1)).toBe('1.0 GiB');
+    expect(formatBytes(-(1024 ** 2 - 1))).toBe('-1.0 MiB');
+    expect(formatBytes(1024 ** 5 - 1)).toBe('1024.0 TiB'); // no unit above TiB
+  });
+
   it('says unknown, never 0, when the size is unknown', () => {
     expect(formatBytes(null)).toBe('unknown');
     expect(formatBytes(undefined)).toBe('unknown');
@@ -103,6 +115,12 @@ describe('formatUsedOfTotal', () => {
     expect(formatUsedOfTotal(512 * 1024 * 1024, 80 * GiB)).toBe('0.5 / 80.0 GiB');
     expect(formatUsedOfTotal(null, 8 * GiB)).toBe('unknown / 8.0 GiB');
     expect(formatUsedOfTotal(100, 0)).toBe('100 B');
+  });
+
+  it('picks the unit after rounding the total', () => {
+    expect(formatUsedOfTotal(512 * 1024 ** 2, 1023.96 * 1024 ** 2)).toBe('0.5 / 1.0 GiB');
+    expect(formatUsedOfTotal(512, 1023.7)).toBe('0.5 / 1.0 KiB');
+    expect(formatUsedOfTotal(1023.94 * 1024 ** 2, 1023.94 * 1024 ** 2)).toBe('1023.9 / 1023.9 MiB');
   });
 });
 
@@ -123,6 +141,18 @@ describe('thresholds', () => {
     expect(usageFraction(null, 10)).toBeNull();
     expect(formatPercent(0.456)).toBe('46%');
     expect(formatPercent(null)).toBe('–');
+  });
+
+  it('defaults to amber at 75% and red at 90%, as the settings schema says', () => {
+    const schema = JSON.parse(
+      readFileSync(new URL('../schema/plugin.json', import.meta.url), 'utf8')
+    );
+    expect(DEFAULT_THRESHOLDS).toEqual({ warning: 0.75, critical: 0.9 });
+    expect(schema.properties.warningThreshold.default).toBe(DEFAULT_THRESHOLDS.warning);
+    expect(schema.properties.criticalThreshold.default).toBe(DEFAULT_THRESHOLDS.critical);
+    expect(schema.properties.warningThreshold.description).toContain('0.75');
+    expect(usageLevel(0.72)).toBe('ok');
+    expect(usageLevel(0.75)).toBe('warning');
   });
 
   it('normalizes user settings: percent, swapped, invalid', () => {
@@ -211,13 +241,25 @@ describe('kernels', () => {
 
 describe('sparkline', () => {
   it('scales to the total, oldest left', () => {
-    expect(sparklinePoints([0, 50, 100], 100, 100, 10)).toBe('0.0,10.0 50.0,5.0 100.0,0.0');
-    expect(sparklinePoints([200, -5], 100, 10, 10)).toBe('0.0,0.0 10.0,10.0');
+    expect(sparklinePoints([0, 50, 100], 100, 100, 10)).toEqual(['0.0,10.0 50.0,5.0 100.0,0.0']);
+    expect(sparklinePoints([200, -5], 100, 10, 10)).toEqual(['0.0,0.0 10.0,10.0']);
   });
 
   it('draws nothing without two points or a total', () => {
-    expect(sparklinePoints([1], 100, 10, 10)).toBe('');
-    expect(sparklinePoints([1, 2], 0, 10, 10)).toBe('');
+    expect(sparklinePoints([1], 100, 10, 10)).toEqual([]);
+    expect(sparklinePoints([1, 2], 0, 10, 10)).toEqual([]);
+    expect(sparklinePoints([null, null, null], 100, 10, 10)).toEqual([]);
+  });
+
+  it('breaks the line where a GPU was not read instead of drawing 0', () => {
+    // 4 points over 30 px: x = 0, 10, 20, 30; the unread point (null) is a gap, not y = 10.
+    expect(sparklinePoints([50, 60, null, 70], 100, 30, 10)).toEqual([
+      '0.0,5.0 10.0,4.0',
+      '30.0,3.0 30.0,3.0'
+    ]);
+    expect(sparklinePoints([null, 20, 30, null], 100, 30, 10)).toEqual(['10.0,8.0 20.0,7.0']);
+    const drawn = sparklinePoints([80, null, null, 80, 80], 100, 40, 10).join(' ');
+    expect(drawn).not.toContain(',10.0'); // never drops to the bottom (0 bytes)
   });
 });
 

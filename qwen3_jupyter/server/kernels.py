@@ -141,13 +141,21 @@ def attribute(
                 "per-notebook VRAM on it is unknown."
             )
         known = pids_are_ours and not hidden and not refused
+        unreported = False
         for pid, tree in trees.items():
             mine = [p for p in gpu.processes if p.pid in tree.pids]
             if mine:
                 used = [p.used_bytes for p in mine]
+                unreported = unreported or None in used
                 per_kernel[pid][key] = None if None in used else sum(u or 0 for u in used)
             else:
                 per_kernel[pid][key] = 0 if known else None
+        if unreported and pids_are_ours and not refused:
+            notes.append(
+                f"{gpu.label}: the driver does not report per-process memory here (common in "
+                "containers), so the VRAM of the notebooks it lists is unknown; the GPU total "
+                "is right."
+            )
         rest = [p.used_bytes for p in gpu.processes if p.pid not in kernel_pids]
         known_rest = [u for u in rest if u is not None]
         if not known or (rest and not known_rest):

@@ -2,8 +2,11 @@
 
 Pure (no I/O), so the schema is tested without a server. The TypeScript interfaces in
 `labextension/src/metrics.ts` mirror these keys one for one. Sizes are bytes; None (JSON null)
-is "unknown", never zero. Per-GPU maps are keyed by `gpu_key` ("0", or "0/1" for MIG instance 1
-of GPU 0). Only PIDs and sizes are exposed: never command lines or environments.
+is "unknown", never zero; in `history.gpu_memory_used`, a null point is a sample in which that
+GPU could not be read (a gap in the sparkline, not memory freed). A kernel whose process is
+gone (a zombie after SIGKILL, until the restarter replaces it) has `execution_state` "dead".
+Per-GPU maps are keyed by `gpu_key` ("0", or "0/1" for MIG instance 1 of GPU 0). Only PIDs
+and sizes are exposed: never command lines or environments.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ def build_payload(
     rows = []
     for kernel in kernels:
         tree = sample.trees.get(kernel.pid) if kernel.pid is not None else None
+        gone = tree is not None and tree.gone
+        if gone:
+            tree = None  # killed (a zombie until reaped): nothing of it is known any more
         if not reading.available:
             gpu_memory: dict[str, int | None] = {}
             total: int | None = None
@@ -52,7 +58,7 @@ def build_payload(
                 "gpu_memory": gpu_memory,
                 "gpu_memory_total": total,
                 "extension_loaded": bool(tree and tree.extension_loaded),
-                "execution_state": kernel.execution_state,
+                "execution_state": "dead" if gone else kernel.execution_state,
             }
         )
     history = sample.history[-history_points:]
@@ -86,7 +92,7 @@ def build_payload(
         "history": {
             "timestamps": [p.timestamp for p in history],
             "gpu_memory_used": {
-                key: [p.gpu_memory_used.get(key, 0) for p in history] for key in gpu_keys
+                key: [p.gpu_memory_used.get(key) for p in history] for key in gpu_keys
             },
             "host_used": [p.host_used for p in history],
         },

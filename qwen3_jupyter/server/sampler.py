@@ -40,18 +40,23 @@ class ProcessTree:
 
     `rss` is the sum over the tree (None when the kernel process is gone). `extension_loaded`
     comes from the marker file `kernel_comm` writes when `%load_ext qwen3_jupyter` runs.
+    `gone` is true when the kernel process no longer runs: it exited, or it is a zombie (killed
+    and not yet reaped by the server, which /proc reports as a process of 0 bytes).
     """
 
     pid: int
     pids: frozenset[int]
     rss: int | None
     extension_loaded: bool
+    gone: bool = False
 
 
 @dataclass(frozen=True)
 class HistoryPoint:
     timestamp: float
     gpu_memory_used: Mapping[str, int]
+    """Memory in use per GPU read at this point; a GPU missing here was not read (lost for a
+    moment): the endpoint's history has null there, never 0."""
     host_used: int
 
 
@@ -136,16 +141,30 @@ def _ppid_table() -> dict[int, list[int]]:
     return table
 
 
+def _running(pid: int) -> bool:
+    """False when `pid` has exited or is a zombie (dead, not yet reaped by its parent)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except (psutil.Error, OSError):
+        return True  # cannot tell (access denied): the memory read below decides
+
+
 def process_trees(kernels: Iterable[WatchedKernel]) -> dict[int, ProcessTree]:
     """Each kernel's process tree (kernel and descendants) and its summed RSS.
 
     On Linux the tree is read from /proc/<pid>/task/*/children, so the cost grows with the
     kernels, not with every process on the machine. Only PIDs and memory are read: never
-    command lines or environments.
+    command lines or environments. A kernel process that is gone (exited, or a zombie: a
+    SIGKILLed kernel until the server reaps it) gets a `gone` tree with RSS unknown.
     """
     table: dict[int, list[int]] | None = None
     trees = {}
     for kernel in kernels:
+        if not _running(kernel.pid):
+            trees[kernel.pid] = ProcessTree(kernel.pid, frozenset({kernel.pid}), None, False, True)
+            continue
         pids = {kernel.pid}
         stack = [kernel.pid]
         while stack:
@@ -159,12 +178,14 @@ def process_trees(kernels: Iterable[WatchedKernel]) -> dict[int, ProcessTree]:
                     pids.add(child)
                     stack.append(child)
         rss: int | None = 0
+        gone = False
         for pid in pids:
             try:
                 rss_pid = int(psutil.Process(pid).memory_info().rss)
-            except (psutil.Error, OSError):
+            except (psutil.Error, OSError) as error:
                 if pid == kernel.pid:
                     rss = None
+                    gone = isinstance(error, psutil.NoSuchProcess)  # ZombieProcess included
                     break
                 continue
             rss = (rss or 0) + rss_pid
@@ -172,7 +193,7 @@ def process_trees(kernels: Iterable[WatchedKernel]) -> dict[int, ProcessTree]:
         loaded = rss is not None and read_marker(
             kernel.marker, frozen
         )  # a killed kernel's marker stays
-        trees[kernel.pid] = ProcessTree(kernel.pid, frozen, rss, loaded)
+        trees[kernel.pid] = ProcessTree(kernel.pid, frozen, rss, loaded, gone)
     return trees
 
 
