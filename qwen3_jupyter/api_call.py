@@ -11,6 +11,7 @@ the call ends.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,9 +35,21 @@ class ApiCall:
         self.notices.append(notice)
 
     def engine(self, **choice: str | None) -> Any:
-        """`SESSION.engine(**choice)` (model, device, dtype, decode, server), its loading
-        progress on this call's line."""
-        return SESSION.engine(**choice, progress=self.progress)
+        """`SESSION.engine(**choice)` (model, device, dtype, decode, server), with `%config
+        Qwen3Magics.*` filling in what neither the arguments nor the environment say (the
+        magic's order), its loading progress on this call's line."""
+        from .models import DEVICE_ENV, DTYPE_ENV, unless_in_environment
+
+        config = configured()
+        for name, variable in (("device", DEVICE_ENV), ("dtype", DTYPE_ENV)):
+            choice[name] = choice.get(name) or unless_in_environment(variable, config.get(name))
+        return SESSION.engine(
+            **choice,
+            configured_model=config.get("model"),
+            configured_decode=config.get("decode"),
+            configured_server=config.get("server"),
+            progress=self.progress,
+        )
 
     def progress(self, what: str, done: int, total: int) -> None:
         """Model loading progress, for `SESSION.engine(progress=...)`."""
@@ -60,6 +73,31 @@ class ApiCall:
             self.status.clear()
         for notice in [*SESSION.take_notices(), *self.notices]:
             display.info(notice)
+
+
+CONFIGURED = ("model", "device", "dtype", "decode", "server")
+"""The Qwen3Magics options the Python API honours as the magic does."""
+
+
+def configured() -> dict[str, str | None]:
+    """The `%config Qwen3Magics.*` (or `c.Qwen3Magics.*`) values of this kernel's loaded
+    extension, by name; None where unset. Empty without IPython or without the extension loaded:
+    the caller then has the argument, the environment and the default, as before.
+
+    Why: the API called `SESSION.engine` with no configuration, so with `Qwen3Magics.model =
+    "tiny"` generate_batch loaded the default model, and with `Qwen3Magics.server` set it ran on
+    the local model instead of the server."""
+    ipython = sys.modules.get("IPython")  # never imported here: without it there is no shell
+    shell = ipython.get_ipython() if ipython is not None else None
+    manager = getattr(shell, "magics_manager", None)
+    magics = getattr(manager, "registry", {}).get("Qwen3Magics")
+    if magics is None:
+        return {}
+    values: dict[str, str | None] = {}
+    for name in CONFIGURED:
+        value = getattr(magics, name, None)
+        values[name] = (value.strip() or None) if isinstance(value, str) else None
+    return values
 
 
 @contextmanager

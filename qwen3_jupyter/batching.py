@@ -14,7 +14,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,7 @@ class BatchReport:
     completed: int
     requested_batch_size: int
     held_batch_size: int
+    """The batch size the run ended with; 0 when it ran out of memory even at batch size 1."""
     back_offs: tuple[BackOff, ...]
     interrupted: bool
     seconds: float
@@ -90,7 +91,12 @@ class BatchReport:
             if self.failed:
                 pieces.append(f"{self.failed} failed (see .error)")
         else:
-            if self.back_offs:
+            if self.back_offs and self.held_batch_size == 0:
+                pieces.append(
+                    f"out of memory {len(self.back_offs)}x: batch size "
+                    f"{self.requested_batch_size} -> 1, out of memory even at 1"
+                )
+            elif self.back_offs:
                 pieces.append(
                     f"out of memory {len(self.back_offs)}x: batch size "
                     f"{self.requested_batch_size} -> {self.held_batch_size} held"
@@ -142,8 +148,11 @@ def generate_batch(
     line per prompt as each batch finishes. `decode` picks the in-kernel path ('fast', 'eager';
     default: fast on CUDA). `server` (or $QWEN3_JUPYTER_SERVER) sends the prompts to an
     OpenAI-compatible server instead, `concurrency` at a time, with `model` the served model.
+    `model`, `device`, `dtype`, `decode` and `server` each come from the argument, then the
+    environment variable ($QWEN3_JUPYTER_MODEL, ...), then `%config Qwen3Magics.<name>` when
+    the extension is loaded, then the default, as for `%qwen3`.
     """
-    from .api_call import api_call
+    from .api_call import api_call, configured
     from .engines import server_url
     from .model_use import holding
 
@@ -175,7 +184,7 @@ def generate_batch(
             )
     generation = options_from_kwargs(options, _BATCH_KEYWORDS)
     budget = memory_budget_bytes(memory_budget)
-    local = server_url(server) is None
+    local = server_url(server, configured().get("server")) is None
     CELL_INTERRUPTS.check()  # a call earlier in this cell was interrupted: this one is too
     with holding(local, "a batch (generate_batch)"), api_call(show_status=progress) as call:
         engine = call.engine(model=model, device=device, dtype=dtype, decode=decode, server=server)
@@ -260,6 +269,14 @@ def run_batches(
     """The batching loop: back off on out-of-memory, write as batches finish, keep on interrupt."""
     from tqdm.auto import tqdm
 
+    if options.seed is not None:
+        import torch
+
+        # Once per run, not per batch: each batch reseeded repeated the first one's samples
+        # (rows 3-5 equal to rows 0-2 at batch size 3). Later batches continue the stream, so
+        # a run is reproducible for the same prompts, batch size and seed.
+        torch.manual_seed(options.seed)
+        options = replace(options, seed=None)
     results = BatchResults()
     back_offs: list[BackOff] = []
     size, position, peak, interrupted = batch_size, 0, 0, False
@@ -275,7 +292,7 @@ def run_batches(
                 chunk_results, chunk_peak = generate_chunk(chunk, options, budget)
             except GenerationOOM as exc:
                 back_offs.append(BackOff(position, size, str(exc)))
-                if size == 1:
+                if len(chunk) == 1:  # one prompt alone (a last one, say, at any batch size)
                     hint = f": {exc.hint}" if exc.hint else ""
                     out_of_memory = (
                         f"out of memory even at batch size 1 (prompt {position}; "
@@ -283,6 +300,8 @@ def run_batches(
                     )
                     break
                 size = max(1, size // 2)
+                while size >= len(chunk):  # fewer prompts were left than the batch size: the
+                    size //= 2  # next try must be smaller than what ran out, not the same rows
                 bar.set_postfix(batch_size=size)
                 continue
             peak = max(peak, chunk_peak)
@@ -302,7 +321,7 @@ def run_batches(
         total=len(prompts),
         completed=len(results),
         requested_batch_size=batch_size,
-        held_batch_size=size,
+        held_batch_size=0 if out_of_memory is not None else size,
         back_offs=tuple(back_offs),
         interrupted=interrupted,
         seconds=time.perf_counter() - started,

@@ -124,6 +124,10 @@ def check_arguments(
             raise TypeError(f"{name}={value!r} ({type(value).__name__}): must be True or False")
 
 
+SAMPLING_OPTIONS = ("temperature", "top_p", "top_k")
+"""The options only sampling uses: with greedy=True they would silently do nothing."""
+
+
 @dataclass(frozen=True)
 class GenerationOptions:
     """What a caller may set for one generation; None means Qwen3's recommended value."""
@@ -147,6 +151,16 @@ class GenerationOptions:
         for name, value, rule in broken_rules(vars(self)):
             extra = " (greedy=True decodes deterministically)" if name == "temperature" else ""
             raise ValueError(f"{name}={value!r}: {rule}{extra}")
+        sampling = [
+            f"{name}={getattr(self, name)!r}"
+            for name in SAMPLING_OPTIONS
+            if getattr(self, name) is not None
+        ]
+        if self.greedy and sampling:  # as the magic refuses --greedy --temperature 0.3
+            raise ValueError(
+                f"greedy=True always takes the likeliest token, so {' and '.join(sampling)} "
+                "would do nothing: drop one of them"
+            )
         for name, value in vars(self).items():  # numpy's int64 and the like become plain
             if _whole(value) and type(value) is not int:  # values a server's JSON can carry
                 object.__setattr__(self, name, int(value))

@@ -129,9 +129,12 @@ def inference(
     """A block in which `chat(prompt)` generates with `model`, cleaned up on exit.
 
     `model` None uses the model already loaded in this kernel, else the configured default
-    ($QWEN3_JUPYTER_MODEL, then Qwen/Qwen3-1.7B). `decode` picks the in-kernel path ('fast',
-    'eager'; default fast on CUDA); `server` (or $QWEN3_JUPYTER_SERVER) asks an
-    OpenAI-compatible server instead, `model` then naming the served model. On exit — normal or
+    ($QWEN3_JUPYTER_MODEL, then `%config Qwen3Magics.model`, then Qwen/Qwen3-1.7B). `decode`
+    picks the in-kernel path ('fast', 'eager'; default fast on CUDA); `server` (or
+    $QWEN3_JUPYTER_SERVER) asks an OpenAI-compatible server instead, `model` then naming the
+    served model. `device`, `dtype`, `decode` and `server` likewise come from the argument, then
+    the environment variable, then `%config Qwen3Magics.<name>` when the extension is loaded,
+    then the default, as for `%qwen3`. On exit — normal or
     by an exception — `cleanup()` runs (output cache, last exception, generation leftovers,
     cycles, allocator cache) and its report is `chat.report`; the model is not unloaded. When
     the block raises,

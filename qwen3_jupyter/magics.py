@@ -40,7 +40,15 @@ from .interrupts import CELL_INTERRUPTS
 from .magic_args import asks_help, did_you_mean, is_number, options_of, show_help
 from .memory import format_bytes
 from .model_use import ModelBusy, holding, stop
-from .models import DTYPES, ModelError, canonical_dtype, is_loaded_as
+from .models import (
+    DEVICE_ENV,
+    DTYPE_ENV,
+    DTYPES,
+    ModelError,
+    canonical_dtype,
+    is_loaded_as,
+    unless_in_environment,
+)
 from .prompt_vars import PromptVarsError, fill
 from .session import SESSION
 
@@ -356,8 +364,8 @@ class Qwen3Magics(Magics):
         try:
             choice = SESSION.choice(
                 args.model,
-                args.device or self.device or None,
-                args.dtype or self.dtype or None,
+                args.device or unless_in_environment(DEVICE_ENV, self.device or None),
+                args.dtype or unless_in_environment(DTYPE_ENV, self.dtype or None),
                 self.model or None,
             )
         except KeyboardInterrupt:  # held until torch was whole (import_whole): it still works

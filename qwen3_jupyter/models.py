@@ -288,3 +288,10 @@ def _load(choice: ModelChoice, path: str, is_embedded: bool) -> LoadedModel:
 
 
 HOLDER = ModelHolder()
+
+
+def unless_in_environment(variable: str, configured: str | None) -> str | None:
+    """A configured device or dtype (`c.Qwen3Magics.device`), unless `variable` says it: for
+    the magic and the API alike, the flag or argument comes first, then the environment
+    variable, then the config option, then "auto"."""
+    return None if os.environ.get(variable) else configured

@@ -68,6 +68,42 @@ def test_out_of_memory_at_batch_size_one_says_so(tmp_path: Path) -> None:
     ), message
 
 
+def test_fewer_prompts_than_the_batch_size_back_off_past_their_own_count() -> None:
+    """Two prompts at batch size 4 ran as 2 rows, then 'halved' to 2: the same two rows again.
+    And a run that ran out even at batch size 1 does not say some batch size held."""
+    with pytest.raises(GenerationOOM, match="even at batch size 1") as info:
+        generate_batch(
+            PROMPTS[:2], batch_size=4, model="tiny", memory_budget=1000, progress=False, **GREEDY
+        )
+    report = info.value.results.report
+    assert [(b.first_prompt, b.batch_size) for b in report.back_offs] == [(0, 4), (0, 1)]
+    assert report.held_batch_size == 0
+    summary = report.summary()
+    assert "held" not in summary, summary
+    assert "out of memory 2x: batch size 4 -> 1, out of memory even at 1" in summary, summary
+
+
+SAMPLED = {"think": False, "max_new_tokens": 8, "ignore_eos": True, "seed": 7}
+
+
+@pytest.mark.parametrize("decode", ["eager", "fast"])
+def test_a_seeded_batch_seeds_once_so_later_batches_sample_on(decode: str) -> None:
+    """Each batch reseeded: rows 3-5 repeated rows 0-2 token for token. The whole seeded run is
+    still reproducible."""
+    prompts = ["Write a haiku"] * 6
+
+    def run() -> list[tuple[int, ...]]:
+        results = generate_batch(
+            prompts, batch_size=3, model="tiny", decode=decode, progress=False, **SAMPLED
+        )
+        return [r.token_ids for r in results]
+
+    first = run()
+    assert first[3:] != first[:3], first
+    assert len(set(first)) > 3, first
+    assert run() == first, "the same seed, prompts and batch size give the same answers"
+
+
 LONG_PROMPT_HOG = """
 import torch
 from tests.oversized import BEYOND_ANY_HOST

@@ -73,6 +73,32 @@ def test_values_no_decoder_can_use_are_refused_in_words(options: dict, said: str
     assert str(info.value).startswith(said)
 
 
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        (
+            {"greedy": True, "temperature": 0.3},
+            "greedy=True always takes the likeliest token, so temperature=0.3 would do nothing: "
+            "drop one of them",
+        ),
+        (
+            {"greedy": True, "top_p": 0.5, "top_k": 5},
+            "greedy=True always takes the likeliest token, so top_p=0.5 and top_k=5 would do "
+            "nothing: drop one of them",
+        ),
+    ],
+)
+def test_greedy_with_a_sampling_value_is_refused_as_the_magic_refuses_it(
+    options: dict, said: str
+) -> None:
+    """`%qwen3 --greedy --temperature 0.3` was refused while the same options from Python were
+    taken, the sampling value silently ignored."""
+    with pytest.raises(ValueError) as info:
+        GenerationOptions(**options)
+    assert str(info.value) == said
+    assert GenerationOptions(greedy=True).sampling() == {"do_sample": False}
+
+
 def test_the_largest_seed_torch_takes_is_accepted() -> None:
     import torch
 

@@ -118,6 +118,36 @@ def test_a_bad_value_is_a_clear_value_error_before_any_model_loads(k: Kernel) ->
     assert in_call.reply["evalue"] == "top_p=3: must be in (0, 1]"
 
 
+def test_greedy_with_a_sampling_value_is_refused_before_any_model_loads(k: Kernel) -> None:
+    """As `%qwen3 --greedy --temperature 0.3` is refused: before, the API silently dropped the
+    sampling value."""
+    ok(k, "%qwen3 --unload")
+    for code, said in [
+        (
+            "qwen3_jupyter.generate_batch(['hi'], model='tiny', greedy=True, temperature=0.3, "
+            "progress=False)",
+            "temperature=0.3",
+        ),
+        ("qwen3_jupyter.inference(model='tiny', greedy=True, top_p=0.5).__enter__()", "top_p=0.5"),
+    ]:
+        bad = k.run(code)
+        assert bad.status == "error" and bad.reply["ename"] == "ValueError", bad.reply
+        assert bad.reply["evalue"] == (
+            f"greedy=True always takes the likeliest token, so {said} would do nothing: "
+            "drop one of them"
+        )
+        assert k.value("SESSION.loaded is None"), "nothing was loaded for a call that cannot run"
+    in_call = k.run(
+        "with qwen3_jupyter.inference(model='tiny', greedy=True, max_new_tokens=2) as chat:\n"
+        "    chat('hi', top_k=5)"
+    )
+    assert in_call.reply["ename"] == "ValueError", in_call.reply
+    assert in_call.reply["evalue"] == (
+        "greedy=True always takes the likeliest token, so top_k=5 would do nothing: "
+        "drop one of them"
+    )
+
+
 def test_a_prompt_that_is_not_text_is_one_clear_type_error(k: Kernel) -> None:
     """Before, None failed inside the chat template (jinja's UndefinedError) and a list with
     "can only concatenate str"; the chat stays usable."""

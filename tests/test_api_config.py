@@ -1,0 +1,144 @@
+"""The Python API reads `%config Qwen3Magics.*` as the magic does: the argument, then the
+environment variable, then the config option, then the default (README "Models")."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.kernel import Kernel, ok
+from tests.scripted_server import ScriptedServer
+
+SETUP = """
+import os
+import qwen3_jupyter
+from qwen3_jupyter.session import SESSION
+os.environ.pop('QWEN3_JUPYTER_MODEL', None)
+"""
+
+
+@pytest.fixture(scope="module")
+def k(kernel: Kernel) -> Iterator[Kernel]:
+    ok(kernel, SETUP)
+    yield kernel
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ScriptedServer]:
+    with ScriptedServer(model="m1") as scripted:
+        yield scripted
+
+
+def test_the_configured_model_is_what_generate_batch_and_inference_load(k: Kernel) -> None:
+    """Before, both went to the default (Qwen/Qwen3-1.7B) with the config naming tiny."""
+    ok(k, "%config Qwen3Magics.model = 'tiny'")
+    ok(
+        k,
+        "SESSION.unload()\nr = qwen3_jupyter.generate_batch(['hi'], max_new_tokens=2, "
+        "progress=False)",
+    )
+    assert k.value("r[0].model") == "tiny"
+    ok(
+        k,
+        "SESSION.unload()\n"
+        "with qwen3_jupyter.inference(max_new_tokens=2) as chat:\n"
+        "    x = chat('hi')",
+    )
+    assert k.value("x.model") == "tiny"
+
+
+def test_the_argument_and_the_environment_come_before_the_config(k: Kernel) -> None:
+    ok(k, "%config Qwen3Magics.model = 'no-such/model-anywhere'")
+    try:
+        ok(
+            k,
+            "SESSION.unload()\nr = qwen3_jupyter.generate_batch(['hi'], model='tiny', "
+            "max_new_tokens=2, progress=False)",
+        )
+        assert k.value("r[0].model") == "tiny"
+        ok(
+            k,
+            "SESSION.unload()\nos.environ['QWEN3_JUPYTER_MODEL'] = 'tiny'\n"
+            "r = qwen3_jupyter.generate_batch(['hi'], max_new_tokens=2, progress=False)",
+        )
+        assert k.value("r[0].model") == "tiny"
+    finally:
+        ok(k, "os.environ.pop('QWEN3_JUPYTER_MODEL', None)\n%config Qwen3Magics.model = 'tiny'")
+
+
+def test_the_configured_device_and_decode_are_used(k: Kernel) -> None:
+    ok(k, "%config Qwen3Magics.device = 'gpu'")
+    try:
+        _refused(
+            k,
+            "qwen3_jupyter.generate_batch(['hi'], max_new_tokens=2, progress=False)",
+            "'gpu' is not a device",
+        )
+        _refused(
+            k, "qwen3_jupyter.inference(max_new_tokens=2).__enter__()", "'gpu' is not a device"
+        )
+        ok(
+            k,
+            "r = qwen3_jupyter.generate_batch(['hi'], device='cpu', max_new_tokens=2, "
+            "progress=False)",
+        )
+    finally:
+        ok(k, "%config Qwen3Magics.device = ''")
+    ok(k, "%config Qwen3Magics.decode = 'sideways'")
+    try:
+        _refused(
+            k,
+            "qwen3_jupyter.generate_batch(['hi'], max_new_tokens=2, progress=False)",
+            "'sideways'",
+        )
+        ok(
+            k,
+            "r = qwen3_jupyter.generate_batch(['hi'], decode='eager', max_new_tokens=2, "
+            "progress=False)",
+        )
+    finally:
+        ok(k, "%config Qwen3Magics.decode = 'auto'")
+
+
+def _refused(k: Kernel, code: str, reason: str) -> None:
+    bad = k.run(code)
+    assert bad.status == "error" and reason in bad.reply["evalue"], bad.reply
+
+
+def test_the_configured_server_answers_the_python_api(k: Kernel, server: ScriptedServer) -> None:
+    """Before, generate_batch ran on the local model with a server configured."""
+    url = server.url("ok")
+    ok(k, f"%config Qwen3Magics.server = {url!r}")
+    try:
+        ok(
+            k,
+            "r = qwen3_jupyter.generate_batch(['hi'], model='m1', max_new_tokens=2, "
+            "progress=False)",
+        )
+        assert k.value("(r[0].engine, r[0].answer)") == ("remote", "Hello world")
+        ok(
+            k,
+            "with qwen3_jupyter.inference(model='m1', max_new_tokens=2) as chat:\n"
+            "    x = chat('hi')",
+        )
+        assert k.value("x.engine") == "remote"
+    finally:
+        ok(k, "%config Qwen3Magics.server = ''")
+    ok(k, "r = qwen3_jupyter.generate_batch(['hi'], max_new_tokens=2, progress=False)")
+    assert k.value("r[0].engine") == "eager"
+
+
+def test_the_environment_comes_before_the_configured_device_for_the_magic_and_the_api(
+    k: Kernel,
+) -> None:
+    """One order for both (README "Models"): flag or argument, environment, config, auto."""
+    ok(k, "%config Qwen3Magics.device = 'gpu'")
+    try:
+        ok(k, "os.environ['QWEN3_JUPYTER_DEVICE'] = 'cpu'")
+        ok(k, "%qwen3 --no-think --max-new-tokens 2 hi")
+        assert k.value("_qwen3.device") == "cpu"
+        ok(k, "r = qwen3_jupyter.generate_batch(['hi'], max_new_tokens=2, progress=False)")
+        assert k.value("r[0].device") == "cpu"
+    finally:
+        ok(k, "os.environ.pop('QWEN3_JUPYTER_DEVICE', None)\n%config Qwen3Magics.device = ''")
