@@ -54,3 +54,13 @@ def test_bad_input_is_a_one_line_error(
     assert "--compare: unknown variant 'fastest': any of whole, tuned" in capsys.readouterr().err
     with pytest.raises(SystemExit, match=r"^bench step: model 'nonsense' not found"):
         step.main(["--model", "nonsense"])
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a machine without CUDA")
+def test_asking_for_cuda_without_a_gpu_is_one_line() -> None:
+    from qwen3_jupyter.bench import attention
+
+    with pytest.raises(SystemExit, match=r"^bench step: --device cuda: no CUDA GPU is visible"):
+        step.main(["--device", "cuda"])
+    with pytest.raises(SystemExit, match=r"^bench attention: --device cuda: no CUDA GPU"):
+        attention.main(["--device", "cuda"])

@@ -150,6 +150,14 @@ def report(figures: dict[str, Any]) -> Iterator[str]:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if (args.device or "").startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit(
+                f"bench attention: --device {args.device}: no CUDA GPU is visible here; "
+                "use --device cpu"
+            )
     figures = measure(args)
     for line in report(figures):
         print(line, flush=True)

@@ -259,10 +259,10 @@ def main(argv: list[str]) -> int:
     for name in args.compare:
         if name not in VARIANTS:
             parser.error(f"--compare: unknown variant {name!r}: any of {', '.join(VARIANTS)}")
-    if args.model is None:
-        cuda = pick_device(args.device).startswith("cuda")
-        args.model = "random:Qwen3-1.7B" if cuda else "tiny"
     try:
+        if args.model is None:
+            cuda = pick_device(args.device).startswith("cuda")
+            args.model = "random:Qwen3-1.7B" if cuda else "tiny"
         figures = measure(args)
     except (ModelError, UnsupportedModel) as exc:
         raise SystemExit(f"bench step: {exc}") from None
