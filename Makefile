@@ -27,10 +27,10 @@ $(STAMP): $(VENV)/bin/python pyproject.toml requirements-torch-cpu.txt
 		echo "NVIDIA GPU found: installing torch from the project's range"; \
 	else \
 		echo "No NVIDIA GPU: installing the CPU build of torch (requirements-torch-cpu.txt)"; \
-		$(PY) -m pip install -q -r requirements-torch-cpu.txt; \
+		$(PY) -m pip install -qq -r requirements-torch-cpu.txt; \
 	fi
-	$(PY) -m pip install -q "hatchling>=1.21" "hatch-jupyter-builder>=0.9" editables "jupyterlab>=4.6,<4.7"
-	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	$(PY) -m pip install -qq "hatchling>=1.21" "hatch-jupyter-builder>=0.9" editables "jupyterlab>=4.6,<4.7"
+	$(PY) -m pip install -qq --no-build-isolation -e ".[test]"
 	@touch $@
 
 # The JupyterLab extension, built from labextension/ with the JupyterLab that pip installed,
@@ -40,10 +40,15 @@ $(LABEXT_STAMP): $(STAMP) $(LABEXT_SOURCES)
 	$(VENV)/bin/jupyter-builder develop --overwrite . >/dev/null
 	@touch $@
 
+# The browser tests drive /usr/bin/chromium (Playwright with executable_path).
 chromium:
-	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || \
+	@[ -x /usr/bin/chromium ] || \
 		{ echo "Installing Debian's chromium for the browser tests"; \
-		  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+		  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		    apt-get install -y -qq chromium >/dev/null; } 2>/dev/null || \
+		  { echo "make test needs /usr/bin/chromium for the browser tests and could not" \
+		         "install it: run 'sudo apt-get install chromium' (Debian), then make test again" >&2; \
+		    exit 1; }; }
 
 demo: setup
 	$(PY) -m qwen3_jupyter.demo notebooks/quickstart.ipynb --out out/

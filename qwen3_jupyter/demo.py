@@ -6,6 +6,7 @@ after every cell (measured from outside the kernel, on its process tree).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import shutil
 import sys
@@ -98,11 +99,38 @@ def run_notebook(path: Path, out_dir: Path, timeout: int = 600) -> tuple[list[Ce
     try:
         client.execute()
     finally:
+        _shut_down(manager)  # nbclient leaves a kernel it was handed (`km=`) running
         shutil.rmtree(manager.socket_folder, ignore_errors=True)
         out_dir.mkdir(parents=True, exist_ok=True)
         executed = out_dir / path.name
         nbformat.write(notebook, executed)
     return summaries, executed
+
+
+def _shut_down(manager: Any) -> None:
+    """Stop the notebook's kernel: without it the kernel outlived the demo and, once it noticed,
+    printed "Parent appears to have exited" over the user's shell."""
+    from jupyter_core.utils import run_sync
+
+    if manager.has_kernel:
+        with contextlib.suppress(Exception):
+            run_sync(manager.shutdown_kernel)(now=True)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def failure_line(exc: BaseException) -> str:
+    """A failed run in one readable line: a cell's error as its name and message (nbclient's
+    text is a coloured traceback), anything else as its last line."""
+    ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
+    if ename:
+        text = f"{ename}: {evalue}" if evalue else str(ename)
+    else:
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        text = lines[-1] if lines else ""
+    text = _ANSI.sub("", text).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def format_summary(path: Path, executed: Path, summaries: list[CellSummary]) -> str:
@@ -133,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summaries, executed = run_notebook(args.notebook, args.out, args.timeout)
     except Exception as exc:
-        name = type(exc).__name__
-        print(f"demo failed: {name}: {str(exc).strip().splitlines()[-1:]}", file=sys.stderr)
+        print(f"demo failed: {failure_line(exc)}", file=sys.stderr)
         print(f"the executed notebook (with the error) is in {args.out}", file=sys.stderr)
         return 1
     print(format_summary(args.notebook, executed, summaries))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from qwen3_jupyter.demo import format_summary, run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,3 +31,29 @@ def test_decay_benchmark_notebook_executes(model_cache: Path, output_dir: Path) 
     cells = nbformat.read(executed, as_version=4).cells
     images = [o for c in cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert images, "the plot was not shown"
+
+
+def test_a_failing_notebook_is_one_clean_line_and_leaves_no_kernel_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import nbformat
+    import psutil
+
+    from qwen3_jupyter.demo import main
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell("x = 1"),
+        nbformat.v4.new_code_cell("raise ValueError('boom')"),
+    ]
+    path = tmp_path / "fails.ipynb"
+    nbformat.write(notebook, path)
+    assert main([str(path), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "demo failed: CellExecutionError: ValueError: boom", err
+    kernels = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if "ipykernel" in " ".join(p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE
+    ]
+    assert not kernels, "the notebook's kernel outlived the demo"
