@@ -56,6 +56,9 @@ _log = logging.getLogger(__name__)
 DEFAULT_INTERVAL = 0.5
 HISTORY_SECONDS = 120.0
 LOW_FREE_BYTES = 500 * MiB
+SIGNALS_KEPT = 64
+"""Calls and cleanups remembered for the decay signals (each warning reads a few of them), so a
+session of thousands of cells keeps no growing list."""
 MIN_INTERVAL = 0.05
 MAX_INTERVAL = 3600.0
 """An hour: far longer waits (inf, 1e300) overflow the polling thread's timed wait and kill it."""
@@ -389,6 +392,8 @@ class Monitor:
                 self._call_costs.clear()
                 self._cost_key = key
             self._call_costs.append(cost)
+            if len(self._call_costs) > SIGNALS_KEPT:  # the warning reads the first 3 and the
+                del self._call_costs[3]  # last 3: a long session must not grow this list
 
     def note_cleanup(self, retained_bytes: int, explained: bool = False) -> None:
         """Record the memory left after one cleanup, and restart the peaks from here.
@@ -398,6 +403,8 @@ class Monitor:
         with self._lock:
             self._retained.append(int(retained_bytes))
             self._explained.append(explained)
+            if len(self._retained) > SIGNALS_KEPT:  # the warning reads the last 4
+                del self._retained[0], self._explained[0]
             self._host_peak = 0
             self._gpu_peaks.clear()
 

@@ -573,3 +573,22 @@ def test_a_new_gauge_shows_a_reading_at_once(
     finally:
         g.close()
         monitor.stop()
+
+
+def test_a_closed_gauge_leaves_no_widget_open(
+    counting_comms: list[tuple[str, dict[str, Any]]],
+) -> None:
+    """Each widget makes its own Layout and Style, each with a comm: a closed gauge (one per
+    `%qwen3 --gauge` call) left 17 of them open in the kernel and in the browser."""
+    from ipywidgets.widgets.widget import _instances
+
+    monitor = Monitor(NvmlReader(FakeNvml([FakeGpu(used=GiB)]).module), interval=0.05)
+    before = set(_instances)
+    try:
+        for _ in range(3):
+            g = Gauge(monitor, compact=True)
+            _wait_for(lambda g=g: g.updates >= 1)  # type: ignore[misc]
+            g.close()
+    finally:
+        monitor.stop()
+    assert set(_instances) - before == set(), [type(w).__name__ for w in _instances.values()]

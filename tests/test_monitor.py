@@ -17,7 +17,7 @@ import pytest
 
 from qwen3_jupyter import monitor as monitor_module
 from qwen3_jupyter.memory import GiB, MiB, NvmlReader
-from qwen3_jupyter.monitor import Monitor, Snapshot
+from qwen3_jupyter.monitor import SIGNALS_KEPT, Monitor, Snapshot
 from tests.fake_nvml import LIBRARY_NOT_FOUND, SELF, FakeGpu, FakeNvml, FakeProcess
 
 
@@ -380,3 +380,24 @@ def test_a_failing_poll_is_one_log_line_once(
     lines = [r for r in caplog.records if r.levelno >= logging.INFO]
     assert [r.getMessage() for r in lines] == ["qwen3_jupyter: memory poll failed: no cuda yet"]
     assert lines[0].exc_info is None
+
+
+def test_the_decay_signals_remember_a_bounded_number_of_calls_and_cleanups(
+    monitor: Monitor,
+) -> None:
+    """A session of thousands of cells: the lists the warnings read stop growing, and the
+    latency warning still compares the first 3 calls with the last 3."""
+    for _ in range(3):
+        monitor.note_result(Call(1.09, 100))
+    for _ in range(1000):
+        monitor.note_result(Call(1.1, 100))
+        monitor.note_cleanup(100 * MiB)
+    assert len(monitor.call_costs) == len(monitor.retained_history) == SIGNALS_KEPT
+    assert monitor.latency_warning() is None
+    for _ in range(3):
+        monitor.note_result(Call(2.1, 100))
+    warning = monitor.latency_warning()
+    assert warning is not None and "2.0× the time per token" in warning
+    for step in range(4):
+        monitor.note_cleanup(100 * MiB + (step + 1) * 100 * MiB)
+    assert monitor.retained_warning() is not None
