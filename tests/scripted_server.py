@@ -22,8 +22,8 @@ Routes (`url(route)` gives `http://127.0.0.1:PORT/<route>/v1`):
                    request for any model is answered (the server loads it);
 - `hung`           for any request (GET /models too): accepts, reads, never answers.
 GET `.../models` lists `model` (except on `hung`). Every request's method and path (with its
-query) is recorded in `requests`, its key in `keys`; a client that went away is recorded in
-`disconnects`.
+query) is recorded in `requests`, its key in `keys`, a chat request's JSON body in `bodies`;
+a client that went away is recorded in `disconnects`.
 """
 
 from __future__ import annotations
@@ -70,6 +70,8 @@ class ScriptedServer:
         self.requests: list[tuple[str, str]] = []
         self.keys: list[str] = []
         """The bearer token of every request."""
+        self.bodies: list[dict[str, Any]] = []
+        """The JSON body of every chat request."""
         self.disconnects: list[str] = []
         self.closing = threading.Event()
         handler = type("Handler", (_Handler,), {"server_state": self})
@@ -124,6 +126,7 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server_state
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
         state.requests.append(("POST", self.path))
+        state.bodies.append(body)
         state.keys.append(self.headers.get("Authorization", "").removeprefix("Bearer "))
         route = self.path.strip("/").split("/")[0]
         try:

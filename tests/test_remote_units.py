@@ -772,3 +772,18 @@ def test_metrics_reader_survives_a_garbled_reply() -> None:
         assert load.error == f"metrics unreadable ({name})", load
         assert reader.read() is load, "asked again only after the usual delay"
         server.close()
+
+
+def test_a_seeded_server_batch_gives_each_prompt_its_own_seed(scripted: ScriptedServer) -> None:
+    """One seed sent with every request made six samples of one prompt one answer six times;
+    each prompt gets seed + its index, so the run is still reproducible."""
+    engine = _engine(scripted.url("ok"))
+    scripted.bodies.clear()
+    options = GenerationOptions(max_new_tokens=8, seed=7)
+    results = engine.generate_batch(["same"] * 3, options, progress=False)
+    assert len(results) == 3
+    assert sorted(b["seed"] for b in scripted.bodies) == [7, 8, 9]
+    scripted.bodies.clear()
+    engine.generate(["same"], options)
+    assert [b["seed"] for b in scripted.bodies] == [7]
+    engine.close()

@@ -95,6 +95,15 @@ def timeouts_from_env(default: Timeouts | None = None) -> Timeouts:
     return replace(base, **values)
 
 
+def seeded_for(options: GenerationOptions, index: int) -> GenerationOptions:
+    """The options of a batch's prompt `index`: a seed becomes seed + index. A server seeds
+    each request on its own, so one seed for all made every copy of a prompt the same answer
+    (six samples of one prompt, one answer six times); the run stays reproducible."""
+    if options.seed is None or index == 0:
+        return options
+    return replace(options, seed=options.seed + index)
+
+
 def backoff(attempt: int, retry_after: float | None) -> float:
     """Seconds before retry `attempt` (1, 2, ...): what the server asked for (capped), else
     0.5 s doubling to 8 s, with jitter so concurrent requests do not retry in lockstep."""
@@ -350,9 +359,16 @@ class RemoteEngine(Engine):
 
         notes: list[str] = []
 
-        def answer(prompt: str) -> Result:
+        def answer(index: int, prompt: str) -> Result:
             return self._batch_item(
-                prompt, options, model, timeouts, active, retries, unreachable, notes.append
+                prompt,
+                seeded_for(options, index),
+                model,
+                timeouts,
+                active,
+                retries,
+                unreachable,
+                notes.append,
             )
 
         self._say(f"sending {len(prompts)} prompts to {self.connection.shown}, {width} at a time…")

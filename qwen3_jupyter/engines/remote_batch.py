@@ -22,8 +22,9 @@ from ..generation import Result
 from ..interrupts import interrupt_deferred
 from ..server_calls import SERVER_CALLS
 
-ItemRunner = Callable[[str], Result]
-"""Answers one prompt (retrying what is worth retrying); raises only when cancelled."""
+ItemRunner = Callable[[int, str], Result]
+"""Answers one prompt, given its index (retrying what is worth retrying); raises only when
+cancelled."""
 
 
 class RetryCounter:
@@ -79,7 +80,7 @@ def run_concurrently(
                 bar.set_postfix(failed=failed)
 
     try:
-        futures = {pool.submit(answer, prompt): i for i, prompt in enumerate(prompts)}
+        futures = {pool.submit(answer, i, prompt): i for i, prompt in enumerate(prompts)}
         pending: set[Future[Result]] = set(futures)
         while pending:
             done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
