@@ -20,6 +20,7 @@ decode cache), so memory held for speed is never mistaken for a leak.
 from __future__ import annotations
 
 import html
+import itertools
 import os
 import threading
 import time
@@ -44,11 +45,14 @@ WARN_FRACTION = 0.75
 DANGER_FRACTION = 0.90
 HOST_KEY = "host"
 SERVER_KEY = "server:"
+UNREAD_KEY = "unread:"
 
 if TYPE_CHECKING:
     from .engines.server_metrics import ServerLoad
 
 _GAUGES: weakref.WeakSet[Gauge] = weakref.WeakSet()
+_GAUGE_NUMBERS = itertools.count(1)
+"""Each gauge's own CSS class, so one gauge's stale readings dim that gauge only."""
 
 
 def short_bytes(n: int | None) -> str:
@@ -136,7 +140,7 @@ def gpu_row(sample: GpuSample, low_free: int) -> RowView:
             f"torch {short_bytes(sample.torch.allocated)} alloc · "
             f"{short_bytes(sample.torch.reserved)} reserved"
         )
-    parts.append(f"peak {short_bytes(sample.peak_used)}")
+    parts.append(f"GPU peak {short_bytes(sample.peak_used)}")
     if gpu.utilization is not None:
         parts.append(f"util {gpu.utilization}%")
     if not sample.visible:
@@ -158,8 +162,8 @@ def host_row(snapshot: Snapshot, low_free: int) -> RowView:
     fraction = host.used / host.total if host.total else 0.0
     text = (
         f"{device_bytes(host.used)} / {device_bytes(host.total)} · "
-        f"this kernel {short_bytes(host.process_rss)} RSS · "
-        f"peak {short_bytes(snapshot.host_peak_rss)}"
+        f"this kernel {short_bytes(host.process_rss)} RSS (peak "
+        f"{short_bytes(snapshot.host_peak_rss)})"
     )
     return RowView(
         key=HOST_KEY,
@@ -198,7 +202,7 @@ def unread_row(index: int, reason: str | None) -> RowView:
     """A GPU NVML counted but could not read (lost, reset): kept on screen, saying so, rather
     than a row that silently disappears."""
     return RowView(
-        key=f"unread:{index}",
+        key=f"{UNREAD_KEY}{index}",
         label=f"GPU {index}",
         tooltip=reason or "NVML could not read this GPU",
         percent=0,
@@ -246,7 +250,7 @@ def kept_html(snapshot: Snapshot) -> str:
     if not snapshot.kept:
         return ""
     text = "; ".join(snapshot.kept)
-    return f'<div style="color:#555">kept on purpose: {html.escape(text)}</div>'
+    return f'<div style="color:{MUTED}">kept on purpose: {html.escape(text)}</div>'
 
 
 def footer_text(snapshot: Snapshot) -> str:
@@ -274,32 +278,43 @@ STALE_BEATS = 3
 FIRST_READING_WAIT = 0.5
 """Seconds a new gauge waits for its first reading, so it is never displayed (or saved) empty;
 NVML that hangs longer leaves 'reading memory…' until the thread's reading arrives."""
-_STALE_CSS = (
-    "<style>@keyframes qwen3-gauge-stale{to{max-height:4em;opacity:1}}"
-    "@keyframes qwen3-gauge-dim{to{opacity:.45}}</style>"
-)
+MUTED = "var(--jp-ui-font-color2, #555)"
+WARN_COLOR = "var(--jp-warn-color0, #b45309)"
+ERROR_COLOR = "var(--jp-error-color1, #b91c1c)"
+"""JupyterLab's theme colours (readable in its dark theme too), with light-theme fallbacks."""
+READINGS_CLASS = "qwen3-gauge-readings"
+"""The parts of a gauge that dim when its readings go stale (rows, kept line, warnings)."""
 
 
-def footer_html(snapshot: Snapshot, compact: bool = False) -> str:
-    """The footer line, and a warning that appears by itself in the browser when no new footer
-    arrives for a while. The footer changes at least every heartbeat (its `data-beat`), so the
-    browser rebuilds it and restarts a CSS animation whose delay outlasts a few beats; when
-    the kernel stops sending — shut down, restarted, its thread hung — the animation runs out:
-    the readings dim and the warning shows when they were taken. (ipywidgets only sends what
-    changed, so without a beat a steady gauge and a dead one look the same.)"""
+def footer_html(snapshot: Snapshot, compact: bool = False, scope: str = "qwen3-gauge") -> str:
+    """The footer line, and what makes a gauge whose kernel is gone say so by itself.
+
+    ipywidgets only sends what changed, so a steady gauge and a dead one look the same. The
+    footer changes at least every heartbeat (`data-beat`), and it carries CSS animations whose
+    delay outlasts a few beats: one on its own warning (rebuilt with the footer, so restarted by
+    each beat), one on the readings of the gauge `scope` names (persistent elements, restarted
+    because each beat switches between two animation names). When the kernel stops sending —
+    shut down, restarted, its thread hung — they run out: the readings dim and the warning says
+    when the last one was taken. A saved notebook does the same when it is opened again."""
     period = max(HEARTBEAT_SECONDS, snapshot.interval)
     beat = int(snapshot.timestamp // period)
-    delay = STALE_BEATS * period + 1
-    since = time.strftime("%H:%M:%S", time.localtime(beat * period))
+    delay = f"{STALE_BEATS * period + 1:g}s"
+    since = time.strftime("%H:%M:%S %Z", time.localtime(beat * period)).strip()
     live = "" if compact else html.escape(footer_text(snapshot))
+    css = (
+        "<style>@keyframes qwen3-gauge-stale{to{max-height:6em;opacity:1}}"
+        "@keyframes qwen3-gauge-dim-0{to{opacity:.4}}@keyframes qwen3-gauge-dim-1{to{opacity:.4}}"
+        f".{scope} .{READINGS_CLASS}{{animation:qwen3-gauge-dim-{beat % 2} 0s {delay} forwards}}"
+        "</style>"
+    )
     return (
-        f'{_STALE_CSS}<small class="qwen3-gauge-footer" data-beat="{beat}">'
-        f'<span class="qwen3-gauge-live" style="animation:qwen3-gauge-dim 0s {delay:g}s '
+        f'{css}<small class="qwen3-gauge-footer" data-beat="{beat}">'
+        f'<span class="qwen3-gauge-live" style="animation:qwen3-gauge-dim-0 0s {delay} '
         f'forwards">{live}</span><span class="qwen3-gauge-stale" style="display:block;'
-        f"max-height:0;overflow:hidden;opacity:0;color:#b91c1c;"
-        f'animation:qwen3-gauge-stale 0s {delay:g}s forwards">⚠ not updated since {since}: '
-        "the kernel stopped or restarted, or its gauge thread hung; run %qwen3_gauge again"
-        "</span></small>"
+        f"max-height:0;overflow:hidden;opacity:0;color:{ERROR_COLOR};font-weight:bold;"
+        f'animation:qwen3-gauge-stale 0s {delay} forwards">⚠ not updated since {since}: the '
+        "kernel stopped or restarted, or its gauge thread hung; these are old readings (run "
+        "%qwen3_gauge again)</span></small>"
     )
 
 
@@ -320,7 +335,8 @@ def sparkline_svg(values: list[float]) -> str:
     )
     return (
         f'<svg width="{SPARK_WIDTH}" height="{SPARK_HEIGHT}" '
-        'style="vertical-align:middle"><polyline fill="none" stroke="#4c78a8" '
+        'style="vertical-align:middle"><polyline fill="none" '
+        'style="stroke:var(--jp-brand-color1, #4c78a8)" '
         f'stroke-width="1.2" points="{points}"/></svg>'
     )
 
@@ -341,6 +357,12 @@ class _Series:
             self.bucket = bucket
 
 
+def unbroken(text: str) -> str:
+    """Row text that wraps only between its ' · ' parts: inside one ('peak 20.0 GiB') the
+    spaces are non-breaking, so a narrow notebook never leaves a number away from its unit."""
+    return " · ".join(part.replace(" ", "\u00a0") for part in text.split(" · "))
+
+
 def _parts(widget: widgets.Widget) -> list[widgets.Widget]:
     """The widgets a widget made for itself: its Layout and its Style (ipywidgets gives every
     DOM widget its own, and `close()` leaves them open)."""
@@ -358,12 +380,13 @@ def close_widget(widget: widgets.Widget) -> None:
 
 class _Row:
     def __init__(self, compact: bool) -> None:
-        self.label = widgets.HTML(layout=widgets.Layout(width="110px"))
+        fixed = {"flex": "0 0 auto"}  # columns keep their width, so rows line up
+        self.label = widgets.HTML(layout=widgets.Layout(width="130px", **fixed))
         self.bar = widgets.FloatProgress(
-            value=0.0, min=0.0, max=100.0, layout=widgets.Layout(width="160px")
+            value=0.0, min=0.0, max=100.0, layout=widgets.Layout(width="160px", **fixed)
         )
         self.spark = widgets.HTML(
-            layout=widgets.Layout(display="none" if compact else None, width="100px")
+            layout=widgets.Layout(display="none" if compact else None, width="100px", **fixed)
         )
         self.text = widgets.HTML()
         self.box = widgets.HBox([self.label, self.bar, self.spark, self.text])
@@ -372,13 +395,14 @@ class _Row:
 
     def show(self, view: RowView, spark: str) -> None:
         self.label.value = (
-            f'<b title="{html.escape(view.tooltip, quote=True)}">{html.escape(view.label)}</b>'
+            f'<b style="white-space:nowrap" title="{html.escape(view.tooltip, quote=True)}">'
+            f"{html.escape(view.label)}</b>"
         )
         with self.bar.hold_sync():
             self.bar.value = float(view.percent)
             self.bar.bar_style = view.style
         self.spark.value = spark
-        self.text.value = f"<span>{html.escape(view.text)}</span>"
+        self.text.value = f"<span>{html.escape(unbroken(view.text))}</span>"
 
     def close(self) -> None:
         for w in (self.label, self.bar, self.spark, self.text, self.box):
@@ -400,12 +424,17 @@ class Gauge(widgets.VBox):
         self._rows_box = widgets.VBox()
         self._kept = widgets.HTML()
         self._warnings = widgets.HTML()
+        for part in (self._rows_box, self._kept, self._warnings):
+            part.add_class(READINGS_CLASS)
+        self._scope = f"qwen3-gauge-{next(_GAUGE_NUMBERS)}"
+        self._last_reading: float | None = None
         self._footer = widgets.HTML("" if compact else "<small>reading memory…</small>")
         self._first_reading = threading.Event()
         self._closed = False
         self.updates = 0
         super().__init__([self._rows_box, self._kept, self._warnings, self._footer])
         self.add_class("qwen3-gauge")
+        self.add_class(self._scope)
         for old in self._monitor.history():
             self._record(old)
         latest = self._monitor.latest()
@@ -425,6 +454,8 @@ class Gauge(widgets.VBox):
 
     def _record(self, snapshot: Snapshot) -> None:
         for view in row_views(snapshot, True, self._monitor.low_free_bytes):
+            if view.key.startswith(UNREAD_KEY):
+                continue  # no reading: a sparkline at 0 would read as memory freed
             self._series.setdefault(view.key, _Series()).add(snapshot.timestamp, view.fraction)
 
     def _render(self, snapshot: Snapshot) -> None:
@@ -447,22 +478,29 @@ class Gauge(widgets.VBox):
                 self._rows[view.key].show(view, spark)
             self._kept.value = kept_html(snapshot)
             self._warnings.value = "".join(
-                f'<div style="color:#b45309">⚠ {html.escape(w)}</div>' for w in snapshot.warnings
+                f'<div style="color:{WARN_COLOR}">⚠ {html.escape(w)}</div>'
+                for w in snapshot.warnings
             )
-            self._footer.value = footer_html(snapshot, self._compact)
+            self._footer.value = footer_html(snapshot, self._compact, self._scope)
+            self._last_reading = snapshot.timestamp
             self.updates += 1
         self._first_reading.set()
 
     def as_html(self) -> str:
-        """The rows and warnings as they are now, as static HTML (no widgets)."""
+        """The rows and warnings as they are now, as static HTML (no widgets), saying when
+        they were read: scrolled back to later, a copy must not pass for a live reading."""
         with self._lock:
             rows = [
                 f"<div>{r.label.value} {r.bar.value:.0f}% · {r.text.value}</div>"
                 for r in self._rows.values()
             ]
+            when = ""
+            if self._last_reading is not None:
+                at = time.strftime("%H:%M:%S", time.localtime(self._last_reading))
+                when = f'<div style="color:{MUTED}"><small>memory as read at {at}</small></div>'
             return (
                 f'<div class="qwen3-gauge-static">{"".join(rows)}{self._kept.value}'
-                f"{self._warnings.value}</div>"
+                f"{self._warnings.value}{when}</div>"
             )
 
     def close(self) -> None:

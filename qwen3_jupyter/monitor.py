@@ -28,7 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import psutil
@@ -42,6 +42,7 @@ from .memory import (
     TorchDeviceMemory,
     format_bytes,
     process_memory_by_uuid,
+    process_rss,
     read_host,
     read_torch,
     torch_device_for,
@@ -499,7 +500,7 @@ class Monitor:
 
     def _poll(self) -> Snapshot:
         nvml = self._reader.read()
-        host = read_host()
+        host = self._with_children(read_host())
         torch_devices = read_torch()
         if not nvml.available and self._notice != nvml.reason:
             self._notice = nvml.reason
@@ -555,6 +556,17 @@ class Monitor:
                     )
                 )
         return tuple(samples)
+
+    def _with_children(self, host: HostMemory) -> HostMemory:
+        """Host memory with this kernel's RSS counting its child processes (data loader
+        workers), as its GPU share does and as the JupyterLab sidebar counts a notebook."""
+        extra = 0
+        for pid in self._pids() - {os.getpid()}:
+            try:
+                extra += process_rss(pid)
+            except (psutil.Error, OSError):
+                continue  # a worker that just ended
+        return replace(host, process_rss=host.process_rss + extra) if extra else host
 
     def _pids(self) -> set[int]:
         """This process and its children (data loader workers), refreshed every 5 s."""

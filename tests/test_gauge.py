@@ -26,6 +26,7 @@ from qwen3_jupyter.gauge import (
     row_views,
     short_bytes,
     sparkline_svg,
+    unbroken,
 )
 from qwen3_jupyter.memory import GiB, MiB, NvmlReader, TorchDeviceMemory
 from qwen3_jupyter.monitor import Monitor
@@ -53,7 +54,12 @@ class WidgetStates:
         return updates
 
     def html(self) -> list[str]:
-        return [s["value"] for s in self.states.values() if s.get("_model_name") == "HTMLModel"]
+        """The HTML widgets' values, with the non-breaking spaces of row text as spaces."""
+        return [
+            s["value"].replace("\xa0", " ")
+            for s in self.states.values()
+            if s.get("_model_name") == "HTMLModel"
+        ]
 
     def ids(self, model_name: str) -> list[str]:
         return [cid for cid, s in self.states.items() if s.get("_model_name") == model_name]
@@ -247,7 +253,7 @@ def test_four_gpus_cuda_visible_devices_2(fake_kernel: Kernel) -> None:
     assert "this kernel unknown (torch has not used this GPU)" in text
     assert "NVML · driver 550.54.15" in text
     _, every = _show(fake_kernel, "%qwen3_gauge --all")
-    labels = [h for h in every.html() if h.startswith("<b title=")]
+    labels = [h for h in every.html() if h.startswith("<b ")]
     assert [h.split(">")[1].split("<")[0] for h in labels] == [
         "GPU 0",
         "GPU 1",
@@ -277,7 +283,7 @@ def test_one_gpu_changes_and_a_driver_error_mid_run(fake_kernel: Kernel) -> None
     )
     assert busy.status == "ok", busy.error
     updates = widgets.feed(busy.messages)
-    values = [str(s.get("value", "")) for _, _, s in updates]
+    values = [str(s.get("value", "")).replace("\xa0", " ") for _, _, s in updates]
     for shown in ("20.0 GiB / 80.0 GiB", "40.0 GiB", "60.0 GiB", "79.3 GiB"):
         assert any(shown in v for v in values), shown
     assert any("only 204.8 MiB free" in v for v in values), [v for v in values if "free" in v]
@@ -369,11 +375,13 @@ def test_steady_memory_sends_nothing_and_a_change_sends_once(
         assert _updates(counting_comms, gpu_ids) == []
         fake.gpus[0].used = 41 * GiB
         fake.gpus[0].processes[0].used = 41 * GiB
-        _wait_for(lambda: "41.0 GiB / 80.0 GiB" in row.text.value)
+        _wait_for(lambda: "41.0 GiB / 80.0 GiB" in row.text.value.replace("\xa0", " "))
         polls = monitor.polls
         _wait_for(lambda: monitor.polls >= polls + 5)
         changed = _updates(counting_comms, gpu_ids)
-        texts = [u["value"] for u in changed if "<span>" in str(u.get("value"))]
+        texts = [
+            u["value"].replace("\xa0", " ") for u in changed if "<span>" in str(u.get("value"))
+        ]
         assert len(texts) == 1 and "this kernel 41.0 GiB" in texts[0]
         bars = [u for u in changed if "bar_style" in u or isinstance(u.get("value"), float)]
         assert len(bars) == 1 and bars[0]["value"] == 51.0  # one message for value + colour
@@ -455,7 +463,7 @@ def test_server_rows_and_the_kept_line(counting_comms: list[tuple[str, dict[str,
     g = Gauge(monitor)
     try:
         _wait_for(lambda: g.updates >= 1 and len(g._rows) == 4)
-        texts = [r.text.value for r in g._rows.values()]
+        texts = [r.text.value.replace("\xa0", " ") for r in g._rows.values()]
         assert (
             "http://gpu-box:8000/v1 · vLLM · KV cache 93% · 7 running · 2 waiting · "
             "model memory lives on the server"
@@ -592,3 +600,75 @@ def test_a_closed_gauge_leaves_no_widget_open(
     finally:
         monitor.stop()
     assert set(_instances) - before == set(), [type(w).__name__ for w in _instances.values()]
+
+
+def test_stale_readings_dim_the_whole_gauge_not_only_its_footer() -> None:
+    """The readings persist between beats, so the footer's rule for them switches between two
+    animation names at each beat (a new name restarts the delay)."""
+    monitor = Monitor(NvmlReader(FakeNvml([]).module), interval=0.5)
+    try:
+        snap = monitor.sample()
+    finally:
+        monitor.stop()
+    start = (snap.timestamp // HEARTBEAT_SECONDS) * HEARTBEAT_SECONDS
+    one, two = (
+        footer_html(replace(snap, timestamp=start + t), scope="qwen3-gauge-7") for t in (0, 2.1)
+    )
+    rule = ".qwen3-gauge-7 .qwen3-gauge-readings{animation:qwen3-gauge-dim-%d 0s 7s forwards}"
+    beat = int(start // HEARTBEAT_SECONDS)
+    assert rule % (beat % 2) in one and rule % ((beat + 1) % 2) in two
+
+
+def test_row_text_breaks_only_between_its_parts_and_a_static_copy_says_when(
+    counting_comms: list[tuple[str, dict[str, Any]]],
+) -> None:
+    assert unbroken("20.0 GiB / 80.0 GiB · GPU peak 20.0 GiB") == (
+        "20.0\xa0GiB\xa0/\xa080.0\xa0GiB · GPU\xa0peak\xa020.0\xa0GiB"
+    )
+    fake = FakeNvml([FakeGpu(used=GiB), FakeGpu(used=GiB)])
+    monitor = Monitor(NvmlReader(fake.module), interval=0.05)
+    g = Gauge(monitor)
+    try:
+        fake.gpus[1].lost = True
+        _wait_for(lambda: any(key.startswith("unread:") for key in g._rows))
+        assert not any(key.startswith("unread:") for key in g._series), "no sparkline at 0"
+        copy = g.as_html()
+    finally:
+        g.close()
+        monitor.stop()
+    assert "memory as read at " in copy and "could\xa0not\xa0be\xa0read" in copy
+
+
+def test_this_kernels_rss_counts_its_child_processes(monitor_with_child: int) -> None:
+    monitor = Monitor(NvmlReader(FakeNvml([]).module))
+    try:
+        monitor._children_at = -1e9  # look for children now
+        host = monitor.sample().host
+    finally:
+        monitor.stop()
+    own = __import__("psutil").Process().memory_info().rss
+    assert host.process_rss >= own + monitor_with_child // 2
+
+
+@pytest.fixture()
+def monitor_with_child() -> Iterator[int]:
+    """A child process holding 64 MiB, as a DataLoader worker would; yields its size."""
+    import subprocess
+    import sys
+
+    size = 64 * MiB
+    child = subprocess.Popen(
+        [sys.executable, "-c", f"import sys; b = b'x' * {size}; sys.stdin.read()"],
+        stdin=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        import psutil
+
+        while psutil.Process(child.pid).memory_info().rss < size:
+            assert time.monotonic() < deadline, "the child never grew"
+            time.sleep(0.05)
+        yield size
+    finally:
+        child.kill()
+        child.wait()

@@ -62,7 +62,7 @@ def _run_until(page: Any, index: int, selector: str, attempts: int = 3) -> None:
 
 
 def _host_text(page: Any) -> str:
-    return str(page.locator(HOST_TEXT).first.inner_text())
+    return str(page.locator(HOST_TEXT).first.inner_text()).replace("\xa0", " ")
 
 
 def test_gauge_renders_and_updates_in_jupyterlab(
@@ -96,6 +96,8 @@ def test_gauge_renders_and_updates_in_jupyterlab(
     assert live.inner_text().startswith(("NVML unavailable", "NVML ·"))
     stale = page.locator(".qwen3-gauge .qwen3-gauge-stale").first
     assert _opacity(stale) == 0.0, "a live gauge shows no stale warning"
+    readings = page.locator(".qwen3-gauge .qwen3-gauge-readings").first
+    assert _opacity(readings) == 1.0
     # The kernel goes away: nothing tells the widget, so the gauge must notice by itself.
     _wait_idle(page)
     (session,) = [s for s in lab_server.api("api/sessions") if s["path"] == "gauge.ipynb"]
@@ -106,7 +108,7 @@ def test_gauge_renders_and_updates_in_jupyterlab(
     page.screenshot(path=str(output_dir / "gauge-jupyterlab-stale.png"))
     assert _opacity(stale) == 1.0, "the gauge still looks live after its kernel was shut down"
     assert "not updated since" in stale.inner_text()
-    assert _opacity(live) < 0.5  # the readings are dimmed
+    assert _opacity(live) < 0.5 and _opacity(readings) < 0.5  # the readings are dimmed
 
 
 def _opacity(locator: Any) -> float:
