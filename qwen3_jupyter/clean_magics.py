@@ -19,6 +19,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 
 from . import display
 from .cleanup import CleanupReport, cleanup, definition_holders, shutdown_nvml
+from .interrupts import CELL_INTERRUPTS
 from .magic_args import asks_help, parse_options, show_help
 from .memory import format_bytes
 
@@ -174,9 +175,16 @@ class CleanMagics(Magics):
     def _clean(
         self, args: Namespace, drop: tuple[str, ...], kept: tuple[str, ...] = ()
     ) -> CleanupReport:
-        report = cleanup(
-            self.ip, drop=drop, dynamo=args.dynamo, verbose=args.verbose, full=args.full
-        )
+        try:
+            report = cleanup(
+                self.ip, drop=drop, dynamo=args.dynamo, verbose=args.verbose, full=args.full
+            )
+        except KeyboardInterrupt:
+            CELL_INTERRUPTS.note(True)
+            raise UsageError(
+                "cleanup interrupted: what it freed stays freed and nothing else was touched; "
+                "%qwen3_clean again finishes it and reports"
+            ) from None
         if not args.quiet:
             display.info(report.summary())
             for line in (*report.details(), *kept):

@@ -30,6 +30,7 @@ Unloading the extension restores all of it. `QWEN3_JUPYTER_INCREMENTAL_GC=0` tur
 
 from __future__ import annotations
 
+import _thread
 import functools
 import gc
 import os
@@ -194,8 +195,13 @@ class IncrementalCollector:
         Python's rule, a full collection of them is due (the heap grew by a quarter)."""
         if phase != "start" or info.get("generation") != 2 or self._collecting:
             return
-        if self.frozen and (self._heap_grew() or self._memory_grew()):
-            self.hand_back("Python's own full collection was due")
+        try:
+            if self.frozen and (self._heap_grew() or self._memory_grew()):
+                self.hand_back("Python's own full collection was due")
+        except KeyboardInterrupt:
+            # Raised in a gc callback, Python drops it ("Exception ignored in ... _on_gc") and
+            # the user's interrupt is lost: send it again, to land once the callback is over.
+            _thread.interrupt_main()
 
     def _heap_grew(self) -> bool:
         grown = sys.getallocatedblocks() - self._blocks_at_full

@@ -36,7 +36,7 @@ from .engines import Engine, EngineError, decode_mode, server_url
 from .engines.urls import mask_url
 from .gauge import inline_gauge
 from .generation import DEFAULT_MAX_NEW_TOKENS, GenerationOOM, GenerationOptions, broken_rules
-from .interrupts import CELL_INTERRUPTS
+from .interrupts import CELL_INTERRUPTS, interrupt_deferred
 from .magic_args import asks_help, did_you_mean, is_number, options_of, show_help
 from .memory import format_bytes
 from .model_use import ModelBusy, holding, stop
@@ -279,6 +279,14 @@ class Qwen3Magics(Magics):
             PromptVarsError,
         ) as exc:
             message = str(exc)
+        except KeyboardInterrupt:
+            # Landed between the steps that report an interrupt themselves (setting up the
+            # display, the prompt, the tokenizer): one line, not the 40-200 frames under it.
+            CELL_INTERRUPTS.note(True)
+            message = (
+                "interrupted before the call could finish or say what it kept: the loaded model "
+                "and your variables are as they were; run the cell again"
+            )
         else:
             return
         raise UsageError(message)
@@ -318,7 +326,7 @@ class Qwen3Magics(Magics):
             SESSION.conversation.reset()
             display.info("conversation cleared")
         if args.unload:
-            _show_unload(SESSION.unload())
+            _show_unload(_unload_whole())
         if args.eager and not prompt and not args.file:
             _show_fast_closed(SESSION)
         if not prompt and not args.file and not args.warmup:
@@ -370,8 +378,8 @@ class Qwen3Magics(Magics):
             )
         except KeyboardInterrupt:  # held until torch was whole (import_whole): it still works
             raise UsageError(
-                "interrupted while importing torch (it was let finish, so this kernel can still "
-                "use it); run the cell again"
+                "interrupted while importing torch and the model's code (it was let finish, so "
+                "this kernel can still use it); run the cell again"
             ) from None
         loaded = SESSION.loaded
         if loaded is None or not is_loaded_as(loaded, choice):
@@ -517,6 +525,24 @@ def _warmup_caveat(engine: Engine, configured: str | None) -> str:
         f" · on {device} plain calls decode eagerly and give this back: it serves --fast calls "
         "(or %config Qwen3Magics.decode = 'fast')"
     )
+
+
+def _unload_whole() -> Any:
+    """`SESSION.unload()` run to its end even when interrupted: stopped half way it had already
+    dropped the model but not yet returned its memory nor said so (the next load then ran on top
+    of the old weights until a cleanup). The interrupt still ends the cell's later calls."""
+    report, received = None, False
+    try:
+        with interrupt_deferred():
+            report = SESSION.unload()
+    except KeyboardInterrupt:
+        if report is None:
+            raise
+        received = True
+    if received:
+        CELL_INTERRUPTS.note(True)
+        display.info("the interrupt came while unloading: the unload was let finish")
+    return report
 
 
 def _show_unload(report: Any) -> None:

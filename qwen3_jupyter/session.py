@@ -109,7 +109,10 @@ class Session:
         no model or that same one is named: a kernel loads its model once and every later call
         shares it (naming it again must not silently reload it in another dtype).
         """
-        import_whole("torch", "transformers")  # the first step of a kernel's first call
+        # The first step of a kernel's first call. Qwen3's model code too: importing it imports
+        # a thousand modules (sympy among them), and an interrupt inside left one half made, so
+        # every later load failed ("Could not import module 'Qwen3ForCausalLM'") until a restart.
+        import_whole("torch", "transformers", QWEN3_MODEL_CODE)
         if model is not None and not model.strip():
             raise ModelError("--model needs a name (e.g. Qwen/Qwen3-1.7B, or tiny)")
         loaded = HOLDER.loaded
@@ -287,5 +290,7 @@ class Session:
         after, _ = current_memory(device)
         return UnloadReport(name, kind, before, after, model_freed=ref() is None, closed=closed)
 
+
+QWEN3_MODEL_CODE = "transformers.models.qwen3.modeling_qwen3"
 
 SESSION = Session()

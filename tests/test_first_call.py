@@ -166,3 +166,38 @@ def test_one_interrupt_stops_a_loop_of_calls_in_its_cell(kernel: Kernel, tmp_pat
 
     ok(kernel, "%qwen3 --greedy --max-new-tokens 2 hi")  # the next cell starts clear
     assert kernel.value("_qwen3.completion_tokens") == 2
+
+
+SLOW_MODEL_CODE_IMPORT = """
+import pathlib, sys, time
+class _SlowModelCode:
+    def find_spec(self, name, path=None, target=None):
+        if name == "sympy.assumptions":
+            pathlib.Path({flag!r}).write_text("importing")
+            time.sleep(3)
+        return None
+sys.meta_path.insert(0, _SlowModelCode())
+assert "transformers.models.qwen3.modeling_qwen3" not in sys.modules, "control: not yet imported"
+"""
+
+
+def test_an_interrupt_while_the_model_code_imports_leaves_loading_working(
+    new_kernel: Kernel, tmp_path: Path
+) -> None:
+    """The first load imports transformers' Qwen3 code (a thousand modules); an interrupt inside
+    that import left a module half made, and every later load failed ("Could not import module
+    'Qwen3ForCausalLM'") until a restart lost the notebook's variables."""
+    flag = tmp_path / "importing"
+    ok(new_kernel, SLOW_MODEL_CODE_IMPORT.format(flag=str(flag)))
+    msg_id = new_kernel.start("%qwen3 --greedy --max-new-tokens 2 hi")
+    deadline = time.monotonic() + 90
+    while not flag.exists():
+        assert time.monotonic() < deadline, "the load never reached the model's code"
+        time.sleep(0.02)
+    new_kernel.interrupt()
+    ex = new_kernel.collect(msg_id, timeout=120)
+    message = ex.stderr.strip()
+    assert ex.status == "error" and message.startswith("UsageError: interrupted while importing")
+    assert len(message.splitlines()) == 1, message
+    ok(new_kernel, "%qwen3 --greedy --max-new-tokens 2 hi")
+    assert new_kernel.value("(_qwen3.completion_tokens, keep)") == (2, 42)

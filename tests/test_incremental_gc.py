@@ -9,6 +9,7 @@ what the wrapped one finds.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -240,3 +241,24 @@ def test_unloading_the_extension_unfreezes_and_restores_gc(fresh_kernel: Kernel)
     assert k.value("gc.get_freeze_count()") == 0
     assert k.value(wrapped) == [False] * 3
     assert k.value(ours) == 0
+
+
+def test_an_interrupt_in_the_gc_callback_is_sent_again_not_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Raised inside a gc callback, a KeyboardInterrupt is printed as "Exception ignored" and
+    lost; the callback sends it again, so it lands right after."""
+    from qwen3_jupyter.incremental_gc import IncrementalCollector
+
+    collector = IncrementalCollector()
+    collector.frozen = True
+    monkeypatch.setattr(collector, "_heap_grew", lambda: True)
+
+    def interrupted(why: str) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(collector, "hand_back", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        collector._on_gc("start", {"generation": 2})  # returns, then the interrupt lands
+        for _ in range(1000):
+            time.sleep(0.001)

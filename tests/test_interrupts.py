@@ -166,3 +166,74 @@ def test_an_interrupted_chat_says_so_and_the_cells_next_call_says_why_it_stops(
     tokens = api_kernel.value("first.completion_tokens")
     assert f"[qwen3] chat interrupted: partial answer kept ({tokens} tokens)" in chat.stdout
     assert api_kernel.value("'second' in dir()") is False
+
+
+SLOW_STEP = """
+import pathlib, time
+def _slowly(module, name, flag):
+    original = getattr(module, name)
+    def slow(*args, **kwargs):
+        pathlib.Path(flag).write_text("in")
+        time.sleep(3)
+        return original(*args, **kwargs)
+    setattr(module, name, slow)
+    return original
+"""
+
+
+def _interrupt_in(kernel: Kernel, code: str, flag: Path) -> Execution:
+    """Run `code` and interrupt it once the slowed step has started."""
+    msg_id = kernel.start(code)
+    deadline = time.monotonic() + 60
+    while not flag.exists():
+        assert time.monotonic() < deadline, "the slowed step never ran"
+        time.sleep(0.02)
+    kernel.interrupt()
+    return kernel.collect(msg_id, timeout=60)
+
+
+def _one_line(ex: Execution, starts: str) -> None:
+    message = ex.stderr.strip()
+    assert ex.status == "error" and message.startswith(starts), message
+    assert len(message.splitlines()) == 1, message
+
+
+def test_interrupts_between_the_steps_of_a_call_a_cleanup_or_an_unload_are_one_line(
+    api_kernel: Kernel, tmp_path: Path
+) -> None:
+    """Landing where no step reports it (setting up the answer's display, a cleanup's tensor
+    count) an interrupt showed 40-230 frames; in an unload's memory release it left the old
+    weights held until the next cleanup."""
+    k = api_kernel
+    ok(
+        k,
+        SLOW_STEP
+        + "keep = [1, 2, 3]\nimport qwen3_jupyter.display as d, qwen3_jupyter.memory as m",
+    )
+    flag = tmp_path / "display"
+    ok(k, f"_old = _slowly(d.StreamView, '__init__', {str(flag)!r})")
+    ex = _interrupt_in(k, "%qwen3 --max-new-tokens 4 hi", flag)
+    _one_line(ex, "UsageError: interrupted before the call could finish")
+    ok(k, "d.StreamView.__init__ = _old")
+    ok(k, "%qwen3 --no-think --max-new-tokens 2 hi")
+    assert k.value("(keep, _qwen3.completion_tokens)") == ([1, 2, 3], 2)
+
+    flag = tmp_path / "count"
+    ok(
+        k,
+        "import sys\nc = sys.modules['qwen3_jupyter.cleanup']\n"
+        f"_old = _slowly(c, 'live_tensor_bytes', {str(flag)!r})",
+    )
+    ex = _interrupt_in(k, "%qwen3_clean --verbose", flag)
+    _one_line(ex, "UsageError: cleanup interrupted")
+    ok(k, "c.live_tensor_bytes = _old\n%qwen3_clean")
+
+    flag = tmp_path / "trim"
+    ok(k, f"_old = _slowly(m, 'trim_host_heap', {str(flag)!r})")
+    ex = _interrupt_in(k, "%qwen3 --unload", flag)
+    assert ex.status == "ok", ex.stderr
+    assert "the interrupt came while unloading: the unload was let finish" in str(ex.messages)
+    assert "model object freed" in str(ex.messages)
+    ok(k, "m.trim_host_heap = _old")
+    assert k.value("__import__('qwen3_jupyter.session').session.SESSION.loaded is None")
+    assert k.value("keep") == [1, 2, 3]
