@@ -50,7 +50,7 @@ KERNEL_KEYS = {"kernel_id", "name", "notebook_path", "pid", "rss", "gpu_memory",
                "gpu_memory_total", "extension_loaded", "execution_state"}  # fmt: skip
 TOP_KEYS = {"available", "reason", "timestamp", "driver_version", "gpus", "host", "kernels",
             "other_processes", "history", "notes", "sample_interval", "stale",
-            "sample_age_s"}  # fmt: skip
+            "sample_age_s", "unread_gpus"}  # fmt: skip
 
 
 @dataclass
@@ -244,6 +244,38 @@ def test_a_lost_gpu_makes_kernel_totals_unknown_not_partial(lab: Lab) -> None:
     fake.heal()
     metrics = lab.server.wait_for(lambda m: m["reason"] is None)
     assert lab.row(metrics, lab.gpu_kernel)["gpu_memory_total"] == 12 * GiB
+
+
+def test_a_lost_gpu_stays_in_the_payload_as_unread_not_gone(lab: Lab) -> None:
+    """A GPU lost mid-session is listed in `unread_gpus` with NVML's message, so the sidebar
+    can say so instead of "no GPU"; it leaves the list once it answers again."""
+    fake = lab.use(FakeNvml([FakeGpu(used=2 * GiB), FakeGpu(used=10 * GiB)]))
+    assert lab.server.metrics()["unread_gpus"] == []
+    fake.gpus[1].lost = True
+    metrics = lab.server.wait_for(lambda m: m["reason"] is not None)
+    assert [g["key"] for g in metrics["gpus"]] == ["0"]
+    assert metrics["unread_gpus"] == [
+        {"key": "1", "index": 1, "error": "GPU is lost", "lost": True}
+    ]
+    fake.heal()
+    metrics = lab.server.wait_for(lambda m: m["reason"] is None)
+    assert metrics["unread_gpus"] == []
+
+
+def test_the_only_gpu_lost_is_unread_not_no_gpu(lab: Lab) -> None:
+    fake = lab.use(FakeNvml([FakeGpu(used=2 * GiB)]))
+    lab.server.metrics()
+    fake.gpus[0].lost = True
+    metrics = lab.server.wait_for(lambda m: m["reason"] is not None)
+    assert metrics["available"] is True and metrics["gpus"] == []
+    assert metrics["unread_gpus"] == [
+        {"key": "0", "index": 0, "error": "GPU is lost", "lost": True}
+    ]
+    fake.fail()  # now NVML cannot even count the GPUs: those seen before are the unread ones
+    metrics = lab.server.wait_for(lambda m: "GPU 0:" not in (m["reason"] or ""))
+    assert [(g["key"], g["lost"]) for g in metrics["unread_gpus"]] == [("0", True)]
+    fake.heal()
+    assert lab.server.wait_for(lambda m: m["reason"] is None)["unread_gpus"] == []
 
 
 def test_a_gpu_unread_for_a_while_is_a_gap_in_its_history_not_zero(lab: Lab) -> None:

@@ -5,7 +5,7 @@
  * empty state says) is unit-tested on its own.
  */
 
-import type { IGpuMetrics, IKernelMetrics, IMetrics, IMetricsError } from './metrics';
+import type { IGpuMetrics, IKernelMetrics, IMetrics, IMetricsError, IUnreadGpu } from './metrics';
 
 export type UsageLevel = 'ok' | 'warning' | 'critical' | 'unknown';
 
@@ -200,6 +200,94 @@ export function kernelLabel(kernel: IKernelMetrics): string {
   return `Kernel ${kernel.kernel_id.slice(0, 8)}`;
 }
 
+/** `text` cut to `max` characters in the middle ("projects/…/finetune/llama"). */
+export function middleEllipsis(text: string, max: number): string {
+  if (text.length <= max || max < 2) {
+    return text;
+  }
+  const keep = max - 1;
+  const head = Math.floor(keep * 0.4);
+  return `${text.slice(0, head)}…${text.slice(text.length - (keep - head))}`;
+}
+
+const MIN_TAIL = 16;
+const SEPARATOR = /[_\-. ]/;
+
+function commonPrefix(a: string, b: string): number {
+  let i = 0;
+  while (i < a.length && i < b.length && a[i] === b[i]) {
+    i += 1;
+  }
+  return i;
+}
+
+/**
+ * A row's name in parts for a middle ellipsis: the panel lets `head` shrink (cut at its end)
+ * and keeps `tail`, the end that tells this notebook from the others in `siblings` (from the
+ * word where its name first differs from theirs, and at least the last 16 characters). `folder`
+ * is the notebook's folder ("" at the root), cut in the middle, for a secondary line.
+ */
+export function kernelNameParts(
+  kernel: IKernelMetrics,
+  siblings: readonly IKernelMetrics[]
+): { head: string; tail: string; folder: string } {
+  const name = kernelLabel(kernel);
+  const path = kernel.notebook_path ?? '';
+  const slash = path.lastIndexOf('/');
+  const folder = kernel.notebook_path && slash > 0 ? middleEllipsis(path.slice(0, slash), 48) : '';
+  if (name.length <= MIN_TAIL) {
+    return { head: '', tail: name, folder };
+  }
+  let shared = 0;
+  for (const other of siblings) {
+    if (other.kernel_id !== kernel.kernel_id) {
+      const otherName = kernelLabel(other);
+      if (otherName !== name) {
+        shared = Math.max(shared, commonPrefix(name, otherName));
+      }
+    }
+  }
+  let start = Math.min(shared, name.length - MIN_TAIL);
+  // Back to the start of the word that differs ("run_07", not "7" or "07").
+  const wordStart = (from: number): number => {
+    let i = from;
+    while (i > 0 && !SEPARATOR.test(name[i - 1])) {
+      i -= 1;
+    }
+    return i;
+  };
+  start = wordStart(start);
+  if (start > 1 && /\d/.test(name[start])) {
+    start = wordStart(start - 1);
+  }
+  return start <= 0
+    ? { head: '', tail: name, folder }
+    : { head: name.slice(0, start), tail: name.slice(start), folder };
+}
+
+/** "0" → "GPU 0", "0/1" → "GPU 0 / MIG 1": the label of a per-GPU map's key. */
+export function gpuKeyLabel(key: string): string {
+  const slash = key.indexOf('/');
+  return slash === -1 ? `GPU ${key}` : `GPU ${key.slice(0, slash)} / MIG ${key.slice(slash + 1)}`;
+}
+
+/** The VRAM figure's tooltip: what it counts and, per GPU it uses, how much (largest first). */
+export function kernelVramTooltip(kernel: IKernelMetrics): string {
+  const what = 'GPU memory of the kernel and its child processes';
+  const used = Object.entries(kernel.gpu_memory)
+    .filter(([, bytes]) => bytes === null || bytes > 0)
+    .sort(([, a], [, b]) => (b ?? -1) - (a ?? -1));
+  // A MIG parent's figure already holds its instances': show the instances alone.
+  const parents = new Set(
+    used.filter(([key]) => key.includes('/')).map(([key]) => key.split('/')[0])
+  );
+  const shown = used.filter(([key]) => key.includes('/') || !parents.has(key));
+  if (shown.length === 0) {
+    return what;
+  }
+  return `${what}\n${shown.map(([key, bytes]) => `${gpuKeyLabel(key)}: ${formatBytes(bytes)}`).join(' · ')}`;
+}
+
 /** VRAM of one kernel as the row shows it, e.g. "1.2 GiB" or "unknown". */
 export function kernelVramText(kernel: IKernelMetrics, available: boolean): string {
   if (!available) {
@@ -219,7 +307,8 @@ export function sparklinePoints(
   values: readonly (number | null)[],
   max: number,
   width: number,
-  height: number
+  height: number,
+  inset = 0
 ): string[] {
   if (values.length < 2 || max <= 0) {
     return [];
@@ -232,7 +321,9 @@ export function sparklinePoints(
       run = null;
       return;
     }
-    const y = height - (Math.min(Math.max(value, 0), max) / max) * height;
+    // `inset` keeps 0 and the total inside the box, where a stroke that wide is not clipped.
+    const span = height - 2 * inset;
+    const y = height - inset - (Math.min(Math.max(value, 0), max) / max) * span;
     if (run === null) {
       run = [];
       runs.push(run);
@@ -240,6 +331,15 @@ export function sparklinePoints(
     run.push(`${(i * step).toFixed(1)},${y.toFixed(1)}`);
   });
   return runs.map(points => (points.length === 1 ? [points[0], points[0]] : points).join(' '));
+}
+
+/** What span of time a sparkline over `timestamps` (seconds) covers: "Last 2 min". */
+export function sparklineTitle(timestamps: readonly number[]): string {
+  if (timestamps.length < 2) {
+    return '';
+  }
+  const span = Math.max(0, timestamps[timestamps.length - 1] - timestamps[0]);
+  return span < 60 ? `Last ${Math.round(span)} s` : `Last ${Math.round(span / 60)} min`;
 }
 
 export interface IEmptyState {
@@ -284,9 +384,27 @@ export function errorState(error: IMetricsError): IEmptyState {
   }
 }
 
-/** Why there is no GPU gauge, when there is none. */
+/** The GPUs that could not be read in this sample ([] from older servers). */
+export function unreadGpus(metrics: IMetrics): IUnreadGpu[] {
+  return metrics.available ? (metrics.unread_gpus ?? []) : [];
+}
+
+/** The row of a GPU that could not be read: what happened and what brings it back. */
+export function unreadGpuState(gpu: IUnreadGpu): IEmptyState {
+  return {
+    title: `GPU ${gpu.index} — could not be read (${gpu.error ?? 'no answer from NVML'})`,
+    hint: gpu.lost
+      ? 'The driver lost this GPU: whatever was on it (models, tensors) is gone. A GPU reset ' +
+        '(nvidia-smi -r, with nothing running on it) or a reboot brings it back; then restart ' +
+        'the notebooks that used it.'
+      : 'NVML did not answer for this GPU; the panel keeps retrying. If it stays so, check ' +
+        'nvidia-smi and the kernel log (dmesg).'
+  };
+}
+
+/** Why there is no GPU gauge, when there is none (and no unread GPU row says it instead). */
 export function noGpuState(metrics: IMetrics): IEmptyState | null {
-  if (metrics.available && metrics.gpus.length > 0) {
+  if (metrics.available && (metrics.gpus.length > 0 || unreadGpus(metrics).length > 0)) {
     return null;
   }
   const why = (metrics.reason ?? '').replace(/;\s*showing .*$/i, '').trim();
@@ -325,7 +443,14 @@ export function panelNotes(metrics: IMetrics): IPanelNote[] {
     );
   }
   if (noGpuState(metrics) === null) {
-    add((metrics.reason ?? '').trim(), 'warning');
+    // A reason about the unread GPUs only is what their rows say already.
+    const reason = (metrics.reason ?? '').trim();
+    const unread = new Set(unreadGpus(metrics).map(gpu => gpu.index));
+    const named = [...reason.matchAll(/GPU (\d+)/g)].map(match => Number(match[1]));
+    const covered = unread.size > 0 && named.every(index => unread.has(index));
+    if (!covered) {
+      add(reason, 'warning');
+    }
   }
   for (const note of metrics.notes) {
     add(note, 'info');
@@ -343,19 +468,80 @@ export function noKernelsState(metrics: IMetrics): IEmptyState | null {
   };
 }
 
-/** The status bar's one-liner: total VRAM, or host RAM when there is no GPU. */
-export function statusBarText(metrics: IMetrics | null, error: IMetricsError | null): string {
+export interface IStatusBarState {
+  text: string;
+  level: UsageLevel;
+  title: string;
+}
+
+const WORSE: UsageLevel[] = ['unknown', 'ok', 'warning', 'critical'];
+
+/**
+ * The status bar's item: the fullest GPU ("GPU 2 70.0 / 80.0 GiB"; no index with a single GPU)
+ * coloured by the worst level, "GPU 0 lost" in red when a GPU could not be read, host RAM when
+ * there is no GPU. The tooltip lists every GPU.
+ */
+export function statusBarState(
+  metrics: IMetrics | null,
+  error: IMetricsError | null,
+  thresholds: IThresholds = DEFAULT_THRESHOLDS
+): IStatusBarState {
   if (error) {
-    return 'GPU: ?';
+    return { text: 'GPU: ?', level: 'unknown', title: `GPU memory: ${error.message}` };
   }
   if (!metrics) {
-    return 'GPU: …';
+    return { text: 'GPU: …', level: 'unknown', title: 'GPU memory — click for details.' };
   }
-  const vram = totalVram(metrics);
-  if (vram) {
-    return `GPU ${formatUsedOfTotal(vram.used, vram.total)}`;
+  const lines = ['GPU memory — click for details.'];
+  let text = '';
+  let level: UsageLevel = 'unknown';
+  const gpus = metrics.available ? metrics.gpus : [];
+  let fullest: { gpu: IGpuMetrics; fraction: number } | null = null;
+  for (const gpu of gpus) {
+    const fraction = usageFraction(gpu.memory_used, gpu.memory_total);
+    lines.push(
+      `${gpuKeyLabel(gpu.key)}: ${formatUsedOfTotal(gpu.memory_used, gpu.memory_total)} ` +
+        `(${formatPercent(fraction)})`
+    );
+    if (fraction !== null && (fullest === null || fraction > fullest.fraction)) {
+      fullest = { gpu, fraction };
+    }
   }
-  return `RAM ${formatUsedOfTotal(metrics.host.used, metrics.host.total)}`;
+  if (fullest) {
+    const { gpu } = fullest;
+    const label = gpus.length > 1 ? gpuKeyLabel(gpu.key) : 'GPU';
+    text = `${label} ${formatUsedOfTotal(gpu.memory_used, gpu.memory_total)}`;
+    level = usageLevel(fullest.fraction, thresholds);
+  }
+  const unread = unreadGpus(metrics);
+  for (const gpu of unread) {
+    lines.push(`GPU ${gpu.index}: could not be read (${gpu.error ?? 'no answer from NVML'})`);
+  }
+  if (unread.length > 0) {
+    const lost = unread.filter(gpu => gpu.lost);
+    const shown = lost.length > 0 ? lost : unread;
+    const word = lost.length > 0 ? 'lost' : 'unreadable';
+    text = shown.length === 1 ? `GPU ${shown[0].index} ${word}` : `${shown.length} GPUs ${word}`;
+    const unreadLevel: UsageLevel = lost.length > 0 ? 'critical' : 'warning';
+    level = WORSE.indexOf(unreadLevel) > WORSE.indexOf(level) ? unreadLevel : level;
+  }
+  if (!text) {
+    text = `RAM ${formatUsedOfTotal(metrics.host.used, metrics.host.total)}`;
+    level = usageLevel(usageFraction(metrics.host.used, metrics.host.total), thresholds);
+  }
+  const top = metrics.kernels.reduce<{ label: string; bytes: number } | null>((best, k) => {
+    const bytes = k.gpu_memory_total ?? -1;
+    return bytes > (best?.bytes ?? 0) ? { label: k.notebook_path ?? k.kernel_id, bytes } : best;
+  }, null);
+  if (top) {
+    lines.push(`Largest notebook: ${top.label} (${formatBytes(top.bytes)})`);
+  }
+  return { text, level, title: lines.join('\n') };
+}
+
+/** The status bar's one-liner (see `statusBarState`). */
+export function statusBarText(metrics: IMetrics | null, error: IMetricsError | null): string {
+  return statusBarState(metrics, error).text;
 }
 
 export const LOAD_EXTENSION_HINT =

@@ -18,6 +18,20 @@ export interface IGpuMetrics {
   memory_source: string;
 }
 
+/**
+ * A GPU NVML counted but could not read in this sample (lost mid-session, fallen off the bus):
+ * `gpus` lists only what answered, so without this entry the GPU would simply vanish.
+ */
+export interface IUnreadGpu {
+  /** As `IGpuMetrics.key`; always a physical GPU ("0"), never a MIG slot. */
+  key: string;
+  index: number;
+  /** NVML's message, e.g. "GPU is lost"; null when it gave none. */
+  error: string | null;
+  /** True when NVML reported the GPU lost: only a GPU reset or a reboot brings it back. */
+  lost: boolean;
+}
+
 export interface IHostMetrics {
   total: number;
   available: number;
@@ -58,6 +72,11 @@ export interface IMetrics {
   timestamp: number;
   driver_version: string | null;
   gpus: IGpuMetrics[];
+  /**
+   * GPUs that could not be read in this sample (see `IUnreadGpu`). Absent from older servers:
+   * read a missing list as empty.
+   */
+  unread_gpus?: IUnreadGpu[];
   host: IHostMetrics;
   kernels: IKernelMetrics[];
   other_processes: IOtherProcesses;

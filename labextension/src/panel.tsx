@@ -19,8 +19,9 @@ import {
   gpuLabel,
   IEmptyState,
   IThresholds,
-  kernelLabel,
+  kernelNameParts,
   kernelVramText,
+  kernelVramTooltip,
   LOAD_EXTENSION_HINT,
   noGpuState,
   noKernelsState,
@@ -28,6 +29,9 @@ import {
   physicalSum,
   sortKernels,
   sparklinePoints,
+  sparklineTitle,
+  unreadGpus,
+  unreadGpuState,
   usageFraction,
   usageLevel
 } from './format';
@@ -59,11 +63,18 @@ function EmptyState(props: { state: IEmptyState; tone?: string }): JSX.Element {
   );
 }
 
-function Sparkline(props: { values: (number | null)[]; max: number }): JSX.Element | null {
+/** Half the stroke width (base.css) and a bit: 0 and the total stay inside the clipped box. */
+const SPARKLINE_INSET = 1;
+
+function Sparkline(props: {
+  values: (number | null)[];
+  max: number;
+  title: string;
+}): JSX.Element | null {
   const width = 72;
   const height = 18;
   // One polyline per run of readings: a GPU that could not be read is a gap, not a drop to 0.
-  const runs = sparklinePoints(props.values, props.max, width, height);
+  const runs = sparklinePoints(props.values, props.max, width, height, SPARKLINE_INSET);
   if (runs.length === 0) {
     return null;
   }
@@ -76,6 +87,7 @@ function Sparkline(props: { values: (number | null)[]; max: number }): JSX.Eleme
       preserveAspectRatio="none"
       aria-hidden="true"
     >
+      {props.title ? <title>{props.title}</title> : null}
       {runs.map((points, i) => (
         <polyline key={i} points={points} strokeLinecap="round" />
       ))}
@@ -90,6 +102,7 @@ function Gauge(props: {
   thresholds: IThresholds;
   detail?: string;
   history?: (number | null)[];
+  historyTitle?: string;
   testId: string;
 }): JSX.Element {
   const fraction = usageFraction(props.used, props.total);
@@ -114,7 +127,9 @@ function Gauge(props: {
           {formatUsedOfTotal(props.used, props.total)} ({formatPercent(fraction)})
           {props.detail ? <span className="q3j-gauge-detail"> · {props.detail}</span> : null}
         </span>
-        {props.history ? <Sparkline values={props.history} max={props.total} /> : null}
+        {props.history ? (
+          <Sparkline values={props.history} max={props.total} title={props.historyTitle ?? ''} />
+        ) : null}
       </div>
     </div>
   );
@@ -122,6 +137,7 @@ function Gauge(props: {
 
 function KernelRow(props: {
   kernel: IKernelMetrics;
+  siblings: IKernelMetrics[];
   available: boolean;
   status: IRowStatus | undefined;
   onFree: () => void;
@@ -130,6 +146,7 @@ function KernelRow(props: {
 }): JSX.Element {
   const { kernel, status } = props;
   const busy = status?.busy ?? false;
+  const name = kernelNameParts(kernel, props.siblings);
   return (
     <li className="q3j-kernel" data-kernel-id={kernel.kernel_id}>
       <div className="q3j-kernel-head">
@@ -138,7 +155,11 @@ function KernelRow(props: {
           title={kernel.notebook_path ?? kernel.kernel_id}
           onClick={props.onOpen}
         >
-          {kernelLabel(kernel)}
+          <span className="q3j-kernel-name-line">
+            {name.head ? <span className="q3j-name-head">{name.head}</span> : null}
+            <span className="q3j-name-tail">{name.tail}</span>
+          </span>
+          {name.folder ? <span className="q3j-kernel-folder">{name.folder}</span> : null}
         </button>
         <span className={`q3j-kernel-state q3j-state-${kernel.execution_state}`}>
           {kernel.execution_state}
@@ -146,10 +167,7 @@ function KernelRow(props: {
       </div>
       <div className="q3j-kernel-figures">
         {props.available ? (
-          <span
-            className="q3j-kernel-vram"
-            title="GPU memory of the kernel and its child processes"
-          >
+          <span className="q3j-kernel-vram" title={kernelVramTooltip(kernel)}>
             VRAM {kernelVramText(kernel, props.available)}
           </span>
         ) : null}
@@ -266,12 +284,23 @@ function MetricsView(props: {
   const noGpu = noGpuState(metrics);
   const noKernels = noKernelsState(metrics);
   const otherTotal = physicalSum(metrics.other_processes.gpu_memory);
+  const historyTitle = sparklineTitle(metrics.history.timestamps);
+  const sorted = sortKernels(metrics.kernels);
 
   return (
     <>
       {error ? <EmptyState state={errorState(error)} tone="error" /> : null}
       <section className="q3j-section q3j-gpus">
         {noGpu ? <EmptyState state={noGpu} tone="hint" /> : null}
+        {unreadGpus(metrics).map(gpu => (
+          <div
+            className="q3j-unread"
+            key={`unread-${gpu.key}`}
+            data-testid={`q3j-gpu-unread-${gpu.key}`}
+          >
+            <EmptyState state={unreadGpuState(gpu)} tone="error" />
+          </div>
+        ))}
         {metrics.gpus.map(gpu => (
           <Gauge
             key={gpu.key}
@@ -282,6 +311,7 @@ function MetricsView(props: {
             thresholds={thresholds}
             detail={gpu.utilization === null ? undefined : `util ${gpu.utilization}%`}
             history={metrics.history.gpu_memory_used[gpu.key]}
+            historyTitle={historyTitle}
           />
         ))}
         <Gauge
@@ -291,6 +321,7 @@ function MetricsView(props: {
           total={metrics.host.total}
           thresholds={thresholds}
           history={metrics.history.host_used}
+          historyTitle={historyTitle}
         />
         {metrics.available && otherTotal !== 0 ? (
           <div
@@ -316,10 +347,11 @@ function MetricsView(props: {
           <EmptyState state={noKernels} />
         ) : (
           <ul className="q3j-kernels">
-            {sortKernels(metrics.kernels).map(kernel => (
+            {sorted.map(kernel => (
               <KernelRow
                 key={kernel.kernel_id}
                 kernel={kernel}
+                siblings={sorted}
                 available={metrics.available}
                 status={rows.get(kernel.kernel_id)}
                 onFree={() => void free(kernel)}

@@ -10,7 +10,10 @@ import {
   formatUsedOfTotal,
   gpuLabel,
   kernelLabel,
+  kernelNameParts,
   kernelVramText,
+  kernelVramTooltip,
+  middleEllipsis,
   noGpuState,
   noKernelsState,
   normalizeThresholds,
@@ -19,8 +22,11 @@ import {
   physicalSum,
   sortKernels,
   sparklinePoints,
+  sparklineTitle,
+  statusBarState,
   statusBarText,
   totalVram,
+  unreadGpuState,
   usageFraction,
   usageLevel
 } from '../src/format';
@@ -333,5 +339,149 @@ describe('status bar', () => {
     expect(statusBarText(metrics({ available: false, gpus: [] }), null)).toBe('RAM 4.0 / 16.0 GiB');
     expect(statusBarText(null, null)).toBe('GPU: …');
     expect(statusBarText(null, { kind: 'unreachable', status: null, message: 'x' })).toBe('GPU: ?');
+  });
+});
+
+describe('a GPU that could not be read', () => {
+  const lost = metrics({
+    gpus: [],
+    reason: 'NVML error: GPU 0: GPU is lost',
+    unread_gpus: [{ key: '0', index: 0, error: 'GPU is lost', lost: true }]
+  });
+
+  it('is a row of its own, not "No GPU to show"', () => {
+    expect(noGpuState(lost)).toBeNull();
+    const state = unreadGpuState(lost.unread_gpus![0]);
+    expect(state.title).toBe('GPU 0 — could not be read (GPU is lost)');
+    expect(state.hint).toMatch(/reset/);
+    expect(state.hint).toMatch(/reboot/);
+    expect(state.hint).toMatch(/gone/);
+    const other = unreadGpuState({ key: '1', index: 1, error: 'Unknown Error', lost: false });
+    expect(other.title).toBe('GPU 1 — could not be read (Unknown Error)');
+    expect(other.hint).not.toMatch(/gone/);
+    // Its reason is the row already; no second note saying the same.
+    expect(panelNotes(lost)).toEqual([]);
+    // An older server sends no unread_gpus: no GPU is no GPU.
+    expect(noGpuState(metrics({ gpus: [] }))?.title).toBe('No GPU to show');
+  });
+
+  it('makes the status bar say "GPU 0 lost" in the error colour', () => {
+    const state = statusBarState(lost, null, DEFAULT_THRESHOLDS);
+    expect(state.text).toBe('GPU 0 lost');
+    expect(state.level).toBe('critical');
+    expect(state.title).toContain('GPU 0: could not be read (GPU is lost)');
+    expect(statusBarText(lost, null)).toBe('GPU 0 lost');
+    const two = metrics({
+      gpus: [gpu(1, 2 * GiB, 80 * GiB)],
+      unread_gpus: [
+        { key: '0', index: 0, error: 'GPU is lost', lost: true },
+        { key: '2', index: 2, error: 'GPU is lost', lost: true }
+      ]
+    });
+    expect(statusBarState(two, null, DEFAULT_THRESHOLDS).text).toBe('2 GPUs lost');
+    const unread = metrics({
+      unread_gpus: [{ key: '1', index: 1, error: 'Unknown Error', lost: false }]
+    });
+    expect(statusBarState(unread, null, DEFAULT_THRESHOLDS).text).toBe('GPU 1 unreadable');
+  });
+});
+
+describe('status bar on several GPUs', () => {
+  const four = metrics({
+    gpus: [
+      gpu(0, 10 * GiB, 80 * GiB),
+      gpu(1, 5 * GiB, 40 * GiB, 0),
+      gpu(1, 5 * GiB, 80 * GiB),
+      gpu(2, 70 * GiB, 80 * GiB),
+      gpu(3, 5 * GiB, 40 * GiB)
+    ]
+  });
+
+  it('shows the fullest GPU and colours by the worst level', () => {
+    const state = statusBarState(four, null, DEFAULT_THRESHOLDS);
+    expect(state.text).toBe('GPU 2 70.0 / 80.0 GiB');
+    expect(state.level).toBe('warning');
+    for (const line of [
+      'GPU 0: 10.0 / 80.0 GiB (13%)',
+      'GPU 0 / MIG 1: 5.0 / 40.0 GiB (13%)',
+      'GPU 1: 5.0 / 80.0 GiB (6%)',
+      'GPU 2: 70.0 / 80.0 GiB (88%)',
+      'GPU 3: 5.0 / 40.0 GiB (13%)'
+    ]) {
+      expect(state.title).toContain(line);
+    }
+  });
+
+  it('keeps the plain figure on one GPU', () => {
+    expect(statusBarState(metrics(), null, DEFAULT_THRESHOLDS).text).toBe('GPU 2.0 / 80.0 GiB');
+    const ram = statusBarState(metrics({ available: false, gpus: [] }), null, DEFAULT_THRESHOLDS);
+    expect(ram.text).toBe('RAM 4.0 / 16.0 GiB');
+    expect(ram.level).toBe('ok');
+  });
+});
+
+describe('notebook names', () => {
+  const names = Array.from(
+    { length: 10 },
+    (_, i) =>
+      `experiments/2024-06-finetune/very_long_notebook_name_for_ablation_run_${String(i).padStart(2, '0')}_lora_rank_64_lr_3e-4.ipynb`
+  );
+  const rows = names.map((path, i) => kernel(`k${i}`, 0, 0, path));
+
+  it('keep the end that tells them apart', () => {
+    const parts = kernelNameParts(rows[7], rows);
+    expect(parts.tail.startsWith('run_07')).toBe(true);
+    expect(parts.head + parts.tail).toBe(
+      'very_long_notebook_name_for_ablation_run_07_lora_rank_64_lr_3e-4.ipynb'
+    );
+    expect(parts.folder).toBe('experiments/2024-06-finetune');
+  });
+
+  it('show the folder of two notebooks with the same name', () => {
+    const a = kernel('a', 0, 0, 'exp-a/train.ipynb');
+    const b = kernel('b', 0, 0, 'exp-b/train.ipynb');
+    expect(kernelNameParts(a, [a, b])).toEqual({
+      head: '',
+      tail: 'train.ipynb',
+      folder: 'exp-a'
+    });
+    expect(kernelNameParts(kernel('c', 0, 0, 'top.ipynb'), []).folder).toBe('');
+    expect(kernelNameParts(kernel('0123456789abcdef', 0, 0, null), []).tail).toBe(
+      'Kernel 01234567'
+    );
+  });
+
+  it('cut long folders in the middle', () => {
+    expect(middleEllipsis('abcdefghij', 20)).toBe('abcdefghij');
+    const cut = middleEllipsis('projects/alice/experiments/2024-06-finetune/llama', 24);
+    expect(cut.length).toBe(24);
+    expect(cut).toMatch(/^projects.*….*finetune\/llama$/);
+  });
+});
+
+describe('per-GPU VRAM of a notebook', () => {
+  it('lists each GPU it uses, largest first', () => {
+    const k = kernel('a', 67 * GiB, 0, 'a.ipynb');
+    // GPU 0's own figure holds its MIG instance's: only the instance is listed.
+    k.gpu_memory = { '0': 5 * GiB, '0/0': 5 * GiB, '1': 0, '2': 62 * GiB, '3': null };
+    expect(kernelVramTooltip(k)).toBe(
+      'GPU memory of the kernel and its child processes\n' +
+        'GPU 2: 62.0 GiB · GPU 0 / MIG 0: 5.0 GiB · GPU 3: unknown'
+    );
+    const none = kernel('b', 0, 0, 'b.ipynb');
+    expect(kernelVramTooltip(none)).toBe('GPU memory of the kernel and its child processes');
+  });
+});
+
+describe('sparkline inset and span', () => {
+  it('draws 0 inside the box, not on its clipped edge', () => {
+    expect(sparklinePoints([0, 100], 100, 10, 10, 1)).toEqual(['0.0,9.0 10.0,1.0']);
+  });
+
+  it('says what span it covers', () => {
+    expect(sparklineTitle([0, 30, 60])).toBe('Last 1 min');
+    expect(sparklineTitle([0, 45])).toBe('Last 45 s');
+    expect(sparklineTitle([0, 150])).toBe('Last 3 min');
+    expect(sparklineTitle([5])).toBe('');
   });
 });

@@ -7,10 +7,20 @@ GPU could not be read (a gap in the sparkline, not memory freed). A kernel whose
 gone (a zombie after SIGKILL, until the restarter replaces it) has `execution_state` "dead".
 Per-GPU maps are keyed by `gpu_key` ("0", or "0/1" for MIG instance 1 of GPU 0). Only PIDs
 and sizes are exposed: never command lines or environments.
+
+`unread_gpus` (added after the first release; older servers omit it, so clients treat a missing
+key as []) lists the GPUs NVML counted but could not read in this sample, such as a GPU lost
+mid-session (fallen off the bus): `gpus` lists only what answered, so without it a lost GPU
+would simply vanish. Each entry is `{"key", "index", "error", "lost"}`: `key` and `index` as in
+`gpus` (always a physical GPU, never a MIG slot), `error` NVML's message ("GPU is lost"; null
+when it gave none) and `lost` true when NVML reported the GPU lost (a GPU reset or a reboot
+brings it back; whatever was on it is gone). When NVML could not even count the GPUs, the
+entries are the GPUs of earlier samples (in `history`), all with the same `error`.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -18,6 +28,39 @@ from .kernels import KernelInfo, attribute
 from .sampler import Sample, gpu_key, stale_after
 
 HISTORY_POINTS = 60
+
+_PROBLEM = re.compile(r"GPU (\d+)(?: MIG)?: (.*?)(?=; GPU \d+(?: MIG)?: |$)")
+
+
+def unread_gpus(sample: Sample) -> list[dict[str, Any]]:
+    """The GPUs NVML counted but could not read, with NVML's message for each (parsed from the
+    reading's `reason`, "NVML error: GPU 1: GPU is lost; GPU 3: ...")."""
+    reading = sample.nvml
+    if not reading.available:
+        return []
+    reason = reading.reason or ""
+    body = reason.removeprefix("NVML error:").strip()
+    errors: dict[int, str] = {}
+    for match in _PROBLEM.finditer(body):
+        errors.setdefault(int(match.group(1)), match.group(2).strip())
+    unread = sample.unread_gpus
+    if unread is None:
+        # NVML could not count the GPUs: those of earlier samples are the ones not read.
+        seen = {key for point in sample.history for key in point.gpu_memory_used}
+        indices = sorted({int(key.split("/")[0]) for key in seen})
+        common: str | None = body or None
+        entries = [(index, common) for index in indices]
+    else:
+        entries = [(index, errors.get(index)) for index in sorted(unread)]
+    return [
+        {
+            "key": str(index),
+            "index": index,
+            "error": error,
+            "lost": error is not None and "lost" in error.lower(),
+        }
+        for index, error in entries
+    ]
 
 
 def build_payload(
@@ -81,6 +124,7 @@ def build_payload(
             }
             for key, g in zip(gpu_keys, reading.gpus, strict=True)
         ],
+        "unread_gpus": unread_gpus(sample),
         "host": {
             "total": sample.host.total,
             "available": sample.host.available,

@@ -339,6 +339,34 @@ def test_sidebar_and_status_bar_show_a_gpu(
     assert errors == []
 
 
+def test_a_lost_gpu_stays_in_the_sidebar_and_turns_the_status_bar_red(
+    lab_server_factory: Callable[..., LabServer],
+    browser_page: Any,
+    output_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """GPU 0 lost, GPU 1 at 88%: the sidebar keeps a row for GPU 0 that says it is lost (not
+    "No GPU to show"), and the status bar says "GPU 0 lost" in the error colour."""
+    fake = FakeNvml([FakeGpu(lost=True), FakeGpu(used=70 * GiB)])
+    server = lab_server_factory(child_env(fake, tmp_path / "fake-nvml"))
+    page = browser_page
+    errors = watch_console(page)
+    page.goto(server.url("lab"), wait_until="domcontentloaded")
+    panel = open_sidebar(page)
+    lost = panel.locator('[data-testid="q3j-gpu-unread-0"]')
+    lost.wait_for(timeout=30_000)
+    assert "GPU 0 — could not be read (GPU is lost)" in lost.inner_text()
+    assert "reboot" in lost.inner_text()
+    assert "No GPU to show" not in panel.inner_text()
+    panel.locator('[data-testid="q3j-gpu-1"]').wait_for(timeout=10_000)
+    status = page.locator(".q3j-status")
+    assert status.inner_text() == "GPU 0 lost"
+    assert status.get_attribute("data-level") == "critical"
+    assert "GPU 1: 70.0 / 80.0 GiB (88%)" in (status.get_attribute("title") or "")
+    screenshot(page, output_dir / "sidebar-gpu-lost.png")
+    assert errors == []
+
+
 def test_sidebar_explains_a_missing_extension_and_a_lost_server(
     lab_server_factory: Callable[..., LabServer],
     browser_page: Any,
