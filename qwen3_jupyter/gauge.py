@@ -20,10 +20,10 @@ decode cache), so memory held for speed is never mistaken for a leak.
 from __future__ import annotations
 
 import html
-import itertools
 import os
 import threading
 import time
+import uuid
 import weakref
 from collections import deque
 from collections.abc import Iterator
@@ -51,8 +51,6 @@ if TYPE_CHECKING:
     from .engines.server_metrics import ServerLoad
 
 _GAUGES: weakref.WeakSet[Gauge] = weakref.WeakSet()
-_GAUGE_NUMBERS = itertools.count(1)
-"""Each gauge's own CSS class, so one gauge's stale readings dim that gauge only."""
 
 
 def short_bytes(n: int | None) -> str:
@@ -295,11 +293,16 @@ def footer_html(snapshot: Snapshot, compact: bool = False, scope: str = "qwen3-g
     each beat), one on the readings of the gauge `scope` names (persistent elements, restarted
     because each beat switches between two animation names). When the kernel stops sending —
     shut down, restarted, its thread hung — they run out: the readings dim and the warning says
-    when the last one was taken. A saved notebook does the same when it is opened again."""
+    when the last one was taken. A saved notebook does the same when it is opened again.
+
+    What CSS alone cannot do: a gauge the browser stops drawing (a notebook tab in the
+    background, a cell scrolled out of a windowed notebook) restarts its animations when it is
+    shown again, so a dead kernel's gauge looks live for those few beats once more."""
     period = max(HEARTBEAT_SECONDS, snapshot.interval)
     beat = int(snapshot.timestamp // period)
     delay = f"{STALE_BEATS * period + 1:g}s"
-    since = time.strftime("%H:%M:%S %Z", time.localtime(beat * period)).strip()
+    read_at = beat * period if snapshot.interval < HEARTBEAT_SECONDS else snapshot.timestamp
+    since = time.strftime("%H:%M:%S %Z", time.localtime(read_at)).strip()
     live = "" if compact else html.escape(footer_text(snapshot))
     css = (
         "<style>@keyframes qwen3-gauge-stale{to{max-height:6em;opacity:1}}"
@@ -426,7 +429,9 @@ class Gauge(widgets.VBox):
         self._warnings = widgets.HTML()
         for part in (self._rows_box, self._kept, self._warnings):
             part.add_class(READINGS_CLASS)
-        self._scope = f"qwen3-gauge-{next(_GAUGE_NUMBERS)}"
+        # Its own CSS class, unique across kernels (the footer's <style> applies to the whole
+        # page): one gauge's stale readings dim that gauge only.
+        self._scope = f"qwen3-gauge-{uuid.uuid4().hex[:12]}"
         self._last_reading: float | None = None
         self._footer = widgets.HTML("" if compact else "<small>reading memory…</small>")
         self._first_reading = threading.Event()

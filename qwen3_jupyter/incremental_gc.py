@@ -30,11 +30,12 @@ Unloading the extension restores all of it. `QWEN3_JUPYTER_INCREMENTAL_GC=0` tur
 
 from __future__ import annotations
 
-import _thread
 import functools
 import gc
 import os
+import signal
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Mapping
@@ -81,6 +82,10 @@ class GcPass:
 def enabled() -> bool:
     """False when the environment switches incremental collection off."""
     return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+RESEND_AFTER_S = 0.02
+"""How long after an interrupt that landed in the gc callback it is sent again."""
 
 
 class IncrementalCollector:
@@ -199,9 +204,17 @@ class IncrementalCollector:
             if self.frozen and (self._heap_grew() or self._memory_grew()):
                 self.hand_back("Python's own full collection was due")
         except KeyboardInterrupt:
-            # Raised in a gc callback, Python drops it ("Exception ignored in ... _on_gc") and
-            # the user's interrupt is lost: send it again, to land once the callback is over.
-            _thread.interrupt_main()
+            # Raised out of a gc callback, Python drops it ("Exception ignored in ... _on_gc")
+            # and the user's interrupt is lost. Sent again at once it would be raised inside
+            # this callback again (pending signals run after any built-in call), so a timer
+            # thread sends it once the collection is over. (A signal's KeyboardInterrupt only
+            # arises on the main thread; any other is left as it was.)
+            main = threading.main_thread()
+            if threading.current_thread() is not main or main.ident is None:
+                raise
+            threading.Timer(
+                RESEND_AFTER_S, signal.pthread_kill, (main.ident, signal.SIGINT)
+            ).start()
 
     def _heap_grew(self) -> bool:
         grown = sys.getallocatedblocks() - self._blocks_at_full

@@ -19,7 +19,7 @@ from .api_call import api_call
 from .cleanup import CleanupReport, cleanup, release_traceback_locals
 from .engines import Engine
 from .engines.local import LocalEngine
-from .generation import GenerationOptions, Result, check_arguments
+from .generation import SAMPLING_OPTIONS, GenerationOptions, Result, check_arguments
 from .magic_args import refuse_unknown_keywords
 from .model_use import holding
 from .session import SESSION
@@ -56,7 +56,7 @@ class Chat:
         check_arguments(flags={"chat": chat})
         if on_text is not None and not callable(on_text):
             raise TypeError(f"on_text={on_text!r}: must be a function of the new text, or None")
-        merged = GenerationOptions(**{**self.defaults, **options})
+        merged = GenerationOptions(**_merged(self.defaults, options))
         local = isinstance(self._engine, LocalEngine)
         with holding(local, "an inference() chat"), api_call() as call, call.watching(self._engine):
             result = SESSION.ask(self._engine, prompt, merged, chat=chat, on_text=on_text)
@@ -114,6 +114,20 @@ class InferenceBlock(AbstractContextManager[Chat]):
             "inference() opens a block, it does not answer: with qwen3_jupyter.inference(...) "
             'as chat: chat("hi")'
         )
+
+
+def _merged(defaults: dict[str, Any], call: dict[str, Any]) -> dict[str, Any]:
+    """A chat call's options over its block's, the call's own winning, conflicts included: a
+    call's `greedy=True` sets the block's sampling values aside, and a call's own sampling value
+    sets the block's `greedy=True` aside (refusing them, as a block's own conflict is refused,
+    would make a block's defaults impossible to change per call)."""
+    kept = dict(defaults)
+    if call.get("greedy"):
+        for name in SAMPLING_OPTIONS:
+            kept.pop(name, None)
+    elif "greedy" not in call and any(call.get(name) is not None for name in SAMPLING_OPTIONS):
+        kept.pop("greedy", None)
+    return {**kept, **call}
 
 
 def inference(

@@ -284,8 +284,8 @@ class Qwen3Magics(Magics):
             # display, the prompt, the tokenizer): one line, not the 40-200 frames under it.
             CELL_INTERRUPTS.note(True)
             message = (
-                "interrupted before the call could finish or say what it kept: the loaded model "
-                "and your variables are as they were; run the cell again"
+                "interrupted before the call could finish or say what it kept: your variables "
+                "and the loaded model are kept; run the cell again"
             )
         else:
             return

@@ -60,6 +60,18 @@ def process_rss(pid: int | None = None) -> int:
     return int(psutil.Process(pid or os.getpid()).memory_info().rss)
 
 
+def added_memory(pid: int) -> int:
+    """What child process `pid` adds to its parent's memory: its unique set size (pages only it
+    maps). Its RSS would count again every page a fork shares with the parent: two idle
+    DataLoader workers of a 400 MiB kernel read 1.2 GiB. Its RSS where the unique set cannot be
+    read (no permission)."""
+    process = psutil.Process(pid)
+    try:
+        return int(process.memory_full_info().uss)
+    except psutil.AccessDenied:
+        return int(process.memory_info().rss)
+
+
 def read_host(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_CGROUP) -> HostMemory:
     """Host memory (or the container's limit, when lower) and this process's RSS."""
     vm = psutil.virtual_memory()

@@ -40,9 +40,9 @@ from .memory import (
     NvmlReader,
     NvmlReading,
     TorchDeviceMemory,
+    added_memory,
     format_bytes,
     process_memory_by_uuid,
-    process_rss,
     read_host,
     read_torch,
     torch_device_for,
@@ -536,7 +536,12 @@ class Monitor:
     ) -> tuple[GpuSample, ...]:
         if not nvml.gpus:
             return ()
-        order = {g.uuid: n for n, g in enumerate(visible_gpus(nvml, torch_devices or None))}
+        visible = visible_gpus(nvml, torch_devices or None)
+        order = {g.uuid: n for n, g in enumerate(visible)}
+        for gpu in visible:  # torch's own index where it knows the device: a GPU NVML could
+            device = torch_device_for(gpu, torch_devices)  # not read is left out of `visible`
+            if device is not None:  # and would shift the others down
+                order[gpu.uuid] = device.index
         pids = self._pids()
         mine = process_memory_by_uuid(nvml, pids)
         samples = []
@@ -558,12 +563,13 @@ class Monitor:
         return tuple(samples)
 
     def _with_children(self, host: HostMemory) -> HostMemory:
-        """Host memory with this kernel's RSS counting its child processes (data loader
-        workers), as its GPU share does and as the JupyterLab sidebar counts a notebook."""
+        """Host memory with this kernel's figure counting what its child processes (data loader
+        workers) add (`added_memory`), as its GPU share does and as the sidebar counts a
+        notebook."""
         extra = 0
         for pid in self._pids() - {os.getpid()}:
             try:
-                extra += process_rss(pid)
+                extra += added_memory(pid)
             except (psutil.Error, OSError):
                 continue  # a worker that just ended
         return replace(host, process_rss=host.process_rss + extra) if extra else host

@@ -79,7 +79,9 @@ EOF
   # otherwise wait an hour), leaving the GPU tests their ~200 s.
   speed_limit=$(($(left) - 200))
   [ "$speed_limit" -lt 90 ] && speed_limit=90
-  run 150 timeout $((speed_limit + 100)) python3 -m qwen3_jupyter.bench speed --warm-cache \
+  speed_timeout=$((speed_limit + 100))
+  [ "$speed_timeout" -gt $(($(left) - 10)) ] && speed_timeout=$(($(left) - 10))
+  run 150 timeout "$speed_timeout" python3 -m qwen3_jupyter.bench speed --warm-cache \
     --time-limit "$speed_limit" --batches 1,16 --paths fast,bare-static,eager \
     --json "$log/speed.json"
 
@@ -98,9 +100,11 @@ EOF
     --compare whole,tuned --json "$log/step.json"
 elif [ "$mode" = rest ]; then
   step "issue 10: bench speed, batch 4 and the bare dynamic-cache path"
-  run 120 timeout $(($(left) - 150)) python3 -m qwen3_jupyter.bench speed --warm-cache \
+  rest_limit=$(($(left) - 250))
+  [ "$rest_limit" -lt 60 ] && rest_limit=60
+  run 120 timeout $(($(left) - 10)) python3 -m qwen3_jupyter.bench speed --warm-cache \
     --batches 4,1 --paths fast,bare-static,eager,bare --skip-first-calls \
-    --time-limit $(($(left) - 250)) --json "$log/speed-rest.json"
+    --time-limit "$rest_limit" --json "$log/speed-rest.json"
   step "issue 10: where the batch-1 step's time goes; three parts vs compiled whole vs tuned"
   run 100 timeout $(($(left) < 180 ? $(left) - 10 : 170)) python3 -m qwen3_jupyter.bench step \
     --compare whole,tuned --json "$log/step.json"

@@ -21,6 +21,7 @@ from qwen3_jupyter.gauge import (
     device_bytes,
     footer_html,
     footer_text,
+    gpu_label,
     gpu_row,
     host_row,
     row_views,
@@ -650,6 +651,33 @@ def test_this_kernels_rss_counts_its_child_processes(monitor_with_child: int) ->
     assert host.process_rss >= own + monitor_with_child // 2
 
 
+def test_a_forked_child_adds_its_own_pages_not_the_kernels_again() -> None:
+    """A DataLoader worker is a fork: its RSS counts the kernel's pages again."""
+    import os
+    import signal
+
+    import psutil
+
+    held = b"x" * (128 * MiB)  # pages the fork shares with this process
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    monitor = Monitor(NvmlReader(FakeNvml([]).module))
+    try:
+        monitor._children_at = -1e9
+        host = monitor.sample().host
+        own = psutil.Process().memory_info().rss
+        child_rss = psutil.Process(pid).memory_info().rss
+    finally:
+        monitor.stop()
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert child_rss > 128 * MiB, "control: the fork's RSS counts the shared pages"
+    assert host.process_rss < own + 64 * MiB, (host.process_rss, own)
+    del held
+
+
 @pytest.fixture()
 def monitor_with_child() -> Iterator[int]:
     """A child process holding 64 MiB, as a DataLoader worker would; yields its size."""
@@ -672,3 +700,19 @@ def monitor_with_child() -> Iterator[int]:
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_row_keeps_torchs_number_when_another_gpu_cannot_be_read() -> None:
+    """cuda:0 lost (NVML cannot read it): the GPU torch calls cuda:1 is still cuda:1."""
+    from qwen3_jupyter.memory import GpuReading, NvmlReading
+    from qwen3_jupyter.monitor import Monitor as _Monitor
+
+    gpu1 = GpuReading(1, "GPU-bbbb", "H100", 5 * GiB, 80 * GiB, 0, (), "v2")
+    reading = NvmlReading(True, "NVML error: GPU 0: GPU is lost", "550", (gpu1,), time.time())
+    devices = (
+        TorchDeviceMemory(0, "H100", "GPU-aaaa", 0, 0, 0, 0),
+        TorchDeviceMemory(1, "H100", "GPU-bbbb", 4 * GiB, 4 * GiB, 0, 0),
+    )
+    monitor = _Monitor(NvmlReader(FakeNvml([]).module))
+    (sample,) = monitor._gpu_samples(reading, devices)
+    assert sample.cuda_index == 1 and gpu_label(sample) == "GPU 1"

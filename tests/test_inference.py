@@ -137,15 +137,17 @@ def test_greedy_with_a_sampling_value_is_refused_before_any_model_loads(k: Kerne
             "drop one of them"
         )
         assert k.value("SESSION.loaded is None"), "nothing was loaded for a call that cannot run"
-    in_call = k.run(
+    # A call's own options win over its block's, conflicts included (a block's defaults must
+    # stay changeable per call): the call's sampling value sets the block's greedy aside, and
+    # the call's greedy=True sets the block's sampling values aside.
+    ok(
+        k,
         "with qwen3_jupyter.inference(model='tiny', greedy=True, max_new_tokens=2) as chat:\n"
-        "    chat('hi', top_k=5)"
+        "    sampled = chat('hi', top_k=5, seed=1)\n"
+        "with qwen3_jupyter.inference(model='tiny', temperature=0.7, max_new_tokens=2) as chat:\n"
+        "    greedy = chat('hi', greedy=True)",
     )
-    assert in_call.reply["ename"] == "ValueError", in_call.reply
-    assert in_call.reply["evalue"] == (
-        "greedy=True always takes the likeliest token, so top_k=5 would do nothing: "
-        "drop one of them"
-    )
+    assert k.value("(sampled.completion_tokens, greedy.completion_tokens)") == (2, 2)
 
 
 def test_a_prompt_that_is_not_text_is_one_clear_type_error(k: Kernel) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from ..memory import HostMemory, NvmlReader, NvmlReading, read_host
+from ..memory import HostMemory, NvmlReader, NvmlReading, added_memory, read_host
 
 _log = logging.getLogger(__name__)
 
@@ -180,8 +180,12 @@ def process_trees(kernels: Iterable[WatchedKernel]) -> dict[int, ProcessTree]:
         rss: int | None = 0
         gone = False
         for pid in pids:
-            try:
-                rss_pid = int(psutil.Process(pid).memory_info().rss)
+            try:  # a child adds its own pages, not the ones it shares with the kernel
+                rss_pid = (
+                    int(psutil.Process(pid).memory_info().rss)
+                    if pid == kernel.pid
+                    else added_memory(pid)
+                )
             except (psutil.Error, OSError) as error:
                 if pid == kernel.pid:
                     rss = None
