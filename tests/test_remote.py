@@ -744,7 +744,7 @@ def _widget_text(messages: list[dict[str, Any]]) -> str:
         state = data.get("state", {}) if isinstance(data, dict) else {}
         if isinstance(state.get("value"), str):
             values.append(state["value"])
-    return "\n".join(values)
+    return "\n".join(values).replace("\xa0", " ")  # a row's figures keep their units close
 
 
 def test_gauge_shows_each_servers_row_and_its_metrics(
