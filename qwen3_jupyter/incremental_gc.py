@@ -104,6 +104,7 @@ class IncrementalCollector:
         self._variables: dict[str, tuple[int, type, weakref.ref[Any] | None]] = {}
         self._collecting = False
         self._installed = False
+        self._interrupt_caught = False
 
     def collect(self, variables: Mapping[str, Any] | None = None, force: str = "") -> GcPass:
         """Collect cycles among new objects (or everything, when `force` gives a reason or a
@@ -198,6 +199,9 @@ class IncrementalCollector:
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         """Before one of Python's own full collections: hand the frozen objects back when, by
         Python's rule, a full collection of them is due (the heap grew by a quarter)."""
+        if phase == "stop" and self._interrupt_caught:
+            self._resend_interrupt()
+            return
         if phase != "start" or info.get("generation") != 2 or self._collecting:
             return
         try:
@@ -205,16 +209,21 @@ class IncrementalCollector:
                 self.hand_back("Python's own full collection was due")
         except KeyboardInterrupt:
             # Raised out of a gc callback, Python drops it ("Exception ignored in ... _on_gc")
-            # and the user's interrupt is lost. Sent again at once it would be raised inside
-            # this callback again (pending signals run after any built-in call), so a timer
-            # thread sends it once the collection is over. (A signal's KeyboardInterrupt only
-            # arises on the main thread; any other is left as it was.)
-            main = threading.main_thread()
-            if threading.current_thread() is not main or main.ident is None:
+            # and the user's interrupt is lost. Sent again now it would be raised inside this
+            # callback again (pending signals run after any built-in call), and during the
+            # collection it would land in a finalizer: it is sent again once the collection is
+            # over. (A signal's KeyboardInterrupt only arises on the main thread.)
+            if threading.current_thread() is not threading.main_thread():
                 raise
-            threading.Timer(
-                RESEND_AFTER_S, signal.pthread_kill, (main.ident, signal.SIGINT)
-            ).start()
+            self._interrupt_caught = True
+
+    def _resend_interrupt(self) -> None:
+        """Send the interrupt caught in the callback again, from a timer thread, a moment after
+        this collection's end (its finalizers have run), so it lands in the code that runs next."""
+        self._interrupt_caught = False
+        main = threading.main_thread().ident
+        if main is not None:
+            threading.Timer(RESEND_AFTER_S, signal.pthread_kill, (main, signal.SIGINT)).start()
 
     def _heap_grew(self) -> bool:
         grown = sys.getallocatedblocks() - self._blocks_at_full

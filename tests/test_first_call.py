@@ -42,21 +42,26 @@ def new_kernel(kernel_env: dict[str, str]) -> Iterator[Kernel]:
 def test_an_interrupt_while_torch_imports_is_one_line_and_torch_still_works(
     new_kernel: Kernel, tmp_path: Path
 ) -> None:
-    flag = tmp_path / "importing"
-    ok(new_kernel, SLOW_TORCH_IMPORT.format(flag=str(flag)))
-    msg_id = new_kernel.start("%qwen3 --greedy --max-new-tokens 2 hi")
-    deadline = time.monotonic() + 60
-    while not flag.exists():
-        assert time.monotonic() < deadline, "torch's import never reached torch._decomp"
-        time.sleep(0.02)
-    new_kernel.interrupt()
-    ex = new_kernel.collect(msg_id, timeout=120)
-    message = ex.stderr.strip()
-    assert ex.status == "error" and message.startswith("UsageError: interrupted while importing")
-    assert len(message.splitlines()) == 1, message
+    _interrupt_the_slowed_import(new_kernel, SLOW_TORCH_IMPORT, tmp_path / "importing")
     ok(new_kernel, "import torch\nassert torch.ones(2).sum().item() == 2")
     ok(new_kernel, "%qwen3 --greedy --max-new-tokens 2 hi")
     assert new_kernel.value("(_qwen3.completion_tokens, keep)") == (2, 42)
+
+
+def _interrupt_the_slowed_import(kernel: Kernel, hook: str, flag: Path) -> None:
+    """Install `hook` (an import hook that writes `flag` and sleeps), start the first call,
+    interrupt it inside the slowed import: one line, saying so."""
+    ok(kernel, hook.format(flag=str(flag)))
+    msg_id = kernel.start("%qwen3 --greedy --max-new-tokens 2 hi")
+    deadline = time.monotonic() + 90
+    while not flag.exists():
+        assert time.monotonic() < deadline, "the first call never reached the slowed import"
+        time.sleep(0.02)
+    kernel.interrupt()
+    ex = kernel.collect(msg_id, timeout=120)
+    message = ex.stderr.strip()
+    assert ex.status == "error" and message.startswith("UsageError: interrupted while importing")
+    assert len(message.splitlines()) == 1, message
 
 
 def test_naming_the_loaded_model_again_reuses_it_as_loaded(kernel: Kernel) -> None:
@@ -187,17 +192,6 @@ def test_an_interrupt_while_the_model_code_imports_leaves_loading_working(
     """The first load imports transformers' Qwen3 code (a thousand modules); an interrupt inside
     that import left a module half made, and every later load failed ("Could not import module
     'Qwen3ForCausalLM'") until a restart lost the notebook's variables."""
-    flag = tmp_path / "importing"
-    ok(new_kernel, SLOW_MODEL_CODE_IMPORT.format(flag=str(flag)))
-    msg_id = new_kernel.start("%qwen3 --greedy --max-new-tokens 2 hi")
-    deadline = time.monotonic() + 90
-    while not flag.exists():
-        assert time.monotonic() < deadline, "the load never reached the model's code"
-        time.sleep(0.02)
-    new_kernel.interrupt()
-    ex = new_kernel.collect(msg_id, timeout=120)
-    message = ex.stderr.strip()
-    assert ex.status == "error" and message.startswith("UsageError: interrupted while importing")
-    assert len(message.splitlines()) == 1, message
+    _interrupt_the_slowed_import(new_kernel, SLOW_MODEL_CODE_IMPORT, tmp_path / "importing")
     ok(new_kernel, "%qwen3 --greedy --max-new-tokens 2 hi")
     assert new_kernel.value("(_qwen3.completion_tokens, keep)") == (2, 42)

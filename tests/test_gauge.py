@@ -30,7 +30,7 @@ from qwen3_jupyter.gauge import (
     unbroken,
 )
 from qwen3_jupyter.memory import GiB, MiB, NvmlReader, TorchDeviceMemory
-from qwen3_jupyter.monitor import Monitor
+from qwen3_jupyter.monitor import Monitor, Snapshot
 from tests.fake_nvml import SELF, FakeGpu, FakeNvml, FakeProcess, child_env
 from tests.kernel import Execution, Kernel, ok
 
@@ -555,13 +555,18 @@ def test_sizes_pick_their_unit_after_rounding() -> None:
     assert device_bytes(80 * GiB) == "80.0 GiB" and device_bytes(412 * MiB) == "412 MiB"
 
 
-def test_the_footer_beats_every_two_seconds_and_carries_its_stale_warning() -> None:
+def _snapshot_at_a_beat() -> tuple[Snapshot, float]:
+    """A snapshot polled every 0.5 s, and the start of its heartbeat period."""
     monitor = Monitor(NvmlReader(FakeNvml([]).module), interval=0.5)
     try:
         snap = monitor.sample()
     finally:
         monitor.stop()
-    start = (snap.timestamp // HEARTBEAT_SECONDS) * HEARTBEAT_SECONDS
+    return snap, (snap.timestamp // HEARTBEAT_SECONDS) * HEARTBEAT_SECONDS
+
+
+def test_the_footer_beats_every_two_seconds_and_carries_its_stale_warning() -> None:
+    snap, start = _snapshot_at_a_beat()
     at = [footer_html(replace(snap, timestamp=start + t)) for t in (0.1, 1.0, 1.9, 2.1)]
     assert at[0] == at[1] == at[2] != at[3]  # one message per beat while memory is steady
     assert "animation:qwen3-gauge-stale 0s 7s forwards" in at[0]  # 3 beats + 1 s
@@ -606,12 +611,7 @@ def test_a_closed_gauge_leaves_no_widget_open(
 def test_stale_readings_dim_the_whole_gauge_not_only_its_footer() -> None:
     """The readings persist between beats, so the footer's rule for them switches between two
     animation names at each beat (a new name restarts the delay)."""
-    monitor = Monitor(NvmlReader(FakeNvml([]).module), interval=0.5)
-    try:
-        snap = monitor.sample()
-    finally:
-        monitor.stop()
-    start = (snap.timestamp // HEARTBEAT_SECONDS) * HEARTBEAT_SECONDS
+    snap, start = _snapshot_at_a_beat()
     one, two = (
         footer_html(replace(snap, timestamp=start + t), scope="qwen3-gauge-7") for t in (0, 2.1)
     )
@@ -641,41 +641,43 @@ def test_row_text_breaks_only_between_its_parts_and_a_static_copy_says_when(
 
 
 def test_this_kernels_rss_counts_its_child_processes(monitor_with_child: int) -> None:
-    monitor = Monitor(NvmlReader(FakeNvml([]).module))
-    try:
-        monitor._children_at = -1e9  # look for children now
-        host = monitor.sample().host
-    finally:
-        monitor.stop()
     own = __import__("psutil").Process().memory_info().rss
-    assert host.process_rss >= own + monitor_with_child // 2
+    assert _host_with_children().process_rss >= own + monitor_with_child // 2
 
 
 def test_a_forked_child_adds_its_own_pages_not_the_kernels_again() -> None:
-    """A DataLoader worker is a fork: its RSS counts the kernel's pages again."""
+    """A DataLoader worker is a fork: its RSS counts the kernel's pages again. Measured as the
+    change the fork makes (this process may have other children: the suite's kernels)."""
     import os
     import signal
 
     import psutil
 
     held = b"x" * (128 * MiB)  # pages the fork shares with this process
+    before = _host_with_children().process_rss
     pid = os.fork()
     if pid == 0:
         time.sleep(30)
         os._exit(0)
-    monitor = Monitor(NvmlReader(FakeNvml([]).module))
     try:
-        monitor._children_at = -1e9
-        host = monitor.sample().host
-        own = psutil.Process().memory_info().rss
+        after = _host_with_children().process_rss
         child_rss = psutil.Process(pid).memory_info().rss
     finally:
-        monitor.stop()
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     assert child_rss > 128 * MiB, "control: the fork's RSS counts the shared pages"
-    assert host.process_rss < own + 64 * MiB, (host.process_rss, own)
+    assert after - before < 64 * MiB, (before, after)
     del held
+
+
+def _host_with_children() -> Any:
+    """One sample's host memory, the kernel's children looked up afresh."""
+    monitor = Monitor(NvmlReader(FakeNvml([]).module))
+    try:
+        monitor._children_at = -1e9
+        return monitor.sample().host
+    finally:
+        monitor.stop()
 
 
 @pytest.fixture()
