@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import ipywidgets as widgets
 
-from .memory import GiB, MiB
+from .memory import GiB, MiB, cuda_visible_entries
 from .monitor import GpuSample, Monitor, Snapshot, checked_interval, get_monitor
 
 SPARK_POINTS = 60
@@ -225,10 +225,10 @@ def _unread_shown(snapshot: Snapshot, show_all: bool) -> list[int]:
     value = os.environ.get("CUDA_VISIBLE_DEVICES")
     if show_all or value is None:
         return unread
-    entries = [e.strip() for e in value.split(",") if e.strip()]
+    entries = cuda_visible_entries(value)
     if not all(e.isdigit() for e in entries):
         return unread
-    return [i for i in unread if str(i) in entries]
+    return [i for i in unread if i in {int(e) for e in entries}]
 
 
 def row_views(snapshot: Snapshot, show_all: bool, low_free: int) -> list[RowView]:

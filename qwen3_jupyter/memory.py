@@ -645,7 +645,7 @@ def _uuid_key(uuid: str | None) -> str:
     return text
 
 
-def _cuda_visible_entries(value: str) -> list[str]:
+def cuda_visible_entries(value: str) -> list[str]:
     """CUDA_VISIBLE_DEVICES entries as CUDA parses them: up to the first invalid one."""
     entries = []
     for raw in value.split(","):
@@ -682,7 +682,7 @@ def visible_gpus(
     if value is None:
         return reading.gpus
     chosen: list[GpuReading] = []
-    for entry in _cuda_visible_entries(value):
+    for entry in cuda_visible_entries(value):
         if entry.isdigit():
             hits = [g for g in reading.gpus if g.mig_parent is None and g.index == int(entry)]
         else:
