@@ -329,7 +329,7 @@ def test_magic_batch_and_interrupt_keep_finished_results(
 
     msg_id = k.start(
         f"%qwen3 --file {prompts} --batch-size 2 --out {out} --greedy --no-think --ignore-eos "
-        "--max-new-tokens 1500"
+        "--max-new-tokens 400"
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (

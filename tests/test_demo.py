@@ -22,11 +22,23 @@ def test_quickstart_notebook_executes(model_cache: Path, output_dir: Path) -> No
     assert "tok/s" in text and "->" in text
 
 
-def test_decay_benchmark_notebook_executes(model_cache: Path, output_dir: Path) -> None:
-    notebook = ROOT / "notebooks" / "decay-benchmark.ipynb"
-    summaries, executed = run_notebook(notebook, output_dir / "notebooks", timeout=600)
-    assert summaries and all(s.status == "ok" for s in summaries)
+def test_decay_benchmark_notebook_executes(
+    model_cache: Path, output_dir: Path, tmp_path: Path
+) -> None:
+    """The notebook as shipped, with fewer and shorter calls in its parameter cell: what the
+    benchmark measures is checked by tests/test_decay_bench.py; this checks the notebook."""
     import nbformat
+
+    notebook = nbformat.read(ROOT / "notebooks" / "decay-benchmark.ipynb", as_version=4)
+    parameters = notebook.cells[1]
+    assert parameters.source.startswith('MODEL = "tiny"\nCALLS = 10\n'), parameters.source
+    parameters.source = 'MODEL = "tiny"\nCALLS = 2\nTOKENS = 4'
+    copy = tmp_path / "notebooks" / "decay-benchmark.ipynb"
+    copy.parent.mkdir()
+    nbformat.write(notebook, copy)
+    summaries, executed = run_notebook(copy, output_dir / "notebooks", timeout=600)
+    assert summaries and all(s.status == "ok" for s in summaries)
+    assert (tmp_path / "out" / "decay-tiny-cpu.png").exists()
 
     cells = nbformat.read(executed, as_version=4).cells
     images = [o for c in cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]

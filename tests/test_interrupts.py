@@ -136,7 +136,7 @@ def test_an_interrupted_generate_batch_says_so(api_kernel: Kernel, tmp_path: Pat
     batch = _interrupt_once(
         api_kernel,
         "r = qwen3_jupyter.generate_batch([f'prompt {i}' for i in range(12)], 2, "
-        f"out={str(out)!r}, greedy=True, think=False, ignore_eos=True, max_new_tokens=1500, "
+        f"out={str(out)!r}, greedy=True, think=False, ignore_eos=True, max_new_tokens=400, "
         "progress=False)",
         lambda: out.exists() and len(out.read_text().splitlines()) >= 2,
     )
