@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,6 +105,9 @@ class IncrementalCollector:
         self._collecting = False
         self._installed = False
         self._interrupt_caught = False
+        self._in_collection = False
+        """Whether `_on_gc` saw this collection start and not yet stop."""
+        self._previous_unraisablehook: Callable[[Any], Any] | None = None
 
     def collect(self, variables: Mapping[str, Any] | None = None, force: str = "") -> GcPass:
         """Collect cycles among new objects (or everything, when `force` gives a reason or a
@@ -182,6 +185,9 @@ class IncrementalCollector:
                 setattr(gc, name, _ORIGINAL[name])
         if self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
+        if sys.unraisablehook == self._on_unraisable and self._previous_unraisablehook:
+            sys.unraisablehook = self._previous_unraisablehook
+        self._previous_unraisablehook = None
         self._installed = False
 
     def _install(self) -> None:
@@ -192,6 +198,8 @@ class IncrementalCollector:
         gc.get_objects = _wrap("get_objects", _get_objects)
         gc.get_referrers = _wrap("get_referrers", _get_referrers)
         gc.callbacks.append(self._on_gc)
+        self._previous_unraisablehook = sys.unraisablehook
+        sys.unraisablehook = self._on_unraisable
         from . import lifecycle
 
         lifecycle.on_unload("incremental-gc", self.uninstall)
@@ -199,6 +207,7 @@ class IncrementalCollector:
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         """Before one of Python's own full collections: hand the frozen objects back when, by
         Python's rule, a full collection of them is due (the heap grew by a quarter)."""
+        self._in_collection = phase == "start"
         if phase == "stop" and self._interrupt_caught:
             self._resend_interrupt()
             return
@@ -216,6 +225,22 @@ class IncrementalCollector:
             if threading.current_thread() is not threading.main_thread():
                 raise
             self._interrupt_caught = True
+
+    def _on_unraisable(self, unraisable: Any) -> None:
+        """A SIGINT that arrives during a collection raises its KeyboardInterrupt at the first
+        instruction of `_on_gc`, before any `try` there: Python prints it as "Exception ignored"
+        and the user's interrupt is lost. It is sent again: now, when it was the "stop" call
+        (the collection is over), else once this collection stops. Anything else goes on to
+        the hook that was there before."""
+        if issubclass(unraisable.exc_type, KeyboardInterrupt) and unraisable.object == self._on_gc:
+            if self._in_collection:
+                self._in_collection = False
+                self._resend_interrupt()
+            else:
+                self._interrupt_caught = True
+            return
+        previous = self._previous_unraisablehook or sys.__unraisablehook__
+        previous(unraisable)
 
     def _resend_interrupt(self) -> None:
         """Send the interrupt caught in the callback again, from a timer thread, a moment after

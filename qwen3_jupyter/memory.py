@@ -481,7 +481,8 @@ class NvmlReader:
                 instances = self._read_mig(handle, index)
             except Exception as exc:
                 problems.append(f"GPU {index} MIG: {_nvml_message(exc)}")
-                unread.add(index)
+                if not parent_read:
+                    unread.add(index)  # the GPU was read: its row stays, with the problem said
                 continue
             gpus.extend(instances)
             if not parent_read and not instances:

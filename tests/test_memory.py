@@ -198,6 +198,22 @@ def test_a_mig_slice_shows_when_its_parent_gpu_cannot_be_read() -> None:
     assert process_memory_by_uuid(reading, {os.getpid()}) == {reading.gpus[0].uuid: GiB}
 
 
+def test_a_gpu_read_whose_mig_slices_cannot_be_listed_is_not_also_unread() -> None:
+    """Before, a failing MIG listing put a GPU that was just read among the unread ones too:
+    the gauge and sidebar showed its row and a red "could not be read" row, and the status bar
+    said "GPU 0 unreadable" instead of its figure."""
+    parent = FakeGpu(used=3 * GiB, mig=[FakeGpu()])
+    parent.errors = {"nvmlDeviceGetMigDeviceHandleByIndex": UNKNOWN}
+    reader = NvmlReader(FakeNvml([parent]).module)
+    try:
+        reading = reader.read()
+        assert [(g.label, g.memory_used) for g in reading.gpus] == [("GPU 0", 3 * GiB)]
+        assert reading.reason == "NVML error: GPU 0 MIG: Unknown Error"
+        assert reader.unread == frozenset()
+    finally:
+        reader.close()
+
+
 def test_process_lists_from_older_drivers_and_refused_ones() -> None:
     """nvidia-ml-py's process calls are the v3 entry points, missing before driver R510: the
     v2 call answers there. A list NVML refuses is unknown (`processes_listed` False), never an

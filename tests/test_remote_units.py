@@ -49,7 +49,7 @@ from qwen3_jupyter.engines.urls import (
     url_password,
     url_query,
 )
-from qwen3_jupyter.generation import GenerationOptions, Result
+from qwen3_jupyter.generation import SEED_LIMIT, GenerationOptions, Result
 from qwen3_jupyter.server_calls import SERVER_CALLS
 from tests.openai_server import VLLM_METRICS, ChaosProxy
 from tests.scripted_server import ScriptedServer
@@ -786,4 +786,18 @@ def test_a_seeded_server_batch_gives_each_prompt_its_own_seed(scripted: Scripted
     scripted.bodies.clear()
     engine.generate(["same"], options)
     assert [b["seed"] for b in scripted.bodies] == [7]
+    engine.close()
+
+
+def test_the_largest_seed_seeds_a_server_batch_without_overflowing(
+    scripted: ScriptedServer,
+) -> None:
+    """Before, seed 2**63-1 (accepted) made prompt 1's seed 2**63: a ValueError in the worker
+    thread, a traceback, and every finished answer of the batch lost. The seeds wrap round."""
+    engine = _engine(scripted.url("ok"))
+    scripted.bodies.clear()
+    options = GenerationOptions(max_new_tokens=8, seed=SEED_LIMIT)
+    results = engine.generate_batch(["same"] * 3, options, progress=False)
+    assert len(results) == 3
+    assert sorted(b["seed"] for b in scripted.bodies) == [0, 1, SEED_LIMIT]
     engine.close()

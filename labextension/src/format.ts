@@ -547,3 +547,20 @@ export function statusBarText(metrics: IMetrics | null, error: IMetricsError | n
 export const LOAD_EXTENSION_HINT =
   'This kernel has not loaded qwen3-jupyter, so it cannot free its memory on request. ' +
   'Run "%load_ext qwen3_jupyter" in the notebook, then press "Free memory" again.';
+
+export const DEAD_KERNEL_HINT =
+  'This kernel is dead: nothing can run in it, so nothing can be freed. Restart it ' +
+  '(Kernel ▸ Restart Kernel) or shut it down: either gives its memory back.';
+
+/** What the "Free memory" button of a kernel's row says and does instead of a cleanup (`hint`,
+ * null: run the cleanup). A dead kernel (killed, not yet replaced by the restarter) reports no
+ * extension, and "load the extension" would be wrong advice for it. */
+export function freeMemoryAction(kernel: IKernelMetrics): { title: string; hint: string | null } {
+  if (kernel.execution_state === 'dead') {
+    return { title: DEAD_KERNEL_HINT, hint: DEAD_KERNEL_HINT };
+  }
+  if (!kernel.extension_loaded) {
+    return { title: 'Shows how to load qwen3_jupyter in this kernel', hint: LOAD_EXTENSION_HINT };
+  }
+  return { title: 'Run qwen3_jupyter.cleanup() in this kernel', hint: null };
+}

@@ -16,6 +16,7 @@ import {
   formatBytes,
   formatPercent,
   formatUsedOfTotal,
+  freeMemoryAction,
   gpuLabel,
   IEmptyState,
   IThresholds,
@@ -182,11 +183,7 @@ function KernelRow(props: {
         <button
           className="jp-mod-styled q3j-free"
           disabled={busy}
-          title={
-            kernel.extension_loaded
-              ? 'Run qwen3_jupyter.cleanup() in this kernel'
-              : 'Shows how to load qwen3_jupyter in this kernel'
-          }
+          title={freeMemoryAction(kernel).title}
           onClick={props.onFree}
         >
           Free memory
@@ -235,8 +232,9 @@ function MetricsView(props: {
   }
 
   const free = async (kernel: IKernelMetrics): Promise<void> => {
-    if (!kernel.extension_loaded) {
-      setRow(kernel.kernel_id, { busy: false, tone: 'hint', text: LOAD_EXTENSION_HINT });
+    const hint = freeMemoryAction(kernel).hint;
+    if (hint) {
+      setRow(kernel.kernel_id, { busy: false, tone: 'hint', text: hint });
       return;
     }
     setRow(kernel.kernel_id, {

@@ -3,16 +3,19 @@ import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 
 import {
+  DEAD_KERNEL_HINT,
   DEFAULT_THRESHOLDS,
   errorState,
   formatBytes,
   formatPercent,
   formatUsedOfTotal,
+  freeMemoryAction,
   gpuLabel,
   kernelLabel,
   kernelNameParts,
   kernelVramText,
   kernelVramTooltip,
+  LOAD_EXTENSION_HINT,
   middleEllipsis,
   noGpuState,
   noKernelsState,
@@ -483,5 +486,20 @@ describe('sparkline inset and span', () => {
     expect(sparklineTitle([0, 45])).toBe('Last 45 s');
     expect(sparklineTitle([0, 150])).toBe('Last 3 min');
     expect(sparklineTitle([5])).toBe('');
+  });
+});
+
+describe('the Free memory button of a row', () => {
+  it('says a dead kernel is dead, not that it should load the extension', () => {
+    const dead = { ...kernel('a', null, null, 'a.ipynb'), execution_state: 'dead' };
+    expect(freeMemoryAction(dead)).toEqual({ title: DEAD_KERNEL_HINT, hint: DEAD_KERNEL_HINT });
+    expect(DEAD_KERNEL_HINT).toMatch(/^This kernel is dead.*Restart it/);
+    const plain = kernel('b', 0, 0, 'b.ipynb');
+    expect(freeMemoryAction(plain).hint).toBe(LOAD_EXTENSION_HINT);
+    const loaded = { ...plain, extension_loaded: true };
+    expect(freeMemoryAction(loaded)).toEqual({
+      title: 'Run qwen3_jupyter.cleanup() in this kernel',
+      hint: null
+    });
   });
 });

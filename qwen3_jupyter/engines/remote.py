@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from ..generation import GenerationOptions, Result, build_messages
+from ..generation import SEED_LIMIT, GenerationOptions, Result, build_messages
 from ..server_calls import SERVER_CALLS
 from .base import Engine, EngineError, TextCallback
 from .remote_batch import RetryCounter, interrupted_before_start, run_concurrently
@@ -98,10 +98,11 @@ def timeouts_from_env(default: Timeouts | None = None) -> Timeouts:
 def seeded_for(options: GenerationOptions, index: int) -> GenerationOptions:
     """The options of a batch's prompt `index`: a seed becomes seed + index. A server seeds
     each request on its own, so one seed for all made every copy of a prompt the same answer
-    (six samples of one prompt, one answer six times); the run stays reproducible."""
+    (six samples of one prompt, one answer six times); the run stays reproducible. Past the
+    largest seed it wraps round to 0."""
     if options.seed is None or index == 0:
         return options
-    return replace(options, seed=options.seed + index)
+    return replace(options, seed=(options.seed + index) % (SEED_LIMIT + 1))
 
 
 def backoff(attempt: int, retry_after: float | None) -> float:
