@@ -598,6 +598,65 @@ def test_an_interrupt_while_a_batch_asks_the_server_ends_it_as_interrupted(
     engine.close()
 
 
+def test_an_interrupt_keeps_answers_whose_finish_arrived_before_it(
+    scripted: ScriptedServer,
+) -> None:
+    """Streams that had their finish chunk but not yet the usage chunk when the interrupt
+    closed them still end as complete answers, a moment after the interrupt: before, the batch
+    had already collected and dropped them ("keeps what finished" kept nothing)."""
+    engine = _engine(scripted.url("lateusage"), first_token=5, total=30)
+    main = threading.main_thread().ident
+    assert main is not None
+    timer = threading.Timer(1.0, signal.pthread_kill, (main, signal.SIGINT))
+    timer.start()
+    try:
+        results = engine.generate_batch(["a", "b"], SHORT, progress=False, concurrency=2)
+    finally:
+        timer.cancel()
+    assert results.report.interrupted
+    assert [r.answer for r in results] == ["Hello world"] * 2, list(results)
+    assert results.report.completed == 2
+    engine.close()
+
+
+def test_a_batch_item_started_after_the_interrupt_sends_nothing(
+    scripted: ScriptedServer,
+) -> None:
+    """A worker that reached its request (a first attempt, or a resend without a refused
+    field) just after the interrupt cancelled the batch sent it anyway: a wasted request, and
+    one nothing could close before the server's headers came."""
+    from qwen3_jupyter.engines.remote_batch import RetryCounter
+    from qwen3_jupyter.engines.remote_stream import ActiveStreams, Cancelled
+
+    engine = _engine(scripted.url("ok"))
+    active = ActiveStreams()
+    active.cancel()
+    scripted.bodies.clear()
+    with pytest.raises(Cancelled):
+        engine._batch_item(
+            "a", SHORT, "m1", Timeouts(2, 5, 5), active, RetryCounter(), threading.Event(), print
+        )
+    assert scripted.bodies == []
+    engine.close()
+
+
+def test_a_key_pasted_with_curly_quotes_is_named_not_the_server(
+    scripted: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP headers are ASCII: a key with a curly quote pasted from a document raised
+    UnicodeEncodeError, filed as a ValueError ("malformed stream … is it an OpenAI-compatible
+    server?"), which sent the user to check the URL. It names the key, and shows none of it."""
+    monkeypatch.setenv("QWEN3_JUPYTER_API_KEY", "\u201csk-abc\u201d")
+    engine = _engine(scripted.url("ok"))
+    with pytest.raises(EngineError) as caught:
+        engine.generate("hi", SHORT)
+    message = str(caught.value)
+    assert message.startswith("the API key for http://127.0.0.1:"), message
+    assert "non-ASCII" in message and "$QWEN3_JUPYTER_API_KEY" in message
+    assert "sk-abc" not in message and "\n" not in message
+    engine.close()
+
+
 def test_a_server_restarted_with_another_model_is_followed_without_model(
     scripted: ScriptedServer,
 ) -> None:

@@ -404,6 +404,8 @@ class RemoteEngine(Engine):
         messages = build_messages(prompt, options)
         attempt = 0
         while True:
+            if active.cancelled.is_set():
+                raise Cancelled()  # the batch was interrupted: send nothing more
             text = StreamText(template_thinks=template_opens_think(model))
             ctx = self._context(model, timeouts)
             arguments = request_arguments(model, messages, options, self.connection.refused)

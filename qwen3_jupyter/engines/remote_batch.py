@@ -22,6 +22,9 @@ from ..generation import Result
 from ..interrupts import interrupt_deferred
 from ..server_calls import SERVER_CALLS
 
+FINISH_AFTER_CANCEL_S = 1.0
+"""How long an interrupted batch waits for its closed streams to end, before it collects."""
+
 ItemRunner = Callable[[int, str], Result]
 """Answers one prompt, given its index (retrying what is worth retrying); raises only when
 cancelled."""
@@ -90,6 +93,9 @@ def run_concurrently(
         interrupted = True
         cancel()
         pool.shutdown(wait=False, cancel_futures=True)
+        # A stream that had its finish chunk when it was closed still ends as a whole answer,
+        # a moment later; the closed ones end at once, so this wait is short.
+        wait([f for f in futures if f.running()], timeout=FINISH_AFTER_CANCEL_S)
         collect([f for f in futures if f.done()])
     finally:
         pool.shutdown(wait=False, cancel_futures=True)

@@ -145,6 +145,14 @@ def classify(exc: BaseException, ctx: CallContext) -> Failure:
             status=status,
             server_says=says,
         )
+    if isinstance(exc, UnicodeEncodeError):
+        # Raised before anything is sent: headers are ASCII, and the one header a user writes
+        # is the key (a curly quote pasted with it). The error's text holds the key: not shown.
+        return Failure(
+            f"the API key for {ctx.url} has a non-ASCII character (a quote pasted with it?): "
+            "check $QWEN3_JUPYTER_API_KEY, $OPENAI_API_KEY or the password in the URL",
+            "auth",
+        )
     if isinstance(exc, (ValueError, TypeError, KeyError, AttributeError)) and ctx.tokens > 0:
         # good events came first: the URL is right, the server broke while answering
         return Failure(

@@ -112,4 +112,12 @@ def test_gauge_renders_and_updates_in_jupyterlab(
 
 
 def _opacity(locator: Any) -> float:
-    return float(locator.evaluate("e => getComputedStyle(e).opacity"))
+    """The element's computed opacity. The gauge redraws its footer at every heartbeat: an
+    element replaced between Playwright finding it and reading its style reads '' (detached),
+    so the locator finds it again."""
+    deadline = time.monotonic() + 5
+    while True:
+        value = str(locator.evaluate("e => e.isConnected ? getComputedStyle(e).opacity : ''"))
+        if value or time.monotonic() > deadline:
+            return float(value)
+        time.sleep(0.05)
