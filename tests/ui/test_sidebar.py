@@ -87,6 +87,17 @@ def watch_console(page: Any) -> list[str]:
     return errors
 
 
+def open_sidebar_on(
+    fake: FakeNvml, lab_server_factory: Any, tmp_path: Path, page: Any
+) -> tuple[Any, list[str], Any]:
+    """A Lab server whose NVML is `fake`, its page open with the sidebar shown: the server,
+    the console errors being watched, and the panel."""
+    server = lab_server_factory(child_env(fake, tmp_path / "fake-nvml"))
+    errors = watch_console(page)
+    page.goto(server.url("lab"), wait_until="domcontentloaded")
+    return server, errors, open_sidebar(page)
+
+
 def open_sidebar(page: Any) -> Any:
     """Open the "GPU memory" tab of the left sidebar."""
     page.locator('.jp-SideBar li[data-id="qwen3-jupyter-gpu-memory"]').click()
@@ -268,13 +279,10 @@ def test_sidebar_and_status_bar_show_a_gpu(
     tmp_path: Path,
 ) -> None:
     fake = FakeNvml([FakeGpu(used=3 * GiB, utilization=42, processes=[FakeProcess(SELF, 3 * GiB)])])
-    server = lab_server_factory(child_env(fake, tmp_path / "fake-nvml"))
+    page = browser_page
+    server, errors, panel = open_sidebar_on(fake, lab_server_factory, tmp_path, page)
     settings = server.api("lab/api/settings/qwen3-jupyter:plugin")
     assert settings["schema"]["properties"]["pollInterval"]["default"] == 1000
-    page = browser_page
-    errors = watch_console(page)
-    page.goto(server.url("lab"), wait_until="domcontentloaded")
-    panel = open_sidebar(page)
     gauge = panel.locator('[data-testid="q3j-gpu-0"]')
     gauge.wait_for(timeout=30_000)
     text = gauge.inner_text()
@@ -348,11 +356,8 @@ def test_a_lost_gpu_stays_in_the_sidebar_and_turns_the_status_bar_red(
     """GPU 0 lost, GPU 1 at 88%: the sidebar keeps a row for GPU 0 that says it is lost (not
     "No GPU to show"), and the status bar says "GPU 0 lost" in the error colour."""
     fake = FakeNvml([FakeGpu(lost=True), FakeGpu(used=70 * GiB)])
-    server = lab_server_factory(child_env(fake, tmp_path / "fake-nvml"))
     page = browser_page
-    errors = watch_console(page)
-    page.goto(server.url("lab"), wait_until="domcontentloaded")
-    panel = open_sidebar(page)
+    _, errors, panel = open_sidebar_on(fake, lab_server_factory, tmp_path, page)
     lost = panel.locator('[data-testid="q3j-gpu-unread-0"]')
     lost.wait_for(timeout=30_000)
     assert "GPU 0 — could not be read (GPU is lost)" in lost.inner_text()
