@@ -42,6 +42,22 @@ def interrupt_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def interrupts_ignored() -> Iterator[None]:
+    """Ignore kernel interrupts (SIGINT) while the block runs: for the short work that finishes
+    a stop already under way, where a second press of the stop button must not cut it short
+    and lose what the first one kept. Only on the main thread; elsewhere the block simply runs.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+
+
 def import_whole(*modules: str) -> None:
     """Import `modules` with a kernel interrupt held until they are in, then delivered.
 

@@ -619,6 +619,62 @@ def test_an_interrupt_keeps_answers_whose_finish_arrived_before_it(
     engine.close()
 
 
+def test_a_second_interrupt_while_a_stopped_batch_collects_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """A second press of the stop button during the up-to-1 s wait after the first one raised
+    out of the batch: every finished answer, already written to the file, was lost to the
+    cell (`results` never returned). Both answers here are kept: one finished before the
+    interrupts, one during the wait (a worker that does not end at once when cancelled)."""
+    from qwen3_jupyter.engines.remote_batch import RetryCounter, run_concurrently
+
+    def answer(index: int, prompt: str) -> Result:
+        time.sleep(0.05 if index == 0 else 1.2)
+        return _answered(prompt)
+
+    main = threading.main_thread().ident
+    assert main is not None
+    presses = [threading.Timer(at, signal.pthread_kill, (main, signal.SIGINT)) for at in (0.4, 0.8)]
+    for press in presses:
+        press.start()
+    try:
+        results = run_concurrently(
+            ["a", "b"],
+            answer,
+            concurrency=2,
+            cancel=lambda: None,
+            retries=RetryCounter(),
+            out=tmp_path / "out.jsonl",
+            progress=False,
+        )
+    finally:
+        for press in presses:
+            press.join()
+    assert results.report.interrupted
+    assert [r.prompt for r in results] == ["a", "b"]
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 2
+
+
+def _answered(prompt: str) -> Result:
+    return Result(
+        prompt=prompt,
+        answer="ok",
+        thinking="",
+        model="m1",
+        device="server",
+        think=False,
+        prompt_tokens=1,
+        completion_tokens=1,
+        latency_s=0.1,
+        tokens_per_s=10.0,
+        peak_memory_bytes=None,
+        memory_kind="server",
+        stop_reason="eos",
+        thinking_finished=True,
+        engine="remote",
+    )
+
+
 def test_a_batch_item_started_after_the_interrupt_sends_nothing(
     scripted: ScriptedServer,
 ) -> None:

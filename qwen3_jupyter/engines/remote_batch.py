@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..batching import BatchReport, BatchResults, _JsonLines
 from ..generation import Result
-from ..interrupts import interrupt_deferred
+from ..interrupts import interrupt_deferred, interrupts_ignored
 from ..server_calls import SERVER_CALLS
 
 FINISH_AFTER_CANCEL_S = 1.0
@@ -91,12 +91,13 @@ def run_concurrently(
             SERVER_CALLS.check_stop()  # `%qwen3 --stop` ends a batch run in a thread here
     except KeyboardInterrupt:
         interrupted = True
-        cancel()
-        pool.shutdown(wait=False, cancel_futures=True)
-        # A stream that had its finish chunk when it was closed still ends as a whole answer,
-        # a moment later; the closed ones end at once, so this wait is short.
-        wait([f for f in futures if f.running()], timeout=FINISH_AFTER_CANCEL_S)
-        collect([f for f in futures if f.done()])
+        with interrupts_ignored():  # a second press here would lose every result kept
+            cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+            # A stream that had its finish chunk when it was closed still ends as a whole
+            # answer, a moment later; the closed ones end at once, so this wait is short.
+            wait([f for f in futures if f.running()], timeout=FINISH_AFTER_CANCEL_S)
+            collect([f for f in futures if f.done()])
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         bar.close()
