@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.kernel import Kernel
+from tests.kernel_pool import KernelPool
 
 if TYPE_CHECKING:
     from qwen3_jupyter.bench._openai_server import OpenAIServer
@@ -43,10 +44,27 @@ def kernel_env(model_cache: Path) -> dict[str, str]:
     }
 
 
+@pytest.fixture(scope="session")
+def kernel_pool(kernel_env: dict[str, str]) -> Iterator[KernelPool]:
+    """Kernels started ahead, with torch and transformers imported (see tests/kernel_pool.py)."""
+    pool = KernelPool(kernel_env)
+    yield pool
+    pool.close()
+
+
+def _new_kernel(request: pytest.FixtureRequest, pool: KernelPool, env: dict[str, str]) -> Kernel:
+    """A kernel from the pool, or one started now for a test marked `cold_kernel`."""
+    if request.node.get_closest_marker("cold_kernel") is not None:
+        return Kernel(env)
+    return pool.take()
+
+
 @pytest.fixture(scope="module")
-def kernel(kernel_env: dict[str, str]) -> Iterator[Kernel]:
+def kernel(
+    request: pytest.FixtureRequest, kernel_pool: KernelPool, kernel_env: dict[str, str]
+) -> Iterator[Kernel]:
     """A real kernel with the extension loaded, shared by the tests of one module."""
-    k = Kernel(kernel_env)
+    k = _new_kernel(request, kernel_pool, kernel_env)
     loaded = k.run("%load_ext qwen3_jupyter")
     assert loaded.status == "ok", loaded.error
     yield k
@@ -54,9 +72,11 @@ def kernel(kernel_env: dict[str, str]) -> Iterator[Kernel]:
 
 
 @pytest.fixture()
-def fresh_kernel(kernel_env: dict[str, str]) -> Iterator[Kernel]:
+def fresh_kernel(
+    request: pytest.FixtureRequest, kernel_pool: KernelPool, kernel_env: dict[str, str]
+) -> Iterator[Kernel]:
     """A kernel of its own, for tests that interrupt it or change its global state."""
-    k = Kernel(kernel_env)
+    k = _new_kernel(request, kernel_pool, kernel_env)
     yield k
     k.shutdown()
 

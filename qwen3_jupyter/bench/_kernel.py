@@ -14,7 +14,7 @@ import queue
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,16 +84,38 @@ def private_kernel_manager(manager_class: type[Any] = KernelManager) -> Any:
 
 
 class Kernel:
-    """One running kernel with a blocking client."""
+    """One running kernel with a blocking client.
 
-    def __init__(self, env: dict[str, str] | None = None) -> None:
+    `imports`: modules the kernel imports as it starts, before it answers (ipykernel's
+    `exec_lines`), so a kernel started ahead of its use has done that work by then. `wait=False`
+    returns once the process is started; `wait_ready` connects and waits for it.
+    """
+
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        *,
+        imports: Sequence[str] = (),
+        wait: bool = True,
+    ) -> None:
         self.km = private_kernel_manager()
-        full_env = dict(os.environ)
-        full_env.update(env or {})
-        self.km.start_kernel(env=full_env)
+        self.env = dict(os.environ)
+        self.env.update(env or {})
+        self.imports = tuple(imports)
+        starting = [f"--IPKernelApp.exec_lines=import {', '.join(imports)}"] if imports else []
+        self.km.start_kernel(env=self.env, extra_arguments=starting)
         self.kc = self.km.client()
+        self._ready = False
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        """Connect to the kernel and wait until it answers (its `imports` done); once."""
+        if self._ready:
+            return
         self.kc.start_channels()
-        self.kc.wait_for_ready(timeout=60)
+        self.kc.wait_for_ready(timeout=timeout)
+        self._ready = True
 
     def run(
         self,
