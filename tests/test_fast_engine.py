@@ -325,6 +325,8 @@ def test_no_recompile_across_prompt_lengths(fast: FastEngine, loaded: LoadedMode
     tokenizer = loaded.tokenizer
     options = GenerationOptions(greedy=True, think=False, max_new_tokens=4, ignore_eos=True)
     fast.generate("warm", options)  # the shape exists (compiled by earlier tests or now)
+    # Else no counter could move: with compiling off or broken, this test would check nothing.
+    assert fast.compile and not fast.broken and fast.compiles >= 1
     before_engine, before_process = fast.compiles, compiles_so_far()
     lengths = []
     for words in (5, 40, 180, 900, 1_900):
@@ -412,6 +414,15 @@ def test_first_fast_call_says_it_compiles_then_streams(fk: Kernel) -> None:
     took = r"(compiled the decode step|loaded the compiled decode step from the cache) for "
     assert re.search(took + r"batch 1 × cache 4096 in \d+\.\d s", ex.stdout), ex.stdout
     assert "(fast)" in ex.stdout and "first token" in ex.stdout
+    answer_updates = [  # status lines ("*compiling …*") are displays of their own
+        m
+        for m in ex.of_type("update_display_data")
+        if m["content"]["data"].get("text/markdown", "*").strip()
+        and not m["content"]["data"].get("text/markdown", "*").startswith("*")
+    ]
+    assert len({m["content"]["transient"]["display_id"] for m in answer_updates}) == 1
+    streamed = {m["content"]["data"]["text/markdown"] for m in answer_updates}
+    assert len(streamed) >= 2, "the answer was shown at once, not streamed"
     assert "decode cache (1×4096) 2.6 MiB on cpu, kept for speed" in ex.stdout
     assert fk.value("(_qwen3.engine, len(_qwen3.token_ids))") == ("fast", 30)
     assert fk.value("len(Out)") == 0
@@ -481,6 +492,7 @@ def test_interrupt_mid_decode_keeps_the_partial_answer_and_the_cache(fk: Kernel)
             "update_display_data"
         ):
             updates += 1
+    assert updates >= 2, "the answer never started streaming"
     interrupted_at = time.monotonic()
     fk.interrupt()
     ex = fk.collect(msg_id, timeout=30)

@@ -165,15 +165,22 @@ def test_messages_put_system_first_and_keep_history() -> None:
 
 def test_generate_is_deterministic_for_a_seed_and_frees_tensors(model_cache: Path) -> None:
     import dataclasses
+    import gc
 
+    from qwen3_jupyter.memory import live_tensor_bytes
     from qwen3_jupyter.models import ModelChoice, ModelHolder
 
     holder = ModelHolder()
     loaded = holder.get(ModelChoice("tiny", "cpu", "float32"))
     options = GenerationOptions(think=False, max_new_tokens=12, seed=11, ignore_eos=True)
     engine = EagerEngine(loaded)
+    gc.collect()
+    before = live_tensor_bytes().get("cpu", 0)  # the weights (and whatever the session holds)
     first = engine.generate("Hi", options)
     second = engine.generate("Hi", options)
+    gc.collect()
+    left = live_tensor_bytes().get("cpu", 0) - before
+    assert left == 0, f"two calls left {left:,} bytes of tensors alive (KV cache, logits)"
     assert first.answer == second.answer and first.completion_tokens == 12
     assert first.token_ids == second.token_ids and len(first.token_ids) == 12
     assert all(isinstance(t, int) for t in first.token_ids)

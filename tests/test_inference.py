@@ -26,17 +26,23 @@ def k(kernel: Kernel) -> Iterator[Kernel]:
 
 
 def test_block_generates_and_reports_its_cleanup(k: Kernel) -> None:
+    ok(k, 'shown = torch.ones(4 * MiB)\nrefs["out"] = weakref.ref(shown)\nshown')
+    ok(k, "del shown")
+    assert k.value('alive("out")'), "control: the output cache holds the tensor shown"
     ok(
         k,
-        'with qwen3_jupyter.inference(model="tiny", greedy=True, max_new_tokens=3) as chat:\n'
+        "with qwen3_jupyter.inference(\n"
+        '    model="tiny", greedy=True, max_new_tokens=3, ignore_eos=True\n'
+        ") as chat:\n"
         '    result = chat("hi")\n'
         '    longer = chat("hi", max_new_tokens=5)\n'
-        '    refs["model"] = weakref.ref(SESSION.loaded.model)\n'
-        "    torch.ones(4 * MiB)  # a leftover only the cleanup can free\n",
+        '    refs["model"] = weakref.ref(SESSION.loaded.model)\n',
     )
-    assert k.value("(type(result).__name__, result.completion_tokens <= 3)") == ("Result", True)
-    assert k.value("longer.completion_tokens") <= 5
-    assert k.value("type(chat.report).__name__") == "CleanupReport"
+    assert k.value("(type(result).__name__, result.completion_tokens)") == ("Result", 3)
+    assert k.value("longer.completion_tokens") == 5, "a call's own max_new_tokens wins"
+    assert not k.value('alive("out")'), "the block's cleanup did not clear the output cache"
+    released = k.value("chat.report.released")
+    assert any(name.startswith("Out[") for name in released), released
     assert k.value("alive('model') and SESSION.loaded is not None"), "the model stays loaded"
     closed = k.run('chat("again")')
     assert closed.status == "error" and "ended with its" in closed.reply["evalue"]
