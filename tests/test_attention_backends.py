@@ -16,6 +16,7 @@ import torch
 
 from qwen3_jupyter.engines.attention import CUDNN_ATTENTION_ENV, planless_attention
 from tests.kernel import Kernel, ok
+from tests.kernel_pool import KernelPool
 
 
 def _flags() -> dict[str, bool]:
@@ -68,8 +69,8 @@ hook = SESSION.loaded.model.register_forward_pre_hook(
 
 
 @pytest.fixture(scope="module")
-def spied(kernel_env: dict[str, str]) -> Iterator[Kernel]:
-    kernel = Kernel(kernel_env)
+def spied(kernel_pool: KernelPool) -> Iterator[Kernel]:
+    kernel = kernel_pool.take()
     try:
         ok(kernel, "%load_ext qwen3_jupyter")
         ok(kernel, "%qwen3 --model tiny --eager --max-new-tokens 2 load")

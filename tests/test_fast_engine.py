@@ -36,6 +36,7 @@ from qwen3_jupyter.engines.fast import FastEngine
 from qwen3_jupyter.generation import GenerationOOM, GenerationOptions
 from qwen3_jupyter.models import LoadedModel, ModelChoice, ModelHolder
 from tests.kernel import Kernel, ok
+from tests.kernel_pool import KernelPool
 
 GREEDY = GenerationOptions(greedy=True, think=False, max_new_tokens=24, ignore_eos=True)
 PERTURB = """
@@ -703,10 +704,10 @@ def test_an_interrupted_warmup_is_one_line_and_loses_nothing(cold_kernel: Kernel
 
 
 def test_the_next_kernel_loads_the_compiled_step_from_disk(
-    fk: Kernel, kernel_env: dict[str, str]
+    fk: Kernel, kernel_pool: KernelPool
 ) -> None:
     """The module's kernel compiled batch 1 × 4096 (greedy) into the shared cache folder."""
-    kernel = Kernel(kernel_env)
+    kernel = kernel_pool.take()
     try:
         ok(kernel, "%load_ext qwen3_jupyter")
         ex = ok(kernel, "%qwen3 --fast --greedy --no-think --max-new-tokens 3 hi")
