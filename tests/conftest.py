@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests import background_check
 from tests.kernel import Kernel
 from tests.kernel_pool import KernelPool
 
@@ -16,6 +17,20 @@ if TYPE_CHECKING:
     from qwen3_jupyter.bench._openai_server import OpenAIServer
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start mypy now, in idle CPU time, when `test_mypy` will judge it."""
+    if any(item.nodeid.endswith("test_quality.py::test_mypy") for item in session.items):
+        background_check.MYPY = background_check.start("mypy")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if background_check.MYPY is not None:  # test_mypy did not run (a -x stop, say)
+        background_check.MYPY.stop()
+        background_check.MYPY = None
+
+
 OUTPUT = ROOT / "test-output"
 
 
