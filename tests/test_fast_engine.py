@@ -589,9 +589,15 @@ def test_api_calls_show_their_own_build_notices_and_status(fk: Kernel) -> None:
 def test_unload_frees_the_model_and_the_cache(fk: Kernel) -> None:
     ok(fk, "%qwen3 --greedy --no-think --max-new-tokens 4 hi")
     ok(fk, "ref = weakref.ref(SESSION.loaded.model)")
+    storages = "{p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in %s}"
+    weights = sum(fk.value(storages % "SESSION.loaded.model.parameters()").values())
+    before = fk.value(LIVE_BYTES)
     ex = ok(fk, "%qwen3 --unload")
     assert "model object freed" in ex.stdout
     assert fk.value("ref() is None and SESSION.kept_memory() == () and not SESSION.engines")
+    freed = before - fk.value(LIVE_BYTES)
+    # the 2.6 MiB decode cache with the weights: an engine still held would keep its cache
+    assert freed >= weights + 2 * 2**20, (freed, weights)
 
 
 _DUMP_STACKS_ON_SIGUSR1 = (

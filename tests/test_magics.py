@@ -488,19 +488,31 @@ def test_interrupt_stops_promptly_keeps_partial_answer_and_kernel(fresh_kernel: 
     assert k.run("%qwen3 --max-new-tokens 3 --no-think still alive").status == "ok"
 
 
-def assert_failed_call_left_nothing(kernel: Kernel) -> None:
-    """Nothing is left referenced by a failed call: no live KV cache, the model and `keep_me`
+UNKEPT_TENSOR_BYTES = (
+    "__import__('qwen3_jupyter.memory').memory.live_tensor_bytes().get('cpu', 0) - sum("
+    "k.nbytes for k in __import__('qwen3_jupyter.session').session.SESSION.kept_memory())"
+)
+"""Live tensor bytes in the kernel beyond what an engine keeps on purpose (a decode cache)."""
+
+
+def assert_failed_call_left_nothing(kernel: Kernel, tensor_bytes_before: int) -> None:
+    """Nothing is left referenced by a failed call: no live KV cache, no tensor bytes beyond
+    those alive before it (and a decode cache kept on purpose), the model and `keep_me`
     intact, and the next call works."""
     leftovers = kernel.value(
         "sum(1 for o in __import__('gc').get_objects() if type(o).__name__ == 'DynamicCache')"
     )
     assert leftovers == 0
+    left = kernel.value(UNKEPT_TENSOR_BYTES) - tensor_bytes_before
+    assert left == 0, f"the failed call left {left:,} bytes of tensors alive"
     assert kernel.value("keep_me") == [41]
     assert kernel.run("%qwen3 --max-new-tokens 2 --no-think fine again").status == "ok"
 
 
 def test_out_of_memory_is_caught_released_and_explained(kernel: Kernel) -> None:
     kernel.run("keep_me = [41]")
+    ok(kernel, "%qwen3 --max-new-tokens 1 --no-think load")
+    before = kernel.value(UNKEPT_TENSOR_BYTES)
     ex = kernel.run("%qwen3 --memory-budget 64KiB --no-think --ignore-eos --max-new-tokens 200 hi")
     assert ex.status == "error"
     message = ex.stderr.strip()
@@ -509,7 +521,7 @@ def test_out_of_memory_is_caught_released_and_explained(kernel: Kernel) -> None:
         "out of memory on cpu after" in message and "over the memory budget of 64.0 KiB" in message
     )
     assert "raise --memory-budget or lower --max-new-tokens" in message
-    assert_failed_call_left_nothing(kernel)
+    assert_failed_call_left_nothing(kernel, before)
 
 
 def test_running_out_of_host_memory_is_the_same_one_line_out_of_memory(kernel: Kernel) -> None:
@@ -519,6 +531,7 @@ def test_running_out_of_host_memory_is_the_same_one_line_out_of_memory(kernel: K
     ok(kernel, "%qwen3 --max-new-tokens 2 --no-think load")
     ok(kernel, HOG_HOOK + "from qwen3_jupyter.session import SESSION as _s")
     ok(kernel, "hook = hog_above(_s.loaded.model, 0)")
+    before = kernel.value(UNKEPT_TENSOR_BYTES)
     try:
         for path in ("--eager", "--fast"):
             ex = kernel.run(f"%qwen3 {path} --no-think --max-new-tokens 20 hi")
@@ -539,7 +552,7 @@ def test_running_out_of_host_memory_is_the_same_one_line_out_of_memory(kernel: K
                 ), message
     finally:
         ok(kernel, "hook.remove()")
-    assert_failed_call_left_nothing(kernel)
+    assert_failed_call_left_nothing(kernel, before)
 
 
 HOLD_THEN_RUN_OUT = """
@@ -569,6 +582,7 @@ def test_the_release_after_running_out_finds_the_failing_frames_gone(kernel: Ker
     ok(kernel, HOG_HOOK + HOLD_THEN_RUN_OUT + "from qwen3_jupyter.session import SESSION as _s")
     embed = "_s.loaded.model.model.embed_tokens"
     ok(kernel, f"hook = {embed}.register_forward_pre_hook(hold_then_run_out)")
+    before = kernel.value(UNKEPT_TENSOR_BYTES)
     try:
         for path in ("--eager", "--fast"):
             ok(kernel, "alive_at_collections.clear(); held_ref = None")
@@ -584,7 +598,7 @@ def test_the_release_after_running_out_finds_the_failing_frames_gone(kernel: Ker
             assert kernel.value("held_ref() is None")
     finally:
         ok(kernel, "hook.remove()")
-    assert_failed_call_left_nothing(kernel)
+    assert_failed_call_left_nothing(kernel, before)
 
 
 def test_an_answer_longer_than_the_model_allows_is_one_line_at_once(kernel: Kernel) -> None:
