@@ -15,12 +15,10 @@ import dataclasses
 import gc
 import importlib
 import json
-import sys
 import traceback
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -395,16 +393,22 @@ def test_generation_leftovers_find_caches_on_submodules(monkeypatch: pytest.Monk
 
 
 def test_dynamo_action_resets_compile_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real torch.compile state: code compiled before the action is compiled again after it."""
     torch = pytest.importorskip("torch")
-    resets: list[int] = []
-    monkeypatch.setitem(
-        sys.modules, "torch._dynamo", SimpleNamespace(reset=lambda: resets.append(1))
-    )
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()  # a backend that counts the graphs it is given, no compiler
+    compiled = torch.compile(lambda x: x * 2 + 1, backend=counter)
+    compiled(torch.ones(3))
+    compiled(torch.ones(3))
+    assert counter.frame_count == 1, "control: the second call reused the compiled code"
     model = torch.nn.Linear(2, 2)
     model._compiled_call = lambda *args: None
     _fake_loaded(monkeypatch, model)
     assert qc.release_dynamo() == ("torch._dynamo", "model._compiled_call")
-    assert resets == [1] and "_compiled_call" not in vars(model)
+    assert "_compiled_call" not in vars(model)
+    compiled(torch.ones(3))
+    assert counter.frame_count == 2, "the compiled code outlived the reset"
 
 
 def test_traceback_locals_of_finished_frames_are_cleared() -> None:
