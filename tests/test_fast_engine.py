@@ -370,6 +370,19 @@ def test_memory_budget_is_an_out_of_memory_error_and_batches_back_off(
     ]
 
 
+def test_the_budget_estimate_covers_what_a_shape_allocates(
+    fast: FastEngine, loaded: LoadedModel
+) -> None:
+    """`--memory-budget` is judged on `_estimate`; the test above derives its budget from that
+    estimate too, so here it is compared with what each shape's buffers really hold (the
+    step's own `allocate`, on the meta device) plus one step's float32 logits."""
+    vocab = int(loaded.model.lm_head.weight.shape[0])
+    for batch in (1, 2, 4, 16):
+        length = cache_bucket(1, batch=batch)
+        held = fast._held_bytes(batch, length) + batch * vocab * 4
+        assert fast._estimate(batch, length, vocab) >= held, (batch, length)
+
+
 def test_kept_memory_is_the_cache_and_close_gives_it_back(loaded: LoadedModel) -> None:
     from qwen3_jupyter.memory import live_tensor_bytes
 
