@@ -33,7 +33,7 @@ def interrupt_deferred() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+        signal.signal(signal.SIGINT, _restorable(previous))
     if not received or previous is signal.SIG_IGN:
         return
     if callable(previous):
@@ -55,7 +55,14 @@ def interrupts_ignored() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+        signal.signal(signal.SIGINT, _restorable(previous))
+
+
+def _restorable(handler: Any) -> Any:
+    """`handler`, or Python's own (raise KeyboardInterrupt) where it was set outside Python
+    and `signal` reports None: putting back SIG_DFL would make the next interrupt kill the
+    kernel."""
+    return handler if handler is not None else signal.default_int_handler
 
 
 def import_whole(*modules: str) -> None:
@@ -115,7 +122,7 @@ class _LandingInterrupts:
             return
         with self._lock:  # (an interrupt in here is ignored: see _inside)
             self._done.set()
-        previous = self._previous if self._previous is not None else signal.SIG_DFL
+        previous = _restorable(self._previous)
         try:
             signal.signal(signal.SIGINT, previous)  # it first runs pending signals' handlers
         except BaseException:  # another signal's handler raised: put ours back all the same

@@ -68,8 +68,9 @@ def kernel_pool(kernel_env: dict[str, str]) -> Iterator[KernelPool]:
 
 
 def _new_kernel(request: pytest.FixtureRequest, pool: KernelPool, env: dict[str, str]) -> Kernel:
-    """A kernel from the pool, or one started now for a test marked `cold_kernel`."""
-    if request.node.get_closest_marker("cold_kernel") is not None:
+    """A kernel from the pool, or one started now for a test marked `no_preload` (for the
+    module-scoped `kernel`, only a module-level `pytestmark` is seen)."""
+    if request.node.get_closest_marker("no_preload") is not None:
         return Kernel(env)
     return pool.take()
 
@@ -80,10 +81,12 @@ def kernel(
 ) -> Iterator[Kernel]:
     """A real kernel with the extension loaded, shared by the tests of one module."""
     k = _new_kernel(request, kernel_pool, kernel_env)
-    loaded = k.run("%load_ext qwen3_jupyter")
-    assert loaded.status == "ok", loaded.error
-    yield k
-    k.shutdown()
+    try:
+        loaded = k.run("%load_ext qwen3_jupyter")
+        assert loaded.status == "ok", loaded.error
+        yield k
+    finally:
+        k.shutdown()
 
 
 @pytest.fixture()

@@ -62,11 +62,16 @@ def test_a_failing_notebook_is_one_clean_line_and_leaves_no_kernel_running(
     nbformat.write(notebook, path)
 
     def running_kernels() -> set[int]:
-        return {
-            p.pid
-            for p in psutil.Process().children(recursive=True)
-            if "ipykernel" in " ".join(p.cmdline()) and p.status() != psutil.STATUS_ZOMBIE
-        }
+        found = set()
+        for child in psutil.Process().children(recursive=True):
+            try:  # a child may end, or be a zombie, while it is looked at
+                if child.status() != psutil.STATUS_ZOMBIE and "ipykernel" in " ".join(
+                    child.cmdline()
+                ):
+                    found.add(child.pid)
+            except psutil.Error:
+                continue
+        return found
 
     others = running_kernels()  # the suite's own (its spare kernel, say)
     assert main([str(path), "--out", str(tmp_path / "out")]) == 1

@@ -668,6 +668,7 @@ def test_an_interrupt_while_compiling_ends_the_call_and_the_next_call_compiles(
     kernel = cold_kernel
     ok(kernel, "keep_me = [41]")
     ok(kernel, "from qwen3_jupyter.engines.compile_setup import compiles_so_far")
+    ok(kernel, "from qwen3_jupyter.session import SESSION")
     stacks = tmp_path / "stacks.txt"
     ok(kernel, _DUMP_STACKS_ON_SIGUSR1.format(path=str(stacks)))
     cell = "%qwen3 --fast --greedy --no-think --ignore-eos --max-new-tokens {n} hi"
@@ -696,10 +697,17 @@ def test_an_interrupt_while_compiling_ends_the_call_and_the_next_call_compiles(
     assert "1 token (" in ex.stdout, where  # the prefill's token; the build made none
     assert kernel.value("_qwen3.latency_s") < 1.0, "the build was counted as generation"
     assert kernel.value("keep_me") == [41]
-    ok(kernel, cell.format(n=6))
+    after = ok(kernel, cell.format(n=6))
     assert kernel.value("(_qwen3.engine, _qwen3.completion_tokens)") == ("fast", 6)
-    whole_build = kernel.value("compiles_so_far()")
-    assert graphs_when_interrupted < whole_build, "the interrupt waited for the compile" + where
+    assert kernel.value("SESSION.engines['fast'].compile"), "the interrupt switched compiling off"
+    # A whole build is 3 graphs (embedding, one layer for all, greedy head: see
+    # test_one_compiled_layer_serves_every_layer...). Compared with that, not with the count
+    # after the next call: an interrupt landing as dynamo finished a graph can leave it in use
+    # but uncounted (seen once in a full run: 0 graphs before the next call and 0 after it).
+    assert graphs_when_interrupted < 3, (
+        f"the interrupt waited for the compile{where}\ninterrupted call: {ex.stdout}\n"
+        f"next call: {after.stdout}"
+    )
 
 
 def test_an_interrupted_warmup_is_one_line_and_loses_nothing(cold_kernel: Kernel) -> None:

@@ -628,15 +628,25 @@ def test_a_second_interrupt_while_a_stopped_batch_collects_loses_nothing(
     interrupts, one during the wait (a worker that does not end at once when cancelled)."""
     from qwen3_jupyter.engines.remote_batch import RetryCounter, run_concurrently
 
+    pressed_twice = threading.Event()
+
     def answer(index: int, prompt: str) -> Result:
-        time.sleep(0.05 if index == 0 else 1.2)
+        if index == 1:  # ends only after the second press, inside the batch's wait
+            pressed_twice.wait(10)
         return _answered(prompt)
 
     main = threading.main_thread().ident
     assert main is not None
-    presses = [threading.Timer(at, signal.pthread_kill, (main, signal.SIGINT)) for at in (0.4, 0.8)]
-    for press in presses:
-        press.start()
+
+    def press_twice() -> None:
+        for pause in (0.4, 0.3):
+            time.sleep(pause)
+            signal.pthread_kill(main, signal.SIGINT)
+        pressed_twice.set()
+
+    handler = signal.getsignal(signal.SIGINT)
+    presser = threading.Thread(target=press_twice)
+    presser.start()
     try:
         results = run_concurrently(
             ["a", "b"],
@@ -647,9 +657,11 @@ def test_a_second_interrupt_while_a_stopped_batch_collects_loses_nothing(
             out=tmp_path / "out.jsonl",
             progress=False,
         )
+    except KeyboardInterrupt:  # the regression this test is about: a failure, not a stopped run
+        pytest.fail("the second interrupt raised out of the batch")
     finally:
-        for press in presses:
-            press.join()
+        presser.join()
+    assert signal.getsignal(signal.SIGINT) is handler, "the batch left its handler behind"
     assert results.report.interrupted
     assert [r.prompt for r in results] == ["a", "b"]
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 2
