@@ -212,7 +212,7 @@ def test_sidebar_shows_notebook_memory_and_frees_it(
 
 SLOW_WIDGET_CELL = """\
 import time, ipywidgets
-time.sleep(8)  # "Free memory" is clicked meanwhile: it waits for this cell
+time.sleep(12)  # "Free memory" is clicked meanwhile: it waits for this cell
 slider = ipywidgets.IntSlider(value=1)
 slider
 """
@@ -243,11 +243,16 @@ def test_free_memory_during_a_cell_leaves_the_widgets_it_creates_working(
     status = row(page, "widgets.ipynb").locator(".q3j-kernel-status")
     row(page, "widgets.ipynb").locator(".q3j-state-busy").wait_for(timeout=30_000)
     row(page, "widgets.ipynb").locator("button.q3j-free").click()
-    wait_until(
-        lambda: "Waiting for the running cell" in (status.inner_text() if status.count() else ""),
-        10,
-        "the sidebar to say it waits for the running cell",
-    )
+    shown: list[str] = []
+
+    def waiting() -> bool:
+        shown.append(status.inner_text() if status.count() else "")
+        return "Waiting for the running cell" in shown[-1]
+
+    try:
+        wait_until(waiting, 10, "the sidebar to say it waits for the running cell")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; it said {shown[-3:]}") from None
     readout = page.locator(".jp-Notebook .jp-Cell").nth(1).locator(".widget-readout")
     readout.wait_for(timeout=60_000)
     answer = status.locator(".q3j-status-text")
