@@ -112,7 +112,7 @@ class Session:
         # The first step of a kernel's first call. Qwen3's model code too: importing it imports
         # a thousand modules (sympy among them), and an interrupt inside left one half made, so
         # every later load failed ("Could not import module 'Qwen3ForCausalLM'") until a restart.
-        import_whole("torch", "transformers", QWEN3_MODEL_CODE)
+        import_whole(*FIRST_CALL_IMPORTS)
         if model is not None and not model.strip():
             raise ModelError("--model needs a name (e.g. Qwen/Qwen3-1.7B, or tiny)")
         loaded = HOLDER.loaded
@@ -292,5 +292,8 @@ class Session:
 
 
 QWEN3_MODEL_CODE = "transformers.models.qwen3.modeling_qwen3"
+
+FIRST_CALL_IMPORTS = ("torch", "transformers", QWEN3_MODEL_CODE)
+"""What a kernel's first call imports before anything else (whole: see `choice`)."""
 
 SESSION = Session()

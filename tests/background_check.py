@@ -31,19 +31,18 @@ class BackgroundCheck:
 
     def result(self) -> tuple[int, str]:
         """Wait for it; (exit status, what it printed)."""
-        try:
-            code = self.process.wait(timeout=TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.stop()
+        if not self.wait():
             return -1, f"did not finish in {TIMEOUT_S} s"
-        return code, self.output.read_text(errors="replace")
+        return self.process.returncode, self.output.read_text(errors="replace")
 
-    def wait(self) -> None:
-        """Wait for it to end (for a test that measures this process's children)."""
+    def wait(self) -> bool:
+        """Wait for it to end; False (and stopped) if it ran past `TIMEOUT_S`."""
         try:
             self.process.wait(timeout=TIMEOUT_S)
         except subprocess.TimeoutExpired:
             self.stop()
+            return False
+        return True
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -17,10 +17,11 @@ from __future__ import annotations
 import contextlib
 import os
 
+from qwen3_jupyter.session import FIRST_CALL_IMPORTS
 from tests.kernel import Kernel
 
-PRELOADED = ("torch", "transformers", "transformers.models.qwen3.modeling_qwen3")
-"""What a test kernel's first call imports (`session.choice`'s `import_whole`)."""
+PRELOADED = FIRST_CALL_IMPORTS
+"""What a kernel's first call imports: done by a spare as it starts."""
 
 PER_TEST = ("PYTEST_CURRENT_TEST",)
 """Variables pytest changes for every test: not a different environment."""
