@@ -15,7 +15,10 @@
 # On the GPU:      LOG_DIR=$OUT bash .gpu/run.sh 'bash scripts/gpu-check.sh'   (carry: [".gpu"])
 # A second call:   LOG_DIR=$OUT bash .gpu/run.sh 'bash scripts/gpu-check.sh rest'
 #                  (batch 4, the bare dynamic-cache path, `bench step`), or
-#                  '... gpu-check.sh decay' (bench decay --quick, for issue 11's tables)
+#                  '... gpu-check.sh decay' (bench decay --quick, for issue 11's tables), or
+#                  '... gpu-check.sh tests' (the GPU tests alone with an empty compile cache, so
+#                  the full-size step compiles inside pytest after the failed-capture test, as on
+#                  the H200 run of 2026-11-28 where the near-tie test failed; about 2-3 minutes)
 set -u
 budget=${GPU_CHECK_SECONDS:-540}
 log=${LOG_DIR:-/tmp}
@@ -25,6 +28,10 @@ mode=${1:-all}
 export QWEN3_JUPYTER_CACHE=${QWEN3_JUPYTER_CACHE:-$HOME/.cache/qwen3_jupyter}
 export QWEN3_JUPYTER_TEST_CACHE=$QWEN3_JUPYTER_CACHE
 status=0
+# torch logs every compile step at DEBUG ("torch.__trace"); pytest would show them all under a
+# failure, ahead of the lines that say why it failed.
+gpu_tests=(-q -s -m gpu -o log_level=INFO -p no:cacheprovider tests/test_fast_engine.py
+  tests/test_models.py tests/test_cleanup.py)
 
 left() { echo $((budget - SECONDS)); }
 step() { echo; echo "=== $1 (at ${SECONDS} s of ${budget} s)"; }
@@ -86,8 +93,7 @@ EOF
     --json "$log/speed.json"
 
   step "issues 10 and 11: the GPU tests (fast path, loading into a full GPU, cleanup)"
-  run 90 timeout $(($(left) - 20)) python3 -m pytest -q -s -m gpu tests/test_fast_engine.py \
-    tests/test_models.py tests/test_cleanup.py -p no:cacheprovider
+  run 90 timeout $(($(left) - 20)) python3 -m pytest "${gpu_tests[@]}"
 
   step "issue 10: what a new attention shape costs, torch's backend choice vs ours (no cuDNN)"
   # If torch picks cuDNN here and a new shape costs tens of ms, that is the eager first call's
@@ -112,8 +118,12 @@ elif [ "$mode" = decay ]; then
   step "issue 11: bench decay --quick (the README's GPU decay tables, fast path in the %qwen3 rows)"
   run 120 timeout $(($(left) - 20)) python3 -m qwen3_jupyter.bench decay --quick --tokens 64 \
     --out "$log/decay"
+elif [ "$mode" = tests ]; then
+  step "issues 10 and 11: the GPU tests alone, compile cache empty"
+  QWEN3_JUPYTER_CACHE=$(mktemp -d) QWEN3_JUPYTER_TEST_CACHE= \
+    run 60 timeout $(($(left) - 10)) python3 -m pytest "${gpu_tests[@]}"
 else
-  echo "usage: bash scripts/gpu-check.sh [all|rest|decay]" >&2
+  echo "usage: bash scripts/gpu-check.sh [all|rest|decay|tests]" >&2
   exit 2
 fi
 echo

@@ -445,7 +445,8 @@ def report(results: dict[str, Any]) -> list[str]:
 
 
 def _targets(results: dict[str, Any]) -> list[str]:
-    lines = ["", "targets (H100):"]
+    measured_on = results.get("device_name") or results.get("device")
+    lines = ["", f"targets (issue 10 sets them for an H100; measured here on {measured_on}):"]
 
     def judge(label: str, met: bool) -> None:
         lines.append(f"- {label}: {'met' if met else 'NOT met'}")
