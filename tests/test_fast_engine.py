@@ -25,10 +25,12 @@ import pytest
 from qwen3_jupyter.engines import compile_setup, decode_mode
 from qwen3_jupyter.engines.compile_setup import (
     THREADS_ENV,
+    TUNE_ENV,
     compile_cache_dir,
     compiles_so_far,
     compiling,
     remember_compiled,
+    tuning_enabled,
 )
 from qwen3_jupyter.engines.decode_shapes import batch_bucket, cache_bucket, sample_width
 from qwen3_jupyter.engines.eager import EagerEngine
@@ -180,6 +182,46 @@ def test_greedy_tokens_are_identical_to_generate(fast: FastEngine, loaded: Loade
         assert "decode cache (1×4096)" in result.kept_memory
     assert fast.compile, "the step compiled on this CPU (else the fallback would be tested)"
     assert fast.compiles >= 1
+
+
+def test_tuning_is_opt_in_reaches_inductor_and_keys_its_step_apart(
+    loaded: LoadedModel, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """$QWEN3_JUPYTER_TUNE=1 compiles with inductor's kernel tuning (it tunes Triton kernels: on
+    the CPU the step compiles and runs as the plain one does). Inductor keys its on-disk cache
+    by its options, so in an empty cache the tuned step must miss where the plain one was just
+    written (had the option not reached it, the tuned step would load the plain one). Same
+    greedy tokens; a step key of its own, so the plain step's cache mark never puts a tuned
+    compile on one thread."""
+    from torch._dynamo.utils import counters
+
+    def misses() -> int:
+        return int(counters["inductor"]["fxgraph_cache_miss"])
+
+    for value, expected in (("1", True), ("yes", True), ("0", False), ("off", False), ("", False)):
+        monkeypatch.setenv(TUNE_ENV, value)
+        assert tuning_enabled() is expected, value
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv(TUNE_ENV)
+    reference = EagerEngine(loaded).generate(PROMPTS[1], GREEDY).token_ids
+    plain = FastEngine(loaded)
+    monkeypatch.setenv(TUNE_ENV, "1")
+    tuned = FastEngine(loaded)
+    try:
+        assert not plain.tune and "(compiled, static cache)" in plain.describe()
+        assert tuned.tune and "(compiled, tuned, static cache)" in tuned.describe()
+        shape = "batch 1 × cache 4096"
+        assert tuned._step_key(shape) == plain._step_key(shape) + " · tuned"
+        before = misses()
+        assert plain.generate(PROMPTS[1], GREEDY).token_ids == reference
+        written = misses()
+        assert written > before, "control: the plain step compiled into the empty cache"
+        assert tuned.generate(PROMPTS[1], GREEDY).token_ids == reference
+        assert misses() - written == written - before, "the tuned step loaded the plain one"
+        assert plain.compile and tuned.compile
+    finally:
+        tuned.close()
+        plain.close()
 
 
 def test_greedy_batches_match_generate_and_single_calls(

@@ -48,6 +48,7 @@ from . import qwen3_step
 from .attention import planless_attention
 from .base import EngineError, KeptMemory, TextCallback
 from .compile_setup import (
+    TUNING,
     compile_cache_dir,
     compile_cache_hits,
     compile_enabled,
@@ -55,6 +56,7 @@ from .compile_setup import (
     compiling,
     raise_recompile_limit,
     remember_compiled,
+    tuning_enabled,
 )
 from .cuda_graphs import (
     WARMUP_RUNS,
@@ -154,6 +156,8 @@ class FastEngine(LocalEngine):
         self.status: Callable[[str], None] | None = None
         self.states: dict[tuple[int, int], DecodeState] = {}
         self.compile = compile_enabled()
+        self.tune = tuning_enabled()
+        """Compile with inductor's kernel tuning ($QWEN3_JUPYTER_TUNE; a slower first compile)."""
         self.compiled_step: qwen3_step.StepParts | None = None
         self.compile_seconds: list[tuple[str, float]] = []
         self.compiles = 0
@@ -210,7 +214,7 @@ class FastEngine(LocalEngine):
                     torch.cuda.empty_cache()
 
     def describe(self) -> str:
-        mode = "compiled" if self.compile else "not compiled"
+        mode = ("compiled, tuned" if self.tune else "compiled") if self.compile else "not compiled"
         return f"fast decode ({mode}, static cache) for {self.model_name} on {self.device}"
 
     @holds_model("a generation")
@@ -589,8 +593,11 @@ class FastEngine(LocalEngine):
 
             compile_cache_dir()
             raise_recompile_limit()
+            options = dict(TUNING) if self.tune else None
             self.compiled_step = qwen3_step.compiled_parts(
-                lambda function: torch.compile(function, fullgraph=True, dynamic=False)
+                lambda function: torch.compile(
+                    function, fullgraph=True, dynamic=False, options=options
+                )
             )
         return self.compiled_step
 
@@ -636,7 +643,8 @@ class FastEngine(LocalEngine):
         return True
 
     def _step_key(self, shape: str) -> str:
-        """What a compiled step depends on: its shape, the model, the dtype and the device."""
+        """What a compiled step depends on: its shape, the model, the dtype, the device and
+        whether it was tuned (inductor caches the two apart)."""
         import torch
 
         device = self.device
@@ -644,7 +652,8 @@ class FastEngine(LocalEngine):
             index = torch.device(device).index
             capability = torch.cuda.get_device_capability(index)
             device = f"{torch.cuda.get_device_name(index)} sm{capability[0]}{capability[1]}"
-        return f"{shape} · {self.loaded.name} {self.loaded.dtype} · {device}"
+        tuned = " · tuned" if self.tune else ""
+        return f"{shape} · {self.loaded.name} {self.loaded.dtype} · {device}{tuned}"
 
     @contextlib.contextmanager
     def _rehearsal(self, state: DecodeState) -> Iterator[None]:
