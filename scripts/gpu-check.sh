@@ -18,7 +18,9 @@
 #                  '... gpu-check.sh decay' (bench decay --quick, for issue 11's tables), or
 #                  '... gpu-check.sh tests' (the GPU tests alone with an empty compile cache, so
 #                  the full-size step compiles inside pytest after the failed-capture test, as on
-#                  the H200 run of 2026-11-28 where the near-tie test failed; about 2-3 minutes)
+#                  the H200 run of 2026-11-28 where the near-tie test failed; about 2-3 minutes),
+#                  or '... gpu-check.sh tuned' ($QWEN3_JUPYTER_TUNE=1: bench speed at batches 1
+#                  and 16 with first calls, then the tiny float32 GPU test, tuned; about 5 min)
 set -u
 budget=${GPU_CHECK_SECONDS:-540}
 log=${LOG_DIR:-/tmp}
@@ -122,8 +124,18 @@ elif [ "$mode" = tests ]; then
   step "issues 10 and 11: the GPU tests alone, compile cache empty"
   QWEN3_JUPYTER_CACHE=$(mktemp -d) QWEN3_JUPYTER_TEST_CACHE= \
     run 60 timeout $(($(left) - 10)) python3 -m pytest "${gpu_tests[@]}"
+elif [ "$mode" = tuned ]; then
+  # bench step measured the tuned step at 0.67 of the plain one's time on an H200 (523 tok/s);
+  # whether whole calls keep that, and what it does to a second kernel's first call (<= 10 s)
+  step "issue 10: bench speed with inductor's kernel tuning (QWEN3_JUPYTER_TUNE=1)"
+  export QWEN3_JUPYTER_TUNE=1
+  run 150 timeout $(($(left) - 70)) python3 -m qwen3_jupyter.bench speed --warm-cache \
+    --time-limit $(($(left) - 170)) --batches 1,16 --paths fast,bare-static \
+    --json "$log/speed-tuned.json"
+  step "tuned: the tiny float32 step gives generate's tokens"
+  run 40 timeout $(($(left) - 5)) python3 -m pytest "${gpu_tests[@]}" -k tiny_float32
 else
-  echo "usage: bash scripts/gpu-check.sh [all|rest|decay|tests]" >&2
+  echo "usage: bash scripts/gpu-check.sh [all|rest|decay|tests|tuned]" >&2
   exit 2
 fi
 echo
