@@ -190,7 +190,7 @@ def test_tuning_is_opt_in_reaches_inductor_and_keys_its_step_apart(
     """$QWEN3_JUPYTER_TUNE=1 compiles with inductor's kernel tuning (it tunes Triton kernels: on
     the CPU the step compiles and runs as the plain one does). Inductor keys its on-disk cache
     by its options, so in an empty cache the tuned step must miss where the plain one was just
-    written (had the option not reached it, the tuned step would load the plain one). Same
+    written (had the option not reached it, the tuned step would reuse the plain one). Same
     greedy tokens; a step key of its own, so the plain step's cache mark never puts a tuned
     compile on one thread."""
     from torch._dynamo.utils import counters
@@ -198,15 +198,26 @@ def test_tuning_is_opt_in_reaches_inductor_and_keys_its_step_apart(
     def misses() -> int:
         return int(counters["inductor"]["fxgraph_cache_miss"])
 
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from qwen3_jupyter.embedded import EMBEDDED
+
     for value, expected in (("1", True), ("yes", True), ("0", False), ("off", False), ("", False)):
         monkeypatch.setenv(TUNE_ENV, value)
         assert tuning_enabled() is expected, value
+    # A width no other test compiles: torch.compile reuses a function's compiled code for any
+    # wrapper with equal settings, so a shape the fixture's engine compiled would never reach
+    # inductor here (and a tuned wrapper that lost its options would reuse the plain code).
+    config = Qwen3Config(**{**EMBEDDED["tiny"].config, "num_hidden_layers": 2, "hidden_size": 40})
+    model = Qwen3ForCausalLM(config).eval()
+    perturb(model)
+    narrow = LoadedModel("tiny, width 40", "", model, loaded.tokenizer, "cpu", "float32", True)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv(TUNE_ENV)
-    reference = EagerEngine(loaded).generate(PROMPTS[1], GREEDY).token_ids
-    plain = FastEngine(loaded)
+    reference = EagerEngine(narrow).generate(PROMPTS[1], GREEDY).token_ids
+    plain = FastEngine(narrow)
     monkeypatch.setenv(TUNE_ENV, "1")
-    tuned = FastEngine(loaded)
+    tuned = FastEngine(narrow)
     try:
         assert not plain.tune and "(compiled, static cache)" in plain.describe()
         assert tuned.tune and "(compiled, tuned, static cache)" in tuned.describe()
@@ -217,7 +228,7 @@ def test_tuning_is_opt_in_reaches_inductor_and_keys_its_step_apart(
         written = misses()
         assert written > before, "control: the plain step compiled into the empty cache"
         assert tuned.generate(PROMPTS[1], GREEDY).token_ids == reference
-        assert misses() - written == written - before, "the tuned step loaded the plain one"
+        assert misses() - written == written - before, "the tuned step reused the plain one"
         assert plain.compile and tuned.compile
     finally:
         tuned.close()
@@ -741,7 +752,11 @@ def test_an_interrupt_while_compiling_ends_the_call_and_the_next_call_compiles(
     assert kernel.value("keep_me") == [41]
     after = ok(kernel, cell.format(n=6))
     assert kernel.value("(_qwen3.engine, _qwen3.completion_tokens)") == ("fast", 6)
-    assert kernel.value("SESSION.engines['fast'].compile"), "the interrupt switched compiling off"
+    # (seen twice in full runs, never alone: the next call's compile failed; its one-line notice
+    # in the next call's output says why)
+    assert kernel.value("SESSION.engines['fast'].compile"), (
+        f"compiling was switched off\ninterrupted call: {ex.stdout}\nnext call: {after.stdout}"
+    )
     # A whole build is 3 graphs (embedding, one layer for all, greedy head: see
     # test_one_compiled_layer_serves_every_layer...). Compared with that, not with the count
     # after the next call: an interrupt landing as dynamo finished a graph can leave it in use
