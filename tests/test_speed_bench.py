@@ -36,6 +36,8 @@ def results(**overrides: Any) -> dict[str, Any]:
 def test_a_full_cuda_run_judges_every_target() -> None:
     text = "\n".join(report(results(device_name="NVIDIA H200")))
     assert "targets (issue 10 sets them for an H100; measured here on NVIDIA H200):" in text
+    tuned = "\n".join(report(results(device_name="NVIDIA H200", tuned=True)))
+    assert "measured here on NVIDIA H200, the step tuned by $QWEN3_JUPYTER_TUNE):" in tuned
     assert "| %qwen3 (fast path) | 600.0 | 2,000.0 | 2,600.0 | 4 ms | 1.5 s |" in text
     assert "limit 1,000 tok/s at batch 1" in text
     assert "fast batch 1: 600.0 tok/s = 0.60 of the limit" in text

@@ -22,6 +22,7 @@ def test_the_step_profile_accounts_for_the_step(
     figures = json.loads(out.read_text())
     assert figures["model"] == "tiny" and figures["device"] == "cpu"
     assert figures["compiled"] and not figures["captured"] and "direct_ms" not in figures
+    assert figures["tuned"] is False, "the engine's own step is the plain one"
     profile = figures["profile"]
     assert figures["step_ms"] > 0 and profile["per_step"] > 10
     assert len(profile["top"]) == 3
@@ -45,13 +46,18 @@ def test_the_step_profile_accounts_for_the_step(
 
 
 def test_bad_input_is_a_one_line_error(
-    model_cache: Path, capsys: pytest.CaptureFixture[str]
+    model_cache: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with pytest.raises(SystemExit, match=r"--steps 5000: the cache has room for \d+ more steps"):
         step.main(["--steps", "5000"])
     with pytest.raises(SystemExit):
         step.main(["--compare", "whole,fastest"])
     assert "--compare: unknown variant 'fastest': any of whole, tuned" in capsys.readouterr().err
+    monkeypatch.setenv("QWEN3_JUPYTER_TUNE", "1")
+    with pytest.raises(SystemExit):
+        step.main(["--compare", "tuned"])
+    assert "--compare tuned: $QWEN3_JUPYTER_TUNE already tunes" in capsys.readouterr().err
+    monkeypatch.delenv("QWEN3_JUPYTER_TUNE")
     with pytest.raises(SystemExit, match=r"^bench step: model 'nonsense' not found"):
         step.main(["--model", "nonsense"])
 

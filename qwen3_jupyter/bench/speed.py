@@ -34,6 +34,7 @@ import tempfile
 import time
 from typing import Any
 
+from ..engines.compile_setup import tuning_enabled
 from ._kernel import Kernel
 
 PROMPT = "Explain in detail how a Jupyter kernel keeps state between cells"
@@ -243,7 +244,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             first_kernel,
             "torch.cuda.get_device_name() if _dev.startswith('cuda') else 'CPU'",
         )
-        print(f"device: {results['device_name']} ({results['device']})", flush=True)
+        results["tuned"] = tuning_enabled()  # the kernels inherit this process's environment
+        tuned = ", decode step tuned ($QWEN3_JUPYTER_TUNE)" if results["tuned"] else ""
+        print(f"device: {results['device_name']} ({results['device']}){tuned}", flush=True)
         if not args.skip_first_calls:
             _first_call(results, "fast, fresh kernel", first_kernel, args)
             second = "fast, second fresh kernel"
@@ -446,7 +449,11 @@ def report(results: dict[str, Any]) -> list[str]:
 
 def _targets(results: dict[str, Any]) -> list[str]:
     measured_on = results.get("device_name") or results.get("device")
-    lines = ["", f"targets (issue 10 sets them for an H100; measured here on {measured_on}):"]
+    tuned = ", the step tuned by $QWEN3_JUPYTER_TUNE" if results.get("tuned") else ""
+    lines = [
+        "",
+        f"targets (issue 10 sets them for an H100; measured here on {measured_on}{tuned}):",
+    ]
 
     def judge(label: str, met: bool) -> None:
         lines.append(f"- {label}: {'met' if met else 'NOT met'}")

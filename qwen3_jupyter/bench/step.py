@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from ..engines import qwen3_step
+from ..engines.compile_setup import TUNE_ENV, TUNING, tuning_enabled
 from ..engines.fast import DecodeState, FastEngine, _restore, _snapshot
 from ..engines.qwen3_step import UnsupportedModel
 from ..generation import GenerationOptions
@@ -116,7 +117,7 @@ def _variant_step(
                 function,
                 fullgraph=True,
                 dynamic=False,
-                options={"coordinate_descent_tuning": True},
+                options=dict(TUNING),
             )
         )
 
@@ -153,6 +154,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "dtype": dtype,
             "cache": state.length,
             "compiled": engine.compile,
+            "tuned": engine.tune,
             "captured": bool(state.graphs),
         }
         room = state.length - int(state.buffers.slot) - 1
@@ -195,8 +197,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def report(figures: dict[str, Any]) -> None:
     unit = "kernels" if figures["device"].startswith("cuda") else "operators"
-    how = ("compiled" if figures["compiled"] else "not compiled") + (
-        ", one CUDA graph" if figures["captured"] else ""
+    how = (
+        ("compiled" if figures["compiled"] else "not compiled")
+        + (", tuned" if figures.get("tuned") else "")
+        + (", one CUDA graph" if figures["captured"] else "")
     )
     print(
         f"decode step: {figures['model']} on {figures['device_name']} ({figures['dtype']}), "
@@ -259,6 +263,9 @@ def main(argv: list[str]) -> int:
     for name in args.compare:
         if name not in VARIANTS:
             parser.error(f"--compare: unknown variant {name!r}: any of {', '.join(VARIANTS)}")
+    if "tuned" in args.compare and tuning_enabled():
+        # the engine's own step is then tuned already: the variant would be the same compile
+        parser.error(f"--compare tuned: ${TUNE_ENV} already tunes the step it compares against")
     try:
         if args.model is None:
             cuda = pick_device(args.device).startswith("cuda")
