@@ -122,8 +122,8 @@ elif [ "$mode" = decay ]; then
     --out "$log/decay"
 elif [ "$mode" = tests ]; then
   step "issues 10 and 11: the GPU tests alone, compile cache empty"
-  QWEN3_JUPYTER_CACHE=$(mktemp -d) QWEN3_JUPYTER_TEST_CACHE= \
-    run 60 timeout $(($(left) - 10)) python3 -m pytest "${gpu_tests[@]}"
+  # (an empty QWEN3_JUPYTER_TEST_CACHE: conftest builds models and compiles into a new temp dir)
+  QWEN3_JUPYTER_TEST_CACHE= run 60 timeout $(($(left) - 10)) python3 -m pytest "${gpu_tests[@]}"
 elif [ "$mode" = tuned ]; then
   # bench step measured the tuned step at 0.67 of the plain one's time on an H200 (523 tok/s);
   # whether whole calls keep that, and what it does to a second kernel's first call (<= 10 s)

@@ -56,6 +56,18 @@ def perturb(model: Any) -> None:
     exec(PERTURB.format(model="model"), {"model": model})
 
 
+def tiny_variant(loaded: LoadedModel, name: str, **config: Any) -> LoadedModel:
+    """`tiny` with `config` changed (e.g. a width no other test compiles, so torch.compile
+    builds its graphs anew here), perturbed like `loaded`, with its tokenizer, on the CPU."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from qwen3_jupyter.embedded import EMBEDDED
+
+    model = Qwen3ForCausalLM(Qwen3Config(**{**EMBEDDED["tiny"].config, **config})).eval()
+    perturb(model)
+    return LoadedModel(name, "", model, loaded.tokenizer, "cpu", "float32", True)
+
+
 @pytest.fixture(scope="module")
 def loaded(model_cache: Path) -> Iterator[LoadedModel]:
     holder = ModelHolder()
@@ -198,20 +210,13 @@ def test_tuning_is_opt_in_reaches_inductor_and_keys_its_step_apart(
     def misses() -> int:
         return int(counters["inductor"]["fxgraph_cache_miss"])
 
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    from qwen3_jupyter.embedded import EMBEDDED
-
     for value, expected in (("1", True), ("yes", True), ("0", False), ("off", False), ("", False)):
         monkeypatch.setenv(TUNE_ENV, value)
         assert tuning_enabled() is expected, value
     # A width no other test compiles: torch.compile reuses a function's compiled code for any
     # wrapper with equal settings, so a shape the fixture's engine compiled would never reach
     # inductor here (and a tuned wrapper that lost its options would reuse the plain code).
-    config = Qwen3Config(**{**EMBEDDED["tiny"].config, "num_hidden_layers": 2, "hidden_size": 40})
-    model = Qwen3ForCausalLM(config).eval()
-    perturb(model)
-    narrow = LoadedModel("tiny, width 40", "", model, loaded.tokenizer, "cpu", "float32", True)
+    narrow = tiny_variant(loaded, "tiny, width 40", num_hidden_layers=2, hidden_size=40)
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv(TUNE_ENV)
     reference = EagerEngine(narrow).generate(PROMPTS[1], GREEDY).token_ids
@@ -349,15 +354,8 @@ def test_one_compiled_layer_serves_every_layer_and_sampling_compiles_only_the_he
     """Compiling is per part, not per step: embedding, one decoder layer (whatever the layer
     count: every layer runs the same graph on its own weights) and head. Tracing 28 unrolled
     layers is what made the H100's first call slow (32 s cold, 11 s from the disk cache)."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    from qwen3_jupyter.embedded import EMBEDDED
-
     # a width no other test compiles, so each part's graph is new here
-    config = Qwen3Config(**{**EMBEDDED["tiny"].config, "num_hidden_layers": 6, "hidden_size": 48})
-    model = Qwen3ForCausalLM(config).eval()
-    perturb(model)
-    six = LoadedModel("tiny, 6 layers", "", model, loaded.tokenizer, "cpu", "float32", True)
+    six = tiny_variant(loaded, "tiny, 6 layers", num_hidden_layers=6, hidden_size=48)
     engine = FastEngine(six)
     try:
         before = compiles_so_far()
