@@ -11,18 +11,27 @@ from pathlib import Path
 import pytest
 
 from qwen3_jupyter.bench._kernel import Kernel, KernelDied
+from qwen3_jupyter.kernel_comm import MARKER_SUFFIX
 
 
-def test_a_kernel_that_dies_mid_cell_is_reported_at_once(kernel_env: dict[str, str]) -> None:
+def test_a_kernel_that_dies_mid_cell_is_reported_at_once_and_leaves_no_file(
+    kernel_env: dict[str, str],
+) -> None:
+    """Its marker file (written by `%load_ext`, removed at a clean exit) outlives a dead kernel;
+    the driver's shutdown must take it away, or every bench kernel leaves one in /tmp."""
     kernel = Kernel(kernel_env)
     try:
-        assert kernel.value("1 + 1") == 2
+        assert kernel.run("%load_ext qwen3_jupyter").status == "ok"
+        connection_file = Path(kernel.km.connection_file)
+        marker = connection_file.with_name(connection_file.stem + MARKER_SUFFIX)
+        assert marker.exists(), "no marker was written: this test would prove nothing"
         started = time.monotonic()
         with pytest.raises(KernelDied, match="the kernel died while running 'import os"):
             kernel.run("import os, time\ntime.sleep(0.5)\nos._exit(3)", timeout=120)
         assert time.monotonic() - started < 30, "waited for the cell's timeout"
     finally:
         kernel.shutdown()
+    assert not marker.exists(), f"the dead kernel's marker was left behind: {marker}"
 
 
 def test_each_cell_gets_its_own_status_when_the_kernel_starts_slowly(

@@ -75,10 +75,17 @@ def private_kernel_manager(manager_class: type[Any] = KernelManager) -> Any:
     """A manager for a kernel only this process talks to: over IPC sockets in a folder of its
     own, not TCP ports (every TCP kernel warns about eavesdropping in red, once per kernel a
     benchmark starts, in the notebook that runs it). `socket_folder` is the caller's to remove
-    once the kernel is shut down (`Kernel.shutdown` does). nbclient takes an
-    AsyncKernelManager as `manager_class`."""
+    once the kernel is shut down (`Kernel.shutdown` does). The connection file lives there too,
+    so what the kernel writes beside it (`%load_ext qwen3_jupyter`'s marker, which a killed
+    kernel cannot remove) goes with the folder. nbclient takes an AsyncKernelManager as
+    `manager_class`."""
     folder = tempfile.mkdtemp(prefix="qwen3-kernel-")
-    manager = manager_class(kernel_name="python3", transport="ipc", ip=os.path.join(folder, "k"))
+    manager = manager_class(
+        kernel_name="python3",
+        transport="ipc",
+        ip=os.path.join(folder, "k"),
+        connection_file=os.path.join(folder, "kernel.json"),
+    )
     manager.socket_folder = folder
     return manager
 
