@@ -680,16 +680,31 @@ def _innermost(stacks: Path, frames: int = 12) -> str:
     return "\n".join(kept)
 
 
-@pytest.fixture
-def cold_kernel(kernel_env: dict[str, str], tmp_path: Path) -> Iterator[Kernel]:
+def _cold(kernel_env: dict[str, str], cache: Path) -> Iterator[Kernel]:
     """A fresh kernel with the extension loaded whose compile cache starts empty, so the first
     fast call really compiles (slow enough to interrupt, or to fail)."""
-    kernel = Kernel({**kernel_env, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cold-cache")})
+    kernel = Kernel({**kernel_env, "TORCHINDUCTOR_CACHE_DIR": str(cache)})
     try:
         ok(kernel, "%load_ext qwen3_jupyter")
         yield kernel
     finally:
         kernel.shutdown()
+
+
+@pytest.fixture
+def cold_kernel(kernel_env: dict[str, str], tmp_path: Path) -> Iterator[Kernel]:
+    yield from _cold(kernel_env, tmp_path / "cold-cache")
+
+
+@pytest.fixture(scope="module")
+def interrupted_kernel(
+    kernel_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Kernel]:
+    """One cold kernel for both interrupt tests. After the compile test the batch-1 step is
+    built, so the warmup test's interrupt lands in its batch-8 compile, and its next call does
+    not compile batch 1 cold a second time (about 20 s on 2 CPU cores). Either test alone still
+    interrupts a cold compile."""
+    yield from _cold(kernel_env, tmp_path_factory.mktemp("interrupted") / "cold-cache")
 
 
 def test_a_failing_compiler_falls_back_with_one_line(cold_kernel: Kernel) -> None:
@@ -707,7 +722,7 @@ def test_a_failing_compiler_falls_back_with_one_line(cold_kernel: Kernel) -> Non
 
 
 def test_an_interrupt_while_compiling_ends_the_call_and_the_next_call_compiles(
-    cold_kernel: Kernel, tmp_path: Path
+    interrupted_kernel: Kernel, tmp_path: Path
 ) -> None:
     """Stopping a slow first compile: the cell ends before the build does, with the prefill's
     token; the build time is not counted as generation time, nothing is lost, and the next call
@@ -716,7 +731,7 @@ def test_an_interrupt_while_compiling_ends_the_call_and_the_next_call_compiles(
     'Before the build does' is read in the kernel (fewer graphs than a whole build makes), not
     off a clock: how long the rest of a compile takes depends on the machine. If the interrupt
     is slow, the kernel's stacks at that moment go into the failure message."""
-    kernel = cold_kernel
+    kernel = interrupted_kernel
     ok(kernel, "keep_me = [41]")
     ok(kernel, "from qwen3_jupyter.engines.compile_setup import compiles_so_far")
     ok(kernel, "from qwen3_jupyter.session import SESSION")
@@ -765,12 +780,55 @@ def test_an_interrupt_while_compiling_ends_the_call_and_the_next_call_compiles(
     )
 
 
-def test_an_interrupted_warmup_is_one_line_and_loses_nothing(cold_kernel: Kernel) -> None:
-    kernel = cold_kernel
+INTERRUPT_INSIDE_THE_COMPILER_IMPORT = """
+import os, signal, sys
+import torch
+
+class InterruptAt:  # presses the stop button as lowering.py, half done, imports this module
+    def find_spec(self, name, path, target=None):
+        if name == "torch._inductor.quantized_lowerings":
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, InterruptAt())
+from qwen3_jupyter.engines.compile_setup import import_compiler
+try:
+    import_compiler()
+    print("not interrupted")
+except KeyboardInterrupt:
+    print("interrupted")
+sys.meta_path.pop(0)
+import torch._inductor.compile_fx, torch._inductor.lowering as lowering
+print("mm has its lowering:", torch.ops.aten.mm.default in lowering.lowerings)
+"""
+
+
+def test_an_interrupt_inside_the_compilers_imports_waits_for_them() -> None:
+    """The failure seen in full runs (the next call's compile failed: "both a fallback and a
+    decomp for same op: aten.mm.default"): an interrupt inside lowering.py's import, after
+    kernel/mm.py registered its lowering in that module's table, left a re-import with a new
+    table without it. Sent from an import hook, the interrupt lands at the same point every
+    run; in a process of its own, where nothing has imported inductor yet."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPT_INSIDE_THE_COMPILER_IMPORT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines == ["interrupted", "mm has its lowering: True"], done.stdout + done.stderr[-2000:]
+
+
+def test_an_interrupted_warmup_is_one_line_and_loses_nothing(interrupted_kernel: Kernel) -> None:
+    kernel = interrupted_kernel
     ok(kernel, "%qwen3 --max-new-tokens 2 load")
     ok(kernel, "keep_me = [41]")
     msg_id = kernel.start("%qwen3 --fast --warmup --batch-size 8")
-    time.sleep(3)  # a cold compile of the first shape takes longer than this
+    time.sleep(3)  # a cold compile of the first shape not yet built takes longer than this
     kernel.interrupt()
     ex = kernel.collect(msg_id, timeout=60)
     assert ex.status == "error"

@@ -31,6 +31,9 @@ first call are measured with it."""
 
 _OFF = ("0", "false", "no", "off")
 
+COMPILER_IMPORTS = ("torch._dynamo", "torch._inductor.config", "torch._inductor.compile_fx")
+"""torch.compile's own modules, which its first compile would otherwise import as it goes."""
+
 
 def compile_enabled() -> bool:
     return os.environ.get(COMPILE_ENV, "1").strip().lower() not in _OFF
@@ -40,6 +43,24 @@ def tuning_enabled() -> bool:
     """$QWEN3_JUPYTER_TUNE=1: compile the decode step with `TUNING` (read when an engine starts,
     like $QWEN3_JUPYTER_COMPILE)."""
     return os.environ.get(TUNE_ENV, "0").strip().lower() not in (*_OFF, "")
+
+
+def import_compiler() -> None:
+    """Import torch.compile whole (`COMPILER_IMPORTS`, and every dynamo backend), with a kernel
+    interrupt held until it is in, then delivered.
+
+    Why: a first compile imports these as it goes (1.4 s of it on 2 CPU cores), and an
+    interrupt landing in one of those imports leaves their registrations half made. Every later
+    compile in that kernel then fails ("both a fallback and a decomp for same op:
+    aten.mm.default", measured with interrupts 1.0-1.2 s into a first compile on `tiny`), and
+    the fast path is off until a restart and a slow model reload."""
+    import torch
+
+    from ..interrupts import import_whole, interrupt_deferred
+
+    import_whole(*COMPILER_IMPORTS)
+    with interrupt_deferred():
+        torch._dynamo.list_backends()  # imports each backend's module (each registers a name)
 
 
 def compile_cache_dir() -> str:

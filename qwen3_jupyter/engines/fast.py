@@ -54,6 +54,7 @@ from .compile_setup import (
     compile_enabled,
     compiles_so_far,
     compiling,
+    import_compiler,
     raise_recompile_limit,
     remember_compiled,
     tuning_enabled,
@@ -563,6 +564,10 @@ class FastEngine(LocalEngine):
         shape = f"batch {state.batch} × cache {state.length}" + _sampler_label(sample)
         started = time.perf_counter()
         try:
+            if self.compile and self.status is not None:
+                self.status(
+                    f"compiling the decode step for {shape} (once per kernel; cached on disk)…"
+                )
             direct = self._direct(state, sample, compiled=self.compile)
             with self._rehearsal(state):  # runs that build the step leave no trace in the call
                 if self.compile and not self._compile_first(direct, shape):
@@ -591,6 +596,7 @@ class FastEngine(LocalEngine):
         if self.compiled_step is None:
             import torch
 
+            import_compiler()
             compile_cache_dir()
             raise_recompile_limit()
             options = dict(TUNING) if self.tune else None
@@ -606,8 +612,6 @@ class FastEngine(LocalEngine):
         counting new graphs. On failure say so, switch compiling off, and return False."""
         import torch
 
-        if self.status is not None:
-            self.status(f"compiling the decode step for {shape} (once per kernel; cached on disk)…")
         before, hits, started = compiles_so_far(), compile_cache_hits(), time.perf_counter()
         step = self._step_key(shape)
         try:
