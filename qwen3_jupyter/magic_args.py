@@ -16,6 +16,18 @@ from IPython.core.error import UsageError
 from IPython.core.magic_arguments import parse_argstring
 
 _UNRECOGNIZED = re.compile(r"unrecognized arguments: (\S+)")
+_BAD_VALUE = re.compile(r"argument (\S+?)(?:/\S+)?: invalid (int|float) value: (.*)$")
+_KINDS = {"int": "a whole number", "float": "a number"}
+
+
+def plain_value_error(message: str) -> str:
+    """argparse's "argument --top-k: invalid int value: 'abc'" as a user reads it: "--top-k
+    needs a whole number, not 'abc'". Other messages are returned as they are."""
+    bad = _BAD_VALUE.match(message)
+    if bad is None:
+        return message
+    name, kind, value = bad.groups()
+    return f"{name} needs {_KINDS[kind]}, not {value}"
 
 
 def did_you_mean(name: str, options: Iterable[str]) -> str:
@@ -120,4 +132,4 @@ def parse_options(magic: Any, line: str, help_hint: str) -> Namespace:
             name = unknown.group(1).split("=", 1)[0]
             hint = did_you_mean(name, options_of(magic))
             raise UsageError(f"unknown option {name}{hint} (see {help_hint})") from None
-        raise UsageError(f"{exc} (see {help_hint})") from None
+        raise UsageError(f"{plain_value_error(str(exc))} (see {help_hint})") from None

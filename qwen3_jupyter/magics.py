@@ -37,7 +37,7 @@ from .engines.urls import mask_url
 from .gauge import inline_gauge
 from .generation import DEFAULT_MAX_NEW_TOKENS, GenerationOOM, GenerationOptions, broken_rules
 from .interrupts import CELL_INTERRUPTS, interrupt_deferred
-from .magic_args import asks_help, did_you_mean, is_number, options_of, show_help
+from .magic_args import asks_help, did_you_mean, is_number, options_of, plain_value_error, show_help
 from .memory import format_bytes
 from .model_use import ModelBusy, holding, stop
 from .models import (
@@ -716,7 +716,10 @@ def parse_line(
     `expand` is applied to option values other than --system (paths, URLs, numbers)."""
     takes_value = options_of(magic)
     argv, position, ended = _read_options(line, 0, takes_value, expand)
-    args = magic.parser.parse_args(argv)
+    try:
+        args = magic.parser.parse_args(argv)
+    except UsageError as exc:
+        raise UsageError(f"{plain_value_error(str(exc))} (see %qwen3?)") from None
     prompt = line[position:].strip()
     if cell is None and not ended:
         _refuse_trailing_options(magic, line[:position], prompt, takes_value)

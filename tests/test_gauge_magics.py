@@ -41,3 +41,11 @@ def test_stop_goes_alone(gauge_kernel: Kernel, other: str) -> None:
     stopped = ok(gauge_kernel, "%qwen3_gauge --stop")
     assert "gauge stopped (1 closed)" in stopped.stdout
     assert gauge_kernel.value(OPEN) == 0 and gauge_kernel.value(THREADS) == []
+
+
+def test_a_value_of_the_wrong_kind_is_named_plainly(gauge_kernel: Kernel) -> None:
+    """argparse's "argument --interval: invalid float value: 'soon'" as one plain line."""
+    refused = gauge_kernel.run("%qwen3_gauge --interval soon")
+    assert refused.reply["ename"] == "UsageError", refused.reply
+    assert refused.reply["evalue"] == ("--interval needs a number, not 'soon' (see %qwen3_gauge?)")
+    assert gauge_kernel.value(OPEN) == 0, "a refused call opened a gauge"
