@@ -33,6 +33,8 @@ _OFF = ("0", "false", "no", "off")
 
 COMPILER_IMPORTS = ("torch._dynamo", "torch._inductor.config", "torch._inductor.compile_fx")
 """torch.compile's own modules, which its first compile would otherwise import as it goes."""
+GPU_COMPILER_IMPORTS = ("triton", "triton.compiler.compiler", "torch._inductor.codegen.triton")
+"""What a first compile for a GPU imports besides: Triton, and inductor's code for it."""
 
 
 def compile_enabled() -> bool:
@@ -45,20 +47,26 @@ def tuning_enabled() -> bool:
     return os.environ.get(TUNE_ENV, "0").strip().lower() not in (*_OFF, "")
 
 
-def import_compiler() -> None:
-    """Import torch.compile whole (`COMPILER_IMPORTS`, and every dynamo backend), with a kernel
-    interrupt held until it is in, then delivered.
+def import_compiler(device: str = "cpu") -> None:
+    """Import torch.compile whole (`COMPILER_IMPORTS`, every dynamo backend and, for a CUDA
+    `device` where Triton is installed, `GPU_COMPILER_IMPORTS`), with a kernel interrupt held
+    until it is in, then delivered.
 
     Why: a first compile imports these as it goes (1.4 s of it on 2 CPU cores), and an
     interrupt landing in one of those imports leaves their registrations half made. Every later
     compile in that kernel then fails ("both a fallback and a decomp for same op:
     aten.mm.default", measured with interrupts 1.0-1.2 s into a first compile on `tiny`), and
-    the fast path is off until a restart and a slow model reload."""
+    the fast path is off until a restart and a slow model reload. (Triton's part is by the same
+    reasoning, not yet seen to fail on a GPU.)"""
+    import importlib.util
+
     import torch
 
     from ..interrupts import import_whole, interrupt_deferred
 
     import_whole(*COMPILER_IMPORTS)
+    if device.startswith("cuda") and importlib.util.find_spec("triton") is not None:
+        import_whole(*GPU_COMPILER_IMPORTS)
     with interrupt_deferred():
         torch._dynamo.list_backends()  # imports each backend's module (each registers a name)
 

@@ -596,7 +596,7 @@ class FastEngine(LocalEngine):
         if self.compiled_step is None:
             import torch
 
-            import_compiler()
+            import_compiler(self.device)
             compile_cache_dir()
             raise_recompile_limit()
             options = dict(TUNING) if self.tune else None
