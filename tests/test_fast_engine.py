@@ -700,10 +700,10 @@ def cold_kernel(kernel_env: dict[str, str], tmp_path: Path) -> Iterator[Kernel]:
 def interrupted_kernel(
     kernel_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Kernel]:
-    """One cold kernel for both interrupt tests. After the compile test the batch-1 step is
-    built, so the warmup test's interrupt lands in its batch-8 compile, and its next call does
-    not compile batch 1 cold a second time (about 20 s on 2 CPU cores). Either test alone still
-    interrupts a cold compile."""
+    """One cold kernel for both interrupt tests. After the compile test the greedy batch-1 step
+    is built, so the warmup test's interrupt lands in a step only the warmup builds (batch 1
+    sampled, or batch 8), and its next call does not compile batch 1 cold a second time (about
+    20 s on 2 CPU cores). Either test alone still interrupts a cold compile."""
     yield from _cold(kernel_env, tmp_path_factory.mktemp("interrupted") / "cold-cache")
 
 
@@ -735,6 +735,10 @@ def test_an_interrupt_while_compiling_ends_the_call_and_the_next_call_compiles(
     ok(kernel, "keep_me = [41]")
     ok(kernel, "from qwen3_jupyter.engines.compile_setup import compiles_so_far")
     ok(kernel, "from qwen3_jupyter.session import SESSION")
+    # torch.compile's own imports hold an interrupt until they are in (1.4 s on 2 cores; tested
+    # by test_an_interrupt_inside_the_compilers_imports_waits_for_them): done ahead, so the
+    # interrupt below lands in the compile itself
+    ok(kernel, "from qwen3_jupyter.engines.compile_setup import import_compiler; import_compiler()")
     stacks = tmp_path / "stacks.txt"
     ok(kernel, _DUMP_STACKS_ON_SIGUSR1.format(path=str(stacks)))
     cell = "%qwen3 --fast --greedy --no-think --ignore-eos --max-new-tokens {n} hi"
@@ -823,9 +827,30 @@ def test_an_interrupt_inside_the_compilers_imports_waits_for_them() -> None:
     assert lines == ["interrupted", "mm has its lowering: True"], done.stdout + done.stderr[-2000:]
 
 
+def test_a_compiler_module_that_fails_to_import_is_left_for_the_compile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broken module (a Triton that does not match torch) must fail where a failed compile is
+    handled, not in `import_compiler`; an interrupt held meanwhile still arrives."""
+    (tmp_path / "qwen3_broken_compiler_part.py").write_text(
+        "import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n"
+        "raise ImportError('built for another torch')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(compile_setup, "COMPILER_IMPORTS", ("qwen3_broken_compiler_part",))
+    with pytest.raises(KeyboardInterrupt):
+        compile_setup.import_compiler()
+    monkeypatch.setattr(compile_setup, "COMPILER_IMPORTS", ("qwen3_no_such_compiler_part",))
+    compile_setup.import_compiler()
+
+
 def test_an_interrupted_warmup_is_one_line_and_loses_nothing(interrupted_kernel: Kernel) -> None:
     kernel = interrupted_kernel
     ok(kernel, "%qwen3 --max-new-tokens 2 load")
+    ok(kernel, "from qwen3_jupyter.session import SESSION")
+    assert kernel.value("'fast' not in SESSION.engines or SESSION.engines['fast'].compile"), (
+        "compiling is off in this kernel before the warmup (see the compile-interrupt test)"
+    )
     ok(kernel, "keep_me = [41]")
     msg_id = kernel.start("%qwen3 --fast --warmup --batch-size 8")
     time.sleep(3)  # a cold compile of the first shape not yet built takes longer than this
@@ -837,7 +862,6 @@ def test_an_interrupted_warmup_is_one_line_and_loses_nothing(interrupted_kernel:
     assert len(message.splitlines()) == 1 and "Traceback" not in message
     assert kernel.value("keep_me") == [41]
     states = "[list(key) for key in SESSION.engines['fast'].states]"
-    ok(kernel, "from qwen3_jupyter.session import SESSION")
     assert all(batch == 1 for batch, _ in kernel.value(states)), "a batch cache kept"
     ok(kernel, "%qwen3 --fast --greedy --no-think --ignore-eos --max-new-tokens 3 hi")
     assert kernel.value("(_qwen3.engine, _qwen3.completion_tokens)") == ("fast", 3)

@@ -9,10 +9,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.metadata
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+_log = logging.getLogger(__name__)
 
 COMPILE_ENV = "QWEN3_JUPYTER_COMPILE"
 COMPILED_MARKS = "qwen3_jupyter-compiled"
@@ -57,18 +60,32 @@ def import_compiler(device: str = "cpu") -> None:
     compile in that kernel then fails ("both a fallback and a decomp for same op:
     aten.mm.default", measured with interrupts 1.0-1.2 s into a first compile on `tiny`), and
     the fast path is off until a restart and a slow model reload. (Triton's part is by the same
-    reasoning, not yet seen to fail on a GPU.)"""
+    reasoning, not yet seen to fail on a GPU.)
+
+    A module that fails to import (a Triton that does not match torch, say) is left for the
+    compile to meet, where a failed compile is handled: one line, the step uncompiled."""
+    import importlib
     import importlib.util
+    import sys
 
     import torch
 
-    from ..interrupts import import_whole, interrupt_deferred
+    from ..interrupts import interrupt_deferred
 
-    import_whole(*COMPILER_IMPORTS)
+    modules = list(COMPILER_IMPORTS)
     if device.startswith("cuda") and importlib.util.find_spec("triton") is not None:
-        import_whole(*GPU_COMPILER_IMPORTS)
-    with interrupt_deferred():
-        torch._dynamo.list_backends()  # imports each backend's module (each registers a name)
+        modules += GPU_COMPILER_IMPORTS
+    with interrupt_deferred():  # nothing may raise inside: a held interrupt would be lost
+        for name in modules:
+            if name not in sys.modules:
+                try:
+                    importlib.import_module(name)
+                except Exception:
+                    _log.debug("torch.compile's %s did not import", name, exc_info=True)
+        try:
+            torch._dynamo.list_backends()  # imports each backend's module (each registers a name)
+        except Exception:
+            _log.debug("torch.compile's backends did not import", exc_info=True)
 
 
 def compile_cache_dir() -> str:
