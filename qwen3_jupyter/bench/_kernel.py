@@ -110,11 +110,19 @@ class Kernel:
         self.env.update(env or {})
         self.imports = tuple(imports)
         starting = [f"--IPKernelApp.exec_lines=import {', '.join(imports)}"] if imports else []
-        self.km.start_kernel(env=self.env, extra_arguments=starting)
+        try:
+            self.km.start_kernel(env=self.env, extra_arguments=starting)
+        except BaseException:
+            shutil.rmtree(self.km.socket_folder, ignore_errors=True)
+            raise
         self.kc = self.km.client()
         self._ready = False
         if wait:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:  # a kernel that never answered is not left running
+                self.shutdown()
+                raise
 
     def wait_ready(self, timeout: float = 120) -> None:
         """Connect to the kernel and wait until it answers (its `imports` done); once."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -218,10 +219,18 @@ def start_kernels(count: int) -> list[Kernel]:
         for kernel in kernels:
             kernel.wait_ready(timeout=600)
     except BaseException:
-        for kernel in kernels:
-            kernel.shutdown()
+        shut_down_all(kernels)
         raise
     return kernels
+
+
+def shut_down_all(kernels: list[Kernel]) -> None:
+    """Shut every kernel down, even after one that fails to: a raise must not leak the rest."""
+    for kernel in kernels:
+        try:
+            kernel.shutdown()
+        except Exception as exc:
+            print(f"bench decay: shutting a kernel down failed: {exc}", file=sys.stderr)
 
 
 def _prepare_kernel(kernel: Kernel, model: str, device: str | None, tokens: int) -> Kernel:
@@ -449,8 +458,7 @@ def run_benchmark(
         log(f"generate_batch: batch sizes {', '.join(map(str, sizes))}")
         batch_rows = run_batches(model, device, tokens, list(sizes), max(sizes), log, kernels.pop())
     finally:
-        for unused in kernels:  # those a failed strategy never reached
-            unused.shutdown()
+        shut_down_all(kernels)  # those a failed strategy never reached
     memory = (
         "CUDA: torch allocated/peak bytes, NVML process memory"
         if cuda
