@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import importlib.metadata
+import importlib.util
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -64,10 +67,6 @@ def import_compiler(device: str = "cpu") -> None:
 
     A module that fails to import (a Triton that does not match torch, say) is left for the
     compile to meet, where a failed compile is handled: one line, the step uncompiled."""
-    import importlib
-    import importlib.util
-    import sys
-
     import torch
 
     from ..interrupts import interrupt_deferred
