@@ -950,6 +950,72 @@ def test_divergence_helpers_tell_a_near_tie_from_a_clear_winner() -> None:
     assert behind and "ranks 1 and 3" in message, "rank does not matter, the gap does"
 
 
+def generate_with_scores(
+    loaded: LoadedModel, prompt: str, options: GenerationOptions
+) -> tuple[list[int], list[list[float]]]:
+    """transformers' own greedy `generate` of `prompt`, templated as the engines template it:
+    the completion's ids and, per step, the scores it picked each from (as float lists)."""
+    import torch
+
+    from qwen3_jupyter.generation import prompt_text
+
+    tokenizer, model = loaded.tokenizer, loaded.model
+    text = prompt_text(tokenizer, prompt, options)
+    ids = tokenizer(text, return_tensors="pt")["input_ids"].to(model.device)
+    with torch.inference_mode():
+        reference = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=options.max_new_tokens,
+            min_new_tokens=options.max_new_tokens,
+            output_scores=True,
+            return_dict_in_generate=True,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    completion = reference.sequences[0, ids.shape[1] :].tolist()
+    return completion, [step[0].float().tolist() for step in reference.scores]
+
+
+def test_bfloat16_tokens_part_from_generate_only_at_near_ties(loaded: LoadedModel) -> None:
+    """The GPU test's judgement, on the CPU: in bfloat16 the step (scores in bf16, as
+    transformers' eager attention) and generate's SDPA round differently, so greedy answers may
+    part; where one first does, the fast path's token must have been within a few bf16 steps of
+    generate's best in generate's own scores. A wrong position or a stale cache slot picks a
+    token far down instead. The step runs uncompiled: its own arithmetic in bf16 (the cache's
+    dtype, its casts, the attention) is what this checks, without a second cold CPU compile."""
+    import copy
+
+    import torch
+
+    from tests.divergence import first_divergence, near_tie
+
+    model = copy.deepcopy(loaded.model).to(torch.bfloat16)  # the perturbed weights, rounded
+    bf16 = LoadedModel("tiny", "", model, loaded.tokenizer, "cpu", "bfloat16", True)
+    options = GenerationOptions(greedy=True, think=False, max_new_tokens=48, ignore_eos=True)
+    engine = FastEngine(bf16)
+    engine.compile = False
+    parted = []
+    try:
+        for prompt in [*PROMPTS, "Write a haiku about GPUs. " * 8, "a"]:
+            expected, scores = generate_with_scores(bf16, prompt, options)
+            fast = engine.generate(prompt, options).token_ids
+            assert len(fast) == len(expected) == options.max_new_tokens
+            index = first_divergence(expected, fast)
+            if index is None:
+                continue
+            tie, message = near_tie(scores[index], expected[index], fast[index])
+            assert tie, (
+                f"{prompt[:30]!r}: the bf16 fast path parted from generate at token {index} "
+                f"where generate's choice was clearly ahead: {message}"
+            )
+            parted.append(f"{prompt[:12]!r} at {index}: {message}")
+        assert engine.states[(1, 4096)].buffers.keys[0].dtype == torch.bfloat16
+    finally:
+        engine.close()
+    print("\n".join(parted) or "no prompt parted")
+
+
 # ----------------------------------------------------------------------------- GPU
 
 
@@ -1062,32 +1128,15 @@ def test_gpu_full_size_first_divergence_is_a_near_tie(full_size: LoadedModel) ->
     """bf16 makes exact equality impossible to promise: where the fast path's greedy tokens
     first differ from generate's, the fast path's token must have been within a few bf16 steps
     of generate's in generate's own scores at that step — else it is a bug, not rounding."""
-    import torch
-
-    from qwen3_jupyter.generation import prompt_text
     from tests.divergence import first_divergence, near_tie
 
     tokens = 64
     options = GenerationOptions(greedy=True, think=False, max_new_tokens=tokens, ignore_eos=True)
     notices: list[str] = []  # a failed compile or capture says why here: in every message below
     engine = FastEngine(full_size, notify=notices.append)
-    tokenizer = full_size.tokenizer
     try:
         for prompt in ("Why is the sky blue?", "Write a haiku about GPUs. " * 8):
-            text = prompt_text(tokenizer, prompt, options)  # what the engines template
-            ids = tokenizer(text, return_tensors="pt")["input_ids"].to("cuda")
-            with torch.inference_mode():
-                reference = full_size.model.generate(
-                    input_ids=ids,
-                    attention_mask=torch.ones_like(ids),
-                    do_sample=False,
-                    max_new_tokens=tokens,
-                    min_new_tokens=tokens,
-                    output_scores=True,
-                    return_dict_in_generate=True,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-            expected = reference.sequences[0, ids.shape[1] :].tolist()
+            expected, scores = generate_with_scores(full_size, prompt, options)
             fast = engine.generate(prompt, options)
             assert engine.compile, f"compiling was switched off: {notices}"
             assert engine.states[(1, 4096)].graphs, f"no CUDA graph was captured: {notices}"
@@ -1095,8 +1144,7 @@ def test_gpu_full_size_first_divergence_is_a_near_tie(full_size: LoadedModel) ->
             print(f"{prompt[:30]!r}: first divergence at {index} of {tokens}")
             if index is None:
                 continue
-            scores = reference.scores[index][0].float().tolist()
-            tie, message = near_tie(scores, expected[index], fast.token_ids[index])
+            tie, message = near_tie(scores[index], expected[index], fast.token_ids[index])
             print(message)
             assert tie, (
                 f"{prompt[:30]!r}: divergence at token {index} is not a near-tie: {message}; "
