@@ -404,7 +404,9 @@ def stream_completion(
             if active is not None:
                 active.discard(stream)
             if completed:
-                stream.close()  # read to the end: the connection goes back to the pool
+                # read to the end. openai's stream closed its response at `[DONE]`, mostly
+                # before the body's last chunk: the connection is then closed, not pooled
+                stream.close()
             else:
                 abort(stream)  # the server sees the client go and stops generating
         result.latency_s = time.perf_counter() - started
