@@ -127,11 +127,11 @@ elif [ "$mode" = tests ]; then
   tests_cache=$(mktemp -d)
   QWEN3_JUPYTER_TEST_CACHE=$tests_cache run 60 timeout $(($(left) - 90)) \
     python3 -m pytest "${gpu_tests[@]}"
-  step "issue 10: the full-size near-tie test again, alone, in a new process (its second run)"
+  step "issue 10: the full-size bf16 test (tokens and logits) again, alone, in a new process"
   # Its one failure (H200, 2026-11-28) came after a really failed capture in the same process;
   # alone, with the compile cache the run above filled, it says whether the order mattered.
   QWEN3_JUPYTER_TEST_CACHE=$tests_cache run 60 timeout $(($(left) - 5)) \
-    python3 -m pytest "${gpu_tests[@]}" -k full_size_first_divergence
+    python3 -m pytest "${gpu_tests[@]}" -k full_size_differs
 elif [ "$mode" = tuned ]; then
   # bench step measured the tuned step at 0.67 of the plain one's time on an H200 (523 tok/s);
   # whether whole calls keep that, and what it does to a second kernel's first call (<= 10 s)

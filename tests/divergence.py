@@ -1,10 +1,13 @@
-"""Where two greedy decodes part, and whether that is a near-tie in the logits.
+"""Where two greedy decodes part, whether that is a near-tie in the logits, and how far two
+ways of computing the same logits may differ.
 
 In bfloat16 two correct implementations of the same model round differently (one attention
 kernel keeps float32 partial sums, another rounds probabilities to bf16), so greedy tokens can
-part where the two best candidates are within rounding of each other. A real bug shows as a
-divergence where one candidate was clearly ahead. These helpers tell the two apart; they run on
-plain lists so the judgement is tested on the CPU before a GPU ever needs it.
+part where the two best candidates are within rounding of each other. A real bug often shows as
+a divergence where one candidate was clearly ahead; with random weights' nearly flat logits it
+may not (a rotary position off by one parted at a near-tie), so the tests also compare whole
+logit vectors against the rounding transformers itself shows (`rounding_bound`). These helpers
+run on plain lists so the judgement is tested on the CPU before a GPU ever needs it.
 """
 
 from __future__ import annotations
@@ -46,3 +49,18 @@ def near_tie(logits: Sequence[float], decoded: int, other: int, ulps: int = 8) -
         f"{ranked.index(decoded) + 1} and {ranked.index(other) + 1}"
     )
     return tie, message
+
+
+def rounding_bound(forward: Sequence[float]) -> float:
+    """The most a correct bf16 step may differ from generate's scores, per step, fed generate's
+    own tokens (test_fast_engine's `forced_logit_noise`): twice the worst of `forward`, what
+    transformers' own second way of computing them differs by, and no less than 16 bf16 steps
+    (twice the token check's tolerance). Measured on the CPU at full size: both correct ways
+    8-9 at worst, a rotary position off by one 81."""
+    return max(16.0, 2 * max(forward))
+
+
+def spread(values: Sequence[float]) -> str:
+    """Median and worst of per-step differences, as the tests' messages print them."""
+    ordered = sorted(values)
+    return f"median {ordered[len(ordered) // 2]:.1f}, worst {ordered[-1]:.1f} bf16 steps"
