@@ -125,7 +125,7 @@ elif [ "$mode" = tests ]; then
   step "issues 10 and 11: the GPU tests alone, compile cache empty"
   # (an empty QWEN3_JUPYTER_TEST_CACHE: conftest builds models and compiles into a new temp dir)
   tests_cache=$(mktemp -d)
-  QWEN3_JUPYTER_TEST_CACHE=$tests_cache run 60 timeout $(($(left) - 90)) \
+  QWEN3_JUPYTER_TEST_CACHE=$tests_cache run 150 timeout $(($(left) - 90)) \
     python3 -m pytest "${gpu_tests[@]}"
   step "issue 10: the full-size bf16 test (tokens and logits) again, alone, in a new process"
   # Its one failure (H200, 2026-11-28) came after a really failed capture in the same process;

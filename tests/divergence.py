@@ -53,10 +53,11 @@ def near_tie(logits: Sequence[float], decoded: int, other: int, ulps: int = 8) -
 
 def rounding_bound(forward: Sequence[float]) -> float:
     """The most a correct bf16 step may differ from generate's scores, per step, fed generate's
-    own tokens (test_fast_engine's `forced_logit_noise`): twice the worst of `forward`, what
-    transformers' own second way of computing them differs by, and no less than 16 bf16 steps
-    (twice the token check's tolerance). Measured on the CPU at full size: both correct ways
-    8-9 at worst, a rotary position off by one 81."""
+    own tokens (test_fast_engine's `teacher_forced`), and the most apart two candidates may be
+    and still count as a near-tie: twice the worst of `forward`, what transformers' own second
+    way of computing them differs by, and no less than 16 bf16 steps (twice the 8 the token
+    check used alone). Measured on the CPU at full size: both correct ways 8-9 at worst, a
+    rotary position off by one 81."""
     return max(16.0, 2 * max(forward))
 
 
