@@ -33,32 +33,42 @@ def bf16_ulp(value: float) -> float:
     return 2.0 ** (math.floor(math.log2(abs(value))) - BF16_MANTISSA_BITS)
 
 
-def near_tie(logits: Sequence[float], decoded: int, other: int, ulps: int = 8) -> tuple[bool, str]:
+def near_tie(
+    logits: Sequence[float], decoded: int, other: int, ulps: float = 8, unit: float | None = None
+) -> tuple[bool, str]:
     """Whether `other` was within `ulps` bf16 steps of `decoded` in the reference's own logits
     (the scores greedy decoding chose `decoded` from, so it must be their best) — and the
     figures that say so. A bug (a wrong position, a stale cache slot) picks a token many steps
-    down; rounding picks one a few steps from the top."""
+    down; rounding picks one a few steps from the top. A step is the bf16 spacing at the two
+    logits, or `unit` (one unit for a whole answer's comparisons)."""
     ranked = sorted(range(len(logits)), key=lambda i: logits[i], reverse=True)
     gap = abs(logits[decoded] - logits[other])
-    scale = bf16_ulp(max(abs(logits[decoded]), abs(logits[other])))
+    scale = unit or bf16_ulp(max(abs(logits[decoded]), abs(logits[other])))
     best = logits[ranked[0]]
     tie = logits[decoded] == best and gap <= ulps * scale
     message = (
         f"logit[{decoded}] = {logits[decoded]:.5f}, logit[{other}] = {logits[other]:.5f}, gap "
-        f"{gap:.5f} = {gap / scale:.1f} bf16 steps (tolerance {ulps}); ranks "
+        f"{gap:.5f} = {gap / scale:.1f} bf16 steps (tolerance {ulps:g}); ranks "
         f"{ranked.index(decoded) + 1} and {ranked.index(other) + 1}"
     )
     return tie, message
 
 
 def rounding_bound(forward: Sequence[float]) -> float:
-    """The most a correct bf16 step may differ from generate's scores, per step, fed generate's
-    own tokens (test_fast_engine's `teacher_forced`), and the most apart two candidates may be
-    and still count as a near-tie: twice the worst of `forward`, what transformers' own second
-    way of computing them differs by, and no less than 16 bf16 steps (twice the 8 the token
-    check used alone). Measured on the CPU at full size: both correct ways 8-9 at worst, a
-    rotary position off by one 81."""
-    return max(16.0, 2 * max(forward))
+    """The most a correct bf16 step may differ from generate's scores over the vocabulary, fed
+    generate's own tokens (test_fast_engine's `teacher_forced`), given `forward`, what
+    transformers' own second way of computing them differs by: 2.5 times its worst, and no
+    less than 8 bf16 steps. Measured on the CPU (steps of the answer's best score): at full
+    size the step's worst was 1.05-1.1 times one forward's (4.2 and 3.8 against 4.0 and 3.4),
+    on `tiny` 1.8-2.6 times (under the floor); a rotary position off by one 21.8-40.5."""
+    return max(8.0, 2.5 * max(forward))
+
+
+def pick_tolerance(difference: float) -> float:
+    """How far apart (bf16 steps) two candidates may be in generate's scores for a step whose
+    logits differ from generate's by at most `difference` to pick the other: each moved by up
+    to `difference`, plus a step each for rounding the head apart from those logits."""
+    return 2 * difference + 2
 
 
 def spread(values: Sequence[float]) -> str:

@@ -936,7 +936,14 @@ def test_a_failed_capture_names_its_own_cause_before_the_error_ending_it_raised(
 
 
 def test_divergence_helpers_tell_a_near_tie_from_a_clear_winner() -> None:
-    from tests.divergence import bf16_ulp, first_divergence, near_tie, rounding_bound, spread
+    from tests.divergence import (
+        bf16_ulp,
+        first_divergence,
+        near_tie,
+        pick_tolerance,
+        rounding_bound,
+        spread,
+    )
 
     assert first_divergence([1, 2, 3], [1, 2, 3]) is None
     assert first_divergence([1, 2, 3], [1, 5, 3]) == 1
@@ -950,8 +957,11 @@ def test_divergence_helpers_tell_a_near_tie_from_a_clear_winner() -> None:
     assert not third, "the decoded token must be the best of the scores it was decoded from"
     behind, message = near_tie([12.0625, 12.0, 12.03, -3.0], 0, 1)
     assert behind and "ranks 1 and 3" in message, "rank does not matter, the gap does"
-    assert rounding_bound([1.0, 2.0]) == 16.0, "never tighter than twice the token tolerance"
-    assert rounding_bound([7.9, 10.0, 3.0]) == 20.0, "twice transformers' own worst step"
+    coarse, message = near_tie([3.0, 3.5, 0.0], 1, 0, 16, unit=2**-5)
+    assert coarse and "16.0 bf16 steps (tolerance 16)" in message, "a whole answer's unit"
+    assert rounding_bound([1.0, 2.0]) == 8.0, "never tighter than 8 steps"
+    assert rounding_bound([3.9, 4.0, 3.0]) == 10.0, "2.5 times transformers' own worst step"
+    assert pick_tolerance(4.0) == 10.0, "each candidate moved by 4, plus rounding the head"
     assert spread([3.0, 1.0, 2.0]) == "median 2.0, worst 3.0 bf16 steps"
 
 
@@ -989,8 +999,8 @@ class TeacherForced:
     `step`: how far the step's logits are from generate's scores; `forward`: how far
     transformers' own second way of computing them is (one forward over the prompt and the
     answer, with SDPA) — per step, the largest difference over the vocabulary, in bf16 steps of
-    generate's best score over the whole answer. `picks`: the token the engine's own step (the
-    CUDA graph, on a GPU) picked at each step, for generate's token at that index.
+    generate's best score over the whole answer (`unit`). `picks`: the token the engine's own
+    step (the CUDA graph, on a GPU) picked at each step, for generate's token at that index.
 
     Why: with random weights the logits are nearly flat, so greedy tokens part at near-ties
     even with a rotary position off by one (measured at full size: parted at token 3, 3 bf16
@@ -998,6 +1008,7 @@ class TeacherForced:
     correct way). And teacher forcing judges every step, not only the first divergence.
     """
 
+    unit: float
     step: list[float]
     forward: list[float]
     picks: list[int]
@@ -1020,15 +1031,15 @@ def teacher_forced(
     model, tokenizer = loaded.model, loaded.tokenizer
     encoded = tokenizer([prompt_text(tokenizer, prompt, options)], return_tensors="pt")
     usable = torch.isfinite(scores[0])  # not the end-of-sequence ids min_new_tokens masks
-    scale = bf16_ulp(max(float(step[usable].max()) for step in scores))  # one unit throughout
+    unit = bf16_ulp(max(float(step[usable].max()) for step in scores))
 
     def difference(logits: Any, step: int) -> float:
-        return float((logits.float().cpu()[usable] - scores[step][usable]).abs().max()) / scale
+        return float((logits.float().cpu()[usable] - scores[step][usable]).abs().max()) / unit
 
     parts = engine.compiled_step if engine.compile and engine.compiled_step else PLAIN_STEP
     state = engine.states[(1, 4096)]
     buffers = state.buffers
-    result = TeacherForced([], [], [])
+    result = TeacherForced(unit, [], [], [])
     with torch.inference_mode():
         engine._prefill(state, encoded, options, 0)
         for step, token in enumerate(expected[:-1], start=1):
@@ -1054,17 +1065,18 @@ def teacher_forced(
     return result
 
 
-def forced_misses(
-    forced: TeacherForced, expected: list[int], scores: list[Any], tolerance: int
-) -> list[str]:
-    """The steps where the engine's step, fed generate's tokens, picked a token that was not
-    within `tolerance` bf16 steps of generate's choice in generate's own scores."""
-    from tests.divergence import near_tie
+def forced_misses(forced: TeacherForced, expected: list[int], scores: list[Any]) -> list[str]:
+    """The steps where the engine's step, fed generate's tokens, picked a token further from
+    generate's choice, in generate's own scores, than that step's logits explain."""
+    from tests.divergence import near_tie, pick_tolerance
 
     misses = []
     for index, pick in enumerate(forced.picks, start=1):
         if pick != expected[index]:
-            tie, message = near_tie(scores[index].tolist(), expected[index], pick, tolerance)
+            tolerance = pick_tolerance(forced.step[index - 1])
+            tie, message = near_tie(
+                scores[index].tolist(), expected[index], pick, tolerance, forced.unit
+            )
             if not tie:
                 misses.append(f"token {index}: {message}")
     return misses
@@ -1076,9 +1088,9 @@ def judge_bfloat16(
     """Assert that `engine`'s greedy answer to `prompt` differs from generate's by bf16
     rounding only, three ways: fed generate's tokens, the step's logits stay within
     `rounding_bound` of generate's scores; the step's own picks there (its CUDA graph, on a
-    GPU) part from generate's only at near-ties within that bound; and so does the answer
-    where it first parts. Returns the figures, for the test's output."""
-    from tests.divergence import first_divergence, near_tie, rounding_bound, spread
+    GPU) part from generate's only where those logits explain it (`pick_tolerance`); and so
+    does the answer where it first parts. Returns the figures, for the test's output."""
+    from tests.divergence import first_divergence, near_tie, pick_tolerance, rounding_bound, spread
 
     expected, scores = generate_with_scores(engine.loaded, prompt, options)
     fast = engine.generate(prompt, options).token_ids
@@ -1091,14 +1103,17 @@ def judge_bfloat16(
     )
     noticed = f"; notices: {notices}" if notices else ""
     assert max(forced.step) <= bound, f"{said}{noticed}"
-    misses = forced_misses(forced, expected, scores, round(bound))
+    misses = forced_misses(forced, expected, scores)
     assert not misses, (
         f"{said}; the step's own picks were not near-ties at {len(misses)} steps: {misses[:3]}"
         f"{noticed}"
     )
     index = first_divergence(expected, fast)
-    if index is not None:
-        tie, message = near_tie(scores[index].tolist(), expected[index], fast[index], round(bound))
+    if index is not None:  # the same state as teacher forcing reached there (the prefill's: 0)
+        tolerance = pick_tolerance(forced.step[index - 1]) if index else bound
+        tie, message = near_tie(
+            scores[index].tolist(), expected[index], fast[index], tolerance, forced.unit
+        )
         assert tie, (
             f"{said}; the answer parted from generate at token {index} where generate's choice "
             f"was clearly ahead: {message}; generate {expected[: index + 1]}, fast "
