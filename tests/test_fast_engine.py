@@ -1004,7 +1004,7 @@ class TeacherForced:
 
     Why: with random weights the logits are nearly flat, so greedy tokens part at near-ties
     even with a rotary position off by one (measured at full size: parted at token 3, 3 bf16
-    steps); the whole logit vector does not hide it (median 54 steps against 6-7 for either
+    steps); the whole logit vector does not hide it (median 17-34 steps against 3-4 for either
     correct way). And teacher forcing judges every step, not only the first divergence.
     """
 
