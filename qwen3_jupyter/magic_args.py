@@ -18,11 +18,16 @@ from IPython.core.magic_arguments import parse_argstring
 _UNRECOGNIZED = re.compile(r"unrecognized arguments: (\S+)")
 _BAD_VALUE = re.compile(r"argument (\S+?)(?:/\S+)?: invalid (int|float) value: (.*)$")
 _KINDS = {"int": "a whole number", "float": "a number"}
+_NO_VALUE = re.compile(r"argument (\S+): expected one argument$")
 
 
 def plain_value_error(message: str) -> str:
     """argparse's "argument --top-k: invalid int value: 'abc'" as a user reads it: "--top-k
-    needs a whole number, not 'abc'". Other messages are returned as they are."""
+    needs a whole number, not 'abc'"; its "argument --keep: expected one argument" as "--keep
+    needs a value", as %qwen3 words it. Other messages are returned as they are."""
+    missing = _NO_VALUE.match(message)
+    if missing is not None:
+        return f"{max(missing.group(1).split('/'), key=len)} needs a value"
     bad = _BAD_VALUE.match(message)
     if bad is None:
         return message

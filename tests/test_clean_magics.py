@@ -140,7 +140,7 @@ def test_verbose_lists_holders(k: Kernel) -> None:
         ("%qwen3_clean stray", "unrecognized arguments: stray (see %qwen3_clean?)"),
         ("%qwen3_clean --drop", "--drop and --keep apply to a %%qwen3_clean cell"),
         ("%qwen3_clean --keep 1a", "not a name: '1a'"),
-        ("%%qwen3_clean --keep\nx = 1", "expected one argument"),
+        ("%%qwen3_clean --keep\nx = 1", "--keep needs a value (see %qwen3_clean?)"),
         ("%%qwen3_clean --keep x\nx = 1", "add --drop"),
         ("%qwen3_autoclean maybe", "invalid choice: 'maybe'"),
         ("%qwen3_clean -q -v", "--quiet prints no report and --verbose a longer one: use one"),
