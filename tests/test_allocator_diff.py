@@ -221,9 +221,11 @@ def test_kernel_setup_runs_and_degrades_without_cuda(capsys: pytest.CaptureFixtu
     state = json.loads(capsys.readouterr().out)
     assert state["history"] == "not asked" and "blocks" not in state
     if cpu["_qj_mallinfo2"] is not None:
+        # above 32 MiB, glibc's largest mmap threshold: a smaller block can come from the heap
+        # once this process freed a large mapping (seen in a test process with a long history)
         before = cpu["_qj_allocated"]()
-        big = torch.ones(16 * MiB // 4)
-        assert cpu["_qj_allocated"]() - before >= 16 * MiB, "a big tensor is one mapping"
+        big = torch.ones(64 * MiB // 4)
+        assert cpu["_qj_allocated"]() - before >= 64 * MiB, "a big tensor is one mapping"
         del big
     cuda: dict[str, Any] = {}
     exec(kernel_setup("cuda"), cuda)
