@@ -20,7 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Start mypy now, in idle CPU time, when `test_mypy` will judge it."""
+    """Start mypy now, in idle CPU time, when `test_mypy` will judge it.
+
+    With pytest-xdist every worker collects every test: only the first worker starts it
+    early; where the test runs on another worker, it starts its own."""
+    if os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0":
+        return
     if any(item.nodeid.endswith("test_quality.py::test_mypy") for item in session.items):
         background_check.MYPY = background_check.start("mypy")
 
