@@ -11,9 +11,10 @@ Two halves:
   allocation history (stacks for every live block, a trace of alloc/free events) where torch
   has the API, and defines `_qj_state()`, which prints one allocator state as JSON:
   on CUDA torch's allocated bytes, `memory_stats()` and a compact `_snapshot()`; on the CPU the
-  bytes glibc has mapped for large allocations (`mallinfo2().hblkhd`: every tensor over 32 MiB,
-  glibc's largest mmap threshold, is its own mapping, so this counts them exactly without walking
-  the gc heap, which would hand back the cleanup's frozen objects and change what is measured).
+  bytes glibc has mapped for large allocations (`mallinfo2().hblkhd`: in a test kernel every
+  tensor over 32 MiB, glibc's largest mmap threshold, is its own mapping, so this counts them
+  exactly without walking the gc heap, which would hand back the cleanup's frozen objects and
+  change what is measured; a process with a long history can serve one from freed heap memory).
 - Pure functions over those states (`compact_snapshot`, `diff_blocks`, `stats_delta`,
   `explain`), unit-tested on synthetic snapshots shaped like torch's, so the message is known
   to work before a GPU ever runs it.
