@@ -25,7 +25,7 @@ class ApiCall:
     """One API call's status line (None outside a kernel or when asked for no progress)."""
 
     def __init__(self, show_status: bool) -> None:
-        self.status = display.Status() if show_status and _in_kernel() else None
+        self.status = display.Status() if show_status and display.in_kernel() else None
         self.notices: list[str] = []
         """This call's own one-line notices, printed after the engines' at its end."""
 
@@ -168,14 +168,3 @@ def _api_words(text: str) -> str:
     text = re.sub(r"decode with --(eager|fast)\b", r"use decode='\1'", text)
     text = re.sub(r"--(eager|fast)'s", r"\1 decoding's", text)
     return _FLAG.sub(_argument, text)
-
-
-def _in_kernel() -> bool:
-    """True inside a Jupyter kernel, where a display can be updated in place (a plain Python
-    process would print the display object's repr instead)."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .batch_progress import BatchProgress
 from .generation import (
     GenerationOOM,
     GenerationOptions,
@@ -198,7 +199,9 @@ def generate_batch(
                 out=out,
                 progress=progress,
             )
-        if results.report.interrupted:
+        if call.status is not None:  # the progress line is cleared: say how the batch went
+            call.notify(f"generate_batch · {results.report.summary()}")
+        elif results.report.interrupted:
             call.notify(
                 f"generate_batch interrupted: {results.report.completed}/{results.report.total} "
                 "finished results kept"
@@ -267,8 +270,6 @@ def run_batches(
     progress: bool,
 ) -> BatchResults:
     """The batching loop: back off on out-of-memory, write as batches finish, keep on interrupt."""
-    from tqdm.auto import tqdm
-
     if options.seed is not None:
         import torch
 
@@ -283,7 +284,7 @@ def run_batches(
     out_of_memory: str | None = None
     started = time.perf_counter()
     writer = _JsonLines(Path(out)) if out is not None else None
-    bar = tqdm(total=len(prompts), desc="qwen3 batch", unit="prompt", disable=not progress)
+    bar = BatchProgress(len(prompts), "qwen3 batch", progress)
     try:
         while position < len(prompts):
             stop_point()  # a stop asked for as the last batch finished: before the next one
@@ -302,7 +303,7 @@ def run_batches(
                 size = max(1, size // 2)
                 while size >= len(chunk):  # fewer prompts were left than the batch size: the
                     size //= 2  # next try must be smaller than what ran out, not the same rows
-                bar.set_postfix(batch_size=size)
+                bar.note(f"batch size {size} after out of memory")
                 continue
             peak = max(peak, chunk_peak)
             with interrupt_deferred():  # a finished batch is both kept and written, or neither
@@ -310,7 +311,7 @@ def run_batches(
                     writer.write(position, chunk_results, size)
                 results.extend(chunk_results)
             position += len(chunk)
-            bar.update(len(chunk))
+            bar.advance(len(chunk))
     except KeyboardInterrupt:
         interrupted = True
     finally:

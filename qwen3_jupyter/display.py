@@ -17,6 +17,17 @@ from .memory import format_bytes
 PREFIX = "[qwen3]"
 
 
+def in_kernel() -> bool:
+    """True inside a Jupyter kernel, where a display can be updated in place (a plain Python
+    process would print the display object's repr instead)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
 class StreamView:
     """One display that is updated in place while tokens arrive, then replaced by the answer."""
 

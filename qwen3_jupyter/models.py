@@ -241,16 +241,15 @@ def release_allocator_cache(device: str | None = None) -> None:
 def _load(choice: ModelChoice, path: str, is_embedded: bool) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
     model: Any = None
     short_of: str | None = None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=getattr(torch, choice.dtype), device_map=None, low_cpu_mem_usage=True
-        )
+        with embedded.hub_progress_bars_off():
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=getattr(torch, choice.dtype), device_map=None, low_cpu_mem_usage=True
+            )
         model.to(torch.device(choice.device))
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -259,8 +258,6 @@ def _load(choice: ModelChoice, path: str, is_embedded: bool) -> LoadedModel:
         short_of = out_of_memory_reason(exc)
         if short_of is None:
             raise
-    finally:
-        hf_logging.enable_progress_bar()
     if short_of is not None:
         # Out of the except block, the failed load's frames are gone: drop the weights that
         # reached the device before it ran out, so the failure holds nothing.

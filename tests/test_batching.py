@@ -14,7 +14,7 @@ from qwen3_jupyter.engines.base import EngineError
 from qwen3_jupyter.engines.eager import EagerEngine
 from qwen3_jupyter.generation import GenerationOOM, GenerationOptions
 from qwen3_jupyter.session import SESSION
-from tests.kernel import Kernel, ok
+from tests.kernel import Execution, Kernel, ok
 from tests.oversized import hog_above
 
 PROMPTS = [f"Question {i}: " + "why " * (i * 3) for i in range(7)]
@@ -408,3 +408,78 @@ def test_an_out_path_that_cannot_be_written_fails_before_any_prompt_runs(
         assert "qwen3 batch" not in ex.stdout + ex.stderr, "no batch started"
     with pytest.raises(OSError, match=f"cannot write results to {tmp_path}: Is a directory"):
         generate_batch(["a"], model="tiny", out=tmp_path, progress=False, **GREEDY)
+
+
+def _progress_line(execution: Execution, what: str) -> list[str]:
+    """The texts one display showed, in order: the display that opened with `what: 0/`."""
+    shown = execution.of_type("display_data", "update_display_data")
+    texts = [
+        (m["content"].get("transient", {}).get("display_id"), m["content"]["data"]) for m in shown
+    ]
+    ids = [i for i, data in texts if data.get("text/markdown", "").startswith(f"*{what}: 0/")]
+    assert len(ids) == 1, [data.get("text/markdown") for _, data in texts]
+    return [data.get("text/markdown", "") for i, data in texts if i == ids[0]]
+
+
+def test_batch_progress_is_one_line_in_place_and_leaves_no_widget(
+    kernel: Kernel, tmp_path: Path
+) -> None:
+    """tqdm's notebook bar kept 11 ipywidgets models alive after every batch (22 after one magic
+    batch and one generate_batch). The progress is now a display line rewritten in place: it
+    counts up to the whole, is cleared, and the cell ends with the batch's summary."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a\nb\nc\n")
+    ok(kernel, "import ipywidgets, qwen3_jupyter\nwidgets_before = len(ipywidgets.Widget.widgets)")
+    magic = ok(
+        kernel, f"%qwen3 --file {prompts} --batch-size 2 --greedy --no-think --max-new-tokens 2"
+    )
+    api = ok(
+        kernel,
+        "r = qwen3_jupyter.generate_batch(['a', 'b', 'c'], 1, greedy=True, think=False, "
+        "max_new_tokens=2)",
+    )
+    for execution, summary in (
+        (magic, "[qwen3] batch · 3/3 prompts · "),
+        (api, "[qwen3] generate_batch · 3/3 prompts · "),
+    ):
+        line = _progress_line(execution, "qwen3 batch")
+        counts = [int(text.split(": ")[1].split("/")[0]) for text in line if text]
+        assert counts[0] == 0 and counts[-1] == 3 and counts == sorted(counts), line
+        assert line[-1] == "", f"the line is cleared at the end: {line}"
+        assert summary in execution.stdout, execution.stdout
+        widgets = [
+            m["content"]["data"]["state"].get("_model_name")
+            for m in execution.of_type("comm_open")
+            if m["content"]["target_name"] == "jupyter.widget"
+        ]
+        assert not widgets, f"widgets opened: {widgets}; {execution.texts('text/plain')}"
+    assert kernel.value("len(ipywidgets.Widget.widgets) - widgets_before") == 0
+
+
+def test_the_progress_line_says_what_is_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Elapsed time and an estimate of what is left from the rate so far, to the precision a
+    person reading it wants."""
+    from qwen3_jupyter import batch_progress
+
+    progress = batch_progress.BatchProgress(12, "qwen3 batch", enabled=False)
+    now = [100.0]
+    monkeypatch.setattr(batch_progress.time, "perf_counter", lambda: now[0])
+    progress._started = 100.0
+    assert progress.text() == "qwen3 batch: 0/12 prompts · 0.0 s"
+    progress.advance(3)
+    progress.note("batch size 2 after out of memory")
+    now[0] = 130.0
+    assert progress.text() == (
+        "qwen3 batch: 3/12 prompts · batch size 2 after out of memory · 30 s, about 1 min 30 s left"
+    )
+    progress.advance(9)
+    assert progress.text().endswith("12/12 prompts · batch size 2 after out of memory · 30 s")
+    assert [batch_progress.seconds(s) for s in (0.04, 9.94, 9.96, 59.4, 59.6, 61, 3725)] == [
+        "0.0 s",
+        "9.9 s",
+        "10 s",
+        "59 s",
+        "1 min 00 s",
+        "1 min 01 s",
+        "1 h 02 min",
+    ]

@@ -88,12 +88,22 @@ def test_same_seed_same_weights_other_seed_other_weights(model_cache: Path) -> N
     assert (first["model.norm.weight"] == 1).all()
 
 
-def test_progress_is_reported_while_building(model_cache: Path) -> None:
+def test_progress_is_reported_while_building(
+    model_cache: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Our own progress, and not transformers' "Writing model shards" bar as well (in a kernel
+    that bar was 11 ipywidgets models left alive by the first call); the user's own setting for
+    transformers' bars is kept."""
+    from transformers.utils import logging as hf_logging
+
     seen: list[tuple[str, int, int]] = []
     (embedded.checkpoint_dir("tiny", 7) / "qwen3_jupyter_build.json").unlink(missing_ok=True)
+    assert hf_logging.is_progress_bar_enabled()
     embedded.ensure_built("tiny", seed=7, progress=lambda *a: seen.append(a))
     assert seen and seen[-1][1] == seen[-1][2]
     assert all(b <= c for _, b, c in seen)
+    assert "Writing model shards" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()
 
 
 @pytest.mark.parametrize("name", ["tiny", "random:tiny", "random:Qwen3-1.7B", "random:qwen3-1.7b"])

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
+from ..batch_progress import BatchProgress
 from ..batching import BatchReport, BatchResults, _JsonLines
 from ..generation import Result
 from ..interrupts import interrupt_deferred, interrupts_ignored
@@ -57,13 +58,11 @@ def run_concurrently(
     `cancel` is called once on an interrupt, from the main thread: it must make the workers'
     streams end now.
     """
-    from tqdm.auto import tqdm
-
     writer = _JsonLines(Path(out)) if out is not None else None
     finished: dict[int, Result] = {}
     interrupted = False
     started = time.perf_counter()
-    bar = tqdm(total=len(prompts), desc="qwen3 server batch", unit="prompt", disable=not progress)
+    bar = BatchProgress(len(prompts), "qwen3 server batch", progress)
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="qwen3-remote")
     futures: dict[Future[Result], int] = {}
 
@@ -77,10 +76,10 @@ def run_concurrently(
                 if writer is not None:
                     writer.write(index, [result], 1)
                 finished[index] = result
-            bar.update(1)
+            bar.advance()
             failed = sum(r.failed for r in finished.values())
             if failed:
-                bar.set_postfix(failed=failed)
+                bar.note(f"{failed} failed")
 
     try:
         futures = {pool.submit(answer, i, prompt): i for i, prompt in enumerate(prompts)}
@@ -88,6 +87,7 @@ def run_concurrently(
         while pending:
             done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
             collect(done)
+            bar.tick()
             SERVER_CALLS.check_stop()  # `%qwen3 --stop` ends a batch run in a thread here
     except KeyboardInterrupt:
         interrupted = True
