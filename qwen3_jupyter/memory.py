@@ -705,6 +705,35 @@ def torch_device_for(
     return next((d for d in torch_devices if _uuid_key(d.uuid) == key), None)
 
 
+def unlisted_threshold(memory_source: str) -> int:
+    """Memory in use above which a GPU with an empty process list must be hiding processes.
+
+    The v1 call counts the driver's own reservation (hundreds of MiB on an idle GPU) as used.
+    """
+    return 1 * GiB if memory_source == "v1" else 256 * MiB
+
+
+def lists_every_process(gpu: GpuReading) -> bool:
+    """Whether NVML's process list for `gpu` can be trusted to be whole: it answered, and a GPU
+    with memory in use lists someone (an empty list with GiBs in use is hiding them)."""
+    hidden = not gpu.processes and gpu.memory_used > unlisted_threshold(gpu.memory_source)
+    return gpu.processes_listed and not hidden
+
+
+def existing_pids(reading: NvmlReading) -> frozenset[int]:
+    """The PIDs in NVML's process lists that exist here (none do inside most containers)."""
+    listed = {p.pid for gpu in reading.gpus for p in gpu.processes}
+    return frozenset(pid for pid in listed if psutil.pid_exists(pid))
+
+
+def pids_are_local(reading: NvmlReading, local_pids: frozenset[int]) -> bool:
+    """Whether NVML lists PIDs of this PID namespace (`local_pids`: `existing_pids`): then a
+    process it does not list has no memory on that GPU. Inside a container it lists the host's
+    PIDs, and a process missing from the list tells nothing."""
+    listed = {p.pid for gpu in reading.gpus for p in gpu.processes}
+    return not listed or bool(listed & local_pids)
+
+
 def _pids_bytes(processes: tuple[GpuProcess, ...], pids: set[int]) -> int | None:
     """Bytes `pids` use among `processes`; None when none of them is listed or NVML does not
     know a listed one's memory (unknown, never 0)."""

@@ -41,7 +41,10 @@ from .memory import (
     NvmlReading,
     TorchDeviceMemory,
     added_memory,
+    existing_pids,
     format_bytes,
+    lists_every_process,
+    pids_are_local,
     process_memory_by_uuid,
     read_host,
     read_torch,
@@ -72,8 +75,11 @@ class GpuSample:
     """One GPU in one poll, with what this kernel holds on it.
 
     `kernel_bytes` is this kernel's memory according to NVML, None when NVML cannot tell (the
-    kernel's PID is not in its list, as inside containers): never 0 for unknown. `torch` is
-    torch's allocator on the same device (matched by UUID), None when torch does not use it.
+    kernel's PID is not in its list, as inside containers): never 0 for unknown. It is 0 where
+    NVML's list is whole and of this PID namespace, leaves this kernel out, and torch has not
+    used the GPU (as the server judges a notebook's VRAM, so the gauge and the sidebar agree).
+    `torch` is torch's allocator on the same device (matched by UUID), None when torch does not
+    use it.
     `peak_used` is the highest `memory_used` seen since the last cleanup. `cuda_index` is the
     N of torch's `cuda:N` for a GPU this kernel sees (None for the others: NVML numbers GPUs by
     bus, CUDA_VISIBLE_DEVICES renumbers them for torch). `kernel_listed` says NVML lists this
@@ -544,20 +550,26 @@ class Monitor:
                 order[gpu.uuid] = device.index
         pids = self._pids()
         mine = process_memory_by_uuid(nvml, pids)
+        local = pids_are_local(nvml, existing_pids(nvml))
         samples = []
         with self._lock:
             for gpu in nvml.gpus:
                 peak = max(self._gpu_peaks.get(gpu.uuid, 0), gpu.memory_used)
                 self._gpu_peaks[gpu.uuid] = peak
+                listed = any(p.pid in pids for p in gpu.processes)
+                torch_memory = torch_device_for(gpu, torch_devices)
+                kernel_bytes = mine.get(gpu.uuid)
+                if not listed and torch_memory is None and local and lists_every_process(gpu):
+                    kernel_bytes = 0  # NVML lists this namespace's processes, not this one
                 samples.append(
                     GpuSample(
                         gpu=gpu,
                         visible=gpu.uuid in order,
-                        kernel_bytes=mine.get(gpu.uuid),
-                        torch=torch_device_for(gpu, torch_devices),
+                        kernel_bytes=kernel_bytes,
+                        torch=torch_memory,
                         peak_used=peak,
                         cuda_index=order.get(gpu.uuid),
-                        kernel_listed=any(p.pid in pids for p in gpu.processes),
+                        kernel_listed=listed,
                     )
                 )
         return tuple(samples)

@@ -7,6 +7,7 @@ above it — monitor thread, widgets, comm messages — is the real thing.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import comm
+import psutil
 import pytest
 
 from qwen3_jupyter.gauge import (
@@ -30,8 +32,10 @@ from qwen3_jupyter.gauge import (
     sparkline_svg,
     unbroken,
 )
-from qwen3_jupyter.memory import GiB, MiB, NvmlReader, TorchDeviceMemory
+from qwen3_jupyter.memory import GiB, MiB, NvmlReader, TorchDeviceMemory, existing_pids
 from qwen3_jupyter.monitor import Monitor, Snapshot
+from qwen3_jupyter.server.kernels import attribute
+from qwen3_jupyter.server.sampler import WatchedKernel, process_trees
 from tests import background_check
 from tests.fake_nvml import SELF, FakeGpu, FakeNvml, FakeProcess, child_env
 from tests.kernel import Execution, Kernel, ok
@@ -743,3 +747,31 @@ def test_a_row_keeps_torchs_number_when_another_gpu_cannot_be_read() -> None:
     monitor = _Monitor(NvmlReader(FakeNvml([]).module))
     (sample,) = monitor._gpu_samples(reading, devices)
     assert sample.cuda_index == 1 and gpu_label(sample) == "GPU 1"
+
+
+@pytest.mark.parametrize(
+    ("processes", "used", "said", "total"),
+    [
+        ("here", 5 * GiB, "this kernel 0 B", 0),
+        ("elsewhere", 5 * GiB, "this kernel unknown (torch has not used this GPU)", None),
+        ("none", 30 * GiB, "this kernel unknown (torch has not used this GPU)", None),
+        ("none", 100 * MiB, "this kernel 0 B", 0),
+    ],
+    ids=["other-local-process", "host-pids", "hidden-processes", "idle-gpu"],
+)
+def test_the_gauge_and_the_sidebar_judge_a_kernel_nvml_leaves_out_alike(
+    processes: str, used: int, said: str, total: int | None
+) -> None:
+    """0 B where NVML's list is whole and of this PID namespace (another local process is on
+    it, or nothing is and the GPU is idle); unknown where it lists PIDs that do not exist here
+    (a container) or lists nobody on a busy GPU. Before, the gauge said "unknown (torch has not
+    used this GPU)" for a kernel the sidebar showed at 0 B."""
+    pid = {"here": os.getppid(), "elsewhere": 999_001}.get(processes)
+    assert pid is None or psutil.pid_exists(pid) == (processes == "here")
+    listed = [] if pid is None else [FakeProcess(pid, used)]
+    reader = NvmlReader(FakeNvml([FakeGpu(used=used, processes=listed)]).module)
+    row = gpu_row(Monitor(reader).sample().gpus[0], 500 * MiB)
+    assert said in row.text, row.text
+    reading = reader.read()
+    trees = process_trees([WatchedKernel(os.getpid())])
+    assert attribute(reading, trees, existing_pids(reading)).totals[os.getpid()] == total

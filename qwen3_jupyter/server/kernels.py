@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..kernel_comm import MARKER_SUFFIX
-from ..memory import GiB, MiB, NvmlReading
+from ..memory import NvmlReading, lists_every_process, pids_are_local
 from .sampler import ProcessTree, WatchedKernel, gpu_key
 
 
@@ -82,14 +82,6 @@ async def running_kernels(kernel_manager: Any, session_manager: Any) -> list[Ker
     return kernels
 
 
-def _unlisted_threshold(memory_source: str) -> int:
-    """Memory in use above which a GPU with an empty process list must be hiding processes.
-
-    The v1 call counts the driver's own reservation (hundreds of MiB on an idle GPU) as used.
-    """
-    return 1 * GiB if memory_source == "v1" else 256 * MiB
-
-
 @dataclass(frozen=True)
 class Attribution:
     """GPU memory per kernel PID and of everything else, keyed like `gpu_key`.
@@ -116,8 +108,7 @@ def attribute(
     which make every kernel's total unknown, as a kernel may have had memory on them.
     """
     notes: list[str] = []
-    listed = {p.pid for g in reading.gpus for p in g.processes}
-    pids_are_ours = not listed or bool(listed & local_pids)
+    pids_are_ours = pids_are_local(reading, local_pids)
     if not pids_are_ours:
         notes.append(
             "NVML lists GPU processes by PIDs this server cannot see (a container?), so "
@@ -129,7 +120,7 @@ def attribute(
     for gpu in reading.gpus:
         key = gpu_key(gpu.index, gpu.mig_parent)
         refused = not gpu.processes_listed
-        hidden = not gpu.processes and gpu.memory_used > _unlisted_threshold(gpu.memory_source)
+        hidden = not lists_every_process(gpu) and not refused
         if refused:
             notes.append(
                 f"NVML will not list the processes on {gpu.label} (no permission here?), so "

@@ -21,7 +21,14 @@ from pathlib import Path
 
 import psutil
 
-from ..memory import HostMemory, NvmlReader, NvmlReading, added_memory, read_host
+from ..memory import (
+    HostMemory,
+    NvmlReader,
+    NvmlReading,
+    added_memory,
+    existing_pids,
+    read_host,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -199,12 +206,6 @@ def process_trees(kernels: Iterable[WatchedKernel]) -> dict[int, ProcessTree]:
         )  # a killed kernel's marker stays
         trees[kernel.pid] = ProcessTree(kernel.pid, frozen, rss, loaded, gone)
     return trees
-
-
-def existing_pids(reading: NvmlReading) -> frozenset[int]:
-    """The PIDs in NVML's process lists that exist here (none do inside most containers)."""
-    listed = {p.pid for gpu in reading.gpus for p in gpu.processes}
-    return frozenset(pid for pid in listed if psutil.pid_exists(pid))
 
 
 class Sampler:
