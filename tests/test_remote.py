@@ -241,6 +241,41 @@ def test_one_client_per_server_reused_and_its_connection_kept(
     assert rk.value(f"sum(1 for k in SESSION.engines if k == {url!r})") == 1
 
 
+def test_closing_a_finished_stream_late_leaves_its_pooled_connection_alone(
+    openai_server: OpenAIServer, proxy: ChaosProxy
+) -> None:
+    """A `%qwen3 --stop` landing as a call ends runs that call's closer after its stream gave
+    the connection back to the pool. The closer shut the socket down, under whichever request
+    took that connection next; closing a finished stream now leaves its connection alone."""
+    import openai
+
+    from qwen3_jupyter.engines.remote_http import pooled_http_client
+    from qwen3_jupyter.engines.remote_stream import abort
+
+    client = openai.OpenAI(
+        base_url=proxy.url("pass"), api_key=KEY, http_client=pooled_http_client(openai)
+    )
+
+    def ask() -> Any:
+        stream = client.chat.completions.create(
+            model=openai_server.model,
+            messages=[{"role": "user", "content": "Hi"}],
+            max_tokens=4,
+            stream=True,
+        )
+        for _ in stream:
+            pass
+        return stream
+
+    try:
+        abort(ask())
+        ask()
+    finally:
+        client.close()
+    ports = proxy.client_ports[-2:]
+    assert len(set(ports)) == 1, f"the second request needed a new connection: ports {ports}"
+
+
 def test_batch_of_20_with_concurrency_4_in_input_order(
     rk: LoggedKernel, proxy: ChaosProxy, work: Path
 ) -> None:

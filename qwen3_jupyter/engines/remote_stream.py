@@ -193,8 +193,12 @@ def refused_fields(server_says: str) -> set[str]:
 
 def abort(stream: Any) -> None:
     """Close a stream now, from any thread: shut the socket down first (a read blocked in
-    another thread returns at once, and the server sees the client go), then close."""
+    another thread returns at once, and the server sees the client go), then close. A stream
+    already closed is left alone: its connection may be back in the pool, serving another
+    request (a stop landing as a call ends runs that call's closer late)."""
     response = getattr(stream, "response", None)
+    if getattr(response, "is_closed", False):
+        return
     extensions = getattr(response, "extensions", None) or {}
     network = extensions.get("network_stream")
     with contextlib.suppress(Exception):
