@@ -2,7 +2,7 @@
 
 Requests run on worker threads (the server batches them; the kernel only waits), while the
 kernel's main thread collects each result as it finishes, appends it to the JSON-lines file at
-once and moves the progress bar. An interrupt lands on the main thread: it closes every stream
+once and moves the progress line. An interrupt lands on the main thread: it closes every stream
 in flight (the server aborts those requests), drops the requests not yet sent, and keeps every
 finished result — written and returned. An item that fails for good is a failed Result (its
 `error` says why) and the others go on.
