@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -241,7 +241,7 @@ class FakeNvml:
         error = _error_classes(module)
         fake = self
 
-        def raise_(code: int) -> None:
+        def raise_(code: int) -> NoReturn:
             raise error(code)
 
         def api(name: str, *, needs_init: bool = True) -> Callable[[Callable[..., Any]], Any]:

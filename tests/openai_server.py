@@ -244,7 +244,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if route == "auth" and self.headers.get("Authorization") != f"Bearer {self.proxy.key}":
             sent = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
-            error = {"message": f"Incorrect API key provided: {sent}", "code": "invalid_api_key"}
+            error: dict[str, Any] = {
+                "message": f"Incorrect API key provided: {sent}",
+                "code": "invalid_api_key",
+            }
             self._send(401, json.dumps({"error": error}).encode(), "application/json")
             return
         if self.command == "GET":

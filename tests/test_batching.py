@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ from tests.kernel import Execution, Kernel, ok
 from tests.oversized import hog_above
 
 PROMPTS = [f"Question {i}: " + "why " * (i * 3) for i in range(7)]
-GREEDY = {"greedy": True, "think": False, "max_new_tokens": 12, "ignore_eos": True}
+GREEDY: dict[str, Any] = {"greedy": True, "think": False, "max_new_tokens": 12, "ignore_eos": True}
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,7 @@ def test_fewer_prompts_than_the_batch_size_back_off_past_their_own_count() -> No
     assert "out of memory 2x: batch size 4 -> 1, out of memory even at 1" in summary, summary
 
 
-SAMPLED = {"think": False, "max_new_tokens": 8, "ignore_eos": True, "seed": 7}
+SAMPLED: dict[str, Any] = {"think": False, "max_new_tokens": 8, "ignore_eos": True, "seed": 7}
 
 
 @pytest.mark.parametrize("decode", ["eager", "fast"])

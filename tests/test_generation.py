@@ -137,7 +137,11 @@ def test_numpy_numbers_are_accepted_as_plain_values() -> None:
     """A seed or budget from a numpy array is a number; a server's JSON needs a plain one."""
     import numpy as np
 
-    options = GenerationOptions(max_new_tokens=np.int64(5), seed=np.int32(3), top_p=np.float32(0.5))
+    options = GenerationOptions(
+        max_new_tokens=np.int64(5),  # type: ignore[arg-type]
+        seed=np.int32(3),  # type: ignore[arg-type]
+        top_p=np.float32(0.5),  # type: ignore[arg-type]
+    )
     assert (type(options.max_new_tokens), type(options.seed), type(options.top_p)) == (
         int,
         int,

@@ -185,12 +185,12 @@ def test_an_error_event_carrying_an_http_code_is_that_refusal_before_any_token()
     code they mean (SGLang's full queue: 503; its KV-pool length check: 400). Before any token
     that is the refusal itself: busy is retried, a length refusal re-worded. After tokens it
     failed mid-answer, as before."""
-    import httpx
     import openai
 
     from qwen3_jupyter.engines.remote_errors import classify
+    from qwen3_jupyter.engines.remote_http import http_library
 
-    request = httpx.Request("POST", "http://h:30000/v1/chat/completions")
+    request = http_library(openai).Request("POST", "http://h:30000/v1/chat/completions")
 
     def event(message: str, code: object, kind: str) -> openai.APIError:
         body = {"object": "error", "message": message, "type": kind, "param": None, "code": code}
@@ -911,7 +911,7 @@ def test_a_seeded_server_batch_gives_each_prompt_its_own_seed(scripted: Scripted
     assert len(results) == 3
     assert sorted(b["seed"] for b in scripted.bodies) == [7, 8, 9]
     scripted.bodies.clear()
-    engine.generate(["same"], options)
+    engine.generate("same", options)
     assert [b["seed"] for b in scripted.bodies] == [7]
     engine.close()
 
