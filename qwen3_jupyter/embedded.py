@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .hub_progress import hub_progress_bars_off
 
 BUILD_FORMAT = 1  # bump when the build recipe changes, so stale caches are rebuilt
 
@@ -211,22 +212,6 @@ def _build_weights(spec: EmbeddedSpec, seed: int, out: Path, progress: Progress 
     model.generation_config.eos_token_id = [151645, 151643]
     with hub_progress_bars_off():
         model.save_pretrained(out, safe_serialization=True)
-
-
-@contextmanager
-def hub_progress_bars_off() -> Iterator[None]:
-    """transformers' own tqdm bars off while a checkpoint is written or loaded: in a kernel each
-    bar is ipywidgets models that outlive the call ("Writing model shards" on a first build),
-    and the call's status line already says what is happening. The user's setting comes back."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _tiktoken_file() -> Path:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import embedded
+from .hub_progress import hub_progress_bars_off, loading_progress
 from .model_use import ModelUse
 from .out_of_memory import out_of_memory_reason
 
@@ -184,7 +185,7 @@ class ModelHolder:
             if current is not None:
                 self._release()
             try:
-                self._loaded = _load(choice, path, is_embedded)
+                self._loaded = _load(choice, path, is_embedded, progress)
             except ModelError as exc:
                 if current is None:
                     raise
@@ -238,14 +239,17 @@ def release_allocator_cache(device: str | None = None) -> None:
         torch.cuda.empty_cache()
 
 
-def _load(choice: ModelChoice, path: str, is_embedded: bool) -> LoadedModel:
+def _load(
+    choice: ModelChoice, path: str, is_embedded: bool, progress: Progress | None = None
+) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model: Any = None
     short_of: str | None = None
     try:
-        with embedded.hub_progress_bars_off():
+        what = f"loading {choice.name} on {choice.device} ({choice.dtype})"
+        with hub_progress_bars_off(), loading_progress(progress, what):
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(
                 path, dtype=getattr(torch, choice.dtype), device_map=None, low_cpu_mem_usage=True

@@ -83,6 +83,26 @@ def test_naming_the_loaded_model_again_reuses_it_as_loaded(kernel: Kernel) -> No
     assert kernel.value("SESSION.loaded.dtype") == "float32"
 
 
+def test_loading_says_how_far_it_has_got(kernel: Kernel) -> None:
+    """A large checkpoint loads long enough that "loading …" alone reads like a hang: the line
+    counts the checkpoint's tensors as a percentage (through transformers' own loading bar,
+    which stays off: in a kernel it is widgets that outlive the call)."""
+    from transformers.utils import logging as hf_logging
+
+    if not hasattr(hf_logging, "set_tqdm_hook"):
+        pytest.skip("this transformers release has no set_tqdm_hook: loading shows no percentage")
+    ok(kernel, "%qwen3 --unload")
+    load = ok(kernel, "%qwen3 --model tiny --dtype float32 --greedy --max-new-tokens 2 hi")
+    said = [t for t in load.texts() if t.startswith("*loading tiny on cpu (float32)")]
+    assert said[0] == "*loading tiny on cpu (float32)…*", said
+    percents = [int(t.rsplit(": ", 1)[1].rstrip("%*")) for t in said[1:]]
+    assert len(percents) > 2 and percents == sorted(percents) and percents[-1] == 100, said
+    widgets = [
+        m for m in load.of_type("comm_open") if m["content"]["target_name"] == "jupyter.widget"
+    ]
+    assert not widgets, widgets
+
+
 LOOP_OF_CHATS = """
 import pathlib, qwen3_jupyter
 answers = []
