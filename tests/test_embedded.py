@@ -52,6 +52,37 @@ def test_tokenizer_has_qwen_vocabulary_and_special_ids(model_cache: Path) -> Non
     assert len(tokenizer("Hello")["input_ids"]) == 1
 
 
+def test_the_checkpoint_records_its_added_tokens_as_qwen3s_own_do(model_cache: Path) -> None:
+    """Without `added_tokens_decoder` in tokenizer_config.json transformers parses the whole
+    tokenizer.json once more in Python (1.6 s per load instead of 0.9 s); with it the loaded
+    tokenizer is the same. A checkpoint built before gets them on its next use."""
+    from transformers import AutoTokenizer
+
+    path = embedded.ensure_built("tiny")
+    recorded = json.loads((path / "tokenizer_config.json").read_text())["added_tokens_decoder"]
+    assert recorded["151668"] == {
+        "content": "</think>",
+        "lstrip": False,
+        "normalized": False,
+        "rstrip": False,
+        "single_word": False,
+        "special": False,
+    }
+    assert len(recorded) == 151669 - 151643
+    loaded, built = AutoTokenizer.from_pretrained(path), embedded.build_tokenizer()
+    text = "<|im_start|>user\nhi 世界<|im_end|>\n<think>\nx</think>\n\nok<|endoftext|>"
+    assert loaded(text)["input_ids"] == built(text)["input_ids"]
+    assert (loaded.eos_token, loaded.pad_token) == ("<|im_end|>", "<|endoftext|>")
+    assert loaded.added_tokens_decoder == built.added_tokens_decoder
+
+    config = path / "tokenizer_config.json"
+    older = json.loads(config.read_text())
+    del older["added_tokens_decoder"]
+    config.write_text(json.dumps(older))
+    assert embedded.ensure_built("tiny") == path
+    assert json.loads(config.read_text())["added_tokens_decoder"] == recorded
+
+
 def test_chat_template_honours_enable_thinking(model_cache: Path) -> None:
     tokenizer = embedded.build_tokenizer()
     messages = [
