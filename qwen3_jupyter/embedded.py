@@ -14,12 +14,11 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .hub_progress import hub_progress_bars_off
+from .hub_progress import Progress, hub_progress_bars_off
 
 BUILD_FORMAT = 1  # bump when the build recipe changes, so stale caches are rebuilt
 
@@ -132,8 +131,6 @@ EMBEDDED: dict[str, EmbeddedSpec] = {
     ),
 }
 ALIASES = {"random:tiny": "tiny", "random:qwen3-1.7b": "random:Qwen3-1.7B"}
-
-Progress = Callable[[str, int, int], None]
 
 
 def canonical_name(name: str) -> str | None:

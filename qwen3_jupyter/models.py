@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import gc
 import os
-from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import embedded
-from .hub_progress import hub_progress_bars_off, loading_progress
+from .hub_progress import Progress, hub_progress_bars_off, loading_progress
 from .model_use import ModelUse
 from .out_of_memory import out_of_memory_reason
 
@@ -26,8 +25,6 @@ DTYPE_ENV = "QWEN3_JUPYTER_DTYPE"
 DOWNLOAD_ENV = "QWEN3_JUPYTER_ALLOW_DOWNLOAD"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32"}
-
-Progress = Callable[[str, int, int], None]
 
 
 class ModelError(Exception):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from .engines import Engine, KeptMemory, decode_mode, local_engine
 from .generation import Conversation, GenerationOptions, Result
+from .hub_progress import Progress
 from .interrupts import CELL_INTERRUPTS, import_whole
 from .model_use import ModelBusy
 from .models import (
@@ -26,8 +27,6 @@ from .models import (
     pick_device,
     pick_dtype,
 )
-
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
