@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from . import display
 from .batch_progress import BatchProgress
 from .generation import (
     GenerationOOM,
@@ -185,6 +186,10 @@ def generate_batch(
             )
     generation = options_from_kwargs(options, _BATCH_KEYWORDS)
     budget = memory_budget_bytes(memory_budget)
+    if not prompt_list:  # a filter that left nothing: no model is loaded, no server asked
+        if progress and display.in_kernel():
+            display.info("generate_batch got no prompts: nothing was generated")
+        return _no_results(batch_size)
     local = server_url(server, configured().get("server")) is None
     CELL_INTERRUPTS.check()  # a call earlier in this cell was interrupted: this one is too
     with holding(local, "a batch (generate_batch)"), api_call(show_status=progress) as call:
@@ -207,6 +212,23 @@ def generate_batch(
                 "finished results kept"
             )
     CELL_INTERRUPTS.note(results.report.interrupted)
+    return results
+
+
+def _no_results(batch_size: int) -> BatchResults:
+    """The results of a run over no prompts: empty, with a report that says so."""
+    results = BatchResults()
+    results.report = BatchReport(
+        total=0,
+        completed=0,
+        requested_batch_size=batch_size,
+        held_batch_size=batch_size,
+        back_offs=(),
+        interrupted=False,
+        seconds=0.0,
+        peak_tensor_bytes=0,
+        out_path=None,
+    )
     return results
 
 

@@ -227,6 +227,19 @@ def test_a_missing_prompt_is_refused_not_asked_as_none_or_nan() -> None:
         generate_batch([float("nan")], model="tiny", progress=False)  # type: ignore[list-item]
 
 
+def test_no_prompts_are_no_work_not_a_model_load(kernel: Kernel) -> None:
+    """A filter that left no prompts loaded the model (seconds to minutes for real weights) to
+    generate nothing; now the results are empty at once, no model is loaded and no server is
+    asked (this one does not exist), and the cell says so in one line."""
+    ok(kernel, "%qwen3 --unload\nimport qwen3_jupyter\nfrom qwen3_jupyter.session import SESSION")
+    for where in ("", ", server='http://127.0.0.1:9/v1'"):
+        empty = ok(kernel, f"r = qwen3_jupyter.generate_batch([]{where})")
+        assert empty.stdout == "[qwen3] generate_batch got no prompts: nothing was generated\n"
+        assert kernel.value("(len(r), r.report.total, SESSION.loaded is None)") == (0, 0, True)
+    quiet = ok(kernel, "r = qwen3_jupyter.generate_batch([], progress=False)")
+    assert quiet.stdout == ""
+
+
 def test_an_empty_prompt_is_refused_naming_its_index(kernel: Kernel) -> None:
     """Before, a blank prompt got a full answer to nothing (512 tokens)."""
     ok(kernel, "import qwen3_jupyter")
