@@ -106,7 +106,8 @@ def api_call(show_status: bool = True) -> Iterator[ApiCall]:
     and print the notices its engines left."""
     call = ApiCall(show_status)
     try:
-        yield call
+        with display.call_line(call.status):  # a batch's progress shows in this call's line
+            yield call
     except Exception as exc:
         in_api_words(exc)
         raise

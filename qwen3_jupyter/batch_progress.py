@@ -34,7 +34,7 @@ class BatchProgress:
         if not enabled:
             return
         if display.in_kernel():
-            self._line = display.Status()
+            self._line = display.current_line()
             self._show(force=True)
         else:
             from tqdm import tqdm  # the terminal's text bar, on stderr

@@ -7,6 +7,9 @@ are raised by the magics as one-line UsageErrors, never tracebacks.)
 from __future__ import annotations
 
 import html
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from IPython.display import Markdown, display
@@ -29,38 +32,72 @@ def in_kernel() -> bool:
 
 
 class StreamView:
-    """One display that is updated in place while tokens arrive, then replaced by the answer."""
+    """One display that is updated in place while tokens arrive, then replaced by the answer.
 
-    def __init__(self, think: bool, hide_thinking: bool) -> None:
+    Given the call's `Status`, the view takes over its display (a line that said "loading…"
+    becomes the answer) and shows the status lines that come while it streams under the text
+    so far ("compiling the decode step…", which the fast path does after the first token): one
+    output per call. An emptied status line of its own stayed in the saved notebook as an
+    empty output."""
+
+    PLACEHOLDER = "*generating…*"
+
+    def __init__(self, think: bool, hide_thinking: bool, status: Status | None = None) -> None:
         self.think = think
         self.hide_thinking = hide_thinking
-        self._handle: Any = display(Markdown("*generating…*"), display_id=True)
         self._streamed = False
+        self._ended = False
+        self._body = self.PLACEHOLDER
+        self._line: str | None = None
+        self._handle: Any = status.hand_over(self) if status is not None else None
+        if self._handle is None:
+            self._handle = display(Markdown(self._body), display_id=True)
+        else:
+            self._render()
+
+    def show_line(self, text: str | None) -> bool:
+        """Show a status line in the display (None: remove it) while the call runs; False once
+        it has ended (the display is the final answer's)."""
+        if self._ended:
+            return False
+        if text != self._line:
+            self._line = text
+            self._render()
+        return True
 
     def update(self, text: str) -> None:
         self._streamed = True
         thinking, answer, finished = split_thinking(text, self.think)
-        self._show(render_answer(thinking, answer, finished, self.hide_thinking, streaming=True))
+        self._body = render_answer(thinking, answer, finished, self.hide_thinking, streaming=True)
+        self._render()
 
     def finish(self, result: Result) -> None:
-        self._show(
-            render_answer(
-                result.thinking,
-                result.answer,
-                result.thinking_finished,
-                self.hide_thinking,
-                streaming=False,
-            )
+        self._ended = True
+        self._line = None
+        self._body = render_answer(
+            result.thinking,
+            result.answer,
+            result.thinking_finished,
+            self.hide_thinking,
+            streaming=False,
         )
+        self._render()
 
     def clear(self) -> None:
         """When the call raised: empty the display if it still says `*generating…*` (left above
         the error, it would say the call is still running). Text that streamed stays: the call
         raised, so it is nowhere else (not in `_qwen3`)."""
+        self._ended = True
+        self._line = None
         if not self._streamed:
-            self._show("")
+            self._body = ""
+        self._render()
 
-    def _show(self, markdown: str) -> None:
+    def _render(self) -> None:
+        markdown = self._body
+        if self._line:
+            status = f"*{self._line}*"
+            markdown = status if not self._streamed else f"{markdown}\n\n{status}"
         if self._handle is not None:
             self._handle.update(Markdown(markdown))
 
@@ -141,15 +178,20 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def show_batch(results: list[Result], report: Any) -> None:
-    """A table of the batch's answers, then its one-line report."""
+def show_batch(results: list[Result], report: Any, line: Status | None = None) -> None:
+    """A table of the batch's answers (in `line`'s display, where the call had one), then its
+    one-line report."""
     rows = ["| # | prompt | answer | tokens |", "|---|---|---|---|"]
     for i, r in enumerate(results):
         answer = r.answer or ("*(thinking only)*" if r.thinking else "")
         if r.error:
             answer = f"failed: {r.error}"
         rows.append(f"| {i} | {_cell(r.prompt)} | {_cell(answer)} | {r.completion_tokens} |")
-    display(Markdown("\n".join(rows)))
+    table = "\n".join(rows)
+    if line is not None:
+        line.settle(table)
+    else:
+        display(Markdown(table))
     print(f"{PREFIX} batch · {report.summary()}", flush=True)
 
 
@@ -168,16 +210,24 @@ def info(message: str) -> None:
 
 
 class Status:
-    """A single line that is rewritten in place (model loading, building progress)."""
+    """A single line that is rewritten in place (model loading, building progress).
+
+    Once a `StreamView` has taken its display (`hand_over`), the line shows in the view while
+    the call runs; a line after the view's call has ended gets a display of its own again."""
 
     def __init__(self) -> None:
         self._handle: Any = None
         self._last = ""
+        self._view: StreamView | None = None
+        self._in_view = False
 
     def show(self, text: str) -> None:
         if text == self._last:
             return
         self._last = text
+        self._in_view = self._view is not None and self._view.show_line(text)
+        if self._in_view:
+            return
         if self._handle is None:
             self._handle = display(Markdown(f"*{text}*"), display_id=True)
         else:
@@ -189,6 +239,51 @@ class Status:
 
     def clear(self) -> None:
         """Empty the line (once: clearing an empty line sends nothing)."""
-        if self._handle is not None and self._last:
-            self._last = ""
+        if not self._last:
+            return
+        self._last = ""
+        if self._in_view:
+            self._in_view = False
+            if self._view is not None:
+                self._view.show_line(None)
+        elif self._handle is not None:
             self._handle.update(Markdown(""))
+
+    def hand_over(self, view: StreamView) -> Any:
+        """Give this line's display (None if it never showed) to `view`, whose display the
+        line uses from now on."""
+        handle, self._handle = self._handle, None
+        self._view = view
+        self._last = ""  # what the line said is the view's to replace
+        return handle
+
+    def settle(self, markdown: str) -> None:
+        """Show `markdown` in this line's display for good (a batch's table): the display
+        the call's progress used becomes its result, not an emptied line beside it."""
+        if self._handle is None:
+            display(Markdown(markdown))
+        else:
+            self._handle.update(Markdown(markdown))
+            self._handle = None
+        self._last = ""
+        self._in_view = False
+
+
+_CALL_LINE: ContextVar[Status | None] = ContextVar("qwen3_call_line", default=None)
+
+
+@contextmanager
+def call_line(status: Status | None) -> Iterator[None]:
+    """Make `status` the line of the call running in this context: a batch's progress shows
+    there (`current_line`) instead of in a second display, which the saved notebook kept as an
+    empty output once both were cleared."""
+    token = _CALL_LINE.set(status)
+    try:
+        yield
+    finally:
+        _CALL_LINE.reset(token)
+
+
+def current_line() -> Status:
+    """The running call's line (`call_line`), else a new one."""
+    return _CALL_LINE.get() or Status()

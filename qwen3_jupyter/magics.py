@@ -333,28 +333,29 @@ class Qwen3Magics(Magics):
             return
         status = display.Status()
         engine: Engine | None = None
-        try:
-            engine = self._engine(args, status)
-            engine.status = status.show  # the engine's own progress line for this call
-            if args.warmup:
-                summary = _warmup(engine, args.batch_size)
-                for notice in SESSION.take_notices():  # what each shape did, then the sum
+        with display.call_line(status):  # a batch's progress shows in this call's line
+            try:
+                engine = self._engine(args, status)
+                engine.status = status.show  # the engine's own progress line for this call
+                if args.warmup:
+                    summary = _warmup(engine, args.batch_size)
+                    for notice in SESSION.take_notices():  # what each shape did, then the sum
+                        display.info(notice)
+                    display.info(summary + _warmup_caveat(engine, self.decode or None))
+                    if not prompt and not args.file:
+                        return
+                status.clear()
+                options = _options(args)
+                if args.file:
+                    self._run_batch(args, batch or [], engine, options, status)
+                else:
+                    self._ask(args, engine, prompt, options, status)
+            finally:
+                if engine is not None:
+                    engine.status = None
+                status.clear()
+                for notice in SESSION.take_notices():
                     display.info(notice)
-                display.info(summary + _warmup_caveat(engine, self.decode or None))
-                if not prompt and not args.file:
-                    return
-            status.clear()
-            options = _options(args)
-            if args.file:
-                self._run_batch(args, batch or [], engine, options, status)
-            else:
-                self._ask(args, engine, prompt, options, status)
-        finally:
-            if engine is not None:
-                engine.status = None
-            status.clear()
-            for notice in SESSION.take_notices():
-                display.info(notice)
 
     def _engine(self, args: Namespace, status: display.Status) -> Engine:
         """The engine this call uses, loading the model (with progress) when it must."""
@@ -406,7 +407,7 @@ class Qwen3Magics(Magics):
         status: display.Status,
     ) -> None:
         with inline_gauge() if args.gauge else nullcontext():
-            view = display.StreamView(options.think, args.hide_thinking)
+            view = display.StreamView(options.think, args.hide_thinking, status)
             try:
                 result = SESSION.ask(
                     engine,
@@ -457,7 +458,7 @@ class Qwen3Magics(Magics):
         finally:
             status.clear()
         CELL_INTERRUPTS.note(results.report.interrupted)
-        display.show_batch(results, results.report)
+        display.show_batch(results, results.report, status)
         if self.shell is not None:
             self.shell.user_ns["_qwen3"] = results
 

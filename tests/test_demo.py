@@ -20,6 +20,22 @@ def test_quickstart_notebook_executes(model_cache: Path, output_dir: Path) -> No
     assert all(s.rss_before and s.rss_after for s in summaries)
     text = format_summary(notebook, executed, summaries)
     assert "tok/s" in text and "->" in text
+    assert not _empty_outputs(executed), "a status line stayed behind as an empty output"
+
+
+def _empty_outputs(executed: Path) -> list[str]:
+    """Displays the saved notebook keeps with nothing in them (cell index: source's start):
+    the emptied status line of a call that loaded the model or compiled its decode step."""
+    import nbformat
+
+    cells = nbformat.read(executed, as_version=4).cells
+    return [
+        f"{index}: {cell.source[:40]!r}"
+        for index, cell in enumerate(cells)
+        for output in cell.get("outputs", [])
+        if output.output_type == "display_data"
+        and not str(output.data.get("text/markdown", "x")).strip()  # (text/plain: a repr)
+    ]
 
 
 def test_decay_benchmark_notebook_executes(

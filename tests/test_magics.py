@@ -41,6 +41,32 @@ def test_streams_into_one_updating_display_and_prints_footer(kernel: Kernel) -> 
     assert len(displays) >= 1
 
 
+def test_loading_and_answer_share_one_output(kernel: Kernel) -> None:
+    """The status line ("loading tiny…") becomes the answer: it was a display of its own,
+    emptied after the load, which stayed in the saved notebook as an empty output above every
+    answer that loaded a model. A call that fails still leaves no "generating…" behind."""
+    ok(kernel, "%qwen3 --unload")
+    ex = kernel.run("%qwen3 --max-new-tokens 6 --seed 0 --no-think Hi")
+    assert ex.status == "ok", ex.stderr
+    (shown,) = ex.of_type("display_data")
+    display_id = shown["content"]["transient"]["display_id"]
+    texts = [shown["content"]["data"]["text/markdown"]] + [
+        m["content"]["data"]["text/markdown"]
+        for m in ex.of_type("update_display_data")
+        if m["content"]["transient"]["display_id"] == display_id
+    ]
+    assert texts[0].startswith("*loading tiny on cpu"), texts
+    assert "*generating…*" in texts, texts
+    assert texts[-1] and texts[-1] == kernel.value("_qwen3.answer"), texts
+    ok(kernel, "%qwen3 --unload")
+    failed = kernel.run("%qwen3 --no-think --max-new-tokens 4090 hi")  # loads, then refused
+    assert failed.status == "error"
+    (shown,) = failed.of_type("display_data")
+    assert shown["content"]["data"]["text/markdown"].startswith("*loading tiny on cpu")
+    updates = [m["content"]["data"]["text/markdown"] for m in failed.of_type("update_display_data")]
+    assert updates and updates[-1] == "", updates
+
+
 def test_last_result_is_plain_and_holds_no_tensors(kernel: Kernel) -> None:
     kernel.run("%qwen3 --max-new-tokens 8 --no-think --seed 1 Hi")
     fields = kernel.value("{k: type(v).__name__ for k, v in vars(_qwen3).items()}")
@@ -279,9 +305,9 @@ def test_a_call_that_fails_leaves_no_generating_placeholder(kernel: Kernel) -> N
     streamed before a failure stays: tests/test_remote.py shows it.)"""
     ex = kernel.run("%qwen3 --no-think --max-new-tokens 4090 hi")  # too long: fails at once
     assert ex.status == "error"
-    shown = {
+    shown = {  # a display of its own, or the status line's it took over
         m["content"]["transient"]["display_id"]
-        for m in ex.of_type("display_data")
+        for m in ex.of_type("display_data", "update_display_data")
         if m["content"]["data"].get("text/markdown") == "*generating…*"
     }
     assert len(shown) == 1, "the stream display was not shown"
