@@ -15,7 +15,6 @@ import sys
 from argparse import Namespace
 from collections.abc import Callable
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -49,6 +48,7 @@ from .models import (
     is_loaded_as,
     unless_in_environment,
 )
+from .prompt_files import PromptFileError, read_prompts
 from .prompt_vars import PromptVarsError, fill
 from .session import SESSION
 
@@ -174,8 +174,16 @@ class Qwen3Magics(Magics):
     @argument("--reset", action="store_true", help="Clear the conversation.")
     @argument(
         "--file",
-        metavar="PROMPTS.txt",
-        help="Batch mode: one prompt per line (blank lines skipped).",
+        metavar="PROMPTS",
+        help="Batch mode: a text file, one prompt per line (blank lines skipped); a .csv/.tsv "
+        "file's 'prompt' column (first row: the names); a .jsonl file, one JSON string or "
+        "object per line (its 'prompt' field), or a .json array of them.",
+    )
+    @argument(
+        "--field",
+        metavar="NAME",
+        help="With a .csv/.tsv/.jsonl/.json --file: the column or field holding the prompts "
+        "(default 'prompt', what --out writes).",
     )
     @argument(
         "--batch-size",
@@ -603,6 +611,8 @@ def _validate(args: Namespace, prompt: str) -> list[str] | None:
         )
     if args.out and not args.file:
         raise UsageError("--out goes with --file PROMPTS.txt")
+    if args.field and not args.file:
+        raise UsageError("--field goes with --file PROMPTS.csv (or .tsv, .jsonl, .json)")
     if prompt and not prompt.strip():  # --vars filled it with blanks: nothing to ask
         raise UsageError("empty prompt: --vars filled it with nothing but blanks")
     if (
@@ -643,7 +653,10 @@ def _validate(args: Namespace, prompt: str) -> list[str] | None:
             memory_budget_bytes(None)  # $QWEN3_JUPYTER_MEMORY_BUDGET, which the flag overrides
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-    batch = read_prompts(args.file) if args.file else None
+    try:
+        batch = read_prompts(args.file, args.field) if args.file else None
+    except PromptFileError as exc:
+        raise UsageError(str(exc)) from None
     for name, _value, rule in broken_rules(vars(args)):
         extra = " (use --greedy for deterministic output)" if name == "temperature" else ""
         raise UsageError(f"--{name.replace('_', '-')} {rule}{extra}")
@@ -653,31 +666,6 @@ def _validate(args: Namespace, prompt: str) -> list[str] | None:
 def _budget(args: Namespace) -> int | None:
     """The memory budget from --memory-budget, else $QWEN3_JUPYTER_MEMORY_BUDGET, else none."""
     return parse_size(args.memory_budget) if args.memory_budget else memory_budget_bytes(None)
-
-
-_BOM = "\ufeff"
-
-
-def read_prompts(path: str) -> list[str]:
-    """The prompts of a --file: one per line, blank lines skipped; UTF-8, with or without the
-    byte-order mark Windows editors write. A mark starting any line is dropped, not only the
-    file's first (files saved so and joined carry one per piece): a line holding only one is
-    blank."""
-    try:
-        text = Path(path).expanduser().read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise UsageError(f"cannot read --file {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        line = exc.object[: exc.start].count(b"\n") + 1
-        raise UsageError(
-            f"--file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line "
-            f"{line}): save it as UTF-8"
-        ) from None
-    lines = (line.lstrip(_BOM).strip() for line in text.splitlines())
-    prompts = [line for line in lines if line]
-    if not prompts:
-        raise UsageError(f"--file {path} holds no prompts (one per line)")
-    return prompts
 
 
 def _expander(namespace: dict[str, Any]) -> Callable[[str], str]:

@@ -1,0 +1,187 @@
+"""The prompts of a `%qwen3 --file`: a text file (one per line), or a column of a CSV/TSV file
+or a field of a JSON Lines/JSON file.
+
+Why the tables: prompts worth a batch usually live in a data set (a CSV export, a JSON Lines
+file, the `--out` file of an earlier run), and read line by line such a file sent its header
+and every quote, comma and brace to the model as the prompt, without a word. A structured file
+also holds prompts of many lines, which a text file cannot. Every problem is one line naming
+the file, the row and what to do (`--field` picks the column or field).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+DEFAULT_FIELD = "prompt"
+"""The column or field read when `--field` names none: what `--out` writes, so a results file
+can be asked again."""
+
+DELIMITERS = {".csv": ",", ".tsv": "\t"}
+JSON_LINES = (".jsonl", ".ndjson")
+JSON = (".json",)
+STRUCTURED = (*DELIMITERS, *JSON_LINES, *JSON)
+BINARY_TABLES = (".xlsx", ".xls", ".parquet", ".feather", ".arrow", ".pkl", ".pickle")
+"""Tables read as text would be "not UTF-8 (byte 0x50 on line 1): save it as UTF-8"."""
+
+_BOM = "\ufeff"
+
+
+class PromptFileError(ValueError):
+    """A --file that cannot be read as prompts; the message is the one line the user sees."""
+
+
+def read_prompts(path: str, field: str | None = None) -> list[str]:
+    """The prompts of `path`, by its suffix: `.csv`/`.tsv` a column (with a header row),
+    `.jsonl`/`.ndjson` one JSON string or object per line, `.json` an array of them, anything
+    else one prompt per line (blank lines skipped). `field` names the column or the objects'
+    field (default `prompt`)."""
+    suffix = Path(path).suffix.lower()
+    if suffix in BINARY_TABLES:
+        raise PromptFileError(
+            f"--file reads text, CSV/TSV and JSON (Lines) files, not {suffix}: save {path} as "
+            "CSV, or load it in Python and call qwen3_jupyter.generate_batch(df['column'])"
+        )
+    if field is not None and suffix not in STRUCTURED:
+        raise PromptFileError(
+            f"--field picks a column of a .csv/.tsv or a field of a .jsonl/.json file; "
+            f"{path} is read as text, one prompt per line"
+        )
+    text = _read_text(path)
+    if suffix in DELIMITERS:
+        prompts = _from_table(path, text, DELIMITERS[suffix], field)
+    elif suffix in JSON_LINES:
+        prompts = _from_records(path, _json_lines(path, text), field, "line")
+    elif suffix in JSON:
+        prompts = _from_records(path, _json_array(path, text), field, "item")
+    else:
+        lines = (line.lstrip(_BOM).strip() for line in text.splitlines())
+        prompts = [line for line in lines if line]
+    if not prompts:
+        what = "one per line" if suffix not in STRUCTURED else "no rows"
+        raise PromptFileError(f"--file {path} holds no prompts ({what})")
+    return prompts
+
+
+def _read_text(path: str) -> str:
+    """The file as UTF-8, with or without the byte-order mark Windows editors write. A mark
+    starting any line of a text file is dropped too (files saved so and joined carry one per
+    piece): `read_prompts` strips it there."""
+    try:
+        return Path(path).expanduser().read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise PromptFileError(f"cannot read --file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise PromptFileError(
+            f"--file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line "
+            f"{line}): save it as UTF-8"
+        ) from None
+
+
+def _from_table(path: str, text: str, delimiter: str, field: str | None) -> list[str]:
+    """The column `field` (default `prompt`) of a CSV/TSV file whose first row names them."""
+    rows = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = [name.strip() for name in next(rows, [])]
+        if not header:
+            return []
+        column = _column(path, header, field)
+        prompts = []
+        for row in rows:
+            if not any(cell.strip() for cell in row):
+                continue  # a blank line, as spreadsheets write at the end
+            where = f"line {rows.line_num}"
+            value = row[column] if column < len(row) else ""
+            prompts.append(_prompt(path, where, value))
+    except csv.Error as exc:
+        raise PromptFileError(f"--file {path}, line {rows.line_num}: {exc}") from None
+    return prompts
+
+
+def _column(path: str, header: list[str], field: str | None) -> int:
+    name = field or DEFAULT_FIELD
+    if name in header:
+        return header.index(name)
+    listed = ", ".join(repr(h) for h in header[:12]) + (", …" if len(header) > 12 else "")
+    fix = "check the name" if field else f"name the prompts' column: --field {header[0]!r}"
+    raise PromptFileError(
+        f"--file {path} has no column {name!r} in its first row (it has {listed}): {fix}"
+    )
+
+
+def _json_lines(path: str, text: str) -> Iterator[tuple[int, Any]]:
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.lstrip(_BOM).strip()
+        if not line:
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PromptFileError(
+                f"--file {path}, line {number} is not JSON ({exc.msg}, column {exc.colno}): "
+                "a .jsonl file holds one JSON string or object per line"
+            ) from None
+
+
+def _json_array(path: str, text: str) -> Iterator[tuple[int, Any]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PromptFileError(
+            f"--file {path} is not JSON ({exc.msg}, line {exc.lineno} column {exc.colno})"
+        ) from None
+    if not isinstance(data, list):
+        raise PromptFileError(
+            f"--file {path} holds a JSON {type(data).__name__}, not an array of prompts "
+            '(["…", "…"] or [{"prompt": "…"}, …])'
+        )
+    return enumerate(data)
+
+
+def _from_records(
+    path: str, records: Iterable[tuple[int, Any]], field: str | None, unit: str
+) -> list[str]:
+    """Each record's prompt: the record itself when it is a string, else its `field`."""
+    name = field or DEFAULT_FIELD
+    prompts = []
+    for number, record in records:
+        where = f"{unit} {number}"
+        if isinstance(record, str) and field is None:
+            prompts.append(_prompt(path, where, record))
+        elif isinstance(record, dict):
+            if name not in record:
+                keys = ", ".join(repr(k) for k in list(record)[:12]) or "none"
+                fix = "check the name" if field else "name the prompts' field with --field"
+                raise PromptFileError(
+                    f"--file {path}, {where} has no field {name!r} (it has {keys}): {fix}"
+                )
+            value = record[name]
+            if not isinstance(value, str):
+                raise PromptFileError(
+                    f"--file {path}, {where}: field {name!r} is {_kind(value)}, not text"
+                )
+            prompts.append(_prompt(path, where, value))
+        else:
+            wanted = f"an object with a {name!r} field" if field else "a string or an object"
+            raise PromptFileError(f"--file {path}, {where} is {_kind(record)}, not {wanted}")
+    return prompts
+
+
+def _prompt(path: str, where: str, value: str) -> str:
+    """A structured file's prompt, as written (its lines kept); an empty one is refused: a
+    skipped row would shift every later result against its row."""
+    if not value.strip():
+        raise PromptFileError(f"--file {path}, {where}: the prompt is empty")
+    return value.strip()
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    kinds = {bool: "a boolean", int: "a number", float: "a number", list: "a list"}
+    return kinds.get(type(value), "an object" if isinstance(value, dict) else "text")

@@ -1,0 +1,100 @@
+"""`%qwen3 --file` reads prompts from text, CSV/TSV and JSON Lines/JSON files: a column or a
+field, never the file's syntax. (Read line by line, a CSV sent its header and its quotes to the
+model as prompts, and a .jsonl its braces.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qwen3_jupyter.prompt_files import PromptFileError, read_prompts
+from tests.kernel import Kernel, ok
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_a_csv_gives_its_prompt_column_with_quotes_commas_and_lines_intact(
+    tmp_path: Path,
+) -> None:
+    table = write(
+        tmp_path / "reviews.csv",
+        'id,prompt,score\n1,"Summarise: good, cheap",5\n2,"Two lines:\nfirst\nsecond",3\n\n',
+    )
+    assert read_prompts(table) == ["Summarise: good, cheap", "Two lines:\nfirst\nsecond"]
+    assert read_prompts(table, "id") == ["1", "2"]
+    tabs = write(tmp_path / "r.tsv", "text\tlabel\nhello, world\t1\n")
+    assert read_prompts(tabs, "text") == ["hello, world"]
+
+
+def test_json_lines_give_strings_or_a_field_and_a_results_file_can_be_asked_again(
+    tmp_path: Path,
+) -> None:
+    strings = write(tmp_path / "a.jsonl", '"first"\n\n"second {x}"\n')
+    assert read_prompts(strings) == ["first", "second {x}"]
+    records = write(tmp_path / "b.jsonl", '{"question": "Why?", "id": 1}\n{"question": "How?"}\n')
+    assert read_prompts(records, "question") == ["Why?", "How?"]
+    # What --out writes has a "prompt" field: the default.
+    results = tmp_path / "results.jsonl"
+    results.write_text(json.dumps({"index": 0, "prompt": "again", "answer": "x"}) + "\n")
+    assert read_prompts(str(results)) == ["again"]
+    array = write(tmp_path / "c.json", '[{"prompt": "one"}, {"prompt": "two\\nlines"}]')
+    assert read_prompts(array) == ["one", "two\nlines"]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "field", "said"),
+    [
+        (
+            "r.csv",
+            "review,score\ngood,1\n",
+            None,
+            "has no column 'prompt' in its first row (it has 'review', 'score'): name the "
+            "prompts' column: --field 'review'",
+        ),
+        ("r.csv", "prompt,score\n,1\n", None, "r.csv, line 2: the prompt is empty"),
+        ("r.csv", "prompt\n", None, "holds no prompts (no rows)"),
+        (
+            "r.jsonl",
+            '{"text": "hi", "label": 1}\n',
+            None,
+            "r.jsonl, line 1 has no field 'prompt' (it has 'text', 'label'): name the prompts' "
+            "field with --field",
+        ),
+        ("r.jsonl", '"ok"\n{"prompt": 1}\n', None, "line 2: field 'prompt' is a number, not text"),
+        ("r.jsonl", '"ok"\n{"prompt": "a",\n', None, "r.jsonl, line 2 is not JSON (Expecting"),
+        ("r.jsonl", '"ok"\n["a"]\n', None, "line 2 is a list, not a string or an object"),
+        ("r.json", '{"prompt": "a"}', None, "holds a JSON dict, not an array of prompts"),
+        ("r.txt", "a\n", "text", "--field picks a column of a .csv/.tsv or a field of a .jsonl"),
+        ("r.xlsx", "PK", None, "not .xlsx: save /"),
+    ],
+)
+def test_a_file_that_is_not_prompts_is_one_line_naming_where_and_what_to_do(
+    tmp_path: Path, name: str, text: str, field: str | None, said: str
+) -> None:
+    with pytest.raises(PromptFileError) as raised:
+        read_prompts(write(tmp_path / name, text), field)
+    message = str(raised.value)
+    assert said in message and "\n" not in message, message
+
+
+def test_the_magic_asks_a_csv_column_and_refuses_a_wrong_one_in_one_line(
+    kernel: Kernel, tmp_path: Path
+) -> None:
+    table = write(tmp_path / "data.csv", 'id,text\n1,"Say hi, briefly"\n2,"Two\nlines"\n')
+    run = "--greedy --no-think --max-new-tokens 1"
+    ok(kernel, f"%qwen3 --file {table} --field text {run}")
+    assert kernel.value("[r.prompt for r in _qwen3]") == ["Say hi, briefly", "Two\nlines"]
+    for line, said in (
+        (f"%qwen3 --file {table} {run}", "has no column 'prompt' in its first row"),
+        (f"%qwen3 --field text {run} hi", "--field goes with --file PROMPTS.csv"),
+    ):
+        ex = kernel.run(line)
+        assert ex.status == "error"
+        (error,) = ex.stderr.strip().splitlines()
+        assert error.startswith("UsageError: ") and said in error, error
+    assert kernel.value("[r.prompt for r in _qwen3]") == ["Say hi, briefly", "Two\nlines"]
