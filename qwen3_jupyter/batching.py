@@ -13,7 +13,7 @@ import numbers
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -163,6 +163,7 @@ def generate_batch(
             "generate_batch takes a list of prompts, not one string: pass [prompt] (or use "
             "%qwen3 / inference() for a single prompt)"
         )
+    _refuse_a_container_of_prompts(prompts)
     _check_count("batch_size", batch_size)
     if concurrency is not None:
         _check_count("concurrency", concurrency)
@@ -244,6 +245,26 @@ _BATCH_KEYWORDS = (
     "out",
     "progress",
 )
+
+
+def _refuse_a_container_of_prompts(prompts: object) -> None:
+    """A table or a dict iterates over its column names or keys: generate_batch(df) asked the
+    model its column names, with no sign that anything was wrong."""
+    columns = getattr(prompts, "columns", None)
+    if columns is not None and not isinstance(prompts, (list, tuple)):
+        names = [str(name) for name in list(columns)[:3]]
+        listed = ", ".join(repr(n) for n in names) + (", …" if len(columns) > 3 else "")
+        first = names[0] if names else "prompt"
+        raise TypeError(
+            f"generate_batch takes a list of prompts, not a table ({type(prompts).__name__} "
+            f"with columns {listed}): its rows would not be read, its column names would be "
+            f"asked; pass the column of prompts, e.g. generate_batch(df[{first!r}])"
+        )
+    if isinstance(prompts, Mapping):
+        raise TypeError(
+            "generate_batch takes a list of prompts, not a dict (its keys would be asked): "
+            "pass list(d.values()) or list(d)"
+        )
 
 
 def _check_count(name: str, value: object) -> None:

@@ -219,6 +219,27 @@ def test_one_string_is_not_taken_for_a_list_of_one_character_prompts() -> None:
         generate_batch("Why is the sky blue?", model="tiny", progress=False)
 
 
+def test_a_table_or_a_dict_is_refused_not_asked_its_column_names_or_keys() -> None:
+    """generate_batch(df) iterated the DataFrame: its column names were the prompts, and the
+    batch "worked". A Series (a column) is a list of prompts, with its missing values named."""
+    pd = pytest.importorskip("pandas")
+    table = pd.DataFrame({"review": ["good", "bad"], "score": [1, 0]})
+    with pytest.raises(
+        TypeError,
+        match=r"^generate_batch takes a list of prompts, not a table \(DataFrame with columns "
+        r"'review', 'score'\): .* pass the column of prompts, e\.g\. "
+        r"generate_batch\(df\['review'\]\)$",
+    ):
+        generate_batch(table, model="tiny", progress=False)
+    with pytest.raises(TypeError, match=r"not a dict \(its keys would be asked\)"):
+        generate_batch({"a": "Why?"}, model="tiny", progress=False)  # type: ignore[arg-type]
+    with_gap = pd.Series(["good", None, "bad"])
+    with pytest.raises(TypeError, match=r"^prompt 1 is (nan \(float|None \(NoneType)\), not text"):
+        generate_batch(with_gap, model="tiny", progress=False)  # (NaN from pandas 3 on)
+    results = generate_batch(table["review"], model="tiny", progress=False, **GREEDY)
+    assert [r.prompt for r in results] == ["good", "bad"]
+
+
 def test_a_missing_prompt_is_refused_not_asked_as_none_or_nan() -> None:
     """A list built from a table column can hold None or NaN; str() would ask "None" or "nan"."""
     with pytest.raises(TypeError, match=r"^prompt 1 is None \(NoneType\), not text: drop or fill"):
