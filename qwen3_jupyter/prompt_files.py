@@ -109,6 +109,8 @@ def _column(path: str, header: list[str], field: str | None) -> int:
         return header.index(name)
     listed = ", ".join(repr(h) for h in header[:12]) + (", …" if len(header) > 12 else "")
     fix = "check the name" if field else f"name the prompts' column: --field {header[0]!r}"
+    if len(header) == 1 and not field:  # perhaps prompts with no header row at all
+        fix = f"{fix} if that row names it, else add a first row 'prompt'"
     raise PromptFileError(
         f"--file {path} has no column {name!r} in its first row (it has {listed}): {fix}"
     )

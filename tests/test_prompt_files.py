@@ -57,6 +57,13 @@ def test_json_lines_give_strings_or_a_field_and_a_results_file_can_be_asked_agai
             "prompts' column: --field 'review'",
         ),
         ("r.csv", "prompt,score\n,1\n", None, "r.csv, line 2: the prompt is empty"),
+        (
+            "r.csv",
+            "Why?\nHow?\n",
+            None,
+            "(it has 'Why?'): name the prompts' column: --field 'Why?' if that row names it, "
+            "else add a first row 'prompt'",
+        ),
         ("r.csv", "prompt\n", None, "holds no prompts (no rows)"),
         (
             "r.jsonl",
