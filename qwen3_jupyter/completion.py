@@ -3,13 +3,15 @@
 Why: after a magic's name IPython offers Python names, which is no help for its options. A
 matcher added to IPython's completer offers, on a line that starts with one of our magics, that
 magic's own options and, for an option that takes one of a known set, its values: embedded and
-locally cached models, dtypes, devices, server URLs, `on|off|status`. A path (`--file`,
+locally cached models, dtypes, devices, server URLs, `on|off|status`, the columns of the
+`--file` table for `--field`. A path (`--file`,
 `--out`) and the prompt itself are left to IPython's own completion. Nothing here imports
 torch; the Hugging Face cache is only listed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 from collections.abc import Callable, Iterable, Iterator
@@ -27,6 +29,7 @@ from . import lifecycle
 from .embedded import EMBEDDED
 from .magic_args import options_of
 from .models import DEFAULT_MODEL, DTYPE_ALIASES, DTYPES
+from .prompt_files import field_names
 
 MAGIC_NAMES = {
     "%qwen3": "qwen3",
@@ -63,7 +66,7 @@ def _matcher(ip: Any) -> Callable[[CompletionContext], SimpleMatcherResult]:
         name = MAGIC_NAMES.get(words[0]) if words else None
         magic = ip.magics_manager.magics["line"].get(name) if name else None
         found = (
-            candidates(typed, context.token, _options(magic), _values(name or "", ip))
+            candidates(typed, context.token, _options(magic), _values(name or "", ip, typed))
             if magic is not None
             else None
         )
@@ -146,8 +149,9 @@ def _options(magic: Any) -> dict[str, bool]:
     return {o: takes for o, takes in options_of(magic).items() if o not in ("-h", "--help")}
 
 
-def _values(magic_name: str, shell: Any) -> dict[str, Iterable[str]]:
-    """Known values per option ("" for a positional argument)."""
+def _values(magic_name: str, shell: Any, typed: str = "") -> dict[str, Iterable[str]]:
+    """Known values per option ("" for a positional argument); `typed` is the line so far
+    (`--field` offers the columns of the `--file` it names)."""
     if magic_name == "qwen3_autoclean":
         return {"": ("on", "off", "status")}
     if magic_name != "qwen3":
@@ -157,7 +161,23 @@ def _values(magic_name: str, shell: Any) -> dict[str, Iterable[str]]:
         "--dtype": [*DTYPES, *DTYPE_ALIASES],
         "--device": ["cpu", "cuda"],
         "--server": [*_configured_servers(shell), *SERVERS],
+        "--field": _OnDemand(lambda: _fields_of_file(typed, shell)),
     }
+
+
+def _fields_of_file(typed: str, shell: Any) -> list[str]:
+    """The column or field names of the file `--file` names earlier in `typed` (its `$name`
+    or `{expression}` expanded as the magic will), quoted where they hold a space."""
+    words = _words(typed) or []
+    given = [words[i + 1] for i, word in enumerate(words[:-1]) if word == "--file"]
+    given += [word.split("=", 1)[1] for word in words if word.startswith("--file=")]
+    if not given:
+        return []
+    path = given[-1].strip("'\"")
+    if "$" in path or "{" in path:
+        with contextlib.suppress(Exception):  # as the magic does: a value it cannot expand
+            path = shell.var_expand(path)  # stays as typed
+    return [shlex.quote(name) for name in field_names(path)]
 
 
 class _OnDemand:

@@ -187,3 +187,31 @@ def _kind(value: Any) -> str:
         return "null"
     kinds = {bool: "a boolean", int: "a number", float: "a number", list: "a list"}
     return kinds.get(type(value), "an object" if isinstance(value, dict) else "text")
+
+
+NAMES_FROM_JSON_UP_TO = 8 * 2**20
+"""Tab on `--field` parses a whole .json array for its first object's keys: only a small one."""
+
+
+def field_names(path: str) -> list[str]:
+    """The columns or fields `--field` can name in `path` (for Tab): a CSV/TSV file's first
+    row, the keys of a JSON Lines file's first object or of a small JSON array's; [] for any
+    other file, or one that cannot be read."""
+    suffix = Path(path).suffix.lower()
+    file = Path(path).expanduser()
+    try:
+        if suffix in DELIMITERS:
+            with file.open(encoding="utf-8-sig", newline="") as f:
+                return [n.strip() for n in next(csv.reader(f, delimiter=DELIMITERS[suffix]), [])]
+        if suffix in JSON_LINES:
+            with file.open(encoding="utf-8-sig") as f:
+                first = next((line for line in f if line.strip()), "")
+            record = json.loads(first) if first else None
+        elif suffix in JSON and file.stat().st_size <= NAMES_FROM_JSON_UP_TO:
+            records = json.loads(file.read_text(encoding="utf-8-sig"))
+            record = records[0] if isinstance(records, list) and records else None
+        else:
+            return []
+    except (OSError, ValueError, csv.Error):
+        return []
+    return [str(key) for key in record] if isinstance(record, dict) else []

@@ -183,6 +183,14 @@ def test_tab_offers_each_magics_options_and_known_values(
         assert not any("--" in c for c in k.complete("%qwen3 Why is")), "the prompt is text"
         path = f"%qwen3 --file {tmp_path}/pro"
         assert f"%qwen3 --file {tmp_path}/prompts.txt" in k.complete(path), "IPython's own"
+        (tmp_path / "reviews.csv").write_text("id,review text,score\n1,good,5\n")
+        ok(k, f"table = {str(tmp_path / 'reviews.csv')!r}")
+        assert k.complete("%qwen3 --file $table --no-think --field ") == [
+            f"%qwen3 --file $table --no-think --field {c}" for c in ("'review text'", "id", "score")
+        ], "the columns of the table --file names"
+        assert k.complete("%qwen3 --file $table --field s") == [
+            "%qwen3 --file $table --field score"
+        ]
         matchers = "len(get_ipython().Completer.custom_matchers)"
         loaded = k.value(matchers)
         ok(k, "%unload_ext qwen3_jupyter")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from qwen3_jupyter.prompt_files import PromptFileError, read_prompts
+from qwen3_jupyter.prompt_files import PromptFileError, field_names, read_prompts
 from tests.kernel import Kernel, ok
 
 
@@ -87,6 +87,20 @@ def test_a_file_that_is_not_prompts_is_one_line_naming_where_and_what_to_do(
         read_prompts(write(tmp_path / name, text), field)
     message = str(raised.value)
     assert said in message and "\n" not in message, message
+
+
+def test_tab_on_field_lists_what_the_file_can_name(tmp_path: Path) -> None:
+    """Tab after `--field` (tests/test_magics.py drives it in a kernel): a table's first row,
+    a JSON Lines file's first object's keys, a small JSON array's; nothing for other files."""
+    assert field_names(write(tmp_path / "t.tsv", "a b\tc\n1\t2\n")) == ["a b", "c"]
+    assert field_names(write(tmp_path / "r.jsonl", '\n{"prompt": "x", "id": 1}\n')) == [
+        "prompt",
+        "id",
+    ]
+    assert field_names(write(tmp_path / "r.json", '[{"q": "x"}]')) == ["q"]
+    assert field_names(write(tmp_path / "p.txt", "a\n")) == []
+    assert field_names(write(tmp_path / "bad.jsonl", "{not json\n")) == []
+    assert field_names(str(tmp_path / "missing.csv")) == []
 
 
 def test_the_magic_asks_a_csv_column_and_refuses_a_wrong_one_in_one_line(
