@@ -13,7 +13,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 LABEXT_SOURCES := $(shell find labextension/src labextension/style labextension/schema -type f 2>/dev/null) \
 	labextension/package.json labextension/yarn.lock labextension/tsconfig.json
 
-.PHONY: setup demo test lint lab bench clean chromium
+.PHONY: setup demo test lint lab bench clean chromium wheel
 
 setup: $(STAMP) $(LABEXT_STAMP)
 
@@ -73,6 +73,14 @@ test: setup chromium
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
+# A wheel for `pip install` (no Node needed there): the labextension's production build first —
+# the build hook skips building when a build exists, and `setup` made a development one (source
+# maps, a build log), which the wheel shipped — then the wheel, then a check of what it holds.
+wheel: setup
+	cd labextension && jlpm build:prod
+	rm -rf dist && $(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
+	$(PY) scripts/check_wheel.py dist/*.whl
+
 bench: setup
 	$(PY) -m qwen3_jupyter.bench decay
 	$(PY) -m qwen3_jupyter.bench overhead
@@ -85,4 +93,4 @@ bench: setup
 	$(PY) -m qwen3_jupyter.bench remote
 
 clean:
-	rm -rf $(VENV) out test-output qwen3_jupyter/labextension labextension/node_modules labextension/lib
+	rm -rf $(VENV) out test-output dist qwen3_jupyter/labextension labextension/node_modules labextension/lib
