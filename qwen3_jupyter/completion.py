@@ -3,10 +3,9 @@
 Why: after a magic's name IPython offers Python names, which is no help for its options. A
 matcher added to IPython's completer offers, on a line that starts with one of our magics, that
 magic's own options and, for an option that takes one of a known set, its values: embedded and
-locally cached models, dtypes, devices, server URLs, `on|off|status`, the columns of the
-`--file` table for `--field`. A path (`--file`,
-`--out`) and the prompt itself are left to IPython's own completion. Nothing here imports
-torch; the Hugging Face cache is only listed.
+locally cached models, dtypes, devices, server URLs, `on|off|status`, and for `--field` the
+columns of the `--file` table. A path (`--file`, `--out`) and the prompt itself are left to
+IPython's own completion. Nothing here imports torch; the Hugging Face cache is only listed.
 """
 
 from __future__ import annotations
