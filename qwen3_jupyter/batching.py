@@ -83,9 +83,15 @@ class BatchReport:
     """Requests in flight at once when a server answered (None: batches in this kernel)."""
     retries: int = 0
     """Requests sent again after a 429/503 or a dropped connection (server batches)."""
+    completion_tokens: int = 0
+    """Tokens generated over the whole run: with `seconds`, the batch's throughput, the figure
+    a batch is run for (a footer gives it for one call; a batch said only how long it took)."""
 
     def summary(self) -> str:
         pieces = [f"{self.completed}/{self.total} prompts", f"{self.seconds:.2f} s"]
+        if self.completion_tokens and self.seconds > 0:
+            rate = self.completion_tokens / self.seconds
+            pieces.append(f"{self.completion_tokens:,} tokens, {rate:.1f} tok/s")
         if self.concurrency is not None:
             pieces.append(f"{self.concurrency} concurrent requests")
             if self.retries:
@@ -371,6 +377,7 @@ def run_batches(
         seconds=time.perf_counter() - started,
         peak_tensor_bytes=peak,
         out_path=str(out) if out is not None else None,
+        completion_tokens=sum(r.completion_tokens for r in results),
     )
     if out_of_memory is not None:
         raise GenerationOOM(out_of_memory, results=results)

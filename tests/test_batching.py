@@ -35,6 +35,10 @@ def test_order_and_outputs_match_one_by_one(one_by_one: list[str]) -> None:
     assert [r.answer for r in results] == one_by_one
     assert all(r.completion_tokens == 12 for r in results)
     assert results.report.held_batch_size == 4 and not results.report.back_offs
+    report = results.report
+    assert report.completion_tokens == 12 * len(PROMPTS)
+    rate = report.completion_tokens / report.seconds
+    assert f" s · {report.completion_tokens:,} tokens, {rate:.1f} tok/s · " in report.summary()
 
 
 def test_budget_forces_real_back_off_and_is_respected(one_by_one: list[str]) -> None:

@@ -293,6 +293,8 @@ def test_batch_of_20_with_concurrency_4_in_input_order(
     assert rk.value("all(r.engine == 'remote' and r.answer for r in _qwen3)")
     assert proxy.max_in_flight == 4, "four requests in flight at once, never more"
     assert "20/20 prompts" in ex.stdout and "4 concurrent requests" in ex.stdout
+    tokens = rk.value("(_qwen3.report.completion_tokens, sum(r.completion_tokens for r in _qwen3))")
+    assert tokens[0] == tokens[1] > 0 and f"{tokens[0]:,} tokens, " in ex.stdout, ex.stdout
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["index"] for r in records) == list(range(20))
     assert all(r["prompt"] == f"prompt number {r['index']}" for r in records)

@@ -433,10 +433,11 @@ def test_batch_report_for_a_server() -> None:
         failed=1,
         concurrency=4,
         retries=3,
+        completion_tokens=1200,
     )
     assert report.summary() == (
-        "19/20 prompts · 1.50 s · 4 concurrent requests · 3 retried · 1 failed (see .error) · "
-        "written to r.jsonl"
+        "19/20 prompts · 1.50 s · 1,200 tokens, 800.0 tok/s · 4 concurrent requests · "
+        "3 retried · 1 failed (see .error) · written to r.jsonl"
     )
     local = BatchReport(3, 3, 4, 4, (), False, 1.0, 1024, None)
     assert "batch size 4 held" in local.summary() and "peak generation tensors" in local.summary()

@@ -143,4 +143,5 @@ def _report(
         failed=sum(r.failed for r in results),
         concurrency=concurrency,
         retries=retries,
+        completion_tokens=sum(r.completion_tokens for r in results),
     )
