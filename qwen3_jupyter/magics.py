@@ -251,6 +251,7 @@ class Qwen3Magics(Magics):
           %qwen3 --chat And in French?
           %qwen3 --vars Summarise this review: {reviews[0]}
           %qwen3 --file prompts.txt --batch-size 4 --out results.jsonl
+          %qwen3 --file reviews.csv --field text --no-think
           %qwen3 --warmup --batch-size 16
           %qwen3 --eager
           %qwen3 --server http://localhost:8000/v1 Why is the sky blue?
