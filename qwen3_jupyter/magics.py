@@ -415,8 +415,10 @@ class Qwen3Magics(Magics):
         options: GenerationOptions,
         status: display.Status,
     ) -> None:
+        # Before the gauge: the answer comes above it whether or not a status line (loading)
+        # made the view's display earlier.
+        view = display.StreamView(options.think, args.hide_thinking, status)
         with inline_gauge() if args.gauge else nullcontext():
-            view = display.StreamView(options.think, args.hide_thinking, status)
             try:
                 result = SESSION.ask(
                     engine,

@@ -78,6 +78,7 @@ def test_last_result_is_plain_and_holds_no_tensors(kernel: Kernel) -> None:
 
 
 def test_inline_gauge_shows_while_generating_and_stays_as_static_copy(kernel: Kernel) -> None:
+    ok(kernel, "%qwen3 --no-think --max-new-tokens 1 Hi")  # loaded: no loading line below
     ex = kernel.run("%qwen3 --gauge --no-think --max-new-tokens 8 --seed 1 Hi")
     assert ex.status == "ok", ex.stderr
     widgets = [
@@ -89,6 +90,11 @@ def test_inline_gauge_shows_while_generating_and_stays_as_static_copy(kernel: Ke
     static = [m for m in ex.of_type("update_display_data") if "text/html" in m["content"]["data"]]
     assert static, "the live gauge was not replaced by a static copy"
     assert "[qwen3] tiny on cpu" in ex.stdout
+    # The answer comes above the gauge, as it does when the call loads the model (its loading
+    # line, shown before the gauge, becomes the answer): the gauge came first only then.
+    shown = ex.of_type("display_data")
+    assert "text/markdown" in shown[0]["content"]["data"], [m["content"]["data"] for m in shown]
+    assert shown.index(widgets[0]) > 0
 
 
 def test_cell_magic_takes_the_whole_cell_as_prompt(kernel: Kernel) -> None:
