@@ -219,14 +219,12 @@ class Status:
         self._handle: Any = None
         self._last = ""
         self._view: StreamView | None = None
-        self._in_view = False
 
     def show(self, text: str) -> None:
         if text == self._last:
             return
         self._last = text
-        self._in_view = self._view is not None and self._view.show_line(text)
-        if self._in_view:
+        if self._view is not None and self._view.show_line(text):
             return
         if self._handle is None:
             self._handle = display(Markdown(f"*{text}*"), display_id=True)
@@ -242,11 +240,9 @@ class Status:
         if not self._last:
             return
         self._last = ""
-        if self._in_view:
-            self._in_view = False
-            if self._view is not None:
-                self._view.show_line(None)
-        elif self._handle is not None:
+        if self._view is not None and self._view.show_line(None):
+            return  # the line was in the view's display (an ended view has none)
+        if self._handle is not None:
             self._handle.update(Markdown(""))
 
     def hand_over(self, view: StreamView) -> Any:
@@ -266,7 +262,6 @@ class Status:
             self._handle.update(Markdown(markdown))
             self._handle = None
         self._last = ""
-        self._in_view = False
 
 
 _CALL_LINE: ContextVar[Status | None] = ContextVar("qwen3_call_line", default=None)
