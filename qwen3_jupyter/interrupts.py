@@ -110,11 +110,14 @@ class _LandingInterrupts:
         self._lock = threading.Lock()
         """Taken to resend and to finish: no resend once the block is done."""
         self._previous: Any = None
+        self._previous_hook: Any = None
 
     def __enter__(self) -> None:
         if not self._active:
             return
         self._block = sys._getframe(1)
+        self._previous_hook = sys.unraisablehook
+        sys.unraisablehook = self._on_unraisable
         self._previous = signal.signal(signal.SIGINT, self._on_sigint)
 
     def __exit__(self, kind: Any, value: Any, traceback: Any) -> None:
@@ -129,6 +132,7 @@ class _LandingInterrupts:
             signal.signal(signal.SIGINT, previous)
             raise
         self._block = None
+        sys.unraisablehook = self._previous_hook
         if self._received.is_set() and not isinstance(value, KeyboardInterrupt):
             # Every one was dropped and the block ran to its end, or ended in another error.
             raise KeyboardInterrupt from value
@@ -140,6 +144,14 @@ class _LandingInterrupts:
             self._received.set()
             threading.Thread(target=self._resend, name="qwen3-interrupt", daemon=True).start()
         raise KeyboardInterrupt
+
+    def _on_unraisable(self, unraisable: Any) -> None:
+        """Drop our own interrupt where Python dropped it: it is sent again until it lands, so
+        its "Exception ignored in ... KeyboardInterrupt" traceback (printed in the user's cell,
+        above the one-line message) said nothing true. Anything else goes to the hook before."""
+        if self._received.is_set() and isinstance(unraisable.exc_value, KeyboardInterrupt):
+            return
+        self._previous_hook(unraisable)
 
     def _inside(self, frame: Any) -> bool:
         """Whether `frame` runs in the block (and not in this object's own exit)."""
