@@ -68,11 +68,15 @@ class ApiCall:
         finally:
             engine.status = None
 
-    def end(self) -> None:
+    def end(self, failed: bool = False) -> None:
+        """Say the call's notices: in its line's display where it showed one (see
+        `Status.end`), else on stdout."""
+        notices = [*SESSION.take_notices(), *self.notices]
         if self.status is not None:
-            self.status.clear()
-        for notice in [*SESSION.take_notices(), *self.notices]:
-            display.info(notice)
+            self.status.end(notices, failed)
+        else:
+            for notice in notices:
+                display.info(notice)
 
 
 CONFIGURED = ("model", "device", "dtype", "decode", "server")
@@ -105,14 +109,16 @@ def api_call(show_status: bool = True) -> Iterator[ApiCall]:
     """Run an API call; at its end (also on an error or an interrupt) clear its status line
     and print the notices its engines left."""
     call = ApiCall(show_status)
+    failed = True
     try:
         with display.call_line(call.status):  # a batch's progress shows in this call's line
             yield call
+        failed = False
     except Exception as exc:
         in_api_words(exc)
         raise
     finally:
-        call.end()
+        call.end(failed)
 
 
 _FLAG = re.compile(

@@ -7,7 +7,7 @@ are raised by the magics as one-line UsageErrors, never tracebacks.)
 from __future__ import annotations
 
 import html
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -83,14 +83,17 @@ class StreamView:
         )
         self._render()
 
+    STOPPED = "*stopped before the first token*"
+
     def clear(self) -> None:
-        """When the call raised: empty the display if it still says `*generating…*` (left above
-        the error, it would say the call is still running). Text that streamed stays: the call
-        raised, so it is nowhere else (not in `_qwen3`)."""
+        """When the call raised: replace `*generating…*` (left above the error, it would say
+        the call is still running; emptied, it stayed in the saved notebook as an empty
+        output). Text that streamed stays: the call raised, so it is nowhere else (not in
+        `_qwen3`)."""
         self._ended = True
         self._line = None
         if not self._streamed:
-            self._body = ""
+            self._body = self.STOPPED
         self._render()
 
     def _render(self) -> None:
@@ -109,15 +112,15 @@ def render_answer(
     parts = []
     if thinking and not hide_thinking:
         label = "Thinking" if finished else "Thinking (not finished)"
-        words = len(thinking.split())
+        words = _count(len(thinking.split()), "word")
         is_open = " open" if streaming and not finished else ""
         body = html.escape(thinking).replace("\n", "<br>\n")
         parts.append(
-            f"<details{is_open}><summary>{label} · {words} words</summary>\n\n"
+            f"<details{is_open}><summary>{label} · {words}</summary>\n\n"
             f"<blockquote>{body}</blockquote>\n\n</details>\n"
         )
     elif thinking and hide_thinking and streaming and not answer:
-        parts.append(f"*thinking… ({len(thinking.split())} words)*")
+        parts.append(f"*thinking… ({_count(len(thinking.split()), 'word')})*")
     if answer:
         parts.append(answer)
     elif not streaming and not finished:
@@ -218,12 +221,15 @@ class Status:
     def __init__(self) -> None:
         self._handle: Any = None
         self._last = ""
+        self._said = ""
+        """The last thing the line said in its own display (`end` of a failed call keeps it)."""
         self._view: StreamView | None = None
 
     def show(self, text: str) -> None:
         if text == self._last:
             return
         self._last = text
+        self._said = text
         if self._view is not None and self._view.show_line(text):
             return
         if self._handle is None:
@@ -245,12 +251,30 @@ class Status:
         if self._handle is not None:
             self._handle.update(Markdown(""))
 
+    def end(self, lines: Sequence[str] = (), failed: bool = False) -> None:
+        """End the call's line. Its closing `lines` (notices, a summary) take the line's own
+        display where it has one — emptied, that display stayed in the saved notebook as an
+        empty output — else go to stdout. A failed call with nothing to say leaves what the
+        line last said, marked stopped, above its error."""
+        if self._handle is None or not (lines or (failed and self._said)):
+            self.clear()
+            for line in lines:
+                info(line)
+            return
+        if lines:
+            text = "\n".join(f"{PREFIX} {line}" for line in lines)
+            self._handle.update({"text/plain": text}, raw=True)  # as it would print
+        else:
+            self._handle.update(Markdown(f"*{self._said}* — stopped"))
+        self._handle = None
+        self._last = ""
+
     def hand_over(self, view: StreamView) -> Any:
         """Give this line's display (None if it never showed) to `view`, whose display the
         line uses from now on."""
         handle, self._handle = self._handle, None
         self._view = view
-        self._last = ""  # what the line said is the view's to replace
+        self._last = self._said = ""  # what the line said is the view's to replace
         return handle
 
     def settle(self, markdown: str) -> None:

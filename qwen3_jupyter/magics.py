@@ -342,29 +342,33 @@ class Qwen3Magics(Magics):
             return
         status = display.Status()
         engine: Engine | None = None
+        failed = True
         with display.call_line(status):  # a batch's progress shows in this call's line
             try:
                 engine = self._engine(args, status)
                 engine.status = status.show  # the engine's own progress line for this call
                 if args.warmup:
                     summary = _warmup(engine, args.batch_size)
-                    for notice in SESSION.take_notices():  # what each shape did, then the sum
-                        display.info(notice)
-                    display.info(summary + _warmup_caveat(engine, self.decode or None))
+                    # What each shape did, then the sum: in the line's display when alone.
+                    caveat = _warmup_caveat(engine, self.decode or None)
+                    said = [*SESSION.take_notices(), summary + caveat]
                     if not prompt and not args.file:
+                        failed = False
+                        status.end(said)
                         return
+                    for line in said:
+                        display.info(line)
                 status.clear()
                 options = _options(args)
                 if args.file:
                     self._run_batch(args, batch or [], engine, options, status)
                 else:
                     self._ask(args, engine, prompt, options, status)
+                failed = False
             finally:
                 if engine is not None:
                     engine.status = None
-                status.clear()
-                for notice in SESSION.take_notices():
-                    display.info(notice)
+                status.end(SESSION.take_notices(), failed)
 
     def _engine(self, args: Namespace, status: display.Status) -> Engine:
         """The engine this call uses, loading the model (with progress) when it must."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,14 @@ class LoadedModel:
     device: str
     dtype: str
     embedded: bool
+    load_seconds: float = 0.0
+    """How long finding (or building) and loading it took."""
+
+
+def weights_bytes(model: Any) -> int:
+    """The bytes of `model`'s parameters and buffers: what a loaded model holds for good."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def choose_model(explicit: str | None = None, configured: str | None = None) -> str:
@@ -157,6 +166,8 @@ class ModelHolder:
 
     def __init__(self) -> None:
         self._loaded: LoadedModel | None = None
+        self.loads = 0
+        """How many loads succeeded: a caller tells from it whether its call loaded."""
         self.use = ModelUse()
         """Who uses the model now, and the stop asked of them (see model_use)."""
 
@@ -178,11 +189,14 @@ class ModelHolder:
             current = self._loaded
             if current and is_loaded_as(current, choice):  # another thread just loaded it
                 return current
+            started = time.perf_counter()
             path, is_embedded = resolve_path(choice.name, progress)
             if current is not None:
                 self._release()
             try:
                 self._loaded = _load(choice, path, is_embedded, progress)
+                self._loaded.load_seconds = time.perf_counter() - started
+                self.loads += 1
             except ModelError as exc:
                 if current is None:
                     raise

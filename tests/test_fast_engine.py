@@ -589,14 +589,14 @@ def test_eager_alone_gives_the_decode_cache_back(fk: Kernel) -> None:
 
 def test_warmup_compiles_ahead_so_the_next_call_compiles_nothing(fk: Kernel) -> None:
     ex = ok(fk, "%qwen3 --warmup")
-    lines = ex.stdout.strip().splitlines()
+    lines = ex.said.strip().splitlines()  # (in the display its "compiling…" line used)
     # what each shape did first, then the sum: how its graphs came (compiled, loaded, neither)
     assert re.fullmatch(
         r"\[qwen3\] fast decode ready for batch × cache 1×4096 \((\d+ graphs?( compiled|"
         r" loaded from the compile cache|, some loaded from the compile cache, the rest compiled)"
         r"|nothing new to compile), \d+\.\d s\)",
         lines[-1],
-    ), ex.stdout
+    ), ex.said
     ok(fk, "compiled = SESSION.engines['fast'].compiles")
     ex = ok(fk, "%qwen3 --max-new-tokens 4 --seed 1 sampled now")
     assert "compiled the decode step" not in ex.stdout
@@ -607,8 +607,8 @@ def test_warmup_with_a_batch_size_builds_that_step_and_keeps_only_the_single_cac
     fk: Kernel,
 ) -> None:
     ex = ok(fk, "%qwen3 --warmup --batch-size 4")
-    assert "fast decode ready for batch × cache 1×4096, 4×1024 (" in ex.stdout, ex.stdout
-    assert "batch 4: cache given back, the compiled step kept for generate_batch" in ex.stdout
+    assert "fast decode ready for batch × cache 1×4096, 4×1024 (" in ex.said, ex.said
+    assert "batch 4: cache given back, the compiled step kept for generate_batch" in ex.said
     assert fk.value("[list(key) for key in SESSION.engines['fast'].states]") == [[1, 4096]]
     ok(fk, "compiled = SESSION.engines['fast'].compiles")
     ex = ok(
@@ -616,7 +616,7 @@ def test_warmup_with_a_batch_size_builds_that_step_and_keeps_only_the_single_cac
         "rs = qwen3_jupyter.generate_batch(['a', 'b', 'c', 'd'], batch_size=4, greedy=True, "
         "max_new_tokens=3)",
     )
-    assert "decode step" not in ex.stdout, ex.stdout  # nothing compiled or loaded: warmed up
+    assert "decode step" not in ex.said, ex.said  # nothing compiled or loaded: warmed up
     assert fk.value("SESSION.engines['fast'].compiles == compiled")
     assert fk.value("[len(r.token_ids) for r in rs]") == [3, 3, 3, 3]
 
@@ -643,11 +643,11 @@ def test_api_calls_show_their_own_build_notices_and_status(fk: Kernel) -> None:
     builds, the one-line notice at its end), not in the next %qwen3 cell."""
     ex = ok(fk, "rs = qwen3_jupyter.generate_batch(['a', 'b'], greedy=True, max_new_tokens=4)")
     took = r"(compiled the decode step|loaded the compiled decode step from the cache) for "
-    assert re.search(took + r"batch 2 × cache 2048 in \d+\.\d s", ex.stdout), ex.stdout
+    assert re.search(took + r"batch 2 × cache 2048 in \d+\.\d s", ex.said), ex.said
     assert "compiling the decode step for batch 2 × cache 2048" in " ".join(ex.texts())
     assert fk.value("[len(r.token_ids) for r in rs]") == [4, 4]
     ex = ok(fk, "with qwen3_jupyter.inference(seed=1, max_new_tokens=4) as chat:\n    chat('hi')")
-    assert re.search(took + r"batch 1 × cache 4096 \(sampling\)", ex.stdout), ex.stdout
+    assert re.search(took + r"batch 1 × cache 4096 \(sampling\)", ex.said), ex.said
     later = ok(fk, "%qwen3 --greedy --no-think --max-new-tokens 2 hi").stdout
     assert "decode step" not in later, later
 

@@ -31,14 +31,42 @@ def test_streams_into_one_updating_display_and_prints_footer(kernel: Kernel) -> 
     assert len(updates) >= 2
     streamed = [m["content"]["data"]["text/markdown"] for m in updates]
     assert len(set(streamed)) >= 2, "streamed text never changed"
-    assert ex.stdout.count("[qwen3]") == 1
+    footer, *loaded = ex.stdout.splitlines()  # (the module's first call loads the model)
+    assert all(line.startswith("[qwen3] loaded tiny (float32) on cpu in ") for line in loaded)
     for part in FOOTER_PARTS:
-        assert part in ex.stdout
-    assert "40 tokens" in ex.stdout
+        assert part in footer
+    assert "40 tokens" in footer
     # The magic returns nothing: no execute_result, nothing in Out.
     assert ex.result() is None
     assert kernel.value("len(Out)") == 0
     assert len(displays) >= 1
+
+
+def test_a_call_that_loads_says_how_long_and_what_it_keeps(kernel: Kernel) -> None:
+    """The first call of a kernel waits for the load (seconds to minutes with real weights)
+    and memory goes up for good: the status line said "loading…" and vanished, and nothing said
+    how long it took or what stays. Now the call that loads says both, and only that call."""
+    ok(kernel, "%qwen3 --unload")
+    first = ok(kernel, "%qwen3 --no-think --max-new-tokens 2 hi")
+    ok(kernel, "from qwen3_jupyter.memory import format_bytes\nfrom qwen3_jupyter import session")
+    weights = kernel.value(  # tied embeddings are one tensor under two names: count it once
+        "format_bytes(sum({t.data_ptr(): t.nbytes "
+        "for t in session.SESSION.loaded.model.state_dict().values()}.values()))"
+    )
+    notice = first.stdout.splitlines()[-1]
+    match = re.fullmatch(
+        r"\[qwen3\] loaded tiny \(float32\) on cpu in (\d+\.\d) s · (.+) of weights, kept "
+        r"until %qwen3 --unload · random weights: its answers are noise",
+        notice,
+    )
+    assert match and match.group(2) == weights, (notice, weights)
+    assert float(match.group(1)) > 0
+    again = ok(kernel, "%qwen3 --no-think --max-new-tokens 2 hi")
+    assert "loaded" not in again.stdout, again.stdout
+    other = ok(kernel, "%qwen3 --dtype bfloat16 --no-think --max-new-tokens 2 hi")
+    assert "loaded tiny (bfloat16) on cpu in " in other.stdout, other.stdout
+    assert other.stdout.rstrip().endswith("· tiny (float32) on cpu was unloaded for it")
+    ok(kernel, "%qwen3 --dtype float32 --no-think --max-new-tokens 2 hi")  # as the module had it
 
 
 def test_loading_and_answer_share_one_output(kernel: Kernel) -> None:
@@ -64,7 +92,13 @@ def test_loading_and_answer_share_one_output(kernel: Kernel) -> None:
     (shown,) = failed.of_type("display_data")
     assert shown["content"]["data"]["text/markdown"].startswith("*loading tiny on cpu")
     updates = [m["content"]["data"]["text/markdown"] for m in failed.of_type("update_display_data")]
-    assert updates and updates[-1] == "", updates
+    assert updates and updates[-1] == "*stopped before the first token*", updates
+    # A call that fails before it has a view keeps what its line last said, marked stopped:
+    # never an empty output above the error.
+    missing = kernel.run("%qwen3 --model /no/such/folder hi")
+    assert missing.status == "error" and "does not exist" in missing.stderr
+    texts = [data.get("text/markdown") for data in missing.final_displays()]
+    assert texts == ["*loading /no/such/folder on cpu (float32)…* — stopped"], texts
 
 
 def test_last_result_is_plain_and_holds_no_tensors(kernel: Kernel) -> None:
@@ -306,11 +340,13 @@ def test_a_warmup_on_cpu_says_plain_calls_do_not_use_it(kernel: Kernel) -> None:
     ex = kernel.run("%qwen3 --warmup", timeout=600)
     assert ex.status == "ok", ex.stderr
     assert (
-        "fast decode ready" in ex.stdout
+        "fast decode ready" in ex.said
         and " · on cpu plain calls decode eagerly and give this back: it serves --fast calls "
         "(or %config Qwen3Magics.decode = 'fast')\n"
-        in ex.stdout
-    ), ex.stdout
+        in ex.said
+    ), ex.said
+    # Alone, its lines end the display its "compiling…" line used: no empty output.
+    assert all(any(v.strip() for v in shown.values()) for shown in ex.final_displays())
     ok(kernel, "%qwen3 --max-new-tokens 2 --no-think hi")
 
 
@@ -330,7 +366,7 @@ def test_a_call_that_fails_leaves_no_generating_placeholder(kernel: Kernel) -> N
         for m in ex.of_type("update_display_data")
         if m["content"]["transient"]["display_id"] in shown
     ]
-    assert last and last[-1] == "", last
+    assert last and last[-1] == "*stopped before the first token*", last
 
 
 def test_think_and_no_think_map_to_enable_thinking(kernel: Kernel) -> None:
@@ -347,6 +383,18 @@ def test_think_and_no_think_map_to_enable_thinking(kernel: Kernel) -> None:
     assert think[:3] == (True, True, "")
     # enable_thinking=False pre-fills an empty think block: 4 more prompt tokens.
     assert no_think[3] == think[3] + 4
+
+
+def test_thinking_summary_counts_words_in_english() -> None:
+    """ "· 1 words" was what a one-word thought showed, collapsed and while hidden."""
+    from qwen3_jupyter.display import render_answer
+
+    one = render_answer("Hmm", "", finished=False, hide_thinking=False, streaming=False)
+    assert "Thinking (not finished) · 1 word</summary>" in one
+    two = render_answer("Hmm, well", "", finished=True, hide_thinking=False, streaming=False)
+    assert "Thinking · 2 words</summary>" in two
+    hidden = render_answer("Hmm", "", finished=False, hide_thinking=True, streaming=True)
+    assert "*thinking… (1 word)*" in hidden
 
 
 def test_unfinished_thinking_is_shown_collapsed_and_explained(kernel: Kernel) -> None:

@@ -62,6 +62,24 @@ class Execution:
                 out.append(data[mime])
         return out
 
+    def final_displays(self) -> list[dict[str, Any]]:
+        """Each display the cell left, as its last update left it (what a saved notebook
+        keeps), in the order they were shown."""
+        final: dict[object, dict[str, Any]] = {}
+        for message in self.of_type("display_data", "update_display_data"):
+            content = message["content"]
+            display_id = content.get("transient", {}).get("display_id") or id(message)
+            if message["msg_type"] == "display_data" or display_id in final:
+                final[display_id] = content["data"]
+        return list(final.values())
+
+    @property
+    def said(self) -> str:
+        """stdout with the plain-text displays the cell ended with before it (a call's line
+        ends with its closing notices in place of an empty output)."""
+        shown = [d["text/plain"] + "\n" for d in self.final_displays() if list(d) == ["text/plain"]]
+        return "".join(shown) + self.stdout
+
     def result(self) -> str | None:
         results = self.of_type("execute_result")
         return results[-1]["content"]["data"].get("text/plain") if results else None
