@@ -53,3 +53,36 @@ def test_each_cell_gets_its_own_status_when_the_kernel_starts_slowly(
         assert kernel.value("x") == 1
     finally:
         kernel.shutdown()
+
+
+def test_a_client_on_a_connection_file_waits_for_a_kernel_slow_to_start(
+    kernel_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A client made from a connection file judges liveness by heartbeats, 1 s by default:
+    `wait_for_ready` called a kernel still starting dead ("Kernel died before replying to
+    kernel_info"), which failed test_server's module fixture, and all 18 of its tests, in a full
+    run on a busy host. `ready_client` gives a starting kernel time."""
+    import subprocess
+    import sys
+
+    from jupyter_client.connect import write_connection_file
+
+    from qwen3_jupyter.bench._server import ready_client
+
+    connection_file, _ = write_connection_file(str(tmp_path / "kernel.json"))
+    starts_late = "import time; time.sleep(3)\nfrom ipykernel.kernelapp import launch_new_instance"
+    process = subprocess.Popen(
+        [sys.executable, "-c", f"{starts_late}\nlaunch_new_instance()", "-f", connection_file],
+        env={**os.environ, **kernel_env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        client = ready_client(Path(connection_file))
+        client.execute("ready = 42")
+        reply = client.get_shell_msg(timeout=30)
+        assert reply["content"]["status"] == "ok"
+        client.stop_channels()
+    finally:
+        process.kill()
+        process.wait()

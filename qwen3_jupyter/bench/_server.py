@@ -25,6 +25,26 @@ from typing import Any
 
 from jupyter_client.blocking.client import BlockingKernelClient
 
+HEARTBEAT_GRACE_S = 10.0
+"""How long a kernel may leave heartbeats unanswered before a client made here calls it dead.
+
+Why: a client made from a connection file (not by a KernelManager, which watches the process)
+judges liveness by heartbeats, 1 s by default; a kernel still starting when the client connects
+(the server returns before its kernel is up) answers its first one later than that on a busy
+host, and `wait_for_ready` raised "Kernel died before replying to kernel_info" for a kernel that
+was alive (a full suite run: test_server's fixture, and so all 18 of its tests; measured: a
+kernel 3 s slow to start fails after 1.0 s, with this grace it is ready in 3.9 s)."""
+
+
+def ready_client(connection_file: Path, timeout: float = 60) -> BlockingKernelClient:
+    """A client on a running kernel's connection file, once the kernel answers."""
+    client = BlockingKernelClient(connection_file=str(connection_file))
+    client.load_connection_file()
+    client.hb_channel.time_to_dead = HEARTBEAT_GRACE_S
+    client.start_channels()
+    client.wait_for_ready(timeout=timeout)
+    return client
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -95,11 +115,7 @@ class _Client:
 
     def kernel_client(self, kernel_id: str) -> BlockingKernelClient:
         """A client on a server kernel's own connection file (like `jupyter console --existing`)."""
-        client = BlockingKernelClient(connection_file=str(self.connection_file(kernel_id)))
-        client.load_connection_file()
-        client.start_channels()
-        client.wait_for_ready(timeout=60)
-        return client
+        return ready_client(self.connection_file(kernel_id))
 
     def connection_file(self, kernel_id: str) -> Path:
         raise NotImplementedError

@@ -19,8 +19,8 @@ from typing import Any
 
 import nbformat
 import pytest
-from jupyter_client.blocking.client import BlockingKernelClient
 
+from qwen3_jupyter.bench._server import ready_client
 from tests.fake_nvml import SELF, FakeGpu, FakeNvml, FakeProcess, GiB, child_env
 from tests.ui.conftest import LabServer
 
@@ -330,11 +330,8 @@ def test_sidebar_and_status_bar_show_a_gpu(
     # kernel connection for the comm.
     (kernel,) = [s["kernel"]["id"] for s in server.api("api/sessions")]
     runtime = server.root_dir.parent / f"{server.root_dir.name}-jupyter-state" / "runtime"
-    client = BlockingKernelClient(connection_file=str(runtime / f"kernel-{kernel}.json"))
-    client.load_connection_file()
-    client.start_channels()
+    client = ready_client(runtime / f"kernel-{kernel}.json")
     try:
-        client.wait_for_ready(timeout=60)
         assert (
             client.execute_interactive("%load_ext qwen3_jupyter", timeout=60)["content"]["status"]
             == "ok"
