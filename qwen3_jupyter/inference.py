@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Any, NoReturn
 
 from .api_call import api_call
@@ -115,6 +116,10 @@ class InferenceBlock(AbstractContextManager[Chat]):
             'as chat: chat("hi")'
         )
 
+    def __repr__(self) -> str:
+        """What a cell that ends with `inference(...)` shows: how to use it, not an address."""
+        return '<qwen3 inference block: with qwen3_jupyter.inference(...) as chat: chat("hi")>'
+
 
 def _merged(defaults: dict[str, Any], call: dict[str, Any]) -> dict[str, Any]:
     """A chat call's options over its block's, the call's own winning, conflicts included: a
@@ -155,7 +160,21 @@ def inference(
     the finished frames of its traceback drop their locals first, so the tensors they held are
     freed now, while the exception itself still propagates with its traceback.
     """
+    if isinstance(model, str) and _looks_like_a_prompt(model):
+        short = model if len(model) <= 40 else model[:39] + "…"
+        raise ValueError(
+            f"inference() takes a model, not a prompt ({short!r}): it opens a block, "
+            f"with qwen3_jupyter.inference() as chat: chat({short!r}) (or %qwen3 {short})"
+        )
     return InferenceBlock(_block(model, device, dtype, decode, server, verbose, options))
+
+
+def _looks_like_a_prompt(model: str) -> bool:
+    """Words with spaces that name no folder: `inference("Why is the sky blue?")` made a block
+    that was never entered, so the question went nowhere, without a word (it fails at once
+    now, not when a `with` loads a "model" of that name)."""
+    words = model.strip()
+    return any(c.isspace() for c in words) and not Path(words).expanduser().exists()
 
 
 @contextmanager

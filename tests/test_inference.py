@@ -188,6 +188,25 @@ def test_calling_inference_like_chat_is_one_line_pointing_to_the_block(k: Kernel
     )
 
 
+def test_a_prompt_given_to_inference_is_one_line_not_a_silent_block(k: Kernel) -> None:
+    """`inference("Why is the sky blue?")` made a block that was never entered: the question
+    went nowhere and the cell showed `<...InferenceBlock object at 0x...>`. A folder with a
+    space in its name is still a model."""
+    bad = k.run('qwen3_jupyter.inference("Why is the sky blue?")')
+    assert bad.status == "error" and bad.reply["ename"] == "ValueError"
+    assert bad.reply["evalue"] == (
+        "inference() takes a model, not a prompt ('Why is the sky blue?'): it opens a block, "
+        "with qwen3_jupyter.inference() as chat: chat('Why is the sky blue?') (or %qwen3 Why is "
+        "the sky blue?)"
+    )
+    shown = ok(k, 'qwen3_jupyter.inference(model="tiny")').result()
+    assert shown == '<qwen3 inference block: with qwen3_jupyter.inference(...) as chat: chat("hi")>'
+    ok(k, "import tempfile, pathlib\nfolder = pathlib.Path(tempfile.mkdtemp(), 'my models')")
+    ok(k, "folder.mkdir()\nblock = qwen3_jupyter.inference(str(folder))")  # refused on entry
+    entered = k.run("with block as chat:\n    pass")
+    assert entered.status == "error" and "my models" in entered.reply["evalue"], entered.reply
+
+
 @pytest.mark.parametrize(
     ("code", "said"),
     [
