@@ -21,6 +21,24 @@ def test_quickstart_notebook_executes(model_cache: Path, output_dir: Path) -> No
     text = format_summary(notebook, executed, summaries)
     assert "tok/s" in text and "->" in text
     assert not _empty_outputs(executed), "a status line stayed behind as an empty output"
+    loads = [line for line in _printed(executed) if line.startswith("[qwen3] loaded ")]
+    assert len(loads) == 1 and loads[0].startswith("[qwen3] loaded tiny (float32) on cpu in "), (
+        "the first call says it loaded the model, once"
+    )
+
+
+def _printed(executed: Path) -> list[str]:
+    """Every line the saved notebook's cells printed."""
+    import nbformat
+
+    cells = nbformat.read(executed, as_version=4).cells
+    outputs = [output for cell in cells for output in cell.get("outputs", [])]
+    return [
+        line
+        for output in outputs
+        if output.output_type == "stream"
+        for line in output.text.splitlines()
+    ]
 
 
 def _empty_outputs(executed: Path) -> list[str]:
