@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ def test_quickstart_notebook_executes(model_cache: Path, output_dir: Path) -> No
     text = format_summary(notebook, executed, summaries)
     assert "tok/s" in text and "->" in text
     assert not _empty_outputs(executed), "a status line stayed behind as an empty output"
-    loads = [line for line in _printed(executed) if line.startswith("[qwen3] loaded ")]
+    loads = [line for line in _printed(executed) if re.match(r"\[qwen3\] loaded \S+ \(", line)]
     assert len(loads) == 1 and loads[0].startswith("[qwen3] loaded tiny (float32) on cpu in "), (
         "the first call says it loaded the model, once"
     )
