@@ -246,8 +246,8 @@ def _tiktoken_file() -> Path:
 def build_tokenizer() -> Any:
     """Qwen's BPE as a transformers fast tokenizer, with Qwen3's added tokens and template.
 
-    The converted vocabulary is cached beside the checkpoints: converting takes ~2 s, loading
-    the cached file a fraction of that.
+    The converted vocabulary is cached beside the checkpoints: converting takes ~4 s (most of
+    the first build of `tiny`), loading the cached file under a second.
     """
     from transformers import PreTrainedTokenizerFast
 
