@@ -152,6 +152,11 @@ def checkpoint_dir(name: str, seed: int = 0) -> Path:
     return cache_root() / "embedded" / f"{safe}-seed{seed}-v{BUILD_FORMAT}"
 
 
+def is_built(name: str, seed: int = 0) -> bool:
+    """Whether embedded model `name` is in the cache already (its first use builds it)."""
+    return (checkpoint_dir(name, seed) / "qwen3_jupyter_build.json").exists()
+
+
 def ensure_built(name: str, seed: int = 0, progress: Progress | None = None) -> Path:
     """Path of the checkpoint for embedded model `name`, building it on first use.
 
@@ -160,7 +165,7 @@ def ensure_built(name: str, seed: int = 0, progress: Progress | None = None) -> 
     """
     spec = EMBEDDED[name]
     target = checkpoint_dir(name, seed)
-    if (target / "qwen3_jupyter_build.json").exists():
+    if is_built(name, seed):
         with contextlib.suppress(OSError, ValueError, KeyError):  # a read-only cache loads as is
             record_added_tokens(target)  # a checkpoint built before they were recorded
         return target

@@ -54,6 +54,9 @@ class LoadedModel:
     embedded: bool
     load_seconds: float = 0.0
     """How long finding (or building) and loading it took."""
+    build_seconds: float = 0.0
+    """The part of `load_seconds` spent building an embedded model into the cache (0 when it
+    was built before): a first call's slowness, said once, is not blamed on every load."""
 
 
 def weights_bytes(model: Any) -> int:
@@ -140,6 +143,12 @@ def resolve_path(name: str, progress: Progress | None = None) -> tuple[str, bool
     return _from_hf_cache(name), False
 
 
+def _builds_on_resolve(name: str) -> bool:
+    """Whether resolving `name` builds an embedded model (not in the cache yet)."""
+    embedded_name = embedded.canonical_name(name)
+    return embedded_name is not None and not embedded.is_built(embedded_name)
+
+
 def _from_hf_cache(repo_id: str) -> str:
     from huggingface_hub import snapshot_download
     from huggingface_hub.constants import HF_HUB_CACHE
@@ -190,12 +199,15 @@ class ModelHolder:
             if current and is_loaded_as(current, choice):  # another thread just loaded it
                 return current
             started = time.perf_counter()
+            builds = _builds_on_resolve(choice.name)
             path, is_embedded = resolve_path(choice.name, progress)
+            found = time.perf_counter()
             if current is not None:
                 self._release()
             try:
                 self._loaded = _load(choice, path, is_embedded, progress)
                 self._loaded.load_seconds = time.perf_counter() - started
+                self._loaded.build_seconds = found - started if builds else 0.0
                 self.loads += 1
             except ModelError as exc:
                 if current is None:

@@ -30,16 +30,17 @@ from .models import (
 
 
 def loaded_notice(loaded: LoadedModel, replaced: str | None = None) -> str:
-    """`loaded tiny (float32) on cpu in 0.6 s · 37.4 MiB of weights, kept until ...`."""
+    """`loaded tiny (float32) on cpu in 0.6 s · 37.4 MiB of weights, kept until ...`; the
+    first use of an embedded model adds how much of that time building it took."""
     from .memory import format_bytes
     from .models import weights_bytes
 
     what = f"{loaded.name} ({loaded.dtype}) on {loaded.device}"
     size = format_bytes(weights_bytes(loaded.model))
-    notice = (
-        f"loaded {what} in {loaded.load_seconds:.1f} s · {size} of weights, kept until "
-        "%qwen3 --unload"
-    )
+    took = f"{loaded.load_seconds:.1f} s"
+    if loaded.build_seconds:
+        took += f" ({loaded.build_seconds:.1f} s of it building it, once per cache)"
+    notice = f"loaded {what} in {took} · {size} of weights, kept until %qwen3 --unload"
     if loaded.embedded:
         notice += " · random weights: its answers are noise"
     if replaced is not None:

@@ -74,6 +74,34 @@ def test_local_checkpoint_folder_is_used_as_is(model_cache: Path) -> None:
     assert models.resolve_path(str(path)) == (str(path), False)
 
 
+def test_the_load_that_builds_an_embedded_model_says_how_long_the_build_took(
+    model_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first call on a fresh cache is the slow one; its load line says why, and later
+    loads (the build cached) do not repeat it."""
+    import shutil
+
+    from qwen3_jupyter import embedded
+    from qwen3_jupyter.session import loaded_notice
+
+    embedded.ensure_built("tiny")  # the shared cache's tokenizer, converted once per run
+    shutil.copytree(model_cache / "tokenizer", tmp_path / "tokenizer")  # (its ~4 s: not ours)
+    monkeypatch.setenv("QWEN3_JUPYTER_CACHE", str(tmp_path))
+    choice = models.ModelChoice("tiny", "cpu", "float32")
+    first = models.ModelHolder()
+    built = first.get(choice)
+    assert 0 < built.build_seconds < built.load_seconds
+    assert f"in {built.load_seconds:.1f} s ({built.build_seconds:.1f} s of it building it, " in (
+        loaded_notice(built)
+    )
+    first.unload()
+    again = models.ModelHolder()
+    cached = again.get(choice)
+    assert cached.build_seconds == 0 and cached.load_seconds > 0
+    assert "building" not in loaded_notice(cached)
+    again.unload()
+
+
 def test_failed_switch_keeps_the_loaded_model(model_cache: Path) -> None:
     holder = models.ModelHolder()
     loaded = holder.get(models.ModelChoice("tiny", "cpu", "float32"))
