@@ -18,7 +18,8 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from . import display
-from .cleanup import CleanupReport, cleanup, definition_holders, shutdown_nvml
+from .cleanup import CleanupReport, cleanup, shutdown_nvml
+from .holders import definition_holders
 from .interrupts import CELL_INTERRUPTS
 from .magic_args import asks_help, parse_options, show_help
 from .memory import format_bytes

@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING
 
 import ipywidgets as widgets
 
-from .memory import GiB, MiB, cuda_visible_entries
+from .memory import GiB, MiB
 from .monitor import GpuSample, Monitor, Snapshot, checked_interval, get_monitor
+from .nvml import cuda_visible_entries
 
 SPARK_POINTS = 60
 SPARK_BUCKET_SECONDS = 2.0

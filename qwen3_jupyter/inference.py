@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .api_call import api_call
-from .cleanup import CleanupReport, cleanup, release_traceback_locals
+from .cleanup import CleanupReport, cleanup
 from .engines import Engine
 from .engines.local import LocalEngine
 from .generation import SAMPLING_OPTIONS, GenerationOptions, Result, check_arguments
 from .magic_args import refuse_unknown_keywords
 from .model_use import holding
+from .release_actions import release_traceback_locals
 from .session import SESSION
 
 _OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(GenerationOptions))

@@ -34,20 +34,22 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import psutil
 
 from .memory import (
-    GpuReading,
     HostMemory,
     MiB,
-    NvmlReader,
-    NvmlReading,
     TorchDeviceMemory,
     added_memory,
-    existing_pids,
     format_bytes,
+    read_host,
+    read_torch,
+)
+from .nvml import (
+    GpuReading,
+    NvmlReader,
+    NvmlReading,
+    existing_pids,
     lists_every_process,
     pids_are_local,
     process_memory_by_uuid,
-    read_host,
-    read_torch,
     torch_device_for,
     visible_gpus,
 )

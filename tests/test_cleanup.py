@@ -1,4 +1,4 @@
-"""cleanup.py: every release action proven on a real holder in a real kernel.
+"""cleanup.py and release_actions.py: every release action proven on a real holder in a real kernel.
 
 Each kernel test creates the holder the way a notebook does (a tensor shown as a cell result,
 an exception raised in a function holding a tensor, a reference cycle, a cache on the model),
@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from qwen3_jupyter import holders, release_actions, tensor_scan
 from qwen3_jupyter.memory import MiB
 from tests import allocator_diff
 from tests.kernel import WEAKREF_HELPERS, Kernel, alive, ok
@@ -353,23 +354,25 @@ def test_holds_device_memory_walks_containers_and_model_outputs() -> None:
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
     t = torch.ones(4)
-    assert qc.holds_device_memory(t)
-    assert qc.holds_device_memory(CausalLMOutputWithPast(logits=t))
-    assert qc.holds_device_memory({"a": [1, (2, {"b": t})]})
-    assert qc.holds_device_memory(torch.nn.Linear(2, 2))
-    assert not qc.holds_device_memory(torch.nn.ReLU())
-    assert not qc.holds_device_memory({"a": [1, "two", 3.0], "b": None})
+    assert tensor_scan.holds_device_memory(t)
+    assert tensor_scan.holds_device_memory(CausalLMOutputWithPast(logits=t))
+    assert tensor_scan.holds_device_memory({"a": [1, (2, {"b": t})]})
+    assert tensor_scan.holds_device_memory(torch.nn.Linear(2, 2))
+    assert not tensor_scan.holds_device_memory(torch.nn.ReLU())
+    assert not tensor_scan.holds_device_memory({"a": [1, "two", 3.0], "b": None})
 
     class Box:
         def __init__(self, inner: object) -> None:
             self.inner = inner
 
-    assert qc.holds_device_memory(Box(Box(t)))
+    assert tensor_scan.holds_device_memory(Box(Box(t)))
     deep: object = t
-    for _ in range(qc.WALK_DEPTH + 1):
+    for _ in range(tensor_scan.WALK_DEPTH + 1):
         deep = [deep]
-    assert qc.holds_device_memory(deep), "past the bounded depth, the exact walk finds it"
-    assert qc.holds_device_memory([*range(qc.WALK_BUDGET), t]), "and past the bounded visits"
+    assert tensor_scan.holds_device_memory(deep), "past the bounded depth, the exact walk too"
+    assert tensor_scan.holds_device_memory([*range(tensor_scan.WALK_BUDGET), t]), (
+        "and past the bounded visits"
+    )
 
 
 def _fake_loaded(monkeypatch: pytest.MonkeyPatch, model: object) -> None:
@@ -387,7 +390,7 @@ def test_generation_leftovers_find_caches_on_submodules(monkeypatch: pytest.Monk
     model[0].kv = DynamicCache()
     model[0].rotary_cached = torch.ones(2)  # not a generation cache: must stay
     _fake_loaded(monkeypatch, model)
-    assert qc.release_generation_leftovers() == ("model.0.kv",)
+    assert release_actions.release_generation_leftovers() == ("model.0.kv",)
     assert not hasattr(model[0], "kv")
     assert hasattr(model[0], "rotary_cached") and model[0].weight is not None
 
@@ -405,7 +408,7 @@ def test_dynamo_action_resets_compile_state(monkeypatch: pytest.MonkeyPatch) -> 
     model = torch.nn.Linear(2, 2)
     model._compiled_call = lambda *args: None
     _fake_loaded(monkeypatch, model)
-    assert qc.release_dynamo() == ("torch._dynamo", "model._compiled_call")
+    assert release_actions.release_dynamo() == ("torch._dynamo", "model._compiled_call")
     assert "_compiled_call" not in vars(model)
     compiled(torch.ones(3))
     assert counter.frame_count == 2, "the compiled code outlived the reset"
@@ -425,7 +428,7 @@ def test_traceback_locals_of_finished_frames_are_cleared() -> None:
         fail()
     except ValueError as exc:
         assert refs["big"]() is not None, "control: the traceback holds the tensor"
-        assert qc.release_traceback_locals(exc) == 1
+        assert release_actions.release_traceback_locals(exc) == 1
         assert refs["big"]() is None
         assert "Traceback" in "".join(traceback.format_exception(exc)), "it still prints"
     assert mine.sum().item() == 8
@@ -691,16 +694,18 @@ def test_a_walk_cut_short_is_finished_exactly_and_an_unfinished_one_keeps_the_ob
     (autoclean runs one after every cell)."""
     torch = pytest.importorskip("torch")  # holds_device_memory looks where torch is imported
     table = list(range(20_000))
-    assert not qc.holds_device_memory(table)
+    assert not tensor_scan.holds_device_memory(table)
     walks: list[int] = []
-    monkeypatch.setattr(qc._TensorScan, "visit_all", lambda self, root: walks.append(1))
-    assert not qc.holds_device_memory(table) and walks == [], "walked again"
+    monkeypatch.setattr(tensor_scan.TensorScan, "visit_all", lambda self, root: walks.append(1))
+    assert not tensor_scan.holds_device_memory(table) and walks == [], "walked again"
     table.append(torch.ones(1))
     monkeypatch.undo()
-    assert qc.holds_device_memory(table), "a list that changed size is walked again"
-    monkeypatch.setattr(qc, "EXACT_BUDGET", 3)
-    assert not qc.holds_device_memory([[object()] for _ in range(20_000)]), "unsure keeps it"
-    assert "the search stopped inside Out[3]" in qc._other_hint(["Out[3]"])
+    assert tensor_scan.holds_device_memory(table), "a list that changed size is walked again"
+    monkeypatch.setattr(tensor_scan, "EXACT_BUDGET", 3)
+    assert not tensor_scan.holds_device_memory([[object()] for _ in range(20_000)]), (
+        "unsure keeps it"
+    )
+    assert "the search stopped inside Out[3]" in holders._other_hint(["Out[3]"])
 
 
 def test_output_entries_the_cheap_walk_could_not_see_into_are_released(k: Kernel) -> None:
@@ -759,10 +764,10 @@ def test_holds_device_memory_sees_through_methods_partials_slots_generators() ->
     started = gen()
     next(started)
     for holder in (t.sum, functools.partial(torch.add, t), Slotted(t), started, t.numpy()):
-        assert qc.holds_device_memory(holder), holder
-        assert qc.holds_device_memory([holder]), f"one level down: {holder}"
-    assert not qc.holds_device_memory(len), "a builtin function's module is not entered"
-    assert not qc.holds_device_memory(functools.partial(max, 1))
+        assert tensor_scan.holds_device_memory(holder), holder
+        assert tensor_scan.holds_device_memory([holder]), f"one level down: {holder}"
+    assert not tensor_scan.holds_device_memory(len), "a builtin function's module is not entered"
+    assert not tensor_scan.holds_device_memory(functools.partial(max, 1))
 
 
 def test_looking_into_a_generator_keeps_nothing_it_lets_go_later() -> None:
@@ -782,7 +787,7 @@ def test_looking_into_a_generator_keeps_nothing_it_lets_go_later() -> None:
     (tensor,) = [r for r in gc.get_referents(started) if isinstance(r, torch.Tensor)]
     ref = weakref.ref(tensor)
     del tensor
-    assert qc.holds_device_memory(started)
+    assert tensor_scan.holds_device_memory(started)
     next(started)
     gc.collect()
     assert ref() is None
@@ -801,7 +806,7 @@ def test_a_verbose_scan_never_unpacks_saved_tensors() -> None:
     w = torch.ones(1000, requires_grad=True)
     with torch.autograd.graph.saved_tensors_hooks(lambda value: value, unpack):
         loss = (w * 2).exp().sum()
-    scan = qc._TensorScan(torch)
+    scan = tensor_scan.TensorScan(torch)
     scan.visit(loss, 0)
     assert not unpacked
     assert scan.tensor_count >= 2, "the loss and the leaf w it keeps through its graph"

@@ -32,8 +32,9 @@ from qwen3_jupyter.gauge import (
     sparkline_svg,
     unbroken,
 )
-from qwen3_jupyter.memory import GiB, MiB, NvmlReader, TorchDeviceMemory, existing_pids
+from qwen3_jupyter.memory import GiB, MiB, TorchDeviceMemory
 from qwen3_jupyter.monitor import Monitor, Snapshot
+from qwen3_jupyter.nvml import NvmlReader, existing_pids
 from qwen3_jupyter.server.kernels import attribute
 from qwen3_jupyter.server.sampler import WatchedKernel, process_trees
 from tests import background_check
@@ -735,8 +736,8 @@ def _child_holding(size: int) -> Iterator[None]:
 
 def test_a_row_keeps_torchs_number_when_another_gpu_cannot_be_read() -> None:
     """cuda:0 lost (NVML cannot read it): the GPU torch calls cuda:1 is still cuda:1."""
-    from qwen3_jupyter.memory import GpuReading, NvmlReading
     from qwen3_jupyter.monitor import Monitor as _Monitor
+    from qwen3_jupyter.nvml import GpuReading, NvmlReading
 
     gpu1 = GpuReading(1, "GPU-bbbb", "H100", 5 * GiB, 80 * GiB, 0, (), "v2")
     reading = NvmlReading(True, "NVML error: GPU 0: GPU is lost", "550", (gpu1,), time.time())

@@ -10,15 +10,11 @@ from typing import Any
 
 import pytest
 
-from qwen3_jupyter.memory import (
-    GiB,
-    MiB,
+from qwen3_jupyter.memory import GiB, MiB, TorchDeviceMemory, format_bytes, read_host
+from qwen3_jupyter.nvml import (
     NvmlReader,
-    TorchDeviceMemory,
-    format_bytes,
     process_gpu_memory,
     process_memory_by_uuid,
-    read_host,
     torch_device_for,
     visible_gpus,
 )
@@ -300,7 +296,7 @@ def test_no_driver_gives_one_line_reason_and_open_is_idempotent() -> None:
 def test_real_pynvml_without_a_driver_never_raises() -> None:
     """This machine has nvidia-ml-py but no NVIDIA driver: the real module must say so."""
     code = (
-        "from qwen3_jupyter.memory import NvmlReader\n"
+        "from qwen3_jupyter.nvml import NvmlReader\n"
         "r = NvmlReader(); x = r.read(); r.close(); r.close()\n"
         "print(x.available); print(x.reason)\n"
     )
@@ -319,7 +315,7 @@ def test_child_process_gets_the_fake_from_the_environment(tmp_path: Path) -> Non
     env = {**os.environ, **child_env(fake, tmp_path / "site")}
     code = (
         "import os\n"
-        "from qwen3_jupyter.memory import NvmlReader, process_gpu_memory\n"
+        "from qwen3_jupyter.nvml import NvmlReader, process_gpu_memory\n"
         "r = NvmlReader(); x = r.read(); r.close()\n"
         "print(x.gpus[0].memory_used, process_gpu_memory(x, {os.getpid()})[0])\n"
     )

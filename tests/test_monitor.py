@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import pytest
 
 from qwen3_jupyter import monitor as monitor_module
-from qwen3_jupyter.memory import GiB, MiB, NvmlReader
+from qwen3_jupyter.memory import GiB, MiB
 from qwen3_jupyter.monitor import SIGNALS_KEPT, Monitor, Snapshot
+from qwen3_jupyter.nvml import NvmlReader
 from tests.fake_nvml import LIBRARY_NOT_FOUND, SELF, FakeGpu, FakeNvml, FakeProcess
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from qwen3_jupyter.memory import NvmlReader, existing_pids
+from qwen3_jupyter.nvml import NvmlReader, existing_pids
 from qwen3_jupyter.server.kernels import attribute
 from qwen3_jupyter.server.sampler import Sampler, WatchedKernel, process_trees, stale_after
 from tests.fake_nvml import (

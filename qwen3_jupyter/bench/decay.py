@@ -79,7 +79,7 @@ if _m["cuda"]:
               device_allocs=torch.cuda.memory_stats().get("num_device_alloc"))
     torch.cuda.reset_peak_memory_stats()
 try:
-    from qwen3_jupyter.memory import NvmlReader, process_gpu_memory
+    from qwen3_jupyter.nvml import NvmlReader, process_gpu_memory
     import os as _os
     _r = NvmlReader(); _r.open(); _reading = _r.read(); _r.close()
     _m["nvml"] = sum(v or 0 for v in process_gpu_memory(_reading, {{_os.getpid()}}).values()) \\

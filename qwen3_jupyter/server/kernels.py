@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..kernel_comm import MARKER_SUFFIX
-from ..memory import NvmlReading, lists_every_process, pids_are_local
+from ..nvml import NvmlReading, lists_every_process, pids_are_local
 from .sampler import ProcessTree, WatchedKernel, gpu_key
 
 

@@ -21,14 +21,8 @@ from pathlib import Path
 
 import psutil
 
-from ..memory import (
-    HostMemory,
-    NvmlReader,
-    NvmlReading,
-    added_memory,
-    existing_pids,
-    read_host,
-)
+from ..memory import HostMemory, added_memory, read_host
+from ..nvml import NvmlReader, NvmlReading, existing_pids
 
 _log = logging.getLogger(__name__)
 

@@ -1,0 +1,348 @@
+"""One release action per memory holder (accelerate's `release_memory` shape).
+
+Each action lets go of one kind of reference a notebook keeps (IPython's output cache, the last
+exception's frames, caches left on the model, compiled state, cycles, allocator caches) and
+returns the names of what it let go. None deletes anything a user could still want by name:
+user variables go only when the caller names them, and the loaded model stays. `cleanup()`
+composes them and measures what they freed."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import re
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from .incremental_gc import COLLECTOR
+from .memory import cuda_in_use, trim_host_heap
+from .tensor_scan import holds_device_memory, torch_if_imported
+
+_OUT_NAME = re.compile(r"_\d+")
+_MODEL_CACHE_ATTRS = ("_cache", "past_key_values", "_past_key_values", "_kv_cache")
+
+
+def release_dropped_names(shell: Any, names: Iterable[str]) -> tuple[str, ...]:
+    """Delete exactly `names` from the user namespace (the caller decides which: `--drop`
+    passes the names a cell created, minus `--keep`)."""
+    removed = []
+    for name in names:
+        if name in shell.user_ns:
+            del shell.user_ns[name]
+            removed.append(name)
+    return tuple(removed)
+
+
+def release_output_cache(shell: Any) -> tuple[str, ...]:
+    """Purge the output-cache entries that hold tensors, models or CUDA arrays; keep the rest.
+
+    IPython keeps a shown result in `Out`/`_oh` (the history manager's `output_hist`, normally
+    one dict), in `_N`, in `_`, `__`, `___` *and* in the display hook's own attributes of those
+    names, and in the ExecutionResult of the cell (`last_execution_result.result`). A `_` or
+    `_5` the user assigned is the user's and is left alone.
+    """
+    released: list[str] = []
+    purged: set[int] = set()
+    kept_alive: list[Any] = []  # until the end, so no id in `purged` is reused meanwhile
+    verdicts: dict[int, bool] = {}
+
+    def holds(value: Any) -> bool:
+        """holds_device_memory, once per object: `Out[3]`, `_3` and `_` are often one list,
+        and a long one costs an exact walk."""
+        if id(value) not in verdicts:
+            kept_alive.append(value)
+            verdicts[id(value)] = holds_device_memory(value)
+        return verdicts[id(value)]
+
+    ns = shell.user_ns
+    hidden = getattr(shell, "user_ns_hidden", {})
+    caches: list[dict[Any, Any]] = []
+    history = getattr(shell, "history_manager", None)
+    for candidate in (getattr(history, "output_hist", None), ns.get("_oh"), ns.get("Out")):
+        if isinstance(candidate, dict) and all(candidate is not c for c in caches):
+            caches.append(candidate)
+    for cache in caches:
+        for key, value in list(cache.items()):
+            if id(value) in purged or holds(value):
+                purged.add(id(value))
+                kept_alive.append(value)
+                del cache[key]
+                if f"Out[{key}]" not in released:
+                    released.append(f"Out[{key}]")
+    for name in [n for n in ns if _OUT_NAME.fullmatch(n)]:
+        value = ns[name]
+        set_by_ipython = name in hidden and hidden[name] is value
+        if id(value) in purged or (set_by_ipython and holds(value)):
+            purged.add(id(value))
+            kept_alive.append(value)
+            del ns[name]
+            hidden.pop(name, None)
+            released.append(name)
+    hook = getattr(shell, "displayhook", None)
+    for name in ("_", "__", "___"):
+        value = getattr(hook, name, None)
+        if value is not None and (id(value) in purged or holds(value)):
+            setattr(hook, name, "")
+            if ns.get(name) is value:
+                ns[name] = ""
+                if name in hidden:
+                    hidden[name] = ""
+            released.append(name)
+        # Once a cell assigns `_` itself (`for _ in ...`), IPython stops moving `_`, `__` and
+        # `___` along: the namespace can keep an output the hook has already let go of.
+        held = ns.get(name)
+        set_by_ipython = name in hidden and hidden[name] is held and held is not value
+        if set_by_ipython and (id(held) in purged or holds(held)):
+            ns[name] = hidden[name] = ""
+            if name not in released:
+                released.append(name)
+    for label, result in _execution_results(shell):
+        value = getattr(result, "result", None)
+        if value is not None and (id(value) in purged or holds(value)):
+            result.result = None
+            released.append(f"{label}.result")
+    kept_alive.clear()
+    return tuple(released)
+
+
+def _execution_results(shell: Any) -> list[tuple[str, Any]]:
+    """The last cell's ExecutionResult and the running cell's (they differ during a cell)."""
+    found: list[tuple[str, Any]] = []
+    last = getattr(shell, "last_execution_result", None)
+    if last is not None:
+        found.append(("last_execution_result", last))
+    current = getattr(getattr(shell, "displayhook", None), "exec_result", None)
+    if current is not None and current is not last:
+        found.append(("displayhook.exec_result", current))
+    return found
+
+
+def release_last_exception(shell: Any | None) -> tuple[str, ...]:
+    """Let go of the last exception's traceback, whose frames keep every local tensor alive.
+
+    Drops `sys.last_type/value/traceback` (and `sys.last_exc` on 3.12+), IPython's traceback
+    handler's `tb` and debugger frames, and strips `__traceback__` from the exceptions that the
+    ExecutionResults keep. The exception objects themselves stay where IPython and ipykernel
+    read them (a failed cell still reports its error); only their frames go, so `%debug` has
+    nothing to inspect afterwards.
+    """
+    released: list[str] = []
+    exceptions: list[BaseException] = []
+    for name in ("last_exc", "last_value"):
+        value = getattr(sys, name, None)
+        if isinstance(value, BaseException):
+            exceptions.append(value)
+    for name in ("last_type", "last_value", "last_traceback", "last_exc"):
+        if hasattr(sys, name):
+            delattr(sys, name)
+            released.append(f"sys.{name}")
+    if shell is not None:
+        handler: Any = getattr(shell, "InteractiveTB", None)
+        if getattr(handler, "tb", None) is not None:
+            handler.tb = None
+            released.append("InteractiveTB.tb")
+        debugger = getattr(handler, "pdb", None)
+        if debugger is not None and getattr(debugger, "botframe", None) is not None:
+            with contextlib.suppress(Exception):
+                debugger.forget()
+            debugger.reset()
+            released.append("debugger frames")
+        for label, name, value in kept_exceptions(shell):
+            exceptions.append(value)
+            if value.__traceback__ is not None:
+                released.append(f"{label}.{name}.__traceback__")
+            released.extend(f"{label}.{name}.{part}" for part in _release_contents(value))
+    current = sys.exc_info()[1]
+    for exc in _exception_chain(exceptions):
+        if exc is not current:
+            exc.__traceback__ = None
+            _release_contents(exc)
+    return tuple(released)
+
+
+def kept_exceptions(shell: Any) -> list[tuple[str, str, BaseException]]:
+    """(ExecutionResult label, attribute, exception) for the exceptions IPython keeps."""
+    found = []
+    for label, result in _execution_results(shell):
+        for name in ("error_in_exec", "error_before_exec"):
+            value = getattr(result, name, None)
+            if isinstance(value, BaseException):
+                found.append((label, name, value))
+    return found
+
+
+def _release_contents(exc: BaseException) -> list[str]:
+    """Replace what an exception's args and attributes hold in tensors by its repr: the message
+    still reads the same (`assert x.sum() == 0, x` puts the tensor itself in `args`), the
+    memory goes. Returns the parts replaced ("args", attribute names)."""
+    replaced = []
+    if any(holds_device_memory(arg) for arg in exc.args):
+        exc.args = tuple(_stand_in(arg) if holds_device_memory(arg) else arg for arg in exc.args)
+        replaced.append("args")
+    attrs = getattr(exc, "__dict__", {})
+    for name, value in list(attrs.items()):
+        if holds_device_memory(value):
+            attrs[name] = _stand_in(value)
+            replaced.append(name)
+    return replaced
+
+
+def _stand_in(value: Any) -> str:
+    """A bounded repr, kept in place of a value that holds tensors."""
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 2000 else f"{text[:2000]}..."
+
+
+def _exception_chain(roots: Iterable[BaseException]) -> Iterator[BaseException]:
+    """Each exception once: the roots, their causes and contexts, and exception-group members."""
+    seen: set[int] = set()
+    stack = list(roots)
+    while stack and len(seen) < 1000:
+        exc = stack.pop()
+        if id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        yield exc
+        stack.extend(e for e in (exc.__cause__, exc.__context__) if e is not None)
+        stack.extend(e for e in getattr(exc, "exceptions", ()) if isinstance(e, BaseException))
+
+
+_SUSPENDABLE = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+
+
+def release_traceback_locals(exc: BaseException) -> int:
+    """Clear the locals of the finished function frames in `exc`'s traceback (and its chain).
+
+    For an exception that is still on its way to the user (the `inference()` block that raised):
+    its traceback still prints, but the tensors its failed calls held are released now instead
+    of at the next cleanup. Frames still running (the caller's) cannot be cleared and are kept,
+    and so are generator and coroutine frames (clearing one would close a suspended generator).
+    Returns how many frames were cleared.
+    """
+    cleared = 0
+    for item in _exception_chain([exc]):
+        tb = item.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            flags = frame.f_code.co_flags
+            plain_function = flags & inspect.CO_OPTIMIZED and not flags & _SUSPENDABLE
+            if plain_function and "__tracebackhide__" not in frame.f_code.co_varnames:
+                try:
+                    frame.clear()
+                    cleared += 1
+                except RuntimeError:  # still executing
+                    pass
+            tb = tb.tb_next
+    return cleared
+
+
+def release_generation_leftovers() -> tuple[str, ...]:
+    """Drop caches that generation left on the loaded model and the session's last outputs.
+
+    On the model (every submodule): transformers `Cache` objects and the attributes older
+    transformers versions keep a KV cache in (`_cache`, `past_key_values`, ...). On the session:
+    `last_*` attributes that hold tensors (a raw generate output kept for inspection). The model
+    itself, its weights and the conversation are never touched.
+    """
+    from .models import HOLDER
+    from .session import SESSION
+
+    released: list[str] = []
+    torch = torch_if_imported()
+    if torch is None:
+        return ()
+    loaded = HOLDER.loaded
+    model = getattr(loaded, "model", None)
+    if isinstance(model, torch.nn.Module):
+        cache_types = _cache_types()
+        for prefix, module in model.named_modules():
+            attrs = vars(module)
+            for attr in list(attrs):
+                value = attrs[attr]
+                if isinstance(value, cache_types) or (
+                    attr in _MODEL_CACHE_ATTRS
+                    and value is not None
+                    and not isinstance(value, torch.nn.Parameter)
+                ):
+                    delattr(module, attr)
+                    released.append(f"model{'.' + prefix if prefix else ''}.{attr}")
+    for attr, value in list(vars(SESSION).items()):
+        if attr.startswith("last_") and value is not None and holds_device_memory(value):
+            setattr(SESSION, attr, None)
+            released.append(f"SESSION.{attr}")
+    return tuple(released)
+
+
+def _cache_types() -> tuple[type, ...]:
+    utils = sys.modules.get("transformers.cache_utils")
+    cache = getattr(utils, "Cache", None)
+    return (cache,) if isinstance(cache, type) else ()
+
+
+def release_dynamo() -> tuple[str, ...]:
+    """Reset torch.compile state (compiled graphs, guards, cudagraph pools), the compiled
+    forward transformers caches on the model, and this kernel's fast decode path (built on
+    torch.compile; the next call builds it again). Skipped when torch._dynamo was never
+    imported."""
+    from .models import HOLDER
+
+    with HOLDER.in_use("a cleanup of torch.compile state"):  # not under another thread's decode
+        return _release_dynamo()
+
+
+def _release_dynamo() -> tuple[str, ...]:
+    from .models import HOLDER
+
+    released = []
+    session = getattr(sys.modules.get(f"{__package__}.session"), "SESSION", None)
+    if session is not None and session.close_engine("fast"):
+        released.append("fast decode path (its compiled step, cache and graphs)")
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is not None:
+        dynamo.reset()
+        released.append("torch._dynamo")
+    model = getattr(HOLDER.loaded, "model", None)
+    if model is not None and "_compiled_call" in vars(model):
+        delattr(model, "_compiled_call")
+        released.append("model._compiled_call")
+    return tuple(released)
+
+
+def release_cycles(variables: Mapping[str, Any] | None = None, force: str = "") -> tuple[str, ...]:
+    """One garbage collection, after the references above are gone: frees reference cycles
+    that hold tensors. Incremental (objects new since the last cleanup) unless `force` gives a
+    reason to scan all or one of incremental_gc's rules asks for it; `variables` lets it
+    notice deleted or rebound names."""
+    found = COLLECTOR.collect(variables, force).found
+    return (f"{found} unreachable objects",) if found else ()
+
+
+def release_allocator_caches() -> tuple[str, ...]:
+    """Return cached memory: torch's CUDA caching allocator on every device (empty_cache,
+    ipc_collect) with the peak counters reset so the next report is per cell, and the C heap's
+    free pages to the OS (glibc malloc_trim) so freed CPU tensors show in RSS."""
+    released = []
+    torch = torch_if_imported()
+    if torch is not None and cuda_in_use():
+        for index in range(torch.cuda.device_count()):
+            if torch.cuda.memory_reserved(index) > 0:
+                torch.cuda.synchronize(index)
+        torch.cuda.empty_cache()
+        torch.cuda.ipc_collect()
+        for index in range(torch.cuda.device_count()):
+            torch.cuda.reset_peak_memory_stats(index)
+        released.append("torch CUDA cache")
+    if trim_host_heap():
+        released.append("host heap")
+    return tuple(released)
+
+
+def release_heap_slack() -> tuple[str, ...]:
+    """Hand back what the C heap kept of memory freed before this cleanup (after generation,
+    an unload, a `del`): measured by the cleanup like any action, so an RSS drop it causes is
+    reported, not taken before the "before" snapshot and missed."""
+    return ("free heap pages",) if trim_host_heap() else ()
