@@ -1,4 +1,4 @@
-"""`%qwen3` / `%%qwen3`: parse the line, call the layers below, show the results.
+"""`%qwen3` / `%%qwen3`: parse the line (prompt_line.py), call the layers below, show the results.
 
 Options come first, the prompt is the rest of the line taken verbatim (apostrophes, quotes
 and dashes inside a prompt are never parsed); `--` ends the options explicitly. The prompt and
@@ -8,12 +8,8 @@ option values are paths, URLs and numbers, expanded as IPython expands any magic
 
 from __future__ import annotations
 
-import io
-import re
-import shlex
 import sys
 from argparse import Namespace
-from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 
@@ -26,7 +22,6 @@ from IPython.core.magic import (
     no_var_expand,
 )
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from IPython.utils.text import DollarFormatter
 from traitlets import Float, Unicode
 
 from . import display
@@ -36,7 +31,7 @@ from .engines.urls import mask_url
 from .gauge import inline_gauge
 from .generation import DEFAULT_MAX_NEW_TOKENS, GenerationOOM, GenerationOptions, broken_rules
 from .interrupts import CELL_INTERRUPTS, interrupt_deferred
-from .magic_args import asks_help, did_you_mean, is_number, options_of, plain_value_error, show_help
+from .magic_args import asks_help, options_of, show_help
 from .memory import format_bytes
 from .model_use import ModelBusy, holding, stop
 from .models import (
@@ -49,10 +44,10 @@ from .models import (
     unless_in_environment,
 )
 from .prompt_files import PromptFileError, read_prompts
+from .prompt_line import expander, parse_line, protect_prompt_lines
 from .prompt_vars import PromptVarsError, fill
 from .session import SESSION
 
-_TOKEN = re.compile(r"\S+")
 DEFAULT_BATCH_SIZE = 4
 """Prompts per batch for `%qwen3 --file` when --batch-size is not given."""
 
@@ -271,7 +266,7 @@ class Qwen3Magics(Magics):
             self._help()
             return
         namespace = self._namespace(local_ns)
-        options, prompt = parse_line(self.qwen3, line, cell, _expander(namespace))
+        options, prompt = parse_line(self.qwen3, line, cell, expander(namespace))
         if prompt in ("?", "??") and cell is None:  # `%qwen3 ?`: help, not a 512-token answer
             self._help()
             return
@@ -675,20 +670,6 @@ def _budget(args: Namespace) -> int | None:
     return parse_size(args.memory_budget) if args.memory_budget else memory_budget_bytes(None)
 
 
-def _expander(namespace: dict[str, Any]) -> Callable[[str], str]:
-    """IPython's expansion of a magic line (`$name`, `{expression}`; the text unchanged unless
-    every one of them resolves), for option values only: the prompt is text for the model."""
-    formatter = DollarFormatter()
-
-    def expand(value: str) -> str:
-        try:
-            return formatter.vformat(value, args=[], kwargs=namespace)
-        except Exception:  # what IPython does: leave a value it cannot expand as typed
-            return value
-
-    return expand
-
-
 def _fill_text(args: Namespace, prompt: str, namespace: dict[str, Any]) -> str:
     """--vars: the prompt and --system with their `{expression}`s filled."""
     if args.file:
@@ -702,177 +683,6 @@ def _fill_text(args: Namespace, prompt: str, namespace: dict[str, Any]) -> str:
         except PromptVarsError as exc:
             raise PromptVarsError(str(exc).replace("--vars:", "--vars, in --system:", 1)) from None
     return fill(prompt, namespace)
-
-
-def parse_line(
-    magic: Any, line: str, cell: str | None, expand: Callable[[str], str] | None = None
-) -> tuple[Namespace, str]:
-    """Split `line` into options (parsed by the magic's argparse parser) and the prompt text.
-
-    `expand` is applied to option values other than --system (paths, URLs, numbers)."""
-    takes_value = options_of(magic)
-    argv, position, ended = _read_options(line, 0, takes_value, expand)
-    try:
-        args = magic.parser.parse_args(argv)
-    except UsageError as exc:
-        raise UsageError(f"{plain_value_error(str(exc))} (see %qwen3?)") from None
-    prompt = line[position:].strip()
-    if cell is None and not ended:
-        _refuse_trailing_options(magic, line[:position], prompt, takes_value)
-    if cell is not None:
-        prompt = "\n".join(p for p in (prompt, cell.strip()) if p)
-    return args, _unquoted_empty(prompt)
-
-
-def _read_options(
-    line: str,
-    position: int,
-    takes_value: dict[str, bool],
-    expand: Callable[[str], str] | None = None,
-) -> tuple[list[str], int, bool]:
-    """The options at the start of `line[position:]` as argv, where the prompt starts, and
-    whether `--` ended them (the rest is text even if it looks like options)."""
-    argv: list[str] = []
-    while True:
-        match = _TOKEN.search(line, position)
-        if match is None:
-            return argv, len(line), False
-        token = match.group()
-        if token == "--":
-            return argv, match.end(), True
-        if not token.startswith("-") or is_number(token):
-            return argv, match.start(), False
-        name = token.split("=", 1)[0]
-        if name not in takes_value:
-            raise UsageError(
-                f"unknown option {name}{did_you_mean(name, takes_value)}; see %qwen3? — put -- "
-                "before a prompt that starts with '-'"
-            )
-        position = match.end()
-        if takes_value[name]:
-            if "=" in token:  # --system="be brief": the value starts right after the "="
-                position = match.start() + len(name) + 1
-            value, position = _read_value(line, position, name, allow_empty="=" in token)
-            # One argument: a value starting with "-" (--system "--x") stays a value.
-            argv.append(f"{name}={_expanded(name, value, expand)}")
-        elif "=" in token:
-            raise UsageError(f"{name} takes no value (see %qwen3?)")
-        else:
-            argv.append(token)
-
-
-def _refuse_trailing_options(
-    magic: Any, options: str, prompt: str, takes_value: dict[str, bool]
-) -> None:
-    """`%qwen3 Why? --no-think`: options typed after the prompt would silently become prompt
-    text (and the call think for 512 tokens); refuse, showing the line that means them."""
-    tail = _trailing_options(magic, prompt, takes_value)
-    if tail is None:
-        return
-    head = prompt[:tail].strip()
-    fixed = " ".join(part for part in (options.strip(), prompt[tail:].strip(), head) if part)
-    raise UsageError(
-        f"options go before the prompt: %qwen3 {fixed}; put -- first to send them as text"
-    )
-
-
-def _trailing_options(magic: Any, prompt: str, takes_value: dict[str, bool]) -> int | None:
-    """Where the known options that end `prompt` start, if any: the earliest word from which
-    the rest of the prompt reads as options and nothing else, each a switch (`--no-think`) or
-    given a number or size (`--max-new-tokens 8`, `--memory-budget 2GiB`). A word after a
-    value-taking option is text too (`What does pip install --system do`)."""
-    for match in _TOKEN.finditer(prompt):
-        if match.start() == 0 or match.group().split("=", 1)[0] not in takes_value:
-            continue
-        try:
-            argv, end, ended = _read_options(prompt, match.start(), takes_value)
-            tail = prompt[match.start() :]
-            if end < len(prompt) or ended or not _plainly_options(tail, takes_value):
-                continue
-            magic.parser.parse_args(argv)
-        except UsageError:  # not options after all (an unknown word, a bad value): text
-            continue
-        return match.start()
-    return None
-
-
-_PLAIN_VALUE = re.compile(r"""-?[\d.,_]+(?:[kKMGT]i?B?)?|["'].*""")
-"""A value no sentence has after a flag's name: a number, a size, or a quoted text."""
-
-
-def _plainly_options(tail: str, takes_value: dict[str, bool]) -> bool:
-    """Whether every value in `tail` (options only, see `_trailing_options`) is written as
-    only a value is: `--seed 5`, `--memory-budget 2GiB`, `--system="be brief"`, `--system
-    'be brief'`, not a bare word (`pip install --system do`)."""
-    words = _TOKEN.findall(tail)
-    for index, word in enumerate(words):
-        name, given, _ = word.partition("=")
-        if not name.startswith("--") or given:
-            continue
-        following = words[index + 1] if index + 1 < len(words) else ""
-        if takes_value.get(name) and not _PLAIN_VALUE.fullmatch(following):
-            return False
-    return True
-
-
-_QUOTED_BLANK = re.compile(r"""^(["'])\s*\1$""")
-
-
-def _unquoted_empty(prompt: str) -> str:
-    """`%qwen3 ""` asks nothing: a quoted empty (or blank) prompt is an empty one, refused as
-    such, not two quote characters sent to the model."""
-    return "" if _QUOTED_BLANK.match(prompt) else prompt
-
-
-def _expanded(name: str, value: str, expand: Callable[[str], str] | None) -> str:
-    return value if expand is None or name == "--system" else expand(value)
-
-
-def _read_value(line: str, position: int, name: str, allow_empty: bool = False) -> tuple[str, int]:
-    """The option value starting at `position` and where it ends: a word as written (a
-    Windows path keeps its backslashes), or shell-style when it has quotes ("be brief",
-    'it'"'"'s', "say \"hi\"")."""
-    rest = line[position:]
-    stripped = rest if allow_empty else rest.lstrip()
-    start = position + len(rest) - len(stripped)
-    if not stripped or stripped[0].isspace():
-        if allow_empty:
-            return "", start
-        raise UsageError(f"{name} needs a value (see %qwen3?)")
-    match = _TOKEN.match(line, start)
-    assert match is not None
-    if not any(quote in match.group() for quote in "\"'"):
-        return match.group(), match.end()
-    stream = io.StringIO(stripped)
-    lexer = shlex.shlex(stream, posix=True)
-    lexer.whitespace_split, lexer.commenters = True, ""
-    try:
-        value = lexer.get_token()
-    except ValueError:
-        raise UsageError(
-            f'{name}: a quote is not closed (write a quote inside a value as \\" within '
-            "double quotes)"
-        ) from None
-    return value or "", start + stream.tell()
-
-
-_PROMPT_LINE = re.compile(r"^(\s*)%qwen3[ \t]+(?!\?+\s*$)(.*\S)\s*$")
-
-
-def protect_prompt_lines(lines: list[str]) -> list[str]:
-    """Turn `%qwen3 PROMPT` lines into explicit magic calls before IPython reads them.
-
-    IPython treats a line ending in `?` as a help request (`%qwen3 What is a kernel?` would
-    show help for `kernel`); prompts often end in `?`. `%qwen3?` alone still shows help.
-    """
-    out = []
-    for line in lines:
-        match = _PROMPT_LINE.match(line)
-        if match:
-            indent, rest = match.groups()
-            line = f"{indent}get_ipython().run_line_magic('qwen3', {rest!r})\n"
-        out.append(line)
-    return out
 
 
 def load(ip: Any) -> None:
