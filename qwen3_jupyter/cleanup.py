@@ -37,7 +37,7 @@ from .cleanup_report import (
 )
 from .holders import find_holders, kept_memory_text, user_variables
 from .incremental_gc import COLLECTOR
-from .memory import cuda_in_use, live_tensor_bytes, process_rss, trim_host_heap
+from .memory import cuda_in_use, imported_torch, live_tensor_bytes, process_rss, trim_host_heap
 from .release_actions import (
     release_allocator_caches,
     release_cycles,
@@ -48,7 +48,6 @@ from .release_actions import (
     release_last_exception,
     release_output_cache,
 )
-from .tensor_scan import torch_if_imported
 
 _log = logging.getLogger(__name__)
 
@@ -106,7 +105,7 @@ def shutdown_nvml() -> None:
 def _probe() -> tuple[int, dict[int, tuple[int, int]]]:
     """The cheap counters (host RSS; torch allocated and reserved per CUDA device)."""
     cuda: dict[int, tuple[int, int]] = {}
-    torch = torch_if_imported()
+    torch = imported_torch()
     if torch is not None and cuda_in_use():
         for index in range(torch.cuda.device_count()):
             cuda[index] = (
@@ -129,7 +128,7 @@ def _probe_drop(
 
 def _snapshot(count_tensors: bool) -> tuple[dict[str, DeviceMemory], dict[str, int] | None]:
     """Every device's figures, and (when counting) the live tensor bytes per device."""
-    torch = torch_if_imported()
+    torch = imported_torch()
     cpu_tensors = None
     totals = None
     rss = process_rss()  # first: counting tensors leaves heap slack of its own behind

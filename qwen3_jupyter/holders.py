@@ -12,13 +12,12 @@ import types
 from typing import Any
 
 from .cleanup_report import Holder
-from .memory import MiB, live_tensor_bytes
+from .memory import MiB, imported_torch, live_tensor_bytes
 from .release_actions import kept_exceptions
 from .tensor_scan import (
     TensorScan,
     exception_data,
     is_tensor,
-    torch_if_imported,
     traceback_locals,
 )
 
@@ -37,7 +36,7 @@ def find_holders(
     """
     from .models import HOLDER
 
-    torch = torch_if_imported()
+    torch = imported_torch()
     if torch is None:
         return ()
     holders: list[Holder] = []
@@ -163,7 +162,7 @@ def definition_holders(name: str, value: Any, hint: str) -> list[Holder]:
     """What a function or class keeps in tensors (closure, defaults, class attributes), one
     Holder each with `hint`: `--drop` keeps definitions (the next cell may call them), so it
     names the ones that hold memory instead of keeping them silently."""
-    torch = torch_if_imported()
+    torch = imported_torch()
     if torch is None:
         return []
     found = []

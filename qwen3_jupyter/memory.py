@@ -135,7 +135,7 @@ def _cgroup_figures(
     return int(limit_text), max(0, usage - cache)
 
 
-def _torch() -> Any | None:
+def imported_torch() -> Any | None:
     """torch if this process already imported it, else None (never imports it). A torch the
     main thread is still importing is None too: the gauge's thread polled one whose `cuda` did
     not exist yet ("partially initialized module 'torch'"), a traceback in the first call's
@@ -148,7 +148,7 @@ def _torch() -> Any | None:
 
 def cuda_in_use() -> bool:
     """True when this process has initialised CUDA through torch (its counters mean something)."""
-    torch = _torch()
+    torch = imported_torch()
     return bool(torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized())
 
 
@@ -160,7 +160,7 @@ def read_torch() -> tuple[TorchDeviceMemory, ...]:
     """
     if not cuda_in_use():
         return ()
-    torch = _torch()
+    torch = imported_torch()
     assert torch is not None
     devices = []
     for index in range(torch.cuda.device_count()):
@@ -198,7 +198,7 @@ def live_tensor_bytes() -> dict[str, int]:
     Shared storages (views) are counted once. This walks every tracked object, so it costs
     tens of milliseconds in a large namespace: use it for reports and tests, not hot paths.
     """
-    torch = _torch()
+    torch = imported_torch()
     if torch is None:
         return {}
     import gc

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from .incremental_gc import COLLECTOR
-from .memory import cuda_in_use, trim_host_heap
-from .tensor_scan import holds_device_memory, torch_if_imported
+from .memory import cuda_in_use, imported_torch, trim_host_heap
+from .tensor_scan import holds_device_memory
 
 _OUT_NAME = re.compile(r"_\d+")
 _MODEL_CACHE_ATTRS = ("_cache", "past_key_values", "_past_key_values", "_kv_cache")
@@ -252,7 +252,7 @@ def release_generation_leftovers() -> tuple[str, ...]:
     from .session import SESSION
 
     released: list[str] = []
-    torch = torch_if_imported()
+    torch = imported_torch()
     if torch is None:
         return ()
     loaded = HOLDER.loaded
@@ -326,7 +326,7 @@ def release_allocator_caches() -> tuple[str, ...]:
     ipc_collect) with the peak counters reset so the next report is per cell, and the C heap's
     free pages to the OS (glibc malloc_trim) so freed CPU tensors show in RSS."""
     released = []
-    torch = torch_if_imported()
+    torch = imported_torch()
     if torch is not None and cuda_in_use():
         for index in range(torch.cuda.device_count()):
             if torch.cuda.memory_reserved(index) > 0:

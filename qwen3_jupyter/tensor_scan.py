@@ -17,6 +17,8 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
+from .memory import imported_torch
+
 WALK_DEPTH = 4
 """How deep the tensor search descends into containers and plain objects (enough for a
 ModelOutput of tensors, a DynamicCache's layers, a dict of lists of tensors)."""
@@ -275,7 +277,7 @@ def _saved_tensors(node: Any) -> list[Any]:
 
 
 def is_tensor(value: Any) -> bool:
-    torch = torch_if_imported()
+    torch = imported_torch()
     return torch is not None and isinstance(value, torch.Tensor)
 
 
@@ -311,17 +313,13 @@ def traceback_locals(tb: types.TracebackType | None) -> list[Any]:
     return values
 
 
-def torch_if_imported() -> Any | None:
-    return sys.modules.get("torch")
-
-
 def holds_device_memory(obj: Any) -> bool:
     """True when `obj` is or holds (within WALK_DEPTH) a tensor, a module with weights, or a
     CUDA array. Cheap: stops at the first one found and visits at most WALK_BUDGET objects,
     unless that walk was cut short: then an exact walk decides, once per object (see
     `_WALKED_EMPTY`). An exact walk that ran out of budget keeps the object: a cleanup only
     deletes what it knows holds memory (a big table in `Out` is the user's result too)."""
-    torch = torch_if_imported()
+    torch = imported_torch()
     if torch is None:
         return False
     scan = TensorScan(torch, stop_at_first=True)
