@@ -1,0 +1,125 @@
+"""tensor_scan.py: which objects hold tensor memory, by bounded walks that never run user code."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+from qwen3_jupyter import holders, tensor_scan
+
+
+def test_holds_device_memory_walks_containers_and_model_outputs() -> None:
+    torch = pytest.importorskip("torch")
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    t = torch.ones(4)
+    assert tensor_scan.holds_device_memory(t)
+    assert tensor_scan.holds_device_memory(CausalLMOutputWithPast(logits=t))
+    assert tensor_scan.holds_device_memory({"a": [1, (2, {"b": t})]})
+    assert tensor_scan.holds_device_memory(torch.nn.Linear(2, 2))
+    assert not tensor_scan.holds_device_memory(torch.nn.ReLU())
+    assert not tensor_scan.holds_device_memory({"a": [1, "two", 3.0], "b": None})
+
+    class Box:
+        def __init__(self, inner: object) -> None:
+            self.inner = inner
+
+    assert tensor_scan.holds_device_memory(Box(Box(t)))
+    deep: object = t
+    for _ in range(tensor_scan.WALK_DEPTH + 1):
+        deep = [deep]
+    assert tensor_scan.holds_device_memory(deep), "past the bounded depth, the exact walk too"
+    assert tensor_scan.holds_device_memory([*range(tensor_scan.WALK_BUDGET), t]), (
+        "and past the bounded visits"
+    )
+
+
+def test_a_walk_cut_short_is_finished_exactly_and_an_unfinished_one_keeps_the_object(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cleanup deletes only what it knows holds memory: a table too big to walk is the
+    user's result and stays. A big entry found empty is not walked again at the next cleanup
+    (autoclean runs one after every cell)."""
+    torch = pytest.importorskip("torch")  # holds_device_memory looks where torch is imported
+    table = list(range(20_000))
+    assert not tensor_scan.holds_device_memory(table)
+    walks: list[int] = []
+    monkeypatch.setattr(tensor_scan.TensorScan, "visit_all", lambda self, root: walks.append(1))
+    assert not tensor_scan.holds_device_memory(table) and walks == [], "walked again"
+    table.append(torch.ones(1))
+    monkeypatch.undo()
+    assert tensor_scan.holds_device_memory(table), "a list that changed size is walked again"
+    monkeypatch.setattr(tensor_scan, "EXACT_BUDGET", 3)
+    assert not tensor_scan.holds_device_memory([[object()] for _ in range(20_000)]), (
+        "unsure keeps it"
+    )
+    assert "the search stopped inside Out[3]" in holders._other_hint(["Out[3]"])
+
+
+def test_holds_device_memory_sees_through_methods_partials_slots_generators() -> None:
+    torch = pytest.importorskip("torch")
+    import functools
+
+    t = torch.ones(4)
+
+    class Slotted:
+        __slots__ = ("__w",)
+
+        def __init__(self, w: object) -> None:
+            self.__w = w
+
+    def gen() -> Iterator[int]:
+        held = t
+        yield int(held.numel())
+
+    started = gen()
+    next(started)
+    for holder in (t.sum, functools.partial(torch.add, t), Slotted(t), started, t.numpy()):
+        assert tensor_scan.holds_device_memory(holder), holder
+        assert tensor_scan.holds_device_memory([holder]), f"one level down: {holder}"
+    assert not tensor_scan.holds_device_memory(len), "a builtin function's module is not entered"
+    assert not tensor_scan.holds_device_memory(functools.partial(max, 1))
+
+
+def test_looking_into_a_generator_keeps_nothing_it_lets_go_later() -> None:
+    """Reading a suspended generator's `f_locals` (Python < 3.13) left a copy of its locals on
+    the frame: a tensor the generator deleted afterwards stayed alive."""
+    torch = pytest.importorskip("torch")
+    import weakref
+
+    def gen() -> Iterator[int]:
+        held = torch.ones(1000)
+        yield 1
+        del held
+        yield 2
+
+    started = gen()
+    next(started)
+    (tensor,) = [r for r in gc.get_referents(started) if isinstance(r, torch.Tensor)]
+    ref = weakref.ref(tensor)
+    del tensor
+    assert tensor_scan.holds_device_memory(started)
+    next(started)
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_verbose_scan_never_unpacks_saved_tensors() -> None:
+    """Reading an autograd node's `_saved_*` runs its unpack hook: torch.utils.checkpoint ran
+    the forward again inside a cleanup, `save_on_cpu` copied back to the GPU."""
+    torch = pytest.importorskip("torch")
+    unpacked = []
+
+    def unpack(value: object) -> object:
+        unpacked.append(1)
+        return value
+
+    w = torch.ones(1000, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda value: value, unpack):
+        loss = (w * 2).exp().sum()
+    scan = tensor_scan.TensorScan(torch)
+    scan.visit(loss, 0)
+    assert not unpacked
+    assert scan.tensor_count >= 2, "the loss and the leaf w it keeps through its graph"
