@@ -75,11 +75,13 @@ lab: setup
 
 # A wheel for `pip install` (no Node needed there): the labextension's production build first —
 # the build hook skips building when a build exists, and `setup` made a development one (source
-# maps, a build log), which the wheel shipped — then the wheel, then a check of what it holds.
+# maps, a build log), which the wheel shipped — then the wheel, then a check of what it holds;
+# last, the development build again, which `jupyter lab` here serves (setup would not redo it).
 wheel: setup
 	cd labextension && jlpm build:prod
 	rm -rf dist && $(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
 	$(PY) scripts/check_wheel.py dist/*.whl
+	cd labextension && jlpm build >/dev/null
 
 bench: setup
 	$(PY) -m qwen3_jupyter.bench decay
