@@ -39,7 +39,7 @@ def loaded_notice(loaded: LoadedModel, replaced: str | None = None) -> str:
     size = format_bytes(weights_bytes(loaded.model))
     took = f"{loaded.load_seconds:.1f} s"
     if loaded.build_seconds:
-        took += f" ({loaded.build_seconds:.1f} s of it building it, once per cache)"
+        took += f" ({loaded.build_seconds:.1f} s of it the first build, once per cache)"
     notice = f"loaded {what} in {took} · {size} of weights, kept until %qwen3 --unload"
     if loaded.embedded:
         notice += " · random weights: its answers are noise"
