@@ -131,8 +131,9 @@ class _LandingInterrupts:
         except BaseException:  # another signal's handler raised: put ours back all the same
             signal.signal(signal.SIGINT, previous)
             raise
-        self._block = None
-        sys.unraisablehook = self._previous_hook
+        finally:  # and the unraisable hook, on both paths: ours must not outlive the block
+            self._block = None
+            sys.unraisablehook = self._previous_hook
         if self._received.is_set() and not isinstance(value, KeyboardInterrupt):
             # Every one was dropped and the block ran to its end, or ended in another error.
             raise KeyboardInterrupt from value

@@ -99,6 +99,30 @@ def test_a_block_that_ends_without_an_interrupt_leaves_nothing_behind() -> None:
     assert signal.getsignal(signal.SIGINT) is before
 
 
+def test_a_signal_handler_raising_as_the_block_ends_still_puts_both_hooks_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Putting SIGINT's handler back runs pending signals' handlers, and one may raise: the
+    handler and the unraisable hook are put back all the same (ours must not outlive the block:
+    it would drop the user's later interrupts' reports)."""
+    real = signal.signal
+    calls: list[object] = []
+
+    def restoring(signum: int, handler: object) -> object:
+        calls.append(handler)
+        if len(calls) == 2:  # the exit's first restore, where another handler raised
+            raise RuntimeError("another signal's handler")
+        return real(signum, handler)  # type: ignore[arg-type]
+
+    hook = sys.unraisablehook
+    monkeypatch.setattr(signal, "signal", restoring)
+    with pytest.raises(RuntimeError), interrupts_that_land():
+        pass
+    assert len(calls) == 3
+    assert signal.getsignal(signal.SIGINT) is before
+    assert sys.unraisablehook is hook
+
+
 def test_an_interrupt_turned_into_another_error_still_ends_as_an_interrupt() -> None:
     """The interrupt landed, but the code it stopped raised something else on the way out (as a
     compiler may wrap it): the block still ends with KeyboardInterrupt, not a 'failed compile'."""
