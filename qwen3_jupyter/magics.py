@@ -338,6 +338,7 @@ class Qwen3Magics(Magics):
         status = display.Status()
         engine: Engine | None = None
         failed = True
+        closing: list[str] = []  # what the call's line ends with (a warmup alone: its summary)
         with display.call_line(status):  # a batch's progress shows in this call's line
             try:
                 engine = self._engine(args, status)
@@ -348,8 +349,7 @@ class Qwen3Magics(Magics):
                     caveat = _warmup_caveat(engine, self.decode or None)
                     said = [*SESSION.take_notices(), summary + caveat]
                     if not prompt and not args.file:
-                        failed = False
-                        status.end(said)
+                        closing, failed = said, False
                         return
                     for line in said:
                         display.info(line)
@@ -363,7 +363,7 @@ class Qwen3Magics(Magics):
             finally:
                 if engine is not None:
                     engine.status = None
-                status.end(SESSION.take_notices(), failed)
+                status.end([*closing, *SESSION.take_notices()], failed)
 
     def _engine(self, args: Namespace, status: display.Status) -> Engine:
         """The engine this call uses, loading the model (with progress) when it must."""
