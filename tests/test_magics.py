@@ -55,7 +55,8 @@ def test_a_call_that_loads_says_how_long_and_what_it_keeps(kernel: Kernel) -> No
     )
     notice = first.stdout.splitlines()[-1]
     match = re.fullmatch(
-        r"\[qwen3\] loaded tiny \(float32\) on cpu in (\d+\.\d) s · (.+) of weights, kept "
+        r"\[qwen3\] loaded tiny \(float32\) on cpu in (\d+\.\d) s"
+        r"(?: \(\d+\.\d s of it the first build, once per cache\))? · (.+) of weights, kept "
         r"until %qwen3 --unload · random weights: its answers are noise",
         notice,
     )
