@@ -35,7 +35,7 @@ def loaded_notice(loaded: LoadedModel, replaced: str | None = None) -> str:
     from .memory import format_bytes
     from .models import weights_bytes
 
-    what = f"{loaded.name} ({loaded.dtype}) on {loaded.device}"
+    what = _described(loaded)
     size = format_bytes(weights_bytes(loaded.model))
     took = f"{loaded.load_seconds:.1f} s"
     if loaded.build_seconds:
@@ -46,6 +46,12 @@ def loaded_notice(loaded: LoadedModel, replaced: str | None = None) -> str:
     if replaced is not None:
         notice += f" · {replaced} was unloaded for it"
     return notice
+
+
+def _described(loaded: LoadedModel) -> str:
+    """`tiny (float32) on cpu`: a loaded model as the load line names it (and the one it
+    replaced)."""
+    return f"{loaded.name} ({loaded.dtype}) on {loaded.device}"
 
 
 @dataclass(frozen=True)
@@ -152,7 +158,7 @@ class Session:
         """The model for `choice`; a call that loaded it says so, how long it took and what it
         keeps (why the first call was slow, and why memory went up and stays up)."""
         loads, before = HOLDER.loads, HOLDER.loaded
-        replaced = f"{before.name} ({before.dtype}) on {before.device}" if before else None
+        replaced = _described(before) if before else None
         before = None  # not kept alive while the next one loads
         loaded = HOLDER.get(choice, progress)
         if HOLDER.loads != loads:
