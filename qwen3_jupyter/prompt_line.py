@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import re
 import shlex
+import tokenize
 from argparse import Namespace
 from collections.abc import Callable
 from typing import Any
@@ -51,8 +52,9 @@ def parse_line(
     except UsageError as exc:
         raise UsageError(f"{plain_value_error(str(exc))} (see %qwen3?)") from None
     prompt = line[position:].strip()
-    if cell is None and not ended:
-        _refuse_trailing_options(magic, line[:position], prompt, takes_value)
+    if not ended:  # `%%qwen3 Summarise --no-think`: the first line's text is prompt text too
+        magic_name = "%qwen3" if cell is None else "%%qwen3"
+        _refuse_trailing_options(magic, magic_name, line[:position], prompt, takes_value)
     if cell is not None:
         prompt = "\n".join(p for p in (prompt, cell.strip()) if p)
     return args, _unquoted_empty(prompt)
@@ -96,7 +98,7 @@ def _read_options(
 
 
 def _refuse_trailing_options(
-    magic: Any, options: str, prompt: str, takes_value: dict[str, bool]
+    magic: Any, magic_name: str, options: str, prompt: str, takes_value: dict[str, bool]
 ) -> None:
     """`%qwen3 Why? --no-think`: options typed after the prompt would silently become prompt
     text (and the call think for 512 tokens); refuse, showing the line that means them."""
@@ -106,7 +108,7 @@ def _refuse_trailing_options(
     head = prompt[:tail].strip()
     fixed = " ".join(part for part in (options.strip(), prompt[tail:].strip(), head) if part)
     raise UsageError(
-        f"options go before the prompt: %qwen3 {fixed}; put -- first to send them as text"
+        f"options go before the prompt: {magic_name} {fixed}; put -- first to send them as text"
     )
 
 
@@ -197,13 +199,42 @@ def protect_prompt_lines(lines: list[str]) -> list[str]:
     """Turn `%qwen3 PROMPT` lines into explicit magic calls before IPython reads them.
 
     IPython treats a line ending in `?` as a help request (`%qwen3 What is a kernel?` would
-    show help for `kernel`); prompts often end in `?`. `%qwen3?` alone still shows help.
+    show help for `kernel`); prompts often end in `?`. `%qwen3?` alone still shows help. A
+    cell magic's body (`%%writefile`, `%%qwen3`'s prompt) and a line inside a string are text
+    and stay as typed; a cell magic that runs its body as Python transforms it again.
     """
+    if lines and lines[0].startswith("%%"):
+        return lines
+    in_strings = _lines_in_strings(lines)
     out = []
-    for line in lines:
-        match = _PROMPT_LINE.match(line)
+    for number, line in enumerate(lines):
+        match = None if number in in_strings else _PROMPT_LINE.match(line)
         if match:
             indent, rest = match.groups()
             line = f"{indent}get_ipython().run_line_magic('qwen3', {rest!r})\n"
         out.append(line)
     return out
+
+
+def _lines_in_strings(lines: list[str]) -> set[int]:
+    """The (0-based) lines that start inside a string spanning lines (`\"\"\"…\"\"\"`, or an
+    f-string's parts on Python 3.12+). Lines after what Python cannot tokenize (an apostrophe
+    in a prompt) are not counted: they are read as lines, as before."""
+    starts: list[int] = []  # open f-strings' first lines (Python 3.12+ tokenizes their parts)
+    inside: set[int] = set()
+    fstring_start = getattr(tokenize, "FSTRING_START", None)
+    fstring_end = getattr(tokenize, "FSTRING_END", None)
+    try:
+        for token in tokenize.generate_tokens(iter(lines).__next__):
+            first, last = token.start[0], token.end[0]
+            if token.type == fstring_start:
+                starts.append(first)
+                continue
+            if token.type == fstring_end and starts:
+                first = starts.pop()
+            elif token.type != tokenize.STRING:
+                continue
+            inside.update(range(first, last))  # 1-based rows after the first, as 0-based
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    return inside

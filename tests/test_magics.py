@@ -247,6 +247,23 @@ def test_trailing_question_mark_is_a_prompt_not_a_help_request(kernel: Kernel) -
     assert kernel.value("_qwen3.prompt") == "What is a kernel?"
 
 
+def test_a_qwen3_line_in_a_string_or_a_cell_magics_body_stays_text(
+    kernel: Kernel, tmp_path: Path
+) -> None:
+    """Lines are made magic calls before IPython reads them (for the `?`): one inside a string,
+    a `%%writefile` body or a `%%qwen3` prompt was rewritten to `get_ipython().run_line_magic`
+    text. A cell magic that runs its body as Python (`%%time`) still reads it as a call."""
+    line = "%qwen3 --max-new-tokens 2 --no-think Why?"
+    ok(kernel, f's = """\n{line}\n"""')
+    assert kernel.value("s") == f"\n{line}\n"
+    ok(kernel, f"%%writefile {tmp_path / 'w.md'}\n{line}")
+    assert (tmp_path / "w.md").read_text() == f"{line}\n"
+    ok(kernel, f"%%qwen3 --max-new-tokens 2 --no-think Explain this line:\n{line}")
+    assert kernel.value("_qwen3.prompt") == f"Explain this line:\n{line}"
+    ok(kernel, f"%%time\n{line}")
+    assert kernel.value("_qwen3.prompt") == "Why?"
+
+
 def test_a_lone_question_mark_after_a_space_is_the_help_not_a_prompt(kernel: Kernel) -> None:
     kernel.run("_qwen3 = 'before'")
     ex = kernel.run("%qwen3 ?")
@@ -505,6 +522,10 @@ def test_help_is_complete(kernel: Kernel) -> None:
         (
             "%qwen3 Say 'a - b' --system='be brief'",
             "options go before the prompt: %qwen3 --system='be brief' Say 'a - b';",
+        ),
+        (  # the cell form's first line is prompt text too: it was sent, and the call thought
+            "%%qwen3 --max-new-tokens 2 Summarise this --no-think\nsome text",
+            "options go before the prompt: %%qwen3 --max-new-tokens 2 --no-think Summarise this;",
         ),
     ],
 )
