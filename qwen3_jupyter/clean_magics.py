@@ -21,7 +21,7 @@ from . import display
 from .cleanup import CleanupReport, cleanup, shutdown_nvml
 from .holders import definition_holders
 from .interrupts import CELL_INTERRUPTS
-from .magic_args import asks_help, parse_options, show_help
+from .magic_args import asks_help, did_you_mean, parse_options, show_help
 from .memory import format_bytes
 
 _DEFINITIONS = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)
@@ -42,13 +42,19 @@ class CleanMagics(Magics):
     @argument(
         "--drop",
         action="store_true",
-        help="Delete the variables this cell created (never ones that existed before it).",
+        help=(
+            "Delete the variables this cell created (never ones that existed before it, nor "
+            "what its import, def and class statements bound)."
+        ),
     )
     @argument(
         "--keep",
         metavar="NAMES",
         default="",
-        help="Comma-separated names that --drop keeps, e.g. --keep model,tok.",
+        help=(
+            "Comma-separated names that --drop keeps, e.g. --keep model,tok (a name the cell "
+            "left no variable for drops nothing: a typo must not cost the one meant)."
+        ),
     )
     @argument("--dynamo", action="store_true", help="Also reset torch.compile (dynamo) state.")
     @argument(
@@ -117,14 +123,26 @@ class CleanMagics(Magics):
         if keep and not args.drop:
             raise UsageError("--keep names what --drop spares: add --drop")
         before = set(self.ip.user_ns)
+        missing: list[str] = []
         try:
             run_cell_body(self.ip, cell)
         finally:
-            created = created_names(self.ip, before, keep) if args.drop else ()
-            kept = kept_definitions(self.ip, before) if args.drop else ()
+            # A --keep name the cell left no variable for is a typo: drop nothing then.
+            missing = [name for name in keep if name not in self.ip.user_ns]
+            drops = args.drop and not missing
+            defined = definition_names(self.ip, cell) if drops else frozenset()
+            created = created_names(self.ip, before, keep, defined) if drops else ()
+            kept = kept_definitions(self.ip, before, defined) if drops else ()
             self._clean(args, created, kept)
             current = getattr(self.ip.displayhook, "exec_result", None)
             self._cleaned_cell = weakref.ref(current) if current is not None else None
+        failed = current is not None and current.error_in_exec is not None
+        if missing and not failed:  # after a failed body, its traceback says why it is missing
+            made = [name for name in self.ip.user_ns if name not in before]
+            raise UsageError(
+                f"--keep {missing[0]}: the cell left no variable of that name"
+                f"{did_you_mean(missing[0], made)}; nothing was dropped"
+            )
 
     @magic_arguments()
     @argument(
@@ -201,17 +219,20 @@ def _parse_keep(text: str) -> tuple[str, ...]:
     return names
 
 
-def created_names(shell: Any, before: set[str], keep: tuple[str, ...]) -> tuple[str, ...]:
+def created_names(
+    shell: Any, before: set[str], keep: tuple[str, ...], defined: frozenset[str] = frozenset()
+) -> tuple[str, ...]:
     """Names the cell added to the user namespace, minus `keep`, IPython's own (`_N`, `_`),
-    and what the cell imported or defined (modules, functions, classes): dropping them would
-    break the next cell that uses them (a definition that holds tensors is named in the
-    report instead, see `kept_definitions`)."""
+    and what the cell imported or defined (`defined`, and any module, function or class):
+    dropping them would break the next cell that uses them (a definition that holds tensors
+    is named in the report instead, see `kept_definitions`)."""
     hidden = getattr(shell, "user_ns_hidden", {})
     return tuple(
         name
         for name, value in shell.user_ns.items()
         if name not in before
         and name not in keep
+        and name not in defined
         and name not in hidden
         and name not in _IPYTHON_OWN
         and not (name.startswith("_") and name[1:].isdigit())
@@ -220,13 +241,33 @@ def created_names(shell: Any, before: set[str], keep: tuple[str, ...]) -> tuple[
     )
 
 
-def kept_definitions(shell: Any, before: set[str]) -> tuple[str, ...]:
+def definition_names(shell: Any, body: str) -> frozenset[str]:
+    """The names `body`'s import, def and class statements bind: what it imported or defined
+    whatever the value's type (`from math import pi`, a `@functools.cache` function)."""
+    try:
+        tree = ast.parse(shell.transform_cell(body))
+    except (SyntaxError, ValueError):  # the body did not run as Python either
+        return frozenset()
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names if a.name != "*")
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+    return frozenset(names)
+
+
+def kept_definitions(
+    shell: Any, before: set[str], defined: frozenset[str] = frozenset()
+) -> tuple[str, ...]:
     """One line per function or class the cell defined that holds tensors, which `--drop`
     keeps (the next cell may call it): "f (closure) 64.0 MiB kept: defined by this cell,
     `del f` frees it"."""
     lines = []
     for name, value in list(shell.user_ns.items()):
-        if name in before or not isinstance(value, (types.FunctionType, type)):
+        if name in before:
+            continue
+        if not isinstance(value, (types.FunctionType, type)) and name not in defined:
             continue
         hint = f"defined by this cell, `del {name}` frees it"
         for holder in definition_holders(name, value, hint):

@@ -66,6 +66,7 @@ def test_drop_deletes_only_what_the_cell_created(k: Kernel) -> None:
         "new = torch.ones(4 * MiB)\n"
         'refs["new"] = weakref.ref(new)\n'
         "kept = torch.ones(8)\n"
+        "other = 2\n"
         "_private = torch.ones(8)\n"
         "import json as imported\n"
         "def defined(): pass\n"
@@ -73,11 +74,48 @@ def test_drop_deletes_only_what_the_cell_created(k: Kernel) -> None:
     )
     assert not alive(k, "new")
     assert k.value("('new' in globals(), '_private' in globals())") == (False, False)
-    assert k.value("('kept' in globals(), 'old' in globals())") == (True, True)
+    assert k.value("[n in globals() for n in ('kept', 'other', 'old')]") == [True, True, True]
     definitions = "[name in globals() for name in ('imported', 'defined', 'Defined')]"
     assert k.value(definitions) == [True, True, True], "imports and definitions hold no data"
     assert "dropped names (new, _private)" in report_lines(dropped)[0]
     assert "dropped" not in report_lines(control)[0]
+
+
+def test_drop_keeps_what_the_cell_imported_or_defined_whatever_its_type(k: Kernel) -> None:
+    """An imported value (`from math import pi`) and a decorated function are not modules or
+    functions by type: --drop deleted them, and the next cell using them failed."""
+    cell = ok(
+        k,
+        "%%qwen3_clean --drop\n"
+        "import functools\n"
+        "from math import pi\n"
+        "from torch import float16 as half\n"
+        "@functools.cache\n"
+        "def helper(n): return n\n"
+        "scratch = torch.ones(MiB)\n"
+        'refs["scratch"] = weakref.ref(scratch)',
+    )
+    kept = "[name in globals() for name in ('functools', 'pi', 'half', 'helper')]"
+    assert k.value(kept) == [True, True, True, True]
+    assert not alive(k, "scratch"), "what it computed is still dropped"
+    assert "dropped names (scratch)" in report_lines(cell)[0]
+    ok(k, "del functools, pi, half, helper")
+
+
+def test_a_keep_name_the_cell_did_not_make_drops_nothing_and_says_so(k: Kernel) -> None:
+    """`--keep reslt` (a typo) kept nothing, and --drop deleted the `result` it meant."""
+    typo = k.run("%%qwen3_clean --drop --keep reslt\nbig = torch.ones(8)\nresult = big.sum()")
+    assert typo.status == "error" and typo.reply["ename"] == "UsageError"
+    assert typo.reply["evalue"] == (
+        "--keep reslt: the cell left no variable of that name (did you mean result?); "
+        "nothing was dropped"
+    )
+    assert typo.stderr.count("\n") == 1, typo.stderr
+    assert k.value("('big' in globals(), 'result' in globals())") == (True, True)
+    failed = k.run("%%qwen3_clean --drop --keep out\nbig2 = torch.ones(8)\nout = 1 / 0")
+    assert failed.reply["ename"] == "ZeroDivisionError", "the body's own error, not --keep's"
+    assert k.value("'big2' in globals()") is True, "a name --keep meant may be missing: no drop"
+    ok(k, "del big, result, big2")
 
 
 def test_an_error_in_the_body_shows_fails_the_cell_and_frees_its_frames(k: Kernel) -> None:
