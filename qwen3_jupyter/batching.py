@@ -388,6 +388,12 @@ class ResultsFileError(OSError):
     """The results file (`out=`, `--out`) cannot be written; said before any prompt runs."""
 
 
+_RESULT_START = b'{"index"'
+"""How every line `_JsonLines` writes starts: a file starting otherwise is not one (a CSV
+of prompts given as --out too, a notes file), and appending would spoil it."""
+_SPACE = b" \t\r\n\xef\xbb\xbf"  # blank lines, and the byte-order mark an editor adds
+
+
 class _JsonLines:
     """Appends results as JSON lines, flushed and synced per batch so a crash loses nothing."""
 
@@ -398,8 +404,11 @@ class _JsonLines:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a+b") as handle:
+                handle.seek(0)
+                start = handle.read(4096).lstrip(_SPACE)[: len(_RESULT_START)]
+                results = _RESULT_START.startswith(start)  # empty, or a run's first line
                 handle.seek(0, os.SEEK_END)
-                if handle.tell() > 0:  # a run killed mid-write left a partial last line:
+                if results and handle.tell() > 0:  # a run killed mid-write left a partial line:
                     handle.seek(-1, os.SEEK_END)  # end it, so this run's lines stay readable
                     if handle.read(1) != b"\n":
                         handle.write(b"\n")
@@ -407,6 +416,11 @@ class _JsonLines:
             raise ResultsFileError(
                 f"cannot write results to {self.path}: {exc.strerror or exc}"
             ) from None
+        if not results:
+            raise ResultsFileError(
+                f"{self.path} holds something other than results (their lines start with "
+                '{"index"), and results are appended: name a new file'
+            )
 
     def write(self, first_index: int, results: Iterable[Result], batch_size: int) -> None:
         lines = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from argparse import Namespace
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -594,6 +595,15 @@ def _options_given(args: Namespace, exclude: tuple[str, ...] = ()) -> list[str]:
     ]
 
 
+def _same_file(out: str, prompts: str) -> bool:
+    """Whether the two paths name one file (a link, `./`, `~` included)."""
+    first, second = Path(out).expanduser(), Path(prompts).expanduser()
+    try:
+        return first.samefile(second)
+    except OSError:  # one of them does not exist (yet): not the same file
+        return False
+
+
 def _validate(args: Namespace, prompt: str) -> list[str] | None:
     """Refuse bad flags in one line before any work; the --file prompts, read once, if any."""
     if args.stop and (prompt or _options_given(args, exclude=("stop",))):
@@ -613,6 +623,11 @@ def _validate(args: Namespace, prompt: str) -> list[str] | None:
         )
     if args.out and not args.file:
         raise UsageError("--out goes with --file PROMPTS.txt")
+    if args.out and _same_file(args.out, args.file):
+        raise UsageError(
+            f"--out {args.out} is the --file being read (results are appended to --out): "
+            "name another file"
+        )
     if args.field and not args.file:
         raise UsageError("--field goes with --file PROMPTS.csv (or .tsv, .jsonl, .json)")
     if prompt and not prompt.strip():  # --vars filled it with blanks: nothing to ask

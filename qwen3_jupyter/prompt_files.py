@@ -85,22 +85,38 @@ def _read_text(path: str) -> str:
 
 def _from_table(path: str, text: str, delimiter: str, field: str | None) -> list[str]:
     """The column `field` (default `prompt`) of a CSV/TSV file whose first row names them."""
-    rows = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    # Strict: a quote never closed took the rest of the file as one prompt, silently.
+    rows = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    row_ended = 0  # the line the last whole row ended on
     try:
         header = [name.strip() for name in next(rows, [])]
         if not header:
             return []
+        row_ended = rows.line_num
         column = _column(path, header, field)
         prompts = []
         for row in rows:
-            if not any(cell.strip() for cell in row):
-                continue  # a blank line, as spreadsheets write at the end
-            where = f"line {rows.line_num}"
-            value = row[column] if column < len(row) else ""
-            prompts.append(_prompt(path, where, value))
+            if any(cell.strip() for cell in row):  # else a blank line, as spreadsheets end with
+                value = row[column] if column < len(row) else ""
+                prompts.append(_prompt(path, f"line {rows.line_num}", value))
+            row_ended = rows.line_num
     except csv.Error as exc:
-        raise PromptFileError(f"--file {path}, line {rows.line_num}: {exc}") from None
+        raise PromptFileError(_table_error(path, str(exc), row_ended, rows.line_num)) from None
     return prompts
+
+
+def _table_error(path: str, error: str, row_ended: int, line: int) -> str:
+    """csv's error, with the line to fix and how: `unexpected end of data` is a quote opened
+    after the last whole row and never closed."""
+    if "unexpected end of data" in error:
+        return (
+            f"--file {path}, line {row_ended + 1}: a quoted field is never closed (the "
+            'rest of the file would be one prompt): close it, or write a quote inside it as ""'
+        )
+    return (
+        f"--file {path}, line {line}: {error} (a field that starts with a quote ends with one: "
+        'write a quote inside it as "")'
+    )
 
 
 def _column(path: str, header: list[str], field: str | None) -> int:
@@ -117,7 +133,8 @@ def _column(path: str, header: list[str], field: str | None) -> int:
 
 
 def _json_lines(path: str, text: str) -> Iterator[tuple[int, Any]]:
-    for number, line in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" only: splitlines() also split at U+2028, which --out writes unescaped.
+    for number, line in enumerate(text.split("\n"), 1):
         line = line.lstrip(_BOM).strip()
         if not line:
             continue

@@ -449,6 +449,29 @@ def test_an_out_path_that_cannot_be_written_fails_before_any_prompt_runs(
         generate_batch(["a"], model="tiny", out=tmp_path, progress=False, **GREEDY)
 
 
+def test_out_never_appends_to_a_file_that_is_not_results(kernel: Kernel, tmp_path: Path) -> None:
+    """`--out` appends, so a rerun keeps earlier results; it appended JSON to the prompts CSV
+    it read (whose next read asked the JSON as prompts) and to any text file."""
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text('prompt,x\n"multi\nline",2\n')
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    ask = "--greedy --max-new-tokens 2"
+    for out, said in (
+        (f"{tmp_path}/./prompts.csv", "is the --file being read (results are appended to"),
+        (str(notes), 'holds something other than results (their lines start with {"index")'),
+    ):
+        ex = kernel.run(f"%qwen3 --file {prompts} --out {out} {ask}")
+        assert ex.status == "error" and said in ex.stderr, ex.stderr
+        assert ex.stderr.count("\n") == 1, ex.stderr
+    assert prompts.read_text() == 'prompt,x\n"multi\nline",2\n'
+    assert notes.read_text() == "my notes\n"
+    results = tmp_path / "results.jsonl"
+    for _ in range(2):  # a results file takes more
+        ok(kernel, f"%qwen3 --file {prompts} --out {results} {ask}")
+    assert [json.loads(line)["index"] for line in results.read_text().splitlines()] == [0, 0]
+
+
 def _progress_line(execution: Execution, what: str) -> list[str]:
     """The texts one display showed, in order: the display that opened with `what: 0/` (its
     Markdown, or its plain text where it ended with a call's closing lines)."""

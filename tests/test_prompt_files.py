@@ -42,6 +42,11 @@ def test_json_lines_give_strings_or_a_field_and_a_results_file_can_be_asked_agai
     results = tmp_path / "results.jsonl"
     results.write_text(json.dumps({"index": 0, "prompt": "again", "answer": "x"}) + "\n")
     assert read_prompts(str(results)) == ["again"]
+    # A line separator (U+2028, pasted from the web) is text: --out writes it unescaped.
+    pasted = tmp_path / "pasted.jsonl"
+    lines = [{"index": i, "prompt": p} for i, p in enumerate(["first\u2028second", "b\x85c"])]
+    pasted.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines))
+    assert read_prompts(str(pasted)) == ["first\u2028second", "b\x85c"]
     array = write(tmp_path / "c.json", '[{"prompt": "one"}, {"prompt": "two\\nlines"}]')
     assert read_prompts(array) == ["one", "two\nlines"]
 
@@ -78,6 +83,20 @@ def test_json_lines_give_strings_or_a_field_and_a_results_file_can_be_asked_agai
         ("r.json", '{"prompt": "a"}', None, "holds a JSON dict, not an array of prompts"),
         ("r.txt", "a\n", "text", "--field picks a column of a .csv/.tsv or a field of a .jsonl"),
         ("r.xlsx", "PK", None, "not .xlsx: save /"),
+        (  # not strict, csv took the rest of the file as one prompt: 1 prompt, not 3
+            "r.csv",
+            'prompt,x\nok,0\n"a,1\nb,2\nc,3\n',
+            None,
+            "r.csv, line 3: a quoted field is never closed (the rest of the file would be one "
+            'prompt): close it, or write a quote inside it as ""',
+        ),
+        (
+            "r.tsv",
+            'prompt\tx\n"Hello," she said\t1\n',
+            None,
+            "r.tsv, line 2: '\t' expected after '\"' (a field that starts with a quote ends "
+            'with one: write a quote inside it as "")',
+        ),
     ],
 )
 def test_a_file_that_is_not_prompts_is_one_line_naming_where_and_what_to_do(
