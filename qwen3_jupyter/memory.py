@@ -95,23 +95,33 @@ def cgroup_memory(
         return None
     for line in lines:
         _, controllers, path = line.split(":", 2)
-        relative = path.lstrip("/")
         if controllers == "":  # cgroup v2: 0::/path
-            found = _cgroup_figures(
-                root / relative, "memory.max", "memory.current", "inactive_file"
-            )
+            base, names = root, ("memory.max", "memory.current", "inactive_file")
         elif "memory" in controllers.split(","):
-            found = _cgroup_figures(
-                root / "memory" / relative,
-                "memory.limit_in_bytes",
-                "memory.usage_in_bytes",
-                "total_inactive_file",
-            )
+            base = root / "memory"
+            names = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
         else:
             continue
-        if found is not None:
-            return found
+        found = [_cgroup_figures(folder, *names) for folder in _up_to(base, path.lstrip("/"))]
+        limited = [figures for figures in found if figures is not None]
+        if limited:
+            return min(limited)  # the smallest limit binds (a pod's, above its container's)
     return None
+
+
+def _up_to(base: Path, relative: str) -> list[Path]:
+    """The cgroup folder at `relative` under the mount `base`, then each above it up to `base`.
+
+    A parent's limit binds its children too (a Kubernetes pod's), and a container that mounts
+    its own cgroup at the root (Docker on cgroup v1) finds its limit there: /proc names the
+    host's path (`/docker/<id>`), which does not exist inside it.
+    """
+    folder = base / relative
+    chain = [folder]
+    while folder != base and base in folder.parents:
+        folder = folder.parent
+        chain.append(folder)
+    return chain
 
 
 def _cgroup_figures(

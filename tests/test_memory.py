@@ -371,6 +371,44 @@ def test_host_memory_is_the_container_limit_when_lower(tmp_path: Path, version: 
     assert host.available == 2 * GiB - 800 * MiB
 
 
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_container_whose_cgroup_is_mounted_at_the_root_reads_its_limit(
+    tmp_path: Path, version: int
+) -> None:
+    """Docker on cgroup v1: /proc/self/cgroup names the host's path (`/docker/<id>`), which does
+    not exist in the container; its own cgroup is the mount's root. The host's RAM was shown."""
+    from qwen3_jupyter.memory import GiB, MiB, read_host
+
+    root, proc = _cgroup_tree(tmp_path, version, str(2 * GiB), 900 * MiB, 100 * MiB)
+    mount = root if version == 2 else root / "memory"
+    for item in (mount / "box").iterdir():
+        item.rename(mount / item.name)
+    (mount / "box").rmdir()
+    proc.write_text(proc.read_text().replace("/box", "/docker/3f1c0d2a9b"))
+    host = read_host(root, proc)
+    assert (host.source, host.total, host.used) == ("cgroup", 2 * GiB, 800 * MiB)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_limit_above_the_process_cgroup_binds(tmp_path: Path, version: int) -> None:
+    """A Kubernetes pod: the limit on the pod's cgroup, none on its container's."""
+    from qwen3_jupyter.memory import GiB, MiB, read_host
+
+    root, proc = _cgroup_tree(tmp_path, version, str(2 * GiB), 900 * MiB, 100 * MiB)
+    mount = root if version == 2 else root / "memory"
+    (mount / "box").rename(tmp_path / "pod")
+    (tmp_path / "pod").rename(mount / "pod")
+    leaf = mount / "pod" / "box"
+    leaf.mkdir()
+    limit_name = "memory.max" if version == 2 else "memory.limit_in_bytes"
+    usage_name = "memory.current" if version == 2 else "memory.usage_in_bytes"
+    (leaf / limit_name).write_text("max\n" if version == 2 else "9223372036854771712\n")
+    (leaf / usage_name).write_text(f"{300 * MiB}\n")
+    proc.write_text(proc.read_text().replace("/box", "/pod/box"))
+    host = read_host(root, proc)
+    assert (host.source, host.total, host.used) == ("cgroup", 2 * GiB, 800 * MiB)
+
+
 @pytest.mark.parametrize(("version", "limit"), [(2, "max"), (1, str(9223372036854771712))])
 def test_unlimited_cgroup_falls_back_to_the_host(tmp_path: Path, version: int, limit: str) -> None:
     import psutil
