@@ -475,6 +475,22 @@ def test_sampler_stops_polling_and_closes_nvml_when_nobody_asks() -> None:
     assert fake.open_handles == 0
 
 
+def test_the_history_length_setting_is_what_the_sparkline_gets() -> None:
+    """`c.Qwen3JupyterMetrics.history_length` sized the sampler's history, but the payload
+    cut it to 60 readings: the default kept 120 and served half, and raising it did nothing."""
+    from qwen3_jupyter.server.payload import build_payload
+
+    fake = FakeNvml([FakeGpu()])
+    reader = NvmlReader(fake.module)
+    sampler = Sampler(history_length=90, reader_factory=lambda: reader)
+    try:
+        samples = [sampler._sample(reader, ()) for _ in range(100)]
+    finally:
+        reader.close()
+    history = build_payload(samples[-1], [], 1.0)["history"]
+    assert len(history["timestamps"]) == len(history["gpu_memory_used"]["0"]) == 90
+
+
 def test_history_starts_afresh_after_the_sampler_idles_out() -> None:
     """Readings from before an idle period must not be joined to today's in the sparkline."""
     import asyncio

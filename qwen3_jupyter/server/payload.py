@@ -27,8 +27,6 @@ from typing import Any
 from .kernels import KernelInfo, attribute
 from .sampler import Sample, gpu_key, stale_after
 
-HISTORY_POINTS = 60
-
 _PROBLEM = re.compile(r"GPU (\d+)(?: MIG)?: (.*?)(?=; GPU \d+(?: MIG)?: |$)")
 
 
@@ -67,11 +65,12 @@ def build_payload(
     sample: Sample,
     kernels: list[KernelInfo],
     interval: float,
-    history_points: int = HISTORY_POINTS,
     now: float | None = None,
 ) -> dict[str, Any]:
-    """`stale` is true when the sample is older than `stale_after(interval)`: the sampler is
-    stuck in NVML (a hung driver) and this is the last reading it got, `sample_age_s` old."""
+    """Every reading the sampler keeps goes out (`c.Qwen3JupyterMetrics.history_length` sets
+    how many: a cap here made that setting do nothing). `stale` is true when the sample is
+    older than `stale_after(interval)`: the sampler is stuck in NVML (a hung driver) and this
+    is the last reading it got, `sample_age_s` old."""
     reading = sample.nvml
     age = max(0.0, (time.time() if now is None else now) - sample.timestamp)
     gpu_keys = [gpu_key(g.index, g.mig_parent) for g in reading.gpus]
@@ -104,7 +103,7 @@ def build_payload(
                 "execution_state": "dead" if gone else kernel.execution_state,
             }
         )
-    history = sample.history[-history_points:]
+    history = sample.history
     return {
         "available": reading.available,
         "reason": reading.reason,
