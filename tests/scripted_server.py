@@ -6,6 +6,8 @@ Routes (`url(route)` gives `http://127.0.0.1:PORT/<route>/v1`):
                    words it otherwise), usage and `[DONE]`;
 - `keepalive`      headers, then only SSE comments (`: keep-alive`) for `wait` seconds, as a
                    queueing proxy sends them;
+- `stallmid`       one token, then only SSE comments for `wait` seconds (a stalled server
+                   behind a proxy that keeps the stream alive);
 - `slowfirst`      headers, silence for `wait` seconds, then an answer;
 - `busy`           503 with `Retry-After: 30`;
 - `finishthendrop` a whole answer with its finish reason, then the connection drops;
@@ -171,10 +173,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _keepalive(self, body: dict[str, Any]) -> None:
         self._start()
-        deadline = time.monotonic() + self.server_state.wait
+        self._keepalive_for(self.server_state.wait)
+
+    def _keepalive_for(self, wait: float) -> None:
+        deadline = time.monotonic() + wait
         while time.monotonic() < deadline and not self._waited(0.1):
             self._chunk(b": keep-alive\n\n")
         self._chunk(b"")
+
+    def _stallmid(self, body: dict[str, Any]) -> None:
+        self._start()
+        for data in ANSWER:
+            self._chunk(data)
+        self._keepalive_for(self.server_state.wait)
 
     def _slowfirst(self, body: dict[str, Any]) -> None:
         self._start()

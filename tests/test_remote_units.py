@@ -500,8 +500,9 @@ def _engine(
         ("keepalive", (0.6, 30), r"^no first token from \S+ within 0.6 s"),
         ("keepalive", (30, 0.6), r": the answer took longer than 0.6 s "),
         ("slowfirst", (30, 0.6), r": the answer took longer than 0.6 s "),
+        ("stallmid", (0.6, 30), r"^the stream from \S+ stalled for 0.6 s after 1 tokens: "),
     ],
-    ids=["keepalive-first-token", "keepalive-total", "silent-total"],
+    ids=["keepalive-first-token", "keepalive-total", "silent-total", "keepalive-mid-stream"],
 )
 def test_each_limit_holds_however_the_server_keeps_the_stream_alive(
     scripted: ScriptedServer, route: str, limits: tuple[float, float], said: str
@@ -514,7 +515,7 @@ def test_each_limit_holds_however_the_server_keeps_the_stream_alive(
     with pytest.raises(EngineError, match=said):
         engine.generate("hi", SHORT)
     assert time.perf_counter() - started < 1.6
-    if route == "keepalive":  # the silent route writes nothing more, so cannot notice
+    if route != "slowfirst":  # the silent route writes nothing more, so cannot notice
         deadline = time.monotonic() + 2
         while route not in scripted.disconnects and time.monotonic() < deadline:
             time.sleep(0.02)

@@ -240,8 +240,9 @@ DEADLINE_GRACE_S = 0.05
 
 
 class Deadlines:
-    """One stream's first-token and total deadlines, kept by a watchdog thread that aborts the
-    stream when one passes.
+    """One stream's first-token, silence and total deadlines, kept by a watchdog thread that
+    aborts the stream when one passes. Silence: after the first text, no text for as long as
+    the first-token limit.
 
     Why a thread: the HTTP read timeout restarts with every byte, so a server or proxy that
     sends only keep-alive comments (`: keep-alive`) while the request waits never trips it, and
@@ -251,8 +252,9 @@ class Deadlines:
 
     def __init__(self, timeouts: Timeouts) -> None:
         now = time.monotonic()
+        self._first_token_s = timeouts.first_token
         self._first_token_at = now + timeouts.first_token
-        self._total_at = now + timeouts.total
+        self._silence_at = self._total_at = now + timeouts.total
         self._cond = threading.Condition()
         self._stream: Any = None
         self._got_text = False
@@ -270,10 +272,12 @@ class Deadlines:
             abort(stream)
 
     def got_text(self) -> None:
-        """Text arrived: only the total deadline is left."""
+        """Text arrived: the silence limit starts again (the first-token one is met)."""
         with self._cond:
-            self._got_text = True
-            self._cond.notify()
+            self._silence_at = time.monotonic() + self._first_token_s
+            if not self._got_text:  # later texts only move a deadline later: no need to wake
+                self._got_text = True
+                self._cond.notify()
 
     def settle(self) -> None:
         """The answer finished (or the call ended): no deadline applies any more."""
@@ -282,7 +286,8 @@ class Deadlines:
             self._cond.notify()
 
     def expired(self, grace: float = 0.0) -> str | None:
-        """Which deadline passed ("first_token", "total") or None; none once settled, unless
+        """Which deadline passed ("first_token", "silence", "total") or None; none once
+        settled, unless
         the watchdog had already aborted the stream for one."""
         with self._cond:
             if self._fired is not None or self._settled:
@@ -290,14 +295,16 @@ class Deadlines:
             return self._due(time.monotonic() + grace)
 
     def _due(self, now: float) -> str | None:
-        candidates = [(self._total_at, "total")]
-        if not self._got_text:
-            candidates.insert(0, (self._first_token_at, "first_token"))
-        at, passed = min(candidates, key=lambda c: c[0])
+        at, passed = min(self._candidates(), key=lambda c: c[0])
         return passed if now >= at else None
 
     def _next_at(self) -> float:
-        return self._total_at if self._got_text else min(self._first_token_at, self._total_at)
+        return min(at for at, _ in self._candidates())
+
+    def _candidates(self) -> list[tuple[float, str]]:
+        waiting = (self._silence_at, "silence") if self._got_text else None
+        waiting = waiting or (self._first_token_at, "first_token")
+        return [waiting, (self._total_at, "total")]  # on a tie, the first named
 
     def _watch(self) -> None:
         with self._cond:
@@ -368,11 +375,12 @@ def stream_completion(
                 result.prompt_tokens = getattr(usage, "prompt_tokens", None)
                 result.completion_tokens = getattr(usage, "completion_tokens", None)
             for choice in getattr(chunk, "choices", None) or ():
-                if text.add(choice.delta) and result.first_token_s is None:
-                    result.first_token_s = now - started
+                if text.add(choice.delta):
                     deadlines.got_text()
-                    if on_first_token is not None:
-                        on_first_token()
+                    if result.first_token_s is None:
+                        result.first_token_s = now - started
+                        if on_first_token is not None:
+                            on_first_token()
                 if choice.finish_reason:
                     result.finish_reason = text.finish = choice.finish_reason
                     deadlines.settle()
@@ -461,7 +469,14 @@ def _raise_for_early_end(
 
 
 def _timeout(ctx: CallContext, passed: str, timeouts: Timeouts) -> Failure:
-    """The one line for a passed deadline ("first_token" or "total")."""
+    """The one line for a passed deadline ("first_token", "silence" or "total")."""
+    if passed == "silence":
+        return Failure(
+            f"the stream from {ctx.url} stalled for {timeouts.first_token:g} s after "
+            f"{ctx.tokens} tokens: check the server's log; "
+            "$QWEN3_JUPYTER_FIRST_TOKEN_TIMEOUT sets the limit",
+            "first_token_timeout",
+        )
     if passed == "first_token":
         return Failure(
             f"no first token from {ctx.url} within {timeouts.first_token:g} s: the server may be "
