@@ -54,13 +54,19 @@ export function formatBytes(bytes: number | null | undefined): string {
   return `${sign}${(value / scale).toFixed(digits)} ${UNITS[unit]}`;
 }
 
-/** "used / total" with the unit of the total, so both numbers read on one scale. */
+/**
+ * "used / total" with the unit of the total, so both numbers read on one scale; each in its own
+ * unit when used is not zero but would read 0.0 on the total's ("40.0 GiB / 2.0 TiB").
+ */
 export function formatUsedOfTotal(used: number | null, total: number | null): string {
   if (total === null || total <= 0) {
     return formatBytes(used);
   }
   const { unit, scale, digits } = unitFor(total);
   const usedText = used === null ? 'unknown' : (used / scale).toFixed(digits);
+  if (used !== null && used !== 0 && Number(usedText) === 0) {
+    return `${formatBytes(used)} / ${formatBytes(total)}`;
+  }
   return `${usedText} / ${(total / scale).toFixed(digits)} ${UNITS[unit]}`;
 }
 

@@ -10,9 +10,9 @@ import { LabIcon } from '@jupyterlab/ui-components';
 import { IDisposable } from '@lumino/disposable';
 
 import { requestCleanup } from './api';
-import { kernelLabel, normalizeThresholds } from './format';
+import { kernelLabel } from './format';
 import type { ICleanupReply, IKernelMetrics } from './metrics';
-import { DEFAULT_OPTIONS, IMetricsOptions, MetricsModel } from './model';
+import { MetricsModel, readOptions } from './model';
 import { GpuMemoryPanel, IKernelActions } from './panel';
 import { GpuMemoryStatus } from './statusbar';
 
@@ -28,23 +28,6 @@ const gpuIcon = new LabIcon({
     '<path d="M7 10h2v3H7zm4 0h2v3h-2zm4 0h2v3h-2zM6 18h2v2H6zm5 0h2v2h-2zm5 0h2v2h-2z"/>' +
     '</g></svg>'
 });
-
-function readOptions(settings: ISettingRegistry.ISettings | null): IMetricsOptions {
-  if (!settings) {
-    return DEFAULT_OPTIONS;
-  }
-  const get = (key: string): unknown => settings.get(key).composite;
-  const number = (key: string, fallback: number): number => {
-    const value = get(key);
-    return typeof value === 'number' && Number.isFinite(value) && value >= 0 ? value : fallback;
-  };
-  return {
-    pollInterval: number('pollInterval', DEFAULT_OPTIONS.pollInterval),
-    backgroundInterval: number('backgroundInterval', DEFAULT_OPTIONS.backgroundInterval),
-    thresholds: normalizeThresholds(get('warningThreshold'), get('criticalThreshold')),
-    showStatusBar: get('showStatusBar') !== false
-  };
-}
 
 function kernelActions(app: JupyterFrontEnd): IKernelActions {
   return {

@@ -6,11 +6,12 @@
  */
 
 import { ServerConnection } from '@jupyterlab/services';
-import { Poll } from '@lumino/polling';
+import type { ISettingRegistry } from '@jupyterlab/settingregistry';
+import { IPoll, Poll } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { fetchMetrics, MetricsRequestError } from './api';
-import { DEFAULT_THRESHOLDS, IThresholds } from './format';
+import { DEFAULT_THRESHOLDS, IThresholds, normalizeThresholds } from './format';
 import type { IMetrics, IMetricsError } from './metrics';
 
 export interface IMetricsOptions {
@@ -28,6 +29,43 @@ export const DEFAULT_OPTIONS: IMetricsOptions = {
   thresholds: DEFAULT_THRESHOLDS,
   showStatusBar: true
 };
+
+/**
+ * Bounds of the refresh intervals (ms), the `minimum`/`maximum` of `pollInterval` and
+ * `backgroundInterval` in schema/plugin.json (`backgroundInterval` may also be 0: off).
+ */
+export const MIN_INTERVAL = 250;
+export const MAX_INTERVAL = 600_000;
+
+/** How far the poll backs off after errors, unless the interval itself is longer. */
+const BACKOFF_MAX = 60_000;
+
+function clampInterval(interval: number): number {
+  return Math.min(MAX_INTERVAL, Math.max(MIN_INTERVAL, interval));
+}
+
+/** The options the settings ask for, each in its schema's range (a bad value: the default). */
+export function readOptions(
+  settings: Pick<ISettingRegistry.ISettings, 'get'> | null
+): IMetricsOptions {
+  if (!settings) {
+    return DEFAULT_OPTIONS;
+  }
+  const get = (key: string): unknown => settings.get(key).composite;
+  const interval = (key: string, fallback: number, offAllowed: boolean): number => {
+    const value = get(key);
+    if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) {
+      return fallback;
+    }
+    return offAllowed && value === 0 ? 0 : clampInterval(value);
+  };
+  return {
+    pollInterval: interval('pollInterval', DEFAULT_OPTIONS.pollInterval, false),
+    backgroundInterval: interval('backgroundInterval', DEFAULT_OPTIONS.backgroundInterval, true),
+    thresholds: normalizeThresholds(get('warningThreshold'), get('criticalThreshold')),
+    showStatusBar: get('showStatusBar') !== false
+  };
+}
 
 export class MetricsModel {
   constructor(
@@ -70,6 +108,11 @@ export class MetricsModel {
     }
   }
 
+  /** How often the poll runs now: the interval of the visible view, and its backoff. */
+  get frequency(): IPoll.Frequency {
+    return this._poll.frequency;
+  }
+
   get panelVisible(): boolean {
     return this._panelVisible;
   }
@@ -95,10 +138,13 @@ export class MetricsModel {
   }
 
   private _frequency(): { interval: number; backoff: boolean; max: number } {
-    const interval = this._panelVisible
-      ? this._options.pollInterval
-      : this._options.backgroundInterval || this._options.pollInterval;
-    return { interval: Math.max(250, interval), backoff: true, max: 60_000 };
+    const interval = clampInterval(
+      this._panelVisible
+        ? this._options.pollInterval
+        : this._options.backgroundInterval || this._options.pollInterval
+    );
+    // `@lumino/polling` throws on an interval above `max`.
+    return { interval, backoff: true, max: Math.max(BACKOFF_MAX, interval) };
   }
 
   private _standby(): boolean | 'when-hidden' {

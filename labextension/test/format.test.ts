@@ -131,6 +131,13 @@ describe('formatUsedOfTotal', () => {
     expect(formatUsedOfTotal(512, 1023.7)).toBe('0.5 / 1.0 KiB');
     expect(formatUsedOfTotal(1023.94 * 1024 ** 2, 1023.94 * 1024 ** 2)).toBe('1023.9 / 1023.9 MiB');
   });
+
+  it('never reads a non-zero used amount as 0.0: each in its own unit then', () => {
+    expect(formatUsedOfTotal(40 * GiB, 2048 * GiB)).toBe('40.0 GiB / 2.0 TiB');
+    expect(formatUsedOfTotal(10 * 1024 ** 2, 80 * GiB)).toBe('10.0 MiB / 80.0 GiB');
+    expect(formatUsedOfTotal(0, 2048 * GiB)).toBe('0.0 / 2.0 TiB');
+    expect(formatUsedOfTotal(103 * GiB, 2048 * GiB)).toBe('0.1 / 2.0 TiB');
+  });
 });
 
 describe('thresholds', () => {
