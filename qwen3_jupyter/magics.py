@@ -345,7 +345,7 @@ class Qwen3Magics(Magics):
                 engine = self._engine(args, status)
                 engine.status = status.show  # the engine's own progress line for this call
                 if args.warmup:
-                    summary = _warmup(engine, args.batch_size)
+                    summary = _warmup(engine, args.batch_size, args.max_new_tokens)
                     # What each shape did, then the sum: in the line's display when alone.
                     caveat = _warmup_caveat(engine, self.decode or None)
                     said = [*SESSION.take_notices(), summary + caveat]
@@ -511,15 +511,15 @@ def _options(args: Namespace) -> GenerationOptions:
     )
 
 
-def _warmup(engine: Engine, batch_size: int | None) -> str:
-    """Compile the fast path's decode step now (for batches of `batch_size` too), so the first
-    question does not wait."""
+def _warmup(engine: Engine, batch_size: int | None, max_new_tokens: int) -> str:
+    """Compile the fast path's decode step now (for batches of `batch_size` too, sized for
+    answers of `max_new_tokens`), so the first question does not wait."""
     warmup = getattr(engine, "warmup", None)
     if warmup is None:
         return f"--warmup: nothing to compile for the {engine.kind} engine"
     sizes = (1,) if batch_size is None or batch_size == 1 else (1, batch_size)
     try:
-        return str(warmup(sizes))
+        return str(warmup(sizes, max_new_tokens=max_new_tokens))
     except KeyboardInterrupt:  # one line, not torch.compile's 50 frames
         raise UsageError(
             "--warmup interrupted: the model, your variables and the shapes already built are "

@@ -621,6 +621,17 @@ def test_warmup_with_a_batch_size_builds_that_step_and_keeps_only_the_single_cac
     assert fk.value("[len(r.token_ids) for r in rs]") == [3, 3, 3, 3]
 
 
+def test_a_warmup_builds_the_shape_a_default_batch_call_uses(fk: Kernel) -> None:
+    """From 8 rows a batch's cache floor is 512 tokens: sized for no answer, the warm-up built
+    8×512, and a call asking the default 512 new tokens (8×1024) compiled everything again."""
+    ex = ok(fk, "%qwen3 --warmup --batch-size 8")
+    assert "fast decode ready for batch × cache 1×4096, 8×1024 (" in ex.said, ex.said
+    ok(fk, "compiled = SESSION.engines['fast'].compiles")
+    ex = ok(fk, "rs = qwen3_jupyter.generate_batch(['a'] * 8, batch_size=8, greedy=True)")
+    assert "decode step" not in ex.said, ex.said
+    assert fk.value("SESSION.engines['fast'].compiles == compiled")
+
+
 def test_a_wider_top_k_names_its_own_sampler(fk: Kernel) -> None:
     """A top-k past the default width builds a sampler of its own; its notice says which, so
     the shape does not seem to be built twice."""
@@ -908,6 +919,10 @@ def test_an_unexpected_fast_path_failure_decodes_eagerly_with_one_line(
     assert len(notices) == 1 and "\n" not in notices[0]
     assert notices[0].startswith("fast decode failed (RuntimeError: DynamicCache has no")
     assert engine.kept_memory() == ()
+    said = engine.warmup()  # built a cache and a step that no call would use, and kept them
+    assert said.startswith("--warmup: nothing built, the fast path is off after it failed (")
+    assert "%qwen3 --eager resets the choice" in said and "\n" not in said
+    assert engine.kept_memory() == () and not engine.states
 
 
 def test_a_failed_capture_names_its_own_cause_before_the_error_ending_it_raised() -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..generation import (
+    DEFAULT_MAX_NEW_TOKENS,
     Completion,
     GenerationOOM,
     GenerationOptions,
@@ -71,10 +72,21 @@ from .cuda_graphs import (
 from .decode_shapes import SAMPLE_WIDTH, batch_bucket, cache_bucket, sample_width
 from .local import LocalEngine, decodes, holds_model
 
+WARMUP_PROMPT_TOKENS = 64
+"""The prompt a warm-up sizes its caches for: a question in the chat template. A batch's cache
+grows with prompt + answer (`cache_bucket`), so a warm-up sized for no answer built a 16×512
+step that a default call (512 new tokens, 16×1024) compiled again."""
+
 REHEARSAL_STEPS = 1 + WARMUP_RUNS
 """Steps that building a shape runs before the call's own (one compile run, the warm-ups before
 a CUDA graph capture): they write cache slots past the prompt, so the cache leaves room for them
 (an index past its end is a device-side assert on CUDA, which ends the process's CUDA context)."""
+
+
+def warmup_cache_length(batch: int, max_new_tokens: int) -> int:
+    """The cache length a call of `batch` rows asking `max_new_tokens` uses (as `_run` sizes
+    it) for a prompt of `WARMUP_PROMPT_TOKENS`: the shape a warm-up builds."""
+    return cache_bucket(WARMUP_PROMPT_TOKENS + max_new_tokens + REHEARSAL_STEPS, batch=batch)
 
 
 Notify = Callable[[str], None]
@@ -300,13 +312,27 @@ class FastEngine(LocalEngine):
     # ------------------------------------------------------------------ warm-up
 
     @holds_model("a warm-up (--warmup)")
-    def warmup(self, batch_sizes: tuple[int, ...] = (1,), greedy_and_sampled: bool = True) -> str:
-        """Compile (and capture, on CUDA) the default shapes now; one line saying what it did.
+    def warmup(
+        self,
+        batch_sizes: tuple[int, ...] = (1,),
+        greedy_and_sampled: bool = True,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    ) -> str:
+        """Compile (and capture, on CUDA) the shapes calls of `max_new_tokens` use; one line
+        saying what it did.
 
         A batch shape's cache is given back at once, as after every `generate_batch` call: what
-        warming it up keeps is its compiled step, so the batch call itself compiles nothing."""
+        warming it up keeps is its compiled step, so the batch call itself compiles nothing.
+        After the fast path failed (calls decode eagerly), nothing is built: it would be
+        memory no call uses."""
         import torch
 
+        if self.broken:
+            return (
+                f"--warmup: nothing built, the fast path is off after it failed ({self.broken}); "
+                "calls decode eagerly, and %qwen3 --eager resets the choice"
+            )
+        lengths = {b: warmup_cache_length(b, max_new_tokens) for b in batch_sizes}
         started = time.perf_counter()
         before, hits = self.compiles, compile_cache_hits()
         vocab = int(self.loaded.model.lm_head.weight.shape[0])
@@ -314,12 +340,12 @@ class FastEngine(LocalEngine):
         try:
             with torch.inference_mode(), on_device(self.device):
                 for batch in batch_sizes:
-                    state = self._state(batch_bucket(batch), cache_bucket(1, batch=batch))
+                    state = self._state(batch_bucket(batch), lengths[batch])
                     for width in widths:
                         self._step_for(state, width)
         finally:
             self._drop_states(lambda state: state.batch > 1)
-        shapes = ", ".join(f"{batch_bucket(b)}×{cache_bucket(1, batch=b)}" for b in batch_sizes)
+        shapes = ", ".join(f"{batch_bucket(b)}×{lengths[b]}" for b in batch_sizes)
         batches = [b for b in batch_sizes if batch_bucket(b) > 1]
         given_back = (
             f"; batch {', '.join(str(batch_bucket(b)) for b in batches)}: cache given back, "
