@@ -124,6 +124,8 @@ def test_thinking_split_from_a_reasoning_field_or_inline_tags() -> None:
     thinker.finish = "length"  # the budget ran out before </think>: an unfinished thought
     assert thinker.split() == ("Blue.", "", False) and thinker.thought_cut_off(True)
     assert thinker.split(think=False) == ("", "Blue.", True)
+    thinker.finish = None  # interrupted mid-thought: kept as the answer, thinking "finished"
+    assert thinker.split() == ("Blue.", "", False) and thinker.thought_cut_off(True)
 
     # ... from any other model (an Instruct one answers so, thinking on by default): the answer
     plain = StreamText(template_thinks=template_opens_think("Qwen/Qwen3-4B-Instruct-2507"))

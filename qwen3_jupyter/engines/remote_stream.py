@@ -120,12 +120,13 @@ class StreamText:
         )
 
     def thought_cut_off(self, think: bool) -> bool:
-        """Untagged text the token budget ended (finish "length") from a model whose template
-        opened `<think>`: its thought, cut off before `</think>`, not a finished answer. From
-        any other model it stays the answer: an Instruct model's untagged text is its answer,
-        and Qwen3's own default (thinking on) must not turn every long Instruct answer into
-        "thinking not finished"."""
-        return self.template_thinks and self.finish == "length" and self.untagged(think)
+        """Untagged text that ended before the model's own stop (the token budget, an
+        interrupt, `--stop`) from a model whose template opened `<think>`: its thought, cut
+        off before `</think>`, not a finished answer (an interrupted one was kept as the
+        answer, thinking "finished"). From any other model it stays the answer: an Instruct
+        model's untagged text is its answer, and Qwen3's own default (thinking on) must not
+        turn every long Instruct answer into "thinking not finished"."""
+        return self.template_thinks and self.finish != "stop" and self.untagged(think)
 
     def display_text(self, think: bool) -> str:
         """The text so far in the form the stream view splits (`<think>…</think>answer`).
