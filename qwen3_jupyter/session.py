@@ -224,13 +224,16 @@ class Session:
         )
 
     def remote_engine(self, url: str, model: str | None = None) -> Engine:
-        """The one engine (and connection pool) this kernel keeps per server."""
+        """The one engine (and connection pool) this kernel keeps per server, however its
+        URL is written (`server_key`)."""
         from .engines.remote import RemoteEngine
+        from .engines.urls import server_key
 
-        engine = self.engines.get(url)
+        key = server_key(url)
+        engine = self.engines.get(key)
         if not isinstance(engine, RemoteEngine):
             engine = RemoteEngine(url, notify=self.notices.append)
-            self.engines[url] = engine
+            self.engines[key] = engine
         return engine.with_model(model)
 
     def close_engine(self, key: str) -> bool:

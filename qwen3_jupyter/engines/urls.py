@@ -9,8 +9,9 @@ apart (the client appends paths to the base, so a query left in it would end up 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from .base import EngineError
 
@@ -66,6 +67,16 @@ def api_base(url: str) -> str:
     if not path:
         path = "/v1"
     return urlunsplit((parts.scheme, _host(parts), path, "", ""))
+
+
+def server_key(url: str) -> str:
+    """One name per server as requests reach it: `http://h:8000`, `http://h:8000/v1/` and a
+    pasted `…/v1/chat/completions` are one server (one client and pool, one gauge row, each
+    notice once); a query or a key written in the URL makes another. The key is a digest."""
+    query = urlencode(sorted(url_query(url).items()))
+    password = url_password(url)
+    key = hashlib.sha256(password.encode()).hexdigest()[:16] if password else ""
+    return f"{api_base(url)}?{query}#{key}"
 
 
 def url_query(url: str) -> dict[str, str]:
