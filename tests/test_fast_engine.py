@@ -423,6 +423,35 @@ def test_memory_budget_is_an_out_of_memory_error_and_batches_back_off(
     ]
 
 
+def test_a_batch_shape_that_ran_out_of_memory_is_given_back_before_smaller_chunks_run(
+    fast: FastEngine, loaded: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a GPU a batch can run out inside its prefill, its cache already allocated: that cache
+    stayed kept while the back-off's smaller chunks decoded, crowding them out. The failure is
+    the allocator's own error, raised where a real one is (the prefill)."""
+    import torch
+
+    options = GenerationOptions(greedy=True, think=False, max_new_tokens=4, ignore_eos=True)
+    fast.generate("hi", options)  # the single calls' cache exists, as in a notebook
+    prefill = fast._prefill
+    held_at_prefill: list[list[tuple[int, int]]] = []
+
+    def prefill_that_runs_out_at_two_rows(state: Any, *args: Any) -> Any:
+        held_at_prefill.append(list(fast.states))
+        if state.batch == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return prefill(state, *args)
+
+    monkeypatch.setattr(fast, "_prefill", prefill_that_runs_out_at_two_rows)
+    results = fast.generate_batch(["a", "b"], options, batch_size=2, progress=False)
+    assert [b.batch_size for b in results.report.back_offs] == [2]
+    assert held_at_prefill[0] == [(1, 4096), (2, 2048)], "the batch's cache, then its OOM"
+    assert held_at_prefill[1:] == [[(1, 4096)], [(1, 4096)]], "given back before the rows"
+    assert [r.token_ids for r in results] == [
+        EagerEngine(loaded).generate(p, options).token_ids for p in "ab"
+    ]
+
+
 def test_the_budget_estimate_covers_what_a_shape_allocates(
     fast: FastEngine, loaded: LoadedModel
 ) -> None:

@@ -286,6 +286,9 @@ class FastEngine(LocalEngine):
         except _Unavailable:
             return self._eager().generate_chunk(prompts, options, budget)
         except _OutOfMemory as exc:
+            # The back-off asks a smaller batch next, never this shape again: its cache and
+            # graphs go now, not after the smaller chunks (which they would crowd out).
+            self._drop_states(lambda state: state.batch > 1)
             release_after_generation(self.device, None)
             raise GenerationOOM(exc.reason, exc.hint(budget)) from None
         if run.interrupted:
