@@ -114,8 +114,10 @@ class DecodeState:
 
     @property
     def held_bytes(self) -> int:
-        """The cache, its per-row state, and the noise of any wider sampler (not the graphs)."""
-        return self.buffers.held_bytes + sum(int(w.noise.nbytes) for w in self.wide.values())
+        """The cache, its per-row state, and the noise of any wider sampler (not the graphs).
+        The samplers are copied first: the gauge's thread asks while a call may add one."""
+        wide = list(self.wide.values())
+        return self.buffers.held_bytes + sum(int(w.noise.nbytes) for w in wide)
 
 
 class _TokenReader:
