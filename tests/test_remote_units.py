@@ -859,6 +859,22 @@ def test_a_query_in_the_url_is_sent_with_every_request(scripted: ScriptedServer)
     assert "abcd-1234" in keyed.secrets() and "2024-10-21" not in keyed.secrets()
 
 
+def test_metrics_are_asked_with_the_key_of_the_moment(
+    scripted: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The /metrics reader kept the key of its first read: a key set after a 401 reached the
+    chat calls (looked up per call) and never /metrics, whose row stayed at HTTP 401."""
+    for env in ("QWEN3_JUPYTER_API_KEY", "OPENAI_API_KEY"):
+        monkeypatch.delenv(env, raising=False)
+    connection = ServerConnection(scripted.url("ok"))
+    connection.load()
+    monkeypatch.setenv("QWEN3_JUPYTER_API_KEY", "later-key")
+    connection.load()
+    asked = zip(scripted.requests, scripted.keys, strict=True)
+    metrics = [key for (_, path), key in asked if "metrics" in path]
+    assert metrics == ["", "later-key"], scripted.requests
+
+
 def test_a_key_in_the_url_is_sent_decoded_and_never_shown(scripted: ScriptedServer) -> None:
     """A URL must percent-escape '/', '@' and ':' in a key; the escaped form was sent."""
     url = scripted.url("ok").replace("http://", "http://:sk%2Fab%40c-key@")

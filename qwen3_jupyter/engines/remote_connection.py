@@ -54,6 +54,7 @@ class ServerConnection:
         self._client: Any = None
         self._client_key: str | None = None
         self._metrics: MetricsReader | None = None
+        self._metrics_key: str | None = None
 
     def __repr__(self) -> str:
         return f"<ServerConnection {self.shown}>"
@@ -196,13 +197,16 @@ class ServerConnection:
         return self.is_sglang() or several
 
     def load(self) -> ServerLoad:
-        """The server's load from its /metrics (cached; never raises; any thread)."""
-        if self._metrics is None:
-            key = self.api_key()
+        """The server's load from its /metrics (cached; never raises; any thread), asked with
+        the key of the moment: a key set after a 401 reached the chat calls, not /metrics."""
+        key = self.api_key()
+        metrics = self._metrics
+        if metrics is None or key != self._metrics_key:
             headers = {"Authorization": f"Bearer {key}"} if key else {}
             root = server_root(self.base_url)
-            self._metrics = MetricsReader(f"{root}/metrics", self.shown, headers)
-        load = self._metrics.read()
+            metrics = MetricsReader(f"{root}/metrics", self.shown, headers)
+            self._metrics, self._metrics_key = metrics, key
+        load = metrics.read()
         if self.is_sglang() and load.error and load.error.startswith("no /metrics"):
             return replace(load, error=f"{load.error}: start SGLang with --enable-metrics")
         return load
