@@ -20,6 +20,7 @@ import psutil
 
 from .memory import GiB, MiB, TorchDeviceMemory
 
+NVML_ERROR_UNINITIALIZED = 1
 NVML_ERROR_NOT_SUPPORTED = 3
 NVML_ERROR_NO_PERMISSION = 4
 NVML_ERROR_NOT_FOUND = 6
@@ -127,6 +128,10 @@ class NvmlReader:
     polling thread only.
     """
 
+    INIT_RETRY_S = 30.0
+    """How long after a failed nvmlInit the next read tries again (a driver loaded after the
+    server or kernel started; not a machine without the library, which never gains one)."""
+
     def __init__(self, nvml: ModuleType | None = None) -> None:
         self._nvml = nvml
         self._calls = threading.RLock()
@@ -135,6 +140,8 @@ class NvmlReader:
         hangs blocks only the thread that made it, never the kernel's main thread's lock)."""
         self._opened = False
         self._tried = False
+        self._tried_at = 0.0
+        self._may_retry = False
         self._failure: str | None = None
         self._driver: str | None = None
         self.unread: frozenset[int] | None = frozenset()
@@ -147,10 +154,16 @@ class NvmlReader:
         return self._opened
 
     def open(self) -> None:
-        """nvmlInit once; failure is remembered (and not retried) as the reason."""
-        if self._tried:
+        """nvmlInit once; a failure is remembered as the reason, and tried again after
+        `INIT_RETRY_S` unless the library is missing (the sidebar's sampler never idles while
+        a tab polls: a driver loaded late stayed "unavailable" until every tab closed)."""
+        import time
+
+        if self._tried and not (
+            self._may_retry and time.monotonic() - self._tried_at >= self.INIT_RETRY_S
+        ):
             return
-        self._tried = True
+        self._tried, self._tried_at, self._may_retry = True, time.monotonic(), False
         if self._nvml is None:
             try:
                 import pynvml
@@ -165,8 +178,9 @@ class NvmlReader:
             self._nvml.nvmlInit()
         except Exception as exc:
             self._failure = _init_failure(exc)
+            self._may_retry = _nvml_code(exc) != NVML_ERROR_LIBRARY_NOT_FOUND
             return
-        self._opened = True
+        self._opened, self._failure = True, None
         try:
             self._driver = _text(self._nvml.nvmlSystemGetDriverVersion())
         except Exception:
@@ -209,6 +223,8 @@ class NvmlReader:
         try:
             count = int(nvml.nvmlDeviceGetCount())
         except Exception as exc:
+            if _nvml_code(exc) == NVML_ERROR_UNINITIALIZED:  # a driver reset: init again next
+                self._close()
             return NvmlReading(
                 True, f"NVML error: {_nvml_message(exc)}", self._driver, (), time.time()
             )

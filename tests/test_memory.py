@@ -19,6 +19,7 @@ from qwen3_jupyter.nvml import (
     visible_gpus,
 )
 from tests.fake_nvml import (
+    DRIVER_NOT_LOADED,
     FUNCTION_NOT_FOUND,
     GPU_IS_LOST,
     LIBRARY_NOT_FOUND,
@@ -418,6 +419,29 @@ def test_unlimited_cgroup_falls_back_to_the_host(tmp_path: Path, version: int, l
     root, proc = _cgroup_tree(tmp_path, version, limit, 1, 0)
     host = read_host(root, proc)
     assert host.source == "host" and host.total == psutil.virtual_memory().total
+
+
+def test_a_driver_that_loads_later_is_read_once_it_does() -> None:
+    """nvmlInit's failure was kept for the reader's life: the sidebar's sampler never idles
+    while a tab polls, so a driver loaded after the server started stayed "unavailable". A
+    missing library is not asked again; a driver reset (Uninitialized) is opened again."""
+    fake = FakeNvml([FakeGpu(used=3 * GiB)], init_error=DRIVER_NOT_LOADED)
+    reader = NvmlReader(fake.module)
+    assert reader.read().reason == (
+        "NVML unavailable: the NVIDIA driver is not loaded; showing host and torch memory only"
+    )
+    fake.init_error = None
+    assert not reader.read().available, "not asked again at once"
+    reader.INIT_RETRY_S = 0.0
+    loaded = reader.read()
+    assert loaded.available and loaded.gpus[0].memory_used == 3 * GiB
+    reader.close()
+    missing = FakeNvml(init_error=LIBRARY_NOT_FOUND)
+    never = NvmlReader(missing.module)
+    never.INIT_RETRY_S = 0.0
+    never.read()
+    missing.init_error = None
+    assert not never.read().available and missing.init_count == 0
 
 
 def test_close_waits_for_a_read_in_progress_instead_of_shutting_nvml_under_it() -> None:
