@@ -356,9 +356,14 @@ class _Series:
         bucket = int(timestamp // SPARK_BUCKET_SECONDS)
         if bucket == self.bucket and self.values:
             self.values[-1] = max(self.values[-1], value)
-        else:
-            self.values.append(value)
-            self.bucket = bucket
+            return
+        if self.bucket is not None and self.values and bucket > self.bucket + 1:
+            # Polls further apart than a bucket (--interval 5): the last value holds until
+            # this one, so 60 points stay two minutes (one point per poll drew five).
+            skipped = min(bucket - self.bucket - 1, SPARK_POINTS)
+            self.values.extend([self.values[-1]] * skipped)
+        self.values.append(value)
+        self.bucket = bucket
 
 
 def unbroken(text: str) -> str:
@@ -441,11 +446,12 @@ class Gauge(widgets.VBox):
         super().__init__([self._rows_box, self._kept, self._warnings, self._footer])
         self.add_class("qwen3-gauge")
         self.add_class(self._scope)
-        for old in self._monitor.history():
-            self._record(old)
-        latest = self._monitor.latest()
-        if latest is not None:
-            self._render(latest)
+        if self._monitor.running:  # a stopped monitor's readings are old: it starts afresh
+            for old in self._monitor.history():
+                self._record(old)
+            latest = self._monitor.latest()
+            if latest is not None:
+                self._render(latest)
         self._unsubscribe = self._monitor.subscribe(self._on_snapshot)
         _GAUGES.add(self)
         self._first_reading.wait(FIRST_READING_WAIT)

@@ -225,6 +225,8 @@ class Monitor:
         self._seq = 0
         self._host_peak = 0
         self._gpu_peaks: dict[str, int] = {}
+        self._peaks_reset = 0
+        """How many cleanups reset the peaks: a poll that read before one does not fold in."""
         self._call_costs: list[float] = []
         self._cost_key: tuple[object, ...] | None = None
         self._retained: list[int] = []
@@ -259,6 +261,9 @@ class Monitor:
             # GPU reset) when `stop` gave up waiting must neither carry on beside its successor
             # nor swallow the successor's wake-up.
             self._stopping, self._wake = threading.Event(), threading.Event()
+            # Readings from before a stop are not joined to the new thread's: a gauge shown
+            # after `--stop` drew them as the last minutes, and its first text was the old one.
+            self._history.clear()
             self._thread = threading.Thread(
                 target=self._run,
                 args=(self._stopping, self._wake),
@@ -416,6 +421,7 @@ class Monitor:
                 del self._retained[0], self._explained[0]
             self._host_peak = 0
             self._gpu_peaks.clear()
+            self._peaks_reset += 1
 
     @property
     def call_costs(self) -> tuple[float, ...]:
@@ -482,8 +488,11 @@ class Monitor:
                         break
                     try:
                         callback(snapshot)
-                    except Exception:
-                        _log.exception("qwen3_jupyter: gauge update failed")
+                    except Exception as exc:  # logged once: each poll's traceback landed in
+                        said = f"gauge update failed: {type(exc).__name__}: {exc}"  # the cell
+                        if said not in self._logged:
+                            self._logged.add(said)
+                            _log.exception("qwen3_jupyter: %s", said)
                 self.thread_cpu_seconds = time.thread_time()
                 wake.clear()
                 wake.wait(max(0.0, self._interval - (time.monotonic() - started)))
@@ -507,17 +516,20 @@ class Monitor:
         return snapshot
 
     def _poll(self) -> Snapshot:
+        with self._lock:  # a cleanup that resets the peaks while this poll reads: its reading
+            resets = self._peaks_reset  # predates the cleanup, and is no peak since it
         nvml = self._reader.read()
         host = self._with_children(read_host())
         torch_devices = read_torch()
         if not nvml.available and self._notice != nvml.reason:
             self._notice = nvml.reason
             _log.info("qwen3_jupyter: %s", nvml.reason)
-        gpus = self._gpu_samples(nvml, torch_devices)
+        gpus = self._gpu_samples(nvml, torch_devices, resets)
         with self._lock:
-            self._host_peak = max(self._host_peak, host.process_rss)
+            if self._peaks_reset == resets:
+                self._host_peak = max(self._host_peak, host.process_rss)
             self._seq += 1
-            seq, host_peak = self._seq, self._host_peak
+            seq, host_peak = self._seq, max(self._host_peak, host.process_rss)
             kept_sources, server_sources = list(self._kept_sources), list(self._server_sources)
         kept = self._read(kept_sources, "kept memory")
         servers = self._read(server_sources, "server metrics")
@@ -540,8 +552,13 @@ class Monitor:
         )
 
     def _gpu_samples(
-        self, nvml: NvmlReading, torch_devices: tuple[TorchDeviceMemory, ...]
+        self,
+        nvml: NvmlReading,
+        torch_devices: tuple[TorchDeviceMemory, ...],
+        resets: int | None = None,
     ) -> tuple[GpuSample, ...]:
+        """One sample per GPU; its peak folds in unless a cleanup reset the peaks since
+        `resets` (the poll read before that cleanup)."""
         if not nvml.gpus:
             return ()
         visible = visible_gpus(nvml, torch_devices or None)
@@ -557,7 +574,8 @@ class Monitor:
         with self._lock:
             for gpu in nvml.gpus:
                 peak = max(self._gpu_peaks.get(gpu.uuid, 0), gpu.memory_used)
-                self._gpu_peaks[gpu.uuid] = peak
+                if resets is None or self._peaks_reset == resets:
+                    self._gpu_peaks[gpu.uuid] = peak
                 listed = any(p.pid in pids for p in gpu.processes)
                 torch_memory = torch_device_for(gpu, torch_devices)
                 kernel_bytes = mine.get(gpu.uuid)

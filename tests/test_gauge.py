@@ -411,7 +411,8 @@ def test_steady_memory_sends_nothing_and_a_change_sends_once(
 def test_closing_the_last_gauge_stops_the_polling_thread(
     counting_comms: list[tuple[str, dict[str, Any]]],
 ) -> None:
-    monitor = Monitor(NvmlReader(FakeNvml([FakeGpu(used=GiB)]).module), interval=0.05)
+    fake = FakeNvml([FakeGpu(used=GiB)])
+    monitor = Monitor(NvmlReader(fake.module), interval=0.05)
     first, second = Gauge(monitor), Gauge(monitor)
     try:
         _wait_for(lambda: first.updates >= 2)
@@ -422,7 +423,10 @@ def test_closing_the_last_gauge_stops_the_polling_thread(
         polls = monitor.polls
         time.sleep(0.2)
         assert monitor.polls == polls
-        third = Gauge(monitor)
+        fake.gpus[0].used = 10 * GiB  # while nothing polls
+        third = Gauge(monitor)  # its first text was the reading from before the stop
+        row = next(r for key, r in third._rows.items() if key != "host")
+        assert row.text.value.replace("\xa0", " ").startswith("<span>10.0 GiB / 80.0 GiB")
         _wait_for(lambda: third.updates >= 1)
         third.close()
         assert not monitor.running
@@ -443,6 +447,20 @@ def test_rows_say_unknown_with_torch_reserved_never_zero() -> None:
     assert (row.percent, row.style) == (11, "success")
     host = host_row(snap, 500 * MiB)
     assert host.label == "host" and "RSS" in host.text
+
+
+def test_the_sparkline_is_two_minutes_whatever_the_interval() -> None:
+    """One point per poll: at --interval 5 the 60 points were five minutes."""
+    from qwen3_jupyter.gauge import SPARK_BUCKET_SECONDS, SPARK_POINTS, _Series
+
+    series = _Series()
+    start = 1_000_000.0
+    for poll in range(60):  # five minutes, a poll every 5 s: 80 % for 3, then 10 % for 2
+        series.add(start + 5 * poll, 0.8 if poll < 36 else 0.1)
+    assert len(series.values) == SPARK_POINTS
+    assert SPARK_POINTS * SPARK_BUCKET_SECONDS == 120
+    older = list(series.values).count(0.8)  # 36 of 60 points were older than two minutes
+    assert older <= 5 / SPARK_BUCKET_SECONDS, "at most the reading held until the next poll"
 
 
 def test_formatting_and_sparkline() -> None:

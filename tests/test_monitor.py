@@ -204,16 +204,74 @@ def test_error_mid_run_is_shown_and_the_thread_survives(monitor: Monitor, fake: 
     assert monitor.running
 
 
-def test_a_failing_subscriber_does_not_stop_the_others(monitor: Monitor) -> None:
+def test_a_failing_subscriber_does_not_stop_the_others_and_is_logged_once(
+    monitor: Monitor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each poll logged the failing update's whole traceback, into the cell that was running
+    (a server's NaN KV-cache figure did so every half second)."""
     seen: list[int] = []
 
     def broken(_: Snapshot) -> None:
         raise RuntimeError("boom")
 
-    monitor.subscribe(broken)
-    monitor.subscribe(lambda s: seen.append(s.seq))
-    _wait(lambda: len(seen) >= 3)
+    with caplog.at_level(logging.INFO, logger="qwen3_jupyter"):
+        monitor.subscribe(broken)
+        monitor.subscribe(lambda s: seen.append(s.seq))
+        _wait(lambda: len(seen) >= 3)
     assert monitor.running
+    said = [r.getMessage() for r in caplog.records if "gauge update failed" in r.getMessage()]
+    assert said == ["qwen3_jupyter: gauge update failed: RuntimeError: boom"]
+
+
+class _ReadThenPause(NvmlReader):
+    """NVML answers, then the rest of the poll (host, children, torch) waits for `go`."""
+
+    def __init__(self, module: object) -> None:
+        super().__init__(module)  # type: ignore[arg-type]
+        self.go, self.paused = threading.Event(), threading.Event()
+        self.go.set()
+
+    def read(self):  # type: ignore[no-untyped-def]
+        reading = super().read()
+        if not self.go.is_set():
+            self.paused.set()
+            self.go.wait(5)
+        return reading
+
+
+def test_a_cleanup_during_a_poll_resets_the_peak_all_the_same() -> None:
+    """A poll that read NVML before a cleanup and folded its reading in after the cleanup
+    reset the peaks made the pre-cleanup figure the "peak since the last cleanup"."""
+    fake = FakeNvml([FakeGpu(used=70 * GiB, processes=[FakeProcess(SELF, 70 * GiB)])])
+    reader = _ReadThenPause(fake.module)
+    m = Monitor(reader, interval=0.05)
+    m.start()
+    try:
+        _wait(lambda: m.latest() is not None)
+        reader.go.clear()
+        assert reader.paused.wait(5), "a poll read NVML at 70 GiB"
+        fake.gpus[0].used = fake.gpus[0].processes[0].used = 2 * GiB
+        m.note_cleanup(2 * GiB)
+        reader.go.set()
+        seq = m.latest().seq  # type: ignore[union-attr]
+        _wait(lambda: m.latest().seq > seq + 2)  # type: ignore[union-attr]
+        assert m.latest().gpus[0].peak_used == 2 * GiB  # type: ignore[union-attr]
+    finally:
+        m.stop()
+
+
+def test_a_monitor_started_again_does_not_join_its_old_readings(fake: FakeNvml) -> None:
+    m = Monitor(NvmlReader(fake.module), interval=0.05)
+    m.start()
+    _wait(lambda: len(m.history()) >= 3)
+    m.stop()
+    old = {s.seq for s in m.history()}
+    m.start()
+    try:
+        _wait(lambda: m.latest() is not None and m.latest().seq not in old)  # type: ignore[union-attr]
+        assert not old & {s.seq for s in m.history()}
+    finally:
+        m.stop()
 
 
 def test_without_nvml_says_why_once_and_keeps_host_figures() -> None:

@@ -399,6 +399,13 @@ def test_prometheus_metrics_of_vllm_and_sglang() -> None:
         'sglang:num_running_reqs{model_name="m",priority="2",tp_rank="0"} 3.0\n'
     )
     assert parse_metrics(by_priority, "u").running == 7, "the total once, not again by priority"
+    unknown = parse_metrics(  # NaN before any data (rounding it froze the gauge)
+        "# TYPE vllm:kv_cache_usage_perc gauge\nvllm:kv_cache_usage_perc NaN\n"
+        "# TYPE vllm:num_requests_running gauge\nvllm:num_requests_running 2.0\n",
+        "u",
+    )
+    assert (unknown.kv_cache_usage, unknown.running) == (None, 2)
+    assert unknown.describe().startswith("vLLM · 2 running")
     other = parse_metrics("# TYPE http_requests_total counter\nhttp_requests_total 3\n", "u")
     assert other.server is None and other.error == "no KV-cache or request metrics at /metrics"
     with pytest.raises(ValueError):

@@ -8,6 +8,7 @@ a short timeout (never on the kernel's main thread), and at most every few secon
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import urllib.error
@@ -69,7 +70,9 @@ def parse_metrics(text: str, url: str) -> ServerLoad:
     samples: dict[str, list[tuple[dict[str, str], float]]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            samples.setdefault(sample.name, []).append((dict(sample.labels), float(sample.value)))
+            value = float(sample.value)
+            if math.isfinite(value):  # a NaN gauge (no data yet) is unknown: it froze the gauge
+                samples.setdefault(sample.name, []).append((dict(sample.labels), value))
     kv = _first(samples, KV_CACHE_USAGE)
     running = _first(samples, RUNNING)
     waiting = _first(samples, WAITING)
