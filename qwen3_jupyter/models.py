@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import os
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,6 +180,10 @@ class ModelHolder:
         """How many loads succeeded: a caller tells from it whether its call loaded."""
         self.use = ModelUse()
         """Who uses the model now, and the stop asked of them (see model_use)."""
+        self.before_release: list[Callable[[LoadedModel], None]] = []
+        """Called with the model about to be released: what holds it beyond `LoadedModel`
+        (the fast path's compiled steps close over the module) lets go first, or a switch
+        kept the old weights alive while the new ones loaded."""
 
     @property
     def loaded(self) -> LoadedModel | None:
@@ -227,6 +232,9 @@ class ModelHolder:
             return True
 
     def _release(self) -> None:
+        if self._loaded is not None:
+            for hook in list(self.before_release):
+                hook(self._loaded)
         loaded, self._loaded = self._loaded, None
         device = loaded.device if loaded is not None else None
         if loaded is not None:

@@ -236,6 +236,13 @@ class Session:
             self.engines[key] = engine
         return engine.with_model(model)
 
+    def model_released(self, loaded: LoadedModel) -> None:
+        """The kernel's model is about to go (a switch, an unload): the fast engine built on it
+        closes first (its compiled steps hold the module itself)."""
+        fast = self.engines.get("fast")
+        if getattr(fast, "loaded", None) is loaded:
+            self.close_engine("fast")
+
     def close_engine(self, key: str) -> bool:
         """Close one kept engine (its memory or connections go back); False if there was none.
         An engine that cannot close now (ModelBusy: another thread decodes on it) stays kept."""
@@ -332,3 +339,4 @@ FIRST_CALL_IMPORTS = ("torch", "transformers", QWEN3_MODEL_CODE)
 """What a kernel's first call imports before anything else (whole: see `choice`)."""
 
 SESSION = Session()
+HOLDER.before_release.append(SESSION.model_released)

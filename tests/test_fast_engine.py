@@ -661,6 +661,42 @@ def test_a_warmup_builds_the_shape_a_default_batch_call_uses(fk: Kernel) -> None
     assert fk.value("SESSION.engines['fast'].compiles == compiled")
 
 
+def test_a_model_switch_lets_go_of_the_old_weights_before_the_new_ones_load(
+    fresh_kernel: Kernel,
+) -> None:
+    """The fast path's steps close over the model: a switch after a fast call kept the old
+    weights alive while the new ones loaded (twice the memory: on a GPU, out of memory). And
+    an `inference()` block whose model was switched away says so in one line."""
+    k = fresh_kernel
+    ok(k, "%load_ext qwen3_jupyter\nimport os\nos.environ['QWEN3_JUPYTER_COMPILE'] = '0'")
+    ok(k, "%qwen3 --model tiny --fast --greedy --max-new-tokens 2 hi")
+    ok(
+        k,
+        "import gc, weakref, qwen3_jupyter\nfrom qwen3_jupyter import models\n"
+        "from qwen3_jupyter.session import SESSION\n"
+        "old, alive, load = weakref.ref(SESSION.loaded.model), [], models._load\n"
+        "def watched(*args, **kwargs):\n"
+        "    gc.collect()\n"
+        "    alive.append(old() is not None)\n"
+        "    return load(*args, **kwargs)\n"
+        "models._load = watched",
+    )
+    ok(k, "%qwen3 --model tiny --dtype bfloat16 --fast --greedy --max-new-tokens 2 hi")
+    assert k.value("alive") == [False], "the old weights were gone before the new load"
+    assert k.value("_qwen3.engine") == "fast"
+    ex = k.run(
+        "with qwen3_jupyter.inference(model='tiny', greedy=True, max_new_tokens=2) as chat:\n"
+        "    chat('hi')\n"
+        "    qwen3_jupyter.generate_batch(['x'], model='tiny', dtype='float32', progress=False)\n"
+        "    chat('again')"
+    )
+    assert ex.status == "error" and ex.reply["ename"] == "EngineError", ex.reply
+    assert ex.reply["evalue"] == (  # was AttributeError: 'NoneType' … 'apply_chat_template'
+        "tiny was unloaded or replaced since this was started: ask again (a `with "
+        "inference()` block: open a new one)"
+    )
+
+
 def test_a_wider_top_k_names_its_own_sampler(fk: Kernel) -> None:
     """A top-k past the default width builds a sampler of its own; its notice says which, so
     the shape does not seem to be built twice."""

@@ -207,7 +207,7 @@ class FastEngine(LocalEngine):
         thread's batch adds or drops one)."""
         return tuple(state.buffers for state in list(self.states.values()))
 
-    @holds_model("closing the fast decode path")
+    @holds_model("closing the fast decode path", needs_model=False)
     def close(self) -> None:
         """Drop every cache and graph and return their memory to the driver — and the cuBLAS
         workspaces, which capturing on a side stream adds (they come back lazily)."""

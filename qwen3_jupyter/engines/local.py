@@ -26,13 +26,15 @@ EngineSelf = TypeVar("EngineSelf")
 
 
 def holds_model(
-    activity: str,
+    activity: str, needs_model: bool = True
 ) -> Callable[
     [Callable[Concatenate[EngineSelf, Params], Returned]],
     Callable[Concatenate[EngineSelf, Params], Returned],
 ]:
     """Run the method holding the kernel's model (`ModelHolder.in_use`): a call from another
-    thread meanwhile gets a one-line ModelBusy instead of sharing the decode buffers."""
+    thread meanwhile gets a one-line ModelBusy instead of sharing the decode buffers. With
+    `needs_model`, an engine whose model was unloaded or replaced since it was made (an
+    `inference()` block's, across a switch) says so in one line, not a NoneType traceback."""
 
     def wrap(
         method: Callable[Concatenate[EngineSelf, Params], Returned],
@@ -42,6 +44,12 @@ def holds_model(
             from ..models import HOLDER
 
             with HOLDER.in_use(activity):
+                loaded = getattr(self, "loaded", None)
+                if needs_model and loaded is not None and loaded.model is None:
+                    raise EngineError(
+                        f"{loaded.name} was unloaded or replaced since this was started: ask "
+                        "again (a `with inference()` block: open a new one)"
+                    )
                 return method(self, *args, **kwargs)
 
         return run
