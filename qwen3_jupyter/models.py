@@ -84,11 +84,23 @@ def pick_device(override: str | None = None) -> str:
     if wanted.startswith("cuda") and not torch.cuda.is_available():
         raise ModelError(f"--device {wanted}: no CUDA GPU is visible here; use --device cpu")
     try:
-        torch.device(wanted)
+        device = torch.device(wanted)
     except RuntimeError as exc:
         raise ModelError(
             f"--device {wanted!r} is not a device torch knows (try cpu, cuda)"
         ) from exc
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ModelError(
+            f"--device {wanted}: this kernel sees {count} CUDA GPU{'s' if count != 1 else ''} "
+            f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}; CUDA_VISIBLE_DEVICES "
+            "renumbers them from 0)"
+        )
+    if device.type not in ("cpu", "cuda"):  # mps, xpu…: the load failed with a traceback
+        backend = getattr(torch, device.type, None)
+        available = getattr(backend, "is_available", None)
+        if available is None or not available():
+            raise ModelError(f"--device {wanted}: no {device.type} device here; use --device cpu")
     return wanted
 
 
@@ -125,6 +137,10 @@ def _bfloat16_in_hardware(device: str) -> bool:
     return major >= 8
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+"""A checkpoint folder holds at least one: `save_pretrained` of the model alone writes none."""
+
+
 def resolve_path(name: str, progress: Progress | None = None) -> tuple[str, bool]:
     """A local directory holding the checkpoint for `name`, and whether it is embedded.
 
@@ -138,7 +154,15 @@ def resolve_path(name: str, progress: Progress | None = None) -> tuple[str, bool
     if local.is_dir():
         if not (local / "config.json").exists():
             raise ModelError(f"{local} is a folder but holds no config.json: point at a checkpoint")
+        if not any((local / file).exists() for file in TOKENIZER_FILES):
+            # transformers then makes an empty tokenizer, and the first call failed deep inside
+            raise ModelError(
+                f"{local} holds no tokenizer ({', '.join(TOKENIZER_FILES[:2])}): save it there "
+                "too (tokenizer.save_pretrained), or copy its files from the original checkpoint"
+            )
         return str(local), False
+    if local.is_file():
+        raise ModelError(f"--model {name}: a file; point at the folder that holds it")
     if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
         raise ModelError(f"model path {name!r} does not exist")
     return _from_hf_cache(name), False
@@ -250,8 +274,25 @@ class ModelHolder:
 
 
 def is_loaded_as(loaded: LoadedModel, choice: ModelChoice) -> bool:
-    """Whether `loaded` is what `choice` asks for (same name, device and dtype)."""
-    return (loaded.name, loaded.device, loaded.dtype) == (choice.name, choice.device, choice.dtype)
+    """Whether `loaded` is what `choice` asks for (the same model, device and dtype)."""
+    return same_model(loaded.name, choice.name) and (loaded.device, loaded.dtype) == (
+        choice.device,
+        choice.dtype,
+    )
+
+
+def same_model(first: str, second: str) -> bool:
+    """Whether two names name one model: `tiny` and `random:tiny`, a folder and the same
+    folder with a trailing slash or through `~` (each was reloaded, its fast path rebuilt)."""
+    return first == second or _model_key(first) == _model_key(second)
+
+
+def _model_key(name: str) -> str:
+    embedded_name = embedded.canonical_name(name)
+    if embedded_name is not None:
+        return f"embedded:{embedded_name}"
+    local = Path(name).expanduser()
+    return f"folder:{local.resolve()}" if local.is_dir() else name
 
 
 def release_allocator_cache(device: str | None = None) -> None:
@@ -268,6 +309,11 @@ def release_allocator_cache(device: str | None = None) -> None:
         elif device.startswith("cuda"):
             torch.cuda.synchronize(torch.device(device))
         torch.cuda.empty_cache()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _load(
@@ -287,12 +333,17 @@ def _load(
             )
         model.to(torch.device(choice.device))
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"could not load {choice.name} from {path}: {first}") from exc
+        raise ModelError(f"could not load {choice.name} from {path}: {_first_line(exc)}") from exc
     except RuntimeError as exc:  # torch.OutOfMemoryError, or the CPU allocator's RuntimeError
         short_of = out_of_memory_reason(exc)
         if short_of is None:
-            raise
+            raise ModelError(
+                f"could not load {choice.name} from {path}: {_first_line(exc)}"
+            ) from exc
+    except Exception as exc:  # a truncated safetensors file (SafetensorError), a loader's bug
+        raise ModelError(
+            f"could not load {choice.name} from {path}: {type(exc).__name__}: {_first_line(exc)}"
+        ) from exc
     if short_of is not None:
         # Out of the except block, the failed load's frames are gone: drop the weights that
         # reached the device before it ran out, so the failure holds nothing.

@@ -26,6 +26,7 @@ from .models import (
     choose_model,
     pick_device,
     pick_dtype,
+    same_model,
 )
 
 
@@ -140,7 +141,7 @@ class Session:
         if model is not None and not model.strip():
             raise ModelError("--model needs a name (e.g. Qwen/Qwen3-1.7B, or tiny)")
         loaded = HOLDER.loaded
-        if loaded is not None and model in (None, loaded.name):
+        if loaded is not None and (model is None or same_model(model, loaded.name)):
             name = loaded.name
             chosen_device = pick_device(device) if device else loaded.device
             if dtype is None and chosen_device == loaded.device:

@@ -502,6 +502,7 @@ def test_help_is_complete(kernel: Kernel) -> None:
             "looked for a local folder and in the Hugging Face cache",
         ),
         ("%qwen3 --device cuda hi", "no CUDA GPU is visible here"),
+        ("%qwen3 --device mps hi", "--device mps: no mps device here; use --device cpu"),
         ("%qwen3 --warmup --eager", "--warmup builds the fast path, which --eager gives back"),
         (
             "%qwen3 --vars about {no_such_name}",

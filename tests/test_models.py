@@ -101,6 +101,60 @@ def test_the_load_that_builds_an_embedded_model_says_how_long_the_build_took(
     again.unload()
 
 
+def test_a_folder_that_is_not_a_whole_checkpoint_is_one_line(
+    model_cache: Path, tmp_path: Path
+) -> None:
+    """A folder of `model.save_pretrained` alone (no tokenizer) loaded, and the first call
+    failed in the chat template with ~40 frames; a truncated weights file (a copy cut short)
+    was a SafetensorError traceback; a file named instead of its folder "did not exist"."""
+    import shutil
+
+    from qwen3_jupyter import embedded
+
+    built = embedded.ensure_built("tiny")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(built / name, bare / name)
+    with pytest.raises(models.ModelError, match=r"bare holds no tokenizer \(tokenizer\.json"):
+        models.resolve_path(str(bare))
+    with pytest.raises(models.ModelError, match=r"config\.json: a file; point at the folder"):
+        models.resolve_path(str(bare / "config.json"))
+    cut = tmp_path / "cut"
+    shutil.copytree(built, cut)
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    holder = models.ModelHolder()
+    with pytest.raises(models.ModelError) as raised:
+        holder.get(models.ModelChoice(str(cut), "cpu", "float32"))
+    message = str(raised.value)
+    assert message.startswith(f"could not load {cut} from {cut}: ") and "\n" not in message
+    assert holder.loaded is None
+
+
+def test_one_model_named_two_ways_is_not_loaded_again(model_cache: Path, tmp_path: Path) -> None:
+    """`tiny` and `random:tiny`, a folder with and without its trailing slash: each reload
+    threw away the fast path's cache and compiled steps."""
+    from qwen3_jupyter import embedded
+
+    folder = embedded.ensure_built("tiny")
+    assert models.same_model("tiny", "random:tiny")
+    assert models.same_model(str(folder), f"{folder}/")
+    assert not models.same_model("tiny", str(folder)), "the embedded name is its own model"
+    holder = models.ModelHolder()
+    loaded = holder.get(models.ModelChoice(str(folder), "cpu", "float32"))
+    assert holder.get(models.ModelChoice(f"{folder}/", "cpu", "float32")) is loaded
+    assert holder.loads == 1
+    holder.unload()
+
+
+def test_a_device_this_machine_lacks_is_one_line() -> None:
+    """`--device mps` here loaded, then failed in torch with a traceback (after the previous
+    model was already released)."""
+    with pytest.raises(models.ModelError, match=r"^--device mps: no mps device here; use --"):
+        models.pick_device("mps")
+
+
 def test_failed_switch_keeps_the_loaded_model(model_cache: Path) -> None:
     holder = models.ModelHolder()
     loaded = holder.get(models.ModelChoice("tiny", "cpu", "float32"))
