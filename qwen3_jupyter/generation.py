@@ -283,6 +283,17 @@ def split_thinking(text: str, think: bool) -> tuple[str, str, bool]:
     return thinking.strip(), answer.strip(), True
 
 
+def split_completion(text: str, think: bool, stop_reason: str) -> tuple[str, str, bool]:
+    """`split_thinking` for a finished completion: text with no `<think>` tag that the model
+    ended itself (EOS) is its answer. A model that does not think (Qwen3-*-Instruct-2507, which
+    ignores `enable_thinking`) answered so, and its whole answer was filed as "thinking not
+    finished"; text the budget cut off stays unfinished thinking."""
+    untagged = THINK_START not in text and THINK_END not in text
+    if think and stop_reason == "eos" and untagged:
+        return "", text.strip(), True
+    return split_thinking(text, think)
+
+
 def prompt_text(
     tokenizer: Any,
     prompt: str,
@@ -387,7 +398,9 @@ def completed_result(
     """
     import torch
 
-    thinking, answer, finished = split_thinking(completion.text, options.think)
+    thinking, answer, finished = split_completion(
+        completion.text, options.think, completion.stop_reason
+    )
     on_cuda = loaded.device.startswith("cuda")
     if on_cuda:
         peak = int(torch.cuda.max_memory_allocated(torch.device(loaded.device)))

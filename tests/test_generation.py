@@ -212,6 +212,19 @@ def test_the_position_limit_follows_a_rope_scaling_the_user_configured() -> None
     assert position_limit(None) == 0, "unknown: no check"
 
 
+def test_untagged_text_the_model_ended_itself_is_its_answer() -> None:
+    """A model that does not think (Qwen3-4B-Instruct-2507) answers with thinking "on" and no
+    tags: its whole answer was filed as thinking not finished, and no answer shown."""
+    from qwen3_jupyter.generation import split_completion
+
+    assert split_completion("Blue.", True, "eos") == ("", "Blue.", True)
+    assert split_completion("Blue, because", True, "length") == ("Blue, because", "", False)
+    assert split_completion("<think>Hmm</think>Blue.", True, "eos") == ("Hmm", "Blue.", True)
+    assert split_completion("<think>Hmm, the sky", True, "eos") == ("Hmm, the sky", "", False)
+    assert split_completion("Hmm</think>Blue.", True, "eos") == ("Hmm", "Blue.", True)
+    assert split_completion("Blue.", False, "length") == ("", "Blue.", True)
+
+
 def _result(**changes: object) -> Result:
     base = Result(
         prompt="hi",
