@@ -542,7 +542,7 @@ def inline_gauge(compact: bool = True) -> Iterator[Gauge]:
     """
     from IPython.display import HTML, display
 
-    live = gauge(compact=compact)
+    live = Gauge(get_monitor(), compact=compact)  # not `gauge()`: the cell's own one stays
     handle = display(live, display_id=True)
     try:
         yield live
@@ -565,7 +565,41 @@ def gauge(interval: float | None = None, show_all: bool = False, compact: bool =
     monitor = get_monitor()
     if seconds is not None:
         monitor.interval = seconds
-    return Gauge(monitor, show_all=show_all, compact=compact)
+    shown = Gauge(monitor, show_all=show_all, compact=compact)
+    _replace_in_cell(shown)
+    return shown
+
+
+_BY_CELL: dict[str, weakref.ref[Gauge]] = {}
+"""The gauge each notebook cell showed last (by JupyterLab's cell id)."""
+
+
+def _replace_in_cell(shown: Gauge) -> None:
+    """Close the gauge this cell showed before: running the cell again replaces its output in
+    the browser, but the old widget stayed live (four runs: four gauges polled and sent
+    updates, 108 widget models). Closed after the new one subscribed, so the polling thread
+    and its history go on."""
+    cell = _cell_id()
+    if cell is None:
+        return
+    previous = _BY_CELL.pop(cell, None)
+    _BY_CELL[cell] = weakref.ref(shown)
+    before = previous() if previous is not None else None
+    if before is not None and before is not shown:
+        before.close()
+
+
+def _cell_id() -> str | None:
+    """The running cell's id, as JupyterLab and Notebook 7 send it; None elsewhere."""
+    try:
+        from IPython import get_ipython
+
+        kernel = getattr(get_ipython(), "kernel", None)
+        parent = kernel.get_parent("shell") if kernel is not None else None
+    except Exception:  # not in a kernel, or an ipykernel without get_parent
+        return None
+    cell = ((parent or {}).get("metadata") or {}).get("cellId")
+    return cell if isinstance(cell, str) and cell else None
 
 
 def open_gauges() -> list[Gauge]:

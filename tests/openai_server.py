@@ -497,8 +497,10 @@ class LoggedKernel(Kernel):
         self.kc.start_channels()
         self.kc.wait_for_ready(timeout=60)
 
-    def run(self, code: str, timeout: float = 120, on_message: Any = None) -> Any:
-        execution = super().run(code, timeout=timeout, on_message=on_message)
+    def run(
+        self, code: str, timeout: float = 120, on_message: Any = None, cell_id: str | None = None
+    ) -> Any:
+        execution = super().run(code, timeout=timeout, on_message=on_message, cell_id=cell_id)
         self.executions.append(execution)
         return execution
 

@@ -170,6 +170,26 @@ def test_gauge_api_and_stop(kernel: Kernel) -> None:
     assert "--interval" in str(helped.reply) and "CUDA_VISIBLE_DEVICES" in str(helped.reply)
 
 
+def test_running_a_gauge_cell_again_closes_the_gauge_it_showed_before(kernel: Kernel) -> None:
+    """Running the cell again replaces its output in the browser, but the old gauge stayed
+    live: four runs, four gauges polling and sending updates (108 widget models)."""
+    ok(kernel, "from qwen3_jupyter.gauge import open_gauges\nimport ipywidgets, qwen3_jupyter")
+    count = "(len(open_gauges()), len(ipywidgets.Widget.widgets))"
+    _, before = kernel.value(count)
+    for _ in range(3):
+        ok_run = kernel.run("%qwen3_gauge", cell_id="cell-a")
+        assert ok_run.status == "ok", ok_run.error
+    gauges, widgets = kernel.value(count)
+    assert gauges == 1
+    other = kernel.run("%qwen3_gauge", cell_id="cell-b")  # another cell's gauge stays
+    assert other.status == "ok" and kernel.value(count)[0] == 2
+    again = kernel.run("g = qwen3_jupyter.gauge()\ng", cell_id="cell-b")  # the API too
+    assert again.status == "ok"
+    assert kernel.value(count) == (2, before + 2 * (widgets - before))
+    assert kernel.value("g in open_gauges()")
+    ok(kernel, "%qwen3_gauge --stop")
+
+
 def test_inline_gauge_leaves_a_static_copy_and_no_live_widget(kernel: Kernel) -> None:
     result = kernel.run(
         "import time\n"

@@ -155,10 +155,12 @@ class Kernel:
         code: str,
         timeout: float = 120,
         on_message: Callable[[dict[str, Any]], None] | None = None,
+        cell_id: str | None = None,
     ) -> Execution:
-        """Execute `code` and collect its iopub messages until the kernel is idle again."""
+        """Execute `code` and collect its iopub messages until the kernel is idle again.
+        `cell_id`: the notebook cell it runs as (JupyterLab sends it with each request)."""
         execution = Execution(code)
-        msg_id = self.kc.execute(code, allow_stdin=False)
+        msg_id = self._execute(code, cell_id)
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -179,6 +181,21 @@ class Kernel:
             execution.messages.append(msg)
         execution.reply = self._reply_to(msg_id, timeout)
         return execution
+
+    def _execute(self, code: str, cell_id: str | None) -> str:
+        if cell_id is None:
+            return str(self.kc.execute(code, allow_stdin=False))
+        content = {
+            "code": code,
+            "silent": False,
+            "store_history": True,
+            "user_expressions": {},
+            "allow_stdin": False,
+            "stop_on_error": True,
+        }
+        message = self.kc.session.msg("execute_request", content, metadata={"cellId": cell_id})
+        self.kc.shell_channel.send(message)
+        return str(message["header"]["msg_id"])
 
     def complete(self, code: str, timeout: float = 30) -> list[str]:
         """What the cell would read after each completion the kernel offers on Tab with the
