@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import ipywidgets as widgets
 
-from .memory import GiB, MiB
+from .memory import GiB, MiB, TorchDeviceMemory
 from .monitor import GpuSample, Monitor, Snapshot, checked_interval, get_monitor
 from .nvml import cuda_visible_entries
 
@@ -47,6 +47,8 @@ DANGER_FRACTION = 0.90
 HOST_KEY = "host"
 SERVER_KEY = "server:"
 UNREAD_KEY = "unread:"
+TORCH_KEY = "torch:"
+"""Rows without a total (no sparkline: a line at 0 would read as memory freed)."""
 
 if TYPE_CHECKING:
     from .engines.server_metrics import ServerLoad
@@ -197,6 +199,25 @@ def server_row(load: ServerLoad) -> RowView:
     )
 
 
+def torch_row(device: TorchDeviceMemory) -> RowView:
+    """A CUDA device torch uses where NVML is missing (a container given `compute` but not
+    `utility`): this kernel's figures from torch's allocator, the GPU's total unknown. The
+    footer promised "host and torch memory", and only host memory was shown."""
+    return RowView(
+        key=f"{TORCH_KEY}{device.index}",
+        label=f"cuda:{device.index}",
+        tooltip=f"{device.name}: torch's own figures (without NVML the GPU's total is unknown)",
+        percent=0,
+        style="success",
+        text=(
+            f"this kernel: torch {short_bytes(device.reserved)} reserved, "
+            f"{short_bytes(device.allocated)} allocated (peak "
+            f"{short_bytes(device.peak_reserved)}) · total unknown without NVML"
+        ),
+        fraction=0.0,
+    )
+
+
 def unread_row(index: int, reason: str | None) -> RowView:
     """A GPU NVML counted but could not read (lost, reset): kept on screen, saying so, rather
     than a row that silently disappears."""
@@ -236,8 +257,10 @@ def row_views(snapshot: Snapshot, show_all: bool, low_free: int) -> list[RowView
     """One row per GPU this kernel sees (every GPU with `show_all`), in torch's order, and one
     per GPU that could not be read; then host memory, then one per server this kernel asks."""
     gpus = snapshot.gpus if show_all else snapshot.visible_gpus
+    without_nvml = () if snapshot.nvml_available else snapshot.torch
     return [
         *(gpu_row(g, low_free) for g in gpus),
+        *(torch_row(device) for device in without_nvml),
         *(unread_row(i, snapshot.nvml_reason) for i in _unread_shown(snapshot, show_all)),
         host_row(snapshot, low_free),
         *(server_row(load) for load in snapshot.servers),
@@ -466,7 +489,7 @@ class Gauge(widgets.VBox):
 
     def _record(self, snapshot: Snapshot) -> None:
         for view in row_views(snapshot, True, self._monitor.low_free_bytes):
-            if view.key.startswith(UNREAD_KEY):
+            if view.key.startswith((UNREAD_KEY, TORCH_KEY)):
                 continue  # no reading: a sparkline at 0 would read as memory freed
             self._series.setdefault(view.key, _Series()).add(snapshot.timestamp, view.fraction)
 

@@ -38,7 +38,7 @@ from qwen3_jupyter.nvml import NvmlReader, existing_pids
 from qwen3_jupyter.server.kernels import attribute
 from qwen3_jupyter.server.sampler import WatchedKernel, process_trees
 from tests import background_check
-from tests.fake_nvml import SELF, FakeGpu, FakeNvml, FakeProcess, child_env
+from tests.fake_nvml import LIBRARY_NOT_FOUND, SELF, FakeGpu, FakeNvml, FakeProcess, child_env
 from tests.kernel import Execution, Kernel, ok
 from tests.kernel_pool import KernelPool
 
@@ -467,6 +467,23 @@ def test_rows_say_unknown_with_torch_reserved_never_zero() -> None:
     assert (row.percent, row.style) == (11, "success")
     host = host_row(snap, 500 * MiB)
     assert host.label == "host" and "RSS" in host.text
+
+
+def test_without_nvml_a_gpu_torch_uses_has_a_row_of_torchs_figures() -> None:
+    """A container without libnvidia-ml (CUDA given, NVML not): the footer said "showing host
+    and torch memory", and only host memory was shown."""
+    from dataclasses import replace
+
+    snap = Monitor(NvmlReader(FakeNvml(init_error=LIBRARY_NOT_FOUND).module)).sample()
+    assert not snap.nvml_available
+    device = TorchDeviceMemory(0, "NVIDIA H100", None, 30 * GiB, 40 * GiB, 41 * GiB, 50 * GiB)
+    views = row_views(replace(snap, torch=(device,)), False, 500 * MiB)
+    assert [v.label for v in views] == ["cuda:0", "host"]
+    assert views[0].text == (
+        "this kernel: torch 40.0 GiB reserved, 30.0 GiB allocated (peak 50.0 GiB) · total "
+        "unknown without NVML"
+    )
+    assert "showing host and torch memory only" in footer_text(snap)
 
 
 def test_the_sparkline_is_two_minutes_whatever_the_interval() -> None:
