@@ -575,6 +575,22 @@ def test_a_refused_process_list_is_unknown_and_a_readable_mig_slice_still_counts
     assert result.totals[pid] == 100 * MiB + 3 * GiB
 
 
+def test_a_remote_kernels_pid_is_never_taken_for_a_local_process() -> None:
+    """A remote provisioner keeps the remote host's PID: that number here is some other local
+    process, whose memory was shown as the notebook's."""
+    from types import SimpleNamespace
+
+    from jupyter_client.provisioning import LocalProvisioner
+
+    from qwen3_jupyter.server.kernels import kernel_pid
+
+    remote = SimpleNamespace(pid=os.getpid(), ip="10.0.0.7")  # a remote PID that exists here
+    assert kernel_pid(SimpleNamespace(provisioner=remote)) is None
+    local = LocalProvisioner.__new__(LocalProvisioner)
+    local.pid = os.getpid()
+    assert kernel_pid(SimpleNamespace(provisioner=local)) == os.getpid()
+
+
 def test_a_killed_kernel_whose_marker_stayed_has_no_extension_loaded(tmp_path: Path) -> None:
     """SIGKILL leaves the marker file; a dead process cannot answer "Free memory"."""
     import json

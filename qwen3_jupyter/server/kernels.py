@@ -39,8 +39,14 @@ def marker_path(connection_file: str | None) -> Path | None:
 
 
 def kernel_pid(kernel: Any) -> int | None:
-    """The local process of a kernel, from its provisioner; None for remote kernels."""
+    """The local process of a kernel, from its provisioner; None for remote kernels: a remote
+    provisioner's `pid` (gateway_provisioners keeps the remote host's) would name an unrelated
+    local process, and its memory would be shown as the notebook's."""
+    from jupyter_client.provisioning import LocalProvisioner
+
     provisioner = getattr(kernel, "provisioner", None)
+    if provisioner is not None and not isinstance(provisioner, LocalProvisioner):
+        return None
     pid = getattr(provisioner, "pid", None)
     if pid is None:
         process = getattr(provisioner, "process", None) or getattr(kernel, "kernel", None)
