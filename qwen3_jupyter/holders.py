@@ -21,7 +21,9 @@ from .tensor_scan import (
     traceback_locals,
 )
 
-_IPYTHON_NAMES = re.compile(r"_+|_\d+|_i+|_i\d+|_ih|_oh|_dh|In|Out|exit|quit|get_ipython")
+_IPYTHON_NAMES = re.compile(r"_\d+|_i\d+")
+"""Output and input history entries; any other name IPython set is in `user_ns_hidden` as it
+is (a `_` or `Out` the user assigned is theirs: a cycle bound to it, rebound, was missed)."""
 
 
 def find_holders(

@@ -59,7 +59,9 @@ def release_output_cache(shell: Any) -> tuple[str, ...]:
     hidden = getattr(shell, "user_ns_hidden", {})
     caches: list[dict[Any, Any]] = []
     history = getattr(shell, "history_manager", None)
-    for candidate in (getattr(history, "output_hist", None), ns.get("_oh"), ns.get("Out")):
+    # IPython's caches only: a dict of the user's own bound to `Out` is their variable.
+    own = [ns[name] for name in ("_oh", "Out") if name in ns and hidden.get(name) is ns[name]]
+    for candidate in (getattr(history, "output_hist", None), *own):
         if isinstance(candidate, dict) and all(candidate is not c for c in caches):
             caches.append(candidate)
     for cache in caches:
@@ -106,6 +108,24 @@ def release_output_cache(shell: Any) -> tuple[str, ...]:
     return tuple(released)
 
 
+def _release_debugger(debugger: Any) -> bool:
+    """Let go of the frames `%debug` inspected; whether it held any. `forget()` leaves
+    `curframe_locals` (the inspected frame's locals: its tensors stayed alive, reported as
+    released)."""
+    held = any(
+        getattr(debugger, name, None) for name in ("botframe", "curframe", "curframe_locals")
+    )
+    if not held:
+        return False
+    with contextlib.suppress(Exception):
+        debugger.forget()
+    debugger.reset()
+    for name, empty in (("curframe_locals", {}), ("curframe", None), ("stack", [])):
+        with contextlib.suppress(Exception):  # a property on newer Pythons: nothing to drop
+            setattr(debugger, name, empty)
+    return True
+
+
 def _execution_results(shell: Any) -> list[tuple[str, Any]]:
     """The last cell's ExecutionResult and the running cell's (they differ during a cell)."""
     found: list[tuple[str, Any]] = []
@@ -143,10 +163,7 @@ def release_last_exception(shell: Any | None) -> tuple[str, ...]:
             handler.tb = None
             released.append("InteractiveTB.tb")
         debugger = getattr(handler, "pdb", None)
-        if debugger is not None and getattr(debugger, "botframe", None) is not None:
-            with contextlib.suppress(Exception):
-                debugger.forget()
-            debugger.reset()
+        if debugger is not None and _release_debugger(debugger):
             released.append("debugger frames")
         for label, name, value in kept_exceptions(shell):
             exceptions.append(value)

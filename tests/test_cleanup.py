@@ -169,6 +169,59 @@ def test_last_exception_frames_are_released(k: Kernel) -> None:
     assert_survivors(k)
 
 
+def test_frames_a_debugger_inspected_are_released(k: Kernel) -> None:
+    """`%debug` leaves the inspected frame's locals in the debugger (`curframe_locals`, which
+    `forget()` keeps): the report said "debugger frames" were released, and they were not."""
+    ok(
+        k,
+        "def fail_here():\n"
+        "    big = torch.ones(4 * MiB)\n"
+        '    refs["debugged"] = weakref.ref(big)\n'
+        '    raise ValueError("boom")',
+    )
+    assert k.run("fail_here()").status == "error"
+    ok(  # what %debug sets up, without its prompt
+        k,
+        "from IPython.core.debugger import Pdb\n"
+        "debugger = Pdb()\n"
+        "debugger.setup(None, sys.last_traceback)\n"
+        "get_ipython().InteractiveTB.pdb = debugger\n"
+        "del debugger",
+    )
+    ok(k, "r = qwen3_jupyter.cleanup()")
+    assert not alive(k, "debugged")
+    assert k.value("'debugger frames' in r.released"), k.value("r.released")
+
+
+def test_a_dict_of_the_users_named_out_is_theirs(k: Kernel) -> None:
+    """Only IPython's output cache is released from: a user's own dict bound to `Out` lost
+    its tensor entries."""
+    ok(k, "mine = torch.ones(MiB)\nOut = {'a': mine, 'b': 1}")
+    try:
+        ok(k, "r = qwen3_jupyter.cleanup()")
+        assert k.value("sorted(Out)") == ["a", "b"]
+    finally:
+        ok(k, "del Out, mine")
+
+
+def test_a_cycle_bound_to_a_underscore_the_user_assigned_is_found_when_rebound(
+    k: Kernel,
+) -> None:
+    """`_` counted as IPython's own name, so the rule "a variable rebound while its old value
+    lives on: scan everything" never saw it, and the cycle stayed frozen."""
+    ok(
+        k,
+        "class Looped: pass\n"
+        "_ = Looped(); _.me = _; _.t = torch.ones(4 * MiB)\n"
+        'refs["underscore"] = weakref.ref(_.t)',
+    )
+    ok(k, "r = qwen3_jupyter.cleanup()")
+    ok(k, "_ = 0")
+    ok(k, "r = qwen3_jupyter.cleanup()")
+    assert not alive(k, "underscore")
+    assert "full gc (`_` was rebound" in k.value("r.gc_pass")
+
+
 def test_reference_cycle_is_collected(k: Kernel) -> None:
     ok(
         k,
