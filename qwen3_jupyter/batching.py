@@ -331,6 +331,7 @@ def run_batches(
     back_offs: list[BackOff] = []
     size, position, peak, interrupted = batch_size, 0, 0, False
     out_of_memory: str | None = None
+    write_failed: str | None = None
     started = time.perf_counter()
     writer = _JsonLines(Path(out)) if out is not None else None
     bar = BatchProgress(len(prompts), "qwen3 batch", progress)
@@ -355,12 +356,13 @@ def run_batches(
                 bar.note(f"batch size {size} after out of memory")
                 continue
             peak = max(peak, chunk_peak)
-            with interrupt_deferred():  # a finished batch is both kept and written, or neither
-                if writer is not None:
-                    writer.write(position, chunk_results, size)
+            with interrupt_deferred():  # a finished batch is kept and written, not interrupted
                 results.extend(chunk_results)
+                write_failed = _append(writer, position, chunk_results, size)
             position += len(chunk)
             bar.advance(len(chunk))
+            if write_failed is not None:  # the rest would be kept nowhere but in memory
+                break
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -381,11 +383,36 @@ def run_batches(
     )
     if out_of_memory is not None:
         raise GenerationOOM(out_of_memory, results=results)
+    if write_failed is not None:
+        raise ResultsFileError(
+            f"{write_failed}; the run stopped there: {len(results)} of {len(prompts)} prompts "
+            "finished, all kept in .results",
+            results,
+        )
     return results
 
 
+def _append(
+    writer: _JsonLines | None, first_index: int, results: list[Result], batch_size: int
+) -> str | None:
+    """Append to the results file, if any; why it failed, or None."""
+    if writer is None:
+        return None
+    try:
+        writer.write(first_index, results, batch_size)
+    except ResultsFileError as exc:
+        return str(exc)
+    return None
+
+
 class ResultsFileError(OSError):
-    """The results file (`out=`, `--out`) cannot be written; said before any prompt runs."""
+    """The results file (`out=`, `--out`) cannot be written: said before any prompt runs, or,
+    when it fails midway (a full disk, a lost mount), the run stops and `results` keeps what
+    finished (a traceback lost them all)."""
+
+    def __init__(self, message: str, results: BatchResults | None = None) -> None:
+        super().__init__(message)
+        self.results = results
 
 
 _RESULT_START = b'{"index"'
@@ -428,7 +455,12 @@ class _JsonLines:
             record = {"index": first_index + offset, "batch_size": batch_size}
             record.update(asdict(result))
             lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write("".join(lines))  # one write: a kill mid-batch cuts one line at most
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write("".join(lines))  # one write: a kill mid-batch cuts one line at most
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            raise ResultsFileError(
+                f"could not append results to {self.path}: {exc.strerror or exc}"
+            ) from None

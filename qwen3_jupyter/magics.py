@@ -466,12 +466,17 @@ class Qwen3Magics(Magics):
             self.shell.user_ns["_qwen3"] = exc.results  # what finished is not lost
             kept = str(exc).replace("kept in .results", "kept in _qwen3")
             raise GenerationOOM(kept, exc.hint) from None
+        except ResultsFileError as exc:  # the file failed midway: what finished is not lost
+            if exc.results is None or self.shell is None:
+                raise
+            self.shell.user_ns["_qwen3"] = exc.results
+            raise ResultsFileError(str(exc).replace("kept in .results", "kept in _qwen3")) from None
         finally:
             status.clear()
         CELL_INTERRUPTS.note(results.report.interrupted)
-        display.show_batch(results, results.report, status)
-        if self.shell is not None:
+        if self.shell is not None:  # first: an interrupt while the table shows keeps them
             self.shell.user_ns["_qwen3"] = results
+        display.show_batch(results, results.report, status)
 
 
 def _ignored_by(engine: Engine, args: Namespace) -> str | None:

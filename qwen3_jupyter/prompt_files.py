@@ -59,7 +59,9 @@ def read_prompts(path: str, field: str | None = None) -> list[str]:
     elif suffix in JSON:
         prompts = _from_records(path, _json_array(path, text), field, "item")
     else:
-        lines = (line.lstrip(_BOM).strip() for line in text.splitlines())
+        # "\n" only: splitlines() also split at a form feed or U+2028 (pasted from a PDF or a
+        # web page), one line becoming several prompts and every later result shifted.
+        lines = (line.lstrip(_BOM).strip() for line in text.split("\n"))
         prompts = [line for line in lines if line]
     if not prompts:
         what = "one per line" if suffix not in STRUCTURED else "no rows"

@@ -449,6 +449,35 @@ def test_an_out_path_that_cannot_be_written_fails_before_any_prompt_runs(
         generate_batch(["a"], model="tiny", out=tmp_path, progress=False, **GREEDY)
 
 
+def test_a_results_file_that_fails_midway_stops_the_run_and_keeps_what_finished(
+    fresh_kernel: Kernel, tmp_path: Path
+) -> None:
+    """A full disk or a lost mount midway: the OSError was a long traceback, and `_qwen3` was
+    never set, so every finished result not yet in the file was lost. Here the kernel may
+    write files of 1,200 bytes at most (the limit is the OS's, as a full disk's ENOSPC is)."""
+    k = fresh_kernel
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"prompt {n}\n" for n in range(8)))
+    out = tmp_path / "results.jsonl"
+    ok(k, "%load_ext qwen3_jupyter\n%config Qwen3Magics.model = 'tiny'")
+    ok(k, "%qwen3 --no-think --max-new-tokens 2 warm up")  # the model loads before the limit
+    ok(
+        k,
+        "import resource, signal\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of the signal\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1200, resource.RLIM_INFINITY))",
+    )
+    ex = k.run(f"%qwen3 --file {prompts} --batch-size 2 --no-think --max-new-tokens 4 --out {out}")
+    assert ex.status == "error"
+    said = ex.stderr.strip()
+    assert said.startswith(f"UsageError: could not append results to {out}: File too large; ")
+    assert said.endswith("prompts finished, all kept in _qwen3") and "\n" not in said, said
+    kept = k.value("[r.prompt for r in _qwen3]")
+    assert 0 < len(kept) < 8 and kept == [f"prompt {n}" for n in range(len(kept))]
+    whole = [line for line in out.read_text().split("\n") if line.endswith("}")]
+    assert len(whole) < len(kept), "the file lacks the batch it could not take"
+
+
 def test_out_never_appends_to_a_file_that_is_not_results(kernel: Kernel, tmp_path: Path) -> None:
     """`--out` appends, so a rerun keeps earlier results; it appended JSON to the prompts CSV
     it read (whose next read asked the JSON as prompts) and to any text file."""

@@ -47,6 +47,8 @@ def test_json_lines_give_strings_or_a_field_and_a_results_file_can_be_asked_agai
     lines = [{"index": i, "prompt": p} for i, p in enumerate(["first\u2028second", "b\x85c"])]
     pasted.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines))
     assert read_prompts(str(pasted)) == ["first\u2028second", "b\x85c"]
+    pasted_text = write(tmp_path / "pasted.txt", "first\nform\x0cfeed\nline\u2028sep\n")
+    assert read_prompts(pasted_text) == ["first", "form\x0cfeed", "line\u2028sep"]
     array = write(tmp_path / "c.json", '[{"prompt": "one"}, {"prompt": "two\\nlines"}]')
     assert read_prompts(array) == ["one", "two\nlines"]
 

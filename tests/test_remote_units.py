@@ -866,6 +866,37 @@ def test_a_query_in_the_url_is_sent_with_every_request(scripted: ScriptedServer)
     assert "abcd-1234" in keyed.secrets() and "2024-10-21" not in keyed.secrets()
 
 
+def test_a_results_file_that_fails_midway_stops_the_server_batch_and_keeps_what_finished(
+    scripted: ScriptedServer, tmp_path: Path
+) -> None:
+    """As in a kernel's batches: a full disk midway was an OSError out of the batch, every
+    finished answer lost. Files may grow to 1,500 bytes here, as the OS limits them (the
+    limit is this process's, put back at once)."""
+    import resource
+    import signal
+
+    from qwen3_jupyter.batching import ResultsFileError
+
+    out = tmp_path / "results.jsonl"
+    engine = _engine(scripted.url("ok"), "m1")
+    prompts = [f"prompt {n}" for n in range(12)]
+    ignored = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1500, limits[1]))
+    try:
+        with pytest.raises(ResultsFileError) as raised:
+            engine.generate_batch(prompts, SHORT, progress=False, concurrency=1, out=out)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, ignored)
+        engine.close()
+    said = str(raised.value)
+    assert said.startswith(f"could not append results to {out}: File too large; the run ")
+    kept = raised.value.results
+    assert kept is not None and 0 < len(kept) < len(prompts)
+    assert [r.prompt for r in kept] == prompts[: len(kept)]
+
+
 def test_metrics_are_asked_with_the_key_of_the_moment(
     scripted: ScriptedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

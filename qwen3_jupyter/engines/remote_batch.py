@@ -18,7 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from ..batch_progress import BatchProgress
-from ..batching import BatchReport, BatchResults, _JsonLines
+from ..batching import BatchReport, BatchResults, ResultsFileError, _JsonLines
 from ..generation import Result
 from ..interrupts import interrupt_deferred, interrupts_ignored
 from ..server_calls import SERVER_CALLS
@@ -60,6 +60,7 @@ def run_concurrently(
     """
     writer = _JsonLines(Path(out)) if out is not None else None
     finished: dict[int, Result] = {}
+    write_failed: list[str] = []  # why the results file stopped taking lines (then: stop)
     interrupted = False
     started = time.perf_counter()
     bar = BatchProgress(len(prompts), "qwen3 server batch", progress)
@@ -72,10 +73,13 @@ def run_concurrently(
             if index in finished or future.cancelled() or future.exception() is not None:
                 continue
             result = future.result()
-            with interrupt_deferred():  # a finished item is both kept and written, or neither
-                if writer is not None:
-                    writer.write(index, [result], 1)
+            with interrupt_deferred():  # a finished item is kept and written, not interrupted
                 finished[index] = result
+                if writer is not None and not write_failed:
+                    try:
+                        writer.write(index, [result], 1)
+                    except ResultsFileError as exc:
+                        write_failed.append(str(exc))
             bar.advance()
             failed = sum(r.failed for r in finished.values())
             if failed:
@@ -84,11 +88,13 @@ def run_concurrently(
     try:
         futures = {pool.submit(answer, i, prompt): i for i, prompt in enumerate(prompts)}
         pending: set[Future[Result]] = set(futures)
-        while pending:
+        while pending and not write_failed:
             done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
             collect(done)
             bar.tick()
             SERVER_CALLS.check_stop()  # `%qwen3 --stop` ends a batch run in a thread here
+        if write_failed:  # the rest would be kept nowhere but in memory: the streams end now
+            cancel()
     except KeyboardInterrupt:
         interrupted = True
         with interrupts_ignored():  # a second press here would lose every result kept
@@ -102,7 +108,7 @@ def run_concurrently(
         pool.shutdown(wait=False, cancel_futures=True)
         bar.close()
     errors = [f.exception() for f in futures if f.done() and not f.cancelled()]
-    unexpected = [e for e in errors if e is not None and not interrupted]
+    unexpected = [e for e in errors if e is not None and not (interrupted or write_failed)]
     if unexpected:
         raise unexpected[0]
     results = BatchResults(finished[i] for i in sorted(finished))
@@ -110,6 +116,12 @@ def run_concurrently(
     results.report = _report(
         results, len(prompts), concurrency, retries.count, interrupted, started, written
     )
+    if write_failed:
+        raise ResultsFileError(
+            f"{write_failed[0]}; the run stopped there: {len(results)} of {len(prompts)} prompts "
+            "finished, all kept in .results",
+            results,
+        )
     return results
 
 
