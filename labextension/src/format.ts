@@ -439,14 +439,9 @@ export function panelNotes(metrics: IMetrics): IPanelNote[] {
       notes.push({ text, tone });
     }
   };
-  if (metrics.stale) {
-    const age = metrics.sample_age_s;
-    add(
-      typeof age === 'number' && Number.isFinite(age)
-        ? `Reading is ${Math.round(age)} s old: the GPU driver is not answering.`
-        : 'Reading is out of date: the GPU driver is not answering.',
-      'warning'
-    );
+  const stale = staleNote(metrics);
+  if (stale) {
+    add(stale, 'warning');
   }
   if (noGpuState(metrics) === null) {
     // A reason about the unread GPUs only is what their rows say already.
@@ -487,6 +482,17 @@ const WORSE: UsageLevel[] = ['unknown', 'ok', 'warning', 'critical'];
  * coloured by the worst level, "GPU 0 lost" in red when a GPU could not be read, host RAM when
  * there is no GPU. The tooltip lists every GPU.
  */
+/** Why a reading is old (the server serves its last sample while NVML hangs), or null. */
+function staleNote(metrics: IMetrics): string | null {
+  if (!metrics.stale) {
+    return null;
+  }
+  const age = metrics.sample_age_s;
+  return typeof age === 'number' && Number.isFinite(age)
+    ? `Reading is ${Math.round(age)} s old: the GPU driver is not answering.`
+    : 'Reading is out of date: the GPU driver is not answering.';
+}
+
 export function statusBarState(
   metrics: IMetrics | null,
   error: IMetricsError | null,
@@ -541,6 +547,15 @@ export function statusBarState(
   }, null);
   if (top) {
     lines.push(`Largest notebook: ${top.label} (${formatBytes(top.bytes)})`);
+  }
+  const stale = staleNote(metrics);
+  if (stale) {
+    // The sidebar said so; the status bar showed the old figure as current, in its old colour.
+    const age = metrics.sample_age_s;
+    text +=
+      typeof age === 'number' && Number.isFinite(age) ? ` (${Math.round(age)} s old)` : ' (old)';
+    level = WORSE.indexOf('warning') > WORSE.indexOf(level) ? 'warning' : level;
+    lines.splice(1, 0, stale);
   }
   return { text, level, title: lines.join('\n') };
 }

@@ -396,6 +396,20 @@ describe('a GPU that could not be read', () => {
   });
 });
 
+describe('status bar on a stale reading', () => {
+  it('says how old the figure is, in the warning colour at least', () => {
+    const old = metrics({ gpus: [gpu(0, 10 * GiB, 80 * GiB)], stale: true, sample_age_s: 95.4 });
+    const state = statusBarState(old, null, DEFAULT_THRESHOLDS);
+    expect(state.text).toBe('GPU 10.0 / 80.0 GiB (95 s old)');
+    expect(state.level).toBe('warning');
+    expect(state.title.split('\n')[1]).toBe(
+      'Reading is 95 s old: the GPU driver is not answering.'
+    );
+    const fresh = metrics({ gpus: [gpu(0, 10 * GiB, 80 * GiB)] });
+    expect(statusBarState(fresh, null, DEFAULT_THRESHOLDS).text).toBe('GPU 10.0 / 80.0 GiB');
+  });
+});
+
 describe('status bar on several GPUs', () => {
   const four = metrics({
     gpus: [
