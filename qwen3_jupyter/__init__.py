@@ -64,8 +64,12 @@ def load_ipython_extension(ip: Any) -> None:
 
     if getattr(ip, "_qwen3_jupyter_loaded", False):
         return
-    for name in _COMPONENTS:
-        importlib.import_module(f"{__name__}.{name}").load(ip)
+    try:
+        for name in _COMPONENTS:
+            importlib.import_module(f"{__name__}.{name}").load(ip)
+    except BaseException:  # Ctrl-C or a failure midway: IPython does not count it loaded, so
+        lifecycle.run_unload()  # `%unload_ext` could not undo the half, and a reload doubled it
+        raise
     ip._qwen3_jupyter_loaded = True
     lifecycle.on_unload("loaded-flag", lambda: setattr(ip, "_qwen3_jupyter_loaded", False))
 

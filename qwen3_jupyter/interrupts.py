@@ -206,9 +206,18 @@ class CellInterrupts:
         if shell is None:
             return
         if self._watched is not shell:
+            from . import lifecycle
+
             shell.events.register("pre_run_cell", self._clear)
             self._watched = shell
+            lifecycle.on_unload("cell-interrupts", self.forget)  # the hook went with the rest
         self._interrupted = True
+
+    def forget(self) -> None:
+        """Unregister the pre_run_cell hook (`%unload_ext`: it outlived the extension)."""
+        shell, self._watched, self._interrupted = self._watched, None, False
+        if shell is not None and self._clear in shell.events.callbacks["pre_run_cell"]:
+            shell.events.unregister("pre_run_cell", self._clear)
 
     def check(self) -> None:
         """Raise KeyboardInterrupt if a call earlier in this cell was interrupted."""

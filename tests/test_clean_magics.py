@@ -236,6 +236,37 @@ def test_unloading_the_extension_removes_magics_and_hook(fresh_kernel: Kernel) -
     assert "autoclean off" in ok(fresh_kernel, "%qwen3_autoclean").stdout
 
 
+def test_a_load_that_fails_midway_leaves_nothing_and_an_interrupted_call_no_hook(
+    fresh_kernel: Kernel,
+) -> None:
+    """A Ctrl-C (here: a component's failure) midway through `%load_ext` left the components
+    already loaded, which `%unload_ext` could not reach (IPython did not count it loaded) and
+    the next load doubled. And the hook an interrupted call registers (its cell's later calls
+    do not start) outlived `%unload_ext`."""
+    k = fresh_kernel
+    state = (
+        "(len(get_ipython().events.callbacks['pre_run_cell']), "
+        "len(get_ipython().events.callbacks['post_run_cell']), "
+        "len(get_ipython().input_transformers_cleanup), "
+        "sorted(n for n in get_ipython().magics_manager.magics['line'] if 'qwen3' in n))"
+    )
+    before = k.value(state)
+    ok(
+        k,
+        "import qwen3_jupyter.gauge_magics as gauge_magics\n"
+        "load = gauge_magics.load\n"
+        "def failing(ip):\n"
+        "    raise KeyboardInterrupt\n"
+        "gauge_magics.load = failing",
+    )
+    assert k.run("%load_ext qwen3_jupyter").status == "error"
+    assert k.value(state) == before, "what loaded before the failure was taken back"
+    ok(k, "gauge_magics.load = load\n%load_ext qwen3_jupyter")
+    ok(k, "from qwen3_jupyter.interrupts import CELL_INTERRUPTS\nCELL_INTERRUPTS.note(True)")
+    ok(k, "%unload_ext qwen3_jupyter")
+    assert k.value(state) == before
+
+
 def test_drop_names_the_definitions_it_keeps_that_hold_tensors(k: Kernel) -> None:
     """--drop keeps the functions and classes a cell defines; one holding a tensor (closure,
     class attribute) was kept silently and the README said definitions hold no data."""
