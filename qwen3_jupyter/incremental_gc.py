@@ -84,6 +84,9 @@ def enabled() -> bool:
     return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+FROZEN_ELSEWHERE = "objects were frozen outside this extension (gc.freeze): they stay frozen"
+"""Why every pass is full while someone else's frozen objects are in the permanent generation."""
+
 RESEND_AFTER_S = 0.02
 """How long after an interrupt that landed in the gc callback it is sent again."""
 
@@ -115,7 +118,13 @@ class IncrementalCollector:
         deleted or rebound ones."""
         started = time.perf_counter()
         incremental = enabled()
-        why = self.full_reason(variables, force) if incremental else f"{ENV_SWITCH}=0"
+        # Objects someone else froze (the user's own gc.freeze()): gc.unfreeze() cannot tell
+        # theirs from ours, so handing ours back would thaw theirs. Every pass is full then.
+        theirs = incremental and not self.frozen and gc.get_freeze_count() > 0
+        if theirs:
+            incremental = False
+        switched_off = FROZEN_ELSEWHERE if theirs else f"{ENV_SWITCH}=0"
+        why = self.full_reason(variables, force) if incremental else switched_off
         if why:
             self.hand_back(why)
         self._collecting = True
@@ -125,7 +134,7 @@ class IncrementalCollector:
             self._collecting = False
         scanned = None
         if not incremental:
-            self._why_full = "incremental gc was switched off"
+            self._why_full = FROZEN_ELSEWHERE if theirs else "incremental gc was switched off"
         else:
             if not why:  # what this pass kept: all that is not frozen yet (a short list)
                 scanned = len(_ORIGINAL["get_objects"]()) + found

@@ -250,6 +250,23 @@ def test_unloading_the_extension_unfreezes_and_restores_gc(fresh_kernel: Kernel)
     assert k.value("sys.unraisablehook is sys.__unraisablehook__") is True
 
 
+def test_objects_the_user_froze_stay_frozen(fresh_kernel: Kernel) -> None:
+    """gc.unfreeze() cannot tell whose objects it thaws: a user's own gc.freeze() (a server
+    before forking workers, say) was undone by the first cleanup's hand-back, by a plain
+    gc.collect() after a cleanup, and by unloading. Their objects stay frozen now, and every
+    cleanup is a full one, saying why."""
+    k = fresh_kernel
+    ok(k, "import gc\nkept = [[n] for n in range(20000)]\ngc.freeze()")
+    frozen = k.value("gc.get_freeze_count()")
+    ok(k, "%load_ext qwen3_jupyter\nimport qwen3_jupyter")
+    for _ in range(2):
+        ok(k, "r = qwen3_jupyter.cleanup()")
+        assert k.value("r.gc_pass").startswith("full gc (objects were frozen outside this ext")
+        assert k.value("gc.get_freeze_count()") > frozen - 100  # (a few die by refcount)
+    ok(k, "gc.collect()\n%unload_ext qwen3_jupyter")
+    assert k.value("gc.get_freeze_count()") > frozen - 100, "was 0"
+
+
 def test_an_interrupt_in_the_gc_callback_is_sent_again_not_dropped(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
