@@ -170,11 +170,22 @@ def _cells_on_stack() -> int:
 _CELLS = _Cells()
 
 
+_OPEN: list[Any] = []
+"""The sidebar's comms still open: `%unload_ext` closes them (one kept open ran cleanups after
+the unload, and put the gc hooks back with nothing left to take them away)."""
+
+
 def _on_open(comm: Any, open_msg: dict[str, Any]) -> None:
     def on_msg(msg: dict[str, Any]) -> None:
         _CELLS.answer(comm, msg["content"].get("data"))
 
+    def on_close(msg: Any = None) -> None:
+        if comm in _OPEN:
+            _OPEN.remove(comm)
+
+    _OPEN.append(comm)
     comm.on_msg(on_msg)
+    comm.on_close(on_close)
     data = open_msg.get("content", {}).get("data")
     if isinstance(data, dict) and data.get("action"):
         _CELLS.answer(comm, data)
@@ -211,6 +222,12 @@ def load(ip: Any) -> None:
                 if hook in events.callbacks[name]:
                     events.unregister(name, hook)
         _CELLS.drop_waiting("qwen3_jupyter was unloaded before the cleanup ran")
+        for comm in list(_OPEN):  # the sidebar reads the close as "not loaded"
+            try:
+                comm.close()
+            except Exception:
+                _log.debug("qwen3_jupyter: closing a sidebar comm failed", exc_info=True)
+        _OPEN.clear()
         cleanup_marker()
         if wrote:
             atexit.unregister(cleanup_marker)

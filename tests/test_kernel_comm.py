@@ -67,10 +67,23 @@ def test_the_comm_runs_no_code_it_is_sent(kernel: Kernel, tmp_path: Path) -> Non
 
 
 def test_unloading_removes_the_target_and_the_marker(fresh_kernel: Kernel) -> None:
+    """And closes the sidebar's open comms: one left open ran cleanups after the unload, which
+    put the gc hooks back with nothing left to take them away."""
     assert fresh_kernel.run("%load_ext qwen3_jupyter").status == "ok"
     assert marker_of(fresh_kernel).exists()
+    comm_id = uuid.uuid4().hex
+    content = {"comm_id": comm_id, "target_name": TARGET, "data": {}}
+    fresh_kernel.kc.shell_channel.send(fresh_kernel.kc.session.msg("comm_open", content))
     assert fresh_kernel.run("%unload_ext qwen3_jupyter").status == "ok"
     assert not marker_of(fresh_kernel).exists()
+    again = {"comm_id": comm_id, "data": {"action": "cleanup"}}
+    fresh_kernel.kc.shell_channel.send(fresh_kernel.kc.session.msg("comm_msg", again))
+    hooks = (
+        "import gc, sys\n"
+        "print(sum('IncrementalCollector' in getattr(c, '__qualname__', '') for c in gc.callbacks),"
+        " sys.unraisablehook is sys.__unraisablehook__, gc.get_freeze_count() == 0)"
+    )
+    assert fresh_kernel.run(hooks).stdout.split() == ["0", "True", "True"]
     reply = open_comm(fresh_kernel, {"action": "cleanup"}, timeout=30)
     assert reply["msg_type"] == "comm_close"  # what the sidebar reads as "not loaded"
     assert fresh_kernel.run("%load_ext qwen3_jupyter").status == "ok"
