@@ -203,8 +203,8 @@ def protect_prompt_lines(lines: list[str]) -> list[str]:
     cell magic's body (`%%writefile`, `%%qwen3`'s prompt) and a line inside a string are text
     and stay as typed; a cell magic that runs its body as Python transforms it again.
     """
-    if lines and lines[0].startswith("%%"):
-        return lines
+    if (lines and lines[0].startswith("%%")) or not any(map(_PROMPT_LINE.match, lines)):
+        return lines  # (every cell passes here: most are tokenized for nothing otherwise)
     in_strings = _lines_in_strings(lines)
     out = []
     for number, line in enumerate(lines):
