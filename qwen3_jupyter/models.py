@@ -324,6 +324,7 @@ def _load(
 
     model: Any = None
     short_of: str | None = None
+    failure: str | None = None
     try:
         what = f"loading {choice.name} on {choice.device} ({choice.dtype})"
         with hub_progress_bars_off(), loading_progress(progress, what):
@@ -333,17 +334,19 @@ def _load(
             )
         model.to(torch.device(choice.device))
     except (OSError, ValueError) as exc:
-        raise ModelError(f"could not load {choice.name} from {path}: {_first_line(exc)}") from exc
+        failure = _first_line(exc)
     except RuntimeError as exc:  # torch.OutOfMemoryError, or the CPU allocator's RuntimeError
         short_of = out_of_memory_reason(exc)
-        if short_of is None:
-            raise ModelError(
-                f"could not load {choice.name} from {path}: {_first_line(exc)}"
-            ) from exc
+        failure = None if short_of is not None else _first_line(exc)
     except Exception as exc:  # a truncated safetensors file (SafetensorError), a loader's bug
-        raise ModelError(
-            f"could not load {choice.name} from {path}: {type(exc).__name__}: {_first_line(exc)}"
-        ) from exc
+        failure = f"{type(exc).__name__}: {_first_line(exc)}"
+    if failure is not None:
+        # Raised out of the except block: chained to the failure, the error's traceback kept
+        # the load's frames, and with them the weights that reached the device.
+        model = None
+        gc.collect()
+        release_allocator_cache(choice.device)
+        raise ModelError(f"could not load {choice.name} from {path}: {failure}")
     if short_of is not None:
         # Out of the except block, the failed load's frames are gone: drop the weights that
         # reached the device before it ran out, so the failure holds nothing.

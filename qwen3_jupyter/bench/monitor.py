@@ -140,8 +140,9 @@ def main(argv: list[str]) -> int:
             f"{r['host_changes_per_min']:.0f} |"
         )
     print(
-        "machine-wide RAM changes: how often the host row's used figure (0.1 GiB steps) moved "
-        "because of other processes; each one is a message even with this kernel steady"
+        "machine-wide RAM changes: how often the host row's used figure (0.1 GiB steps) moved; "
+        "in a steady row that is other processes (a message each, this kernel steady), in a "
+        "changing row on the CPU mostly this kernel's own allocations"
     )
     print(f"target: thread CPU < 1% of one core at 0.5 s · measured in {elapsed:.0f} s")
     return 0
