@@ -358,7 +358,7 @@ def run_batches(
             peak = max(peak, chunk_peak)
             with interrupt_deferred():  # a finished batch is kept and written, not interrupted
                 results.extend(chunk_results)
-                write_failed = _append(writer, position, chunk_results, size)
+                write_failed = append_results(writer, position, chunk_results, size)
             position += len(chunk)
             bar.advance(len(chunk))
             if write_failed is not None:  # the rest would be kept nowhere but in memory
@@ -384,15 +384,11 @@ def run_batches(
     if out_of_memory is not None:
         raise GenerationOOM(out_of_memory, results=results)
     if write_failed is not None:
-        raise ResultsFileError(
-            f"{write_failed}; the run stopped there: {len(results)} of {len(prompts)} prompts "
-            "finished, all kept in .results",
-            results,
-        )
+        raise stopped_writing(write_failed, results, len(prompts))
     return results
 
 
-def _append(
+def append_results(
     writer: _JsonLines | None, first_index: int, results: list[Result], batch_size: int
 ) -> str | None:
     """Append to the results file, if any; why it failed, or None."""
@@ -413,6 +409,15 @@ class ResultsFileError(OSError):
     def __init__(self, message: str, results: BatchResults | None = None) -> None:
         super().__init__(message)
         self.results = results
+
+
+def stopped_writing(why: str, results: BatchResults, total: int) -> ResultsFileError:
+    """The error a run that stopped because its results file failed ends with."""
+    return ResultsFileError(
+        f"{why}; the run stopped there: {len(results)} of {total} prompts finished, all kept "
+        "in .results",
+        results,
+    )
 
 
 _RESULT_START = b'{"index"'

@@ -123,14 +123,14 @@ class CleanMagics(Magics):
         if keep and not args.drop:
             raise UsageError("--keep names what --drop spares: add --drop")
         before = set(self.ip.user_ns)
-        missing: list[str] = []
+        tree: ast.Module | None = None
         try:
-            run_cell_body(self.ip, cell)
+            tree = run_cell_body(self.ip, cell)
         finally:
             # A --keep name the cell left no variable for is a typo: drop nothing then.
             missing = [name for name in keep if name not in self.ip.user_ns]
             drops = args.drop and not missing
-            defined = definition_names(self.ip, cell) if drops else frozenset()
+            defined = definition_names(tree) if drops else frozenset()
             created = created_names(self.ip, before, keep, defined) if drops else ()
             kept = kept_definitions(self.ip, before, defined) if drops else ()
             self._clean(args, created, kept)
@@ -241,12 +241,11 @@ def created_names(
     )
 
 
-def definition_names(shell: Any, body: str) -> frozenset[str]:
-    """The names `body`'s import, def and class statements bind: what it imported or defined
-    whatever the value's type (`from math import pi`, a `@functools.cache` function)."""
-    try:
-        tree = ast.parse(shell.transform_cell(body))
-    except (SyntaxError, ValueError):  # the body did not run as Python either
+def definition_names(tree: ast.Module | None) -> frozenset[str]:
+    """The names the body's import, def and class statements bind (`tree`: the body as run;
+    None when it did not parse): what it imported or defined whatever the value's type
+    (`from math import pi`, a `@functools.cache` function)."""
+    if tree is None:
         return frozenset()
     names: set[str] = set()
     for node in ast.walk(tree):
@@ -275,8 +274,9 @@ def kept_definitions(
     return tuple(lines)
 
 
-def run_cell_body(shell: Any, body: str) -> None:
-    """Run `body` in the user namespace the way IPython runs a cell.
+def run_cell_body(shell: Any, body: str) -> ast.Module | None:
+    """Run `body` in the user namespace the way IPython runs a cell; the tree it ran (None if
+    it did not parse).
 
     The body is transformed (magics, `!cmd`) and AST-transformed like a cell, its nodes run with
     the shell's `ast_node_interactivity` so the last expression goes through the display hook
@@ -291,6 +291,7 @@ def run_cell_body(shell: Any, body: str) -> None:
     # One blank line stands for the magic's own line, so tracebacks name the cell's line numbers.
     source = "\n" + transformed
     cell_name = shell.compile.cache(source, number, raw_code=body)
+    tree: ast.Module | None = None
     try:
         with shell.display_trap:
             tree = shell.compile.ast_parse(source, filename=cell_name)
@@ -304,6 +305,7 @@ def run_cell_body(shell: Any, body: str) -> None:
     except BaseException as exc:
         if isinstance(exc, SystemExit) or not _show_error(shell, exc, cell_name):
             raise
+    return tree
 
 
 def _interactive_split(shell: Any, nodes: list[ast.stmt], body: str) -> list[tuple[Any, str]]:

@@ -323,7 +323,6 @@ def _load(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model: Any = None
-    short_of: str | None = None
     failure: str | None = None
     try:
         what = f"loading {choice.name} on {choice.device} ({choice.dtype})"
@@ -334,30 +333,26 @@ def _load(
             )
         model.to(torch.device(choice.device))
     except (OSError, ValueError) as exc:
-        failure = _first_line(exc)
+        failure = f"could not load {choice.name} from {path}: {_first_line(exc)}"
     except RuntimeError as exc:  # torch.OutOfMemoryError, or the CPU allocator's RuntimeError
         short_of = out_of_memory_reason(exc)
-        failure = None if short_of is not None else _first_line(exc)
-    except Exception as exc:  # a truncated safetensors file (SafetensorError), a loader's bug
-        failure = f"{type(exc).__name__}: {_first_line(exc)}"
-    if failure is not None:
-        # Raised out of the except block: chained to the failure, the error's traceback kept
-        # the load's frames, and with them the weights that reached the device.
-        model = None
-        gc.collect()
-        release_allocator_cache(choice.device)
-        raise ModelError(f"could not load {choice.name} from {path}: {failure}")
-    if short_of is not None:
-        # Out of the except block, the failed load's frames are gone: drop the weights that
-        # reached the device before it ran out, so the failure holds nothing.
-        model = None
-        gc.collect()
-        release_allocator_cache(choice.device)
         elsewhere = "a smaller model" if choice.device == "cpu" else "--device cpu"
-        raise ModelError(
-            f"out of memory loading {choice.name} on {choice.device} ({short_of}): free memory "
-            f"with %qwen3_clean --verbose, or pick a smaller --dtype or {elsewhere}"
+        failure = (
+            f"could not load {choice.name} from {path}: {_first_line(exc)}"
+            if short_of is None
+            else f"out of memory loading {choice.name} on {choice.device} ({short_of}): free "
+            f"memory with %qwen3_clean --verbose, or pick a smaller --dtype or {elsewhere}"
         )
+    except Exception as exc:  # a truncated safetensors file (SafetensorError), a loader's bug
+        why = f"{type(exc).__name__}: {_first_line(exc)}"
+        failure = f"could not load {choice.name} from {path}: {why}"
+    if failure is not None:
+        # Out of the except block, the failed load's frames are gone (chained to the error,
+        # they kept it): drop the weights that reached the device, so the failure holds nothing.
+        model = None
+        gc.collect()
+        release_allocator_cache(choice.device)
+        raise ModelError(failure)
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -18,7 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from ..batch_progress import BatchProgress
-from ..batching import BatchReport, BatchResults, ResultsFileError, _JsonLines
+from ..batching import BatchReport, BatchResults, _JsonLines, append_results, stopped_writing
 from ..generation import Result
 from ..interrupts import interrupt_deferred, interrupts_ignored
 from ..server_calls import SERVER_CALLS
@@ -75,11 +75,9 @@ def run_concurrently(
             result = future.result()
             with interrupt_deferred():  # a finished item is kept and written, not interrupted
                 finished[index] = result
-                if writer is not None and not write_failed:
-                    try:
-                        writer.write(index, [result], 1)
-                    except ResultsFileError as exc:
-                        write_failed.append(str(exc))
+                failure = None if write_failed else append_results(writer, index, [result], 1)
+                if failure is not None:
+                    write_failed.append(failure)
             bar.advance()
             failed = sum(r.failed for r in finished.values())
             if failed:
@@ -117,11 +115,7 @@ def run_concurrently(
         results, len(prompts), concurrency, retries.count, interrupted, started, written
     )
     if write_failed:
-        raise ResultsFileError(
-            f"{write_failed[0]}; the run stopped there: {len(results)} of {len(prompts)} prompts "
-            "finished, all kept in .results",
-            results,
-        )
+        raise stopped_writing(write_failed[0], results, len(prompts))
     return results
 
 

@@ -288,8 +288,7 @@ class Deadlines:
 
     def expired(self, grace: float = 0.0) -> str | None:
         """Which deadline passed ("first_token", "silence", "total") or None; none once
-        settled, unless
-        the watchdog had already aborted the stream for one."""
+        settled, unless the watchdog had already aborted the stream for one."""
         with self._cond:
             if self._fired is not None or self._settled:
                 return self._fired
@@ -303,8 +302,10 @@ class Deadlines:
         return min(at for at, _ in self._candidates())
 
     def _candidates(self) -> list[tuple[float, str]]:
-        waiting = (self._silence_at, "silence") if self._got_text else None
-        waiting = waiting or (self._first_token_at, "first_token")
+        if self._got_text:
+            waiting = (self._silence_at, "silence")
+        else:
+            waiting = (self._first_token_at, "first_token")
         return [waiting, (self._total_at, "total")]  # on a tie, the first named
 
     def _watch(self) -> None:
