@@ -133,8 +133,8 @@ def _step_ms(steps=200):
     step = state.steps.get(0) if state is not None else None
     if step is None or state.length - int(state.buffers.slot) <= steps:
         return None
-    from qwen3_jupyter.engines.fast import _restore, _snapshot
-    saved = _snapshot(state.buffers)
+    from qwen3_jupyter.engines.decode_steps import restore_call_state, snapshot_call_state
+    saved = snapshot_call_state(state.buffers)
     with torch.inference_mode():
         step()
         _sync()
@@ -143,7 +143,7 @@ def _step_ms(steps=200):
             step()
         _sync()
         seconds = time.perf_counter() - started
-        _restore(state.buffers, saved)
+        restore_call_state(state.buffers, saved)
     return seconds / steps * 1000
 
 def _first_call_parts():

@@ -29,7 +29,8 @@ import torch
 
 from ..engines import qwen3_step
 from ..engines.compile_setup import TUNE_ENV, TUNING, tuning_enabled
-from ..engines.fast import DecodeState, FastEngine, _restore, _snapshot
+from ..engines.decode_steps import DecodeState, restore_call_state, snapshot_call_state
+from ..engines.fast import FastEngine
 from ..engines.qwen3_step import UnsupportedModel
 from ..generation import GenerationOptions
 from ..models import ModelChoice, ModelError, ModelHolder, pick_device, pick_dtype
@@ -160,7 +161,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         room = state.length - int(state.buffers.slot) - 1
         if args.steps >= room:
             raise SystemExit(f"--steps {args.steps}: the cache has room for {room - 1} more steps")
-        saved = _snapshot(state.buffers)
+        saved = snapshot_call_state(state.buffers)
 
         def measured(run: Callable[[], Any]) -> Any:
             """`run`, then the buffers put back: every measurement starts at the same slot."""
@@ -168,7 +169,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 try:
                     return run()
                 finally:
-                    _restore(state.buffers, saved)
+                    restore_call_state(state.buffers, saved)
 
         figures["step_ms"] = measured(lambda: _wall_ms(replay, args.steps, device))
         figures["profile"] = measured(lambda: _profile(replay, args.steps, device, args.top))

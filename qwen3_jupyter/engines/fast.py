@@ -8,6 +8,9 @@ that serves every layer, head and sampler) compiled once per shape with torch.co
 CUDA, the whole step captured once as a CUDA graph, so a token costs one graph replay.
 The host reads each token one step late (pinned copy + event), so the GPU never waits on Python.
 
+This module runs calls; a shape's step is built (buffers, compile, capture) by `decode_steps`,
+and a call's host side (tokens per row, stops, streamed text) is kept by `decode_run`.
+
 Shapes are bucketed (`decode_shapes`) so a new prompt length never compiles again; a batch's
 extra rows repeat its last prompt and are dropped. Compiling is set up by `compile_setup`
 (on/off, the on-disk cache, the shape limit). The cache and the graphs' memory pool are kept
@@ -20,15 +23,13 @@ failed capture to calling the step directly; each says so in one line and never 
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from ..generation import (
     DEFAULT_MAX_NEW_TOKENS,
-    Completion,
     GenerationOOM,
     GenerationOptions,
     Result,
@@ -41,7 +42,6 @@ from ..generation import (
     prompt_text,
     release_after_generation,
 )
-from ..interrupts import interrupt_deferred, interrupts_that_land
 from ..memory import format_bytes, process_rss, trim_host_heap
 from ..model_use import stop_point
 from ..out_of_memory import allocation_failures_as_oom
@@ -49,27 +49,18 @@ from . import qwen3_step
 from .attention import planless_attention
 from .base import EngineError, KeptMemory, TextCallback
 from .compile_setup import (
-    TUNING,
-    compile_cache_dir,
     compile_cache_hits,
     compile_enabled,
-    compiles_so_far,
-    compiling,
-    import_compiler,
-    raise_recompile_limit,
-    remember_compiled,
     tuning_enabled,
 )
 from .cuda_graphs import (
     WARMUP_RUNS,
-    end_failed_capture,
-    failure_text,
     first_line,
     on_device,
-    pool_bytes,
-    record,
 )
+from .decode_run import CallbackFailed, DecodeRun, TextStream, TokenReader
 from .decode_shapes import SAMPLE_WIDTH, batch_bucket, cache_bucket, sample_width
+from .decode_steps import DecodeState, Notify, StepBuilding
 from .local import LocalEngine, decodes, holds_model
 
 WARMUP_PROMPT_TOKENS = 64
@@ -89,77 +80,7 @@ def warmup_cache_length(batch: int, max_new_tokens: int) -> int:
     return cache_bucket(WARMUP_PROMPT_TOKENS + max_new_tokens + REHEARSAL_STEPS, batch=batch)
 
 
-Notify = Callable[[str], None]
-
-
-@dataclass
-class DecodeState:
-    """The buffers of one (batch, cache length) shape and the steps built on them."""
-
-    batch: int
-    length: int
-    buffers: qwen3_step.DecodeBuffers
-    steps: dict[int, Callable[[], Any]] = field(default_factory=dict)
-    """Sample width (0: greedy) -> a callable that runs one step (a graph replay on CUDA)."""
-    wide: dict[int, qwen3_step.DecodeBuffers] = field(default_factory=dict)
-    """Buffers for sample widths wider than the default: the same cache, noise of their own."""
-    graphs: list[Any] = field(default_factory=list)
-    pool: Any = None
-    """This shape's CUDA graph memory pool, shared by its greedy and sampling graphs (they never
-    run at once and keep nothing in it between replays); dropping the shape frees all of it."""
-    graph_bytes: int = 0
-    """Memory in this shape's graph pool, measured after each capture (replays add none)."""
-    setup_seconds: float = 0.0
-    """Time spent compiling and capturing this shape's steps (not generation time)."""
-
-    @property
-    def held_bytes(self) -> int:
-        """The cache, its per-row state, and the noise of any wider sampler (not the graphs).
-        The samplers are copied first: the gauge's thread asks while a call may add one."""
-        wide = list(self.wide.values())
-        return self.buffers.held_bytes + sum(int(w.noise.nbytes) for w in wide)
-
-
-class _TokenReader:
-    """Reads each step's tokens on the host one step late, so the device never idles.
-
-    On CUDA a step's tokens are copied to pinned memory behind the step and read after the next
-    step has been queued; on the CPU they are read at once.
-    """
-
-    def __init__(self, tokens: Any) -> None:
-        import torch
-
-        self.tokens = tokens
-        self.cuda = tokens.device.type == "cuda"
-        self._pending: list[tuple[Any, Any]] = []
-        if self.cuda:
-            self._host = [torch.empty_like(tokens, device="cpu").pin_memory() for _ in range(2)]
-            self._events = [torch.cuda.Event() for _ in range(2)]
-            self._turn = 0
-
-    def queued(self) -> list[list[int]] | None:
-        """Note the step just queued; the rows of the previous one, if it is readable now."""
-        if not self.cuda:
-            return [[int(t) for t in row] for row in self.tokens.tolist()]
-        host, event = self._host[self._turn], self._events[self._turn]
-        self._turn ^= 1
-        host.copy_(self.tokens, non_blocking=True)
-        event.record()
-        self._pending.append((host, event))
-        return self._read() if len(self._pending) > 1 else None
-
-    def drain(self) -> list[list[int]] | None:
-        """The last queued step's rows (CUDA only; the CPU has nothing pending)."""
-        return self._read() if self._pending else None
-
-    def _read(self) -> list[list[int]]:
-        host, event = self._pending.pop(0)
-        event.synchronize()
-        return [[int(t) for t in row] for row in host.tolist()]
-
-
-class FastEngine(LocalEngine):
+class FastEngine(StepBuilding, LocalEngine):
     """Static cache + compiled decode step (+ CUDA graph): the default on CUDA."""
 
     kind = "fast"
@@ -246,7 +167,7 @@ class FastEngine(LocalEngine):
         """One answer through the fast path, streamed; memory beyond the kept cache released."""
         tokenizer = self.loaded.tokenizer
         text = prompt_text(tokenizer, prompt, options, history)
-        streamed = _Stream(tokenizer, on_text, stream_interval) if on_text else None
+        streamed = TextStream(tokenizer, on_text, stream_interval) if on_text else None
         try:
             run = self._guarded_run(
                 [text], [prompt], options, memory_budget, streamed, chat=bool(history)
@@ -377,7 +298,7 @@ class FastEngine(LocalEngine):
         return EagerEngine(self.loaded)
 
     @decodes
-    def _guarded_run(self, *args: Any, **kwargs: Any) -> _Run:
+    def _guarded_run(self, *args: Any, **kwargs: Any) -> DecodeRun:
         """`_run`, except that an unexpected failure of the fast path (a transformers or torch
         release it does not fit, say) never fails the call: it is said in one line, the fast
         path's memory is given back, and this call and the next ones decode eagerly until
@@ -388,7 +309,7 @@ class FastEngine(LocalEngine):
         try:
             with on_device(self.device):
                 return self._run(*args, **kwargs)
-        except _CallbackFailed as failed:
+        except CallbackFailed as failed:
             raise failed.error from None
         except (_OutOfMemory, GenerationOOM, EngineError, KeyboardInterrupt):
             raise
@@ -409,9 +330,9 @@ class FastEngine(LocalEngine):
         prompts: list[str],
         options: GenerationOptions,
         budget: int | None,
-        streamed: _Stream | None,
+        streamed: TextStream | None,
         chat: bool = False,
-    ) -> _Run:
+    ) -> DecodeRun:
         import torch
 
         tokenizer, model, device = self.loaded.tokenizer, self.loaded.model, self.device
@@ -429,7 +350,7 @@ class FastEngine(LocalEngine):
             torch.manual_seed(options.seed)
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats(torch.device(device))
-        run = _Run(rows=rows, peak_rss=process_rss())
+        run = DecodeRun(rows=rows, peak_rss=process_rss())
         started = time.perf_counter()
         out_of_memory: str | None = None
         try:
@@ -570,196 +491,16 @@ class FastEngine(LocalEngine):
         buffers.noise.uniform_()
         return qwen3_step.pick_sampled(logits, buffers)
 
-    def _buffers_for(self, state: DecodeState, sample: int) -> qwen3_step.DecodeBuffers:
-        """The state's buffers as the sampler of width `sample` sees them: a wider top-k gets
-        noise of its own (a captured graph keeps writing to the noise it was captured with)."""
-        import torch
-
-        buffers = state.buffers
-        if sample <= buffers.noise.shape[1]:
-            return buffers
-        wide = state.wide.get(sample)
-        if wide is None:
-            noise = torch.full(
-                (state.batch, sample), 0.5, dtype=buffers.noise.dtype, device=buffers.noise.device
-            )
-            wide = state.wide[sample] = replace(buffers, noise=noise)
-        return wide
-
-    def _step_for(self, state: DecodeState, sample: int) -> Callable[[], Any]:
-        """The callable that runs one decode step of `state` with sampler `sample`, built on
-        first use: compiled (unless switched off or failed), captured as a graph on CUDA."""
-        step = state.steps.get(sample)
-        if step is not None:
-            return step
-        shape = f"batch {state.batch} × cache {state.length}" + _sampler_label(sample)
-        started = time.perf_counter()
-        try:
-            if self.compile and self.status is not None:
-                self.status(
-                    f"compiling the decode step for {shape} (once per kernel; cached on disk)…"
-                )
-            direct = self._direct(state, sample, compiled=self.compile)
-            with self._rehearsal(state):  # runs that build the step leave no trace in the call
-                if self.compile and not self._compile_first(direct, shape):
-                    direct = self._direct(state, sample, compiled=False)
-                step = self._capture(state, direct) if self.device.startswith("cuda") else direct
-        finally:  # counted also when an interrupt ends the build
-            state.setup_seconds += time.perf_counter() - started
-        if step is direct:
-            step = _whole_steps_only(direct)
-        state.steps[sample] = step
-        return step
-
-    def _direct(self, state: DecodeState, sample: int, compiled: bool) -> Callable[[], Any]:
-        """One step as a plain call: fresh noise when sampling, then the (compiled) step."""
-        parts = self._compiled() if compiled else qwen3_step.PLAIN_STEP
-        model, buffers, greedy = self.loaded.model, self._buffers_for(state, sample), sample == 0
-
-        def direct() -> Any:
-            if not greedy:
-                buffers.noise.uniform_()
-            return qwen3_step.decode_step(model, buffers, greedy, parts)
-
-        return direct
-
-    def _compiled(self) -> qwen3_step.StepParts:
-        if self.compiled_step is None:
-            import torch
-
-            import_compiler(self.device)
-            compile_cache_dir()
-            raise_recompile_limit()
-            options = dict(TUNING) if self.tune else None
-            self.compiled_step = qwen3_step.compiled_parts(
-                lambda function: torch.compile(
-                    function, fullgraph=True, dynamic=False, options=options
-                )
-            )
-        return self.compiled_step
-
-    def _compile_first(self, direct: Callable[[], Any], shape: str) -> bool:
-        """Run the compiled step once now (that is when torch.compile works), timing it and
-        counting new graphs. On failure say so, switch compiling off, and return False."""
-        import torch
-
-        before, hits, started = compiles_so_far(), compile_cache_hits(), time.perf_counter()
-        step = self._step_key(shape)
-        try:
-            # Running out is not a failed compile; an interrupt ends it even where Python would
-            # drop it (in one of the finalizers torch.compile runs all the time).
-            with allocation_failures_as_oom(), interrupts_that_land(), compiling(step):
-                direct()
-        except (KeyboardInterrupt, torch.OutOfMemoryError):
-            raise
-        except Exception as exc:
-            self.compile = False
-            self.compiled_step = None
-            self.notify(
-                f"compiling the decode step failed ({first_line(exc)}); "
-                "decoding with the static cache, uncompiled"
-            )
-            return False
-        seconds = time.perf_counter() - started
-        new = compiles_so_far() - before
-        self.compiles += new
-        if new:
-            remember_compiled(step)
-            self.compile_seconds.append((shape, seconds))
-            how = (
-                "loaded the compiled decode step from the cache"
-                if compile_cache_hits() > hits
-                else "compiled the decode step"
-            )
-            self.notify(
-                f"{how} for {shape} in {seconds:.1f} s (once per kernel, not counted in the "
-                f"figures; cache: {compile_cache_dir()})"
-            )
-        return True
-
-    def _step_key(self, shape: str) -> str:
-        """What a compiled step depends on: its shape, the model, the dtype, the device and
-        whether it was tuned (inductor caches the two apart)."""
-        import torch
-
-        device = self.device
-        if device.startswith("cuda"):
-            index = torch.device(device).index
-            capability = torch.cuda.get_device_capability(index)
-            device = f"{torch.cuda.get_device_name(index)} sm{capability[0]}{capability[1]}"
-        tuned = " · tuned" if self.tune else ""
-        return f"{shape} · {self.loaded.name} {self.loaded.dtype} · {device}{tuned}"
-
-    @contextlib.contextmanager
-    def _rehearsal(self, state: DecodeState) -> Iterator[None]:
-        """Compiling runs the step once and capturing runs it twice more (warm-up): put back
-        the tokens, positions, slot, mask and random state those runs advanced, so the call's
-        own first step still comes next and a seed still gives the same answer. (Their cache
-        writes land in slots the call writes again before reading them.)"""
-        import torch
-
-        saved = _snapshot(state.buffers)
-        devices = []
-        if self.device.startswith("cuda"):
-            index = torch.device(self.device).index
-            devices = [torch.cuda.current_device() if index is None else index]
-        try:
-            with torch.random.fork_rng(devices=devices):
-                yield
-        finally:
-            _restore(state.buffers, saved)
-
-    def _capture(self, state: DecodeState, direct: Callable[[], Any]) -> Callable[[], Any]:
-        """Capture one step as a CUDA graph (after warm-up runs on a side stream); replaying
-        it is the step. A failed capture falls back to calling the step; running out of memory
-        while capturing is an out-of-memory error, not a failed capture."""
-        import torch
-
-        if not self.capture:
-            return direct
-        reserved_before = torch.cuda.memory_reserved()
-        previous = torch.cuda.current_stream()
-        if self._capture_stream is None:
-            self._capture_stream = torch.cuda.Stream()
-        if state.pool is None:
-            state.pool = torch.cuda.graph_pool_handle()
-        try:
-            with allocation_failures_as_oom():
-                graph = record(direct, self._capture_stream, state.pool)
-        except (KeyboardInterrupt, torch.OutOfMemoryError):
-            self._after_failed_capture(state, previous)
-            raise
-        except Exception as exc:
-            self._after_failed_capture(state, previous)
-            self.capture = False
-            self.notify(
-                f"capturing the decode step as a CUDA graph failed ({failure_text(exc)}); "
-                "running it without a graph in this kernel"
-            )
-            return direct
-        grown = state.graph_bytes + max(0, torch.cuda.memory_reserved() - reserved_before)
-        state.graphs.append(graph)
-        state.graph_bytes = pool_bytes(state.pool, fallback=grown)
-        return graph.replay
-
-    @staticmethod
-    def _after_failed_capture(state: DecodeState, previous: Any) -> None:
-        """Put torch back as the capture found it; a shape with no graph yet takes a new pool
-        next time (torch may have given this one up: reusing its id trips an assert)."""
-        end_failed_capture(previous, state.pool)
-        if not state.graphs:
-            state.pool = None
-
     def _decode(
         self,
         step: Callable[[], Any],
         tokens: Any,
-        run: _Run,
+        run: DecodeRun,
         options: GenerationOptions,
-        streamed: _Stream | None,
+        streamed: TextStream | None,
         started: float,
     ) -> None:
-        reader = _TokenReader(tokens)
+        reader = TokenReader(tokens)
         for _ in range(options.max_new_tokens - 1):
             step()
             rows = reader.queued()
@@ -777,14 +518,6 @@ class FastEngine(LocalEngine):
         reader.drain()
 
 
-def _sampler_label(sample: int) -> str:
-    """How a shape's notices name its sampler: greedy (nothing), the default sampler, or a wider
-    top-k (which builds a sampler of its own: say so, or the same shape seems built twice)."""
-    if not sample:
-        return ""
-    return " (sampling)" if sample <= SAMPLE_WIDTH else f" (sampling, top-k up to {sample})"
-
-
 def _graphs_built(graphs: int, cache_hits: int) -> str:
     """How a warm-up got its graphs: compiled, loaded from the disk cache, or none needed (this
     kernel's torch.compile already holds them, e.g. after `--eager` rebuilt the buffers)."""
@@ -796,106 +529,6 @@ def _graphs_built(graphs: int, cache_hits: int) -> str:
     if cache_hits >= graphs:  # a graph can count twice: its autograd and its inductor entry
         return f"{graphs} {noun} loaded from the compile cache"
     return f"{graphs} {noun}, some loaded from the compile cache, the rest compiled"
-
-
-def _whole_steps_only(step: Callable[[], Any]) -> Callable[[], Any]:
-    """`step`, with an interrupt held until the step has run (a graph replay needs no such care).
-
-    Why: an interrupt that lands while torch.compile checks whether its compiled code still
-    applies is lost: dynamo takes the failed check for a changed input and compiles again
-    (measured on the CPU: the interrupt ignored, a new graph, 9 s). Held to the step's end, it
-    stops the decode between two whole steps."""
-
-    def run() -> Any:
-        with interrupt_deferred():
-            return step()
-
-    return run
-
-
-@dataclass
-class _Run:
-    """One decode's bookkeeping on the host: the ids per row and when each row stopped."""
-
-    rows: int
-    peak_rss: int
-    ids: list[list[int]] = field(default_factory=list)
-    stopped: list[bool] = field(default_factory=list)
-    first_token_s: float | None = None
-    interrupted: bool = False
-    latency: float = 0.0
-    setup_seconds: float = 0.0
-    memory_at_end: int | None = None
-    peak_tensor_bytes: int = 0
-    completions: list[Completion] = field(default_factory=list)
-
-    def note(
-        self, tokens: list[int], eos: list[int], options: GenerationOptions, t0: float
-    ) -> None:
-        """Append one step's token to every row still going."""
-        if not self.ids:
-            self.ids = [[] for _ in range(self.rows)]
-            self.stopped = [False] * self.rows
-            self.first_token_s = time.perf_counter() - t0
-        for row in range(self.rows):
-            if self.stopped[row] or len(self.ids[row]) >= options.max_new_tokens:
-                continue
-            self.ids[row].append(tokens[row])
-            if tokens[row] in eos and not options.ignore_eos:
-                self.stopped[row] = True
-
-    def done(self, options: GenerationOptions) -> bool:
-        return all(
-            stop or len(ids) >= options.max_new_tokens
-            for stop, ids in zip(self.stopped, self.ids, strict=True)
-        )
-
-    def finish(self, prompts: list[str], mask: Any, tokenizer: Any, eos: list[int]) -> None:
-        lengths = [int(n) for n in mask.sum(dim=1).tolist()]
-        for row, prompt in enumerate(prompts):
-            ids = self.ids[row] if self.ids else []
-            if self.interrupted:
-                stop = "interrupted"
-            elif ids and ids[-1] in eos and self.stopped[row]:
-                stop = "eos"
-            else:
-                stop = "length"
-            self.completions.append(
-                Completion(
-                    prompt=prompt,
-                    text=tokenizer.decode(ids, skip_special_tokens=True),
-                    prompt_tokens=lengths[row],
-                    token_ids=tuple(ids),
-                    latency_s=self.latency,
-                    stop_reason=stop,
-                    time_to_first_token_s=self.first_token_s,
-                )
-            )
-
-
-class _Stream:
-    """Decoded text to the caller at most every `interval` seconds."""
-
-    def __init__(self, tokenizer: Any, on_text: TextCallback, interval: float) -> None:
-        self.tokenizer, self.on_text, self.interval = tokenizer, on_text, interval
-        self._last = 0.0
-
-    def update(self, ids: list[int]) -> None:
-        now = time.perf_counter()
-        if now - self._last >= self.interval:
-            self._last = now
-            try:
-                self.on_text(str(self.tokenizer.decode(ids, skip_special_tokens=True)))
-            except Exception as exc:
-                raise _CallbackFailed(exc) from exc
-
-
-class _CallbackFailed(Exception):
-    """The caller's `on_text` raised `error`: not a failure of the fast path."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(error)
-        self.error = error
 
 
 class _Unavailable(Exception):
@@ -918,15 +551,3 @@ class _OutOfMemory(Exception):
         if budget is not None and "memory budget" in self.reason:
             return f"raise --memory-budget, or {eager}"
         return f"{eager}, or run %qwen3_clean --verbose to see what else holds memory"
-
-
-def _snapshot(buffers: Any) -> list[Any]:
-    """The per-call state a warm-up or capture advances (not the cache: it is overwritten)."""
-    return [t.clone() for t in (buffers.tokens, buffers.positions, buffers.slot, buffers.valid)]
-
-
-def _restore(buffers: Any, saved: list[Any]) -> None:
-    for target, value in zip(
-        (buffers.tokens, buffers.positions, buffers.slot, buffers.valid), saved, strict=True
-    ):
-        target.copy_(value)
