@@ -12,9 +12,10 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from IPython.display import Markdown, display
+from IPython.display import display
 
 from .generation import Result, split_thinking
+from .markdown_text import escape_html
 from .memory import format_bytes
 
 PREFIX = "[qwen3]"
@@ -29,6 +30,21 @@ def in_kernel() -> bool:
         return False
     shell = get_ipython()
     return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def show_markdown(markdown: str, plain: str | None = None) -> Any:
+    """Display `markdown` with a plain-text form (`markdown` itself unless given), returning
+    the handle that updates it. `Markdown(...)` had none: front ends without Markdown (a
+    console, nbconvert to text) showed `<IPython.core.display.Markdown object>`."""
+    return display(_bundle(markdown, plain), raw=True, display_id=True)
+
+
+def update_markdown(handle: Any, markdown: str, plain: str | None = None) -> None:
+    handle.update(_bundle(markdown, plain), raw=True)
+
+
+def _bundle(markdown: str, plain: str | None) -> dict[str, str]:
+    return {"text/markdown": markdown, "text/plain": markdown if plain is None else plain}
 
 
 class StreamView:
@@ -48,11 +64,16 @@ class StreamView:
         self._streamed = False
         self._ended = False
         self._body = self.PLACEHOLDER
+        self._plain = self.PLACEHOLDER.strip("*")
         self._line: str | None = None
+        self._live = in_kernel()
+        """False in a terminal IPython, which prints every update of a display anew: there the
+        view shows only the final answer, once."""
         self._handle: Any = status.hand_over(self) if status is not None else None
         if self._handle is None:
-            self._handle = display(Markdown(self._body), display_id=True)
-        else:
+            if self._live:
+                self._handle = show_markdown(self._body, self._plain)
+        elif self._live:
             self._render()
 
     def show_line(self, text: str | None) -> bool:
@@ -67,21 +88,28 @@ class StreamView:
 
     def update(self, text: str) -> None:
         self._streamed = True
-        thinking, answer, finished = split_thinking(text, self.think)
-        self._body = render_answer(thinking, answer, finished, self.hide_thinking, streaming=True)
+        if not self._live:
+            return
+        parts = (*split_thinking(text, self.think), self.hide_thinking, True)
+        self._body, self._plain = render_answer(*parts), render_plain(*parts)
         self._render()
 
     def finish(self, result: Result) -> None:
         self._ended = True
         self._line = None
-        self._body = render_answer(
+        parts = (
             result.thinking,
             result.answer,
             result.thinking_finished,
             self.hide_thinking,
-            streaming=False,
+            False,
+            result.stop_reason,
         )
-        self._render()
+        self._body, self._plain = render_answer(*parts), render_plain(*parts)
+        if self._handle is None:
+            self._handle = show_markdown(self._body, self._plain)
+        else:
+            self._render()
 
     STOPPED = "*stopped before the first token*"
 
@@ -93,22 +121,29 @@ class StreamView:
         self._ended = True
         self._line = None
         if not self._streamed:
-            self._body = self.STOPPED
+            self._body, self._plain = self.STOPPED, self.STOPPED.strip("*")
         self._render()
 
     def _render(self) -> None:
-        markdown = self._body
+        markdown, plain = self._body, self._plain
         if self._line:
             status = f"*{self._line}*"
             markdown = status if not self._streamed else f"{markdown}\n\n{status}"
+            plain = self._line if not self._streamed else f"{plain}\n\n{self._line}"
         if self._handle is not None:
-            self._handle.update(Markdown(markdown))
+            update_markdown(self._handle, markdown, plain)
 
 
 def render_answer(
-    thinking: str, answer: str, finished: bool, hide_thinking: bool, streaming: bool
+    thinking: str,
+    answer: str,
+    finished: bool,
+    hide_thinking: bool,
+    streaming: bool,
+    stop_reason: str = "length",
 ) -> str:
-    """Markdown for the cell: the thinking collapsed (or hidden), then the answer."""
+    """Markdown for the cell: the thinking collapsed (or hidden), then the answer (its raw HTML
+    shown as typed, `markdown_text`)."""
     parts = []
     if thinking and not hide_thinking:
         label = "Thinking" if finished else "Thinking (not finished)"
@@ -121,16 +156,49 @@ def render_answer(
         )
     elif thinking and hide_thinking and streaming and not answer:
         parts.append(f"*thinking… ({_count(len(thinking.split()), 'word')})*")
-    if answer:
-        parts.append(answer)
-    elif not streaming and not finished:
-        parts.append(
-            "*No answer: the token budget ran out while thinking. Raise "
-            "`--max-new-tokens` or use `--no-think`.*"
+    note = _missing_answer(answer, finished, streaming, stop_reason)
+    parts.append(escape_html(answer) if answer else f"*{note}*" if note else "")
+    return "\n\n".join(p for p in parts if p) or "*generating…*"
+
+
+def render_plain(
+    thinking: str,
+    answer: str,
+    finished: bool,
+    hide_thinking: bool,
+    streaming: bool,
+    stop_reason: str = "length",
+) -> str:
+    """The same as plain text, for front ends that show no Markdown (`jupyter console`, a
+    notebook converted to text): they showed `<IPython.core.display.Markdown object>`."""
+    parts = []
+    if thinking and not hide_thinking:
+        label = "thinking" if finished else "thinking, not finished"
+        parts.append(f"[{label} · {_count(len(thinking.split()), 'word')}]\n{thinking}\n[/{label}]")
+    elif thinking and hide_thinking and streaming and not answer:
+        parts.append(f"thinking… ({_count(len(thinking.split()), 'word')})")
+    note = _missing_answer(answer, finished, streaming, stop_reason)
+    parts.append(answer or note or "")
+    return "\n\n".join(p for p in parts if p) or "generating…"
+
+
+def _missing_answer(answer: str, finished: bool, streaming: bool, stop_reason: str) -> str:
+    """What the final view says instead of an answer that is not there, by why the call ended:
+    an interrupt or a server's stop is not a budget to raise."""
+    if answer or streaming:
+        return ""
+    if finished:
+        return "(empty answer)"
+    if stop_reason == "length":
+        return (
+            "No answer: the token budget ran out while thinking. Raise `--max-new-tokens` or use "
+            "`--no-think`."
         )
-    elif not streaming and not answer:
-        parts.append("*(empty answer)*")
-    return "\n\n".join(parts) if parts else "*generating…*"
+    if stop_reason == "interrupted":
+        return "No answer: stopped while thinking (the thinking so far is kept in _qwen3)."
+    if stop_reason == "eos":
+        return "No answer: the model ended while thinking."
+    return "No answer: the server ended the answer while thinking (the line below says why)."
 
 
 def footer(result: Result) -> str:
@@ -173,7 +241,13 @@ def footer(result: Result) -> str:
     elif result.stop_reason == "abort":
         pieces.append("the server aborted the answer: partial answer kept (check its log)")
     elif result.think and not result.thinking_finished:
-        pieces.append("thinking not finished (raise --max-new-tokens)")
+        pieces.append(
+            "thinking not finished (raise --max-new-tokens)"
+            if result.stop_reason == "length"
+            else "the model ended while thinking"
+        )
+    elif result.stop_reason == "length" and result.answer:
+        pieces.append("answer cut off at --max-new-tokens (raise it for the rest)")
     return " · ".join(pieces)
 
 
@@ -194,7 +268,7 @@ def show_batch(results: list[Result], report: Any, line: Status | None = None) -
     if line is not None:
         line.settle(table)
     else:
-        display(Markdown(table))
+        show_markdown(table)
     print(f"{PREFIX} batch · {report.summary()}", flush=True)
 
 
@@ -233,9 +307,9 @@ class Status:
         if self._view is not None and self._view.show_line(text):
             return
         if self._handle is None:
-            self._handle = display(Markdown(f"*{text}*"), display_id=True)
+            self._handle = show_markdown(f"*{text}*", text)
         else:
-            self._handle.update(Markdown(f"*{text}*"))
+            update_markdown(self._handle, f"*{text}*", text)
 
     def progress(self, what: str, done: int, total: int) -> None:
         percent = int(100 * done / total) if total else 100
@@ -249,7 +323,7 @@ class Status:
         if self._view is not None and self._view.show_line(None):
             return  # the line was in the view's display (an ended view has none)
         if self._handle is not None:
-            self._handle.update(Markdown(""))
+            update_markdown(self._handle, "")
 
     def end(self, lines: Sequence[str] = (), failed: bool = False) -> None:
         """End the call's line. Its closing `lines` (notices, a summary) take the line's own
@@ -265,7 +339,7 @@ class Status:
             text = "\n".join(f"{PREFIX} {line}" for line in lines)
             self._handle.update({"text/plain": text}, raw=True)  # as it would print
         else:
-            self._handle.update(Markdown(f"*{self._said}* — stopped"))
+            update_markdown(self._handle, f"*{self._said}* — stopped", f"{self._said} — stopped")
         self._handle = None
         self._last = ""
 
@@ -281,9 +355,9 @@ class Status:
         """Show `markdown` in this line's display for good (a batch's table): the display
         the call's progress used becomes its result, not an emptied line beside it."""
         if self._handle is None:
-            display(Markdown(markdown))
+            show_markdown(markdown)
         else:
-            self._handle.update(Markdown(markdown))
+            update_markdown(self._handle, markdown)
             self._handle = None
         self._last = ""
 

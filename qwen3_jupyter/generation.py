@@ -10,7 +10,7 @@ import gc
 import math
 import numbers
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .memory import format_bytes, process_rss
@@ -238,7 +238,9 @@ class Result:
 
     @property
     def text(self) -> str:
-        """The raw completion: thinking block and answer as the model wrote them."""
+        """Thinking and answer joined back in their tags (`<think>…</think>answer`). Not the
+        completion byte for byte: the split trimmed the whitespace around each part, and an
+        answer given without a think block gets an empty one. `token_ids` are what was written."""
         if not self.think:
             return self.answer
         closing = THINK_END if self.thinking_finished else ""
@@ -250,9 +252,25 @@ class Conversation:
     """The per-kernel chat history used by `--chat`."""
 
     messages: list[dict[str, str]] = field(default_factory=list)
+    system: str | None = None
+    """The `--system` of the conversation: given on one `--chat` turn, it stays for the later
+    ones (a persona set on the first turn vanished from the second); a new one replaces it."""
+
+    def options_for_turn(self, options: GenerationOptions) -> GenerationOptions:
+        """`options` with the conversation's system prompt, unless this turn gives its own."""
+        if options.system or not self.system:
+            return options
+        return replace(options, system=self.system)
+
+    def keep_turn(self, options: GenerationOptions, prompt: str, answer: str) -> None:
+        """Add a turn that ended (an interrupted one is not kept, nor its `--system`)."""
+        self.system = options.system or self.system
+        self.messages.append({"role": "user", "content": prompt})
+        self.messages.append({"role": "assistant", "content": answer})
 
     def reset(self) -> None:
         self.messages.clear()
+        self.system = None
 
 
 def build_messages(

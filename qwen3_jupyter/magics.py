@@ -58,22 +58,29 @@ class Qwen3Magics(Magics):
     """Magics that run Qwen3 inside this kernel."""
 
     model = Unicode(
-        "", help="Model id or path used when --model is not given (else $QWEN3_JUPYTER_MODEL)."
+        "",
+        help="Model id or path used when --model is not given ($QWEN3_JUPYTER_MODEL wins when "
+        "set).",
     ).tag(config=True)
-    device = Unicode("", help="Device override: cpu, cuda, cuda:1 (default: auto).").tag(
-        config=True
-    )
-    dtype = Unicode("", help=f"dtype override: one of {', '.join(DTYPES)}.").tag(config=True)
+    device = Unicode(
+        "",
+        help="Device override: cpu, cuda, cuda:1 (default: auto; $QWEN3_JUPYTER_DEVICE wins when "
+        "set).",
+    ).tag(config=True)
+    dtype = Unicode(
+        "",
+        help=f"dtype override: one of {', '.join(DTYPES)} ($QWEN3_JUPYTER_DTYPE wins when set).",
+    ).tag(config=True)
     stream_interval = Float(0.1, help="Seconds between streamed display updates.").tag(config=True)
     decode = Unicode(
         "auto",
         help="auto (fast on CUDA, eager on CPU), fast (static cache + compiled decode step), "
-        "or eager (transformers generate); else $QWEN3_JUPYTER_DECODE.",
+        "or eager (transformers generate); $QWEN3_JUPYTER_DECODE wins when set.",
     ).tag(config=True)
     server = Unicode(
         "",
         help="OpenAI-compatible server URL used when --server is not given "
-        "(else $QWEN3_JUPYTER_SERVER).",
+        "($QWEN3_JUPYTER_SERVER wins when set).",
     ).tag(config=True)
 
     @magic_arguments()

@@ -79,20 +79,19 @@ def pick_device(override: str | None = None) -> str:
     import torch
 
     wanted = override or os.environ.get(DEVICE_ENV) or "auto"
+    named = "--device " if override else f"${DEVICE_ENV}="  # what an error names
     if wanted == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if wanted.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"--device {wanted}: no CUDA GPU is visible here; use --device cpu")
+        raise ModelError(f"{named}{wanted}: no CUDA GPU is visible here; use --device cpu")
     try:
         device = torch.device(wanted)
     except RuntimeError as exc:
-        raise ModelError(
-            f"--device {wanted!r} is not a device torch knows (try cpu, cuda)"
-        ) from exc
+        raise ModelError(f"{named}{wanted!r} is not a device torch knows (try cpu, cuda)") from exc
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         count = torch.cuda.device_count()
         raise ModelError(
-            f"--device {wanted}: this kernel sees {count} CUDA GPU{'s' if count != 1 else ''} "
+            f"{named}{wanted}: this kernel sees {count} CUDA GPU{'s' if count != 1 else ''} "
             f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}; CUDA_VISIBLE_DEVICES "
             "renumbers them from 0)"
         )
@@ -100,7 +99,7 @@ def pick_device(override: str | None = None) -> str:
         backend = getattr(torch, device.type, None)
         available = getattr(backend, "is_available", None)
         if available is None or not available():
-            raise ModelError(f"--device {wanted}: no {device.type} device here; use --device cpu")
+            raise ModelError(f"{named}{wanted}: no {device.type} device here; use --device cpu")
     return wanted
 
 
@@ -114,7 +113,8 @@ def pick_dtype(device: str, override: str | None = None) -> str:
     """bfloat16 on CUDA (float16 on GPUs older than Ampere), float32 on CPU, unless overridden."""
     wanted = canonical_dtype(override or os.environ.get(DTYPE_ENV) or "auto")
     if wanted not in DTYPES:
-        raise ModelError(f"--dtype {wanted!r} is not one of {', '.join(DTYPES)}")
+        named = "--dtype " if override else f"${DTYPE_ENV}="
+        raise ModelError(f"{named}{wanted!r} is not one of {', '.join(DTYPES)}")
     if wanted != "auto":
         return wanted
     if not device.startswith("cuda"):

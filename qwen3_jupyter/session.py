@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from .hub_progress import Progress
 from .interrupts import CELL_INTERRUPTS, import_whole
 from .model_use import ModelBusy
 from .models import (
+    DEVICE_ENV,
+    DTYPE_ENV,
     HOLDER,
     LoadedModel,
     ModelChoice,
@@ -142,9 +145,12 @@ class Session:
             raise ModelError("--model needs a name (e.g. Qwen/Qwen3-1.7B, or tiny)")
         loaded = HOLDER.loaded
         if loaded is not None and (model is None or same_model(model, loaded.name)):
+            # $QWEN3_JUPYTER_DEVICE/_DTYPE set after the load say a device or dtype too (they
+            # were read at the first load only, and hid the config option from later calls).
             name = loaded.name
-            chosen_device = pick_device(device) if device else loaded.device
-            if dtype is None and chosen_device == loaded.device:
+            asked_device = device or os.environ.get(DEVICE_ENV)
+            chosen_device = pick_device(device) if asked_device else loaded.device
+            if not (dtype or os.environ.get(DTYPE_ENV)) and chosen_device == loaded.device:
                 return ModelChoice(name=name, device=chosen_device, dtype=loaded.dtype)
         else:
             name = choose_model(model, configured_model)
@@ -286,6 +292,8 @@ class Session:
         started when a call earlier in the cell was interrupted (KeyboardInterrupt)."""
         CELL_INTERRUPTS.check()
         history = self.conversation.messages if chat else None
+        if chat:
+            options = self.conversation.options_for_turn(options)
         result = engine.generate(
             prompt,
             options,
@@ -296,8 +304,7 @@ class Session:
         )
         CELL_INTERRUPTS.note(result.stop_reason == "interrupted")
         if chat and result.stop_reason != "interrupted":
-            self.conversation.messages.append({"role": "user", "content": prompt})
-            self.conversation.messages.append({"role": "assistant", "content": result.answer})
+            self.conversation.keep_turn(options, prompt, result.answer)
         self.last_result = result
         for listener in list(self.result_listeners):
             try:

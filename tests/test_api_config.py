@@ -142,3 +142,21 @@ def test_the_environment_comes_before_the_configured_device_for_the_magic_and_th
         assert k.value("r[0].device") == "cpu"
     finally:
         ok(k, "os.environ.pop('QWEN3_JUPYTER_DEVICE', None)\n%config Qwen3Magics.device = ''")
+
+
+def test_a_dtype_in_the_environment_after_the_load_is_used(k: Kernel) -> None:
+    """$QWEN3_JUPYTER_DTYPE set once a model was loaded was read by nobody: the loaded dtype
+    stayed, and the config option it hid from the call did not apply either."""
+    ok(k, "%qwen3 --model tiny --dtype float32 --no-think --max-new-tokens 2 hi")
+    try:
+        ok(k, "os.environ['QWEN3_JUPYTER_DTYPE'] = 'bf16'\n%config Qwen3Magics.dtype = 'float16'")
+        ok(k, "%qwen3 --no-think --max-new-tokens 2 hi")
+        assert k.value("SESSION.loaded.dtype") == "bfloat16"
+        ok(k, "r = qwen3_jupyter.generate_batch(['hi'], max_new_tokens=2, progress=False)")
+        assert k.value("SESSION.loaded.dtype") == "bfloat16", "the API reloaded it"
+        ok(k, "os.environ['QWEN3_JUPYTER_DTYPE'] = 'int8'")
+        failed = k.run("%qwen3 --no-think --max-new-tokens 2 hi")
+        assert "$QWEN3_JUPYTER_DTYPE='int8' is not one of" in failed.stderr, failed.stderr
+    finally:
+        ok(k, "os.environ.pop('QWEN3_JUPYTER_DTYPE', None)\n%config Qwen3Magics.dtype = ''")
+    ok(k, "%qwen3 --dtype float32 --no-think --max-new-tokens 2 hi")

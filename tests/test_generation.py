@@ -261,3 +261,79 @@ def test_a_server_calls_footer_still_says_where_its_memory_is() -> None:
         "model memory lives on the server",
         "interrupted: partial answer kept",
     ]
+
+
+def test_only_a_spent_budget_is_told_to_raise_max_new_tokens() -> None:
+    """A call that stopped while thinking said "the token budget ran out... Raise
+    --max-new-tokens" whatever stopped it: an interrupt after 15 of 4,000 tokens, or a server."""
+    from qwen3_jupyter.display import render_answer
+
+    def final(stop: str) -> str:
+        return render_answer(
+            "Hmm", "", False, hide_thinking=False, streaming=False, stop_reason=stop
+        )
+
+    assert "Raise `--max-new-tokens`" in final("length")
+    for stop in ("interrupted", "eos", "context", "abort"):
+        assert "--max-new-tokens" not in final(stop), stop
+    assert "stopped while thinking" in final("interrupted")
+    unfinished = _result(think=True, thinking="Hmm", thinking_finished=False)
+    assert "--max-new-tokens" not in footer(dataclasses.replace(unfinished, stop_reason="eos"))
+    assert "thinking not finished (raise --max-new-tokens)" in footer(
+        dataclasses.replace(unfinished, stop_reason="length")
+    )
+
+
+def test_an_answer_cut_off_by_the_budget_says_so() -> None:
+    """A mid-sentence answer at --max-new-tokens looked finished: nothing said it was cut."""
+    cut = footer(_result(stop_reason="length", answer="The three reasons are: first, the"))
+    assert cut.endswith("answer cut off at --max-new-tokens (raise it for the rest)")
+    assert "cut off" not in footer(_result(stop_reason="eos", answer="Done."))
+
+
+@pytest.mark.parametrize(
+    ("answer", "shown"),
+    [
+        ("Wrap it in a <div> tag", "Wrap it in a &lt;div> tag"),
+        ("<img src=x onerror=alert(1)>", "&lt;img src=x onerror=alert(1)>"),
+        ("inline `<div>` stays", "inline `<div>` stays"),
+        ("```html\n<p>x</p>\n```\nthen <b>", "```html\n<p>x</p>\n```\nthen &lt;b>"),
+        ("> a quote & more", "> a quote & more"),
+        ("streaming ```\n```py\nif a < b:", "streaming ```\n```py\nif a < b:"),
+    ],
+)
+def test_an_answers_html_is_shown_as_typed(answer: str, shown: str) -> None:
+    """The answer went into the Markdown raw: JupyterLab rendered its tags (a "<div>" in the
+    text vanished) while thinking and table cells were escaped. Code is left as it is."""
+    from qwen3_jupyter.display import render_answer
+
+    assert render_answer("", answer, True, False, streaming=False).endswith(shown)
+
+
+def test_streamed_text_waits_for_a_character_split_across_tokens(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A character split across tokens decoded to U+FFFD until its last byte came: the stream
+    showed "Great job �" between updates."""
+    from qwen3_jupyter import stream_pace
+    from qwen3_jupyter.embedded import build_tokenizer
+    from qwen3_jupyter.engines.decode_run import TextStream
+
+    monkeypatch.setattr(stream_pace, "SHOWN_CHARACTERS_PER_SECOND", float("inf"))  # every update
+    tokenizer = build_tokenizer()
+    ids = tokenizer.encode("Great job 🦙🧠 done")
+    shown: list[str] = []
+    stream = TextStream(tokenizer, shown.append, interval=0.0)
+    for end in range(1, len(ids) + 1):
+        stream.update(ids[:end])
+    partial = [tokenizer.decode(ids[:end]) for end in range(1, len(ids) + 1)]
+    assert any("\ufffd" in text for text in partial), "the emoji are whole tokens: no test"
+    assert not [text for text in shown if "\ufffd" in text], shown
+    assert shown[-1] == "Great job 🦙🧠 done"
+
+
+def test_a_long_text_streams_less_often() -> None:
+    from qwen3_jupyter.stream_pace import next_wait
+
+    assert next_wait(0.1, "x" * 1000) == 0.1
+    assert next_wait(0.1, "x" * 130_000) == pytest.approx(0.65)

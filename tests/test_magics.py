@@ -445,6 +445,37 @@ def test_chat_continues_and_reset_clears(kernel: Kernel) -> None:
     assert kernel.value("_qwen3.prompt_tokens") == alone
 
 
+def test_a_system_prompt_stays_for_the_whole_chat(kernel: Kernel) -> None:
+    """A persona set with --system on the first --chat turn vanished from the second: system
+    turns were never kept. It stays now, until a new --system replaces it or --reset."""
+    kernel.run("%qwen3 --reset")
+    ok(kernel, '%qwen3 --chat --system "Be a pirate" --no-think --max-new-tokens 4 --seed 4 Hi')
+    ok(kernel, "%qwen3 --chat --no-think --max-new-tokens 4 --seed 4 Again")
+    ok(kernel, "from qwen3_jupyter.session import SESSION as S")
+    expected = kernel.value(
+        "len(S.loaded.tokenizer(S.loaded.tokenizer.apply_chat_template("
+        "[{'role': 'system', 'content': 'Be a pirate'}, *S.conversation.messages[:2], "
+        "{'role': 'user', 'content': 'Again'}], add_generation_prompt=True, "
+        "enable_thinking=False, tokenize=False))['input_ids'])"
+    )
+    assert kernel.value("_qwen3.prompt_tokens") == expected, "turn 2 was asked without it"
+    assert kernel.value("S.conversation.system") == "Be a pirate"
+    ok(kernel, '%qwen3 --chat --system "Be brief" --no-think --max-new-tokens 4 --seed 4 More')
+    assert kernel.value("S.conversation.system") == "Be brief"
+    ok(kernel, "%qwen3 --reset")
+    assert kernel.value("S.conversation.system") is None
+
+
+def test_every_display_has_a_plain_text_form(kernel: Kernel) -> None:
+    """A console or a notebook converted to text shows text/plain: every display and update
+    was `<IPython.core.display.Markdown object>`, the answer nowhere."""
+    ex = ok(kernel, "%qwen3 --no-think --max-new-tokens 12 --seed 3 hello")
+    bundles = [m["content"]["data"] for m in ex.of_type("display_data", "update_display_data")]
+    assert bundles
+    assert not [b for b in bundles if "IPython.core.display" in b["text/plain"]], bundles
+    assert bundles[-1]["text/plain"] == kernel.value("_qwen3.answer")
+
+
 def test_help_is_complete(kernel: Kernel) -> None:
     ex = kernel.run("%qwen3?")
     pages = [p for p in ex.reply.get("payload", []) if p.get("source") == "page"]

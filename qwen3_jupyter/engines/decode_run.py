@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..generation import Completion, GenerationOptions
+from ..stream_pace import next_wait, settled
 from .base import TextCallback
 
 
@@ -111,18 +112,22 @@ class DecodeRun:
 
 
 class TextStream:
-    """Decoded text to the caller at most every `interval` seconds."""
+    """Decoded text to the caller at most every `interval` seconds (`stream_pace`: longer for
+    a long text, a character still arriving held back)."""
 
     def __init__(self, tokenizer: Any, on_text: TextCallback, interval: float) -> None:
         self.tokenizer, self.on_text, self.interval = tokenizer, on_text, interval
         self._last = 0.0
+        self._wait = interval
 
     def update(self, ids: list[int]) -> None:
         now = time.perf_counter()
-        if now - self._last >= self.interval:
+        if now - self._last >= self._wait:
             self._last = now
+            text = str(self.tokenizer.decode(ids, skip_special_tokens=True))
+            self._wait = next_wait(self.interval, text)
             try:
-                self.on_text(str(self.tokenizer.decode(ids, skip_special_tokens=True)))
+                self.on_text(settled(text))
             except Exception as exc:
                 raise CallbackFailed(exc) from exc
 

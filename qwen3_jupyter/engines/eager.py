@@ -33,6 +33,7 @@ from ..generation import (
 from ..memory import process_rss
 from ..model_use import stop_point
 from ..out_of_memory import allocation_failures_as_oom
+from ..stream_pace import next_wait, settled
 from .attention import planless_attention
 from .base import TextCallback
 from .local import LocalEngine, decodes, holds_model
@@ -119,6 +120,7 @@ class _Streamer:
         self.first_token_at: float | None = None
         self._prompt_seen = False
         self._last_emit = 0.0
+        self._wait = interval
         self.memory_at_end: int | None = None
 
     def put(self, value: Any) -> None:
@@ -129,9 +131,11 @@ class _Streamer:
         now = time.perf_counter()
         if self.first_token_at is None:
             self.first_token_at = now
-        if self.on_text is not None and now - self._last_emit >= self.interval:
+        if self.on_text is not None and now - self._last_emit >= self._wait:
             self._last_emit = now
-            self.on_text(self.decode())
+            text = self.decode()
+            self._wait = next_wait(self.interval, text)
+            self.on_text(settled(text))
 
     def end(self) -> None:
         self.memory_at_end = current_memory(self.device)[0]

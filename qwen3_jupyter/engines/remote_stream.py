@@ -23,6 +23,7 @@ from typing import Any
 
 from ..generation import THINK_END, THINK_START, GenerationOptions, split_thinking
 from ..server_calls import SERVER_CALLS
+from ..stream_pace import next_wait
 from .remote_errors import CallContext, Failure, classify
 
 REASONING_FIELDS = ("reasoning_content", "reasoning")
@@ -351,7 +352,7 @@ def stream_completion(
     deadlines = Deadlines(timeouts)
     stream: Any = None
     completed = False
-    last_emit = 0.0
+    last_emit, wait = 0.0, interval
     callback_error: Exception | None = None
     closers = contextlib.ExitStack()
     try:
@@ -391,10 +392,12 @@ def stream_completion(
             passed = deadlines.expired() if result.finish_reason is None else None
             if passed is not None:
                 raise _timeout(ctx, passed, timeouts)
-            if on_text is not None and text.chunks and now - last_emit >= interval:
+            if on_text is not None and text.chunks and now - last_emit >= wait:
                 last_emit = now
+                shown = text.display_text(think)
+                wait = next_wait(interval, shown)
                 try:
-                    on_text(text.display_text(think))
+                    on_text(shown)
                 except Exception as exc:
                     callback_error = exc
                     raise
