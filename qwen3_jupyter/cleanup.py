@@ -35,7 +35,7 @@ from .cleanup_report import (
     DeviceMemory,
     drop,
 )
-from .holders import find_holders, kept_memory_text, user_variables
+from .holders import find_holders, kept_memory_text
 from .incremental_gc import COLLECTOR
 from .memory import cuda_in_use, imported_torch, live_tensor_bytes, process_rss, trim_host_heap
 from .release_actions import (
@@ -48,6 +48,7 @@ from .release_actions import (
     release_last_exception,
     release_output_cache,
 )
+from .user_namespace import user_variables
 
 _log = logging.getLogger(__name__)
 

@@ -198,7 +198,7 @@ class _NotebookState:
 def _user_names() -> set[str]:
     from IPython import get_ipython
 
-    from .holders import user_variables
+    from .user_namespace import user_variables
 
     shell = get_ipython()
     return set(user_variables(shell)) if shell is not None else set()

@@ -6,7 +6,6 @@ Why: "3 GiB still held" is only actionable with "by `df_embeddings`" or "by Out[
 from __future__ import annotations
 
 import gc
-import re
 import sys
 import types
 from typing import Any
@@ -20,10 +19,7 @@ from .tensor_scan import (
     is_tensor,
     traceback_locals,
 )
-
-_IPYTHON_NAMES = re.compile(r"_\d+|_i\d+")
-"""Output and input history entries; any other name IPython set is in `user_ns_hidden` as it
-is (a `_` or `Out` the user assigned is theirs: a cycle bound to it, rebound, was missed)."""
+from .user_namespace import user_variables
 
 
 def find_holders(
@@ -226,16 +222,6 @@ def kept_memory_text() -> tuple[str, ...]:
     if keeper is None:
         return ()
     return tuple(k.describe() for k in keeper.kept_memory())
-
-
-def user_variables(shell: Any) -> dict[str, Any]:
-    """The user's own names: the namespace without IPython's (`In`, `Out`, `_N`, `_i`, ...)."""
-    hidden = getattr(shell, "user_ns_hidden", {})
-    return {
-        name: value
-        for name, value in list(shell.user_ns.items())
-        if not _IPYTHON_NAMES.fullmatch(name) and not (name in hidden and hidden[name] is value)
-    }
 
 
 def _describe(obj: Any, scan: TensorScan) -> str:

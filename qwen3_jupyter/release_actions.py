@@ -18,6 +18,7 @@ from typing import Any
 from .incremental_gc import COLLECTOR
 from .memory import cuda_in_use, imported_torch, trim_host_heap
 from .tensor_scan import holds_device_memory
+from .user_namespace import user_variables
 
 _OUT_NAME = re.compile(r"_\d+")
 _MODEL_CACHE_ATTRS = ("_cache", "past_key_values", "_past_key_values", "_kv_cache")
@@ -99,6 +100,14 @@ def release_output_cache(shell: Any) -> tuple[str, ...]:
             ns[name] = hidden[name] = ""
             if name not in released:
                 released.append(name)
+        # And `user_ns_hidden` keeps the output IPython last pushed under that name: the only
+        # reference left to a shown tensor once the user bound `_` (reported released, alive).
+        stale = hidden.get(name)
+        unseen = stale is not None and stale is not ns.get(name)
+        if unseen and (id(stale) in purged or holds(stale)):
+            hidden[name] = ""
+            if name not in released:
+                released.append(name)
     for label, result in _execution_results(shell):
         value = getattr(result, "result", None)
         if value is not None and (id(value) in purged or holds(value)):
@@ -145,9 +154,12 @@ def release_last_exception(shell: Any | None) -> tuple[str, ...]:
     handler's `tb` and debugger frames, and strips `__traceback__` from the exceptions that the
     ExecutionResults keep. The exception objects themselves stay where IPython and ipykernel
     read them (a failed cell still reports its error); only their frames go, so `%debug` has
-    nothing to inspect afterwards.
+    nothing to inspect afterwards. An exception a user variable holds (`except E as e: err =
+    e`, then a new error) is the user's: its data and traceback are left as they are, and what
+    they hold is reported under the variable's name.
     """
     released: list[str] = []
+    users = {id(v) for v in user_variables(shell).values()} if shell is not None else set()
     exceptions: list[BaseException] = []
     for name in ("last_exc", "last_value"):
         value = getattr(sys, name, None)
@@ -167,12 +179,14 @@ def release_last_exception(shell: Any | None) -> tuple[str, ...]:
             released.append("debugger frames")
         for label, name, value in kept_exceptions(shell):
             exceptions.append(value)
+            if id(value) in users:
+                continue
             if value.__traceback__ is not None:
                 released.append(f"{label}.{name}.__traceback__")
             released.extend(f"{label}.{name}.{part}" for part in _release_contents(value))
     current = sys.exc_info()[1]
     for exc in _exception_chain(exceptions):
-        if exc is not current:
+        if exc is not current and id(exc) not in users:
             exc.__traceback__ = None
             _release_contents(exc)
     return tuple(released)

@@ -771,17 +771,66 @@ def test_a_tensor_in_the_last_exceptions_args_is_released(k: Kernel) -> None:
     details = k.value("r.details()")
     assert any(line.startswith("last exception (args): ") for line in details), details
     assert k.run("check()").status == "error"
-    kept = "e = get_ipython().last_execution_result.error_in_exec\nr = qwen3_jupyter.cleanup()"
-    ok(k, kept)
-    assert k.value("repr(e)").startswith("AssertionError('tensor([1., 1., 1."), "still readable"
-    ok(k, "del e")
+    # What IPython keeps, read after the cleanup (in a function: a variable would be the user's)
+    kept = (
+        "def cleaned(show):\n"
+        "    e = get_ipython().last_execution_result.error_in_exec\n"
+        "    qwen3_jupyter.cleanup()\n"
+        "    return show(e)\n"
+    )
+    ok(k, kept + "text = cleaned(repr)")
+    assert k.value("text").startswith("AssertionError('tensor([1., 1., 1."), "still readable"
     assert not alive(k, "args")
     assert k.run("fail_with_attr()").status == "error"
-    ok(k, kept)
-    assert k.value("str(e)") == "kept on the exception"
-    ok(k, "del e")
+    ok(k, kept + "text = cleaned(str)")
+    assert k.value("text") == "kept on the exception"
     assert not alive(k, "attr")
-    ok(k, "del check, Failed, fail_with_attr")
+    ok(k, "del check, Failed, fail_with_attr, cleaned, text")
+    assert_survivors(k)
+
+
+def test_an_exception_the_user_kept_is_left_as_it_is(k: Kernel) -> None:
+    """`except ValueError as e: first_error = e`, then a new error: the cleanup replaced the
+    tensor in first_error.args by its repr and dropped its traceback (and freed nothing: the
+    tensor is a view of a live variable). The user's exception is theirs, like any variable."""
+    ok(k, "bad_rows = torch.tensor([3.0, float('nan')])")
+    failing = (
+        "try:\n"
+        "    raise ValueError('rows with NaN', bad_rows[1:])\n"
+        "except ValueError as e:\n"
+        "    first_error = e\n"
+        "    raise RuntimeError('validation failed')"
+    )
+    assert k.run(failing).status == "error"
+    ok(k, "r = qwen3_jupyter.cleanup()")
+    assert k.value("type(first_error.args[1]).__name__") == "Tensor"
+    assert k.value("first_error.__traceback__ is not None")
+    assert k.value("'sys.last_value' in r.summary()"), "IPython's own references still go"
+    ok(k, "del bad_rows, first_error")
+    assert_survivors(k)
+
+
+def test_a_shown_tensor_is_released_after_the_user_bound_underscore(k: Kernel) -> None:
+    """Once a cell binds `_` (`for _ in ...`, `_ = plt.plot(...)`), IPython stops moving it,
+    and `user_ns_hidden['_']` kept the output it last pushed: the only reference to a shown
+    tensor, which survived every cleanup while the report said `_` was released."""
+    ok(
+        k,
+        "def made(n):\n"
+        "    t = torch.ones(n * MiB)\n"
+        "    refs['shown'] = weakref.ref(t)\n"
+        "    return t",
+    )
+    ok(k, "for name in ('_', '__', '___'):\n    globals().pop(name, None)")  # IPython's again
+    ok(k, "made(4)")
+    assert k.value("get_ipython().user_ns_hidden['_'] is refs['shown']()")
+    ok(k, "_ = print('bound by the user')")
+    ok(k, "r = cleanup_without('release_output_cache')")
+    assert alive(k, "shown"), "control: freed without the output-cache action"
+    ok(k, "r = qwen3_jupyter.cleanup()")
+    assert not alive(k, "shown")
+    assert k.value("_") is None, "the user's _ is left alone"
+    ok(k, "del made, _")
     assert_survivors(k)
 
 
