@@ -14,6 +14,8 @@ import contextlib
 import json
 import os
 import shutil
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,6 +154,22 @@ def checkpoint_dir(name: str, seed: int = 0) -> Path:
     return cache_root() / "embedded" / f"{safe}-seed{seed}-v{BUILD_FORMAT}"
 
 
+def build_size(name: str) -> str:
+    """Roughly what a build of `name` writes, for an error that asks for room: its weights."""
+    config = EMBEDDED[name].config
+    hidden, layers = config["hidden_size"], config["num_hidden_layers"]
+    heads, kv, head_dim = (
+        config["num_attention_heads"],
+        config["num_key_value_heads"],
+        config["head_dim"],
+    )
+    attention = hidden * head_dim * (2 * heads + 2 * kv)
+    per_layer = attention + 3 * hidden * config["intermediate_size"]
+    parameters = config["vocab_size"] * hidden + layers * per_layer
+    size = parameters * (4 if EMBEDDED[name].save_dtype == "float32" else 2)
+    return f"~{size / 2**30:.1f} GiB" if size >= 2**30 else f"~{size / 2**20:.0f} MiB"
+
+
 def is_built(name: str, seed: int = 0) -> bool:
     """Whether embedded model `name` is in the cache already (its first use builds it)."""
     return (checkpoint_dir(name, seed) / "qwen3_jupyter_build.json").exists()
@@ -161,17 +179,28 @@ def ensure_built(name: str, seed: int = 0, progress: Progress | None = None) -> 
     """Path of the checkpoint for embedded model `name`, building it on first use.
 
     The build writes into a temporary folder and renames it into place, so an interrupted
-    build never leaves a half-written checkpoint that a later load would trust.
+    build never leaves a half-written checkpoint that a later load would trust. Builds of one
+    model take turns (a lock file beside it): two kernels on a fresh cache each built it, and
+    the last to finish deleted the folder the first was loading from.
     """
     spec = EMBEDDED[name]
     target = checkpoint_dir(name, seed)
-    if is_built(name, seed):
-        with contextlib.suppress(OSError, ValueError, KeyError):  # a read-only cache loads as is
-            record_added_tokens(target)  # a checkpoint built before they were recorded
-        return target
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    if not is_built(name, seed):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with _build_lock(target):
+            if not is_built(name, seed):  # another process may have built it meanwhile
+                _build(spec, name, seed, target, progress)
+            return target
+    with contextlib.suppress(OSError, ValueError, KeyError):  # a read-only cache loads as is
+        record_added_tokens(target)  # a checkpoint built before they were recorded
+    return target
+
+
+def _build(
+    spec: EmbeddedSpec, name: str, seed: int, target: Path, progress: Progress | None
+) -> None:
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
     try:
         build_tokenizer().save_pretrained(tmp)
         record_added_tokens(tmp)
@@ -179,11 +208,39 @@ def ensure_built(name: str, seed: int = 0, progress: Progress | None = None) -> 
         (tmp / "qwen3_jupyter_build.json").write_text(
             json.dumps({"name": name, "seed": seed, "format": BUILD_FORMAT})
         )
-        shutil.rmtree(target, ignore_errors=True)
+        _readable_by_all(tmp)
+        shutil.rmtree(target, ignore_errors=True)  # a build left without its marker
         tmp.rename(target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+
+@contextlib.contextmanager
+def _build_lock(target: Path) -> Iterator[None]:
+    """Hold `target`'s build lock (waiting for another process's build to end). Without fcntl
+    (Windows) builds are not serialised; each still renames a whole folder into place."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(target.with_name(f"{target.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # an interrupt while waiting raises here
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _readable_by_all(folder: Path) -> None:
+    """Give the built files the modes of the process's umask: `save_pretrained` leaves the
+    weights owner-only (0600), so a cache one user built (an admin's shared
+    $QWEN3_JUPYTER_CACHE) failed for everyone else with "No such file or directory"."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def record_added_tokens(folder: Path) -> None:

@@ -141,6 +141,18 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tok
 """A checkpoint folder holds at least one: `save_pretrained` of the model alone writes none."""
 
 
+def _built(name: str, progress: Progress | None) -> Path:
+    """`embedded.ensure_built`, its failures (a read-only or full cache folder) in one line."""
+    try:
+        return embedded.ensure_built(name, progress=progress)
+    except Exception as exc:  # PermissionError, SafetensorError "No space left on device"…
+        folder = embedded.checkpoint_dir(name).parent
+        raise ModelError(
+            f"could not build {name} in {folder}: {type(exc).__name__}: {_first_line(exc)}; set "
+            f"QWEN3_JUPYTER_CACHE to a writable folder with {embedded.build_size(name)} free"
+        ) from None
+
+
 def resolve_path(name: str, progress: Progress | None = None) -> tuple[str, bool]:
     """A local directory holding the checkpoint for `name`, and whether it is embedded.
 
@@ -149,7 +161,7 @@ def resolve_path(name: str, progress: Progress | None = None) -> tuple[str, bool
     """
     embedded_name = embedded.canonical_name(name)
     if embedded_name is not None:
-        return str(embedded.ensure_built(embedded_name, progress=progress)), True
+        return str(_built(embedded_name, progress)), True
     local = Path(name).expanduser()
     if local.is_dir():
         if not (local / "config.json").exists():

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -140,3 +145,69 @@ def test_progress_is_reported_while_building(
 @pytest.mark.parametrize("name", ["tiny", "random:tiny", "random:Qwen3-1.7B", "random:qwen3-1.7b"])
 def test_names(name: str) -> None:
     assert embedded.canonical_name(name) in embedded.EMBEDDED
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="builds take turns through fcntl")
+def test_a_build_another_process_finished_meanwhile_is_not_redone(model_cache: Path) -> None:
+    """Two kernels on a fresh cache each built the model, and the last to finish deleted the
+    folder the first was loading from ("Unable to load vocabulary"). A build now waits for
+    the one under way and uses its result."""
+    import fcntl
+
+    target = embedded.checkpoint_dir("tiny", 11)
+    shutil.rmtree(target, ignore_errors=True)
+    finished_elsewhere = embedded.ensure_built("tiny", seed=12)
+    with open(target.with_name(f"{target.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a build under way in another process
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from qwen3_jupyter import embedded as e\nprint(e.ensure_built('tiny', seed=11))",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(2)
+        assert child.poll() is None, "it did not wait for the build under way"
+        assert not list(target.parent.glob(f"{target.name}.tmp*")), "it built meanwhile"
+        shutil.copytree(finished_elsewhere, target)  # that build's result
+        marker = (target / "qwen3_jupyter_build.json").stat().st_ino
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    out, _ = child.communicate(timeout=300)
+    assert child.returncode == 0 and out.strip() == str(target)
+    assert (target / "qwen3_jupyter_build.json").stat().st_ino == marker, "built over it"
+
+
+def test_a_built_checkpoint_is_readable_by_other_users(model_cache: Path) -> None:
+    """`save_pretrained` left the weights owner-only (0600): a cache one user built (a shared
+    $QWEN3_JUPYTER_CACHE) failed for the others with "No such file or directory"."""
+    (embedded.checkpoint_dir("tiny", 13) / "qwen3_jupyter_build.json").unlink(missing_ok=True)
+    umask = os.umask(0o022)
+    try:
+        path = embedded.ensure_built("tiny", seed=13)
+    finally:
+        os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [path, *path.iterdir()]}
+    assert modes["model.safetensors"] == 0o644, modes
+    assert all(mode & 0o044 == 0o044 for mode in modes.values()), modes
+
+
+def test_a_cache_that_cannot_be_written_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only or full cache folder gave a ~95-line traceback (PermissionError, or
+    safetensors' "No space left on device") through %qwen3 and the API alike."""
+    from qwen3_jupyter.models import ModelError, resolve_path
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("QWEN3_JUPYTER_CACHE", str(blocker / "cache"))
+    with pytest.raises(ModelError) as failed:
+        resolve_path("tiny")
+    message = str(failed.value)
+    assert "\n" not in message
+    assert message.startswith(f"could not build tiny in {blocker / 'cache' / 'embedded'}: ")
+    assert message.endswith(
+        f"set QWEN3_JUPYTER_CACHE to a writable folder with {embedded.build_size('tiny')} free"
+    )
