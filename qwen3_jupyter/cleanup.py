@@ -57,15 +57,15 @@ _log = logging.getLogger(__name__)
 
 @dataclass
 class _Nvml:
-    """One NVML reader for cleanup reports, opened on first use when CUDA is in use."""
+    """One NVML reader for cleanup reports, opened on first use when CUDA is in use. A failed
+    open or read is not remembered here: the reader tries NVML again itself (after
+    `INIT_RETRY_S`, or at once after a driver reset), where one failure had ended NVML figures
+    in the reports until the extension was unloaded."""
 
     reader: Any = None
-    failed: bool = False
 
     def process_memory(self) -> dict[str, int | None]:
         """Bytes this process uses per torch CUDA device ('cuda:0'), None where unknown."""
-        if self.failed:
-            return {}
         try:
             from . import memory, nvml
 
@@ -73,7 +73,6 @@ class _Nvml:
                 self.reader = nvml.NvmlReader()
             self.reader.open()
             if not self.reader.opened:
-                self.failed = True
                 return {}
             pids = {os.getpid()}
             return {  # torch's devices only, by UUID: a few NVML calls, not a poll of every GPU
@@ -84,7 +83,6 @@ class _Nvml:
             }
         except Exception:
             _log.debug("NVML reading failed", exc_info=True)
-            self.failed = True
             return {}
 
     def close(self) -> None:
@@ -92,7 +90,6 @@ class _Nvml:
             with contextlib.suppress(Exception):
                 self.reader.close()
         self.reader = None
-        self.failed = False
 
 
 _NVML = _Nvml()

@@ -274,7 +274,10 @@ class NvmlReader:
         for spelling in (uuid, f"GPU-{key}", f"MIG-{key}"):
             try:
                 handle = nvml.nvmlDeviceGetHandleByUUID(spelling)
-            except Exception:
+            except Exception as exc:
+                if _nvml_code(exc) == NVML_ERROR_UNINITIALIZED:  # a driver reset: init again
+                    self._close()
+                    return None
                 continue
             processes, listed = self._processes(handle)
             return _pids_bytes(processes, pids) if listed else None

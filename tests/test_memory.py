@@ -444,6 +444,23 @@ def test_a_driver_that_loads_later_is_read_once_it_does() -> None:
     assert not never.read().available and missing.init_count == 0
 
 
+def test_a_cleanups_process_figure_comes_back_after_a_driver_reset() -> None:
+    """`process_bytes` (the cleanup report's NVML figure) never opened NVML again after a
+    driver reset (Uninitialized), unlike `read`: the report said "unknown" until unload."""
+    me = os.getpid()
+    fake = FakeNvml.with_gpus(1)
+    fake.gpus[0].processes = [FakeProcess(SELF, 3 * GiB)]
+    reader = NvmlReader(fake.module)
+    try:
+        assert reader.process_bytes(gpu_uuid(0), {me}) == 3 * GiB
+        fake.shutdown_count += 1  # the reset: NVML answers Uninitialized until nvmlInit
+        assert reader.process_bytes(gpu_uuid(0), {me}) is None
+        assert reader.process_bytes(gpu_uuid(0), {me}) == 3 * GiB
+        assert fake.init_count == 2
+    finally:
+        reader.close()
+
+
 def test_close_waits_for_a_read_in_progress_instead_of_shutting_nvml_under_it() -> None:
     """A gauge opened as the last one's polling thread ends: that thread shuts NVML down while
     the new one reads. The reader's own lock makes the shutdown wait for the read."""
