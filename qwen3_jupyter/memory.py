@@ -213,8 +213,7 @@ def live_tensor_bytes() -> dict[str, int]:
         return {}
     import gc
 
-    seen: set[tuple[str, int]] = set()
-    totals: dict[str, int] = {}
+    storages: dict[tuple[str, int], int] = {}
     for obj in gc.get_objects():
         try:
             # type() rather than isinstance(): isinstance reads __class__, which wakes
@@ -222,16 +221,28 @@ def live_tensor_bytes() -> dict[str, int]:
             kind = type(obj)
             if not issubclass(kind, torch.Tensor) or kind.__name__ in _NOT_MEMORY or obj.is_meta:
                 continue
-            storage = obj.untyped_storage()
-            device = str(obj.device)
-            key = (device, storage.data_ptr())
-            if key in seen:
-                continue
-            seen.add(key)
-            totals[device] = totals.get(device, 0) + int(storage.nbytes())
+            address, size = storage_span(obj)
+            key = (str(obj.device), address)
+            storages[key] = max(size, storages.get(key, 0))  # `x[:5].detach()` spans less
         except Exception:
             continue
+    totals: dict[str, int] = {}
+    for (device, _), size in storages.items():
+        totals[device] = totals.get(device, 0) + size
     return totals
+
+
+def storage_span(tensor: Any) -> tuple[int, int]:
+    """(address, bytes) of the storage `tensor` lives in: the key that counts a storage once.
+
+    Without `untyped_storage()` where the tensor owns its storage from its start (no `_base`,
+    no offset): that call makes a Python storage object which torch then keeps as long as the
+    tensor lives, so a report over a million tensors left a million objects behind (RSS up
+    60 MiB for good, and every later full gc slower)."""
+    if tensor._base is None and tensor.storage_offset() == 0:
+        return int(tensor.data_ptr()), int(tensor.nbytes)
+    storage = tensor.untyped_storage()
+    return int(storage.data_ptr()), int(storage.nbytes())
 
 
 def trim_host_heap() -> bool:
