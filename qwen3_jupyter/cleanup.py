@@ -18,11 +18,12 @@ tensors and the tensor-related work is skipped.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import gc
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -199,12 +200,14 @@ def cleanup(
     if count_tensors is not None:
         switches["count_tensors"] = count_tensors
     check_arguments(flags=switches)
+    if shell is None:
+        shell = _current_shell()
+    if shell is not None:
+        _refuse_missing(names, user_variables(shell))
     started = time.perf_counter()
     count = verbose if count_tensors is None else count_tensors
     COLLECTOR.last = None
     try:
-        if shell is None:
-            shell = _current_shell()
         start = _probe()  # before counting tensors: the count's own garbage is not slack
         before, _ = _snapshot(count)
         heap = _run_action("host heap", release_heap_slack, start)
@@ -252,6 +255,19 @@ def _drop_names(drop: Iterable[str] | str) -> tuple[str, ...]:
         if not isinstance(name, str):
             raise TypeError(f"drop: {name!r} ({type(name).__name__}) is not a variable name")
     return names
+
+
+def _refuse_missing(names: tuple[str, ...], variables: Mapping[str, Any]) -> None:
+    """A `drop` name with no variable behind it (a typo: drop="bgi") did nothing, and said
+    nothing: refused before anything is dropped, with the name it likely meant."""
+    missing = [name for name in names if name not in variables]
+    if not missing:
+        return
+    close = difflib.get_close_matches(missing[0], list(variables), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise NameError(
+        f"drop: no variable named {', '.join(map(repr, missing))}{hint}; nothing was dropped"
+    )
 
 
 def _full_gc_reason(full: bool, dynamo: bool, count: bool) -> str:

@@ -103,7 +103,7 @@ class Holder:
     """Something that still holds tensor memory after cleanup, and how to let it go."""
 
     name: str
-    kind: str  # "variable", "output", "traceback", "model", "other"
+    kind: str  # "variable", "output", "traceback", "exception", "model", "kept", "more", "other"
     what: str
     nbytes: int
     devices: tuple[str, ...]

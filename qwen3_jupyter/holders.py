@@ -90,6 +90,20 @@ def find_holders(
     other = {d: total[d] - known.get(d, 0) for d in total if total[d] - known.get(d, 0) > 0}
     holders.sort(key=lambda h: h.nbytes, reverse=True)
     result = holders[:limit]
+    rest = holders[limit:]
+    if rest:  # the list ended at `limit` without a word: 8 MiB of a closure showed nowhere
+        devices = tuple(sorted({d for h in rest for d in h.devices}))
+        noun = "holder" if len(rest) == 1 else "holders"
+        result.append(
+            Holder(
+                f"{len(rest)} more {noun}",
+                "more",
+                ", ".join(h.name for h in rest[:5]) + (", …" if len(rest) > 5 else ""),
+                sum(h.nbytes for h in rest),
+                devices,
+                f"each smaller than the {limit} above",
+            )
+        )
     if sum(other.values()) >= MiB:
         result.append(
             Holder(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import re
 import traceback
 import weakref
 from collections.abc import Iterator
@@ -222,6 +223,18 @@ def test_a_cycle_bound_to_a_underscore_the_user_assigned_is_found_when_rebound(
     assert "full gc (`_` was rebound" in k.value("r.gc_pass")
 
 
+def test_verbose_says_what_it_left_off_its_list(k: Kernel) -> None:
+    """The list stopped at 10 holders without a word: an 8 MiB closure showed nowhere."""
+    ok(k, "holding = {f'h{i}': torch.ones((20 - i) * 65536) for i in range(13)}")
+    ok(k, "globals().update(holding)\nr = qwen3_jupyter.cleanup(verbose=True)")
+    details = k.value("r.details()")
+    more = [line for line in details if re.match(r"\d+ more holders: ", line)]
+    assert len(more) == 1 and details[10] == more[0], details  # after the 10 it names
+    assert "h12" in more[0] and "(each smaller than the 10 above)" in more[0], more
+    ok(k, "for name in holding: del globals()[name]\ndel holding")
+    assert_survivors(k)
+
+
 def test_reference_cycle_is_collected(k: Kernel) -> None:
     ok(
         k,
@@ -369,6 +382,12 @@ def test_a_string_given_to_drop_is_one_name(k: Kernel) -> None:
     bad = k.run("qwen3_jupyter.cleanup(drop=[b])")
     assert bad.reply["ename"] == "TypeError", bad.reply
     assert bad.reply["evalue"] == "drop: 2 (int) is not a variable name"
+    assert k.value("b") == 2
+    typo = k.run('qwen3_jupyter.cleanup(drop=["b", "bb"])')  # did nothing and said nothing
+    assert (typo.reply["ename"], typo.reply["evalue"]) == (
+        "NameError",
+        "drop: no variable named 'bb' (did you mean 'b'?); nothing was dropped",
+    )
     assert k.value("b") == 2
     ok(k, "del b")
 
