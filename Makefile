@@ -70,8 +70,9 @@ test: setup chromium
 	cd labextension && jlpm lint:check && jlpm test
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
+# Jupyter refuses to start as root unless told (a container's usual user).
 lab: setup
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # A wheel for `pip install` (no Node needed there): the labextension's production build first —
 # the build hook skips building when a build exists, and `setup` made a development one (source

@@ -4,8 +4,10 @@ Why: after a magic's name IPython offers Python names, which is no help for its 
 matcher added to IPython's completer offers, on a line that starts with one of our magics, that
 magic's own options and, for an option that takes one of a known set, its values: embedded and
 locally cached models, dtypes, devices, server URLs, `on|off|status`, and for `--field` the
-columns of the `--file` table. A path (`--file`, `--out`) and the prompt itself are left to
-IPython's own completion. Nothing here imports torch; the Hugging Face cache is only listed.
+columns of the `--file` table (models: the embedded ones and those in the Hugging Face cache;
+devices: those torch sees, once it is imported). A path (`--file`, `--out`) and the prompt
+itself are left to IPython's own completion. Nothing here imports torch; the Hugging Face
+cache is only listed.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ from IPython.core.completer import (
 from . import lifecycle
 from .embedded import EMBEDDED
 from .magic_args import options_of
-from .models import DEFAULT_MODEL, DTYPE_ALIASES, DTYPES
+from .models import DTYPE_ALIASES, DTYPES
 from .prompt_files import field_names
 
 MAGIC_NAMES = {
@@ -38,6 +41,8 @@ MAGIC_NAMES = {
     "%qwen3_gauge": "qwen3_gauge",
     "%qwen3_autoclean": "qwen3_autoclean",
 }
+CELL_ONLY = ("--drop", "--keep")
+"""`%%qwen3_clean` options the line form refuses."""
 SERVERS = ("http://localhost:8000/v1", "http://localhost:30000/v1")
 """vLLM's and SGLang's default OpenAI-compatible addresses."""
 
@@ -64,8 +69,11 @@ def _matcher(ip: Any) -> Callable[[CompletionContext], SimpleMatcherResult]:
         words = typed.split(None, 1)
         name = MAGIC_NAMES.get(words[0]) if words else None
         magic = ip.magics_manager.magics["line"].get(name) if name else None
+        options = _options(magic) if magic is not None else {}
+        if words and words[0] == "%qwen3_clean":  # --drop and --keep are the cell form's
+            options = {o: takes for o, takes in options.items() if o not in CELL_ONLY}
         found = (
-            candidates(typed, context.token, _options(magic), _values(name or "", ip, typed))
+            candidates(typed, context.token, options, _values(name or "", ip, typed))
             if magic is not None
             else None
         )
@@ -156,9 +164,9 @@ def _values(magic_name: str, shell: Any, typed: str = "") -> dict[str, Iterable[
     if magic_name != "qwen3":
         return {}
     return {
-        "--model": _OnDemand(lambda: [*EMBEDDED, DEFAULT_MODEL, *cached_models()]),
+        "--model": _OnDemand(lambda: [*EMBEDDED, *cached_models()]),
         "--dtype": [*DTYPES, *DTYPE_ALIASES],
-        "--device": ["cpu", "cuda"],
+        "--device": _OnDemand(_devices),
         "--server": [*_configured_servers(shell), *SERVERS],
         "--field": _OnDemand(lambda: _fields_of_file(typed, shell)),
     }
@@ -177,6 +185,17 @@ def _fields_of_file(typed: str, shell: Any) -> list[str]:
         with contextlib.suppress(Exception):  # as the magic does: a value it cannot expand
             path = shell.var_expand(path)  # stays as typed
     return [shlex.quote(name) for name in field_names(path)]
+
+
+def _devices() -> list[str]:
+    """cpu, and cuda with each GPU's index where torch (already imported: completing must not
+    import it) sees GPUs; cuda alone while torch is not imported yet."""
+    torch = sys.modules.get("torch")
+    cuda = getattr(torch, "cuda", None)
+    if cuda is None or not hasattr(cuda, "device_count"):
+        return ["cpu", "cuda"]
+    count = cuda.device_count() if cuda.is_available() else 0
+    return ["cpu", *(["cuda"] if count else []), *(f"cuda:{i}" for i in range(count))]
 
 
 class _OnDemand:

@@ -206,9 +206,8 @@ def test_tab_offers_each_magics_options_and_known_values(
         quoted = "%qwen3 --system 'Be brief' --no-th"  # a quoted value is one word
         assert k.complete(quoted) == ["%qwen3 --system 'Be brief' --no-think"]
         assert k.complete("%%qwen3 --gr") == ["%%qwen3 --greedy"]
-        assert k.complete("%qwen3 --model ") == [
-            f"%qwen3 --model {m}"
-            for m in ("Qwen/Qwen3-1.7B", "Qwen/Qwen3-8B", "gpt2", "random:Qwen3-1.7B", "tiny")
+        assert k.complete("%qwen3 --model ") == [  # not the default: it is not cached here
+            f"%qwen3 --model {m}" for m in ("Qwen/Qwen3-8B", "gpt2", "random:Qwen3-1.7B", "tiny")
         ]
         assert k.complete("%qwen3 --model random:Q") == ["%qwen3 --model random:Qwen3-1.7B"]
         assert k.complete("%qwen3 --no-think --dtype b") == [
@@ -220,6 +219,12 @@ def test_tab_offers_each_magics_options_and_known_values(
             f"%qwen3_gauge {o}" for o in ("--all", "--compact", "--interval", "--stop")
         ]
         assert k.complete("%qwen3_clean --ve") == ["%qwen3_clean --verbose"]
+        assert k.complete("%qwen3_clean --dr") == [], "the line form refuses --drop"
+        assert k.complete("%%qwen3_clean --dr") == ["%%qwen3_clean --drop"]
+        ok(k, "import torch")  # the devices it sees (none on a CPU machine), once imported
+        gpus = k.value("torch.cuda.device_count()")
+        devices = ["cpu", *(["cuda"] if gpus else []), *(f"cuda:{i}" for i in range(gpus))]
+        assert k.complete("%qwen3 --device ") == [f"%qwen3 --device {d}" for d in devices]
         assert k.complete("%qwen3_autoclean o") == ["%qwen3_autoclean off", "%qwen3_autoclean on"]
         assert not any("--" in c for c in k.complete("%qwen3 Why is")), "the prompt is text"
         path = f"%qwen3 --file {tmp_path}/pro"
