@@ -176,7 +176,12 @@ def resolve_path(name: str, progress: Progress | None = None) -> tuple[str, bool
     if local.is_file():
         raise ModelError(f"--model {name}: a file; point at the folder that holds it")
     if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
-        raise ModelError(f"model path {name!r} does not exist")
+        nearest = next((p for p in local.absolute().parents if p.is_dir()), None)
+        raise ModelError(
+            f"model path {name!r} does not exist ({nearest} is the nearest folder that does): "
+            "point --model at the folder holding config.json, or use a Hub id such as "
+            f"{DEFAULT_MODEL}"
+        )
     return _from_hf_cache(name), False
 
 

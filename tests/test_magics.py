@@ -98,6 +98,7 @@ def test_loading_and_answer_share_one_output(kernel: Kernel) -> None:
     # never an empty output above the error.
     missing = kernel.run("%qwen3 --model /no/such/folder hi")
     assert missing.status == "error" and "does not exist" in missing.stderr
+    assert "(/ is the nearest folder that does): point --model at the folder" in missing.stderr
     texts = [data.get("text/markdown") for data in missing.final_displays()]
     assert texts == ["*loading /no/such/folder on cpu (float32)…* — stopped"], texts
 
