@@ -19,6 +19,11 @@ Routes (`url(route)` gives `http://127.0.0.1:PORT/<route>/v1`):
 - `retryable`      while `errors_left` > 0 (each request takes one), two tokens then vLLM's
                    retryable engine error as an event (`{"error": {..., "code": 503}}`) and
                    `[DONE]`; then answers as `ok` does;
+- `failfirst`      `transformers serve`'s generation error before any token: the role chunk,
+                   then `{"error": "<message>"}` (a string, no code), and the stream ends;
+- `parsedanswer`   an Instruct model behind vLLM's qwen3 reasoning parser, which files all
+                   text before a `</think>` (here: all of it) as `reasoning`: "Hello world"
+                   as reasoning deltas, finish "stop", usage and `[DONE]`;
 - `cache`          a `transformers serve` started without a model: GET /models lists every
                    model of `cache` (id, "loaded"/"unloaded") with its `status`, and a chat
                    request for any model is answered (the server loads it);
@@ -170,6 +175,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._ok(body)
             return
         self._stream([*ANSWER, _event({"content": " wor"}), RETRYABLE, DONE])
+
+    def _failfirst(self, body: dict[str, Any]) -> None:
+        oom = b'data: {"error": "CUDA out of memory. Tried to allocate 2.00 GiB"}\n\n'
+        self._stream([ANSWER[0], oom])
+
+    def _parsedanswer(self, body: dict[str, Any]) -> None:
+        reasoning = [_event({"reasoning": "Hello"}), _event({"reasoning": " world"})]
+        self._stream([ANSWER[0], *reasoning, _event({}, "stop"), USAGE, DONE])
 
     def _keepalive(self, body: dict[str, Any]) -> None:
         self._start()

@@ -147,6 +147,12 @@ def test_thinking_split_from_a_reasoning_field_or_inline_tags() -> None:
     assert misfiled.split(think=False) == ("", "Blue, mostly.", True)
     assert misfiled.display_text(False) == "Blue, mostly."
     assert misfiled.split() == ("Blue, mostly.", "", False), "with thinking on it is thinking"
+    # ... until the model stops by itself: an Instruct model behind vLLM's qwen3 parser, which
+    # files all text before a `</think>` as reasoning (the answer came back blank)
+    misfiled.finish = "stop"
+    assert misfiled.split() == ("", "Blue, mostly.", True)
+    misfiled.finish = "length"
+    assert misfiled.split() == ("Blue, mostly.", "", False), "cut off: a thought"
 
 
 def test_request_carries_thinking_sampling_and_drops_refused_fields() -> None:
@@ -809,6 +815,26 @@ def test_a_retryable_error_event_after_tokens_retries_a_batch_item_not_a_single_
     with pytest.raises(EngineError, match=r"failed mid-answer after 2 tokens \(Request failed"):
         _engine(url).generate("hi", SHORT)
     assert scripted.errors_left == 0, "a single call that streamed text is not sent again"
+
+
+def test_an_error_before_any_token_says_so(scripted: ScriptedServer) -> None:
+    """`transformers serve` sends a generation error (a CUDA OOM) as `{"error": "..."}` after
+    the role chunk: it read "failed mid-answer after 0 tokens"."""
+    with pytest.raises(EngineError) as failed:
+        _engine(scripted.url("failfirst")).generate("hi", SHORT)
+    assert str(failed.value).startswith(
+        f"the server at {scripted.url('failfirst')} failed before answering (CUDA out of memory."
+    ), failed.value
+
+
+def test_an_answer_a_reasoning_parser_filed_as_reasoning_is_the_answer(
+    scripted: ScriptedServer,
+) -> None:
+    """An Instruct model (no `</think>`) behind vLLM's qwen3 parser: the whole answer arrives
+    as reasoning and the model stops by itself; it came back blank, "ended while thinking"."""
+    result = _engine(scripted.url("parsedanswer")).generate("hi", GenerationOptions())
+    assert (result.answer, result.thinking, result.thinking_finished) == ("Hello world", "", True)
+    assert result.stop_reason == "eos"
 
 
 def test_a_transformers_serve_listing_its_cache_gets_a_loaded_or_qwen3_model_or_a_question(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -73,7 +74,9 @@ def test_tensors_in_pandas_object_arrays_and_module_attributes_are_seen() -> Non
     column[0] = torch.ones(3)
     table = pandas.DataFrame({"embedding": [torch.ones(5), torch.ones(5)]})
 
-    class Recorder(torch.nn.Module):
+    module: Any = torch.nn.Module
+
+    class Recorder(module):
         def __init__(self) -> None:
             super().__init__()
             self.saved = [torch.ones(10)]

@@ -137,8 +137,9 @@ def classify(exc: BaseException, ctx: CallContext) -> Failure:
         # After tokens, a retryable code (vLLM's RetryableRequestError: 503) still says that
         # asking again can help: a batch item, which starts over, is retried; a single call
         # that already showed text is not (remote.RemoteEngine._call).
+        when = f"mid-answer after {ctx.tokens} tokens" if ctx.tokens else "before answering"
         return Failure(
-            f"the server at {ctx.url} failed mid-answer after {ctx.tokens} tokens ({says}): "
+            f"the server at {ctx.url} failed {when} ({says}): "
             "check the server's log and run the cell again",
             "server_error",
             retryable=status in RETRY_STATUSES,

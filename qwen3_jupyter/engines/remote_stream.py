@@ -93,10 +93,13 @@ class StreamText:
         in-kernel engine splits them; content without tags is the answer, unless the budget
         ended it (`thought_cut_off`). With thinking off, text that arrived only as reasoning is
         the answer: a reasoning parser that ignores `enable_thinking` (vLLM's deepseek_r1 on
-        Qwen3) files everything there.
+        Qwen3) files everything there; so is such text the model ended itself ("stop").
         """
         content = "".join(self.content)
-        if self.reasoning and not think and not content.strip():
+        if self.reasoning and not content.strip() and (not think or self.finish == "stop"):
+            # Stopped by the model itself with no `</think>`: a model that does not think
+            # (Instruct-2507, Qwen3-Coder) behind vLLM's or SGLang's qwen3 parser, which files
+            # text without `</think>` as reasoning; its answer came back blank.
             return "", "".join(self.reasoning).strip(), True
         if self.reasoning:
             thinking = "".join(self.reasoning).strip()
