@@ -12,6 +12,7 @@ bottom and skip without CUDA.
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import signal
@@ -34,6 +35,7 @@ from qwen3_jupyter.engines.compile_setup import (
     tuning_enabled,
 )
 from qwen3_jupyter.engines.decode_shapes import batch_bucket, cache_bucket, sample_width
+from qwen3_jupyter.engines.decode_steps import DecodeState
 from qwen3_jupyter.engines.eager import EagerEngine
 from qwen3_jupyter.engines.fast import FastEngine
 from qwen3_jupyter.engines.qwen3_step import PLAIN_STEP
@@ -442,11 +444,25 @@ def test_a_batch_shape_that_ran_out_of_memory_is_given_back_before_smaller_chunk
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return prefill(state, *args)
 
+    from qwen3_jupyter.engines import fast as fast_module
+
+    release = fast_module.release_after_generation
+    alive_at_release: list[bool] = []
+
+    def release_watched(device: str, memory_at_end: int | None) -> int | None:
+        batch = [s for s in gc.get_objects() if type(s) is DecodeState and s.batch == 2]
+        alive_at_release.append(bool(batch))
+        return release(device, memory_at_end)
+
     monkeypatch.setattr(fast, "_prefill", prefill_that_runs_out_at_two_rows)
+    monkeypatch.setattr(fast_module, "release_after_generation", release_watched)
     results = fast.generate_batch(["a", "b"], options, batch_size=2, progress=False)
     assert [b.batch_size for b in results.report.back_offs] == [2]
     assert held_at_prefill[0] == [(1, 4096), (2, 2048)], "the batch's cache, then its OOM"
     assert held_at_prefill[1:] == [[(1, 4096)], [(1, 4096)]], "given back before the rows"
+    # ... and gone when its memory is released: the error's traceback held the failed run's
+    # frame (and the cache) while generate_chunk released inside its except block
+    assert alive_at_release and not any(alive_at_release), alive_at_release
     assert [r.token_ids for r in results] == [
         EagerEngine(loaded).generate(p, options).token_ids for p in "ab"
     ]

@@ -204,16 +204,21 @@ class FastEngine(StepBuilding, LocalEngine):
     ) -> tuple[list[Result], int]:
         tokenizer = self.loaded.tokenizer
         texts = [prompt_text(tokenizer, p, options) for p in prompts]
+        out_of_memory: tuple[str, str] | None = None
         try:
             run = self._guarded_run(texts, prompts, options, budget, None)
         except _Unavailable:
             return self._eager().generate_chunk(prompts, options, budget)
         except _OutOfMemory as exc:
+            out_of_memory = (exc.reason, exc.hint(budget))
+        if out_of_memory is not None:
             # The back-off asks a smaller batch next, never this shape again: its cache and
-            # graphs go now, not after the smaller chunks (which they would crowd out).
+            # graphs go now, not after the smaller chunks (which they would crowd out). Out of
+            # the except block: the error's traceback held the failed run's frame, and with it
+            # the cache and the step this release was to give back.
             self._drop_states(lambda state: state.batch > 1)
             release_after_generation(self.device, None)
-            raise GenerationOOM(exc.reason, exc.hint(budget)) from None
+            raise GenerationOOM(*out_of_memory)
         if run.interrupted:
             raise KeyboardInterrupt
         freed = release_after_generation(self.device, run.memory_at_end)
