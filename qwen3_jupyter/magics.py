@@ -422,6 +422,10 @@ class Qwen3Magics(Magics):
         options: GenerationOptions,
         status: display.Status,
     ) -> None:
+        followed = engine.options_for_model(options)
+        if followed.think != options.think:
+            _say_the_model_decides_thinking(engine.model_name, followed.think)
+        options = followed
         # Before the gauge: the answer comes above it whether or not a status line (loading)
         # made the view's display earlier.
         view = display.StreamView(options.think, args.hide_thinking, status)
@@ -548,6 +552,22 @@ def _warmup_caveat(engine: Engine, configured: str | None) -> str:
     return (
         f" · on {device} plain calls decode eagerly and give this back: it serves --fast calls "
         "(or %config Qwen3Magics.decode = 'fast')"
+    )
+
+
+_TOLD_THINKING: set[tuple[str, bool]] = set()
+
+
+def _say_the_model_decides_thinking(model: str, thinks: bool) -> None:
+    """Once per model and way: its chat template decides thinking, whatever the call asked."""
+    if (model, thinks) in _TOLD_THINKING:
+        return
+    _TOLD_THINKING.add((model, thinks))
+    display.info(
+        f"{model} always thinks (its chat template opens <think>): --no-think has no effect"
+        if thinks
+        else f"{model} does not think (its chat template has no thinking switch): answering "
+        "without, with the non-thinking sampling defaults"
     )
 
 

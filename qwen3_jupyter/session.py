@@ -292,6 +292,7 @@ class Session:
         started when a call earlier in the cell was interrupted (KeyboardInterrupt)."""
         CELL_INTERRUPTS.check()
         history = self.conversation.messages if chat else None
+        options = engine.options_for_model(options)
         if chat:
             options = self.conversation.options_for_turn(options)
         result = engine.generate(

@@ -431,6 +431,47 @@ def test_unfinished_thinking_is_shown_collapsed_and_explained(kernel: Kernel) ->
     assert "<details" not in hidden.texts()[-1]
 
 
+TEMPLATES = """
+from qwen3_jupyter.session import SESSION as S
+tok = S.loaded.tokenizer
+hybrid = tok.chat_template
+switch = hybrid[hybrid.index("{%- if enable_thinking"):hybrid.rindex("{%- endif %}")]
+instruct = hybrid.replace(switch, "")  # Qwen3-*-Instruct-2507: no switch, never thinks
+thinking = hybrid.replace(switch, "{{- '<think>\\n' }}")  # Thinking-2507: opens <think>
+"""
+
+
+def test_a_model_whose_template_decides_thinking_is_followed(kernel: Kernel) -> None:
+    """With thinking on by default, an Instruct-2507 answer streamed under "Thinking…" and,
+    cut off by --max-new-tokens, was filed whole as unfinished thinking with no answer; with
+    --no-think, a Thinking-2507 thought was shown as the answer. The template says which."""
+    ok(kernel, "%qwen3 --model tiny --no-think --max-new-tokens 2 hi")
+    ok(kernel, TEMPLATES)
+    try:
+        ok(kernel, "tok.chat_template = instruct")
+        first = ok(kernel, "%qwen3 --max-new-tokens 12 --seed 1 hi")
+        said = "[qwen3] tiny does not think (its chat template has no thinking switch)"
+        assert said in first.stdout, first.stdout
+        fields = "(_qwen3.think, _qwen3.thinking, bool(_qwen3.answer), _qwen3.stop_reason)"
+        assert kernel.value(fields) == (False, "", True, "length")
+        assert not [t for t in first.texts() if "Thinking" in t or "thinking" in t]
+        assert "answer cut off at --max-new-tokens" in first.stdout
+        again = ok(kernel, "%qwen3 --think --max-new-tokens 4 hi")
+        assert "does not think" not in again.stdout, "said once"
+        ok(kernel, "tok.chat_template = thinking")
+        cot = ok(kernel, "%qwen3 --no-think --max-new-tokens 12 --seed 1 hi")
+        assert "tiny always thinks (its chat template opens <think>)" in cot.stdout, cot.stdout
+        assert kernel.value("(_qwen3.think, bool(_qwen3.thinking), _qwen3.answer)") == (
+            True,
+            True,
+            "",
+        ), "a thought cut off is thinking, not the answer"
+    finally:
+        ok(kernel, "tok.chat_template = hybrid")
+    ok(kernel, "%qwen3 --max-new-tokens 4 --seed 1 hi")
+    assert kernel.value("_qwen3.think") is True, "Qwen3's own template: as asked"
+
+
 def test_chat_continues_and_reset_clears(kernel: Kernel) -> None:
     kernel.run("%qwen3 --reset")
     kernel.run("%qwen3 --no-think --max-new-tokens 6 --seed 4 One")

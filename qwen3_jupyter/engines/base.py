@@ -96,6 +96,11 @@ class Engine(ABC):
     ) -> BatchResults:
         """An answer per prompt, in input order, with a report; finished results are never lost."""
 
+    def options_for_model(self, options: GenerationOptions) -> GenerationOptions:
+        """`options` as this engine's model will follow them (as given, by default: a served
+        model's template is the server's)."""
+        return options
+
     def kept_memory(self) -> tuple[KeptMemory, ...]:
         """What this engine holds between calls on purpose (nothing, by default)."""
         return ()

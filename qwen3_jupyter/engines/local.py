@@ -100,6 +100,13 @@ class LocalEngine(Engine):
     def device(self) -> str:
         return self.loaded.device
 
+    def options_for_model(self, options: GenerationOptions) -> GenerationOptions:
+        """Thinking as the model's chat template decides it, where it does (`thinking_mode`):
+        an Instruct-2507 never thinks, a Thinking-2507 always does."""
+        from ..thinking_mode import for_model
+
+        return for_model(options, self.loaded.tokenizer)
+
     def check_positions(
         self,
         prompt_tokens: int,
@@ -143,6 +150,7 @@ class LocalEngine(Engine):
         from ..generation import prompt_text
 
         prompts = list(prompts)
+        options = self.options_for_model(options)
         tokenizer = self.loaded.tokenizer
         for index, prompt in enumerate(prompts):  # all of them before any is generated
             tokens = len(tokenizer(prompt_text(tokenizer, prompt, options))["input_ids"])
