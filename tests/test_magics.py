@@ -523,6 +523,29 @@ def test_every_display_has_a_plain_text_form(kernel: Kernel) -> None:
     assert bundles[-1]["text/plain"] == kernel.value("_qwen3.answer")
 
 
+def test_a_chat_turn_with_no_answer_is_not_kept(kernel: Kernel) -> None:
+    """A --chat turn that ran out while thinking was kept as an empty assistant turn, which
+    the next turn built on."""
+    kernel.run("%qwen3 --reset")
+    ex = ok(kernel, "%qwen3 --chat --think --max-new-tokens 4 --seed 3 Hello")
+    assert kernel.value("(_qwen3.answer, _qwen3.thinking_finished)") == ("", False)
+    assert "this --chat turn has no answer" in ex.stdout, ex.stdout
+    assert (
+        kernel.value(
+            "len(__import__('qwen3_jupyter.session').session.SESSION.conversation.messages)"
+        )
+        == 0
+    )
+    ok(kernel, "%qwen3 --chat --no-think --max-new-tokens 4 --seed 3 Hello")
+    assert (
+        kernel.value(
+            "len(__import__('qwen3_jupyter.session').session.SESSION.conversation.messages)"
+        )
+        == 2
+    )
+    kernel.run("%qwen3 --reset")
+
+
 def test_help_is_complete(kernel: Kernel) -> None:
     ex = kernel.run("%qwen3?")
     pages = [p for p in ex.reply.get("payload", []) if p.get("source") == "page"]
@@ -674,6 +697,7 @@ def test_interrupt_stops_promptly_keeps_partial_answer_and_kernel(fresh_kernel: 
     assert time.monotonic() - interrupted_at < 5, "interrupt was not prompt"
     assert ex.status == "ok"
     assert "interrupted: partial answer kept" in ex.stdout
+    assert " · freed " in ex.stdout, "what the release after an interrupt freed is said too"
     stop, tokens, answer = k.value("(_qwen3.stop_reason, _qwen3.completion_tokens, _qwen3.answer)")
     assert stop == "interrupted" and 0 < tokens < 3000 and answer
     assert k.run("%qwen3 --max-new-tokens 3 --no-think still alive").status == "ok"

@@ -233,7 +233,12 @@ class EagerEngine(LocalEngine):
             time_to_first_token_s=first - started if first is not None else None,
         )
         result = completed_result(self.loaded, options, completion, self.kind, guard.peak_rss)
-        freed = release_after_generation(device, streamer.memory_at_end)
+        # An interrupt ends generate before the streamer's end (its figure): measured now, so
+        # an interrupted call's footer says what its release freed too.
+        at_end = streamer.memory_at_end
+        freed = release_after_generation(
+            device, current_memory(device)[0] if at_end is None else at_end
+        )
         return replace(result, memory_freed_bytes=freed)
 
     @holds_model("a batch")
