@@ -32,6 +32,10 @@ class ModelUse:
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
+        self._whom = threading.Lock()
+        """Guards who holds the model (user, owner) and the stop asked of them: `request_stop`
+        from another thread read them one at a time, so a stop could land on the next holder
+        or be told asked and then be lost."""
         self._user: tuple[str, str] | None = None
         self._depth = 0
         self._owner: int | None = None
@@ -71,9 +75,10 @@ class ModelUse:
                     self._frames.append(frame)
                     self._depth += 1
                     if self._depth == 1:
-                        self._user = (activity, threading.current_thread().name)
-                        self._owner = threading.get_ident()
-                        self._stop.clear()
+                        with self._whom:
+                            self._user = (activity, threading.current_thread().name)
+                            self._owner = threading.get_ident()
+                            self._stop.clear()
         except KeyboardInterrupt:
             if acquired:
                 self._exit()
@@ -93,9 +98,10 @@ class ModelUse:
                 self._frames.pop()
             self._depth -= 1
             if self._depth == 0:
-                self._user = None
-                self._owner = None
-                self._stop.clear()
+                with self._whom:
+                    self._user = None
+                    self._owner = None
+                    self._stop.clear()
             self._lock.release()
 
     def request_stop(self) -> str | None:
@@ -105,10 +111,11 @@ class ModelUse:
         free) cannot be interrupted, since an interrupt reaches only the main thread. The
         holder checks at every decode step and between batches (`check_stop`) and then ends
         as an interrupt would end it, keeping what it finished."""
-        user = self.user
-        if user is not None and self.stoppable:
-            self._stop_for = self._owner
-            self._stop.set()
+        with self._whom:
+            user = self.user
+            if user is not None and self.stoppable:
+                self._stop_for = self._owner
+                self._stop.set()
         return user
 
     def check_stop(self) -> None:

@@ -664,3 +664,38 @@ def test_server_does_not_import_torch_or_the_magics(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_stop_that_gave_up_waiting_leaves_one_sampling_thread() -> None:
+    """`stop` waits a while for a thread stuck in an NVML read, then resets the shared flag:
+    the stuck thread, once awake, polled on beside the next request's thread (doubled points
+    in the sparkline, two NVML readers open)."""
+    slow = threading.Event()
+
+    class SlowReader(NvmlReader):
+        def read(self) -> Any:
+            if slow.is_set():
+                time.sleep(1.0)
+            return super().read()
+
+    sampler = Sampler(interval=0.05, idle_timeout=60, reader_factory=SlowReader)
+
+    def threads() -> list[threading.Thread]:
+        return [
+            t
+            for t in threading.enumerate()
+            if getattr(getattr(t, "_target", None), "__self__", None) is sampler
+        ]
+
+    try:
+        sampler.request([WatchedKernel(os.getpid())])
+        time.sleep(0.2)
+        slow.set()
+        time.sleep(0.1)  # the thread is inside a slow read now
+        sampler.stop(timeout=0.1)
+        slow.clear()
+        sampler.request([WatchedKernel(os.getpid())])
+        time.sleep(1.5)  # the stuck one has woken up
+        assert len(threads()) == 1, threads()
+    finally:
+        sampler.stop()

@@ -227,6 +227,8 @@ class Sampler:
         self._history: deque[HistoryPoint] = deque(maxlen=max(1, history_length))
         self._waiters: list[_Waiter] = []
         self._thread: threading.Thread | None = None
+        self._thread_stop = threading.Event()
+        """The running thread's own stop flag."""
         self._stopping = False
         self._last_request = 0.0
         self._sampling_since: float | None = None
@@ -264,8 +266,12 @@ class Sampler:
             if self._stopping:
                 return
             if self._thread is None or not self._thread.is_alive():
+                self._thread_stop = threading.Event()
                 self._thread = threading.Thread(
-                    target=self._run, name="qwen3-jupyter-sampler", daemon=True
+                    target=self._run,
+                    args=(self._thread_stop,),
+                    name="qwen3-jupyter-sampler",
+                    daemon=True,
                 )
                 self._thread.start()
             elif new:
@@ -306,6 +312,7 @@ class Sampler:
         with self._lock:
             self._stopping = True
             thread = self._thread
+            self._thread_stop.set()  # that thread's own: one stuck in a read ends when it wakes
         self._wake.set()
         if thread is not None:
             thread.join(timeout)
@@ -321,20 +328,26 @@ class Sampler:
         self._history.clear()
         self._sampling_since = None
 
-    def _run(self) -> None:
+    def _run(self, stopped: threading.Event) -> None:
+        """Sample until idle or `stopped`, this thread's own flag: the shared one is reset once
+        `stop` gave up waiting, and a thread still stuck in an NVML read then polled on beside
+        its replacement (doubled points, two readers open)."""
         reader = self._reader_factory()
         try:
             while True:
                 with self._lock:
                     watched = self._watched
                     idle = time.monotonic() - self._last_request > self.idle_timeout
-                    if self._stopping or idle:
-                        if not self._stopping:
+                    if stopped.is_set() or idle:
+                        if not stopped.is_set():
                             self._thread = None
                             self._forget()
                         return
                     self._sampling_since = time.monotonic()
-                self._publish(self._sample(reader, watched))
+                sample = self._sample(reader, watched)
+                if stopped.is_set():
+                    return
+                self._publish(sample)
                 self._wake.wait(self.interval)
                 self._wake.clear()
         except Exception:
