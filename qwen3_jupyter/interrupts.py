@@ -58,6 +58,31 @@ def interrupts_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, _restorable(previous))
 
 
+@contextlib.contextmanager
+def children_spared() -> Iterator[None]:
+    """Keep a kernel interrupt from the processes the block starts, while the kernel still
+    gets it.
+
+    Why: Jupyter sends an interrupt to the kernel's whole process group, so a C++ compile that
+    torch.compile ran from the kernel (g++) died mid-write: the 0-byte `.so` it left in the
+    shared compile cache failed that step's compile from then on, in this kernel and the next
+    ones (3 of 5 interrupted first compiles on the CPU). SIGINT is blocked in this thread for
+    the block: the processes it starts inherit the mask and finish their file, while the
+    kernel's other threads take the signal, whose handler Python runs here as always (after
+    the child the thread waits on has ended). Only on the main thread, where the mask exists.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(
+        signal, "pthread_sigmask"
+    ):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _restorable(handler: Any) -> Any:
     """`handler`, or Python's own (raise KeyboardInterrupt) where it was set outside Python
     and `signal` reports None: putting back SIG_DFL would make the next interrupt kill the

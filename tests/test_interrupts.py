@@ -278,3 +278,30 @@ def test_interrupts_between_the_steps_of_a_call_a_cleanup_or_an_unload_are_one_l
     ok(k, "m.trim_host_heap = _old")
     assert k.value("__import__('qwen3_jupyter.session').session.SESSION.loaded is None")
     assert k.value("keep") == [1, 2, 3]
+
+
+SPARED = """
+import contextlib, subprocess
+from qwen3_jupyter.interrupts import children_spared
+with children_spared() if {spare} else contextlib.nullcontext():
+    child = subprocess.Popen(["bash", "-c", "touch {started}; sleep 1.5; echo whole > {out}"])
+    child.wait()
+"""
+
+
+@pytest.mark.parametrize("spare", [False, True])
+def test_an_interrupt_spares_the_compilers_child_processes_and_still_lands(
+    fresh_kernel: Kernel, tmp_path: Path, spare: bool
+) -> None:
+    """Jupyter sends an interrupt to the kernel's whole process group: a g++ that torch.compile
+    ran from the kernel died mid-write, and the 0-byte `.so` it left failed every later compile
+    of that step (in this kernel and the next ones, through the shared cache). Inside
+    `children_spared` the child finishes its file and the kernel still gets the interrupt."""
+    started, out = tmp_path / "started", tmp_path / "out"
+    code = SPARED.format(spare=spare, started=started, out=out)
+    ex = _interrupt_once(fresh_kernel, code, started.exists)
+    assert ex.status == "error" and ex.reply["ename"] == "KeyboardInterrupt", ex.reply
+    if spare:
+        assert out.read_text() == "whole\n", "the child was killed"
+    else:  # the control: without it, the child dies with the kernel's interrupt
+        assert not out.exists() and fresh_kernel.value("child.returncode") == -signal.SIGINT

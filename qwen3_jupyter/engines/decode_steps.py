@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..interrupts import interrupt_deferred, interrupts_that_land
+from ..interrupts import children_spared, interrupt_deferred, interrupts_that_land
 from ..out_of_memory import allocation_failures_as_oom
 from . import qwen3_step
 from .compile_setup import (
@@ -153,7 +153,12 @@ class StepBuilding:
         try:
             # Running out is not a failed compile; an interrupt ends it even where Python would
             # drop it (in one of the finalizers torch.compile runs all the time).
-            with allocation_failures_as_oom(), interrupts_that_land(), compiling(step):
+            with (
+                allocation_failures_as_oom(),
+                interrupts_that_land(),
+                compiling(step),
+                children_spared(),  # an interrupt killed g++ mid-write, breaking the cache
+            ):
                 direct()
         except (KeyboardInterrupt, torch.OutOfMemoryError):
             raise

@@ -278,16 +278,21 @@ class FastEngine(StepBuilding, LocalEngine):
             self._drop_states(lambda state: state.batch > 1)
         shapes = ", ".join(f"{batch_bucket(b)}×{lengths[b]}" for b in batch_sizes)
         batches = [b for b in batch_sizes if batch_bucket(b) > 1]
+        step = "the compiled step" if self.compile else "the step (not compiled)"
         given_back = (
             f"; batch {', '.join(str(batch_bucket(b)) for b in batches)}: cache given back, "
-            "the compiled step kept for generate_batch"
+            f"{step} kept for generate_batch"
             if batches
             else ""
         )
+        how = (  # after a failed compile: not "nothing new to compile"
+            _graphs_built(self.compiles - before, compile_cache_hits() - hits)
+            if self.compile
+            else "not compiled"
+        )
         return (
             f"fast decode ready for batch × cache {shapes} "
-            f"({_graphs_built(self.compiles - before, compile_cache_hits() - hits)}, "
-            f"{time.perf_counter() - started:.1f} s){given_back}"
+            f"({how}, {time.perf_counter() - started:.1f} s){given_back}"
         )
 
     # ------------------------------------------------------------------ the decode
@@ -371,6 +376,12 @@ class FastEngine(StepBuilding, LocalEngine):
                     setup_before = state.setup_seconds
                     try:
                         step = self._step_for(state, sample)
+                    except KeyboardInterrupt:  # the footer alone read as a 1-token answer
+                        self.notify(
+                            "interrupted while building the decode step (compiling it): the "
+                            "next fast call builds it again"
+                        )
+                        raise
                     finally:  # an interrupted build is not generation time either
                         run.setup_seconds = state.setup_seconds - setup_before
                     self._decode(step, state.buffers.tokens, run, options, streamed, started)
