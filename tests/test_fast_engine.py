@@ -801,14 +801,20 @@ def interrupted_kernel(
     yield from _cold(kernel_env, tmp_path_factory.mktemp("interrupted") / "cold-cache")
 
 
-def test_a_failing_compiler_falls_back_with_one_line(cold_kernel: Kernel) -> None:
-    """A real compile failure: inductor's C++ compiler is missing and nothing is cached."""
+def test_a_failing_compiler_falls_back_with_one_line(cold_kernel: Kernel, tmp_path: Path) -> None:
+    """A real compile failure: inductor's C++ compiler is missing and nothing is cached. The
+    empty `.so` an interrupted compile of an older release left in the cache (which failed
+    every later compile, in every kernel) is removed, and the line says so."""
     kernel = cold_kernel
+    left = tmp_path / "cold-cache" / "ab" / "cabcdef.main.so"
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"")
     ok(kernel, "import torch._inductor.config as c; c.cpp.cxx = ('/nonexistent/c++',)")
     ex = kernel.run("%qwen3 --fast --greedy --no-think --ignore-eos --max-new-tokens 6 hi")
     assert ex.status == "ok", ex.error
     assert "compiling the decode step failed" in ex.stdout
-    assert "decoding with the static cache, uncompiled" in ex.stdout
+    assert "decoding with the static cache, uncompiled; removed 1 empty compiled file" in ex.stdout
+    assert not left.exists()
     lines = [line for line in ex.stdout.splitlines() if "failed" in line]
     assert len(lines) == 1 and len(lines[0]) < 400
     assert kernel.value("(_qwen3.engine, _qwen3.completion_tokens)") == ("fast", 6)

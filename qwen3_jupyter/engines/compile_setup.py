@@ -104,6 +104,22 @@ def compile_cache_dir() -> str:
     return str(path)
 
 
+def remove_empty_objects(cache: str) -> int:
+    """Delete the 0-byte shared objects in the compile cache `cache`; how many there were.
+
+    Why: a C++ compile killed mid-write (an interrupt reached g++ before `children_spared`, an
+    out-of-memory kill) leaves an empty `.so` that inductor takes for a cached kernel, and
+    every later compile of that step fails ("file too short"), in every kernel."""
+    removed = 0
+    with contextlib.suppress(OSError):
+        for path in Path(cache).rglob("*.so"):
+            with contextlib.suppress(OSError):
+                if path.stat().st_size == 0:
+                    path.unlink()
+                    removed += 1
+    return removed
+
+
 def _inductor_default_dir() -> str | None:
     """The folder inductor picks for itself (it sets the variable when first imported)."""
     try:

@@ -25,6 +25,7 @@ from .compile_setup import (
     import_compiler,
     raise_recompile_limit,
     remember_compiled,
+    remove_empty_objects,
 )
 from .cuda_graphs import end_failed_capture, failure_text, first_line, pool_bytes, record
 from .decode_shapes import SAMPLE_WIDTH
@@ -165,9 +166,16 @@ class StepBuilding:
         except Exception as exc:
             self.compile = False
             self.compiled_step = None
+            removed = remove_empty_objects(compile_cache_dir())
+            repaired = (
+                f"; removed {removed} empty compiled file{'s' if removed != 1 else ''} from the "
+                "compile cache (an interrupted compile's): the next kernel compiles again"
+                if removed
+                else ""
+            )
             self.notify(
                 f"compiling the decode step failed ({first_line(exc)}); "
-                "decoding with the static cache, uncompiled"
+                f"decoding with the static cache, uncompiled{repaired}"
             )
             return False
         seconds = time.perf_counter() - started
