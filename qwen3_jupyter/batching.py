@@ -86,6 +86,9 @@ class BatchReport:
     completion_tokens: int = 0
     """Tokens generated over the whole run: with `seconds`, the batch's throughput, the figure
     a batch is run for (a footer gives it for one call; a batch said only how long it took)."""
+    out_lines_before: int = 0
+    """Lines `out_path` held before this run: results are appended, so a rerun of the cell
+    added its rows to the last run's (read back, every prompt twice) and said "written to"."""
 
     def summary(self) -> str:
         pieces = [f"{self.completed}/{self.total} prompts", f"{self.seconds:.2f} s"]
@@ -109,12 +112,17 @@ class BatchReport:
                     f"out of memory {len(self.back_offs)}x: batch size "
                     f"{self.requested_batch_size} -> {self.held_batch_size} held"
                 )
-            else:
-                pieces.append(f"batch size {self.held_batch_size} held")
+            else:  # "batch size 4 held" read as the size used for 2 prompts
+                pieces.append(f"batch size {min(self.held_batch_size, self.total)} held")
             pieces.append(f"peak generation tensors {format_bytes(self.peak_tensor_bytes)}")
         if self.interrupted:
             pieces.append("interrupted: finished results kept")
-        if self.out_path:
+        if self.out_path and self.out_lines_before:
+            pieces.append(
+                f"appended to {self.out_path} after its {self.out_lines_before:,} earlier "
+                "lines (a rerun adds to them)"
+            )
+        elif self.out_path:
             pieces.append(f"written to {self.out_path}")
         return " · ".join(pieces)
 
@@ -380,6 +388,7 @@ def run_batches(
         peak_tensor_bytes=peak,
         out_path=str(out) if out is not None else None,
         completion_tokens=sum(r.completion_tokens for r in results),
+        out_lines_before=writer.lines_before if writer is not None else 0,
     )
     if out_of_memory is not None:
         raise GenerationOOM(out_of_memory, results=results)
@@ -437,13 +446,18 @@ class _JsonLines:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a+b") as handle:
                 handle.seek(0)
-                start = handle.read(4096).lstrip(_SPACE)[: len(_RESULT_START)]
+                head = handle.read(4096)
+                start = head.lstrip(_SPACE)[: len(_RESULT_START)]
                 results = _RESULT_START.startswith(start)  # empty, or a run's first line
                 handle.seek(0, os.SEEK_END)
                 if results and handle.tell() > 0:  # a run killed mid-write left a partial line:
                     handle.seek(-1, os.SEEK_END)  # end it, so this run's lines stay readable
                     if handle.read(1) != b"\n":
                         handle.write(b"\n")
+                handle.seek(0)
+                self.lines_before = sum(
+                    chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b"")
+                )
         except OSError as exc:
             raise ResultsFileError(
                 f"cannot write results to {self.path}: {exc.strerror or exc}"

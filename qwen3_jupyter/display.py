@@ -246,7 +246,7 @@ def footer(result: Result) -> str:
             if result.stop_reason == "length"
             else "the model ended while thinking"
         )
-    elif result.stop_reason == "length" and result.answer:
+    elif result.stop_reason == "length":  # whitespace only too: the budget, not the model
         pieces.append("answer cut off at --max-new-tokens (raise it for the rest)")
     return " · ".join(pieces)
 

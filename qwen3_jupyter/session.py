@@ -23,6 +23,7 @@ from .models import (
     DEVICE_ENV,
     DTYPE_ENV,
     HOLDER,
+    MODEL_ENV,
     LoadedModel,
     ModelChoice,
     ModelError,
@@ -108,6 +109,8 @@ class Session:
     conversation: Conversation = field(default_factory=Conversation)
     last_result: Result | None = None
     result_listeners: list[Callable[[Result], None]] = field(default_factory=list)
+    _model_setting: str | None = None
+    """What `%config Qwen3Magics.model` or $QWEN3_JUPYTER_MODEL said at the last call."""
     engines: dict[str, Engine] = field(default_factory=dict)
     """The engines that hold something between calls, by key ('fast', or a server's URL);
     the eager engine holds nothing and is made per call."""
@@ -144,6 +147,20 @@ class Session:
         if model is not None and not model.strip():
             raise ModelError("--model needs a name (e.g. Qwen/Qwen3-1.7B, or tiny)")
         loaded = HOLDER.loaded
+        setting = os.environ.get(MODEL_ENV) or configured_model
+        changed = setting != self._model_setting
+        self._model_setting = setting
+        if (
+            model is None
+            and changed
+            and setting
+            and loaded
+            and not same_model(setting, loaded.name)
+        ):
+            # `%config Qwen3Magics.model` or $QWEN3_JUPYTER_MODEL changed since the last call:
+            # it names the model now (the loaded one answered on, without a word). Unchanged,
+            # it does not undo a `--model` the user gave since.
+            model = setting
         if loaded is not None and (model is None or same_model(model, loaded.name)):
             # $QWEN3_JUPYTER_DEVICE/_DTYPE set after the load say a device or dtype too (they
             # were read at the first load only, and hid the config option from later calls).

@@ -4,6 +4,7 @@ environment variable, then the config option, then the default (README "Models")
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -160,3 +161,35 @@ def test_a_dtype_in_the_environment_after_the_load_is_used(k: Kernel) -> None:
     finally:
         ok(k, "os.environ.pop('QWEN3_JUPYTER_DTYPE', None)\n%config Qwen3Magics.dtype = ''")
     ok(k, "%qwen3 --dtype float32 --no-think --max-new-tokens 2 hi")
+
+
+def test_a_model_named_in_the_config_after_the_load_is_the_one_used(
+    k: Kernel, tmp_path: Path
+) -> None:
+    """The quickstart says to change its `%config Qwen3Magics.model` cell for real weights:
+    once a model was loaded, the new name (or $QWEN3_JUPYTER_MODEL) was ignored without a word.
+    A name that did not change does not undo a `--model` given since."""
+    folder = tmp_path / "ckpt"
+    ok(k, "%config Qwen3Magics.model = 'tiny'")
+    ok(k, "%qwen3 --no-think --max-new-tokens 2 hi")
+    ok(
+        k,
+        f"SESSION.loaded.model.save_pretrained({str(folder)!r})\n"
+        f"SESSION.loaded.tokenizer.save_pretrained({str(folder)!r})",
+    )
+    try:
+        ok(k, f"%config Qwen3Magics.model = {str(folder)!r}")
+        ok(k, "%qwen3 --no-think --max-new-tokens 2 hi")
+        assert k.value("SESSION.loaded.name") == str(folder)
+        ok(k, "%qwen3 --model tiny --no-think --max-new-tokens 2 hi")
+        ok(k, "r = qwen3_jupyter.generate_batch(['hi'], max_new_tokens=2, progress=False)")
+        assert k.value("(SESSION.loaded.name, r[0].model)") == ("tiny", "tiny"), "--model stays"
+        ok(k, "%config Qwen3Magics.model = 'tiny'")  # the loaded one: nothing to switch
+        ok(k, "r = qwen3_jupyter.generate_batch(['hi'], max_new_tokens=2, progress=False)")
+        ok(k, f"os.environ['QWEN3_JUPYTER_MODEL'] = {str(folder)!r}")  # wins over the config
+        ok(k, "r = qwen3_jupyter.generate_batch(['hi'], max_new_tokens=2, progress=False)")
+        assert k.value("r[0].model") == str(folder)
+    finally:
+        ok(k, "os.environ.pop('QWEN3_JUPYTER_MODEL', None)\n%config Qwen3Magics.model = 'tiny'")
+    ok(k, "%qwen3 --no-think --max-new-tokens 2 hi")
+    assert k.value("SESSION.loaded.name") == "tiny"

@@ -496,9 +496,14 @@ def test_out_never_appends_to_a_file_that_is_not_results(kernel: Kernel, tmp_pat
     assert prompts.read_text() == 'prompt,x\n"multi\nline",2\n'
     assert notes.read_text() == "my notes\n"
     results = tmp_path / "results.jsonl"
-    for _ in range(2):  # a results file takes more
-        ok(kernel, f"%qwen3 --file {prompts} --out {results} {ask}")
+    runs = [ok(kernel, f"%qwen3 --file {prompts} --out {results} {ask}") for _ in range(2)]
     assert [json.loads(line)["index"] for line in results.read_text().splitlines()] == [0, 0]
+    # a results file takes more, and the rerun says so (it said "written to": read back, every
+    # prompt came twice without a word)
+    assert f"written to {results}" in runs[0].stdout
+    assert f"appended to {results} after its 1 earlier lines (a rerun adds to them)" in (
+        runs[1].stdout
+    )
 
 
 def _progress_line(execution: Execution, what: str) -> list[str]:

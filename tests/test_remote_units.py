@@ -454,8 +454,10 @@ def test_batch_report_for_a_server() -> None:
         "19/20 prompts · 1.50 s · 1,200 tokens, 800.0 tok/s · 4 concurrent requests · "
         "3 retried · 1 failed (see .error) · written to r.jsonl"
     )
-    local = BatchReport(3, 3, 4, 4, (), False, 1.0, 1024, None)
+    local = BatchReport(20, 20, 4, 4, (), False, 1.0, 1024, None)
     assert "batch size 4 held" in local.summary() and "peak generation tensors" in local.summary()
+    fewer = BatchReport(3, 3, 4, 4, (), False, 1.0, 1024, None)  # read as the size used
+    assert "batch size 3 held" in fewer.summary()
 
 
 def test_a_server_that_never_accepts_ends_in_the_connect_timeout(

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import replace
 from pathlib import Path
 
 from ..batch_progress import BatchProgress
@@ -114,6 +115,8 @@ def run_concurrently(
     results.report = _report(
         results, len(prompts), concurrency, retries.count, interrupted, started, written
     )
+    if writer is not None:
+        results.report = replace(results.report, out_lines_before=writer.lines_before)
     if write_failed:
         raise stopped_writing(write_failed[0], results, len(prompts))
     return results
