@@ -23,7 +23,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -200,10 +200,12 @@ def cleanup(
     if count_tensors is not None:
         switches["count_tensors"] = count_tensors
     check_arguments(flags=switches)
+    __tracebackhide__ = True  # a refused argument shows the user's line, not ours
     if shell is None:
         shell = _current_shell()
-    if shell is not None:
-        _refuse_missing(names, user_variables(shell))
+    refused = _refusal(names, shell) if shell is not None else None
+    if refused is not None:
+        raise NameError(refused)
     started = time.perf_counter()
     count = verbose if count_tensors is None else count_tensors
     COLLECTOR.last = None
@@ -257,17 +259,23 @@ def _drop_names(drop: Iterable[str] | str) -> tuple[str, ...]:
     return names
 
 
-def _refuse_missing(names: tuple[str, ...], variables: Mapping[str, Any]) -> None:
-    """A `drop` name with no variable behind it (a typo: drop="bgi") did nothing, and said
-    nothing: refused before anything is dropped, with the name it likely meant."""
+def _refusal(names: tuple[str, ...], shell: Any) -> str | None:
+    """Why `drop` is refused, if it is. A name with no variable behind it (a typo: drop="bgi")
+    did nothing, and said nothing: refused before anything is dropped, with the name it likely
+    meant. An output entry (`_4`) is IPython's: the cleanup purges it when it holds tensors."""
+    variables = user_variables(shell)
+    for name in names:
+        if name in shell.user_ns and name not in variables:
+            return (
+                f"drop: {name} is IPython's, not a variable (an output entry: the cleanup "
+                "purges it when it holds tensors); nothing was dropped"
+            )
     missing = [name for name in names if name not in variables]
     if not missing:
-        return
+        return None
     close = difflib.get_close_matches(missing[0], list(variables), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise NameError(
-        f"drop: no variable named {', '.join(map(repr, missing))}{hint}; nothing was dropped"
-    )
+    return f"drop: no variable named {', '.join(map(repr, missing))}{hint}; nothing was dropped"
 
 
 def _full_gc_reason(full: bool, dynamo: bool, count: bool) -> str:

@@ -232,12 +232,23 @@ def _build_lock(target: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _umask() -> int:
+    """The process's umask, read where Linux shows it: setting it to read it (the only other
+    way) leaves it 0 for a moment, in which another thread's new file is world-writable."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 def _readable_by_all(folder: Path) -> None:
     """Give the built files the modes of the process's umask: `save_pretrained` leaves the
     weights owner-only (0600), so a cache one user built (an admin's shared
     $QWEN3_JUPYTER_CACHE) failed for everyone else with "No such file or directory"."""
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = _umask()
     folder.chmod(0o777 & ~umask)
     for path in folder.iterdir():
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import functools
 import gc
 import os
-import signal
 import sys
 import threading
 import time
@@ -255,9 +254,9 @@ class IncrementalCollector:
         """Send the interrupt caught in the callback again, from a timer thread, a moment after
         this collection's end (its finalizers have run), so it lands in the code that runs next."""
         self._interrupt_caught = False
-        main = threading.main_thread().ident
-        if main is not None:
-            threading.Timer(RESEND_AFTER_S, signal.pthread_kill, (main, signal.SIGINT)).start()
+        from .interrupts import interrupt_main_thread
+
+        threading.Timer(RESEND_AFTER_S, interrupt_main_thread).start()
 
     def _heap_grew(self) -> bool:
         grown = sys.getallocatedblocks() - self._blocks_at_full

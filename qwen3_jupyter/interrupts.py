@@ -9,6 +9,7 @@ Where Python may drop it (a long torch.compile), it is sent again until it lands
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import importlib
 import signal
@@ -69,18 +70,42 @@ def children_spared() -> Iterator[None]:
     ones (3 of 5 interrupted first compiles on the CPU). SIGINT is blocked in this thread for
     the block: the processes it starts inherit the mask and finish their file, while the
     kernel's other threads take the signal, whose handler Python runs here as always (after
-    the child the thread waits on has ended). Only on the main thread, where the mask exists.
+    the child the thread waits on has ended); `interrupt_main_thread` reaches it too. Only on
+    the main thread, where the mask exists.
     """
+    global _SPARING
     if threading.current_thread() is not threading.main_thread() or not hasattr(
         signal, "pthread_sigmask"
     ):
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    # Read first, changed inside the try: blocking runs pending handlers, and an interrupt
+    # raised there, outside a try, left SIGINT blocked in the main thread for good.
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, set())
     try:
+        _SPARING += 1
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         yield
     finally:
+        _SPARING -= 1
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+_SPARING = 0
+"""How many `children_spared` blocks the main thread is in (SIGINT blocked there)."""
+
+
+def interrupt_main_thread() -> None:
+    """Interrupt the main thread as the kernel's own interrupt does: a signal to it, which also
+    wakes a call it is blocked in; inside `children_spared`, where that signal would wait for
+    the block's end, Python's handler is run on the main thread directly."""
+    main = threading.main_thread().ident
+    if main is None:
+        return
+    if _SPARING:
+        _thread.interrupt_main(signal.SIGINT)
+    else:
+        signal.pthread_kill(main, signal.SIGINT)
 
 
 def _restorable(handler: Any) -> Any:
@@ -197,7 +222,7 @@ class _LandingInterrupts:
             with self._lock:
                 if self._done.is_set() or not self._inside(sys._current_frames().get(main)):
                     return  # the KeyboardInterrupt got out of the block
-                signal.pthread_kill(main, signal.SIGINT)
+                interrupt_main_thread()
 
 
 _EXIT_CODE = _LandingInterrupts.__exit__.__code__

@@ -1,53 +1,75 @@
-"""Model text made safe to show as Markdown: raw HTML outside code is shown as typed.
+"""Model text made safe to show as Markdown: raw HTML outside code and math is shown as typed.
 
 Why: an answer is rendered as Markdown, and JupyterLab renders the raw HTML in Markdown that a
 live session produced. An answer that says "wrap it in a <div>" lost its tag (and could hide the
 text after it), and text the model was steered into writing (a prompt from `--file` data) could
-put live HTML in the notebook. Code spans and fenced blocks already show their text as typed, so
-only the text outside them is escaped, and only `<`: that is what opens a tag, while `>` also
-starts a Markdown quote and `&` an entity the model may have meant."""
+put live HTML in the notebook. Code (spans, fenced and indented blocks), math (`$…$`, `$$…$$`,
+`\\(…\\)`, `\\[…\\]`, which JupyterLab hands to MathJax as written: `&lt;` there is a TeX error)
+and autolinks (`<https://…>`) already show their text as typed, so only the text around them is
+escaped, and only `<`: that is what opens a tag, while `>` also starts a Markdown quote and `&`
+an entity the model may have meant."""
 
 from __future__ import annotations
 
 import re
 
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
-_CODE_SPAN = re.compile(r"(`+)(?!`).*?(?<!`)\1(?!`)", re.DOTALL)
+_INDENTED = re.compile(r"^(?: {4}|\t)")
+_NO_BLANK_LINE = r"(?:(?!\n[ \t]*\n).)"
+_KEPT = re.compile(
+    rf"""
+    (`+)(?!`){_NO_BLANK_LINE}*?(?<!`)\1(?!`)    # a code span (never across a paragraph)
+    | \$\${_NO_BLANK_LINE}+?\$\$                  # display math
+    | \$(?!\s)[^$\n]*?(?<!\s)\$                   # inline math, on one line
+    | \\\({_NO_BLANK_LINE}+?\\\)                  # \( … \)
+    | \\\[{_NO_BLANK_LINE}+?\\\]                  # \[ … \]
+    | <(?:https?|ftp|mailto):[^\s<>]*>            # an autolink
+    """,
+    re.DOTALL | re.VERBOSE,
+)
 
 
 def escape_html(markdown: str) -> str:
-    """`markdown` with every `<` outside code spans and fenced code blocks written `&lt;`.
+    """`markdown` with every `<` outside code, math and autolinks written `&lt;`.
 
     A fence left open (an answer still streaming, or cut off) runs to the end, as Markdown
-    renders it."""
+    renders it; an indented line after a blank line (or after another such line) is code."""
     out: list[str] = []
     prose: list[str] = []
     fence = ""
+    previous_blank, in_indented = True, False
     for line in markdown.splitlines(keepends=True):
-        opening = _FENCE.match(line)
+        blank = not line.strip()
         if fence:
             out.append(line)
             closing = line.strip()
             if closing.startswith(fence) and set(closing) == {fence[0]}:
                 fence = ""
-        elif opening:
+        elif opening := _FENCE.match(line):
             out.append(_escape_prose("".join(prose)))
             prose = []
             out.append(line)
             fence = opening.group(1)
+        elif not blank and _INDENTED.match(line) and (previous_blank or in_indented):
+            out.append(_escape_prose("".join(prose)))
+            prose = []
+            out.append(line)
+            in_indented = True
         else:
             prose.append(line)
+            in_indented = in_indented and blank
+        previous_blank = blank
     out.append(_escape_prose("".join(prose)))
     return "".join(out)
 
 
 def _escape_prose(text: str) -> str:
-    """`<` escaped outside inline code spans (a backtick run closed by a run of equal length)."""
+    """`<` escaped outside the spans Markdown or MathJax show as written (`_KEPT`)."""
     pieces: list[str] = []
     start = 0
-    for span in _CODE_SPAN.finditer(text):
-        pieces.append(text[start : span.start()].replace("<", "&lt;"))
-        pieces.append(span.group(0))
-        start = span.end()
+    for kept in _KEPT.finditer(text):
+        pieces.append(text[start : kept.start()].replace("<", "&lt;"))
+        pieces.append(kept.group(0))
+        start = kept.end()
     pieces.append(text[start:].replace("<", "&lt;"))
     return "".join(pieces)

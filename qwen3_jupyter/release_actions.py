@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import itertools
 import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping
@@ -159,7 +160,7 @@ def release_last_exception(shell: Any | None) -> tuple[str, ...]:
     they hold is reported under the variable's name.
     """
     released: list[str] = []
-    users = {id(v) for v in user_variables(shell).values()} if shell is not None else set()
+    users = _users_exceptions(user_variables(shell).values()) if shell is not None else set()
     exceptions: list[BaseException] = []
     for name in ("last_exc", "last_value"):
         value = getattr(sys, name, None)
@@ -190,6 +191,21 @@ def release_last_exception(shell: Any | None) -> tuple[str, ...]:
             exc.__traceback__ = None
             _release_contents(exc)
     return tuple(released)
+
+
+def _users_exceptions(values: Iterable[Any], per_container: int = 1000) -> set[int]:
+    """The ids of the exceptions the user's variables hold: bound to a name (`err = e`) or in a
+    list, tuple, set or dict of them (`errors.append(e)`), the first `per_container` each."""
+    found: set[int] = set()
+    for value in values:
+        if isinstance(value, BaseException):
+            found.add(id(value))
+        elif isinstance(value, (list, tuple, set, frozenset, dict)):
+            items = value.values() if isinstance(value, dict) else value
+            for item in itertools.islice(items, per_container):
+                if isinstance(item, BaseException):
+                    found.add(id(item))
+    return found
 
 
 def kept_exceptions(shell: Any) -> list[tuple[str, str, BaseException]]:

@@ -110,7 +110,9 @@ class Session:
     last_result: Result | None = None
     result_listeners: list[Callable[[Result], None]] = field(default_factory=list)
     _model_setting: str | None = None
-    """What `%config Qwen3Magics.model` or $QWEN3_JUPYTER_MODEL said at the last call."""
+    """What `%config Qwen3Magics.model` or $QWEN3_JUPYTER_MODEL said at the last load."""
+    _asked_setting: str | None = None
+    """What they said at the last `choice`."""
     engines: dict[str, Engine] = field(default_factory=dict)
     """The engines that hold something between calls, by key ('fast', or a server's URL);
     the eager engine holds nothing and is made per call."""
@@ -149,7 +151,7 @@ class Session:
         loaded = HOLDER.loaded
         setting = os.environ.get(MODEL_ENV) or configured_model
         changed = setting != self._model_setting
-        self._model_setting = setting
+        self._asked_setting = setting  # taken as seen once a load succeeds (`load`)
         if (
             model is None
             and changed
@@ -185,6 +187,9 @@ class Session:
         replaced = _described(before) if before else None
         before = None  # not kept alive while the next one loads
         loaded = HOLDER.get(choice, progress)
+        # The setting this choice read is seen now: a failed or interrupted switch to it is
+        # tried again by the next call (it answered with the old model without a word).
+        self._model_setting = self._asked_setting
         if HOLDER.loads != loads:
             self.notices.append(loaded_notice(loaded, replaced))
         return loaded

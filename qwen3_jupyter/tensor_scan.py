@@ -170,7 +170,7 @@ class TensorScan:
                 return
             address, size = storage_span(tensor)
             key = (str(tensor.device), address)
-            self.storages[key] = max(size, self.storages.get(key, 0))
+            self.storages[key] = size
             self.tensor_count += 1
         except Exception:  # sparse, nested, functorch wrappers: no plain storage
             return

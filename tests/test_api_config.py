@@ -178,6 +178,9 @@ def test_a_model_named_in_the_config_after_the_load_is_the_one_used(
         f"SESSION.loaded.tokenizer.save_pretrained({str(folder)!r})",
     )
     try:
+        ok(k, "%config Qwen3Magics.model = '/no/such/model'")
+        for _ in range(2):  # the second answered with tiny, the failed switch forgotten
+            assert "does not exist" in k.run("%qwen3 --no-think --max-new-tokens 2 hi").stderr
         ok(k, f"%config Qwen3Magics.model = {str(folder)!r}")
         ok(k, "%qwen3 --no-think --max-new-tokens 2 hi")
         assert k.value("SESSION.loaded.name") == str(folder)

@@ -389,6 +389,11 @@ def test_a_string_given_to_drop_is_one_name(k: Kernel) -> None:
         "drop: no variable named 'bb' (did you mean 'b'?); nothing was dropped",
     )
     assert k.value("b") == 2
+    ok(k, "torch.ones(3)")  # an output entry, _N: IPython's
+    entry = f"_{k.value('len(In) - 2')}"
+    owned = k.run(f"qwen3_jupyter.cleanup(drop={entry!r})")
+    assert owned.reply["evalue"].startswith(f"drop: {entry} is IPython's, not a variable")
+    assert k.value(f"type({entry}).__name__") == "Tensor", "nothing was dropped"
     ok(k, "del b")
 
 
@@ -825,7 +830,20 @@ def test_an_exception_the_user_kept_is_left_as_it_is(k: Kernel) -> None:
     assert k.value("type(first_error.args[1]).__name__") == "Tensor"
     assert k.value("first_error.__traceback__ is not None")
     assert k.value("'sys.last_value' in r.summary()"), "IPython's own references still go"
-    ok(k, "del bad_rows, first_error")
+    in_a_list = (
+        "try:\n"
+        "    raise ValueError('kept in a list', bad_rows[1:])\n"
+        "except ValueError as e:\n"
+        "    errors = [e]\n"
+        "    raise RuntimeError('validation failed')"
+    )
+    assert k.run(in_a_list).status == "error"
+    ok(k, "r = qwen3_jupyter.cleanup()")
+    assert k.value("(type(errors[0].args[1]).__name__, errors[0].__traceback__ is not None)") == (
+        "Tensor",
+        True,
+    )
+    ok(k, "del bad_rows, first_error, errors")
     assert_survivors(k)
 
 

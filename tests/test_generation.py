@@ -300,6 +300,17 @@ def test_an_answer_cut_off_by_the_budget_says_so() -> None:
         ("```html\n<p>x</p>\n```\nthen <b>", "```html\n<p>x</p>\n```\nthen &lt;b>"),
         ("> a quote & more", "> a quote & more"),
         ("streaming ```\n```py\nif a < b:", "streaming ```\n```py\nif a < b:"),
+        # MathJax gets math as written (`&lt;` there is a TeX error), so do code and links
+        (
+            "So $0 < x < 1$ and $$a<b$$ and \\(c<d\\), <i>",
+            "So $0 < x < 1$ and $$a<b$$ and \\(c<d\\), &lt;i>",
+        ),
+        (
+            "Run:\n\n    if a < b:\n        pass\n\nthen <p>",
+            "Run:\n\n    if a < b:\n        pass\n\nthen &lt;p>",
+        ),
+        ("see <https://example.com> or <b>", "see <https://example.com> or &lt;b>"),
+        ("a ` stray\n\nthen <b>x</b> `y`", "a ` stray\n\nthen &lt;b>x&lt;/b> `y`"),
     ],
 )
 def test_an_answers_html_is_shown_as_typed(answer: str, shown: str) -> None:

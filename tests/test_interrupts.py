@@ -4,6 +4,7 @@ it again until it ends the block."""
 
 from __future__ import annotations
 
+import _thread
 import signal
 import sys
 import threading
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from qwen3_jupyter.interrupts import interrupts_that_land
+from qwen3_jupyter.interrupts import children_spared, interrupts_that_land
 from tests.kernel import Execution, Kernel, ok
 
 
@@ -85,6 +86,35 @@ def test_an_interrupt_dropped_in_a_finalizer_still_ends_the_block(
     assert signal.getsignal(signal.SIGINT) is before  # put back
     assert sys.unraisablehook is hook
     assert [type(error) for error in seen] == [ValueError], seen
+
+
+class _DropsAnInterruptAnotherThreadTook:
+    """The same, inside `children_spared`: the kernel's other thread took the SIGINT (the main
+    thread blocks it) and Python runs the handler in the main thread, here in a finalizer."""
+
+    fired = False
+
+    def __del__(self) -> None:
+        if not _DropsAnInterruptAnotherThreadTook.fired:
+            _DropsAnInterruptAnotherThreadTook.fired = True
+            _thread.interrupt_main(signal.SIGINT)
+            time.sleep(0.01)
+
+
+def test_an_interrupt_dropped_while_children_are_spared_still_ends_the_block() -> None:
+    """The resend went to the main thread as a signal, which waits while the main thread blocks
+    SIGINT (`children_spared`, around a compile): the compile ran to its end."""
+    _DropsAnInterruptAnotherThreadTook.fired = False
+    steps: list[int] = []
+    with pytest.raises(KeyboardInterrupt), interrupts_that_land(), children_spared():
+        for step in range(300):  # 3 s if nothing stops it
+            steps.append(step)
+            if step == 5:
+                _DropsAnInterruptAnotherThreadTook()
+            time.sleep(0.01)
+    assert _DropsAnInterruptAnotherThreadTook.fired
+    assert len(steps) < 100, f"the block ran {len(steps)} steps after the interrupt"
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set()), "left blocked"
 
 
 class _FailsInItsFinalizer:

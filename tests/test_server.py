@@ -483,11 +483,15 @@ def test_the_history_length_setting_is_what_the_sparkline_gets() -> None:
     fake = FakeNvml([FakeGpu()])
     reader = NvmlReader(fake.module)
     sampler = Sampler(history_length=90, reader_factory=lambda: reader)
+    running = threading.Event()  # a sampler thread's stop flag, not set
     try:
-        samples = [sampler._sample(reader, ()) for _ in range(100)]
+        for _ in range(100):
+            assert sampler._publish(*sampler._sample(reader, ()), running)
     finally:
         reader.close()
-    history = build_payload(samples[-1], [], 1.0)["history"]
+    latest = sampler._latest
+    assert latest is not None
+    history = build_payload(latest, [], 1.0)["history"]
     assert len(history["timestamps"]) == len(history["gpu_memory_used"]["0"]) == 90
 
 
@@ -697,5 +701,7 @@ def test_a_stop_that_gave_up_waiting_leaves_one_sampling_thread() -> None:
         sampler.request([WatchedKernel(os.getpid())])
         time.sleep(1.5)  # the stuck one has woken up
         assert len(threads()) == 1, threads()
+        times = [point.timestamp for point in sampler._history]
+        assert times == sorted(times), "the stuck thread's late reading joined the history"
     finally:
         sampler.stop()

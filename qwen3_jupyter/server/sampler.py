@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psutil
@@ -344,10 +344,9 @@ class Sampler:
                             self._forget()
                         return
                     self._sampling_since = time.monotonic()
-                sample = self._sample(reader, watched)
-                if stopped.is_set():
+                sample, point = self._sample(reader, watched)
+                if not self._publish(sample, point, stopped):
                     return
-                self._publish(sample)
                 self._wake.wait(self.interval)
                 self._wake.clear()
         except Exception:
@@ -355,7 +354,10 @@ class Sampler:
         finally:
             reader.close()
 
-    def _sample(self, reader: NvmlReader, watched: tuple[WatchedKernel, ...]) -> Sample:
+    def _sample(
+        self, reader: NvmlReader, watched: tuple[WatchedKernel, ...]
+    ) -> tuple[Sample, HistoryPoint]:
+        """One reading, and its point for the history (added when it is published)."""
         reading = reader.read()
         host = read_host()
         trees = process_trees(watched)
@@ -364,25 +366,33 @@ class Sampler:
             gpu_memory_used={gpu_key(g.index, g.mig_parent): g.memory_used for g in reading.gpus},
             host_used=host.used,
         )
-        self._history.append(point)
-        self.samples_taken += 1
-        return Sample(
+        sample = Sample(
             nvml=reading,
             host=host,
             trees=trees,
             local_pids=existing_pids(reading),
             timestamp=time.time(),
-            history=tuple(self._history),
+            history=(),
             unread_gpus=reader.unread,
         )
+        return sample, point
 
-    def _publish(self, sample: Sample) -> None:
+    def _publish(self, sample: Sample, point: HistoryPoint, stopped: threading.Event) -> bool:
+        """Make `sample` the latest, its point part of the history; False (nothing published)
+        once this thread was stopped: a thread `stop` gave up on, waking late, added a stale
+        point to its replacement's sparkline."""
         with self._lock:
+            if stopped.is_set():
+                return False
+            self._history.append(point)
+            self.samples_taken += 1
+            sample = replace(sample, history=tuple(self._history))
             self._latest = sample
             self._sampling_since = None
             waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.loop.call_soon_threadsafe(_resolve, waiter.future, sample)
+        return True
 
 
 def _resolve(future: asyncio.Future[Sample], sample: Sample) -> None:
