@@ -90,14 +90,14 @@ class StreamView:
         self._streamed = True
         if not self._live:
             return
-        parts = (*split_thinking(text, self.think), self.hide_thinking, True)
-        self._body, self._plain = render_answer(*parts), render_plain(*parts)
+        thinking, answer, finished = split_thinking(text, self.think)
+        self._body, self._plain = render(thinking, answer, finished, self.hide_thinking, True)
         self._render()
 
     def finish(self, result: Result) -> None:
         self._ended = True
         self._line = None
-        parts = (
+        self._body, self._plain = render(
             result.thinking,
             result.answer,
             result.thinking_finished,
@@ -105,7 +105,6 @@ class StreamView:
             False,
             result.stop_reason,
         )
-        self._body, self._plain = render_answer(*parts), render_plain(*parts)
         if self._handle is None:
             self._handle = show_markdown(self._body, self._plain)
         else:
@@ -142,44 +141,43 @@ def render_answer(
     streaming: bool,
     stop_reason: str = "length",
 ) -> str:
-    """Markdown for the cell: the thinking collapsed (or hidden), then the answer (its raw HTML
-    shown as typed, `markdown_text`)."""
-    parts = []
-    if thinking and not hide_thinking:
-        label = "Thinking" if finished else "Thinking (not finished)"
-        words = _count(len(thinking.split()), "word")
-        is_open = " open" if streaming and not finished else ""
-        body = html.escape(thinking).replace("\n", "<br>\n")
-        parts.append(
-            f"<details{is_open}><summary>{label} · {words}</summary>\n\n"
-            f"<blockquote>{body}</blockquote>\n\n</details>\n"
-        )
-    elif thinking and hide_thinking and streaming and not answer:
-        parts.append(f"*thinking… ({_count(len(thinking.split()), 'word')})*")
-    note = _missing_answer(answer, finished, streaming, stop_reason)
-    parts.append(escape_html(answer) if answer else f"*{note}*" if note else "")
-    return "\n\n".join(p for p in parts if p) or "*generating…*"
+    """Markdown for the cell (`render`'s first)."""
+    return render(thinking, answer, finished, hide_thinking, streaming, stop_reason)[0]
 
 
-def render_plain(
+def render(
     thinking: str,
     answer: str,
     finished: bool,
     hide_thinking: bool,
     streaming: bool,
     stop_reason: str = "length",
-) -> str:
-    """The same as plain text, for front ends that show no Markdown (`jupyter console`, a
-    notebook converted to text): they showed `<IPython.core.display.Markdown object>`."""
-    parts = []
+) -> tuple[str, str]:
+    """Markdown for the cell — the thinking collapsed (or hidden), then the answer (its raw
+    HTML shown as typed, `markdown_text`) — and the same as plain text, for front ends that
+    show no Markdown (`jupyter console`, a notebook converted to text: they showed
+    `<IPython.core.display.Markdown object>`)."""
+    markdown, plain = [], []
+    words = _count(len(thinking.split()), "word")
     if thinking and not hide_thinking:
-        label = "thinking" if finished else "thinking, not finished"
-        parts.append(f"[{label} · {_count(len(thinking.split()), 'word')}]\n{thinking}\n[/{label}]")
+        label = "Thinking" if finished else "Thinking (not finished)"
+        is_open = " open" if streaming and not finished else ""
+        body = html.escape(thinking).replace("\n", "<br>\n")
+        markdown.append(
+            f"<details{is_open}><summary>{label} · {words}</summary>\n\n"
+            f"<blockquote>{body}</blockquote>\n\n</details>\n"
+        )
+        plain.append(f"[{label.lower()} · {words}]\n{thinking}\n[end of thinking]")
     elif thinking and hide_thinking and streaming and not answer:
-        parts.append(f"thinking… ({_count(len(thinking.split()), 'word')})")
+        markdown.append(f"*thinking… ({words})*")
+        plain.append(f"thinking… ({words})")
     note = _missing_answer(answer, finished, streaming, stop_reason)
-    parts.append(answer or note or "")
-    return "\n\n".join(p for p in parts if p) or "generating…"
+    markdown.append(escape_html(answer) if answer else f"*{note}*" if note else "")
+    plain.append(answer or note)
+    return (
+        "\n\n".join(p for p in markdown if p) or "*generating…*",
+        "\n\n".join(p for p in plain if p) or "generating…",
+    )
 
 
 def _missing_answer(answer: str, finished: bool, streaming: bool, stop_reason: str) -> str:
