@@ -133,18 +133,6 @@ class StreamView:
             update_markdown(self._handle, markdown, plain)
 
 
-def render_answer(
-    thinking: str,
-    answer: str,
-    finished: bool,
-    hide_thinking: bool,
-    streaming: bool,
-    stop_reason: str = "length",
-) -> str:
-    """Markdown for the cell (`render`'s first)."""
-    return render(thinking, answer, finished, hide_thinking, streaming, stop_reason)[0]
-
-
 def render(
     thinking: str,
     answer: str,

@@ -266,12 +266,10 @@ def test_a_server_calls_footer_still_says_where_its_memory_is() -> None:
 def test_only_a_spent_budget_is_told_to_raise_max_new_tokens() -> None:
     """A call that stopped while thinking said "the token budget ran out... Raise
     --max-new-tokens" whatever stopped it: an interrupt after 15 of 4,000 tokens, or a server."""
-    from qwen3_jupyter.display import render_answer
+    from qwen3_jupyter.display import render
 
     def final(stop: str) -> str:
-        return render_answer(
-            "Hmm", "", False, hide_thinking=False, streaming=False, stop_reason=stop
-        )
+        return render("Hmm", "", False, hide_thinking=False, streaming=False, stop_reason=stop)[0]
 
     assert "Raise `--max-new-tokens`" in final("length")
     for stop in ("interrupted", "eos", "context", "abort"):
@@ -316,9 +314,9 @@ def test_an_answer_cut_off_by_the_budget_says_so() -> None:
 def test_an_answers_html_is_shown_as_typed(answer: str, shown: str) -> None:
     """The answer went into the Markdown raw: JupyterLab rendered its tags (a "<div>" in the
     text vanished) while thinking and table cells were escaped. Code is left as it is."""
-    from qwen3_jupyter.display import render_answer
+    from qwen3_jupyter.display import render
 
-    assert render_answer("", answer, True, False, streaming=False).endswith(shown)
+    assert render("", answer, True, False, streaming=False)[0].endswith(shown)
 
 
 def test_streamed_text_waits_for_a_character_split_across_tokens(

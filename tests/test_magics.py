@@ -411,13 +411,13 @@ def test_think_and_no_think_map_to_enable_thinking(kernel: Kernel) -> None:
 
 def test_thinking_summary_counts_words_in_english() -> None:
     """ "· 1 words" was what a one-word thought showed, collapsed and while hidden."""
-    from qwen3_jupyter.display import render_answer
+    from qwen3_jupyter.display import render
 
-    one = render_answer("Hmm", "", finished=False, hide_thinking=False, streaming=False)
+    one = render("Hmm", "", finished=False, hide_thinking=False, streaming=False)[0]
     assert "Thinking (not finished) · 1 word</summary>" in one
-    two = render_answer("Hmm, well", "", finished=True, hide_thinking=False, streaming=False)
+    two = render("Hmm, well", "", finished=True, hide_thinking=False, streaming=False)[0]
     assert "Thinking · 2 words</summary>" in two
-    hidden = render_answer("Hmm", "", finished=False, hide_thinking=True, streaming=True)
+    hidden = render("Hmm", "", finished=False, hide_thinking=True, streaming=True)[0]
     assert "*thinking… (1 word)*" in hidden
 
 
