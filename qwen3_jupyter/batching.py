@@ -446,8 +446,7 @@ class _JsonLines:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a+b") as handle:
                 handle.seek(0)
-                head = handle.read(4096)
-                start = head.lstrip(_SPACE)[: len(_RESULT_START)]
+                start = handle.read(4096).lstrip(_SPACE)[: len(_RESULT_START)]
                 results = _RESULT_START.startswith(start)  # empty, or a run's first line
                 handle.seek(0, os.SEEK_END)
                 if results and handle.tell() > 0:  # a run killed mid-write left a partial line:

@@ -326,14 +326,14 @@ class Session:
             memory_budget=memory_budget,
         )
         CELL_INTERRUPTS.note(result.stop_reason == "interrupted")
-        if chat and result.stop_reason != "interrupted" and result.answer.strip():
-            self.conversation.keep_turn(options, prompt, result.answer)
-        elif chat and result.stop_reason != "interrupted":
-            # An empty assistant turn would be what the next turn builds on.
-            self.notices.append(
-                "this --chat turn has no answer (raise --max-new-tokens, or --no-think): it was "
-                "not added to the conversation"
-            )
+        if chat and result.stop_reason != "interrupted":
+            if result.answer.strip():
+                self.conversation.keep_turn(options, prompt, result.answer)
+            else:  # an empty assistant turn would be what the next turn builds on
+                self.notices.append(
+                    "this --chat turn has no answer (raise --max-new-tokens, or --no-think): it "
+                    "was not added to the conversation"
+                )
         self.last_result = result
         for listener in list(self.result_listeners):
             try:

@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import replace
 from pathlib import Path
 
 from ..batch_progress import BatchProgress
@@ -113,10 +112,15 @@ def run_concurrently(
     results = BatchResults(finished[i] for i in sorted(finished))
     written = str(out) if out is not None else None
     results.report = _report(
-        results, len(prompts), concurrency, retries.count, interrupted, started, written
+        results,
+        len(prompts),
+        concurrency,
+        retries.count,
+        interrupted,
+        started,
+        written,
+        writer.lines_before if writer is not None else 0,
     )
-    if writer is not None:
-        results.report = replace(results.report, out_lines_before=writer.lines_before)
     if write_failed:
         raise stopped_writing(write_failed[0], results, len(prompts))
     return results
@@ -138,6 +142,7 @@ def _report(
     interrupted: bool,
     started: float,
     out_path: str | None = None,
+    out_lines_before: int = 0,
 ) -> BatchReport:
     return BatchReport(
         total=total,
@@ -153,4 +158,5 @@ def _report(
         concurrency=concurrency,
         retries=retries,
         completion_tokens=sum(r.completion_tokens for r in results),
+        out_lines_before=out_lines_before,
     )
