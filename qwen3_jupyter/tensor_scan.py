@@ -105,9 +105,9 @@ class TensorScan:
             inside = _contents(obj)
             if inside is None or _c_level(obj):  # only the exact walk sees all it holds
                 self.truncated = self.truncated or gc.is_tracked(obj)
-                if inside is None:
-                    return
-            children = inside or []
+            if inside is None:
+                return
+            children = inside
         for child in children:
             self.visit(child, depth + 1)
             if self._done():
@@ -169,8 +169,7 @@ class TensorScan:
             if tensor.is_meta:
                 return
             address, size = storage_span(tensor)
-            key = (str(tensor.device), address)
-            self.storages[key] = size
+            self.storages[(str(tensor.device), address)] = size
             self.tensor_count += 1
         except Exception:  # sparse, nested, functorch wrappers: no plain storage
             return
