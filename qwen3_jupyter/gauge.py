@@ -293,6 +293,18 @@ def footer_text(snapshot: Snapshot) -> str:
     return " · ".join(parts)
 
 
+def gpus_in_question(snapshot: Snapshot) -> bool:
+    """Whether the footer says why GPU rows are missing or unread. A compact gauge and a
+    gauge's static copy drop the footer, but not this: host memory alone reads as "no GPU
+    memory used", not as "no GPU could be read"."""
+    return bool(
+        snapshot.error
+        or not snapshot.nvml_available
+        or snapshot.nvml_reason
+        or not snapshot.visible_gpus
+    )
+
+
 HEARTBEAT_SECONDS = 2.0
 """How often a steady gauge still sends its footer: a front end that stops hearing it (a stopped
 or restarted kernel) marks the reading stale after `STALE_BEATS` beats."""
@@ -327,7 +339,7 @@ def footer_html(snapshot: Snapshot, compact: bool = False, scope: str = "qwen3-g
     delay = f"{STALE_BEATS * period + 1:g}s"
     read_at = beat * period if snapshot.interval < HEARTBEAT_SECONDS else snapshot.timestamp
     since = time.strftime("%H:%M:%S %Z", time.localtime(read_at)).strip()
-    live = "" if compact else html.escape(footer_text(snapshot))
+    live = "" if compact and not gpus_in_question(snapshot) else html.escape(footer_text(snapshot))
     css = (
         "<style>@keyframes qwen3-gauge-stale{to{max-height:6em;opacity:1}}"
         "@keyframes qwen3-gauge-dim-0{to{opacity:.4}}@keyframes qwen3-gauge-dim-1{to{opacity:.4}}"
@@ -462,6 +474,7 @@ class Gauge(widgets.VBox):
         # page): one gauge's stale readings dim that gauge only.
         self._scope = f"qwen3-gauge-{uuid.uuid4().hex[:12]}"
         self._last_reading: float | None = None
+        self._notice = ""  # why GPU rows are missing, for the static copy
         self._footer = widgets.HTML("" if compact else "<small>reading memory…</small>")
         self._first_reading = threading.Event()
         self._closed = False
@@ -517,6 +530,7 @@ class Gauge(widgets.VBox):
                 for w in snapshot.warnings
             )
             self._footer.value = footer_html(snapshot, self._compact, self._scope)
+            self._notice = footer_text(snapshot) if gpus_in_question(snapshot) else ""
             self._last_reading = snapshot.timestamp
             self.updates += 1
         self._first_reading.set()
@@ -532,7 +546,11 @@ class Gauge(widgets.VBox):
             when = ""
             if self._last_reading is not None:
                 at = time.strftime("%H:%M:%S", time.localtime(self._last_reading))
-                when = f'<div style="color:{MUTED}"><small>memory as read at {at}</small></div>'
+                notice = f"{html.escape(self._notice)} · " if self._notice else ""
+                when = (
+                    f'<div style="color:{MUTED}"><small>{notice}memory as read at {at}</small>'
+                    "</div>"
+                )
             return (
                 f'<div class="qwen3-gauge-static">{"".join(rows)}{self._kept.value}'
                 f"{self._warnings.value}{when}</div>"
@@ -582,9 +600,12 @@ def gauge(interval: float | None = None, show_all: bool = False, compact: bool =
     `interval` sets the shared monitor's polling interval in seconds (default 0.5; one that no
     poll can wait, such as 0, -1 or inf, is a one-line error before anything starts);
     `show_all` also shows GPUs this kernel cannot use; `compact` drops the sparklines and the
-    footer (all but its stale-reading warning).
+    footer (all but its stale-reading warning, and why GPU rows are missing or unread).
     """
+    from .gauge_magics import feed_monitor
+
     seconds = None if interval is None else checked_interval(interval)
+    feed_monitor()
     monitor = get_monitor()
     if seconds is not None:
         monitor.interval = seconds
@@ -593,27 +614,35 @@ def gauge(interval: float | None = None, show_all: bool = False, compact: bool =
     return shown
 
 
-_BY_CELL: dict[str, weakref.ref[Gauge]] = {}
-"""The gauge each notebook cell showed last (by JupyterLab's cell id)."""
+_BY_CELL: dict[str, tuple[str, list[weakref.ref[Gauge]]]] = {}
+"""The gauges each notebook cell showed in its last run (by JupyterLab's cell id), with that
+run's request id."""
 
 
 def _replace_in_cell(shown: Gauge) -> None:
-    """Close the gauge this cell showed before: running the cell again replaces its output in
-    the browser, but the old widget stayed live (four runs: four gauges polled and sent
-    updates, 108 widget models). Closed after the new one subscribed, so the polling thread
-    and its history go on."""
-    cell = _cell_id()
-    if cell is None:
+    """Close the gauges this cell showed in an earlier run: running the cell again replaces its
+    output in the browser, but the old widgets stayed live (four runs: four gauges polled and
+    sent updates, 108 widget models). Gauges of the same run stay (two in one layout, or a
+    full and a compact one). Closed after the new one subscribed, so the polling thread and
+    its history go on."""
+    run = _cell_run()
+    if run is None:
         return
-    previous = _BY_CELL.pop(cell, None)
-    _BY_CELL[cell] = weakref.ref(shown)
-    before = previous() if previous is not None else None
-    if before is not None and before is not shown:
-        before.close()
+    cell, request = run
+    shown_by, earlier = _BY_CELL.get(cell, ("", []))
+    if shown_by == request:
+        earlier.append(weakref.ref(shown))
+        return
+    _BY_CELL[cell] = (request, [weakref.ref(shown)])
+    for ref in earlier:
+        before = ref()
+        if before is not None and before is not shown:
+            before.close()
 
 
-def _cell_id() -> str | None:
-    """The running cell's id, as JupyterLab and Notebook 7 send it; None elsewhere."""
+def _cell_run() -> tuple[str, str] | None:
+    """The running cell's id, as JupyterLab and Notebook 7 send it, and its execute request's
+    id (one per run); None elsewhere."""
     try:
         from IPython import get_ipython
 
@@ -622,7 +651,10 @@ def _cell_id() -> str | None:
     except Exception:  # not in a kernel, or an ipykernel without get_parent
         return None
     cell = ((parent or {}).get("metadata") or {}).get("cellId")
-    return cell if isinstance(cell, str) and cell else None
+    request = ((parent or {}).get("header") or {}).get("msg_id")
+    if not (isinstance(cell, str) and cell and isinstance(request, str)):
+        return None
+    return cell, request
 
 
 def open_gauges() -> list[Gauge]:

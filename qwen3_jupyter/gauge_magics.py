@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -35,10 +36,17 @@ class GaugeMagics(Magics):
         "--interval",
         type=float,
         metavar="SECONDS",
-        help="Seconds between polls for every gauge in this kernel (default 0.5, minimum 0.05).",
+        help=(
+            "Seconds between polls for every gauge in this kernel (0.5 until set; later gauges "
+            "keep it; minimum 0.05)."
+        ),
     )
     @argument("--all", action="store_true", help="Also show GPUs this kernel cannot use.")
-    @argument("--compact", action="store_true", help="One line per row, no sparkline or footer.")
+    @argument(
+        "--compact",
+        action="store_true",
+        help="One line per row, no sparkline; no footer unless it says why a GPU is missing.",
+    )
     @argument(
         "--stop",
         action="store_true",
@@ -222,18 +230,48 @@ def retained_bytes(report: Any) -> int:
     return total
 
 
+_STOP_FEEDING: Callable[[], None] | None = None
+"""Undoes `feed_monitor`; None while the monitor is not fed."""
+_FEEDING_LOCK = threading.Lock()
+
+
+def feed_monitor() -> None:
+    """Feed the monitor what its gauges say besides memory, once: calls' results (latency
+    drift), cleanups (the peak since the last cleanup, retained-memory drift), the kept and
+    server rows. The magic's load does it, and so does `qwen3_jupyter.gauge()` without the
+    extension loaded: its peak otherwise never reset."""
+    global _STOP_FEEDING
+    with _FEEDING_LOCK:
+        if _STOP_FEEDING is not None:
+            return
+        undo_results = _listen_to_results()
+        undo_cleanups = _listen_to_cleanups()
+        undo_engines = _watch_engines()
+
+        def stop() -> None:
+            undo_results()
+            undo_engines()
+            if undo_cleanups is not None:
+                undo_cleanups()
+
+        _STOP_FEEDING = stop
+
+
+def stop_feeding_monitor() -> None:
+    global _STOP_FEEDING
+    with _FEEDING_LOCK:
+        stop, _STOP_FEEDING = _STOP_FEEDING, None
+    if stop is not None:
+        stop()
+
+
 def load(ip: Any) -> None:
-    """Register `%qwen3_gauge` and the decay-signal listeners; their undo goes to lifecycle."""
+    """Register `%qwen3_gauge` and feed the monitor; the undo goes to lifecycle."""
     ip.register_magics(GaugeMagics(shell=ip))
-    undo_results = _listen_to_results()
-    undo_cleanups = _listen_to_cleanups()
-    undo_engines = _watch_engines()
+    feed_monitor()
 
     def undo() -> None:
-        undo_results()
-        undo_engines()
-        if undo_cleanups is not None:
-            undo_cleanups()
+        stop_feeding_monitor()
         unload(ip)
 
     lifecycle.on_unload("qwen3-gauge", undo)

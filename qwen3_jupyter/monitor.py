@@ -46,12 +46,12 @@ from .nvml import (
     GpuReading,
     NvmlReader,
     NvmlReading,
+    cuda_devices,
     existing_pids,
     lists_every_process,
     pids_are_local,
     process_memory_by_uuid,
     torch_device_for,
-    visible_gpus,
 )
 
 if TYPE_CHECKING:
@@ -561,11 +561,12 @@ class Monitor:
         `resets` (the poll read before that cleanup)."""
         if not nvml.gpus:
             return ()
-        visible = visible_gpus(nvml, torch_devices or None)
-        order = {g.uuid: n for n, g in enumerate(visible)}
-        for gpu in visible:  # torch's own index where it knows the device: a GPU NVML could
-            device = torch_device_for(gpu, torch_devices)  # not read is left out of `visible`
-            if device is not None:  # and would shift the others down
+        unread = self._reader.unread or frozenset()
+        visible = cuda_devices(nvml, torch_devices or None, unread=unread)
+        order = {g.uuid: index for g, index in visible}
+        for gpu, _ in visible:  # torch's own index where it knows the device
+            device = torch_device_for(gpu, torch_devices)
+            if device is not None:
                 order[gpu.uuid] = device.index
         pids = self._pids()
         mine = process_memory_by_uuid(nvml, pids)

@@ -438,34 +438,52 @@ def visible_gpus(
     reading: NvmlReading,
     torch_devices: tuple[TorchDeviceMemory, ...] | None = None,
     environ: Mapping[str, str] | None = None,
+    unread: frozenset[int] = frozenset(),
 ) -> tuple[GpuReading, ...]:
-    """The GPUs this process can use, in the order torch numbers them (`cuda:0` first).
+    """The GPUs this process can use, in the order torch numbers them (`cuda:0` first)."""
+    return tuple(gpu for gpu, _ in cuda_devices(reading, torch_devices, environ, unread))
+
+
+def cuda_devices(
+    reading: NvmlReading,
+    torch_devices: tuple[TorchDeviceMemory, ...] | None = None,
+    environ: Mapping[str, str] | None = None,
+    unread: frozenset[int] = frozenset(),
+) -> tuple[tuple[GpuReading, int | None], ...]:
+    """The GPUs this process can use, each with the index torch gives it (None where that
+    cannot be known), in that order.
 
     When torch has initialised CUDA (and knows its devices' UUIDs), its devices are matched to
-    NVML's by UUID. Otherwise
-    CUDA_VISIBLE_DEVICES decides (indices, or UUIDs / unique UUID prefixes, as CUDA accepts them;
-    indices assume CUDA's order matches NVML's PCI order); unset means every GPU.
+    NVML's by UUID. Otherwise CUDA_VISIBLE_DEVICES decides (indices, or UUIDs / unique UUID
+    prefixes, as CUDA accepts them; indices assume CUDA's order matches NVML's PCI order): a GPU
+    in `unread` (NVML could not read it) still takes its place in CUDA's numbering, rather than
+    ending the list as an invalid entry does. Unset means every GPU, unnumbered: CUDA's order
+    over MIG slices and their parents is not NVML's.
     """
     if torch_devices and all(d.uuid for d in torch_devices):
         by_key = {_uuid_key(g.uuid): g for g in reading.gpus}
-        matched = [by_key.get(_uuid_key(d.uuid)) for d in torch_devices]
-        return tuple(g for g in matched if g is not None)
+        matched = [(by_key.get(_uuid_key(d.uuid)), d.index) for d in torch_devices]
+        return tuple((g, index) for g, index in matched if g is not None)
     env = os.environ if environ is None else environ
     value = env.get("CUDA_VISIBLE_DEVICES")
     if value is None:
-        return reading.gpus
-    chosen: list[GpuReading] = []
-    for entry in cuda_visible_entries(value):
+        return tuple((g, None) for g in reading.gpus)
+    chosen: list[tuple[GpuReading, int | None]] = []
+    unmatched_uuids = len(unread)  # a UUID entry may name an unread GPU (its UUID is unknown)
+    for position, entry in enumerate(cuda_visible_entries(value)):
         if entry.isdigit():
             hits = [g for g in reading.gpus if g.mig_parent is None and g.index == int(entry)]
+            if not hits and int(entry) in unread:
+                continue
         else:
             key = _uuid_key(entry)
             hits = [g for g in reading.gpus if _uuid_key(g.uuid).startswith(key)]
-        if len(hits) != 1:
+            if not hits and unmatched_uuids:
+                unmatched_uuids -= 1
+                continue
+        if len(hits) != 1 or any(hits[0] is gpu for gpu, _ in chosen):
             break
-        if hits[0] in chosen:
-            break
-        chosen.append(hits[0])
+        chosen.append((hits[0], position))
     return tuple(chosen)
 
 

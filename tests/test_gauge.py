@@ -38,7 +38,16 @@ from qwen3_jupyter.nvml import NvmlReader, existing_pids
 from qwen3_jupyter.server.kernels import attribute
 from qwen3_jupyter.server.sampler import WatchedKernel, process_trees
 from tests import background_check
-from tests.fake_nvml import LIBRARY_NOT_FOUND, SELF, FakeGpu, FakeNvml, FakeProcess, child_env
+from tests.fake_nvml import (
+    DRIVER_NOT_LOADED,
+    LIBRARY_NOT_FOUND,
+    SELF,
+    FakeGpu,
+    FakeNvml,
+    FakeProcess,
+    child_env,
+    gpu_uuid,
+)
 from tests.kernel import Execution, Kernel, ok
 from tests.kernel_pool import KernelPool
 
@@ -187,6 +196,16 @@ def test_running_a_gauge_cell_again_closes_the_gauge_it_showed_before(kernel: Ke
     assert again.status == "ok"
     assert kernel.value(count) == (2, before + 2 * (widgets - before))
     assert kernel.value("g in open_gauges()")
+    # Two gauges of one run (one layout): the first stays live; the next run closes both.
+    both = (
+        "g1 = qwen3_jupyter.gauge()\ng2 = qwen3_jupyter.gauge(compact=True)\n"
+        "ipywidgets.HBox([g1, g2])"
+    )
+    shown = kernel.run(both, cell_id="cell-c")
+    assert shown.status == "ok", shown.error
+    assert kernel.value("(g1 in open_gauges(), g2 in open_gauges())") == (True, True)
+    assert kernel.run(both, cell_id="cell-c").status == "ok"
+    assert kernel.value("len(open_gauges())") == 4
     ok(kernel, "%qwen3_gauge --stop")
 
 
@@ -302,6 +321,32 @@ def test_four_gpus_cuda_visible_devices_2(fake_kernel: Kernel) -> None:
 
 
 ONE = FakeNvml([FakeGpu(used=3 * GiB, utilization=55, processes=[FakeProcess(SELF, GiB)])])
+
+
+def test_a_gauge_from_python_without_the_extension_resets_its_peak_at_a_cleanup(
+    kernel_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`qwen3_jupyter.gauge()` with no `%load_ext`: its "peak since the last cleanup" was the
+    peak since the gauge started (nothing told its monitor of cleanups)."""
+    k = Kernel({**kernel_env, **child_env(ONE, tmp_path)})
+    try:
+        result = k.run(
+            "import sys, time, qwen3_jupyter\n"
+            "g = qwen3_jupyter.gauge(interval=0.05)\n"
+            "fake = sys.modules['pynvml']._fake\n"
+            "fake.gpus[0].used = 30 * 2**30\n"
+            "time.sleep(0.3)\n"
+            "fake.gpus[0].used = 2**30\n"
+            "time.sleep(0.3)\n"
+            "qwen3_jupyter.cleanup()\n"
+            "time.sleep(0.3)\n"
+            "peak = g.monitor.latest().gpus[0].peak_used / 2**30\n"
+            "g.close()"
+        )
+        assert result.status == "ok", result.error
+        assert k.value("peak") == 1.0
+    finally:
+        k.shutdown()
 
 
 @pytest.mark.parametrize("fake_kernel", [(ONE, {})], indirect=True, ids=["onegpu"])
@@ -607,6 +652,44 @@ def test_rows_follow_torchs_numbering_under_cuda_visible_devices(
         same.stop()
 
 
+def test_a_gpu_that_cannot_be_read_keeps_its_place_under_cuda_visible_devices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An unreadable GPU in CUDA_VISIBLE_DEVICES is still a CUDA device: the GPUs after it stay
+    visible, under their own cuda numbers (it used to end the list like an invalid entry, and
+    the footer blamed CUDA_VISIBLE_DEVICES for hiding every GPU)."""
+    fake = FakeNvml([FakeGpu(used=GiB), FakeGpu(used=5 * GiB), FakeGpu(used=9 * GiB)])
+    for value in ("0,2", ",".join(gpu_uuid(i)[:12] for i in (0, 2))):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", value)
+        monitor = Monitor(NvmlReader(fake.module))
+        try:
+            fake.gpus[0].lost = True
+            snap = monitor.sample()
+        finally:
+            fake.gpus[0].lost = False
+            monitor.stop()
+        rows = row_views(snap, False, 0)
+        assert [r.label for r in rows] == ["cuda:1 (GPU 2)", "GPU 0", "host"], value
+        assert rows[0].text.startswith("9.0 GiB / 80.0 GiB")
+        assert rows[1].text == "could not be read (NVML: GPU is lost)"
+        assert "no GPU visible" not in footer_text(snap)
+
+
+def test_mig_slices_get_no_cuda_number_cuda_would_not_give_them() -> None:
+    """Without CUDA_VISIBLE_DEVICES or torch's devices, CUDA's numbering over a MIG parent and
+    its slices is unknown: the rows keep NVML's names (they read cuda:1, cuda:2, cuda:3 on two
+    GPUs)."""
+    slices = [FakeGpu(used=GiB // 2), FakeGpu(used=GiB // 2)]
+    fake = FakeNvml([FakeGpu(used=GiB, mig=slices), FakeGpu(used=5 * GiB)])
+    monitor = Monitor(NvmlReader(fake.module))
+    try:
+        labels = [r.label for r in row_views(monitor.sample(), False, 0)]
+    finally:
+        monitor.stop()
+    assert not any(label.startswith("cuda:") for label in labels), labels
+    assert labels[-2:] == ["GPU 1", "host"]
+
+
 def test_an_unknown_share_says_why_it_is_unknown() -> None:
     listed = FakeNvml([FakeGpu(used=9 * GiB, processes=[FakeProcess(SELF, None)])])
     monitor = Monitor(NvmlReader(listed.module))
@@ -644,8 +727,47 @@ def test_the_footer_beats_every_two_seconds_and_carries_its_stale_warning() -> N
     assert "not updated since" in at[0] and "NVML" in at[0]
     slow = footer_html(replace(snap, timestamp=start, interval=10.0))
     assert "0s 31s forwards" in slow  # a slow poll is not mistaken for a dead kernel
-    compact = footer_html(snap, compact=True)
+    healthy = Monitor(NvmlReader(FakeNvml([FakeGpu(used=GiB)]).module))
+    try:
+        compact = footer_html(healthy.sample(), compact=True)
+    finally:
+        healthy.stop()
     assert "not updated since" in compact and "NVML" not in compact
+
+
+@pytest.mark.parametrize(
+    "trouble", ["no-driver", "no-gpu", "gpu-lost", "nvml-failing"], ids=lambda t: str(t)
+)
+def test_a_compact_gauge_and_its_static_copy_say_why_gpu_rows_are_missing(
+    trouble: str, counting_comms: list[tuple[str, dict[str, Any]]]
+) -> None:
+    """A compact gauge drops the footer, and a static copy (what `%qwen3 --gauge` leaves) had
+    only rows: with no GPU row, host memory alone read as "no GPU memory used"."""
+    fake = FakeNvml(
+        [] if trouble == "no-gpu" else [FakeGpu(used=GiB)],
+        init_error=DRIVER_NOT_LOADED if trouble == "no-driver" else None,
+    )
+    monitor = Monitor(NvmlReader(fake.module), interval=0.05)
+    if trouble == "gpu-lost":
+        fake.gpus[0].lost = True
+    g = Gauge(monitor, compact=True)
+    try:
+        if trouble == "nvml-failing":
+            _wait_for(lambda: g.updates >= 1)
+            fake.fail()
+            _wait_for(lambda: list(g._rows) == ["host"])
+        _wait_for(lambda: g.updates >= 2)
+        footer, copy = g._footer.value, g.as_html()
+    finally:
+        g.close()
+        monitor.stop()
+    said = {
+        "no-driver": "driver is not loaded",
+        "no-gpu": "no NVIDIA GPU found",
+        "gpu-lost": "GPU is lost",
+        "nvml-failing": "could not read the GPUs",
+    }[trouble]
+    assert said in footer and said in copy, (footer, copy)
 
 
 def test_a_new_gauge_shows_a_reading_at_once(
