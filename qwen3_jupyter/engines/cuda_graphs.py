@@ -3,8 +3,9 @@
 Why a module of its own: every call here depends on state torch keeps per *current* device and
 per stream, not per tensor. A graph captured while another device is current records nothing
 of the step's work (torch only warns "The CUDA Graph is empty"), and a capture that fails inside
-`capture_end` leaves the capture stream current for the rest of the kernel and the allocator
-still routing that stream's allocations into the graph's pool. The fast engine calls these and
+`capture_begin` or `capture_end` leaves the capture stream current for the rest of the kernel,
+the allocator perhaps still routing that stream's allocations into the graph's pool, and the
+pool's use count raised by one that no graph will give back. The fast engine calls these and
 keeps the policy (what to say, what to switch off).
 """
 
@@ -31,7 +32,8 @@ def on_device(device: str) -> contextlib.AbstractContextManager[Any]:
 
 def record(step: Callable[[], Any], side: Any, pool: Any) -> Any:
     """Warm `step` up on the side stream, then capture one run of it into a new graph that
-    allocates from `pool`. Raises what the capture raised; `end_failed_capture` tidies up."""
+    allocates from `pool`. Raises what the capture raised, with torch put back as it was
+    (`end_failed_capture`)."""
     import torch
 
     from ..interrupts import interrupt_deferred
@@ -50,36 +52,60 @@ def record(step: Callable[[], Any], side: Any, pool: Any) -> Any:
     if clear_workspaces is not None:
         clear_workspaces()
     graph = torch.cuda.CUDAGraph()
-    # thread_local: a cell of the notebook's main thread may use the GPU while a background
-    # batch captures its new shape; "global" (the default) would fail that cell's CUDA calls.
-    with (
-        interrupt_deferred(),
-        torch.cuda.graph(graph, pool=pool, stream=side, capture_error_mode="thread_local"),
-    ):
-        step()
+    previous = torch.cuda.current_stream()
+    began = False
+    try:
+        # thread_local: a cell of the notebook's main thread may use the GPU while a background
+        # batch captures its new shape; "global" (the default) would fail that cell's CUDA calls.
+        with (
+            interrupt_deferred(),
+            torch.cuda.graph(graph, pool=pool, stream=side, capture_error_mode="thread_local"),
+        ):
+            began = True
+            step()
+    except BaseException:
+        end_failed_capture(previous, pool, graph, began)
+        raise
     return graph
 
 
-def end_failed_capture(previous: Any, pool: Any) -> bool:
-    """Undo what a capture that failed in `capture_begin` or `capture_end` left behind, and
-    say whether there was anything to undo.
+def end_failed_capture(previous: Any, pool: Any, graph: Any, began: bool) -> None:
+    """Undo what a capture that failed in `capture_begin` or `capture_end` left behind: the
+    capture stream current, the allocator perhaps routing it to `pool`, and the failed graph's
+    reference to `pool`, which torch before 2.14 never gives back (its graph releases the pool
+    only once a capture ended), so the pool, and every graph's memory in it, would outlive the
+    engine. `began`: the capture started (the block ran), so that reference was taken.
 
-    torch's `graph.__exit__` puts the previous stream back only after `capture_end` succeeds,
-    and `capture_end` stops routing allocations to the pool only after the driver ended the
-    capture: when it raises, both are left to us. A capture that ended cleanly (the stream is
-    back) needs nothing; torch gives its pool back when the graph goes."""
+    A capture that ended (the stream is back: `graph.__exit__` restores it only after
+    `capture_end` succeeded) needs nothing: torch gives its pool back when the graph goes."""
     import torch
 
     if torch.cuda.current_stream() == previous:
-        return False
+        return
     torch.cuda.set_stream(previous)
+    if _graph_reset_releases_failed_captures(torch.__version__):
+        graph.reset()  # ends the routing and gives the reference back itself
+        return
     device = torch.cuda.current_device()
     try:
+        # Still routing when capture_begin failed at the driver, or capture_end failed on
+        # torch before 2.13; torch 2.13 ends the routing before it raises, and a capture_begin
+        # that failed before routing took no reference (this raises, and `began` is false).
         torch._C._cuda_endAllocateToPool(device, pool)
-    except (AttributeError, RuntimeError):  # not routing to it (capture_begin failed first)
-        return True
+    except RuntimeError:
+        if not began:
+            return
     torch._C._cuda_releasePool(device, pool)
-    return True
+
+
+def _graph_reset_releases_failed_captures(version: str) -> bool:
+    """torch 2.14 (pytorch#190348) made `CUDAGraph.reset` end the routing and release the pool
+    after a failed capture; before it, releasing ours too would release it twice (an assert in
+    the graph's destructor, where it ends the process). Not probed: torch shows no use count
+    for a `graph_pool_handle` pool."""
+    from torch.torch_version import TorchVersion
+
+    return TorchVersion(version) >= "2.14"
 
 
 def pool_bytes(pool: Any, fallback: int) -> int:

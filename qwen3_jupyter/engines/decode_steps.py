@@ -27,7 +27,7 @@ from .compile_setup import (
     remember_compiled,
     remove_empty_objects,
 )
-from .cuda_graphs import end_failed_capture, failure_text, first_line, pool_bytes, record
+from .cuda_graphs import failure_text, first_line, pool_bytes, record
 from .decode_shapes import SAMPLE_WIDTH
 
 Notify = Callable[[str], None]
@@ -236,7 +236,6 @@ class StepBuilding:
         if not self.capture:
             return direct
         reserved_before = torch.cuda.memory_reserved()
-        previous = torch.cuda.current_stream()
         if self._capture_stream is None:
             self._capture_stream = torch.cuda.Stream()
         if state.pool is None:
@@ -245,10 +244,10 @@ class StepBuilding:
             with allocation_failures_as_oom():
                 graph = record(direct, self._capture_stream, state.pool)
         except (KeyboardInterrupt, torch.OutOfMemoryError):
-            self._after_failed_capture(state, previous)
+            self._after_failed_capture(state)
             raise
         except Exception as exc:
-            self._after_failed_capture(state, previous)
+            self._after_failed_capture(state)
             self.capture = False
             self.notify(
                 f"capturing the decode step as a CUDA graph failed ({failure_text(exc)}); "
@@ -261,10 +260,9 @@ class StepBuilding:
         return graph.replay
 
     @staticmethod
-    def _after_failed_capture(state: DecodeState, previous: Any) -> None:
-        """Put torch back as the capture found it; a shape with no graph yet takes a new pool
-        next time (torch may have given this one up: reusing its id trips an assert)."""
-        end_failed_capture(previous, state.pool)
+    def _after_failed_capture(state: DecodeState) -> None:
+        """A shape with no graph yet takes a new pool next time: the failed capture gave this
+        one up (`record` put torch back), and reusing its id trips an assert."""
         if not state.graphs:
             state.pool = None
 
