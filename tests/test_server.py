@@ -40,7 +40,7 @@ FOREIGN_PID = 4_000_000  # above Linux's pid_max: never a process of this machin
 
 GPU_KEYS = {"key", "index", "uuid", "name", "memory_used", "memory_total", "utilization",
             "mig_parent", "memory_source"}  # fmt: skip
-KERNEL_KEYS = {"kernel_id", "name", "notebook_path", "pid", "rss", "gpu_memory",
+KERNEL_KEYS = {"kernel_id", "name", "notebook_path", "console_name", "pid", "rss", "gpu_memory",
                "gpu_memory_total", "extension_loaded", "execution_state"}  # fmt: skip
 TOP_KEYS = {"available", "reason", "timestamp", "driver_version", "gpus", "host", "kernels",
             "other_processes", "history", "notes", "sample_interval", "stale",
@@ -448,6 +448,86 @@ def test_new_and_removed_kernels_appear_and_go(lab: Lab) -> None:
     assert kernel_id not in {k["kernel_id"] for k in metrics["kernels"]}
 
 
+def new_console(lab: Lab, name: str, kernel: dict[str, str], path: str) -> str:
+    """Start a console session as JupyterLab does ("New Console for Notebook" passes the
+    notebook's kernel id; a console of its own, a kernel name); returns its kernel id."""
+    response = http(
+        lab.server.url("api", "sessions"),
+        lab.server.token,
+        "POST",
+        {"path": path, "type": "console", "name": name, "kernel": kernel},
+    )
+    assert response.status == 201, response.body
+    return str(response.json()["kernel"]["id"])
+
+
+def test_a_console_on_a_notebooks_kernel_leaves_the_row_the_notebooks(lab: Lab) -> None:
+    """A kernel with a notebook's session and a console's showed whichever session was listed
+    last: the console's internal path ("train/console-1-<uuid>"), a file that does not exist.
+    A kernel only a console uses is named after the console, with no path to open."""
+    lab.use(FakeNvml([FakeGpu()]))
+    shared = lab.server.new_session("train/llama.ipynb")
+    console_path = "train/console-1-5c1d2e3f-aaaa-bbbb-cccc-1234567890ab"
+    assert new_console(lab, "Console 1", {"id": shared}, console_path) == shared
+    # A console first, then a notebook given its kernel: the notebook still wins.
+    alone = new_console(lab, "Console 2", {"name": "python3"}, "console-2-0000")
+    adopted = new_console(lab, "Console 3", {"name": "python3"}, "console-3-0000")
+    response = http(
+        lab.server.url("api", "sessions"),
+        lab.server.token,
+        "POST",
+        {"path": "adopted.ipynb", "type": "notebook", "name": "", "kernel": {"id": adopted}},
+    )
+    assert response.status == 201, response.body
+    try:
+        kinds = {(s["type"], s["kernel"]["id"]) for s in lab.server.get("api", "sessions").json()}
+        assert {("notebook", shared), ("console", shared), ("console", alone)} <= kinds
+        metrics = lab.server.metrics()
+        rows = {k: lab.row(metrics, k) for k in (shared, alone, adopted)}
+        paths = [r["notebook_path"] for r in rows.values()]
+        assert paths == ["train/llama.ipynb", None, "adopted.ipynb"]
+        assert [r["console_name"] for r in rows.values()] == [None, "Console 2", None]
+        assert lab.row(metrics, lab.plain_kernel)["console_name"] is None
+    finally:
+        for kernel_id in (shared, alone, adopted):
+            http(lab.server.url("api", "kernels", kernel_id), lab.server.token, "DELETE")
+
+
+def test_a_client_polling_slower_than_the_idle_timeout_keeps_a_running_sampler(lab: Lab) -> None:
+    """The sidebar may poll every 10 minutes; the sampler stopped after its idle timeout (60 s)
+    without a request, so each slow poll found it stopped, restarted it (history dropped: an
+    empty sparkline) and left it to sample, unwatched, until it idled out again. A client that
+    says its interval (`?interval=` seconds) keeps it running for three of them, no longer."""
+    lab.use(FakeNvml([FakeGpu(used=GiB)]))
+    sampler = lab.server.sampler
+    sampler.idle_timeout = 0.5
+    url = lab.server.url("qwen3-jupyter", "metrics")
+    try:
+        lengths = []
+        for _ in range(3):
+            response = http(url + "?interval=1", lab.server.token)
+            assert response.status == 200, response.body
+            lengths.append(len(response.json()["history"]["timestamps"]))
+            time.sleep(1.5)  # three idle timeouts: the poll of a client polling every ~1 s
+            assert sampler.running
+        assert lengths[-1] >= lengths[0] + 8, lengths  # ~15 readings in 3 s; a restart: 1
+        deadline = time.monotonic() + 5  # 3 intervals after the last poll, it stops
+        while sampler.running and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not sampler.running
+        # Without the parameter (or with nonsense), the idle timeout alone, as before.
+        for query in ("", "?interval=abc", "?interval=-4", "?interval=inf"):
+            assert http(url + query, lab.server.token).status == 200
+        time.sleep(1.2)
+        assert not sampler.running
+        # A client cannot keep the sampler past three times the longest interval it may set.
+        sampler.request([], client_interval=1e9)
+        assert sampler._keep_until - time.monotonic() <= 3 * 600
+    finally:
+        sampler.idle_timeout = 60.0
+        sampler.stop()
+
+
 # -- the sampler and the attribution alone ----------------------------------------------------
 
 
@@ -514,7 +594,10 @@ def test_history_starts_afresh_after_the_sampler_idles_out() -> None:
     assert not sampler.running
     fake.gpus[0].used = 1 * GiB  # freed while nobody watched
     sampler.request([])
-    sample = asyncio.run(sampler.current())
+    # On a thread of its own: Playwright's sync API (the browser tests, when this worker ran
+    # them first) leaves an event loop running on this one, where asyncio.run() refuses.
+    with ThreadPoolExecutor(1) as pool:
+        sample = pool.submit(asyncio.run, sampler.current()).result()
     sampler.stop()
     assert sample is not None
     assert [p.gpu_memory_used["0"] for p in sample.history] == [1 * GiB] * len(sample.history)

@@ -22,10 +22,19 @@ export class MetricsRequestError extends Error {
   }
 }
 
+/**
+ * One reading of the metrics endpoint. `intervalMs` is how often this client polls: the server
+ * keeps its sampler running for a few such intervals, so a slow poll still finds a running
+ * sampler and a whole sparkline (without it, the server stops sampling after its idle timeout).
+ */
 export async function fetchMetrics(
-  settings: ServerConnection.ISettings = ServerConnection.makeSettings()
+  settings: ServerConnection.ISettings = ServerConnection.makeSettings(),
+  intervalMs?: number
 ): Promise<IMetrics> {
-  const url = URLExt.join(settings.baseUrl, ...METRICS_PATH);
+  let url = URLExt.join(settings.baseUrl, ...METRICS_PATH);
+  if (intervalMs !== undefined && Number.isFinite(intervalMs) && intervalMs > 0) {
+    url += URLExt.objectToQueryString({ interval: String(intervalMs / 1000) });
+  }
   let response: Response;
   try {
     response = await ServerConnection.makeRequest(url, { method: 'GET' }, settings);
@@ -44,10 +53,15 @@ export async function fetchMetrics(
     });
   }
   if (response.status === 401 || response.status === 403) {
+    // Not signed in: a bare "Forbidden". Signed in without the permission: the authorizer's
+    // own words ("User is not authorized to read on resource: kernels.").
+    const explanation = await errorMessage(response);
+    const denied = response.status === 403 && explanation !== null && explanation !== 'Forbidden';
     throw new MetricsRequestError({
       kind: 'forbidden',
       status: response.status,
-      message: `GET /qwen3-jupyter/metrics answered ${response.status}`
+      message: denied ? explanation : `GET /qwen3-jupyter/metrics answered ${response.status}`,
+      fromServer: denied
     });
   }
   if (!response.ok) {

@@ -197,11 +197,17 @@ export function sortKernels(kernels: IKernelMetrics[]): IKernelMetrics[] {
   );
 }
 
-/** The notebook's file name, or a short kernel id for a kernel with no notebook session. */
+/**
+ * The notebook's file name, the console's name ("Console 1") for a kernel only a console
+ * uses, or a short kernel id for a kernel with no session.
+ */
 export function kernelLabel(kernel: IKernelMetrics): string {
   if (kernel.notebook_path) {
     const parts = kernel.notebook_path.split('/');
     return parts[parts.length - 1] || kernel.notebook_path;
+  }
+  if (kernel.console_name) {
+    return kernel.console_name;
   }
   return `Kernel ${kernel.kernel_id.slice(0, 8)}`;
 }
@@ -217,7 +223,13 @@ export function middleEllipsis(text: string, max: number): string {
 }
 
 const MIN_TAIL = 16;
+/** A run of letters longer than this with no word start in it is cut where the names differ. */
+const MAX_WORD = 12;
 const SEPARATOR = /[_\-. ]/;
+const UPPER = /\p{Lu}/u;
+const LOWER = /\p{Ll}/u;
+const LETTER = /\p{L}/u;
+const DIGIT = /\p{Nd}/u;
 
 function commonPrefix(a: string, b: string): number {
   let i = 0;
@@ -228,10 +240,35 @@ function commonPrefix(a: string, b: string): number {
 }
 
 /**
+ * Whether a word of `name` starts at `i`: after a separator ("run_07"), at a case change
+ * ("Sweep" in "ExperimentSweep", "Usage" in "GPUUsage") or where letters and digits meet
+ * ("01" in "Sweep01").
+ */
+export function isWordStart(name: string, i: number): boolean {
+  if (i <= 0) {
+    return true;
+  }
+  if (i >= name.length) {
+    return false;
+  }
+  const [before, at, after] = [name[i - 1], name[i], name[i + 1] ?? ''];
+  return (
+    SEPARATOR.test(before) ||
+    (LOWER.test(before) && UPPER.test(at)) ||
+    (UPPER.test(before) && UPPER.test(at) && LOWER.test(after)) ||
+    (LETTER.test(before) && DIGIT.test(at)) ||
+    (DIGIT.test(before) && LETTER.test(at))
+  );
+}
+
+/**
  * A row's name in parts for a middle ellipsis: the panel lets `head` shrink (cut at its end)
- * and keeps `tail`, the end that tells this notebook from the others in `siblings` (from the
- * word where its name first differs from theirs, and at least the last 16 characters). `folder`
- * is the notebook's folder ("" at the root), cut in the middle, for a secondary line.
+ * and keeps `tail`, the end that tells this notebook from the others in `siblings`. The tail
+ * starts at a word (see `isWordStart`): the one where the name first differs from theirs, or,
+ * when that word lies within the last 16 characters, the word start nearest to them (the
+ * panel cuts a tail too long for it at its end, which would hide the difference again). A
+ * name in one long word is cut where it differs. `folder` is the notebook's folder ("" at the
+ * root), cut in the middle, for a secondary line.
  */
 export function kernelNameParts(
   kernel: IKernelMetrics,
@@ -253,18 +290,29 @@ export function kernelNameParts(
       }
     }
   }
-  let start = Math.min(shared, name.length - MIN_TAIL);
-  // Back to the start of the word that differs ("run_07", not "7" or "07").
-  const wordStart = (from: number): number => {
-    let i = from;
-    while (i > 0 && !SEPARATOR.test(name[i - 1])) {
-      i -= 1;
+  shared = Math.min(shared, name.length - 1);
+  // The start of the word holding `from`, or null when none starts within MAX_WORD before it.
+  const wordStart = (from: number): number | null => {
+    for (let i = from; i >= 0 && from - i <= MAX_WORD; i -= 1) {
+      if (isWordStart(name, i)) {
+        return i;
+      }
     }
-    return i;
+    return null;
   };
-  start = wordStart(start);
-  if (start > 1 && /\d/.test(name[start])) {
-    start = wordStart(start - 1);
+  // The word that differs, with the word before a number ("run_07", "Sweep01", not "07").
+  let differs = wordStart(shared) ?? shared;
+  if (differs > 1 && DIGIT.test(name[differs])) {
+    differs = wordStart(differs - 1) ?? differs;
+  }
+  const minTail = name.length - MIN_TAIL;
+  let start = differs;
+  if (differs > minTail) {
+    for (let i = differs - 1; i >= Math.max(0, minTail - MAX_WORD); i -= 1) {
+      if (isWordStart(name, i) && Math.abs(i - minTail) < Math.abs(start - minTail)) {
+        start = i;
+      }
+    }
   }
   return start <= 0
     ? { head: '', tail: name, folder }
@@ -364,6 +412,15 @@ export function errorState(error: IMetricsError): IEmptyState {
           'runs Jupyter, then restart the server.'
       };
     case 'forbidden':
+      if (error.fromServer) {
+        // Signed in, but this user may not read kernel information (the endpoint's resource).
+        return {
+          title: error.message,
+          hint:
+            'You are signed in, but your account lacks the permission this panel needs ' +
+            '(reading kernels); ask the administrator of this Jupyter server for it.'
+        };
+      }
       return {
         title: 'The server refused the request (not signed in).',
         hint: 'Reload the page or open the URL with its token to sign in again.'

@@ -43,7 +43,13 @@ export interface IHostMetrics {
 export interface IKernelMetrics {
   kernel_id: string;
   name: string;
+  /** The notebook using this kernel (a notebook before a console opened on it), or null. */
   notebook_path: string | null;
+  /**
+   * The console ("Console 1") of a kernel only a console uses: its path is no file to open.
+   * Null otherwise; absent from older servers.
+   */
+  console_name?: string | null;
   pid: number | null;
   rss: number | null;
   gpu_memory: Record<string, number | null>;
@@ -99,7 +105,10 @@ export interface IMetricsError {
   kind: MetricsErrorKind;
   status: number | null;
   message: string;
-  /** True when `message` is the server's own explanation (the JSON body's "message"). */
+  /**
+   * True when `message` is the server's own explanation (the JSON body's "message"); on a
+   * 'forbidden' error, that the user is signed in but lacks the permission.
+   */
   fromServer?: boolean;
 }
 

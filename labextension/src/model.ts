@@ -157,7 +157,7 @@ export class MetricsModel {
 
   private async _refresh(): Promise<void> {
     try {
-      this._metrics = await fetchMetrics(this.serverSettings);
+      this._metrics = await fetchMetrics(this.serverSettings, this._frequency().interval);
       this._error = null;
     } catch (reason) {
       this._error =

@@ -20,6 +20,7 @@ import {
   gpuLabel,
   IEmptyState,
   IThresholds,
+  kernelLabel,
   kernelNameParts,
   kernelVramText,
   kernelVramTooltip,
@@ -148,20 +149,35 @@ function KernelRow(props: {
   const { kernel, status } = props;
   const busy = status?.busy ?? false;
   const name = kernelNameParts(kernel, props.siblings);
+  const nameLine = (
+    <>
+      <span className="q3j-kernel-name-line">
+        {name.head ? <span className="q3j-name-head">{name.head}</span> : null}
+        <span className="q3j-name-tail">{name.tail}</span>
+      </span>
+      {name.folder ? <span className="q3j-kernel-folder">{name.folder}</span> : null}
+    </>
+  );
   return (
     <li className="q3j-kernel" data-kernel-id={kernel.kernel_id}>
       <div className="q3j-kernel-head">
-        <button
-          className="q3j-kernel-name q3j-link"
-          title={kernel.notebook_path ?? kernel.kernel_id}
-          onClick={props.onOpen}
-        >
-          <span className="q3j-kernel-name-line">
-            {name.head ? <span className="q3j-name-head">{name.head}</span> : null}
-            <span className="q3j-name-tail">{name.tail}</span>
+        {kernel.notebook_path ? (
+          <button
+            className="q3j-kernel-name q3j-link"
+            title={kernel.notebook_path}
+            onClick={props.onOpen}
+          >
+            {nameLine}
+          </button>
+        ) : (
+          // A console or a kernel with no session: no file to open, so no link.
+          <span
+            className="q3j-kernel-name"
+            title={`${kernelLabel(kernel)} · kernel ${kernel.kernel_id}`}
+          >
+            {nameLine}
           </span>
-          {name.folder ? <span className="q3j-kernel-folder">{name.folder}</span> : null}
-        </button>
+        )}
         <span className={`q3j-kernel-state q3j-state-${kernel.execution_state}`}>
           {kernel.execution_state}
         </span>

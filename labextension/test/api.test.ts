@@ -215,6 +215,42 @@ describe('fetchMetrics', () => {
     expect(errorState(error.detail).title).toBe(message);
   });
 
+  it('tells a user without permission so, not that they are signed out', async () => {
+    const json = (status: number, message: string): Response =>
+      new Response(JSON.stringify({ message, reason: null }), {
+        status,
+        headers: { 'Content-Type': 'application/json' }
+      });
+    const denied = await failure(json(403, 'User is not authorized to read on resource: kernels.'));
+    expect(denied.detail).toMatchObject({
+      kind: 'forbidden',
+      status: 403,
+      message: 'User is not authorized to read on resource: kernels.',
+      fromServer: true
+    });
+    const state = errorState(denied.detail);
+    expect(state.title).toBe('User is not authorized to read on resource: kernels.');
+    expect(state.hint).toContain('lacks the permission');
+    expect(state.hint).not.toContain('token');
+    // Not signed in: jupyter_server's bare "Forbidden".
+    for (const response of [json(403, 'Forbidden'), json(401, 'Unauthorized')]) {
+      const signedOut = errorState((await failure(response)).detail);
+      expect(signedOut.title).toBe('The server refused the request (not signed in).');
+      expect(signedOut.hint).toContain('token');
+      vi.restoreAllMocks();
+    }
+  });
+
+  it('tells the server how often it polls', async () => {
+    const ok = new Response(JSON.stringify({ available: false }), { status: 200 });
+    const request = vi.spyOn(ServerConnection, 'makeRequest').mockResolvedValue(ok);
+    await fetchMetrics(settings, 300_000);
+    expect(request.mock.calls[0][0]).toBe('http://lab.test/qwen3-jupyter/metrics?interval=300');
+    request.mockResolvedValue(new Response('{}', { status: 200 }));
+    await fetchMetrics(settings);
+    expect(request.mock.calls[1][0]).toBe('http://lab.test/qwen3-jupyter/metrics');
+  });
+
   it('falls back to the status line without a JSON message', async () => {
     const error = await failure(
       new Response('<html>Bad gateway</html>', { status: 502, statusText: 'Bad Gateway' })

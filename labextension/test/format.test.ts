@@ -461,6 +461,67 @@ describe('notebook names', () => {
     expect(parts.folder).toBe('experiments/2024-06-finetune');
   });
 
+  /** The tails of notebooks named `names`, each against all of them. */
+  const tails = (...names: string[]): string[] => {
+    const ks = names.map((name, i) => kernel(`n${i}`, 0, 0, name));
+    return ks.map(k => {
+      const parts = kernelNameParts(k, ks);
+      expect(parts.head + parts.tail).toBe(k.notebook_path);
+      return parts.tail;
+    });
+  };
+
+  it('split CamelCase names at their words, keeping the part that differs short', () => {
+    // The whole name was the tail (no separator to stop at), which the panel cuts at its end:
+    // every row read "FineTuneLlamaExper…".
+    expect(
+      tails('FineTuneLlamaExperimentSweep01.ipynb', 'FineTuneLlamaExperimentSweep02.ipynb')
+    ).toEqual(['Sweep01.ipynb', 'Sweep02.ipynb']);
+    expect(
+      tails('GPUUsageReportForTheWholeTeamQ1.ipynb', 'GPUUsageReportForTheWholeTeamQ2.ipynb')
+    ).toEqual(['WholeTeamQ1.ipynb', 'WholeTeamQ2.ipynb']);
+    // An acronym ends before the capital that starts the next word: "GPU", "Usage".
+    expect(tails('MyGPUUsageReport.ipynb', 'MyGPUUsageSummary.ipynb')).toEqual([
+      'UsageReport.ipynb',
+      'UsageSummary.ipynb'
+    ]);
+    const [acronym] = tails(
+      'AnalysisOfGPUUsageReportsFinal.ipynb',
+      'AnalysisOfGPUUsageReportsDraft.ipynb'
+    );
+    expect(acronym).toBe('ReportsFinal.ipynb');
+  });
+
+  it('split where letters and digits meet', () => {
+    expect(
+      tails('finetune2026llamaexperimentv17.ipynb', 'finetune2026llamaexperimentv18.ipynb')
+    ).toEqual(['17.ipynb', '18.ipynb']);
+    // A difference at the start keeps the whole name: its start is what shows.
+    expect(
+      tails(
+        'Sweep01_with_a_long_descriptive_suffix.ipynb',
+        'Sweep02_with_a_long_descriptive_suffix.ipynb'
+      )
+    ).toEqual([
+      'Sweep01_with_a_long_descriptive_suffix.ipynb',
+      'Sweep02_with_a_long_descriptive_suffix.ipynb'
+    ]);
+  });
+
+  it('cut a name in one long word where it differs', () => {
+    const [a, b] = tails(
+      'finetunellamaexperimentsweepalpha.ipynb',
+      'finetunellamaexperimentsweepbeta.ipynb'
+    );
+    expect([a, b]).toEqual(['alpha.ipynb', 'beta.ipynb']);
+  });
+
+  it("name a console's kernel after the console", () => {
+    const console1 = { ...kernel('c0ffee0123456789', 0, 0, null), console_name: 'Console 1' };
+    expect(kernelLabel(console1)).toBe('Console 1');
+    expect(kernelNameParts(console1, [console1]).tail).toBe('Console 1');
+  });
+
   it('show the folder of two notebooks with the same name', () => {
     const a = kernel('a', 0, 0, 'exp-a/train.ipynb');
     const b = kernel('b', 0, 0, 'exp-b/train.ipynb');

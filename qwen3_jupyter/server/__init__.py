@@ -29,7 +29,8 @@ class Qwen3JupyterMetrics(Configurable):
     history_length = Int(120, help="Readings kept for the sidebar's sparklines.", config=True)
     idle_timeout = Float(
         60.0,
-        help="Seconds without a request after which the sampler stops polling and closes NVML.",
+        help="Seconds without a request after which the sampler stops polling and closes NVML "
+        "(longer for a client that polls less often: three of its intervals, up to 30 min).",
         config=True,
     )
 

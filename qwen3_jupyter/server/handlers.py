@@ -1,5 +1,8 @@
 """`GET {base_url}qwen3-jupyter/metrics`: authenticated, authorised, served from the cache.
 
+`?interval=<seconds>` says how often the client polls, so the sampler keeps running between
+the polls of a slow client (see `Sampler.request`); clients that omit it get `idle_timeout`.
+
 The handler never calls NVML or walks processes itself: it lists the kernels (what the kernel and
 session managers already hold), tells the sampler which to watch, and formats its last sample.
 """
@@ -33,13 +36,22 @@ class MetricsHandler(APIHandler):
     async def get(self) -> None:
         kernels = await running_kernels(self.kernel_manager, self.settings.get("session_manager"))
         watched = [w for w in (k.watched() for k in kernels) if isinstance(w, WatchedKernel)]
-        self.sampler.request(watched)
+        self.sampler.request(watched, client_interval(self.get_query_argument("interval", None)))
         sample = await self.sampler.current()
         if sample is None:
             raise tornado.web.HTTPError(503, no_sample_message(self.sampler.stuck_for()))
         self.set_header("Cache-Control", "no-store")
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(build_payload(sample, kernels, self.sampler.interval)))
+
+
+def client_interval(value: str | None) -> float | None:
+    """The `?interval=` a client sent, in seconds (None when absent or not a number; the sampler
+    ignores what is not a positive finite number)."""
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def no_sample_message(stuck_for: float | None) -> str:

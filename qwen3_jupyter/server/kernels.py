@@ -25,6 +25,9 @@ class KernelInfo:
     execution_state: str
     notebook_path: str | None
     marker: Path | None
+    console_name: str | None = None
+    """The name of the console ("Console 1") of a kernel that no notebook or file uses: a
+    console's path is no file, so it is neither shown nor opened as one."""
 
     def watched(self) -> WatchedKernel | None:
         return WatchedKernel(self.pid, self.marker) if self.pid is not None else None
@@ -54,35 +57,74 @@ def kernel_pid(kernel: Any) -> int | None:
     return int(pid) if isinstance(pid, int) else None
 
 
-async def notebook_paths(session_manager: Any) -> dict[str, str]:
-    """kernel id -> path of the notebook (or console) whose session uses it."""
+@dataclass(frozen=True)
+class KernelSession:
+    """What a kernel is used by, for its label: a notebook (or file) path, else a console."""
+
+    notebook_path: str | None
+    console_name: str | None
+
+
+async def kernel_sessions(session_manager: Any) -> dict[str, KernelSession]:
+    """kernel id -> the document whose session uses it, else the console that does.
+
+    A kernel can have several sessions: a notebook's, and a console's opened on it ("New
+    Console for Notebook"), whose path is an internal name ("console-1-<uuid>"), not a file.
+    A notebook wins over a file, and either over a console; among equals, the first listed.
+    """
     if session_manager is None:
         return {}
-    paths: dict[str, str] = {}
+    best: dict[str, tuple[int, dict[str, Any]]] = {}
     for session in await session_manager.list_sessions():
-        kernel = session.get("kernel") or {}
-        if kernel.get("id") and session.get("path"):
-            paths[kernel["id"]] = session["path"]
-    return paths
+        kernel_id = (session.get("kernel") or {}).get("id")
+        rank = _session_rank(session)
+        if not kernel_id or rank is None:
+            continue
+        if kernel_id not in best or rank < best[kernel_id][0]:
+            best[kernel_id] = (rank, session)
+    return {
+        kernel_id: (
+            KernelSession(None, str(session.get("name") or "Console"))
+            if rank == _CONSOLE
+            else KernelSession(str(session["path"]), None)
+        )
+        for kernel_id, (rank, session) in best.items()
+    }
+
+
+_CONSOLE = 2
+
+
+def _session_rank(session: dict[str, Any]) -> int | None:
+    """0 for a notebook, 1 for another document (a file with a kernel), `_CONSOLE` for a
+    console; None for a session that names no document and is no console."""
+    kind = session.get("type")
+    if kind == "console":
+        return _CONSOLE
+    if not session.get("path"):
+        return None
+    return 0 if kind == "notebook" else 1
 
 
 async def running_kernels(kernel_manager: Any, session_manager: Any) -> list[KernelInfo]:
     """Every kernel this server runs, with its PID and its notebook's path where it has one."""
-    paths = await notebook_paths(session_manager)
+    sessions = await kernel_sessions(session_manager)
     kernels = []
     for kernel_id in list(kernel_manager.list_kernel_ids()):
         try:
             kernel = kernel_manager.get_kernel(kernel_id)
         except KeyError:
             continue
+        session = sessions.get(kernel_id, KernelSession(None, None))
         kernels.append(
             KernelInfo(
                 kernel_id=kernel_id,
                 name=str(getattr(kernel, "kernel_name", "") or ""),
                 pid=kernel_pid(kernel),
                 execution_state=str(getattr(kernel, "execution_state", "unknown") or "unknown"),
-                notebook_path=paths.get(kernel_id),
+                notebook_path=session.notebook_path,
                 marker=marker_path(getattr(kernel, "connection_file", None)),
+                console_name=session.console_name,
             )
         )
     return kernels

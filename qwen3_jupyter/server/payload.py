@@ -5,6 +5,9 @@ Pure (no I/O), so the schema is tested without a server. The TypeScript interfac
 is "unknown", never zero; in `history.gpu_memory_used`, a null point is a sample in which that
 GPU could not be read (a gap in the sparkline, not memory freed). A kernel whose process is
 gone (a zombie after SIGKILL, until the restarter replaces it) has `execution_state` "dead".
+A kernel's `notebook_path` is that of the notebook using it (a notebook before a console
+opened on it); a kernel only a console uses has none, and `console_name` ("Console 1"; added
+after the first release, null otherwise) says which console it is.
 Per-GPU maps are keyed by `gpu_key` ("0", or "0/1" for MIG instance 1 of GPU 0). Only PIDs
 and sizes are exposed: never command lines or environments.
 
@@ -95,6 +98,7 @@ def build_payload(
                 "kernel_id": kernel.kernel_id,
                 "name": kernel.name,
                 "notebook_path": kernel.notebook_path,
+                "console_name": kernel.console_name,
                 "pid": kernel.pid,
                 "rss": tree.rss if tree else None,
                 "gpu_memory": gpu_memory,

@@ -3,7 +3,10 @@
 Every metrics request reads the cached `Sample`; only this thread calls NVML (calls can block
 for tens of milliseconds, and must never run on Tornado's event loop), so ten browser tabs cost
 the same NVML calls as one. The thread starts on the first request and stops itself (closing
-NVML) after `idle_timeout` seconds without one, so a server nobody watches never polls.
+NVML) once nobody asked for a while: `idle_timeout` seconds, or a few of its own polling
+intervals for a client that said how often it polls (`request(..., client_interval=...)`), so
+a server nobody watches never polls and a slow client's sparkline is not started afresh at
+every poll.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -76,6 +80,12 @@ class Sample:
     """GPUs NVML listed but could not read; None when it could not list them (see
     `NvmlReader.unread`): kernel totals are then unknown, not a sum over the GPUs that answered."""
 
+
+KEEP_INTERVALS = 3
+"""A client that polls every N seconds keeps the sampler running for this many of its intervals
+(when that is longer than `idle_timeout`): one late or failed poll does not stop it."""
+MAX_CLIENT_INTERVAL = 600.0
+"""The longest polling interval a client may claim (the sidebar's settings allow 10 minutes)."""
 
 STALE_INTERVALS = 3
 """A sample older than this many intervals (plus `STALE_SLACK`) means NVML stopped answering."""
@@ -230,7 +240,8 @@ class Sampler:
         self._thread_stop = threading.Event()
         """The running thread's own stop flag."""
         self._stopping = False
-        self._last_request = 0.0
+        self._keep_until = 0.0
+        """monotonic() until which the thread keeps sampling without another request."""
         self._sampling_since: float | None = None
         """monotonic() when the pass in progress began (None between passes)."""
         self.samples_taken = 0
@@ -256,11 +267,22 @@ class Sampler:
         blocked = time.monotonic() - since
         return blocked if blocked > self.stale_after else None
 
-    def request(self, kernels: Iterable[WatchedKernel]) -> None:
-        """Note a client's interest and the kernels to watch; wake the thread for new kernels."""
+    def request(
+        self, kernels: Iterable[WatchedKernel], client_interval: float | None = None
+    ) -> None:
+        """Note a client's interest and the kernels to watch; wake the thread for new kernels.
+
+        `client_interval` is how often (seconds) that client polls: the thread keeps sampling
+        for `KEEP_INTERVALS` of them when that is longer than `idle_timeout`, so a client that
+        polls every few minutes finds a running sampler and a whole history, not one stopped
+        after `idle_timeout` and restarted (its history dropped) by each of its requests.
+        """
         watched = tuple(kernels)
+        keep = self.idle_timeout
+        if client_interval is not None and math.isfinite(client_interval) and client_interval > 0:
+            keep = max(keep, KEEP_INTERVALS * min(client_interval, MAX_CLIENT_INTERVAL))
         with self._lock:
-            self._last_request = time.monotonic()
+            self._keep_until = max(self._keep_until, time.monotonic() + keep)
             new = {k.pid for k in watched} - {k.pid for k in self._watched}
             self._watched = watched
             if self._stopping:
@@ -319,6 +341,7 @@ class Sampler:
         with self._lock:
             self._stopping = False
             self._thread = None
+            self._keep_until = 0.0
             self._forget()
 
     def _forget(self) -> None:
@@ -337,7 +360,7 @@ class Sampler:
             while True:
                 with self._lock:
                     watched = self._watched
-                    idle = time.monotonic() - self._last_request > self.idle_timeout
+                    idle = time.monotonic() > self._keep_until
                     if stopped.is_set() or idle:
                         if not stopped.is_set():
                             self._thread = None

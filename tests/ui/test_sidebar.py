@@ -385,6 +385,101 @@ def test_a_lost_gpu_stays_in_the_sidebar_and_turns_the_status_bar_red(
     assert errors == []
 
 
+WHOLE = """node => {
+    const text = document.createRange();
+    text.selectNodeContents(node);
+    return text.getBoundingClientRect().width <= node.getBoundingClientRect().width + 0.01;
+}"""
+"""Whether an element shows its text whole: no ellipsis (the text is no wider than the box;
+scrollWidth and clientWidth are rounded, and a tail shrunk by a fraction of a pixel already
+lost its last characters to the ellipsis)."""
+
+
+def test_long_names_show_what_tells_them_apart_and_a_console_is_no_link(
+    lab_server_factory: Callable[..., LabServer],
+    browser_page: Any,
+    output_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """Two CamelCase names differing at their end: each row shows that end whole (both read
+    "FineTuneLlamaExper…" when a name without separators was one word, cut at its end). A
+    kernel only a console uses is named after the console, and its name opens nothing (it was
+    a link to the console's path, a file that does not exist: an error dialog)."""
+    fake = FakeNvml([FakeGpu(used=20 * GiB)])
+    page = browser_page
+    server, errors, panel = open_sidebar_on(fake, lab_server_factory, tmp_path, page)
+    names = ["FineTuneLlamaExperimentSweep01.ipynb", "FineTuneLlamaExperimentSweep02.ipynb"]
+    for name in names:
+        server.api(
+            "api/sessions",
+            "POST",
+            {"path": name, "type": "notebook", "name": name, "kernel": {"name": "python3"}},
+        )
+    console = server.api(
+        "api/sessions",
+        "POST",
+        {"path": "console-1-5c1d2e3f", "type": "console", "name": "Console 1",
+         "kernel": {"name": "python3"}},
+    )  # fmt: skip
+    console_row = panel.locator(f'.q3j-kernel[data-kernel-id="{console["kernel"]["id"]}"]')
+    console_row.wait_for(timeout=60_000)
+    shown = []
+    for name in names:
+        row(page, name).wait_for(timeout=60_000)
+        tail = row(page, name).locator(".q3j-name-tail")
+        whole = tail.evaluate(WHOLE)
+        shown.append((tail.inner_text(), whole))
+    screenshot(page, output_dir / "sidebar-long-names.png")
+    assert shown == [("Sweep01.ipynb", True), ("Sweep02.ipynb", True)], shown
+
+    name = console_row.locator(".q3j-kernel-name")
+    assert name.inner_text() == "Console 1"
+    assert console_row.locator(".q3j-link").count() == 0
+    name.click()
+    time.sleep(1.0)
+    assert page.locator(".jp-Dialog").count() == 0
+    assert errors == []
+
+
+NO_KERNELS_AUTHORIZER = """\
+from jupyter_server.auth import Authorizer
+
+
+class NoKernels(Authorizer):  # a signed-in user may do anything but use kernels
+    def is_authorized(self, handler, user, action, resource):
+        return resource != "kernels"
+
+
+c.ServerApp.authorizer_class = NoKernels
+"""
+
+
+def test_a_user_without_permission_is_told_so_not_to_sign_in(
+    lab_server_factory: Callable[..., LabServer],
+    browser_page: Any,
+    output_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """Signed in, but the server's authorizer denies reading kernels: the panel shows the
+    server's reason and says the account lacks the permission (it said "not signed in" and to
+    open the URL with its token, which changes nothing)."""
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "jupyter_server_config.py").write_text(NO_KERNELS_AUTHORIZER)
+    server = lab_server_factory({"JUPYTER_CONFIG_PATH": str(config)})
+    page = browser_page
+    page.goto(server.url("lab"), wait_until="domcontentloaded")
+    panel = open_sidebar(page)
+    empty = panel.locator(".q3j-empty")
+    empty.get_by_text("User is not authorized to read on resource: kernels.").wait_for(
+        timeout=30_000
+    )
+    text = empty.inner_text()
+    assert "lacks the permission" in text and "not signed in" not in text, text
+    assert "token" not in text, text
+    screenshot(page, output_dir / "sidebar-no-permission.png")
+
+
 def test_sidebar_explains_a_missing_extension_and_a_lost_server(
     lab_server_factory: Callable[..., LabServer],
     browser_page: Any,
