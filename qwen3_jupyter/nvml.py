@@ -107,6 +107,11 @@ def _nvml_message(exc: BaseException) -> str:
     return text or f"NVML error {_nvml_code(exc)}"
 
 
+SHOWING_INSTEAD = "; showing host and torch memory only"
+"""What a kernel's gauge shows without NVML, at the end of the reason (the server's metrics,
+which show no torch memory, leave it out)."""
+
+
 def _init_failure(exc: BaseException) -> str:
     """One line for the user: why there is no NVML and what they see instead."""
     code = _nvml_code(exc)
@@ -116,7 +121,7 @@ def _init_failure(exc: BaseException) -> str:
         why = "the NVIDIA driver is not loaded"
     else:
         why = _nvml_message(exc)
-    return f"NVML unavailable: {why}; showing host and torch memory only"
+    return f"NVML unavailable: {why}{SHOWING_INSTEAD}"
 
 
 class NvmlReader:
@@ -169,8 +174,8 @@ class NvmlReader:
                 import pynvml
             except Exception:
                 self._failure = (
-                    "NVML unavailable: nvidia-ml-py is not installed (pip install nvidia-ml-py); "
-                    "showing host and torch memory only"
+                    "NVML unavailable: nvidia-ml-py is not installed (pip install nvidia-ml-py)"
+                    + SHOWING_INSTEAD
                 )
                 return
             self._nvml = pynvml

@@ -131,7 +131,7 @@ def test_no_gpu_answers_the_same_schema_with_a_reason(lab: Lab) -> None:
     assert set(metrics) == TOP_KEYS
     assert metrics["available"] is False
     assert metrics["gpus"] == []
-    assert "libnvidia-ml not found" in metrics["reason"]
+    assert metrics["reason"].endswith("libnvidia-ml not found)")  # no "torch memory" shown
     assert metrics["host"]["total"] > metrics["host"]["used"] > 0
     assert metrics["other_processes"] == {"gpu_memory": {}}
     rows = {k["kernel_id"]: k for k in metrics["kernels"]}

@@ -27,6 +27,7 @@ import re
 import time
 from typing import Any
 
+from ..nvml import SHOWING_INSTEAD
 from .kernels import KernelInfo, attribute
 from .sampler import Sample, gpu_key, stale_after
 
@@ -110,7 +111,7 @@ def build_payload(
     history = sample.history
     return {
         "available": reading.available,
-        "reason": reading.reason,
+        "reason": reading.reason.removesuffix(SHOWING_INSTEAD) if reading.reason else None,
         "timestamp": sample.timestamp,
         "driver_version": reading.driver_version,
         "gpus": [
