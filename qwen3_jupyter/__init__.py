@@ -87,6 +87,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    """The lazily imported names too: tab completion and `help(qwen3_jupyter)` list them."""
+    return sorted({*globals(), *_LAZY})
+
+
 def _jupyter_labextension_paths() -> list[dict[str, str]]:
     return [{"src": "labextension", "dest": "qwen3-jupyter"}]
 

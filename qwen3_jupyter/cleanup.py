@@ -191,7 +191,8 @@ def cleanup(
     `cleanup()` works with no arguments inside a kernel. `verbose` adds the biggest remaining
     holders; `count_tensors` (default: `verbose`) measures live CPU tensor bytes before and
     after, which walks every object (so its gc is full too). Never raises once it runs (a `drop`
-    that names no variables is refused first); never unloads the model.
+    that names no variables, or given outside IPython, is refused first); never unloads the
+    model.
     """
     names = _drop_names(drop)
     from .generation import check_arguments  # `verbose="no"` is truthy: it meant yes
@@ -203,6 +204,11 @@ def cleanup(
     __tracebackhide__ = True  # a refused argument shows the user's line, not ours
     if shell is None:
         shell = _current_shell()
+    if names and shell is None:
+        raise RuntimeError(  # no namespace to drop from: it would free nothing, and say so
+            "drop= names variables of an IPython kernel's namespace, and none is running here: "
+            "del them yourself (del x), then call cleanup()"
+        )
     refused = _refusal(names, shell) if shell is not None else None
     if refused is not None:
         raise NameError(refused)

@@ -425,6 +425,23 @@ def test_a_listener_that_cannot_be_called_is_refused_at_once(listener: object) -
     assert qc._listeners == before
 
 
+def test_drop_outside_ipython_is_refused_not_ignored() -> None:
+    """In a plain script there is no namespace to drop from: `cleanup(drop=["x"])` said
+    "nothing to free" with x alive, and a typo passed unnoticed."""
+    assert qc._current_shell() is None  # pytest's process runs no IPython
+    with pytest.raises(RuntimeError, match=r"^drop= names variables of an IPython kernel"):
+        qc.cleanup(drop=["x"])
+    assert qc.cleanup().actions, "without drop= it runs"
+
+
+def test_the_lazy_api_names_are_listed_for_completion_and_help() -> None:
+    """Completion and `help(qwen3_jupyter)` read `dir()`: `generate_batch`, `stop`, `Result`
+    and the rest, imported on first use, were missing from both."""
+    import qwen3_jupyter
+
+    assert set(qwen3_jupyter.__all__) <= set(dir(qwen3_jupyter))
+
+
 def _fake_loaded(monkeypatch: pytest.MonkeyPatch, model: object) -> None:
     from qwen3_jupyter.models import HOLDER, LoadedModel
 
