@@ -388,6 +388,18 @@ def test_a_generation_started_from_a_running_ones_callback_is_refused_and_leaves
 
 
 @pytest.mark.parametrize("decode", ["fast", "eager"])
+def test_on_text_ends_with_the_whole_text(engines: dict[str, LocalEngine], decode: str) -> None:
+    """`on_text` is paced (here once a minute: only the first token's call): the tokens after
+    the last paced call never reached it, so a display built on it ended short of the answer."""
+    engine = engines[decode]
+    texts: list[str] = []
+    result = engine.generate("Hello", VARIED, on_text=texts.append, stream_interval=60)
+    whole = engine.loaded.tokenizer.decode(list(result.token_ids), skip_special_tokens=True)
+    assert len(result.token_ids) > 5 and result.engine == decode
+    assert texts[-1] == whole and len(texts) == 2, texts
+
+
+@pytest.mark.parametrize("decode", ["fast", "eager"])
 def test_an_error_in_the_callers_on_text_is_theirs_and_the_path_and_memory_stay(
     engines: dict[str, LocalEngine], decode: str
 ) -> None:

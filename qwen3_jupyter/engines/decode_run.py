@@ -119,6 +119,7 @@ class TextStream:
         self.tokenizer, self.on_text, self.interval = tokenizer, on_text, interval
         self._last = 0.0
         self._wait = interval
+        self._shown: str | None = None
 
     def update(self, ids: list[int]) -> None:
         now = time.perf_counter()
@@ -126,10 +127,19 @@ class TextStream:
             self._last = now
             text = str(self.tokenizer.decode(ids, skip_special_tokens=True))
             self._wait = next_wait(self.interval, text)
+            self._shown = settled(text)
             try:
-                self.on_text(settled(text))
+                self.on_text(self._shown)
             except Exception as exc:
                 raise CallbackFailed(exc) from exc
+
+    def flush(self, text: str) -> None:
+        """The whole `text` once more, if the last paced call did not have it all (the tokens
+        after it, a character it held back): the caller's last text is the answer. After the
+        run: an error of the caller's is raised as it is."""
+        if text and text != self._shown:
+            self._shown = text
+            self.on_text(text)
 
 
 class CallbackFailed(Exception):

@@ -121,6 +121,7 @@ class _Streamer:
         self._prompt_seen = False
         self._last_emit = 0.0
         self._wait = interval
+        self._shown: str | None = None
         self.memory_at_end: int | None = None
 
     def put(self, value: Any) -> None:
@@ -135,7 +136,16 @@ class _Streamer:
             self._last_emit = now
             text = self.decode()
             self._wait = next_wait(self.interval, text)
-            self.on_text(settled(text))
+            self._shown = settled(text)
+            self.on_text(self._shown)
+
+    def flush(self) -> None:
+        """The whole text once more, if the last paced call did not have it all (the tokens
+        after it, a character it held back): the caller's last text is the answer."""
+        text = self.decode()
+        if self.on_text is not None and self.ids and text != self._shown:
+            self._shown = text
+            self.on_text(text)
 
     def end(self) -> None:
         self.memory_at_end = current_memory(self.device)[0]
@@ -239,6 +249,7 @@ class EagerEngine(LocalEngine):
         freed = release_after_generation(
             device, current_memory(device)[0] if at_end is None else at_end
         )
+        streamer.flush()  # after the release: an error of the caller's leaves nothing held
         return replace(result, memory_freed_bytes=freed)
 
     @holds_model("a batch")

@@ -196,6 +196,8 @@ class FastEngine(StepBuilding, LocalEngine):
             self.loaded, options, completion, self.kind, run.peak_rss, self._kept_text()
         )
         freed = release_after_generation(self.device, run.memory_at_end)
+        if streamed is not None:  # after the release: an error of the caller's holds nothing
+            streamed.flush(completion.text)
         return replace(result, memory_freed_bytes=freed)
 
     @holds_model("a batch")

@@ -356,6 +356,7 @@ def stream_completion(
     stream: Any = None
     completed = False
     last_emit, wait = 0.0, interval
+    last_shown: str | None = None
     callback_error: Exception | None = None
     closers = contextlib.ExitStack()
     try:
@@ -397,7 +398,7 @@ def stream_completion(
                 raise _timeout(ctx, passed, timeouts)
             if on_text is not None and text.chunks and now - last_emit >= wait:
                 last_emit = now
-                shown = text.display_text(think)
+                shown = last_shown = text.display_text(think)
                 wait = next_wait(interval, shown)
                 try:
                     on_text(shown)
@@ -445,6 +446,10 @@ def stream_completion(
             "dropped",
             retryable=True,
         )
+    if on_text is not None and text.chunks:  # the whole text once more: the last chunks came
+        shown = text.display_text(think)  # between two paced calls
+        if shown != last_shown:
+            on_text(shown)
     return result
 
 
