@@ -89,6 +89,9 @@ class BatchReport:
     out_lines_before: int = 0
     """Lines `out_path` held before this run: results are appended, so a rerun of the cell
     added its rows to the last run's (read back, every prompt twice) and said "written to"."""
+    gaps: bool = False
+    """The results kept are not the first prompts' (a server batch stopped midway keeps every
+    request that finished): `BatchResults.indices` says which prompt each answers."""
 
     def summary(self) -> str:
         pieces = [f"{self.completed}/{self.total} prompts", f"{self.seconds:.2f} s"]
@@ -115,7 +118,9 @@ class BatchReport:
             else:  # "batch size 4 held" read as the size used for 2 prompts
                 pieces.append(f"batch size {min(self.held_batch_size, self.total)} held")
             pieces.append(f"peak generation tensors {format_bytes(self.peak_tensor_bytes)}")
-        if self.interrupted:
+        if self.interrupted and self.gaps:
+            pieces.append("interrupted: finished results kept (their prompts: .indices)")
+        elif self.interrupted:
             pieces.append("interrupted: finished results kept")
         if self.out_path and self.out_lines_before:
             pieces.append(
@@ -128,9 +133,20 @@ class BatchReport:
 
 
 class BatchResults(list[Result]):
-    """The results in input order, with the run's report."""
+    """The results in input order, with the run's report. `indices[i]` is the position among
+    the prompts of the one `self[i]` answers: `range(len(self))` unless a server batch stopped
+    midway, which keeps every request that finished, not only the first ones (a `zip` of the
+    prompts with the results would then pair them wrongly)."""
 
     report: BatchReport
+
+    def __init__(self, results: Iterable[Result] = (), indices: Iterable[int] | None = None):
+        super().__init__(results)
+        self._indices = None if indices is None else list(indices)
+
+    @property
+    def indices(self) -> list[int]:
+        return list(range(len(self))) if self._indices is None else list(self._indices)
 
 
 def options_from_kwargs(kwargs: dict[str, Any], also: Iterable[str] = ()) -> GenerationOptions:

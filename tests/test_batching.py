@@ -588,3 +588,54 @@ def test_the_progress_line_says_what_is_left(monkeypatch: pytest.MonkeyPatch) ->
         "1 min 01 s",
         "1 h 02 min",
     ]
+
+
+def test_a_server_batch_stopped_midway_says_which_prompt_each_kept_result_answers(
+    tmp_path: Path,
+) -> None:
+    """A stopped server batch keeps every request that finished, not only the first ones: its
+    results had gaps and nothing said which prompt each answered (`zip(prompts, results)`
+    paired them wrongly). Here the first prompt's request never ends; the second's does."""
+    import signal
+    import threading
+
+    from qwen3_jupyter.engines.remote_batch import RetryCounter, run_concurrently
+    from qwen3_jupyter.generation import Result
+
+    released = threading.Event()
+
+    def answer(index: int, prompt: str) -> Result:
+        if index == 0:
+            released.wait(10)
+        return Result(prompt, f"answer to {prompt}", "", "m1", "server", False, 1, 1, 0.1, 10.0,
+                      None, "server", "eos", True, engine="remote")  # fmt: skip
+
+    main = threading.main_thread().ident
+    assert main is not None
+    timer = threading.Timer(0.5, signal.pthread_kill, (main, signal.SIGINT))
+    timer.start()
+    try:
+        results = run_concurrently(
+            ["a", "b", "c"],
+            answer,
+            concurrency=3,
+            cancel=lambda: None,  # the first request goes on: it is not kept
+            retries=RetryCounter(),
+            out=None,
+            progress=False,
+        )
+    finally:
+        timer.cancel()
+        released.set()
+    assert results.report.interrupted
+    assert [r.prompt for r in results] == ["b", "c"] and results.indices == [1, 2]
+    assert "(their prompts: .indices)" in results.report.summary()
+    whole = run_concurrently(
+        ["a", "b"],
+        answer,
+        concurrency=2,
+        cancel=lambda: None,
+        retries=RetryCounter(),
+        progress=False,
+    )
+    assert whole.indices == [0, 1] and "indices" not in whole.report.summary()

@@ -109,7 +109,8 @@ def run_concurrently(
     unexpected = [e for e in errors if e is not None and not (interrupted or write_failed)]
     if unexpected:
         raise unexpected[0]
-    results = BatchResults(finished[i] for i in sorted(finished))
+    kept = sorted(finished)
+    results = BatchResults((finished[i] for i in kept), kept)
     written = str(out) if out is not None else None
     results.report = _report(
         results,
@@ -159,4 +160,5 @@ def _report(
         retries=retries,
         completion_tokens=sum(r.completion_tokens for r in results),
         out_lines_before=out_lines_before,
+        gaps=results.indices != list(range(len(results))),
     )
