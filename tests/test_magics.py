@@ -15,27 +15,31 @@ FOOTER_PARTS = ("[qwen3] tiny on cpu", "tokens (", "tok/s", " s · ", "peak ", "
 
 
 def test_streams_into_one_updating_display_and_prints_footer(kernel: Kernel) -> None:
-    ex = kernel.run("%qwen3 --max-new-tokens 40 --seed 0 --no-think What's a kernel? Don't guess.")
+    # 120 tokens take ~1 s on CPU: ~10 updates at the 0.1 s pace, several even on a fast host.
+    ex = kernel.run("%qwen3 --max-new-tokens 120 --seed 0 --no-think What's a kernel? Don't guess.")
     assert ex.status == "ok", ex.stderr
     displays = ex.of_type("display_data")
-    # The answer's display; the model-loading status line is a separate, transient one.
+    # The answer's updates: every status text ("*loading…*", "*building…*", "*generating…*")
+    # is italic Markdown, so starts with "*"; the tiny model's answer here does not.
     updates = [
         m
         for m in ex.of_type("update_display_data")
         if m["content"]["data"]["text/markdown"]
-        and not m["content"]["data"]["text/markdown"].startswith(("*loading", "*building"))
+        and not m["content"]["data"]["text/markdown"].startswith("*")
     ]
     stream_ids = {m["content"]["transient"]["display_id"] for m in updates}
     # One display (the answer) receives every streamed update: not a line per token.
     assert len(stream_ids) == 1
-    assert len(updates) >= 2
-    streamed = [m["content"]["data"]["text/markdown"] for m in updates]
-    assert len(set(streamed)) >= 2, "streamed text never changed"
+    *streamed, final = [m["content"]["data"]["text/markdown"] for m in updates]
+    # The answer grew in place while it streamed: showing only the final answer (after a
+    # placeholder) is not streaming.
+    assert len(set(streamed)) >= 2, f"nothing streamed before the final answer: {streamed}"
+    assert final, updates
     footer, *loaded = ex.stdout.splitlines()  # (the module's first call loads the model)
     assert all(line.startswith("[qwen3] loaded tiny (float32) on cpu in ") for line in loaded)
     for part in FOOTER_PARTS:
         assert part in footer
-    assert "40 tokens" in footer
+    assert "120 tokens" in footer
     # The magic returns nothing: no execute_result, nothing in Out.
     assert ex.result() is None
     assert kernel.value("len(Out)") == 0
@@ -101,6 +105,64 @@ def test_loading_and_answer_share_one_output(kernel: Kernel) -> None:
     assert "(/ is the nearest folder that does): point --model at the folder" in missing.stderr
     texts = [data.get("text/markdown") for data in missing.final_displays()]
     assert texts == ["*loading /no/such/folder on cpu (float32)…* — stopped"], texts
+
+
+CACHE_BALLAST = """
+import torch
+from transformers import Cache
+from qwen3_jupyter.memory import format_bytes, process_rss
+from qwen3_jupyter.session import SESSION as _s
+BALLAST_BYTES = 96 * 2**20
+
+def cache_ballast(module, args, kwargs, output):
+    for value in kwargs.values():
+        if isinstance(value, Cache):
+            keys = value.layers[0].keys  # a new tensor after every step (the cache grows)
+            keys.ballast = torch.ones(BALLAST_BYTES // 4)  # written: resident, not just mapped
+"""
+"""A forward hook that hangs 96 MiB (one mmap'd block, returned to the OS when freed) on the
+KV cache's newest key tensor: what a real model's cache is, and the tiny model's few KiB are
+not. The block lives as long as the cache's tensors: alive at the last token, gone once the
+call releases the cache. (The previous step's block goes with the previous key tensor.)"""
+
+MiB = 2**20
+
+
+def test_a_local_calls_footer_says_the_memory_it_measured(kernel: Kernel) -> None:
+    """The footer's "peak …" and "freed …" are measurements, not placeholders: on CPU the peak
+    is the host RSS sampled while generating (at least what the process held before the call,
+    plus what the call's cache held), and "freed" is the RSS the release after the last token
+    gave back (the cache). The tiny model's own cache is too small to show in RSS, so its
+    "freed" is legitimately ~0: the ballast on the cache makes it a figure to check."""
+    ok(kernel, "%qwen3 --eager --no-think --max-new-tokens 2 load")  # loaded: RSS settled
+    ok(kernel, CACHE_BALLAST)
+    ok(kernel, "_before = process_rss()")
+    plain = ok(kernel, "%qwen3 --eager --no-think --max-new-tokens 8 --seed 3 hi")
+    before, peak, kind, freed = kernel.value(
+        "(_before, _qwen3.peak_memory_bytes, _qwen3.memory_kind, _qwen3.memory_freed_bytes)"
+    )
+    assert kind == "host RSS"
+    assert peak >= before, (peak, before)  # the RSS sampled during the call, not a zero
+    assert freed is not None and freed >= 0
+    assert f"peak {kernel.value('format_bytes(_qwen3.peak_memory_bytes)')} host RSS" in plain.stdout
+    assert f"freed {kernel.value('format_bytes(_qwen3.memory_freed_bytes)')}" in plain.stdout
+
+    ok(kernel, "hook = _s.loaded.model.register_forward_hook(cache_ballast, with_kwargs=True)")
+    try:
+        ok(kernel, "_before = process_rss()")
+        ex = ok(kernel, "%qwen3 --eager --no-think --max-new-tokens 8 --seed 3 hi")
+    finally:
+        ok(kernel, "hook.remove()")
+    before, peak, freed, after = kernel.value(
+        "(_before, _qwen3.peak_memory_bytes, _qwen3.memory_freed_bytes, process_rss())"
+    )
+    # Half the ballast as the margin: RSS moves by a few MiB on its own between cells.
+    assert peak >= before + 48 * MiB, f"peak {peak / MiB:.1f} MiB, before {before / MiB:.1f} MiB"
+    assert freed >= 48 * MiB, f"freed {freed / MiB:.1f} MiB of a 96 MiB cache"
+    assert after < peak - 48 * MiB, "the memory said freed is still held"
+    footer = ex.stdout.strip().splitlines()[-1]
+    assert f"peak {kernel.value('format_bytes(_qwen3.peak_memory_bytes)')} host RSS" in footer
+    assert f" · freed {kernel.value('format_bytes(_qwen3.memory_freed_bytes)')}" in footer
 
 
 def test_last_result_is_plain_and_holds_no_tensors(kernel: Kernel) -> None:
