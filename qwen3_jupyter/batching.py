@@ -30,7 +30,7 @@ from .generation import (
 from .interrupts import CELL_INTERRUPTS, interrupt_deferred
 from .magic_args import refuse_unknown_keywords
 from .memory import format_bytes
-from .model_use import stop_point
+from .model_use import at_each_step, stop_point
 
 ChunkGenerator = Callable[[list[str], GenerationOptions, "int | None"], tuple[list[Result], int]]
 """Decodes one left-padded batch: (prompts, options, memory budget) -> (results, peak bytes)."""
@@ -364,7 +364,8 @@ def run_batches(
             stop_point()  # a stop asked for as the last batch finished: before the next one
             chunk = prompts[position : position + size]
             try:
-                chunk_results, chunk_peak = generate_chunk(chunk, options, budget)
+                with at_each_step(bar.tick):
+                    chunk_results, chunk_peak = generate_chunk(chunk, options, budget)
             except GenerationOOM as exc:
                 back_offs.append(BackOff(position, size, str(exc)))
                 if len(chunk) == 1:  # one prompt alone (a last one, say, at any batch size)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -241,6 +242,30 @@ def stop_point() -> None:
     from .models import HOLDER
 
     HOLDER.use.check_stop()
+
+
+_STEP_HOOK = threading.local()
+
+
+def decode_step_done() -> None:
+    """A decode step's end: where `stop()` may stop the call, and where the thread's step
+    hook runs (a batch's progress line ticks there: a chunk takes minutes with real weights,
+    and its line said "0/8 prompts · 0.0 s" until the chunk ended)."""
+    stop_point()
+    hook = getattr(_STEP_HOOK, "hook", None)
+    if hook is not None:
+        hook()
+
+
+@contextlib.contextmanager
+def at_each_step(hook: Callable[[], None]) -> Iterator[None]:
+    """Run `hook` at each decode step's end in this thread, for the block."""
+    previous = getattr(_STEP_HOOK, "hook", None)
+    _STEP_HOOK.hook = hook
+    try:
+        yield
+    finally:
+        _STEP_HOOK.hook = previous
 
 
 def holding(local: bool, activity: str) -> AbstractContextManager[None]:

@@ -31,7 +31,7 @@ from ..generation import (
     until_eos,
 )
 from ..memory import process_rss
-from ..model_use import stop_point
+from ..model_use import decode_step_done
 from ..out_of_memory import allocation_failures_as_oom
 from ..stream_pace import next_wait, settled
 from .attention import planless_attention
@@ -78,7 +78,7 @@ class MemoryGuard:
         if input_ids.device.type == "cpu":
             self.peak_rss = max(self.peak_rss, process_rss())
         enforce_budget(used, self.budget)
-        stop_point()  # `%qwen3 --stop` from another thread ends the call here
+        decode_step_done()  # `%qwen3 --stop` from another thread ends the call here
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
     def release(self) -> None:

@@ -43,7 +43,7 @@ from ..generation import (
     release_after_generation,
 )
 from ..memory import format_bytes, process_rss, trim_host_heap
-from ..model_use import stop_point
+from ..model_use import decode_step_done
 from ..out_of_memory import allocation_failures_as_oom
 from . import qwen3_step
 from .attention import planless_attention
@@ -528,7 +528,7 @@ class FastEngine(StepBuilding, LocalEngine):
                     streamed.update(run.ids[0])
                 if run.done(options):
                     break
-            stop_point()  # `%qwen3 --stop` from another thread ends the call here
+            decode_step_done()  # `%qwen3 --stop` from another thread ends the call here
         else:
             rows = reader.drain()
             if rows is not None:
