@@ -188,10 +188,15 @@ def generate_batch(
     from .engines import server_url
     from .model_use import holding
 
-    if isinstance(prompts, str):  # iterating it would ask one question per character
+    if isinstance(prompts, (str, bytes)):  # iterating it would ask one question per character
         raise TypeError(
             "generate_batch takes a list of prompts, not one string: pass [prompt] (or use "
             "%qwen3 / inference() for a single prompt)"
+        )
+    if not isinstance(prompts, Iterable):
+        raise TypeError(
+            f"prompts={prompts!r} ({type(prompts).__name__}): generate_batch takes a list of "
+            "prompts (any iterable of str)"
         )
     _refuse_a_container_of_prompts(prompts)
     _check_count("batch_size", batch_size)
@@ -203,7 +208,7 @@ def generate_batch(
         {"model": model, "device": device, "dtype": dtype, "decode": decode, "server": server},
         {"progress": progress},
     )
-    prompt_list = list(prompts)
+    prompt_list = [str(p) if isinstance(p, str) else p for p in prompts]  # numpy's str_: str
     for index, prompt in enumerate(prompt_list):  # None or NaN would be asked as "None", "nan"
         if not isinstance(prompt, str):
             raise TypeError(

@@ -221,6 +221,11 @@ def test_one_string_is_not_taken_for_a_list_of_one_character_prompts() -> None:
         TypeError, match=r"takes a list of prompts, not one string: pass \[prompt\]"
     ):
         generate_batch("Why is the sky blue?", model="tiny", progress=False)
+    with pytest.raises(TypeError, match=r"takes a list of prompts, not one string"):
+        generate_batch(b"Why?", model="tiny", progress=False)  # type: ignore[arg-type]
+    for value in (None, 123):  # "'int' object is not iterable", from deep inside
+        with pytest.raises(TypeError, match=r"^prompts=.* takes a list of prompts \(any iter"):
+            generate_batch(value, model="tiny", progress=False)  # type: ignore[arg-type]
 
 
 def test_a_table_or_a_dict_is_refused_not_asked_its_column_names_or_keys() -> None:
