@@ -230,6 +230,9 @@ def generate_batch(
     CELL_INTERRUPTS.check()  # a call earlier in this cell was interrupted: this one is too
     with holding(local, "a batch (generate_batch)"), api_call(show_status=progress) as call:
         engine = call.engine(model=model, device=device, dtype=dtype, decode=decode, server=server)
+        ignored = _ignored_by(engine.kind == "remote", concurrency, memory_budget, batch_size)
+        if ignored is not None:
+            call.notify(ignored)
         with call.watching(engine):
             results: BatchResults = engine.generate_batch(
                 prompt_list,
@@ -249,6 +252,24 @@ def generate_batch(
             )
     CELL_INTERRUPTS.note(results.report.interrupted)
     return results
+
+
+def _ignored_by(
+    remote: bool, concurrency: int | None, memory_budget: object, batch_size: int
+) -> str | None:
+    """A notice for an option the engine has no use for (as the magic says it): a notebook
+    pointed at a model or a server by configuration keeps working either way, and is told."""
+    if not remote and concurrency is not None:
+        return (
+            "concurrency= applies to a server: ignored for a model in this kernel, which "
+            f"batches {batch_size} prompts at a time (batch_size=)"
+        )
+    if remote and memory_budget is not None:
+        return (
+            "memory_budget= applies to a model in this kernel: ignored for a server, which "
+            "gets concurrency= requests at once"
+        )
+    return None
 
 
 def _no_results(batch_size: int) -> BatchResults:

@@ -660,3 +660,16 @@ def test_a_server_batch_stopped_midway_says_which_prompt_each_kept_result_answer
         progress=False,
     )
     assert whole.indices == [0, 1] and "indices" not in whole.report.summary()
+
+
+def test_an_option_of_the_other_engine_is_named_as_ignored(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The magic said so; the API dropped `concurrency=` for a model in this kernel without a
+    word (and `memory_budget=` for a server, see test_remote_units)."""
+    results = generate_batch(["a"], model="tiny", progress=False, concurrency=8, **GREEDY)
+    assert len(results) == 1
+    said = capsys.readouterr()
+    assert "concurrency= applies to a server: ignored for a model in this kernel" in (
+        said.out + said.err
+    )

@@ -1039,3 +1039,18 @@ def test_on_text_ends_with_the_whole_text_from_a_server(scripted: ScriptedServer
     engine.close()
     assert result.answer == "Hello world"
     assert len(texts) == 2 and texts[-1].endswith("Hello world"), texts
+
+
+def test_a_memory_budget_for_a_server_batch_is_named_as_ignored(
+    scripted: ScriptedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qwen3_jupyter.batching import generate_batch
+
+    results = generate_batch(
+        ["a"], server=scripted.url("ok"), model="m1", memory_budget="1GiB", progress=False
+    )
+    assert [r.answer for r in results] == ["Hello world"]
+    said = capsys.readouterr()
+    assert "memory_budget= applies to a model in this kernel: ignored for a server" in (
+        said.out + said.err
+    )
