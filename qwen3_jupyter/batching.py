@@ -94,6 +94,8 @@ class BatchReport:
     request that finished): `BatchResults.indices` says which prompt each answers."""
 
     def summary(self) -> str:
+        if self.total == 0:  # not "0/0 prompts · batch size 0 held · peak ... 0 B"
+            return "no prompts: nothing was generated"
         pieces = [f"{self.completed}/{self.total} prompts", f"{self.seconds:.2f} s"]
         if self.completion_tokens and self.seconds > 0:
             rate = self.completion_tokens / self.seconds

@@ -266,6 +266,7 @@ def test_no_prompts_are_no_work_not_a_model_load(kernel: Kernel) -> None:
         empty = ok(kernel, f"r = qwen3_jupyter.generate_batch([]{where})")
         assert empty.stdout == "[qwen3] generate_batch got no prompts: nothing was generated\n"
         assert kernel.value("(len(r), r.report.total, SESSION.loaded is None)") == (0, 0, True)
+        assert kernel.value("r.report.summary()") == "no prompts: nothing was generated"
     quiet = ok(kernel, "r = qwen3_jupyter.generate_batch([], progress=False)")
     assert quiet.stdout == ""
 
