@@ -71,7 +71,7 @@ class ApiCall:
     def end(self, failed: bool = False) -> None:
         """Say the call's notices: in its line's display where it showed one (see
         `Status.end`), else on stdout."""
-        notices = [*SESSION.take_notices(), *self.notices]
+        notices = [*(_api_words(n) for n in SESSION.take_notices()), *self.notices]
         if self.status is not None:
             self.status.end(notices, failed)
         else:
@@ -174,4 +174,6 @@ def _raised_here(exc: BaseException) -> bool:
 def _api_words(text: str) -> str:
     text = re.sub(r"decode with --(eager|fast)\b", r"use decode='\1'", text)
     text = re.sub(r"--(eager|fast)'s", r"\1 decoding's", text)
+    text = re.sub(r"(?<![\w-])--no-think\b", "think=False", text)
+    text = re.sub(r"(?<![\w-])--chat turn\b", "chat turn", text)
     return _FLAG.sub(_argument, text)

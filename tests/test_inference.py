@@ -234,6 +234,17 @@ def test_api_errors_name_the_arguments_the_caller_typed(k: Kernel, code: str, sa
     assert "--" not in bad.reply["evalue"], bad.reply["evalue"]
 
 
+def test_an_api_calls_notices_name_the_arguments_too(k: Kernel) -> None:
+    """Only errors were reworded: a chat turn with no answer told a Python caller to "raise
+    --max-new-tokens, or --no-think"."""
+    said = ok(
+        k,
+        "with qwen3_jupyter.inference(model='tiny') as chat:\n"
+        "    chat('hi', chat=True, max_new_tokens=3, think=True, greedy=True)",
+    ).stdout
+    assert "this chat turn has no answer (raise max_new_tokens, or think=False)" in said, said
+
+
 def test_the_callers_own_error_keeps_its_words(k: Kernel) -> None:
     """Only the package's errors are reworded in argument names: an `on_text` that raised
     `bad --seed 5 in /data/run--model/x` reached its caller as `bad seed=5 in /data/runmodel/x`."""
