@@ -245,7 +245,8 @@ def show_batch(results: list[Result], report: Any, line: Status | None = None) -
     """A table of the batch's answers (in `line`'s display, where the call had one), then its
     one-line report."""
     rows = ["| # | prompt | answer | tokens |", "|---|---|---|---|"]
-    for i, r in enumerate(results):
+    positions = getattr(results, "indices", range(len(results)))  # a stopped server batch: gaps
+    for i, r in zip(positions, results, strict=True):
         answer = r.answer or ("*(thinking only)*" if r.thinking else "")
         if r.error:
             answer = f"failed: {r.error}"

@@ -257,22 +257,20 @@ def feed_monitor() -> None:
         _STOP_FEEDING = stop
 
 
-def stop_feeding_monitor() -> None:
-    global _STOP_FEEDING
-    with _FEEDING_LOCK:
-        stop, _STOP_FEEDING = _STOP_FEEDING, None
-    if stop is not None:
-        stop()
-
-
 def load(ip: Any) -> None:
     """Register `%qwen3_gauge` and feed the monitor; the undo goes to lifecycle."""
     ip.register_magics(GaugeMagics(shell=ip))
     feed_monitor()
 
     def undo() -> None:
-        stop_feeding_monitor()
-        unload(ip)
+        global _STOP_FEEDING
+        # One step: a `gauge()` from another thread in between would feed the monitor that
+        # `unload` discards, and mark the next one fed.
+        with _FEEDING_LOCK:
+            stop, _STOP_FEEDING = _STOP_FEEDING, None
+            if stop is not None:
+                stop()
+            unload(ip)
 
     lifecycle.on_unload("qwen3-gauge", undo)
 

@@ -36,7 +36,7 @@ class Chat:
     seed, system, greedy); those given to `inference()` are the defaults, a call's own win.
     `chat=True` continues the kernel's conversation (as `%qwen3 --chat`). `on_text(text)` is
     called with the whole text so far (thinking included, as the model writes it), about every
-    0.1 s while it streams, and once more at the end with the whole text.
+    0.1 s while it streams; its last call has the whole text.
     """
 
     def __init__(self, engine: Engine, defaults: dict[str, Any]) -> None:

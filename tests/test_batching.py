@@ -613,7 +613,7 @@ def test_the_progress_line_says_what_is_left(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_a_server_batch_stopped_midway_says_which_prompt_each_kept_result_answers(
-    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A stopped server batch keeps every request that finished, not only the first ones: its
     results had gaps and nothing said which prompt each answered (`zip(prompts, results)`
@@ -652,6 +652,12 @@ def test_a_server_batch_stopped_midway_says_which_prompt_each_kept_result_answer
     assert results.report.interrupted
     assert [r.prompt for r in results] == ["b", "c"] and results.indices == [1, 2]
     assert "(their prompts: .indices)" in results.report.summary()
+    from qwen3_jupyter.display import show_batch  # the magic's table numbers them the same
+
+    capsys.readouterr()
+    show_batch(results, results.report)
+    table = capsys.readouterr().out
+    assert "| 1 | b | answer to b |" in table and "| 2 | c | answer to c |" in table, table
     whole = run_concurrently(
         ["a", "b"],
         answer,

@@ -600,7 +600,7 @@ export function statusBarState(
   }
   const top = metrics.kernels.reduce<{ label: string; bytes: number } | null>((best, k) => {
     const bytes = k.gpu_memory_total ?? -1;
-    return bytes > (best?.bytes ?? 0) ? { label: k.notebook_path ?? k.kernel_id, bytes } : best;
+    return bytes > (best?.bytes ?? 0) ? { label: k.notebook_path ?? kernelLabel(k), bytes } : best;
   }, null);
   if (top) {
     lines.push(`Largest notebook: ${top.label} (${formatBytes(top.bytes)})`);

@@ -520,6 +520,9 @@ describe('notebook names', () => {
     const console1 = { ...kernel('c0ffee0123456789', 0, 0, null), console_name: 'Console 1' };
     expect(kernelLabel(console1)).toBe('Console 1');
     expect(kernelNameParts(console1, [console1]).tail).toBe('Console 1');
+    const held = { ...console1, gpu_memory_total: 5 * GiB };
+    const title = statusBarState(metrics({ kernels: [held] }), null, DEFAULT_THRESHOLDS).title;
+    expect(title).toContain('Largest notebook: Console 1 (5.0 GiB)');
   });
 
   it('show the folder of two notebooks with the same name', () => {

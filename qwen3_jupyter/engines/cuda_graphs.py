@@ -12,6 +12,7 @@ keeps the policy (what to say, what to switch off).
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -86,6 +87,8 @@ def end_failed_capture(previous: Any, pool: Any, graph: Any, began: bool) -> Non
     if _graph_reset_releases_failed_captures(torch.__version__):
         graph.reset()  # ends the routing and gives the reference back itself
         return
+    if _capture_ended(graph):  # capture_end failed after it (instantiating the graph): the
+        return  # graph's reset gives its pool back, and routing has ended
     device = torch.cuda.current_device()
     try:
         # Still routing when capture_begin failed at the driver, or capture_end failed on
@@ -98,14 +101,25 @@ def end_failed_capture(previous: Any, pool: Any, graph: Any, began: bool) -> Non
     torch._C._cuda_releasePool(device, pool)
 
 
+def _capture_ended(graph: Any) -> bool:
+    """Whether torch marked the capture ended (`pool()` refuses a graph whose capture did
+    not end); such a graph releases its pool reference itself."""
+    try:
+        graph.pool()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _graph_reset_releases_failed_captures(version: str) -> bool:
     """torch 2.14 (pytorch#190348) made `CUDAGraph.reset` end the routing and release the pool
     after a failed capture; before it, releasing ours too would release it twice (an assert in
     the graph's destructor, where it ends the process). Not probed: torch shows no use count
-    for a `graph_pool_handle` pool."""
-    from torch.torch_version import TorchVersion
-
-    return TorchVersion(version) >= "2.14"
+    for a `graph_pool_handle` pool. A 2.14 pre-release (2.14.0a0+git…, as NVIDIA's containers
+    ship) counts as 2.14: if it predates the change, that leaks a pool, where the other guess
+    would end the process."""
+    found = re.match(r"(\d+)\.(\d+)", version)
+    return found is not None and (int(found[1]), int(found[2])) >= (2, 14)
 
 
 def pool_bytes(pool: Any, fallback: int) -> int:

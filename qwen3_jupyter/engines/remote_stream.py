@@ -449,7 +449,10 @@ def stream_completion(
     if on_text is not None and text.chunks:  # the whole text once more: the last chunks came
         shown = text.display_text(think)  # between two paced calls
         if shown != last_shown:
-            on_text(shown)
+            try:
+                on_text(shown)
+            except KeyboardInterrupt:  # the answer is whole: kept with its figures
+                result.interrupted = True
     return result
 
 
