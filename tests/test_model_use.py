@@ -397,6 +397,18 @@ def test_on_text_ends_with_the_whole_text(engines: dict[str, LocalEngine], decod
     whole = engine.loaded.tokenizer.decode(list(result.token_ids), skip_special_tokens=True)
     assert len(result.token_ids) > 5 and result.engine == decode
     assert texts[-1] == whole and len(texts) == 2, texts
+    refused: list[bool] = []
+
+    def nested(text: str) -> None:  # the last call too is inside the decode: refused
+        try:
+            engine.generate("Tell me a story.", VARIED)
+        except ModelBusy:
+            refused.append(True)
+        else:
+            refused.append(False)
+
+    engine.generate("Hello", VARIED, on_text=nested, stream_interval=60)
+    assert refused == [True, True]
 
 
 @pytest.mark.parametrize("decode", ["fast", "eager"])

@@ -197,7 +197,10 @@ class FastEngine(StepBuilding, LocalEngine):
         )
         freed = release_after_generation(self.device, run.memory_at_end)
         if streamed is not None:  # after the release: an error of the caller's holds nothing
-            streamed.flush(completion.text)
+            from ..models import HOLDER
+
+            with HOLDER.use.decoding():  # still this decode's callback: no generation inside
+                streamed.flush(completion.text)
         return replace(result, memory_freed_bytes=freed)
 
     @holds_model("a batch")
