@@ -39,6 +39,8 @@ _LAZY: dict[str, str] = {
     "BatchResults": "batching",
     "stop": "model_use",
     "ModelBusy": "model_use",
+    "unload": "unloading",
+    "UnloadReport": "session",
 }
 
 
@@ -48,6 +50,7 @@ __all__ = [
     "GenerationOptions",
     "ModelBusy",
     "Result",
+    "UnloadReport",
     "add_cleanup_listener",
     "cleanup",
     "gauge",
@@ -55,6 +58,7 @@ __all__ = [
     "inference",
     "split_thinking",
     "stop",
+    "unload",
 ]
 
 

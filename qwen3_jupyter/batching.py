@@ -189,6 +189,7 @@ def generate_batch(
     from .api_call import api_call, configured
     from .engines import server_url
     from .model_use import holding
+    from .session import SESSION
 
     if isinstance(prompts, (str, bytes)):  # iterating it would ask one question per character
         raise TypeError(
@@ -230,11 +231,13 @@ def generate_batch(
         return _no_results(batch_size)
     local = server_url(server, configured().get("server")) is None
     CELL_INTERRUPTS.check()  # a call earlier in this cell was interrupted: this one is too
-    with holding(local, "a batch (generate_batch)"), api_call(show_status=progress) as call:
+    # The hold inside the call: a ModelBusy is worded for a Python caller too.
+    with api_call(show_status=progress) as call, holding(local, "a batch (generate_batch)"):
         engine = call.engine(model=model, device=device, dtype=dtype, decode=decode, server=server)
         ignored = _ignored_by(engine.kind == "remote", concurrency, memory_budget, batch_size)
         if ignored is not None:
             call.notify(ignored)
+        generation = SESSION.follow_template(engine, generation)
         with call.watching(engine):
             results: BatchResults = engine.generate_batch(
                 prompt_list,

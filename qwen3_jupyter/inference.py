@@ -62,7 +62,11 @@ class Chat:
             raise TypeError(f"on_text={on_text!r}: must be a function of the new text, or None")
         merged = GenerationOptions(**_merged(self.defaults, options))
         local = isinstance(self._engine, LocalEngine)
-        with holding(local, "an inference() chat"), api_call() as call, call.watching(self._engine):
+        with (
+            api_call() as call,  # outside the hold: a ModelBusy is worded for a Python caller
+            holding(local, "an inference() chat"),
+            call.watching(self._engine),
+        ):
             result = SESSION.ask(self._engine, prompt, merged, chat=chat, on_text=on_text)
             if result.stop_reason == "interrupted":
                 call.notify(

@@ -31,9 +31,8 @@ from .engines import Engine, EngineError, decode_mode, server_url
 from .engines.urls import mask_url
 from .gauge import inline_gauge
 from .generation import DEFAULT_MAX_NEW_TOKENS, GenerationOOM, GenerationOptions, broken_rules
-from .interrupts import CELL_INTERRUPTS, interrupt_deferred
+from .interrupts import CELL_INTERRUPTS
 from .magic_args import asks_help, options_of, show_help
-from .memory import format_bytes
 from .model_use import ModelBusy, holding, stop
 from .models import (
     DEVICE_ENV,
@@ -48,6 +47,7 @@ from .prompt_files import PromptFileError, read_prompts
 from .prompt_line import expander, parse_line, protect_prompt_lines
 from .prompt_vars import PromptVarsError, fill
 from .session import SESSION
+from .unloading import unload_whole
 
 DEFAULT_BATCH_SIZE = 4
 """Prompts per batch for `%qwen3 --file` when --batch-size is not given."""
@@ -338,7 +338,7 @@ class Qwen3Magics(Magics):
             SESSION.conversation.reset()
             display.info("conversation cleared")
         if args.unload:
-            _show_unload(_unload_whole())
+            _show_unload(unload_whole())
         if args.eager and not prompt and not args.file:
             _show_fast_closed(SESSION)
         if not prompt and not args.file and not args.warmup:
@@ -422,10 +422,7 @@ class Qwen3Magics(Magics):
         options: GenerationOptions,
         status: display.Status,
     ) -> None:
-        followed = engine.options_for_model(options)
-        if followed.think != options.think:
-            _say_the_model_decides_thinking(engine.model_name, followed.think)
-        options = followed
+        options = SESSION.follow_template(engine, options, tell=display.info)  # before the answer
         # Before the gauge: the answer comes above it whether or not a status line (loading)
         # made the view's display earlier.
         view = display.StreamView(options.think, args.hide_thinking, status)
@@ -461,6 +458,7 @@ class Qwen3Magics(Magics):
         ignored = _ignored_by(engine, args)
         if ignored:
             display.info(ignored)
+        options = SESSION.follow_template(engine, options, tell=display.info)
         try:
             results = engine.generate_batch(
                 prompts,
@@ -555,60 +553,8 @@ def _warmup_caveat(engine: Engine, configured: str | None) -> str:
     )
 
 
-_TOLD_THINKING: set[tuple[str, bool]] = set()
-
-
-def _say_the_model_decides_thinking(model: str, thinks: bool) -> None:
-    """Once per model and way: its chat template decides thinking, whatever the call asked."""
-    if (model, thinks) in _TOLD_THINKING:
-        return
-    _TOLD_THINKING.add((model, thinks))
-    display.info(
-        f"{model} always thinks (its chat template opens <think>): --no-think has no effect"
-        if thinks
-        else f"{model} does not think (its chat template has no thinking switch): answering "
-        "without, with the non-thinking sampling defaults"
-    )
-
-
-def _unload_whole() -> Any:
-    """`SESSION.unload()` run to its end even when interrupted: stopped half way it had already
-    dropped the model but not yet returned its memory nor said so (the next load then ran on top
-    of the old weights until a cleanup). The interrupt still ends the cell's later calls."""
-    report, received = None, False
-    try:
-        with interrupt_deferred():
-            report = SESSION.unload()
-    except KeyboardInterrupt:
-        if report is None:
-            raise
-        received = True
-    if received:
-        CELL_INTERRUPTS.note(True)
-        display.info("the interrupt came while unloading: the unload was let finish")
-    return report
-
-
 def _show_unload(report: Any) -> None:
-    servers = (
-        f" · closed the connection{'s' if report.servers > 1 else ''} to {report.servers} "
-        f"server{'s' if report.servers > 1 else ''}"
-        if report.servers
-        else ""
-    )
-    if report.name is None:
-        display.info(f"no model loaded in this kernel{servers or ': nothing to unload'}")
-        return
-    proof = (
-        "model object freed"
-        if report.model_freed
-        else "model object STILL referenced elsewhere: del your own references to it"
-    )
-    display.info(
-        f"unloaded {report.name} · {proof} · {report.memory_kind} "
-        f"{format_bytes(report.before)} -> {format_bytes(report.after)} "
-        f"(freed {format_bytes(report.freed)}){servers}"
-    )
+    display.info(report.summary)
 
 
 def _show_fast_closed(session: Any) -> None:

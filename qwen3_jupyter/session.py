@@ -13,6 +13,7 @@ import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .engines import Engine, KeptMemory, decode_mode, local_engine
 from .generation import Conversation, GenerationOptions, Result
@@ -59,6 +60,15 @@ def _described(loaded: LoadedModel) -> str:
     return f"{loaded.name} ({loaded.dtype}) on {loaded.device}"
 
 
+def _thinking_decided(model: str, thinks: bool) -> str:
+    return (
+        f"{model} always thinks (its chat template opens <think>): --no-think has no effect"
+        if thinks
+        else f"{model} does not think (its chat template has no thinking switch): answering "
+        "without, with the non-thinking sampling defaults"
+    )
+
+
 @dataclass(frozen=True)
 class UnloadReport:
     """What `--unload` did, with the proof that the model object is gone."""
@@ -79,6 +89,35 @@ class UnloadReport:
     @property
     def freed(self) -> int:
         return max(0, self.before - self.after)
+
+    @property
+    def summary(self) -> str:
+        """The one line `%qwen3 --unload` prints: what went, and the proof."""
+        from .memory import format_bytes
+
+        servers = (
+            f"closed the connection{'s' if self.servers > 1 else ''} to {self.servers} "
+            f"server{'s' if self.servers > 1 else ''}"
+            if self.servers
+            else ""
+        )
+        if self.name is None:
+            closed = f" · {servers}" if servers else ": nothing to unload"
+            return f"no model loaded in this kernel{closed}"
+        proof = (
+            "model object freed"
+            if self.model_freed
+            else "model object STILL referenced elsewhere: del your own references to it"
+        )
+        return (
+            f"unloaded {self.name} · {proof} · {self.memory_kind} "
+            f"{format_bytes(self.before)} -> {format_bytes(self.after)} "
+            f"(freed {format_bytes(self.freed)})" + (f" · {servers}" if servers else "")
+        )
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """`qwen3_jupyter.unload()` as a cell's last line shows the magic's line."""
+        printer.text(f"UnloadReport: {self.summary}")
 
 
 class Notices:
@@ -118,6 +157,25 @@ class Session:
     the eager engine holds nothing and is made per call."""
     notices: Notices = field(default_factory=lambda: Notices())
     """One-line notices an engine left for the next display (a fallback to eager, say)."""
+    told_thinking: set[tuple[str, bool]] = field(default_factory=set)
+    """(model, thinks) pairs `follow_template` has said."""
+
+    def follow_template(
+        self,
+        engine: Engine,
+        options: GenerationOptions,
+        tell: Callable[[str], None] | None = None,
+    ) -> GenerationOptions:
+        """`options` as the engine's model follows them. The first time in this kernel that a
+        model's chat template overrides the thinking asked for, `tell` (default: this call's
+        notices) says so: an API caller asking think=True of an Instruct-2507 got no thinking
+        and no word why. Once per model and way, as every call on that model would repeat it."""
+        followed = engine.options_for_model(options)
+        told = (engine.model_name, followed.think)
+        if followed.think != options.think and told not in self.told_thinking:
+            self.told_thinking.add(told)
+            (tell or self.notices.append)(_thinking_decided(*told))
+        return followed
 
     def add_result_listener(self, listener: Callable[[Result], None]) -> Callable[[], None]:
         """Call `listener` with every finished Result (the gauge's latency-decay signal).
@@ -314,7 +372,7 @@ class Session:
         started when a call earlier in the cell was interrupted (KeyboardInterrupt)."""
         CELL_INTERRUPTS.check()
         history = self.conversation.messages if chat else None
-        options = engine.options_for_model(options)
+        options = self.follow_template(engine, options)
         if chat:
             options = self.conversation.options_for_turn(options)
         result = engine.generate(

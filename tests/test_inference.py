@@ -326,3 +326,50 @@ def test_a_chat_call_refuses_a_wrong_option_before_the_engine(
     with pytest.raises(error) as info:
         chat("hi", **options)
     assert str(info.value).startswith(said), str(info.value)
+
+
+def test_unload_from_python_frees_the_model_and_proves_it(k: Kernel) -> None:
+    """`qwen3_jupyter.unload()` is `%qwen3 --unload` for a script: before it, a Python caller
+    had no public way to free the model, and the load notice pointed it to a magic."""
+    ok(k, "qwen3_jupyter.unload()")  # whatever earlier tests loaded: the next call loads
+    said = ok(
+        k,
+        "r = qwen3_jupyter.generate_batch(['hi'], model='tiny', max_new_tokens=2, progress=False)"
+        "\nrefs['unloaded'] = weakref.ref(SESSION.loaded.model)",
+    ).stdout
+    assert "kept until qwen3_jupyter.unload()" in said, said
+    assert k.value('alive("unloaded")'), "control: the session holds the model"
+    ok(k, "report = qwen3_jupyter.unload()")
+    assert not k.value('alive("unloaded")'), "the model object outlived unload()"
+    assert k.value("(report.name, report.model_freed, SESSION.loaded)") == ("tiny", True, None)
+    assert k.value("report.before > report.after"), "its memory was not given back"
+    shown = ok(k, "report").result()
+    assert shown.startswith("UnloadReport: unloaded tiny · model object freed · "), shown
+    again = ok(k, "qwen3_jupyter.unload()").result()
+    assert again == "UnloadReport: no model loaded in this kernel: nothing to unload", again
+
+
+def test_an_api_call_is_told_when_the_template_decides_thinking(k: Kernel) -> None:
+    """Only the magic said it: think=False to a Thinking-2507 model got a thought and no word
+    why, from generate_batch and from a chat."""
+    from tests.test_magics import TEMPLATES
+
+    batch = (
+        "qwen3_jupyter.generate_batch(['hi'], model='tiny', think={}, max_new_tokens=2, "
+        "progress=False)"
+    )
+    ok(k, batch.format(True) + "\nSESSION.told_thinking.clear()")  # said by an earlier test?
+    ok(k, TEMPLATES)
+    try:
+        ok(k, "tok.chat_template = thinking")
+        said = ok(k, batch.format(False)).stdout
+        assert "tiny always thinks (its chat template opens <think>): think=False has no " in said
+        assert "always thinks" not in ok(k, batch.format(False)).stdout, "said once"
+        ok(k, "tok.chat_template = instruct")
+        said = ok(
+            k,
+            "with qwen3_jupyter.inference(model='tiny', max_new_tokens=2) as chat:\n    chat('hi')",
+        ).stdout
+        assert "tiny does not think (its chat template has no thinking switch)" in said, said
+    finally:
+        ok(k, "tok.chat_template = hybrid")

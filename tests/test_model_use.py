@@ -73,10 +73,13 @@ def test_a_second_generation_while_one_runs_is_refused_and_the_first_is_intact(
             assert len(message.splitlines()) == 1 and "Traceback" not in message, what
         ok(kernel, "import qwen3_jupyter")
         ok(kernel, REFUSAL)
-        name, message = kernel.value(
-            "_refusal(lambda: qwen3_jupyter.generate_batch(['a'], progress=False))"
-        )
+        ok(kernel, "busy = _refusal(lambda: qwen3_jupyter.generate_batch(['a'], progress=False))")
+        name, message = kernel.value("busy")  # the cell also says the main thread's notices
         assert name == "ModelBusy" and message.startswith(BUSY)
+        # A Python caller is told what it can call (it may have no magics at all).
+        assert "(or stop it: qwen3_jupyter.stop())" in message and "%" not in message, message
+        name, message = kernel.value("_refusal(qwen3_jupyter.unload)")
+        assert name == "ModelBusy" and message.startswith(BUSY), message
         assert kernel.value("SESSION.loaded.dtype") == "float32", "the model was switched"
         assert kernel.value("engine.status is status_of_background"), "a refused call set it"
         assert "conversation cleared" in ok(kernel, "%qwen3 --reset").stdout  # needs no model
