@@ -3,8 +3,10 @@
 # GPU (10 minutes a call, 15 minutes a session with the machine's start, and an idle machine goes
 # back after 30 s: do not count on a second call). Each step starts only if the time left
 # ($GPU_CHECK_SECONDS, default 540, counted from this script's start) allows it and is cut by
-# `timeout` to what is left, so the call never runs past its limit. Everything is also written to
-# $LOG_DIR (default /tmp), so a cut-off run still reports.
+# `timeout` (SIGINT, then SIGKILL 15 s later) to what is left, so the call never runs much past
+# its limit: give the device call GPU_CHECK_SECONDS + 60 s or more (installing the wheels and
+# importing torch come before). Everything is also written to $LOG_DIR (default /tmp), so a
+# cut-off run still reports.
 #
 # Order (all): the compile-and-capture smoke test; `bench speed` on the figures issue 10's
 # targets judge (first calls in a fresh and a second fresh kernel, then batch 1 and batch 16 on
@@ -33,8 +35,15 @@ export QWEN3_JUPYTER_TEST_CACHE=$QWEN3_JUPYTER_CACHE
 status=0
 # torch logs every compile step at DEBUG ("torch.__trace"); pytest would show them all under a
 # failure, ahead of the lines that say why it failed.
-gpu_tests=(-q -s -m gpu -o log_level=INFO -p no:cacheprovider tests/test_fast_engine.py
-  tests/test_models.py tests/test_cleanup.py)
+# -v: a run cut off by its limit still names each test that ended and the one that was running.
+gpu_tests=(-v -s -m gpu -o log_level=INFO -p no:cacheprovider --durations=0
+  tests/test_fast_engine.py tests/test_models.py tests/test_cleanup.py)
+# A step cut by its limit gets SIGINT first: pytest then prints its summary and Python the
+# traceback of where it hung (SIGTERM printed nothing); SIGKILL 15 s later if it does not end.
+cut() { local seconds=$1; shift; timeout -s INT -k 15 "$seconds" "$@"; }
+# Each test's outcome and failure text in a file of $LOG_DIR as well: the device call's own
+# output pipe may lose its last lines (the summary) when the call is cut off.
+junit() { echo "--junitxml=$log/gpu-tests-at-${SECONDS}s.xml"; }
 
 left() { echo $((budget - SECONDS)); }
 step() { echo; echo "=== $1 (at ${SECONDS} s of ${budget} s)"; }
@@ -91,57 +100,57 @@ EOF
   [ "$speed_limit" -lt 90 ] && speed_limit=90
   speed_timeout=$((speed_limit + 100))
   [ "$speed_timeout" -gt $(($(left) - 10)) ] && speed_timeout=$(($(left) - 10))
-  run 150 timeout "$speed_timeout" python3 -m qwen3_jupyter.bench speed --warm-cache \
+  run 150 cut "$speed_timeout" python3 -m qwen3_jupyter.bench speed --warm-cache \
     --time-limit "$speed_limit" --batches 1,16 --paths fast,bare-static,eager \
     --json "$log/speed.json"
 
   step "issues 10 and 11: the GPU tests (fast path, loading into a full GPU, cleanup)"
-  run 90 timeout $(($(left) - 20)) python3 -m pytest "${gpu_tests[@]}"
+  run 90 cut $(($(left) - 20)) python3 -m pytest "${gpu_tests[@]}" "$(junit)"
 
   step "issue 10: what a new attention shape costs, torch's backend choice vs ours (no cuDNN)"
   # If torch picks cuDNN here and a new shape costs tens of ms, that is the eager first call's
   # 13.0 s (vs 5.0 s repeated) on the last H100 run.
-  run 30 timeout $(($(left) < 70 ? $(left) - 10 : 60)) python3 -m qwen3_jupyter.bench attention \
+  run 30 cut $(($(left) < 70 ? $(left) - 10 : 60)) python3 -m qwen3_jupyter.bench attention \
     --json "$log/attention.json"
 
   step "issue 10: where the batch-1 step's time goes; three parts vs compiled whole vs tuned"
-  run 100 timeout $(($(left) < 180 ? $(left) - 10 : 170)) python3 -m qwen3_jupyter.bench step \
+  run 100 cut $(($(left) < 180 ? $(left) - 10 : 170)) python3 -m qwen3_jupyter.bench step \
     --compare whole,tuned --json "$log/step.json"
 elif [ "$mode" = rest ]; then
   step "issue 10: bench speed, batch 4 and the bare dynamic-cache path"
   rest_limit=$(($(left) - 250))
   [ "$rest_limit" -lt 60 ] && rest_limit=60
-  run 120 timeout $(($(left) - 10)) python3 -m qwen3_jupyter.bench speed --warm-cache \
+  run 120 cut $(($(left) - 10)) python3 -m qwen3_jupyter.bench speed --warm-cache \
     --batches 4,1 --paths fast,bare-static,eager,bare --skip-first-calls \
     --time-limit "$rest_limit" --json "$log/speed-rest.json"
   step "issue 10: where the batch-1 step's time goes; three parts vs compiled whole vs tuned"
-  run 100 timeout $(($(left) < 180 ? $(left) - 10 : 170)) python3 -m qwen3_jupyter.bench step \
+  run 100 cut $(($(left) < 180 ? $(left) - 10 : 170)) python3 -m qwen3_jupyter.bench step \
     --compare whole,tuned --json "$log/step.json"
 elif [ "$mode" = decay ]; then
   step "issue 11: bench decay --quick (the README's GPU decay tables, fast path in the %qwen3 rows)"
-  run 120 timeout $(($(left) - 20)) python3 -m qwen3_jupyter.bench decay --quick --tokens 64 \
+  run 120 cut $(($(left) - 20)) python3 -m qwen3_jupyter.bench decay --quick --tokens 64 \
     --out "$log/decay"
 elif [ "$mode" = tests ]; then
   step "issues 10 and 11: the GPU tests alone, compile cache empty"
   # (an empty QWEN3_JUPYTER_TEST_CACHE: conftest builds models and compiles into a new temp dir)
   tests_cache=$(mktemp -d)
-  QWEN3_JUPYTER_TEST_CACHE=$tests_cache run 150 timeout $(($(left) - 90)) \
-    python3 -m pytest "${gpu_tests[@]}"
+  QWEN3_JUPYTER_TEST_CACHE=$tests_cache run 150 cut $(($(left) - 90)) \
+    python3 -m pytest "${gpu_tests[@]}" "$(junit)"
   step "issue 10: the full-size bf16 test (tokens and logits) again, alone, in a new process"
   # Its one failure (H200, 2026-11-28) came after a really failed capture in the same process;
   # alone, with the compile cache the run above filled, it says whether the order mattered.
-  QWEN3_JUPYTER_TEST_CACHE=$tests_cache run 60 timeout $(($(left) - 5)) \
-    python3 -m pytest "${gpu_tests[@]}" -k full_size_differs
+  QWEN3_JUPYTER_TEST_CACHE=$tests_cache run 60 cut $(($(left) - 5)) \
+    python3 -m pytest "${gpu_tests[@]}" "$(junit)" -k full_size_differs
 elif [ "$mode" = tuned ]; then
   # bench step measured the tuned step at 0.67 of the plain one's time on an H200 (523 tok/s);
   # whether whole calls keep that, and what it does to a second kernel's first call (<= 10 s)
   step "issue 10: bench speed with inductor's kernel tuning (QWEN3_JUPYTER_TUNE=1)"
   export QWEN3_JUPYTER_TUNE=1
-  run 150 timeout $(($(left) - 70)) python3 -m qwen3_jupyter.bench speed --warm-cache \
+  run 150 cut $(($(left) - 70)) python3 -m qwen3_jupyter.bench speed --warm-cache \
     --time-limit $(($(left) - 170)) --batches 1,16 --paths fast,bare-static \
     --json "$log/speed-tuned.json"
   step "tuned: the tiny float32 step gives generate's tokens"
-  run 40 timeout $(($(left) - 5)) python3 -m pytest "${gpu_tests[@]}" -k tiny_float32
+  run 40 cut $(($(left) - 5)) python3 -m pytest "${gpu_tests[@]}" "$(junit)" -k tiny_float32
 else
   echo "usage: bash scripts/gpu-check.sh [all|rest|decay|tests|tuned]" >&2
   exit 2

@@ -90,11 +90,18 @@ def end_failed_capture(previous: Any, pool: Any, graph: Any, began: bool) -> Non
     if _capture_ended(graph):  # capture_end failed after it (instantiating the graph): the
         return  # graph's reset gives its pool back, and routing has ended
     device = torch.cuda.current_device()
+    end_routing = getattr(torch._C, "_cuda_endAllocateToPool", None) or getattr(
+        torch._C,
+        "_cuda_endAllocateCurrentStreamToPool",
+        None,  # its name before torch 2.8
+    )
     try:
         # Still routing when capture_begin failed at the driver, or capture_end failed on
         # torch before 2.13; torch 2.13 ends the routing before it raises, and a capture_begin
         # that failed before routing took no reference (this raises, and `began` is false).
-        torch._C._cuda_endAllocateToPool(device, pool)
+        if end_routing is None:
+            raise RuntimeError("no way to end the routing in this torch")
+        end_routing(device, pool)
     except RuntimeError:
         if not began:
             return
