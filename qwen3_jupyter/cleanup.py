@@ -49,7 +49,7 @@ from .release_actions import (
     release_last_exception,
     release_output_cache,
 )
-from .user_namespace import user_variables
+from .user_namespace import script_variables, user_variables
 
 _log = logging.getLogger(__name__)
 
@@ -318,7 +318,8 @@ def _run_actions(
         (
             "cycles",
             lambda: release_cycles(
-                user_variables(shell) if shell is not None else None, full_gc_reason
+                user_variables(shell) if shell is not None else script_variables(),
+                full_gc_reason,
             ),
         )
     )

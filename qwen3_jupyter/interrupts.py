@@ -231,6 +231,11 @@ _EXIT_CODE = _LandingInterrupts.__exit__.__code__
 INTERRUPTED_EARLIER = "a call earlier in this cell was interrupted; run the cell again"
 """Why a call did not start: a bare `KeyboardInterrupt:` said nothing of the earlier call."""
 
+INTERRUPTED_EARLIER_IN_SCRIPT = (
+    "a call earlier in this program was interrupted (Ctrl-C; it returned what it finished), so "
+    "this one did not start"
+)
+
 
 class CellInterrupts:
     """One interrupt stops every later call of the cell it landed in.
@@ -239,8 +244,13 @@ class CellInterrupts:
     done), so a loop of calls in the cell went on with its next call: one press of the stop
     button and the cell ran 28 s more (measured, three calls of a loop). A call ended so is
     noted (`note`); the cell's next call raises KeyboardInterrupt before it starts (`check`);
-    the next cell starts clear (IPython's pre_run_cell). Only on the main thread of an IPython
-    shell: nowhere else is there a cell, or an interrupt.
+    the next cell starts clear (IPython's pre_run_cell). Only on the main thread: nowhere else
+    is there an interrupt.
+
+    A script (no IPython shell, no interactive prompt) is one cell: its Ctrl-C ended one call
+    and the script went on with the next, and exited 0. There the next call raises it, once
+    (a script that catches it may go on). A plain `python` prompt has no cells to scope it
+    to, so there, as before, an interrupt ends only its own call.
     """
 
     def __init__(self) -> None:
@@ -254,6 +264,7 @@ class CellInterrupts:
             return
         shell = _shell()
         if shell is None:
+            self._interrupted = not hasattr(sys, "ps1")  # a script, not the `>>>` prompt
             return
         if self._watched is not shell:
             from . import lifecycle
@@ -271,8 +282,12 @@ class CellInterrupts:
 
     def check(self) -> None:
         """Raise KeyboardInterrupt if a call earlier in this cell was interrupted."""
-        if self._interrupted and threading.current_thread() is threading.main_thread():
-            raise KeyboardInterrupt(INTERRUPTED_EARLIER)
+        if not self._interrupted or threading.current_thread() is not threading.main_thread():
+            return
+        if _shell() is None:
+            self._interrupted = False  # delivered: a script that catches it may go on
+            raise KeyboardInterrupt(INTERRUPTED_EARLIER_IN_SCRIPT)
+        raise KeyboardInterrupt(INTERRUPTED_EARLIER)
 
     def _clear(self, *info: Any) -> None:
         self._interrupted = False

@@ -39,6 +39,16 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 OUTPUT = ROOT / "test-output"
 
 
+@pytest.fixture(autouse=True)
+def interrupts_end_with_the_test() -> Iterator[None]:
+    """Each test is a program of its own: outside IPython an interrupt that ended a call stops
+    the program's next call, so one an in-process test noted must not stop the next test's."""
+    yield
+    from qwen3_jupyter.interrupts import CELL_INTERRUPTS
+
+    CELL_INTERRUPTS.forget()
+
+
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache of embedded models for the whole run (the tiny model is built once).

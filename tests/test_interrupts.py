@@ -345,3 +345,46 @@ def test_an_interrupt_spares_the_compilers_child_processes_and_still_lands(
         assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
     else:  # the control: without it, the child dies of the interrupt
         assert child.returncode != 0 and not out.exists()
+
+
+SCRIPT_INTERRUPTED = """
+import os, signal, qwen3_jupyter
+def on_text(text):  # Ctrl-C, while the first answer streams
+    if not fired:
+        fired.append(1)
+        os.kill(os.getpid(), signal.SIGINT)
+fired = []
+with qwen3_jupyter.inference(model="tiny", max_new_tokens=40, ignore_eos=True) as chat:
+    print("first:", chat("hi", on_text=on_text).stop_reason, flush=True)
+    try:
+        chat("again")
+    except KeyboardInterrupt as caught:
+        print("second:", caught, flush=True)
+    print("third:", chat("and again", max_new_tokens=2).stop_reason, flush=True)
+    fired.clear()
+    print("fourth:", chat("hi", on_text=on_text).stop_reason, flush=True)
+    chat("and again")
+    print("a line the script should not reach", flush=True)
+"""
+
+
+def test_a_scripts_ctrl_c_stops_the_script_at_its_next_call(model_cache: Path) -> None:
+    """Outside IPython a call ended by Ctrl-C returns what it finished, and the script went on
+    with its next call and exited 0; now that next call raises the interrupt (once: a script
+    that catches it may go on)."""
+    import subprocess
+
+    ran = subprocess.run(
+        [sys.executable, "-c", SCRIPT_INTERRUPTED],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    said = [line for line in ran.stdout.splitlines() if not line.startswith("[qwen3] ")]
+    assert said[:1] == ["first: interrupted"], (said, ran.stderr[-2000:])
+    assert said[1].startswith("second: a call earlier in this program was interrupted"), said
+    assert said[2:] == ["third: length", "fourth: interrupted"], "delivered once: then it ran"
+    assert "should not reach" not in ran.stdout, "the second Ctrl-C did not stop the script"
+    assert ran.returncode != 0, ran.returncode
+    assert ran.stderr.rstrip().endswith("so this one did not start"), ran.stderr[-500:]

@@ -1054,3 +1054,36 @@ def test_a_memory_budget_for_a_server_batch_is_named_as_ignored(
     assert "memory_budget= applies to a model in this kernel: ignored for a server" in (
         said.out + said.err
     )
+
+
+SCRIPT_ENDS_DURING_A_BATCH = """
+import sys, threading, time, qwen3_jupyter
+prompts = [f"p{i}" for i in range(12)]
+threading.Thread(
+    target=lambda: qwen3_jupyter.generate_batch(
+        prompts, server=sys.argv[1], model="m1", concurrency=2, progress=False
+    ),
+    daemon=True,
+).start()
+time.sleep(1.5)  # the first two requests are in flight, waiting for the server
+print("the script's last line", flush=True)
+"""
+
+
+def test_a_script_ends_while_its_daemon_thread_runs_a_server_batch() -> None:
+    """The worker threads were joined at exit after draining every queued prompt: a script
+    whose daemon thread ran a server batch exited only once the whole batch had been asked
+    (hours for a large one). Now it ends with the script; the prompts not yet sent never are."""
+    import subprocess
+    import sys
+
+    with ScriptedServer(model="m1", wait=3.0) as server:
+        ran = subprocess.run(
+            [sys.executable, "-c", SCRIPT_ENDS_DURING_A_BATCH, server.url("slowfirst")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        asked = [path for method, path in server.requests if method == "POST"]
+    assert ran.returncode == 0 and "the script's last line" in ran.stdout, ran.stderr[-1000:]
+    assert len(asked) <= 2, f"{len(asked)} requests: the batch went on after the script ended"

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 
 from ..batch_progress import BatchProgress
@@ -22,6 +22,7 @@ from ..batching import BatchReport, BatchResults, _JsonLines, append_results, st
 from ..generation import Result
 from ..interrupts import interrupt_deferred, interrupts_ignored
 from ..server_calls import SERVER_CALLS
+from .daemon_pool import DaemonPool
 
 FINISH_AFTER_CANCEL_S = 1.0
 """How long an interrupted batch waits for its closed streams to end, before it collects."""
@@ -64,7 +65,7 @@ def run_concurrently(
     interrupted = False
     started = time.perf_counter()
     bar = BatchProgress(len(prompts), "qwen3 server batch", progress)
-    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="qwen3-remote")
+    pool = DaemonPool(min(concurrency, max(1, len(prompts))), "qwen3-remote")
     futures: dict[Future[Result], int] = {}
 
     def collect(done: set[Future[Result]] | list[Future[Result]]) -> None:
@@ -97,13 +98,13 @@ def run_concurrently(
         interrupted = True
         with interrupts_ignored():  # a second press here would lose every result kept
             cancel()
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown()
             # A stream that had its finish chunk when it was closed still ends as a whole
             # answer, a moment later; the closed ones end at once, so this wait is short.
             wait([f for f in futures if f.running()], timeout=FINISH_AFTER_CANCEL_S)
             collect([f for f in futures if f.done()])
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown()
         bar.close()
     errors = [f.exception() for f in futures if f.done() and not f.cancelled()]
     unexpected = [e for e in errors if e is not None and not (interrupted or write_failed)]
