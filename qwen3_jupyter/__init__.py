@@ -41,6 +41,7 @@ _LAZY: dict[str, str] = {
     "ModelBusy": "model_use",
     "unload": "unloading",
     "UnloadReport": "session",
+    "reset_chat": "session",
 }
 
 
@@ -56,6 +57,7 @@ __all__ = [
     "gauge",
     "generate_batch",
     "inference",
+    "reset_chat",
     "split_thinking",
     "stop",
     "unload",

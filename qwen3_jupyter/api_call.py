@@ -172,6 +172,10 @@ def _raised_here(exc: BaseException) -> bool:
 
 
 _MAGIC_TO_API = (
+    (
+        "--reset clears a --chat conversation",
+        "qwen3_jupyter.reset_chat() clears a chat=True conversation",
+    ),
     ("%qwen3 --eager or --unload gives it back", "decode='eager' or unload() gives it back"),
     ("run %qwen3 --eager once to reset", "make one call with decode='eager' to reset"),
     ("%qwen3 --eager resets the choice", "a call with decode='eager' resets the choice"),

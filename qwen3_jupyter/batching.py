@@ -226,7 +226,7 @@ def generate_batch(
     generation = options_from_kwargs(options, _BATCH_KEYWORDS)
     budget = memory_budget_bytes(memory_budget)
     if not prompt_list:  # a filter that left nothing: no model is loaded, no server asked
-        if progress and display.in_kernel():
+        if progress:  # a script's log says it too (README: "with one line saying so")
             display.info("generate_batch got no prompts: nothing was generated")
         return _no_results(batch_size)
     local = server_url(server, configured().get("server")) is None

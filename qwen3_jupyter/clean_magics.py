@@ -26,6 +26,9 @@ from .memory import format_bytes
 
 _DEFINITIONS = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)
 _IPYTHON_OWN = ("_", "__", "___", "_i", "_ii", "_iii", "_ih", "_oh", "_dh", "In", "Out")
+_OWN = ("_qwen3",)
+"""The package's own names: `%qwen3`'s last result (plain values: dropping it frees nothing and
+loses the answer)."""
 
 
 @magics_class
@@ -44,7 +47,7 @@ class CleanMagics(Magics):
         action="store_true",
         help=(
             "Delete the variables this cell created (never ones that existed before it, nor "
-            "what its import, def and class statements bound)."
+            "what its import, def and class statements bound, nor %%qwen3's _qwen3)."
         ),
     )
     @argument(
@@ -223,7 +226,7 @@ def created_names(
     shell: Any, before: set[str], keep: tuple[str, ...], defined: frozenset[str] = frozenset()
 ) -> tuple[str, ...]:
     """Names the cell added to the user namespace, minus `keep`, IPython's own (`_N`, `_`),
-    and what the cell imported or defined (`defined`, and any module, function or class):
+    `_qwen3`, and what the cell imported or defined (`defined`, and any module, function or class):
     dropping them would break the next cell that uses them (a definition that holds tensors
     is named in the report instead, see `kept_definitions`)."""
     hidden = getattr(shell, "user_ns_hidden", {})
@@ -235,6 +238,7 @@ def created_names(
         and name not in defined
         and name not in hidden
         and name not in _IPYTHON_OWN
+        and name not in _OWN
         and not (name.startswith("_") and name[1:].isdigit())
         and not (name.startswith("_i") and name[2:].isdigit())
         and not isinstance(value, _DEFINITIONS)

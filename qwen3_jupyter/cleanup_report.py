@@ -209,7 +209,11 @@ class CleanupReport:
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         """`cleanup()` as a cell's last line shows what `%qwen3_clean` prints, not a wall of
         nested fields (the fields stay there to read: `report.devices`, `to_dict()`)."""
-        printer.text("\n".join([self.summary(), *(f"  {line}" for line in self.details())]))
+        printer.text(str(self))
+
+    def __str__(self) -> str:
+        """`print(cleanup())` in a script: the same lines, not the nested dataclass."""
+        return "\n".join([self.summary(), *(f"  {line}" for line in self.details())])
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form (for the sidebar's "Free memory" button and the gauge)."""

@@ -254,19 +254,25 @@ class Conversation:
     messages: list[dict[str, str]] = field(default_factory=list)
     system: str | None = None
     """The `--system` of the conversation: given on one `--chat` turn, it stays for the later
-    ones (a persona set on the first turn vanished from the second); a new one replaces it."""
+    ones (a persona set on the first turn vanished from the second); a new one replaces it, an
+    empty one (`--system ""`) clears it."""
 
     def options_for_turn(self, options: GenerationOptions) -> GenerationOptions:
-        """`options` with the conversation's system prompt, unless this turn gives its own."""
-        if options.system or not self.system:
+        """`options` with the conversation's system prompt, unless this turn gives its own (an
+        empty one, `--system ""`, included: it asks for none)."""
+        if options.system is not None or not self.system:
             return options
         return replace(options, system=self.system)
 
     def keep_turn(self, options: GenerationOptions, prompt: str, answer: str) -> None:
-        """Add a turn that ended (an interrupted one is not kept, nor its `--system`)."""
-        self.system = options.system or self.system
-        self.messages.append({"role": "user", "content": prompt})
-        self.messages.append({"role": "assistant", "content": answer})
+        """Add a turn that ended (an interrupted one is not kept, nor its `--system`); an empty
+        `--system` clears the conversation's. The question and its answer go in one step: an
+        interrupt between two appends left a question with no answer for later turns."""
+        self.messages.extend(
+            ({"role": "user", "content": prompt}, {"role": "assistant", "content": answer})
+        )
+        if options.system is not None:
+            self.system = options.system or None
 
     def reset(self) -> None:
         self.messages.clear()

@@ -304,11 +304,19 @@ def _wrap(name: str, replacement: Any) -> Any:
     return functools.wraps(_ORIGINAL[name])(replacement)
 
 
+OWN_RESULTS = frozenset({"_qwen3"})
+"""Names the magics rebind on every call to a result of plain values, which cannot be a
+stranded cycle: counting them as rebound made every `%qwen3` turn under `%qwen3_autoclean` a
+full gc while the previous result was still referenced (kept in a list, or in `Out`)."""
+
+
 def _remember(variables: Mapping[str, Any]) -> dict[str, tuple[int, type, weakref.ref[Any] | None]]:
     """Identity, type and (where possible) a weak reference of each variable that could take
     part in a cycle, to tell at the next cleanup whether a deleted or rebound value is gone."""
     remembered: dict[str, tuple[int, type, weakref.ref[Any] | None]] = {}
     for name, value in variables.items():
+        if name in OWN_RESULTS:
+            continue
         if not gc.is_tracked(value):
             continue  # atomic (numbers, strings, tuples of them): never part of a cycle
         try:

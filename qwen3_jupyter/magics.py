@@ -8,6 +8,7 @@ option values are paths, URLs and numbers, expanded as IPython expands any magic
 
 from __future__ import annotations
 
+import os
 import sys
 from argparse import Namespace
 from contextlib import nullcontext
@@ -27,7 +28,7 @@ from traitlets import Float, Unicode
 
 from . import display
 from .batching import ResultsFileError, memory_budget_bytes, parse_size
-from .engines import Engine, EngineError, decode_mode, server_url
+from .engines import SERVER_ENV, Engine, EngineError, decode_mode, server_url
 from .engines.urls import mask_url
 from .gauge import inline_gauge
 from .generation import DEFAULT_MAX_NEW_TOKENS, GenerationOOM, GenerationOptions, broken_rules
@@ -46,7 +47,7 @@ from .models import (
 from .prompt_files import PromptFileError, read_prompts
 from .prompt_line import expander, parse_line, protect_prompt_lines
 from .prompt_vars import PromptVarsError, fill
-from .session import SESSION
+from .session import SESSION, reset_chat
 from .unloading import unload_whole
 
 DEFAULT_BATCH_SIZE = 4
@@ -96,7 +97,8 @@ class Qwen3Magics(Magics):
         help="Ask an OpenAI-compatible server (vLLM, SGLang, transformers serve) instead of a "
         "model in this kernel, e.g. http://localhost:8000/v1; --model then names the served "
         "model (default: the server's first). API key: $QWEN3_JUPYTER_API_KEY or "
-        "$OPENAI_API_KEY.",
+        '$OPENAI_API_KEY. --server "" uses the model in this kernel, whatever server '
+        "$QWEN3_JUPYTER_SERVER or %%config Qwen3Magics.server name.",
     )
     @argument("--device", help="cpu, cuda or cuda:N (default: cuda if present, else cpu).")
     @argument(
@@ -174,7 +176,11 @@ class Qwen3Magics(Magics):
         action="store_true",
         help="Continue this kernel's conversation (default: independent call).",
     )
-    @argument("--reset", action="store_true", help="Clear the conversation.")
+    @argument(
+        "--reset",
+        action="store_true",
+        help="Clear the conversation (from Python: qwen3_jupyter.reset_chat()).",
+    )
     @argument(
         "--file",
         metavar="PROMPTS",
@@ -335,8 +341,7 @@ class Qwen3Magics(Magics):
 
     def _run_holding(self, args: Namespace, prompt: str, batch: list[str] | None) -> None:
         if args.reset:
-            SESSION.conversation.reset()
-            display.info("conversation cleared")
+            display.info(reset_chat())
         if args.unload:
             _show_unload(unload_whole())
         if args.eager and not prompt and not args.file:
@@ -380,7 +385,7 @@ class Qwen3Magics(Magics):
             if args.device or args.dtype or args.eager or args.fast or args.warmup:
                 raise UsageError(
                     "--device, --dtype, --eager, --fast and --warmup apply to a model in this "
-                    "kernel, not with --server"
+                    f"kernel, not with {_server_source(args.server)}"
                 )
             status.show(f"connecting to {mask_url(url)}…")
             return SESSION.remote_engine(url, args.model)
@@ -553,6 +558,19 @@ def _warmup_caveat(engine: Engine, configured: str | None) -> str:
     )
 
 
+def _server_source(flag: str | None) -> str:
+    """Where the server a call would use came from, for a message about it: the user may
+    never have typed --server (a `%config` line in an earlier cell set it)."""
+    if flag:
+        return "--server"
+    where = (
+        f"${SERVER_ENV}"
+        if (os.environ.get(SERVER_ENV) or "").strip()
+        else "%config Qwen3Magics.server"
+    )
+    return f'the server set by {where} (--server "" uses the model in this kernel)'
+
+
 def _show_unload(report: Any) -> None:
     display.info(report.summary)
 
@@ -616,6 +634,7 @@ def _validate(args: Namespace, prompt: str) -> list[str] | None:
         and not (args.reset or args.unload or args.eager or args.warmup or args.stop)
     ):
         raise UsageError("empty prompt: write %qwen3 [options] PROMPT (see %qwen3?)")
+    _refuse_options_alone(args, prompt)
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
     if args.concurrency is not None and args.concurrency < 1:
@@ -656,6 +675,44 @@ def _validate(args: Namespace, prompt: str) -> list[str] | None:
         extra = " (use --greedy for deterministic output)" if name == "temperature" else ""
         raise UsageError(f"--{name.replace('_', '-')} {rule}{extra}")
     return batch
+
+
+_ALONE = {
+    "reset": (
+        "--reset alone clears the conversation",
+        "to start over with a system prompt: %qwen3 --reset --chat --system '…' PROMPT",
+    ),
+    "unload": ("--unload alone frees the model", "unload, then ask in the next cell"),
+    "eager": (
+        "--eager alone gives back what the fast path keeps",
+        "to decode eagerly: %qwen3 --eager [options] PROMPT",
+    ),
+}
+"""The actions `%qwen3` takes without a prompt (with --warmup and --stop, which have rules of
+their own): what each does, and the line that means what other options would ask."""
+
+
+def _refuse_options_alone(args: Namespace, prompt: str) -> None:
+    """`%qwen3 --reset --system "You are a pirate" --no-think` printed "conversation cleared"
+    and dropped every other option without a word: without a prompt they have nothing to
+    apply to. Refuse them in one line (the actions themselves may go together)."""
+    if prompt or args.file or args.warmup or args.stop:
+        return
+    actions = [name for name in _ALONE if getattr(args, name)]
+    extra = _options_given(args, exclude=tuple(_ALONE))
+    if not actions or not extra:
+        return
+    flags = [_flag_name(name, getattr(args, name)) for name in extra]
+    listed = ", ".join(flags[:-1]) + (" and " if len(flags) > 1 else "") + flags[-1]
+    does, instead = _ALONE[actions[0]]
+    raise UsageError(f"{does}: {listed} would do nothing without a prompt ({instead})")
+
+
+def _flag_name(dest: str, value: Any) -> str:
+    """The flag that set `dest` (`think` False: --no-think)."""
+    if dest == "think" and value is False:
+        return "--no-think"
+    return f"--{dest.replace('_', '-')}"
 
 
 def _budget(args: Namespace) -> int | None:

@@ -23,6 +23,7 @@ from IPython.utils.text import DollarFormatter
 from .magic_args import did_you_mean, is_number, options_of, plain_value_error
 
 _TOKEN = re.compile(r"\S+")
+_LEADING_BLANK_LINES = re.compile(r"\A(?:[ \t]*\r?\n)+")
 
 
 def expander(namespace: dict[str, Any]) -> Callable[[str], str]:
@@ -55,8 +56,8 @@ def parse_line(
     if not ended:  # `%%qwen3 Summarise --no-think`: the first line's text is prompt text too
         magic_name = "%qwen3" if cell is None else "%%qwen3"
         _refuse_trailing_options(magic, magic_name, line[:position], prompt, takes_value)
-    if cell is not None:
-        prompt = "\n".join(p for p in (prompt, cell.strip()) if p)
+    if cell is not None:  # the body's first line keeps its indentation (pasted code)
+        prompt = "\n".join(p for p in (prompt, _LEADING_BLANK_LINES.sub("", cell.rstrip())) if p)
     return args, _unquoted_empty(prompt)
 
 
@@ -192,14 +193,20 @@ def _read_value(line: str, position: int, name: str, allow_empty: bool = False) 
     return value or "", start + stream.tell()
 
 
-_PROMPT_LINE = re.compile(r"^(\s*)%qwen3[ \t]+(?!\?+\s*$)(.*\S)\s*$")
+_PROMPT_LINE = re.compile(
+    r"^(\s*)((?:[A-Za-z_][\w.]*(?:\s*,\s*[A-Za-z_][\w.]*)*\s*=\s*)?)"
+    r"%qwen3[ \t]+(?!\?+\s*$)(.*\S)\s*$"
+)
+"""A `%qwen3 PROMPT` line, or one assigning its value (`r = %qwen3 PROMPT`, IPython's own
+`x = %magic` form), but not `%qwen3?` or `%qwen3 ?` (help)."""
 
 
 def protect_prompt_lines(lines: list[str]) -> list[str]:
     """Turn `%qwen3 PROMPT` lines into explicit magic calls before IPython reads them.
 
     IPython treats a line ending in `?` as a help request (`%qwen3 What is a kernel?` would
-    show help for `kernel`); prompts often end in `?`. `%qwen3?` alone still shows help. A
+    show help for `kernel`, and so would `r = %qwen3 What is it?`, which stays an assignment);
+    prompts often end in `?`. `%qwen3?` alone still shows help. A
     cell magic's body (`%%writefile`, `%%qwen3`'s prompt) and a line inside a string are text
     and stay as typed; a cell magic that runs its body as Python transforms it again.
     """
@@ -210,8 +217,8 @@ def protect_prompt_lines(lines: list[str]) -> list[str]:
     for number, line in enumerate(lines):
         match = None if number in in_strings else _PROMPT_LINE.match(line)
         if match:
-            indent, rest = match.groups()
-            line = f"{indent}get_ipython().run_line_magic('qwen3', {rest!r})\n"
+            indent, target, rest = match.groups()
+            line = f"{indent}{target}get_ipython().run_line_magic('qwen3', {rest!r})\n"
         out.append(line)
     return out
 

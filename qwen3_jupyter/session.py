@@ -388,9 +388,10 @@ class Session:
             if result.answer.strip():
                 self.conversation.keep_turn(options, prompt, result.answer)
             else:  # an empty assistant turn would be what the next turn builds on
+                advice = "raise --max-new-tokens" + (", or --no-think" if options.think else "")
                 self.notices.append(
-                    "this --chat turn has no answer (raise --max-new-tokens, or --no-think): it "
-                    "was not added to the conversation"
+                    f"this --chat turn has no answer ({advice}): it was not added to the "
+                    "conversation"
                 )
         self.last_result = result
         for listener in list(self.result_listeners):
@@ -435,3 +436,14 @@ FIRST_CALL_IMPORTS = ("torch", "transformers", QWEN3_MODEL_CODE)
 
 SESSION = Session()
 HOLDER.before_release.append(SESSION.model_released)
+
+
+def reset_chat() -> str:
+    """Clear the kernel's conversation (its turns and its system prompt), as `%qwen3 --reset`
+    does: from Python, `chat(..., chat=True)` added to it and nothing cleared it. One line says
+    what went."""
+    turns = len(SESSION.conversation.messages) // 2
+    SESSION.conversation.reset()
+    if not turns:
+        return "conversation cleared (it was empty)"
+    return f"conversation cleared ({turns} turn{'s' if turns > 1 else ''})"

@@ -271,6 +271,16 @@ def test_no_prompts_are_no_work_not_a_model_load(kernel: Kernel) -> None:
     assert quiet.stdout == ""
 
 
+def test_no_prompts_are_said_outside_a_kernel_too(capsys: pytest.CaptureFixture[str]) -> None:
+    """A script's log said nothing for an empty batch (the line was shown in kernels only)."""
+    assert len(generate_batch([])) == 0
+    assert (
+        capsys.readouterr().out == "[qwen3] generate_batch got no prompts: nothing was generated\n"
+    )
+    generate_batch([], progress=False)
+    assert capsys.readouterr().out == ""
+
+
 def test_an_empty_prompt_is_refused_naming_its_index(kernel: Kernel) -> None:
     """Before, a blank prompt got a full answer to nothing (512 tokens)."""
     ok(kernel, "import qwen3_jupyter")

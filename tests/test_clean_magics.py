@@ -292,3 +292,17 @@ def test_drop_names_the_definitions_it_keeps_that_hold_tensors(k: Kernel) -> Non
     finally:
         ok(k, "del make, f, Table, plain\ngc.collect()  # a class is a cycle")
     assert not alive(k, "closure") and not alive(k, "class"), "the hint's `del` frees it"
+
+
+def test_drop_keeps_the_answer_of_a_qwen3_call_in_the_cell(k: Kernel) -> None:
+    """`_qwen3` is the package's own result (plain values): `--drop` deleted it as a name the
+    cell created, so the answer was lost and no memory freed."""
+    ok(k, "globals().pop('_qwen3', None)")
+    dropped = ok(
+        k,
+        "%%qwen3_clean --drop\n"
+        "%qwen3 --model tiny --greedy --no-think --max-new-tokens 2 hi\n"
+        "scratch = torch.ones(8)",
+    )
+    assert "dropped names (scratch)" in report_lines(dropped)[0], "control: --drop dropped"
+    assert k.value("_qwen3.prompt") == "hi"

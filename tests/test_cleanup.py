@@ -949,6 +949,7 @@ gone = weakref.ref(a)
 qwen3_jupyter.cleanup()  # the first, full: what survives it is frozen, the cycle too
 del a
 report = qwen3_jupyter.cleanup()
+print(report)
 print(gone() is None, report.gc_pass, sep="|")
 """
 
@@ -965,3 +966,6 @@ def test_a_scripts_deleted_variable_gets_its_frozen_cycle_freed(model_cache: Pat
         ran.stderr[-1000:],
     )
     assert freed == "True", "the cycle outlived the cleanup"
+    printed = ran.stdout.strip().splitlines()[-2]  # print(report): the summary, not the fields
+    assert printed.endswith("full gc (`a` was deleted; its old value may be a stranded cycle)")
+    assert "CleanupReport(" not in ran.stdout, printed

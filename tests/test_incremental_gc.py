@@ -332,3 +332,30 @@ def test_an_interrupt_arriving_during_a_collection_is_sent_again_not_dropped(
     finally:
         del cycles
     assert "Exception ignored" not in capsys.readouterr().err
+
+
+def test_a_chat_turn_under_autoclean_is_not_a_full_gc_for_the_rebound_result(
+    frozen: Kernel,
+) -> None:
+    """`_qwen3` is rebound by every call; with the previous result still referenced (a list,
+    `Out`), every turn under `%qwen3_autoclean on` was a full gc ("`_qwen3` was rebound"),
+    though a result of plain values cannot be a stranded cycle."""
+    k = frozen
+    ok(k, "%qwen3 --model tiny --greedy --no-think --max-new-tokens 2 hi\nkept = [_qwen3]")
+    assert "autoclean on" in ok(k, "%qwen3_autoclean on").stdout
+    try:
+        for turn in range(3):
+            ok(k, f"%qwen3 --chat --greedy --no-think --max-new-tokens 2 turn {turn}")
+            # The pass after the turn's cell (this cell's own runs after it has answered).
+            after_turn = k.value("(COLLECTOR.last.full, COLLECTOR.last.describe())")
+            assert after_turn[0] is False, f"turn {turn}: {after_turn[1]}"
+            ok(k, "kept.append(_qwen3)")
+    finally:
+        assert "autoclean off" in ok(k, "%qwen3_autoclean off").stdout
+        ok(k, "del kept\n%qwen3 --reset")
+    ok(k, "results = [1]\nqwen3_jupyter.cleanup()")
+    ok(k, "kept_list = results\nresults = [2]")  # control: the rule still fires for others
+    assert k.value("qwen3_jupyter.cleanup().gc_pass") == (
+        "full gc (`results` was rebound; its old value may be a stranded cycle)"
+    )
+    ok(k, "del results, kept_list")

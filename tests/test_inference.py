@@ -373,3 +373,85 @@ def test_an_api_call_is_told_when_the_template_decides_thinking(k: Kernel) -> No
         assert "tiny does not think (its chat template has no thinking switch)" in said, said
     finally:
         ok(k, "tok.chat_template = hybrid")
+
+
+def test_reset_chat_clears_the_conversation_chat_true_builds(k: Kernel) -> None:
+    """`chat(..., chat=True)` added to the kernel's conversation and only `%qwen3 --reset`
+    cleared it; the positions-limit error told a Python caller to use `--reset`."""
+    ok(k, "qwen3_jupyter.reset_chat()")
+    ok(
+        k,
+        "with qwen3_jupyter.inference(model='tiny', think=False, seed=4, max_new_tokens=6)"
+        " as chat:\n"
+        "    chat('hi', chat=True, system='Be a pirate')\n"
+        "    chat('again', chat=True)\n"
+        "    alone = chat('hi').prompt_tokens\n"
+        "    too_long = None\n"
+        "    try:\n"
+        "        chat('more', chat=True, max_new_tokens=4080)\n"
+        "    except Exception as exc:\n"
+        "        too_long = str(exc)",
+    )
+    assert k.value("(len(SESSION.conversation.messages), SESSION.conversation.system)") == (
+        4,
+        "Be a pirate",
+    )
+    message = k.value("too_long")
+    assert "shorten it (qwen3_jupyter.reset_chat() clears a chat=True conversation)" in message
+    assert "--" not in message, message
+    assert k.value("qwen3_jupyter.reset_chat()") == "conversation cleared (2 turns)"
+    assert k.value("(SESSION.conversation.messages, SESSION.conversation.system)") == ([], None)
+    assert k.value("qwen3_jupyter.reset_chat()") == "conversation cleared (it was empty)"
+    assert "reset_chat" in k.value("qwen3_jupyter.__all__")
+    ok(
+        k,
+        "with qwen3_jupyter.inference(model='tiny', think=False, seed=4, max_new_tokens=6)"
+        " as chat:\n"
+        "    fresh = chat('hi', chat=True).prompt_tokens",
+    )
+    assert k.value("fresh == alone"), "the next chat=True turn starts a new conversation"
+    ok(k, "qwen3_jupyter.reset_chat()")
+
+
+def test_an_empty_system_clears_the_chats_system_prompt(k: Kernel) -> None:
+    """`system=""` on a chat=True turn kept the conversation's persona (`options.system or
+    self.system`): an empty one now clears it, as a new one replaces it."""
+    ok(k, "qwen3_jupyter.reset_chat()")
+    ok(
+        k,
+        "with qwen3_jupyter.inference(model='tiny', think=False, seed=4, max_new_tokens=6)"
+        " as chat:\n"
+        "    chat('hi', chat=True, system='Be a pirate')\n"
+        "    chat('again', chat=True, system='')\n"
+        "    after = chat('more', chat=True)",
+    )
+    assert k.value("SESSION.conversation.system") is None
+    expected = k.value(
+        "len(SESSION.loaded.tokenizer(SESSION.loaded.tokenizer.apply_chat_template("
+        "[*SESSION.conversation.messages[:4], {'role': 'user', 'content': 'more'}], "
+        "add_generation_prompt=True, enable_thinking=False, tokenize=False))['input_ids'])"
+    )
+    assert k.value("after.prompt_tokens") == expected, "the persona came back on turn 3"
+    ok(k, "qwen3_jupyter.reset_chat()")
+
+
+def test_an_empty_server_argument_uses_the_model_in_this_kernel(k: Kernel) -> None:
+    """With `%config Qwen3Magics.server` set, `server=""` asked that server all the same (an
+    empty value fell through to the config): it now means this kernel's model, as
+    `--server ""` does."""
+    ok(k, "%config Qwen3Magics.server = 'http://127.0.0.1:9/v1'")
+    try:
+        refused = k.run(
+            "qwen3_jupyter.generate_batch(['hi'], model='tiny', max_new_tokens=2, progress=False)"
+        )
+        assert refused.status == "error", "control: the configured server is used"
+        ok(
+            k,
+            "batch = qwen3_jupyter.generate_batch(['hi'], model='tiny', server='', "
+            "max_new_tokens=2, progress=False)\n"
+            "with qwen3_jupyter.inference(model='tiny', server='') as chat:\n"
+            "    one = chat('hi', max_new_tokens=2)",
+        )
+        assert k.value("(batch[0].model, one.model)") == ("tiny", "tiny")
+    finally:
+        ok(k, "%config Qwen3Magics.server = ''")

@@ -315,6 +315,29 @@ def test_trailing_question_mark_is_a_prompt_not_a_help_request(kernel: Kernel) -
     assert kernel.value("_qwen3.prompt") == "What is a kernel?"
 
 
+def test_an_assigned_line_ending_in_a_question_mark_is_a_prompt_too(kernel: Kernel) -> None:
+    """`r = %qwen3 ... What is it?` was IPython's help request ("Object `it` not found"): only
+    lines starting with `%qwen3` were protected. It stays an assignment (of None: the magic
+    returns nothing)."""
+    ok(kernel, "_qwen3 = r = 'before'")
+    ex = ok(kernel, "r = %qwen3 --model tiny --no-think --max-new-tokens 2 What is it?")
+    assert "not found" not in ex.stdout, ex.stdout
+    assert kernel.value("_qwen3.prompt") == "What is it?"
+    assert kernel.value("r") is None
+    ok(kernel, "def ask():\n    out = %qwen3 --max-new-tokens 2 --no-think And why?\n    return 1")
+    ok(kernel, "ask()")
+    assert kernel.value("_qwen3.prompt") == "And why?"
+
+
+def test_the_cell_forms_body_keeps_its_first_lines_indentation(kernel: Kernel) -> None:
+    """`%%qwen3` stripped the body, so a pasted indented block lost its first line's indent."""
+    body = "    return x\n  else:\n    pass"
+    ok(kernel, f"%%qwen3 --no-think --max-new-tokens 2 Fix this:\n\n  \n{body}\n\n")
+    assert kernel.value("_qwen3.prompt") == f"Fix this:\n{body}"
+    ok(kernel, f"%%qwen3 --no-think --max-new-tokens 2\n{body}  \n")
+    assert kernel.value("_qwen3.prompt") == body
+
+
 def test_a_qwen3_line_in_a_string_or_a_cell_magics_body_stays_text(
     kernel: Kernel, tmp_path: Path
 ) -> None:
@@ -573,6 +596,96 @@ def test_a_system_prompt_stays_for_the_whole_chat(kernel: Kernel) -> None:
     assert kernel.value("S.conversation.system") == "Be brief"
     ok(kernel, "%qwen3 --reset")
     assert kernel.value("S.conversation.system") is None
+
+
+def test_an_empty_system_clears_the_chats_system_prompt(kernel: Kernel) -> None:
+    """`--system ""` on a --chat turn kept the persona (`options.system or self.system`)."""
+    kernel.run("%qwen3 --reset")
+    ok(kernel, '%qwen3 --chat --system "Be a pirate" --no-think --max-new-tokens 4 --seed 4 Hi')
+    ok(kernel, '%qwen3 --chat --system "" --no-think --max-new-tokens 4 --seed 4 Again')
+    ok(kernel, "from qwen3_jupyter.session import SESSION as S")
+    assert kernel.value("S.conversation.system") is None
+    expected = kernel.value(
+        "len(S.loaded.tokenizer(S.loaded.tokenizer.apply_chat_template("
+        "[*S.conversation.messages[:2], {'role': 'user', 'content': 'Again'}], "
+        "add_generation_prompt=True, enable_thinking=False, tokenize=False))['input_ids'])"
+    )
+    assert kernel.value("_qwen3.prompt_tokens") == expected, "turn 2 was asked as a pirate"
+    ok(kernel, "%qwen3 --reset")
+
+
+def test_actions_without_a_prompt_refuse_options_they_would_ignore(kernel: Kernel) -> None:
+    """`%qwen3 --reset --system "You are a pirate" --no-think` printed "conversation cleared"
+    and dropped the rest; so did `--eager --model tiny --system x`."""
+    kernel.run("keep_me = [41]")
+    for line, expected in (
+        (
+            '%qwen3 --reset --system "You are a pirate" --model tiny --no-think '
+            "--max-new-tokens 3 --gauge",
+            "UsageError: --reset alone clears the conversation: --model, --no-think, --gauge, "
+            "--max-new-tokens and --system would do nothing without a prompt (to start over "
+            "with a system prompt: %qwen3 --reset --chat --system '…' PROMPT)",
+        ),
+        (
+            "%qwen3 --eager --model tiny --system x",
+            "UsageError: --eager alone gives back what the fast path keeps: --model and --system "
+            "would do nothing without a prompt (to decode eagerly: %qwen3 --eager [options] "
+            "PROMPT)",
+        ),
+        ("%qwen3 --unload --device cpu", "UsageError: --unload alone frees the model: --device"),
+    ):
+        ex = kernel.run(line)
+        assert ex.status == "error", line
+        assert ex.stderr.strip().startswith(expected), ex.stderr
+        assert "conversation cleared" not in ex.stdout, ex.stdout
+    assert kernel.value("keep_me") == [41]
+    both = ok(kernel, "%qwen3 --reset --eager")  # the actions themselves still go together
+    assert "conversation cleared" in both.stdout and "give" in both.stdout, both.stdout
+
+
+def test_a_chat_turn_with_no_answer_advises_no_think_only_when_thinking(kernel: Kernel) -> None:
+    """It said "(raise --max-new-tokens, or --no-think)" to a turn that had --no-think."""
+    kernel.run("%qwen3 --reset")
+    ok(
+        kernel,
+        "import dataclasses\n"
+        "from qwen3_jupyter.engines.eager import EagerEngine\n"
+        "answering = EagerEngine.generate\n"
+        "def blank(self, *args, **kwargs):\n"
+        "    return dataclasses.replace(answering(self, *args, **kwargs), answer='')\n"
+        "EagerEngine.generate = blank",
+    )
+    try:
+        ex = ok(kernel, "%qwen3 --chat --no-think --max-new-tokens 2 --seed 3 Hello")
+    finally:
+        ok(kernel, "EagerEngine.generate = answering")
+    assert kernel.value("_qwen3.answer") == "", "control: the turn had no answer"
+    said = [line for line in ex.stdout.splitlines() if "has no answer" in line]
+    assert said == [
+        "[qwen3] this --chat turn has no answer (raise --max-new-tokens): it was not added to "
+        "the conversation"
+    ], ex.stdout
+
+
+def test_a_configured_server_is_named_and_an_empty_server_flag_sets_it_aside(
+    kernel: Kernel,
+) -> None:
+    """With `%config Qwen3Magics.server` set, `--device cpu` was refused as "not with --server",
+    which the user never typed; and nothing could set the server aside for one call."""
+    ok(kernel, "%config Qwen3Magics.server = 'http://127.0.0.1:9/v1'")
+    try:
+        ex = kernel.run("%qwen3 --device cpu --no-think --max-new-tokens 2 hi")
+        assert ex.stderr.strip() == (
+            "UsageError: --device, --dtype, --eager, --fast and --warmup apply to a model in "
+            "this kernel, not with the server set by %config Qwen3Magics.server "
+            '(--server "" uses the model in this kernel)'
+        ), ex.stderr
+        ok(kernel, '%qwen3 --server "" --device cpu --no-think --max-new-tokens 2 hi')
+        assert kernel.value("(_qwen3.prompt, _qwen3.model)") == ("hi", "tiny")
+        flagged = kernel.run("%qwen3 --server http://127.0.0.1:9/v1 --device cpu hi")
+        assert "not with --server" in flagged.stderr, flagged.stderr
+    finally:
+        ok(kernel, "%config Qwen3Magics.server = ''")
 
 
 def test_every_display_has_a_plain_text_form(kernel: Kernel) -> None:

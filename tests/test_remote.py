@@ -365,6 +365,8 @@ def test_env_config_and_python_api_use_the_same_server(
         "    via_inference = chat('Hi')",
     )
     assert rk.value("(via_inference.engine, via_inference.completion_tokens)") == ("remote", 4)
+    ok(rk, "from qwen3_jupyter.engines.urls import server_key")  # alone, too (-k): not assumed
+    ok(rk, "from qwen3_jupyter.session import SESSION")
     assert rk.value(f"list(SESSION.engines).count(server_key({url!r}))") == 1
 
 

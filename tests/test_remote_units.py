@@ -1087,3 +1087,32 @@ def test_a_script_ends_while_its_daemon_thread_runs_a_server_batch() -> None:
         asked = [path for method, path in server.requests if method == "POST"]
     assert ran.returncode == 0 and "the script's last line" in ran.stdout, ran.stderr[-1000:]
     assert len(asked) <= 2, f"{len(asked)} requests: the batch went on after the script ended"
+
+
+def test_a_batch_of_fewer_prompts_than_its_concurrency_says_how_many_ran_at_once() -> None:
+    """Three prompts at concurrency 4 said "4 concurrent requests": never more than three
+    were in flight (and only three worker threads are started)."""
+    from qwen3_jupyter.engines.remote_batch import RetryCounter, run_concurrently
+
+    in_flight, most = [0], [0]
+    lock = threading.Lock()
+
+    def answer(index: int, prompt: str) -> Result:
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        time.sleep(0.2)
+        with lock:
+            in_flight[0] -= 1
+        return _answered(prompt)
+
+    results = run_concurrently(
+        ["a", "b", "c"],
+        answer,
+        concurrency=4,
+        cancel=lambda: None,
+        retries=RetryCounter(),
+        progress=False,
+    )
+    assert most[0] == 3
+    assert "· 3 concurrent requests" in results.report.summary(), results.report.summary()

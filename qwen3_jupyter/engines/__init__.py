@@ -47,7 +47,11 @@ def decode_mode(flag: str | None, configured: str | None, device: str) -> str:
 
 
 def server_url(flag: str | None, configured: str | None = None) -> str | None:
-    """The server to call, if any: the flag, then $QWEN3_JUPYTER_SERVER, then the config."""
+    """The server to call, if any: the flag, then $QWEN3_JUPYTER_SERVER, then the config. An
+    empty flag (`--server ""`, `server=""`) names none: this call uses the model in this kernel
+    even where the environment or the config name a server (there was no way to say so)."""
+    if flag is not None and not flag.strip():
+        return None
     for candidate in (flag, os.environ.get(SERVER_ENV), configured):
         if candidate and candidate.strip():
             return candidate.strip()

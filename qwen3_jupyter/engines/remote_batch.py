@@ -157,7 +157,7 @@ def _report(
         peak_tensor_bytes=0,
         out_path=out_path,
         failed=sum(r.failed for r in results),
-        concurrency=concurrency,
+        concurrency=min(concurrency, total) or concurrency,  # 3 prompts: never 4 at once
         retries=retries,
         completion_tokens=sum(r.completion_tokens for r in results),
         out_lines_before=out_lines_before,
