@@ -5,12 +5,13 @@ each cell's status is its own, however slowly the kernel started."""
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from qwen3_jupyter.bench._kernel import Kernel, KernelDied
+from qwen3_jupyter.bench._kernel import Kernel, KernelDied, timed_cell
 from qwen3_jupyter.kernel_comm import MARKER_SUFFIX
 
 
@@ -86,3 +87,59 @@ def test_a_client_on_a_connection_file_waits_for_a_kernel_slow_to_start(
     finally:
         process.kill()
         process.wait()
+
+
+def test_a_failed_cell_is_reported_in_one_line(kernel_env: dict[str, str]) -> None:
+    """The error's traceback dict (ANSI colours and all: 12.5k characters for one failed
+    generate, printed twice per failed path) hid a lent GPU's whole table, whose runner returns
+    only the last 12,000 characters. Every bench says `ename: evalue`'s first line."""
+    from qwen3_jupyter.bench import decay, speed
+
+    kernel = Kernel(kernel_env)
+    try:
+        failing = "def f():\n    raise ValueError('max_new_tokens must be > 0\\nsecond line')\nf()"
+        assert kernel.run(failing).error_line == "ValueError: max_new_tokens must be > 0"
+        for bench in (speed, decay):
+            with pytest.raises(RuntimeError) as raised:
+                bench._ok(kernel, failing)
+            said = str(raised.value)
+            assert said.endswith(": ValueError: max_new_tokens must be > 0"), said
+            assert "\n" not in said and "traceback" not in said and "\x1b[" not in said
+        with pytest.raises(RuntimeError, match=r": ValueError: max_new_tokens must be > 0$"):
+            timed_cell(kernel, failing)
+        usage = kernel.run("%qwen3 --no-such-flag")
+        assert usage.error is None, "a UsageError sends no error message: the reply names it"
+        assert usage.error_line.startswith("UsageError: "), usage.error_line
+    finally:
+        kernel.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("bench", "argv"),
+    [
+        ("speed", ["--model", "nosuch", "--device", "cpu"]),
+        ("decay", ["--quick", "--model", "nosuch", "--device", "cpu", "--out", "{out}"]),
+        ("overhead", ["--models", "nosuch", "--device", "cpu"]),
+    ],
+)
+def test_a_model_that_does_not_load_ends_a_kernel_bench_in_one_line(
+    bench: str,
+    argv: list[str],
+    model_cache: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As `bench step` says it, not a 25-line traceback through the harness; and the kernels
+    the bench started go with it (a kernel whose load failed left its /tmp folder)."""
+    import importlib
+
+    kernels = tmp_path / "tmp"
+    kernels.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(kernels))
+    module = importlib.import_module(f"qwen3_jupyter.bench.{bench}")
+    with pytest.raises(SystemExit) as exit_info:
+        module.main([arg.format(out=tmp_path / "out") for arg in argv])
+    said = str(exit_info.value.code)
+    assert said.startswith(f"bench {bench}: model 'nosuch' not found: "), said
+    assert "\n" not in said
+    assert list(kernels.iterdir()) == [], "a kernel's folder (or a compile cache) was left"

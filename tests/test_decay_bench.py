@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from qwen3_jupyter.bench import decay
+from qwen3_jupyter.bench._kernel import Kernel
 
 QUICK_SECONDS = 180
 """`--quick` promises minutes on a GPU; on `tiny` on a CPU it has far less work to do."""
@@ -100,3 +101,27 @@ def test_table_a_says_why_one_call_has_no_verdict() -> None:
     table = decay.table_a([_run([1.0])], cuda=False)
     assert table.splitlines()[2].endswith("| n/a |")
     assert "n/a" in table.splitlines()[-1] and "one call" in table.splitlines()[-1]
+
+
+def test_the_warm_up_decodes_eagerly_and_memory_is_read_on_the_models_device(
+    kernel_env: dict[str, str],
+) -> None:
+    """Every strategy's kernel starts with the model loaded and nothing of the fast path: on
+    CUDA a default warm-up call built the decode step and kept its cache, in the naive rows'
+    kernels too ($QWEN3_JUPYTER_DECODE=fast makes a CPU kernel decode as CUDA's default does).
+    And memory is read where the model is: `--device cpu` on a GPU machine (torch seeing a GPU
+    here) read the idle GPU's bytes instead of the CPU's live tensors."""
+    kernel = Kernel({**kernel_env, "QWEN3_JUPYTER_DECODE": "fast"})
+    try:
+        decay._prepare_kernel(kernel, "tiny", "cpu", 4)
+        assert kernel.value("(_qwen3.engine, sorted(_S.engines))") == ("eager", [])
+        decay._ok(kernel, "torch.cuda.is_available = lambda: True")
+        measured = decay._json_line(decay._ok(kernel, decay.MEASURE.format()).stdout)
+        assert measured["cuda"] is False and "allocated" not in measured
+        assert measured["live"] > 0, "the CPU's live tensors: the model's weights at least"
+        decay._ok(kernel, "import os; os.environ['QWEN3_JUPYTER_DECODE'] = 'eager'")
+        decay._ok(kernel, decay.RESET_PEAK)
+        batch = decay.BATCH_CELL.format(prompt="hi", items=2, size=2, n=4)
+        assert decay._json_line(decay._ok(kernel, batch).stdout)["cuda_peak"] is None
+    finally:
+        kernel.shutdown()

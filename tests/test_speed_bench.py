@@ -4,10 +4,16 @@ target may be judged on a figure that was never measured."""
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from qwen3_jupyter.bench._kernel import Kernel
 from qwen3_jupyter.bench.speed import main, report
 
 
@@ -18,6 +24,9 @@ def figure(tok_s: float, ttft: float | None = None, decode: float | None = None)
 def results(**overrides: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "device": "cuda:0",
+        "model": "random:Qwen3-1.7B",
+        "tokens": 128,
+        "batch_tokens": 64,
         "batches": [1, 4, 16],
         "bandwidth": 3.0e12,
         "weight_bytes": 3.0e9,
@@ -112,6 +121,9 @@ def test_the_step_alone_says_how_much_of_it_whole_calls_keep() -> None:
         (["--paths", "fast,nonsense"], "unknown path 'nonsense': any of fast, eager, bare"),
         (["--batches", "1,x"], "--batches '1,x': batch sizes of 1 or more"),
         (["--batches", "0"], "--batches '0': batch sizes of 1 or more"),
+        (["--repeats", "0"], "argument --repeats: '0': a whole number of 1 or more"),
+        (["--tokens", "0"], "argument --tokens: '0': a whole number of 1 or more"),
+        (["--batch-tokens", "x"], "argument --batch-tokens: 'x': a whole number of 1 or more"),
     ],
 )
 def test_bad_arguments_are_one_line_before_any_kernel_starts(
@@ -155,3 +167,153 @@ def test_a_first_call_is_shown_with_the_load_before_it() -> None:
         "fast answer, loading included, about 9.2 s"
     ) in text
     assert "before it" not in "\n".join(report(results()))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "why"),
+    [
+        ({"model": "tiny"}, "tiny"),
+        ({"tokens": 8}, "8 tokens at batch 1"),
+        ({"batch_tokens": 16}, "16 tokens per row"),
+    ],
+)
+def test_targets_are_judged_only_for_the_configuration_they_are_for(
+    overrides: dict[str, Any], why: str
+) -> None:
+    text = "\n".join(report(results(**overrides)))
+    assert "targets not judged (they are for Qwen3-1.7B at 128/64 tokens)" in text, why
+    assert not _judged(text), why
+    for model in ("random:qwen3-1.7b", "Qwen/Qwen3-1.7B"):  # gpu-check's default, the real one
+        assert "- batch 1 >= 250 tok/s (600): met" in "\n".join(report(results(model=model)))
+
+
+def test_a_header_names_the_batch_its_first_call_columns_show() -> None:
+    """`--batches 4,16` (no batch 1): the columns are batch 4's, not the fresh kernel's batch-1
+    first call under a "batch 4" header."""
+    no_one = results(batches=[4, 16])
+    del no_one["paths"]["fast"]["1"], no_one["paths"]["bare-static"]["1"]
+    text = "\n".join(report(no_one))
+    assert "| first token (batch 4) | first call (batch 4) |" in text
+    assert "| %qwen3 (fast path) | 2,000.0 | 2,600.0 | – | 1.5 s |" in text
+    four_first = "\n".join(report(results(batches=[4, 1])))  # gpu-check's 'rest' order
+    assert "| first token (batch 1) | first call (batch 1) |" in four_first
+    assert "| %qwen3 (fast path) | 2,000.0 | 600.0 | 4 ms | 40.0 s |" in four_first
+
+
+def _judged(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.endswith((": met", ": NOT met"))]
+
+
+def _sliding_window_copy(model_cache: Path, folder: Path) -> Path:
+    """The tiny checkpoint with a sliding-window layer: a model the fast path refuses (it has
+    no sliding-window attention), so the kernel decodes `%qwen3 --fast` eagerly with a notice —
+    the honest way to make the fast path fall back on a CPU."""
+    from qwen3_jupyter.embedded import ensure_built
+
+    shutil.copytree(ensure_built("tiny"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(
+        layer_types=["full_attention", "sliding_attention"],
+        use_sliding_window=True,
+        sliding_window=4096,
+        max_window_layers=1,
+    )
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_a_fast_path_that_decoded_eagerly_is_a_failed_row_not_a_figure(
+    model_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = _sliding_window_copy(model_cache, tmp_path / "sliding")
+    out = tmp_path / "speed.json"
+    argv = ["--model", str(model), "--device", "cpu", "--tokens", "4", "--batch-tokens", "4"]
+    argv += ["--batches", "1,2", "--repeats", "1", "--paths", "fast,eager", "--json", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    figures = json.loads(out.read_text())
+    notice = "fast decode unavailable (the fast path does not implement sliding-window layers)"
+    assert figures["paths"]["fast"] == {}, "eager figures reported as the fast path's"
+    for batch in (1, 2):
+        failed = figures["failed"][f"fast at batch {batch}"]
+        assert failed.startswith("decoded by the eager engine, not the fast path: " + notice)
+    assert set(figures["paths"]["eager"]) == {"1", "2"}, "the other path is still measured"
+    for how in figures["first_call_how"].values():
+        assert how.startswith(f"fast path off: {notice}"), how
+    assert "| %qwen3 (fast path) | failed | failed | – | – |" in printed
+    assert "(nothing compiled)" not in printed
+    assert f"s (fast path off: {notice}" in printed.split("first fast call (fast, second")[1]
+    # The same run on CUDA in the targets' configuration: nothing of the fast path is judged.
+    figures.update(device="cuda:0", model="random:Qwen3-1.7B", tokens=128, batch_tokens=64)
+    text = "\n".join(report(figures))
+    assert "- second-kernel first call: not judged (fast path off: " + notice in text
+    assert not _judged(text)
+
+
+def test_a_load_that_fails_is_one_line_and_leaves_no_kernel_or_cache(
+    model_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No such model (or no GPU: the same load cell) ends the bench in one line, as `bench
+    step` does; the kernel it started and the temporary compile cache go with it."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", "nosuch", "--device", "cpu"])
+    said = str(exit_info.value.code)
+    assert said.startswith("bench speed: model 'nosuch' not found") and "\n" not in said
+    assert list(tmp_path.iterdir()) == [], "a kernel folder or the compile cache was left"
+
+
+def test_the_kernel_side_waits_for_the_models_own_gpu(kernel_env: dict[str, str]) -> None:
+    """`--device cuda:1`: the timing code in the kernel waited for the current device (cuda:0)
+    and named its GPU; it must use the model's. (torch's calls are recorded: no GPU here.)"""
+    from qwen3_jupyter.bench.speed import DEVICE_NAME, PROMPT, SETUP, _ok
+
+    kernel = Kernel(kernel_env)
+    try:
+        _ok(kernel, "%load_ext qwen3_jupyter")
+        _ok(kernel, "%qwen3 --eager --model tiny --device cpu --max-new-tokens 2 load")
+        _ok(kernel, SETUP.format(prompt=PROMPT))
+        _ok(
+            kernel,
+            "_asked = []\ntorch.cuda.synchronize = lambda device=None: _asked.append(device)",
+        )
+        _ok(kernel, "torch.cuda.get_device_name = lambda device=None: _asked.append(device)")
+        _ok(kernel, f"_dev = 'cuda:1'\n_sync()\n{DEVICE_NAME}")
+        assert kernel.value("_asked") == ["cuda:1", "cuda:1"]
+    finally:
+        kernel.shutdown()
+
+
+def test_help_keeps_the_bullets_and_says_every_default(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib
+
+    said = {}
+    for bench in ("speed", "step", "overhead", "attention"):
+        with pytest.raises(SystemExit):
+            importlib.import_module(f"qwen3_jupyter.bench.{bench}").main(["--help"])
+        said[bench] = capsys.readouterr().out
+    assert "\n- `%qwen3` fast path (static cache," in said["speed"], "bullets run together"
+    words = {bench: " ".join(text.split()) for bench, text in said.items()}
+    assert "random:Qwen3-1.7B on CUDA, tiny on the CPU" in words["speed"]
+    assert "--batches BATCHES batch sizes" in words["speed"]
+    assert "--repeats REPEATS timed calls" in words["speed"]
+    assert "tiny on the CPU" in words["step"] and "float32 on the CPU" in words["step"]
+    assert "--models MODELS comma-separated" in words["overhead"]
+    for option in ("--heads HEADS", "--kv-heads KV_HEADS", "--head-dim HEAD_DIM", "--json PATH"):
+        assert re.search(rf"{option} +[a-z]", words["attention"]), option
+
+
+def test_a_run_removes_its_compile_cache_and_says_its_time_limit_as_given(
+    model_cache: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The temporary compile cache each run made was left behind (one folder per run); and
+    `--time-limit 0.5` was printed as "0 s"."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    argv = ["--model", "tiny", "--device", "cpu", "--skip-first-calls", "--time-limit", "0.5"]
+    assert main([*argv, "--paths", "eager", "--batches", "1", "--repeats", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "out of time (--time-limit 0.5 s): not measured: eager at batch 1" in printed
+    assert list(tmp_path.iterdir()) == [], "the compile cache (or a kernel's folder) was left"

@@ -63,10 +63,32 @@ def test_bad_input_is_a_one_line_error(
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a machine without CUDA")
-def test_asking_for_cuda_without_a_gpu_is_one_line() -> None:
-    from qwen3_jupyter.bench import attention
+def test_asking_for_cuda_without_a_gpu_is_one_line(model_cache: Path, tmp_path: Path) -> None:
+    """Every bench that loads a model says it as `step` does: speed, decay and overhead printed
+    a 25-line traceback through the harness."""
+    from qwen3_jupyter.bench import attention, decay, overhead, speed
 
     with pytest.raises(SystemExit, match=r"^bench step: --device cuda: no CUDA GPU is visible"):
         step.main(["--device", "cuda"])
     with pytest.raises(SystemExit, match=r"^bench attention: --device cuda: no CUDA GPU"):
         attention.main(["--device", "cuda"])
+    one_line = r"^--device cuda: no CUDA GPU is visible here; use --device cpu$"
+    for name, main in (("speed", speed.main), ("decay", decay.main), ("overhead", overhead.main)):
+        argv = ["--device", "cuda"] + (["--out", str(tmp_path)] if name == "decay" else [])
+        with pytest.raises(SystemExit, match=one_line.replace("^", f"^bench {name}: ")):
+            main(argv)
+
+
+def test_a_second_gpu_is_the_one_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--device cuda:1`: a bare `torch.cuda.synchronize()` waits for the current device
+    (cuda:0), not the one the step or the attention call ran on, and the clock stopped early."""
+    import torch
+
+    from qwen3_jupyter.bench import attention
+
+    waited: list[object] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(device))
+    step._sync("cuda:1")
+    query = torch.zeros(1, 2, 1, 4)
+    attention._timed(torch, "cuda:1", (query, query, query), {})
+    assert waited == ["cuda:1"] * 3

@@ -53,6 +53,20 @@ class Execution:
         errors = self.of_type("error")
         return errors[-1]["content"] if errors else None
 
+    @property
+    def error_line(self) -> str:
+        """Why the cell failed, in one line: `ename: evalue` (its first line), else stderr's
+        last line. Why: the error itself carries the whole traceback in ANSI colours (12k
+        characters for one failed generate), and a lent GPU's runner returns only the last
+        12,000 characters of a bench's output: two of them hid the whole table. A UsageError
+        (a magic's one-line error) has no error message, only the reply's ename and evalue."""
+        error = self.error or (self.reply if self.status == "error" else None)
+        if error is not None:
+            ename, evalue = error.get("ename", "Error"), str(error.get("evalue", "")).strip()
+            return f"{ename}: {evalue.splitlines()[0]}" if evalue else str(ename)
+        said = [line for line in self.stderr.splitlines() if line.strip()]
+        return said[-1].strip() if said else f"the cell ended with status {self.status!r}"
+
     def texts(self, mime: str = "text/markdown") -> list[str]:
         """Every rendered value of `mime` from display_data/update_display_data/execute_result."""
         out = []
@@ -283,5 +297,19 @@ def timed_cell(kernel: Kernel, code: str, timeout: float = 1800) -> float:
     execution = kernel.run(code, timeout=timeout)
     elapsed = time.perf_counter() - started
     if execution.status != "ok":
-        raise RuntimeError(f"cell failed: {execution.stderr.strip() or execution.error}")
+        raise RuntimeError(f"cell failed: {code[:60]!r}: {execution.error_line}")
     return elapsed
+
+
+def load_or_exit(kernel: Kernel, code: str, bench: str, timeout: float = 3600) -> float:
+    """Seconds the cell that loads the model took in `kernel`. Its failure (no such model, no
+    GPU: the user's to fix) ends the bench in one line, as `bench step` says it, instead of a
+    traceback through this harness; the caller's `finally` shuts its kernels down."""
+    started = time.perf_counter()
+    execution = kernel.run(code, timeout=timeout)
+    if execution.status != "ok":
+        said = execution.error_line
+        if execution.reply.get("ename") == "UsageError":  # worded for the user already
+            said = said.removeprefix("UsageError: ")
+        raise SystemExit(f"bench {bench}: {said}")
+    return time.perf_counter() - started

@@ -82,8 +82,7 @@ def _ms(value: float) -> str:
 def _ok(kernel: Kernel, code: str, timeout: float = 600) -> str:
     execution = kernel.run(code, timeout=timeout)
     if execution.status != "ok":
-        error = execution.error or {}
-        raise RuntimeError(f"{code[:60]!r} failed: {error.get('ename')}: {error.get('evalue')}")
+        raise RuntimeError(f"{code[:60]!r} failed: {execution.error_line}")
     return execution.stdout
 
 

@@ -35,7 +35,8 @@ from typing import Any
 import psutil
 
 from ..memory import format_bytes
-from ._kernel import Kernel
+from ..models import ModelError, pick_device
+from ._kernel import Kernel, load_or_exit
 
 PROMPT = "Explain step by step how a Jupyter kernel keeps state between cells."
 STABLE_LATENCY = 0.05  # last 3 calls within 5% of the first 3 (see StrategyRun.stable)
@@ -71,13 +72,16 @@ def _gen_kwargs():
                 min_new_tokens={n}, do_sample=False, pad_token_id=_l.tokenizer.pad_token_id,
                 return_dict_in_generate=True)
 """
+# The model's device, not "is there a GPU": `--device cpu` on a GPU machine measured the idle
+# GPU's bytes (all zero) in place of the CPU's live tensors.
 MEASURE = """
-_m = {{"live": sum(_live().values()), "cuda": torch.cuda.is_available()}}
+_m = {{"live": sum(_live().values()), "cuda": _l.device.startswith("cuda")}}
 if _m["cuda"]:
-    _m.update(allocated=torch.cuda.memory_allocated(), peak=torch.cuda.max_memory_allocated(),
-              reserved=torch.cuda.memory_reserved(),
-              device_allocs=torch.cuda.memory_stats().get("num_device_alloc"))
-    torch.cuda.reset_peak_memory_stats()
+    _m.update(allocated=torch.cuda.memory_allocated(_l.device),
+              peak=torch.cuda.max_memory_allocated(_l.device),
+              reserved=torch.cuda.memory_reserved(_l.device),
+              device_allocs=torch.cuda.memory_stats(_l.device).get("num_device_alloc"))
+    torch.cuda.reset_peak_memory_stats(_l.device)
 try:
     from qwen3_jupyter.nvml import NvmlReader, process_gpu_memory
     import os as _os
@@ -198,8 +202,7 @@ def _json_line(text: str) -> dict[str, Any]:
 def _ok(kernel: Kernel, code: str) -> Any:
     execution = kernel.run(code, timeout=3600)
     if execution.status != "ok":
-        detail = execution.stderr.strip() or json.dumps(execution.error)[:500]
-        raise RuntimeError(f"cell failed: {code[:60]!r}: {detail}")
+        raise RuntimeError(f"cell failed: {code[:60]!r}: {execution.error_line}")
     return execution
 
 
@@ -234,10 +237,18 @@ def shut_down_all(kernels: list[Kernel]) -> None:
 
 
 def _prepare_kernel(kernel: Kernel, model: str, device: str | None, tokens: int) -> Kernel:
-    """Load the extension and the model into a started kernel, and define the measuring code."""
+    """Load the extension and the model into a started kernel, and define the measuring code.
+    The warm-up decodes eagerly, whatever the device: on CUDA a default call builds the fast
+    path's decode step and keeps its cache, which the naive rows' kernels then held too (their
+    peak inflated by it) and the `%qwen3` rows' call 1 no longer paid. A load that fails (no
+    such model, no GPU) ends the bench in one line."""
     device_flag = f" --device {device}" if device else ""
     _ok(kernel, "%load_ext qwen3_jupyter")
-    _ok(kernel, f"%qwen3 --model {model}{device_flag} --greedy --max-new-tokens 2 warm up")
+    load_or_exit(
+        kernel,
+        f"%qwen3 --eager --model {model}{device_flag} --greedy --max-new-tokens 2 warm up",
+        "decay",
+    )
     _ok(kernel, SETUP.format(prompt=PROMPT, n=tokens))
     return kernel
 
@@ -314,10 +325,13 @@ _r = qwen3_jupyter.generate_batch(_prompts, batch_size={size}, greedy=True, igno
                                   max_new_tokens={n}, progress=False)
 print(json.dumps({{"seconds": _r.report.seconds, "tokens": sum(x.completion_tokens for x in _r),
                   "held": _r.report.held_batch_size, "tensors": _r.report.peak_tensor_bytes,
-                  "cuda_peak": torch.cuda.max_memory_allocated() if torch.cuda.is_available()
-                  else None}}))
+                  "cuda_peak": torch.cuda.max_memory_allocated(_l.device)
+                  if _l.device.startswith("cuda") else None}}))
 del _r
 """
+
+
+RESET_PEAK = 'if _l.device.startswith("cuda"): torch.cuda.reset_peak_memory_stats(_l.device)'
 
 
 def run_batches(
@@ -334,7 +348,7 @@ def run_batches(
     try:
         _prepare_kernel(kernel, model, device, tokens)
         for size in sizes:
-            _ok(kernel, "if torch.cuda.is_available(): torch.cuda.reset_peak_memory_stats()")
+            _ok(kernel, RESET_PEAK)
             with PeakSampler(kernel.pid) as peak:
                 out = _ok(
                     kernel, BATCH_CELL.format(prompt=PROMPT, items=items, size=size, n=tokens)
@@ -443,9 +457,7 @@ def run_benchmark(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run both tables; write JSON and PNG into `out_dir`; return everything measured."""
-    import torch
-
-    cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+    cuda = pick_device(device).startswith("cuda")
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
     log(f"starting {len(STRATEGIES) + 1} fresh kernels (one per strategy, one for the batches)")
@@ -494,6 +506,10 @@ def run_benchmark(
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    try:
+        pick_device(args.device)  # before five kernels start: no GPU is a one-line error
+    except ModelError as exc:
+        raise SystemExit(f"bench decay: {exc}") from None
     sizes = tuple(int(s) for s in args.batch_sizes.split(","))
     data = run_benchmark(args.model, args.calls, args.tokens, args.device, sizes, args.out)
     print()
@@ -516,14 +532,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", default="random:Qwen3-1.7B")
+    parser.add_argument("--model", default="random:Qwen3-1.7B", help="default: %(default)s")
     parser.add_argument("--calls", type=int, default=None, help=f"default {FULL.calls}")
-    parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--tokens", type=int, default=32, help="new tokens per call (32)")
+    parser.add_argument("--device", default=None, help="default: cuda if present, else cpu")
     parser.add_argument(
         "--batch-sizes", default=None, help=f"comma-separated, default {FULL.batch_sizes}"
     )
-    parser.add_argument("--out", type=Path, default=Path("out"))
+    parser.add_argument(
+        "--out", type=Path, default=Path("out"), help="folder for the JSON and the plot (out)"
+    )
     parser.add_argument(
         "--quick",
         action="store_true",

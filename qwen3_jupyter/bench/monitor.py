@@ -64,10 +64,10 @@ def run_one(kernel: Kernel, interval: float, memory: str, seconds: float) -> dic
     body = (STEADY if memory == "steady" else CHANGING).format(seconds=seconds)
     setup = kernel.run("import time\n" + START.format(interval=interval))
     if setup.status != "ok":
-        raise RuntimeError(f"setup failed: {setup.stderr or setup.error}")
+        raise RuntimeError(f"setup failed: {setup.error_line}")
     execution = kernel.run(MEASURE.format(body=body), timeout=seconds + 120)
     if execution.status != "ok":
-        raise RuntimeError(f"cell failed: {execution.stderr or execution.error}")
+        raise RuntimeError(f"cell failed: {execution.error_line}")
     cpu, polls, wall, host_changes = ast.literal_eval(execution.stdout.strip().splitlines()[-1])
     messages = sum(
         1
@@ -99,7 +99,7 @@ def main(argv: list[str]) -> int:
     try:
         loaded = kernel.run("%load_ext qwen3_jupyter")
         if loaded.status != "ok":
-            raise RuntimeError(f"could not load the extension: {loaded.error}")
+            raise RuntimeError(f"could not load the extension: {loaded.error_line}")
         started = time.monotonic()
         if args.bare_seconds > 0:
             for interval in intervals:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from ._kernel import Kernel, timed_cell
+from ._kernel import Kernel, load_or_exit, timed_cell
 
 PROMPT = "Explain in detail how a Jupyter kernel keeps state between cells."
 
@@ -34,14 +34,17 @@ MAGIC_CELL = "%qwen3 --greedy --no-think --ignore-eos --max-new-tokens {n} {prom
 
 
 def measure(model: str, tokens: int, repeats: int, device: str | None) -> dict[str, float]:
-    """Median seconds of each way, in one kernel, and their ratio."""
+    """Median seconds of each way, in one kernel, and their ratio. A model that does not load
+    (no such model, no GPU) ends the bench in one line."""
     kernel = Kernel({"PYTHONUNBUFFERED": "1"})
     try:
         device_flag = f" --device {device}" if device else ""
         timed_cell(kernel, "%load_ext qwen3_jupyter")
         print(f"  loading {model} (the full-size model is built on first use)…", flush=True)
-        timed_cell(
-            kernel, f"%qwen3 --model {model}{device_flag} --greedy --max-new-tokens 2 warm up"
+        load_or_exit(
+            kernel,
+            f"%qwen3 --model {model}{device_flag} --greedy --max-new-tokens 2 warm up",
+            "overhead",
         )
         timed_cell(kernel, BARE_SETUP.format(prompt=PROMPT))
         timed_cell(kernel, BARE_CELL.format(n=tokens))  # warm the bare path too
@@ -63,11 +66,19 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m qwen3_jupyter.bench overhead", description=__doc__
     )
-    parser.add_argument("--models", default="tiny,random:Qwen3-1.7B")
+    parser.add_argument(
+        "--models",
+        default="tiny,random:Qwen3-1.7B",
+        help="comma-separated, each measured in a kernel of its own (default: %(default)s)",
+    )
     parser.add_argument("--tokens", type=int, default=32, help="new tokens per call")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="alternating runs of each way; medians shown (5)"
+    )
     parser.add_argument("--device", default=None, help="default: cuda if present, else cpu")
     args = parser.parse_args(argv)
+    if args.tokens < 1 or args.repeats < 1:
+        parser.error("--tokens and --repeats must be at least 1")
     rows = []
     for model in args.models.split(","):
         print(f"{model}: {args.tokens} new tokens, {args.repeats} alternating runs", flush=True)

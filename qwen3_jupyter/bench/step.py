@@ -37,8 +37,10 @@ from ..models import ModelChoice, ModelError, ModelHolder, pick_device, pick_dty
 
 
 def _sync(device: str) -> None:
+    """Wait for `device` itself (`cuda:1`: the current device is cuda:0, and the step's work
+    would not be waited for)."""
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
 def _wall_ms(step: Callable[[], Any], steps: int, device: str) -> float:
@@ -151,7 +153,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         figures: dict[str, Any] = {
             "model": args.model,
             "device": device,
-            "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else "CPU",
+            "device_name": torch.cuda.get_device_name(device)
+            if device.startswith("cuda")
+            else "CPU",
             "dtype": dtype,
             "cache": state.length,
             "compiled": engine.compile,
@@ -244,9 +248,13 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m qwen3_jupyter.bench step", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--model", default=None, help="default: random:Qwen3-1.7B on CUDA, tiny")
+    parser.add_argument(
+        "--model", default=None, help="default: random:Qwen3-1.7B on CUDA, tiny on the CPU"
+    )
     parser.add_argument("--device", default=None, help="default: cuda if present, else cpu")
-    parser.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32")
+    parser.add_argument(
+        "--dtype", default=None, help="default: bfloat16 on CUDA, float32 on the CPU"
+    )
     parser.add_argument("--steps", type=int, default=50, help="steps timed and profiled")
     parser.add_argument("--top", type=int, default=15, help="kernels or operators listed")
     parser.add_argument(
