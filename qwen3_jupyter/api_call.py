@@ -22,10 +22,13 @@ from .session import SESSION
 
 
 class ApiCall:
-    """One API call's status line (None outside a kernel or when asked for no progress)."""
+    """One API call's status line (None outside a kernel or when asked for no progress), or
+    outside a kernel its model loading's line on stderr (`console`)."""
 
     def __init__(self, show_status: bool) -> None:
-        self.status = display.Status() if show_status and display.in_kernel() else None
+        in_kernel = display.in_kernel()
+        self.status = display.Status() if show_status and in_kernel else None
+        self.console = display.ConsoleLine() if show_status and not in_kernel else None
         self.notices: list[str] = []
         """This call's own one-line notices, printed after the engines' at its end."""
 
@@ -43,18 +46,27 @@ class ApiCall:
         config = configured()
         for name, variable in (("device", DEVICE_ENV), ("dtype", DTYPE_ENV)):
             choice[name] = choice.get(name) or unless_in_environment(variable, config.get(name))
-        return SESSION.engine(
-            **choice,
-            configured_model=config.get("model"),
-            configured_decode=config.get("decode"),
-            configured_server=config.get("server"),
-            progress=self.progress,
-        )
+        failed = True
+        try:
+            engine = SESSION.engine(
+                **choice,
+                configured_model=config.get("model"),
+                configured_decode=config.get("decode"),
+                configured_server=config.get("server"),
+                progress=self.progress,
+            )
+            failed = False
+        finally:
+            if self.console is not None:  # before a batch's own bar takes stderr
+                self.console.end(failed)
+        return engine
 
     def progress(self, what: str, done: int, total: int) -> None:
         """Model loading progress, for `SESSION.engine(progress=...)`."""
         if self.status is not None:
             self.status.progress(what, done, total)
+        elif self.console is not None:
+            self.console.progress(what, done, total)
 
     @contextmanager
     def watching(self, engine: Any) -> Iterator[None]:
@@ -72,6 +84,8 @@ class ApiCall:
         """Say the call's notices: in its line's display where it showed one (see
         `Status.end`), else on stdout."""
         notices = [*(_api_words(n) for n in SESSION.take_notices()), *self.notices]
+        if self.console is not None:
+            self.console.end(failed)
         if self.status is not None:
             self.status.end(notices, failed)
         else:
@@ -124,23 +138,39 @@ def api_call(show_status: bool = True) -> Iterator[ApiCall]:
 _FLAG = re.compile(
     r"(?<![\w/~.-])--(max-new-tokens|device|dtype|model|server|temperature|top-p|top-k|seed|system|"
     r"batch-size|concurrency|memory-budget|out|eager|fast)(?![\w-])"
-    r"(?: ('[^']*'|\"[^\"]*\"|\d[\d,._]*\d|\d|[/~][\w./~-]*\w))?"
+    r"(?: ('[^']*'|\"[^\"]*\"|\d[\d,._]*\d|\d|[/~][\w./~-]*\w|\w[\w:./-]*\w|\w))?"
 )
-"""A flag the API has an argument for, and the value the message gives it where that is
-unmistakably a value (quoted, a number, a path); any other word after it is the sentence's."""
+"""A flag the API has an argument for, and the word after it. That word is the flag's value
+where it unmistakably is one (quoted, a number, a path, or a word only a value can be: see
+`_WORD_VALUES`); any other word after it is the sentence's."""
+
+_WORD_VALUES = {
+    "device": re.compile(r"cpu|mps|xpu|cuda(?::\d+)?"),
+    "dtype": re.compile(r"bfloat16|float16|float32"),
+    "model": re.compile(r"tiny|random:[\w.-]+|[\w.-]+/[\w.-]+"),  # embedded, or a Hub id
+}
+"""Bare words that are the flag's value (`use --device cpu`, `with --model tiny`), never the
+sentence's (`--model then names the served model`, `--dtype or --device cpu`)."""
 
 
 def _argument(match: re.Match[str]) -> str:
     """`--device 'gpu'` -> `device='gpu'`, `--max-new-tokens 12` -> `max_new_tokens=12`,
-    `--model /path` -> `model='/path'`, `lower --max-new-tokens` -> `lower max_new_tokens`,
-    `--eager` -> `decode='eager'`."""
+    `--model /path` -> `model='/path'`, `use --device cpu` -> `use device='cpu'`,
+    `lower --max-new-tokens` -> `lower max_new_tokens`, `--eager` -> `decode='eager'`."""
     flag, value = match.group(1), match.group(2)
     if flag in ("eager", "fast"):
         return f"decode={flag!r}" + (f" {value}" if value else "")
     name = flag.replace("-", "_")
     if value is None:
         return name
-    return f"{name}={value!r}" if value[0] in "/~" else f"{name}={value}"
+    if value[0] in "/~":
+        return f"{name}={value!r}"
+    if value[0] in "'\"" or value[0].isdigit():
+        return f"{name}={value}"
+    word = _WORD_VALUES.get(flag)
+    if word is not None and word.fullmatch(value):
+        return f"{name}={value!r}"
+    return f"{name} {value}"  # the sentence's word
 
 
 def in_api_words(exc: BaseException) -> None:

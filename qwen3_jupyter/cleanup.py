@@ -31,6 +31,7 @@ from typing import Any
 from .cleanup_report import (
     HOST_NOISE_BYTES,
     ActionResult,
+    Caller,
     CleanupReport,
     DeviceChange,
     DeviceMemory,
@@ -180,6 +181,7 @@ def cleanup(
     verbose: bool = False,
     count_tensors: bool | None = None,
     full: bool = False,
+    caller: Caller = "python",
 ) -> CleanupReport:
     """Release everything that holds memory without being asked for by name, and report it.
 
@@ -192,7 +194,8 @@ def cleanup(
     holders; `count_tensors` (default: `verbose`) measures live CPU tensor bytes before and
     after, which walks every object (so its gc is full too). Never raises once it runs (a `drop`
     that names no variables, or given outside IPython, is refused first); never unloads the
-    model.
+    model. `caller` words the report's advice: Python's arguments (`cleanup(full=True)`), or
+    "magic" for `%qwen3_clean`'s flags (`--full`).
     """
     names = _drop_names(drop)
     from .generation import check_arguments  # `verbose="no"` is truthy: it meant yes
@@ -201,6 +204,8 @@ def cleanup(
     if count_tensors is not None:
         switches["count_tensors"] = count_tensors
     check_arguments(flags=switches)
+    if caller not in ("python", "magic"):
+        raise ValueError(f"caller={caller!r}: must be 'python' or 'magic'")
     __tracebackhide__ = True  # a refused argument shows the user's line, not ours
     if shell is None:
         shell = _current_shell()
@@ -238,10 +243,13 @@ def cleanup(
             gc_incremental=incremental,
             kept=kept_memory_text(),
             verbose=verbose,
+            caller=caller,
         )
     except Exception as exc:  # never into the user's cell
         _log.exception("qwen3_jupyter cleanup failed")
-        report = CleanupReport((), (), (), time.perf_counter() - started, _one_line(exc))
+        report = CleanupReport(
+            (), (), (), time.perf_counter() - started, _one_line(exc), caller=caller
+        )
     for listener in list(_listeners):
         try:
             listener(report)

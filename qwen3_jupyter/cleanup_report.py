@@ -6,13 +6,16 @@ can travel as JSON (the sidebar's "Free memory" button) or to listeners (the gau
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 from .memory import MiB, format_bytes
 
 HOST_NOISE_BYTES = 1 * MiB
 """Host RSS moves by a few hundred KiB on its own (allocator bookkeeping, gc's own lists):
 changes smaller than this are not reported as freed."""
+
+Caller = Literal["python", "magic"]
+"""Who a cleanup's report advises: a Python caller, or `%qwen3_clean`."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,10 @@ class CleanupReport:
     cuda:0, kept for speed')."""
     verbose: bool = False
     """Holders were looked for (so an empty `holders` means none was found)."""
+    caller: Caller = "python"
+    """Who reads the advice: "python" is told `qwen3_jupyter.cleanup(full=True)`, "magic"
+    (`%qwen3_clean`) `--full` — a Python caller never typed the magic's flags, and outside
+    IPython there is no magic to type them to."""
 
     @property
     def freed_bytes(self) -> int:
@@ -171,14 +178,17 @@ class CleanupReport:
             head = "cleanup: nothing to free"
         parts = [head, *(d.describe() for d in self.devices)]
         if self.freed_bytes <= 0 and self.gc_incremental:
-            parts.append("objects older than the last full gc were not scanned (--full scans them)")
+            parts.append(
+                "objects older than the last full gc were not scanned "
+                f"({self._switch('full')} scans them)"
+            )
         if released:
             parts.append(f"released {released}")
             if self.freed_bytes <= 0 and not self.holders:
                 parts.append(
                     "nothing holds tensor memory now"
                     if self.verbose
-                    else "--verbose lists what still holds memory"
+                    else f"{self._switch('verbose')} lists what still holds memory"
                 )
         parts.extend(
             f"host heap returned {format_bytes(a.freed_bytes)} freed before this cleanup"
@@ -197,18 +207,32 @@ class CleanupReport:
                 "or freed meanwhile)"
             )
         if self.kept:
-            parts.append(f"kept on purpose: {'; '.join(self.kept)}")
+            parts.append(self._in_callers_words(f"kept on purpose: {'; '.join(self.kept)}"))
         timing = f"{self.seconds * 1000:.0f} ms"
         parts.append(f"{timing}, {self.gc_pass}" if self.gc_pass else timing)
         return " · ".join(parts)
 
     def details(self) -> list[str]:
-        """One line per remaining holder, biggest first (empty unless verbose)."""
-        return [str(h) for h in self.holders]
+        """One line per remaining holder, biggest first (empty unless verbose), its hint in the
+        caller's words."""
+        return [self._in_callers_words(str(h)) for h in self.holders]
+
+    def _switch(self, name: str) -> str:
+        """The cleanup switch `name` as the caller types it: `--full` to the magic,
+        `qwen3_jupyter.cleanup(full=True)` to Python."""
+        return f"--{name}" if self.caller == "magic" else f"qwen3_jupyter.cleanup({name}=True)"
+
+    def _in_callers_words(self, text: str) -> str:
+        if self.caller == "magic":
+            return text
+        for magic, python in _MAGIC_TO_PYTHON:
+            text = text.replace(magic, python)
+        return text
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
-        """`cleanup()` as a cell's last line shows what `%qwen3_clean` prints, not a wall of
-        nested fields (the fields stay there to read: `report.devices`, `to_dict()`)."""
+        """`cleanup()` as a cell's last line shows what `%qwen3_clean` prints (its advice in
+        Python's words), not a wall of nested fields (the fields stay there to read:
+        `report.devices`, `to_dict()`)."""
         printer.text(str(self))
 
     def __str__(self) -> str:
@@ -275,6 +299,17 @@ def _user_facing(released: tuple[str, ...]) -> tuple[str, ...]:
     (`last_execution_result.result`) where those are there too: `released` keeps them all."""
     known = tuple(r for r in released if not r.startswith(_IPYTHON_INTERNALS))
     return known or released
+
+
+_MAGIC_TO_PYTHON = (
+    (
+        "%qwen3 --eager or --unload gives it back",
+        "decode='eager' or qwen3_jupyter.unload() gives it back",
+    ),
+    ("%qwen3 --unload", "qwen3_jupyter.unload()"),
+    ("%qwen3_clean", "qwen3_jupyter.cleanup()"),
+)
+"""The holders' hints (holders.py words them for the magics) as a Python caller does it."""
 
 
 REFERENCE_ACTIONS = (

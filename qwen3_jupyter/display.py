@@ -7,6 +7,8 @@ are raised by the magics as one-line UsageErrors, never tracebacks.)
 from __future__ import annotations
 
 import html
+import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -347,6 +349,61 @@ class Status:
             update_markdown(self._handle, markdown)
             self._handle = None
         self._last = ""
+
+
+class ConsoleLine:
+    """A script's (no kernel) status line, on stderr: what `Status` shows in a cell.
+
+    Why: outside a kernel a call that built or loaded a model said nothing for as long as that
+    took (45 s for `random:Qwen3-1.7B`). On a terminal the line is rewritten in place (at most
+    every TTY_INTERVAL_S) and cleared when the call is done with it; into a file or a pipe it
+    writes whole lines, at most one every LOG_INTERVAL_S besides each step's first and last,
+    so a log gets the steps and not a flood of percentages."""
+
+    TTY_INTERVAL_S = 0.1
+    LOG_INTERVAL_S = 5.0
+
+    def __init__(self) -> None:
+        self._stream = sys.stderr
+        self._tty = bool(getattr(self._stream, "isatty", lambda: False)())
+        self._last = ""
+        self._what = ""
+        self._shown_at = float("-inf")
+        self._open = False
+        """A terminal line is on screen, not yet ended by a newline."""
+
+    def progress(self, what: str, done: int, total: int) -> None:
+        percent = int(100 * done / total) if total else 100
+        step_starts, step_ends = what != self._what, done >= total
+        self._what = what
+        self.show(f"{what}: {percent}%", force=step_starts or step_ends)
+
+    def show(self, text: str, force: bool = False) -> None:
+        interval = self.TTY_INTERVAL_S if self._tty else self.LOG_INTERVAL_S
+        now = time.monotonic()
+        if text == self._last or (not force and now - self._shown_at < interval):
+            return
+        self._last, self._shown_at = text, now
+        if self._tty:
+            self._write(f"\r{PREFIX} {text}\x1b[K")
+            self._open = True
+        else:
+            self._write(f"{PREFIX} {text}\n")
+
+    def end(self, failed: bool = False) -> None:
+        """Done with the line: a terminal's is cleared, or kept, marked stopped, when the call
+        failed (as a cell's line is)."""
+        if self._open:
+            self._write(" — stopped\n" if failed else "\r\x1b[K")
+        self._open = False
+        self._last = self._what = ""
+
+    def _write(self, text: str) -> None:
+        try:
+            self._stream.write(text)
+            self._stream.flush()
+        except (OSError, ValueError):  # a closed or broken stderr: progress is not worth an error
+            pass
 
 
 _CALL_LINE: ContextVar[Status | None] = ContextVar("qwen3_call_line", default=None)

@@ -218,6 +218,11 @@ class Result:
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         """`_qwen3` typed alone shows the call's footer and a trimmed answer, not a repr of
         several KB with every token id (the fields are all there to read)."""
+        printer.text(repr(self))
+
+    def __repr__(self) -> str:
+        """The same lines at a plain `>>>` prompt, in a script's `print(result)` or a log: the
+        dataclass repr was ~7 KB, most of it `token_ids`."""
         from .display import footer
 
         def trimmed(text: str) -> str:
@@ -229,7 +234,7 @@ class Result:
         if self.thinking:
             lines.append(f"thinking: {trimmed(self.thinking)!r}")
         lines.append(f"answer: {trimmed(self.answer)!r}")
-        printer.text("\n".join(lines))
+        return "\n".join(lines)
 
     @property
     def failed(self) -> bool:

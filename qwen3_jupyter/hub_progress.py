@@ -1,10 +1,12 @@
-"""transformers' own progress bars, in a kernel: off, and the weight loading said on our line.
+"""transformers' own progress bars off, and the weight loading said on our line instead.
 
 Why: in a kernel each tqdm bar transformers opens is ipywidgets models that outlive the call
 ("Writing model shards" on an embedded model's first build, "Loading weights" on every load),
 while the call's status line already says what is happening. Loading a large checkpoint still
 takes long enough that "loading Qwen/Qwen3-14B on cuda (bfloat16)…" alone reads like a hang,
-so the loading bar's count goes to that line as a percentage instead.
+so the loading bar's count goes to that line as a percentage instead. Outside a kernel the
+bars are off too: a Python API call says the same on stderr (`display.ConsoleLine`), one line
+for the build and the load rather than transformers' bars beside it.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ behind is released on exit, even when the block raises — the exception still p
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -213,4 +214,8 @@ def _block(
         raise
     finally:
         chat.close()
-        chat.report = cleanup(verbose=verbose)
+        if not sys.is_finalizing():
+            chat.report = cleanup(verbose=verbose)
+        # else: a block entered by hand (`cm.__enter__()`) and never exited, closed as the
+        # interpreter shuts down: its imports fail then ("sys.meta_path is None"), printed as
+        # an ignored exception, and the process is giving all of its memory back anyway.

@@ -94,7 +94,7 @@ def handle(data: Any) -> dict[str, Any]:
     try:
         from .cleanup import cleanup
 
-        report = cleanup()
+        report = cleanup(caller="magic")  # read in a notebook: its advice names the magics
     except Exception as exc:
         _log.exception("qwen3_jupyter: cleanup requested by the sidebar failed")
         return {"action": "cleanup", "ok": False, "error": f"{type(exc).__name__}: {exc}"}

@@ -4,6 +4,7 @@ against a measured memory budget, and nothing lost on interrupt."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -279,6 +280,81 @@ def test_no_prompts_are_said_outside_a_kernel_too(capsys: pytest.CaptureFixture[
     )
     generate_batch([], progress=False)
     assert capsys.readouterr().out == ""
+
+
+SCRIPT_BUILDS_TINY = """
+import sys, qwen3_jupyter
+qwen3_jupyter.generate_batch(["hi"], model="tiny", max_new_tokens=2, progress=sys.argv[1] == "on")
+"""
+
+
+def test_a_script_sees_the_model_build_and_load_on_stderr(
+    model_cache: Path, tmp_path: Path
+) -> None:
+    """Outside a kernel a call that built or loaded a model said nothing while it did (45 s
+    for random:Qwen3-1.7B): now stderr has a line per step into a log (a pipe here: whole
+    lines, not a flood), and nothing with progress=False."""
+    import shutil
+    import subprocess
+    import sys
+
+    from qwen3_jupyter import embedded
+
+    embedded.ensure_built("tiny")  # the shared tokenizer, so each build below is seconds
+    runs = {}
+    for progress in ("on", "off"):
+        cache = tmp_path / progress  # empty but for the tokenizer: tiny is built here
+        shutil.copytree(model_cache / "tokenizer", cache / "tokenizer")
+        env = {**os.environ, "QWEN3_JUPYTER_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+        runs[progress] = subprocess.Popen(
+            [sys.executable, "-c", SCRIPT_BUILDS_TINY, progress],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+    said = {name: run.communicate(timeout=180) for name, run in runs.items()}
+    assert all(run.returncode == 0 for run in runs.values()), said
+    lines = said["on"][1].splitlines()
+    ours = [line for line in lines if line.startswith("[qwen3] ")]
+    assert "[qwen3] building tiny: 100%" in ours, said["on"]
+    assert "[qwen3] loading tiny on cpu (float32): 100%" in ours, said["on"]
+    assert ours.index("[qwen3] building tiny: 100%") < len(ours) - 1  # the load came after
+    assert len(ours) <= 6, ours  # each step's first and last, not each tensor's
+    assert not any("\r" in line for line in ours), ours  # a log gets whole lines
+    assert "[qwen3]" not in said["off"][1] and "qwen3 batch" not in said["off"][1], said["off"]
+    assert "the first build" in said["off"][0], said["off"]  # the quiet run built one too
+
+
+def test_a_terminal_sees_one_loading_line_rewritten_then_cleared(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a terminal the script's loading line is rewritten in place (throttled) and cleared
+    when the load is done, as a cell's line is; a failed load leaves it, marked stopped."""
+    import io
+
+    from qwen3_jupyter.api_call import ApiCall
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr("sys.stderr", screen)
+    call = ApiCall(show_status=True)
+    engine = call.engine(model="tiny", device="cpu", dtype="float32")
+    assert engine.model_name == "tiny"
+    for done in range(0, 101):
+        call.progress("loading x", done, 100)  # 100 reports in well under 0.1 s: 2 shown
+    call.end()
+    text = screen.getvalue()
+    assert text.endswith("[qwen3] loading x: 0%\x1b[K\r[qwen3] loading x: 100%\x1b[K\r\x1b[K")
+    assert "\n" not in text, text
+    failing = ApiCall(show_status=True)
+    failing.progress("loading y", 3, 10)
+    failing.end(failed=True)
+    assert screen.getvalue().endswith("\r[qwen3] loading y: 30%\x1b[K — stopped\n")
+    assert ApiCall(show_status=False).console is None
 
 
 def test_an_empty_prompt_is_refused_naming_its_index(kernel: Kernel) -> None:

@@ -341,7 +341,7 @@ def test_verbose_names_what_still_holds_memory(k: Kernel) -> None:
         details = k.value("r.details()")
         assert "x: Tensor[1024, 1024] float32 4.0 MiB cpu (del x)" in details, details
         assert any(line.startswith("model tiny: Qwen3ForCausalLM") for line in details), details
-        assert any("%qwen3 --unload" in line for line in details)
+        assert any(line.endswith("(qwen3_jupyter.unload())") for line in details), details
     finally:
         ok(k, "del x")
 
@@ -548,7 +548,7 @@ def test_summary_and_dict_of_a_synthetic_report() -> None:
 def test_the_verbose_hint_goes_only_to_a_cleanup_that_was_not_verbose() -> None:
     host = qc.DeviceMemory("cpu", None, None, 500 * MiB)
     released = (qc.ActionResult("last exception", ("sys.last_value",), 0, 0.001),)
-    plain = qc.CleanupReport((qc.DeviceChange("cpu", host, host),), released)
+    plain = qc.CleanupReport((qc.DeviceChange("cpu", host, host),), released, caller="magic")
     assert "--verbose lists what still holds memory" in plain.summary()
     verbose = dataclasses.replace(plain, verbose=True)  # looked, and no holder was found
     assert "--verbose" not in verbose.summary()
@@ -560,12 +560,69 @@ def test_an_incremental_pass_that_found_nothing_does_not_claim_nothing_to_free()
     --full, instead of "nothing to free"."""
     host = qc.DeviceMemory("cpu", None, None, 500 * MiB)
     change = (qc.DeviceChange("cpu", host, host),)
-    incremental = qc.CleanupReport(change, (), gc_pass="gc of 12 new objects", gc_incremental=True)
+    incremental = qc.CleanupReport(
+        change, (), gc_pass="gc of 12 new objects", gc_incremental=True, caller="magic"
+    )
     assert incremental.summary().startswith("cleanup: nothing new to free"), incremental.summary()
     assert "--full scans them" in incremental.summary()
     full = qc.CleanupReport(change, (), gc_pass="full gc (asked for)")
     assert full.summary().startswith("cleanup: nothing to free"), full.summary()
     assert "--full" not in full.summary()
+
+
+REPL_CLEANS_AFTER_AN_ERROR = """
+import qwen3_jupyter
+qwen3_jupyter.cleanup()
+1/0
+print(qwen3_jupyter.cleanup())
+"""
+
+
+def test_a_python_callers_report_names_the_arguments_not_the_magics_flags() -> None:
+    """`cleanup()` from a `>>>` prompt advised "(--full scans them)" and "--verbose lists what
+    still holds memory": flags of a magic the caller never typed, and outside IPython cannot."""
+    ran = subprocess.run(
+        [sys.executable, "-i", "-q"],
+        input=REPL_CLEANS_AFTER_AN_ERROR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    said = [line for line in ran.stdout.splitlines() if line.startswith("cleanup")]
+    assert len(said) == 1, (ran.stdout, ran.stderr[-2000:])
+    assert "released last exception (sys.last_type, sys.last_value" in said[0], said
+    assert "(qwen3_jupyter.cleanup(full=True) scans them)" in said[0], said
+    assert "qwen3_jupyter.cleanup(verbose=True) lists what still holds memory" in said[0], said
+    assert "--" not in said[0], said
+
+
+def test_a_python_callers_holder_hints_name_what_python_calls() -> None:
+    """A verbose report's holders are hinted for the magics (holders.py); read from Python,
+    each names the call that does it, and the magic's own report keeps its flags."""
+    from qwen3_jupyter.cleanup_report import Holder
+
+    host = qc.DeviceMemory("cpu", None, None, 500 * MiB)
+    holders = (
+        Holder("model tiny", "model", "Qwen3ForCausalLM", MiB, ("cpu",), "%qwen3 --unload"),
+        Holder("Out[3]", "output", "Tensor[4]", MiB, ("cpu",), "%qwen3_clean"),
+        Holder(
+            "decode cache",
+            "kept",
+            "StaticCache",
+            MiB,
+            ("cuda:0",),
+            "kept for speed: %qwen3 --eager or --unload gives it back",
+        ),
+    )
+    python = qc.CleanupReport((qc.DeviceChange("cpu", host, host),), (), holders, verbose=True)
+    assert [line.rsplit(" (", 1)[1] for line in python.details()] == [
+        "qwen3_jupyter.unload())",
+        "qwen3_jupyter.cleanup())",
+        "kept for speed: decode='eager' or qwen3_jupyter.unload() gives it back)",
+    ]
+    assert "%" not in str(python) and "--" not in str(python), str(python)
+    magic = dataclasses.replace(python, caller="magic")
+    assert magic.details() == [str(h) for h in holders]
 
 
 def test_verbose_does_not_change_the_headline() -> None:

@@ -346,3 +346,37 @@ def test_a_long_text_streams_less_often() -> None:
 
     assert next_wait(0.1, "x" * 1000) == 0.1
     assert next_wait(0.1, "x" * 130_000) == pytest.approx(0.65)
+
+
+REPL_SHOWS_A_RESULT = """
+import pickle, qwen3_jupyter
+r = qwen3_jupyter.generate_batch(
+    ["hi"], model="tiny", max_new_tokens=300, ignore_eos=True, think=False, progress=False
+)[0]
+len(r.token_ids)
+r
+pickle.loads(pickle.dumps(r)) == r
+"""
+
+
+def test_a_plain_repl_shows_a_result_in_a_few_lines(model_cache: Path) -> None:
+    """`>>> r` in a plain Python REPL printed the dataclass repr, ~7 KB of it `token_ids`; now
+    the footer and the trimmed answer, as IPython shows it. The Result still pickles and
+    compares equal (the fields, token ids included, are all there)."""
+    import subprocess
+    import sys
+
+    ran = subprocess.run(
+        [sys.executable, "-i", "-q"],
+        input=REPL_SHOWS_A_RESULT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    said = ran.stdout.strip().splitlines()
+    shown = [line for line in said if not line.startswith("[qwen3] loaded")]  # its notice
+    assert shown[0] == "300", (ran.stdout[-2000:], ran.stderr[-2000:])
+    assert shown[1].startswith("Result: [qwen3] tiny on cpu (eager) · 300 tokens"), shown
+    assert shown[2].startswith("answer: ") and shown[-1] == "True", shown
+    assert len(shown) == 4, shown
+    assert len("\n".join(shown)) < 1000 and "token_ids" not in ran.stdout, ran.stdout

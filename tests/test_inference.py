@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -213,6 +214,10 @@ def test_a_prompt_given_to_inference_is_one_line_not_a_silent_block(k: Kernel) -
         ("qwen3_jupyter.inference(device='gpu').__enter__()", r"device='gpu' is not a device "),
         ("qwen3_jupyter.inference(dtype='fp8').__enter__()", r"dtype='fp8' is not one of "),
         (
+            "qwen3_jupyter.inference(model='tiny', device='mps').__enter__()",
+            r"device='mps': no mps device here; use device='cpu'$",
+        ),
+        (
             "with qwen3_jupyter.inference(model='tiny') as chat:\n"
             "    chat('hi', max_new_tokens=99999999)",
             r"prompt \(\d+ tokens\) \+ max_new_tokens=99,999,999 exceeds the 4,096 positions of "
@@ -232,6 +237,37 @@ def test_api_errors_name_the_arguments_the_caller_typed(k: Kernel, code: str, sa
     assert bad.status == "error"
     assert re.match(said, bad.reply["evalue"]), bad.reply["evalue"]
     assert "--" not in bad.reply["evalue"], bad.reply["evalue"]
+
+
+@pytest.mark.parametrize(
+    ("magic", "api"),
+    [
+        (
+            "--device mps: no mps device here; use --device cpu",
+            "device='mps': no mps device here; use device='cpu'",
+        ),
+        ("pick a smaller --dtype or --device cpu", "pick a smaller dtype or device='cpu'"),
+        ("run in --dtype bfloat16.", "run in dtype='bfloat16'."),
+        (
+            "try the embedded model with --model tiny (or random:Qwen3-1.7B)",
+            "try the embedded model with model='tiny' (or random:Qwen3-1.7B)",
+        ),
+        ("(--model Qwen/Qwen3-1.7B loads it again)", "(model='Qwen/Qwen3-1.7B' loads it again)"),
+        ("--model then names the served model", "model then names the served model"),
+        ("pass --model NAME, or leave --model out", "pass model NAME, or leave model out"),
+        ("--max-new-tokens leaves no room", "max_new_tokens leaves no room"),
+        ("--max-new-tokens 4,096 leaves no room", "max_new_tokens=4,096 leaves no room"),
+        ("--device 'gpu' is not a device", "device='gpu' is not a device"),
+        ("--model /data/m.bin: a file", "model='/data/m.bin': a file"),
+    ],
+)
+def test_a_flags_value_is_an_argument_only_where_it_is_one(magic: str, api: str) -> None:
+    """`device='mps'` from Python was told `ModelError: device mps: no mps device here; use
+    device cpu`: a bare word after a flag was always the sentence's, even a device or dtype
+    only a value can be."""
+    from qwen3_jupyter.api_call import _api_words
+
+    assert _api_words(magic) == api
 
 
 def test_an_api_calls_notices_name_the_arguments_too(k: Kernel) -> None:
@@ -455,3 +491,34 @@ def test_an_empty_server_argument_uses_the_model_in_this_kernel(k: Kernel) -> No
         assert k.value("(batch[0].model, one.model)") == ("tiny", "tiny")
     finally:
         ok(k, "%config Qwen3Magics.server = ''")
+
+
+BLOCK_NEVER_EXITED = """
+import qwen3_jupyter
+block = qwen3_jupyter.inference(model="tiny", max_new_tokens=2)
+chat = block.__enter__()
+print(chat("hi").completion_tokens)
+"""
+
+
+@pytest.mark.parametrize("how", ["script", "repl"])
+def test_a_block_never_exited_ends_the_interpreter_quietly(model_cache: Path, how: str) -> None:
+    """A `with inference()` block entered by hand and left open: at exit its cleanup ran while
+    Python was shutting down and printed "Exception ignored in: <generator object _block ...>
+    ImportError: sys.meta_path is None" (`python -i`; a script's said "import ... halted")."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-c", BLOCK_NEVER_EXITED]
+    if how == "repl":
+        command = [sys.executable, "-i", "-q"]
+    ran = subprocess.run(
+        command,
+        input=BLOCK_NEVER_EXITED if how == "repl" else None,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert "2" in ran.stdout.splitlines(), ran.stdout  # the chat answered: the block was open
+    assert "Exception ignored" not in ran.stderr and "Error" not in ran.stderr, ran.stderr
