@@ -399,10 +399,12 @@ class ConsoleLine:
         self._last = self._what = ""
 
     def _write(self, text: str) -> None:
+        if self._stream is None:  # no stderr at all (`2>&-`, pythonw): nowhere to say it
+            return
         try:
             self._stream.write(text)
             self._stream.flush()
-        except (OSError, ValueError):  # a closed or broken stderr: progress is not worth an error
+        except Exception:  # a closed or broken stderr: progress must never fail a load
             pass
 
 

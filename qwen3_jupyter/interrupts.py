@@ -284,6 +284,9 @@ class CellInterrupts:
         """Raise KeyboardInterrupt if a call earlier in this cell was interrupted."""
         if not self._interrupted or threading.current_thread() is not threading.main_thread():
             return
+        if _shell() is None and hasattr(sys, "ps1"):  # `python -i script.py` reached its `>>>`
+            self._interrupted = False
+            return
         if _shell() is None:
             self._interrupted = False  # delivered: a script that catches it may go on
             raise KeyboardInterrupt(INTERRUPTED_EARLIER_IN_SCRIPT)

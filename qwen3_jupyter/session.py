@@ -117,7 +117,11 @@ class UnloadReport:
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         """`qwen3_jupyter.unload()` as a cell's last line shows the magic's line."""
-        printer.text(f"UnloadReport: {self.summary}")
+        printer.text(f"UnloadReport: {self}")
+
+    def __str__(self) -> str:
+        """`print(qwen3_jupyter.unload())` in a script: the line, not the fields."""
+        return self.summary
 
 
 class Notices:

@@ -766,3 +766,24 @@ def test_an_option_of_the_other_engine_is_named_as_ignored(
     assert "concurrency= applies to a server: ignored for a model in this kernel" in (
         said.out + said.err
     )
+
+
+def test_a_script_without_stderr_still_loads_the_model(model_cache: Path) -> None:
+    """With stderr closed (`2>&-`, pythonw) Python's `sys.stderr` is None: the progress line
+    wrote to it from inside the loader, and the load failed ("could not load tiny …:
+    AttributeError: 'NoneType' object has no attribute 'write'")."""
+    import shlex
+    import subprocess
+    import sys
+
+    script = (
+        "import qwen3_jupyter as q\n"
+        "print(len(q.generate_batch(['a'], model='tiny', max_new_tokens=2)))"
+    )
+    ran = subprocess.run(
+        ["bash", "-c", f"{shlex.quote(sys.executable)} -c {shlex.quote(script)} 2>&-"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert ran.returncode == 0 and ran.stdout.strip().splitlines()[-1] == "1", ran.stdout

@@ -255,6 +255,7 @@ def test_api_errors_name_the_arguments_the_caller_typed(k: Kernel, code: str, sa
         ("(--model Qwen/Qwen3-1.7B loads it again)", "(model='Qwen/Qwen3-1.7B' loads it again)"),
         ("--model then names the served model", "model then names the served model"),
         ("pass --model NAME, or leave --model out", "pass model NAME, or leave model out"),
+        ("pass --model 'qwen3-8b', or leave --model", "pass model='qwen3-8b', or leave model"),
         ("--max-new-tokens leaves no room", "max_new_tokens leaves no room"),
         ("--max-new-tokens 4,096 leaves no room", "max_new_tokens=4,096 leaves no room"),
         ("--device 'gpu' is not a device", "device='gpu' is not a device"),
@@ -381,6 +382,7 @@ def test_unload_from_python_frees_the_model_and_proves_it(k: Kernel) -> None:
     assert k.value("report.before > report.after"), "its memory was not given back"
     shown = ok(k, "report").result()
     assert (shown or "").startswith("UnloadReport: unloaded tiny · model object freed · "), shown
+    assert k.value("str(report) == report.summary"), "print(unload()) in a script: the line"
     again = ok(k, "qwen3_jupyter.unload()").result()
     assert again == "UnloadReport: no model loaded in this kernel: nothing to unload", again
 

@@ -388,3 +388,36 @@ def test_a_scripts_ctrl_c_stops_the_script_at_its_next_call(model_cache: Path) -
     assert "should not reach" not in ran.stdout, "the second Ctrl-C did not stop the script"
     assert ran.returncode != 0, ran.returncode
     assert ran.stderr.rstrip().endswith("so this one did not start"), ran.stderr[-500:]
+
+
+SCRIPT_ENDS_INTERRUPTED = """
+import os, signal, qwen3_jupyter
+def on_text(text):
+    if not fired:
+        fired.append(1)
+        os.kill(os.getpid(), signal.SIGINT)
+fired = []
+block = qwen3_jupyter.inference(model="tiny", max_new_tokens=20, ignore_eos=True)
+chat = block.__enter__()
+print("script:", chat("hi", on_text=on_text).stop_reason, flush=True)
+"""
+
+
+def test_python_i_gives_the_prompt_a_clean_start(model_cache: Path, tmp_path: Path) -> None:
+    """`python -i script.py` whose last call was interrupted: the first call typed at `>>>`
+    was refused as "a call earlier in this program was interrupted"; at the prompt an interrupt
+    ends only its own call (README)."""
+    import subprocess
+
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT_ENDS_INTERRUPTED)
+    ran = subprocess.run(
+        [sys.executable, "-i", str(script)],
+        input='print("prompt:", chat("again").stop_reason)\n',
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    said = [line.removeprefix(">>> ") for line in ran.stdout.splitlines()]
+    assert "script: interrupted" in said, (said, ran.stderr[-1500:])
+    assert "prompt: length" in said, (said, ran.stderr[-1500:])

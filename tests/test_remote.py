@@ -516,7 +516,7 @@ def test_wrong_model_name_lists_what_is_served(
     message = failed(rk, f"%qwen3 --server {openai_server.url} --model Qwen/Qwen3-8B Hi")
     assert message == (
         f"model 'Qwen/Qwen3-8B' is not served at {openai_server.url} (it serves: "
-        f"{openai_server.model}): pass --model {openai_server.model}, or leave --model out "
+        f"{openai_server.model}): pass --model {openai_server.model!r}, or leave --model out "
         "for the first"
     )
 

@@ -884,7 +884,7 @@ def test_a_transformers_serve_listing_its_cache_gets_a_loaded_or_qwen3_model_or_
         asked()
     assert str(caught.value) == (
         f"{url} lists 3 models and does not say which to use ({big}, {small}): pass --model "
-        f"NAME, e.g. --model {big}"
+        f"NAME, e.g. --model {big!r}"
     )
     scripted.cache = [(small, "loaded")]  # pinned (`transformers serve MODEL`): that one
     assert asked() == small

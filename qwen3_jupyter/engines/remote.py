@@ -494,7 +494,7 @@ class RemoteEngine(Engine):
             names = ", ".join(candidates[:4]) + (" …" if len(candidates) > 4 else "")
             raise EngineError(
                 f"{self.connection.shown} lists {len(served)} models and does not say which to "
-                f"use ({names}): pass --model NAME, e.g. --model {candidates[0]}"
+                f"use ({names}): pass --model NAME, e.g. --model {_quoted(candidates[0])}"
             )
         return chosen
 
@@ -658,7 +658,7 @@ class RemoteEngine(Engine):
         names = ", ".join(served[:5]) + (" …" if len(served) > 5 else "")
         return (
             f"model {model!r} is not served at {self.connection.shown} (it serves: {names}): "
-            f"pass --model {served[0]}, or leave --model out for the first"
+            f"pass --model {_quoted(served[0])}, or leave --model out for the first"
         )
 
     def _result(
@@ -717,3 +717,9 @@ class RemoteEngine(Engine):
             engine=self.kind,
             error=error,
         )
+
+
+def _quoted(name: str) -> str:
+    """A served model's name as a message writes it after `--model`: quoted, so a Python
+    caller reads `model='qwen3-8b'` (a name with no slash is not recognisably a value)."""
+    return repr(name)
