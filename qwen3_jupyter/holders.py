@@ -40,10 +40,11 @@ def find_holders(
     holders: list[Holder] = []
     reached: dict[tuple[str, int], int] = {}
     stopped: list[str] = []
+    walls = namespace_walls(shell)
 
     def add(name: str, kind: str, obj: Any, hint: str, scan: TensorScan | None = None) -> None:
         if scan is None:
-            scan = TensorScan(torch)
+            scan = TensorScan(torch, walls=walls)
             scan.visit(obj)
         if scan.truncated:
             scan.visit_all(obj)
@@ -69,12 +70,12 @@ def find_holders(
             add(f"Out[{key}]", "output", value, "%qwen3_clean")
     last_tb = getattr(sys, "last_traceback", None)
     if last_tb is not None:
-        scan = TensorScan(torch)
+        scan = TensorScan(torch, walls=walls)
         for value in traceback_locals(last_tb):
             scan.visit(value, 1)
         add("last traceback", "traceback", last_tb, "%qwen3_clean", scan)
     for exc in _exceptions_in_sight(shell):
-        scan = TensorScan(torch)
+        scan = TensorScan(torch, walls=walls)
         for value in exception_data(exc):
             scan.visit(value, 1)
         add("last exception (args)", "exception", exc, "%qwen3_clean", scan)
@@ -170,6 +171,24 @@ def _inner_holdings(name: str, value: Any) -> list[tuple[str, Any, str]]:
     return []
 
 
+def namespace_walls(shell: Any | None) -> list[Any]:
+    """What a holder's walk must not enter: the shell, its namespaces and `__main__`. Each
+    reaches every variable, so `ip = get_ipython()`, `out = sys.stdout`, a logger writing to
+    it or a finished Thread was listed as holding every tensor of the notebook, with a `del`
+    that freed nothing."""
+    main = sys.modules.get("__main__")
+    found = [main, getattr(main, "__dict__", None)]
+    if shell is not None:
+        found += [shell, getattr(shell, "user_ns", None), getattr(shell, "user_ns_hidden", None)]
+        found += [getattr(shell, "user_global_ns", None), getattr(shell, "history_manager", None)]
+    return [wall for wall in found if wall is not None]
+
+
+def _running_shell() -> Any | None:
+    ipython = sys.modules.get("IPython")  # never imported here: without it there is no shell
+    return ipython.get_ipython() if ipython is not None else None
+
+
 def definition_holders(name: str, value: Any, hint: str) -> list[Holder]:
     """What a function or class keeps in tensors (closure, defaults, class attributes), one
     Holder each with `hint`: `--drop` keeps definitions (the next cell may call them), so it
@@ -178,8 +197,9 @@ def definition_holders(name: str, value: Any, hint: str) -> list[Holder]:
     if torch is None:
         return []
     found = []
+    walls = namespace_walls(_running_shell())
     for inner, obj, _ in _inner_holdings(name, value):
-        scan = TensorScan(torch)
+        scan = TensorScan(torch, walls=walls)
         scan.visit(obj)
         if scan.truncated:
             scan.visit_all(obj)

@@ -44,12 +44,15 @@ class TensorScan:
     they reach everything.
     """
 
-    def __init__(self, torch: Any, stop_at_first: bool = False) -> None:
+    def __init__(self, torch: Any, stop_at_first: bool = False, walls: Iterable[Any] = ()) -> None:
         self.torch = torch
         self.stop_at_first = stop_at_first
         self.storages: dict[tuple[str, int], int] = {}
         self.tensor_count = 0
-        self._seen: set[int] = set()
+        self._walls = {id(wall) for wall in walls}
+        """Objects never entered, even as the root (the caller keeps them alive): the shell
+        and its namespaces, which reach every variable's tensors."""
+        self._seen: set[int] = set(self._walls)
         self._counted: set[int] = set()
         self._budget = WALK_BUDGET
         self.truncated = False
@@ -120,7 +123,9 @@ class TensorScan:
         """Every tensor reachable from `root` through the garbage collector's references, at
         any depth (up to EXACT_BUDGET objects): the exact answer where `visit` was cut short.
         Functions, classes and modules other than `root` are not entered, as in `visit`."""
-        seen = {id(root)}
+        if id(root) in self._walls:
+            return
+        seen = {id(root), *self._walls}
         stack = [root]
         budget = EXACT_BUDGET
         while stack and not self._done():

@@ -346,6 +346,31 @@ def test_verbose_names_what_still_holds_memory(k: Kernel) -> None:
         ok(k, "del x")
 
 
+def test_verbose_blames_no_variable_for_what_it_reaches_only_through_the_namespace(
+    k: Kernel,
+) -> None:
+    """The shell, sys.stdout, a logger writing to it and a finished Thread each reach the
+    whole namespace: each was listed as holding `x`, with a `del` that freed nothing."""
+    ok(
+        k,
+        "import logging, threading\n"
+        "x = torch.zeros(1024, 1024)\n"
+        "ip, out = get_ipython(), sys.stdout\n"
+        "log = logging.getLogger('qwen3-test-holders')\n"
+        "log.addHandler(logging.StreamHandler(sys.stdout))\n"
+        "th = threading.Thread(target=print)\n"
+        "th.start(); th.join()\n"
+        "kept = [x]",
+    )
+    try:
+        ok(k, "r = qwen3_jupyter.cleanup(verbose=True)")
+        named = [line.split(":")[0] for line in k.value("r.details()")]
+        assert "x" in named and "kept" in named, named  # the real holders, as a control
+        assert not {"ip", "out", "log", "th"} & set(named), named
+    finally:
+        ok(k, "del x, ip, out, log, th, kept")
+
+
 def test_report_is_json_safe_and_listeners_hear_it(k: Kernel) -> None:
     ok(
         k,
