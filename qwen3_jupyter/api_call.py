@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import display
+from .python_words import magic_advice_in_python
 from .session import SESSION
 
 
@@ -201,25 +202,8 @@ def _raised_here(exc: BaseException) -> bool:
     return str(Path(tb.tb_frame.f_code.co_filename).resolve()).startswith(_PACKAGE)
 
 
-_MAGIC_TO_API = (
-    (
-        "--reset clears a --chat conversation",
-        "qwen3_jupyter.reset_chat() clears a chat=True conversation",
-    ),
-    ("%qwen3 --eager or --unload gives it back", "decode='eager' or unload() gives it back"),
-    ("run %qwen3 --eager once to reset", "make one call with decode='eager' to reset"),
-    ("%qwen3 --eager resets the choice", "a call with decode='eager' resets the choice"),
-    ("%qwen3 --unload", "qwen3_jupyter.unload()"),
-    ("%qwen3 --stop", "qwen3_jupyter.stop()"),
-    ("%qwen3_clean --verbose", "qwen3_jupyter.cleanup(verbose=True)"),
-)
-"""What a magic's advice means from Python, where neither the magic nor its flags were typed
-(nor, outside IPython, exist)."""
-
-
 def _api_words(text: str) -> str:
-    for magic, api in _MAGIC_TO_API:
-        text = text.replace(magic, api)
+    text = magic_advice_in_python(text)
     text = re.sub(r"decode with --(eager|fast)\b", r"use decode='\1'", text)
     text = re.sub(r"--(eager|fast)'s", r"\1 decoding's", text)
     text = re.sub(r"(?<![\w-])--no-think\b", "think=False", text)

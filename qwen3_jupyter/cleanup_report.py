@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from .memory import MiB, format_bytes
+from .python_words import magic_advice_in_python
 
 HOST_NOISE_BYTES = 1 * MiB
 """Host RSS moves by a few hundred KiB on its own (allocator bookkeeping, gc's own lists):
@@ -223,11 +224,7 @@ class CleanupReport:
         return f"--{name}" if self.caller == "magic" else f"qwen3_jupyter.cleanup({name}=True)"
 
     def _in_callers_words(self, text: str) -> str:
-        if self.caller == "magic":
-            return text
-        for magic, python in _MAGIC_TO_PYTHON:
-            text = text.replace(magic, python)
-        return text
+        return text if self.caller == "magic" else magic_advice_in_python(text)
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         """`cleanup()` as a cell's last line shows what `%qwen3_clean` prints (its advice in
@@ -299,17 +296,6 @@ def _user_facing(released: tuple[str, ...]) -> tuple[str, ...]:
     (`last_execution_result.result`) where those are there too: `released` keeps them all."""
     known = tuple(r for r in released if not r.startswith(_IPYTHON_INTERNALS))
     return known or released
-
-
-_MAGIC_TO_PYTHON = (
-    (
-        "%qwen3 --eager or --unload gives it back",
-        "decode='eager' or qwen3_jupyter.unload() gives it back",
-    ),
-    ("%qwen3 --unload", "qwen3_jupyter.unload()"),
-    ("%qwen3_clean", "qwen3_jupyter.cleanup()"),
-)
-"""The holders' hints (holders.py words them for the magics) as a Python caller does it."""
 
 
 REFERENCE_ACTIONS = (
