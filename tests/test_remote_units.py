@@ -1116,3 +1116,35 @@ def test_a_batch_of_fewer_prompts_than_its_concurrency_says_how_many_ran_at_once
     )
     assert most[0] == 3
     assert "· 3 concurrent requests" in results.report.summary(), results.report.summary()
+
+
+def test_the_daemon_pool_keeps_order_cancels_the_unstarted_and_refuses_late_work() -> None:
+    """The server batch's pool: each future gets its own item's result or exception, the
+    items not started when it shuts down are cancelled, and work given after that is refused
+    (no worker would ever take it, and its future would never end)."""
+    from concurrent.futures import wait
+
+    from qwen3_jupyter.engines.daemon_pool import DaemonPool
+
+    release, started = threading.Event(), threading.Semaphore(0)
+
+    def work(n: int) -> int:
+        if n == 1:
+            raise ValueError("item 1")
+        if n >= 2:
+            started.release()
+            release.wait(10)
+        return n * 10
+
+    pool = DaemonPool(2, "qwen3-test-pool")
+    futures = [pool.submit(work, n) for n in range(6)]
+    assert started.acquire(timeout=10) and started.acquire(timeout=10)  # 2 and 3 are running
+    assert futures[0].result() == 0
+    assert isinstance(futures[1].exception(), ValueError)
+    pool.shutdown()
+    assert all(f.cancelled() for f in futures[4:]), [f._state for f in futures]
+    assert not wait(futures[4:], timeout=0).not_done, "cancelled, yet wait() did not see it"
+    release.set()
+    assert [f.result(timeout=10) for f in futures[2:4]] == [20, 30]  # the running ones end
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.submit(work, 0)

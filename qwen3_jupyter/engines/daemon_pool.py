@@ -26,6 +26,7 @@ class DaemonPool:
 
     def __init__(self, workers: int, name: str) -> None:
         self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._shut = False
         self._workers = [
             threading.Thread(target=self._work, name=f"{name}_{n}", daemon=True)
             for n in range(workers)
@@ -34,19 +35,23 @@ class DaemonPool:
             worker.start()
 
     def submit(self, function: Callable[..., T], *args: Any) -> Future[T]:
+        if self._shut:  # no worker would ever take it: its future would never end
+            raise RuntimeError("submit after shutdown: this pool's workers have ended")
         future: Future[T] = Future()
         self._queue.put((future, function, args))
         return future
 
     def shutdown(self) -> None:
         """Cancel the items not started; each worker ends once its current one does."""
+        self._shut = True
         while True:
             try:
                 work = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if work is not None:
+            if work is not None:  # cancelled and notified: `wait()` counts it done
                 work[0].cancel()
+                work[0].set_running_or_notify_cancel()
         for _ in self._workers:
             self._queue.put(None)
 
