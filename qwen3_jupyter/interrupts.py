@@ -284,13 +284,11 @@ class CellInterrupts:
         """Raise KeyboardInterrupt if a call earlier in this cell was interrupted."""
         if not self._interrupted or threading.current_thread() is not threading.main_thread():
             return
-        if _shell() is None and hasattr(sys, "ps1"):  # `python -i script.py` reached its `>>>`
-            self._interrupted = False
-            return
-        if _shell() is None:
-            self._interrupted = False  # delivered: a script that catches it may go on
+        if _shell() is not None:
+            raise KeyboardInterrupt(INTERRUPTED_EARLIER)
+        self._interrupted = False  # delivered once: a script that catches it may go on
+        if not hasattr(sys, "ps1"):  # at `python -i script.py`'s `>>>`, the prompt starts clean
             raise KeyboardInterrupt(INTERRUPTED_EARLIER_IN_SCRIPT)
-        raise KeyboardInterrupt(INTERRUPTED_EARLIER)
 
     def _clear(self, *info: Any) -> None:
         self._interrupted = False
