@@ -10,7 +10,6 @@ the call ends.
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import display
-from .python_words import magic_advice_in_python
+from .python_words import in_python_words
 from .session import SESSION
 
 
@@ -84,7 +83,7 @@ class ApiCall:
     def end(self, failed: bool = False) -> None:
         """Say the call's notices: in its line's display where it showed one (see
         `Status.end`), else on stdout."""
-        notices = [*(_api_words(n) for n in SESSION.take_notices()), *self.notices]
+        notices = [*(in_python_words(n) for n in SESSION.take_notices()), *self.notices]
         if self.console is not None:
             self.console.end(failed)
         if self.status is not None:
@@ -130,51 +129,13 @@ def api_call(show_status: bool = True) -> Iterator[ApiCall]:
             yield call
         failed = False
     except Exception as exc:
-        in_api_words(exc)
+        inin_python_words(exc)
         raise
     finally:
         call.end(failed)
 
 
-_FLAG = re.compile(
-    r"(?<![\w/~.-])--(max-new-tokens|device|dtype|model|server|temperature|top-p|top-k|seed|system|"
-    r"batch-size|concurrency|memory-budget|out|eager|fast)(?![\w-])"
-    r"(?: ('[^']*'|\"[^\"]*\"|\d[\d,._]*\d|\d|[/~][\w./~-]*\w|\w[\w:./-]*\w|\w))?"
-)
-"""A flag the API has an argument for, and the word after it. That word is the flag's value
-where it unmistakably is one (quoted, a number, a path, or a word only a value can be: see
-`_WORD_VALUES`); any other word after it is the sentence's."""
-
-_WORD_VALUES = {
-    "device": re.compile(r"cpu|mps|xpu|cuda(?::\d+)?"),
-    "dtype": re.compile(r"bfloat16|float16|float32"),
-    "model": re.compile(r"tiny|random:[\w.-]+|[\w.-]+/[\w.-]+"),  # embedded, or a Hub id
-}
-"""Bare words that are the flag's value (`use --device cpu`, `with --model tiny`), never the
-sentence's (`--model then names the served model`, `--dtype or --device cpu`)."""
-
-
-def _argument(match: re.Match[str]) -> str:
-    """`--device 'gpu'` -> `device='gpu'`, `--max-new-tokens 12` -> `max_new_tokens=12`,
-    `--model /path` -> `model='/path'`, `use --device cpu` -> `use device='cpu'`,
-    `lower --max-new-tokens` -> `lower max_new_tokens`, `--eager` -> `decode='eager'`."""
-    flag, value = match.group(1), match.group(2)
-    if flag in ("eager", "fast"):
-        return f"decode={flag!r}" + (f" {value}" if value else "")
-    name = flag.replace("-", "_")
-    if value is None:
-        return name
-    if value[0] in "/~":
-        return f"{name}={value!r}"
-    if value[0] in "'\"" or value[0].isdigit():
-        return f"{name}={value}"
-    word = _WORD_VALUES.get(flag)
-    if word is not None and word.fullmatch(value):
-        return f"{name}={value!r}"
-    return f"{name} {value}"  # the sentence's word
-
-
-def in_api_words(exc: BaseException) -> None:
+def inin_python_words(exc: BaseException) -> None:
     """Reword `exc` in place with the argument names a Python caller typed: the layers below
     word their errors for the magic's flags (`--max-new-tokens 99,999,999 exceeds ...`), which
     a caller of chat() or generate_batch() never wrote. The exception keeps its type and
@@ -183,10 +144,10 @@ def in_api_words(exc: BaseException) -> None:
     if not _raised_here(exc):
         return
     if exc.args and isinstance(exc.args[0], str):
-        exc.args = (_api_words(exc.args[0]), *exc.args[1:])
+        exc.args = (in_python_words(exc.args[0]), *exc.args[1:])
     hint = getattr(exc, "hint", None)
     if isinstance(hint, str) and hint:
-        exc.hint = _api_words(hint)  # type: ignore[attr-defined]
+        exc.hint = in_python_words(hint)  # type: ignore[attr-defined]
 
 
 _PACKAGE = str(Path(__file__).resolve().parent)
@@ -200,12 +161,3 @@ def _raised_here(exc: BaseException) -> bool:
     while tb.tb_next is not None:
         tb = tb.tb_next
     return str(Path(tb.tb_frame.f_code.co_filename).resolve()).startswith(_PACKAGE)
-
-
-def _api_words(text: str) -> str:
-    text = magic_advice_in_python(text)
-    text = re.sub(r"decode with --(eager|fast)\b", r"use decode='\1'", text)
-    text = re.sub(r"--(eager|fast)'s", r"\1 decoding's", text)
-    text = re.sub(r"(?<![\w-])--no-think\b", "think=False", text)
-    text = re.sub(r"(?<![\w-])--chat turn\b", "chat turn", text)
-    return _FLAG.sub(_argument, text)

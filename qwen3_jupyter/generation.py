@@ -222,15 +222,17 @@ class Result:
 
     def __repr__(self) -> str:
         """The same lines at a plain `>>>` prompt, in a script's `print(result)` or a log: the
-        dataclass repr was ~7 KB, most of it `token_ids`."""
+        dataclass repr was ~7 KB, most of it `token_ids`. In the words a Python caller types
+        (`max_new_tokens`, not the magic's `--max-new-tokens`): a Result is read as a value."""
         from .display import footer
+        from .python_words import in_python_words
 
         def trimmed(text: str) -> str:
             return text if len(text) <= 200 else text[:200] + f"… ({len(text):,} characters)"
 
-        lines = [f"Result: {footer(self)}"]
+        lines = [f"Result: {in_python_words(footer(self))}"]
         if self.error:
-            lines.append(f"error: {self.error}")
+            lines.append(f"error: {in_python_words(self.error)}")
         if self.thinking:
             lines.append(f"thinking: {trimmed(self.thinking)!r}")
         lines.append(f"answer: {trimmed(self.answer)!r}")

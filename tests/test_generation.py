@@ -361,8 +361,9 @@ pickle.loads(pickle.dumps(r)) == r
 
 def test_a_plain_repl_shows_a_result_in_a_few_lines(model_cache: Path) -> None:
     """`>>> r` in a plain Python REPL printed the dataclass repr, ~7 KB of it `token_ids`; now
-    the footer and the trimmed answer, as IPython shows it. The Result still pickles and
-    compares equal (the fields, token ids included, are all there)."""
+    the footer and the trimmed answer, as IPython shows it, in the argument names a Python
+    caller types (it said "raise --max-new-tokens"). The Result still pickles and compares
+    equal (the fields, token ids included, are all there)."""
     import subprocess
     import sys
 
@@ -377,6 +378,7 @@ def test_a_plain_repl_shows_a_result_in_a_few_lines(model_cache: Path) -> None:
     shown = [line for line in said if not line.startswith("[qwen3] loaded")]  # its notice
     assert shown[0] == "300", (ran.stdout[-2000:], ran.stderr[-2000:])
     assert shown[1].startswith("Result: [qwen3] tiny on cpu (eager) · 300 tokens"), shown
+    assert shown[1].endswith("answer cut off at max_new_tokens (raise it for the rest)"), shown
     assert shown[2].startswith("answer: ") and shown[-1] == "True", shown
     assert len(shown) == 4, shown
     assert len("\n".join(shown)) < 1000 and "token_ids" not in ran.stdout, ran.stdout

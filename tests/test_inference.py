@@ -266,9 +266,9 @@ def test_a_flags_value_is_an_argument_only_where_it_is_one(magic: str, api: str)
     """`device='mps'` from Python was told `ModelError: device mps: no mps device here; use
     device cpu`: a bare word after a flag was always the sentence's, even a device or dtype
     only a value can be."""
-    from qwen3_jupyter.api_call import _api_words
+    from qwen3_jupyter.python_words import in_python_words
 
-    assert _api_words(magic) == api
+    assert in_python_words(magic) == api
 
 
 def test_an_api_calls_notices_name_the_arguments_too(k: Kernel) -> None:
@@ -440,6 +440,8 @@ def test_reset_chat_clears_the_conversation_chat_true_builds(k: Kernel) -> None:
     assert k.value("qwen3_jupyter.reset_chat()") == "conversation cleared (2 turns)"
     assert k.value("(SESSION.conversation.messages, SESSION.conversation.system)") == ([], None)
     assert k.value("qwen3_jupyter.reset_chat()") == "conversation cleared (it was empty)"
+    shown = ok(k, "qwen3_jupyter.reset_chat()").result()
+    assert shown == "conversation cleared (it was empty)", "a cell shows the line, unquoted"
     assert "reset_chat" in k.value("qwen3_jupyter.__all__")
     ok(
         k,
