@@ -218,6 +218,7 @@ def stop() -> str:
     to a server running in another thread, to stop at its next step; each keeps what it
     finished, as an interrupt would. One line says what was asked."""
     from .models import HOLDER
+    from .said import Said
     from .server_calls import SERVER_CALLS
 
     user = HOLDER.use.request_stop()
@@ -225,15 +226,15 @@ def stop() -> str:
         SERVER_CALLS.request_stop()
     )
     if len(asked) == 1:
-        return f"asked {asked[0]} to stop at its next step (it keeps what it finished)"
+        return Said(f"asked {asked[0]} to stop at its next step (it keeps what it finished)")
     if asked:
-        return (
+        return Said(
             f"asked {', '.join(asked[:-1])} and {asked[-1]} to stop, each at its next step "
             "(each keeps what it finished)"
         )
     if user is not None:
-        return f"{user} cannot be stopped part-way; it ends by itself"
-    return "nothing is using the model or a server: nothing to stop"
+        return Said(f"{user} cannot be stopped part-way; it ends by itself")
+    return Said("nothing is using the model or a server: nothing to stop")
 
 
 def stop_point() -> None:

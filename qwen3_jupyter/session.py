@@ -446,8 +446,10 @@ def reset_chat() -> str:
     """Clear the kernel's conversation (its turns and its system prompt), as `%qwen3 --reset`
     does: from Python, `chat(..., chat=True)` added to it and nothing cleared it. One line says
     what went."""
+    from .said import Said
+
     turns = len(SESSION.conversation.messages) // 2
     SESSION.conversation.reset()
     if not turns:
-        return "conversation cleared (it was empty)"
-    return f"conversation cleared ({turns} turn{'s' if turns > 1 else ''})"
+        return Said("conversation cleared (it was empty)")
+    return Said(f"conversation cleared ({turns} turn{'s' if turns > 1 else ''})")

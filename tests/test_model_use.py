@@ -285,6 +285,8 @@ def test_stop_ends_a_generation_in_another_thread_at_its_next_step(
     ok(kernel, "from qwen3_jupyter.models import HOLDER")
     assert kernel.value("HOLDER.use.user") is None
     assert "nothing to stop" in ok(kernel, "%qwen3 --stop").stdout
+    shown = ok(kernel, "import qwen3_jupyter\nqwen3_jupyter.stop()").result()
+    assert shown == "nothing is using the model or a server: nothing to stop", "unquoted"
     ok(kernel, f"%qwen3 --{decode} --greedy --max-new-tokens 3 hi")  # free, and not stopped
 
 
