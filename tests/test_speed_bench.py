@@ -45,6 +45,9 @@ def results(**overrides: Any) -> dict[str, Any]:
 def test_a_full_cuda_run_judges_every_target() -> None:
     text = "\n".join(report(results(device_name="NVIDIA H200")))
     assert "targets (issue 10 sets them for an H100; measured here on NVIDIA H200):" in text
+    in_bf16 = "\n".join(report(results(device_name="NVIDIA H200", dtype="bfloat16")))
+    assert "measured here on NVIDIA H200 in bfloat16):" in in_bf16
+    assert "weights 3.00 GB in bfloat16 -> limit 1,000 tok/s at batch 1" in in_bf16
     tuned = "\n".join(report(results(device_name="NVIDIA H200", tuned=True)))
     assert "measured here on NVIDIA H200, the step tuned by $QWEN3_JUPYTER_TUNE):" in tuned
     # the fast path's first call is the fresh kernel's (the table's own run found it built)
@@ -310,10 +313,13 @@ def test_a_run_removes_its_compile_cache_and_says_its_time_limit_as_given(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The temporary compile cache each run made was left behind (one folder per run); and
-    `--time-limit 0.5` was printed as "0 s"."""
+    `--time-limit 0.5` was printed as "0 s". The kernels inherit $QWEN3_JUPYTER_DTYPE, and the
+    run says the dtype it measured (it printed none: a CPU table in bf16 read as float32's)."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("QWEN3_JUPYTER_DTYPE", "bf16")
     argv = ["--model", "tiny", "--device", "cpu", "--skip-first-calls", "--time-limit", "0.5"]
     assert main([*argv, "--paths", "eager", "--batches", "1", "--repeats", "1"]) == 0
     printed = capsys.readouterr().out
+    assert "device: CPU (cpu), bfloat16\n" in printed, printed
     assert "out of time (--time-limit 0.5 s): not measured: eager at batch 1" in printed
     assert list(tmp_path.iterdir()) == [], "the compile cache (or a kernel's folder) was left"

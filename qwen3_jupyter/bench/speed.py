@@ -291,9 +291,15 @@ def _measure_in_kernels(args: argparse.Namespace, env: dict[str, str]) -> dict[s
         _ok(first_kernel, SETUP.format(prompt=PROMPT))
         results["device"] = _value(first_kernel, "_dev")
         results["device_name"] = _value(first_kernel, DEVICE_NAME)
-        results["tuned"] = tuning_enabled()  # the kernels inherit this process's environment
+        # The kernels inherit this process's environment: $QWEN3_JUPYTER_DTYPE picks the dtype
+        # and $QWEN3_JUPYTER_TUNE the tuning, which the figures then need to say.
+        results["dtype"] = _value(first_kernel, "SESSION.loaded.dtype")
+        results["tuned"] = tuning_enabled()
         tuned = ", decode step tuned ($QWEN3_JUPYTER_TUNE)" if results["tuned"] else ""
-        print(f"device: {results['device_name']} ({results['device']}){tuned}", flush=True)
+        print(
+            f"device: {results['device_name']} ({results['device']}), {results['dtype']}{tuned}",
+            flush=True,
+        )
         if not args.skip_first_calls:
             _first_call(results, "fast, fresh kernel", first_kernel, args)
             second = "fast, second fresh kernel"
@@ -460,7 +466,8 @@ def report(results: dict[str, Any]) -> list[str]:
     lines.append("")
     lines.append(
         f"bandwidth (device-to-device copy): {results['bandwidth'] / 1e9:,.0f} GB/s; weights "
-        f"{results['weight_bytes'] / 1e9:.2f} GB -> limit {limit:,.0f} tok/s at batch 1"
+        f"{results['weight_bytes'] / 1e9:.2f} GB{_in_dtype(results)} -> limit {limit:,.0f} tok/s "
+        "at batch 1"
     )
     hows, splits = results.get("first_call_how", {}), results.get("first_call_parts", {})
     for name, seconds in results["first_call"].items():
@@ -526,8 +533,13 @@ def _targets_apply(results: dict[str, Any]) -> bool:
     )
 
 
+def _in_dtype(results: dict[str, Any]) -> str:
+    """` in bfloat16`, where the run recorded its dtype (older JSON files did not)."""
+    return f" in {results['dtype']}" if results.get("dtype") else ""
+
+
 def _targets(results: dict[str, Any]) -> list[str]:
-    measured_on = results.get("device_name") or results.get("device")
+    measured_on = f"{results.get('device_name') or results.get('device')}{_in_dtype(results)}"
     tuned = ", the step tuned by $QWEN3_JUPYTER_TUNE" if results.get("tuned") else ""
     lines = [
         "",
