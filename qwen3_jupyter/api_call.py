@@ -41,16 +41,14 @@ class ApiCall:
         """`SESSION.engine(**choice)` (model, device, dtype, decode, server), with `%config
         Qwen3Magics.*` filling in what neither the arguments nor the environment say (the
         magic's order), its loading progress on this call's line."""
-        from .models import DEVICE_ENV, DTYPE_ENV, unless_in_environment
-
         config = configured()
-        for name, variable in (("device", DEVICE_ENV), ("dtype", DTYPE_ENV)):
-            choice[name] = choice.get(name) or unless_in_environment(variable, config.get(name))
         failed = True
         try:
             engine = SESSION.engine(
                 **choice,
                 configured_model=config.get("model"),
+                configured_device=config.get("device"),
+                configured_dtype=config.get("dtype"),
                 configured_decode=config.get("decode"),
                 configured_server=config.get("server"),
                 progress=self.progress,

@@ -8,7 +8,6 @@ option values are paths, URLs and numbers, expanded as IPython expands any magic
 
 from __future__ import annotations
 
-import os
 import sys
 from argparse import Namespace
 from contextlib import nullcontext
@@ -28,22 +27,21 @@ from traitlets import Float, Unicode
 
 from . import display
 from .batching import ResultsFileError, memory_budget_bytes, parse_size
-from .engines import SERVER_ENV, Engine, EngineError, decode_mode, server_url
+from .engines import (
+    Engine,
+    EngineError,
+    check_decode,
+    decode_mode,
+    server_source,
+    server_url,
+)
 from .engines.urls import mask_url
 from .gauge import inline_gauge
 from .generation import DEFAULT_MAX_NEW_TOKENS, GenerationOOM, GenerationOptions, broken_rules
 from .interrupts import CELL_INTERRUPTS
 from .magic_args import asks_help, options_of, show_help
 from .model_use import ModelBusy, holding, stop
-from .models import (
-    DEVICE_ENV,
-    DTYPE_ENV,
-    DTYPES,
-    ModelError,
-    canonical_dtype,
-    is_loaded_as,
-    unless_in_environment,
-)
+from .models import DTYPES, ModelError, canonical_dtype, is_loaded_as
 from .prompt_files import PromptFileError, read_prompts
 from .prompt_line import expander, parse_line, protect_prompt_lines
 from .prompt_vars import PromptVarsError, fill
@@ -88,8 +86,9 @@ class Qwen3Magics(Magics):
     @argument(
         "--model",
         metavar="ID_OR_PATH",
-        help="Hugging Face id, local folder, or an "
-        "embedded model: tiny, random:Qwen3-1.7B. Default: Qwen/Qwen3-1.7B.",
+        help="Hugging Face id, local folder, or an embedded model: tiny, random:Qwen3-1.7B. "
+        "Default: the loaded model (a changed $QWEN3_JUPYTER_MODEL or %%config "
+        "Qwen3Magics.model switches it), else what those name, else Qwen/Qwen3-1.7B.",
     )
     @argument(
         "--server",
@@ -100,13 +99,18 @@ class Qwen3Magics(Magics):
         '$OPENAI_API_KEY. --server "" uses the model in this kernel, whatever server '
         "$QWEN3_JUPYTER_SERVER or %%config Qwen3Magics.server name.",
     )
-    @argument("--device", help="cpu, cuda or cuda:N (default: cuda if present, else cpu).")
+    @argument(
+        "--device",
+        help="cpu, cuda or cuda:N. Default: $QWEN3_JUPYTER_DEVICE, else %%config "
+        "Qwen3Magics.device, else the loaded model's, else cuda if present, else cpu.",
+    )
     @argument(
         "--dtype",
         type=canonical_dtype,
         choices=DTYPES,
-        help="Default: bfloat16 on CUDA (float16 before Ampere: T4, V100), float32 on CPU "
-        "(bf16, fp16, fp32 also accepted).",
+        help="Default: $QWEN3_JUPYTER_DTYPE, else %%config Qwen3Magics.dtype, else the "
+        "loaded model's (on its device), else bfloat16 on CUDA (float16 before Ampere: T4, "
+        "V100), float32 on CPU (bf16, fp16, fp32 also accepted).",
     )
     @argument(
         "--think",
@@ -125,7 +129,8 @@ class Qwen3Magics(Magics):
         "--fast",
         action="store_true",
         help="Decode through a static KV cache and a compiled decode step (a CUDA graph on "
-        "GPUs) — the default on CUDA. The cache is kept between calls for speed.",
+        "GPUs) — the default on CUDA ($QWEN3_JUPYTER_DECODE or %%config Qwen3Magics.decode "
+        "change the default). The cache is kept between calls for speed.",
     )
     @argument(
         "--eager",
@@ -385,18 +390,22 @@ class Qwen3Magics(Magics):
             if args.device or args.dtype or args.eager or args.fast or args.warmup:
                 raise UsageError(
                     "--device, --dtype, --eager, --fast and --warmup apply to a model in this "
-                    f"kernel, not with {_server_source(args.server)}"
+                    f"kernel, not with {server_source(args.server)}"
                 )
             status.show(f"connecting to {mask_url(url)}…")
             return SESSION.remote_engine(url, args.model)
+        flag = "eager" if args.eager else "fast" if args.fast or args.warmup else None
+        check_decode(flag, self.decode)  # a bad %config value: refused before any load
         if "torch" not in sys.modules:
             status.show("importing torch and transformers…")
         try:
             choice = SESSION.choice(
                 args.model,
-                args.device or unless_in_environment(DEVICE_ENV, self.device or None),
-                args.dtype or unless_in_environment(DTYPE_ENV, self.dtype or None),
-                self.model or None,
+                args.device,
+                args.dtype,
+                configured_model=self.model,
+                configured_device=self.device,
+                configured_dtype=self.dtype,
             )
         except KeyboardInterrupt:  # held until torch was whole (import_whole): it still works
             raise UsageError(
@@ -414,8 +423,7 @@ class Qwen3Magics(Magics):
             raise UsageError(
                 f"interrupted while loading {choice.name}: {state}; run the cell again to load it"
             ) from None
-        flag = "eager" if args.eager else "fast" if args.fast or args.warmup else None
-        mode = decode_mode(flag, self.decode or None, loaded.device)
+        mode = decode_mode(flag, self.decode, loaded.device)
         rebuilds = "the next --fast call" if flag is None else "the next call without --eager"
         return SESSION.local_engine(loaded, mode, rebuilds)
 
@@ -556,19 +564,6 @@ def _warmup_caveat(engine: Engine, configured: str | None) -> str:
         f" · on {device} plain calls decode eagerly and give this back: it serves --fast calls "
         "(or %config Qwen3Magics.decode = 'fast')"
     )
-
-
-def _server_source(flag: str | None) -> str:
-    """Where the server a call would use came from, for a message about it: the user may
-    never have typed --server (a `%config` line in an earlier cell set it)."""
-    if flag:
-        return "--server"
-    where = (
-        f"${SERVER_ENV}"
-        if (os.environ.get(SERVER_ENV) or "").strip()
-        else "%config Qwen3Magics.server"
-    )
-    return f'the server set by {where} (--server "" uses the model in this kernel)'
 
 
 def _show_unload(report: Any) -> None:

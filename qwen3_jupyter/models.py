@@ -11,11 +11,12 @@ import os
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import embedded
+from .asked import CALL, Asked
 from .hub_progress import Progress, hub_progress_bars_off, loading_progress
 from .model_use import ModelUse
 from .out_of_memory import out_of_memory_reason
@@ -40,6 +41,8 @@ class ModelChoice:
     name: str
     device: str
     dtype: str
+    asked: Asked | None = field(default=None, compare=False)
+    """Where `name` was asked (a message about it names that place); None: `--model`."""
 
 
 @dataclass
@@ -68,30 +71,36 @@ def weights_bytes(model: Any) -> int:
 
 def choose_model(explicit: str | None = None, configured: str | None = None) -> str:
     """The model to use: flag, then environment variable, then config option, then default."""
-    for candidate in (explicit, os.environ.get(MODEL_ENV), configured):
-        if candidate:
-            return candidate
-    return DEFAULT_MODEL
+    asked = asked_model(explicit, configured)
+    return asked.value if asked is not None else DEFAULT_MODEL
 
 
-def pick_device(override: str | None = None) -> str:
-    """`cuda` when a GPU is present, else `cpu`; an override (flag or env) wins if usable."""
+def asked_model(explicit: str | None = None, configured: str | None = None) -> Asked | None:
+    """The model named by the flag, the environment variable or the config option, and where."""
+    return Asked.first("model", explicit, MODEL_ENV, configured)
+
+
+def pick_device(override: str | None = None, configured: str | None = None) -> str:
+    """`cuda` when a GPU is present, else `cpu`; an override (flag, then env, then config)
+    wins if usable. An error names the one that asked (`Asked.says`)."""
     import torch
 
-    wanted = override or os.environ.get(DEVICE_ENV) or "auto"
-    named = "--device " if override else f"${DEVICE_ENV}="  # what an error names
-    if wanted == "auto":
+    asked = Asked.first("device", override, DEVICE_ENV, configured)
+    if asked is None or asked.value == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    wanted = asked.value
     if wanted.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"{named}{wanted}: no CUDA GPU is visible here; use --device cpu")
+        raise ModelError(f"{asked.says()}: no CUDA GPU is visible here; use --device cpu")
     try:
         device = torch.device(wanted)
     except RuntimeError as exc:
-        raise ModelError(f"{named}{wanted!r} is not a device torch knows (try cpu, cuda)") from exc
+        raise ModelError(
+            f"{asked.says(quoted=True)} is not a device torch knows (try cpu, cuda)"
+        ) from exc
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         count = torch.cuda.device_count()
         raise ModelError(
-            f"{named}{wanted}: this kernel sees {count} CUDA GPU{'s' if count != 1 else ''} "
+            f"{asked.says()}: this kernel sees {count} CUDA GPU{'s' if count != 1 else ''} "
             f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}; CUDA_VISIBLE_DEVICES "
             "renumbers them from 0)"
         )
@@ -99,8 +108,27 @@ def pick_device(override: str | None = None) -> str:
         backend = getattr(torch, device.type, None)
         available = getattr(backend, "is_available", None)
         if available is None or not available():
-            raise ModelError(f"{named}{wanted}: no {device.type} device here; use --device cpu")
+            raise ModelError(f"{asked.says()}: no {device.type} device here; use --device cpu")
     return wanted
+
+
+def same_device(a: str, b: str) -> bool:
+    """Whether `a` and `b` name one device: `cpu` and `cpu:0`; `cuda` and `cuda:N` where N is
+    the current GPU. Why: `--device cuda:0` after a load on the automatic `cuda` reloaded the
+    model (and on the fast path compiled and captured its step again)."""
+    return a == b or _device_key(a) == _device_key(b)
+
+
+def _device_key(name: str) -> tuple[str, int]:
+    import torch
+
+    device = torch.device(name)
+    if device.type == "cpu":
+        return ("cpu", 0)
+    index = device.index
+    if index is None and device.type == "cuda" and torch.cuda.is_available():
+        index = torch.cuda.current_device()
+    return (device.type, index or 0)
 
 
 def canonical_dtype(text: str) -> str:
@@ -109,12 +137,13 @@ def canonical_dtype(text: str) -> str:
     return DTYPE_ALIASES.get(name, name)
 
 
-def pick_dtype(device: str, override: str | None = None) -> str:
-    """bfloat16 on CUDA (float16 on GPUs older than Ampere), float32 on CPU, unless overridden."""
-    wanted = canonical_dtype(override or os.environ.get(DTYPE_ENV) or "auto")
-    if wanted not in DTYPES:
-        named = "--dtype " if override else f"${DTYPE_ENV}="
-        raise ModelError(f"{named}{wanted!r} is not one of {', '.join(DTYPES)}")
+def pick_dtype(device: str, override: str | None = None, configured: str | None = None) -> str:
+    """bfloat16 on CUDA (float16 on GPUs older than Ampere), float32 on CPU, unless overridden
+    (flag, then env, then config; an error names the one that asked)."""
+    asked = Asked.first("dtype", override, DTYPE_ENV, configured)
+    wanted = canonical_dtype(asked.value) if asked is not None else "auto"
+    if asked is not None and wanted not in DTYPES:
+        raise ModelError(f"{asked.says(quoted=True)} is not one of {', '.join(DTYPES)}")
     if wanted != "auto":
         return wanted
     if not device.startswith("cuda"):
@@ -153,12 +182,17 @@ def _built(name: str, progress: Progress | None) -> Path:
         ) from None
 
 
-def resolve_path(name: str, progress: Progress | None = None) -> tuple[str, bool]:
+def resolve_path(
+    name: str, progress: Progress | None = None, asked: Asked | None = None
+) -> tuple[str, bool]:
     """A local directory holding the checkpoint for `name`, and whether it is embedded.
 
     Order: an embedded model name; an existing local directory; the Hugging Face cache
-    (offline). Raises ModelError with one line saying where it looked and what to do.
+    (offline). Raises ModelError with one line saying where it looked and what to do, naming
+    where `name` was asked (`asked`; None: the `--model` flag).
     """
+    says = asked.says() if asked is not None else f"--model {name}"
+    place = asked.place if asked is not None else "--model"
     embedded_name = embedded.canonical_name(name)
     if embedded_name is not None:
         return str(_built(embedded_name, progress)), True
@@ -174,15 +208,15 @@ def resolve_path(name: str, progress: Progress | None = None) -> tuple[str, bool
             )
         return str(local), False
     if local.is_file():
-        raise ModelError(f"--model {name}: a file; point at the folder that holds it")
+        raise ModelError(f"{says}: a file; point at the folder that holds it")
     if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
         nearest = next((p for p in local.absolute().parents if p.is_dir()), None)
         raise ModelError(
             f"model path {name!r} does not exist ({nearest} is the nearest folder that does): "
-            "point --model at the folder holding config.json, or use a Hub id such as "
+            f"point {place} at the folder holding config.json, or use a Hub id such as "
             f"{DEFAULT_MODEL}"
         )
-    return _from_hf_cache(name), False
+    return _from_hf_cache(name, "" if asked is None or asked.where == CALL else asked.place), False
 
 
 def _builds_on_resolve(name: str) -> bool:
@@ -191,7 +225,9 @@ def _builds_on_resolve(name: str) -> bool:
     return embedded_name is not None and not embedded.is_built(embedded_name)
 
 
-def _from_hf_cache(repo_id: str) -> str:
+def _from_hf_cache(repo_id: str, set_by: str = "") -> str:
+    """The cached snapshot of `repo_id` (downloading it only where allowed); `set_by`: the
+    setting that named it, when the user did not type it in this call."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.constants import HF_HUB_CACHE
 
@@ -200,12 +236,15 @@ def _from_hf_cache(repo_id: str) -> str:
         return str(snapshot_download(repo_id, local_files_only=not allow_download))
     except Exception as exc:
         hint = (
-            f"model {repo_id!r} not found: looked for a local folder and in the Hugging Face "
-            f"cache ({HF_HUB_CACHE}). Use --model /path/to/weights, set {MODEL_ENV}, "
-            "or try the embedded model with --model tiny (or random:Qwen3-1.7B)"
+            f"model {repo_id!r}{f' ({set_by})' if set_by else ''} not found: looked for a local "
+            f"folder and in the Hugging Face cache ({HF_HUB_CACHE}). Use --model "
+            f"/path/to/weights, set {MODEL_ENV}, or try the embedded model with --model tiny "
+            "(or random:Qwen3-1.7B)"
         )
-        if allow_download:  # the download's own error (network, access) is the reason
-            raise ModelError(hint) from exc
+        if allow_download:  # the download's own error (network, access, a typo) is the reason
+            raise ModelError(
+                f"{hint}; downloading it failed: {type(exc).__name__}: {_first_line(exc)}"
+            ) from exc
         # offline, the hub's lookup failing is all there is to say: its 60-line chain buried
         # the one line under it in an API call's traceback
         raise ModelError(hint + f"; set {DOWNLOAD_ENV}=1 to allow downloading") from None
@@ -246,7 +285,7 @@ class ModelHolder:
                 return current
             started = time.perf_counter()
             builds = _builds_on_resolve(choice.name)
-            path, is_embedded = resolve_path(choice.name, progress)
+            path, is_embedded = resolve_path(choice.name, progress, choice.asked)
             found = time.perf_counter()
             if current is not None:
                 self._release()
@@ -292,9 +331,10 @@ class ModelHolder:
 
 def is_loaded_as(loaded: LoadedModel, choice: ModelChoice) -> bool:
     """Whether `loaded` is what `choice` asks for (the same model, device and dtype)."""
-    return same_model(loaded.name, choice.name) and (loaded.device, loaded.dtype) == (
-        choice.device,
-        choice.dtype,
+    return (
+        same_model(loaded.name, choice.name)
+        and loaded.dtype == choice.dtype
+        and same_device(loaded.device, choice.device)
     )
 
 
@@ -386,10 +426,3 @@ def _load(
 
 
 HOLDER = ModelHolder()
-
-
-def unless_in_environment(variable: str, configured: str | None) -> str | None:
-    """A configured device or dtype (`c.Qwen3Magics.device`), unless `variable` says it: for
-    the magic and the API alike, the flag or argument comes first, then the environment
-    variable, then the config option, then "auto"."""
-    return None if os.environ.get(variable) else configured

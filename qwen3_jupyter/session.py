@@ -15,12 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .asked import Asked
 from .engines import Engine, KeptMemory, decode_mode, local_engine
 from .generation import Conversation, GenerationOptions, Result
 from .hub_progress import Progress
 from .interrupts import CELL_INTERRUPTS, import_whole
 from .model_use import ModelBusy
 from .models import (
+    DEFAULT_MODEL,
     DEVICE_ENV,
     DTYPE_ENV,
     HOLDER,
@@ -28,9 +30,10 @@ from .models import (
     LoadedModel,
     ModelChoice,
     ModelError,
-    choose_model,
+    asked_model,
     pick_device,
     pick_dtype,
+    same_device,
     same_model,
 )
 
@@ -197,8 +200,11 @@ class Session:
         device: str | None = None,
         dtype: str | None = None,
         configured_model: str | None = None,
+        configured_device: str | None = None,
+        configured_dtype: str | None = None,
     ) -> ModelChoice:
-        """Resolve what to load from flags, environment and configuration.
+        """Resolve what to load from flags, environment and configuration (`%config
+        Qwen3Magics.*`: kept apart from the flags, so that an error names the one the user set).
 
         Without an explicit device or dtype, the model already loaded is reused as it is when
         no model or that same one is named: a kernel loads its model once and every later call
@@ -211,9 +217,11 @@ class Session:
         if model is not None and not model.strip():
             raise ModelError("--model needs a name (e.g. Qwen/Qwen3-1.7B, or tiny)")
         loaded = HOLDER.loaded
+        configured_model = (configured_model or "").strip() or None
         setting = os.environ.get(MODEL_ENV) or configured_model
         changed = setting != self._model_setting
         self._asked_setting = setting  # taken as seen once a load succeeds (`load`)
+        switched_to: Asked | None = None
         if (
             model is None
             and changed
@@ -224,19 +232,25 @@ class Session:
             # `%config Qwen3Magics.model` or $QWEN3_JUPYTER_MODEL changed since the last call:
             # it names the model now (the loaded one answered on, without a word). Unchanged,
             # it does not undo a `--model` the user gave since.
+            switched_to = asked_model(None, configured_model)
             model = setting
         if loaded is not None and (model is None or same_model(model, loaded.name)):
             # $QWEN3_JUPYTER_DEVICE/_DTYPE set after the load say a device or dtype too (they
             # were read at the first load only, and hid the config option from later calls).
-            name = loaded.name
-            asked_device = device or os.environ.get(DEVICE_ENV)
-            chosen_device = pick_device(device) if asked_device else loaded.device
-            if not (dtype or os.environ.get(DTYPE_ENV)) and chosen_device == loaded.device:
-                return ModelChoice(name=name, device=chosen_device, dtype=loaded.dtype)
+            name, asked = loaded.name, None
+            asked_device = Asked.first("device", device, DEVICE_ENV, configured_device)
+            chosen_device = (
+                pick_device(device, configured_device) if asked_device else loaded.device
+            )
+            asked_dtype = Asked.first("dtype", dtype, DTYPE_ENV, configured_dtype)
+            if not asked_dtype and same_device(chosen_device, loaded.device):
+                return ModelChoice(name=name, device=loaded.device, dtype=loaded.dtype)
         else:
-            name = choose_model(model, configured_model)
-            chosen_device = pick_device(device)
-        return ModelChoice(name=name, device=chosen_device, dtype=pick_dtype(chosen_device, dtype))
+            asked = switched_to or asked_model(model, configured_model)
+            name = asked.value if asked is not None else DEFAULT_MODEL
+            chosen_device = pick_device(device, configured_device)
+        dtype_chosen = pick_dtype(chosen_device, dtype, configured_dtype)
+        return ModelChoice(name=name, device=chosen_device, dtype=dtype_chosen, asked=asked)
 
     @property
     def loaded(self) -> LoadedModel | None:
@@ -265,19 +279,35 @@ class Session:
         decode: str | None = None,
         server: str | None = None,
         configured_model: str | None = None,
+        configured_device: str | None = None,
+        configured_dtype: str | None = None,
         configured_decode: str | None = None,
         configured_server: str | None = None,
         progress: Progress | None = None,
     ) -> Engine:
         """The engine for one call: a server's when a server is named (flag, then
         $QWEN3_JUPYTER_SERVER, then config), else this kernel's model through the fast or the
-        eager path (flag, then $QWEN3_JUPYTER_DECODE, then config; default: fast on CUDA)."""
-        from .engines import server_url
+        eager path (flag, then $QWEN3_JUPYTER_DECODE, then config; default: fast on CUDA).
+        The arguments are the call's own; the configured ones `%config Qwen3Magics.*`."""
+        from .engines import EngineError, check_decode, server_source, server_url
 
         url = server_url(server, configured_server)
         if url is not None:
+            # As the magic refuses --device with a server: the call would ignore them silently.
+            asked = {"device": device, "dtype": dtype, "decode": decode}
+            local_only = [f"{name}={value!r}" for name, value in asked.items() if value]
+            if local_only:
+                verb = "apply" if len(local_only) > 1 else "applies"
+                raise EngineError(
+                    f"{' and '.join(local_only)} {verb} to a model in this kernel, not with "
+                    f"{f'server={server!r}' if server else server_source(None)}"
+                )
             return self.remote_engine(url, model)
-        loaded = self.load(self.choice(model, device, dtype, configured_model), progress)
+        check_decode(decode, configured_decode)  # a bad one: refused before any load
+        choice = self.choice(
+            model, device, dtype, configured_model, configured_device, configured_dtype
+        )
+        loaded = self.load(choice, progress)
         return self.local_engine(loaded, decode_mode(decode, configured_decode, loaded.device))
 
     def local_engine(

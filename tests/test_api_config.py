@@ -196,3 +196,102 @@ def test_a_model_named_in_the_config_after_the_load_is_the_one_used(
         ok(k, "os.environ.pop('QWEN3_JUPYTER_MODEL', None)\n%config Qwen3Magics.model = 'tiny'")
     ok(k, "%qwen3 --no-think --max-new-tokens 2 hi")
     assert k.value("SESSION.loaded.name") == "tiny"
+
+
+def test_a_bad_configured_value_is_named_as_configured_not_as_a_flag(k: Kernel) -> None:
+    """`%config Qwen3Magics.device = 'mps'` was refused as "--device mps", a flag never typed,
+    and a configured model path that does not exist said "point --model at…"; the environment
+    variable is named as itself."""
+    ok(k, "%qwen3 --model tiny --no-think --max-new-tokens 2 hi")
+    try:
+        ok(k, "%config Qwen3Magics.device = 'mps'")
+        said = k.run("%qwen3 --no-think --max-new-tokens 2 hi").stderr.strip()
+        assert said.endswith(
+            "%config Qwen3Magics.device = 'mps': no mps device here; use --device cpu"
+        ), said
+        _refused(
+            k,
+            "qwen3_jupyter.generate_batch(['hi'], max_new_tokens=2, progress=False)",
+            "%config Qwen3Magics.device = 'mps': no mps device here; use device='cpu'",
+        )
+        ok(k, "%config Qwen3Magics.device = ''\n%config Qwen3Magics.model = '/no/such/ckpt'")
+        said = k.run("%qwen3 --no-think --max-new-tokens 2 hi").stderr
+        assert "point %config Qwen3Magics.model at the folder holding config.json" in said, said
+        ok(k, "os.environ['QWEN3_JUPYTER_MODEL'] = '/etc/hostname'")
+        said = k.run("%qwen3 --no-think --max-new-tokens 2 hi").stderr
+        assert "$QWEN3_JUPYTER_MODEL=/etc/hostname: a file; point at the folder" in said, said
+    finally:
+        ok(
+            k,
+            "os.environ.pop('QWEN3_JUPYTER_MODEL', None)\n%config Qwen3Magics.device = ''\n"
+            "%config Qwen3Magics.model = 'tiny'",
+        )
+    ok(k, "%qwen3 --model tiny --no-think --max-new-tokens 2 hi")
+
+
+def test_a_bad_decode_mode_is_refused_before_the_model_changes(k: Kernel, tmp_path: Path) -> None:
+    """A typo in `%config Qwen3Magics.decode` was refused only after the call had unloaded the
+    kernel's model and loaded the one it named; from Python, `decode='eagre'` after loading."""
+    folder = tmp_path / "other"
+    ok(k, "%qwen3 --model tiny --no-think --max-new-tokens 2 hi")
+    ok(
+        k,
+        f"SESSION.loaded.model.save_pretrained({str(folder)!r})\n"
+        f"SESSION.loaded.tokenizer.save_pretrained({str(folder)!r})\n"
+        "from qwen3_jupyter.models import HOLDER\nloads = HOLDER.loads",
+    )
+    try:
+        ok(k, "%config Qwen3Magics.decode = 'fastest'")
+        said = k.run(f"%qwen3 --model {folder} --no-think --max-new-tokens 2 hi").stderr
+        assert "%config Qwen3Magics.decode = 'fastest' is not a decode mode: one of auto" in said
+    finally:
+        ok(k, "%config Qwen3Magics.decode = 'auto'")
+    _refused(
+        k,
+        f"qwen3_jupyter.generate_batch(['hi'], model={str(folder)!r}, decode='eagre')",
+        "decode='eagre' is not a decode mode: one of auto, fast, eager",
+    )
+    assert k.value("(SESSION.loaded.name, HOLDER.loads - loads)") == ("tiny", 0)
+
+
+def test_local_only_arguments_with_a_configured_server_are_refused(
+    k: Kernel, server: ScriptedServer
+) -> None:
+    """The magic refuses `--device` with a server; `generate_batch(device='cuda')` and
+    `inference(decode='fast')` answered from the server without a word."""
+    ok(k, f"%config Qwen3Magics.server = {server.url('ok')!r}")
+    try:
+        _refused(
+            k,
+            "qwen3_jupyter.generate_batch(['hi'], model='m1', device='cuda', dtype='bf16')",
+            "device='cuda' and dtype='bf16' apply to a model in this kernel, not with the "
+            'server set by %config Qwen3Magics.server (server="" uses the model in this kernel)',
+        )
+        _refused(
+            k,
+            "with qwen3_jupyter.inference(model='m1', decode='fast') as chat:\n    chat('hi')",
+            "decode='fast' applies to a model in this kernel",
+        )
+        ok(k, "r = qwen3_jupyter.generate_batch(['hi'], model='m1', progress=False)")
+        assert k.value("r[0].engine") == "remote"
+    finally:
+        ok(k, "%config Qwen3Magics.server = ''")
+
+
+def test_a_device_written_another_way_and_a_padded_setting_keep_the_model(k: Kernel) -> None:
+    """`--device cpu:0` after a load on `cpu` reloaded the model (on a GPU: `cuda:0` after the
+    automatic `cuda`, with the fast path's compile and capture again); and a `%config` value
+    with a stray space failed in the magic ("model 'tiny ' not found") but not from Python."""
+    ok(k, "%qwen3 --model tiny --device cpu --no-think --max-new-tokens 2 hi")
+    ok(k, "from qwen3_jupyter.models import HOLDER\nloads = HOLDER.loads")
+    ok(k, "%qwen3 --device cpu:0 --no-think --max-new-tokens 2 hi")
+    ok(k, "r = qwen3_jupyter.generate_batch(['hi'], device='cpu:0', progress=False)")
+    ok(k, "%qwen3 --device cpu --no-think --max-new-tokens 2 hi")
+    assert k.value("HOLDER.loads - loads") == 0, "reloaded for the same device"
+    try:
+        ok(k, "%config Qwen3Magics.model = 'tiny '\n%config Qwen3Magics.device = ' cpu'")
+        ok(k, "%qwen3 --no-think --max-new-tokens 2 hi")
+        ok(k, "r = qwen3_jupyter.generate_batch(['hi'], max_new_tokens=2, progress=False)")
+        assert k.value("(HOLDER.loads - loads, SESSION.loaded.device)") == (0, "cpu")
+    finally:
+        ok(k, "%config Qwen3Magics.model = 'tiny'\n%config Qwen3Magics.device = ''")

@@ -62,6 +62,20 @@ def test_missing_hub_model_is_one_clear_line(
         assert part in message
 
 
+def test_a_failed_download_says_why(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """With downloading allowed, a failed download read "not found" and its reason (offline,
+    no access, a typo) went only into the exception's chain, which a cell does not show."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv(models.DOWNLOAD_ENV, "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub refuses at once, as with no network
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(models.ModelError) as info:
+        models.resolve_path("Qwen/Qwen3-1.7B")
+    message = str(info.value)
+    assert "\n" not in message and "; downloading it failed: " in message, message
+    assert message.split("; downloading it failed: ")[1].strip(), message
+
+
 def test_local_folder_without_config(tmp_path: Path) -> None:
     with pytest.raises(models.ModelError, match=r"holds no config\.json"):
         models.resolve_path(str(tmp_path))

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ..asked import Asked
 from .base import Engine, EngineError, KeptMemory, describe_kept
 
 if TYPE_CHECKING:
@@ -24,9 +25,11 @@ __all__ = [
     "Engine",
     "EngineError",
     "KeptMemory",
+    "check_decode",
     "decode_mode",
     "describe_kept",
     "local_engine",
+    "server_source",
     "server_url",
 ]
 
@@ -35,12 +38,23 @@ DECODE_MODES = ("auto", "fast", "eager")
 SERVER_ENV = "QWEN3_JUPYTER_SERVER"
 
 
+def check_decode(flag: str | None, configured: str | None) -> str:
+    """The decode path asked for ('auto' where nothing asks): the flag, then
+    $QWEN3_JUPYTER_DECODE, then the config option. A bad one is refused naming where it was
+    set, and before any model loads: a typo in `%config Qwen3Magics.decode` had unloaded the
+    kernel's model for the one a refused call named."""
+    asked = Asked.first("decode", flag, DECODE_ENV, configured)
+    if asked is None:
+        return "auto"
+    if asked.value.lower() not in DECODE_MODES:
+        raise EngineError(f"{asked.says()} is not a decode mode: one of {', '.join(DECODE_MODES)}")
+    return asked.value.lower()
+
+
 def decode_mode(flag: str | None, configured: str | None, device: str) -> str:
-    """'fast' or 'eager': the flag, then $QWEN3_JUPYTER_DECODE, then the config option;
-    'auto' (the default) is fast on CUDA and eager on the CPU, where compiling buys little."""
-    wanted = (flag or os.environ.get(DECODE_ENV) or configured or "auto").strip().lower()
-    if wanted not in DECODE_MODES:
-        raise EngineError(f"decode mode {wanted!r} is not one of {', '.join(DECODE_MODES)}")
+    """'fast' or 'eager' (`check_decode`'s choice); 'auto' (the default) is fast on CUDA and
+    eager on the CPU, where compiling buys little."""
+    wanted = check_decode(flag, configured)
     if wanted == "auto":
         return "fast" if device.startswith("cuda") else "eager"
     return wanted
@@ -56,6 +70,19 @@ def server_url(flag: str | None, configured: str | None = None) -> str | None:
         if candidate and candidate.strip():
             return candidate.strip()
     return None
+
+
+def server_source(flag: str | None) -> str:
+    """Where the server a call would use came from, for a message about it: the user may
+    never have typed --server (a `%config` line in an earlier cell set it)."""
+    if flag:
+        return "--server"
+    where = (
+        f"${SERVER_ENV}"
+        if (os.environ.get(SERVER_ENV) or "").strip()
+        else "%config Qwen3Magics.server"
+    )
+    return f'the server set by {where} (--server "" uses the model in this kernel)'
 
 
 def local_engine(
