@@ -15,10 +15,8 @@ def test_the_step_profile_accounts_for_the_step(
     model_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "step.json"
-    assert (
-        step.main(["--steps", "5", "--top", "3", "--compare", "whole,tuned", "--json", str(out)])
-        == 0
-    )
+    argv = ["--steps", "5", "--top", "3", "--compare", "whole,tuned", "--rounds", "3"]
+    assert step.main([*argv, "--json", str(out)]) == 0
     figures = json.loads(out.read_text())
     assert figures["model"] == "tiny" and figures["device"] == "cpu"
     assert figures["compiled"] and not figures["captured"] and "direct_ms" not in figures
@@ -35,6 +33,9 @@ def test_the_step_profile_accounts_for_the_step(
     for variant in figures["variants"].values():
         assert variant["step_ms"] > 0 and variant["first_call_s"] > 0
         assert variant["profile"]["per_step"] > 10
+        # alternated with the engine's own step: a ratio per round, their median the figure
+        assert len(variant["ratios"]) == 3 and all(r > 0 for r in variant["ratios"])
+        assert variant["ratio"] == sorted(variant["ratios"])[1]
     # one graph for all layers makes fewer calls per step than one per layer
     assert figures["variants"]["whole"]["profile"]["per_step"] < profile["per_step"]
     shown = capsys.readouterr().out
@@ -43,6 +44,7 @@ def test_the_step_profile_accounts_for_the_step(
     assert "compiled whole (all layers in one graph):" in shown
     assert "three parts, coordinate-descent tuning:" in shown
     assert "  whole: " in shown and "  tuned: " in shown and "of the time per step" in shown
+    assert "median of 3 alternated rounds, " in shown
 
 
 def test_bad_input_is_a_one_line_error(

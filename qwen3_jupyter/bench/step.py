@@ -9,7 +9,9 @@ step called without its graph) with the kernels per step, their summed device ti
 kernels that take the most. On the CPU it profiles the step's operators instead.
 
 `--compare` also times other ways of compiling the same step, each captured the same way, in the
-same process, so each costs or saves speed as a ratio measured in one run, not across runs:
+same process, so each costs or saves speed as a ratio measured in one run, not across runs (the
+median of `--rounds` rounds that time the engine's step and the variant one after the other,
+so a drift of the clock or of the machine's load falls on both):
 `whole` (all layers unrolled in one graph, as before the three parts of `qwen3_step.StepParts`)
 and `tuned` (the three parts with inductor's coordinate-descent tuning of its Triton kernels'
 launch configurations; only GPUs have such kernels).
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -186,9 +189,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
         def variant_figures(variant: str) -> dict[str, Any]:
             built, first_call = measured(lambda: _variant_step(engine, state, variant))
+            ratios, times = [], []
+            for _ in range(args.rounds):  # alternated: each round's ratio under one load
+                own = measured(lambda: _wall_ms(replay, args.steps, device))
+                times.append(measured(lambda: _wall_ms(built, args.steps, device)))
+                ratios.append(times[-1] / own)
             return {
                 "first_call_s": first_call,
-                "step_ms": measured(lambda: _wall_ms(built, args.steps, device)),
+                "step_ms": statistics.median(times),
+                "ratio": statistics.median(ratios),
+                "ratios": ratios,
                 "profile": measured(lambda: _profile(built, args.steps, device, args.top)),
             }
 
@@ -237,10 +247,12 @@ def report(figures: dict[str, Any]) -> None:
             f"{figures['first_call_s']:.1f} s with torch.compile's start-up in this process):"
         )
     for name, v in variants.items():
+        ratios = v["ratios"]
+        spread = f", {min(ratios):.2f} to {max(ratios):.2f}" if len(ratios) > 1 else ""
         print(
-            f"  {name}: {v['step_ms'] / figures['step_ms']:.2f} of the time per step (below 1 is "
-            f"faster), first call {v['first_call_s']:.1f} s (compiling, or loading from the "
-            "compile cache)"
+            f"  {name}: {v['ratio']:.2f} of the time per step (below 1 is faster; median of "
+            f"{len(ratios)} alternated round{'s' if len(ratios) > 1 else ''}{spread}), first "
+            f"call {v['first_call_s']:.1f} s (compiling, or loading from the compile cache)"
         )
 
 
@@ -264,10 +276,17 @@ def main(argv: list[str]) -> int:
         help="also time the step compiled other ways, in the same run: comma-separated, any of "
         + ", ".join(f"{name} ({what})" for name, what in VARIANTS.items()),
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="--compare's alternated rounds, each timing the engine's step then the variant "
+        "(default 5; the ratio is their median)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the raw figures here")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.top < 1:
-        parser.error("--steps and --top must be at least 1")
+    if args.steps < 1 or args.top < 1 or args.rounds < 1:
+        parser.error("--steps, --top and --rounds must be at least 1")
     args.compare = [name for name in args.compare.split(",") if name]
     for name in args.compare:
         if name not in VARIANTS:
