@@ -31,6 +31,10 @@ class ApiCall:
         self.console = display.ConsoleLine() if show_status and not in_kernel else None
         self.notices: list[str] = []
         """This call's own one-line notices, printed after the engines' at its end."""
+        self.closing: str | None = None
+        """What the call's line ends with when it showed a display and has no notice to put
+        there (a chat's footer): emptied, the display stayed in the saved notebook as an empty
+        output ("waiting for the first token…" of each chat with a server)."""
 
     def notify(self, notice: str) -> None:
         """Say `notice` when the call ends (an interrupt that ended it early, say: the cell
@@ -85,6 +89,8 @@ class ApiCall:
         if self.console is not None:
             self.console.end(failed)
         if self.status is not None:
+            if not notices and not failed and self.closing and self.status.has_display:
+                notices = [self.closing]
             self.status.end(notices, failed)
         else:
             for notice in notices:

@@ -246,25 +246,32 @@ def _count(n: int, noun: str) -> str:
 def show_batch(results: list[Result], report: Any, line: Status | None = None) -> None:
     """A table of the batch's answers (in `line`'s display, where the call had one), then its
     one-line report."""
-    rows = ["| # | prompt | answer | tokens |", "|---|---|---|---|"]
+    header = ["| # | prompt | answer | tokens |", "|---|---|---|---|"]
+    rows, plain_rows = list(header), list(header)
     positions = getattr(results, "indices", range(len(results)))  # a stopped server batch: gaps
     for i, r in zip(positions, results, strict=True):
-        answer = r.answer or ("*(thinking only)*" if r.thinking else "")
-        if r.error:
-            answer = f"failed: {r.error}"
-        rows.append(f"| {i} | {_cell(r.prompt)} | {_cell(answer)} | {r.completion_tokens} |")
-    table = "\n".join(rows)
+        answer = f"failed: {r.error}" if r.error else r.answer
+        thinking_only = not answer and bool(r.thinking)
+        answer = "(thinking only)" if thinking_only else answer
+        shown = "*(thinking only)*" if thinking_only else _cell(answer)
+        rows.append(f"| {i} | {_cell(r.prompt)} | {shown} | {r.completion_tokens} |")
+        plain = f"| {i} | {_cell(r.prompt, html_safe=False)} | {_cell(answer, html_safe=False)} |"
+        plain_rows.append(f"{plain} {r.completion_tokens} |")
+    # The plain form unescaped: "Use a &lt;div&gt;" was what text front ends and exports read.
+    table, plain_table = "\n".join(rows), "\n".join(plain_rows)
     if line is not None:
-        line.settle(table)
+        line.settle(table, plain_table)
     else:
-        show_markdown(table)
+        show_markdown(table, plain_table)
     print(f"{PREFIX} batch · {report.summary()}", flush=True)
 
 
-def _cell(text: str, width: int = 60) -> str:
+def _cell(text: str, width: int = 60, html_safe: bool = True) -> str:
+    """`text` on one line, cut at `width`, as a Markdown table cell (`html_safe`: escaped for
+    the Markdown renderer, which would draw a `<div>` in an answer)."""
     flat = " ".join(text.split())
     flat = flat if len(flat) <= width else flat[: width - 1] + "…"
-    return html.escape(flat).replace("|", "\\|")
+    return (html.escape(flat) if html_safe else flat).replace("|", "\\|")
 
 
 def show_footer(result: Result) -> None:
@@ -304,6 +311,11 @@ class Status:
         percent = int(100 * done / total) if total else 100
         self.show(f"{what}: {percent}%")
 
+    @property
+    def has_display(self) -> bool:
+        """Whether the line shows in a display of its own (which `end` must not leave empty)."""
+        return self._handle is not None
+
     def clear(self) -> None:
         """Empty the line (once: clearing an empty line sends nothing)."""
         if not self._last:
@@ -340,13 +352,14 @@ class Status:
         self._last = self._said = ""  # what the line said is the view's to replace
         return handle
 
-    def settle(self, markdown: str) -> None:
-        """Show `markdown` in this line's display for good (a batch's table): the display
-        the call's progress used becomes its result, not an emptied line beside it."""
+    def settle(self, markdown: str, plain: str | None = None) -> None:
+        """Show `markdown` (and its `plain` form) in this line's display for good (a batch's
+        table): the display the call's progress used becomes its result, not an emptied line
+        beside it."""
         if self._handle is None:
-            show_markdown(markdown)
+            show_markdown(markdown, plain)
         else:
-            update_markdown(self._handle, markdown)
+            update_markdown(self._handle, markdown, plain)
             self._handle = None
         self._last = ""
 

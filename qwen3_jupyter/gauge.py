@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import html
 import os
+import re
 import threading
 import time
 import uuid
@@ -29,7 +30,7 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
@@ -556,6 +557,22 @@ class Gauge(widgets.VBox):
                 f"{self._warnings.value}{when}</div>"
             )
 
+    def as_text(self) -> str:
+        """`as_html` as plain text: what a saved notebook shows where the widget cannot be
+        drawn (an untrusted notebook, one saved without widget state: JupyterLab's default)
+        and what exporters without HTML print; it was the widget's repr, 2 KB of `VBox(...)`."""
+        lines = [line for line in _PLAIN_BREAKS.split(self.as_html()) if line]
+        text = "\n".join(html.unescape(_TAG.sub("", line)).strip() for line in lines)
+        return "\n".join(line for line in text.splitlines() if line)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        """The widget's view, with `as_text` as its plain-text form."""
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if isinstance(bundle, dict):
+            title = "[qwen3] memory gauge (live as a widget; as text, its reading when shown)"
+            bundle["text/plain"] = f"{title}\n{self.as_text()}"
+        return bundle
+
     def close(self) -> None:
         """Stop receiving snapshots and close every child widget; the last gauge to close stops
         the polling thread (the next gauge starts it again)."""
@@ -574,6 +591,11 @@ class Gauge(widgets.VBox):
         super().close()
 
 
+_TAG = re.compile(r"<style>.*?</style>|<[^>]+>", re.S)
+_PLAIN_BREAKS = re.compile(r"</div>|<br\s*/?>")
+"""Where `as_html`'s lines end: each row and note is a <div> of its own."""
+
+
 @contextmanager
 def inline_gauge(compact: bool = True) -> Iterator[Gauge]:
     """Show a live gauge for the duration of a block (one `%qwen3` call, one cleanup).
@@ -581,17 +603,17 @@ def inline_gauge(compact: bool = True) -> Iterator[Gauge]:
     On exit the widget is replaced by a static copy of its last reading and closed, so a
     notebook full of calls keeps no live widgets and the polling thread no extra subscribers.
     """
-    from IPython.display import HTML, display
+    from IPython.display import display
 
     live = Gauge(get_monitor(), compact=compact)  # not `gauge()`: the cell's own one stays
     handle = display(live, display_id=True)
     try:
         yield live
     finally:
-        last = live.as_html()
+        last = {"text/html": live.as_html(), "text/plain": live.as_text()}
         live.close()
-        if handle is not None:
-            handle.update(HTML(last))
+        if handle is not None:  # a plain form too: `<IPython.core.display.HTML object>` was it
+            handle.update(last, raw=True)
 
 
 def gauge(interval: float | None = None, show_all: bool = False, compact: bool = False) -> Gauge:

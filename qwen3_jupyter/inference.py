@@ -19,11 +19,13 @@ from typing import Any, NoReturn
 
 from .api_call import api_call
 from .cleanup import CleanupReport, cleanup
+from .display import PREFIX, footer
 from .engines import Engine
 from .engines.local import LocalEngine
 from .generation import SAMPLING_OPTIONS, GenerationOptions, Result, check_arguments
 from .magic_args import refuse_unknown_keywords
 from .model_use import holding
+from .python_words import in_python_words
 from .release_actions import release_traceback_locals
 from .session import SESSION
 
@@ -70,6 +72,7 @@ class Chat:
             call.watching(self._engine),
         ):
             result = SESSION.ask(self._engine, prompt, merged, chat=chat, on_text=on_text)
+            call.closing = in_python_words(footer(result).removeprefix(f"{PREFIX} "))
             if result.stop_reason == "interrupted":
                 call.notify(
                     f"chat interrupted: partial answer kept ({result.completion_tokens} tokens)"

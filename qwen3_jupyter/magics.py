@@ -473,15 +473,16 @@ class Qwen3Magics(Magics):
             display.info(ignored)
         options = SESSION.follow_template(engine, options, tell=display.info)
         try:
-            results = engine.generate_batch(
-                prompts,
-                options,
-                batch_size=args.batch_size or DEFAULT_BATCH_SIZE,
-                concurrency=args.concurrency,
-                memory_budget=_budget(args),
-                out=args.out,
-                progress=True,
-            )
+            with inline_gauge() if args.gauge else nullcontext():  # it was silently ignored
+                results = engine.generate_batch(
+                    prompts,
+                    options,
+                    batch_size=args.batch_size or DEFAULT_BATCH_SIZE,
+                    concurrency=args.concurrency,
+                    memory_budget=_budget(args),
+                    out=args.out,
+                    progress=True,
+                )
         except GenerationOOM as exc:
             if exc.results is None or self.shell is None:
                 raise
@@ -614,6 +615,10 @@ def _validate(args: Namespace, prompt: str) -> list[str] | None:
         )
     if args.out and not args.file:
         raise UsageError("--out goes with --file PROMPTS.txt")
+    if args.hide_thinking and args.file:
+        raise UsageError(
+            "--hide-thinking goes with one prompt: a --file batch's table shows the answers only"
+        )
     if args.out and _same_file(args.out, args.file):
         raise UsageError(
             f"--out {args.out} is the --file being read (results are appended to --out): "

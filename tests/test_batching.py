@@ -488,12 +488,29 @@ def test_magic_batch_and_interrupt_keep_finished_results(
         ("%qwen3 --concurrency 3 hello", "--concurrency goes with --file PROMPTS.txt and --server"),
         ("%qwen3 --memory-budget lots --file x.txt", "--memory-budget: 'lots' is not a size"),
         ("%qwen3 --memory-budget 0 hello", "--memory-budget: '0' is less than 1 byte"),
+        ("%qwen3 --hide-thinking --file x.txt", "--hide-thinking goes with one prompt"),
     ],
 )
 def test_batch_flags_bad_input(kernel: Kernel, line: str, expected: str) -> None:
     ex = kernel.run(line)
     assert ex.status == "error"
     assert expected in ex.stderr and len(ex.stderr.strip().splitlines()) == 1
+
+
+def test_a_batch_shows_the_gauge_it_was_asked_for(kernel: Kernel, tmp_path: Path) -> None:
+    """`--gauge` with `--file` was silently ignored: the help promises a live gauge while
+    generating, left as a static copy."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("one\ntwo\n")
+    ex = ok(kernel, f"%qwen3 --gauge --file {prompts} --greedy --no-think --max-new-tokens 2")
+    widgets = [
+        m
+        for m in ex.of_type("display_data")
+        if "application/vnd.jupyter.widget-view+json" in m["content"]["data"]
+    ]
+    assert len(widgets) == 1, "no live gauge during the batch"
+    assert any("memory as read at" in text for text in ex.texts("text/plain")), "no static copy"
+    assert "| 1 | two |" in ex.texts()[-1], "the table is still the call's result"
 
 
 def test_prompt_files_from_other_editors_and_options_a_local_model_ignores(
@@ -787,3 +804,32 @@ def test_a_script_without_stderr_still_loads_the_model(model_cache: Path) -> Non
         timeout=180,
     )
     assert ran.returncode == 0 and ran.stdout.strip().splitlines()[-1] == "1", ran.stdout
+
+
+SHOW_A_TABLE = """
+import dataclasses
+from qwen3_jupyter.display import show_batch
+from qwen3_jupyter.batching import BatchResults
+from qwen3_jupyter.generation import Result
+one = Result(prompt="Is <b> & x bold?", answer="Use a <div> | here", thinking="", model="m",
+             device="cpu", think=False, prompt_tokens=3, completion_tokens=5, latency_s=0.1,
+             tokens_per_s=50.0, peak_memory_bytes=None, memory_kind="", stop_reason="eos",
+             thinking_finished=True)
+table = BatchResults([one, dataclasses.replace(one, answer="", thinking="hmm")])
+table.report = type("Report", (), {"summary": lambda self: "2/2 prompts"})()
+show_batch(table, table.report)
+"""
+
+
+def test_a_batch_tables_plain_form_is_the_text_itself(kernel: Kernel) -> None:
+    """The table's Markdown escapes an answer's HTML (the renderer would draw a `<div>`); its
+    plain form, what text front ends and exports read, showed `Use a &lt;div&gt;` too."""
+    (shown,) = ok(kernel, SHOW_A_TABLE).of_type("display_data")
+    data = shown["content"]["data"]
+    assert (
+        "| 0 | Is &lt;b&gt; &amp; x bold? | Use a &lt;div&gt; \\| here | 5 |"
+        in data["text/markdown"]
+    )
+    assert "| 1 | Is &lt;b&gt; &amp; x bold? | *(thinking only)* | 5 |" in data["text/markdown"]
+    assert "| 0 | Is <b> & x bold? | Use a <div> \\| here | 5 |" in data["text/plain"]
+    assert "| 1 | Is <b> & x bold? | (thinking only) | 5 |" in data["text/plain"]

@@ -228,8 +228,17 @@ def test_inline_gauge_leaves_a_static_copy_and_no_live_widget(kernel: Kernel) ->
     )
     (shown,) = result.of_type("display_data")
     assert "application/vnd.jupyter.widget-view+json" in shown["content"]["data"]
+    # Where the widget cannot be drawn (an untrusted notebook, or one saved without widget
+    # state) its plain form shows: the reading, not the 2 KB `Gauge(children=(VBox(...`.
+    plain = shown["content"]["data"]["text/plain"]
+    assert plain.startswith("[qwen3] memory gauge") and "RSS" in plain, plain
+    assert "<" not in plain and "children=" not in plain, plain
     (static,) = result.texts("text/html")
     assert "qwen3-gauge-static" in static and "RSS" in static
+    # and the static copy's plain form (was `<IPython.core.display.HTML object>`)
+    (update,) = result.of_type("update_display_data")
+    copy = update["content"]["data"]["text/plain"]
+    assert "RSS" in copy and "memory as read at" in copy and "<" not in copy, copy
 
 
 def test_qwen3_calls_and_cleanups_feed_the_decay_signals(kernel: Kernel) -> None:

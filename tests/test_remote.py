@@ -359,12 +359,17 @@ def test_env_config_and_python_api_use_the_same_server(
     ok(rk, "%qwen3 --no-think --max-new-tokens 4 Hi")
     assert rk.value("_qwen3.engine") == "remote"
     ok(rk, "%config Qwen3Magics.server = ''")
-    ok(
+    chats = ok(
         rk,
         f"with qwen3_jupyter.inference(server={url!r}, think=False, max_new_tokens=4) as chat:\n"
-        "    via_inference = chat('Hi')",
+        "    via_inference = [chat('Hi') for _ in range(2)][-1]",
     )
     assert rk.value("(via_inference.engine, via_inference.completion_tokens)") == ("remote", 4)
+    # Each chat's line ("waiting for the first token…") ends as its footer: emptied, it stayed
+    # in the saved notebook as an empty output per chat.
+    shown = chats.final_displays()
+    assert shown and all(d.get("text/plain", "").strip() for d in shown), shown
+    assert all("4 tokens" in d["text/plain"] for d in shown), shown
     ok(rk, "from qwen3_jupyter.engines.urls import server_key")  # alone, too (-k): not assumed
     ok(rk, "from qwen3_jupyter.session import SESSION")
     assert rk.value(f"list(SESSION.engines).count(server_key({url!r}))") == 1
