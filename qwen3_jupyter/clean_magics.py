@@ -355,7 +355,9 @@ def _show_error(shell: Any, exc: BaseException, cell_name: str) -> bool:
     while tb is not None and tb.tb_frame.f_code.co_filename != cell_name:
         tb = tb.tb_next
     tb = tb or exc.__traceback__
-    shell.showtraceback((type(exc), exc.with_traceback(tb), tb))
+    # tb_offset=0: the traceback already starts at the body; IPython 8 skipped its first frame
+    # (the shell's own, in a plain cell), so the body's line that failed was not shown.
+    shell.showtraceback((type(exc), exc.with_traceback(tb), tb), tb_offset=0)
     result.error_in_exec = exc
     return True
 
