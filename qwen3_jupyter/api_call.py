@@ -133,13 +133,13 @@ def api_call(show_status: bool = True) -> Iterator[ApiCall]:
             yield call
         failed = False
     except Exception as exc:
-        inin_python_words(exc)
+        reword_for_python(exc)
         raise
     finally:
         call.end(failed)
 
 
-def inin_python_words(exc: BaseException) -> None:
+def reword_for_python(exc: BaseException) -> None:
     """Reword `exc` in place with the argument names a Python caller typed: the layers below
     word their errors for the magic's flags (`--max-new-tokens 99,999,999 exceeds ...`), which
     a caller of chat() or generate_batch() never wrote. The exception keeps its type and

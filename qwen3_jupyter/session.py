@@ -216,9 +216,10 @@ class Session:
         import_whole(*FIRST_CALL_IMPORTS)
         if model is not None and not model.strip():
             raise ModelError("--model needs a name (e.g. Qwen/Qwen3-1.7B, or tiny)")
+        model = model.strip() if model is not None else None  # `'tiny '` is the loaded tiny
         loaded = HOLDER.loaded
         configured_model = (configured_model or "").strip() or None
-        setting = os.environ.get(MODEL_ENV) or configured_model
+        setting = (os.environ.get(MODEL_ENV) or "").strip() or configured_model
         changed = setting != self._model_setting
         self._asked_setting = setting  # taken as seen once a load succeeds (`load`)
         switched_to: Asked | None = None
@@ -290,6 +291,7 @@ class Session:
         eager path (flag, then $QWEN3_JUPYTER_DECODE, then config; default: fast on CUDA).
         The arguments are the call's own; the configured ones `%config Qwen3Magics.*`."""
         from .engines import EngineError, check_decode, server_source, server_url
+        from .engines.urls import shown_address
 
         url = server_url(server, configured_server)
         if url is not None:
@@ -300,7 +302,7 @@ class Session:
                 verb = "apply" if len(local_only) > 1 else "applies"
                 raise EngineError(
                     f"{' and '.join(local_only)} {verb} to a model in this kernel, not with "
-                    f"{f'server={server!r}' if server else server_source(None)}"
+                    f"{f'server={shown_address(server)!r}' if server else server_source(None)}"
                 )
             return self.remote_engine(url, model)
         check_decode(decode, configured_decode)  # a bad one: refused before any load

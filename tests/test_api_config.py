@@ -272,6 +272,10 @@ def test_local_only_arguments_with_a_configured_server_are_refused(
             "with qwen3_jupyter.inference(model='m1', decode='fast') as chat:\n    chat('hi')",
             "decode='fast' applies to a model in this kernel",
         )
+        secret = "http://alice:s3cret@127.0.0.1:9/v1?api_key=sk-XYZ"
+        refused = k.run(f"qwen3_jupyter.generate_batch(['hi'], server={secret!r}, dtype='bf16')")
+        said = refused.reply["evalue"]
+        assert "not with server='http://***@127.0.0.1:9/v1'" in said, said  # no credential
         ok(k, "r = qwen3_jupyter.generate_batch(['hi'], model='m1', progress=False)")
         assert k.value("r[0].engine") == "remote"
     finally:
@@ -288,6 +292,13 @@ def test_a_device_written_another_way_and_a_padded_setting_keep_the_model(k: Ker
     ok(k, "r = qwen3_jupyter.generate_batch(['hi'], device='cpu:0', progress=False)")
     ok(k, "%qwen3 --device cpu --no-think --max-new-tokens 2 hi")
     assert k.value("HOLDER.loads - loads") == 0, "reloaded for the same device"
+    ok(k, "%qwen3 --dtype bf16 --no-think --max-new-tokens 2 hi\nloads = HOLDER.loads")
+    ok(k, '%qwen3 --model "tiny " --no-think --max-new-tokens 2 hi')
+    ok(k, "os.environ['QWEN3_JUPYTER_MODEL'] = 'tiny '")
+    ok(k, "r = qwen3_jupyter.generate_batch(['hi'], max_new_tokens=2, progress=False)")
+    ok(k, "os.environ.pop('QWEN3_JUPYTER_MODEL')")
+    assert k.value("(HOLDER.loads - loads, SESSION.loaded.dtype)") == (0, "bfloat16")
+    ok(k, "%qwen3 --dtype float32 --no-think --max-new-tokens 2 hi\nloads = HOLDER.loads")
     try:
         ok(k, "%config Qwen3Magics.model = 'tiny '\n%config Qwen3Magics.device = ' cpu'")
         ok(k, "%qwen3 --no-think --max-new-tokens 2 hi")

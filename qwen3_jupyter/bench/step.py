@@ -189,14 +189,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
         def variant_figures(variant: str) -> dict[str, Any]:
             built, first_call = measured(lambda: _variant_step(engine, state, variant))
-            ratios, times = [], []
+            ratios, times, own_times = [], [], []
             for _ in range(args.rounds):  # alternated: each round's ratio under one load
-                own = measured(lambda: _wall_ms(replay, args.steps, device))
+                own_times.append(measured(lambda: _wall_ms(replay, args.steps, device)))
                 times.append(measured(lambda: _wall_ms(built, args.steps, device)))
-                ratios.append(times[-1] / own)
+                ratios.append(times[-1] / own_times[-1])
             return {
                 "first_call_s": first_call,
                 "step_ms": statistics.median(times),
+                "own_step_ms": statistics.median(own_times),
                 "ratio": statistics.median(ratios),
                 "ratios": ratios,
                 "profile": measured(lambda: _profile(built, args.steps, device, args.top)),
@@ -251,8 +252,10 @@ def report(figures: dict[str, Any]) -> None:
         spread = f", {min(ratios):.2f} to {max(ratios):.2f}" if len(ratios) > 1 else ""
         print(
             f"  {name}: {v['ratio']:.2f} of the time per step (below 1 is faster; median of "
-            f"{len(ratios)} alternated round{'s' if len(ratios) > 1 else ''}{spread}), first "
-            f"call {v['first_call_s']:.1f} s (compiling, or loading from the compile cache)"
+            f"{len(ratios)} alternated round{'s' if len(ratios) > 1 else ''}{spread}: "
+            f"{v['step_ms']:.3f} ms against {v['own_step_ms']:.3f} ms, each the rounds' "
+            f"median), first call {v['first_call_s']:.1f} s (compiling, or loading from the "
+            "compile cache)"
         )
 
 

@@ -20,7 +20,7 @@ from .remote_http import pooled_http_client
 from .remote_limits import declared_context
 from .remote_stream import Timeouts
 from .server_metrics import MetricsReader, ServerLoad
-from .urls import api_base, mask_url, server_root, url_password, url_query
+from .urls import api_base, server_root, shown_address, url_password, url_query
 
 API_KEY_ENVS = ("QWEN3_JUPYTER_API_KEY", "OPENAI_API_KEY")
 CREDENTIAL_WORDS = ("key", "token", "secret", "sig", "auth", "pass")
@@ -41,7 +41,7 @@ class ServerConnection:
         self._url_key = url_password(url)
         self._url_key_written = url_password(url, decoded=False)
         """The key as the URL spells it (percent-escaped): a secret too."""
-        self.shown = mask_url(url.strip().split("?")[0]) if self._url_key else self.base_url
+        self.shown = shown_address(url) if self._url_key else self.base_url
         self.refused: set[str] = set()
         self._served: tuple[str, ...] | None = None
         self._context: dict[str, int] = {}

@@ -32,6 +32,12 @@ def mask_url(url: str) -> str:
     )
 
 
+def shown_address(url: str) -> str:
+    """`url` as a message may show it: no user name or password, and no query (a key can be
+    passed there, `?api_key=…`)."""
+    return mask_url(url.strip().split("?")[0])
+
+
 def _host(parts: object) -> str:
     hostname = getattr(parts, "hostname", None) or ""
     if ":" in hostname:  # an IPv6 literal needs its brackets back
