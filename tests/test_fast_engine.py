@@ -177,7 +177,9 @@ def test_decode_mode_is_fast_on_cuda_only_by_default(monkeypatch: pytest.MonkeyP
     assert decode_mode(None, "fast", "cuda") == "eager"
     from qwen3_jupyter.engines import EngineError
 
-    with pytest.raises(EngineError, match="not one of auto, fast, eager"):
+    with pytest.raises(
+        EngineError, match=r"^decode=.quick. is not a decode mode: one of auto, fast, eager$"
+    ):
         decode_mode("quick", None, "cpu")
 
 
