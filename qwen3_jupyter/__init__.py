@@ -85,6 +85,9 @@ def unload_ipython_extension(ip: Any) -> None:
     from . import lifecycle
 
     lifecycle.run_unload()
+    told = lifecycle.take_told()
+    if told:
+        print(f"[qwen3] extension unloaded: {'; '.join(told)}; a loaded model stays", flush=True)
 
 
 def __getattr__(name: str) -> Any:

@@ -17,7 +17,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from . import display
+from . import display, lifecycle
 from .cleanup import CleanupReport, cleanup, shutdown_nvml
 from .holders import definition_holders
 from .interrupts import CELL_INTERRUPTS
@@ -364,8 +364,6 @@ def _show_error(shell: Any, exc: BaseException, cell_name: str) -> bool:
 
 def load(ip: Any) -> None:
     """Register the cleanup magics; unloading removes them and the autoclean hook."""
-    from . import lifecycle
-
     magics = CleanMagics(ip)
     ip.register_magics(magics)
     lifecycle.on_unload("clean-magics", lambda: unload(ip, magics))
@@ -373,9 +371,10 @@ def load(ip: Any) -> None:
 
 def unload(ip: Any, magics: CleanMagics) -> None:
     """Remove what `load` registered."""
+    if magics.autoclean:
+        lifecycle.tell("autoclean turned off (%qwen3_autoclean on turns it on again)")
     magics.set_autoclean(False)
     shutdown_nvml()
-    ip.magics_manager.magics["line"].pop("qwen3_clean", None)
-    ip.magics_manager.magics["cell"].pop("qwen3_clean", None)
-    ip.magics_manager.magics["line"].pop("qwen3_autoclean", None)
-    ip.magics_manager.registry.pop("CleanMagics", None)
+    lifecycle.remove_magics(
+        ip, "CleanMagics", line=("qwen3_clean", "qwen3_autoclean"), cell=("qwen3_clean",)
+    )

@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,13 +187,41 @@ def ensure_built(name: str, seed: int = 0, progress: Progress | None = None) -> 
     target = checkpoint_dir(name, seed)
     if not is_built(name, seed):
         target.parent.mkdir(parents=True, exist_ok=True)
-        with _build_lock(target):
+
+        def waiting() -> None:  # the status line said "loading…" for a whole build
+            if progress is not None:
+                progress(f"waiting for another process's build of {name}", 0, 1)
+
+        with _build_lock(target, waiting) as builds_take_turns:
             if not is_built(name, seed):  # another process may have built it meanwhile
+                if builds_take_turns:
+                    _remove_dead_builds(target)
                 _build(spec, name, seed, target, progress)
+                _BUILT_HERE.add(target)
             return target
     with contextlib.suppress(OSError, ValueError, KeyError):  # a read-only cache loads as is
         record_added_tokens(target)  # a checkpoint built before they were recorded
     return target
+
+
+_BUILT_HERE: set[Path] = set()
+"""The checkpoints this process built (not another kernel it waited for)."""
+
+
+def built_here(name: str, seed: int = 0) -> bool:
+    """Whether this process built embedded model `name` (a load's time went to building it,
+    not to waiting for another kernel's build)."""
+    return checkpoint_dir(name, seed) in _BUILT_HERE
+
+
+def _remove_dead_builds(target: Path) -> None:
+    """Delete the temporary folders of builds of `target` whose process died (the OOM killer, a
+    restart's SIGKILL): only its own `finally` removed one, so each left up to 3.3 GB behind
+    for good. Called with the build lock held: no live build of `target` can be under way."""
+    prefix = f"{target.name}.tmp"
+    for leftover in target.parent.iterdir():
+        if leftover.name.startswith(prefix) and leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _build(
@@ -216,18 +244,23 @@ def _build(
 
 
 @contextlib.contextmanager
-def _build_lock(target: Path) -> Iterator[None]:
-    """Hold `target`'s build lock (waiting for another process's build to end). Without fcntl
-    (Windows) builds are not serialised; each still renames a whole folder into place."""
+def _build_lock(target: Path, on_wait: Callable[[], None]) -> Iterator[bool]:
+    """Hold `target`'s build lock, calling `on_wait` first when another process's build holds
+    it; yields whether builds take turns. Without fcntl (Windows) they do not: each still
+    renames a whole folder into place."""
     try:
         import fcntl
     except ImportError:
-        yield
+        yield False
         return
     with open(target.with_name(f"{target.name}.lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # an interrupt while waiting raises here
         try:
-            yield
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            on_wait()
+            fcntl.flock(lock, fcntl.LOCK_EX)  # an interrupt while waiting raises here
+        try:
+            yield True
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 

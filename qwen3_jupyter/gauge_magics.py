@@ -280,7 +280,8 @@ def unload(ip: Any) -> None:
     if f"{__package__}.gauge" in sys.modules:
         from .gauge import close_all
 
-        close_all()
+        closed = close_all()
+        if closed:
+            lifecycle.tell(f"{closed} gauge{'s' if closed > 1 else ''} closed (%qwen3_gauge)")
     monitor.shutdown()
-    ip.magics_manager.magics["line"].pop("qwen3_gauge", None)
-    ip.magics_manager.registry.pop("GaugeMagics", None)
+    lifecycle.remove_magics(ip, "GaugeMagics", line=("qwen3_gauge",))

@@ -25,7 +25,7 @@ from IPython.core.magic import (
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Float, Unicode
 
-from . import display
+from . import display, lifecycle
 from .batching import ResultsFileError, memory_budget_bytes, parse_size
 from .engines import (
     Engine,
@@ -737,8 +737,6 @@ def _fill_text(args: Namespace, prompt: str, namespace: dict[str, Any]) -> str:
 
 def load(ip: Any) -> None:
     """Register the magics on the shell, configured from the shell's config."""
-    from . import lifecycle
-
     ip.register_magics(Qwen3Magics(shell=ip, config=ip.config))
     ip.input_transformers_cleanup.append(protect_prompt_lines)
     ip.events.register("post_run_cell", _release_leftover_hold)
@@ -756,14 +754,15 @@ def _release_leftover_hold(result: Any = None) -> None:
 
 def _close_engines() -> None:
     """On `%unload_ext`: the fast path's cache and the servers' connections go too."""
+    fast = SESSION.engines.get("fast")
+    if fast is not None and fast.kept_memory():
+        lifecycle.tell("the fast path's decode cache given back (the next call builds it again)")
     SESSION.close_engines()
 
 
 def unload(ip: Any) -> None:
     """Remove what `load` registered."""
-    for kind in ("line", "cell"):
-        ip.magics_manager.magics[kind].pop("qwen3", None)
-    ip.magics_manager.registry.pop("Qwen3Magics", None)
+    lifecycle.remove_magics(ip, "Qwen3Magics", line=("qwen3",), cell=("qwen3",))
     if protect_prompt_lines in ip.input_transformers_cleanup:
         ip.input_transformers_cleanup.remove(protect_prompt_lines)
     if _release_leftover_hold in ip.events.callbacks["post_run_cell"]:

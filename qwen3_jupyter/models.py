@@ -61,6 +61,8 @@ class LoadedModel:
     build_seconds: float = 0.0
     """The part of `load_seconds` spent building an embedded model into the cache (0 when it
     was built before): a first call's slowness, said once, is not blamed on every load."""
+    build_waited: bool = False
+    """`build_seconds` went to waiting for another kernel's build of it, not to building it."""
 
 
 def weights_bytes(model: Any) -> int:
@@ -219,6 +221,12 @@ def resolve_path(
     return _from_hf_cache(name, "" if asked is None or asked.where == CALL else asked.place), False
 
 
+def _built_here(name: str) -> bool:
+    """Whether this process built embedded model `name` (not another kernel it waited for)."""
+    embedded_name = embedded.canonical_name(name)
+    return embedded_name is not None and embedded.built_here(embedded_name)
+
+
 def _builds_on_resolve(name: str) -> bool:
     """Whether resolving `name` builds an embedded model (not in the cache yet)."""
     embedded_name = embedded.canonical_name(name)
@@ -293,6 +301,7 @@ class ModelHolder:
                 self._loaded = _load(choice, path, is_embedded, progress)
                 self._loaded.load_seconds = time.perf_counter() - started
                 self._loaded.build_seconds = found - started if builds else 0.0
+                self._loaded.build_waited = builds and not _built_here(choice.name)
                 self.loads += 1
             except ModelError as exc:
                 if current is None:

@@ -47,7 +47,9 @@ def loaded_notice(loaded: LoadedModel, replaced: str | None = None) -> str:
     what = _described(loaded)
     size = format_bytes(weights_bytes(loaded.model))
     took = f"{loaded.load_seconds:.1f} s"
-    if loaded.build_seconds:
+    if loaded.build_seconds and loaded.build_waited:
+        took += f" ({loaded.build_seconds:.1f} s of it waiting for another kernel's build of it)"
+    elif loaded.build_seconds:
         took += f" ({loaded.build_seconds:.1f} s of it the first build, once per cache)"
     notice = f"loaded {what} in {took} · {size} of weights, kept until %qwen3 --unload"
     if loaded.embedded:

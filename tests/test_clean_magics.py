@@ -225,15 +225,27 @@ def test_unloading_the_extension_removes_magics_and_hook(fresh_kernel: Kernel) -
     loaded = fresh_kernel.value(hooks)
     ok(fresh_kernel, "%qwen3_autoclean on")
     assert fresh_kernel.value(hooks) == loaded + 1
-    ok(fresh_kernel, "%unload_ext qwen3_jupyter")
+    ok(fresh_kernel, "%qwen3_gauge")
+    # `%reload_ext` (IPython's hint for a second `%load_ext`) turned these off without a word
+    said = ok(fresh_kernel, "%unload_ext qwen3_jupyter").stdout
+    assert said.strip() == (
+        "[qwen3] extension unloaded: autoclean turned off (%qwen3_autoclean on turns it on "
+        "again); 1 gauge closed (%qwen3_gauge); a loaded model stays"
+    ), said
     assert fresh_kernel.value(hooks) == before_loading
     magics = fresh_kernel.value(
         "[n for kind in ('line', 'cell') for n in get_ipython().magics_manager.magics[kind]"
         " if n.startswith('qwen3_')]"
     )
     assert magics == []
+    classes = "[type(c).__name__ for c in get_ipython().configurables]"
+    assert not [c for c in fresh_kernel.value(classes) if c.endswith("Magics") and "Qwen3" in c]
+    assert "CleanMagics" not in fresh_kernel.value(classes), "each reload left one more"
     ok(fresh_kernel, "%load_ext qwen3_jupyter")
     assert "autoclean off" in ok(fresh_kernel, "%qwen3_autoclean").stdout
+    assert fresh_kernel.value(classes).count("Qwen3Magics") == 1
+    assert ok(fresh_kernel, "%unload_ext qwen3_jupyter").stdout == "", "nothing to say"
+    ok(fresh_kernel, "%load_ext qwen3_jupyter")
 
 
 def test_a_load_that_fails_midway_leaves_nothing_and_an_interrupted_call_no_hook(

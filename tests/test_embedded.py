@@ -179,6 +179,69 @@ def test_a_build_another_process_finished_meanwhile_is_not_redone(model_cache: P
     assert (target / "qwen3_jupyter_build.json").stat().st_ino == marker, "built over it"
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="builds take turns through fcntl")
+def test_a_dead_builds_leftovers_are_removed_by_the_next_build(model_cache: Path) -> None:
+    """A kernel killed mid-build (the OOM killer, a restart's SIGKILL) left its temporary
+    folder, up to 3.3 GB for random:Qwen3-1.7B, and no later build or load removed it."""
+    target = embedded.checkpoint_dir("tiny", 14)
+    shutil.rmtree(target, ignore_errors=True)
+    dead = target.with_name(f"{target.name}.tmp99999-deadbeef")
+    dead.mkdir(parents=True, exist_ok=True)
+    (dead / "model.safetensors").write_bytes(b"\0" * 4096)  # cut short by the kill
+    other = target.with_name("tiny-seed15-v1.tmp99999-0badf00d")  # another model's: kept
+    other.mkdir(exist_ok=True)
+    try:
+        assert embedded.ensure_built("tiny", seed=14) == target
+        assert not dead.exists(), "the dead build's folder is still there"
+        assert other.exists(), "a build of another model is not this one's to remove"
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="builds take turns through fcntl")
+def test_a_load_that_waited_for_another_kernels_build_says_so(
+    model_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel that waited for another kernel's build said "N s of it the first build", and
+    its status line said only "loading…" while it waited (25 s for random:Qwen3-1.7B)."""
+    import fcntl
+    import threading
+
+    from qwen3_jupyter.models import ModelChoice, ModelHolder
+    from qwen3_jupyter.session import loaded_notice
+
+    built = embedded.ensure_built("tiny")  # in the tests' cache
+    monkeypatch.setenv("QWEN3_JUPYTER_CACHE", str(tmp_path))
+    target = embedded.checkpoint_dir("tiny")
+    target.parent.mkdir(parents=True)
+    seen: list[str] = []
+    holder, loaded = ModelHolder(), []
+    with open(target.with_name(f"{target.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another kernel's build under way
+        waiter = threading.Thread(
+            target=lambda: loaded.append(
+                holder.get(
+                    ModelChoice("tiny", "cpu", "float32"),
+                    progress=lambda what, done, total: seen.append(what),
+                )
+            )
+        )
+        waiter.start()
+        deadline = time.monotonic() + 30
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert seen == ["waiting for another process's build of tiny"], seen
+        shutil.copytree(built, target)  # that build's result
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    waiter.join(120)
+    try:
+        notice = loaded_notice(loaded[0])
+        assert "waiting for another kernel's build of it" in notice, notice
+        assert "the first build" not in notice, notice
+    finally:
+        holder.unload()
+
+
 def test_a_built_checkpoint_is_readable_by_other_users(model_cache: Path) -> None:
     """`save_pretrained` left the weights owner-only (0600): a cache one user built (a shared
     $QWEN3_JUPYTER_CACHE) failed for the others with "No such file or directory"."""
