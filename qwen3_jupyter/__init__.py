@@ -75,6 +75,7 @@ def load_ipython_extension(ip: Any) -> None:
             importlib.import_module(f"{__name__}.{name}").load(ip)
     except BaseException:  # Ctrl-C or a failure midway: IPython does not count it loaded, so
         lifecycle.run_unload()  # `%unload_ext` could not undo the half, and a reload doubled it
+        _say_what_unloading_turned_off()  # (it closes gauges `gauge()` opened, say)
         raise
     ip._qwen3_jupyter_loaded = True
     lifecycle.on_unload("loaded-flag", lambda: setattr(ip, "_qwen3_jupyter_loaded", False))
@@ -85,6 +86,14 @@ def unload_ipython_extension(ip: Any) -> None:
     from . import lifecycle
 
     lifecycle.run_unload()
+    _say_what_unloading_turned_off()
+
+
+def _say_what_unloading_turned_off() -> None:
+    """One line for what the undos turned off that the user had turned on (`lifecycle.tell`),
+    taken so that none is said again by a later unload."""
+    from . import lifecycle
+
     told = lifecycle.take_told()
     if told:
         print(f"[qwen3] extension unloaded: {'; '.join(told)}; a loaded model stays", flush=True)

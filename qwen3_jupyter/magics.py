@@ -755,9 +755,12 @@ def _release_leftover_hold(result: Any = None) -> None:
 def _close_engines() -> None:
     """On `%unload_ext`: the fast path's cache and the servers' connections go too."""
     fast = SESSION.engines.get("fast")
-    if fast is not None and fast.kept_memory():
+    held = fast is not None and bool(fast.kept_memory())
+    closed = SESSION.close_engines()  # told after: a busy engine is kept, not given back
+    if held and "fast" in closed:
         lifecycle.tell("the fast path's decode cache given back (the next call builds it again)")
-    SESSION.close_engines()
+    elif held:
+        lifecycle.tell("the fast path's decode cache kept: a call in another thread decodes on it")
 
 
 def unload(ip: Any) -> None:

@@ -248,6 +248,23 @@ def test_unloading_the_extension_removes_magics_and_hook(fresh_kernel: Kernel) -
     ok(fresh_kernel, "%load_ext qwen3_jupyter")
 
 
+def test_a_load_that_fails_midway_says_what_it_turned_off_once(fresh_kernel: Kernel) -> None:
+    """A failed `%load_ext` takes back what loaded, closing a gauge `gauge()` had opened, without
+    a word; the next `%unload_ext` then reported it as its own."""
+    k = fresh_kernel
+    ok(
+        k,
+        "import qwen3_jupyter, qwen3_jupyter.kernel_comm as comm\n"
+        "g = qwen3_jupyter.gauge()\nload = comm.load\n"
+        "def failing(ip):\n    raise KeyboardInterrupt\ncomm.load = failing",
+    )
+    failed = k.run("%load_ext qwen3_jupyter")
+    assert failed.status == "error"
+    assert "[qwen3] extension unloaded: 1 gauge closed (%qwen3_gauge)" in failed.stdout
+    ok(k, "comm.load = load\n%load_ext qwen3_jupyter")
+    assert ok(k, "%unload_ext qwen3_jupyter").stdout == "", "said again by a later unload"
+
+
 def test_a_load_that_fails_midway_leaves_nothing_and_an_interrupted_call_no_hook(
     fresh_kernel: Kernel,
 ) -> None:

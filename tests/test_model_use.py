@@ -193,6 +193,21 @@ def test_a_refused_batch_leaves_the_running_batch_its_shapes(kernel: Kernel) -> 
     assert 4 not in kernel.value(shapes), "the batch's own end gives its shape back"
 
 
+def test_unloading_while_a_thread_decodes_says_the_cache_is_kept(fresh_kernel: Kernel) -> None:
+    """`%unload_ext` keeps a fast engine a thread decodes on; its line said the decode cache was
+    given back all the same."""
+    k = fresh_kernel
+    ok(k, "%load_ext qwen3_jupyter")
+    ok(k, "%qwen3 --model tiny --max-new-tokens 2 load")
+    ok(k, START_PAUSED_GENERATION.format(decode="fast"))
+    try:
+        said = ok(k, "%unload_ext qwen3_jupyter").stdout
+        assert "decode cache kept: a call in another thread decodes on it" in said, said
+        assert "given back" not in said, said
+    finally:
+        ok(k, "resume.set(); background.join(120)")
+
+
 def test_closing_every_engine_skips_one_in_use_and_closes_the_rest() -> None:
     """`%unload_ext` while a thread decodes: the busy fast engine stays, servers still close."""
     from qwen3_jupyter.session import Session
