@@ -59,7 +59,10 @@ class TensorScan:
         """The bounded walk left something unvisited (budget or depth): only `visit_all` is sure."""
         self.stopped = False
         """Even `visit_all` ran out of budget: tensors may lie past where it stopped."""
-        self._nodes: set[int] = set()
+        self._nodes: dict[int, Any] = {}
+        """The autograd nodes walked, by id, kept alive with their ids: torch wraps a node for
+        Python anew once no wrapper is held, and a freed wrapper's id went to the next node,
+        which was then taken for one already walked (the leaf went uncounted on torch 2.11)."""
         self._graph_budget = GRAPH_BUDGET
 
     @property
@@ -188,7 +191,7 @@ class TensorScan:
             node = stack.pop()
             if node is None or id(node) in self._nodes:
                 continue
-            self._nodes.add(id(node))
+            self._nodes[id(node)] = node
             self._graph_budget -= 1
             for tensor in _saved_tensors(node):
                 self._add_storage(tensor)

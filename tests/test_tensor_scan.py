@@ -160,6 +160,37 @@ def test_a_verbose_scan_never_unpacks_saved_tensors() -> None:
     assert scan.tensor_count >= 2, "the loss and the leaf w it keeps through its graph"
 
 
+def test_a_graph_whose_nodes_are_wrapped_anew_is_walked_to_its_leaves() -> None:
+    """torch 2.11 hands Python a new wrapper for an autograd node once none is held: the walk
+    kept only ids, the next node's wrapper got a freed one's id and was skipped as walked,
+    and `loss = (w * 2).exp().sum(); del w` charged the loss alone (torch 2.13 keeps its
+    wrappers, so this builds the same kind of graph by hand)."""
+    torch = pytest.importorskip("torch")
+
+    class Node:
+        def __init__(self, name: str, below: list[str], leaves: dict[str, Any]) -> None:
+            self.name, self._below, self._leaves = name, below, leaves
+
+        @property
+        def next_functions(self) -> tuple[tuple[Any, int], ...]:  # a new wrapper each time
+            return tuple((_node(child, self._leaves), 0) for child in self._below)
+
+    class AccumulateGrad:
+        def __init__(self, variable: Any) -> None:
+            self.variable = variable
+            self.next_functions = ()
+
+    chain = {"sum": ["exp"], "exp": ["mul"], "mul": ["w", "v"], "w": [], "v": []}
+
+    def _node(name: str, leaves: dict[str, Any]) -> Any:
+        return AccumulateGrad(leaves[name]) if name in leaves else Node(name, chain[name], leaves)
+
+    leaves = {"w": torch.ones(1000), "v": torch.ones(500)}
+    scan = tensor_scan.TensorScan(torch)
+    scan._add_graph(_node("sum", leaves))
+    assert scan.nbytes() == 6000 and scan.tensor_count == 2, scan.storages
+
+
 def test_a_detached_slice_counts_the_whole_storage_it_keeps() -> None:
     """`x[:5].detach()` has no `_base` and no offset, yet keeps all of `x`'s storage alive once
     `x` is gone: counted by its own size, a 190 MiB holder read 195 KiB."""
