@@ -8,6 +8,7 @@ and an interrupt returns what was finished.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import numbers
 import os
@@ -522,11 +523,29 @@ class _JsonLines:
             record.update(asdict(result))
             lines.append(json.dumps(record, ensure_ascii=False) + "\n")
         try:
-            with self.path.open("a", encoding="utf-8") as handle:
-                handle.write("".join(lines))  # one write: a kill mid-batch cuts one line at most
-                handle.flush()
-                os.fsync(handle.fileno())
+            _append_whole("".join(lines).encode("utf-8"), self.path)
         except OSError as exc:
             raise ResultsFileError(
                 f"could not append results to {self.path}: {exc.strerror or exc}"
             ) from None
+
+
+def _append_whole(data: bytes, path: Path) -> None:
+    """Append `data` in one go, or take back what got in: a full disk cut the last line, even
+    within a character, and every JSON-lines reader (pandas, `read_text`) then failed on the
+    whole file. Shrinking needs no space; where it fails too (a lost mount), the next run's
+    open ends the cut line instead. A kill mid-write cuts one line at most."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        whole_up_to = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(fd, data[written:])
+            os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, whole_up_to)
+            raise
+    finally:
+        os.close(fd)
