@@ -17,6 +17,7 @@ from typing import Any
 from IPython.display import display
 
 from .generation import Result, split_thinking
+from .hub_progress import progress_text
 from .markdown_text import escape_html
 from .memory import format_bytes
 
@@ -308,8 +309,7 @@ class Status:
             update_markdown(self._handle, f"*{text}*", text)
 
     def progress(self, what: str, done: int, total: int) -> None:
-        percent = int(100 * done / total) if total else 100
-        self.show(f"{what}: {percent}%")
+        self.show(progress_text(what, done, total))
 
     @property
     def has_display(self) -> bool:
@@ -386,10 +386,9 @@ class ConsoleLine:
         """A terminal line is on screen, not yet ended by a newline."""
 
     def progress(self, what: str, done: int, total: int) -> None:
-        percent = int(100 * done / total) if total else 100
         step_starts, step_ends = what != self._what, done >= total
         self._what = what
-        self.show(f"{what}: {percent}%", force=step_starts or step_ends)
+        self.show(progress_text(what, done, total), force=step_starts or step_ends)
 
     def show(self, text: str, force: bool = False) -> None:
         interval = self.TTY_INTERVAL_S if self._tty else self.LOG_INTERVAL_S

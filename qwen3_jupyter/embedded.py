@@ -190,7 +190,7 @@ def ensure_built(name: str, seed: int = 0, progress: Progress | None = None) -> 
 
         def waiting() -> None:  # the status line said "loading…" for a whole build
             if progress is not None:
-                progress(f"waiting for another process's build of {name}", 0, 1)
+                progress(f"waiting for another process's build of {name}", 0, 0)
 
         with _build_lock(target, waiting) as builds_take_turns:
             if not is_built(name, seed):  # another process may have built it meanwhile

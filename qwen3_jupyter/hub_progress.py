@@ -16,7 +16,16 @@ from contextlib import contextmanager
 from typing import Any
 
 Progress = Callable[[str, int, int], None]
-"""`progress(what, done, total)`, as the status line's `progress` takes it."""
+"""`progress(what, done, total)`, as the status line's `progress` takes it; a `total` of 0 is
+work with no measure (a wait), shown without a percentage."""
+
+
+def progress_text(what: str, done: int, total: int) -> str:
+    """The line a status shows for `progress(what, done, total)`: "building tiny: 40%", or
+    "waiting for another process's build of tiny…" where there is nothing to count (a wait
+    read ": 0%" throughout)."""
+    return f"{what}: {int(100 * done / total)}%" if total > 0 else f"{what}…"
+
 
 LOADING_BAR = "Loading weights"
 """The description of the bar transformers opens over a checkpoint's tensors."""

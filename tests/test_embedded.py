@@ -203,10 +203,12 @@ def test_a_load_that_waited_for_another_kernels_build_says_so(
     model_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A kernel that waited for another kernel's build said "N s of it the first build", and
-    its status line said only "loading…" while it waited (25 s for random:Qwen3-1.7B)."""
+    its status line said only "loading…" while it waited (25 s for random:Qwen3-1.7B), then
+    "…: 0%" throughout the wait."""
     import fcntl
     import threading
 
+    from qwen3_jupyter.hub_progress import progress_text
     from qwen3_jupyter.models import ModelChoice, ModelHolder
     from qwen3_jupyter.session import loaded_notice
 
@@ -222,7 +224,7 @@ def test_a_load_that_waited_for_another_kernels_build_says_so(
             target=lambda: loaded.append(
                 holder.get(
                     ModelChoice("tiny", "cpu", "float32"),
-                    progress=lambda what, done, total: seen.append(what),
+                    progress=lambda *step: seen.append(progress_text(*step)),
                 )
             )
         )
@@ -230,7 +232,7 @@ def test_a_load_that_waited_for_another_kernels_build_says_so(
         deadline = time.monotonic() + 30
         while not seen and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert seen == ["waiting for another process's build of tiny"], seen
+        assert seen == ["waiting for another process's build of tiny…"], seen  # not ": 0%"
         shutil.copytree(built, target)  # that build's result
         fcntl.flock(lock, fcntl.LOCK_UN)
     waiter.join(120)
