@@ -38,13 +38,14 @@ def plain_value_error(message: str) -> str:
 def did_you_mean(name: str, options: Iterable[str]) -> str:
     """' (did you mean --x?)' for the options `name` shortens, else the one closest to it, or
     ''. Dashes are not compared: every option shares them, which would make `--bogus` "close"
-    to `--verbose`."""
+    to `--verbose`. The cutoff is above difflib's 0.6, where `--verb` was "close" to
+    `--server` and `--verbos` to `--vars`: a wrong guess misleads more than none."""
     by_word = {option.lstrip("-"): option for option in options}
     typed = name.lstrip("-")
     longer = sorted(option for word, option in by_word.items() if typed and word.startswith(typed))
     if 1 <= len(longer) <= 3:
         return f" (did you mean {' or '.join(longer)}?)"
-    close = difflib.get_close_matches(typed, list(by_word), n=1)
+    close = difflib.get_close_matches(typed, list(by_word), n=1, cutoff=0.7)
     return f" (did you mean {by_word[close[0]]}?)" if close else ""
 
 

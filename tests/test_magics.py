@@ -750,6 +750,7 @@ def test_help_is_complete(kernel: Kernel) -> None:
     ("line", "expected"),
     [
         ("%qwen3 --tempreture 0.5 hi", "unknown option --tempreture (did you mean --temperature?)"),
+        ("%qwen3 --verb hi", "unknown option --verb; see %qwen3?"),  # not "--server?"
         ("%qwen3", "empty prompt"),
         ("%qwen3 --no-think", "empty prompt"),
         ("%qwen3 --top-k abc hi", "--top-k needs a whole number, not 'abc' (see %qwen3?)"),
