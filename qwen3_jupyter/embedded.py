@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -387,6 +388,24 @@ def _convert_tiktoken(dest: Path) -> None:
     if backend.token_to_id("</think>") != THINK_END_ID:
         raise RuntimeError("Qwen3 added tokens did not land at their real ids")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_files(dest.parent, f"{dest.stem}.tmp")
     tmp = dest.with_suffix(f".tmp{os.getpid()}")
-    backend.save(str(tmp))
-    tmp.replace(dest)
+    try:
+        backend.save(str(tmp))
+        tmp.replace(dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+STALE_AFTER_S = 3600
+"""A conversion takes seconds: a temporary file this old is a killed process's."""
+
+
+def _remove_stale_files(folder: Path, prefix: str) -> None:
+    """Delete the files named `prefix…` in `folder` older than STALE_AFTER_S: a process killed
+    while converting the tokenizer (a restart's SIGKILL) left its 11 MB there for good."""
+    cutoff = time.time() - STALE_AFTER_S
+    for leftover in folder.glob(f"{prefix}*"):
+        with contextlib.suppress(OSError):
+            if leftover.is_file() and leftover.stat().st_mtime < cutoff:
+                leftover.unlink()

@@ -57,6 +57,24 @@ def test_tokenizer_has_qwen_vocabulary_and_special_ids(model_cache: Path) -> Non
     assert len(tokenizer("Hello")["input_ids"]) == 1
 
 
+def test_a_killed_conversions_temporary_file_is_removed_by_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel killed while converting the tokenizer left its 11 MB `.tmp<pid>` file in the
+    cache for good; a conversion under way in another kernel (a recent file) is left alone."""
+    monkeypatch.setenv("QWEN3_JUPYTER_CACHE", str(tmp_path))
+    folder = tmp_path / "tokenizer"
+    folder.mkdir()
+    stem = f"qwen3-v{embedded.BUILD_FORMAT}"
+    killed, running = folder / f"{stem}.tmp4242", folder / f"{stem}.tmp4343"
+    for leftover in (killed, running):
+        leftover.write_bytes(b"{")
+    two_hours_ago = time.time() - 7200
+    os.utime(killed, (two_hours_ago, two_hours_ago))
+    assert len(embedded.build_tokenizer()) == 151669
+    assert sorted(p.name for p in folder.iterdir()) == [f"{stem}.json", running.name]
+
+
 def test_the_checkpoint_records_its_added_tokens_as_qwen3s_own_do(model_cache: Path) -> None:
     """Without `added_tokens_decoder` in tokenizer_config.json transformers parses the whole
     tokenizer.json once more in Python (1.6 s per load instead of 0.9 s); with it the loaded
