@@ -249,12 +249,16 @@ class CellInterrupts:
 
     A script (no IPython shell, no interactive prompt) is one cell: its Ctrl-C ended one call
     and the script went on with the next, and exited 0. There the next call raises it, once
-    (a script that catches it may go on). A plain `python` prompt has no cells to scope it
-    to, so there, as before, an interrupt ends only its own call.
+    (a script that catches it may go on). So is `ipython script.py`, which has a shell but no
+    cells: there every later call raised "earlier in this cell", for good. A plain `python`
+    prompt has no cells to scope it to, so there, as before, an interrupt ends only its own
+    call; `python -i` and `ipython -i` start their prompt clean.
     """
 
     def __init__(self) -> None:
         self._interrupted = False
+        self._in_a_cell = False
+        """The interrupt landed in a cell: every later call of it raises, until the next."""
         self._watched: Any = None
         """The shell whose pre_run_cell clears the mark (registered at the first note)."""
 
@@ -263,8 +267,9 @@ class CellInterrupts:
         if not interrupted or threading.current_thread() is not threading.main_thread():
             return
         shell = _shell()
-        if shell is None:
-            self._interrupted = not hasattr(sys, "ps1")  # a script, not the `>>>` prompt
+        self._in_a_cell = _running_a_cell(shell)
+        if not self._in_a_cell:  # a script; not the `>>>` prompt
+            self._interrupted = shell is not None or not hasattr(sys, "ps1")
             return
         if self._watched is not shell:
             from . import lifecycle
@@ -281,13 +286,16 @@ class CellInterrupts:
             shell.events.unregister("pre_run_cell", self._clear)
 
     def check(self) -> None:
-        """Raise KeyboardInterrupt if a call earlier in this cell was interrupted."""
+        """Raise KeyboardInterrupt if a call earlier in this cell (or script) was interrupted."""
         if not self._interrupted or threading.current_thread() is not threading.main_thread():
             return
-        if _shell() is not None:
+        if self._in_a_cell:
             raise KeyboardInterrupt(INTERRUPTED_EARLIER)
         self._interrupted = False  # delivered once: a script that catches it may go on
-        if not hasattr(sys, "ps1"):  # at `python -i script.py`'s `>>>`, the prompt starts clean
+        shell = _shell()
+        if _running_a_cell(shell):
+            return  # the prompt after `ipython -i script.py` starts clean
+        if shell is not None or not hasattr(sys, "ps1"):  # not `python -i script.py`'s `>>>`
             raise KeyboardInterrupt(INTERRUPTED_EARLIER_IN_SCRIPT)
 
     def _clear(self, *info: Any) -> None:
@@ -300,6 +308,13 @@ def _shell() -> Any:
     from IPython import get_ipython
 
     return get_ipython()
+
+
+def _running_a_cell(shell: Any) -> bool:
+    """Whether `shell` is running a cell now (IPython hands the displayhook the cell's result
+    for as long as it runs), not a script (`ipython script.py`) or a widget's callback."""
+    displayhook = getattr(shell, "displayhook", None)
+    return getattr(displayhook, "exec_result", None) is not None
 
 
 CELL_INTERRUPTS = CellInterrupts()

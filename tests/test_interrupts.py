@@ -390,6 +390,33 @@ def test_a_scripts_ctrl_c_stops_the_script_at_its_next_call(model_cache: Path) -
     assert ran.stderr.rstrip().endswith("so this one did not start"), ran.stderr[-500:]
 
 
+def test_ipython_running_a_script_scopes_an_interrupt_as_a_script(
+    model_cache: Path, tmp_path: Path
+) -> None:
+    """`ipython script.py` has a shell but no cells: after one Ctrl-C every later call raised
+    "a call earlier in this cell was interrupted", a try/except around one did not let the
+    script go on, and no cell ever came to clear it."""
+    import subprocess
+
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT_INTERRUPTED)
+    ran = subprocess.run(
+        [sys.executable, "-m", "IPython", "--no-banner", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    said = [line for line in ran.stdout.splitlines() if line.split(":")[0] in STEPS]
+    assert said[:1] == ["first: interrupted"], (said, ran.stdout[-2000:], ran.stderr[-2000:])
+    assert said[1].startswith("second: a call earlier in this program was interrupted"), said
+    assert said[2:] == ["third: length", "fourth: interrupted"], "delivered once: then it ran"
+    assert "should not reach" not in ran.stdout + ran.stderr, "the second Ctrl-C did not stop it"
+
+
+STEPS = ("first", "second", "third", "fourth")
+
+
 SCRIPT_ENDS_INTERRUPTED = """
 import os, signal, qwen3_jupyter
 def on_text(text):
