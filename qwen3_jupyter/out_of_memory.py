@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
+from typing import Literal
 
 from .memory import format_bytes
 
@@ -64,19 +65,30 @@ def _own_reason(exc: BaseException) -> str | None:
     return next((why for marker, why in _DEVICE_ALLOCATION.items() if marker in text), None)
 
 
-@contextlib.contextmanager
-def allocation_failures_as_oom() -> Iterator[None]:
+def allocation_failures_as_oom() -> contextlib.AbstractContextManager[None]:
     """Re-raise every allocation failure as `torch.OutOfMemoryError`, so the one out-of-memory
     path (a one-line message for a call, a smaller batch for a batch) serves them all. Every
     other exception passes through untouched."""
-    import torch
+    return _AllocationFailuresAsOOM()
 
-    try:
-        yield
-    except RuntimeError as exc:
-        if isinstance(exc, torch.OutOfMemoryError):
-            raise
-        reason = out_of_memory_reason(exc)
+
+class _AllocationFailuresAsOOM:
+    """`allocation_failures_as_oom`, as a class: raised from a generator context manager, the
+    new error made a reference cycle on Python 3.12 and later (contextlib's frame holds the
+    failure, whose traceback reaches it back), so the failing frames' tensors outlived the
+    call's release until some later collection; on a GPU their blocks stayed reserved."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: object, value: BaseException | None, traceback: object
+    ) -> Literal[False]:
+        import torch
+
+        if not isinstance(value, RuntimeError) or isinstance(value, torch.OutOfMemoryError):
+            return False
+        reason = out_of_memory_reason(value)
         if reason is None:
-            raise
+            return False
         raise torch.OutOfMemoryError(reason) from None

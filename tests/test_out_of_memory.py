@@ -54,6 +54,34 @@ def test_allocation_failures_become_out_of_memory_errors_and_others_pass() -> No
     assert not isinstance(info.value, torch.OutOfMemoryError)
 
 
+def test_the_failing_frames_die_with_the_error_no_collection_needed() -> None:
+    """On Python 3.12 and later, the error raised in place of the allocator's made a reference
+    cycle (contextlib's generator frame held the failure): the failing frame's tensor lived on
+    after the call caught the error, until some later collection."""
+    import gc
+    import weakref
+
+    refs: list[weakref.ref[torch.Tensor]] = []
+
+    def run_out() -> None:
+        held = torch.ones(1024)  # as a forward's activations are
+        refs.append(weakref.ref(held))
+        torch.empty(BEYOND_ANY_HOST, dtype=torch.uint8)
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        try:
+            with allocation_failures_as_oom():
+                run_out()
+        except torch.OutOfMemoryError:
+            pass
+        assert refs[0]() is None, "kept alive by a cycle until a collection"
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _host_allocation_failure() -> RuntimeError:
     try:
         torch.empty(BEYOND_ANY_HOST, dtype=torch.uint8)
