@@ -5,7 +5,21 @@ from __future__ import annotations
 
 from qwen3_jupyter.bench._kernel import Execution, Kernel
 
-__all__ = ["WEAKREF_HELPERS", "Execution", "Kernel", "alive", "ok"]
+NOTHING_FROZEN_BUT_PYTHONS_OWN = (
+    "__import__('gc').get_freeze_count()"
+    " <= __import__('qwen3_jupyter.incremental_gc').incremental_gc.frozen_by_python_itself()"
+)
+"""Python 3.12 keeps its immortal objects in the permanent generation (375 at startup, and
+every full collection puts them back there): a count of 0 is not what it reads after a thaw."""
+
+__all__ = [
+    "NOTHING_FROZEN_BUT_PYTHONS_OWN",
+    "WEAKREF_HELPERS",
+    "Execution",
+    "Kernel",
+    "alive",
+    "ok",
+]
 
 WEAKREF_HELPERS = """
 import gc, sys, weakref
