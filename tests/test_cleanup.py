@@ -974,7 +974,7 @@ def test_a_shown_tensor_is_released_after_the_user_bound_underscore(k: Kernel) -
 
 
 HEAP_SLACK = """
-blobs = [bytes(1000) + bytes([i % 256]) for i in range(40_000)]  # ~40 MiB of malloc'd blocks
+blobs = [bytes(1000) + bytes([i % 256]) for i in range(60_000)]  # ~60 MiB of malloc'd blocks
 pin = bytes(1001)  # allocated above them: the heap's top cannot shrink on its own
 del blobs
 """
