@@ -535,7 +535,8 @@ def _append_whole(data: bytes, path: Path) -> None:
     within a character, and every JSON-lines reader (pandas, `read_text`) then failed on the
     whole file. Shrinking needs no space; where it fails too (a lost mount), the next run's
     open ends the cut line instead. A kill mid-write cuts one line at most."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0)  # no CRLF
+    fd = os.open(path, flags, 0o666)
     try:
         whole_up_to = os.lseek(fd, 0, os.SEEK_END)
         try:
