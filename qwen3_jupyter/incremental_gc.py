@@ -40,6 +40,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 ENV_SWITCH = "QWEN3_JUPYTER_INCREMENTAL_GC"
@@ -278,13 +279,18 @@ def frozen_by_python_itself() -> int:
     there, 375 tuples (static types' MROs), at startup and again after every full collection:
     counted as a user's gc.freeze(), they made every cleanup a full one on 3.12 (~0.3 s with
     torch loaded, after every cell with autoclean). A user's freeze takes every tracked
-    object, thousands at the least, so it still shows."""
+    object, thousands at the least, so it still shows. Only asked on 3.12 (3.11 and 3.13 keep
+    none there), and only of an interpreter named python: embedded in an application (Blender,
+    say), `sys.executable` is the application."""
+    executable = Path(sys.executable or "").name
+    if sys.version_info[:2] != (3, 12) or not executable.startswith("python"):
+        return 0
     try:
         ran = subprocess.run(
             [sys.executable, "-I", "-S", "-c", "import gc; print(gc.get_freeze_count())"],
             capture_output=True,
             text=True,
-            timeout=30,
+            timeout=10,
             check=True,
         )
         return int(ran.stdout.strip())
