@@ -26,6 +26,8 @@ from pathlib import Path
 from ..embedded import ensure_built
 
 SERVED_NAME = "tiny-served"
+LISTS_NOTHING_AFTER_S = 20.0
+"""How long a server may answer `GET /v1/models` with an empty list before the wait ends."""
 QWEN3_SAMPLING = {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20}
 _THINKING_OFF = "{%- if enable_thinking is defined and enable_thinking is false %}"
 _PREFILL = "{{- '<think>\\n\\n</think>\\n\\n' }}{%- else %}{{- '<think>\\n' }}{%- endif %}"
@@ -127,7 +129,11 @@ class OpenAIServer:
         return self
 
     def wait_ready(self, timeout: float) -> None:
+        """Wait until the server lists the model it serves. One that answers with an empty list
+        for LISTS_NOTHING_AFTER_S is an older transformers (5.17 and 5.20 list no local
+        checkpoint): said then, where the wait ran its whole 180 s and blamed the server."""
         deadline = time.monotonic() + timeout
+        empty_since: float | None = None
         while time.monotonic() < deadline:
             if self._process is not None and self._process.poll() is not None:
                 raise RuntimeError(f"transformers serve exited: see {self.log}")
@@ -135,8 +141,15 @@ class OpenAIServer:
                 with urllib.request.urlopen(f"{self.url}/models", timeout=2) as response:
                     if json.load(response).get("data"):
                         return
+                empty_since = empty_since or time.monotonic()
             except (OSError, ValueError):
                 pass
+            if empty_since is not None and time.monotonic() - empty_since > LISTS_NOTHING_AFTER_S:
+                raise RuntimeError(
+                    f"transformers serve {_transformers_version()} answers but lists no model "
+                    "(5.17 and 5.20 list no local checkpoint; 5.24 does): run it with a "
+                    f"newer transformers; see {self.log}"
+                )
             time.sleep(0.25)
         raise TimeoutError(f"transformers serve did not answer in {timeout:.0f} s: see {self.log}")
 
@@ -170,3 +183,12 @@ def serve_tiny(
     `transformers serve` (e.g. `--continuous-batching`)."""
     workdir.mkdir(parents=True, exist_ok=True)
     return OpenAIServer(served_checkpoint(workdir), workdir, extra_args=extra_args).start(timeout)
+
+
+def _transformers_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("transformers")
+    except PackageNotFoundError:
+        return "(version unknown)"
