@@ -122,8 +122,9 @@ class IncrementalCollector:
         # Objects someone else froze (the user's own gc.freeze()): gc.unfreeze() cannot tell
         # theirs from ours, so handing ours back would thaw theirs. Every pass is full then.
         # Python 3.12 freezes some of its own at startup: those are not someone else's.
-        frozen_now = gc.get_freeze_count() if incremental and not self.frozen else 0
-        theirs = frozen_now > 0 and frozen_now > frozen_by_python_itself()
+        theirs = (
+            incremental and not self.frozen and gc.get_freeze_count() > frozen_by_python_itself()
+        )
         if theirs:
             incremental = False
         switched_off = FROZEN_ELSEWHERE if theirs else f"{ENV_SWITCH}=0"
