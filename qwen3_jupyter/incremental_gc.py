@@ -41,6 +41,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 ENV_SWITCH = "QWEN3_JUPYTER_INCREMENTAL_GC"
@@ -109,8 +110,6 @@ class IncrementalCollector:
         self._collecting = False
         self._installed = False
         self._interrupt_caught = False
-        self._in_collection = False
-        """Whether `_on_gc` saw this collection start and not yet stop."""
         self._previous_unraisablehook: Callable[[Any], Any] | None = None
 
     def collect(self, variables: Mapping[str, Any] | None = None, force: str = "") -> GcPass:
@@ -220,7 +219,6 @@ class IncrementalCollector:
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         """Before one of Python's own full collections: hand the frozen objects back when, by
         Python's rule, a full collection of them is due (the heap grew by a quarter)."""
-        self._in_collection = phase == "start"
         if phase == "stop" and self._interrupt_caught:
             self._resend_interrupt()
             return
@@ -240,17 +238,16 @@ class IncrementalCollector:
             self._interrupt_caught = True
 
     def _on_unraisable(self, unraisable: Any) -> None:
-        """A SIGINT that arrives during a collection raises its KeyboardInterrupt at the first
-        instruction of `_on_gc`, before any `try` there: Python prints it as "Exception ignored"
-        and the user's interrupt is lost. It is sent again: now, when it was the "stop" call
-        (the collection is over), else once this collection stops. Anything else goes on to
-        the hook that was there before."""
+        """A SIGINT that arrives during a collection raises its KeyboardInterrupt in `_on_gc`
+        outside its `try` (at its first instruction on 3.11+, after its first statement on
+        3.10): Python prints it as "Exception ignored" and the user's interrupt is lost. It is
+        sent again: now, when it was the "stop" call (the collection is over), else once this
+        collection stops. Anything else goes on to the hook that was there before."""
         if issubclass(unraisable.exc_type, KeyboardInterrupt) and unraisable.object == self._on_gc:
-            if self._in_collection:
-                self._in_collection = False
-                self._resend_interrupt()
-            else:
+            if _phase_interrupted(unraisable.exc_traceback) == "start":
                 self._interrupt_caught = True
+            else:
+                self._resend_interrupt()
             return
         previous = self._previous_unraisablehook or sys.__unraisablehook__
         previous(unraisable)
@@ -271,6 +268,18 @@ class IncrementalCollector:
         """Whether the objects frozen since the last full pass came with MEMORY_GROWTH more
         memory (measured at freeze time, so this costs nothing now)."""
         return self._memory_at_freeze - self._memory_at_full >= MEMORY_GROWTH
+
+
+def _phase_interrupted(traceback: TracebackType | None) -> str:
+    """The `phase` argument of the `_on_gc` call the traceback went through: read from its
+    frame, since where in the call a pending signal is raised differs between Python versions.
+    '' when no such frame is there (then the interrupt is sent again at once: late, never lost)."""
+    while traceback is not None:
+        frame = traceback.tb_frame
+        if frame.f_code is IncrementalCollector._on_gc.__code__:
+            return str(frame.f_locals.get("phase", ""))
+        traceback = traceback.tb_next
+    return ""
 
 
 @functools.cache
