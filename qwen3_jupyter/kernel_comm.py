@@ -70,6 +70,33 @@ def write_marker(path: Path) -> bool:
     return True
 
 
+def remove_stale_markers(folder: Path) -> int:
+    """Remove the markers of kernels that are gone: their connection file was removed and no
+    process has their PID. Why: a kernel that is killed (the OOM killer, `kill -9`, a crashed
+    server) cannot remove its own, and they piled up in Jupyter's runtime folder, one per dead
+    kernel. Returns how many were removed."""
+    import psutil
+
+    removed = 0
+    try:
+        markers = list(folder.glob("*" + MARKER_SUFFIX))
+    except OSError:
+        return 0
+    for marker in markers:
+        connection_file = marker.with_name(marker.name[: -len(MARKER_SUFFIX)] + ".json")
+        try:
+            if connection_file.exists():
+                continue  # its kernel may run, or be restarted on that file
+            pid = json.loads(marker.read_text()).get("pid")
+            if isinstance(pid, int) and psutil.pid_exists(pid):
+                continue
+            marker.unlink()
+            removed += 1
+        except (OSError, ValueError, AttributeError):
+            continue  # unreadable, or someone else's to remove
+    return removed
+
+
 def remove_marker(path: Path) -> None:
     try:
         data = json.loads(path.read_text())
@@ -203,6 +230,8 @@ def load(ip: Any) -> None:
         events.register("post_run_cell", _CELLS.post_run_cell)
     marker = marker_path()
     wrote = marker is not None and write_marker(marker)
+    if wrote and marker is not None:
+        remove_stale_markers(marker.parent)
 
     def cleanup_marker() -> None:
         if wrote and marker is not None:

@@ -90,6 +90,32 @@ def test_unloading_removes_the_target_and_the_marker(fresh_kernel: Kernel) -> No
     assert open_comm(fresh_kernel, {"action": "cleanup"})["ok"] is True
 
 
+def test_loading_removes_the_markers_of_kernels_that_are_gone(fresh_kernel: Kernel) -> None:
+    """A killed kernel cannot remove its marker: they piled up in Jupyter's runtime folder
+    (321 in this machine's /tmp). Loading removes those whose connection file is gone and
+    whose process is dead, and keeps a marker whose kernel may still run or be restarted."""
+    import os
+    import subprocess
+
+    folder = marker_of(fresh_kernel).parent
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+
+    def marker(name: str, pid: int) -> Path:
+        path = folder / f"{name}{MARKER_SUFFIX}"
+        path.write_text(json.dumps({"pid": pid, "comm_target": TARGET}))
+        return path
+
+    gone = marker("kernel-gone", ended.pid)
+    restartable = marker("kernel-restartable", ended.pid)
+    (folder / "kernel-restartable.json").write_text("{}")
+    running = marker("kernel-running", os.getpid())
+    assert fresh_kernel.run("%load_ext qwen3_jupyter").status == "ok"
+    assert not gone.exists()
+    assert restartable.exists() and running.exists()
+    assert marker_of(fresh_kernel).exists()
+
+
 def test_cleanup_never_runs_beside_a_cell_on_a_subshell_thread() -> None:
     replies: list[dict[str, Any]] = []
     thread = threading.Thread(target=lambda: replies.append(handle({"action": "cleanup"})))
