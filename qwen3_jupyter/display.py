@@ -35,6 +35,19 @@ def in_kernel() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
+def captured() -> bool:
+    """True inside IPython's `%%capture` (or `capture_output()`): there every update of a
+    display is kept as an output of its own — a 400-token answer streamed into 234 outputs,
+    380 KB, growing with the square of its length — and nobody watches them stream."""
+    try:
+        from IPython import get_ipython
+        from IPython.core.displaypub import CapturingDisplayPublisher
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return isinstance(getattr(shell, "display_pub", None), CapturingDisplayPublisher)
+
+
 def show_markdown(markdown: str, plain: str | None = None) -> Any:
     """Display `markdown` with a plain-text form (`markdown` itself unless given), returning
     the handle that updates it. `Markdown(...)` had none: front ends without Markdown (a
@@ -69,9 +82,9 @@ class StreamView:
         self._body = self.PLACEHOLDER
         self._plain = self.PLACEHOLDER.strip("*")
         self._line: str | None = None
-        self._live = in_kernel()
-        """False in a terminal IPython, which prints every update of a display anew: there the
-        view shows only the final answer, once."""
+        self._live = in_kernel() and not captured()
+        """False in a terminal IPython, which prints every update of a display anew, and under
+        `%%capture`, which keeps each one: there the view shows only the final answer, once."""
         self._handle: Any = status.hand_over(self) if status is not None else None
         if self._handle is None:
             if self._live:

@@ -46,6 +46,20 @@ def test_streams_into_one_updating_display_and_prints_footer(kernel: Kernel) -> 
     assert len(displays) >= 1
 
 
+def test_a_captured_call_keeps_its_answer_once_not_every_update(kernel: Kernel) -> None:
+    """`%%capture` keeps every update of a display as an output of its own: a 400-token answer
+    was 234 outputs (380 KB, growing with the square of its length), all replayed by `cap()`.
+    Captured, the call shows its answer once; the same call not captured streams (control)."""
+    call = "%qwen3 --max-new-tokens 120 --ignore-eos --seed 0 --no-think Tell me more."
+    assert len(ok(kernel, call).of_type("update_display_data")) >= 3
+    ok(kernel, f"%%capture cap\n{call}")
+    outputs = kernel.value("[o.data['text/plain'] for o in cap.outputs]")
+    assert len(outputs) == 1, outputs
+    assert kernel.value("_qwen3.answer") in outputs[0]
+    assert kernel.value("cap.stdout").startswith("[qwen3] tiny on cpu")
+    ok(kernel, "del cap")
+
+
 def test_a_call_that_loads_says_how_long_and_what_it_keeps(kernel: Kernel) -> None:
     """The first call of a kernel waits for the load (seconds to minutes with real weights)
     and memory goes up for good: the status line said "loading…" and vanished, and nothing said
