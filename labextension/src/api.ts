@@ -117,7 +117,9 @@ export class CleanupError extends Error {
  *
  * Only opens a comm to the extension's own target: a kernel without it closes the comm at once
  * (rejected with `notLoaded`), and no code is ever executed. A busy kernel answers when its
- * current cell finishes, hence the generous timeout.
+ * current cell finishes: while `stillBusy()` says the kernel runs a cell (the server's view of it,
+ * which this fresh connection may not have), the request waits past `timeoutMs`, however long
+ * the cell takes; the timeout ends only a wait on a kernel that is not busy.
  *
  * `kernel` should not handle comms (`handleComms: false`): the comm is opened, read and closed
  * by hand. Why: a connection that handles comms closes every comm the kernel opens that it has
@@ -128,7 +130,8 @@ export class CleanupError extends Error {
  */
 export function requestCleanup(
   kernel: Kernel.IKernelConnection,
-  timeoutMs = 120_000
+  timeoutMs = 120_000,
+  stillBusy: () => boolean = () => false
 ): Promise<ICleanupReply> {
   return new Promise<ICleanupReply>((resolve, reject) => {
     const commId = newCommId();
@@ -189,8 +192,13 @@ export function requestCleanup(
     };
     const onDisposed = (): void =>
       finish(new CleanupError('The connection to the kernel closed before an answer.'), false);
-    const timer = setTimeout(() => {
+    const onTimeout = (): void => {
       const sent = kernel.connectionStatus === 'connected';
+      if (sent && stillBusy()) {
+        // A cell longer than the timeout: its end brings the answer, which the sidebar shows.
+        timer = setTimeout(onTimeout, timeoutMs);
+        return;
+      }
       finish(
         new CleanupError(
           sent
@@ -200,7 +208,8 @@ export function requestCleanup(
         ),
         sent
       );
-    }, timeoutMs);
+    };
+    let timer = setTimeout(onTimeout, timeoutMs);
     kernel.iopubMessage.connect(onIOPub);
     kernel.statusChanged.connect(onStatus);
     kernel.disposed.connect(onDisposed);

@@ -29,7 +29,11 @@ const gpuIcon = new LabIcon({
     '</g></svg>'
 });
 
-function kernelActions(app: JupyterFrontEnd): IKernelActions {
+function kernelActions(app: JupyterFrontEnd, model: MetricsModel): IKernelActions {
+  /** Whether the server last saw `kernelId` run a cell (it tracks every client's cells). */
+  const busy = (kernelId: string): boolean =>
+    model.metrics?.kernels.find(k => k.kernel_id === kernelId)?.execution_state === 'busy';
+
   return {
     /**
      * Uses a connection of its own that handles no comms: `requestCleanup` sends its comm on
@@ -43,7 +47,7 @@ function kernelActions(app: JupyterFrontEnd): IKernelActions {
         handleComms: false
       });
       try {
-        return await requestCleanup(connection);
+        return await requestCleanup(connection, undefined, () => busy(kernel.kernel_id));
       } finally {
         connection.dispose();
       }
@@ -85,7 +89,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     palette: ICommandPalette | null
   ): Promise<void> => {
     const model = new MetricsModel(app.serviceManager.serverSettings);
-    const panel = new GpuMemoryPanel(model, kernelActions(app));
+    const panel = new GpuMemoryPanel(model, kernelActions(app, model));
     panel.title.icon = gpuIcon;
     app.shell.add(panel, 'left', { rank: 250 });
     restorer?.add(panel, panel.id);

@@ -74,8 +74,12 @@ class FakeConnection {
   }
 }
 
-function request(fake: FakeConnection, timeoutMs?: number): Promise<unknown> {
-  return requestCleanup(fake as unknown as Kernel.IKernelConnection, timeoutMs);
+function request(
+  fake: FakeConnection,
+  timeoutMs?: number,
+  stillBusy?: () => boolean
+): Promise<unknown> {
+  return requestCleanup(fake as unknown as Kernel.IKernelConnection, timeoutMs, stillBusy);
 }
 
 async function failure(reply: Promise<unknown>): Promise<CleanupError> {
@@ -136,6 +140,37 @@ describe('requestCleanup', () => {
       'No answer after 120 s: the kernel is still busy. The cleanup stays queued and runs ' +
         'when the running cell ends.'
     );
+    expect(fake.types).toEqual(['comm_open', 'comm_close']);
+    expect(fake.listeners).toBe(0);
+  });
+
+  it('waits past the timeout while the server sees the cell run, then passes on the report', async () => {
+    // A cell longer than the timeout (a training loop): the cleanup runs when it ends. The
+    // request timed out at 120 s in red, and the report that came later was shown nowhere.
+    const fake = new FakeConnection();
+    let settled = false;
+    const reply = request(fake, 120_000, () => true);
+    void reply.then(
+      () => (settled = true),
+      () => (settled = true)
+    );
+    await vi.advanceTimersByTimeAsync(10 * 120_000);
+    expect(settled).toBe(false);
+    expect(fake.types).toEqual(['comm_open']);
+    fake.answer('comm_msg', { action: 'cleanup', ok: true, freed_bytes: 7, summary: 'freed 7 B' });
+    await expect(reply).resolves.toMatchObject({ ok: true, freed_bytes: 7 });
+    expect(fake.types).toEqual(['comm_open', 'comm_close']);
+    expect(fake.listeners).toBe(0);
+  });
+
+  it('times out once the server no longer sees the kernel busy', async () => {
+    const fake = new FakeConnection();
+    let busy = true;
+    const reply = request(fake, 120_000, () => busy);
+    await vi.advanceTimersByTimeAsync(120_000);
+    busy = false;
+    vi.advanceTimersByTime(120_000);
+    expect((await failure(reply)).message).toMatch(/^No answer after 120 s/);
     expect(fake.types).toEqual(['comm_open', 'comm_close']);
     expect(fake.listeners).toBe(0);
   });
