@@ -387,10 +387,16 @@ class Qwen3Magics(Magics):
         """The engine this call uses, loading the model (with progress) when it must."""
         url = server_url(args.server, self.server or None)
         if url is not None:
-            if args.device or args.dtype or args.eager or args.fast or args.warmup:
+            typed = [
+                f"--{name}"
+                for name in ("device", "dtype", "eager", "fast", "warmup")
+                if getattr(args, name)
+            ]
+            if typed:
+                verb = "apply" if len(typed) > 1 else "applies"
                 raise UsageError(
-                    "--device, --dtype, --eager, --fast and --warmup apply to a model in this "
-                    f"kernel, not with {server_source(args.server)}"
+                    f"{' and '.join(typed)} {verb} to a model in this kernel, not with "
+                    f"{server_source(args.server)}"
                 )
             status.show(f"connecting to {mask_url(url)}…")
             return SESSION.remote_engine(url, args.model)

@@ -689,10 +689,13 @@ def test_a_configured_server_is_named_and_an_empty_server_flag_sets_it_aside(
     ok(kernel, "%config Qwen3Magics.server = 'http://127.0.0.1:9/v1'")
     try:
         ex = kernel.run("%qwen3 --device cpu --no-think --max-new-tokens 2 hi")
-        assert ex.stderr.strip() == (
-            "UsageError: --device, --dtype, --eager, --fast and --warmup apply to a model in "
-            "this kernel, not with the server set by %config Qwen3Magics.server "
-            '(--server "" uses the model in this kernel)'
+        assert ex.stderr.strip() == (  # the flags typed, not all five that could be
+            "UsageError: --device applies to a model in this kernel, not with the server set "
+            'by %config Qwen3Magics.server (--server "" uses the model in this kernel)'
+        ), ex.stderr
+        ex = kernel.run("%qwen3 --eager --dtype bf16 hi")
+        assert ex.stderr.strip().startswith(
+            "UsageError: --dtype and --eager apply to a model in this kernel, not with"
         ), ex.stderr
         ok(kernel, '%qwen3 --server "" --device cpu --no-think --max-new-tokens 2 hi')
         assert kernel.value("(_qwen3.prompt, _qwen3.model)") == ("hi", "tiny")
