@@ -230,6 +230,8 @@ def generate_batch(
         if progress:  # a script's log says it too (README: "with one line saying so")
             display.info("generate_batch got no prompts: nothing was generated")
         return _no_results(batch_size)
+    if out is not None:
+        check_results_file(out)  # before the load, not after it
     local = server_url(server, configured().get("server")) is None
     CELL_INTERRUPTS.check()  # a call earlier in this cell was interrupted: this one is too
     # The hold inside the call: a ModelBusy is worded for a Python caller too.
@@ -484,6 +486,28 @@ of prompts given as --out too, a notes file), and appending would spoil it."""
 _SPACE = b" \t\r\n\xef\xbb\xbf"  # blank lines, and the byte-order mark an editor adds
 
 
+NOT_RESULTS = (
+    '{path} holds something other than results (their lines start with {{"index"), and '
+    "results are appended: name a new file"
+)
+
+
+def check_results_file(path: str | os.PathLike[str]) -> None:
+    """Refuse now, before any model loads, the results file the run would refuse when it
+    opens it: a typo in `--out` was told only after the load (minutes with real weights).
+    Reads only, creates nothing; a file that does not exist yet is fine."""
+    target = Path(path).expanduser()
+    try:
+        with target.open("rb") as handle:
+            start = handle.read(4096).lstrip(_SPACE)[: len(_RESULT_START)]
+    except FileNotFoundError:
+        return
+    except OSError as exc:  # a folder, no permission
+        raise ResultsFileError(f"cannot write results to {target}: {exc.strerror or exc}") from None
+    if not _RESULT_START.startswith(start):
+        raise ResultsFileError(NOT_RESULTS.format(path=target))
+
+
 class _JsonLines:
     """Appends results as JSON lines, flushed and synced per batch so a crash loses nothing."""
 
@@ -511,10 +535,7 @@ class _JsonLines:
                 f"cannot write results to {self.path}: {exc.strerror or exc}"
             ) from None
         if not results:
-            raise ResultsFileError(
-                f"{self.path} holds something other than results (their lines start with "
-                '{"index"), and results are appended: name a new file'
-            )
+            raise ResultsFileError(NOT_RESULTS.format(path=self.path))
 
     def write(self, first_index: int, results: Iterable[Result], batch_size: int) -> None:
         lines = []

@@ -26,7 +26,12 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from traitlets import Float, Unicode
 
 from . import display, lifecycle
-from .batching import ResultsFileError, memory_budget_bytes, parse_size
+from .batching import (
+    ResultsFileError,
+    check_results_file,
+    memory_budget_bytes,
+    parse_size,
+)
 from .engines import (
     Engine,
     EngineError,
@@ -630,6 +635,11 @@ def _validate(args: Namespace, prompt: str) -> list[str] | None:
             f"--out {args.out} is the --file being read (results are appended to --out): "
             "name another file"
         )
+    if args.out:
+        try:
+            check_results_file(args.out)  # before the load, not after it
+        except ResultsFileError as exc:
+            raise UsageError(str(exc)) from None
     if args.field and not args.file:
         raise UsageError("--field goes with --file PROMPTS.csv (or .tsv, .jsonl, .json)")
     if prompt and not prompt.strip():  # --vars filled it with blanks: nothing to ask

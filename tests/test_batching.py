@@ -549,7 +549,7 @@ def test_an_out_path_that_cannot_be_written_fails_before_any_prompt_runs(
     prompts.write_text("a\nb\n")
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    for out, why in ((tmp_path, "Is a directory"), (blocker / "r.jsonl", "File exists")):
+    for out, why in ((tmp_path, "Is a directory"), (blocker / "r.jsonl", "Not a directory")):
         ex = kernel.run(f"%qwen3 --file {prompts} --out {out} --greedy --max-new-tokens 2")
         assert ex.status == "error"
         assert ex.stderr.strip() == f"UsageError: cannot write results to {out}: {why}", ex.stderr
@@ -616,6 +616,31 @@ def test_out_never_appends_to_a_file_that_is_not_results(kernel: Kernel, tmp_pat
     assert f"appended to {results} after its 1 earlier lines (a rerun adds to them)" in (
         runs[1].stdout
     )
+
+
+def test_a_bad_out_is_refused_before_the_model_loads(kernel: Kernel, tmp_path: Path) -> None:
+    """A `--out` (or `out=`) that the run refuses was refused only when the batch opened it,
+    after the model had loaded: minutes with real weights, then a one-line typo error."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("one\ntwo\n")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    ok(kernel, "%qwen3 --unload\nimport qwen3_jupyter")
+    try:
+        for out, said in ((notes, "holds something other than results"), (tmp_path, "Is a dir")):
+            ex = kernel.run(f"%qwen3 --file {prompts} --out {out} --max-new-tokens 2")
+            assert ex.status == "error" and said in ex.stderr, ex.stderr
+            api = kernel.run(f"qwen3_jupyter.generate_batch(['one'], out={str(out)!r})")
+            assert api.error_line.startswith("ResultsFileError: ") and said in api.error_line
+            assert kernel.value("qwen3_jupyter.session.SESSION.loaded is None")
+        assert notes.read_text() == "my notes\n"
+        ok(
+            kernel,
+            f"%qwen3 --file {prompts} --out {tmp_path / 'new' / 'r.jsonl'} --max-new-tokens 2",
+        )
+        assert (tmp_path / "new" / "r.jsonl").read_text().count("\n") == 2  # a new file: fine
+    finally:
+        ok(kernel, "%qwen3 --max-new-tokens 1 hi")  # the module's kernel keeps its model
 
 
 def _progress_line(execution: Execution, what: str) -> list[str]:
