@@ -4,6 +4,7 @@ for the weakref-based memory tests."""
 from __future__ import annotations
 
 from qwen3_jupyter.bench._kernel import Execution, Kernel
+from qwen3_jupyter.interrupts import RUN_STOPPED
 
 NOTHING_FROZEN_BUT_PYTHONS_OWN = (
     "__import__('gc').get_freeze_count()"
@@ -18,6 +19,7 @@ __all__ = [
     "Execution",
     "Kernel",
     "alive",
+    "ended_as_interrupted",
     "ok",
 ]
 
@@ -37,6 +39,18 @@ def ok(kernel: Kernel, code: str) -> Execution:
     execution = kernel.run(code)
     assert execution.status == "ok", (code, execution.error, execution.stderr)
     return execution
+
+
+def ended_as_interrupted(execution: Execution) -> bool:
+    """Whether the cell a call was interrupted in ended as an interrupted cell does: its reply
+    says "error" (the kernel drops the cells queued after it), a KeyboardInterrupt saying so,
+    and no traceback shown (the call said what it kept)."""
+    reply = execution.reply
+    return (
+        execution.status == "error"
+        and (reply.get("ename"), reply.get("evalue")) == ("KeyboardInterrupt", RUN_STOPPED)
+        and not execution.of_type("error")
+    )
 
 
 def alive(kernel: Kernel, name: str) -> bool:

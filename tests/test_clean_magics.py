@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.kernel import WEAKREF_HELPERS, Execution, Kernel, alive, ok
+from tests.kernel import WEAKREF_HELPERS, Execution, Kernel, alive, ended_as_interrupted, ok
 
 SETUP = WEAKREF_HELPERS
 
@@ -291,7 +291,10 @@ def test_a_load_that_fails_midway_leaves_nothing_and_an_interrupted_call_no_hook
     assert k.run("%load_ext qwen3_jupyter").status == "error"
     assert k.value(state) == before, "what loaded before the failure was taken back"
     ok(k, "gauge_magics.load = load\n%load_ext qwen3_jupyter")
-    ok(k, "from qwen3_jupyter.interrupts import CELL_INTERRUPTS\nCELL_INTERRUPTS.note(True)")
+    noted = k.run(
+        "from qwen3_jupyter.interrupts import CELL_INTERRUPTS\nCELL_INTERRUPTS.note(True)"
+    )
+    assert ended_as_interrupted(noted)
     ok(k, "%unload_ext qwen3_jupyter")
     assert k.value(state) == before
 

@@ -11,13 +11,14 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from qwen3_jupyter.interrupts import children_spared, interrupts_that_land
-from tests.kernel import Execution, Kernel, ok
+from qwen3_jupyter.interrupts import RUN_STOPPED, children_spared, interrupts_that_land
+from tests.kernel import Execution, Kernel, ended_as_interrupted, ok
 
 
 class _DropsTheInterrupt:
@@ -184,16 +185,36 @@ def test_an_interrupt_while_the_block_is_left_is_ignored_and_the_handler_put_bac
     assert signal.getsignal(signal.SIGINT) is before
 
 
-def _interrupt_once(kernel: Kernel, code: str, started: Callable[[], bool]) -> Execution:
+def _interrupt_once(
+    kernel: Kernel,
+    code: str,
+    started: Callable[[], bool],
+    queued: Sequence[str] = (),
+    queued_ids: list[str] | None = None,
+) -> Execution:
     """Run `code`, interrupt it once `started()` (its answers are coming), and collect what the
-    cell sent."""
+    cell sent. `queued`: cells sent right after it, as Run All sends them (their message ids
+    go to `queued_ids`)."""
     msg_id = kernel.start(code)
+    for cell in queued:
+        sent = str(kernel.kc.execute(cell, allow_stdin=False, stop_on_error=True))
+        if queued_ids is not None:
+            queued_ids.append(sent)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not started():
         time.sleep(0.05)
     assert started(), "the call never started"
     kernel.interrupt()
     return kernel.collect(msg_id, timeout=60)
+
+
+def _reply(kernel: Kernel, msg_id: str, timeout: float = 60) -> dict[str, Any]:
+    """The shell reply to `msg_id` (an aborted cell publishes nothing else)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        msg = kernel.kc.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
+        if msg["parent_header"].get("msg_id") == msg_id:
+            return dict(msg["content"])
 
 
 @pytest.fixture()
@@ -203,20 +224,32 @@ def api_kernel(fresh_kernel: Kernel) -> Kernel:
     return fresh_kernel
 
 
-def test_an_interrupted_generate_batch_says_so(api_kernel: Kernel, tmp_path: Path) -> None:
-    """Before, an interrupted generate_batch ended the cell "ok" and silent."""
+def test_an_interrupted_generate_batch_says_so_and_the_queued_cells_do_not_run(
+    api_kernel: Kernel, tmp_path: Path
+) -> None:
+    """Before, an interrupted generate_batch ended the cell "ok" and silent. Then it said what
+    it kept, but still ended "ok", so the cells queued after it (Run All) ran on: one press of
+    the stop button, and the next batch ran too. It ends as an interrupted cell ends now."""
     out = tmp_path / "results.jsonl"
+    queued: list[str] = []
     batch = _interrupt_once(
         api_kernel,
         "r = qwen3_jupyter.generate_batch([f'prompt {i}' for i in range(12)], 2, "
         f"out={str(out)!r}, greedy=True, think=False, ignore_eos=True, max_new_tokens=400, "
         "progress=False)",
         lambda: out.exists() and len(out.read_text().splitlines()) >= 2,
+        queued=["queued_cell_ran = True"],
+        queued_ids=queued,
     )
-    assert batch.status == "ok", batch.stderr
+    assert batch.status == "error", batch.stderr
+    assert (batch.reply["ename"], batch.reply["evalue"]) == ("KeyboardInterrupt", RUN_STOPPED)
+    assert batch.stderr == "", "the call said what it kept: no traceback on top"
+    assert _reply(api_kernel, queued[0])["status"] == "aborted"  # (before the next cell's run)
     kept = api_kernel.value("len(r)")
     assert 2 <= kept < 12
     assert f"[qwen3] generate_batch interrupted: {kept}/12 finished results kept" in batch.stdout
+    assert api_kernel.value("'queued_cell_ran' in dir()") is False
+    assert ok(api_kernel, "after = 1").status == "ok"  # the next cell the user runs runs
 
 
 def test_an_interrupted_chat_says_so_and_the_cells_next_call_says_why_it_stops(
@@ -304,7 +337,7 @@ def test_interrupts_between_the_steps_of_a_call_a_cleanup_or_an_unload_are_one_l
     flag = tmp_path / "trim"
     ok(k, f"_old = _slowly(m, 'trim_host_heap', {str(flag)!r})")
     ex = _interrupt_in(k, "%qwen3 --unload", flag)
-    assert ex.status == "ok", ex.stderr
+    assert ended_as_interrupted(ex), ex.stderr
     assert "the interrupt came while unloading: the unload was let finish" in str(ex.messages)
     assert "model object freed" in str(ex.messages)
     ok(k, "m.trim_host_heap = _old")
