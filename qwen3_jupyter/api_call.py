@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import display
+from .interrupts import CELL_INTERRUPTS, interrupts_caught
 from .python_words import in_python_words
 from .session import SESSION
 
@@ -136,7 +137,10 @@ def api_call(show_status: bool = True) -> Iterator[ApiCall]:
         reword_for_python(exc)
         raise
     finally:
-        call.end(failed)
+        with interrupts_caught() as late:  # printing the notices waits on the kernel's output
+            call.end(failed)
+        if late:  # the stop it always is, without losing what the call returns
+            CELL_INTERRUPTS.note(True)
 
 
 def reword_for_python(exc: BaseException) -> None:

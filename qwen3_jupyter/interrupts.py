@@ -44,6 +44,24 @@ def interrupt_deferred() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def interrupts_caught() -> Iterator[list[int]]:
+    """Record a kernel interrupt during the block instead of raising it (the list yielded is
+    not empty when one came): for the wrap-up of a call whose work is done, where an interrupt
+    is the stop it always is, but raised there it lost what the call had finished (a batch's
+    results, as its progress line was cleared). Only on the main thread; elsewhere the block
+    simply runs."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGINT, _restorable(previous))
+
+
+@contextlib.contextmanager
 def interrupts_ignored() -> Iterator[None]:
     """Ignore kernel interrupts (SIGINT) while the block runs: for the short work that finishes
     a stop already under way, where a second press of the stop button must not cut it short

@@ -298,6 +298,27 @@ def _interrupt_in(kernel: Kernel, code: str, flag: Path) -> Execution:
     return kernel.collect(msg_id, timeout=60)
 
 
+def test_an_interrupt_as_a_batch_wraps_up_keeps_its_results(
+    api_kernel: Kernel, tmp_path: Path
+) -> None:
+    """An interrupt landing as a finished batch cleared its progress line (which waits on the
+    kernel's output), or as the call printed its notices, was raised out of generate_batch:
+    `r` was never set and every result was lost (a reviewer's 2 runs in 10). It is the stop it
+    always is now: the results are kept and the cell ends as interrupted."""
+    k = api_kernel
+    ok(k, SLOW_STEP + "import qwen3_jupyter.batch_progress as bp, qwen3_jupyter.api_call as ac")
+    for owner, method in (("bp.BatchProgress", "close"), ("ac.ApiCall", "end")):
+        flag = tmp_path / method
+        ok(k, f"_old = _slowly({owner}, {method!r}, {str(flag)!r})")
+        ex = _interrupt_in(
+            k, "r = qwen3_jupyter.generate_batch(['a', 'b'], model='tiny', max_new_tokens=2)", flag
+        )
+        ok(k, f"{owner}.{method} = _old")
+        assert ended_as_interrupted(ex), (method, ex.stderr)
+        assert k.value("len(r)") == 2, method
+        ok(k, "del r")
+
+
 def _one_line(ex: Execution, starts: str) -> None:
     message = ex.stderr.strip()
     assert ex.status == "error" and message.startswith(starts), message
