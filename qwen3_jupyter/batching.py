@@ -32,6 +32,7 @@ from .interrupts import CELL_INTERRUPTS, interrupt_deferred, interrupts_caught
 from .magic_args import refuse_unknown_keywords
 from .memory import format_bytes
 from .model_use import at_each_step, stop_point
+from .refusals import shown_at_the_callers_line
 
 ChunkGenerator = Callable[[list[str], GenerationOptions, "int | None"], tuple[list[Result], int]]
 """Decodes one left-padded batch: (prompts, options, memory budget) -> (results, peak bytes)."""
@@ -160,6 +161,7 @@ def options_from_kwargs(kwargs: dict[str, Any], also: Iterable[str] = ()) -> Gen
     return GenerationOptions(**kwargs)
 
 
+@shown_at_the_callers_line
 def generate_batch(
     prompts: Sequence[str],
     batch_size: int = 4,

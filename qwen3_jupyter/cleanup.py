@@ -40,6 +40,7 @@ from .cleanup_report import (
 from .holders import find_holders, kept_memory_text
 from .incremental_gc import COLLECTOR
 from .memory import cuda_in_use, imported_torch, live_tensor_bytes, process_rss, trim_host_heap
+from .refusals import shown_at_the_callers_line
 from .release_actions import (
     release_allocator_caches,
     release_cycles,
@@ -173,6 +174,7 @@ def add_cleanup_listener(callback: Callable[[CleanupReport], None]) -> Callable[
     return remove
 
 
+@shown_at_the_callers_line
 def cleanup(
     shell: Any | None = None,
     *,
@@ -206,7 +208,6 @@ def cleanup(
     check_arguments(flags=switches)
     if caller not in ("python", "magic"):
         raise ValueError(f"caller={caller!r}: must be 'python' or 'magic'")
-    __tracebackhide__ = True  # a refused argument shows the user's line, not ours
     if shell is None:
         shell = _current_shell()
     if names and shell is None:

@@ -26,6 +26,7 @@ from .generation import SAMPLING_OPTIONS, GenerationOptions, Result, check_argum
 from .magic_args import refuse_unknown_keywords
 from .model_use import holding
 from .python_words import in_python_words
+from .refusals import shown_at_the_callers_line
 from .release_actions import release_traceback_locals
 from .session import SESSION
 
@@ -49,6 +50,7 @@ class Chat:
         self.model_name = engine.model_name
         self.report: CleanupReport | None = None
 
+    @shown_at_the_callers_line
     def __call__(
         self,
         prompt: str,
@@ -116,6 +118,7 @@ class InferenceBlock(AbstractContextManager[Chat]):
     def __init__(self, block: AbstractContextManager[Chat]) -> None:
         self._block = block
 
+    @shown_at_the_callers_line
     def __enter__(self) -> Chat:
         return self._block.__enter__()
 
@@ -147,6 +150,7 @@ def _merged(defaults: dict[str, Any], call: dict[str, Any]) -> dict[str, Any]:
     return {**kept, **call}
 
 
+@shown_at_the_callers_line
 def inference(
     model: str | None = None,
     *,

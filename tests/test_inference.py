@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,6 +109,50 @@ def test_a_misspelt_keyword_is_one_clear_type_error_naming_the_right_one(
     assert bad.status == "error"
     assert bad.reply["ename"] == "TypeError"
     assert bad.reply["evalue"] == said
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _shown(execution: Any) -> list[str]:
+    """The lines the cell showed for its error, colours taken out."""
+    error = execution.error
+    assert error is not None, execution.stderr
+    return [line for line in ANSI.sub("", "\n".join(error["traceback"])).splitlines() if line]
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "qwen3_jupyter.generate_batch(['a'], max_new_token=5)",
+        "qwen3_jupyter.generate_batch(['a'], model='tiny', device='gpu')",
+        "with qwen3_jupyter.inference(model='tiny', decode='fastest') as chat:\n    pass",
+        "with qwen3_jupyter.inference(model='tiny') as chat:\n    chat('hi', temperature=-1)",
+        "qwen3_jupyter.cleanup(drop=['no_such_variable'])",
+    ],
+)
+def test_a_refused_argument_shows_the_callers_line_and_the_message(k: Kernel, code: str) -> None:
+    """A typo in a Python call showed 29 lines of this package's checks above its one-line
+    message (a bad device 77, with torch's own error chained): now the caller's line and the
+    message, as a Python error of the caller's own would show."""
+    shown = _shown(k.run(code))
+    assert not any("qwen3_jupyter/" in line for line in shown), "\n".join(shown)
+    arrows = [line for line in shown if line.startswith("---->")]
+    assert len(arrows) == 1 and arrows[0].split(maxsplit=2)[2] in code, "\n".join(shown)
+    assert len(shown) <= 6, "\n".join(shown)  # the header, the cell's lines, the message
+
+
+def test_an_error_of_the_callers_own_code_keeps_its_whole_traceback(k: Kernel) -> None:
+    """The control: an error raised in the caller's `on_text` is not a refusal of ours."""
+    shown = _shown(
+        k.run(
+            "def on_text(text):\n    raise ZeroDivisionError('mine')\n"
+            "with qwen3_jupyter.inference(model='tiny', max_new_tokens=3) as chat:\n"
+            "    chat('hi', on_text=on_text)"
+        )
+    )
+    assert shown[-1] == "ZeroDivisionError: mine"
+    assert any("qwen3_jupyter/" in line for line in shown)
 
 
 def test_a_bad_value_is_a_clear_value_error_before_any_model_loads(k: Kernel) -> None:

@@ -1,0 +1,100 @@
+"""A refused argument shows the caller's line and its one-line message, not the checks under it.
+
+Why: `generate_batch(prompts, max_new_token=5)` printed 29 lines of this package's frames above
+its message, a bad `device=` 77, where `%qwen3`'s typo is one line. A refusal is what the
+package raises on purpose: its own errors (a model not found, a server down, a results file it
+will not append to, the model busy) and a ValueError, TypeError, NameError or RuntimeError
+that one of its `raise` statements raised. Its traceback is cut at the public function the
+caller called, whose frame IPython and pytest leave out (`__tracebackhide__`). Anything else —
+a bug here, an error in the caller's own `on_text`, one from torch — keeps its whole traceback.
+"""
+
+from __future__ import annotations
+
+import dis
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_PACKAGE = str(Path(__file__).resolve().parent)
+_CHECKS_RAISE = (ValueError, TypeError, NameError, RuntimeError)
+
+
+def shown_at_the_callers_line(function: F) -> F:
+    """`function`, with its refusals raised from its caller's line (see the module)."""
+
+    @functools.wraps(function)
+    def public(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True  # IPython and pytest leave this frame out of other errors
+        try:
+            return function(*args, **kwargs)
+        except Exception as exc:
+            if not is_refusal(exc):
+                raise
+            exc.__cause__, exc.__suppress_context__ = None, True  # the checks' own business
+            exc._render_traceback_ = _callers_lines  # type: ignore[attr-defined]
+            raise exc.with_traceback(None)  # noqa: B904 (the same exception, not a new one)
+
+    return public  # type: ignore[return-value]
+
+
+def _callers_lines() -> list[str]:
+    """What IPython shows for a refusal (it asks an exception's `_render_traceback_`): its
+    traceback without this package's frames — the caller's line, then the message. (IPython
+    always shows the innermost frame, hidden or not, which here is the public function's.)
+    The exception is IPython's `sys.last_value`, set just before it asks: one the function
+    held would hold itself, alive until a collection, with its frames."""
+    from IPython import get_ipython
+
+    exc, shell = getattr(sys, "last_value", None), get_ipython()
+    if getattr(exc, "_render_traceback_", None) is not _callers_lines or shell is None:
+        raise LookupError("not this refusal: IPython shows the traceback as it is")
+    assert isinstance(exc, BaseException)
+    kept = []
+    traceback = exc.__traceback__
+    while traceback is not None:
+        if not _ours(traceback.tb_frame.f_code.co_filename):
+            kept.append(traceback)
+        traceback = traceback.tb_next
+    outside: TracebackType | None = None
+    for step in reversed(kept):
+        outside = TracebackType(outside, step.tb_frame, step.tb_lasti, step.tb_lineno)
+    lines: list[str] = shell.InteractiveTB.structured_traceback(type(exc), exc, outside)
+    return lines
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Whether `exc` is one this package raised on purpose (see the module)."""
+    from .batching import ResultsFileError
+    from .engines.base import EngineError
+    from .model_use import ModelBusy
+    from .models import ModelError
+
+    if isinstance(exc, (ModelError, EngineError, ResultsFileError, ModelBusy)):
+        return True
+    return isinstance(exc, _CHECKS_RAISE) and _raised_by_a_raise_statement_here(exc.__traceback__)
+
+
+def _raised_by_a_raise_statement_here(traceback: TracebackType | None) -> bool:
+    """Whether the innermost frame is this package's and stopped at a `raise X` (a bug's
+    TypeError comes from an operation instead, an argument's check from a `raise`)."""
+    if traceback is None:
+        return False
+    while traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    code = traceback.tb_frame.f_code
+    if not _ours(code.co_filename):
+        return False
+    for instruction in dis.get_instructions(code):
+        if instruction.offset == traceback.tb_lasti:
+            return instruction.opname == "RAISE_VARARGS" and (instruction.arg or 0) >= 1
+    return False
+
+
+def _ours(filename: str) -> bool:
+    return str(Path(filename).resolve()).startswith(_PACKAGE)
