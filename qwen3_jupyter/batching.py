@@ -217,9 +217,15 @@ def generate_batch(
     prompt_list = [str(p) if isinstance(p, str) else p for p in prompts]  # numpy's str_: str
     for index, prompt in enumerate(prompt_list):  # None or NaN would be asked as "None", "nan"
         if not isinstance(prompt, str):
+            nested = isinstance(prompt, (list, tuple)) or getattr(prompt, "ndim", 0) >= 1
+            advice = (
+                "one prompt per item (a list of lists, or a 2-D array, has a row per item: "
+                "flatten it first, e.g. [p for row in rows for p in row])"
+                if nested
+                else "drop or fill missing prompts first (e.g. df['prompt'].dropna().tolist())"
+            )
             raise TypeError(
-                f"prompt {index} is {prompt!r} ({type(prompt).__name__}), not text: drop or fill "
-                "missing prompts first (e.g. df['prompt'].dropna().tolist())"
+                f"prompt {index} is {_short(prompt)} ({type(prompt).__name__}), not text: {advice}"
             )
         if not prompt.strip():  # it would generate a full answer to nothing
             raise ValueError(
@@ -323,14 +329,21 @@ def _refuse_a_container_of_prompts(prompts: object) -> None:
         first = names[0] if names else "prompt"
         raise TypeError(
             f"generate_batch takes a list of prompts, not a table ({type(prompts).__name__} "
-            f"with columns {listed}): its rows would not be read, its column names would be "
-            f"asked; pass the column of prompts, e.g. generate_batch(df[{first!r}])"
+            f"{f'with columns {listed}' if names else 'without columns'}): its rows would not "
+            f"be read, its column names would be asked; pass the column of prompts, e.g. "
+            f"generate_batch(df[{first!r}])"
         )
     if isinstance(prompts, Mapping):
         raise TypeError(
             "generate_batch takes a list of prompts, not a dict (its keys would be asked): "
             "pass list(d.values()) or list(d)"
         )
+
+
+def _short(value: object) -> str:
+    """`value`'s repr, cut to 60 characters (a whole row of a table was printed)."""
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:59] + "…"
 
 
 def _check_count(name: str, value: object) -> None:

@@ -248,6 +248,16 @@ def test_a_table_or_a_dict_is_refused_not_asked_its_column_names_or_keys() -> No
         generate_batch(with_gap, model="tiny", progress=False)  # (NaN from pandas 3 on)
     results = generate_batch(table["review"], model="tiny", progress=False, **GREEDY)
     assert [r.prompt for r in results] == ["good", "bad"]
+    with pytest.raises(TypeError, match=r"not a table \(DataFrame without columns\): "):
+        generate_batch(pd.DataFrame(), model="tiny", progress=False)  # it said "with columns :"
+
+
+def test_a_list_of_lists_is_told_to_flatten_not_to_drop_missing_values() -> None:
+    """A nested list (or a 2-D array) was told to drop missing values, as a None is."""
+    np = pytest.importorskip("numpy")
+    for rows in ([["a", "b"]], np.array([["a", "b"], ["c", "d"]])):
+        with pytest.raises(TypeError, match=r"^prompt 0 is .*, not text: one prompt per item"):
+            generate_batch(rows, model="tiny", progress=False)  # type: ignore[arg-type]
 
 
 def test_a_missing_prompt_is_refused_not_asked_as_none_or_nan() -> None:
