@@ -308,9 +308,16 @@ class Status:
         self._said = ""
         """The last thing the line said in its own display (`end` of a failed call keeps it)."""
         self._view: StreamView | None = None
+        self._console = None if in_kernel() else ConsoleLine()
+        """A terminal IPython's line, on stderr: there every update of a display is printed
+        anew, and loading a model printed 28 lines of percentages, then an empty one."""
 
     def show(self, text: str) -> None:
         if text == self._last:
+            return
+        if self._console is not None:
+            self._last = self._said = text
+            self._console.show(text)
             return
         self._last = text
         self._said = text
@@ -322,7 +329,10 @@ class Status:
             update_markdown(self._handle, f"*{text}*", text)
 
     def progress(self, what: str, done: int, total: int) -> None:
-        self.show(progress_text(what, done, total))
+        if self._console is not None:
+            self._console.progress(what, done, total)
+        else:
+            self.show(progress_text(what, done, total))
 
     @property
     def has_display(self) -> bool:
@@ -334,6 +344,9 @@ class Status:
         if not self._last:
             return
         self._last = ""
+        if self._console is not None:
+            self._console.end()
+            return
         if self._view is not None and self._view.show_line(None):
             return  # the line was in the view's display (an ended view has none)
         if self._handle is not None:
@@ -344,6 +357,9 @@ class Status:
         display where it has one — emptied, that display stayed in the saved notebook as an
         empty output — else go to stdout. A failed call with nothing to say leaves what the
         line last said, marked stopped, above its error."""
+        if self._console is not None:
+            self._console.end(failed)
+            self._last = ""
         if self._handle is None or not (lines or (failed and self._said)):
             self.clear()
             for line in lines:

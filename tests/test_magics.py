@@ -60,6 +60,34 @@ def test_a_captured_call_keeps_its_answer_once_not_every_update(kernel: Kernel) 
     ok(kernel, "del cap")
 
 
+def test_a_terminal_ipython_says_the_load_on_one_line_not_a_printed_line_per_step(
+    model_cache: Path, tmp_path: Path
+) -> None:
+    """A terminal IPython prints every update of a display anew: loading the model printed a
+    line per percent (28 for tiny) and an empty one where the line was cleared. There the call
+    says its steps on stderr, as a script does, and stdout has the answer and the footer."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "ask.ipy"
+    script.write_text(
+        "%load_ext qwen3_jupyter\n%qwen3 --model tiny --greedy --max-new-tokens 3 --no-think hi\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-m", "IPython", "--no-banner", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    out = ran.stdout.splitlines()
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert any(line.startswith("[qwen3] tiny on cpu") for line in out), out
+    assert not any("loading" in line or "importing" in line for line in out), out
+    assert "" not in out[:-2], out  # no emptied status line
+    steps = [line for line in ran.stderr.splitlines() if line.startswith("[qwen3] ")]
+    assert any("loading tiny" in line for line in steps) and len(steps) <= 6, steps
+
+
 def test_a_call_that_loads_says_how_long_and_what_it_keeps(kernel: Kernel) -> None:
     """The first call of a kernel waits for the load (seconds to minutes with real weights)
     and memory goes up for good: the status line said "loading…" and vanished, and nothing said
