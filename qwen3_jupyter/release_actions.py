@@ -9,10 +9,13 @@ composes them and measures what they freed."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import inspect
 import itertools
 import re
 import sys
+import types
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -193,19 +196,58 @@ def release_last_exception(shell: Any | None) -> tuple[str, ...]:
     return tuple(released)
 
 
+USERS_WALK_DEPTH = 3
+"""How many steps from a user variable an exception is looked for: `run.err` is two (the
+object, its attributes), `log["fit"][0]` two, `runs[0].errors[-1]` three."""
+USERS_WALK_BUDGET = 20_000
+"""How many objects that look visits at most (a few milliseconds), whatever the namespace."""
+
+
 def _users_exceptions(values: Iterable[Any], per_container: int = 1000) -> set[int]:
-    """The ids of the exceptions the user's variables hold: bound to a name (`err = e`) or in a
-    list, tuple, set or dict of them (`errors.append(e)`), the first `per_container` each."""
-    found: set[int] = set()
-    for value in values:
-        if isinstance(value, BaseException):
-            found.add(id(value))
-        elif isinstance(value, (list, tuple, set, frozenset, dict)):
-            items = value.values() if isinstance(value, dict) else value
-            for item in itertools.islice(items, per_container):
-                if isinstance(item, BaseException):
-                    found.add(id(item))
-    return found
+    """The ids of the exceptions the user's variables reach, with their causes and contexts:
+    bound to a name (`err = e`), in a list or dict (`errors.append(e)`, `log["fit"][0]`), or on
+    an object (`run.err = e`), within USERS_WALK_DEPTH steps, the first `per_container` items of
+    each container. Why: only a name or a flat container counted, so a cleanup stripped the
+    traceback of `run.err` and made its tensor argument a string: data the user still reads."""
+    found: list[BaseException] = []
+    seen: set[int] = set()
+    level = list(values)
+    for depth in range(USERS_WALK_DEPTH + 1):
+        following: list[Any] = []
+        for value in level:
+            if id(value) in seen or len(seen) >= USERS_WALK_BUDGET:
+                continue
+            seen.add(id(value))
+            if isinstance(value, BaseException):
+                found.append(value)
+            elif depth < USERS_WALK_DEPTH:
+                following.extend(_held_by(value, per_container))
+        level = following
+    return {id(exc) for exc in _exception_chain(found)}
+
+
+def _held_by(value: Any, per_container: int) -> list[Any]:
+    """What `value` holds that may be an exception or lead to one: a container's items, an
+    instance's attributes (not a class's, a module's or a function's: those are code)."""
+    if not gc.is_tracked(value) or isinstance(value, (type, types.ModuleType, *_NOT_FOLLOWED)):
+        return []
+    if isinstance(value, dict):
+        return list(itertools.islice(value.values(), per_container))
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return list(itertools.islice(value, per_container))
+    attributes = getattr(value, "__dict__", None)
+    if isinstance(attributes, dict):
+        return list(itertools.islice(attributes.values(), per_container))
+    return []
+
+
+_NOT_FOLLOWED = (
+    types.FunctionType,
+    types.MethodType,
+    types.BuiltinFunctionType,
+    weakref.ProxyType,
+    weakref.CallableProxyType,
+)
 
 
 def kept_exceptions(shell: Any) -> list[tuple[str, str, BaseException]]:

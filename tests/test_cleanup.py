@@ -947,7 +947,30 @@ def test_an_exception_the_user_kept_is_left_as_it_is(k: Kernel) -> None:
         "Tensor",
         True,
     )
-    ok(k, "del bad_rows, first_error, errors")
+    for kept, where in (
+        ("run.err = e", "run.err"),  # on an object: only a name or a flat list counted
+        ("log['fit'].append(e)", "log['fit'][0]"),  # a container deeper
+        (
+            "e2 = RuntimeError('wrapped')\n    e2.__cause__ = e\n    run.chain = e2",
+            "run.chain.__cause__",
+        ),
+    ):
+        deeper = (
+            "class Run: pass\nrun, log = Run(), {'fit': []}\n"
+            "try:\n"
+            "    raise ValueError('kept deeper', bad_rows[1:])\n"
+            "except ValueError as e:\n"
+            f"    {kept}\n"
+            "    raise RuntimeError('validation failed')"
+        )
+        assert k.run(deeper).status == "error"
+        ok(k, "r = qwen3_jupyter.cleanup()")
+        assert k.value(f"(type({where}.args[1]).__name__, {where}.__traceback__ is not None)") == (
+            "Tensor",
+            True,
+        ), where
+        assert k.value("'sys.last_value' in r.summary()"), "IPython's own references still go"
+    ok(k, "del bad_rows, first_error, errors, run, log, Run")
     assert_survivors(k)
 
 
