@@ -60,14 +60,18 @@ def find_holders(
         for name, value in user_variables(shell).items():
             if isinstance(value, types.ModuleType):
                 continue
-            inside = _inner_holdings(name, value)
+            inside = inner_holdings(name, value)
             for inner_name, obj, hint in inside:
                 add(inner_name, "variable", obj, hint)
             if not inside:
                 add(name, "variable", value, _variable_hint(name, value))
         out = getattr(getattr(shell, "history_manager", None), "output_hist", None) or {}
         for key, value in list(out.items()):
-            add(f"Out[{key}]", "output", value, "%qwen3_clean")
+            inside = inner_holdings(f"Out[{key}]", value)  # a function or class shown
+            for inner_name, obj, _ in inside:
+                add(inner_name, "output", obj, "%qwen3_clean")
+            if not inside:
+                add(f"Out[{key}]", "output", value, "%qwen3_clean")
     last_tb = getattr(sys, "last_traceback", None)
     if last_tb is not None:
         scan = TensorScan(torch, walls=walls)
@@ -142,13 +146,14 @@ def _other_hint(stopped: list[str]) -> str:
     return "held by module globals, C code or closures outside the user's namespace"
 
 
-def _inner_holdings(name: str, value: Any) -> list[tuple[str, Any, str]]:
+def inner_holdings(name: str, value: Any) -> list[tuple[str, Any, str]]:
     """(holder name, contents, hint) for what a user's function or class keeps inside it.
 
     The scan does not enter functions and classes (everything is reachable from there), so
     their own contents are named here: closure cells, defaults, an lru_cache's results (C:
     only the garbage collector sees them) and the attributes of a class defined in `__main__`.
-    Naming only: the cleanup never deletes them.
+    Naming only: the cleanup never deletes a function or class (shown as a cell's output, its
+    output-cache entries go, as any output's that holds tensors).
     """
     if _is_lru_cache(value):
         contents = [o for o in gc.get_referents(value) if _cached_result(value, o)]
@@ -198,7 +203,7 @@ def definition_holders(name: str, value: Any, hint: str) -> list[Holder]:
         return []
     found = []
     walls = namespace_walls(_running_shell())
-    for inner, obj, _ in _inner_holdings(name, value):
+    for inner, obj, _ in inner_holdings(name, value):
         scan = TensorScan(torch, walls=walls)
         scan.visit(obj)
         if scan.truncated:

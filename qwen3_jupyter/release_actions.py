@@ -57,7 +57,7 @@ def release_output_cache(shell: Any) -> tuple[str, ...]:
         and a long one costs an exact walk."""
         if id(value) not in verdicts:
             kept_alive.append(value)
-            verdicts[id(value)] = holds_device_memory(value)
+            verdicts[id(value)] = holds_device_memory(value) or _defined_with_memory(value)
         return verdicts[id(value)]
 
     ns = shell.user_ns
@@ -149,6 +149,15 @@ def _execution_results(shell: Any) -> list[tuple[str, Any]]:
     if current is not None and current is not last:
         found.append(("displayhook.exec_result", current))
     return found
+
+
+def _defined_with_memory(value: Any) -> bool:
+    """Whether a function or class shown as a cell's output keeps tensors inside it (its
+    closure, defaults, class attributes), which the scan does not enter: `make()` returning a
+    lambda over a 190 MiB tensor stayed in `Out` through every cleanup."""
+    from .holders import inner_holdings
+
+    return any(holds_device_memory(inside) for _, inside, _ in inner_holdings("", value))
 
 
 def release_last_exception(shell: Any | None) -> tuple[str, ...]:

@@ -862,9 +862,11 @@ def test_output_entries_the_cheap_walk_could_not_see_into_are_released(k: Kernel
         "slots": "v = torch.ones(MiB); refs['slots'] = weakref.ref(v)\nSlotted(v)",
         "gen": "g = gen(); next(g); g",
         "numpy": "n = torch.ones(MiB).numpy(); refs['numpy'] = weakref.ref(n.base)\nn",
+        "closure": "def make():\n    w = torch.ones(MiB); refs['closure'] = weakref.ref(w)\n"
+        "    return lambda: w.sum()\nmake()",  # a function is not entered: its closure is read
     }
     shown = {name: ok(k, code).reply["execution_count"] for name, code in cells.items()}
-    ok(k, "del t, u, v, g, n")
+    ok(k, "del t, u, v, g, n, make")
     ok(k, 'r = cleanup_without("release_output_cache")')
     dead = [name for name in cells if not alive(k, name)]
     assert dead == [], "control: freed without the output-cache action"
@@ -873,7 +875,11 @@ def test_output_entries_the_cheap_walk_could_not_see_into_are_released(k: Kernel
     released = k.value('[a.released for a in r.actions if a.name == "output cache"][0]')
     assert all(f"Out[{n}]" in released for n in shown.values()), released
     assert not any(line.startswith("not reachable") for line in k.value("r.details()"))
-    ok(k, "del Slotted, gen")
+    shown_at = ok(k, cells["closure"]).reply["execution_count"]  # --verbose names it
+    details = k.value('cleanup_without("release_output_cache", verbose=True).details()')
+    assert any(line.startswith(f"Out[{shown_at}] (closure): ") for line in details), details
+    ok(k, "qwen3_jupyter.cleanup()\ndel Slotted, gen, make")
+    assert not alive(k, "closure")
     assert_survivors(k)
 
 
