@@ -432,7 +432,7 @@ def run_batches(
             peak = max(peak, chunk_peak)
             with interrupt_deferred():  # a finished batch is kept and written, not interrupted
                 results.extend(chunk_results)
-                write_failed = append_results(writer, position, chunk_results, size)
+                write_failed = append_results(writer, position, chunk_results, len(chunk))
             position += len(chunk)
             bar.advance(len(chunk))
             if write_failed is not None:  # the rest would be kept nowhere but in memory

@@ -620,6 +620,9 @@ def test_out_never_appends_to_a_file_that_is_not_results(kernel: Kernel, tmp_pat
     results = tmp_path / "results.jsonl"
     runs = [ok(kernel, f"%qwen3 --file {prompts} --out {results} {ask}") for _ in range(2)]
     assert [json.loads(line)["index"] for line in results.read_text().splitlines()] == [0, 0]
+    # One prompt is batched alone, as the footer says ("batch size 1 held"): the record said
+    # the 4 asked for.
+    assert {json.loads(line)["batch_size"] for line in results.read_text().splitlines()} == {1}
     # a results file takes more, and the rerun says so (it said "written to": read back, every
     # prompt came twice without a word)
     assert f"written to {results}" in runs[0].stdout
