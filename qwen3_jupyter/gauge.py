@@ -353,8 +353,9 @@ def footer_html(snapshot: Snapshot, compact: bool = False, scope: str = "qwen3-g
         f'forwards">{live}</span><span class="qwen3-gauge-stale" style="display:block;'
         f"max-height:0;overflow:hidden;opacity:0;color:{ERROR_COLOR};font-weight:bold;"
         f'animation:qwen3-gauge-stale 0s {delay} forwards">⚠ not updated since {since}: the '
-        "kernel stopped or restarted, or its gauge thread hung; these are old readings (run "
-        "%qwen3_gauge again)</span></small>"
+        "kernel is busy in a call that holds Python's lock (a long sort, pickling), or it "
+        "stopped or restarted, or its gauge thread hung; these are old readings (if it stays "
+        "so with the kernel idle, run %qwen3_gauge again)</span></small>"
     )
 
 
@@ -566,7 +567,13 @@ class Gauge(widgets.VBox):
         return "\n".join(line for line in text.splitlines() if line)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        """The widget's view, with `as_text` as its plain-text form."""
+        """The widget's view, with `as_text` as its plain-text form; a closed gauge's last
+        reading as text (it was the 2.4 KB repr `as_text` replaces: closing a widget hides
+        this method behind an instance attribute of None, which `close` takes away again)."""
+        if self._closed:
+            return {
+                "text/plain": f"[qwen3] memory gauge (closed; its last reading)\n{self.as_text()}"
+            }
         bundle = super()._repr_mimebundle_(**kwargs)
         if isinstance(bundle, dict):
             title = "[qwen3] memory gauge (live as a widget; as text, its reading when shown)"
@@ -589,6 +596,7 @@ class Gauge(widgets.VBox):
         for part in _parts(self):
             part.close()
         super().close()
+        self.__dict__.pop("_repr_mimebundle_", None)  # ipywidgets' None: the class's again
 
 
 _TAG = re.compile(r"<style>.*?</style>|<[^>]+>", re.S)
@@ -651,6 +659,7 @@ def _replace_in_cell(shown: Gauge) -> None:
     if run is None:
         return
     cell, request = run
+    _watch_cell_ends()
     shown_by, earlier = _BY_CELL.get(cell, ("", []))
     if shown_by == request:
         earlier.append(weakref.ref(shown))
@@ -660,6 +669,44 @@ def _replace_in_cell(shown: Gauge) -> None:
         before = ref()
         if before is not None and before is not shown:
             before.close()
+
+
+def _cell_ended(result: Any = None) -> None:
+    """At a cell's end, close the gauges its earlier run showed when this run showed none:
+    the browser replaced that output (the cell edited into `print(...)`, or failing before
+    its gauge), and they went on polling and sending updates to nobody, until `--stop`."""
+    run = _cell_run()
+    if run is None:
+        return
+    cell, request = run
+    shown_by, earlier = _BY_CELL.get(cell, (request, []))
+    if shown_by == request:
+        return  # this run's own gauges (the earlier ones were closed as they came)
+    del _BY_CELL[cell]
+    for ref in earlier:
+        before = ref()
+        if before is not None:
+            before.close()
+
+
+def _watch_cell_ends() -> None:
+    """Run `_cell_ended` after every cell, from the first gauge a cell shows until unload."""
+    from IPython import get_ipython
+
+    from . import lifecycle
+
+    shell = get_ipython()
+    callbacks = shell.events.callbacks["post_run_cell"]
+    if _cell_ended in callbacks:
+        return
+    shell.events.register("post_run_cell", _cell_ended)
+
+    def unwatch() -> None:
+        if _cell_ended in shell.events.callbacks["post_run_cell"]:
+            shell.events.unregister("post_run_cell", _cell_ended)
+        _BY_CELL.clear()
+
+    lifecycle.on_unload("gauge-cell-ends", unwatch)
 
 
 def _cell_run() -> tuple[str, str] | None:

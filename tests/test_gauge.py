@@ -206,7 +206,17 @@ def test_running_a_gauge_cell_again_closes_the_gauge_it_showed_before(kernel: Ke
     assert kernel.value("(g1 in open_gauges(), g2 in open_gauges())") == (True, True)
     assert kernel.run(both, cell_id="cell-c").status == "ok"
     assert kernel.value("len(open_gauges())") == 4
+    # Run again as something that shows no gauge (edited, or failing first): the browser
+    # dropped the old output, and its gauges polled on for nobody until --stop.
+    assert kernel.run("print('edited')", cell_id="cell-c").status == "ok"
+    assert kernel.value("len(open_gauges())") == 2
+    assert kernel.run("%qwen3_gauge --interval 0", cell_id="cell-a").status == "error"
+    assert kernel.value("len(open_gauges())") == 1
     ok(kernel, "%qwen3_gauge --stop")
+    closed = kernel.run("g")  # shown again once closed: its last reading, not a 2 KB repr
+    plain = closed.result() or ""
+    assert plain.startswith("[qwen3] memory gauge (closed; its last reading)\n"), plain
+    assert "VBox" not in plain and len(plain) < 1000, plain
 
 
 def test_inline_gauge_leaves_a_static_copy_and_no_live_widget(kernel: Kernel) -> None:
