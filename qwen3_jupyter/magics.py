@@ -42,7 +42,13 @@ from .engines import (
 )
 from .engines.urls import mask_url
 from .gauge import inline_gauge
-from .generation import DEFAULT_MAX_NEW_TOKENS, GenerationOOM, GenerationOptions, broken_rules
+from .generation import (
+    DEFAULT_MAX_NEW_TOKENS,
+    GenerationOOM,
+    GenerationOptions,
+    Result,
+    broken_rules,
+)
 from .interrupts import CELL_INTERRUPTS
 from .magic_args import asks_help, options_of, show_help
 from .model_use import ModelBusy, holding, stop
@@ -307,6 +313,10 @@ class Qwen3Magics(Magics):
             PromptVarsError,
         ) as exc:
             message = str(exc)
+            partial = getattr(exc, "result", None)  # a stream that failed after some text
+            if isinstance(partial, Result) and self.shell is not None:
+                self.shell.user_ns["_qwen3"] = partial
+                message += f" (the {partial.completion_tokens} tokens that came: _qwen3)"
         except KeyboardInterrupt:
             # Landed between the steps that report an interrupt themselves (setting up the
             # display, the prompt, the tokenizer): one line, not the 40-200 frames under it.

@@ -306,3 +306,17 @@ def test_a_device_written_another_way_and_a_padded_setting_keep_the_model(k: Ker
         assert k.value("(HOLDER.loads - loads, SESSION.loaded.device)") == (0, "cpu")
     finally:
         ok(k, "%config Qwen3Magics.model = 'tiny'\n%config Qwen3Magics.device = ''")
+
+
+def test_a_server_stream_that_fails_after_text_leaves_it_in_qwen3(
+    k: Kernel, server: ScriptedServer
+) -> None:
+    """A `%qwen3 --server` answer cut after some text lost that text ("Hello wor" here, minutes
+    of generation on a real server): the one-line error now says where it is."""
+    server.errors_left = 1
+    failed = k.run(f"%qwen3 --server {server.url('retryable')} --model m1 hi")
+    assert failed.status == "error"
+    message = failed.stderr.strip()
+    assert message.startswith("UsageError: ") and len(message.splitlines()) == 1, message
+    assert message.endswith("(the 2 tokens that came: _qwen3)"), message
+    assert k.value("(_qwen3.answer, _qwen3.stop_reason)") == ("Hello wor", "error")

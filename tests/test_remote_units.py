@@ -1148,3 +1148,52 @@ def test_the_daemon_pool_keeps_order_cancels_the_unstarted_and_refuses_late_work
     assert [f.result(timeout=10) for f in futures[2:4]] == [20, 30]  # the running ones end
     with pytest.raises(RuntimeError, match="after shutdown"):
         pool.submit(work, 0)
+
+
+def test_a_stream_that_fails_after_text_keeps_it_and_shows_it_whole(
+    scripted: ScriptedServer,
+) -> None:
+    """A stream cut, stalled or timed out after some text threw that text away (an interrupt
+    keeps it), and the display, updated at a pace, showed only part of it: "Hello" of the
+    "Hello wor" that came. The error now carries the partial answer, shown whole first."""
+    scripted.errors_left = 1
+    shown: list[str] = []
+    with pytest.raises(EngineError) as failed:
+        _engine(scripted.url("retryable")).generate("hi", SHORT, on_text=shown.append)
+    kept = failed.value.result
+    assert isinstance(kept, Result), "the text that came was thrown away"
+    assert (kept.answer, kept.stop_reason, kept.error) == ("Hello wor", "error", str(failed.value))
+    assert len(shown) == 2 and shown[-1].endswith("Hello wor"), shown  # paced: "Hello", then
+    scripted.wait = 5.0
+    with pytest.raises(EngineError, match="stalled") as stalled:
+        _engine(scripted.url("stallmid"), first_token=0.6).generate("hi", SHORT)
+    assert stalled.value.result.answer == "Hello"
+    with pytest.raises(EngineError) as before_any:  # nothing came: nothing to keep
+        _engine(scripted.url("failfirst")).generate("hi", SHORT)
+    assert before_any.value.result is None
+
+
+def test_a_finished_answer_waits_only_a_moment_for_its_usage_figures(
+    scripted: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the finish reason, a server or proxy sending keep-alives instead of the usage
+    figures and `[DONE]` held the call for as long as it kept the connection (40 s, measured):
+    no limit applied once the answer was whole. It gets AFTER_FINISH_S more now."""
+    from qwen3_jupyter.engines import remote_stream
+
+    monkeypatch.setattr(remote_stream, "AFTER_FINISH_S", 0.5)
+    scripted.wait = 20.0
+    started = time.monotonic()
+    late = _engine(scripted.url("lateusage"), first_token=30, total=30).generate("hi", SHORT)
+    assert time.monotonic() - started < 5, "held until the server gave up"
+    assert (late.answer, late.stop_reason, late.completion_tokens) == ("Hello world", "eos", 2)
+
+
+def test_https_to_a_plain_http_server_says_to_use_http(scripted: ScriptedServer) -> None:
+    """It said "is the server running, on that host and port?" under an SSL error, of a
+    server that was running (vLLM and SGLang serve plain HTTP by default)."""
+    url = scripted.url("ok").replace("http://", "https://", 1)
+    with pytest.raises(EngineError) as failed:
+        _engine(url).generate("hi", SHORT)
+    plain = url.replace("https://", "http://", 1)
+    assert str(failed.value) == f"{url} answers in plain HTTP, not HTTPS: use {plain}"

@@ -12,7 +12,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..memory import format_bytes
 
@@ -47,7 +47,10 @@ def describe_kept(kept: Sequence[KeptMemory]) -> str:
 
 class EngineError(Exception):
     """A problem with an engine the user can fix (a server down, a wrong model name, a bad
-    engine choice); its message is one actionable line."""
+    engine choice); its message is one actionable line. `result`: the partial answer of a
+    stream that failed after some text (timed out, stalled, cut), else None."""
+
+    result: Any = None
 
 
 class Engine(ABC):

@@ -247,6 +247,11 @@ class RemoteEngine(Engine):
                 )
         except KeyboardInterrupt:
             streamed.interrupted = True
+        except EngineError as failed:
+            if text.chunks:  # what came before the failure is kept, as an interrupt keeps it
+                partial = self._result(prompt, options, model, text, streamed)
+                failed.result = replace(partial, stop_reason="error", error=str(failed))
+            raise
         self._note_inline_thinking(model, text, options, self.notify)
         return self._result(prompt, options, model, text, streamed)
 

@@ -257,6 +257,12 @@ def _connection_failure(exc: BaseException, ctx: CallContext) -> Failure:
                 f"{ctx.tokens} tokens: check the server's log"
             )
         return Failure(message, "first_token_timeout")
+    if name == "ConnectError" and ctx.url.startswith("https://") and "WRONG_VERSION" in detail:
+        plain = "http://" + ctx.url.removeprefix("https://")
+        return Failure(  # TLS spoken to a plain-HTTP server (vLLM's and SGLang's default)
+            f"{ctx.url} answers in plain HTTP, not HTTPS: use {plain}",
+            "unreachable",
+        )
     if name == "ConnectError":
         return Failure(
             f"cannot reach {ctx.url}{why}: is the server running, on that host and port?",

@@ -240,6 +240,8 @@ class ActiveStreams:
             abort(stream)
 
 
+AFTER_FINISH_S = 5.0
+"""How long a finished answer waits for the server's usage figures and `[DONE]`."""
 DEADLINE_GRACE_S = 0.05
 """How early a read timeout may end before its deadline and still count as that deadline."""
 
@@ -264,6 +266,7 @@ class Deadlines:
         self._stream: Any = None
         self._got_text = False
         self._settled = False
+        self._finished_at: float | None = None
         self._fired: str | None = None
         watchdog = threading.Thread(target=self._watch, name="qwen3-stream-deadlines", daemon=True)
         watchdog.start()
@@ -284,8 +287,16 @@ class Deadlines:
                 self._got_text = True
                 self._cond.notify()
 
+    def finished(self) -> None:
+        """The finish reason came: the answer is whole, and only AFTER_FINISH_S more is given
+        to the usage figures and `[DONE]`. A server or proxy that sent keep-alives instead held
+        the cell for as long as it kept the connection open (40 s, measured)."""
+        with self._cond:
+            self._finished_at = time.monotonic() + AFTER_FINISH_S
+            self._cond.notify()
+
     def settle(self) -> None:
-        """The answer finished (or the call ended): no deadline applies any more."""
+        """The call ended: no deadline applies any more."""
         with self._cond:
             self._settled = True
             self._cond.notify()
@@ -306,6 +317,8 @@ class Deadlines:
         return min(at for at, _ in self._candidates())
 
     def _candidates(self) -> list[tuple[float, str]]:
+        if self._finished_at is not None:
+            return [(self._finished_at, "after_finish")]
         if self._got_text:
             waiting = (self._silence_at, "silence")
         else:
@@ -339,14 +352,52 @@ def stream_completion(
     on_first_token: Callable[[], None] | None = None,
     active: ActiveStreams | None = None,
 ) -> Streamed:
+    """`_read_stream`, and on a failure after some text, that text shown whole before the
+    error: the display is updated at a pace, so a stream that stalled or dropped showed only
+    what the last paced update had (one token of ten), and the rest was never seen."""
+    if on_text is None:
+        return _read_stream(
+            client, arguments, text, ctx, timeouts, think, None, interval, on_first_token, active
+        )
+    shown: list[str] = []
+
+    def showing(now: str) -> None:
+        shown[:] = [now]
+        on_text(now)
+
+    try:
+        return _read_stream(
+            client, arguments, text, ctx, timeouts, think, showing, interval, on_first_token, active
+        )
+    except Failure:
+        rest = text.display_text(think) if text.chunks else None
+        if rest is not None and shown[-1:] != [rest]:
+            with contextlib.suppress(Exception):  # the failure is what the caller must hear
+                on_text(rest)
+        raise
+
+
+def _read_stream(
+    client: Any,
+    arguments: dict[str, Any],
+    text: StreamText,
+    ctx: CallContext,
+    timeouts: Timeouts,
+    think: bool,
+    on_text: Callable[[str], None] | None,
+    interval: float,
+    on_first_token: Callable[[], None] | None,
+    active: ActiveStreams | None,
+) -> Streamed:
     """Send one streamed request and read it to the end into `text`.
 
     Failures raise `Failure` (one line, classified); the first-token and total limits hold
     however the server behaves (`Deadlines`). An interrupt on the calling thread, or
     `%qwen3 --stop` from another one, closes the stream and returns what arrived, marked
     interrupted. With `active`, a cancel from another thread closes the stream and raises
-    `Cancelled`. Once the server sent a finish reason the answer is whole: no limit applies,
-    and a connection lost before the usage figures or `[DONE]` returns it (without them).
+    `Cancelled`. Once the server sent a finish reason the answer is whole: the usage figures
+    and `[DONE]` get AFTER_FINISH_S more, and a connection lost or closed before they came
+    returns it (without them).
     """
     import openai
 
@@ -390,7 +441,7 @@ def stream_completion(
                             on_first_token()
                 if choice.finish_reason:
                     result.finish_reason = text.finish = choice.finish_reason
-                    deadlines.settle()
+                    deadlines.finished()
             ctx.tokens = text.chunks
             del chunk
             passed = deadlines.expired() if result.finish_reason is None else None
