@@ -73,9 +73,14 @@ def answer_updates(ex: Execution) -> list[str]:
     ]
 
 
+KEPT = re.compile(r" \(the (\d+) tokens that came: _qwen3\)$")
+"""How a failure mid-answer ends its message: what streamed before it is the new `_qwen3`."""
+
+
 def failed(kernel: LoggedKernel, line: str) -> str:
-    """Run a %qwen3 line that must fail with a one-line UsageError; its message. The kernel,
-    its variables and the last result survive."""
+    """Run a %qwen3 line that must fail with a one-line UsageError; its message (without the
+    note of what it kept). The kernel and its variables survive, and the last result, unless
+    text streamed before the failure: then that text is `_qwen3`, with the error."""
     before = kernel.value("repr(globals().get('_qwen3'))")
     ex = kernel.run(line)
     assert ex.status == "error", (line, ex.stdout)
@@ -83,7 +88,13 @@ def failed(kernel: LoggedKernel, line: str) -> str:
     message = str(ex.reply["evalue"])
     assert "\n" not in message and "Traceback" not in ex.stderr
     assert kernel.value("keep") == 42
-    assert kernel.value("repr(globals().get('_qwen3'))") == before
+    kept = KEPT.search(message)
+    if kept is None:
+        assert kernel.value("repr(globals().get('_qwen3'))") == before
+        return message
+    message = message[: kept.start()]
+    partial = kernel.value("(_qwen3.stop_reason, _qwen3.error, _qwen3.completion_tokens)")
+    assert partial == ("error", message, int(kept.group(1))), partial
     return message
 
 
@@ -709,9 +720,11 @@ def test_first_token_and_total_timeouts(
     assert message.startswith(f"no first token from {proxy.url('stall')} within 1 s")
     ok(rk, "del os.environ['QWEN3_JUPYTER_FIRST_TOKEN_TIMEOUT']")
     ok(rk, "os.environ['QWEN3_JUPYTER_TIMEOUT'] = '0.5'")
-    message = failed(rk, f"%qwen3 --server {openai_server.url} --max-new-tokens 4000 Hi")
+    try:  # (left set, it failed the next test's calls)
+        message = failed(rk, f"%qwen3 --server {openai_server.url} --max-new-tokens 4000 Hi")
+    finally:
+        ok(rk, "del os.environ['QWEN3_JUPYTER_TIMEOUT']")
     assert message.startswith(f"{openai_server.url}: the answer took longer than 0.5 s")
-    ok(rk, "del os.environ['QWEN3_JUPYTER_TIMEOUT']")
 
 
 @pytest.mark.parametrize("in_stream", [False, True], ids=["http-503", "sglang-error-event"])

@@ -44,6 +44,11 @@ def _wait_idle(page: Any, timeout: float = 60) -> None:
 
 
 def _run_cell(page: Any, index: int) -> None:
+    dialog = page.locator(".jp-Dialog")
+    if dialog.count() and "Select Kernel" in dialog.inner_text():
+        # JupyterLab asked which kernel to start, for a notebook that names one (once in a
+        # full run, under load): its own choice is the notebook's kernel
+        dialog.locator("button.jp-mod-accept").click()
     cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
     cell.locator(".jp-InputArea-editor").click()
     page.keyboard.press("Shift+Enter")
