@@ -223,7 +223,9 @@ def footer(result: Result) -> str:
         pieces.append(result.memory_kind)  # where the memory is when this kernel has no figure
     if result.kept_memory:
         pieces.append(result.kept_memory)
-    if result.stop_reason == "interrupted":
+    if result.stop_reason == "interrupted" and not result.completion_tokens:
+        pieces.append("interrupted before the first token")  # nothing to keep
+    elif result.stop_reason == "interrupted":
         pieces.append("interrupted: partial answer kept")
     elif result.stop_reason == "context":
         pieces.append(

@@ -263,6 +263,14 @@ def test_a_server_calls_footer_still_says_where_its_memory_is() -> None:
     ]
 
 
+def test_a_call_interrupted_before_its_first_token_does_not_claim_a_partial_answer() -> None:
+    """A server call interrupted while waiting for its first token (or a retry) printed
+    "(empty answer) … interrupted: partial answer kept", of an answer that never began."""
+    waiting = _result(completion_tokens=0, answer="")
+    assert footer(waiting).split(" · ")[-1] == "interrupted before the first token"
+    assert footer(_result()).split(" · ")[-1] == "interrupted: partial answer kept"  # control
+
+
 def test_only_a_spent_budget_is_told_to_raise_max_new_tokens() -> None:
     """A call that stopped while thinking said "the token budget ran out... Raise
     --max-new-tokens" whatever stopped it: an interrupt after 15 of 4,000 tokens, or a server."""

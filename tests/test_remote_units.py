@@ -1197,3 +1197,18 @@ def test_https_to_a_plain_http_server_says_to_use_http(scripted: ScriptedServer)
         _engine(url).generate("hi", SHORT)
     plain = url.replace("https://", "http://", 1)
     assert str(failed.value) == f"{url} answers in plain HTTP, not HTTPS: use {plain}"
+
+
+def test_a_call_naming_its_model_says_while_it_asks_the_server_for_its_models(
+    scripted: ScriptedServer,
+) -> None:
+    """With `--model` given, the first call still lists the served models (their context
+    lengths) and said nothing meanwhile: "generating…" for as long as a hung server took."""
+    said: list[str] = []
+    engine = _engine(scripted.url("ok"))
+    engine.status = said.append
+    engine.generate("hi", SHORT)
+    assert any(line.endswith("which models it serves…") for line in said), said
+    said.clear()
+    engine.generate("hi", SHORT)  # listed once per server: not said again
+    assert not any("which models" in line for line in said), said

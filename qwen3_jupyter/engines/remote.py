@@ -524,6 +524,8 @@ class RemoteEngine(Engine):
         asked once per server. vLLM (0.32 and later) shortens max_tokens to the room the prompt
         leaves instead: there the request goes, and the "context" stop reason says why the
         answer is short."""
+        if not self.connection.listed:  # (said: a hung listing showed "generating…" 30 s)
+            self._say(f"asking {self.connection.shown} which models it serves…")
         try:
             self.connection.served_models(timeouts)
         except Failure as failure:

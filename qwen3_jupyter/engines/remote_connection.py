@@ -117,6 +117,11 @@ class ServerConnection:
     def is_open(self) -> bool:
         return self._client is not None
 
+    @property
+    def listed(self) -> bool:
+        """Whether the served models are known (GET /v1/models answered before)."""
+        return self._served is not None
+
     def served_models(self, timeouts: Timeouts, refresh: bool = False) -> tuple[str, ...]:
         """The ids from GET /v1/models (cached); raises Failure when the server cannot say."""
         if self._served is not None and not refresh:
