@@ -13,12 +13,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from . import display
 from .interrupts import CELL_INTERRUPTS, interrupts_caught
 from .python_words import in_python_words
+from .refusals import raised_here
 from .session import SESSION
 
 
@@ -149,23 +149,10 @@ def reword_for_python(exc: BaseException) -> None:
     a caller of chat() or generate_batch() never wrote. The exception keeps its type and
     attributes (a GenerationOOM's `.results`). Only this package's own errors: one raised in
     the caller's `on_text`, or inside torch, keeps its words."""
-    if not _raised_here(exc):
+    if not raised_here(exc):
         return
     if exc.args and isinstance(exc.args[0], str):
         exc.args = (in_python_words(exc.args[0]), *exc.args[1:])
     hint = getattr(exc, "hint", None)
     if isinstance(hint, str) and hint:
         exc.hint = in_python_words(hint)  # type: ignore[attr-defined]
-
-
-_PACKAGE = str(Path(__file__).resolve().parent)
-
-
-def _raised_here(exc: BaseException) -> bool:
-    """Whether `exc` was raised by this package's code (its innermost frame is ours)."""
-    tb = exc.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    return str(Path(tb.tb_frame.f_code.co_filename).resolve()).startswith(_PACKAGE)

@@ -77,21 +77,31 @@ def is_refusal(exc: BaseException) -> bool:
 
     if isinstance(exc, (ModelError, EngineError, ResultsFileError, ModelBusy)):
         return True
-    return isinstance(exc, _CHECKS_RAISE) and _raised_by_a_raise_statement_here(exc.__traceback__)
+    return isinstance(exc, _CHECKS_RAISE) and _raised_by_a_raise_statement_here(exc)
 
 
-def _raised_by_a_raise_statement_here(traceback: TracebackType | None) -> bool:
-    """Whether the innermost frame is this package's and stopped at a `raise X` (a bug's
-    TypeError comes from an operation instead, an argument's check from a `raise`)."""
-    if traceback is None:
-        return False
-    while traceback.tb_next is not None:
+def innermost_frame(exc: BaseException) -> TracebackType | None:
+    """The traceback entry `exc` was raised at (None when it has no traceback)."""
+    traceback = exc.__traceback__
+    while traceback is not None and traceback.tb_next is not None:
         traceback = traceback.tb_next
-    code = traceback.tb_frame.f_code
-    if not _ours(code.co_filename):
+    return traceback
+
+
+def raised_here(exc: BaseException) -> bool:
+    """Whether `exc` was raised by this package's code (its innermost frame is ours)."""
+    raised_at = innermost_frame(exc)
+    return raised_at is not None and _ours(raised_at.tb_frame.f_code.co_filename)
+
+
+def _raised_by_a_raise_statement_here(exc: BaseException) -> bool:
+    """Whether `exc` was raised here, at a `raise X` (a bug's TypeError comes from an
+    operation instead, an argument's check from a `raise`)."""
+    raised_at = innermost_frame(exc)
+    if raised_at is None or not _ours(raised_at.tb_frame.f_code.co_filename):
         return False
-    for instruction in dis.get_instructions(code):
-        if instruction.offset == traceback.tb_lasti:
+    for instruction in dis.get_instructions(raised_at.tb_frame.f_code):
+        if instruction.offset == raised_at.tb_lasti:
             return instruction.opname == "RAISE_VARARGS" and (instruction.arg or 0) >= 1
     return False
 
