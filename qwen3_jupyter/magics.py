@@ -36,6 +36,7 @@ from .engines import (
     Engine,
     EngineError,
     check_decode,
+    check_server,
     decode_mode,
     server_source,
     server_url,
@@ -402,6 +403,7 @@ class Qwen3Magics(Magics):
         """The engine this call uses, loading the model (with progress) when it must."""
         url = server_url(args.server, self.server or None)
         if url is not None:
+            check_server(args.server, self.server or None)
             typed = [
                 f"--{name}"
                 for name in ("device", "dtype", "eager", "fast", "warmup")

@@ -292,11 +292,12 @@ class Session:
         $QWEN3_JUPYTER_SERVER, then config), else this kernel's model through the fast or the
         eager path (flag, then $QWEN3_JUPYTER_DECODE, then config; default: fast on CUDA).
         The arguments are the call's own; the configured ones `%config Qwen3Magics.*`."""
-        from .engines import EngineError, check_decode, server_source, server_url
+        from .engines import EngineError, check_decode, check_server, server_source, server_url
         from .engines.urls import shown_address
 
         url = server_url(server, configured_server)
         if url is not None:
+            check_server(server, configured_server)
             # As the magic refuses --device with a server: the call would ignore them silently.
             asked = {"device": device, "dtype": dtype, "decode": decode}
             local_only = [f"{name}={value!r}" for name, value in asked.items() if value]

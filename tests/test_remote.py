@@ -366,9 +366,15 @@ def test_env_config_and_python_api_use_the_same_server(
     ok(rk, "%qwen3 --no-think --max-new-tokens 4 Hi")
     assert rk.value("_qwen3.engine") == "remote"
     ok(rk, "del os.environ['QWEN3_JUPYTER_SERVER']")
-    ok(rk, f"%config Qwen3Magics.server = {url!r}")
+    bare = url.removeprefix("http://")  # `localhost:8000/v1`, as servers print it
+    ok(rk, f"%config Qwen3Magics.server = {bare!r}")
     ok(rk, "%qwen3 --no-think --max-new-tokens 4 Hi")
     assert rk.value("_qwen3.engine") == "remote"
+    # A bad setting is named where it was set, not as a --server nobody typed.
+    ok(rk, "%config Qwen3Magics.server = 'ftp://me:pw@host/v1'")
+    assert failed(rk, "%qwen3 Hi").startswith(
+        "%config Qwen3Magics.server = 'ftp://***@host/v1' is not an http(s) URL"
+    )
     ok(rk, "%config Qwen3Magics.server = ''")
     chats = ok(
         rk,

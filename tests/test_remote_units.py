@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import pytest
 
 from qwen3_jupyter.batching import BatchReport
+from qwen3_jupyter.engines import SERVER_ENV, check_server, server_url
 from qwen3_jupyter.engines.base import EngineError
 from qwen3_jupyter.engines.remote import RemoteEngine, backoff, timeouts_from_env
 from qwen3_jupyter.engines.remote_connection import ServerConnection
@@ -68,6 +69,27 @@ def test_api_base_accepts_what_users_paste() -> None:
     for bad in ("localhost:8000", "ftp://host/v1", "http://host:port/v1", "http:///v1"):
         with pytest.raises(EngineError, match=r"e\.g\. http://localhost:8000/v1"):
             api_base(bad)
+
+
+def test_a_server_is_named_where_it_was_set_and_may_omit_http(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(SERVER_ENV, raising=False)
+    assert server_url("localhost:8000") == "http://localhost:8000"
+    assert server_url(None, " gpu-box.lan:30000/v1 ") == "http://gpu-box.lan:30000/v1"
+    assert server_url("[::1]:8000") == "http://[::1]:8000"
+    assert server_url("https://h/v1") == "https://h/v1"
+    assert server_url("tiny") == "tiny"  # no port: not taken for a host; refused below
+    assert server_url("", "http://h:1") is None  # --server "": this kernel's model
+    with pytest.raises(EngineError, match=r"^--server 'tiny' is not an http\(s\) URL"):
+        check_server("tiny", None)
+    with pytest.raises(EngineError, match=r"^%config Qwen3Magics.server = 'ftp://\*\*\*@h/v1'"):
+        check_server(None, "ftp://me:pw@h/v1")
+    monkeypatch.setenv(SERVER_ENV, "nohost")
+    with pytest.raises(EngineError, match=r"^\$QWEN3_JUPYTER_SERVER='nohost' is not"):
+        check_server(None, "http://h:1")
+    check_server("http://h:1", None)  # the flag is asked first, and is fine
+    check_server("localhost:8000", None)
 
 
 def test_credentials_are_masked_and_redacted() -> None:

@@ -12,8 +12,9 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..asked import Asked
+from ..asked import CONFIG, ENVIRONMENT, Asked
 from .base import Engine, EngineError, KeptMemory, describe_kept
+from .urls import api_base, mask_url, with_scheme
 
 if TYPE_CHECKING:
     from ..models import LoadedModel
@@ -26,6 +27,7 @@ __all__ = [
     "EngineError",
     "KeptMemory",
     "check_decode",
+    "check_server",
     "decode_mode",
     "describe_kept",
     "local_engine",
@@ -64,12 +66,31 @@ def server_url(flag: str | None, configured: str | None = None) -> str | None:
     """The server to call, if any: the flag, then $QWEN3_JUPYTER_SERVER, then the config. An
     empty flag (`--server ""`, `server=""`) names none: this call uses the model in this kernel
     even where the environment or the config name a server (there was no way to say so)."""
+    asked = _server_asked(flag, configured)
+    return None if asked is None else with_scheme(asked.value)
+
+
+def _server_asked(flag: str | None, configured: str | None) -> Asked | None:
     if flag is not None and not flag.strip():
         return None
-    for candidate in (flag, os.environ.get(SERVER_ENV), configured):
-        if candidate and candidate.strip():
-            return candidate.strip()
-    return None
+    return Asked.first("server", flag, SERVER_ENV, configured)
+
+
+def check_server(flag: str | None, configured: str | None) -> None:
+    """Refuse a server setting that is no http(s) URL, naming where it was set: one set by
+    `%config Qwen3Magics.server` in an earlier cell was refused as "--server …", a flag the
+    user never typed (api_call words the flag as a Python caller's `server=`)."""
+    asked = _server_asked(flag, configured)
+    if asked is None:
+        return
+    value = repr(mask_url(asked.value))
+    if asked.where == ENVIRONMENT:
+        named = f"${SERVER_ENV}={value}"
+    elif asked.where == CONFIG:
+        named = f"%config Qwen3Magics.server = {value}"
+    else:
+        named = f"--server {value}"
+    api_base(with_scheme(asked.value), named)
 
 
 def server_source(flag: str | None) -> str:

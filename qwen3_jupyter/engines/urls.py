@@ -10,6 +10,7 @@ apart (the client appends paths to the base, so a query left in it would end up 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -17,6 +18,15 @@ from .base import EngineError
 
 _ENDPOINT_SUFFIXES = ("/chat/completions", "/completions", "/models")
 REDACTED = "***"
+_HOST_AND_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):\d+(/.*)?")
+
+
+def with_scheme(url: str) -> str:
+    """`url` trimmed, and `http://` put before a bare `host:port[/path]`: servers print their
+    address that way (`localhost:8000`) and users paste it; they serve plain HTTP unless told
+    otherwise. Anything else is left as written, for `api_base` to judge."""
+    url = url.strip()
+    return f"http://{url}" if _HOST_AND_PORT.fullmatch(url) else url
 
 
 def mask_url(url: str) -> str:
@@ -46,25 +56,23 @@ def _host(parts: object) -> str:
     return f"{hostname}:{port}" if port is not None else hostname
 
 
-def api_base(url: str) -> str:
+def api_base(url: str, named: str | None = None) -> str:
     """The OpenAI base URL for what the user wrote: no credentials, no query (see `url_query`),
     no trailing slash, `/v1` added when the path is empty (vLLM, SGLang and `transformers
     serve` all answer under /v1), and a pasted endpoint (`/v1/chat/completions`) cut back to
     its base.
 
-    A URL that is not http(s)://host[:port][/path] raises a one-line EngineError.
+    A URL that is not http(s)://host[:port][/path] raises a one-line EngineError naming the
+    setting as `named` says (default: `--server '<url>'`).
     """
+    named = named or f"--server {mask_url(url)!r}"
     try:
         parts = urlsplit(url.strip())
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError:
-        raise EngineError(
-            f"--server {mask_url(url)!r} is not a URL: write e.g. http://localhost:8000/v1"
-        ) from None
+        raise EngineError(f"{named} is not a URL: write e.g. http://localhost:8000/v1") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise EngineError(
-            f"--server {mask_url(url)!r} is not an http(s) URL: write e.g. http://localhost:8000/v1"
-        )
+        raise EngineError(f"{named} is not an http(s) URL: write e.g. http://localhost:8000/v1")
     path = parts.path.rstrip("/")
     for suffix in _ENDPOINT_SUFFIXES:
         if path.endswith(suffix):
