@@ -322,9 +322,11 @@ class Qwen3Magics(Magics):
             # Landed between the steps that report an interrupt themselves (setting up the
             # display, the prompt, the tokenizer): one line, not the 40-200 frames under it.
             CELL_INTERRUPTS.note(True)
+            served = server_url(options.server, self.server or None) is not None
+            kept = "are kept" if served else "and the loaded model are kept"
             message = (
                 "interrupted before the call could finish or say what it kept: your variables "
-                "and the loaded model are kept; run the cell again"
+                f"{kept}; run the cell again"
             )
         else:
             return

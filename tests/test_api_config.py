@@ -3,6 +3,7 @@ environment variable, then the config option, then the default (README "Models")
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -320,3 +321,21 @@ def test_a_server_stream_that_fails_after_text_leaves_it_in_qwen3(
     assert message.startswith("UsageError: ") and len(message.splitlines()) == 1, message
     assert message.endswith("(the 2 tokens that came: _qwen3)"), message
     assert k.value("(_qwen3.answer, _qwen3.stop_reason)") == ("Hello wor", "error")
+
+
+def test_an_interrupt_while_the_server_lists_its_models_does_not_speak_of_a_local_model(
+    k: Kernel, server: ScriptedServer
+) -> None:
+    """Stopped while a hung server was asked which model to use (no --model), a served call
+    said "your variables and the loaded model are kept": it never touched a model here."""
+    asked = len(server.requests)
+    msg_id = k.start(f"%qwen3 --server {server.url('hung')} hi")
+    deadline = time.monotonic() + 30
+    while not any(path.endswith("/models") for _, path in server.requests[asked:]):
+        assert time.monotonic() < deadline, server.requests
+        time.sleep(0.05)
+    k.interrupt()
+    stopped = k.collect(msg_id, timeout=30)
+    said = stopped.stderr.strip()
+    assert stopped.status == "error" and said.startswith("UsageError: interrupted"), said
+    assert said.endswith("your variables are kept; run the cell again"), said
