@@ -21,6 +21,7 @@ from typing import Any
 
 from . import display
 from .batch_progress import BatchProgress
+from .engines.seeding import seeded
 from .generation import (
     GenerationOOM,
     GenerationOptions,
@@ -391,15 +392,28 @@ def run_batches(
     out: str | os.PathLike[str] | None,
     progress: bool,
 ) -> BatchResults:
-    """The batching loop: back off on out-of-memory, write as batches finish, keep on interrupt."""
-    if options.seed is not None:
-        import torch
+    """The batching loop (`_batches`), seeded once for the whole run: each batch reseeded
+    repeated the first one's samples (rows 3-5 equal to rows 0-2 at batch size 3). Later
+    batches continue the stream, so a run is reproducible for the same prompts, batch size and
+    seed; the notebook's own random state is put back after it."""
+    unseeded = replace(options, seed=None)
+    with seeded(options.seed, device):
+        return _batches(
+            generate_chunk, device, prompts, batch_size, unseeded, budget, out, progress
+        )
 
-        # Once per run, not per batch: each batch reseeded repeated the first one's samples
-        # (rows 3-5 equal to rows 0-2 at batch size 3). Later batches continue the stream, so
-        # a run is reproducible for the same prompts, batch size and seed.
-        torch.manual_seed(options.seed)
-        options = replace(options, seed=None)
+
+def _batches(
+    generate_chunk: ChunkGenerator,
+    device: str,
+    prompts: list[str],
+    batch_size: int,
+    options: GenerationOptions,
+    budget: int | None,
+    out: str | os.PathLike[str] | None,
+    progress: bool,
+) -> BatchResults:
+    """Back off on out-of-memory, write as batches finish, keep on interrupt."""
     results = BatchResults()
     back_offs: list[BackOff] = []
     size, position, peak, interrupted = batch_size, 0, 0, False

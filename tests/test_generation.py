@@ -160,6 +160,30 @@ def test_a_seed_too_large_for_torch_is_a_one_line_usage_error(kernel: Kernel) ->
     assert kernel.value("x") == 42
 
 
+def test_a_seeded_call_leaves_the_notebooks_random_state_as_it_was(kernel: Kernel) -> None:
+    """`--seed` seeded torch globally: after one seeded call, `torch.rand` gave the same
+    numbers whatever the notebook had seeded. Now it goes on from where the notebook was,
+    the seeded answer still repeats, and an unseeded call draws from the notebook's stream."""
+    ok(kernel, "import torch, qwen3_jupyter")
+    calls = {
+        "magic eager": "%qwen3 --model tiny --eager --seed 5 --no-think --max-new-tokens 4 hi",
+        "magic fast": "%qwen3 --model tiny --fast --seed 5 --no-think --max-new-tokens 4 hi",
+        "batch": "qwen3_jupyter.generate_batch(['a', 'b'], batch_size=1, model='tiny', "
+        "seed=5, think=False, max_new_tokens=4, progress=False)",
+        "batch fast": "qwen3_jupyter.generate_batch(['a', 'b'], batch_size=1, model='tiny', "
+        "seed=5, think=False, max_new_tokens=4, progress=False, decode='fast')",
+    }
+    for name, call in calls.items():
+        ok(kernel, f"torch.manual_seed(0)\n{call}\nafter_call = torch.rand(3).tolist()")
+        ok(kernel, "torch.manual_seed(0); unseeded = torch.rand(3).tolist()")
+        assert kernel.value("after_call == unseeded"), name
+    ok(kernel, calls["magic eager"])
+    ok(kernel, "first = _qwen3.token_ids")
+    ok(kernel, "torch.manual_seed(1)")
+    ok(kernel, calls["magic eager"])
+    assert kernel.value("_qwen3.token_ids == first")
+
+
 def test_messages_put_system_first_and_keep_history() -> None:
     history = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
     messages = build_messages("c", GenerationOptions(system="sys"), history)

@@ -37,6 +37,7 @@ from ..stream_pace import next_wait, settled
 from .attention import planless_attention
 from .base import TextCallback
 from .local import LocalEngine, decodes, holds_model
+from .seeding import seeded
 
 
 class MemoryGuard:
@@ -157,7 +158,7 @@ class _Streamer:
 def prepare_generate(
     tokenizer: Any, device: str, options: GenerationOptions, guard: MemoryGuard, **extra: Any
 ) -> dict[str, Any]:
-    """`generate` keyword arguments for `options`; seeds the RNG and resets CUDA peak counters.
+    """`generate` keyword arguments for `options`; resets CUDA peak counters (`seeded` seeds).
 
     Shared by single and batched generation so both decode exactly alike.
     """
@@ -172,8 +173,6 @@ def prepare_generate(
     )
     if options.ignore_eos:
         kwargs["min_new_tokens"] = options.max_new_tokens
-    if options.seed is not None:
-        torch.manual_seed(options.seed)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(torch.device(device))
     return kwargs
@@ -215,7 +214,12 @@ class EagerEngine(LocalEngine):
         failure: str | None = None
         started = time.perf_counter()
         try:
-            with torch.inference_mode(), planless_attention(), allocation_failures_as_oom():
+            with (
+                torch.inference_mode(),
+                planless_attention(),
+                allocation_failures_as_oom(),
+                seeded(options.seed, device),
+            ):
                 model.generate(**inputs, **kwargs)
         except KeyboardInterrupt:
             stop_reason = "interrupted"
@@ -272,7 +276,12 @@ class EagerEngine(LocalEngine):
         failure = None
         started = time.perf_counter()
         try:
-            with torch.inference_mode(), planless_attention(), allocation_failures_as_oom():
+            with (
+                torch.inference_mode(),
+                planless_attention(),
+                allocation_failures_as_oom(),
+                seeded(options.seed, device),
+            ):
                 sequences = model.generate(**inputs, **kwargs)
             new_rows = sequences[:, width:].tolist()
             del sequences

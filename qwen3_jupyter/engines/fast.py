@@ -62,6 +62,7 @@ from .decode_run import CallbackFailed, DecodeRun, TextStream, TokenReader
 from .decode_shapes import SAMPLE_WIDTH, batch_bucket, cache_bucket, sample_width
 from .decode_steps import DecodeState, Notify, StepBuilding
 from .local import LocalEngine, decodes, holds_model
+from .seeding import seeded
 
 WARMUP_PROMPT_TOKENS = 64
 """The prompt a warm-up sizes its caches for: a question in the chat template. A batch's cache
@@ -313,7 +314,15 @@ class FastEngine(StepBuilding, LocalEngine):
         return EagerEngine(self.loaded)
 
     @decodes
-    def _guarded_run(self, *args: Any, **kwargs: Any) -> DecodeRun:
+    def _guarded_run(
+        self,
+        texts: list[str],
+        prompts: list[str],
+        options: GenerationOptions,
+        budget: int | None,
+        streamed: TextStream | None,
+        chat: bool = False,
+    ) -> DecodeRun:
         """`_run`, except that an unexpected failure of the fast path (a transformers or torch
         release it does not fit, say) never fails the call: it is said in one line, the fast
         path's memory is given back, and this call and the next ones decode eagerly until
@@ -322,8 +331,8 @@ class FastEngine(StepBuilding, LocalEngine):
         if self.broken:
             raise _Unavailable
         try:
-            with on_device(self.device):
-                return self._run(*args, **kwargs)
+            with on_device(self.device), seeded(options.seed, self.device):
+                return self._run(texts, prompts, options, budget, streamed, chat)
         except CallbackFailed as failed:
             raise failed.error from None
         except (_OutOfMemory, GenerationOOM, EngineError, KeyboardInterrupt):
@@ -361,8 +370,6 @@ class FastEngine(StepBuilding, LocalEngine):
         length = cache_bucket(needed + REHEARSAL_STEPS, batch=batch)
         vocab = int(model.lm_head.weight.shape[0])
         sample = sample_width(options, vocab)
-        if options.seed is not None:
-            torch.manual_seed(options.seed)
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats(torch.device(device))
         run = DecodeRun(rows=rows, peak_rss=process_rss())
