@@ -6,6 +6,7 @@ a notebook that relies on one breaks when a later option shares its prefix.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import re
 from argparse import Namespace
@@ -19,6 +20,39 @@ _UNRECOGNIZED = re.compile(r"unrecognized arguments: (\S+)")
 _BAD_VALUE = re.compile(r"argument (\S+?)(?:/\S+)?: invalid (int|float) value: (.*)$")
 _KINDS = {"int": "a whole number", "float": "a number"}
 _NO_VALUE = re.compile(r"argument (\S+): expected one argument$")
+
+
+class OneWaySwitch(argparse.Action):
+    """One of a pair of flags that set one option opposite ways (`--think` / `--no-think`):
+    typed both ways, the line is refused; the last one had won without a word."""
+
+    def __init__(
+        self,
+        option_strings: list[str],
+        dest: str,
+        const: bool,
+        default: Any = None,
+        help: str | None = None,
+    ) -> None:
+        super().__init__(option_strings, dest, nargs=0, const=const, default=default, help=help)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        before = getattr(namespace, self.dest, None)
+        if before is not None and before != self.const:
+            other = [
+                flag
+                for action in parser._actions
+                if action.dest == self.dest and action is not self
+                for flag in action.option_strings
+            ]
+            raise UsageError(f"{' or '.join(other)} and {option_string} contradict: keep one")
+        setattr(namespace, self.dest, self.const)
 
 
 def plain_value_error(message: str) -> str:

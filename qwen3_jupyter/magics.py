@@ -51,7 +51,7 @@ from .generation import (
     broken_rules,
 )
 from .interrupts import CELL_INTERRUPTS
-from .magic_args import asks_help, options_of, show_help
+from .magic_args import OneWaySwitch, asks_help, options_of, show_help
 from .model_use import ModelBusy, holding, stop
 from .models import DTYPES, ModelError, canonical_dtype, is_loaded_as
 from .prompt_files import PromptFileError, read_prompts
@@ -127,14 +127,16 @@ class Qwen3Magics(Magics):
     @argument(
         "--think",
         dest="think",
-        action="store_true",
+        action=OneWaySwitch,
+        const=True,
         default=None,
         help="Thinking mode (Qwen3's enable_thinking=True). The default.",
     )
     @argument(
         "--no-think",
         dest="think",
-        action="store_false",
+        action=OneWaySwitch,
+        const=False,
         help="Non-thinking mode (enable_thinking=False).",
     )
     @argument(
@@ -296,11 +298,11 @@ class Qwen3Magics(Magics):
         if asks_help(line, options_of(self.qwen3)):  # -h, --help: `%qwen3?`
             self._help()
             return
+        if cell is None and line.strip() in ("?", "??"):  # `%qwen3 ?`: help, not an answer
+            self._help()  # (`%qwen3 -- ?` and `%qwen3 --no-think ?` ask the model)
+            return
         namespace = self._namespace(local_ns)
         options, prompt = parse_line(self.qwen3, line, cell, expander(namespace))
-        if prompt in ("?", "??") and cell is None:  # `%qwen3 ?`: help, not a 512-token answer
-            self._help()
-            return
         try:
             if options.vars:
                 prompt = _fill_text(options, prompt, namespace)
@@ -683,6 +685,10 @@ def _validate(args: Namespace, prompt: str) -> list[str] | None:
             f"--greedy always takes the likeliest token, so {' and '.join(sampling)} would do "
             "nothing: drop one of them"
         )
+    if args.greedy and args.seed is not None:
+        raise UsageError(
+            "--greedy draws no random numbers, so --seed would do nothing: drop one of them"
+        )
     if args.eager and args.fast:
         raise UsageError("--eager and --fast exclude each other")
     if args.eager and args.warmup:
@@ -710,7 +716,7 @@ def _validate(args: Namespace, prompt: str) -> list[str] | None:
 _ALONE = {
     "reset": (
         "--reset alone clears the conversation",
-        "to start over with a system prompt: %qwen3 --reset --chat --system '…' PROMPT",
+        "to start a new conversation at once: %qwen3 --reset --chat [options] PROMPT",
     ),
     "unload": ("--unload alone frees the model", "unload, then ask in the next cell"),
     "eager": (

@@ -398,12 +398,18 @@ def test_a_qwen3_line_in_a_string_or_a_cell_magics_body_stays_text(
 
 
 def test_a_lone_question_mark_after_a_space_is_the_help_not_a_prompt(kernel: Kernel) -> None:
+    """`%qwen3 ?` alone is the help; after `--` (the README: everything after it is text) or
+    after options, `?` is the prompt."""
     kernel.run("_qwen3 = 'before'")
     ex = kernel.run("%qwen3 ?")
     assert ex.status == "ok"
     pages = [p for p in ex.reply.get("payload", []) if p.get("source") == "page"]
     assert pages and "--max-new-tokens" in pages[0]["data"]["text/plain"]
     assert kernel.value("_qwen3") == "before", "nothing was generated"
+    for line in ("-- ?", "--no-think --max-new-tokens 2 ?"):  # `--` or options first: a prompt
+        asked = kernel.run(f"%qwen3 --model tiny {line}")
+        assert asked.status == "ok" and not asked.reply.get("payload"), (line, asked.reply)
+        assert kernel.value("_qwen3.prompt") == "?", line
 
 
 @pytest.mark.parametrize(
@@ -465,6 +471,10 @@ def test_help_flags_show_the_help_page(kernel: Kernel, line: str) -> None:
     text = pages[0]["data"]["text/plain"]
     assert "--max-new-tokens" in text and "Options come before the prompt" in text
     assert kernel.value("_qwen3") == "before", "nothing was generated"
+    for line in ("-- ?", "--no-think --max-new-tokens 2 ?"):  # `--` or options first: a prompt
+        asked = kernel.run(f"%qwen3 --model tiny {line}")
+        assert asked.status == "ok" and not asked.reply.get("payload"), (line, asked.reply)
+        assert kernel.value("_qwen3.prompt") == "?", line
 
 
 @pytest.mark.parametrize(
@@ -665,8 +675,8 @@ def test_actions_without_a_prompt_refuse_options_they_would_ignore(kernel: Kerne
             '%qwen3 --reset --system "You are a pirate" --model tiny --no-think '
             "--max-new-tokens 3 --gauge",
             "UsageError: --reset alone clears the conversation: --model, --no-think, --gauge, "
-            "--max-new-tokens and --system would do nothing without a prompt (to start over "
-            "with a system prompt: %qwen3 --reset --chat --system '…' PROMPT)",
+            "--max-new-tokens and --system would do nothing without a prompt (to start a new "
+            "conversation at once: %qwen3 --reset --chat [options] PROMPT)",
         ),
         (
             "%qwen3 --eager --model tiny --system x",
@@ -809,6 +819,12 @@ def test_help_is_complete(kernel: Kernel) -> None:
             "--greedy always takes the likeliest token, so --temperature and --top-k would do "
             "nothing: drop one of them",
         ),
+        (
+            "%qwen3 --greedy --seed 3 hi",
+            "--greedy draws no random numbers, so --seed would do nothing: drop one of them",
+        ),
+        ("%qwen3 --think --no-think hi", "--think and --no-think contradict: keep one"),
+        ("%qwen3 --no-think --think hi", "--no-think and --think contradict: keep one"),
         ("%qwen3 --max-new-tokens 0 hi", "--max-new-tokens must be >= 1"),
         ("%qwen3 --seed", "--seed needs a value"),
         ("%qwen3 --system 'unclosed hi", "--system: a quote is not closed"),
