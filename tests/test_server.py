@@ -555,6 +555,25 @@ def test_sampler_stops_polling_and_closes_nvml_when_nobody_asks() -> None:
     assert fake.open_handles == 0
 
 
+@pytest.mark.parametrize("idle_timeout", [0.0, -1.0, float("nan")])
+def test_an_idle_timeout_of_zero_still_samples_for_the_request(idle_timeout: float) -> None:
+    """`c.Qwen3JupyterMetrics.idle_timeout = 0` stopped the thread before its first sample:
+    every request without `?interval=` waited 5 s and got a 503."""
+    fake = FakeNvml([FakeGpu()])
+    sampler = Sampler(
+        interval=0.05, idle_timeout=idle_timeout, reader_factory=lambda: NvmlReader(fake.module)
+    )
+    try:
+        sampler.request([WatchedKernel(os.getpid())])
+        deadline = time.monotonic() + 2
+        while sampler.latest is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sampler.latest is not None and os.getpid() in sampler.latest.trees
+    finally:
+        sampler.stop()
+    assert Sampler(interval=1.0, idle_timeout=120).idle_timeout == 120
+
+
 def test_the_history_length_setting_is_what_the_sparkline_gets() -> None:
     """`c.Qwen3JupyterMetrics.history_length` sized the sampler's history, but the payload
     cut it to 60 readings: the default kept 120 and served half, and raising it did nothing."""
@@ -695,6 +714,35 @@ def test_a_killed_kernel_whose_marker_stayed_has_no_extension_loaded(tmp_path: P
         child.wait()
     (dead,) = process_trees([WatchedKernel(child.pid, marker)]).values()
     assert marker.exists() and dead.rss is None and not dead.extension_loaded
+
+
+def test_a_kernel_started_through_a_wrapper_counts_the_kernels_whole_rss() -> None:
+    """A kernelspec that starts Python as a child (`conda run`, a shell script without
+    `exec`): the started process is the wrapper, and the kernel under it counted only its
+    unique pages (476 of its 580 MiB). Its whole RSS counts now."""
+    import subprocess
+
+    import psutil
+
+    kernel_code = "import time; b = bytearray(200 * 2**20); print(1, flush=True); time.sleep(60)"
+    wrapper = subprocess.Popen(
+        ["/bin/sh", "-c", f'{sys.executable} -c "{kernel_code}"; echo ended'],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert wrapper.stdout is not None and wrapper.stdout.readline().strip() == b"1"
+        (kernel,) = psutil.Process(wrapper.pid).children()
+        kernel_rss = kernel.memory_info().rss
+        assert kernel_rss > 200 * MiB
+        (tree,) = process_trees([WatchedKernel(wrapper.pid)]).values()
+        assert kernel.pid in tree.pids and tree.rss is not None
+        wrapper_rss = psutil.Process(wrapper.pid).memory_info().rss
+        assert kernel_rss <= tree.rss <= kernel_rss + wrapper_rss, (tree.rss, kernel_rss)
+    finally:
+        for process in psutil.Process(wrapper.pid).children(recursive=True):
+            process.kill()
+        wrapper.kill()
+        wrapper.wait()
 
 
 def test_a_zombie_kernel_process_is_gone_not_zero_rss(tmp_path: Path) -> None:

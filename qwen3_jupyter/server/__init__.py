@@ -30,7 +30,8 @@ class Qwen3JupyterMetrics(Configurable):
     idle_timeout = Float(
         60.0,
         help="Seconds without a request after which the sampler stops polling and closes NVML "
-        "(longer for a client that polls less often: three of its intervals, up to 30 min).",
+        "(longer for a client that polls less often: three of its intervals, up to 30 min; "
+        "at least three sample intervals).",
         config=True,
     )
 

@@ -188,28 +188,37 @@ def process_trees(kernels: Iterable[WatchedKernel]) -> dict[int, ProcessTree]:
                 if child not in pids:
                     pids.add(child)
                     stack.append(child)
-        rss: int | None = 0
-        gone = False
-        for pid in pids:
-            try:  # a child adds its own pages, not the ones it shares with the kernel
-                rss_pid = (
-                    int(psutil.Process(pid).memory_info().rss)
-                    if pid == kernel.pid
-                    else added_memory(pid)
-                )
-            except (psutil.Error, OSError) as error:
-                if pid == kernel.pid:
-                    rss = None
-                    gone = isinstance(error, psutil.NoSuchProcess)  # ZombieProcess included
-                    break
-                continue
-            rss = (rss or 0) + rss_pid
+        rss, gone = _tree_rss(kernel.pid, pids)
         frozen = frozenset(pids)
         loaded = rss is not None and read_marker(
             kernel.marker, frozen
         )  # a killed kernel's marker stays
         trees[kernel.pid] = ProcessTree(kernel.pid, frozen, rss, loaded, gone)
     return trees
+
+
+def _tree_rss(root: int, pids: set[int]) -> tuple[int | None, bool]:
+    """A tree's memory: the RSS of its heaviest process (the Python kernel, also where the
+    server started a wrapper such as `conda run` or a shell script, whose child it is), plus
+    what each other process adds (`added_memory`: a fork's shared pages are counted once).
+    Counting the started process's RSS alone showed a wrapped kernel at 476 of its 580 MiB.
+    (None, gone) where the started process cannot be read: gone when it has exited."""
+    resident: dict[int, int] = {}
+    for pid in pids:
+        try:
+            resident[pid] = int(psutil.Process(pid).memory_info().rss)
+        except (psutil.Error, OSError) as error:
+            if pid == root:
+                return None, isinstance(error, psutil.NoSuchProcess)  # ZombieProcess included
+    heaviest = max(resident, key=resident.__getitem__)
+    total = resident[heaviest]
+    for pid in resident:
+        if pid != heaviest:
+            try:  # a child adds its own pages, not the ones it shares with the kernel
+                total += added_memory(pid)
+            except (psutil.Error, OSError):
+                continue
+    return total, False
 
 
 class Sampler:
@@ -228,7 +237,11 @@ class Sampler:
         reader_factory: Callable[[], NvmlReader] = NvmlReader,
     ) -> None:
         self.interval = max(0.05, float(interval))
-        self.idle_timeout = float(idle_timeout)
+        # At least a few samples' worth: with 0 (or less) the thread stopped before its first
+        # sample, and every request without `?interval=` waited 5 s for a 503.
+        floor = KEEP_INTERVALS * self.interval
+        timeout = float(idle_timeout)
+        self.idle_timeout = floor if math.isnan(timeout) or timeout < floor else timeout
         self._reader_factory = reader_factory
         self._lock = threading.Lock()
         self._wake = threading.Event()
