@@ -423,6 +423,7 @@ def _load(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
+    _positions_checked_here(tokenizer)
     return LoadedModel(
         name=choice.name,
         path=path,
@@ -432,6 +433,17 @@ def _load(
         dtype=choice.dtype,
         embedded=is_embedded,
     )
+
+
+def _positions_checked_here(tokenizer: Any) -> None:
+    """Silence transformers' "Token indices sequence length is longer than the specified
+    maximum" warning: every call checks the prompt against the model's own positions and
+    refuses it in one line, and the warning came above that line naming the tokenizer's
+    `model_max_length` (40,960 for `tiny`, whose limit is 4,096). It is said once per
+    tokenizer, which this marks as said."""
+    warned = getattr(tokenizer, "deprecation_warnings", None)
+    if isinstance(warned, dict):
+        warned["sequence-length-is-longer-than-the-specified-maximum"] = True
 
 
 HOLDER = ModelHolder()
