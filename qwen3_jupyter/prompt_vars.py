@@ -4,8 +4,8 @@ Prompts are sent as typed unless asked: IPython's own expansion of magic lines (
 `{name}`, applied only when every one of them resolves) would turn LaTeX such as `$x^2$` and
 code such as `f'{x}'` into other text without a word. With `--vars` the rule is an f-string's:
 `{expression}` is evaluated in the notebook (`{df.head()}`, `{now.strftime('%H:%M')}`,
-`{x:.2f}`, `{name!r}`), `{{` and `}}` are literal braces, `$` is always literal, and a name that
-does not exist is an error, never a silent leftover.
+`{x:.2f}`, `{name!r}`, `{x=}` for `x=3.14`), `{{` and `}}` are literal braces, `$` is always
+literal, and a name that does not exist is an error, never a silent leftover.
 
 Why not `string.Formatter`: its grammar ends a field at the first `!` or `:`, so `{a != b}`,
 `{t.strftime('%H:%M')}` and `{'!'.join(names)}` would break; an f-string's field ends only at a
@@ -34,6 +34,8 @@ class _Field:
     spec: str
     text: str
     """The field as typed, braces included, for messages."""
+    echo: str = ""
+    """`{x=}` (an f-string's self-documenting field): the `x=` written before the value."""
 
 
 def fill(text: str, namespace: Mapping[str, Any]) -> str:
@@ -44,8 +46,11 @@ def fill(text: str, namespace: Mapping[str, Any]) -> str:
             parts.append(piece)
             continue
         value = _evaluate(piece, namespace)
+        parts.append(piece.echo)
         if piece.conversion:
             value = _CONVERSIONS[piece.conversion](value)
+        elif piece.echo and not piece.spec:  # as an f-string: `{x=}` shows the value's repr
+            value = repr(value)
         spec = fill(piece.spec, namespace) if "{" in piece.spec else piece.spec
         parts.append(_format(value, spec, piece))
     return "".join(parts)
@@ -117,7 +122,11 @@ def _made(text: str, start: int, end: int, marks: dict[str, int]) -> _Field:
     if conversion_at < spec_at and conversion not in _CONVERSIONS:
         raise PromptVarsError(f"--vars: {shown}: a conversion is !r, !s or !a")
     spec = text[spec_at + 1 : end] if spec_at < end else ""
-    return _Field(text[start + 1 : conversion_at], conversion, spec, shown)
+    expression = text[start + 1 : conversion_at]
+    bare = expression.rstrip()
+    if bare.endswith("=") and not bare.endswith(("==", "!=", "<=", ">=")):
+        return _Field(bare[:-1], conversion, spec, shown, echo=expression)
+    return _Field(expression, conversion, spec, shown)
 
 
 def _evaluate(field: _Field, namespace: Mapping[str, Any]) -> Any:

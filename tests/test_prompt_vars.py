@@ -34,6 +34,10 @@ NAMESPACE = {
         ("{x:>{width}}|", "       5|"),  # a nested field in the spec
         ("{names!r:>12}", "  ['a', 'b']"),
         ("{{literal}} {names[0:1]}", "{literal} ['a']"),
+        ("{x=}", "x=5"),  # self-documenting: refused as "not a Python expression" before
+        ("{ names = }", " names = ['a', 'b']"),
+        ("{price=:.1f} {names[0]=!s}", "price=2.5 names[0]=a"),
+        ("{x==y} {x<=y} {x>=y}", "False True False"),
     ],
 )
 def test_a_field_is_what_the_same_f_string_gives(typed: str, sent: str) -> None:
