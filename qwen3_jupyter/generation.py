@@ -263,6 +263,25 @@ class Conversation:
     """The `--system` of the conversation: given on one `--chat` turn, it stays for the later
     ones (a persona set on the first turn vanished from the second); a new one replaces it, an
     empty one (`--system ""`) clears it."""
+    model: str | None = None
+    """The model that answered the last kept turn: a turn another model answers is told it
+    continues this conversation (it was told only that the old model was unloaded)."""
+
+    @property
+    def turns(self) -> int:
+        return len(self.messages) // 2
+
+    def continued_by(self, model: str) -> str | None:
+        """What to tell a turn `model` answered when the conversation's turns came from another
+        model (None: nothing to tell)."""
+        if not self.messages or self.model is None or self.model == model:
+            return None
+        system = " and its --system" if self.system else ""
+        plural = "s" if self.turns > 1 else ""
+        return (
+            f"{model} continued the --chat conversation {self.model} had answered "
+            f"({self.turns} turn{plural}{system}); --reset starts a new one"
+        )
 
     def options_for_turn(self, options: GenerationOptions) -> GenerationOptions:
         """`options` with the conversation's system prompt, unless this turn gives its own (an
@@ -271,7 +290,9 @@ class Conversation:
             return options
         return replace(options, system=self.system)
 
-    def keep_turn(self, options: GenerationOptions, prompt: str, answer: str) -> None:
+    def keep_turn(
+        self, options: GenerationOptions, prompt: str, answer: str, model: str | None = None
+    ) -> None:
         """Add a turn that ended (an interrupted one is not kept, nor its `--system`); an empty
         `--system` clears the conversation's. The question and its answer go in one step: an
         interrupt between two appends left a question with no answer for later turns."""
@@ -280,10 +301,12 @@ class Conversation:
         )
         if options.system is not None:
             self.system = options.system or None
+        self.model = model
 
     def reset(self) -> None:
         self.messages.clear()
         self.system = None
+        self.model = None
 
 
 def build_messages(

@@ -20,6 +20,8 @@ MAGIC_TO_PYTHON = (
         "%qwen3 --eager or --unload gives it back",
         "decode='eager' or qwen3_jupyter.unload() gives it back",
     ),
+    ("continued the --chat conversation", "continued the chat=True conversation"),
+    ("--reset starts a new one", "qwen3_jupyter.reset_chat() starts a new one"),
     ("run %qwen3 --eager once to reset", "make one call with decode='eager' to reset"),
     ("%qwen3 --eager resets the choice", "a call with decode='eager' resets the choice"),
     ("%qwen3 --unload", "qwen3_jupyter.unload()"),

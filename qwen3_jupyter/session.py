@@ -424,8 +424,11 @@ class Session:
         )
         CELL_INTERRUPTS.note(result.stop_reason == "interrupted")
         if chat and result.stop_reason != "interrupted":
+            switched = self.conversation.continued_by(result.model)
+            if switched is not None:
+                self.notices.append(switched)
             if result.answer.strip():
-                self.conversation.keep_turn(options, prompt, result.answer)
+                self.conversation.keep_turn(options, prompt, result.answer, result.model)
             else:  # an empty assistant turn would be what the next turn builds on
                 advice = "raise --max-new-tokens" + (", or --no-think" if options.think else "")
                 self.notices.append(

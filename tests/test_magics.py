@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -664,6 +665,31 @@ def test_an_empty_system_clears_the_chats_system_prompt(kernel: Kernel) -> None:
     )
     assert kernel.value("_qwen3.prompt_tokens") == expected, "turn 2 was asked as a pirate"
     ok(kernel, "%qwen3 --reset")
+
+
+def test_a_chat_turn_another_model_answers_says_it_continues_the_conversation(
+    kernel: Kernel, tmp_path: Path
+) -> None:
+    """A `--chat` turn with another `--model` went on with the earlier turns and the persona,
+    told only that the old model was unloaded."""
+    from qwen3_jupyter import embedded
+
+    other = tmp_path / "tiny-copy"
+    shutil.copytree(embedded.ensure_built("tiny"), other)
+    turn = "--chat --no-think --max-new-tokens 3"
+    try:
+        ok(kernel, "%qwen3 --reset")
+        ok(kernel, f"%qwen3 --model tiny {turn} --system 'Be a pirate' hi")
+        switched = ok(kernel, f"%qwen3 --model {other} {turn} and then?")
+        assert (
+            f"{other} continued the --chat conversation tiny had answered (1 turn and its "
+            "--system); --reset starts a new one"
+        ) in switched.stdout, switched.stdout
+        again = ok(kernel, f"%qwen3 --model {other} {turn} more")
+        assert "continued" not in again.stdout, again.stdout
+    finally:
+        ok(kernel, "%qwen3 --reset")
+        ok(kernel, "%qwen3 --unload")  # the module's later calls load tiny, its default
 
 
 def test_actions_without_a_prompt_refuse_options_they_would_ignore(kernel: Kernel) -> None:
