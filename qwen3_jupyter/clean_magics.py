@@ -296,7 +296,12 @@ def run_cell_body(shell: Any, body: str) -> ast.Module | None:
     """
     __tracebackhide__ = True
     number = shell.execution_count
-    transformed = shell.transform_cell(body)
+    try:
+        transformed = shell.transform_cell(body)
+    except SyntaxError as exc:  # tokenizing it failed (mixed indentation): as a plain cell says
+        if not _show_error(shell, exc, ""):
+            raise
+        return None
     # One blank line stands for the magic's own line, so tracebacks name the cell's line numbers.
     source = "\n" + transformed
     cell_name = shell.compile.cache(source, number, raw_code=body)

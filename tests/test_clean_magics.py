@@ -138,6 +138,18 @@ def test_an_error_in_the_body_shows_fails_the_cell_and_frees_its_frames(k: Kerne
     assert k.value("'fail' in globals()") is True, "a function the cell defined stays"
 
 
+def test_mixed_indentation_in_the_body_is_shown_as_a_plain_cell_shows_it(k: Kernel) -> None:
+    """Tokenizing the body failed before the run's `try`: ~40 lines through IPython and the
+    package for an indentation typo a plain cell shows in four."""
+    body = "if True:\n        a = 1\n    b = 2"
+    plain = k.run(body)
+    cleaned = k.run(f"%%qwen3_clean\n{body}")
+    assert cleaned.status == "error" and cleaned.reply["ename"] == "IndentationError"
+    assert cleaned.error is not None and plain.error is not None
+    assert cleaned.error["traceback"] == plain.error["traceback"], cleaned.error["traceback"]
+    ok(k, "x = 1")
+
+
 def test_an_output_left_in_dunder_after_a_cell_assigned_underscore_is_freed(k: Kernel) -> None:
     """Once a cell assigns `_` itself, IPython stops moving `_`, `__` and `___` along, so `__`
     can keep an output the display hook already let go of."""
