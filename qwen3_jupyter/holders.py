@@ -189,7 +189,7 @@ def namespace_walls(shell: Any | None) -> list[Any]:
     return [wall for wall in found if wall is not None]
 
 
-def _running_shell() -> Any | None:
+def running_shell() -> Any | None:
     ipython = sys.modules.get("IPython")  # never imported here: without it there is no shell
     return ipython.get_ipython() if ipython is not None else None
 
@@ -202,7 +202,7 @@ def definition_holders(name: str, value: Any, hint: str) -> list[Holder]:
     if torch is None:
         return []
     found = []
-    walls = namespace_walls(_running_shell())
+    walls = namespace_walls(running_shell())
     for inner, obj, _ in inner_holdings(name, value):
         scan = TensorScan(torch, walls=walls)
         scan.visit(obj)

@@ -208,6 +208,15 @@ def live_tensor_bytes() -> dict[str, int]:
     Shared storages (views) are counted once. This walks every tracked object, so it costs
     tens of milliseconds in a large namespace: use it for reports and tests, not hot paths.
     """
+    totals: dict[str, int] = {}
+    for (device, _), size in live_storages().items():
+        totals[device] = totals.get(device, 0) + size
+    return totals
+
+
+def live_storages() -> dict[tuple[str, int], int]:
+    """The storages of all live tensors the garbage collector reaches: (device, address) to
+    bytes (`live_tensor_bytes`'s walk)."""
     torch = imported_torch()
     if torch is None:
         return {}
@@ -226,10 +235,7 @@ def live_tensor_bytes() -> dict[str, int]:
             storages[key] = size
         except Exception:
             continue
-    totals: dict[str, int] = {}
-    for (device, _), size in storages.items():
-        totals[device] = totals.get(device, 0) + size
-    return totals
+    return storages
 
 
 def storage_span(tensor: Any) -> tuple[int, int]:

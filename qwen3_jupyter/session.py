@@ -36,6 +36,7 @@ from .models import (
     same_device,
     same_model,
 )
+from .weights_held import ReleasedWeights, StillHeld
 
 
 def loaded_notice(loaded: LoadedModel, replaced: str | None = None) -> str:
@@ -85,6 +86,8 @@ class UnloadReport:
     model_freed: bool
     closed: tuple[str, ...] = ()
     """The kept engines closed with it ('fast', or a server's URL)."""
+    held: StillHeld | None = None
+    """What of the model's weights something still holds, and the names that do."""
 
     @property
     def servers(self) -> int:
@@ -109,11 +112,19 @@ class UnloadReport:
         if self.name is None:
             closed = f" · {servers}" if servers else ": nothing to unload"
             return f"no model loaded in this kernel{closed}"
-        proof = (
-            "model object freed"
-            if self.model_freed
-            else "model object STILL referenced elsewhere: del your own references to it"
-        )
+        held = self.held
+        if held is None:
+            proof = (
+                "model object freed"
+                if self.model_freed
+                else "model object STILL referenced elsewhere: del your own references to it"
+            )
+        else:
+            start = "model object freed, but" if self.model_freed else "model object STILL held:"
+            proof = (
+                f"{start} {format_bytes(held.nbytes)} of its weights still in memory, "
+                f"{held.holders()}"
+            )
         return (
             f"unloaded {self.name} · {proof} · {self.memory_kind} "
             f"{format_bytes(self.before)} -> {format_bytes(self.after)} "
@@ -168,6 +179,8 @@ class Session:
     """One-line notices an engine left for the next display (a fallback to eager, say)."""
     told_thinking: set[tuple[str, bool]] = field(default_factory=set)
     """(model, thinks) pairs `follow_template` has said."""
+    released: ReleasedWeights | None = None
+    """The weights of the model released last, while something may still hold them."""
 
     def follow_template(
         self,
@@ -270,7 +283,13 @@ class Session:
         # tried again by the next call (it answered with the old model without a word).
         self._model_setting = self._asked_setting
         if HOLDER.loads != loads:
-            self.notices.append(loaded_notice(loaded, replaced))
+            notice = loaded_notice(loaded, replaced)
+            held = self.released_still_held()  # unloaded earlier, or for this one
+            if held is not None:
+                from .weights_held import held_notice
+
+                notice += f" · {held_notice(held)}"
+            self.notices.append(notice)
         return loaded
 
     def engine(
@@ -364,10 +383,28 @@ class Session:
 
     def model_released(self, loaded: LoadedModel) -> None:
         """The kernel's model is about to go (a switch, an unload): the fast engine built on it
-        closes first (its compiled steps hold the module itself)."""
+        closes first (its compiled steps hold the module itself), and its weights are noted,
+        to tell whether something of the user's still holds them after (`weights_held`)."""
+        from .weights_held import ReleasedWeights, weight_storages
+
         fast = self.engines.get("fast")
         if getattr(fast, "loaded", None) is loaded:
             self.close_engine("fast")
+        if loaded.model is not None:
+            self.released = ReleasedWeights(loaded.name, weight_storages(loaded.model))
+
+    def released_still_held(self) -> StillHeld | None:
+        """What of the last released model something still holds (None: nothing; the note of
+        it is then dropped)."""
+        from .holders import running_shell
+        from .weights_held import still_held
+
+        if self.released is None:
+            return None
+        held = still_held(self.released, running_shell())
+        if held is None:
+            self.released = None
+        return held
 
     def close_engine(self, key: str) -> bool:
         """Close one kept engine (its memory or connections go back); False if there was none.
@@ -468,7 +505,9 @@ class Session:
         closed = tuple(self.close_engines())
         HOLDER.unload()
         after, _ = current_memory(device)
-        return UnloadReport(name, kind, before, after, model_freed=ref() is None, closed=closed)
+        freed = ref() is None
+        held = self.released_still_held()
+        return UnloadReport(name, kind, before, after, freed, closed=closed, held=held)
 
 
 QWEN3_MODEL_CODE = "transformers.models.qwen3.modeling_qwen3"

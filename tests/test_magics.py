@@ -1144,6 +1144,31 @@ def test_unload_frees_the_model_and_proves_it(fresh_kernel: Kernel) -> None:
     assert "nothing to unload" in again.stdout
 
 
+def test_weights_a_variable_still_holds_are_named_by_the_unload_and_the_next_load(
+    kernel: Kernel,
+) -> None:
+    """`w = <a weight>` kept 37.1 of tiny's 37.4 MiB while the unload said "model object
+    freed"; `m = <the model>` made the next load a second copy beside it without a word."""
+    ok(kernel, "import qwen3_jupyter.session as s")
+    ok(kernel, "%qwen3 --model tiny --max-new-tokens 2 --no-think hi")
+    ok(kernel, "w = s.SESSION.loaded.model.model.embed_tokens.weight")
+    unloaded = ok(kernel, "%qwen3 --unload").stdout
+    assert re.search(
+        r"unloaded tiny · model object freed, but 37\.1 MiB of its weights still in memory, "
+        r"held by w: del w frees it · ",
+        unloaded,
+    ), unloaded
+    reloaded = ok(kernel, "%qwen3 --model tiny --max-new-tokens 2 --no-think hi").stdout
+    assert "the tiny unloaded earlier is still in memory (37.1 MiB), held by w: del w" in reloaded
+    ok(kernel, "del w\nm = s.SESSION.loaded.model")
+    held = ok(kernel, "%qwen3 --unload").stdout
+    assert "model object STILL held: 37.4 MiB of its weights still in memory, held by m" in held
+    ok(kernel, "del m")
+    assert "still in memory" not in ok(kernel, "%qwen3 --max-new-tokens 2 --no-think hi").stdout
+    freed = ok(kernel, "%qwen3 --unload").stdout
+    assert "unloaded tiny · model object freed · " in freed, freed
+
+
 def test_model_from_config_option(fresh_kernel: Kernel) -> None:
     k = fresh_kernel
     k.run("import os; os.environ.pop('QWEN3_JUPYTER_MODEL')\n%load_ext qwen3_jupyter")
