@@ -370,7 +370,7 @@ class Qwen3Magics(Magics):
         if args.unload:
             _show_unload(unload_whole())
         if args.eager and not prompt and not args.file:
-            _show_fast_closed(SESSION)
+            _show_fast_closed(SESSION, self.decode)
         if not prompt and not args.file and not args.warmup:
             return
         status = display.Status()
@@ -451,8 +451,7 @@ class Qwen3Magics(Magics):
                 f"interrupted while loading {choice.name}: {state}; run the cell again to load it"
             ) from None
         mode = decode_mode(flag, self.decode, loaded.device)
-        rebuilds = "the next --fast call" if flag is None else "the next call without --eager"
-        return SESSION.local_engine(loaded, mode, rebuilds)
+        return SESSION.local_engine(loaded, mode, _rebuilds(self.decode, loaded.device))
 
     def _ask(
         self,
@@ -598,10 +597,23 @@ def _show_unload(report: Any) -> None:
     display.info(report.summary)
 
 
-def _show_fast_closed(session: Any) -> None:
+def _show_fast_closed(session: Any, configured_decode: str | None) -> None:
     """`%qwen3 --eager` alone: give back what the fast path kept, and say how much."""
-    notice = session.give_back_fast("the next call without --eager")
+    loaded = session.loaded
+    rebuilds = _rebuilds(configured_decode, loaded.device) if loaded else "the next --fast call"
+    notice = session.give_back_fast(rebuilds)
     display.info(notice or "fast decode holds nothing now: nothing to give back")
+
+
+def _rebuilds(configured_decode: str | None, device: str) -> str:
+    """The call that builds the fast path again once `--eager` gave it back: any call where
+    calls decode fast unless told (CUDA by default), else only a `--fast` one (the CPU's
+    default is eager: "the next call without --eager" was not true there)."""
+    try:
+        fast_by_default = decode_mode(None, configured_decode, device) == "fast"
+    except EngineError:  # a bad setting is refused by the call that reads it, not here
+        fast_by_default = False
+    return "the next call without --eager" if fast_by_default else "the next --fast call"
 
 
 def _options_given(args: Namespace, exclude: tuple[str, ...] = ()) -> list[str]:

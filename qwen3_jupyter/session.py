@@ -359,6 +359,10 @@ class Session:
         if loaded is None or not kept:
             self.close_engine("fast")
             return None
+        if not loaded.device.startswith("cuda"):
+            from .memory import trim_host_heap
+
+            trim_host_heap()  # slack freed earlier (a compile's) is not the cache's to report
         before, kind = current_memory(loaded.device)
         self.close_engine("fast")
         after, _ = current_memory(loaded.device)

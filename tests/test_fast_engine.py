@@ -556,6 +556,23 @@ def test_fast_and_eager_give_the_same_tokens_in_a_kernel(fk: Kernel) -> None:
     assert len(set(fast)) > 5
 
 
+def test_where_calls_decode_eagerly_by_default_only_a_fast_call_rebuilds(fk: Kernel) -> None:
+    """On the CPU (`auto`: eager) the give-back said "the next call without --eager builds it
+    again"; the next plain call decoded eagerly and built nothing. It also counted the heap
+    slack of the first call's compile (~90 MiB) as what a 2.6 MiB cache gave back."""
+    ok(fk, "import os\nos.environ['QWEN3_JUPYTER_DECODE'] = 'auto'")
+    try:
+        ok(fk, "%qwen3 --fast --greedy --no-think --max-new-tokens 4 hi")
+        gave = ok(fk, "%qwen3 --eager").stdout
+        assert "; the next --fast call builds it again" in gave, gave
+        freed = re.search(r"\(freed ([\d.]+) MiB\)", gave)
+        assert freed is not None and float(freed.group(1)) < 20, gave
+        ok(fk, "%qwen3 --greedy --no-think --max-new-tokens 4 hi")
+        assert fk.value("(_qwen3.engine, SESSION.kept_memory())") == ("eager", ())
+    finally:
+        ok(fk, "os.environ['QWEN3_JUPYTER_DECODE'] = 'fast'")
+
+
 def test_chat_and_thinking_work_on_the_fast_path(fk: Kernel) -> None:
     ok(fk, "%qwen3 --reset")
     # (a turn whose answer is empty, as random weights that never close </think> give, is not
