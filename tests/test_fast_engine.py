@@ -687,6 +687,25 @@ def test_warmup_with_a_batch_size_builds_that_step_and_keeps_only_the_single_cac
     assert fk.value("[len(r.token_ids) for r in rs]") == [3, 3, 3, 3]
 
 
+def test_a_warmup_for_answers_near_a_bucket_edge_builds_both_prompt_ends(fk: Kernel) -> None:
+    """Sized for a 64-token prompt only, a warm-up for 4,030 new tokens built 1×8192, and a
+    9-token call then built 1×4096; one for more tokens than the model has positions built a
+    cache no call could use (1×131072, 14 GiB at the 1.7B shape)."""
+    ex = ok(fk, "%qwen3 --warmup --max-new-tokens 4030")
+    assert "fast decode ready for batch × cache 1×8192/4096 (" in ex.said, ex.said
+    ok(fk, "compiled = SESSION.engines['fast'].compiles")
+    ex = ok(fk, "%qwen3 --greedy --no-think --ignore-eos --max-new-tokens 4030 hi")
+    assert "decode step" not in ex.said, ex.said
+    assert fk.value("SESSION.engines['fast'].compiles == compiled")
+    refused = fk.run("%qwen3 --warmup --max-new-tokens 99999")
+    assert refused.status == "error", refused.said
+    assert refused.stderr.strip() == (
+        "UsageError: --warmup --max-new-tokens 99,999: even a prompt of 8 tokens with that many "
+        "exceeds the 4,096 positions of tiny: give it what your calls ask"
+    ), refused.stderr
+    assert fk.value("[list(key) for key in SESSION.engines['fast'].states]") == [[1, 4096]]
+
+
 def test_a_warmup_builds_the_shape_a_default_batch_call_uses(fk: Kernel) -> None:
     """From 8 rows a batch's cache floor is 512 tokens: sized for no answer, the warm-up built
     8×512, and a call asking the default 512 new tokens (8×1024) compiled everything again."""

@@ -61,7 +61,7 @@ from .cuda_graphs import (
 from .decode_run import CallbackFailed, DecodeRun, TextStream, TokenReader
 from .decode_shapes import SAMPLE_WIDTH, batch_bucket, cache_bucket, sample_width
 from .decode_steps import DecodeState, Notify, StepBuilding
-from .local import LocalEngine, decodes, holds_model
+from .local import LocalEngine, decodes, holds_model, position_limit
 from .seeding import seeded
 
 WARMUP_PROMPT_TOKENS = 64
@@ -75,10 +75,24 @@ a CUDA graph capture): they write cache slots past the prompt, so the cache leav
 (an index past its end is a device-side assert on CUDA, which ends the process's CUDA context)."""
 
 
-def warmup_cache_length(batch: int, max_new_tokens: int) -> int:
-    """The cache length a call of `batch` rows asking `max_new_tokens` uses (as `_run` sizes
-    it) for a prompt of `WARMUP_PROMPT_TOKENS`: the shape a warm-up builds."""
-    return cache_bucket(WARMUP_PROMPT_TOKENS + max_new_tokens + REHEARSAL_STEPS, batch=batch)
+SHORTEST_PROMPT_TOKENS = 8
+"""The fewest tokens a call's prompt has: a word in the chat template (`hi` with --no-think is 9
+for Qwen3)."""
+
+
+def warmup_cache_lengths(batch: int, max_new_tokens: int, limit: int = 0) -> list[int]:
+    """The cache lengths calls of `batch` rows asking `max_new_tokens` use (as `_run` sizes
+    them) for prompts of `SHORTEST_PROMPT_TOKENS` to `WARMUP_PROMPT_TOKENS`, the longest first:
+    two where they fall in different buckets (a warm-up for 4,030 new tokens built 1×8192, and a
+    9-token call then built 1×4096). Only prompts the model's `limit` positions (0: unknown)
+    take with the answer; none when even the shortest cannot."""
+    prompts = [
+        tokens
+        for tokens in (WARMUP_PROMPT_TOKENS, SHORTEST_PROMPT_TOKENS)
+        if not limit or tokens + max_new_tokens <= limit
+    ]
+    lengths = {cache_bucket(p + max_new_tokens + REHEARSAL_STEPS, batch=batch) for p in prompts}
+    return sorted(lengths, reverse=True)
 
 
 class FastEngine(StepBuilding, LocalEngine):
@@ -269,7 +283,14 @@ class FastEngine(StepBuilding, LocalEngine):
                 f"--warmup: nothing built, the fast path is off after it failed ({self.broken}); "
                 "calls decode eagerly, and %qwen3 --eager resets the choice"
             )
-        lengths = {b: warmup_cache_length(b, max_new_tokens) for b in batch_sizes}
+        limit = position_limit(getattr(self.loaded.model, "config", None))
+        lengths = {b: warmup_cache_lengths(b, max_new_tokens, limit) for b in batch_sizes}
+        if not lengths[batch_sizes[0]]:  # would be a cache no call can use (14 GiB at 1.7B)
+            raise EngineError(
+                f"--warmup --max-new-tokens {max_new_tokens:,}: even a prompt of "
+                f"{SHORTEST_PROMPT_TOKENS} tokens with that many exceeds the {limit:,} "
+                f"positions of {self.model_name}: give it what your calls ask"
+            )
         started = time.perf_counter()
         before, hits = self.compiles, compile_cache_hits()
         vocab = int(self.loaded.model.lm_head.weight.shape[0])
@@ -277,12 +298,15 @@ class FastEngine(StepBuilding, LocalEngine):
         try:
             with torch.inference_mode(), on_device(self.device):
                 for batch in batch_sizes:
-                    state = self._state(batch_bucket(batch), lengths[batch])
-                    for width in widths:
-                        self._step_for(state, width)
+                    for length in lengths[batch]:  # the shortest prompts' shape is kept
+                        state = self._state(batch_bucket(batch), length)
+                        for width in widths:
+                            self._step_for(state, width)
         finally:
             self._drop_states(lambda state: state.batch > 1)
-        shapes = ", ".join(f"{batch_bucket(b)}×{lengths[b]}" for b in batch_sizes)
+        shapes = ", ".join(
+            f"{batch_bucket(b)}×{'/'.join(str(n) for n in lengths[b])}" for b in batch_sizes
+        )
         batches = [b for b in batch_sizes if batch_bucket(b) > 1]
         step = "the compiled step" if self.compile else "the step (not compiled)"
         given_back = (
