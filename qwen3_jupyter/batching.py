@@ -451,8 +451,9 @@ def _batches(
             bar.advance(len(chunk))
             if write_failed is not None:  # the rest would be kept nowhere but in memory
                 break
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         interrupted = True
+        peak = max(peak, getattr(stop, "peak_tensor_bytes", 0))  # the interrupted chunk's
     finally:
         with interrupts_caught() as late:  # clearing the line waits on the kernel's output:
             bar.close()  # an interrupt there lost every finished result (2 runs in 10)

@@ -252,6 +252,34 @@ def test_an_interrupted_generate_batch_says_so_and_the_queued_cells_do_not_run(
     assert ok(api_kernel, "after = 1").status == "ok"  # the next cell the user runs runs
 
 
+@pytest.mark.parametrize("decode", ["eager", "fast"])
+def test_a_batch_interrupted_in_its_first_chunk_reports_that_chunks_peak(
+    api_kernel: Kernel, tmp_path: Path, decode: str
+) -> None:
+    """Interrupted while decoding its first chunk, a batch said "peak generation tensors 0 B"
+    after seconds of decoding with a 2×2048 cache."""
+    flag = tmp_path / "decoding"
+    ok(
+        api_kernel,
+        "from qwen3_jupyter.session import SESSION\n"
+        "hook = SESSION.loaded.model.lm_head.register_forward_pre_hook(lambda *a: "
+        f"pathlib.Path({str(flag)!r}).touch())",
+    )
+    try:
+        batch = _interrupt_once(
+            api_kernel,
+            "r = qwen3_jupyter.generate_batch(['a', 'b', 'c', 'd'], batch_size=2, greedy=True, "
+            f"think=False, ignore_eos=True, max_new_tokens=1500, decode={decode!r}, "
+            "progress=False)",
+            flag.exists,
+        )
+        assert ended_as_interrupted(batch), batch.reply
+        assert api_kernel.value("(len(r), r.report.interrupted)") == (0, True)
+        assert api_kernel.value("r.report.peak_tensor_bytes") > 0
+    finally:
+        ok(api_kernel, "hook.remove()")
+
+
 def test_an_interrupted_chat_says_so_and_the_cells_next_call_says_why_it_stops(
     api_kernel: Kernel, tmp_path: Path
 ) -> None:

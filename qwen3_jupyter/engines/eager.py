@@ -264,7 +264,7 @@ class EagerEngine(LocalEngine):
         """One left-padded batch through `generate`."""
         import torch
 
-        from ..generation import GenerationOOM
+        from ..generation import ChunkInterrupted, GenerationOOM
 
         tokenizer, model, device = self.loaded.tokenizer, self.loaded.model, self.device
         texts = [prompt_text(tokenizer, p, options) for p in prompts]
@@ -274,6 +274,7 @@ class EagerEngine(LocalEngine):
         guard = MemoryGuard(model, budget)
         kwargs = prepare_generate(tokenizer, device, options, guard)
         failure = None
+        interrupted = False
         started = time.perf_counter()
         try:
             with (
@@ -287,11 +288,15 @@ class EagerEngine(LocalEngine):
             del sequences
         except torch.OutOfMemoryError as exc:
             failure = oom_reason(exc)
+        except KeyboardInterrupt:
+            interrupted = True
         finally:
             guard.release()
         latency = time.perf_counter() - started
         memory_before_free = current_memory(device)[0]
         del inputs
+        if interrupted:  # out of the except block: the interrupted frames are gone
+            raise ChunkInterrupted(guard.peak_tensor_bytes)
         if failure is not None:
             release_after_generation(device, None)
             raise GenerationOOM(failure, oom_hint(device, failure, budget))

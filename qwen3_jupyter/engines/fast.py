@@ -30,6 +30,7 @@ from typing import Any
 
 from ..generation import (
     DEFAULT_MAX_NEW_TOKENS,
+    ChunkInterrupted,
     GenerationOOM,
     GenerationOptions,
     Result,
@@ -240,7 +241,7 @@ class FastEngine(StepBuilding, LocalEngine):
             release_after_generation(self.device, None)
             raise GenerationOOM(*out_of_memory)
         if run.interrupted:
-            raise KeyboardInterrupt
+            raise ChunkInterrupted(run.peak_tensor_bytes)
         freed = release_after_generation(self.device, run.memory_at_end)
         kept = self._kept_text()
         results = [
