@@ -3,10 +3,11 @@
 Why: `generate_batch(prompts, max_new_token=5)` printed 29 lines of this package's frames above
 its message, a bad `device=` 77, where `%qwen3`'s typo is one line. A refusal is what the
 package raises on purpose: its own errors (a model not found, a server down, a results file it
-will not append to, the model busy) and a ValueError, TypeError, NameError or RuntimeError
-that one of its `raise` statements raised. Its traceback is cut at the public function the
-caller called, whose frame IPython and pytest leave out (`__tracebackhide__`). Anything else —
-a bug here, an error in the caller's own `on_text`, one from torch — keeps its whole traceback.
+will not append to, the model busy, out of memory or over `memory_budget` once released) and a
+ValueError, TypeError, NameError or RuntimeError that one of its `raise` statements raised.
+Its traceback is cut at the public function the caller called, whose frame IPython and pytest
+leave out (`__tracebackhide__`). Anything else — a bug here, an error in the caller's own
+`on_text`, one from torch — keeps its whole traceback.
 """
 
 from __future__ import annotations
@@ -72,10 +73,11 @@ def is_refusal(exc: BaseException) -> bool:
     """Whether `exc` is one this package raised on purpose (see the module)."""
     from .batching import ResultsFileError
     from .engines.base import EngineError
+    from .generation import GenerationOOM
     from .model_use import ModelBusy
     from .models import ModelError
 
-    if isinstance(exc, (ModelError, EngineError, ResultsFileError, ModelBusy)):
+    if isinstance(exc, (ModelError, EngineError, ResultsFileError, ModelBusy, GenerationOOM)):
         return True
     return isinstance(exc, _CHECKS_RAISE) and _raised_by_a_raise_statement_here(exc)
 

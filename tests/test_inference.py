@@ -129,6 +129,9 @@ def _shown(execution: Any) -> list[str]:
         "with qwen3_jupyter.inference(model='tiny', decode='fastest') as chat:\n    pass",
         "with qwen3_jupyter.inference(model='tiny') as chat:\n    chat('hi', temperature=-1)",
         "qwen3_jupyter.cleanup(drop=['no_such_variable'])",
+        # a budget no batch fits: out of memory at batch size 1, its frames the package's own
+        "qwen3_jupyter.generate_batch(['a', 'b'], model='tiny', memory_budget='1.5MiB', "
+        "decode='fast', progress=False)",
     ],
 )
 def test_a_refused_argument_shows_the_callers_line_and_the_message(k: Kernel, code: str) -> None:
