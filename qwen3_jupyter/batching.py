@@ -34,6 +34,7 @@ from .magic_args import refuse_unknown_keywords
 from .memory import format_bytes
 from .model_use import at_each_step, stop_point
 from .refusals import shown_at_the_callers_line
+from .resume import earlier_results, options_record
 
 ChunkGenerator = Callable[[list[str], GenerationOptions, "int | None"], tuple[list[Result], int]]
 """Decodes one left-padded batch: (prompts, options, memory budget) -> (results, peak bytes)."""
@@ -95,11 +96,27 @@ class BatchReport:
     gaps: bool = False
     """The results kept are not the first prompts' (a server batch stopped midway keeps every
     request that finished): `BatchResults.indices` says which prompt each answers."""
+    resumed: int = 0
+    """Results taken from `out_path`, which an earlier run wrote for the same prompts, model
+    and options (`resume`): not asked again, and not in `seconds` or `completion_tokens`."""
+    written: int | None = None
+    """Lines this run appended to `out_path` (None: not counted)."""
+    cut_line_removed: bool = False
+    """`out_path` ended in a line a killed run had cut short, which was removed (every JSON
+    lines reader failed on the whole file)."""
 
     def summary(self) -> str:
         if self.total == 0:  # not "0/0 prompts · batch size 0 held · peak ... 0 B"
             return "no prompts: nothing was generated"
-        pieces = [f"{self.completed}/{self.total} prompts", f"{self.seconds:.2f} s"]
+        pieces = [f"{self.completed}/{self.total} prompts"]
+        if self.resumed:
+            pieces.append(
+                f"{self.resumed} taken from {self.out_path}, an earlier run's (same prompts, "
+                "model and options; another --out asks them again)"
+            )
+            if self.resumed == self.total:
+                return " · ".join(pieces)
+        pieces.append(f"{self.seconds:.2f} s")
         if self.completion_tokens and self.seconds > 0:
             rate = self.completion_tokens / self.seconds
             pieces.append(f"{self.completion_tokens:,} tokens, {rate:.1f} tok/s")
@@ -123,17 +140,23 @@ class BatchReport:
             else:  # "batch size 4 held" read as the size used for 2 prompts
                 pieces.append(f"batch size {min(self.held_batch_size, self.total)} held")
             pieces.append(f"peak generation tensors {format_bytes(self.peak_tensor_bytes)}")
-        if self.interrupted and self.gaps:
+        if self.interrupted and self.completed == self.resumed:
+            pieces.append("interrupted before a batch finished: nothing new kept")
+        elif self.interrupted and self.gaps:
             pieces.append("interrupted: finished results kept (their prompts: .indices)")
         elif self.interrupted:
             pieces.append("interrupted: finished results kept")
-        if self.out_path and self.out_lines_before:
+        if self.out_path and self.written == 0:
+            pieces.append(f"nothing written to {self.out_path}")
+        elif self.out_path and self.out_lines_before:
             pieces.append(
                 f"appended to {self.out_path} after its {self.out_lines_before:,} earlier "
-                "lines (a rerun adds to them)"
+                "lines"
             )
         elif self.out_path:
             pieces.append(f"written to {self.out_path}")
+        if self.cut_line_removed:
+            pieces.append("its last line, cut short by a killed run, was removed")
         return " · ".join(pieces)
 
 
@@ -391,15 +414,19 @@ def run_batches(
     budget: int | None,
     out: str | os.PathLike[str] | None,
     progress: bool,
+    model: str = "",
 ) -> BatchResults:
     """The batching loop (`_batches`), seeded once for the whole run: each batch reseeded
     repeated the first one's samples (rows 3-5 equal to rows 0-2 at batch size 3). Later
     batches continue the stream, so a run is reproducible for the same prompts, batch size and
-    seed; the notebook's own random state is put back after it."""
+    seed; the notebook's own random state is put back after it. What `out` already holds for
+    these prompts from `model` with these options is taken, not asked again (`resume`)."""
+    writer = _JsonLines(Path(out), options) if out is not None else None
+    earlier = earlier_results(out, prompts, model, options)
     unseeded = replace(options, seed=None)
     with seeded(options.seed, device):
         return _batches(
-            generate_chunk, device, prompts, batch_size, unseeded, budget, out, progress
+            generate_chunk, device, prompts, batch_size, unseeded, budget, writer, earlier, progress
         )
 
 
@@ -410,32 +437,36 @@ def _batches(
     batch_size: int,
     options: GenerationOptions,
     budget: int | None,
-    out: str | os.PathLike[str] | None,
+    writer: _JsonLines | None,
+    earlier: dict[int, Result],
     progress: bool,
 ) -> BatchResults:
-    """Back off on out-of-memory, write as batches finish, keep on interrupt."""
-    results = BatchResults()
+    """Back off on out-of-memory, write as batches finish, keep on interrupt. The prompts
+    `earlier` answers (an earlier run's lines in the results file) are not asked again."""
+    todo = [index for index in range(len(prompts)) if index not in earlier]
+    generated: dict[int, Result] = {}
     back_offs: list[BackOff] = []
     size, position, peak, interrupted = batch_size, 0, 0, False
     out_of_memory: str | None = None
     write_failed: str | None = None
     started = time.perf_counter()
-    writer = _JsonLines(Path(out)) if out is not None else None
-    bar = BatchProgress(len(prompts), "qwen3 batch", progress)
+    bar = BatchProgress(len(todo), "qwen3 batch", progress and bool(todo))
     try:
-        while position < len(prompts):
+        while position < len(todo):
             stop_point()  # a stop asked for as the last batch finished: before the next one
-            chunk = prompts[position : position + size]
+            indices = todo[position : position + size]
+            chunk = [prompts[index] for index in indices]
             try:
                 with at_each_step(bar.tick):
                     chunk_results, chunk_peak = generate_chunk(chunk, options, budget)
             except GenerationOOM as exc:
-                back_offs.append(BackOff(position, size, str(exc)))
+                back_offs.append(BackOff(indices[0], size, str(exc)))
                 if len(chunk) == 1:  # one prompt alone (a last one, say, at any batch size)
                     hint = f": {exc.hint}" if exc.hint else ""
+                    finished = len(generated) + len(earlier)
                     out_of_memory = (
-                        f"out of memory even at batch size 1 (prompt {position}; "
-                        f"{len(results)} finished results kept in .results): {exc}{hint}"
+                        f"out of memory even at batch size 1 (prompt {indices[0]}; "
+                        f"{finished} finished results kept in .results): {exc}{hint}"
                     )
                     break
                 size = max(1, size // 2)
@@ -445,8 +476,8 @@ def _batches(
                 continue
             peak = max(peak, chunk_peak)
             with interrupt_deferred():  # a finished batch is kept and written, not interrupted
-                results.extend(chunk_results)
-                write_failed = append_results(writer, position, chunk_results, len(chunk))
+                generated.update(zip(indices, chunk_results, strict=True))
+                write_failed = append_results(writer, indices, chunk_results, len(chunk))
             position += len(chunk)
             bar.advance(len(chunk))
             if write_failed is not None:  # the rest would be kept nowhere but in memory
@@ -460,18 +491,24 @@ def _batches(
     interrupted = interrupted or bool(late)
     if interrupted:  # out of the except block: the interrupted chunk's frames are gone now
         release_after_generation(device, None)
+    kept = sorted({**earlier, **generated})
+    results = BatchResults(({**earlier, **generated}[i] for i in kept), kept)
     results.report = BatchReport(
         total=len(prompts),
         completed=len(results),
         requested_batch_size=batch_size,
-        held_batch_size=0 if out_of_memory is not None else size,
+        held_batch_size=0 if out_of_memory is not None else min(size, max(1, len(todo))),
         back_offs=tuple(back_offs),
         interrupted=interrupted,
         seconds=time.perf_counter() - started,
         peak_tensor_bytes=peak,
-        out_path=str(out) if out is not None else None,
-        completion_tokens=sum(r.completion_tokens for r in results),
+        out_path=str(writer.shown) if writer is not None else None,
+        completion_tokens=sum(r.completion_tokens for r in generated.values()),
         out_lines_before=writer.lines_before if writer is not None else 0,
+        gaps=kept != list(range(len(kept))),
+        resumed=len(earlier),
+        written=writer.written if writer is not None else None,
+        cut_line_removed=writer.cut_line_removed if writer is not None else False,
     )
     if out_of_memory is not None:
         raise GenerationOOM(out_of_memory, results=results)
@@ -481,13 +518,14 @@ def _batches(
 
 
 def append_results(
-    writer: _JsonLines | None, first_index: int, results: list[Result], batch_size: int
+    writer: _JsonLines | None, indices: list[int], results: list[Result], batch_size: int
 ) -> str | None:
-    """Append to the results file, if any; why it failed, or None."""
+    """Append to the results file, if any (`indices`: the prompts' positions); why it failed,
+    or None."""
     if writer is None:
         return None
     try:
-        writer.write(first_index, results, batch_size)
+        writer.write(indices, results, batch_size)
     except ResultsFileError as exc:
         return str(exc)
     return None
@@ -541,23 +579,24 @@ def check_results_file(path: str | os.PathLike[str]) -> None:
 
 
 class _JsonLines:
-    """Appends results as JSON lines, flushed and synced per batch so a crash loses nothing."""
+    """Appends results as JSON lines, flushed and synced per batch so a crash loses nothing.
+    Each line records the options it was generated with (`resume` reads them back)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, options: GenerationOptions | None = None) -> None:
         """Open the file once now, so a path that cannot be written fails before any prompt
         runs (a folder, say, failed only when the first batch's answers were ready)."""
+        self.shown = path
         self.path = path.expanduser()
+        self.options = options_record(options) if options is not None else None
+        self.written = 0
+        self.cut_line_removed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a+b") as handle:
-                handle.seek(0)
+            with self.path.open("r+b" if self.path.exists() else "w+b") as handle:
                 start = handle.read(4096).lstrip(_SPACE)[: len(_RESULT_START)]
                 results = _RESULT_START.startswith(start)  # empty, or a run's first line
-                handle.seek(0, os.SEEK_END)
-                if results and handle.tell() > 0:  # a run killed mid-write left a partial line:
-                    handle.seek(-1, os.SEEK_END)  # end it, so this run's lines stay readable
-                    if handle.read(1) != b"\n":
-                        handle.write(b"\n")
+                if results:
+                    self.cut_line_removed = _remove_cut_last_line(handle)
                 handle.seek(0)
                 self.lines_before = sum(
                     chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b"")
@@ -569,10 +608,12 @@ class _JsonLines:
         if not results:
             raise ResultsFileError(NOT_RESULTS.format(path=self.path))
 
-    def write(self, first_index: int, results: Iterable[Result], batch_size: int) -> None:
+    def write(self, indices: Iterable[int], results: Iterable[Result], batch_size: int) -> None:
         lines = []
-        for offset, result in enumerate(results):
-            record = {"index": first_index + offset, "batch_size": batch_size}
+        for index, result in zip(indices, results, strict=True):
+            record: dict[str, Any] = {"index": index, "batch_size": batch_size}
+            if self.options is not None:
+                record["options"] = self.options
             record.update(asdict(result))
             lines.append(json.dumps(record, ensure_ascii=False) + "\n")
         try:
@@ -581,6 +622,28 @@ class _JsonLines:
             raise ResultsFileError(
                 f"could not append results to {self.path}: {exc.strerror or exc}"
             ) from None
+        self.written += len(lines)
+
+
+def _remove_cut_last_line(handle: Any) -> bool:
+    """End the file at its last whole line when a run killed mid-write left its last line cut
+    short (not JSON): ended with a newline and kept, it made every JSON lines reader fail on
+    the whole file. A last line that is whole JSON only gets its newline. Whether one went."""
+    end = handle.seek(0, os.SEEK_END)
+    if end == 0:
+        return False
+    handle.seek(max(0, end - (1 << 20)))
+    tail = handle.read()
+    if tail.endswith(b"\n"):
+        return False
+    line_start = tail.rfind(b"\n") + 1
+    try:
+        json.loads(tail[line_start:])
+    except ValueError:
+        handle.truncate(end - (len(tail) - line_start))
+        return True
+    handle.write(b"\n")
+    return False
 
 
 def _append_whole(data: bytes, path: Path) -> None:

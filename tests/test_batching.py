@@ -618,17 +618,45 @@ def test_out_never_appends_to_a_file_that_is_not_results(kernel: Kernel, tmp_pat
     assert prompts.read_text() == 'prompt,x\n"multi\nline",2\n'
     assert notes.read_text() == "my notes\n"
     results = tmp_path / "results.jsonl"
-    runs = [ok(kernel, f"%qwen3 --file {prompts} --out {results} {ask}") for _ in range(2)]
+    runs = [
+        ok(kernel, f"%qwen3 --file {prompts} --out {results} {ask}"),
+        ok(kernel, f"%qwen3 --file {prompts} --out {results} {ask} --max-new-tokens 3"),
+    ]
     assert [json.loads(line)["index"] for line in results.read_text().splitlines()] == [0, 0]
     # One prompt is batched alone, as the footer says ("batch size 1 held"): the record said
     # the 4 asked for.
     assert {json.loads(line)["batch_size"] for line in results.read_text().splitlines()} == {1}
-    # a results file takes more, and the rerun says so (it said "written to": read back, every
-    # prompt came twice without a word)
+    # a results file takes more, and a run with other options says so (it said "written to":
+    # read back, every prompt came twice without a word)
     assert f"written to {results}" in runs[0].stdout
-    assert f"appended to {results} after its 1 earlier lines (a rerun adds to them)" in (
-        runs[1].stdout
-    )
+    assert f"appended to {results} after its 1 earlier lines" in runs[1].stdout
+
+
+def test_a_rerun_takes_what_its_results_file_holds_and_asks_the_rest(tmp_path: Path) -> None:
+    """An interrupted run kept what finished in its results file; running it again asked
+    every prompt anew and appended them all a second time. A cut-off last line (a killed
+    run's) made every JSON lines reader fail on the whole file."""
+    prompts = [f"prompt {i}" for i in range(6)]
+    ask: dict[str, Any] = {"model": "tiny", "progress": False, **GREEDY}
+    whole = tmp_path / "whole.jsonl"
+    full = generate_batch(prompts, 2, out=whole, **ask)
+    lines = whole.read_text(encoding="utf-8").splitlines(keepends=True)
+    resumed = tmp_path / "resumed.jsonl"  # as an interrupt after the first batch leaves it
+    resumed.write_text("".join(lines[:2]) + lines[2][:40], encoding="utf-8")
+    again = generate_batch(prompts, 2, out=resumed, **ask)
+    assert [r.token_ids for r in again] == [r.token_ids for r in full]
+    assert again.indices == list(range(6)) and again.report.resumed == 2
+    assert again.report.completion_tokens == sum(r.completion_tokens for r in full[2:])
+    summary = again.report.summary()
+    assert summary.startswith(f"6/6 prompts · 2 taken from {resumed}, an earlier run's"), summary
+    assert "its last line, cut short by a killed run, was removed" in summary
+    records = [json.loads(line) for line in resumed.read_text(encoding="utf-8").splitlines()]
+    assert [r["index"] for r in records] == list(range(6))
+    done = generate_batch(prompts, 2, out=resumed, **ask)  # nothing left to ask
+    assert done.report.resumed == 6 and len(resumed.read_text().splitlines()) == 6
+    other = generate_batch(prompts[:2], 2, out=resumed, **{**ask, "max_new_tokens": 3})
+    assert other.report.resumed == 0, "other options: asked again"
+    assert len(resumed.read_text().splitlines()) == 8
 
 
 def test_a_bad_out_is_refused_before_the_model_loads(kernel: Kernel, tmp_path: Path) -> None:

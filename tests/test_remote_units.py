@@ -10,6 +10,7 @@ The ordinary paths are tested against a real server in tests/test_remote.py.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import threading
 import time
@@ -1035,6 +1036,30 @@ def test_a_seeded_server_batch_gives_each_prompt_its_own_seed(scripted: Scripted
     scripted.bodies.clear()
     engine.generate("same", options)
     assert [b["seed"] for b in scripted.bodies] == [7]
+    engine.close()
+
+
+def test_a_server_batch_rerun_takes_what_its_results_file_holds(
+    scripted: ScriptedServer, tmp_path: Path
+) -> None:
+    """As a local batch does: the prompts an earlier run's lines answer (same prompt, model
+    and options) are not sent again; a failed one is."""
+    engine = _engine(scripted.url("ok"))
+    out = tmp_path / "r.jsonl"
+    prompts = ["a", "b", "c", "d"]
+    first = engine.generate_batch(prompts, SHORT, out=out, progress=False)
+    lines = out.read_text(encoding="utf-8").splitlines(keepends=True)
+    failed = json.loads(lines[3])
+    failed["error"], failed["answer"] = "HTTP 503", ""
+    out.write_text("".join(lines[:2]) + json.dumps(failed) + "\n", encoding="utf-8")
+    scripted.bodies.clear()
+    again = engine.generate_batch(prompts, SHORT, out=out, progress=False)
+    asked = sorted(b["messages"][-1]["content"] for b in scripted.bodies)
+    assert asked == sorted(set(prompts) - {json.loads(line)["prompt"] for line in lines[:2]})
+    assert [r.answer for r in again] == [r.answer for r in first]
+    assert again.report.resumed == 2 and again.report.summary().startswith(
+        f"4/4 prompts · 2 taken from {out}, an earlier run's"
+    )
     engine.close()
 
 

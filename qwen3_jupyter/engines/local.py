@@ -164,4 +164,5 @@ class LocalEngine(Engine):
             memory_budget,
             out,
             progress,
+            model=self.loaded.name,
         )

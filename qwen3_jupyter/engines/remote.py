@@ -387,6 +387,8 @@ class RemoteEngine(Engine):
                 retries=retries,
                 out=out,
                 progress=progress,
+                options=options,
+                model=model,
             )
         finally:
             for note in notes:  # said by the calling thread: its notices reach its cell

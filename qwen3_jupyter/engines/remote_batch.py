@@ -19,8 +19,9 @@ from pathlib import Path
 
 from ..batch_progress import BatchProgress
 from ..batching import BatchReport, BatchResults, _JsonLines, append_results, stopped_writing
-from ..generation import Result
+from ..generation import GenerationOptions, Result
 from ..interrupts import interrupt_deferred, interrupts_ignored
+from ..resume import earlier_results
 from ..server_calls import SERVER_CALLS
 from .daemon_pool import DaemonPool
 
@@ -53,19 +54,24 @@ def run_concurrently(
     retries: RetryCounter,
     out: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    options: GenerationOptions | None = None,
+    model: str = "",
 ) -> BatchResults:
     """Answer every prompt with `answer`, `concurrency` at a time; see the module docstring.
 
     `cancel` is called once on an interrupt, from the main thread: it must make the workers'
-    streams end now.
+    streams end now. What `out` already holds for these prompts from `model` with `options`
+    is taken, not asked again (`resume`).
     """
-    writer = _JsonLines(Path(out)) if out is not None else None
-    finished: dict[int, Result] = {}
+    writer = _JsonLines(Path(out), options) if out is not None else None
+    earlier = earlier_results(out, prompts, model, options) if options is not None else {}
+    finished: dict[int, Result] = dict(earlier)
     write_failed: list[str] = []  # why the results file stopped taking lines (then: stop)
+    todo = [index for index in range(len(prompts)) if index not in earlier]
     interrupted = False
     started = time.perf_counter()
-    bar = BatchProgress(len(prompts), "qwen3 server batch", progress)
-    pool = DaemonPool(min(concurrency, max(1, len(prompts))), "qwen3-remote")
+    bar = BatchProgress(len(todo), "qwen3 server batch", progress and bool(todo))
+    pool = DaemonPool(min(concurrency, max(1, len(todo))), "qwen3-remote")
     futures: dict[Future[Result], int] = {}
 
     def collect(done: set[Future[Result]] | list[Future[Result]]) -> None:
@@ -76,7 +82,7 @@ def run_concurrently(
             result = future.result()
             with interrupt_deferred():  # a finished item is kept and written, not interrupted
                 finished[index] = result
-                failure = None if write_failed else append_results(writer, index, [result], 1)
+                failure = None if write_failed else append_results(writer, [index], [result], 1)
                 if failure is not None:
                     write_failed.append(failure)
             bar.advance()
@@ -85,7 +91,7 @@ def run_concurrently(
                 bar.note(f"{failed} failed")
 
     try:
-        futures = {pool.submit(answer, i, prompt): i for i, prompt in enumerate(prompts)}
+        futures = {pool.submit(answer, i, prompts[i]): i for i in todo}
         pending: set[Future[Result]] = set(futures)
         while pending and not write_failed:
             done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
@@ -112,16 +118,8 @@ def run_concurrently(
         raise unexpected[0]
     kept = sorted(finished)
     results = BatchResults((finished[i] for i in kept), kept)
-    written = str(out) if out is not None else None
     results.report = _report(
-        results,
-        len(prompts),
-        concurrency,
-        retries.count,
-        interrupted,
-        started,
-        written,
-        writer.lines_before if writer is not None else 0,
+        results, len(prompts), concurrency, retries.count, interrupted, started, writer, earlier
     )
     if write_failed:
         raise stopped_writing(write_failed[0], results, len(prompts))
@@ -143,9 +141,12 @@ def _report(
     retries: int,
     interrupted: bool,
     started: float,
-    out_path: str | None = None,
-    out_lines_before: int = 0,
+    writer: _JsonLines | None = None,
+    earlier: dict[int, Result] | None = None,
 ) -> BatchReport:
+    """The report of a server batch; `earlier`: the results taken from the results file."""
+    earlier = earlier or {}
+    asked = [r for i, r in zip(results.indices, results, strict=True) if i not in earlier]
     return BatchReport(
         total=total,
         completed=sum(not r.failed for r in results),
@@ -155,11 +156,15 @@ def _report(
         interrupted=interrupted,
         seconds=time.perf_counter() - started,
         peak_tensor_bytes=0,
-        out_path=out_path,
+        out_path=str(writer.shown) if writer is not None else None,
         failed=sum(r.failed for r in results),
-        concurrency=min(concurrency, total) or concurrency,  # 3 prompts: never 4 at once
+        # 3 prompts: never 4 at once
+        concurrency=min(concurrency, total - len(earlier)) or concurrency,
         retries=retries,
-        completion_tokens=sum(r.completion_tokens for r in results),
-        out_lines_before=out_lines_before,
+        completion_tokens=sum(r.completion_tokens for r in asked),
+        out_lines_before=writer.lines_before if writer is not None else 0,
         gaps=results.indices != list(range(len(results))),
+        resumed=len(earlier),
+        written=writer.written if writer is not None else None,
+        cut_line_removed=writer.cut_line_removed if writer is not None else False,
     )
