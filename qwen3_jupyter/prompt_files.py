@@ -87,6 +87,7 @@ def _read_text(path: str) -> str:
 
 def _from_table(path: str, text: str, delimiter: str, field: str | None) -> list[str]:
     """The column `field` (default `prompt`) of a CSV/TSV file whose first row names them."""
+    delimiter = _delimiter(text.split("\n", 1)[0], delimiter)
     # Strict: a quote never closed took the rest of the file as one prompt, silently.
     rows = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     row_ended = 0  # the line the last whole row ended on
@@ -105,6 +106,20 @@ def _from_table(path: str, text: str, delimiter: str, field: str | None) -> list
     except csv.Error as exc:
         raise PromptFileError(_table_error(path, str(exc), row_ended, rows.line_num)) from None
     return prompts
+
+
+_OTHER_DELIMITERS = (";", "\t", ",")
+
+
+def _delimiter(first_line: str, expected: str) -> str:
+    """The delimiter the header row uses: `expected` (the suffix's), else `;` or a tab or a
+    comma where only that one appears in it. A spreadsheet saved as CSV in a locale whose
+    decimal mark is the comma writes `prompt;score`; read with commas, that row was one
+    column, and naming it with --field sent `Hello;1` as the prompt."""
+    if expected in first_line:
+        return expected
+    found = [d for d in _OTHER_DELIMITERS if d != expected and d in first_line]
+    return found[0] if len(found) == 1 else expected
 
 
 def _table_error(path: str, error: str, row_ended: int, line: int) -> str:

@@ -31,6 +31,18 @@ def test_a_csv_gives_its_prompt_column_with_quotes_commas_and_lines_intact(
     assert read_prompts(tabs, "text") == ["hello, world"]
 
 
+def test_a_csv_a_spreadsheet_saved_with_semicolons_or_tabs_gives_its_column(
+    tmp_path: Path,
+) -> None:
+    """Read with commas, `prompt;score` was one column, and the advice (`--field
+    'prompt;score'`) sent `Hello;1` as the prompt."""
+    semicolons = write(tmp_path / "eu.csv", 'prompt;score\nHello;1\n"a; b, c";2\n')
+    assert read_prompts(semicolons) == ["Hello", "a; b, c"]
+    assert read_prompts(write(tmp_path / "tabs.csv", "prompt\tscore\nHi\t1\n")) == ["Hi"]
+    one_column = write(tmp_path / "one.csv", "prompt\nuse a; here\n")
+    assert read_prompts(one_column) == ["use a; here"]  # a header with no delimiter: commas
+
+
 def test_json_lines_give_strings_or_a_field_and_a_results_file_can_be_asked_again(
     tmp_path: Path,
 ) -> None:
