@@ -141,7 +141,7 @@ class BatchReport:
                 pieces.append(f"batch size {min(self.held_batch_size, self.total)} held")
             pieces.append(f"peak generation tensors {format_bytes(self.peak_tensor_bytes)}")
         if self.interrupted and self.completed == self.resumed:
-            pieces.append("interrupted before a batch finished: nothing new kept")
+            pieces.append("interrupted before any prompt finished: nothing new kept")
         elif self.interrupted and self.gaps:
             pieces.append("interrupted: finished results kept (their prompts: .indices)")
         elif self.interrupted:
@@ -150,8 +150,7 @@ class BatchReport:
             pieces.append(f"nothing written to {self.out_path}")
         elif self.out_path and self.out_lines_before:
             pieces.append(
-                f"appended to {self.out_path} after its {self.out_lines_before:,} earlier "
-                "lines"
+                f"appended to {self.out_path} after its {self.out_lines_before:,} earlier lines"
             )
         elif self.out_path:
             pieces.append(f"written to {self.out_path}")

@@ -650,7 +650,7 @@ def test_an_interrupt_while_a_batch_asks_the_server_ends_it_as_interrupted(
         timer.cancel()
     assert list(results) == [] and results.report.interrupted
     assert results.report.total == 2 and results.report.completed == 0
-    assert "interrupted: finished results kept" in results.report.summary()
+    assert "interrupted before any prompt finished: nothing new kept" in results.report.summary()
     engine.close()
 
 
