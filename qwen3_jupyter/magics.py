@@ -54,7 +54,7 @@ from .interrupts import CELL_INTERRUPTS
 from .magic_args import OneWaySwitch, asks_help, options_of, show_help
 from .model_use import ModelBusy, holding, stop
 from .models import DTYPES, ModelError, canonical_dtype, is_loaded_as
-from .prompt_files import PromptFileError, read_prompts
+from .prompt_files import FilePrompts, PromptFileError, read_prompts
 from .prompt_line import expander, parse_line, protect_prompt_lines
 from .prompt_vars import PromptVarsError, fill
 from .session import SESSION, reset_chat
@@ -520,12 +520,28 @@ class Qwen3Magics(Magics):
                 raise
             self.shell.user_ns["_qwen3"] = exc.results
             raise ResultsFileError(str(exc).replace("kept in .results", "kept in _qwen3")) from None
+        except EngineError as exc:
+            located = _located(exc, prompts)
+            if located is None:
+                raise
+            raise EngineError(located) from None
         finally:
             status.clear()
         CELL_INTERRUPTS.note(results.report.interrupted)
         if self.shell is not None:  # first: an interrupt while the table shows keeps them
             self.shell.user_ns["_qwen3"] = results
         display.show_batch(results, results.report, status)
+
+
+def _located(exc: EngineError, prompts: list[str]) -> str | None:
+    """`exc`'s message naming the file and line of the prompt it is about (`--file p.txt,
+    line 5: the prompt (6,398 tokens) + …`) where it names one by its position among the
+    prompts (`prompt 2 (6,398 tokens) + …`), which a user reading the file cannot count."""
+    index, message = exc.prompt_index, str(exc)
+    lead = f"prompt {index} "
+    if index is None or not isinstance(prompts, FilePrompts) or not message.startswith(lead):
+        return None
+    return f"{prompts.located(index)}: the prompt {message[len(lead) :]}"
 
 
 def _ignored_by(engine: Engine, args: Namespace) -> str | None:

@@ -35,7 +35,23 @@ class PromptFileError(ValueError):
     """A --file that cannot be read as prompts; the message is the one line the user sees."""
 
 
-def read_prompts(path: str, field: str | None = None) -> list[str]:
+class FilePrompts(list[str]):
+    """The prompts of a file, and where each is in it (`line 5`, `item 3`): an error about
+    prompt 2 of a run names the line to fix, not a position among prompts the user never
+    counted (blank lines skipped, rows of many lines)."""
+
+    def __init__(self, path: str, placed: Iterable[tuple[str, str]]) -> None:
+        pairs = list(placed)
+        super().__init__(prompt for _, prompt in pairs)
+        self.path = path
+        self.where = [where for where, _ in pairs]
+
+    def located(self, index: int) -> str:
+        """`--file data.txt, line 5`: where prompt `index` is."""
+        return f"--file {self.path}, {self.where[index]}"
+
+
+def read_prompts(path: str, field: str | None = None) -> FilePrompts:
     """The prompts of `path`, by its suffix: `.csv`/`.tsv` a column (with a header row),
     `.jsonl`/`.ndjson` one JSON string or object per line, `.json` an array of them, anything
     else one prompt per line (blank lines skipped). `field` names the column or the objects'
@@ -61,12 +77,12 @@ def read_prompts(path: str, field: str | None = None) -> list[str]:
     else:
         # "\n" only: splitlines() also split at a form feed or U+2028 (pasted from a PDF or a
         # web page), one line becoming several prompts and every later result shifted.
-        lines = (line.lstrip(_BOM).strip() for line in text.split("\n"))
-        prompts = [line for line in lines if line]
+        lines = enumerate((line.lstrip(_BOM).strip() for line in text.split("\n")), 1)
+        prompts = [(f"line {number}", line) for number, line in lines if line]
     if not prompts:
         what = "one per line" if suffix not in STRUCTURED else "no rows"
         raise PromptFileError(f"--file {path} holds no prompts ({what})")
-    return prompts
+    return FilePrompts(path, prompts)
 
 
 def _read_text(path: str) -> str:
@@ -85,7 +101,7 @@ def _read_text(path: str) -> str:
         ) from None
 
 
-def _from_table(path: str, text: str, delimiter: str, field: str | None) -> list[str]:
+def _from_table(path: str, text: str, delimiter: str, field: str | None) -> list[tuple[str, str]]:
     """The column `field` (default `prompt`) of a CSV/TSV file whose first row names them."""
     delimiter = _delimiter(text.split("\n", 1)[0], delimiter)
     # Strict: a quote never closed took the rest of the file as one prompt, silently.
@@ -101,7 +117,8 @@ def _from_table(path: str, text: str, delimiter: str, field: str | None) -> list
         for row in rows:
             if any(cell.strip() for cell in row):  # else a blank line, as spreadsheets end with
                 value = row[column] if column < len(row) else ""
-                prompts.append(_prompt(path, f"line {rows.line_num}", value))
+                where = f"line {row_ended + 1}"  # where the row starts (it may span lines)
+                prompts.append((where, _prompt(path, where, value)))
             row_ended = rows.line_num
     except csv.Error as exc:
         raise PromptFileError(_table_error(path, str(exc), row_ended, rows.line_num)) from None
@@ -181,14 +198,14 @@ def _json_array(path: str, text: str) -> Iterator[tuple[int, Any]]:
 
 def _from_records(
     path: str, records: Iterable[tuple[int, Any]], field: str | None, unit: str
-) -> list[str]:
+) -> list[tuple[str, str]]:
     """Each record's prompt: the record itself when it is a string, else its `field`."""
     name = field or DEFAULT_FIELD
     prompts = []
     for number, record in records:
         where = f"{unit} {number}"
         if isinstance(record, str) and field is None:
-            prompts.append(_prompt(path, where, record))
+            prompts.append((where, _prompt(path, where, record)))
         elif isinstance(record, dict):
             if name not in record:
                 keys = ", ".join(repr(k) for k in list(record)[:12]) or "none"
@@ -201,7 +218,7 @@ def _from_records(
                 raise PromptFileError(
                     f"--file {path}, {where}: field {name!r} is {_kind(value)}, not text"
                 )
-            prompts.append(_prompt(path, where, value))
+            prompts.append((where, _prompt(path, where, value)))
         else:
             wanted = f"an object with a {name!r} field" if field else "a string or an object"
             raise PromptFileError(f"--file {path}, {where} is {_kind(record)}, not {wanted}")

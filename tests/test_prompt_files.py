@@ -152,3 +152,20 @@ def test_the_magic_asks_a_csv_column_and_refuses_a_wrong_one_in_one_line(
         (error,) = ex.stderr.strip().splitlines()
         assert error.startswith("UsageError: ") and said in error, error
     assert kernel.value("[r.prompt for r in _qwen3]") == ["Say hi, briefly", "Two\nlines"]
+
+
+def test_a_prompt_too_long_is_named_by_its_file_and_line(kernel: Kernel, tmp_path: Path) -> None:
+    """It was `prompt 2 (6,398 tokens) + ...`: its position among the prompts, counted from
+    0, with blank lines and rows of many lines not counted, which a user reading the file
+    cannot find."""
+    long = "word " * 5000
+    text = write(tmp_path / "p.txt", f"first\n\nsecond\n\n{long}\n")
+    table = write(tmp_path / "p.csv", f'prompt\nfirst\n"two\nlines"\n\n{long}\n')
+    for path, line in ((text, 5), (table, 6)):
+        ex = kernel.run(f"%qwen3 --file {path} --no-think --max-new-tokens 3")
+        (error,) = ex.stderr.strip().splitlines()
+        assert error.startswith(f"UsageError: --file {path}, line {line}: the prompt ("), error
+        assert error.endswith(
+            "exceeds the 4,096 positions of tiny: shorten it or lower --max-new-tokens"
+        ), error
+    assert read_prompts(table).where == ["line 2", "line 3", "line 6"]

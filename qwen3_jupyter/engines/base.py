@@ -48,9 +48,11 @@ def describe_kept(kept: Sequence[KeptMemory]) -> str:
 class EngineError(Exception):
     """A problem with an engine the user can fix (a server down, a wrong model name, a bad
     engine choice); its message is one actionable line. `result`: the partial answer of a
-    stream that failed after some text (timed out, stalled, cut), else None."""
+    stream that failed after some text (timed out, stalled, cut), else None. `prompt_index`:
+    the batch prompt the error is about, if one (a --file run names its line)."""
 
     result: Any = None
+    prompt_index: int | None = None
 
 
 class Engine(ABC):

@@ -154,7 +154,11 @@ class LocalEngine(Engine):
         tokenizer = self.loaded.tokenizer
         for index, prompt in enumerate(prompts):  # all of them before any is generated
             tokens = len(tokenizer(prompt_text(tokenizer, prompt, options))["input_ids"])
-            self.check_positions(tokens, options, what=f"prompt {index}")
+            try:
+                self.check_positions(tokens, options, what=f"prompt {index}")
+            except EngineError as exc:
+                exc.prompt_index = index  # a --file run names its line (the magic)
+                raise
         return run_batches(
             self.generate_chunk,
             self.device,
