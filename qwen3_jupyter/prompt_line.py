@@ -15,6 +15,7 @@ import shlex
 import tokenize
 from argparse import Namespace
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -53,6 +54,7 @@ def parse_line(
     except UsageError as exc:
         raise UsageError(f"{plain_value_error(str(exc))} (see %qwen3?)") from None
     prompt = line[position:].strip()
+    _refuse_split_path(getattr(args, "file", None), prompt)
     if not ended:  # `%%qwen3 Summarise --no-think`: the first line's text is prompt text too
         magic_name = "%qwen3" if cell is None else "%%qwen3"
         _refuse_trailing_options(magic, magic_name, line[:position], prompt, takes_value)
@@ -96,6 +98,22 @@ def _read_options(
             raise UsageError(f"{name} takes no value (see %qwen3?)")
         else:
             argv.append(token)
+
+
+def _refuse_split_path(path: str | None, prompt: str) -> None:
+    """`--file data/my prompts.txt`: the space split the path, and the rest read as a prompt
+    (advice followed: "give either a prompt or --file"). Where the path does not exist but
+    it with the next words does, say to quote it."""
+    if not path or not prompt or Path(path).expanduser().exists():
+        return
+    words = prompt.split()
+    for count in range(1, len(words) + 1):
+        whole = " ".join([path, *words[:count]])
+        if Path(whole).expanduser().exists():
+            raise UsageError(
+                f"--file {path}: no such file, but {whole!r} is one: quote a path with spaces, "
+                f"--file {shlex.quote(whole)}"
+            )
 
 
 def _refuse_trailing_options(

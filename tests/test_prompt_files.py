@@ -169,3 +169,19 @@ def test_a_prompt_too_long_is_named_by_its_file_and_line(kernel: Kernel, tmp_pat
             "exceeds the 4,096 positions of tiny: shorten it or lower --max-new-tokens"
         ), error
     assert read_prompts(table).where == ["line 2", "line 3", "line 6"]
+
+
+def test_a_path_with_a_space_left_unquoted_is_told_to_be_quoted(
+    kernel: Kernel, tmp_path: Path
+) -> None:
+    """`--file data/my prompts.txt` read `data/my` as the file and `prompts.txt` as a
+    prompt: the advice given (options first, or a prompt or --file) led to another error."""
+    spaced = write(tmp_path / "my prompts.txt", "hi\n")
+    split = str(tmp_path / "my")
+    ex = kernel.run(f"%qwen3 --file {split} prompts.txt --max-new-tokens 2")
+    (error,) = ex.stderr.strip().splitlines()
+    assert error == (
+        f"UsageError: --file {split}: no such file, but {spaced!r} is one: quote a path with "
+        f"spaces, --file '{spaced}'"
+    ), error
+    ok(kernel, f"%qwen3 --file '{spaced}' --greedy --max-new-tokens 2")
