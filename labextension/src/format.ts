@@ -212,17 +212,12 @@ export function kernelLabel(kernel: IKernelMetrics): string {
   return `Kernel ${kernel.kernel_id.slice(0, 8)}`;
 }
 
-/** `text` cut to `max` characters in the middle ("projects/…/finetune/llama"). */
-export function middleEllipsis(text: string, max: number): string {
-  if (text.length <= max || max < 2) {
-    return text;
-  }
-  const keep = max - 1;
-  const head = Math.floor(keep * 0.4);
-  return `${text.slice(0, head)}…${text.slice(text.length - (keep - head))}`;
-}
-
-const MIN_TAIL = 16;
+/** About how many characters of a name's end a row keeps whole (extension and last words). */
+const END_LENGTH = 16;
+/** The shorter end kept beside a difference in the middle of a name, which needs the room. */
+const SHORT_END = 10;
+/** How far from those lengths an end may start, to start at a word. */
+const END_SLACK = 4;
 /** A run of letters longer than this with no word start in it is cut where the names differ. */
 const MAX_WORD = 12;
 const SEPARATOR = /[_\-. ]/;
@@ -261,33 +256,28 @@ export function isWordStart(name: string, i: number): boolean {
   );
 }
 
-/**
- * A row's name in parts for a middle ellipsis: the panel lets `head` shrink (cut at its end)
- * and keeps `tail`, the end that tells this notebook from the others in `siblings`. The tail
- * starts at a word (see `isWordStart`): the one where the name first differs from theirs, or,
- * when that word lies within the last 16 characters, the word start nearest to them (the
- * panel cuts a tail too long for it at its end, which would hide the difference again). A
- * name in one long word is cut where it differs. `folder` is the notebook's folder ("" at the
- * root), cut in the middle, for a secondary line.
- */
-export function kernelNameParts(
+/** The word start of `name` in [from, to] nearest to `target` (of two, the later), or null. */
+function nearestWordStart(name: string, target: number, from: number, to: number): number | null {
+  let best: number | null = null;
+  for (let i = Math.min(to, name.length - 1); i >= Math.max(1, from); i -= 1) {
+    if (isWordStart(name, i) && (best === null || Math.abs(i - target) < Math.abs(best - target))) {
+      best = i;
+    }
+  }
+  return best;
+}
+
+/** Where `name` first differs from the other names in `siblings`, at the start of that word. */
+function differingWord(
+  name: string,
   kernel: IKernelMetrics,
   siblings: readonly IKernelMetrics[]
-): { head: string; tail: string; folder: string } {
-  const name = kernelLabel(kernel);
-  const path = kernel.notebook_path ?? '';
-  const slash = path.lastIndexOf('/');
-  const folder = kernel.notebook_path && slash > 0 ? middleEllipsis(path.slice(0, slash), 48) : '';
-  if (name.length <= MIN_TAIL) {
-    return { head: '', tail: name, folder };
-  }
+): number {
   let shared = 0;
   for (const other of siblings) {
-    if (other.kernel_id !== kernel.kernel_id) {
-      const otherName = kernelLabel(other);
-      if (otherName !== name) {
-        shared = Math.max(shared, commonPrefix(name, otherName));
-      }
+    const otherName = kernelLabel(other);
+    if (other.kernel_id !== kernel.kernel_id && otherName !== name) {
+      shared = Math.max(shared, commonPrefix(name, otherName));
     }
   }
   shared = Math.min(shared, name.length - 1);
@@ -305,18 +295,65 @@ export function kernelNameParts(
   if (differs > 1 && DIGIT.test(name[differs])) {
     differs = wordStart(differs - 1) ?? differs;
   }
-  const minTail = name.length - MIN_TAIL;
-  let start = differs;
-  if (differs > minTail) {
-    for (let i = differs - 1; i >= Math.max(0, minTail - MAX_WORD); i -= 1) {
-      if (isWordStart(name, i) && Math.abs(i - minTail) < Math.abs(start - minTail)) {
-        start = i;
-      }
-    }
+  return differs;
+}
+
+export interface INameParts {
+  /** The start of the name: the panel cuts it at its end first, down to 2em. */
+  head: string;
+  /** The part that tells this notebook from the others when it lies in the middle of the
+   * name, else "": cut at its end once the head is down to 2em. */
+  tail: string;
+  /** The end of the name (extension and last words): the panel never cuts it, unless it is
+   * wider than the line less 2em. */
+  end: string;
+  /** The notebook's folder ("" at the root), for a secondary line that the panel cuts at its
+   * start, so that its last folders show. */
+  folder: string;
+}
+
+/**
+ * A row's name in parts for a middle ellipsis that keeps what tells notebooks apart: the end
+ * (its last 16 or so characters, from a word start: extension and last words) always, whatever
+ * other kernels run, and the word where the name first differs from those of `siblings` (see
+ * `isWordStart`). A difference near the end starts the end (or a word start a little before
+ * it does); one further in is the `tail`, before a shorter end (about 10 characters); one at
+ * the very start is the head's start, which shows as the head is cut at its end.
+ */
+export function kernelNameParts(
+  kernel: IKernelMetrics,
+  siblings: readonly IKernelMetrics[]
+): INameParts {
+  const name = kernelLabel(kernel);
+  const path = kernel.notebook_path ?? '';
+  const slash = path.lastIndexOf('/');
+  const folder = kernel.notebook_path && slash > 0 ? path.slice(0, slash) : '';
+  const split = (head: number, end: number): INameParts => ({
+    head: name.slice(0, head),
+    tail: name.slice(head, end),
+    end: name.slice(end),
+    folder
+  });
+  if (name.length <= END_LENGTH) {
+    return split(0, 0);
   }
-  return start <= 0
-    ? { head: '', tail: name, folder }
-    : { head: name.slice(0, start), tail: name.slice(start), folder };
+  const differs = differingWord(name, kernel, siblings);
+  const endAt = name.length - END_LENGTH;
+  if (differs > endAt) {
+    // The differing word, or a word start nearer to the end's usual length before it.
+    const near = nearestWordStart(name, endAt, endAt - MAX_WORD, differs - 1);
+    const start =
+      near !== null && Math.abs(near - endAt) < Math.abs(differs - endAt) ? near : differs;
+    return split(start, start);
+  }
+  const shortAt = name.length - SHORT_END;
+  const from = Math.max(differs + 1, shortAt - END_SLACK);
+  const short = nearestWordStart(name, shortAt, from, shortAt + END_SLACK);
+  if (differs > 0) {
+    return split(differs, short ?? Math.max(differs + 1, shortAt));
+  }
+  const start = nearestWordStart(name, endAt, endAt - END_SLACK, endAt + END_SLACK) ?? endAt;
+  return split(start, start);
 }
 
 /** "0" → "GPU 0", "0/1" → "GPU 0 / MIG 1": the label of a per-GPU map's key. */
@@ -534,11 +571,6 @@ export interface IStatusBarState {
 
 const WORSE: UsageLevel[] = ['unknown', 'ok', 'warning', 'critical'];
 
-/**
- * The status bar's item: the fullest GPU ("GPU 2 70.0 / 80.0 GiB"; no index with a single GPU)
- * coloured by the worst level, "GPU 0 lost" in red when a GPU could not be read, host RAM when
- * there is no GPU. The tooltip lists every GPU.
- */
 /** Why a reading is old (the server serves its last sample while NVML hangs), or null. */
 function staleNote(metrics: IMetrics): string | null {
   if (!metrics.stale) {
@@ -550,16 +582,22 @@ function staleNote(metrics: IMetrics): string | null {
     : 'Reading is out of date: the GPU driver is not answering.';
 }
 
+/**
+ * The status bar's item: the fullest GPU ("GPU 2 70.0 / 80.0 GiB"; no index with a single GPU)
+ * coloured by the worst level, "GPU 0 lost" in red when a GPU could not be read, host RAM when
+ * there is no GPU. The tooltip lists every GPU. A reading that is not current (the server
+ * stopped answering, or serves an old sample) stays on show, marked "(old)" and at least amber;
+ * "GPU: ?" only when there was never a reading.
+ */
 export function statusBarState(
   metrics: IMetrics | null,
   error: IMetricsError | null,
   thresholds: IThresholds = DEFAULT_THRESHOLDS
 ): IStatusBarState {
-  if (error) {
-    return { text: 'GPU: ?', level: 'unknown', title: `GPU memory: ${error.message}` };
-  }
   if (!metrics) {
-    return { text: 'GPU: …', level: 'unknown', title: 'GPU memory — click for details.' };
+    return error
+      ? { text: 'GPU: ?', level: 'unknown', title: `GPU memory: ${error.message}` }
+      : { text: 'GPU: …', level: 'unknown', title: 'GPU memory — click for details.' };
   }
   const lines = ['GPU memory — click for details.'];
   let text = '';
@@ -605,16 +643,35 @@ export function statusBarState(
   if (top) {
     lines.push(`Largest notebook: ${top.label} (${formatBytes(top.bytes)})`);
   }
-  const stale = staleNote(metrics);
-  if (stale) {
+  const old = outOfDate(metrics, error);
+  if (old) {
     // The sidebar said so; the status bar showed the old figure as current, in its old colour.
-    const age = metrics.sample_age_s;
-    text +=
-      typeof age === 'number' && Number.isFinite(age) ? ` (${Math.round(age)} s old)` : ' (old)';
+    text += old.marker;
     level = WORSE.indexOf('warning') > WORSE.indexOf(level) ? 'warning' : level;
-    lines.splice(1, 0, stale);
+    lines.splice(1, 0, old.note);
   }
   return { text, level, title: lines.join('\n') };
+}
+
+/**
+ * Why the reading on show is not current, or null when it is: the last poll failed (the server
+ * went away: the last reading stays, as in the sidebar), or the server's sample is old.
+ */
+function outOfDate(
+  metrics: IMetrics,
+  error: IMetricsError | null
+): { marker: string; note: string } | null {
+  if (error) {
+    return { marker: ' (old)', note: `${errorState(error).title} Showing the last reading.` };
+  }
+  const stale = staleNote(metrics);
+  if (!stale) {
+    return null;
+  }
+  const age = metrics.sample_age_s;
+  const marker =
+    typeof age === 'number' && Number.isFinite(age) ? ` (${Math.round(age)} s old)` : ' (old)';
+  return { marker, note: stale };
 }
 
 /** The status bar's one-liner (see `statusBarState`). */

@@ -53,7 +53,7 @@ function kernelActions(app: JupyterFrontEnd, model: MetricsModel): IKernelAction
       }
     },
 
-    async shutdown(kernel: IKernelMetrics): Promise<boolean> {
+    async confirmShutdown(kernel: IKernelMetrics): Promise<boolean> {
       const result = await showDialog({
         title: 'Shut down kernel?',
         body:
@@ -61,11 +61,11 @@ function kernelActions(app: JupyterFrontEnd, model: MetricsModel): IKernelAction
           'hold are released; the notebook stays open and can start a new kernel.',
         buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Shut down' })]
       });
-      if (!result.button.accept) {
-        return false;
-      }
-      await app.serviceManager.kernels.shutdown(kernel.kernel_id);
-      return true;
+      return result.button.accept;
+    },
+
+    shutdown(kernel: IKernelMetrics): Promise<void> {
+      return app.serviceManager.kernels.shutdown(kernel.kernel_id);
     },
 
     open(kernel: IKernelMetrics): void {

@@ -39,21 +39,24 @@ import {
 } from './format';
 import type { ICleanupReply, IKernelMetrics } from './metrics';
 import { MetricsModel } from './model';
+import {
+  IRowMessage,
+  IRowStatus,
+  keepRowStatus,
+  outcomeApplies,
+  ROW_MESSAGE_TTL_MS,
+  RowAction,
+  rowButtons,
+  rowStatus
+} from './rows';
 
 /** What the panel asks of the application; index.ts wires these to the service manager. */
 export interface IKernelActions {
   freeMemory(kernel: IKernelMetrics): Promise<ICleanupReply>;
-  /** Asks for confirmation; resolves false when the user cancelled. */
-  shutdown(kernel: IKernelMetrics): Promise<boolean>;
+  /** Asks whether to shut `kernel` down; resolves false when the user cancelled. */
+  confirmShutdown(kernel: IKernelMetrics): Promise<boolean>;
+  shutdown(kernel: IKernelMetrics): Promise<void>;
   open(kernel: IKernelMetrics): void;
-}
-
-interface IRowStatus {
-  busy: boolean;
-  tone: 'info' | 'success' | 'error' | 'hint';
-  text: string;
-  /** Secondary line, e.g. the cleanup's one-line summary. */
-  detail?: string;
 }
 
 function EmptyState(props: { state: IEmptyState; tone?: string }): JSX.Element {
@@ -147,15 +150,23 @@ function KernelRow(props: {
   onOpen: () => void;
 }): JSX.Element {
   const { kernel, status } = props;
-  const busy = status?.busy ?? false;
+  const { freeDisabled, shutdownDisabled } = rowButtons(status);
   const name = kernelNameParts(kernel, props.siblings);
   const nameLine = (
     <>
       <span className="q3j-kernel-name-line">
         {name.head ? <span className="q3j-name-head">{name.head}</span> : null}
-        <span className="q3j-name-tail">{name.tail}</span>
+        <span className="q3j-name-rest">
+          {name.tail ? <span className="q3j-name-tail">{name.tail}</span> : null}
+          <span className="q3j-name-end">{name.end}</span>
+        </span>
       </span>
-      {name.folder ? <span className="q3j-kernel-folder">{name.folder}</span> : null}
+      {name.folder ? (
+        // Cut at its start (base.css): the last folders are what tell two notebooks apart.
+        <span className="q3j-kernel-folder">
+          <span className="q3j-folder-text">{name.folder}</span>
+        </span>
+      ) : null}
     </>
   );
   return (
@@ -198,7 +209,7 @@ function KernelRow(props: {
       <div className="q3j-kernel-actions">
         <button
           className="jp-mod-styled q3j-free"
-          disabled={busy}
+          disabled={freeDisabled}
           title={freeMemoryAction(kernel).title}
           onClick={props.onFree}
         >
@@ -206,7 +217,7 @@ function KernelRow(props: {
         </button>
         <button
           className="jp-mod-styled jp-mod-warn q3j-shutdown"
-          disabled={busy}
+          disabled={shutdownDisabled}
           onClick={props.onShutdown}
         >
           Shut down
@@ -222,13 +233,38 @@ function KernelRow(props: {
   );
 }
 
+/** Shows `message` under the row of `kernel`; with `outcomeOf`, as that action's outcome. */
+type ShowRowMessage = (kernel: IKernelMetrics, message: IRowMessage, outcomeOf?: RowAction) => void;
+
+function errorText(reason: unknown): string {
+  return String((reason as Error)?.message ?? reason);
+}
+
+/** What a row says once "Free memory" ran: what was freed, the hint, or why it failed. */
+async function freeOutcome(actions: IKernelActions, kernel: IKernelMetrics): Promise<IRowMessage> {
+  try {
+    const reply = await actions.freeMemory(kernel);
+    return {
+      pending: null,
+      tone: 'success',
+      text: reply.freed_bytes ? `Freed ${formatBytes(reply.freed_bytes)}` : 'Nothing to free',
+      detail: reply.summary
+    };
+  } catch (reason) {
+    if (reason instanceof CleanupError && reason.notLoaded) {
+      return { pending: null, tone: 'hint', text: LOAD_EXTENSION_HINT };
+    }
+    return { pending: null, tone: 'error', text: `Free memory failed: ${errorText(reason)}` };
+  }
+}
+
 function MetricsView(props: {
   model: MetricsModel;
   actions: IKernelActions;
   rows: Map<string, IRowStatus>;
-  setRow: (id: string, status: IRowStatus | null) => void;
+  show: ShowRowMessage;
 }): JSX.Element {
-  const { model, actions, rows, setRow } = props;
+  const { model, actions, rows, show } = props;
   const metrics = model.metrics;
   const error = model.error;
   const thresholds = model.options.thresholds;
@@ -250,49 +286,32 @@ function MetricsView(props: {
   const free = async (kernel: IKernelMetrics): Promise<void> => {
     const hint = freeMemoryAction(kernel).hint;
     if (hint) {
-      setRow(kernel.kernel_id, { busy: false, tone: 'hint', text: hint });
+      show(kernel, { pending: null, tone: 'hint', text: hint });
       return;
     }
-    setRow(kernel.kernel_id, {
-      busy: true,
+    show(kernel, {
+      pending: 'free',
       tone: 'info',
       text: kernel.execution_state === 'busy' ? 'Waiting for the running cell…' : 'Freeing…'
     });
-    try {
-      const reply = await actions.freeMemory(kernel);
-      setRow(kernel.kernel_id, {
-        busy: false,
-        tone: 'success',
-        text: reply.freed_bytes ? `Freed ${formatBytes(reply.freed_bytes)}` : 'Nothing to free',
-        detail: reply.summary
-      });
-    } catch (reason) {
-      const notLoaded = reason instanceof CleanupError && reason.notLoaded;
-      setRow(kernel.kernel_id, {
-        busy: false,
-        tone: notLoaded ? 'hint' : 'error',
-        text: notLoaded
-          ? LOAD_EXTENSION_HINT
-          : `Free memory failed: ${String((reason as Error).message ?? reason)}`
-      });
-    }
+    show(kernel, await freeOutcome(actions, kernel), 'free');
     void model.refresh();
   };
 
+  // Works during a cleanup's wait too: the shutdown ends that wait ("the kernel stopped"), an
+  // outcome that does not replace "Shutting down…", which stays until the kernel is gone.
   const shutdown = async (kernel: IKernelMetrics): Promise<void> => {
     try {
-      const done = await actions.shutdown(kernel);
-      if (done) {
-        setRow(kernel.kernel_id, { busy: true, tone: 'info', text: 'Shutting down…' });
-        void model.refresh();
+      if (!(await actions.confirmShutdown(kernel))) {
+        return;
       }
+      show(kernel, { pending: 'shutdown', tone: 'info', text: 'Shutting down…' });
+      await actions.shutdown(kernel);
     } catch (reason) {
-      setRow(kernel.kernel_id, {
-        busy: false,
-        tone: 'error',
-        text: `Shut down failed: ${String((reason as Error).message ?? reason)}`
-      });
+      const text = `Shut down failed: ${errorText(reason)}`;
+      show(kernel, { pending: null, tone: 'error', text }, 'shutdown');
     }
+    void model.refresh();
   };
 
   const noGpu = noGpuState(metrics);
@@ -393,6 +412,8 @@ export class GpuMemoryPanel extends ReactWidget {
     this.addClass('q3j-panel');
     this.id = 'qwen3-jupyter-gpu-memory';
     this.title.caption = 'GPU memory';
+    // Before the view's own listener: a reading that ends a message never renders it.
+    model.changed.connect(this._pruneRows, this);
   }
 
   protected onAfterShow(msg: Message): void {
@@ -415,14 +436,56 @@ export class GpuMemoryPanel extends ReactWidget {
     super.onBeforeDetach(msg);
   }
 
-  private setRow = (id: string, status: IRowStatus | null): void => {
-    if (status) {
-      this._rows.set(id, status);
-    } else {
-      this._rows.delete(id);
+  dispose(): void {
+    if (this.isDisposed) {
+      return;
+    }
+    this.model.changed.disconnect(this._pruneRows, this);
+    this._expiries.forEach(timer => clearTimeout(timer));
+    this._expiries.clear();
+    super.dispose();
+  }
+
+  private _show: ShowRowMessage = (kernel, message, outcomeOf) => {
+    const id = kernel.kernel_id;
+    if (outcomeOf && !outcomeApplies(this._rows.get(id), outcomeOf)) {
+      return;
+    }
+    // The message is about the kernel as the latest reading shows it (see `keepRowStatus`).
+    const latest = this.model.metrics?.kernels.find(k => k.kernel_id === id) ?? kernel;
+    this._rows.set(id, rowStatus(latest, message));
+    if (!message.pending) {
+      this._expireLater();
     }
     this.update();
   };
+
+  /** Clears the result just shown once its time is up, even if no reading arrives then. */
+  private _expireLater(): void {
+    const timer = setTimeout(() => {
+      this._expiries.delete(timer);
+      this._pruneRows();
+    }, ROW_MESSAGE_TTL_MS + 100);
+    this._expiries.add(timer);
+  }
+
+  /** Drops the messages of rows that are gone, whose kernel changed, or whose time is up. */
+  private _pruneRows(): void {
+    const kernels = this.model.metrics?.kernels;
+    if (!kernels) {
+      return;
+    }
+    const before = this._rows.size;
+    for (const [id, status] of this._rows) {
+      const kernel = kernels.find(k => k.kernel_id === id);
+      if (!keepRowStatus(status, kernel)) {
+        this._rows.delete(id);
+      }
+    }
+    if (this._rows.size !== before) {
+      this.update();
+    }
+  }
 
   render(): JSX.Element {
     return (
@@ -434,7 +497,7 @@ export class GpuMemoryPanel extends ReactWidget {
               model={this.model}
               actions={this.actions}
               rows={this._rows}
-              setRow={this.setRow}
+              show={this._show}
             />
           )}
         </UseSignal>
@@ -443,4 +506,5 @@ export class GpuMemoryPanel extends ReactWidget {
   }
 
   private _rows = new Map<string, IRowStatus>();
+  private _expiries = new Set<ReturnType<typeof setTimeout>>();
 }

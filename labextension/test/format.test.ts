@@ -16,7 +16,6 @@ import {
   kernelVramText,
   kernelVramTooltip,
   LOAD_EXTENSION_HINT,
-  middleEllipsis,
   noGpuState,
   noKernelsState,
   normalizeThresholds,
@@ -350,6 +349,28 @@ describe('status bar', () => {
     expect(statusBarText(null, null)).toBe('GPU: …');
     expect(statusBarText(null, { kind: 'unreachable', status: null, message: 'x' })).toBe('GPU: ?');
   });
+
+  it('keeps the last figure, marked old, when the server stops answering', () => {
+    // It said "GPU: ?" on a machine without a GPU, where it had shown RAM until then.
+    const unreachable = { kind: 'unreachable' as const, status: null, message: 'TypeError' };
+    const noGpu = metrics({ available: false, gpus: [] });
+    const ram = statusBarState(noGpu, unreachable, DEFAULT_THRESHOLDS);
+    expect(ram.text).toBe('RAM 4.0 / 16.0 GiB (old)');
+    expect(ram.level).toBe('warning');
+    expect(ram.title.split('\n')[1]).toBe(
+      'The Jupyter server is not reachable. Showing the last reading.'
+    );
+    const gpuText = statusBarText(metrics(), unreachable);
+    expect(gpuText).toBe('GPU 2.0 / 80.0 GiB (old)');
+    // Stale and unreachable: one mark, not two.
+    const stale = metrics({ stale: true, sample_age_s: 40 });
+    expect(statusBarText(stale, unreachable)).toBe('GPU 2.0 / 80.0 GiB (old)');
+    const lost = metrics({
+      gpus: [],
+      unread_gpus: [{ key: '0', index: 0, error: 'GPU is lost', lost: true }]
+    });
+    expect(statusBarState(lost, unreachable, DEFAULT_THRESHOLDS).level).toBe('critical');
+  });
 });
 
 describe('a GPU that could not be read', () => {
@@ -452,24 +473,54 @@ describe('notebook names', () => {
   );
   const rows = names.map((path, i) => kernel(`k${i}`, 0, 0, path));
 
-  it('keep the end that tells them apart', () => {
+  it('keep the part that tells them apart, and their end', () => {
     const parts = kernelNameParts(rows[7], rows);
-    expect(parts.tail.startsWith('run_07')).toBe(true);
-    expect(parts.head + parts.tail).toBe(
-      'very_long_notebook_name_for_ablation_run_07_lora_rank_64_lr_3e-4.ipynb'
-    );
-    expect(parts.folder).toBe('experiments/2024-06-finetune');
+    expect(parts).toEqual({
+      head: 'very_long_notebook_name_for_ablation_',
+      tail: 'run_07_lora_rank_64_lr_',
+      end: '3e-4.ipynb',
+      folder: 'experiments/2024-06-finetune'
+    });
   });
 
-  /** The tails of notebooks named `names`, each against all of them. */
+  /** The kept parts (tail and end) of notebooks named `names`, each against all of them. */
   const tails = (...names: string[]): string[] => {
     const ks = names.map((name, i) => kernel(`n${i}`, 0, 0, name));
     return ks.map(k => {
       const parts = kernelNameParts(k, ks);
-      expect(parts.head + parts.tail).toBe(k.notebook_path);
-      return parts.tail;
+      expect(parts.head + parts.tail + parts.end).toBe(k.notebook_path);
+      return parts.tail + parts.end;
     });
   };
+
+  /** The parts of `name` against notebooks named `others`. */
+  const partsOf = (name: string, ...others: string[]): string[] => {
+    const ks = [name, ...others].map((path, i) => kernel(`p${i}`, 0, 0, path));
+    const { head, tail, end } = kernelNameParts(ks[0], ks);
+    return [head, tail, end];
+  };
+
+  it('keep the end of a long name whatever other notebooks run', () => {
+    // Alone, the whole name was the part kept, and the panel cut it at its end:
+    // "experiment_run_2026_1…", version and extension gone.
+    const name = 'experiment_run_2026_11_learning_rate_sweep_name_v1.ipynb';
+    const alone = partsOf(name);
+    expect(alone).toEqual(['experiment_run_2026_11_learning_rate_sweep_', '', 'name_v1.ipynb']);
+    expect(partsOf(name, name.replace('_v1', '_v2'))).toEqual(alone);
+    expect(partsOf(name, 'other.ipynb')).toEqual(alone);
+    // A difference at the start: the start shrinks, the end stays.
+    expect(
+      partsOf(
+        'Sweep01_with_a_long_descriptive_suffix.ipynb',
+        'Sweep02_with_a_long_descriptive_suffix.ipynb'
+      )
+    ).toEqual(['Sweep01_with_a_long_descriptive_', '', 'suffix.ipynb']);
+    // No word start near the end: cut at about 16 characters from it.
+    expect(partsOf('averyveryverylongnamewithoutanyseparatorsatall.ipynb')[2]).toBe(
+      'atorsatall.ipynb'
+    );
+    expect(partsOf('short_name.ipynb')).toEqual(['', '', 'short_name.ipynb']);
+  });
 
   it('split CamelCase names at their words, keeping the part that differs short', () => {
     // The whole name was the tail (no separator to stop at), which the panel cuts at its end:
@@ -496,16 +547,14 @@ describe('notebook names', () => {
     expect(
       tails('finetune2026llamaexperimentv17.ipynb', 'finetune2026llamaexperimentv18.ipynb')
     ).toEqual(['17.ipynb', '18.ipynb']);
-    // A difference at the start keeps the whole name: its start is what shows.
+    // A difference at the start is in the head: its start is what shows (the head shrinks
+    // from its end).
     expect(
       tails(
         'Sweep01_with_a_long_descriptive_suffix.ipynb',
         'Sweep02_with_a_long_descriptive_suffix.ipynb'
       )
-    ).toEqual([
-      'Sweep01_with_a_long_descriptive_suffix.ipynb',
-      'Sweep02_with_a_long_descriptive_suffix.ipynb'
-    ]);
+    ).toEqual(['suffix.ipynb', 'suffix.ipynb']);
   });
 
   it('cut a name in one long word where it differs', () => {
@@ -519,7 +568,7 @@ describe('notebook names', () => {
   it("name a console's kernel after the console", () => {
     const console1 = { ...kernel('c0ffee0123456789', 0, 0, null), console_name: 'Console 1' };
     expect(kernelLabel(console1)).toBe('Console 1');
-    expect(kernelNameParts(console1, [console1]).tail).toBe('Console 1');
+    expect(kernelNameParts(console1, [console1]).end).toBe('Console 1');
     const held = { ...console1, gpu_memory_total: 5 * GiB };
     const title = statusBarState(metrics({ kernels: [held] }), null, DEFAULT_THRESHOLDS).title;
     expect(title).toContain('Largest notebook: Console 1 (5.0 GiB)');
@@ -530,20 +579,22 @@ describe('notebook names', () => {
     const b = kernel('b', 0, 0, 'exp-b/train.ipynb');
     expect(kernelNameParts(a, [a, b])).toEqual({
       head: '',
-      tail: 'train.ipynb',
+      tail: '',
+      end: 'train.ipynb',
       folder: 'exp-a'
     });
     expect(kernelNameParts(kernel('c', 0, 0, 'top.ipynb'), []).folder).toBe('');
-    expect(kernelNameParts(kernel('0123456789abcdef', 0, 0, null), []).tail).toBe(
-      'Kernel 01234567'
-    );
+    expect(kernelNameParts(kernel('0123456789abcdef', 0, 0, null), []).end).toBe('Kernel 01234567');
   });
 
-  it('cut long folders in the middle', () => {
-    expect(middleEllipsis('abcdefghij', 20)).toBe('abcdefghij');
-    const cut = middleEllipsis('projects/alice/experiments/2024-06-finetune/llama', 24);
-    expect(cut.length).toBe(24);
-    expect(cut).toMatch(/^projects.*….*finetune\/llama$/);
+  it('give the whole folder, for the panel to cut at its start', () => {
+    // Cut to 48 characters in the middle here, then at its end by the panel: both rows read
+    // "projects/2026/very…er_nam…", "run_a" and "run_b" gone.
+    const folder = 'projects/2026/very_long_folder_name_for_experiments';
+    const a = kernel('a', 0, 0, `${folder}/run_a/train.ipynb`);
+    const b = kernel('b', 0, 0, `${folder}/run_b/train.ipynb`);
+    expect(kernelNameParts(a, [a, b]).folder).toBe(`${folder}/run_a`);
+    expect(kernelNameParts(b, [a, b]).folder).toBe(`${folder}/run_b`);
   });
 });
 

@@ -3,7 +3,8 @@
 `lab_server` (one per test session) serves an empty temporary root with the test kernel
 environment (tiny model, shared model cache). `lab_server_factory(extra_env)` starts more
 servers, e.g. with a fake NVML from `tests.fake_nvml.child_env`. `browser_page` is a fresh
-Playwright page on /usr/bin/chromium. UI tests carry `@pytest.mark.ui`.
+Playwright page on /usr/bin/chromium (`scrollbar_page`: one that shows scrollbars). UI tests
+carry `@pytest.mark.ui`.
 """
 
 from __future__ import annotations
@@ -178,3 +179,17 @@ def browser_page(browser: Any) -> Iterator[Any]:
     page = context.new_page()
     yield page
     context.close()
+
+
+@pytest.fixture()
+def scrollbar_page(browser: Any) -> Iterator[Any]:
+    """A page at 1366x768 whose scrollbars take room, as in a user's browser: Playwright hides
+    them (--hide-scrollbars), and with them a panel narrowed by its scrollbar."""
+    launched = browser.browser_type.launch(
+        executable_path=CHROMIUM, args=CHROMIUM_ARGS, ignore_default_args=["--hide-scrollbars"]
+    )
+    context = launched.new_context(viewport={"width": 1366, "height": 768})
+    page = context.new_page()
+    yield page
+    context.close()
+    launched.close()

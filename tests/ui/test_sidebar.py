@@ -354,10 +354,44 @@ def test_sidebar_and_status_bar_show_a_gpu(
 
         wait_until(answered, 60, "the cleanup reply")
         assert "cleanup" in row(page, "train.ipynb").locator(".q3j-status-detail").inner_text()
+        screenshot(page, output_dir / "sidebar-fake-gpu.png")
+        shut_down_while_free_memory_waits(page, server, client, kernel, output_dir)
     finally:
         client.stop_channels()
-    screenshot(page, output_dir / "sidebar-fake-gpu.png")
     assert errors == []
+
+
+def shut_down_while_free_memory_waits(
+    page: Any, server: LabServer, client: Any, kernel: str, output_dir: Path
+) -> None:
+    """A cell that runs on: "Free memory" waits for it, and "Shut down" is the way out. It was
+    disabled (and looked enabled) for as long as the cell ran."""
+    client.execute("import time; time.sleep(600)")
+    train = row(page, "train.ipynb")
+    train.locator(".q3j-state-busy").wait_for(timeout=30_000)
+    click_free(page, "train.ipynb")
+    train.get_by_text("Waiting for the running cell").wait_for(timeout=10_000)
+    free, shutdown = train.locator("button.q3j-free"), train.locator("button.q3j-shutdown")
+    assert free.is_disabled() and shutdown.is_enabled()
+    opacity = "node => Number(getComputedStyle(node).opacity)"
+    assert free.evaluate(opacity) < 1 and shutdown.evaluate(opacity) == 1
+    screenshot(page, output_dir / "sidebar-free-waits.png")
+    shutdown.click()
+    dialog = page.locator(".jp-Dialog")
+    dialog.wait_for(timeout=10_000)
+    dialog.locator("button.jp-mod-accept").click()
+    said: list[str] = []
+
+    def gone() -> bool:
+        status = train.locator(".q3j-status-text")
+        with contextlib.suppress(Exception):  # the row may go between the two calls
+            said.append(status.inner_text(timeout=500) if status.count() else "")
+        return train.count() == 0
+
+    wait_until(gone, 30, "the row of the kernel shut down to go")
+    # The shutdown ends the cleanup's wait; that is no failure to report.
+    assert not [text for text in said if "failed" in text], said
+    assert kernel not in {k["id"] for k in server.api("api/kernels")}
 
 
 def test_a_lost_gpu_stays_in_the_sidebar_and_turns_the_status_bar_red(
@@ -395,21 +429,50 @@ scrollWidth and clientWidth are rounded, and a tail shrunk by a fraction of a pi
 lost its last characters to the ellipsis)."""
 
 
+FOLDER_END_SHOWS = """node => {
+    const text = document.createRange();
+    text.selectNodeContents(node);
+    const [shown, whole] = [node.getBoundingClientRect(), text.getBoundingClientRect()];
+    return {cut: whole.width > shown.width + 1, endShows: whole.right <= shown.right + 0.5};
+}"""
+"""Whether a folder line is cut (its text wider than its box) and still shows its end."""
+
+BUTTONS_FIT = """row => [...row.querySelectorAll('.q3j-kernel-actions button')].map(button => {
+    const [box, line] = [button.getBoundingClientRect(), row.getBoundingClientRect()];
+    return {
+        label: button.textContent,
+        oneLine: button.scrollHeight <= button.clientHeight,
+        inRow: box.top >= line.top - 0.5 && box.bottom <= line.bottom + 0.5,
+    };
+})"""
+"""Each row button: on one line in its height, and inside its row (not over the next one)."""
+
+
 def test_long_names_show_what_tells_them_apart_and_a_console_is_no_link(
     lab_server_factory: Callable[..., LabServer],
-    browser_page: Any,
+    scrollbar_page: Any,
     output_dir: Path,
     tmp_path: Path,
 ) -> None:
-    """Two CamelCase names differing at their end: each row shows that end whole (both read
-    "FineTuneLlamaExper…" when a name without separators was one word, cut at its end). A
-    kernel only a console uses is named after the console, and its name opens nothing (it was
-    a link to the console's path, a file that does not exist: an error dialog)."""
+    """Six rows at 1366x768, scrollbar shown (it narrows the panel). Two CamelCase names
+    differing at their end: each row shows that end whole (both read "FineTuneLlamaExper…"
+    when a name without separators was one word, cut at its end). Two train.ipynb in long
+    folders: each folder line shows its last folder ("run_a", "run_b"; both were cut at their
+    end). A long name alone keeps its end ("…name_v1.ipynb", not "experiment_run_2026_1…").
+    Every row's buttons stay on one line inside the row (they wrapped, and "memory" and "down"
+    were drawn over the next row). A kernel only a console uses is named after the console,
+    and its name opens nothing (it was a link to the console's path, a file that does not
+    exist: an error dialog)."""
     fake = FakeNvml([FakeGpu(used=20 * GiB)])
-    page = browser_page
+    page = scrollbar_page
     server, errors, panel = open_sidebar_on(fake, lab_server_factory, tmp_path, page)
+    folder = "projects/2026/very_long_folder_name_for_experiments"
+    twins = [f"{folder}/run_a/train.ipynb", f"{folder}/run_b/train.ipynb"]
     names = ["FineTuneLlamaExperimentSweep01.ipynb", "FineTuneLlamaExperimentSweep02.ipynb"]
-    for name in names:
+    alone = "experiment_run_2026_11_learning_rate_sweep_name_v1.ipynb"
+    for twin in twins:
+        (server.root_dir / twin).parent.mkdir(parents=True)
+    for name in [*names, *twins, alone]:
         server.api(
             "api/sessions",
             "POST",
@@ -423,14 +486,24 @@ def test_long_names_show_what_tells_them_apart_and_a_console_is_no_link(
     )  # fmt: skip
     console_row = panel.locator(f'.q3j-kernel[data-kernel-id="{console["kernel"]["id"]}"]')
     console_row.wait_for(timeout=60_000)
-    shown = []
-    for name in names:
+    for name in [*names, *twins, alone]:
         row(page, name).wait_for(timeout=60_000)
-        tail = row(page, name).locator(".q3j-name-tail")
-        whole = tail.evaluate(WHOLE)
-        shown.append((tail.inner_text(), whole))
     screenshot(page, output_dir / "sidebar-long-names.png")
-    assert shown == [("Sweep01.ipynb", True), ("Sweep02.ipynb", True)], shown
+
+    ends = [row(page, name).locator(".q3j-name-end") for name in [*names, alone]]
+    shown = [(end.inner_text(), end.evaluate(WHOLE)) for end in ends]
+    expected = [("Sweep01.ipynb", True), ("Sweep02.ipynb", True), ("name_v1.ipynb", True)]
+    assert shown == expected, shown
+    folders = [row(page, name).locator(".q3j-kernel-folder") for name in twins]
+    assert [f.evaluate(FOLDER_END_SHOWS) for f in folders] == [{"cut": True, "endShows": True}] * 2
+    assert [f.inner_text() for f in folders] == [twin.rsplit("/", 1)[0] for twin in twins]
+
+    scrolls = panel.evaluate(
+        "n => [n.scrollHeight > n.clientHeight, n.offsetWidth > n.clientWidth]"
+    )
+    assert scrolls == [True, True], "six rows should scroll the panel, its scrollbar shown"
+    buttons = [b for r in panel.locator(".q3j-kernel").all() for b in r.evaluate(BUTTONS_FIT)]
+    assert len(buttons) == 12 and all(b["oneLine"] and b["inRow"] for b in buttons), buttons
 
     name = console_row.locator(".q3j-kernel-name")
     assert name.inner_text() == "Console 1"
