@@ -1,6 +1,7 @@
-"""`python -m qwen3_jupyter.demo NOTEBOOK`: execute a notebook headless in a real kernel, then
-print what ran, the tokens/s each `%qwen3` call reported, and the kernel's memory before and
-after every cell (measured from outside the kernel, on its process tree).
+"""`python -m qwen3_jupyter.demo [NOTEBOOK]`: execute a notebook (default: the quickstart it
+ships) headless in a real kernel, then print what ran, the tokens/s each `%qwen3` call
+reported, and the kernel's memory before and after every cell (measured from outside the
+kernel, on its process tree).
 """
 
 from __future__ import annotations
@@ -152,19 +153,36 @@ def format_summary(path: Path, executed: Path, summaries: list[CellSummary]) -> 
     return "\n".join(lines)
 
 
+def quickstart() -> Path:
+    """The quickstart notebook: shipped in the wheel (`pip install` users have no repository),
+    else the repository's own (an editable install)."""
+    shipped = Path(__file__).parent / "notebooks" / "quickstart.ipynb"
+    if shipped.exists():
+        return shipped
+    return Path(__file__).resolve().parent.parent / "notebooks" / "quickstart.ipynb"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m qwen3_jupyter.demo", description=__doc__)
-    parser.add_argument("notebook", type=Path)
+    parser.add_argument(
+        "notebook", type=Path, nargs="?", help="default: the quickstart notebook it ships"
+    )
     parser.add_argument("--out", type=Path, default=Path("out"), help="folder for the copy")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell")
     args = parser.parse_args(argv)
+    notebook = args.notebook or quickstart()
+    if not notebook.is_file():
+        print(f"demo: no notebook at {notebook}", file=sys.stderr)
+        return 2
     try:
-        summaries, executed = run_notebook(args.notebook, args.out, args.timeout)
+        summaries, executed = run_notebook(notebook, args.out, args.timeout)
     except Exception as exc:
         print(f"demo failed: {failure_line(exc)}", file=sys.stderr)
-        print(f"the executed notebook (with the error) is in {args.out}", file=sys.stderr)
+        copy = args.out / notebook.name
+        if copy.exists():
+            print(f"the executed notebook (with the error) is {copy}", file=sys.stderr)
         return 1
-    print(format_summary(args.notebook, executed, summaries))
+    print(format_summary(notebook, executed, summaries))
     return 0
 
 

@@ -16,6 +16,7 @@ import zipfile
 
 LABEXTENSION = "data/share/jupyter/labextensions/qwen3-jupyter/"
 SERVER_CONFIG = "data/etc/jupyter/jupyter_server_config.d/qwen3_jupyter.json"
+QUICKSTART = "qwen3_jupyter/notebooks/quickstart.ipynb"
 
 
 def problems(wheel: str) -> list[str]:
@@ -44,6 +45,10 @@ def problems(wheel: str) -> list[str]:
                 found.append("the server extension config does not enable qwen3_jupyter")
         if not any(n == "qwen3_jupyter/__init__.py" for n in names):
             found.append("no qwen3_jupyter package")
+        if QUICKSTART not in names:  # `python -m qwen3_jupyter.demo` runs it after pip install
+            found.append(f"no {QUICKSTART}")
+        if data + LABEXTENSION + "install.json" not in names:  # "installed by pip" in JupyterLab
+            found.append(f"no {LABEXTENSION}install.json")
     return found
 
 
@@ -56,7 +61,10 @@ def main(argv: list[str]) -> int:
         if found:
             status = 1
         else:
-            print(f"{wheel}: production labextension, server extension config, package: ok")
+            print(
+                f"{wheel}: production labextension, server extension config, package, "
+                "quickstart: ok"
+            )
     return status
 
 

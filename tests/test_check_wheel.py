@@ -26,7 +26,9 @@ def wheel(path: Path, static: list[str], config: object = CONFIG) -> str:
     labextension = DATA + "share/jupyter/labextensions/qwen3-jupyter/"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("qwen3_jupyter/__init__.py", "")
+        archive.writestr("qwen3_jupyter/notebooks/quickstart.ipynb", "{}")
         archive.writestr(labextension + "package.json", "{}")
+        archive.writestr(labextension + "install.json", "{}")
         for name in static:
             archive.writestr(labextension + name, "")
         config_path = DATA + "etc/jupyter/jupyter_server_config.d/qwen3_jupyter.json"
@@ -45,3 +47,19 @@ def test_a_production_wheel_passes_and_a_development_build_is_named(tmp_path: Pa
     off = wheel(tmp_path / "off.whl", ["static/remoteEntry.1.js"], {"ServerApp": {}})
     assert checker.problems(off) == ["the server extension config does not enable qwen3_jupyter"]
     assert checker.main([good]) == 0 and checker.main([off]) == 1
+
+
+def test_a_wheel_without_the_quickstart_or_install_json_is_named(tmp_path: Path) -> None:
+    """`python -m qwen3_jupyter.demo` runs the quickstart it ships (a pip install has no
+    repository), and JupyterLab tells a pip-installed extension by its install.json."""
+    checker = check_wheel()
+    good = wheel(tmp_path / "good.whl", ["static/remoteEntry.1.js"])
+    stripped = tmp_path / "stripped.whl"
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(stripped, "w") as target:
+        for item in source.infolist():
+            if not item.filename.endswith(("quickstart.ipynb", "install.json")):
+                target.writestr(item, source.read(item))
+    assert checker.problems(str(stripped)) == [
+        "no qwen3_jupyter/notebooks/quickstart.ipynb",
+        "no data/share/jupyter/labextensions/qwen3-jupyter/install.json",
+    ]

@@ -112,4 +112,20 @@ def test_a_failing_notebook_is_one_clean_line_and_leaves_no_kernel_running(
     assert main([str(path), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "demo failed: CellExecutionError: ValueError: boom", err
+    assert err[1] == f"the executed notebook (with the error) is {tmp_path / 'out' / path.name}"
     assert not running_kernels() - others, "the notebook's kernel outlived the demo"
+
+
+def test_without_a_notebook_it_runs_the_quickstart_and_a_missing_one_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pip user has no notebooks/ folder: `python -m qwen3_jupyter.demo` needed one. A
+    notebook path that does not exist said "the executed notebook is in out", and out/ was
+    never made."""
+    from qwen3_jupyter.demo import main, quickstart
+
+    assert quickstart().name == "quickstart.ipynb" and quickstart().is_file()
+    missing = tmp_path / "nowhere.ipynb"
+    assert main([str(missing), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == f"demo: no notebook at {missing}"
+    assert not (tmp_path / "out").exists()
