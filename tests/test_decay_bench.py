@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,9 +113,10 @@ def test_the_warm_up_decodes_eagerly_and_memory_is_read_on_the_models_device(
     kernels too ($QWEN3_JUPYTER_DECODE=fast makes a CPU kernel decode as CUDA's default does).
     And memory is read where the model is: `--device cpu` on a GPU machine (torch seeing a GPU
     here) read the idle GPU's bytes instead of the CPU's live tensors."""
-    kernel = Kernel({**kernel_env, "QWEN3_JUPYTER_DECODE": "fast"})
+    kernel = Kernel({**kernel_env, "QWEN3_JUPYTER_DECODE": "fast", "QWEN3_JUPYTER_DTYPE": "bf16"})
     try:
-        decay._prepare_kernel(kernel, "tiny", "cpu", 4)
+        # the dtype the kernel chose: the header said float32 for every CPU run
+        assert decay._prepare_kernel(kernel, "tiny", "cpu", 4) == "bfloat16"
         assert kernel.value("(_qwen3.engine, sorted(_S.engines))") == ("eager", [])
         decay._ok(kernel, "torch.cuda.is_available = lambda: True")
         measured = decay._json_line(decay._ok(kernel, decay.MEASURE.format()).stdout)
@@ -125,3 +128,43 @@ def test_the_warm_up_decodes_eagerly_and_memory_is_read_on_the_models_device(
         assert decay._json_line(decay._ok(kernel, batch).stdout)["cuda_peak"] is None
     finally:
         kernel.shutdown()
+
+
+def test_the_header_says_the_dtype_the_kernels_loaded() -> None:
+    """`run_benchmark` wrote `'bfloat16' if cuda else 'float32'`, whatever the kernels ran."""
+    runs = [decay.StrategyRun("a", "", dtype="bfloat16"), decay.StrategyRun("b", "", "bfloat16")]
+    when = datetime(2025, 1, 2, tzinfo=timezone.utc)
+    header = decay.run_header("tiny", False, decay._dtypes(runs), 8, 5, when)
+    assert header.startswith("device cpu, model tiny, dtype bfloat16, 8 new tokens per call")
+    assert "5 calls per strategy, 2025-01-02; memory means CPU" in header
+
+
+def test_table_b_says_time_per_item_for_what_it_is() -> None:
+    """The batch's seconds over its prompts was labelled "latency per item"."""
+    row = decay.BatchRow(4, 2.0, 0.5, 64.0, 2**20, 2**10, None)
+    table = decay.table_b([row], cuda=False)
+    assert "| batch size | peak kernel RSS | peak generation tensors | time per item |" in table
+    assert "| 4 | 1.0 MiB | 1.0 KiB | 0.50 s | 64.0 |" in table
+    assert "latency" not in table.split("\n\n")[0]
+    assert "time per item: the batch's seconds over its prompts" in table
+
+
+def test_an_interrupted_run_says_how_far_it_got(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shut: list[Any] = []
+    monkeypatch.setattr(decay, "start_kernels", lambda count: ["k"] * count)
+    monkeypatch.setattr(decay, "shut_down_all", shut.extend)
+    done: list[str] = []
+
+    def strategy(name: str, *args: Any) -> decay.StrategyRun:
+        if done:
+            raise KeyboardInterrupt
+        done.append(name)
+        return decay.StrategyRun(name, "")
+
+    monkeypatch.setattr(decay, "run_strategy", strategy)
+    with pytest.raises(KeyboardInterrupt, match=r"^1 of 4 strategies measured \(above\); nothing"):
+        decay.run_benchmark("tiny", 2, 4, "cpu", (1,), tmp_path / "out", log=lambda line: None)
+    assert shut == ["k"] * 3, "the kernels not yet used are shut down"
+    assert not (tmp_path / "out").exists()

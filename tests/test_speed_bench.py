@@ -8,8 +8,9 @@ import json
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -97,9 +98,13 @@ def test_setup_excluded_batch_figures_are_shown_and_judged_beside_the_wall_clock
     setup_heavy["paths"]["fast"]["4"] = figure(1200.0, decode=1900.0)
     setup_heavy["paths"]["fast"]["16"] = figure(1800.0, decode=3100.0)
     text = "\n".join(report(setup_heavy))
-    assert "then gives them back): batch 4 1,900.0 tok/s, batch 16 3,100.0 tok/s" in text
+    assert (
+        "fast path batches without building the decode step (each generate_batch call compiles "
+        "or loads and captures its batch shape's step, then gives it back; allocating the cache "
+        "and the prefill stay in): batch 4 1,900.0 tok/s, batch 16 3,100.0 tok/s"
+    ) in text, "the per-call setup was said left out, but only building the step is"
     assert "- batch 16 >= 2,400 tok/s, wall clock per call (1800): NOT met" in text
-    assert "- batch 16 >= 2,400 tok/s, setup excluded (3100): met" in text
+    assert "- batch 16 >= 2,400 tok/s, building the step excluded (3100): met" in text
 
 
 def test_a_failed_path_is_named_and_the_others_are_still_reported() -> None:
@@ -323,3 +328,120 @@ def test_a_run_removes_its_compile_cache_and_says_its_time_limit_as_given(
     assert "device: CPU (cpu), bfloat16\n" in printed, printed
     assert "out of time (--time-limit 0.5 s): not measured: eager at batch 1" in printed
     assert list(tmp_path.iterdir()) == [], "the compile cache (or a kernel's folder) was left"
+
+
+def test_a_time_limited_run_shows_the_fast_first_call_it_measured() -> None:
+    """`--time-limit` left batch 1 out after the fresh kernel's first call: the table read "–"
+    under "first call (batch 1)" with the call measured and printed below it."""
+    cut = results(not_measured=["first call (fast, second fresh kernel)", "fast at batch 1"])
+    cut["first_call"].pop("fast, second fresh kernel")
+    cut["paths"]["fast"].pop("1")
+    text = "\n".join(report(cut))
+    assert "| %qwen3 (fast path) | – | 2,000.0 | 2,600.0 | – | 40.0 s |" in text
+    assert "first call: a path's first call at that batch size in the measuring kernel" in text
+
+
+def test_the_second_kernel_is_not_started_after_the_time_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--time-limit` says "start no new measurement after this long", and the second fresh
+    kernel was started, loaded and timed after it anyway."""
+    from qwen3_jupyter.bench import speed
+
+    def started(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a kernel started after the time limit")
+
+    monkeypatch.setattr(speed, "_fresh_kernel", started)
+    monkeypatch.setattr(speed, "_first_call", started)
+    asked: list[str] = []
+    timed: list[str] = []
+
+    def out_of_time_after(calls: int) -> Callable[[str], bool]:
+        def out_of_time(what: str) -> bool:
+            asked.append(what)
+            return len(timed) >= calls
+
+        return out_of_time
+
+    args = speed.argparse.Namespace(tokens=8)
+    figures = results(first_call={})
+    speed._first_calls(figures, fake_kernel(), args, {}, "", out_of_time_after(0))
+    assert asked == ["first call (fast, fresh kernel)"]
+    monkeypatch.setattr(speed, "_first_call", lambda results, name, *rest: timed.append(name))
+    asked.clear()
+    speed._first_calls(figures, fake_kernel(), args, {}, "", out_of_time_after(1))
+    assert timed == ["fast, fresh kernel"]
+    assert asked == ["first call (fast, fresh kernel)", "first call (fast, second fresh kernel)"]
+
+
+class FakeKernel:
+    """Answers `_measure_one`'s cells: the warm-up call prints nothing, each timed run its
+    figures."""
+
+    def run(self, code: str, timeout: float = 0) -> Any:
+        said = {"tok_s": 100.0, "ttft": 0.01, "seconds": 0.1, "tokens": 8, "engine": "fast"}
+        stdout = json.dumps(said) + "\n" if code.startswith("print(") else ""
+        return type("Ran", (), {"status": "ok", "stdout": stdout})()
+
+
+def fake_kernel() -> Kernel:
+    return cast(Kernel, FakeKernel())
+
+
+def test_the_fast_first_call_at_batch_1_has_one_value_everywhere(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One run showed 1.3 s (progress line), 17.4 s (table) and 1.285 (JSON) as the fast
+    path's batch-1 first call: the table's was the fresh kernel's first call, which built the
+    shape; the others were the call after it."""
+    from qwen3_jupyter.bench import speed
+
+    args = speed.argparse.Namespace(tokens=8, batch_tokens=8, repeats=2)
+    built = results(first_call={"fast, fresh kernel": 17.4})
+    figures = speed._measure_one(fake_kernel(), "fast", 1, args, built)
+    assert figures["first_call_s"] == 17.4 and figures["warm_up_s"] < 1
+    assert "(first call 17.4 s: the fresh kernel's, above; warm-up here" in capsys.readouterr().out
+    built["paths"]["fast"]["1"] = figures
+    assert "| %qwen3 (fast path) | 100.0 | 2,000.0 | 2,600.0 | 10 ms | 17.4 s |" in "\n".join(
+        report(built)
+    )
+    eager = speed._measure_one(fake_kernel(), "eager", 1, args, built)
+    assert eager["first_call_s"] == eager["warm_up_s"], "a path's own first call elsewhere"
+    assert "(first call 0.0 s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("batches", "skip", "said"),
+    [
+        ([1, 2], False, "tiny, 16 tokens at batch 1, 8 per row at batch 2, 3 repeats, 2 CPUs"),
+        ([1, 4, 16], False, "16 tokens at batch 1, 8 per row at batches 4,16, 3 repeats"),
+        ([1], True, "tiny, 16 tokens at batch 1, 3 repeats"),
+        ([4, 16], True, "tiny, 8 per row at batches 4,16, 3 repeats"),
+    ],
+)
+def test_the_first_line_says_the_tokens_each_batch_gets(
+    batches: list[int], skip: bool, said: str
+) -> None:
+    """It said "8 per row at batches 1,2" where batch 1 makes `--tokens` (16)."""
+    from qwen3_jupyter.bench import speed
+
+    args = speed.argparse.Namespace(
+        model="tiny",
+        tokens=16,
+        batch_tokens=8,
+        batch_sizes=batches,
+        repeats=3,
+        skip_first_calls=skip,
+    )
+    assert said in speed.run_line(args, 2)
+
+
+def test_an_interrupted_run_says_what_it_measured() -> None:
+    from qwen3_jupyter.bench.speed import measured_so_far
+
+    assert measured_so_far(results(first_call={}, paths={"fast": {}})) == "nothing measured yet"
+    said = measured_so_far(results(paths={"fast": {"1": figure(612.34)}}))
+    assert said == (
+        "measured: first call (fast, fresh kernel) 40.0 s, first call (fast, second fresh "
+        "kernel) 6.0 s, fast batch 1 612.3 tok/s"
+    )

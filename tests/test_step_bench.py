@@ -36,6 +36,8 @@ def test_the_step_profile_accounts_for_the_step(
         # alternated with the engine's own step: a ratio per round, their median the figure
         assert len(variant["ratios"]) == 3 and all(r > 0 for r in variant["ratios"])
         assert variant["ratio"] == sorted(variant["ratios"])[1]
+        middle = variant["median_round"]  # the round printed beside the ratio: its two times
+        assert variant["ratio"] == middle["step_ms"] / middle["own_step_ms"]
     # one graph for all layers makes fewer calls per step than one per layer
     assert figures["variants"]["whole"]["profile"]["per_step"] < profile["per_step"]
     shown = capsys.readouterr().out
@@ -94,3 +96,29 @@ def test_a_second_gpu_is_the_one_waited_for(monkeypatch: pytest.MonkeyPatch) -> 
     query = torch.zeros(1, 2, 1, 4)
     attention._timed(torch, "cuda:1", (query, query, query), {})
     assert waited == ["cuda:1"] * 3
+
+
+def test_compare_gives_each_ratio_with_the_two_times_it_is_the_ratio_of() -> None:
+    """The header gave the engine's step at 2.298 ms (its first timing), then "whole: 0.74 of
+    the time ... 2.609 ms against 3.866 ms": neither the header's figure nor those medians
+    made the ratio. Each verdict now shows its median round's two times."""
+    variant = {
+        "first_call_s": 9.5,
+        "ratio": 0.75,
+        "ratios": [0.8, 0.75, 0.7],
+        "median_round": {"step_ms": 2.25, "own_step_ms": 3.0},
+        "step_ms": 2.609,
+        "own_step_ms": 3.866,
+    }
+    lines = step.compare_lines(
+        {"step_ms": 2.298, "first_call_s": 20.0, "variants": {"whole": variant}}
+    )
+    text = "\n".join(lines)
+    assert "2.298" not in text
+    assert lines[1].startswith("against the engine's three parts, each variant timed in alternated")
+    assert lines[2] == (
+        "  whole: 0.75 of the time per step (below 1 is faster; the median of 3 alternated rounds, "
+        "0.70 to 0.80): 2.250 ms per step against the engine's 3.000 ms in that round; first "
+        "call 9.5 s (compiling, or loading from the compile cache)"
+    )
+    assert step.compare_lines({"step_ms": 2.298, "first_call_s": 20.0}) == []

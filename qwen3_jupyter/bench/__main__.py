@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import sys
+from types import ModuleType
 
 import qwen3_jupyter.bench as bench_pkg
+from qwen3_jupyter.bench._cli import run_main
 
 
 def available() -> list[str]:
@@ -24,8 +26,13 @@ def main(argv: list[str]) -> int:
     if name not in names:
         print(f"unknown benchmark {name!r}; choose one of: {', '.join(names)}", file=sys.stderr)
         return 2
-    module = importlib.import_module(f"qwen3_jupyter.bench.{name}")
-    return int(module.main(argv[1:]) or 0)
+    return run_main(name, lambda args: _load(name).main(args), argv[1:])
+
+
+def _load(name: str) -> ModuleType:
+    """The bench's module, imported inside `run_main`: a Ctrl-C while torch imports is one
+    line too."""
+    return importlib.import_module(f"qwen3_jupyter.bench.{name}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from ..engines.attention import planless_attention
+from ._cli import device_name, output_file, positive_int
 
 BACKEND_NAMES = {
     -1: "none",
@@ -39,20 +40,50 @@ PHASES = ("decode", "prefill")
 FORMS = ("grouped", "repeated")
 """transformers' two SDPA forms: key/value heads grouped in the kernel (no mask), or repeated
 to the query heads (with a mask)."""
+SIDES = ("torch's choice", "ours (no cuDNN)")
+MIN_START = len(FORMS) * len(SIDES) + 1
+"""The lowest `--start`: each (form, side) run warms up at a key length below it, the last one
+at `--start` - 4, which must be 1 or more."""
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m qwen3_jupyter.bench attention", description=__doc__
     )
-    parser.add_argument("--device", default=None, help="default: cuda if present, else cpu")
-    parser.add_argument("--shapes", type=int, default=12, help="new key lengths per side")
-    parser.add_argument("--start", type=int, default=301, help="first key length")
-    parser.add_argument("--heads", type=int, default=16, help="query heads (Qwen3-1.7B: 16)")
-    parser.add_argument("--kv-heads", type=int, default=8, help="key/value heads (Qwen3-1.7B: 8)")
-    parser.add_argument("--head-dim", type=int, default=128, help="head dim (Qwen3-1.7B: 128)")
-    parser.add_argument("--json", default=None, metavar="PATH", help="also write the figures here")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--device", type=device_name, default=None, help="default: cuda if present, else cpu"
+    )
+    parser.add_argument("--shapes", type=positive_int, default=12, help="new key lengths per side")
+    parser.add_argument(
+        "--start",
+        type=positive_int,
+        default=301,
+        help=f"first key length, {MIN_START} or more (the warm-up calls use the ones below it)",
+    )
+    parser.add_argument(
+        "--heads", type=positive_int, default=16, help="query heads (Qwen3-1.7B: 16)"
+    )
+    parser.add_argument(
+        "--kv-heads", type=positive_int, default=8, help="key/value heads (Qwen3-1.7B: 8)"
+    )
+    parser.add_argument(
+        "--head-dim", type=positive_int, default=128, help="head dim (Qwen3-1.7B: 128)"
+    )
+    parser.add_argument(
+        "--json", type=output_file, default=None, metavar="PATH", help="also write the figures here"
+    )
+    args = parser.parse_args(argv)
+    if args.start < MIN_START:
+        parser.error(
+            f"--start {args.start}: {MIN_START} or more (one warm-up call per form and side runs "
+            "at a key length of its own below it)"
+        )
+    if args.heads % args.kv_heads:
+        parser.error(
+            f"--kv-heads {args.kv_heads} does not divide --heads {args.heads}: each key/value "
+            "head serves a whole group of query heads"
+        )
+    return args
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -60,10 +91,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    sides: dict[str, Callable[[], AbstractContextManager[Any]]] = {
-        "torch's choice": nullcontext,
-        "ours (no cuDNN)": planless_attention,
-    }
+    sides: dict[str, Callable[[], AbstractContextManager[Any]]] = dict(
+        zip(SIDES, (nullcontext, planless_attention), strict=True)
+    )
     runs = [(form, side) for form in FORMS for side in sides]
     lengths = [args.start + 2 * i for i in range(len(runs) * args.shapes)]
     figures: dict[str, Any] = {"device": device, "dtype": str(dtype).replace("torch.", "")}
@@ -151,14 +181,13 @@ def report(figures: dict[str, Any]) -> Iterator[str]:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    if (args.device or "").startswith("cuda"):
-        import torch
+    if args.device:  # there: `--device cuda` without a GPU, `cuda:3` on a machine with one
+        from ..models import ModelError, pick_device
 
-        if not torch.cuda.is_available():
-            raise SystemExit(
-                f"bench attention: --device {args.device}: no CUDA GPU is visible here; "
-                "use --device cpu"
-            )
+        try:
+            pick_device(args.device)
+        except ModelError as exc:
+            raise SystemExit(f"bench attention: {exc}") from None
     figures = measure(args)
     for line in report(figures):
         print(line, flush=True)

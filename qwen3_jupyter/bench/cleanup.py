@@ -24,11 +24,12 @@ import statistics
 import time
 from typing import Any
 
+from ._cli import non_negative_int, output_file, positive_int
 from ._kernel import Kernel
 
 TARGET_P50_S = 0.050
 
-SETUP = """
+LOAD = """
 import gc, json, time
 import torch
 import qwen3_jupyter
@@ -36,6 +37,9 @@ from qwen3_jupyter.session import SESSION
 MiB = 1024 * 1024
 loaded = SESSION.load(SESSION.choice({model!r}, dtype={dtype!r}))
 del loaded
+"""
+
+SETUP = """
 records = [{{"id": i, "tags": [str(i)]}} for i in range({objects} // 2)]
 reports = []
 remove_listener = qwen3_jupyter.add_cleanup_listener(reports.append)
@@ -86,6 +90,15 @@ def _ok(kernel: Kernel, code: str, timeout: float = 600) -> str:
     return execution.stdout
 
 
+def _load_or_exit(kernel: Kernel, code: str) -> None:
+    """Run the cell that loads the model; its failure (no such model, a dtype there is not) is
+    the user's to fix: one line, as the other benches say it, not a traceback."""
+    execution = kernel.run(code, timeout=3600)
+    if execution.status != "ok":
+        said = execution.error_line
+        raise SystemExit(f"bench cleanup: {said.removeprefix('ModelError: ')}")
+
+
 def _scenario(kernel: Kernel, repeat: int, holders: bool, flags: str = "") -> dict[str, Any]:
     for _ in range(repeat):
         if holders:
@@ -121,9 +134,13 @@ def main(argv: list[str]) -> int:
         "tiny for a quick run).",
     )
     parser.add_argument("--dtype", default="bfloat16", help="dtype of the model (default bf16).")
-    parser.add_argument("--objects", type=int, default=1_000_000, help="Tracked objects.")
-    parser.add_argument("--repeat", type=int, default=20, help="Runs per scenario.")
-    parser.add_argument("--json", metavar="PATH", help="Also write the raw timings here.")
+    parser.add_argument(
+        "--objects", type=non_negative_int, default=1_000_000, help="Tracked objects."
+    )
+    parser.add_argument("--repeat", type=positive_int, default=20, help="Runs per scenario.")
+    parser.add_argument(
+        "--json", type=output_file, metavar="PATH", help="Also write the raw timings here."
+    )
     args = parser.parse_args(argv)
 
     print(
@@ -134,7 +151,8 @@ def main(argv: list[str]) -> int:
     try:
         started = time.perf_counter()
         _ok(kernel, "%load_ext qwen3_jupyter")
-        _ok(kernel, SETUP.format(model=args.model, dtype=args.dtype, objects=args.objects))
+        _load_or_exit(kernel, LOAD.format(model=args.model, dtype=args.dtype))
+        _ok(kernel, SETUP.format(objects=args.objects))
         tracked = _ok(kernel, "print(len(gc.get_objects()))").strip()
         print(f"setup {time.perf_counter() - started:.1f} s; gc-tracked objects: {tracked}")
         _scenario(kernel, 2, holders=True)  # warm-up: first-call imports and caches

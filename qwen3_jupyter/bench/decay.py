@@ -36,6 +36,7 @@ import psutil
 
 from ..memory import format_bytes
 from ..models import ModelError, pick_device
+from ._cli import device_name, output_folder, positive_int
 from ._kernel import Kernel, load_or_exit
 
 PROMPT = "Explain step by step how a Jupyter kernel keeps state between cells."
@@ -164,6 +165,8 @@ class Call:
 class StrategyRun:
     name: str
     description: str
+    dtype: str = ""
+    """The dtype the kernel loaded the model in ($QWEN3_JUPYTER_DTYPE may have chosen it)."""
     baseline_rss: int = 0
     baseline_live: int = 0
     baseline_cuda: int | None = None
@@ -236,8 +239,10 @@ def shut_down_all(kernels: list[Kernel]) -> None:
             print(f"bench decay: shutting a kernel down failed: {exc}", file=sys.stderr)
 
 
-def _prepare_kernel(kernel: Kernel, model: str, device: str | None, tokens: int) -> Kernel:
-    """Load the extension and the model into a started kernel, and define the measuring code.
+def _prepare_kernel(kernel: Kernel, model: str, device: str | None, tokens: int) -> str:
+    """Load the extension and the model into a started kernel, and define the measuring code;
+    returns the dtype the model was loaded in, which the header must say as the kernel chose
+    it (it said float32 for every CPU run, bfloat16 ones included).
     The warm-up decodes eagerly, whatever the device: on CUDA a default call builds the fast
     path's decode step and keeps its cache, which the naive rows' kernels then held too (their
     peak inflated by it) and the `%qwen3` rows' call 1 no longer paid. A load that fails (no
@@ -250,7 +255,7 @@ def _prepare_kernel(kernel: Kernel, model: str, device: str | None, tokens: int)
         "decay",
     )
     _ok(kernel, SETUP.format(prompt=PROMPT, n=tokens))
-    return kernel
+    return str(kernel.value("str(_l.dtype)"))
 
 
 def run_strategy(
@@ -269,7 +274,7 @@ def run_strategy(
     run = StrategyRun(name, description)
     kernel = kernel or Kernel({"PYTHONUNBUFFERED": "1"})
     try:
-        _prepare_kernel(kernel, model, device, tokens)
+        run.dtype = _prepare_kernel(kernel, model, device, tokens)
         sampler = PeakSampler(kernel.pid)
         base = _json_line(_ok(kernel, MEASURE.format()).stdout)
         run.baseline_rss, run.baseline_live = sampler.rss(), int(base["live"])
@@ -311,7 +316,9 @@ def _delta(before: int | None, after: int | None) -> int | None:
 class BatchRow:
     batch_size: int
     seconds: float
-    latency_per_item_s: float
+    seconds_per_item: float
+    """The batch's wall time over its prompts: throughput's inverse, not any prompt's latency
+    (every prompt of a chunk waits for the whole chunk)."""
     tokens_per_s: float
     peak_rss: int
     peak_generation_tensors: int
@@ -415,17 +422,24 @@ def _call_columns(calls: int) -> list[int]:
 def table_b(rows: list[BatchRow], cuda: bool) -> str:
     label = "peak CUDA allocated" if cuda else "peak kernel RSS"
     lines = [
-        f"| batch size | {label} | peak generation tensors | latency per item | tokens/s |",
+        f"| batch size | {label} | peak generation tensors | time per item | tokens/s |",
         "|---|---|---|---|---|",
     ]
     for r in rows:
         peak = r.cuda_peak if cuda and r.cuda_peak is not None else r.peak_rss
         lines.append(
             f"| {r.batch_size} | {format_bytes(peak)} | "
-            f"{format_bytes(r.peak_generation_tensors)} | {r.latency_per_item_s:.2f} s | "
+            f"{format_bytes(r.peak_generation_tensors)} | {r.seconds_per_item:.2f} s | "
             f"{r.tokens_per_s:.1f} |"
         )
+    lines += ["", TIME_PER_ITEM]
     return "\n".join(lines)
+
+
+TIME_PER_ITEM = (
+    "time per item: the batch's seconds over its prompts (the inverse of throughput; each "
+    "prompt waits for its whole chunk)."
+)
 
 
 def plot(runs: list[StrategyRun], path: Path) -> None:
@@ -462,25 +476,20 @@ def run_benchmark(
     clock = time.perf_counter()
     log(f"starting {len(STRATEGIES) + 1} fresh kernels (one per strategy, one for the batches)")
     kernels = start_kernels(len(STRATEGIES) + 1)
-    runs = []
+    runs: list[StrategyRun] = []
     try:
         for name in STRATEGIES:
             log(f"{name}: {calls} calls of {tokens} tokens")
             runs.append(run_strategy(name, model, device, calls, tokens, log, kernels.pop(0)))
         log(f"generate_batch: batch sizes {', '.join(map(str, sizes))}")
         batch_rows = run_batches(model, device, tokens, list(sizes), max(sizes), log, kernels.pop())
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(
+            f"{len(runs)} of {len(STRATEGIES)} strategies measured (above); nothing written"
+        ) from None
     finally:
         shut_down_all(kernels)  # those a failed strategy never reached
-    memory = (
-        "CUDA: torch allocated/peak bytes, NVML process memory"
-        if cuda
-        else "CPU: kernel RSS (peak sampled every 10 ms from outside) and live tensor bytes"
-    )
-    header = (
-        f"device {'cuda' if cuda else 'cpu'}, model {model}, dtype "
-        f"{'bfloat16' if cuda else 'float32'}, {tokens} new tokens per call (EOS ignored), "
-        f"greedy, {calls} calls per strategy, {started:%Y-%m-%d}; memory means {memory}"
-    )
+    header = run_header(model, cuda, _dtypes(runs), tokens, calls, started)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"decay-{model.replace(':', '_').replace('/', '_')}-{'cuda' if cuda else 'cpu'}"
     png, data_path = out_dir / f"{stem}.png", out_dir / f"{stem}.json"
@@ -502,6 +511,27 @@ def run_benchmark(
     data_path.write_text(json.dumps(data, indent=2))
     data["json"] = str(data_path)
     return data
+
+
+def _dtypes(runs: list[StrategyRun]) -> str:
+    """The dtype the kernels loaded the model in (each strategy's, should they differ)."""
+    return "/".join(sorted({run.dtype for run in runs if run.dtype})) or "unknown"
+
+
+def run_header(
+    model: str, cuda: bool, dtype: str, tokens: int, calls: int, started: datetime
+) -> str:
+    """The line above the tables (and the JSON's `header`): what was measured, and how."""
+    memory = (
+        "CUDA: torch allocated/peak bytes, NVML process memory"
+        if cuda
+        else "CPU: kernel RSS (peak sampled every 10 ms from outside) and live tensor bytes"
+    )
+    return (
+        f"device {'cuda' if cuda else 'cpu'}, model {model}, dtype {dtype}, {tokens} new tokens "
+        f"per call (EOS ignored), greedy, {calls} calls per strategy, {started:%Y-%m-%d}; memory "
+        f"means {memory}"
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -533,14 +563,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", default="random:Qwen3-1.7B", help="default: %(default)s")
-    parser.add_argument("--calls", type=int, default=None, help=f"default {FULL.calls}")
-    parser.add_argument("--tokens", type=int, default=32, help="new tokens per call (32)")
-    parser.add_argument("--device", default=None, help="default: cuda if present, else cpu")
+    parser.add_argument("--calls", type=positive_int, default=None, help=f"default {FULL.calls}")
+    parser.add_argument("--tokens", type=positive_int, default=32, help="new tokens per call (32)")
+    parser.add_argument(
+        "--device", type=device_name, default=None, help="default: cuda if present, else cpu"
+    )
     parser.add_argument(
         "--batch-sizes", default=None, help=f"comma-separated, default {FULL.batch_sizes}"
     )
     parser.add_argument(
-        "--out", type=Path, default=Path("out"), help="folder for the JSON and the plot (out)"
+        "--out",
+        type=output_folder,
+        default="out",  # a string: argparse checks it with `type` as it would a given one
+        help="folder for the JSON and the plot, checked before the run (out)",
     )
     parser.add_argument(
         "--quick",
@@ -553,8 +588,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.calls = preset.calls
     if args.batch_sizes is None:
         args.batch_sizes = preset.batch_sizes
-    if args.calls < 1 or args.tokens < 1:
-        parser.error("--calls and --tokens must be >= 1")
     try:
         sizes = [int(s) for s in str(args.batch_sizes).split(",")]
     except ValueError:

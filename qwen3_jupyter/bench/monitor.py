@@ -15,6 +15,7 @@ import argparse
 import ast
 import time
 
+from ._cli import non_negative_float, positive_float, positive_floats
 from ._kernel import Kernel
 
 START = """
@@ -87,19 +88,29 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m qwen3_jupyter.bench monitor", description=__doc__
     )
-    parser.add_argument("--intervals", default="0.5,0.1", help="polling intervals, seconds")
-    parser.add_argument("--seconds", type=float, default=8.0, help="length of each gauge run")
     parser.add_argument(
-        "--bare-seconds", type=float, default=4.0, help="length of each no-gauge run (0: skip)"
+        "--intervals",
+        type=positive_floats,
+        default="0.5,0.1",
+        help="polling intervals, seconds, comma-separated (0.5,0.1)",
+    )
+    parser.add_argument(
+        "--seconds", type=positive_float, default=8.0, help="length of each gauge run (8)"
+    )
+    parser.add_argument(
+        "--bare-seconds",
+        type=non_negative_float,
+        default=4.0,
+        help="length of each no-gauge run (4; 0: skip)",
     )
     args = parser.parse_args(argv)
-    intervals = [float(x) for x in args.intervals.split(",")]
+    intervals: list[float] = args.intervals
     kernel = Kernel({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
     rows = []
     try:
         loaded = kernel.run("%load_ext qwen3_jupyter")
         if loaded.status != "ok":
-            raise RuntimeError(f"could not load the extension: {loaded.error_line}")
+            raise SystemExit(f"bench monitor: could not load the extension: {loaded.error_line}")
         started = time.monotonic()
         if args.bare_seconds > 0:
             for interval in intervals:

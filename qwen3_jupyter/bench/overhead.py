@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
+from ._cli import device_name, positive_int
 from ._kernel import Kernel, load_or_exit, timed_cell
 
 PROMPT = "Explain in detail how a Jupyter kernel keeps state between cells."
@@ -48,18 +49,40 @@ def measure(model: str, tokens: int, repeats: int, device: str | None) -> dict[s
         )
         timed_cell(kernel, BARE_SETUP.format(prompt=PROMPT))
         timed_cell(kernel, BARE_CELL.format(n=tokens))  # warm the bare path too
-        bare, magic = [], []
-        for i in range(repeats):
-            bare.append(timed_cell(kernel, BARE_CELL.format(n=tokens)))
-            magic.append(timed_cell(kernel, MAGIC_CELL.format(n=tokens, prompt=PROMPT)))
-            print(
-                f"  run {i + 1}/{repeats}: bare {bare[-1]:.3f} s, %qwen3 {magic[-1]:.3f} s",
-                flush=True,
-            )
+        bare: list[float] = []
+        magic: list[float] = []
+        try:
+            for i in range(repeats):
+                bare.append(timed_cell(kernel, BARE_CELL.format(n=tokens)))
+                magic.append(timed_cell(kernel, MAGIC_CELL.format(n=tokens, prompt=PROMPT)))
+                print(
+                    f"  run {i + 1}/{repeats}: bare {bare[-1]:.3f} s, %qwen3 {magic[-1]:.3f} s",
+                    flush=True,
+                )
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(runs_so_far(model, bare, magic, repeats)) from None
     finally:
         kernel.shutdown()
-    bare_s, magic_s = statistics.median(bare), statistics.median(magic)
+    return medians(bare, magic)
+
+
+def medians(bare: list[float], magic: list[float]) -> dict[str, float]:
+    """Each way's median over the runs (pairs: a run is one of each), and their ratio."""
+    runs = min(len(bare), len(magic))
+    bare_s, magic_s = statistics.median(bare[:runs]), statistics.median(magic[:runs])
     return {"bare_s": bare_s, "magic_s": magic_s, "ratio": magic_s / bare_s}
+
+
+def runs_so_far(model: str, bare: list[float], magic: list[float], repeats: int) -> str:
+    """What a Ctrl-C left of a model's runs, in one line."""
+    runs = min(len(bare), len(magic))
+    if not runs:
+        return f"{model}: no run finished"
+    m = medians(bare, magic)
+    return (
+        f"{model}: {runs} of {repeats} runs, medians bare {m['bare_s']:.3f} s, %qwen3 "
+        f"{m['magic_s']:.3f} s, ratio {m['ratio']:.3f}"
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -71,18 +94,28 @@ def main(argv: list[str]) -> int:
         default="tiny,random:Qwen3-1.7B",
         help="comma-separated, each measured in a kernel of its own (default: %(default)s)",
     )
-    parser.add_argument("--tokens", type=int, default=32, help="new tokens per call")
+    parser.add_argument("--tokens", type=positive_int, default=32, help="new tokens per call")
     parser.add_argument(
-        "--repeats", type=int, default=5, help="alternating runs of each way; medians shown (5)"
+        "--repeats",
+        type=positive_int,
+        default=5,
+        help="alternating runs of each way; medians shown (5)",
     )
-    parser.add_argument("--device", default=None, help="default: cuda if present, else cpu")
+    parser.add_argument(
+        "--device", type=device_name, default=None, help="default: cuda if present, else cpu"
+    )
     args = parser.parse_args(argv)
-    if args.tokens < 1 or args.repeats < 1:
-        parser.error("--tokens and --repeats must be at least 1")
-    rows = []
-    for model in args.models.split(","):
-        print(f"{model}: {args.tokens} new tokens, {args.repeats} alternating runs", flush=True)
-        rows.append((model, measure(model, args.tokens, args.repeats, args.device)))
+    models = args.models.split(",")
+    if not all(models):
+        parser.error(f"--models {args.models!r}: model names, comma-separated")
+    rows: list[tuple[str, dict[str, float]]] = []
+    try:
+        for model in models:
+            print(f"{model}: {args.tokens} new tokens, {args.repeats} alternating runs", flush=True)
+            rows.append((model, measure(model, args.tokens, args.repeats, args.device)))
+    except KeyboardInterrupt as exc:
+        done = [f"{model}: ratio {r['ratio']:.3f}" for model, r in rows]
+        raise KeyboardInterrupt("; ".join(filter(None, [*done, str(exc)]))) from None
     print()
     print("| model | bare model.generate (median s) | %qwen3 end to end (median s) | ratio |")
     print("|---|---|---|---|")
