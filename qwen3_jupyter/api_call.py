@@ -127,20 +127,21 @@ def configured() -> dict[str, str | None]:
 def api_call(show_status: bool = True) -> Iterator[ApiCall]:
     """Run an API call; at its end (also on an error or an interrupt) clear its status line
     and print the notices its engines left."""
-    call = ApiCall(show_status)
-    failed = True
-    try:
-        with display.call_line(call.status):  # a batch's progress shows in this call's line
-            yield call
-        failed = False
-    except Exception as exc:
-        reword_for_python(exc)
-        raise
-    finally:
-        with interrupts_caught() as late:  # printing the notices waits on the kernel's output
-            call.end(failed)
-        if late:  # the stop it always is, without losing what the call returns
-            CELL_INTERRUPTS.note(True)
+    with display.shown_in_the_starting_cell():  # a call in a thread: its own cell's output
+        call = ApiCall(show_status)
+        failed = True
+        try:
+            with display.call_line(call.status):  # a batch's progress shows in this call's line
+                yield call
+            failed = False
+        except Exception as exc:
+            reword_for_python(exc)
+            raise
+        finally:
+            with interrupts_caught() as late:  # printing the notices waits on kernel output
+                call.end(failed)
+            if late:  # the stop it always is, without losing what the call returns
+                CELL_INTERRUPTS.note(True)
 
 
 def reword_for_python(exc: BaseException) -> None:

@@ -35,6 +35,35 @@ def in_kernel() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
+@contextmanager
+def shown_in_the_starting_cell() -> Iterator[None]:
+    """In a thread other than the main one, what the block shows goes to the cell that was
+    running when it began. ipykernel sends a thread's output to whichever cell runs when it is
+    sent: a batch started in a thread, whose first display came 3 s later (importing torch),
+    put its progress, its load line and its summary under the next cell the user ran. Where
+    ipykernel cannot pin a thread's output (before 7), it goes where it went."""
+    import threading
+
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if threading.current_thread() is threading.main_thread() or shell is None:
+        yield
+        return
+    pinned: list[tuple[Any, Any]] = []
+    targets: tuple[Any, ...] = (getattr(shell, "display_pub", None), sys.stdout, sys.stderr)
+    for target in targets:
+        pin = getattr(target, "set_thread_parent", None)
+        header = getattr(target, "parent_header", None)
+        if pin is not None and header:
+            pinned.append((target, pin(header)))
+    try:
+        yield
+    finally:
+        for target, token in pinned:
+            target.reset_thread_parent(token)
+
+
 def captured() -> bool:
     """True inside IPython's `%%capture` (or `capture_output()`): there every update of a
     display is kept as an output of its own — a 400-token answer streamed into 234 outputs,

@@ -903,3 +903,24 @@ def test_a_batch_tables_plain_form_is_the_text_itself(kernel: Kernel) -> None:
     assert "| 1 | Is &lt;b&gt; &amp; x bold? | *(thinking only)* | 5 |" in data["text/markdown"]
     assert "| 0 | Is <b> & x bold? | Use a <div> \\| here | 5 |" in data["text/plain"]
     assert "| 1 | Is <b> & x bold? | (thinking only) | 5 |" in data["text/plain"]
+
+
+@pytest.mark.no_preload  # importing torch makes the first display come seconds after the call
+def test_a_batch_in_a_thread_shows_in_the_cell_that_started_it(fresh_kernel: Kernel) -> None:
+    """A thread's output went to whichever cell ran when it was sent: a batch started in a
+    thread showed its progress, its load line and its summary under the next cell."""
+    k = fresh_kernel
+    started = ok(
+        k,
+        "%load_ext qwen3_jupyter\n"
+        "import threading, time, qwen3_jupyter\n"
+        "done = {}\n"
+        "def run():\n"
+        "    done['r'] = qwen3_jupyter.generate_batch(['a', 'b'], model='tiny', greedy=True, "
+        "think=False, max_new_tokens=3)\n"
+        "thread = threading.Thread(target=run); thread.start(); time.sleep(0.3)",
+    )
+    later = ok(k, "thread.join(120)\nlen(done['r'])")
+    assert later.result() == "2", later.messages
+    assert "[qwen3]" not in later.stdout and not later.of_type("display_data"), later.messages
+    assert "import" not in started.stdout  # (its cell ended before anything was shown)
