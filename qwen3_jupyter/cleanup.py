@@ -22,6 +22,7 @@ import difflib
 import gc
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
@@ -311,6 +312,17 @@ def _current_shell() -> Any | None:
     return get_ipython()
 
 
+FOREGROUND_ACTIONS = ("output cache", "last exception")
+"""What belongs to the cell the user is running: a cleanup from a thread (an `inference()`
+block's end there) wiped the exception the user was about to `%debug`, at an arbitrary
+moment."""
+FROM_A_THREAD = "a cleanup in a thread leaves the notebook's outputs and last exception alone"
+
+
+def on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
 def _run_actions(
     shell: Any | None, drop: tuple[str, ...], dynamo: bool, full_gc_reason: str
 ) -> tuple[ActionResult, ...]:
@@ -350,6 +362,9 @@ def _run_actions(
         for name, action in steps:
             if busy and name in MODEL_ACTIONS:
                 results.append(ActionResult(name, skipped=busy))
+                continue
+            if name in FOREGROUND_ACTIONS and not on_main_thread():
+                results.append(ActionResult(name, skipped=FROM_A_THREAD))
                 continue
             results.append(_run_action(name, action, probe))
             probe = _probe()

@@ -200,13 +200,17 @@ class CleanupReport:
         if self.error:
             failed.append(self.error)
         parts.extend(failed)
-        skipped = [a for a in self.actions if a.skipped]
-        if skipped:
-            names = ", ".join(a.name for a in skipped)
-            parts.append(
-                f"skipped {names}: {skipped[0].skipped} (the figures include what it allocated "
-                "or freed meanwhile)"
+        skipped: dict[str, list[str]] = {}  # by why: a busy model, a cleanup in a thread
+        for action in self.actions:
+            if action.skipped:
+                skipped.setdefault(action.skipped, []).append(action.name)
+        for why, names in skipped.items():
+            meanwhile = (
+                " (the figures include what it allocated or freed meanwhile)"
+                if why.startswith("the model is busy")
+                else ""
             )
+            parts.append(f"skipped {', '.join(names)}: {why}{meanwhile}")
         if self.kept:
             parts.append(self._in_callers_words(f"kept on purpose: {'; '.join(self.kept)}"))
         timing = f"{self.seconds * 1000:.0f} ms"

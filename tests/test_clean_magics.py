@@ -350,3 +350,27 @@ def test_drop_keeps_the_answer_of_a_qwen3_call_in_the_cell(k: Kernel) -> None:
     )
     assert "dropped names (scratch)" in report_lines(dropped)[0], "control: --drop dropped"
     assert k.value("_qwen3.prompt") == "hi"
+
+
+def test_a_cleanup_in_a_thread_leaves_the_last_exception_and_outputs_alone(k: Kernel) -> None:
+    """An `inference()` block ending in a background thread cleans up: it wiped the exception
+    the user had just met in the notebook (`%debug`, `%tb`: "No traceback available")."""
+    ok(k, 'shown = torch.ones(4 * MiB)\nrefs["thread_out"] = weakref.ref(shown)\nshown')
+    ok(k, "del shown")
+    failed = k.run("{'a': 1}['b']")
+    assert failed.status == "error"
+    ok(
+        k,
+        "import threading, qwen3_jupyter\nreports = []\n"
+        "worker = threading.Thread(target=lambda: reports.append(qwen3_jupyter.cleanup()))\n"
+        "worker.start(); worker.join()",
+    )
+    summary = k.value("reports[0].summary()")
+    assert (
+        "skipped output cache, last exception: a cleanup in a thread leaves the notebook's "
+        "outputs and last exception alone" in summary
+    ), summary
+    assert k.value("repr(sys.last_value)") == "KeyError('b')"
+    assert alive(k, "thread_out"), "the notebook's output is the notebook's to clear"
+    ok(k, "%qwen3_clean")
+    assert not alive(k, "thread_out")
