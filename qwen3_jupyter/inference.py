@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -33,6 +34,12 @@ from .session import SESSION
 _OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(GenerationOptions))
 
 
+STOPPED_BLOCK = (
+    "stopped by qwen3_jupyter.stop() (or %qwen3 --stop): this inference() block's later chat() "
+    "calls do not start; open a new block to ask again"
+)
+
+
 class Chat:
     """Calls the block's model: `chat(prompt, **options) -> Result`.
 
@@ -49,6 +56,10 @@ class Chat:
         self.defaults = dict(defaults)
         self.model_name = engine.model_name
         self.report: CleanupReport | None = None
+        self._stopped = False
+        """A call of this block in a thread was stopped (`stop()`, `%qwen3 --stop`): its later
+        calls do not start. In the main thread an interrupt ends the cell's later calls
+        (CELL_INTERRUPTS); a thread's loop of chat() calls went on after the stop."""
 
     @shown_at_the_callers_line
     def __call__(
@@ -61,6 +72,8 @@ class Chat:
     ) -> Result:
         if self._engine is None:
             raise RuntimeError("this chat ended with its `with inference()` block; open a new one")
+        if self._stopped:
+            raise KeyboardInterrupt(STOPPED_BLOCK)
         _check_prompt(prompt)
         refuse_unknown_keywords(options, _CHAT_KEYWORDS)
         check_arguments(flags={"chat": chat})
@@ -79,6 +92,8 @@ class Chat:
                 call.notify(
                     f"chat interrupted: partial answer kept ({result.completion_tokens} tokens)"
                 )
+                # In a thread only a stop() ends a call early: the rest of the block is stopped.
+                self._stopped = threading.current_thread() is not threading.main_thread()
             return result
 
     def close(self) -> None:

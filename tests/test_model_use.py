@@ -474,3 +474,32 @@ def test_a_decode_mark_an_interrupt_left_behind_neither_refuses_nor_outlives_the
     begin_and_leave()
     use.release_leftover()  # the cell's end: the stale mark (and its frame) is dropped
     assert use._decoding is None
+
+
+def test_a_stop_ends_a_threads_inference_block_not_only_its_running_chat(
+    fresh_kernel: Kernel,
+) -> None:
+    """`%qwen3 --stop` stopped the running chat() of a loop in a thread, and the loop asked
+    its next questions as if nothing had happened (in the main thread one interrupt ends the
+    cell's later calls)."""
+    k = fresh_kernel
+    ok(k, "%load_ext qwen3_jupyter\nimport threading, time, qwen3_jupyter")
+    ok(k, "%qwen3 --model tiny --max-new-tokens 1 load")
+    ok(
+        k,
+        "asked, ended = [], {}\n"
+        "def loop():\n"
+        "    try:\n"
+        "        with qwen3_jupyter.inference(max_new_tokens=3000, ignore_eos=True) as chat:\n"
+        "            for i in range(4):\n"
+        "                asked.append(chat(f'question {i}', think=False).stop_reason)\n"
+        "    except KeyboardInterrupt as stop:\n"
+        "        ended['why'] = str(stop)\n"
+        "looper = threading.Thread(target=loop, name='looper'); looper.start()\n"
+        "while qwen3_jupyter.session.HOLDER.use.user is None: time.sleep(0.05)",
+    )
+    stopped = ok(k, "%qwen3 --stop")
+    assert "asked an inference() chat in thread 'looper' to stop" in stopped.stdout
+    ok(k, "looper.join(60)")
+    assert k.value("asked") == ["interrupted"]
+    assert k.value("ended['why']").startswith("stopped by qwen3_jupyter.stop() (or %qwen3 --stop)")
