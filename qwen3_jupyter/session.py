@@ -501,16 +501,18 @@ class Session:
         ref = weakref.ref(loaded.model)
         del loaded
         gc.collect()
-        if not device.startswith("cuda"):
-            from .memory import trim_host_heap
+        from .memory import trim_host_heap
 
+        if not device.startswith("cuda"):
             trim_host_heap()  # slack freed earlier is not this unload's to report
         before, kind = current_memory(device)
         closed = tuple(self.close_engines())
         HOLDER.unload()
+        held = self.released_still_held()
+        if not device.startswith("cuda"):  # that walk's own garbage is no memory still held
+            trim_host_heap()
         after, _ = current_memory(device)
         freed = ref() is None
-        held = self.released_still_held()
         return UnloadReport(name, kind, before, after, freed, closed=closed, held=held)
 
 
