@@ -211,6 +211,22 @@ def test_remote_says_in_one_line_that_nothing_answers_at_its_url(
     assert said.startswith(f"bench remote: no server answers at {url} (") and "\n" not in said
 
 
+def test_remote_without_the_serving_extras_says_how_to_get_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a pip install without `transformers[serving]` the server exited at once, and the
+    bench named a log (in a folder then removed) rather than what was missing."""
+    monkeypatch.setattr(remote.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(remote, "OpenAIServer", _nothing_may_start)
+    monkeypatch.setattr(remote, "Kernel", _nothing_may_start)
+    with pytest.raises(SystemExit) as exit_info:
+        remote.main([])
+    assert str(exit_info.value.code) == (
+        "bench remote: serving the tiny model here needs transformers' serving extras (fastapi, "
+        "uvicorn missing): pip install 'qwen3-jupyter[serve]', or give --url of a running server"
+    )
+
+
 class FailingServer:
     """An `OpenAIServer` whose process exits at once, having written its log."""
 

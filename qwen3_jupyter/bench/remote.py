@@ -16,6 +16,7 @@ prompts at each concurrency, in the same kernel.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import shutil
@@ -176,6 +177,13 @@ def measure_served(args: argparse.Namespace) -> tuple[dict[str, float], list[Row
     """Serve the tiny model here, measure against it, stop it. The server is stopped on every
     way out (it stayed running when its start failed or was interrupted), before its
     temporary folder goes; the log of a server that did not start is kept and named."""
+    missing = missing_serving_modules()
+    if missing:
+        raise SystemExit(
+            f"bench remote: serving the tiny model here needs transformers' serving extras "
+            f"({', '.join(missing)} missing): pip install 'qwen3-jupyter[serve]', or give "
+            "--url of a running server"
+        )
     print("starting transformers serve of the tiny model on this CPU…", flush=True)
     extra = ("--continuous-batching",) if args.continuous_batching else ()
     with tempfile.TemporaryDirectory(prefix="qwen3-bench-remote-") as tmp:
@@ -188,6 +196,15 @@ def measure_served(args: argparse.Namespace) -> tuple[dict[str, float], list[Row
             return measure_or_exit(args, server.url)
         finally:
             server.stop()
+
+
+SERVING_MODULES = ("fastapi", "uvicorn")
+"""What `transformers serve` imports beyond transformers (its `serving` extra): without them
+on a pip install, the server exited at once and the bench named only its log."""
+
+
+def missing_serving_modules() -> list[str]:
+    return [name for name in SERVING_MODULES if importlib.util.find_spec(name) is None]
 
 
 def server_failed(exc: Exception, log: Path) -> str:
