@@ -117,7 +117,7 @@ def find_holders(
                 "tensors",
                 sum(other.values()),
                 tuple(sorted(other)),
-                _other_hint(stopped),
+                _other_hint(stopped, HOLDER.use.held_elsewhere),
             )
         )
     return tuple(result)
@@ -139,10 +139,14 @@ def _variable_hint(name: str, value: Any) -> str:
     return f"del {name}"
 
 
-def _other_hint(stopped: list[str]) -> str:
-    """Where the unattributed tensors may be: past a search that stopped, or out of its sight."""
+def _other_hint(stopped: list[str], running: str | None = None) -> str:
+    """Where the unattributed tensors may be: past a search that stopped, in a call decoding
+    in another thread (its cache and activations: a batch's were blamed on module globals),
+    or out of the search's sight."""
     if stopped:
         return f"the search stopped inside {', '.join(stopped)}: they may be there"
+    if running is not None:
+        return f"mostly the working memory of {running}: it goes when that call ends"
     return "held by module globals, C code or closures outside the user's namespace"
 
 

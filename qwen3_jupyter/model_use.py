@@ -57,6 +57,16 @@ class ModelUse:
         return f"{user[0]} in thread {user[1]!r}" if user else None
 
     @property
+    def held_elsewhere(self) -> str | None:
+        """What holds the model in another thread than this one ("a batch in thread
+        'Thread-3'"), or None: its cache and activations are live tensors no name reaches."""
+        with self._whom:
+            user, owner = self._user, self._owner
+        if user is None or owner == threading.get_ident():
+            return None
+        return f"{user[0]} in thread {user[1]!r}"
+
+    @property
     def stoppable(self) -> bool:
         """Whether the holder decodes, so `request_stop` reaches it (loading, a warm-up or a
         cleanup has no step to stop at)."""

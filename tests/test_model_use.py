@@ -233,6 +233,42 @@ def test_closing_every_engine_skips_one_in_use_and_closes_the_rest() -> None:
     assert closed == ["http://a/v1"] and list(session.engines) == ["fast"]
 
 
+def test_tensors_only_a_call_in_another_thread_holds_are_named_as_its_working_memory() -> None:
+    """`%qwen3_clean --verbose` during a batch in a thread blamed the batch's cache and
+    activations on "module globals, C code or closures"; they are the running call's."""
+    torch = pytest.importorskip("torch")
+    from qwen3_jupyter.holders import find_holders
+
+    entered, leave = threading.Event(), threading.Event()
+
+    def decode() -> None:
+        working = torch.ones(1024, 1024)  # 4 MiB that only this frame holds
+        with HOLDER.in_use("a batch"):
+            entered.set()
+            leave.wait(30)
+        del working
+
+    def unnamed_hint() -> str:
+        hints = [h.hint for h in find_holders(None) if h.name == "not reachable from a name"]
+        assert len(hints) == 1, "4 MiB held by a frame alone is not reachable from a name"
+        return hints[0]
+
+    thread = threading.Thread(target=decode, name="batcher")
+    thread.start()
+    assert entered.wait(30)
+    try:
+        assert unnamed_hint() == (
+            "mostly the working memory of a batch in thread 'batcher': it goes when that call ends"
+        )
+    finally:
+        leave.set()
+        thread.join(30)
+    working = torch.ones(1024, 1024)  # noqa: F841 (held by this frame, no call running)
+    assert "module globals" in unnamed_hint(), "control: no call running, the usual hint"
+    with HOLDER.in_use("a batch"):
+        assert "module globals" in unnamed_hint(), "this thread's own hold is not elsewhere"
+
+
 def test_a_hold_an_interrupt_left_behind_is_released_at_the_cell_end() -> None:
     """An interrupt landing exactly as a hold is left can keep the lock; the end of the cell
     (the magics' post_run_cell hook calls release_leftover) gives it back."""
