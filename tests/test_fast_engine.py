@@ -706,6 +706,44 @@ def test_a_warmup_for_answers_near_a_bucket_edge_builds_both_prompt_ends(fk: Ker
     assert fk.value("[list(key) for key in SESSION.engines['fast'].states]") == [[1, 4096]]
 
 
+WARMUP_UNDER_A_MEMORY_LIMIT = """
+import resource, psutil
+_soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+resource.setrlimit(resource.RLIMIT_AS, (psutil.Process().memory_info().vms + 2**30, _hard))
+try:
+    get_ipython().run_line_magic("qwen3", "--warmup --batch-size 4096 --max-new-tokens 3000")
+finally:
+    resource.setrlimit(resource.RLIMIT_AS, (_soft, _hard))
+"""
+"""A warm-up whose batch cache (8 GiB for tiny at 4096×4096) cannot be allocated: a real
+allocation failure, under an address-space limit 1 GiB above what the kernel maps now."""
+
+
+def test_a_warmup_out_of_memory_is_one_line_and_keeps_the_single_shape(fk: Kernel) -> None:
+    """An out-of-memory while a warm-up built its cache ended in a traceback (`%qwen3
+    --warmup --batch-size 64` of a large model on a small GPU); the calls' own back-off never
+    saw it."""
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_AS)[1] != resource.RLIM_INFINITY:
+        pytest.skip("the address-space limit cannot be raised back here")
+    ok(fk, "%qwen3 --greedy --no-think --max-new-tokens 2 hi")
+    ok(fk, "keep_me = [41]")
+    refused = fk.run(WARMUP_UNDER_A_MEMORY_LIMIT)
+    assert refused.status == "error", refused.said
+    assert refused.stderr.strip().startswith(
+        "UsageError: --warmup ran out of memory building the 8.0 GiB decode cache for batch × "
+        "cache 4096×4,096 (host memory: could not allocate 2.0 GiB more): warm up a smaller "
+        "--batch-size or --max-new-tokens"
+    ), refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert fk.value("resource.getrlimit(resource.RLIMIT_AS) == (_soft, _hard)")
+    assert fk.value("keep_me") == [41]
+    assert fk.value("[list(key) for key in SESSION.engines['fast'].states]") == [[1, 4096]]
+    ok(fk, "%qwen3 --greedy --no-think --ignore-eos --max-new-tokens 3 hi")
+    assert fk.value("(_qwen3.engine, _qwen3.completion_tokens)") == ("fast", 3)
+
+
 def test_a_warmup_builds_the_shape_a_default_batch_call_uses(fk: Kernel) -> None:
     """From 8 rows a batch's cache floor is 512 tokens: sized for no answer, the warm-up built
     8×512, and a call asking the default 512 new tokens (8×1024) compiled everything again."""

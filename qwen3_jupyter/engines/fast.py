@@ -296,15 +296,22 @@ class FastEngine(StepBuilding, LocalEngine):
         before, hits = self.compiles, compile_cache_hits()
         vocab = int(self.loaded.model.lm_head.weight.shape[0])
         widths = (0, sample_width(GenerationOptions(), vocab)) if greedy_and_sampled else (0,)
+        building, out_of_memory = (1, 0), ""
         try:
-            with torch.inference_mode(), on_device(self.device):
+            with torch.inference_mode(), on_device(self.device), allocation_failures_as_oom():
                 for batch in batch_sizes:
                     for length in lengths[batch]:  # the shortest prompts' shape is kept
-                        state = self._state(batch_bucket(batch), length)
+                        building = (batch_bucket(batch), length)
+                        state = self._state(*building)
                         for width in widths:
                             self._step_for(state, width)
+        except torch.OutOfMemoryError as exc:
+            out_of_memory = oom_reason(exc)
         finally:
             self._drop_states(lambda state: state.batch > 1)
+        if out_of_memory:  # out of the except block: its frames held what the release frees
+            release_after_generation(self.device, None)
+            raise EngineError(self._warmup_out_of_memory(*building, out_of_memory))
         shapes = ", ".join(
             f"{batch_bucket(b)}×{'/'.join(str(n) for n in lengths[b])}" for b in batch_sizes
         )
@@ -324,6 +331,18 @@ class FastEngine(StepBuilding, LocalEngine):
         return (
             f"fast decode ready for batch × cache {shapes} "
             f"({how}, {time.perf_counter() - started:.1f} s){given_back}"
+        )
+
+    def _warmup_out_of_memory(self, batch: int, length: int, reason: str) -> str:
+        """The one line a warm-up that ran out of memory ends with (it was a traceback): the
+        shape it was building, what it needs, and what to ask for instead."""
+        held = format_bytes(self._held_bytes(batch, length))
+        smaller = "--batch-size or --max-new-tokens" if batch > 1 else "--max-new-tokens"
+        kept = "; the batch-1 shape built before it is kept" if batch > 1 else ""
+        return (
+            f"--warmup ran out of memory building the {held} decode cache for batch × cache "
+            f"{batch}×{length:,} ({reason}): warm up a smaller {smaller}, or run "
+            f"%qwen3_clean --verbose to see what else holds memory{kept}"
         )
 
     # ------------------------------------------------------------------ the decode
