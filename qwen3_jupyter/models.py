@@ -377,6 +377,18 @@ def release_allocator_cache(device: str | None = None) -> None:
         torch.cuda.empty_cache()
 
 
+def indexed_device(name: str) -> str:
+    """`cuda` as the GPU it means now (`cuda:1` after `torch.cuda.set_device(1)`), any other
+    name as it is. Why: kept as plain `cuda`, a loaded model's device followed the current GPU
+    afterwards: a cell's `torch.cuda.set_device(1)` sent every later call's inputs, cache and
+    memory figures to cuda:1, away from its weights on cuda:0."""
+    import torch
+
+    if name == "cuda" and torch.cuda.is_available():
+        return f"cuda:{torch.cuda.current_device()}"
+    return name
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -390,14 +402,15 @@ def _load(
 
     model: Any = None
     failure: str | None = None
+    device = indexed_device(choice.device)
     try:
-        what = f"loading {choice.name} on {choice.device} ({choice.dtype})"
+        what = f"loading {choice.name} on {device} ({choice.dtype})"
         with hub_progress_bars_off(), loading_progress(progress, what):
             tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(
                 path, dtype=getattr(torch, choice.dtype), device_map=None, low_cpu_mem_usage=True
             )
-        model.to(torch.device(choice.device))
+        model.to(torch.device(device))
     except (OSError, ValueError) as exc:
         failure = f"could not load {choice.name} from {path}: {_first_line(exc)}"
     except RuntimeError as exc:  # torch.OutOfMemoryError, or the CPU allocator's RuntimeError
@@ -429,7 +442,7 @@ def _load(
         path=path,
         model=model,
         tokenizer=tokenizer,
-        device=choice.device,
+        device=device,
         dtype=choice.dtype,
         embedded=is_embedded,
     )

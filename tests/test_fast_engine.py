@@ -1513,7 +1513,7 @@ def test_gpu_decode_cache_is_named_and_given_back(full_size: LoadedModel) -> Non
     assert engine.states[(1, 4096)].buffers.cache_bytes == 448 * 2**20
     assert kept["decode cache (1×4096)"] == held  # the cache + 0.6 MiB of state and bias
     assert kept.get("CUDA graph pool", 0) > 0
-    assert "decode cache (1×4096) 448.6 MiB on cuda, kept for speed" in result.kept_memory
+    assert "decode cache (1×4096) 448.6 MiB on cuda:0, kept for speed" in result.kept_memory
     # Capturing cleared every cuBLAS workspace (see cuda_graphs.record): the next call's prefill
     # makes the default stream's again, once. Exactly that, and then nothing over ten calls.
     after_first = torch.cuda.memory_allocated()

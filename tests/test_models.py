@@ -218,6 +218,21 @@ def _cuda() -> bool:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")
+def test_gpu_a_model_loaded_on_plain_cuda_stays_on_that_gpu(model_cache: Path) -> None:
+    """Kept as `cuda`, the model's device followed `torch.cuda.set_device` afterwards, so a
+    cell choosing another GPU sent the calls' inputs away from the weights."""
+    import torch
+
+    loaded = models.ModelHolder().get(models.ModelChoice("tiny", "cuda", "float32"))
+    current = torch.cuda.current_device()
+    assert loaded.device == f"cuda:{current}"
+    assert next(loaded.model.parameters()).device == torch.device(loaded.device)
+    assert models.same_device(loaded.device, "cuda"), "`--device cuda` asks for it again"
+    assert models.indexed_device("cpu") == "cpu" and models.indexed_device("cuda:0") == "cuda:0"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")
 def test_gpu_a_model_larger_than_the_free_memory_gives_back_what_fit(model_cache: Path) -> None:
     """The weights are moved to the GPU after loading on the host: running out part-way must
     end in the one-line message with every byte that did reach the GPU given back (allocated
