@@ -389,13 +389,13 @@ class Session:
         """The kernel's model is about to go (a switch, an unload): the fast engine built on it
         closes first (its compiled steps hold the module itself), and its weights are noted,
         to tell whether something of the user's still holds them after (`weights_held`)."""
-        from .weights_held import ReleasedWeights, weight_storages
+        from .weights_held import released_weights
 
         fast = self.engines.get("fast")
         if getattr(fast, "loaded", None) is loaded:
             self.close_engine("fast")
         if loaded.model is not None:
-            self.released = ReleasedWeights(loaded.name, weight_storages(loaded.model))
+            self.released = released_weights(loaded.name, loaded.model)
 
     def released_still_held(self) -> StillHeld | None:
         """What of the last released model something still holds (None: nothing; the note of

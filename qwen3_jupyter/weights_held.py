@@ -9,7 +9,7 @@ are noted at release, and looked for among the live tensors after it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .memory import format_bytes, imported_torch, live_storages, storage_span
@@ -26,6 +26,34 @@ class ReleasedWeights:
 
     model: str
     storages: dict[StorageKey, int]
+    weak: dict[StorageKey, Any] = field(default_factory=dict)
+    """A weak reference to each storage (torch's `StorageWeakRef`), where torch has them: an
+    address alone may be a newer tensor's. CUDA's allocator hands a freed block to the next
+    tensor of its size, so the next model of the same shape (a --dtype switch back, an
+    Instruct after a Thinking of one size) sat at the old weights' addresses and was said to
+    be the old model still in memory."""
+
+    def alive(self) -> dict[StorageKey, int]:
+        """Which of these storages still live: by their weak references, which also see one
+        that only C code holds; without them, those at an address a live tensor has."""
+        if self.weak:
+            return {key: self.storages[key] for key, ref in self.weak.items() if not ref.expired()}
+        return {key: size for key, size in live_storages().items() if key in self.storages}
+
+
+def released_weights(name: str, model: Any) -> ReleasedWeights:
+    """What to remember of a model that is about to be released (see `ReleasedWeights`)."""
+    try:
+        from torch.multiprocessing.reductions import StorageWeakRef
+    except ImportError:  # a torch without it: addresses alone, as before
+        return ReleasedWeights(name, weight_storages(model))
+    storages: dict[StorageKey, int] = {}
+    weak: dict[StorageKey, Any] = {}
+    for tensor in _weights(model):
+        storage = tensor.untyped_storage()
+        key = (str(tensor.device), int(storage.data_ptr()))
+        storages[key], weak[key] = int(storage.nbytes()), StorageWeakRef(storage)
+    return ReleasedWeights(name, storages, weak)
 
 
 @dataclass(frozen=True)
@@ -48,12 +76,15 @@ class StillHeld:
 def weight_storages(model: Any) -> dict[StorageKey, int]:
     """The storages of `model`'s parameters and buffers (meta ones hold no memory)."""
     storages: dict[StorageKey, int] = {}
-    for tensor in (*model.parameters(), *model.buffers()):
-        if tensor.is_meta:
-            continue
+    for tensor in _weights(model):
         address, size = storage_span(tensor)
         storages[(str(tensor.device), address)] = size
     return storages
+
+
+def _weights(model: Any) -> list[Any]:
+    """`model`'s parameters and buffers that hold memory (meta ones do not)."""
+    return [t for t in (*model.parameters(), *model.buffers()) if not t.is_meta]
 
 
 def still_held(released: ReleasedWeights, shell: Any | None) -> StillHeld | None:
@@ -61,7 +92,7 @@ def still_held(released: ReleasedWeights, shell: Any | None) -> StillHeld | None
     variables and outputs that reach it. A walk of every live object: after a release only."""
     if imported_torch() is None:
         return None
-    alive = {key: size for key, size in live_storages().items() if key in released.storages}
+    alive = released.alive()
     if not alive:
         return None
     return StillHeld(released.model, sum(alive.values()), _names_reaching(set(alive), shell))
