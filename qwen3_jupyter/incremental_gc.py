@@ -10,7 +10,8 @@ A new-objects-only pass misses one thing: a cycle that was alive at the last cle
 become garbage since. So a cleanup collects everything instead when
 - it is asked to (`full=True`, `%qwen3_clean --full`), or it is the first one;
 - a user variable that existed at the last cleanup was deleted or rebound and its old value is
-  still alive or cannot be weak-referenced (it may be a cycle nothing reaches any more);
+  still alive, or cannot be weak-referenced (a list, a dict) and could reach a cycle when that
+  cleanup saw it (it may be a cycle nothing reaches any more, or hold one);
 - the heap has grown by a quarter since the last full pass (CPython's own rule for when a full
   collection is due, in heap blocks), which bounds what a missed cycle can hold on to;
 - the memory frozen since the last full pass (process RSS plus CUDA tensor bytes at the last
@@ -37,12 +38,13 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 ENV_SWITCH = "QWEN3_JUPYTER_INCREMENTAL_GC"
 GROWTH_FRACTION = 4
@@ -106,7 +108,7 @@ class IncrementalCollector:
         self._memory_at_freeze = 0
         self._since_full = 0
         self._why_full = "first cleanup"
-        self._variables: dict[str, tuple[int, type, weakref.ref[Any] | None]] = {}
+        self._variables: dict[str, Remembered] = {}
         self._collecting = False
         self._installed = False
         self._interrupt_caught = False
@@ -152,7 +154,7 @@ class IncrementalCollector:
             else:
                 self._since_full += 1
             self._why_full = ""
-            self._variables = _remember(variables or {})
+            self._variables = _remember(variables or {}, self._variables)
         self.last = GcPass(bool(why), why, found, scanned, time.perf_counter() - started)
         return self.last
 
@@ -170,12 +172,18 @@ class IncrementalCollector:
         if self._since_full >= FULL_EVERY:
             return f"{self._since_full} incremental passes since the last full gc"
         if variables is not None:
-            for name, (identity, kind, ref) in self._variables.items():
+            for name, seen in self._variables.items():
                 value = variables.get(name, _MISSING)
-                if value is not _MISSING and id(value) == identity and type(value) is kind:
+                if (
+                    value is not _MISSING
+                    and id(value) == seen.identity
+                    and type(value) is seen.kind
+                ):
                     continue
-                if ref is not None and ref() is None:
+                if seen.ref is not None and seen.ref() is None:
                     continue  # its old value is gone already: freed by reference counting
+                if seen.ref is None and not seen.may_hold_a_cycle:
+                    continue  # freed by reference counting, or still held: no garbage either way
                 change = "deleted" if value is _MISSING else "rebound"
                 return f"`{name}` was {change}; its old value may be a stranded cycle"
         return ""
@@ -350,21 +358,124 @@ stranded cycle: counting them as rebound made every `%qwen3` turn under `%qwen3_
 full gc while the previous result was still referenced (kept in a list, or in `Out`)."""
 
 
-def _remember(variables: Mapping[str, Any]) -> dict[str, tuple[int, type, weakref.ref[Any] | None]]:
+class Remembered(NamedTuple):
+    """What a cleanup noted of a user variable, to judge at the next one whether its old value,
+    deleted or rebound since, may have left a stranded cycle behind."""
+
+    identity: int
+    kind: type
+    ref: weakref.ref[Any] | None
+    """A weak reference, where the value takes one (a list or a dict does not)."""
+    may_hold_a_cycle: bool = True
+    """Without a weak reference: whether a cycle could be reached from it (`_reaches_a_cycle`).
+    One that could not is freed by reference counting when its name goes, or is still held."""
+    size: int = -1
+    """Its `len()` when judged (-1: unsized), so an unchanged value is not judged again."""
+
+
+CYCLE_SEARCH_BUDGET = 20_000
+"""How many references the search for a cycle follows from one value (~2 ms) before it
+assumes there may be one: a list of a million numbers is not walked at every cleanup."""
+
+_NEVER_GARBAGE = (type, types.ModuleType)
+"""Classes and modules, which the search does not enter: a module reaches them, so a cycle
+through one is no garbage (and each reaches most of the program)."""
+_UNSEARCHED = (
+    types.FunctionType,
+    types.MethodType,
+    types.FrameType,
+    types.TracebackType,
+    types.GeneratorType,
+    types.CoroutineType,
+    types.AsyncGeneratorType,
+)
+"""What may hold anything (a function's globals and closure, a frame's locals): reaching one,
+the search assumes a cycle."""
+
+
+def _remember(
+    variables: Mapping[str, Any], before: Mapping[str, Remembered] | None = None
+) -> dict[str, Remembered]:
     """Identity, type and (where possible) a weak reference of each variable that could take
-    part in a cycle, to tell at the next cleanup whether a deleted or rebound value is gone."""
-    remembered: dict[str, tuple[int, type, weakref.ref[Any] | None]] = {}
+    part in a cycle, to tell at the next cleanup whether a deleted or rebound value is gone.
+    A value that takes no weak reference is searched for cycles instead; `before` (the last
+    cleanup's notes) spares the search for a value of the same identity and length."""
+    remembered: dict[str, Remembered] = {}
     for name, value in variables.items():
         if name in OWN_RESULTS:
             continue
         if not gc.is_tracked(value):
             continue  # atomic (numbers, strings, tuples of them): never part of a cycle
         try:
-            ref: weakref.ref[Any] | None = weakref.ref(value)
+            remembered[name] = Remembered(id(value), type(value), weakref.ref(value))
+            continue
         except TypeError:
-            ref = None
-        remembered[name] = (id(value), type(value), ref)
+            pass
+        size = _size(value)
+        last = (before or {}).get(name)
+        if last is not None and (last.identity, last.kind, last.size) == (
+            id(value),
+            type(value),
+            size,
+        ):
+            remembered[name] = last
+        else:
+            remembered[name] = Remembered(
+                id(value), type(value), None, _reaches_a_cycle(value), size
+            )
     return remembered
+
+
+def _referents_within(value: Any, budget: int) -> list[Any] | None:
+    """What the garbage collector sees `value` hold, or None when that is more than `budget`
+    (a built-in container's length says so before a million-item list is copied)."""
+    if isinstance(value, (list, tuple, dict, set, frozenset)) and len(value) > budget:
+        return None
+    referents = gc.get_referents(value)
+    return referents if len(referents) <= budget else None
+
+
+def _size(value: Any) -> int:
+    try:
+        return len(value)
+    except Exception:  # unsized, or a __len__ of the user's that fails
+        return -1
+
+
+def _reaches_a_cycle(root: Any) -> bool:
+    """Whether a reference cycle may be reachable from `root` (itself in one, or holding one):
+    a depth-first search of what the garbage collector sees it hold, which answers True when
+    it meets a function, frame or generator or runs out of CYCLE_SEARCH_BUDGET. Why: a list
+    rebound by re-running its cell made every cleanup a full gc (0.2-0.45 s), though a list of
+    tensors or numbers is freed by reference counting the moment its name goes."""
+    budget = CYCLE_SEARCH_BUDGET
+    referents = _referents_within(root, budget)
+    if referents is None:
+        return True
+    budget -= len(referents)
+    on_path, done = {id(root)}, set()
+    path: list[tuple[int, Iterator[Any]]] = [(id(root), iter(referents))]
+    while path:
+        node, children = path[-1]
+        child = next(children, _MISSING)
+        if child is _MISSING:
+            path.pop()
+            on_path.discard(node)
+            done.add(node)
+            continue
+        if isinstance(child, _UNSEARCHED):
+            return True
+        if isinstance(child, _NEVER_GARBAGE) or not gc.is_tracked(child) or id(child) in done:
+            continue
+        if id(child) in on_path:
+            return True
+        referents = _referents_within(child, budget)
+        if referents is None:
+            return True
+        budget -= len(referents)
+        on_path.add(id(child))
+        path.append((id(child), iter(referents)))
+    return False
 
 
 COLLECTOR = IncrementalCollector()

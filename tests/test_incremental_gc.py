@@ -145,11 +145,42 @@ def test_rebinding_keeps_the_pass_incremental_only_when_the_old_value_died(
     ok(k, "x = torch.ones(8)\nresults = [1]\nqwen3_jupyter.cleanup()")
     ok(k, "x = torch.ones(8)  # the old tensor dies by reference counting")
     assert k.value("qwen3_jupyter.cleanup().gc_pass").startswith("gc of ")
-    ok(k, "results = [2]  # a list: no weakref, so its fate is unknown")
-    assert k.value("qwen3_jupyter.cleanup().gc_pass") == (
-        "full gc (`results` was rebound; its old value may be a stranded cycle)"
+    ok(k, "gc.disable()\nresults = [cycle('listed')]\nqwen3_jupyter.cleanup()")
+    try:
+        ok(k, "results = [2]  # a list: no weakref, and it held a cycle")
+        assert alive(k, "listed"), "control: nothing freed the cycle before the cleanup"
+        assert k.value("qwen3_jupyter.cleanup().gc_pass") == (
+            "full gc (`results` was rebound; its old value may be a stranded cycle)"
+        )
+        assert not alive(k, "listed")
+    finally:
+        ok(k, "gc.enable()\ndel x, results")
+
+
+def test_rebinding_a_list_that_holds_no_cycle_keeps_the_pass_incremental(frozen: Kernel) -> None:
+    """Re-running a cell that builds a list (or a dict) of tensors made every cleanup after
+    it a full gc (0.2-0.45 s with autoclean): a list takes no weak reference, so its fate
+    was unknown, though one that reaches no cycle is freed by reference counting."""
+    k = frozen
+    cell = (
+        "refs['old row'] = refs.get('row')\n"
+        "rows = [torch.ones(300, 300) for _ in range(10)]\n"
+        "config = {'lr': [1e-3], 'rows': rows, 'shape': (1, [2])}\n"
+        "refs['row'] = weakref.ref(rows[0])"
     )
-    ok(k, "del x, results")
+    ok(k, cell + "\nqwen3_jupyter.cleanup()")
+    for _ in range(2):
+        ok(k, cell)
+        assert not alive(k, "old row"), "control: the old list's tensors went with it"
+        passes = k.value("qwen3_jupyter.cleanup().gc_pass")
+        assert passes.startswith("gc of "), passes
+    ok(k, "config['me'] = config  # a cycle now: the next cleanup's search sees it")
+    ok(k, "qwen3_jupyter.cleanup()")
+    ok(k, "config = {}")
+    assert k.value("qwen3_jupyter.cleanup().gc_pass") == (
+        "full gc (`config` was rebound; its old value may be a stranded cycle)"
+    )
+    ok(k, "del rows, config")
 
 
 def test_gc_functions_still_see_and_collect_frozen_objects(frozen: Kernel) -> None:
@@ -392,7 +423,7 @@ def test_a_chat_turn_under_autoclean_is_not_a_full_gc_for_the_rebound_result(
     finally:
         assert "autoclean off" in ok(k, "%qwen3_autoclean off").stdout
         ok(k, "del kept\n%qwen3 --reset")
-    ok(k, "results = [1]\nqwen3_jupyter.cleanup()")
+    ok(k, "results = [cycle('kept')]\nqwen3_jupyter.cleanup()")
     ok(k, "kept_list = results\nresults = [2]")  # control: the rule still fires for others
     assert k.value("qwen3_jupyter.cleanup().gc_pass") == (
         "full gc (`results` was rebound; its old value may be a stranded cycle)"
