@@ -190,7 +190,7 @@ class CleanMagics(Magics):
         cleaned, self._cleaned_cell = self._cleaned_cell, None
         if result is not None and cleaned is not None and cleaned() is result:
             return  # a %%qwen3_clean cell has just cleaned
-        report = cleanup(self.ip, caller="magic")
+        report = cleanup(shell=self.ip, caller="magic")
         if report.freed_bytes > 0 or report.error:
             display.info(report.summary())
 
@@ -199,7 +199,7 @@ class CleanMagics(Magics):
     ) -> CleanupReport:
         try:
             report = cleanup(
-                self.ip,
+                shell=self.ip,
                 drop=drop,
                 dynamo=args.dynamo,
                 verbose=args.verbose,

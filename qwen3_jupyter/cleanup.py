@@ -177,8 +177,8 @@ def add_cleanup_listener(callback: Callable[[CleanupReport], None]) -> Callable[
 
 @shown_at_the_callers_line
 def cleanup(
-    shell: Any | None = None,
     *,
+    shell: Any | None = None,
     drop: Iterable[str] | str = (),
     dynamo: bool = False,
     verbose: bool = False,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dis
 import functools
+import inspect
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,11 +29,13 @@ _CHECKS_RAISE = (ValueError, TypeError, NameError, RuntimeError)
 
 def shown_at_the_callers_line(function: F) -> F:
     """`function`, with its refusals raised from its caller's line (see the module)."""
+    signature = inspect.signature(function)
 
     @functools.wraps(function)
     def public(*args: Any, **kwargs: Any) -> Any:
         __tracebackhide__ = True  # IPython and pytest leave this frame out of other errors
         try:
+            _refuse_arguments_it_does_not_take(function.__name__, signature, args, kwargs)
             return function(*args, **kwargs)
         except Exception as exc:
             if not is_refusal(exc):
@@ -42,6 +45,47 @@ def shown_at_the_callers_line(function: F) -> F:
             raise exc.with_traceback(None)  # noqa: B904 (the same exception, not a new one)
 
     return public  # type: ignore[return-value]
+
+
+_SAID_AS = {"__call__": "chat"}
+"""How a caller names a public method (`chat(...)` is `Chat.__call__`)."""
+_NOT_OFFERED = frozenset({"shell", "caller"})
+"""Keywords the package's own callers pass (`cleanup(shell=ip, caller="magic")`), not named
+when a call is told which keywords it may use."""
+
+
+def _refuse_arguments_it_does_not_take(
+    name: str, signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    """A one-line refusal for a call Python would refuse, in the caller's words: a misspelt
+    keyword names the closest one (`cleanup(ful=True)`: did you mean full?) and a value given
+    by position where names are needed says which (`cleanup(True)` reached the cleanup as its
+    shell and failed four frames down)."""
+    try:
+        signature.bind(*args, **kwargs)
+        return
+    except TypeError as refused:
+        why = str(refused)
+    from .magic_args import refuse_unknown_keywords
+
+    said = _SAID_AS.get(name, name)
+    parameters = [p for p in signature.parameters.values() if p.name != "self"]
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+        named = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        refuse_unknown_keywords(kwargs, named)
+    positional = [p.name for p in parameters if p.kind is p.POSITIONAL_OR_KEYWORD]
+    given = len(args) - (len(signature.parameters) - len(parameters))
+    if given > len(positional):
+        takes = (
+            f"only {', '.join(positional)} by position" if positional else "no value by position"
+        )
+        keywords = ", ".join(
+            f"{p.name}="
+            for p in parameters
+            if p.kind is p.KEYWORD_ONLY and p.name not in _NOT_OFFERED
+        )
+        raise TypeError(f"{said}() takes {takes}: name the others ({keywords})")
+    raise TypeError(f"{said}(): {why}")
 
 
 def _callers_lines() -> list[str]:

@@ -98,6 +98,19 @@ def test_uncaught_error_in_block_shows_and_is_freed(k: Kernel) -> None:
             "qwen3_jupyter.generate_batch(['a'], modle='tiny')",
             "unknown option modle (did you mean model?)",
         ),
+        (  # a keyword Python itself refused, through the package's frames
+            "qwen3_jupyter.cleanup(ful=True)",
+            "unknown option ful (did you mean full?)",
+        ),
+        (  # taken as the cleanup's shell, it failed four frames down with an AttributeError
+            "qwen3_jupyter.cleanup(True)",
+            "cleanup() takes no value by position: name the others (drop=, dynamo=, verbose=, "
+            "count_tensors=, full=)",
+        ),
+        (
+            "with qwen3_jupyter.inference(model='tiny') as chat:\n    chat('hi', 'there')",
+            "chat() takes only prompt by position: name the others (chat=, on_text=)",
+        ),
     ],
 )
 def test_a_misspelt_keyword_is_one_clear_type_error_naming_the_right_one(
@@ -129,6 +142,8 @@ def _shown(execution: Any) -> list[str]:
         "with qwen3_jupyter.inference(model='tiny', decode='fastest') as chat:\n    pass",
         "with qwen3_jupyter.inference(model='tiny') as chat:\n    chat('hi', temperature=-1)",
         "qwen3_jupyter.cleanup(drop=['no_such_variable'])",
+        "qwen3_jupyter.cleanup(ful=True)",
+        "qwen3_jupyter.generate_batch(['a'], 2, 3)",
         # a budget no batch fits: out of memory at batch size 1, its frames the package's own
         "qwen3_jupyter.generate_batch(['a', 'b'], model='tiny', memory_budget='1.5MiB', "
         "decode='fast', progress=False)",
