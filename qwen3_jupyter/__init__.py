@@ -8,7 +8,7 @@ never imports them.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -46,6 +46,15 @@ _LAZY: dict[str, str] = {
     "UnloadReport": "session",
     "reset_chat": "session",
 }
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors (py.typed)
+    from .batching import BatchResults, ResultsFileError, generate_batch
+    from .engines.base import EngineError
+    from .generation import GenerationOptions, Result, split_thinking
+    from .model_use import ModelBusy, stop
+    from .models import ModelError
+    from .session import UnloadReport, reset_chat
+    from .unloading import unload
 
 
 __all__ = [

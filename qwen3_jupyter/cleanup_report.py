@@ -236,6 +236,10 @@ class CleanupReport:
         `report.devices`, `to_dict()`)."""
         printer.text(str(self))
 
+    def __repr__(self) -> str:
+        """At a plain `>>>` prompt too (1,014 characters of nested dataclasses)."""
+        return str(self)
+
     def __str__(self) -> str:
         """`print(cleanup())` in a script: the same lines, not the nested dataclass."""
         return "\n".join([self.summary(), *(f"  {line}" for line in self.details())])

@@ -63,8 +63,14 @@ def _number(value: Any) -> bool:
 
 
 def _flag(value: Any) -> bool:
-    """Only True or False: a string like 'no' is truthy and would silently mean yes."""
-    return isinstance(value, bool)
+    """Only True or False: a string like 'no' is truthy and would silently mean yes. numpy's
+    own (a DataFrame row's `think`) is one too: it was refused as "must be True or False"."""
+    return isinstance(value, bool) or _numpy_bool(value)
+
+
+def _numpy_bool(value: Any) -> bool:
+    kind = type(value)
+    return kind.__module__ == "numpy" and kind.__name__ in ("bool_", "bool")
 
 
 def _text(value: Any) -> bool:
@@ -130,7 +136,7 @@ def check_arguments(
         if value is not None and not isinstance(value, str):
             raise TypeError(f"{name}={value!r} ({type(value).__name__}): must be text or None")
     for name, value in (flags or {}).items():
-        if not isinstance(value, bool):
+        if not _flag(value):
             raise TypeError(f"{name}={value!r} ({type(value).__name__}): must be True or False")
 
 
@@ -140,7 +146,20 @@ SAMPLING_OPTIONS = ("temperature", "top_p", "top_k")
 
 @dataclass(frozen=True)
 class GenerationOptions:
-    """What a caller may set for one generation; None means Qwen3's recommended value."""
+    """What a caller may set for one generation (the keyword options of `generate_batch`,
+    `inference()` and `chat()`); None means Qwen3's recommended value.
+
+    think: the model thinks first, in <think>…</think> (Qwen3's default, True); the Result
+        splits it into `.thinking` and `.answer`.
+    temperature, top_p, top_k: sampling; None takes Qwen3's recommended ones (0.6, 0.95, 20
+        when thinking; 0.7, 0.8, 20 when not).
+    max_new_tokens: the most tokens to write, thinking included (512).
+    seed: repeatable sampling; the notebook's own random state is put back after the call.
+    system: a system prompt.
+    greedy: always the likeliest token, the same answer every time (no temperature, top_p or
+        top_k with it).
+    ignore_eos: write max_new_tokens whatever the model says (for speed measurements).
+    """
 
     think: bool = True
     temperature: float | None = None
@@ -172,7 +191,9 @@ class GenerationOptions:
                 "would do nothing: drop one of them"
             )
         for name, value in vars(self).items():  # numpy's int64 and the like become plain
-            if _whole(value) and type(value) is not int:  # values a server's JSON can carry
+            if _numpy_bool(value):  # values a server's JSON can carry
+                object.__setattr__(self, name, bool(value))
+            elif _whole(value) and type(value) is not int:
                 object.__setattr__(self, name, int(value))
             elif _number(value) and not isinstance(value, (int, float)):
                 object.__setattr__(self, name, float(value))
@@ -194,10 +215,13 @@ class GenerationOptions:
 class Result:
     """One call's outcome. Plain values only: it holds no tensors and keeps no memory alive.
 
-    `engine`: 'eager', 'fast' or 'remote'. `token_ids`: the completion's ids as plain ints (empty
-    where the engine does not see ids, e.g. a server). `kept_memory`: what the engine keeps
-    between calls on purpose ('decode cache 448 MiB on cuda:0, kept for speed'). `error`: why a
-    batch item has no answer (None for every answered call).
+    `latency_s` and `tokens_per_s`: a batch item's are its batch's (its rows decode together:
+    the time that batch took, and this row's tokens over it); the run's throughput is
+    `results.report`'s. `engine`: 'eager', 'fast' or 'remote'. `token_ids`: the completion's
+    ids as plain ints (empty where the engine does not see ids, e.g. a server).
+    `kept_memory`: what the engine keeps between calls on purpose ('decode cache 448 MiB on
+    cuda:0, kept for speed'). `error`: why a batch item has no answer (None for every answered
+    call).
     """
 
     prompt: str

@@ -44,7 +44,8 @@ class Chat:
     """Calls the block's model: `chat(prompt, **options) -> Result`.
 
     Options are GenerationOptions fields (think, temperature, top_p, top_k, max_new_tokens,
-    seed, system, greedy); those given to `inference()` are the defaults, a call's own win.
+    seed, system, greedy: see help(qwen3_jupyter.GenerationOptions)); those given to
+    `inference()` are the defaults, a call's own win.
     `chat=True` continues the kernel's conversation (as `%qwen3 --chat`;
     `qwen3_jupyter.reset_chat()` clears it, and `system=""` its system prompt). `on_text(text)` is
     called with the whole text so far (thinking included, as the model writes it), about every

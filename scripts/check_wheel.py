@@ -45,6 +45,8 @@ def problems(wheel: str) -> list[str]:
                 found.append("the server extension config does not enable qwen3_jupyter")
         if not any(n == "qwen3_jupyter/__init__.py" for n in names):
             found.append("no qwen3_jupyter package")
+        if "qwen3_jupyter/py.typed" not in names:  # a user's mypy would skip the package
+            found.append("no qwen3_jupyter/py.typed")
         if QUICKSTART not in names:  # `python -m qwen3_jupyter.demo` runs it after pip install
             found.append(f"no {QUICKSTART}")
         if data + LABEXTENSION + "install.json" not in names:  # "installed by pip" in JupyterLab

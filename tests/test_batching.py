@@ -42,6 +42,25 @@ def test_order_and_outputs_match_one_by_one(one_by_one: list[str]) -> None:
     assert f" s · {report.completion_tokens:,} tokens, {rate:.1f} tok/s · " in report.summary()
 
 
+def test_results_typed_alone_are_a_few_lines_naming_their_prompts(model_cache: Path) -> None:
+    """30 results typed alone were 5,370 characters of footers, with no prompt in sight; the
+    report was a 16-field dataclass line."""
+    from IPython.lib.pretty import pretty
+
+    prompts = [f"prompt number {i} " + "why " * 30 for i in range(30)]
+    results = generate_batch(prompts, batch_size=8, model="tiny", progress=False, **GREEDY)
+    shown = repr(results)
+    lines = shown.splitlines()
+    assert lines[0] == f"BatchResults: 30 results · {results.report.summary()}"
+    assert lines[1].startswith("[0] 'prompt number 0 why why") and "… → " in lines[1], lines[1]
+    assert lines[2].startswith("[1] 'prompt number 1 why")
+    assert lines[4] == "… 27 more: results[i] is one, pandas.DataFrame(results) a table"
+    assert len(lines) == 5 and len(shown) < 900, shown
+    assert pretty(results) == shown, "a cell's result shows the same lines"
+    assert repr(results.report) == f"BatchReport: {results.report.summary()}"
+    assert results[:2] == list(results)[:2], "still a list of Results"
+
+
 def test_budget_forces_real_back_off_and_is_respected(one_by_one: list[str]) -> None:
     peaks = {
         size: generate_batch(

@@ -26,6 +26,7 @@ def wheel(path: Path, static: list[str], config: object = CONFIG) -> str:
     labextension = DATA + "share/jupyter/labextensions/qwen3-jupyter/"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("qwen3_jupyter/__init__.py", "")
+        archive.writestr("qwen3_jupyter/py.typed", "")
         archive.writestr("qwen3_jupyter/notebooks/quickstart.ipynb", "{}")
         archive.writestr(labextension + "package.json", "{}")
         archive.writestr(labextension + "install.json", "{}")
@@ -49,7 +50,7 @@ def test_a_production_wheel_passes_and_a_development_build_is_named(tmp_path: Pa
     assert checker.main([good]) == 0 and checker.main([off]) == 1
 
 
-def test_a_wheel_without_the_quickstart_or_install_json_is_named(tmp_path: Path) -> None:
+def test_a_wheel_without_the_quickstart_install_json_or_py_typed_is_named(tmp_path: Path) -> None:
     """`python -m qwen3_jupyter.demo` runs the quickstart it ships (a pip install has no
     repository), and JupyterLab tells a pip-installed extension by its install.json."""
     checker = check_wheel()
@@ -57,9 +58,10 @@ def test_a_wheel_without_the_quickstart_or_install_json_is_named(tmp_path: Path)
     stripped = tmp_path / "stripped.whl"
     with zipfile.ZipFile(good) as source, zipfile.ZipFile(stripped, "w") as target:
         for item in source.infolist():
-            if not item.filename.endswith(("quickstart.ipynb", "install.json")):
+            if not item.filename.endswith(("quickstart.ipynb", "install.json", "py.typed")):
                 target.writestr(item, source.read(item))
     assert checker.problems(str(stripped)) == [
+        "no qwen3_jupyter/py.typed",
         "no qwen3_jupyter/notebooks/quickstart.ipynb",
         "no data/share/jupyter/labextensions/qwen3-jupyter/install.json",
     ]

@@ -148,6 +148,15 @@ def test_numpy_numbers_are_accepted_as_plain_values() -> None:
         float,
     )
     assert (options.max_new_tokens, options.seed, options.top_p) == (5, 3, 0.5)
+    # a DataFrame row's flag: refused as "think=np.False_ (bool): must be True or False"
+    flags = GenerationOptions(think=np.False_, greedy=np.bool_(True))  # type: ignore[arg-type]
+    assert (flags.think, flags.greedy) == (False, True)
+    assert (type(flags.think), type(flags.greedy)) == (bool, bool)
+    from qwen3_jupyter.generation import check_arguments
+
+    check_arguments(flags={"progress": np.True_})
+    with pytest.raises(TypeError, match="must be True or False"):
+        check_arguments(flags={"progress": np.int64(1)})
 
 
 def test_a_seed_too_large_for_torch_is_a_one_line_usage_error(kernel: Kernel) -> None:

@@ -38,3 +38,25 @@ def test_mypy() -> None:
     finally:
         check.stop()
     assert code == 0, printed
+
+
+def test_every_lazily_imported_name_is_typed_for_users() -> None:
+    """The package ships `py.typed`, and names it imports on first access (`generate_batch`,
+    `Result`, ...) are imported under TYPE_CHECKING too: without that a user's mypy saw them
+    as Any (and, without py.typed, skipped the package)."""
+    import ast
+
+    import qwen3_jupyter
+
+    tree = ast.parse((ROOT / "qwen3_jupyter/__init__.py").read_text())
+    typed = {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+        for statement in node.body
+        if isinstance(statement, ast.ImportFrom)
+        for alias in statement.names
+    }
+    lazy = set(qwen3_jupyter._LAZY)
+    assert typed == lazy, f"untyped: {sorted(lazy - typed)}, not lazy: {sorted(typed - lazy)}"
+    assert (ROOT / "qwen3_jupyter/py.typed").is_file()
