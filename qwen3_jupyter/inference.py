@@ -27,7 +27,7 @@ from .generation import SAMPLING_OPTIONS, GenerationOptions, Result, check_argum
 from .magic_args import refuse_unknown_keywords
 from .model_use import holding
 from .python_words import in_python_words
-from .refusals import shown_at_the_callers_line
+from .refusals import on_purpose, shown_at_the_callers_line
 from .release_actions import release_traceback_locals
 from .session import SESSION
 
@@ -74,7 +74,7 @@ class Chat:
         if self._engine is None:
             raise RuntimeError("this chat ended with its `with inference()` block; open a new one")
         if self._stopped:
-            raise KeyboardInterrupt(STOPPED_BLOCK)
+            raise on_purpose(KeyboardInterrupt(STOPPED_BLOCK))
         _check_prompt(prompt)
         refuse_unknown_keywords(options, _CHAT_KEYWORDS)
         check_arguments(flags={"chat": chat})

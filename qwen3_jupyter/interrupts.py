@@ -306,16 +306,18 @@ class CellInterrupts:
 
     def check(self) -> None:
         """Raise KeyboardInterrupt if a call earlier in this cell (or script) was interrupted."""
+        from .refusals import on_purpose
+
         if not self._interrupted or threading.current_thread() is not threading.main_thread():
             return
         if self._in_a_cell:
-            raise KeyboardInterrupt(INTERRUPTED_EARLIER)
+            raise on_purpose(KeyboardInterrupt(INTERRUPTED_EARLIER))
         self._interrupted = False  # delivered once: a script that catches it may go on
         shell = _shell()
         if _running_a_cell(shell):
             return  # the prompt after `ipython -i script.py` starts clean
         if shell is not None or not hasattr(sys, "ps1"):  # not `python -i script.py`'s `>>>`
-            raise KeyboardInterrupt(INTERRUPTED_EARLIER_IN_SCRIPT)
+            raise on_purpose(KeyboardInterrupt(INTERRUPTED_EARLIER_IN_SCRIPT))
 
     def _clear(self, *info: Any) -> None:
         self._interrupted = False

@@ -27,6 +27,19 @@ _PACKAGE = str(Path(__file__).resolve().parent)
 _CHECKS_RAISE = (ValueError, TypeError, NameError, RuntimeError)
 
 
+_ON_PURPOSE = "_qwen3_on_purpose"
+
+E = TypeVar("E", bound=BaseException)
+
+
+def on_purpose(interrupt: E) -> E:
+    """`interrupt`, marked as one the package raises on purpose (a cell's later calls after an
+    interrupt, a stopped block's): shown at the caller's line as a refusal is, not under
+    three of the package's frames that each said "***failed resolving arguments***"."""
+    setattr(interrupt, _ON_PURPOSE, True)
+    return interrupt
+
+
 def shown_at_the_callers_line(function: F) -> F:
     """`function`, with its refusals raised from its caller's line (see the module)."""
     signature = inspect.signature(function)
@@ -37,11 +50,11 @@ def shown_at_the_callers_line(function: F) -> F:
         try:
             _refuse_arguments_it_does_not_take(function.__name__, signature, args, kwargs)
             return function(*args, **kwargs)
-        except Exception as exc:
-            if not is_refusal(exc):
+        except (Exception, KeyboardInterrupt) as exc:
+            if not (is_refusal(exc) or getattr(exc, _ON_PURPOSE, False)):
                 raise
             exc.__cause__, exc.__suppress_context__ = None, True  # the checks' own business
-            exc._render_traceback_ = _callers_lines  # type: ignore[attr-defined]
+            setattr(exc, "_render_traceback_", _callers_lines)  # noqa: B010 (IPython's name)
             raise exc.with_traceback(None)  # noqa: B904 (the same exception, not a new one)
 
     return public  # type: ignore[return-value]

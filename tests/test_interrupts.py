@@ -7,6 +7,7 @@ from __future__ import annotations
 import _thread
 import contextlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -297,6 +298,9 @@ def test_an_interrupted_chat_says_so_and_the_cells_next_call_says_why_it_stops(
     assert chat.status == "error"
     assert chat.reply["ename"] == "KeyboardInterrupt"
     assert chat.reply["evalue"] == "a call earlier in this cell was interrupted; run the cell again"
+    shown = "\n".join(chat.reply["traceback"])  # under three of the package's frames, each
+    assert "qwen3_jupyter/" not in shown, shown  # "***failed resolving arguments***"
+    assert "second = chat('And again')" in re.sub(r"\x1b\[[0-9;]*m", "", shown), shown
     tokens = api_kernel.value("first.completion_tokens")
     assert f"[qwen3] chat interrupted: partial answer kept ({tokens} tokens)" in chat.stdout
     assert api_kernel.value("'second' in dir()") is False
