@@ -7,7 +7,12 @@ put live HTML in the notebook. Code (spans, fenced and indented blocks), math (`
 `\\(…\\)`, `\\[…\\]`, which JupyterLab hands to MathJax as written: `&lt;` there is a TeX error)
 and autolinks (`<https://…>`) already show their text as typed, so only the text around them is
 escaped, and only `<`: that is what opens a tag, while `>` also starts a Markdown quote and `&`
-an entity the model may have meant."""
+an entity the model may have meant.
+
+A `$` outside math is escaped too (`\\$`, which Markdown shows as `$`): JupyterLab hands
+anything between two dollar signs to MathJax, so "$120 a night and the taxi $35" was typeset as
+italic maths with its spaces gone. Math is told from money as pandoc tells it: an opening `$`
+followed by a non-space, a closing one after a non-space and not before a digit."""
 
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ _KEPT = re.compile(
     rf"""
     (`+)(?!`){_NO_BLANK_LINE}*?(?<!`)\1(?!`)    # a code span (never across a paragraph)
     | \$\${_NO_BLANK_LINE}+?\$\$                  # display math
-    | \$(?!\s)[^$\n]*?(?<!\s)\$                   # inline math, on one line
+    | (?<!\\)\$(?!\s)[^$\n]*?(?<![\s\\])\$(?!\d)    # inline math, on one line
     | \\\({_NO_BLANK_LINE}+?\\\)                  # \( … \)
     | \\\[{_NO_BLANK_LINE}+?\\\]                  # \[ … \]
     | <(?:https?|ftp|mailto):[^\s<>]*>            # an autolink
@@ -63,13 +68,21 @@ def escape_html(markdown: str) -> str:
     return "".join(out)
 
 
+_DOLLAR = re.compile(r"(?<!\\)\$")
+"""A dollar sign not escaped already."""
+
+
 def _escape_prose(text: str) -> str:
-    """`<` escaped outside the spans Markdown or MathJax show as written (`_KEPT`)."""
+    """`<` and `$` escaped outside the spans Markdown or MathJax show as written (`_KEPT`)."""
     pieces: list[str] = []
     start = 0
     for kept in _KEPT.finditer(text):
-        pieces.append(text[start : kept.start()].replace("<", "&lt;"))
+        pieces.append(_escaped(text[start : kept.start()]))
         pieces.append(kept.group(0))
         start = kept.end()
-    pieces.append(text[start:].replace("<", "&lt;"))
+    pieces.append(_escaped(text[start:]))
     return "".join(pieces)
+
+
+def _escaped(prose: str) -> str:
+    return _DOLLAR.sub(r"\$", prose.replace("<", "&lt;"))
