@@ -9,7 +9,7 @@ and autolinks (`<https://…>`) already show their text as typed, so only the te
 escaped, and only `<`: that is what opens a tag, while `>` also starts a Markdown quote and `&`
 an entity the model may have meant.
 
-A `$` outside math is escaped too (`\\$`, which Markdown shows as `$`): JupyterLab hands
+A `$` outside math is escaped too (`DOLLAR_OUTSIDE_MATH`): JupyterLab hands
 anything between two dollar signs to MathJax, so "$120 a night and the taxi $35" was typeset as
 italic maths with its spaces gone. Math is told from money as pandoc tells it: an opening `$`
 followed by a non-space, a closing one after a non-space and not before a digit."""
@@ -25,7 +25,7 @@ _KEPT = re.compile(
     rf"""
     (`+)(?!`){_NO_BLANK_LINE}*?(?<!`)\1(?!`)    # a code span (never across a paragraph)
     | \$\${_NO_BLANK_LINE}+?\$\$                  # display math
-    | (?<!\\)\$(?!\s)[^$\n]*?(?<![\s\\])\$(?!\d)    # inline math, on one line
+    | (?<!\\)\$(?!\s)[^$\n`]*?(?<![\s\\])\$(?!\d)   # inline math, on one line, no code in it
     | \\\({_NO_BLANK_LINE}+?\\\)                  # \( … \)
     | \\\[{_NO_BLANK_LINE}+?\\\]                  # \[ … \]
     | <(?:https?|ftp|mailto):[^\s<>]*>            # an autolink
@@ -68,10 +68,6 @@ def escape_html(markdown: str) -> str:
     return "".join(out)
 
 
-_DOLLAR = re.compile(r"(?<!\\)\$")
-"""A dollar sign not escaped already."""
-
-
 def _escape_prose(text: str) -> str:
     """`<` and `$` escaped outside the spans Markdown or MathJax show as written (`_KEPT`)."""
     pieces: list[str] = []
@@ -85,4 +81,10 @@ def _escape_prose(text: str) -> str:
 
 
 def _escaped(prose: str) -> str:
-    return _DOLLAR.sub(r"\$", prose.replace("<", "&lt;"))
+    return prose.replace("<", "&lt;").replace("$", DOLLAR_OUTSIDE_MATH)
+
+
+DOLLAR_OUTSIDE_MATH = "\\\\$"
+"""`\\\\$`: Markdown makes it `\\$`, which JupyterLab's MathJax shows as a plain `$`. A single
+backslash (`\\$`) was undone by Markdown first, and MathJax typeset the rest anyway (seen in
+JupyterLab 4 through Chromium); `&#36;` too, as it reaches MathJax as `$`."""

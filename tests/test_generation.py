@@ -353,10 +353,10 @@ def test_an_answer_cut_off_by_the_budget_says_so() -> None:
         # money is not math: JupyterLab typeset "$120 a night and the taxi $" in italics
         (
             "The hotel is $120 a night and the taxi $35, so $155.",
-            "The hotel is \\$120 a night and the taxi \\$35, so \\$155.",
+            "The hotel is \\\\$120 a night and the taxi \\\\$35, so \\\\$155.",
         ),
-        ("from $5-$6, or \\$7 `$x`", "from \\$5-\\$6, or \\$7 `$x`"),
-        ("Let $x$ be 2 and $y = x^2$; it costs $3", "Let $x$ be 2 and $y = x^2$; it costs \\$3"),
+        ("from $5-$6 or `$x`", "from \\\\$5-\\\\$6 or `$x`"),
+        ("Let $x$ be 2 and $y = x^2$; it costs $3", "Let $x$ be 2 and $y = x^2$; it costs \\\\$3"),
     ],
 )
 def test_an_answers_html_is_shown_as_typed(answer: str, shown: str) -> None:
