@@ -192,13 +192,16 @@ def render(
     `<IPython.core.display.Markdown object>`)."""
     markdown, plain = [], []
     words = _count(len(thinking.split()), "word")
-    if thinking and not hide_thinking:
-        label = "Thinking" if finished else "Thinking (not finished)"
-        is_open = " open" if streaming and not finished else ""
-        body = html.escape(thinking).replace("\n", "<br>\n")
+    if thinking and not hide_thinking and streaming and not finished:
         markdown.append(
-            f"<details{is_open}><summary>{label} · {words}</summary>\n\n"
-            f"<blockquote>{body}</blockquote>\n\n</details>\n"
+            f"*Thinking… · {words}*\n\n<blockquote>{_quoted(_tail(thinking))}</blockquote>\n"
+        )
+        plain.append(f"[thinking… · {words}]\n{thinking}")
+    elif thinking and not hide_thinking:
+        label = "Thinking" if finished else "Thinking (not finished)"
+        markdown.append(
+            f"<details><summary>{label} · {words}</summary>\n\n"
+            f"<blockquote>{_quoted(thinking)}</blockquote>\n\n</details>\n"
         )
         plain.append(f"[{label.lower()} · {words}]\n{thinking}\n[end of thinking]")
     elif thinking and hide_thinking and streaming and not answer:
@@ -211,6 +214,30 @@ def render(
         "\n\n".join(p for p in markdown if p) or "*generating…*",
         "\n\n".join(p for p in plain if p) or "generating…",
     )
+
+
+THINKING_TAIL_CHARACTERS = 600
+THINKING_TAIL_LINES = 8
+"""How much of the thinking shows while it streams: its end, a few lines. Why: it was shown
+whole in an open <details>, rewritten at every update, so a click could not collapse it (the
+next update opened it again) and a real Qwen3's 1-2k words of thinking filled several screens,
+then snapped shut to one line when the answer began. Finished, it is all there, collapsed."""
+
+
+def _tail(thinking: str) -> str:
+    """The end of `thinking`: its last THINKING_TAIL_LINES lines and THINKING_TAIL_CHARACTERS
+    characters at most, from a word's start, with "…" where it was cut."""
+    lines = thinking.rstrip().split("\n")
+    tail = "\n".join(lines[-THINKING_TAIL_LINES:])
+    if len(tail) > THINKING_TAIL_CHARACTERS:
+        tail = tail[-THINKING_TAIL_CHARACTERS:]
+        tail = tail.split(" ", 1)[1] if " " in tail[:40] else tail
+    return tail if tail == thinking.rstrip() else f"… {tail.lstrip()}"
+
+
+def _quoted(text: str) -> str:
+    """`text` as a blockquote's HTML body: escaped, its line breaks kept."""
+    return html.escape(text).replace("\n", "<br>\n")
 
 
 def _missing_answer(answer: str, finished: bool, streaming: bool, stop_reason: str) -> str:

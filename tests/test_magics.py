@@ -559,6 +559,23 @@ def test_thinking_summary_counts_words_in_english() -> None:
     assert "*thinking… (1 word)*" in hidden
 
 
+def test_streaming_thinking_shows_its_end_in_a_few_lines_and_all_of_it_once_finished() -> None:
+    """Streamed whole in an open <details> rewritten at every update, the thinking could not be
+    collapsed (the next update opened it again) and a long one filled screens."""
+    from qwen3_jupyter import display
+
+    thinking = "\n".join(f"step {i}: " + "because " * 12 for i in range(40))
+    live = display.render(thinking, "", finished=False, hide_thinking=False, streaming=True)[0]
+    assert live.startswith("*Thinking… · 560 words*") and "<details" not in live
+    assert "step 39: because" in live and "step 0:" not in live and "<blockquote>… " in live
+    assert live.count("<br>") < display.THINKING_TAIL_LINES
+    assert len(live) < display.THINKING_TAIL_CHARACTERS + 200
+    done = display.render(thinking, "Yes.", finished=True, hide_thinking=False, streaming=True)[0]
+    assert done.startswith("<details><summary>Thinking · 560 words") and "step 0:" in done
+    short = display.render("Hmm.", "", finished=False, hide_thinking=False, streaming=True)[0]
+    assert "<blockquote>Hmm.</blockquote>" in short, "a short thought is shown whole, uncut"
+
+
 def test_unfinished_thinking_is_shown_collapsed_and_explained(kernel: Kernel) -> None:
     ex = kernel.run("%qwen3 --think --max-new-tokens 12 --seed 3 Hello")
     final = ex.texts()[-1]
