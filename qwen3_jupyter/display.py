@@ -259,6 +259,12 @@ def _missing_answer(answer: str, finished: bool, streaming: bool, stop_reason: s
     return "No answer: the server ended the answer while thinking (the line below says why)."
 
 
+def kept_part(result: Result) -> str:
+    """What an interrupted call kept: "answer", or "thinking" when it stopped before answering
+    (the footer said "partial answer kept" under "No answer: stopped while thinking")."""
+    return "thinking" if result.thinking and not result.answer else "answer"
+
+
 def footer(result: Result) -> str:
     """The one-line summary printed after every call: what answered and how (engine), tokens,
     speed, time to first token, latency, and memory — what the call peaked at and freed, and
@@ -282,7 +288,7 @@ def footer(result: Result) -> str:
     if result.stop_reason == "interrupted" and not result.completion_tokens:
         pieces.append("interrupted before the first token")  # nothing to keep
     elif result.stop_reason == "interrupted":
-        pieces.append("interrupted: partial answer kept")
+        pieces.append(f"interrupted: partial {kept_part(result)} kept")
     elif result.stop_reason == "context":
         pieces.append(
             "stopped at the served context length before --max-new-tokens (shorten the prompt; "

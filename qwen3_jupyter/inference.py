@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 from .api_call import api_call
 from .cleanup import CleanupReport, cleanup
-from .display import PREFIX, footer
+from .display import PREFIX, footer, kept_part
 from .engines import Engine
 from .engines.local import LocalEngine
 from .generation import SAMPLING_OPTIONS, GenerationOptions, Result, check_arguments
@@ -91,7 +91,8 @@ class Chat:
             call.closing = in_python_words(footer(result).removeprefix(f"{PREFIX} "))
             if result.stop_reason == "interrupted":
                 call.notify(
-                    f"chat interrupted: partial answer kept ({result.completion_tokens} tokens)"
+                    f"chat interrupted: partial {kept_part(result)} kept "
+                    f"({result.completion_tokens} tokens)"
                 )
                 # In a thread only a stop() ends a call early: the rest of the block is stopped.
                 self._stopped = threading.current_thread() is not threading.main_thread()

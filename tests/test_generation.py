@@ -304,6 +304,14 @@ def test_a_call_interrupted_before_its_first_token_does_not_claim_a_partial_answ
     assert footer(_result()).split(" · ")[-1] == "interrupted: partial answer kept"  # control
 
 
+def test_a_call_interrupted_while_thinking_says_it_kept_the_thinking() -> None:
+    """Its footer said "partial answer kept" under "No answer: stopped while thinking"."""
+    thought = _result(answer="", thinking="Let me see", think=True, thinking_finished=False)
+    assert footer(thought).split(" · ")[-1] == "interrupted: partial thinking kept"
+    both = _result(thinking="Let me see", think=True)
+    assert footer(both).split(" · ")[-1] == "interrupted: partial answer kept"
+
+
 def test_only_a_spent_budget_is_told_to_raise_max_new_tokens() -> None:
     """A call that stopped while thinking said "the token budget ran out... Raise
     --max-new-tokens" whatever stopped it: an interrupt after 15 of 4,000 tokens, or a server."""
