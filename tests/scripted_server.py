@@ -28,6 +28,9 @@ Routes (`url(route)` gives `http://127.0.0.1:PORT/<route>/v1`):
                    model of `cache` (id, "loaded"/"unloaded") with its `status`, and a chat
                    request for any model is answered (the server loads it);
 - `hung`           for any request (GET /models too): accepts, reads, never answers.
+- `queued`         runs `slots` requests at a time, as vLLM and SGLang schedule them: the
+                   others get their headers, then nothing until a slot frees; each one run
+                   streams "Hello world" over `wait` seconds (ten events).
 GET `.../models` lists `model` (except on `hung`). Every request's method and path (with its
 query) is recorded in `requests`, its key in `keys`, a chat request's JSON body in `bodies`;
 a client that went away is recorded in `disconnects`.
@@ -73,6 +76,7 @@ class ScriptedServer:
         self.model = model
         self.wait = wait
         self.errors_left = 0
+        self.slots = threading.Semaphore(2)
         self.cache: list[tuple[str, str]] = []
         self.requests: list[tuple[str, str]] = []
         self.keys: list[str] = []
@@ -224,6 +228,23 @@ class _Handler(BaseHTTPRequestHandler):
         self._waited(self.server_state.wait)
         for data in (USAGE, DONE, b""):
             self._chunk(data)
+
+    def _queued(self, body: dict[str, Any]) -> None:
+        state = self.server_state
+        self._start()
+        while not state.slots.acquire(timeout=0.05):
+            if state.closing.is_set():
+                return
+        try:
+            self._chunk(ANSWER[0])
+            for _ in range(10):
+                if self._waited(state.wait / 10):
+                    return
+                self._chunk(_event({"content": "Hello"}))
+            for data in (FINISH, USAGE, DONE, b""):
+                self._chunk(data)
+        finally:
+            state.slots.release()
 
     def _hung(self, body: dict[str, Any]) -> None:
         self._hang()

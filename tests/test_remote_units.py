@@ -580,6 +580,38 @@ def test_a_finished_answer_is_kept_whatever_happens_after_its_finish(
     assert (late.answer, late.stop_reason, late.completion_tokens) == ("Hello world", "eos", 2)
 
 
+def test_a_batch_prompt_queued_behind_its_others_is_not_timed_out(
+    scripted: ScriptedServer,
+) -> None:
+    """A server runs a few requests at once and holds the rest, silent, until a slot frees (vLLM,
+    SGLang): prompts queued past the first-token limit failed for good ("2 failed" of 6 at
+    concurrency 6 on a server running 2), though the server was streaming the batch's others
+    all along. Here 6 prompts, 2 slots, 1.2 s per answer, a 1 s first-token limit."""
+    scripted.wait = 1.2
+    engine = _engine(scripted.url("queued"), first_token=1.0, total=30)
+    started = time.perf_counter()
+    results = engine.generate_batch(
+        ["a", "b", "c", "d", "e", "f"], SHORT, concurrency=6, progress=False
+    )
+    took = time.perf_counter() - started
+    assert [r.error for r in results] == [None] * 6, [r.error for r in results]
+    assert all(r.answer.startswith("HelloHello") for r in results)
+    assert took >= 3 * scripted.wait, "control: the last prompts waited past the limit"
+    alone = _engine(scripted.url("queued"), first_token=0.5, total=30)
+    scripted.slots.acquire()
+    scripted.slots.acquire()  # a server whose slots never free: a single call still times out
+    try:
+        with pytest.raises(EngineError, match=r"^no first token from \S+ within 0.5 s"):
+            alone.generate("hi", SHORT)
+        stuck = alone.generate_batch(["a", "b"], SHORT, concurrency=2, progress=False)
+        assert all(str(r.error).startswith("no first token") for r in stuck), "nothing streams"
+    finally:
+        scripted.slots.release()
+        scripted.slots.release()
+    engine.close()
+    alone.close()
+
+
 def _in_thread(engine: RemoteEngine) -> tuple[threading.Thread, list[Result]]:
     results: list[Result] = []
     thread = threading.Thread(

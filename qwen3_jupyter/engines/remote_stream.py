@@ -221,6 +221,12 @@ class ActiveStreams:
         self._lock = threading.Lock()
         self._streams: set[Any] = set()
         self.cancelled = threading.Event()
+        self.text_at = time.monotonic()
+        """When text last came on any of the batch's streams (its start, before any)."""
+
+    def got_text(self) -> None:
+        """Text came on one of the streams: the server is answering this batch."""
+        self.text_at = time.monotonic()
 
     def add(self, stream: Any) -> None:
         with self._lock:
@@ -257,10 +263,16 @@ class Deadlines:
     which deadline it was, so the error names the limit that was really passed.
     """
 
-    def __init__(self, timeouts: Timeouts) -> None:
+    def __init__(self, timeouts: Timeouts, batch: ActiveStreams | None = None) -> None:
         now = time.monotonic()
         self._first_token_s = timeouts.first_token
         self._first_token_at = now + timeouts.first_token
+        self._batch = batch
+        """The batch this stream is one of: while the server streams text to its other
+        requests, one still waiting is queued behind them (vLLM and SGLang send nothing until
+        they schedule it), not facing a hung server. Its first-token limit counts from the
+        batch's last text: a batch above what the server runs at once lost every queued
+        prompt past the limit ("2 failed" of 6 at concurrency 6 on a server running 2)."""
         self._silence_at = self._total_at = now + timeouts.total
         self._cond = threading.Condition()
         self._stream: Any = None
@@ -321,6 +333,9 @@ class Deadlines:
             return [(self._finished_at, "after_finish")]
         if self._got_text:
             waiting = (self._silence_at, "silence")
+        elif self._batch is not None:
+            batch_alive = self._batch.text_at + self._first_token_s
+            waiting = (max(self._first_token_at, batch_alive), "first_token")
         else:
             waiting = (self._first_token_at, "first_token")
         return [waiting, (self._total_at, "total")]  # on a tie, the first named
@@ -403,7 +418,7 @@ def _read_stream(
 
     result = Streamed()
     started = time.perf_counter()
-    deadlines = Deadlines(timeouts)
+    deadlines = Deadlines(timeouts, active)
     stream: Any = None
     completed = False
     last_emit, wait = 0.0, interval
@@ -416,8 +431,11 @@ def _read_stream(
             timeout=openai.Timeout(
                 timeouts.total,
                 connect=timeouts.connect,
-                # before the headers no byte arrives, so no keep-alive can restart this
-                read=min(timeouts.first_token, timeouts.total),
+                # before the headers no byte arrives, so no keep-alive can restart this; a
+                # batch's stream may wait longer, queued behind its others (see Deadlines)
+                read=timeouts.total
+                if active is not None
+                else min(timeouts.first_token, timeouts.total),
                 write=timeouts.connect,
                 pool=timeouts.total,  # waiting for a free connection is queueing, not failure
             ),
@@ -435,6 +453,8 @@ def _read_stream(
             for choice in getattr(chunk, "choices", None) or ():
                 if text.add(choice.delta):
                     deadlines.got_text()
+                    if active is not None:
+                        active.got_text()
                     if result.first_token_s is None:
                         result.first_token_s = now - started
                         if on_first_token is not None:
