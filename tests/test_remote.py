@@ -669,6 +669,9 @@ def test_rejected_key_and_credentials_in_the_url(rk: LoggedKernel, proxy: ChaosP
     masked = url.replace("http://", "http://***@")
     message = failed(rk, f"%qwen3 --server {wrong} --no-think --max-new-tokens 4 Hi")
     assert masked in message and "wrong-password-123" not in message
+    # the URL's key wins over the variable: setting it could not fix this one
+    assert "rejected the API key written in the URL" in message, message
+    assert "fix the password in the URL" in message and "set $QWEN3" not in message
     right = url.replace("http://", f"http://me:{PROXY_KEY}@")
     ex = ok(rk, f"%qwen3 --server {right} --no-think --max-new-tokens 4 Hi")
     assert masked in ex.stdout and rk.value("_qwen3.device") == masked

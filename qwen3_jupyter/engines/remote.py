@@ -653,13 +653,28 @@ class RemoteEngine(Engine):
         )
 
     def _keyed(self, failure: Failure) -> Failure:
-        """A 401/403 says whether a key was sent at all."""
-        if failure.kind == "auth" and self.connection.api_key() is None:
+        """A 401/403 says whether a key was sent at all, and where the rejected one came from:
+        the URL's password wins over the variables, so "set $QWEN3_JUPYTER_API_KEY" could not
+        fix a wrong key written in the URL."""
+        if failure.kind != "auth":
+            return failure
+        source = self.connection.key_source()
+        if source is None:
             return Failure(
                 f"the server at {self.connection.shown} needs an API key (HTTP "
                 f"{failure.status}): set $QWEN3_JUPYTER_API_KEY (or $OPENAI_API_KEY)",
                 "auth",
                 status=failure.status,
+            )
+        if source == "url":
+            said = f": {failure.server_says}" if failure.server_says else ""
+            return Failure(
+                f"the server at {self.connection.shown} rejected the API key written in the URL "
+                f"(HTTP {failure.status}{said}): fix the password in the URL "
+                "(http://:KEY@host/v1), or take it out to send $QWEN3_JUPYTER_API_KEY",
+                "auth",
+                status=failure.status,
+                server_says=failure.server_says,
             )
         return failure
 

@@ -71,6 +71,13 @@ class ServerConnection:
                 return value
         return None
 
+    def key_source(self) -> str | None:
+        """Where the key sent comes from (the URL's password, or the variable's name), None
+        when no key is sent: a rejected key's advice names the one to fix."""
+        if self._url_key:
+            return "url"
+        return next((env for env in API_KEY_ENVS if os.environ.get(env, "").strip()), None)
+
     def secrets(self) -> tuple[str | None, ...]:
         """Everything that must never appear in a message."""
         keys = (self._url_key, self._url_key_written, *self._query_secrets())
