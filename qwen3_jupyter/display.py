@@ -259,6 +259,14 @@ def _missing_answer(answer: str, finished: bool, streaming: bool, stop_reason: s
     return "No answer: the server ended the answer while thinking (the line below says why)."
 
 
+def _prompt_size(result: Result) -> str:
+    """ " (9 prompt)"; nothing for a server that sent no usage figures (an interrupt, an aborted
+    answer, a server that never sends them): "(0 prompt)" read as a real count."""
+    if result.engine == "remote" and not result.prompt_tokens:
+        return ""
+    return f" ({result.prompt_tokens} prompt)"
+
+
 def kept_part(result: Result) -> str:
     """What an interrupted call kept: "answer", or "thinking" when it stopped before answering
     (the footer said "partial answer kept" under "No answer: stopped while thinking")."""
@@ -271,7 +279,7 @@ def footer(result: Result) -> str:
     what the engine keeps on purpose."""
     pieces = [
         f"{PREFIX} {result.model} on {result.device} ({result.engine})",
-        f"{_count(result.completion_tokens, 'token')} ({result.prompt_tokens} prompt)",
+        _count(result.completion_tokens, "token") + _prompt_size(result),
         f"{result.tokens_per_s:.1f} tok/s",
     ]
     if result.time_to_first_token_s is not None:

@@ -215,6 +215,7 @@ class GenerationOptions:
 class Result:
     """One call's outcome. Plain values only: it holds no tensors and keeps no memory alive.
 
+    `prompt_tokens`: 0 where a server sent no usage figures (the footer then leaves it out).
     `latency_s` and `tokens_per_s`: a batch item's are its batch's (its rows decode together:
     the time that batch took, and this row's tokens over it); the run's throughput is
     `results.report`'s. `engine`: 'eager', 'fast' or 'remote'. `token_ids`: the completion's

@@ -304,6 +304,14 @@ def test_a_call_interrupted_before_its_first_token_does_not_claim_a_partial_answ
     assert footer(_result()).split(" · ")[-1] == "interrupted: partial answer kept"  # control
 
 
+def test_a_server_that_sent_no_usage_has_no_prompt_count_in_the_footer() -> None:
+    """It read "16 tokens (0 prompt)" after an interrupt or from a server sending no usage."""
+    served = _result(engine="remote", prompt_tokens=0, peak_memory_bytes=None)
+    assert footer(served).split(" · ")[1] == "8 tokens"
+    assert footer(_result(engine="remote")).split(" · ")[1] == "8 tokens (9 prompt)"
+    assert footer(_result(prompt_tokens=0)).split(" · ")[1] == "8 tokens (0 prompt)"  # local
+
+
 def test_a_call_interrupted_while_thinking_says_it_kept_the_thinking() -> None:
     """Its footer said "partial answer kept" under "No answer: stopped while thinking"."""
     thought = _result(answer="", thinking="Let me see", think=True, thinking_finished=False)

@@ -708,6 +708,11 @@ def test_a_call_failing_mid_answer_keeps_the_text_it_streamed(
         assert ex.status == "error"
         updates = answer_updates(ex)
         assert updates and updates[-1].strip(), updates
+        # the text kept in _qwen3 keeps its timings too (it read "0.0 tok/s · 0.00 s")
+        latency, first, tokens = rk.value(
+            "(_qwen3.latency_s, _qwen3.time_to_first_token_s, _qwen3.completion_tokens)"
+        )
+        assert tokens > 0 and latency > 0 and first is not None and 0 < first <= latency
         gone = rk.run(f"%qwen3 --server {proxy.url('malformed')} Hi")  # nothing streamed
         assert gone.status == "error"
         shown = [

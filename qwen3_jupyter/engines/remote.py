@@ -236,15 +236,12 @@ class RemoteEngine(Engine):
             chat = bool(history)
             messages = build_messages(prompt, options, history)
             self._say(f"waiting for the first token from {self.connection.shown}…")
+            call = (messages, options, text, timeouts, on_text, stream_interval, chat, streamed)
             try:
-                streamed = self._call(
-                    model, messages, options, text, timeouts, on_text, stream_interval, chat
-                )
+                self._call(model, *call)
             except _NotServed as gone:
                 model = self._replacement(model, gone)
-                streamed = self._call(
-                    model, messages, options, text, timeouts, on_text, stream_interval, chat
-                )
+                self._call(model, *call)
         except KeyboardInterrupt:
             streamed.interrupted = True
         except EngineError as failed:
@@ -265,9 +262,11 @@ class RemoteEngine(Engine):
         on_text: TextCallback | None,
         interval: float,
         chat: bool,
+        into: Streamed,
     ) -> Streamed:
         """One request, sent again while that can help: without a refused optional field, or
-        after a busy server's back-off (a wait `%qwen3 --stop` ends at once)."""
+        after a busy server's back-off (a wait `%qwen3 --stop` ends at once). `into` gets what
+        the stream delivered, also when it fails midway."""
         retries = 0
         text.template_thinks = template_opens_think(model)
         while True:
@@ -285,6 +284,7 @@ class RemoteEngine(Engine):
                     on_text=on_text,
                     interval=interval,
                     on_first_token=lambda: self._say(f"streaming from {self.connection.shown}…"),
+                    into=into,
                 )
             except Failure as failure:
                 explained = self._explain(failure, model, timeouts, arguments, chat)

@@ -366,13 +366,27 @@ def stream_completion(
     interval: float = 0.1,
     on_first_token: Callable[[], None] | None = None,
     active: ActiveStreams | None = None,
+    into: Streamed | None = None,
 ) -> Streamed:
     """`_read_stream`, and on a failure after some text, that text shown whole before the
     error: the display is updated at a pace, so a stream that stalled or dropped showed only
-    what the last paced update had (one token of ten), and the rest was never seen."""
+    what the last paced update had (one token of ten), and the rest was never seen. `into`:
+    the Streamed to fill, so a caller whose call failed midway still has the timings of what
+    came (the partial answer it kept had none)."""
+    into = into if into is not None else Streamed()
     if on_text is None:
         return _read_stream(
-            client, arguments, text, ctx, timeouts, think, None, interval, on_first_token, active
+            client,
+            arguments,
+            text,
+            ctx,
+            timeouts,
+            think,
+            None,
+            interval,
+            on_first_token,
+            active,
+            into,
         )
     shown: list[str] = []
 
@@ -382,7 +396,17 @@ def stream_completion(
 
     try:
         return _read_stream(
-            client, arguments, text, ctx, timeouts, think, showing, interval, on_first_token, active
+            client,
+            arguments,
+            text,
+            ctx,
+            timeouts,
+            think,
+            showing,
+            interval,
+            on_first_token,
+            active,
+            into,
         )
     except Failure:
         rest = text.display_text(think) if text.chunks else None
@@ -403,8 +427,9 @@ def _read_stream(
     interval: float,
     on_first_token: Callable[[], None] | None,
     active: ActiveStreams | None,
+    result: Streamed,
 ) -> Streamed:
-    """Send one streamed request and read it to the end into `text`.
+    """Send one streamed request and read it to the end into `text` (and `result`).
 
     Failures raise `Failure` (one line, classified); the first-token and total limits hold
     however the server behaves (`Deadlines`). An interrupt on the calling thread, or
@@ -416,7 +441,6 @@ def _read_stream(
     """
     import openai
 
-    result = Streamed()
     started = time.perf_counter()
     deadlines = Deadlines(timeouts, active)
     stream: Any = None
