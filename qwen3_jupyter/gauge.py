@@ -93,7 +93,9 @@ class RowView:
     key: str
     label: str
     tooltip: str
-    percent: int
+    percent: int | None
+    """None: no figure to fill the bar with (a server without /metrics, a GPU that could not
+    be read, torch's figures without a total): the bar stays empty and no "0%" is written."""
     style: str
     text: str
     fraction: float
@@ -185,6 +187,7 @@ def host_row(snapshot: Snapshot, low_free: int) -> RowView:
 def server_row(load: ServerLoad) -> RowView:
     """A server's row: its KV-cache usage as the bar (0 when it publishes none), its running
     and waiting requests, and that the model's memory is the server's, not this kernel's."""
+    known = load.kv_cache_usage is not None
     fraction = load.kv_cache_usage if load.kv_cache_usage is not None else 0.0
     return RowView(
         key=f"{SERVER_KEY}{load.url}",
@@ -193,7 +196,7 @@ def server_row(load: ServerLoad) -> RowView:
             f"{load.url}: the model runs there; its GPU memory is the server's "
             "(bar: KV-cache usage from the server's /metrics)"
         ),
-        percent=round(100 * fraction),
+        percent=round(100 * fraction) if known else None,
         style=_style(fraction, 1, 0),
         text=f"{load.url} · {load.describe()}",
         fraction=fraction,
@@ -208,7 +211,7 @@ def torch_row(device: TorchDeviceMemory) -> RowView:
         key=f"{TORCH_KEY}{device.index}",
         label=f"cuda:{device.index}",
         tooltip=f"{device.name}: torch's own figures (without NVML the GPU's total is unknown)",
-        percent=0,
+        percent=None,
         style="success",
         text=(
             f"this kernel: torch {short_bytes(device.reserved)} reserved, "
@@ -226,7 +229,7 @@ def unread_row(index: int, reason: str | None) -> RowView:
         key=f"{UNREAD_KEY}{index}",
         label=f"GPU {index}",
         tooltip=reason or "NVML could not read this GPU",
-        percent=0,
+        percent=None,
         style="danger",
         text="could not be read (" + _unread_reason(index, reason) + ")",
         fraction=0.0,
@@ -435,6 +438,8 @@ class _Row:
             layout=widgets.Layout(display="none" if compact else None, width="100px", **fixed)
         )
         self.text = widgets.HTML()
+        self.percent = ""
+        """" 37%" as the static copy writes it; "" where the row has no figure."""
         self.box = widgets.HBox([self.label, self.bar, self.spark, self.text])
         self.box.add_class("qwen3-gauge-row")
         self.text.add_class("qwen3-gauge-text")
@@ -445,8 +450,9 @@ class _Row:
             f"{html.escape(view.label)}</b>"
         )
         with self.bar.hold_sync():
-            self.bar.value = float(view.percent)
+            self.bar.value = float(view.percent or 0)
             self.bar.bar_style = view.style
+        self.percent = "" if view.percent is None else f" {view.percent}%"
         self.spark.value = spark
         self.text.value = f"<span>{html.escape(unbroken(view.text))}</span>"
 
@@ -542,7 +548,7 @@ class Gauge(widgets.VBox):
         they were read: scrolled back to later, a copy must not pass for a live reading."""
         with self._lock:
             rows = [
-                f"<div>{r.label.value} {r.bar.value:.0f}% · {r.text.value}</div>"
+                f"<div>{r.label.value}{r.percent} · {r.text.value}</div>"
                 for r in self._rows.values()
             ]
             when = ""

@@ -609,6 +609,8 @@ def test_server_rows_and_the_kept_line(counting_comms: list[tuple[str, dict[str,
         assert "http://laptop:8000/v1 · no /metrics (HTTP 404) · model memory lives" in texts[3]
         assert "kept on purpose: decode cache 448 MiB on cuda:0" in g._kept.value
         assert "kept on purpose" in g.as_html() and "gpu-box" in g.as_html()
+        static = g.as_text().replace("\xa0", " ")  # no figure, no "server 0%"
+        assert "server · http://laptop:8000/v1 · no /metrics" in static, static
         loads.pop()
         kept.clear()
         _wait_for(lambda: len(g._rows) == 3 and g._kept.value == "")
@@ -617,7 +619,7 @@ def test_server_rows_and_the_kept_line(counting_comms: list[tuple[str, dict[str,
         monitor.stop()
     busy = server_row(ServerLoad("u", "vLLM", 0.93, 1, 0))
     assert (busy.percent, busy.style, busy.label) == (93, "danger", "server")
-    assert server_row(ServerLoad("u", error="x")).percent == 0
+    assert server_row(ServerLoad("u", error="x")).percent is None  # no "0%": no figure
     quiet = Monitor(NvmlReader(FakeNvml([]).module))
     assert kept_html(quiet.sample()) == ""
     quiet.stop()
