@@ -211,10 +211,14 @@ def options_from_kwargs(kwargs: dict[str, Any], also: Iterable[str] = ()) -> Gen
     return GenerationOptions(**kwargs)
 
 
+DEFAULT_BATCH_SIZE = 4
+"""Prompts per batch in this kernel when `batch_size=` (`--batch-size`) is not given."""
+
+
 @shown_at_the_callers_line
 def generate_batch(
     prompts: Iterable[str],
-    batch_size: int = 4,
+    batch_size: int | None = None,
     *,
     model: str | None = None,
     device: str | None = None,
@@ -256,6 +260,8 @@ def generate_batch(
             "prompts (any iterable of str)"
         )
     _refuse_a_container_of_prompts(prompts)
+    asked_batch_size = batch_size
+    batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
     _check_count("batch_size", batch_size)
     if concurrency is not None:
         _check_count("concurrency", concurrency)
@@ -296,7 +302,8 @@ def generate_batch(
     # The hold inside the call: a ModelBusy is worded for a Python caller too.
     with api_call(show_status=progress) as call, holding(local, "a batch (generate_batch)"):
         engine = call.engine(model=model, device=device, dtype=dtype, decode=decode, server=server)
-        ignored = _ignored_by(engine.kind == "remote", concurrency, memory_budget, batch_size)
+        remote = engine.kind == "remote"
+        ignored = _ignored_by(remote, concurrency, memory_budget, batch_size, asked_batch_size)
         if ignored is not None:
             call.notify(ignored)
         generation = SESSION.follow_template(engine, generation)
@@ -322,18 +329,24 @@ def generate_batch(
 
 
 def _ignored_by(
-    remote: bool, concurrency: int | None, memory_budget: object, batch_size: int
+    remote: bool,
+    concurrency: int | None,
+    memory_budget: object,
+    batch_size: int,
+    asked_batch_size: int | None = None,
 ) -> str | None:
     """A notice for an option the engine has no use for (as the magic says it): a notebook
-    pointed at a model or a server by configuration keeps working either way, and is told."""
+    pointed at a model or a server by configuration keeps working either way, and is told.
+    (`batch_size=` given to a server batch was dropped without a word.)"""
     if not remote and concurrency is not None:
         return (
             "concurrency= applies to a server: ignored for a model in this kernel, which "
             f"batches {batch_size} prompts at a time (batch_size=)"
         )
-    if remote and memory_budget is not None:
+    if remote and (memory_budget is not None or asked_batch_size is not None):
+        which = "memory_budget=" if memory_budget is not None else "batch_size="
         return (
-            "memory_budget= applies to a model in this kernel: ignored for a server, which "
+            f"{which} applies to a model in this kernel: ignored for a server, which "
             "gets concurrency= requests at once"
         )
     return None

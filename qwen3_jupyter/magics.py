@@ -27,6 +27,7 @@ from traitlets import Float, Unicode
 
 from . import display, lifecycle
 from .batching import (
+    DEFAULT_BATCH_SIZE,
     ResultsFileError,
     check_results_file,
     memory_budget_bytes,
@@ -59,9 +60,6 @@ from .prompt_line import expander, parse_line, protect_prompt_lines
 from .prompt_vars import PromptVarsError, fill
 from .session import SESSION, reset_chat
 from .unloading import unload_whole
-
-DEFAULT_BATCH_SIZE = 4
-"""Prompts per batch for `%qwen3 --file` when --batch-size is not given."""
 
 
 @magics_class

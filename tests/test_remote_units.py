@@ -1120,7 +1120,7 @@ def test_on_text_ends_with_the_whole_text_from_a_server(scripted: ScriptedServer
     assert len(texts) == 2 and texts[-1].endswith("Hello world"), texts
 
 
-def test_a_memory_budget_for_a_server_batch_is_named_as_ignored(
+def test_a_memory_budget_or_batch_size_for_a_server_batch_is_named_as_ignored(
     scripted: ScriptedServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from qwen3_jupyter.batching import generate_batch
@@ -1133,6 +1133,14 @@ def test_a_memory_budget_for_a_server_batch_is_named_as_ignored(
     assert "memory_budget= applies to a model in this kernel: ignored for a server" in (
         said.out + said.err
     )
+    generate_batch(["a"], 8, server=scripted.url("ok"), model="m1", progress=False)
+    said = capsys.readouterr()  # it was dropped without a word (the magic names it)
+    assert "batch_size= applies to a model in this kernel: ignored for a server" in (
+        said.out + said.err
+    )
+    generate_batch(["a"], server=scripted.url("ok"), model="m1", progress=False)
+    said = capsys.readouterr()
+    assert "ignored" not in said.out + said.err, "control: nothing given, nothing said"
 
 
 SCRIPT_ENDS_DURING_A_BATCH = """
