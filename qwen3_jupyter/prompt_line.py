@@ -83,10 +83,9 @@ def _read_options(
             return argv, match.start(), False
         name = token.split("=", 1)[0]
         if name not in takes_value:
-            raise UsageError(
-                f"unknown option {name}{did_you_mean(name, takes_value)}; see %qwen3? — put -- "
-                "before a prompt that starts with '-'"
-            )
+            meant = did_you_mean(name, takes_value)  # a misspelt option is not a prompt
+            prose = "" if meant else " — put -- before a prompt that starts with '-'"
+            raise UsageError(f"unknown option {name}{meant}; see %qwen3?{prose}")
         position = match.end()
         if takes_value[name]:
             if "=" in token:  # --system="be brief": the value starts right after the "="

@@ -849,6 +849,12 @@ def test_help_is_complete(kernel: Kernel) -> None:
     [
         ("%qwen3 --tempreture 0.5 hi", "unknown option --tempreture (did you mean --temperature?)"),
         ("%qwen3 --verb hi", "unknown option --verb; see %qwen3?"),  # not "--server?"
+        (  # a misspelt option is not a prompt: no "put -- before a prompt that starts with '-'"
+            "%qwen3 --max-new-token 5 hi",
+            "UsageError: unknown option --max-new-token (did you mean --max-new-tokens?); "
+            "see %qwen3?\n",
+        ),
+        ("%qwen3 -x marks the spot", "see %qwen3? — put -- before a prompt that starts with '-'"),
         ("%qwen3", "empty prompt"),
         ("%qwen3 --no-think", "empty prompt"),
         ("%qwen3 --top-k abc hi", "--top-k needs a whole number, not 'abc' (see %qwen3?)"),
@@ -916,7 +922,7 @@ def test_bad_input_is_one_line_and_loses_nothing(kernel: Kernel, line: str, expe
     ex = kernel.run(line)
     assert ex.status == "error"
     message = ex.stderr.strip()
-    assert expected in message, message
+    assert expected in message + "\n", message
     assert len(message.splitlines()) == 1, message
     assert "Traceback" not in message
     assert kernel.value("keep_me") == [41]
