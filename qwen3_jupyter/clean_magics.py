@@ -76,7 +76,7 @@ class CleanMagics(Magics):
     def qwen3_clean(self, line: str = "", cell: str | None = None) -> None:
         """Free memory that is only referenced by the notebook's machinery, and report it.
 
-        Usage::
+        Usage:
 
           %qwen3_clean [--full] [--dynamo] [--quiet] [--verbose]
           %%qwen3_clean [--drop] [--keep NAMES] [--full] [--dynamo] [--quiet] [--verbose]
@@ -101,7 +101,7 @@ class CleanMagics(Magics):
         The body runs like a cell (its result shows as Out[N], an error fails the cell),
         except that top-level `await` is not supported in it.
 
-        Examples::
+        Examples:
 
           %qwen3_clean --verbose
 
@@ -159,7 +159,7 @@ class CleanMagics(Magics):
     def qwen3_autoclean(self, line: str = "") -> None:
         """Clean after every cell (like %qwen3_clean), reporting only when memory was freed.
 
-        Usage::
+        Usage:
 
           %qwen3_autoclean on|off|status
 

@@ -65,13 +65,13 @@ class GaugeMagics(Magics):
         left after cleanup keeps growing; `%qwen3_clean --verbose` shows what holds memory.
         Without an NVIDIA driver the gauge says so and shows host memory.
 
-        Examples::
+        Examples:
 
           %qwen3_gauge
           %qwen3_gauge --interval 0.2 --all
           %qwen3_gauge --stop
 
-        From Python: ``qwen3_jupyter.gauge(interval=None, show_all=False, compact=False)``.
+        From Python: `qwen3_jupyter.gauge(interval=None, show_all=False, compact=False)`.
         """
         if asks_help(line):
             show_help(self.shell, "qwen3_gauge", self.qwen3_gauge)

@@ -256,21 +256,21 @@ class Qwen3Magics(Magics):
     ) -> None:
         """Ask Qwen3, running inside this kernel; the answer streams into the cell.
 
-        Usage::
+        Usage:
 
           %qwen3 [options] PROMPT
           %%qwen3 [options]
           PROMPT (the whole cell)
 
-        Options come before the prompt: ``%qwen3 --no-think Why?``, not ``%qwen3 Why?
-        --no-think`` (refused: put ``--`` first to send option-like words as text).
-        ``%qwen3 --help`` shows this page.
+        Options come before the prompt: `%qwen3 --no-think Why?`, not `%qwen3 Why?
+        --no-think` (refused: put `--` first to send option-like words as text).
+        `%qwen3 --help` shows this page.
 
-        The last call's result is bound to ``_qwen3`` (answer, thinking, token counts,
+        The last call's result is bound to `_qwen3` (answer, thinking, token counts,
         latency, tokens/s, peak memory); the magic returns nothing, so nothing lands in Out.
         After every call the memory generation used is released and a footer says how much.
 
-        Examples::
+        Examples:
 
           %qwen3 --model tiny Why is the sky blue?
           %qwen3 --no-think --max-new-tokens 64 Summarise this in one line: ...
@@ -283,15 +283,15 @@ class Qwen3Magics(Magics):
           %qwen3 --server http://localhost:8000/v1 Why is the sky blue?
           %qwen3 --unload
 
-        With --file, ``_qwen3`` is the list of results (in input order) and its ``.report``
+        With --file, `_qwen3` is the list of results (in input order) and its `.report`
         says which batch size held after any out-of-memory back-off.
 
         On CUDA, answers decode through the fast path: a static KV cache and a compiled decode
         step replayed as a CUDA graph. Its first use in a kernel compiles (it says so, and how
-        long; compiled kernels are cached on disk for the next kernel; ``--warmup`` compiles
+        long; compiled kernels are cached on disk for the next kernel; `--warmup` compiles
         ahead). The cache is kept between calls for speed and named in the footer, the gauge
-        and ``%qwen3_clean --verbose``; ``--eager`` decodes with transformers' own generate and
-        gives all of it back. ``--server URL`` asks an OpenAI-compatible server instead.
+        and `%qwen3_clean --verbose`; `--eager` decodes with transformers' own generate and
+        gives all of it back. `--server URL` asks an OpenAI-compatible server instead.
         """
         if asks_help(line, options_of(self.qwen3)):  # -h, --help: `%qwen3?`
             self._help()
