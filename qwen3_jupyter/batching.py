@@ -144,8 +144,10 @@ class BatchReport:
             else:  # "batch size 4 held" read as the size used for 2 prompts
                 pieces.append(f"batch size {min(self.held_batch_size, self.total)} held")
             pieces.append(f"peak generation tensors {format_bytes(self.peak_tensor_bytes)}")
-        if self.interrupted and self.completed == self.resumed:
+        if self.interrupted and self.completed == self.resumed and not self.failed:
             pieces.append("interrupted before any prompt finished: nothing new kept")
+        elif self.interrupted and self.completed == self.resumed:  # a failed one is kept too
+            pieces.append("interrupted: the failed results kept (see .error)")
         elif self.interrupted and self.gaps:
             pieces.append("interrupted: finished results kept (their prompts: .indices)")
         elif self.interrupted:

@@ -10,6 +10,7 @@ The ordinary paths are tested against a real server in tests/test_remote.py.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import signal
 import threading
@@ -481,6 +482,10 @@ def test_batch_report_for_a_server() -> None:
     assert "batch size 4 held" in local.summary() and "peak generation tensors" in local.summary()
     fewer = BatchReport(3, 3, 4, 4, (), False, 1.0, 1024, None)  # read as the size used
     assert "batch size 3 held" in fewer.summary()
+    # interrupted with one prompt failed, none answered: the failure is kept and written
+    failed_only = dataclasses.replace(report, completed=0, interrupted=True)
+    said = failed_only.summary()
+    assert "nothing new kept" not in said and "interrupted: the failed results kept" in said
 
 
 def test_a_server_that_never_accepts_ends_in_the_connect_timeout(
