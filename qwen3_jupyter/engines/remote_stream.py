@@ -374,20 +374,13 @@ def stream_completion(
     the Streamed to fill, so a caller whose call failed midway still has the timings of what
     came (the partial answer it kept had none)."""
     into = into if into is not None else Streamed()
+
+    def read(shown_by: Callable[[str], None] | None) -> Streamed:
+        request = (client, arguments, text, ctx, timeouts, think)
+        return _read_stream(*request, shown_by, interval, on_first_token, active, into)
+
     if on_text is None:
-        return _read_stream(
-            client,
-            arguments,
-            text,
-            ctx,
-            timeouts,
-            think,
-            None,
-            interval,
-            on_first_token,
-            active,
-            into,
-        )
+        return read(None)
     shown: list[str] = []
 
     def showing(now: str) -> None:
@@ -395,19 +388,7 @@ def stream_completion(
         on_text(now)
 
     try:
-        return _read_stream(
-            client,
-            arguments,
-            text,
-            ctx,
-            timeouts,
-            think,
-            showing,
-            interval,
-            on_first_token,
-            active,
-            into,
-        )
+        return read(showing)
     except Failure:
         rest = text.display_text(think) if text.chunks else None
         if rest is not None and shown[-1:] != [rest]:
