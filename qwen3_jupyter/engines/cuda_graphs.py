@@ -39,11 +39,15 @@ def record(step: Callable[[], Any], side: Any, pool: Any) -> Any:
 
     from ..interrupts import interrupt_deferred
 
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(WARMUP_RUNS):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
+    # Held like a decode step's (`_whole_steps_only`): an interrupt in a compiled step's guard
+    # check is lost to a recompile, and one between the runs would leave the default stream
+    # not waiting for the side stream's work, which the call's state restore then races.
+    with interrupt_deferred():
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_RUNS):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
     # The warm-ups made the side stream's cuBLAS workspace in the common pool, where a capture
     # would bake in its address: freed later (a user's mode="reduce-overhead" compile clears
     # every workspace) and reused, a replay would write into another tensor. Cleared here, the
