@@ -233,6 +233,25 @@ def test_gpu_a_model_loaded_on_plain_cuda_stays_on_that_gpu(model_cache: Path) -
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")
+def test_gpu_a_switch_back_to_the_same_shape_is_not_the_old_model_still_held(
+    model_cache: Path,
+) -> None:
+    """CUDA's allocator hands the blocks of the weights just released to the next model of
+    their size: matched by address alone, the new weights were said to be the old model
+    "still in memory" (`weights_held` now holds weak references to the old storages)."""
+    from qwen3_jupyter.session import SESSION
+
+    try:
+        for dtype in ("float32", "bfloat16", "float32", "bfloat16"):
+            SESSION.load(SESSION.choice("tiny", "cuda", dtype))
+            said = " ".join(SESSION.take_notices())
+            assert "still in memory" not in said, said
+    finally:
+        SESSION.unload()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")
 def test_gpu_a_model_larger_than_the_free_memory_gives_back_what_fit(model_cache: Path) -> None:
     """The weights are moved to the GPU after loading on the host: running out part-way must
     end in the one-line message with every byte that did reach the GPU given back (allocated
