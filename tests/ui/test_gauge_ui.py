@@ -116,6 +116,55 @@ def test_gauge_renders_and_updates_in_jupyterlab(
     assert _opacity(live) < 0.5 and _opacity(readings) < 0.5  # the readings are dimmed
 
 
+def test_a_restarted_kernels_gauge_has_one_broken_link_mark_not_one_per_widget(
+    lab_server: LabServer, browser_page: Any, output_dir: Path
+) -> None:
+    """Kernel > Restart: ipywidgets marks each widget of the old kernel with a red broken-link
+    icon, nine down the gauge; the outer box keeps the one (labextension/style/base.css)."""
+    _notebook(lab_server.root_dir / "restarted.ipynb")
+    page = browser_page
+    # ?reset: a workspace without the notebooks of earlier tests (their cells came first)
+    page.goto(lab_server.url("lab/tree/restarted.ipynb?reset"), wait_until="domcontentloaded")
+    page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
+    try:
+        _wait_idle(page)
+        _run_until(page, 0, HOST_TEXT)
+        _wait_idle(page)
+        page.locator(".lm-MenuBar-itemLabel", has_text="Kernel").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Restart Kernel…").first.click()
+        page.locator(".jp-Dialog button.jp-mod-accept").first.click()
+    except Exception:
+        page.screenshot(path=str(output_dir / "gauge-restart-failed.png"))
+        raise
+    deadline = time.monotonic() + 20
+    marks = _broken_link_marks(page)
+    while time.monotonic() < deadline and marks["marked"] < 2:
+        time.sleep(0.5)
+        marks = _broken_link_marks(page)
+    page.screenshot(path=str(output_dir / "gauge-jupyterlab-disconnected.png"))
+    assert marks["marked"] >= 2, f"control: ipywidgets marked the gauge's widgets: {marks}"
+    assert marks["shown"] <= 1, f"a broken-link icon on each widget: {marks}"
+
+
+def _broken_link_marks(page: Any) -> dict[str, int]:
+    """How many of the gauge's widgets (its box included) ipywidgets marked disconnected, and
+    on how many of them the mark's icon shows."""
+    result: dict[str, int] = page.evaluate(
+        """() => {
+            const gauge = document.querySelector('.qwen3-gauge');
+            if (!gauge) { return {marked: 0, shown: 0}; }
+            const all = [gauge, ...gauge.querySelectorAll('*')].filter(
+                e => e.classList.contains('jupyter-widgets-disconnected'));
+            const shown = all.filter(e => {
+                const content = getComputedStyle(e, '::before').content;
+                return content && content !== 'none' && content !== 'normal';
+            });
+            return {marked: all.length, shown: shown.length};
+        }"""
+    )
+    return result
+
+
 def _opacity(locator: Any) -> float:
     """The element's computed opacity. The gauge redraws its footer at every heartbeat: an
     element replaced between Playwright finding it and reading its style reads '' (detached),
