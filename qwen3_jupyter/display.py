@@ -18,7 +18,7 @@ from IPython.display import display
 
 from .generation import Result, split_thinking
 from .hub_progress import progress_text
-from .markdown_text import escape_html
+from .markdown_text import dollars_escaped_in_html, escape_html
 from .memory import format_bytes
 
 PREFIX = "[qwen3]"
@@ -236,8 +236,9 @@ def _tail(thinking: str) -> str:
 
 
 def _quoted(text: str) -> str:
-    """`text` as a blockquote's HTML body: escaped, its line breaks kept."""
-    return html.escape(text).replace("\n", "<br>\n")
+    """`text` as a blockquote's HTML body: escaped, its line breaks kept, and its dollar signs
+    outside math shown as typed (a price in the thinking was typeset as MathJax italics)."""
+    return dollars_escaped_in_html(html.escape(text)).replace("\n", "<br>\n")
 
 
 def _missing_answer(answer: str, finished: bool, streaming: bool, stop_reason: str) -> str:

@@ -21,17 +21,21 @@ import re
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _INDENTED = re.compile(r"^(?: {4}|\t)")
 _NO_BLANK_LINE = r"(?:(?!\n[ \t]*\n).)"
-_KEPT = re.compile(
-    rf"""
-    (`+)(?!`){_NO_BLANK_LINE}*?(?<!`)\1(?!`)    # a code span (never across a paragraph)
-    | \$\${_NO_BLANK_LINE}+?\$\$                  # display math
+_MATH = rf"""
+    \$\${_NO_BLANK_LINE}+?\$\$                    # display math
     | (?<!\\)\$(?!\s)[^$\n`]*?(?<![\s\\])\$(?!\d)   # inline math, on one line, no code in it
     | \\\({_NO_BLANK_LINE}+?\\\)                  # \( … \)
     | \\\[{_NO_BLANK_LINE}+?\\\]                  # \[ … \]
+"""
+_KEPT = re.compile(
+    rf"""
+    (`+)(?!`){_NO_BLANK_LINE}*?(?<!`)\1(?!`)    # a code span (never across a paragraph)
+    | {_MATH}
     | <(?:https?|ftp|mailto):[^\s<>]*>            # an autolink
     """,
     re.DOTALL | re.VERBOSE,
 )
+_MATH_ONLY = re.compile(_MATH, re.DOTALL | re.VERBOSE)
 
 
 def escape_html(markdown: str) -> str:
@@ -88,3 +92,18 @@ DOLLAR_OUTSIDE_MATH = "\\\\$"
 """`\\\\$`: Markdown makes it `\\$`, which JupyterLab's MathJax shows as a plain `$`. A single
 backslash (`\\$`) was undone by Markdown first, and MathJax typeset the rest anyway (seen in
 JupyterLab 4 through Chromium); `&#36;` too, as it reaches MathJax as `$`."""
+
+
+def dollars_escaped_in_html(text: str) -> str:
+    """`text`, going into raw HTML (the thinking's blockquote), with every `$` outside math
+    written `\\$`: Markdown leaves raw HTML as it is, and MathJax shows `\\$` as a plain `$`
+    (the answer's Markdown needs two backslashes, `DOLLAR_OUTSIDE_MATH`). Backticks make no
+    code in raw HTML, so only math is kept as written. Checked in JupyterLab 4 (Chromium)."""
+    pieces: list[str] = []
+    start = 0
+    for math in _MATH_ONLY.finditer(text):
+        pieces.append(text[start : math.start()].replace("$", "\\$"))
+        pieces.append(math.group(0))
+        start = math.end()
+    pieces.append(text[start:].replace("$", "\\$"))
+    return "".join(pieces)

@@ -346,6 +346,20 @@ def test_an_answer_cut_off_by_the_budget_says_so() -> None:
     assert "cut off" not in footer(_result(stop_reason="eos", answer="Done."))
 
 
+def test_dollars_in_the_thinking_are_shown_as_typed_and_its_math_kept() -> None:
+    """The thinking goes into raw HTML (its blockquote), where one backslash keeps a `$` from
+    MathJax: a price in the thinking was typeset as italics, finished and streaming alike."""
+    from qwen3_jupyter.display import render
+
+    thought = "The hotel is $120 a night and the taxi $35; let $x^2$ be the rest."
+    expected = "The hotel is \\$120 a night and the taxi \\$35; let $x^2$ be the rest."
+    done = render(thought, "About $155.", True, False, streaming=False)[0]
+    assert f"<blockquote>{expected}</blockquote>" in done, done
+    assert done.endswith("About \\\\$155."), "the answer's Markdown takes two"
+    live = render(thought, "", False, False, streaming=True)[0]
+    assert f"<blockquote>{expected}</blockquote>" in live, live
+
+
 @pytest.mark.parametrize(
     ("answer", "shown"),
     [
