@@ -193,8 +193,7 @@ class BatchResults(list[Result]):
         if report is not None:
             lines[0] += f" · {report.summary()}"
         for index, result in zip(self.indices[: self.ROWS_SHOWN], self, strict=False):
-            outcome = f"error: {result.error}" if result.failed else _short(result.answer)
-            lines.append(f"[{index}] {_short(result.prompt)} → {outcome}")
+            lines.append(f"[{index}] {_short(result.prompt)} → {_outcome(result)}")
         rest = count - self.ROWS_SHOWN
         if rest > 0:
             lines.append(f"… {rest} more: results[i] is one, pandas.DataFrame(results) a table")
@@ -203,6 +202,17 @@ class BatchResults(list[Result]):
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         """The same lines as a cell's result (IPython's pretty printer lists every item)."""
         printer.text(repr(self))
+
+
+def _outcome(result: Result) -> str:
+    """A row's answer, or why it has none (its `''` said nothing of a thought cut short)."""
+    if result.failed:
+        return f"error: {result.error}"
+    if result.answer or not result.thinking:
+        return _short(result.answer)
+    if not result.thinking_finished:
+        return "(no answer: still thinking at max_new_tokens; .thinking has it)"
+    return "(no answer after its thinking; .thinking has it)"
 
 
 def options_from_kwargs(kwargs: dict[str, Any], also: Iterable[str] = ()) -> GenerationOptions:

@@ -59,6 +59,11 @@ def test_results_typed_alone_are_a_few_lines_naming_their_prompts(model_cache: P
     assert pretty(results) == shown, "a cell's result shows the same lines"
     assert repr(results.report) == f"BatchReport: {results.report.summary()}"
     assert results[:2] == list(results)[:2], "still a list of Results"
+    thinking = generate_batch(["hi"] * 2, model="tiny", progress=False, max_new_tokens=3, seed=1)
+    assert not thinking[0].thinking_finished, "control: random weights think all the time"
+    assert repr(thinking).splitlines()[1] == (  # it read '' though 3 tokens were written
+        "[0] 'hi' → (no answer: still thinking at max_new_tokens; .thinking has it)"
+    )
 
 
 def test_budget_forces_real_back_off_and_is_respected(one_by_one: list[str]) -> None:
