@@ -21,7 +21,7 @@ from . import display, lifecycle
 from .cleanup import CleanupReport, cleanup, shutdown_nvml
 from .holders import definition_holders
 from .interrupts import CELL_INTERRUPTS
-from .magic_args import asks_help, did_you_mean, parse_options, show_help
+from .magic_args import asks_help, did_you_mean, parse_options, plain_usage, show_help
 from .memory import format_bytes
 
 _DEFINITIONS = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)
@@ -41,6 +41,7 @@ class CleanMagics(Magics):
         self.autoclean = False
         self._cleaned_cell: Any = None
 
+    @plain_usage
     @magic_arguments()
     @argument(
         "--drop",
@@ -147,6 +148,7 @@ class CleanMagics(Magics):
                 f"{did_you_mean(missing[0], made)}; nothing was dropped"
             )
 
+    @plain_usage
     @magic_arguments()
     @argument(
         "mode",

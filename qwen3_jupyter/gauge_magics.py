@@ -24,13 +24,14 @@ from IPython.display import display
 
 from . import lifecycle, monitor
 from .display import info
-from .magic_args import asks_help, parse_options, show_help
+from .magic_args import asks_help, parse_options, plain_usage, show_help
 
 
 @magics_class
 class GaugeMagics(Magics):
     """The memory gauge magic."""
 
+    @plain_usage
     @magic_arguments()
     @argument(
         "--interval",

@@ -10,7 +10,7 @@ import argparse
 import difflib
 import re
 from argparse import Namespace
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -140,6 +140,16 @@ def is_number(word: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def plain_usage(magic: Callable[..., Any]) -> Callable[..., Any]:
+    """`magic`, its help page's usage block headed "Usage:": IPython's `magic_arguments`
+    heads it with reST's "::", which `%qwen3?` showed as a lone line under "Docstring:".
+    Goes above `@magic_arguments()`, which writes the docstring."""
+    doc = magic.__doc__ or ""
+    if doc.startswith("::\n"):
+        magic.__doc__ = "Usage:" + doc[2:]
+    return magic
 
 
 def show_help(shell: Any, name: str, magic: Any) -> None:

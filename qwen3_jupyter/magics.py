@@ -52,7 +52,7 @@ from .generation import (
     broken_rules,
 )
 from .interrupts import CELL_INTERRUPTS
-from .magic_args import OneWaySwitch, asks_help, options_of, show_help
+from .magic_args import OneWaySwitch, asks_help, options_of, plain_usage, show_help
 from .model_use import ModelBusy, holding, stop
 from .models import DTYPES, ModelError, canonical_dtype, is_loaded_as
 from .prompt_files import FilePrompts, PromptFileError, read_prompts
@@ -92,6 +92,7 @@ class Qwen3Magics(Magics):
         "($QWEN3_JUPYTER_SERVER wins when set).",
     ).tag(config=True)
 
+    @plain_usage
     @magic_arguments()
     @argument(
         "--model",

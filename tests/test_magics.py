@@ -842,6 +842,9 @@ def test_help_is_complete(kernel: Kernel) -> None:
         "_qwen3",
     ):
         assert flag in text, flag
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", text)  # read as plain text: no reST markup left
+    assert "``" not in plain and "Usage::" not in plain, plain[:400]
+    assert not any(line.strip() == "::" for line in plain.splitlines()), plain[:400]
 
 
 @pytest.mark.parametrize(
