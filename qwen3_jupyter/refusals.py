@@ -97,7 +97,8 @@ def _refuse_arguments_it_does_not_take(
             for p in parameters
             if p.kind is p.KEYWORD_ONLY and p.name not in _NOT_OFFERED
         )
-        raise TypeError(f"{said}() takes {takes}: name the others ({keywords})")
+        name = "name the others" if positional else "name each one"
+        raise TypeError(f"{said}() takes {takes}: {name} ({keywords})")
     raise TypeError(f"{said}(): {why}")
 
 

@@ -104,7 +104,7 @@ def test_uncaught_error_in_block_shows_and_is_freed(k: Kernel) -> None:
         ),
         (  # taken as the cleanup's shell, it failed four frames down with an AttributeError
             "qwen3_jupyter.cleanup(True)",
-            "cleanup() takes no value by position: name the others (drop=, dynamo=, verbose=, "
+            "cleanup() takes no value by position: name each one (drop=, dynamo=, verbose=, "
             "count_tensors=, full=)",
         ),
         (
