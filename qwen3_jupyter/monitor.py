@@ -192,6 +192,17 @@ def baseline_key(result: _TimedResult, load: object = None) -> tuple[object, ...
     return (model, engine, device, load)
 
 
+def busy_machine() -> str:
+    """ "load 4.2 on 2 cores" when more is waiting to run than the machine has cores, else "".
+    Why: in the quickstart on a shared 2-core machine, calls slowed by other processes were
+    blamed on memory pressure, with the memory flat."""
+    try:
+        load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    except (AttributeError, OSError):  # not on this platform
+        return ""
+    return f"load {load:.1f} on {cores} core{'s' if cores != 1 else ''}" if load > cores else ""
+
+
 class Monitor:
     """Polls memory on one daemon thread and publishes snapshots to subscribers.
 
@@ -452,9 +463,15 @@ class Monitor:
         first, last = statistics.median(costs[:3]), statistics.median(costs[-3:])
         if first <= 0 or last <= 1.25 * first:
             return None
+        busy = busy_machine()
+        why = (
+            f"the machine is busy ({busy}), or memory pressure"
+            if busy
+            else "memory pressure or fragmentation, or other work on the machine"
+        )
         return (
             f"%qwen3 is slowing down: the last 3 calls took {last / first:.1f}× the time per "
-            f"token of the first 3 — memory pressure or fragmentation; {CLEAN_HINT}"
+            f"token of the first 3 — {why}; {CLEAN_HINT}"
         )
 
     def retained_warning(self) -> str | None:

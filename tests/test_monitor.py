@@ -307,6 +307,24 @@ def test_latency_decay_signal(monitor: Monitor) -> None:
     assert warning in monitor.sample().warnings
 
 
+def test_a_slow_down_on_a_busy_machine_says_so(
+    monitor: Monitor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In the quickstart on a shared 2-core machine, calls slowed by other processes were blamed
+    on "memory pressure or fragmentation", with the memory flat."""
+    from qwen3_jupyter import monitor as monitor_module
+
+    for cost in (1.0, 1.0, 1.0, 3.0, 3.0, 3.0):
+        monitor.note_result(Call(cost, 100))
+    monkeypatch.setattr(monitor_module.os, "getloadavg", lambda: (4.2, 3.0, 2.0))
+    monkeypatch.setattr(monitor_module.os, "cpu_count", lambda: 2)
+    warning = monitor.latency_warning()
+    assert warning is not None and "the machine is busy (load 4.2 on 2 cores)" in warning
+    monkeypatch.setattr(monitor_module.os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    quiet = monitor.latency_warning()
+    assert quiet is not None and "memory pressure or fragmentation, or other work" in quiet
+
+
 def test_short_calls_after_long_ones_are_not_a_slow_down(monitor: Monitor) -> None:
     """1-token calls cost their prompt and first token, not decoding: not compared at all."""
     for _ in range(3):
