@@ -28,6 +28,7 @@ Routes (`url(route)` gives `http://127.0.0.1:PORT/<route>/v1`):
                    model of `cache` (id, "loaded"/"unloaded") with its `status`, and a chat
                    request for any model is answered (the server loads it);
 - `hung`           for any request (GET /models too): accepts, reads, never answers.
+- `silentchat`     lists its model, then never answers a chat request (not even headers);
 - `queued`         runs `slots` requests at a time, as vLLM and SGLang schedule them: the
                    others get their headers, then nothing until a slot frees; each one run
                    streams "Hello world" over `wait` seconds (ten events).
@@ -245,6 +246,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._chunk(data)
         finally:
             state.slots.release()
+
+    def _silentchat(self, body: dict[str, Any]) -> None:
+        self._hang()
 
     def _hung(self, body: dict[str, Any]) -> None:
         self._hang()

@@ -615,6 +615,14 @@ def test_a_batch_prompt_queued_behind_its_others_is_not_timed_out(
         scripted.slots.release()
     engine.close()
     alone.close()
+    # a server that never sends even the headers: the first-token limit still ends the batch
+    # (made the whole answer's limit for a batch, it held it 600 s by default)
+    silent = _engine(scripted.url("silentchat"), first_token=0.5, total=20)
+    started = time.perf_counter()
+    results = silent.generate_batch(["a", "b"], SHORT, concurrency=2, progress=False)
+    assert time.perf_counter() - started < 10, "waited past the first-token limit"
+    assert all(str(r.error).startswith("no first token") for r in results), results
+    silent.close()
 
 
 def _in_thread(engine: RemoteEngine) -> tuple[threading.Thread, list[Result]]:

@@ -436,16 +436,15 @@ def _read_stream(
             timeout=openai.Timeout(
                 timeouts.total,
                 connect=timeouts.connect,
-                # before the headers no byte arrives, so no keep-alive can restart this; a
-                # batch's stream may wait longer, queued behind its others (see Deadlines)
-                read=timeouts.total
-                if active is not None
-                else min(timeouts.first_token, timeouts.total),
+                # before the headers no byte arrives, so no keep-alive can restart this
+                read=min(timeouts.first_token, timeouts.total),
                 write=timeouts.connect,
                 pool=timeouts.total,  # waiting for a free connection is queueing, not failure
             ),
         )
         deadlines.watch(stream)
+        if active is not None:
+            _body_may_wait(stream, timeouts.total)
         closers.enter_context(SERVER_CALLS.closing(lambda: abort(stream)))
         if active is not None:
             active.add(stream)
@@ -530,6 +529,17 @@ def _read_stream(
             except KeyboardInterrupt:  # the answer is whole: kept with its figures
                 result.interrupted = True
     return result
+
+
+def _body_may_wait(stream: Any, seconds: float) -> None:
+    """A batch's stream, its headers come: the body may now wait in the server's queue behind
+    the batch's other requests (vLLM and SGLang send nothing until they schedule it), which
+    `Deadlines` judges by the batch's progress. The HTTP read timeout, which held the wait for
+    the headers to the first-token limit, becomes the whole answer's for the body: httpx reads
+    it from the request when the body is first read. (Where a release does not, the
+    first-token limit keeps holding the body too, as it did.)"""
+    with contextlib.suppress(AttributeError, KeyError, TypeError):
+        stream.response.request.extensions["timeout"]["read"] = seconds
 
 
 class _EndedEarly(Exception):
