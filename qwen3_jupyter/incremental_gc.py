@@ -369,17 +369,26 @@ class Remembered(NamedTuple):
     may_hold_a_cycle: bool = True
     """Without a weak reference: whether a cycle could be reached from it (`_reaches_a_cycle`).
     One that could not is freed by reference counting when its name goes, or is still held."""
-    size: int = -1
-    """Its `len()` when judged (-1: unsized), so an unchanged value is not judged again."""
 
 
 CYCLE_SEARCH_BUDGET = 20_000
 """How many references the search for a cycle follows from one value (~2 ms) before it
 assumes there may be one: a list of a million numbers is not walked at every cleanup."""
 
-_NEVER_GARBAGE = (type, types.ModuleType)
-"""Classes and modules, which the search does not enter: a module reaches them, so a cycle
-through one is no garbage (and each reaches most of the program)."""
+
+def _never_garbage(value: Any) -> bool:
+    """A module, or a class a module holds by its name (`torch.Tensor`, a class defined in a
+    cell): the search does not enter them, since a module reaches them, so a cycle through one
+    is no garbage (and each reaches most of the program). A class made at run time
+    (`type("Cfg", ...)`, `make_dataclass`) may be held by a list alone: it is searched."""
+    if isinstance(value, types.ModuleType):
+        return True
+    if not isinstance(value, type):
+        return False
+    module = sys.modules.get(getattr(value, "__module__", "") or "")
+    return module is not None and getattr(module, value.__name__, None) is value
+
+
 _UNSEARCHED = (
     types.FunctionType,
     types.MethodType,
@@ -398,8 +407,9 @@ def _remember(
 ) -> dict[str, Remembered]:
     """Identity, type and (where possible) a weak reference of each variable that could take
     part in a cycle, to tell at the next cleanup whether a deleted or rebound value is gone.
-    A value that takes no weak reference is searched for cycles instead; `before` (the last
-    cleanup's notes) spares the search for a value of the same identity and length."""
+    A value that takes no weak reference is searched for cycles instead, at every cleanup: one
+    whose contents changed (`rows[0] = node`, `d["k"].append(node)`) may hold one now. Only a
+    value found to hold one keeps that verdict (`before`: the last cleanup's notes)."""
     remembered: dict[str, Remembered] = {}
     for name, value in variables.items():
         if name in OWN_RESULTS:
@@ -411,18 +421,12 @@ def _remember(
             continue
         except TypeError:
             pass
-        size = _size(value)
         last = (before or {}).get(name)
-        if last is not None and (last.identity, last.kind, last.size) == (
-            id(value),
-            type(value),
-            size,
-        ):
+        same = last is not None and (last.identity, last.kind) == (id(value), type(value))
+        if last is not None and same and last.may_hold_a_cycle:
             remembered[name] = last
         else:
-            remembered[name] = Remembered(
-                id(value), type(value), None, _reaches_a_cycle(value), size
-            )
+            remembered[name] = Remembered(id(value), type(value), None, _reaches_a_cycle(value))
     return remembered
 
 
@@ -433,13 +437,6 @@ def _referents_within(value: Any, budget: int) -> list[Any] | None:
         return None
     referents = gc.get_referents(value)
     return referents if len(referents) <= budget else None
-
-
-def _size(value: Any) -> int:
-    try:
-        return len(value)
-    except Exception:  # unsized, or a __len__ of the user's that fails
-        return -1
 
 
 def _reaches_a_cycle(root: Any) -> bool:
@@ -465,7 +462,7 @@ def _reaches_a_cycle(root: Any) -> bool:
             continue
         if isinstance(child, _UNSEARCHED):
             return True
-        if isinstance(child, _NEVER_GARBAGE) or not gc.is_tracked(child) or id(child) in done:
+        if not gc.is_tracked(child) or id(child) in done or _never_garbage(child):
             continue
         if id(child) in on_path:
             return True

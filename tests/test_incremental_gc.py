@@ -174,6 +174,22 @@ def test_rebinding_a_list_that_holds_no_cycle_keeps_the_pass_incremental(frozen:
         assert not alive(k, "old row"), "control: the old list's tensors went with it"
         passes = k.value("qwen3_jupyter.cleanup().gc_pass")
         assert passes.startswith("gc of "), passes
+    # contents changed at the same length (an item replaced, a nested list appended to): the
+    # verdict of the cleanup before was kept, and deleting them stranded the cycles
+    ok(k, "gc.disable()\nslots = [None]\nnested = {'k': []}\nqwen3_jupyter.cleanup()")
+    try:
+        ok(k, "slots[0] = cycle('slot')\nnested['k'].append(cycle('nested'))")
+        ok(k, "qwen3_jupyter.cleanup()")
+        ok(k, "del slots, nested")
+        passes = k.value("qwen3_jupyter.cleanup().gc_pass")
+        assert passes.startswith("full gc (`"), passes
+        assert not alive(k, "slot") and not alive(k, "nested")
+        # a class made at run time, held by a list alone, is searched too
+        ok(k, "made = [type('Cfg', (), {})]\nmade[0].me = made\nqwen3_jupyter.cleanup()")
+        ok(k, "made = [1]")
+        assert k.value("qwen3_jupyter.cleanup().gc_pass").startswith("full gc (`made`")
+    finally:
+        ok(k, "gc.enable()")
     ok(k, "config['me'] = config  # a cycle now: the next cleanup's search sees it")
     ok(k, "qwen3_jupyter.cleanup()")
     ok(k, "config = {}")
