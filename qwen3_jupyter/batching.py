@@ -204,15 +204,24 @@ class BatchResults(list[Result]):
         printer.text(repr(self))
 
 
+_STOPPED_WHILE_THINKING = {
+    "length": "still thinking at max_new_tokens",
+    "interrupted": "stopped while thinking",
+    "eos": "the model ended while thinking",
+}
+
+
 def _outcome(result: Result) -> str:
-    """A row's answer, or why it has none (its `''` said nothing of a thought cut short)."""
+    """A row's answer, or why it has none (its `''` said nothing of a thought cut short), by
+    what ended it: only a budget is worth raising, not a server's own limit."""
     if result.failed:
         return f"error: {result.error}"
     if result.answer or not result.thinking:
         return _short(result.answer)
-    if not result.thinking_finished:
-        return "(no answer: still thinking at max_new_tokens; .thinking has it)"
-    return "(no answer after its thinking; .thinking has it)"
+    if result.thinking_finished:
+        return "(no answer after its thinking; .thinking has it)"
+    why = _STOPPED_WHILE_THINKING.get(result.stop_reason, "the server ended it while thinking")
+    return f"(no answer: {why}; .thinking has it)"
 
 
 def options_from_kwargs(kwargs: dict[str, Any], also: Iterable[str] = ()) -> GenerationOptions:

@@ -178,12 +178,12 @@ def add_cleanup_listener(callback: Callable[[CleanupReport], None]) -> Callable[
 @shown_at_the_callers_line
 def cleanup(
     *,
-    shell: Any | None = None,
     drop: Iterable[str] | str = (),
     dynamo: bool = False,
     verbose: bool = False,
     count_tensors: bool | None = None,
     full: bool = False,
+    shell: Any | None = None,
     caller: Caller = "python",
 ) -> CleanupReport:
     """Release everything that holds memory without being asked for by name, and report it.

@@ -32,6 +32,7 @@ _KEPT = re.compile(
     (`+)(?!`){_NO_BLANK_LINE}*?(?<!`)\1(?!`)    # a code span (never across a paragraph)
     | {_MATH}
     | <(?:https?|ftp|mailto):[^\s<>]*>            # an autolink
+    | (?<=\])\([^()\s]*\)                          # a link's address: [docs](…?k=$KEY)
     """,
     re.DOTALL | re.VERBOSE,
 )

@@ -62,9 +62,10 @@ def shown_at_the_callers_line(function: F) -> F:
 
 _SAID_AS = {"__call__": "chat"}
 """How a caller names a public method (`chat(...)` is `Chat.__call__`)."""
-_NOT_OFFERED = frozenset({"shell", "caller"})
-"""Keywords the package's own callers pass (`cleanup(shell=ip, caller="magic")`), not named
-when a call is told which keywords it may use."""
+_NOT_OFFERED = frozenset({"caller"})
+"""Keywords only the package's own callers pass (`cleanup(caller="magic")`), not named when a
+call is told which keywords it may use (`shell=` is: `cleanup(get_ipython())` took it by
+position before)."""
 
 
 def _refuse_arguments_it_does_not_take(

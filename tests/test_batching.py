@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from qwen3_jupyter.batching import generate_batch, parse_size
+from qwen3_jupyter.batching import BatchResults, generate_batch, parse_size
 from qwen3_jupyter.engines.base import EngineError
 from qwen3_jupyter.engines.eager import EagerEngine
 from qwen3_jupyter.generation import GenerationOOM, GenerationOptions
@@ -64,6 +64,10 @@ def test_results_typed_alone_are_a_few_lines_naming_their_prompts(model_cache: P
     assert repr(thinking).splitlines()[1] == (  # it read '' though 3 tokens were written
         "[0] 'hi' → (no answer: still thinking at max_new_tokens; .thinking has it)"
     )
+    import dataclasses
+
+    served = BatchResults([dataclasses.replace(thinking[0], stop_reason="context")])
+    assert "(no answer: the server ended it while thinking; " in repr(served), "not a budget"
 
 
 def test_budget_forces_real_back_off_and_is_respected(one_by_one: list[str]) -> None:

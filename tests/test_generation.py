@@ -387,6 +387,8 @@ def test_dollars_in_the_thinking_are_shown_as_typed_and_its_math_kept() -> None:
         ),
         ("from $5-$6 or `$x`", "from \\\\$5-\\\\$6 or `$x`"),
         ("Let $x$ be 2 and $y = x^2$; it costs $3", "Let $x$ be 2 and $y = x^2$; it costs \\\\$3"),
+        # a link's address is kept: an escape there went into the href (%5C$TOKEN)
+        ("[docs](https://x.org/api?k=$KEY) for $5", "[docs](https://x.org/api?k=$KEY) for \\\\$5"),
     ],
 )
 def test_an_answers_html_is_shown_as_typed(answer: str, shown: str) -> None:
