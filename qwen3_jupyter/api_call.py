@@ -45,7 +45,9 @@ class ApiCall:
     def engine(self, **choice: str | None) -> Any:
         """`SESSION.engine(**choice)` (model, device, dtype, decode, server), with `%config
         Qwen3Magics.*` filling in what neither the arguments nor the environment say (the
-        magic's order), its loading progress on this call's line."""
+        magic's order), its loading progress on this call's line. Outside a kernel what the
+        load said ("loaded tiny … random weights") is printed at once: held to the call's end,
+        an overnight batch said it in the morning, or never when the job was killed."""
         config = configured()
         failed = True
         try:
@@ -62,6 +64,9 @@ class ApiCall:
         finally:
             if self.console is not None:  # before a batch's own bar takes stderr
                 self.console.end(failed)
+        if not display.in_kernel():  # a script's log gets them now, not after the batch
+            for notice in SESSION.take_notices():
+                display.info(in_python_words(notice))
         return engine
 
     def progress(self, what: str, done: int, total: int) -> None:

@@ -1,16 +1,18 @@
-"""A batch's progress: one line rewritten in place in a kernel, tqdm's text bar elsewhere.
+"""A batch's progress: one line rewritten in place in a kernel, the script's status line
+(`display.ConsoleLine`) elsewhere.
 
 Why not tqdm's notebook bar: it is 11 ipywidgets models a call, and tqdm keeps them after the
 bar closes (closing them would blank the finished bar), so every batch left 11 more widget
 models alive in the kernel and in the browser — creep of the kind this package exists to
 remove — and a notebook run headless keeps them as widget views no viewer can show. A display
-line rewritten in place (the magics' status line) needs no widget at all.
+line rewritten in place (the magics' status line) needs no widget at all. Nor its text bar in a
+script: into a log file it wrote every redraw after a carriage return, one line of thousands of
+characters that `tail -f` never finished; the status line writes a line every few seconds there.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from . import display
 
@@ -30,22 +32,18 @@ class BatchProgress:
         self._started = time.perf_counter()
         self._shown_at = float("-inf")
         self._line: display.Status | None = None
-        self._bar: Any = None
+        self._console: display.ConsoleLine | None = None
         if not enabled:
             return
         if display.in_kernel():
             self._line = display.current_line()
-            self._show(force=True)
         else:
-            from tqdm import tqdm  # the terminal's text bar, on stderr
-
-            self._bar = tqdm(total=total, desc=what, unit="prompt")
+            self._console = display.ConsoleLine()  # on stderr: a terminal's line, a log's lines
+        self._show(force=True)
 
     def advance(self, count: int = 1) -> None:
         """`count` more prompts finished."""
         self.done += count
-        if self._bar is not None:
-            self._bar.update(count)
         self._show(force=self.done >= self.total)
 
     def tick(self) -> None:
@@ -57,18 +55,18 @@ class BatchProgress:
         if detail == self.detail:
             return
         self.detail = detail
-        if self._bar is not None:
-            self._bar.set_postfix_str(detail)
         self._show(force=True)
 
     def close(self) -> None:
-        """Clear the line (the caller reports the batch as a whole) or end the text bar."""
+        """Clear a cell's line (the caller reports the batch as a whole); a script's last line
+        stays, the count it reached (nothing else says how the batch went there)."""
         if self._line is not None:
             self._line.clear()
             self._line = None
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        if self._console is not None:
+            self._console.show(self._console_text(), force=True)
+            self._console.keep()
+            self._console = None
 
     def text(self) -> str:
         elapsed = time.perf_counter() - self._started
@@ -81,7 +79,14 @@ class BatchProgress:
         pieces.append(timing)
         return " · ".join(pieces)
 
+    def _console_text(self) -> str:
+        """The text after the script line's own "[qwen3]": "batch: 5/12 prompts · …"."""
+        return self.text().removeprefix("qwen3 ")
+
     def _show(self, force: bool) -> None:
+        if self._console is not None:
+            self._console.show(self._console_text(), force)  # paced by the line itself
+            return
         if self._line is None:
             return
         now = time.perf_counter()

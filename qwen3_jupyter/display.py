@@ -512,6 +512,14 @@ class ConsoleLine:
         self._open = False
         self._last = self._what = ""
 
+    def keep(self) -> None:
+        """Done with the line, which stays as it is: a terminal's ends with a newline (a file's
+        lines have theirs)."""
+        if self._open:
+            self._write("\n")
+        self._open = False
+        self._last = self._what = ""
+
     def _write(self, text: str) -> None:
         if self._stream is None:  # no stderr at all (`2>&-`, pythonw): nowhere to say it
             return

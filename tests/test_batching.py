@@ -364,6 +364,44 @@ def test_a_script_sees_the_model_build_and_load_on_stderr(
     assert "the first build" in said["off"][0], said["off"]  # the quiet run built one too
 
 
+SCRIPT_BATCH_INTO_A_LOG = """
+import qwen3_jupyter
+r = qwen3_jupyter.generate_batch(
+    [f"p{i}" for i in range(12)], batch_size=2, model="tiny", max_new_tokens=2, greedy=True
+)
+print("done", len(r))
+"""
+
+
+def test_a_scripts_log_gets_whole_lines_and_the_load_when_it_happens(model_cache: Path) -> None:
+    """`python job.py > log 2>&1`: the batch's tqdm bar wrote every redraw after a carriage
+    return (one line of thousands of characters that `tail -f` never finished, the final bar
+    twice), and "loaded tiny … random weights" came only after the whole batch (never, for a
+    job killed midway)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ran = subprocess.run(
+        [sys.executable, "-c", SCRIPT_BATCH_INTO_A_LOG],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        timeout=180,
+    )
+    assert ran.returncode == 0, ran.stdout
+    assert "\r" not in ran.stdout, repr(ran.stdout[-500:])
+    lines = ran.stdout.splitlines()
+    loaded = next(i for i, line in enumerate(lines) if line.startswith("[qwen3] loaded tiny"))
+    batch = [i for i, line in enumerate(lines) if line.startswith("[qwen3] batch: ")]
+    assert batch and loaded < batch[0], lines  # said when it happened, before the batch
+    assert lines[batch[0]].startswith("[qwen3] batch: 0/12 prompts"), lines
+    assert lines[batch[-1]].startswith("[qwen3] batch: 12/12 prompts"), lines
+    assert len(batch) <= 4, lines  # its first and last line, and one every few seconds
+    assert lines[-1] == "done 12", lines
+
+
 def test_a_terminal_sees_one_loading_line_rewritten_then_cleared(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
