@@ -990,3 +990,24 @@ def test_a_batch_in_a_thread_shows_in_the_cell_that_started_it(fresh_kernel: Ker
     assert later.result() == "2", later.messages
     assert "[qwen3]" not in later.stdout and not later.of_type("display_data"), later.messages
     assert "import" not in started.stdout  # (its cell ended before anything was shown)
+
+
+def test_a_second_run_on_a_results_file_being_written_is_refused(tmp_path: Path) -> None:
+    """Two jobs started on one `out=` file (an overlapping cron run) each asked every prompt
+    and appended its answers: 38 lines for 20 prompts, with no word. While one run writes the
+    file, another is refused in one line; after it, the next run resumes from it."""
+    from qwen3_jupyter.batching import ResultsFileError, _JsonLines
+
+    out = tmp_path / "results.jsonl"
+    other_run = _JsonLines(out)  # another run, holding the file as a run does
+    other_run.hold()
+    try:
+        with pytest.raises(ResultsFileError, match="is being written by another run now"):
+            generate_batch(["a", "b"], model="tiny", out=out, progress=False, **GREEDY)
+        assert out.read_text() == "", "nothing was asked or written"
+    finally:
+        other_run.close()
+    first = generate_batch(["a", "b"], model="tiny", out=out, progress=False, **GREEDY)
+    again = generate_batch(["a", "b"], model="tiny", out=out, progress=False, **GREEDY)
+    assert len(first) == len(again) == 2 and again.report.resumed == 2
+    assert len(out.read_text().splitlines()) == 2, "the lock went with the run that held it"

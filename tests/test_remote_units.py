@@ -1312,3 +1312,25 @@ def test_a_call_naming_its_model_says_while_it_asks_the_server_for_its_models(
     said.clear()
     engine.generate("hi", SHORT)  # listed once per server: not said again
     assert not any("which models" in line for line in said), said
+
+
+def test_a_server_batch_on_a_results_file_another_run_writes_is_refused(
+    scripted: ScriptedServer, tmp_path: Path
+) -> None:
+    """As a batch in this kernel is (tests/test_batching.py): an overlapping job on the same
+    file asked every prompt again and appended its answers beside the other run's."""
+    from qwen3_jupyter.batching import ResultsFileError, _JsonLines
+
+    out = tmp_path / "served.jsonl"
+    other_run = _JsonLines(out)
+    other_run.hold()
+    engine = _engine(scripted.url("ok"))
+    try:
+        with pytest.raises(ResultsFileError, match="is being written by another run now"):
+            engine.generate_batch(["a", "b"], SHORT, progress=False, out=out)
+    finally:
+        other_run.close()
+    results = engine.generate_batch(["a", "b"], SHORT, progress=False, out=out)
+    assert [r.answer for r in results] == ["Hello world"] * 2
+    assert len(out.read_text().splitlines()) == 2
+    engine.close()

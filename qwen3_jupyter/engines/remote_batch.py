@@ -91,6 +91,8 @@ def run_concurrently(
                 bar.note(f"{failed} failed")
 
     try:
+        if writer is not None:
+            writer.hold()
         futures = {pool.submit(answer, i, prompts[i]): i for i in todo}
         pending: set[Future[Result]] = set(futures)
         while pending and not write_failed:
@@ -112,6 +114,8 @@ def run_concurrently(
     finally:
         pool.shutdown()
         bar.close()
+        if writer is not None:
+            writer.close()
     errors = [f.exception() for f in futures if f.done() and not f.cancelled()]
     unexpected = [e for e in errors if e is not None and not (interrupted or write_failed)]
     if unexpected:
