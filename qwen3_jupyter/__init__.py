@@ -8,6 +8,7 @@ never imports them.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -111,7 +112,10 @@ def _say_what_unloading_turned_off() -> None:
 
     told = lifecycle.take_told()
     if told:
-        print(f"[qwen3] extension unloaded: {'; '.join(told)}; a loaded model stays", flush=True)
+        models = sys.modules.get(f"{__name__}.models")  # never imported here just to ask
+        held = models is not None and models.HOLDER.loaded is not None
+        stays = "; a loaded model stays" if held else ""  # (said with no model loaded at all)
+        print(f"[qwen3] extension unloaded: {'; '.join(told)}{stays}", flush=True)
 
 
 def __getattr__(name: str) -> Any:

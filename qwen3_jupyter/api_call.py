@@ -91,7 +91,7 @@ class ApiCall:
     def end(self, failed: bool = False) -> None:
         """Say the call's notices: in its line's display where it showed one (see
         `Status.end`), else on stdout."""
-        notices = [*(in_python_words(n) for n in SESSION.take_notices()), *self.notices]
+        notices = [in_python_words(n) for n in (*SESSION.take_notices(), *self.notices)]
         if self.console is not None:
             self.console.end(failed)
         if self.status is not None:

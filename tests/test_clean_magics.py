@@ -238,6 +238,7 @@ def test_unloading_the_extension_removes_magics_and_hook(fresh_kernel: Kernel) -
     ok(fresh_kernel, "%qwen3_autoclean on")
     assert fresh_kernel.value(hooks) == loaded + 1
     ok(fresh_kernel, "%qwen3_gauge")
+    ok(fresh_kernel, "%qwen3 --model tiny --max-new-tokens 1 hi")  # "a loaded model stays"
     # `%reload_ext` (IPython's hint for a second `%load_ext`) turned these off without a word
     said = ok(fresh_kernel, "%unload_ext qwen3_jupyter").stdout
     assert said.strip() == (
