@@ -274,10 +274,11 @@ def kept_part(result: Result) -> str:
     return "thinking" if result.thinking and not result.answer else "answer"
 
 
-def footer(result: Result) -> str:
+def footer(result: Result, advice: bool = True) -> str:
     """The one-line summary printed after every call: what answered and how (engine), tokens,
     speed, time to first token, latency, and memory — what the call peaked at and freed, and
-    what the engine keeps on purpose."""
+    what the engine keeps on purpose. `advice`: whether a thought cut short says what
+    to raise (a magic's answer display says it already)"""
     pieces = [
         f"{PREFIX} {result.model} on {result.device} ({result.engine})",
         _count(result.completion_tokens, "token") + _prompt_size(result),
@@ -316,10 +317,9 @@ def footer(result: Result) -> str:
     elif result.stop_reason == "abort":
         pieces.append("the server aborted the answer: partial answer kept (check its log)")
     elif result.think and not result.thinking_finished:
+        unfinished = "thinking not finished" + (" (raise --max-new-tokens)" if advice else "")
         pieces.append(
-            "thinking not finished (raise --max-new-tokens)"
-            if result.stop_reason == "length"
-            else "the model ended while thinking"
+            unfinished if result.stop_reason == "length" else "the model ended while thinking"
         )
     elif result.stop_reason == "length":  # whitespace only too: the budget, not the model
         pieces.append("answer cut off at --max-new-tokens (raise it for the rest)")
@@ -362,7 +362,10 @@ def _cell(text: str, width: int = 60, html_safe: bool = True) -> str:
 
 
 def show_footer(result: Result) -> None:
-    print(footer(result), flush=True)
+    """A magic's footer, under the answer's display, which already says what to raise for a
+    thought cut short ("No answer: the token budget ran out while thinking. Raise …"): the
+    footer's own "(raise --max-new-tokens)" said it a second time."""
+    print(footer(result, advice=False), flush=True)
 
 
 def info(message: str) -> None:

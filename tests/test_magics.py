@@ -582,6 +582,7 @@ def test_unfinished_thinking_is_shown_collapsed_and_explained(kernel: Kernel) ->
     assert final.startswith("<details>") and "Thinking (not finished)" in final
     assert "Raise `--max-new-tokens`" in final
     assert "thinking not finished" in ex.stdout
+    assert "(raise --max-new-tokens)" not in ex.stdout, "the answer's display says it already"
     hidden = kernel.run("%qwen3 --think --hide-thinking --max-new-tokens 12 --seed 3 Hello")
     assert "<details" not in hidden.texts()[-1]
 
