@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,24 @@ def _run_until(page: Any, index: int, selector: str, attempts: int = 3) -> None:
                 raise
 
 
+def _open_with_a_gauge(page: Any, lab_server: LabServer, name: str, query: str = "") -> None:
+    """Open a new notebook `name` (the gauge, then a cell filling memory) and show its gauge."""
+    _notebook(lab_server.root_dir / name)
+    page.goto(lab_server.url(f"lab/tree/{name}{query}"), wait_until="domcontentloaded")
+    page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
+    _wait_idle(page)
+    _run_until(page, 0, HOST_TEXT)
+
+
+@contextlib.contextmanager
+def _screenshot_on_failure(page: Any, path: Path) -> Iterator[None]:
+    try:
+        yield
+    except Exception:
+        page.screenshot(path=str(path))
+        raise
+
+
 def _host_text(page: Any) -> str:
     return str(page.locator(HOST_TEXT).first.inner_text()).replace("\xa0", " ")
 
@@ -73,16 +93,9 @@ def _host_text(page: Any) -> str:
 def test_gauge_renders_and_updates_in_jupyterlab(
     lab_server: LabServer, browser_page: Any, output_dir: Path
 ) -> None:
-    _notebook(lab_server.root_dir / "gauge.ipynb")
     page = browser_page
-    page.goto(lab_server.url("lab/tree/gauge.ipynb"), wait_until="domcontentloaded")
-    page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
-    try:
-        _wait_idle(page)
-        _run_until(page, 0, HOST_TEXT)
-    except Exception:
-        page.screenshot(path=str(output_dir / "gauge-jupyterlab-failed.png"))
-        raise
+    with _screenshot_on_failure(page, output_dir / "gauge-jupyterlab-failed.png"):
+        _open_with_a_gauge(page, lab_server, "gauge.ipynb")
     before = _host_text(page)
     assert " / " in before and "RSS" in before
     bar = page.locator(".qwen3-gauge-row:last-child .progress-bar")
@@ -121,21 +134,14 @@ def test_a_restarted_kernels_gauge_has_one_broken_link_mark_not_one_per_widget(
 ) -> None:
     """Kernel > Restart: ipywidgets marks each widget of the old kernel with a red broken-link
     icon, nine down the gauge; the outer box keeps the one (labextension/style/base.css)."""
-    _notebook(lab_server.root_dir / "restarted.ipynb")
     page = browser_page
-    # ?reset: a workspace without the notebooks of earlier tests (their cells came first)
-    page.goto(lab_server.url("lab/tree/restarted.ipynb?reset"), wait_until="domcontentloaded")
-    page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
-    try:
-        _wait_idle(page)
-        _run_until(page, 0, HOST_TEXT)
+    with _screenshot_on_failure(page, output_dir / "gauge-restart-failed.png"):
+        # ?reset: a workspace without the notebooks of earlier tests (their cells came first)
+        _open_with_a_gauge(page, lab_server, "restarted.ipynb", "?reset")
         _wait_idle(page)
         page.locator(".lm-MenuBar-itemLabel", has_text="Kernel").first.click()
         page.locator(".lm-Menu-itemLabel", has_text="Restart Kernel…").first.click()
         page.locator(".jp-Dialog button.jp-mod-accept").first.click()
-    except Exception:
-        page.screenshot(path=str(output_dir / "gauge-restart-failed.png"))
-        raise
     deadline = time.monotonic() + 20
     marks = _broken_link_marks(page)
     while time.monotonic() < deadline and marks["marked"] < 2:
