@@ -422,8 +422,8 @@ def _remember(
         except TypeError:
             pass
         last = (before or {}).get(name)
-        same = last is not None and (last.identity, last.kind) == (id(value), type(value))
-        if last is not None and same and last.may_hold_a_cycle:
+        unchanged = last is not None and (last.identity, last.kind) == (id(value), type(value))
+        if unchanged and last is not None and last.may_hold_a_cycle:
             remembered[name] = last
         else:
             remembered[name] = Remembered(id(value), type(value), None, _reaches_a_cycle(value))

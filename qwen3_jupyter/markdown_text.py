@@ -17,6 +17,7 @@ followed by a non-space, a closing one after a non-space and not before a digit.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _INDENTED = re.compile(r"^(?: {4}|\t)")
@@ -75,13 +76,17 @@ def escape_html(markdown: str) -> str:
 
 def _escape_prose(text: str) -> str:
     """`<` and `$` escaped outside the spans Markdown or MathJax show as written (`_KEPT`)."""
+    return _outside(_KEPT, text, _escaped)
+
+
+def _outside(kept: re.Pattern[str], text: str, escape: Callable[[str], str]) -> str:
+    """`text` with `escape` applied to what lies between the matches of `kept`."""
     pieces: list[str] = []
     start = 0
-    for kept in _KEPT.finditer(text):
-        pieces.append(_escaped(text[start : kept.start()]))
-        pieces.append(kept.group(0))
-        start = kept.end()
-    pieces.append(_escaped(text[start:]))
+    for match in kept.finditer(text):
+        pieces += [escape(text[start : match.start()]), match.group(0)]
+        start = match.end()
+    pieces.append(escape(text[start:]))
     return "".join(pieces)
 
 
@@ -100,11 +105,4 @@ def dollars_escaped_in_html(text: str) -> str:
     written `\\$`: Markdown leaves raw HTML as it is, and MathJax shows `\\$` as a plain `$`
     (the answer's Markdown needs two backslashes, `DOLLAR_OUTSIDE_MATH`). Backticks make no
     code in raw HTML, so only math is kept as written. Checked in JupyterLab 4 (Chromium)."""
-    pieces: list[str] = []
-    start = 0
-    for math in _MATH_ONLY.finditer(text):
-        pieces.append(text[start : math.start()].replace("$", "\\$"))
-        pieces.append(math.group(0))
-        start = math.end()
-    pieces.append(text[start:].replace("$", "\\$"))
-    return "".join(pieces)
+    return _outside(_MATH_ONLY, text, lambda prose: prose.replace("$", "\\$"))

@@ -98,8 +98,8 @@ def _refuse_arguments_it_does_not_take(
             for p in parameters
             if p.kind is p.KEYWORD_ONLY and p.name not in _NOT_OFFERED
         )
-        name = "name the others" if positional else "name each one"
-        raise TypeError(f"{said}() takes {takes}: {name} ({keywords})")
+        ask = "name the others" if positional else "name each one"
+        raise TypeError(f"{said}() takes {takes}: {ask} ({keywords})")
     raise TypeError(f"{said}(): {why}")
 
 

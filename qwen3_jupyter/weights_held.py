@@ -50,9 +50,9 @@ def released_weights(name: str, model: Any) -> ReleasedWeights:
     storages: dict[StorageKey, int] = {}
     weak: dict[StorageKey, Any] = {}
     for tensor in _weights(model):
-        storage = tensor.untyped_storage()
-        key = (str(tensor.device), int(storage.data_ptr()))
-        storages[key], weak[key] = int(storage.nbytes()), StorageWeakRef(storage)
+        address, size = storage_span(tensor)
+        key = (str(tensor.device), address)
+        storages[key], weak[key] = size, StorageWeakRef(tensor.untyped_storage())
     return ReleasedWeights(name, storages, weak)
 
 
@@ -89,7 +89,7 @@ def _weights(model: Any) -> list[Any]:
 
 def still_held(released: ReleasedWeights, shell: Any | None) -> StillHeld | None:
     """What of `released` is alive now (None: all of it is gone), with the names of the user's
-    variables and outputs that reach it. A walk of every live object: after a release only."""
+    variables and outputs that reach it (a walk of each of them): after a release only."""
     if imported_torch() is None:
         return None
     alive = released.alive()
