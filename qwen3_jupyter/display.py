@@ -369,7 +369,10 @@ def show_footer(result: Result) -> None:
 
 
 def info(message: str) -> None:
-    print(f"{PREFIX} {message}", flush=True)
+    """One `[qwen3]` line: in the cell's output inside a kernel; outside one on stderr, with the
+    progress lines, so `python job.py > answers.csv` gets only what the script printed (the
+    load notice went into the file)."""
+    print(f"{PREFIX} {message}", file=sys.stdout if in_kernel() else sys.stderr, flush=True)
 
 
 class Status:

@@ -311,13 +311,14 @@ def test_no_prompts_are_no_work_not_a_model_load(kernel: Kernel) -> None:
 
 
 def test_no_prompts_are_said_outside_a_kernel_too(capsys: pytest.CaptureFixture[str]) -> None:
-    """A script's log said nothing for an empty batch (the line was shown in kernels only)."""
+    """A script's log said nothing for an empty batch (the line was shown in kernels only). It
+    is said on stderr, with the progress lines: stdout is what the script itself prints."""
     assert len(generate_batch([])) == 0
-    assert (
-        capsys.readouterr().out == "[qwen3] generate_batch got no prompts: nothing was generated\n"
-    )
+    said = capsys.readouterr()
+    assert said.err == "[qwen3] generate_batch got no prompts: nothing was generated\n"
+    assert said.out == ""
     generate_batch([], progress=False)
-    assert capsys.readouterr().out == ""
+    assert capsys.readouterr() == ("", "")
 
 
 SCRIPT_BUILDS_TINY = """
@@ -374,32 +375,31 @@ print("done", len(r))
 
 
 def test_a_scripts_log_gets_whole_lines_and_the_load_when_it_happens(model_cache: Path) -> None:
-    """`python job.py > log 2>&1`: the batch's tqdm bar wrote every redraw after a carriage
-    return (one line of thousands of characters that `tail -f` never finished, the final bar
-    twice), and "loaded tiny … random weights" came only after the whole batch (never, for a
-    job killed midway)."""
+    """`python job.py > answers.txt 2> log`: the batch's tqdm bar wrote every redraw after a
+    carriage return (one line of thousands of characters that `tail -f` never finished, the
+    final bar twice), "loaded tiny … random weights" came only after the whole batch (never,
+    for a job killed midway), and it went to stdout, into the script's own output."""
     import subprocess
     import sys
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ran = subprocess.run(
         [sys.executable, "-c", SCRIPT_BATCH_INTO_A_LOG],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        capture_output=True,
         text=True,
         env=env,
         timeout=180,
     )
-    assert ran.returncode == 0, ran.stdout
-    assert "\r" not in ran.stdout, repr(ran.stdout[-500:])
-    lines = ran.stdout.splitlines()
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout == "done 12\n", "only what the script printed"
+    assert "\r" not in ran.stderr, repr(ran.stderr[-500:])
+    lines = ran.stderr.splitlines()
     loaded = next(i for i, line in enumerate(lines) if line.startswith("[qwen3] loaded tiny"))
     batch = [i for i, line in enumerate(lines) if line.startswith("[qwen3] batch: ")]
     assert batch and loaded < batch[0], lines  # said when it happened, before the batch
     assert lines[batch[0]].startswith("[qwen3] batch: 0/12 prompts"), lines
     assert lines[batch[-1]].startswith("[qwen3] batch: 12/12 prompts"), lines
     assert len(batch) <= 4, lines  # its first and last line, and one every few seconds
-    assert lines[-1] == "done 12", lines
 
 
 def test_a_terminal_sees_one_loading_line_rewritten_then_cleared(
