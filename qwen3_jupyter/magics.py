@@ -474,6 +474,7 @@ class Qwen3Magics(Magics):
                     on_text=view.update,
                     memory_budget=_budget(args),
                     stream_interval=self.stream_interval,
+                    footer_follows=True,
                 )
             except BaseException:
                 view.clear()
@@ -483,6 +484,8 @@ class Qwen3Magics(Magics):
         view.finish(result)
         if self.shell is not None:
             self.shell.user_ns["_qwen3"] = result
+        for notice in SESSION.take_notices():  # what the load and the turn said, then the footer
+            display.info(notice)
         display.show_footer(result)
 
     def _run_batch(
@@ -529,6 +532,8 @@ class Qwen3Magics(Magics):
         CELL_INTERRUPTS.note(results.report.interrupted)
         if self.shell is not None:  # first: an interrupt while the table shows keeps them
             self.shell.user_ns["_qwen3"] = results
+        for notice in SESSION.take_notices():  # the load's line before the batch's summary
+            display.info(notice)
         display.show_batch(results, results.report, status)
 
 

@@ -39,6 +39,17 @@ from .models import (
 from .weights_held import ReleasedWeights, StillHeld
 
 
+def _why_no_answer(result: Result, options: GenerationOptions, footer_follows: bool) -> str:
+    """What an empty --chat turn's notice adds: the advice to raise the budget only where the
+    budget ended it (a model that ended its turn at once, or a server's own limit, was told to
+    raise --max-new-tokens), and not where a footer right below says it already."""
+    if result.stop_reason == "eos":
+        return " (the model ended its turn without one)"
+    if result.stop_reason != "length" or footer_follows:
+        return ""
+    return " (raise --max-new-tokens" + (", or --no-think" if options.think else "") + ")"
+
+
 def loaded_notice(loaded: LoadedModel, replaced: str | None = None) -> str:
     """`loaded tiny (float32) on cpu in 0.6 s · 37.4 MiB of weights, kept until ...`; the
     first use of an embedded model adds how much of that time building it took."""
@@ -447,9 +458,12 @@ class Session:
         on_text: Callable[[str], None] | None = None,
         memory_budget: int | None = None,
         stream_interval: float = 0.1,
+        footer_follows: bool = False,
     ) -> Result:
         """One generation; with `chat`, the prompt and answer join the conversation. Not
-        started when a call earlier in the cell was interrupted (KeyboardInterrupt)."""
+        started when a call earlier in the cell was interrupted (KeyboardInterrupt).
+        `footer_follows`: the caller shows the footer, which says what to raise for an answer
+        cut off, so an empty turn's notice need not say it too."""
         CELL_INTERRUPTS.check()
         history = self.conversation.messages if chat else None
         options = self.follow_template(engine, options)
@@ -471,10 +485,9 @@ class Session:
             if result.answer.strip():
                 self.conversation.keep_turn(options, prompt, result.answer, result.model)
             else:  # an empty assistant turn would be what the next turn builds on
-                advice = "raise --max-new-tokens" + (", or --no-think" if options.think else "")
+                why = _why_no_answer(result, options, footer_follows)
                 self.notices.append(
-                    f"this --chat turn has no answer ({advice}): it was not added to the "
-                    "conversation"
+                    f"this --chat turn has no answer{why}: it was not added to the conversation"
                 )
         self.last_result = result
         for listener in list(self.result_listeners):

@@ -36,7 +36,7 @@ def test_streams_into_one_updating_display_and_prints_footer(kernel: Kernel) -> 
     # placeholder) is not streaming.
     assert len(set(streamed)) >= 2, f"nothing streamed before the final answer: {streamed}"
     assert final, updates
-    footer, *loaded = ex.stdout.splitlines()  # (the module's first call loads the model)
+    *loaded, footer = ex.stdout.splitlines()  # (the module's first call loads the model)
     assert all(line.startswith("[qwen3] loaded tiny (float32) on cpu in ") for line in loaded)
     for part in FOOTER_PARTS:
         assert part in footer
@@ -100,7 +100,8 @@ def test_a_call_that_loads_says_how_long_and_what_it_keeps(kernel: Kernel) -> No
         "format_bytes(sum({t.data_ptr(): t.nbytes "
         "for t in session.SESSION.loaded.model.state_dict().values()}.values()))"
     )
-    notice = first.stdout.splitlines()[-1]
+    *_, notice, footer = first.stdout.splitlines()  # said before the call's footer, not after it
+    assert footer.startswith("[qwen3] tiny on cpu"), first.stdout
     match = re.fullmatch(
         r"\[qwen3\] loaded tiny \(float32\) on cpu in (\d+\.\d) s"
         r"(?: \(\d+\.\d s of it the first build, once per cache\))? · (.+) of weights, kept "
@@ -113,7 +114,7 @@ def test_a_call_that_loads_says_how_long_and_what_it_keeps(kernel: Kernel) -> No
     assert "loaded" not in again.stdout, again.stdout
     other = ok(kernel, "%qwen3 --dtype bfloat16 --no-think --max-new-tokens 2 hi")
     assert "loaded tiny (bfloat16) on cpu in " in other.stdout, other.stdout
-    assert other.stdout.rstrip().endswith("· tiny (float32) on cpu was unloaded for it")
+    assert other.stdout.splitlines()[-2].endswith("· tiny (float32) on cpu was unloaded for it")
     ok(kernel, "%qwen3 --dtype float32 --no-think --max-new-tokens 2 hi")  # as the module had it
 
 
@@ -739,28 +740,44 @@ def test_actions_without_a_prompt_refuse_options_they_would_ignore(kernel: Kerne
     assert "conversation cleared" in both.stdout and "give" in both.stdout, both.stdout
 
 
-def test_a_chat_turn_with_no_answer_advises_no_think_only_when_thinking(kernel: Kernel) -> None:
-    """It said "(raise --max-new-tokens, or --no-think)" to a turn that had --no-think."""
+def test_a_chat_turn_with_no_answer_says_why_once(kernel: Kernel) -> None:
+    """Its notice said "(raise --max-new-tokens)" on the line after the footer's "answer cut
+    off at --max-new-tokens (raise it for the rest)", and said it too to a model that ended
+    its turn at once, where more tokens change nothing. Now it comes before the footer, leaves
+    the budget to the footer, and names an ended turn."""
     kernel.run("%qwen3 --reset")
     ok(
         kernel,
         "import dataclasses\n"
         "from qwen3_jupyter.engines.eager import EagerEngine\n"
         "answering = EagerEngine.generate\n"
+        "ended_as = None\n"
         "def blank(self, *args, **kwargs):\n"
-        "    return dataclasses.replace(answering(self, *args, **kwargs), answer='')\n"
+        "    result = answering(self, *args, **kwargs)\n"
+        "    stop = ended_as or result.stop_reason\n"
+        "    return dataclasses.replace(result, answer='', stop_reason=stop)\n"
         "EagerEngine.generate = blank",
     )
+    said = {}
     try:
-        ex = ok(kernel, "%qwen3 --chat --no-think --max-new-tokens 2 --seed 3 Hello")
+        for ended_as in ("length", "eos"):
+            ok(kernel, f"ended_as = {ended_as!r}")
+            ex = ok(kernel, "%qwen3 --chat --no-think --max-new-tokens 2 --seed 3 Hello")
+            assert kernel.value("_qwen3.answer") == "", "control: the turn had no answer"
+            said[ended_as] = ex.stdout.splitlines()[-2:]
     finally:
         ok(kernel, "EagerEngine.generate = answering")
-    assert kernel.value("_qwen3.answer") == "", "control: the turn had no answer"
-    said = [line for line in ex.stdout.splitlines() if "has no answer" in line]
-    assert said == [
-        "[qwen3] this --chat turn has no answer (raise --max-new-tokens): it was not added to "
-        "the conversation"
-    ], ex.stdout
+    notice, footer = said["length"]
+    assert notice == (
+        "[qwen3] this --chat turn has no answer: it was not added to the conversation"
+    ), said
+    assert footer.endswith("answer cut off at --max-new-tokens (raise it for the rest)"), said
+    notice, footer = said["eos"]
+    assert notice == (
+        "[qwen3] this --chat turn has no answer (the model ended its turn without one): it was "
+        "not added to the conversation"
+    ), said
+    assert footer.startswith("[qwen3] tiny on cpu") and "max-new-tokens" not in footer, said
 
 
 def test_a_configured_server_is_named_and_an_empty_server_flag_sets_it_aside(
