@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -18,7 +18,7 @@ from IPython.display import display
 
 from .generation import Result, split_thinking
 from .hub_progress import progress_text
-from .markdown_text import dollars_escaped_in_html, escape_html
+from .markdown_text import as_typed, dollars_escaped_in_html, escape_html
 from .memory import format_bytes
 
 PREFIX = "[qwen3]"
@@ -340,9 +340,9 @@ def show_batch(results: list[Result], report: Any, line: Status | None = None) -
         answer = f"failed: {r.error}" if r.error else r.answer
         thinking_only = not answer and bool(r.thinking)
         answer = "(thinking only)" if thinking_only else answer
-        shown = "*(thinking only)*" if thinking_only else _cell(answer)
-        rows.append(f"| {i} | {_cell(r.prompt)} | {shown} | {r.completion_tokens} |")
-        plain = f"| {i} | {_cell(r.prompt, html_safe=False)} | {_cell(answer, html_safe=False)} |"
+        shown = "*(thinking only)*" if thinking_only else _cell(answer, escape_html)
+        rows.append(f"| {i} | {_cell(r.prompt, as_typed)} | {shown} | {r.completion_tokens} |")
+        plain = f"| {i} | {_cell(r.prompt)} | {_cell(answer)} |"
         plain_rows.append(f"{plain} {r.completion_tokens} |")
     # The plain form unescaped: "Use a &lt;div&gt;" was what text front ends and exports read.
     table, plain_table = "\n".join(rows), "\n".join(plain_rows)
@@ -353,12 +353,13 @@ def show_batch(results: list[Result], report: Any, line: Status | None = None) -
     print(f"{PREFIX} batch · {report.summary()}", flush=True)
 
 
-def _cell(text: str, width: int = 60, html_safe: bool = True) -> str:
-    """`text` on one line, cut at `width`, as a Markdown table cell (`html_safe`: escaped for
-    the Markdown renderer, which would draw a `<div>` in an answer)."""
+def _cell(text: str, markdown: Callable[[str], str] | None = None, width: int = 60) -> str:
+    """`text` on one line, cut at `width`, as a table cell: for the Markdown renderer through
+    `markdown` (an answer's `<div>` was drawn, a prompt's "$40 … $55" typeset as maths), as
+    written in the plain form."""
     flat = " ".join(text.split())
     flat = flat if len(flat) <= width else flat[: width - 1] + "…"
-    return (html.escape(flat) if html_safe else flat).replace("|", "\\|")
+    return (flat if markdown is None else markdown(flat)).replace("|", "\\|")
 
 
 def show_footer(result: Result) -> None:

@@ -16,6 +16,7 @@ followed by a non-space, a closing one after a non-space and not before a digit.
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Callable
 
@@ -106,3 +107,15 @@ def dollars_escaped_in_html(text: str) -> str:
     (the answer's Markdown needs two backslashes, `DOLLAR_OUTSIDE_MATH`). Backticks make no
     code in raw HTML, so only math is kept as written. Checked in JupyterLab 4 (Chromium)."""
     return _outside(_MATH_ONLY, text, lambda prose: prose.replace("$", "\\$"))
+
+
+_MARKDOWN_MARKS = re.compile(r"([\\`*_\[\]~])")
+
+
+def as_typed(text: str) -> str:
+    """`text` (a prompt, which is not Markdown) as Markdown that shows it as typed: `&`, `<`
+    and `>` as entities, the marks of emphasis, code and links escaped, and every `$` too. A
+    batch table drew "Is $40 fair? … pay $55" as maths and lost the rows between, and
+    `__init__` in bold."""
+    marked = _MARKDOWN_MARKS.sub(r"\\\1", html.escape(text, quote=False))
+    return marked.replace("$", DOLLAR_OUTSIDE_MATH)

@@ -951,7 +951,8 @@ import dataclasses
 from qwen3_jupyter.display import show_batch
 from qwen3_jupyter.batching import BatchResults
 from qwen3_jupyter.generation import Result
-one = Result(prompt="Is <b> & x bold?", answer="Use a <div> | here", thinking="", model="m",
+one = Result(prompt="Is <b> & x bold? $40 or $55 for __init__",
+             answer="Use a <div> | here, $5 or $x^2$", thinking="", model="m",
              device="cpu", think=False, prompt_tokens=3, completion_tokens=5, latency_s=0.1,
              tokens_per_s=50.0, peak_memory_bytes=None, memory_kind="", stop_reason="eos",
              thinking_finished=True)
@@ -962,17 +963,19 @@ show_batch(table, table.report)
 
 
 def test_a_batch_tables_plain_form_is_the_text_itself(kernel: Kernel) -> None:
-    """The table's Markdown escapes an answer's HTML (the renderer would draw a `<div>`); its
-    plain form, what text front ends and exports read, showed `Use a &lt;div&gt;` too."""
+    """The table's Markdown escapes an answer's HTML (the renderer would draw a `<div>`) and
+    shows a prompt as typed: its prices were typeset as maths, which swallowed the rows
+    between them, and `__init__` was bold. Its plain form, what text front ends and exports
+    read, showed `Use a &lt;div&gt;` too."""
     (shown,) = ok(kernel, SHOW_A_TABLE).of_type("display_data")
     data = shown["content"]["data"]
-    assert (
-        "| 0 | Is &lt;b&gt; &amp; x bold? | Use a &lt;div&gt; \\| here | 5 |"
-        in data["text/markdown"]
-    )
-    assert "| 1 | Is &lt;b&gt; &amp; x bold? | *(thinking only)* | 5 |" in data["text/markdown"]
-    assert "| 0 | Is <b> & x bold? | Use a <div> \\| here | 5 |" in data["text/plain"]
-    assert "| 1 | Is <b> & x bold? | (thinking only) | 5 |" in data["text/plain"]
+    prompt = "Is &lt;b&gt; &amp; x bold? \\\\$40 or \\\\$55 for \\_\\_init\\_\\_"
+    answer = "Use a &lt;div> \\| here, \\\\$5 or $x^2$"  # (the answer is Markdown: math kept)
+    assert f"| 0 | {prompt} | {answer} | 5 |" in data["text/markdown"], data["text/markdown"]
+    assert f"| 1 | {prompt} | *(thinking only)* | 5 |" in data["text/markdown"]
+    prompt = "Is <b> & x bold? $40 or $55 for __init__"
+    assert f"| 0 | {prompt} | Use a <div> \\| here, $5 or $x^2$ | 5 |" in data["text/plain"]
+    assert f"| 1 | {prompt} | (thinking only) | 5 |" in data["text/plain"]
 
 
 @pytest.mark.no_preload  # importing torch makes the first display come seconds after the call
