@@ -355,10 +355,11 @@ def footer_html(snapshot: Snapshot, compact: bool = False, scope: str = "qwen3-g
         f'<span class="qwen3-gauge-live" style="animation:qwen3-gauge-dim-0 0s {delay} '
         f'forwards">{live}</span><span class="qwen3-gauge-stale" style="display:block;'
         f"max-height:0;overflow:hidden;opacity:0;color:{ERROR_COLOR};font-weight:bold;"
-        f'animation:qwen3-gauge-stale 0s {delay} forwards">⚠ not updated since {since}: the '
-        "kernel is busy in a call that holds Python's lock (a long sort, pickling), or it "
-        "stopped or restarted, or its gauge thread hung; these are old readings (if it stays "
-        "so with the kernel idle, run %qwen3_gauge again)</span></small>"
+        f'animation:qwen3-gauge-stale 0s {delay} forwards">⚠ not updated since {since}: these '
+        "are old readings. This is a saved copy of the notebook, or the kernel is busy in a "
+        "call that holds Python's lock (a long sort, pickling), stopped or restarted, or its "
+        "gauge thread hung (if it stays so with the kernel idle, run %qwen3_gauge "
+        "again)</span></small>"
     )
 
 
