@@ -142,6 +142,7 @@ class InferenceBlock(AbstractContextManager[Chat]):
     def __exit__(self, kind: Any, value: Any, traceback: Any) -> bool | None:
         return self._block.__exit__(kind, value, traceback)
 
+    @shown_at_the_callers_line
     def __call__(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise TypeError(
             "inference() opens a block, it does not answer: with qwen3_jupyter.inference(...) "

@@ -144,6 +144,7 @@ def _shown(execution: Any) -> list[str]:
         "qwen3_jupyter.cleanup(drop=['no_such_variable'])",
         "qwen3_jupyter.cleanup(ful=True)",
         "qwen3_jupyter.generate_batch(['a'], 2, 3)",
+        "qwen3_jupyter.inference(model='tiny')('hi')",
         # a budget no batch fits: out of memory at batch size 1, its frames the package's own
         "qwen3_jupyter.generate_batch(['a', 'b'], model='tiny', memory_budget='1.5MiB', "
         "decode='fast', progress=False)",
