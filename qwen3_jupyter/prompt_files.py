@@ -229,7 +229,10 @@ def _prompt(path: str, where: str, value: str) -> str:
     """A structured file's prompt, as written (its lines kept); an empty one is refused: a
     skipped row would shift every later result against its row."""
     if not value.strip():
-        raise PromptFileError(f"--file {path}, {where}: the prompt is empty")
+        raise PromptFileError(
+            f"--file {path}, {where}: the prompt is empty: fill it in or delete it (it is not "
+            "skipped, which would shift every later result against its row)"
+        )
     return value.strip()
 
 

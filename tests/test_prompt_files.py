@@ -75,7 +75,12 @@ def test_json_lines_give_strings_or_a_field_and_a_results_file_can_be_asked_agai
             "has no column 'prompt' in its first row (it has 'review', 'score'): name the "
             "prompts' column: --field 'review'",
         ),
-        ("r.csv", "prompt,score\n,1\n", None, "r.csv, line 2: the prompt is empty"),
+        (
+            "r.csv",
+            "prompt,score\n,1\n",
+            None,
+            "r.csv, line 2: the prompt is empty: fill it in or delete it (it is not skipped",
+        ),
         (
             "r.csv",
             "Why?\nHow?\n",
