@@ -35,6 +35,21 @@ def in_kernel() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
+def in_a_cell() -> bool:
+    """False while a kernel starts (its config's extensions and exec_lines), where what is
+    shown reaches no cell and is lost; True in a cell, and outside a kernel (a terminal shows
+    what its startup prints)."""
+    if not in_kernel():
+        return True
+    from IPython import get_ipython
+
+    try:
+        parent = get_ipython().kernel.get_parent("shell")
+    except Exception:  # an ipykernel without get_parent: as before
+        return True
+    return bool(((parent or {}).get("header") or {}).get("msg_id"))
+
+
 @contextmanager
 def shown_in_the_starting_cell() -> Iterator[None]:
     """In a thread other than the main one, what the block shows goes to the cell that was

@@ -23,7 +23,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 
 from . import lifecycle, monitor
-from .display import info
+from .display import in_a_cell, info
 from .magic_args import asks_help, parse_options, plain_usage, show_help
 
 
@@ -96,6 +96,11 @@ class GaugeMagics(Magics):
                 running.stop()
             info(f"gauge stopped ({closed} closed); %qwen3_gauge starts it again")
             return
+        if not in_a_cell():  # a kernel's exec_lines: nothing would show it, yet it polled
+            raise UsageError(
+                "%qwen3_gauge shows in a cell, and none runs while the kernel starts: run it in "
+                "a notebook cell (JupyterLab's sidebar gauge needs none)"
+            )
         display(gauge(interval=args.interval, show_all=args.all, compact=args.compact))
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import os
 import subprocess
 import sys
 import threading
@@ -45,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
+
+from .env_switches import switch
 
 ENV_SWITCH = "QWEN3_JUPYTER_INCREMENTAL_GC"
 GROWTH_FRACTION = 4
@@ -85,7 +86,7 @@ class GcPass:
 
 def enabled() -> bool:
     """False when the environment switches incremental collection off."""
-    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+    return switch(ENV_SWITCH, default=True)
 
 
 FROZEN_ELSEWHERE = "objects were frozen outside this extension (gc.freeze): they stay frozen"

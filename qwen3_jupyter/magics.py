@@ -8,6 +8,7 @@ option values are paths, URLs and numbers, expanded as IPython expands any magic
 
 from __future__ import annotations
 
+import math
 import sys
 from argparse import Namespace
 from contextlib import nullcontext
@@ -23,7 +24,7 @@ from IPython.core.magic import (
     no_var_expand,
 )
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from traitlets import Float, Unicode
+from traitlets import Float, TraitError, Unicode, validate
 
 from . import display, lifecycle
 from .batching import (
@@ -53,6 +54,7 @@ from .generation import (
 )
 from .interrupts import CELL_INTERRUPTS
 from .magic_args import OneWaySwitch, asks_help, options_of, plain_usage, show_help
+from .magic_config import configured
 from .model_use import ModelBusy, holding, stop
 from .models import DTYPES, ModelError, canonical_dtype, is_loaded_as
 from .prompt_files import FilePrompts, PromptFileError, read_prompts
@@ -80,7 +82,9 @@ class Qwen3Magics(Magics):
         "",
         help=f"dtype override: one of {', '.join(DTYPES)} ($QWEN3_JUPYTER_DTYPE wins when set).",
     ).tag(config=True)
-    stream_interval = Float(0.1, help="Seconds between streamed display updates.").tag(config=True)
+    stream_interval = Float(
+        0.1, help="Seconds between streamed display updates (0: at every token)."
+    ).tag(config=True)
     decode = Unicode(
         "auto",
         help="auto (fast on CUDA, eager on CPU), fast (static cache + compiled decode step), "
@@ -91,6 +95,17 @@ class Qwen3Magics(Magics):
         help="OpenAI-compatible server URL used when --server is not given "
         "($QWEN3_JUPYTER_SERVER wins when set).",
     ).tag(config=True)
+
+    @validate("stream_interval")
+    def _seconds(self, proposal: Any) -> float:
+        """-1 updated at every token and NaN or inf never, without a word."""
+        seconds = float(proposal["value"])
+        if not math.isfinite(seconds) or seconds < 0:
+            raise TraitError(
+                f"Qwen3Magics.stream_interval must be a number of seconds, 0 or more (0 updates "
+                f"at every token), not {proposal['value']!r}"
+            )
+        return seconds
 
     @plain_usage
     @magic_arguments()
@@ -804,8 +819,12 @@ def _fill_text(args: Namespace, prompt: str, namespace: dict[str, Any]) -> str:
 
 
 def load(ip: Any) -> None:
-    """Register the magics on the shell, configured from the shell's config."""
-    ip.register_magics(Qwen3Magics(shell=ip, config=ip.config))
+    """Register the magics on the shell, configured from the shell's config (a value an option
+    refuses is set aside and said: see magic_config)."""
+    magics, refused = configured(Qwen3Magics, ip)
+    ip.register_magics(magics)
+    for line in refused:  # at a kernel's start no cell shows it: the next call's output does
+        (display.info if display.in_a_cell() else SESSION.notices.append)(line)
     ip.input_transformers_cleanup.append(protect_prompt_lines)
     ip.events.register("post_run_cell", _release_leftover_hold)
     lifecycle.on_unload("qwen3-magics", lambda: unload(ip))

@@ -17,6 +17,7 @@ from typing import Any
 
 from . import embedded
 from .asked import CALL, Asked
+from .env_switches import switch, unreadable
 from .hub_progress import Progress, hub_progress_bars_off, loading_progress
 from .model_use import ModelUse
 from .out_of_memory import out_of_memory_reason
@@ -239,7 +240,7 @@ def _from_hf_cache(repo_id: str, set_by: str = "") -> str:
     from huggingface_hub import snapshot_download
     from huggingface_hub.constants import HF_HUB_CACHE
 
-    allow_download = os.environ.get(DOWNLOAD_ENV) == "1"
+    allow_download = switch(DOWNLOAD_ENV, default=False)
     try:
         return str(snapshot_download(repo_id, local_files_only=not allow_download))
     except Exception as exc:
@@ -255,7 +256,9 @@ def _from_hf_cache(repo_id: str, set_by: str = "") -> str:
             ) from exc
         # offline, the hub's lookup failing is all there is to say: its 60-line chain buried
         # the one line under it in an API call's traceback
-        raise ModelError(hint + f"; set {DOWNLOAD_ENV}=1 to allow downloading") from None
+        unread = unreadable(DOWNLOAD_ENV)
+        told = f"${DOWNLOAD_ENV}={unread!r} is not a yes: " if unread else ""
+        raise ModelError(f"{hint}; {told}set {DOWNLOAD_ENV}=1 to allow downloading") from None
 
 
 class ModelHolder:

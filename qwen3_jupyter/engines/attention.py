@@ -15,17 +15,17 @@ the user's code keeps torch's choice. `QWEN3_JUPYTER_CUDNN_ATTENTION=1` keeps it
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from ..env_switches import switch
 
 CUDNN_ATTENTION_ENV = "QWEN3_JUPYTER_CUDNN_ATTENTION"
 
 
 def cudnn_attention_allowed() -> bool:
     """True when the user asked to keep torch's own choice (cuDNN attention included)."""
-    value = os.environ.get(CUDNN_ATTENTION_ENV, "").strip().lower()
-    return value in ("1", "true", "yes", "on")
+    return switch(CUDNN_ATTENTION_ENV, default=False)
 
 
 @contextmanager

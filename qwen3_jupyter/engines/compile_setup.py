@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..env_switches import switch
+
 _log = logging.getLogger(__name__)
 
 COMPILE_ENV = "QWEN3_JUPYTER_COMPILE"
@@ -35,8 +37,6 @@ and keeps the fastest (on an H200 the batch-1 step took 0.67 of its time, 1.911 
 compile 23.8 s instead of about 12 s). Off by default until whole calls and a second kernel's
 first call are measured with it."""
 
-_OFF = ("0", "false", "no", "off")
-
 COMPILER_IMPORTS = ("torch._dynamo", "torch._inductor.config", "torch._inductor.compile_fx")
 """torch.compile's own modules, which its first compile would otherwise import as it goes."""
 GPU_COMPILER_IMPORTS = ("triton", "triton.compiler.compiler", "torch._inductor.codegen.triton")
@@ -44,13 +44,13 @@ GPU_COMPILER_IMPORTS = ("triton", "triton.compiler.compiler", "torch._inductor.c
 
 
 def compile_enabled() -> bool:
-    return os.environ.get(COMPILE_ENV, "1").strip().lower() not in _OFF
+    return switch(COMPILE_ENV, default=True)
 
 
 def tuning_enabled() -> bool:
     """$QWEN3_JUPYTER_TUNE=1: compile the decode step with `TUNING` (read when an engine starts,
     like $QWEN3_JUPYTER_COMPILE)."""
-    return os.environ.get(TUNE_ENV, "0").strip().lower() not in (*_OFF, "")
+    return switch(TUNE_ENV, default=False)
 
 
 def import_compiler(device: str = "cpu") -> None:

@@ -1,0 +1,59 @@
+"""The configuration's `Qwen3Magics` values, a value its option refuses set aside with a line.
+
+Why: `c.Qwen3Magics.stream_interval = '0.5s'` in a config file made traitlets raise while the
+magics were built, so the extension failed to load at kernel start; the notebook only saw
+"Line magic function `%qwen3` not found" (the reason was in the server's terminal). A misspelt
+option (`c.Qwen3Magics.modle`) was a warning there too. Now the extension loads with that
+option's default and says why, in the cell that loaded it, or, when the kernel loaded it at
+start, in the next `%qwen3` call's output.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from traitlets import TraitError
+from traitlets.config import Config, Configurable
+
+from .magic_args import did_you_mean
+
+SECTION = "Qwen3Magics"
+
+
+def configured(kind: type[Configurable], shell: Any) -> tuple[Any, list[str]]:
+    """`kind(shell=shell)` with every value of the shell's configuration section that it takes,
+    and a line for each one it does not."""
+    config = shell.config
+    section = dict(config[SECTION]) if SECTION in config else {}
+    if not section:
+        return kind(shell=shell, config=config), []
+    others = Config(config)
+    others[SECTION] = Config()
+    made = kind(shell=shell, config=others)
+    options = sorted(made.trait_names(config=True))
+    refused = []
+    for name, value in section.items():
+        if name not in options:
+            refused.append(
+                f"c.{SECTION}.{name} is not an option{did_you_mean(name, options)}: ignored"
+            )
+            continue
+        try:
+            setattr(made, name, value)
+        except TraitError as exc:
+            default = made.trait_defaults(name)
+            refused.append(
+                f"c.{SECTION}.{name} = {value!r} is refused ({_why(exc, name)}): using "
+                f"{default!r}; fix the config file, or %config {SECTION}.{name} = …"
+            )
+    return made, refused
+
+
+def _why(exc: TraitError, name: str) -> str:
+    """The refusal without its lead: traitlets' ("The 'x' trait of a Qwen3Magics instance
+    expected a float, …") or a validator's own ("Qwen3Magics.x must be …")."""
+    text = str(exc).rstrip(".")
+    marker = " instance "
+    if marker in text:
+        return text.split(marker, 1)[1]
+    return text.removeprefix(f"{SECTION}.{name} ")
