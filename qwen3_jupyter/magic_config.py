@@ -20,7 +20,7 @@ from .magic_args import did_you_mean
 SECTION = "Qwen3Magics"
 
 
-def configured(kind: type[Configurable], shell: Any) -> tuple[Any, list[str]]:
+def configured_magics(kind: type[Configurable], shell: Any) -> tuple[Any, list[str]]:
     """`kind(shell=shell)` with every value of the shell's configuration section that it takes,
     and a line for each one it does not."""
     config = shell.config

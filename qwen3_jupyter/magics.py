@@ -54,7 +54,7 @@ from .generation import (
 )
 from .interrupts import CELL_INTERRUPTS
 from .magic_args import OneWaySwitch, asks_help, options_of, plain_usage, show_help
-from .magic_config import configured
+from .magic_config import configured_magics
 from .model_use import ModelBusy, holding, stop
 from .models import DTYPES, ModelError, canonical_dtype, is_loaded_as
 from .prompt_files import FilePrompts, PromptFileError, read_prompts
@@ -821,7 +821,7 @@ def _fill_text(args: Namespace, prompt: str, namespace: dict[str, Any]) -> str:
 def load(ip: Any) -> None:
     """Register the magics on the shell, configured from the shell's config (a value an option
     refuses is set aside and said: see magic_config)."""
-    magics, refused = configured(Qwen3Magics, ip)
+    magics, refused = configured_magics(Qwen3Magics, ip)
     ip.register_magics(magics)
     for line in refused:  # at a kernel's start no cell shows it: the next call's output does
         (display.info if display.in_a_cell() else SESSION.notices.append)(line)
