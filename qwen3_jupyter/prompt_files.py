@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -88,9 +89,14 @@ def read_prompts(path: str, field: str | None = None) -> FilePrompts:
 def _read_text(path: str) -> str:
     """The file as UTF-8, with or without the byte-order mark Windows editors write. A mark
     starting any line of a text file is dropped too (files saved so and joined carry one per
-    piece): `read_prompts` strips it there."""
+    piece): `read_prompts` strips it there. Only a regular file is read: `/dev/zero` filled
+    memory until a MemoryError, and a FIFO with no writer held the cell with nothing shown."""
+    file = Path(path).expanduser()
     try:
-        return Path(path).expanduser().read_text(encoding="utf-8-sig")
+        special = _not_a_file(file)
+        if special:
+            raise PromptFileError(f"--file {path} is {special}, not a file of prompts")
+        return file.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise PromptFileError(f"cannot read --file {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
@@ -99,6 +105,17 @@ def _read_text(path: str) -> str:
             f"--file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line "
             f"{line}): save it as UTF-8"
         ) from None
+
+
+def _not_a_file(file: Path) -> str:
+    """What `file` is when it is not a regular file (or a link to one), else ""; OSError where
+    it cannot be seen."""
+    mode = file.stat().st_mode
+    if stat.S_ISREG(mode):
+        return ""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "a pipe" if stat.S_ISFIFO(mode) else "a device or socket"
 
 
 def _from_table(path: str, text: str, delimiter: str, field: str | None) -> list[tuple[str, str]]:
@@ -254,6 +271,8 @@ def field_names(path: str) -> list[str]:
     suffix = Path(path).suffix.lower()
     file = Path(path).expanduser()
     try:
+        if _not_a_file(file):  # a FIFO's open() waited for a writer, holding the kernel
+            return []
         if suffix in DELIMITERS:
             with file.open(encoding="utf-8-sig", newline="") as f:
                 return [n.strip() for n in next(csv.reader(f, delimiter=DELIMITERS[suffix]), [])]

@@ -5,6 +5,7 @@ model as prompts, and a .jsonl its braces.)"""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,17 @@ def test_a_file_that_is_not_prompts_is_one_line_naming_where_and_what_to_do(
         read_prompts(write(tmp_path / name, text), field)
     message = str(raised.value)
     assert said in message and "\n" not in message, message
+
+
+def test_only_a_regular_file_is_read(tmp_path: Path) -> None:
+    """`--file /dev/zero` read until a MemoryError (a 25-line traceback, the machine's memory
+    gone first); a FIFO with no writer held the cell, and Tab after `--field` the kernel."""
+    fifo = tmp_path / "prompts.jsonl"
+    os.mkfifo(fifo)
+    for path, what in ((fifo, "a pipe"), (Path("/dev/zero"), "a device"), (tmp_path, "a folder")):
+        with pytest.raises(PromptFileError, match=f"^--file {path} is {what}"):
+            read_prompts(str(path))
+    assert field_names(str(fifo)) == []
 
 
 def test_tab_on_field_lists_what_the_file_can_name(tmp_path: Path) -> None:
