@@ -392,6 +392,22 @@ def indexed_device(name: str) -> str:
     return name
 
 
+def _weights_of_another_model(model: Any, loading: dict[str, Any], path: str) -> str | None:
+    """Why `model` must not be used when most of its weights were not in the checkpoint (GPT-2
+    weights beside a Qwen3 config loaded as random noise, said only in transformers' 40-line
+    report on stderr, then "loaded"); None when the checkpoint filled it."""
+    missing = set(loading.get("missing_keys") or ())
+    names = list(model.state_dict())
+    if not names or len(missing) * 2 <= len(names):
+        return None
+    unexpected = sorted(loading.get("unexpected_keys") or ())
+    holds = f" (it holds {unexpected[0]!r}, …)" if unexpected else ""
+    return (
+        f"{len(missing):,} of the {len(names):,} weights of {type(model).__name__} are not in "
+        f"{path}{holds}: its weights are another model's, which would answer as random noise"
+    )
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -410,10 +426,16 @@ def _load(
         what = f"loading {choice.name} on {device} ({choice.dtype})"
         with hub_progress_bars_off(), loading_progress(progress, what):
             tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=getattr(torch, choice.dtype), device_map=None, low_cpu_mem_usage=True
+            model, loading = AutoModelForCausalLM.from_pretrained(
+                path,
+                dtype=getattr(torch, choice.dtype),
+                device_map=None,
+                low_cpu_mem_usage=True,
+                output_loading_info=True,
             )
-        model.to(torch.device(device))
+        failure = _weights_of_another_model(model, loading, path)
+        if failure is None:
+            model.to(torch.device(device))
     except (OSError, ValueError) as exc:
         failure = f"could not load {choice.name} from {path}: {_first_line(exc)}"
     except RuntimeError as exc:  # torch.OutOfMemoryError, or the CPU allocator's RuntimeError
@@ -428,6 +450,11 @@ def _load(
     except Exception as exc:  # a truncated safetensors file (SafetensorError), a loader's bug
         why = f"{type(exc).__name__}: {_first_line(exc)}"
         failure = f"could not load {choice.name} from {path}: {why}"
+    if failure is not None and is_embedded and not failure.startswith("out of memory"):
+        failure += (  # it was built here: a build cut short, or a file changed since
+            f"; the embedded model's files there are damaged: delete that folder "
+            f"(rm -r '{path}') and run again to build it anew"
+        )
     if failure is not None:
         # Out of the except block, the failed load's frames are gone (chained to the error,
         # they kept it): drop the weights that reached the device, so the failure holds nothing.

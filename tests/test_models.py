@@ -146,6 +146,56 @@ def test_a_folder_that_is_not_a_whole_checkpoint_is_one_line(
     assert holder.loaded is None
 
 
+def test_a_damaged_embedded_build_says_to_delete_it(
+    model_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build of ours cut short later (a disk that filled, a copy) failed every load with the
+    loader's own words ("incomplete metadata"), and nothing said that deleting it rebuilds it."""
+    import shutil
+
+    from qwen3_jupyter import embedded
+
+    built = embedded.ensure_built("tiny")
+    shutil.copytree(model_cache / "tokenizer", tmp_path / "tokenizer")
+    shutil.copytree(built, tmp_path / "embedded" / built.name)
+    weights = tmp_path / "embedded" / built.name / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: 1 << 20])
+    monkeypatch.setenv("QWEN3_JUPYTER_CACHE", str(tmp_path))
+    with pytest.raises(models.ModelError) as raised:
+        models.ModelHolder().get(models.ModelChoice("tiny", "cpu", "float32"))
+    assert str(raised.value).endswith(
+        f"the embedded model's files there are damaged: delete that folder (rm -r "
+        f"'{weights.parent}') and run again to build it anew"
+    ), raised.value
+
+
+def test_weights_of_another_model_are_refused_not_loaded_as_noise(
+    model_cache: Path, tmp_path: Path
+) -> None:
+    """A Qwen3 config beside another model's weights loaded with every weight random, said
+    only in transformers' report on stderr; the call then said "loaded" and answered noise."""
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    from qwen3_jupyter import embedded
+
+    other = tmp_path / "other"
+    shutil.copytree(embedded.ensure_built("tiny"), other)
+    save_file(
+        {"transformer.h.0.attn.c_attn.weight": torch.zeros(4, 4)}, other / "model.safetensors"
+    )
+    holder = models.ModelHolder()
+    with pytest.raises(models.ModelError) as raised:
+        holder.get(models.ModelChoice(str(other), "cpu", "float32"))
+    assert str(raised.value).startswith(
+        f"25 of the 25 weights of Qwen3ForCausalLM are not in {other} (it holds "
+        "'transformer.h.0.attn.c_attn.weight', …): its weights are another model's"
+    ), raised.value
+    assert holder.loaded is None
+
+
 def test_one_model_named_two_ways_is_not_loaded_again(model_cache: Path, tmp_path: Path) -> None:
     """`tiny` and `random:tiny`, a folder with and without its trailing slash: each reload
     threw away the fast path's cache and compiled steps."""
