@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import time
@@ -155,8 +156,18 @@ def checkpoint_dir(name: str, seed: int = 0) -> Path:
     return cache_root() / "embedded" / f"{safe}-seed{seed}-v{BUILD_FORMAT}"
 
 
+TOKENIZER_BYTES = 18_700_000
+"""Qwen's vocabulary as a `tokenizer.json`: one copy per checkpoint, one cached for them all."""
+
+
+def _cached_tokenizer() -> Path:
+    return cache_root() / "tokenizer" / f"qwen3-v{BUILD_FORMAT}.json"
+
+
 def build_size(name: str) -> str:
-    """Roughly what a build of `name` writes, for an error that asks for room: its weights."""
+    """Roughly what a build of `name` writes, for an error that asks for room: its weights and
+    its tokenizer, and the shared tokenizer the first build converts (asked for the weights
+    alone, a user who freed that much ran out again: tiny needs ~73 MiB, not 37)."""
     config = EMBEDDED[name].config
     hidden, layers = config["hidden_size"], config["num_hidden_layers"]
     heads, kv, head_dim = (
@@ -167,8 +178,11 @@ def build_size(name: str) -> str:
     attention = hidden * head_dim * (2 * heads + 2 * kv)
     per_layer = attention + 3 * hidden * config["intermediate_size"]
     parameters = config["vocab_size"] * hidden + layers * per_layer
-    size = parameters * (4 if EMBEDDED[name].save_dtype == "float32" else 2)
-    return f"~{size / 2**30:.1f} GiB" if size >= 2**30 else f"~{size / 2**20:.0f} MiB"
+    size = parameters * (4 if EMBEDDED[name].save_dtype == "float32" else 2) + TOKENIZER_BYTES
+    if not _cached_tokenizer().exists():
+        size += TOKENIZER_BYTES
+    size = int(size * 1.05)  # the norms, the config files and the headers besides: ask above
+    return f"~{size / 2**30:.1f} GiB" if size >= 2**30 else f"~{math.ceil(size / 2**20)} MiB"
 
 
 def is_built(name: str, seed: int = 0) -> bool:
@@ -358,7 +372,7 @@ def build_tokenizer() -> Any:
     """
     from transformers import PreTrainedTokenizerFast
 
-    cached = cache_root() / "tokenizer" / f"qwen3-v{BUILD_FORMAT}.json"
+    cached = _cached_tokenizer()
     if not cached.exists():
         _convert_tiktoken(cached)
     tokenizer = PreTrainedTokenizerFast(
