@@ -609,11 +609,18 @@ class ResultsFileError(OSError):
 
 
 def stopped_writing(why: str, results: BatchResults, total: int) -> ResultsFileError:
-    """The error a run that stopped because its results file failed ends with."""
+    """The error a run that stopped because its results file failed ends with, saying how many
+    results the file has: a last write that failed said "the run stopped there: 6 of 6 prompts
+    finished", as if nothing were missing."""
+    report = getattr(results, "report", None)
+    in_file = (getattr(report, "written", 0) or 0) + (getattr(report, "resumed", 0) or 0)
+    ended = (
+        f"the run stopped there: {len(results)} of {total} prompts finished"
+        if len(results) < total
+        else f"every prompt had finished ({total})"
+    )
     return ResultsFileError(
-        f"{why}; the run stopped there: {len(results)} of {total} prompts finished, all kept "
-        "in .results",
-        results,
+        f"{why}; {ended}, all kept in .results ({in_file:,} in the file)", results
     )
 
 

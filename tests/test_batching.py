@@ -638,6 +638,22 @@ def test_an_out_path_that_cannot_be_written_fails_before_any_prompt_runs(
         generate_batch(["a"], model="tiny", out=tmp_path, progress=False, **GREEDY)
 
 
+def test_a_last_write_that_failed_says_the_file_lacks_results() -> None:
+    """The last chunk's write failing said "the run stopped there: 6 of 6 prompts finished",
+    as if nothing were missing."""
+    from types import SimpleNamespace
+
+    from qwen3_jupyter.batching import stopped_writing
+
+    results = BatchResults(["r"] * 6, list(range(6)))  # type: ignore[list-item]
+    results.report = SimpleNamespace(written=3, resumed=2)  # type: ignore[assignment]
+    said = str(stopped_writing("could not append results to r.jsonl: No space", results, 6))
+    assert said == (
+        "could not append results to r.jsonl: No space; every prompt had finished (6), all kept "
+        "in .results (5 in the file)"
+    )
+
+
 def test_a_results_file_that_fails_midway_stops_the_run_and_keeps_what_finished(
     fresh_kernel: Kernel, tmp_path: Path
 ) -> None:
@@ -662,9 +678,16 @@ def test_a_results_file_that_fails_midway_stops_the_run_and_keeps_what_finished(
     assert ex.status == "error"
     said = ex.stderr.strip()
     assert said.startswith(f"UsageError: could not append results to {out}: File too large; ")
-    assert said.endswith("prompts finished, all kept in _qwen3") and "\n" not in said, said
     kept = k.value("[r.prompt for r in _qwen3]")
     assert 0 < len(kept) < 8 and kept == [f"prompt {n}" for n in range(len(kept))]
+    in_file = len(out.read_text(encoding="utf-8").splitlines())
+    assert (
+        said.endswith(
+            f"the run stopped there: {len(kept)} of 8 prompts finished, all kept in _qwen3 "
+            f"({in_file} in the file)"
+        )
+        and "\n" not in said
+    ), said
     text = out.read_text(encoding="utf-8")  # the cut could split a character: this raised
     assert text.endswith("\n"), "the failed append was taken back, not left as half a line"
     written = [json.loads(line)["prompt"] for line in text.splitlines()]
