@@ -241,6 +241,13 @@ def _from_hf_cache(repo_id: str, set_by: str = "") -> str:
     from huggingface_hub.constants import HF_HUB_CACHE
 
     allow_download = switch(DOWNLOAD_ENV, default=False)
+    silent = _hub_silent() if allow_download else None
+    if silent is not None:
+        raise ModelError(
+            f"model {repo_id!r}{f' ({set_by})' if set_by else ''} is not in the Hugging Face "
+            f"cache, and {silent}: check the network or proxy (HF_ENDPOINT), or download it "
+            "where the network works and use --model /path/to/it"
+        )
     try:
         return str(snapshot_download(repo_id, local_files_only=not allow_download))
     except Exception as exc:
@@ -259,6 +266,35 @@ def _from_hf_cache(repo_id: str, set_by: str = "") -> str:
         unread = unreadable(DOWNLOAD_ENV)
         told = f"${DOWNLOAD_ENV}={unread!r} is not a yes: " if unread else ""
         raise ModelError(f"{hint}; {told}set {DOWNLOAD_ENV}=1 to allow downloading") from None
+
+
+HUB_ANSWER_S = 20.0
+"""How long the Hub may take to answer before an allowed download is given up."""
+
+
+def _hub_silent() -> str | None:
+    """Why the Hub cannot be asked, when its endpoint took the connection and never answered
+    (a firewall that drops packets, a stuck proxy); None otherwise, when the hub's own call
+    says the rest. Why: its first request has no time limit, and `%qwen3 --model org/name`
+    with downloads allowed showed "loading…" for as long as the kernel ran."""
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:  # the hub refuses at once, in its own words
+        return None
+    silent = f"{constants.ENDPOINT} did not answer within {HUB_ANSWER_S:.0f} s"
+    try:
+        asked = urllib.request.Request(f"{constants.ENDPOINT}/api/models", method="HEAD")
+        urllib.request.urlopen(asked, timeout=HUB_ANSWER_S).close()
+    except urllib.error.URLError as exc:  # (an HTTP error status too: it answered)
+        return silent if isinstance(exc.reason, TimeoutError) else None
+    except TimeoutError:
+        return silent
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 class ModelHolder:

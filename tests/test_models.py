@@ -76,6 +76,38 @@ def test_a_failed_download_says_why(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert message.split("; downloading it failed: ")[1].strip(), message
 
 
+def test_an_allowed_download_from_a_hub_that_never_answers_ends(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A Hub endpoint that takes the connection and never answers (a firewall dropping
+    packets, a stuck proxy): the hub's first request has no time limit, and the cell showed
+    "loading…" for as long as the kernel ran (900 s, then interrupted)."""
+    import socket
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()  # connections are taken (the backlog) and nothing is ever sent back
+    endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv(models.DOWNLOAD_ENV, "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", endpoint)
+    monkeypatch.setattr(models, "HUB_ANSWER_S", 1.0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(models.ModelError) as info:
+            models.resolve_path("Qwen/Qwen3-1.7B")
+    finally:
+        silent.close()
+    assert time.monotonic() - started < 30
+    assert str(info.value) == (
+        "model 'Qwen/Qwen3-1.7B' is not in the Hugging Face cache, and "
+        f"{endpoint} did not answer within 1 s: check the network or proxy (HF_ENDPOINT), or "
+        "download it where the network works and use --model /path/to/it"
+    )
+
+
 def test_local_folder_without_config(tmp_path: Path) -> None:
     with pytest.raises(models.ModelError, match=r"holds no config\.json"):
         models.resolve_path(str(tmp_path))
