@@ -23,6 +23,7 @@ from typing import Any
 from . import display
 from .batch_progress import BatchProgress
 from .engines.seeding import seeded
+from .file_kinds import special_kind
 from .generation import (
     GenerationOOM,
     GenerationOptions,
@@ -641,6 +642,14 @@ def check_results_file(path: str | os.PathLike[str]) -> None:
     opens it: a typo in `--out` was told only after the load (minutes with real weights).
     Reads only, creates nothing; a file that does not exist yet is fine."""
     target = Path(path).expanduser()
+    try:
+        special = special_kind(target)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ResultsFileError(f"cannot write results to {target}: {exc.strerror or exc}") from None
+    if special and special != "a folder":  # (a folder: open's own "Is a directory" below)
+        raise ResultsFileError(f"cannot write results to {target}: it is {special}")
     try:
         with target.open("rb") as handle:
             start = handle.read(4096).lstrip(_SPACE)[: len(_RESULT_START)]

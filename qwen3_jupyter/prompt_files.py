@@ -13,10 +13,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+from .file_kinds import special_kind
 
 DEFAULT_FIELD = "prompt"
 """The column or field read when `--field` names none: what `--out` writes, so a results file
@@ -93,7 +94,7 @@ def _read_text(path: str) -> str:
     memory until a MemoryError, and a FIFO with no writer held the cell with nothing shown."""
     file = Path(path).expanduser()
     try:
-        special = _not_a_file(file)
+        special = special_kind(file)
         if special:
             raise PromptFileError(f"--file {path} is {special}, not a file of prompts")
         return file.read_text(encoding="utf-8-sig")
@@ -105,17 +106,6 @@ def _read_text(path: str) -> str:
             f"--file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line "
             f"{line}): save it as UTF-8"
         ) from None
-
-
-def _not_a_file(file: Path) -> str:
-    """What `file` is when it is not a regular file (or a link to one), else ""; OSError where
-    it cannot be seen."""
-    mode = file.stat().st_mode
-    if stat.S_ISREG(mode):
-        return ""
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    return "a pipe" if stat.S_ISFIFO(mode) else "a device or socket"
 
 
 def _from_table(path: str, text: str, delimiter: str, field: str | None) -> list[tuple[str, str]]:
@@ -271,7 +261,7 @@ def field_names(path: str) -> list[str]:
     suffix = Path(path).suffix.lower()
     file = Path(path).expanduser()
     try:
-        if _not_a_file(file):  # a FIFO's open() waited for a writer, holding the kernel
+        if special_kind(file):  # a FIFO's open() waited for a writer, holding the kernel
             return []
         if suffix in DELIMITERS:
             with file.open(encoding="utf-8-sig", newline="") as f:

@@ -638,6 +638,20 @@ def test_an_out_path_that_cannot_be_written_fails_before_any_prompt_runs(
         generate_batch(["a"], model="tiny", out=tmp_path, progress=False, **GREEDY)
 
 
+def test_results_go_to_a_file_not_a_pipe_or_a_device(tmp_path: Path) -> None:
+    """`out=/dev/full` was "a file holding something other than results", and reading a FIFO
+    to check it waited for a writer, holding the call."""
+    from qwen3_jupyter.batching import ResultsFileError, check_results_file
+
+    fifo = tmp_path / "results.jsonl"
+    os.mkfifo(fifo)
+    for path, what in ((fifo, "a pipe"), (Path("/dev/full"), "a device or socket")):
+        with pytest.raises(
+            ResultsFileError, match=f"^cannot write results to {path}: it is {what}$"
+        ):
+            check_results_file(path)
+
+
 def test_a_last_write_that_failed_says_the_file_lacks_results() -> None:
     """The last chunk's write failing said "the run stopped there: 6 of 6 prompts finished",
     as if nothing were missing."""
