@@ -11,6 +11,7 @@ for the build and the load rather than transformers' bars beside it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator, Sized
 from contextlib import contextmanager
 from typing import Any
@@ -100,3 +101,36 @@ class _Reported:
         close = getattr(self._bar, "close", None)
         if callable(close):
             close()
+
+
+LOAD_REPORT_LOGGER = "transformers.modeling_utils"
+"""The logger transformers' load report (weights missing from, or unexpected in, a checkpoint)
+is written to, as a warning."""
+
+
+@contextmanager
+def load_report_held() -> Iterator[list[logging.LogRecord]]:
+    """transformers' load report, held back in the yielded list rather than written: the caller
+    writes it (`let_out`) when it keeps the model, and drops it when it refuses one in a line
+    of its own (a 40-line table of every weight on stderr came above that line)."""
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in record.getMessage():
+            held.append(record)
+            return False
+        return True
+
+    logger = logging.getLogger(LOAD_REPORT_LOGGER)
+    logger.addFilter(hold)
+    try:
+        yield held
+    finally:
+        logger.removeFilter(hold)
+
+
+def let_out(held: list[logging.LogRecord]) -> None:
+    """Write the reports `load_report_held` kept, as transformers would have."""
+    logger = logging.getLogger(LOAD_REPORT_LOGGER)
+    for record in held:
+        logger.handle(record)

@@ -18,7 +18,13 @@ from typing import Any
 from . import embedded
 from .asked import CALL, Asked
 from .env_switches import switch, unreadable
-from .hub_progress import Progress, hub_progress_bars_off, loading_progress
+from .hub_progress import (
+    Progress,
+    hub_progress_bars_off,
+    let_out,
+    load_report_held,
+    loading_progress,
+)
 from .model_use import ModelUse
 from .out_of_memory import out_of_memory_reason
 
@@ -460,7 +466,11 @@ def _load(
     device = indexed_device(choice.device)
     try:
         what = f"loading {choice.name} on {device} ({choice.dtype})"
-        with hub_progress_bars_off(), loading_progress(progress, what):
+        with (
+            hub_progress_bars_off(),
+            loading_progress(progress, what),
+            load_report_held() as report,
+        ):
             tokenizer = AutoTokenizer.from_pretrained(path)
             model, loading = AutoModelForCausalLM.from_pretrained(
                 path,
@@ -471,6 +481,7 @@ def _load(
             )
         failure = _weights_of_another_model(model, loading, path)
         if failure is None:
+            let_out(report)  # a few weights missing: transformers' own table names them
             model.to(torch.device(device))
     except (OSError, ValueError) as exc:
         failure = f"could not load {choice.name} from {path}: {_first_line(exc)}"

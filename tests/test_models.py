@@ -202,14 +202,15 @@ def test_a_damaged_embedded_build_says_to_delete_it(
 
 
 def test_weights_of_another_model_are_refused_not_loaded_as_noise(
-    model_cache: Path, tmp_path: Path
+    model_cache: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """A Qwen3 config beside another model's weights loaded with every weight random, said
-    only in transformers' report on stderr; the call then said "loaded" and answered noise."""
+    only in transformers' report on stderr; the call then said "loaded" and answered noise.
+    Refused, its one line is all: the report's 40-line table of weights is not written."""
     import shutil
 
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
     from qwen3_jupyter import embedded
 
@@ -226,6 +227,16 @@ def test_weights_of_another_model_are_refused_not_loaded_as_noise(
         "'transformer.h.0.attn.c_attn.weight', …): its weights are another model's"
     ), raised.value
     assert holder.loaded is None
+    assert "LOAD REPORT" not in capfd.readouterr().err
+    # A checkpoint short of a few weights still loads, and transformers' report names them.
+    kept = tmp_path / "kept"
+    shutil.copytree(embedded.ensure_built("tiny"), kept)
+    weights = load_file(kept / "model.safetensors")
+    del weights["model.norm.weight"]
+    save_file(weights, kept / "model.safetensors")
+    holder.get(models.ModelChoice(str(kept), "cpu", "float32"))
+    holder.unload()
+    assert "LOAD REPORT" in capfd.readouterr().err
 
 
 def test_one_model_named_two_ways_is_not_loaded_again(model_cache: Path, tmp_path: Path) -> None:
