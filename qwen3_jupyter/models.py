@@ -434,6 +434,25 @@ def indexed_device(name: str) -> str:
     return name
 
 
+def _how_to_mend(name: str, path: str, is_embedded: bool) -> str:
+    """What ends a failed load's line when the folder is one a tool filled: our build (cut
+    short, or a file changed since) or the Hugging Face cache (a download stopped midway, whose
+    snapshot holds the config but not the weights); "" for the user's own folder."""
+    if is_embedded:
+        return (
+            f"; the embedded model's files there are damaged: delete that folder (rm -r "
+            f"'{path}') and run again to build it anew"
+        )
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    if Path(path).resolve().is_relative_to(Path(HF_HUB_CACHE).resolve()):
+        return (
+            f"; its copy in the Hugging Face cache looks unfinished: `hf download {name}` "
+            "completes it"
+        )
+    return ""
+
+
 def _weights_of_another_model(model: Any, loading: dict[str, Any], path: str) -> str | None:
     """Why `model` must not be used when most of its weights were not in the checkpoint (GPT-2
     weights beside a Qwen3 config loaded as random noise, said only in transformers' 40-line
@@ -497,11 +516,8 @@ def _load(
     except Exception as exc:  # a truncated safetensors file (SafetensorError), a loader's bug
         why = f"{type(exc).__name__}: {_first_line(exc)}"
         failure = f"could not load {choice.name} from {path}: {why}"
-    if failure is not None and is_embedded and not failure.startswith("out of memory"):
-        failure += (  # it was built here: a build cut short, or a file changed since
-            f"; the embedded model's files there are damaged: delete that folder "
-            f"(rm -r '{path}') and run again to build it anew"
-        )
+    if failure is not None and not failure.startswith("out of memory"):
+        failure += _how_to_mend(choice.name, path, is_embedded)
     if failure is not None:
         # Out of the except block, the failed load's frames are gone (chained to the error,
         # they kept it): drop the weights that reached the device, so the failure holds nothing.

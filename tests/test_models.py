@@ -202,6 +202,31 @@ def test_a_damaged_embedded_build_says_to_delete_it(
     ), raised.value
 
 
+def test_a_download_stopped_midway_says_how_to_finish_it(
+    model_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Hugging Face cache whose snapshot has the config but not the weights (a download
+    stopped midway) said only "no file named model.safetensors"."""
+    import shutil
+
+    from qwen3_jupyter import embedded
+
+    snapshot = tmp_path / "models--someorg--small" / "snapshots" / "abc123"
+    shutil.copytree(embedded.ensure_built("tiny"), snapshot)
+    (snapshot / "model.safetensors").unlink()
+    (tmp_path / "models--someorg--small" / "refs").mkdir()
+    (tmp_path / "models--someorg--small" / "refs" / "main").write_text("abc123")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.delenv(models.DOWNLOAD_ENV, raising=False)
+    with pytest.raises(models.ModelError) as raised:
+        models.ModelHolder().get(models.ModelChoice("someorg/small", "cpu", "float32"))
+    assert str(raised.value).endswith(
+        "; its copy in the Hugging Face cache looks unfinished: `hf download someorg/small` "
+        "completes it"
+    ), raised.value
+
+
 def test_weights_of_another_model_are_refused_not_loaded_as_noise(
     model_cache: Path, tmp_path: Path
 ) -> None:
