@@ -5,7 +5,7 @@ magics were built, so the extension failed to load at kernel start; the notebook
 "Line magic function `%qwen3` not found" (the reason was in the server's terminal). A misspelt
 option (`c.Qwen3Magics.modle`) was a warning there too. Now the extension loads with that
 option's default and says why, in the cell that loaded it, or, when the kernel loaded it at
-start, in the next `%qwen3` call's output.
+start, at the next `%qwen3` call (once; not if `%config` set that option since).
 """
 
 from __future__ import annotations
@@ -15,38 +15,69 @@ from typing import Any
 from traitlets import TraitError
 from traitlets.config import Config, Configurable
 
+from . import display
 from .magic_args import did_you_mean
 
 SECTION = "Qwen3Magics"
 
 
-def configured_magics(kind: type[Configurable], shell: Any) -> tuple[Any, list[str]]:
+_UNSAID: dict[str, str] = {}
+"""The refusals of a kernel's start, by option, until the next `%qwen3` call says them."""
+
+
+def configured_magics(kind: type[Configurable], shell: Any) -> tuple[Any, dict[str, str]]:
     """`kind(shell=shell)` with every value of the shell's configuration section that it takes,
-    and a line for each one it does not."""
+    and a line for each one it does not, by option."""
     config = shell.config
     section = dict(config[SECTION]) if SECTION in config else {}
     if not section:
-        return kind(shell=shell, config=config), []
+        return kind(shell=shell, config=config), {}
     others = Config(config)
     others[SECTION] = Config()
     made = kind(shell=shell, config=others)
     options = sorted(made.trait_names(config=True))
-    refused = []
+    refused = {}
     for name, value in section.items():
         if name not in options:
-            refused.append(
+            refused[name] = (
                 f"c.{SECTION}.{name} is not an option{did_you_mean(name, options)}: ignored"
             )
             continue
-        try:
-            setattr(made, name, value)
+        try:  # as traitlets loads it: a command line's `--Qwen3Magics.x=0.5` is a deferred str
+            made.update_config(Config({SECTION: {name: value}}))
         except TraitError as exc:
             default = made.trait_defaults(name)
-            refused.append(
+            refused[name] = (
                 f"c.{SECTION}.{name} = {value!r} is refused ({_why(exc, name)}): using "
                 f"{default!r}; fix the config file, or %config {SECTION}.{name} = …"
             )
     return made, refused
+
+
+def say_or_hold(refused: dict[str, str]) -> None:
+    """Say the refusals now in a cell (`%load_ext`, `%reload_ext`); at a kernel's start, where
+    no cell shows them, hold them for the next `%qwen3` call. Either way, replace any held."""
+    _UNSAID.clear()
+    if display.in_a_cell():
+        for line in refused.values():
+            display.info(line)
+    else:
+        _UNSAID.update(refused)
+
+
+def take_unsaid() -> list[str]:
+    """The held refusals, gone from here once taken (a call says them once)."""
+    unsaid = list(_UNSAID.values())
+    _UNSAID.clear()
+    return unsaid
+
+
+def forget(name: str | None = None) -> None:
+    """Drop the held refusal of option `name` (set since, by `%config`), or all of them."""
+    if name is None:
+        _UNSAID.clear()
+    else:
+        _UNSAID.pop(name, None)
 
 
 def _why(exc: TraitError, name: str) -> str:

@@ -24,9 +24,9 @@ from IPython.core.magic import (
     no_var_expand,
 )
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from traitlets import Float, TraitError, Unicode, validate
+from traitlets import Float, TraitError, Unicode, observe, validate
 
-from . import display, lifecycle
+from . import display, lifecycle, magic_config
 from .batching import (
     DEFAULT_BATCH_SIZE,
     ResultsFileError,
@@ -95,6 +95,11 @@ class Qwen3Magics(Magics):
         help="OpenAI-compatible server URL used when --server is not given "
         "($QWEN3_JUPYTER_SERVER wins when set).",
     ).tag(config=True)
+
+    @observe("model", "device", "dtype", "stream_interval", "decode", "server")
+    def _set_since(self, change: Any) -> None:
+        """An option set since the kernel's start (`%config`): its refusal is no longer true."""
+        magic_config.forget(change["name"])
 
     @validate("stream_interval")
     def _seconds(self, proposal: Any) -> float:
@@ -379,6 +384,8 @@ class Qwen3Magics(Magics):
             self._run_holding(args, prompt, batch)
 
     def _run_holding(self, args: Namespace, prompt: str, batch: list[str] | None) -> None:
+        for line in magic_config.take_unsaid():  # the config's refusals of the kernel's start
+            display.info(line)
         if args.reset:
             display.info(reset_chat())
         if args.unload:
@@ -823,8 +830,7 @@ def load(ip: Any) -> None:
     refuses is set aside and said: see magic_config)."""
     magics, refused = configured_magics(Qwen3Magics, ip)
     ip.register_magics(magics)
-    for line in refused:  # at a kernel's start no cell shows it: the next call's output does
-        (display.info if display.in_a_cell() else SESSION.notices.append)(line)
+    magic_config.say_or_hold(refused)
     ip.input_transformers_cleanup.append(protect_prompt_lines)
     ip.events.register("post_run_cell", _release_leftover_hold)
     lifecycle.on_unload("qwen3-magics", lambda: unload(ip))
@@ -852,6 +858,7 @@ def _close_engines() -> None:
 
 def unload(ip: Any) -> None:
     """Remove what `load` registered."""
+    magic_config.forget()
     lifecycle.remove_magics(ip, "Qwen3Magics", line=("qwen3",), cell=("qwen3",))
     if protect_prompt_lines in ip.input_transformers_cleanup:
         ip.input_transformers_cleanup.remove(protect_prompt_lines)

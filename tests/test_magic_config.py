@@ -13,11 +13,15 @@ from qwen3_jupyter.models import ModelError, _from_hf_cache
 from .kernel import ok
 
 KERNEL_CONFIG = """
+from traitlets.config.loader import DeferredConfigString
 c.InteractiveShellApp.extensions = ["qwen3_jupyter"]
 c.InteractiveShellApp.exec_lines = ["%qwen3_gauge"]
 c.Qwen3Magics.stream_interval = "0.5s"
 c.Qwen3Magics.modle = "tiny"
+c.Qwen3Magics.decode = DeferredConfigString("'eager'")  # as `--Qwen3Magics.decode='eager'` gives it
+c.Qwen3Magics.dtype = "float32"
 """
+MAGICS = "get_ipython().magics_manager.registry['Qwen3Magics']"
 
 
 def test_a_bad_config_file_value_is_said_and_the_extension_still_loads(
@@ -30,31 +34,55 @@ def test_a_bad_config_file_value_is_said_and_the_extension_still_loads(
     profile.mkdir(parents=True)
     (profile / "ipython_kernel_config.py").write_text(KERNEL_CONFIG)
     kernel = Kernel({**kernel_env, "IPYTHONDIR": str(tmp_path / "ipython")})
+    refusals = {
+        "stream_interval": "[qwen3] c.Qwen3Magics.stream_interval = '0.5s' is refused (expected "
+        "a float, not the str '0.5s'): using 0.1; fix the config file, or %config "
+        "Qwen3Magics.stream_interval = …",
+        "modle": "[qwen3] c.Qwen3Magics.modle is not an option (did you mean model?): ignored",
+    }
     try:
         first = ok(kernel, "%qwen3 --no-think --max-new-tokens 2 hi")
         said = [line for line in first.stdout.splitlines() if "c.Qwen3Magics" in line]
-        assert said == [
-            "[qwen3] c.Qwen3Magics.stream_interval = '0.5s' is refused (expected a float, not "
-            "the str '0.5s'): using 0.1; fix the config file, or %config "
-            "Qwen3Magics.stream_interval = …",
-            "[qwen3] c.Qwen3Magics.modle is not an option (did you mean model?): ignored",
-        ], first.stdout
+        assert said == list(refusals.values()), first.stdout
         assert kernel.value("_qwen3.completion_tokens") == 2
+        assert kernel.value(f"({MAGICS}.decode, {MAGICS}.dtype)") == ("eager", "float32")
         assert "c.Qwen3Magics" not in ok(kernel, "%qwen3 --no-think --max-new-tokens 2 hi").stdout
         threads = "[t.name for t in __import__('threading').enumerate()]"
         assert "qwen3-jupyter-monitor" not in kernel.value(threads)
 
-        # Loaded from a cell, the cell says it at once.
+        # Loaded again from a cell, that cell says them at once, and no later call again.
+        reloaded = ok(kernel, "%reload_ext qwen3_jupyter")
+        assert [line for line in reloaded.stdout.splitlines() if "c.Qwen3Magics" in line] == (
+            list(refusals.values())
+        ), reloaded.stdout
+        assert "c.Qwen3Magics" not in ok(kernel, "%qwen3 --no-think --max-new-tokens 2 hi").stdout
         ok(kernel, "%unload_ext qwen3_jupyter")
         ok(kernel, "get_ipython().config.Qwen3Magics.stream_interval = float('nan')")
         loaded = ok(kernel, "%load_ext qwen3_jupyter")
         assert "c.Qwen3Magics.stream_interval = nan is refused (must be a number of seconds" in (
             loaded.stdout
         ), loaded.stdout
-        assert (
-            kernel.value("get_ipython().magics_manager.registry['Qwen3Magics'].stream_interval")
-            == 0.1
-        )
+        assert kernel.value(f"{MAGICS}.stream_interval") == 0.1
+    finally:
+        kernel.shutdown()
+
+
+def test_a_refusal_of_the_kernels_start_is_not_said_once_config_set_that_option(
+    kernel_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Said at the first call, a refusal the user had already put right with `%config` was
+    stale; the one still true is said."""
+    profile = tmp_path / "ipython" / "profile_default"
+    profile.mkdir(parents=True)
+    (profile / "ipython_kernel_config.py").write_text(KERNEL_CONFIG)
+    kernel = Kernel({**kernel_env, "IPYTHONDIR": str(tmp_path / "ipython")})
+    try:
+        ok(kernel, "%config Qwen3Magics.stream_interval = 0.2")
+        first = ok(kernel, "%qwen3 --no-think --max-new-tokens 2 hi")
+        said = [line for line in first.stdout.splitlines() if "c.Qwen3Magics" in line]
+        assert said == [
+            "[qwen3] c.Qwen3Magics.modle is not an option (did you mean model?): ignored"
+        ], first.stdout
     finally:
         kernel.shutdown()
 
@@ -64,9 +92,7 @@ def test_config_refuses_a_stream_interval_that_never_or_always_updates(kernel: K
     for bad in ("-1", "float('nan')", "float('inf')"):
         ex = kernel.run(f"%config Qwen3Magics.stream_interval = {bad}")
         assert "must be a number of seconds, 0 or more" in ex.stdout + ex.stderr, ex.messages
-    assert kernel.value("get_ipython().magics_manager.registry['Qwen3Magics'].stream_interval") == (
-        0.1
-    )
+    assert kernel.value(f"{MAGICS}.stream_interval") == 0.1
     ok(kernel, "%config Qwen3Magics.stream_interval = 0")  # 0: at every token, on purpose
     ok(kernel, "%config Qwen3Magics.stream_interval = 0.1")
 
