@@ -385,10 +385,19 @@ def show_footer(result: Result) -> None:
 
 
 def info(message: str) -> None:
-    """One `[qwen3]` line: in the cell's output inside a kernel; outside one on stderr, with the
-    progress lines, so `python job.py > answers.csv` gets only what the script printed (the
-    load notice went into the file)."""
-    print(f"{PREFIX} {message}", file=sys.stdout if in_kernel() else sys.stderr, flush=True)
+    """One `[qwen3]` line: in the cell's output, or a terminal IPython's, beside the magic's
+    other lines; in a plain Python script on stderr, with the progress lines, so
+    `python job.py > answers.csv` gets only what the script printed (the load notice went
+    into the file)."""
+    print(f"{PREFIX} {message}", file=sys.stdout if _in_ipython() else sys.stderr, flush=True)
+
+
+def _in_ipython() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    return get_ipython() is not None
 
 
 class Status:

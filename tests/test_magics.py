@@ -73,6 +73,7 @@ def test_a_terminal_ipython_says_the_load_on_one_line_not_a_printed_line_per_ste
     script = tmp_path / "ask.ipy"
     script.write_text(
         "%load_ext qwen3_jupyter\n%qwen3 --model tiny --greedy --max-new-tokens 3 --no-think hi\n"
+        "%qwen3_clean --verbose\n"
     )
     ran = subprocess.run(
         [sys.executable, "-m", "IPython", "--no-banner", str(script)],
@@ -87,6 +88,9 @@ def test_a_terminal_ipython_says_the_load_on_one_line_not_a_printed_line_per_ste
     assert "" not in out[:-2], out  # no emptied status line
     steps = [line for line in ran.stderr.splitlines() if line.startswith("[qwen3] ")]
     assert any("loading tiny" in line for line in steps) and len(steps) <= 6, steps
+    # A magic's report stays whole on stdout: its summary and the lines under it.
+    cleanup = next(i for i, line in enumerate(out) if line.startswith("[qwen3] cleanup"))
+    assert out[cleanup + 1].startswith("  model tiny: "), out
 
 
 def test_a_call_that_loads_says_how_long_and_what_it_keeps(kernel: Kernel) -> None:
