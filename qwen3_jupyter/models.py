@@ -7,6 +7,7 @@ QWEN3_JUPYTER_ALLOW_DOWNLOAD=1: a missing model must end in one clear line, neve
 from __future__ import annotations
 
 import gc
+import json
 import os
 import time
 from collections.abc import Callable
@@ -241,37 +242,45 @@ def _builds_on_resolve(name: str) -> bool:
 
 
 def _from_hf_cache(repo_id: str, set_by: str = "") -> str:
-    """The cached snapshot of `repo_id` (downloading it only where allowed); `set_by`: the
-    setting that named it, when the user did not type it in this call."""
+    """The cached snapshot of `repo_id`, downloading it only where allowed and only when it is
+    not in the cache (a cached model needs no network: with downloads allowed, a Hub that never
+    answered held back a model already on disk); `set_by`: the setting that named it, when the
+    user did not type it in this call."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.constants import HF_HUB_CACHE
 
-    allow_download = switch(DOWNLOAD_ENV, default=False)
-    silent = _hub_silent() if allow_download else None
-    if silent is not None:
-        raise ModelError(
-            f"model {repo_id!r}{f' ({set_by})' if set_by else ''} is not in the Hugging Face "
-            f"cache, and {silent}: check the network or proxy (HF_ENDPOINT), or download it "
-            "where the network works and use --model /path/to/it"
-        )
+    named = f"model {repo_id!r}{f' ({set_by})' if set_by else ''}"
     try:
-        return str(snapshot_download(repo_id, local_files_only=not allow_download))
+        return str(snapshot_download(repo_id, local_files_only=True))
     except Exception as exc:
-        hint = (
-            f"model {repo_id!r}{f' ({set_by})' if set_by else ''} not found: looked for a local "
-            f"folder and in the Hugging Face cache ({HF_HUB_CACHE}). Use --model "
-            f"/path/to/weights, set {MODEL_ENV}, or try the embedded model with --model tiny "
-            "(or random:Qwen3-1.7B)"
-        )
-        if allow_download:  # the download's own error (network, access, a typo) is the reason
+        missed: Exception = exc
+    allow_download = switch(DOWNLOAD_ENV, default=False)
+    if allow_download:
+        silent = _hub_silent()
+        if silent is not None:
             raise ModelError(
-                f"{hint}; downloading it failed: {type(exc).__name__}: {_first_line(exc)}"
-            ) from exc
-        # offline, the hub's lookup failing is all there is to say: its 60-line chain buried
-        # the one line under it in an API call's traceback
-        unread = unreadable(DOWNLOAD_ENV)
-        told = f"${DOWNLOAD_ENV}={unread!r} is not a yes: " if unread else ""
-        raise ModelError(f"{hint}; {told}set {DOWNLOAD_ENV}=1 to allow downloading") from None
+                f"{named} is not in the Hugging Face cache, and {silent}: check the network or "
+                "proxy (HF_ENDPOINT), or download it where the network works and use --model "
+                "/path/to/it"
+            )
+        try:
+            return str(snapshot_download(repo_id))
+        except Exception as exc:
+            missed = exc
+    hint = (
+        f"{named} not found: looked for a local folder and in the Hugging Face cache "
+        f"({HF_HUB_CACHE}). Use --model /path/to/weights, set {MODEL_ENV}, or try the embedded "
+        "model with --model tiny (or random:Qwen3-1.7B)"
+    )
+    if allow_download:  # the download's own error (network, access, a typo) is the reason
+        raise ModelError(
+            f"{hint}; downloading it failed: {type(missed).__name__}: {_first_line(missed)}"
+        ) from missed
+    # offline, the hub's lookup failing is all there is to say: its 60-line chain buried the
+    # one line under it in an API call's traceback
+    unread = unreadable(DOWNLOAD_ENV)
+    told = f"${DOWNLOAD_ENV}={unread!r} is not a yes: " if unread else ""
+    raise ModelError(f"{hint}; {told}set {DOWNLOAD_ENV}=1 to allow downloading") from None
 
 
 HUB_ANSWER_S = 20.0
@@ -445,12 +454,29 @@ def _how_to_mend(name: str, path: str, is_embedded: bool) -> str:
         )
     from huggingface_hub.constants import HF_HUB_CACHE
 
-    if Path(path).resolve().is_relative_to(Path(HF_HUB_CACHE).resolve()):
+    in_hub_cache = Path(path).resolve().is_relative_to(Path(HF_HUB_CACHE).resolve())
+    if in_hub_cache and _weights_missing(Path(path)):
         return (
             f"; its copy in the Hugging Face cache looks unfinished: `hf download {name}` "
             "completes it"
         )
     return ""
+
+
+def _weights_missing(folder: Path) -> bool:
+    """Whether `folder` lacks weight files it should have: none at all, or shards its index
+    names (what a download stopped midway leaves; a whole snapshot of an architecture this
+    transformers lacks is not mended by downloading it again)."""
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = folder / index_name
+        if index.is_file():
+            try:
+                shards = set(json.loads(index.read_text())["weight_map"].values())
+            except (OSError, ValueError, KeyError, AttributeError):
+                return True
+            return not all((folder / shard).is_file() for shard in shards)
+    patterns = ("*.safetensors", "pytorch_model*.bin", "*.gguf")
+    return not any(next(folder.glob(pattern), None) for pattern in patterns)
 
 
 def _weights_of_another_model(model: Any, loading: dict[str, Any], path: str) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
 from pathlib import Path
 
@@ -99,6 +100,29 @@ def test_an_allowed_download_from_a_hub_that_never_answers_ends(
     try:
         with pytest.raises(models.ModelError) as info:
             models.resolve_path("Qwen/Qwen3-1.7B")
+    finally:
+        silent.close()
+    assert time.monotonic() - started < 30
+    # A model already in the cache needs no network: it is used at once, the Hub not asked.
+    import shutil
+
+    from qwen3_jupyter import embedded
+
+    snapshot = tmp_path / "models--someorg--cached" / "snapshots" / "abc123"
+    shutil.copytree(embedded.ensure_built("tiny"), snapshot)
+    (tmp_path / "models--someorg--cached" / "refs").mkdir()
+    (tmp_path / "models--someorg--cached" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(models, "HUB_ANSWER_S", 60.0)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    monkeypatch.setattr(
+        "huggingface_hub.constants.ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}"
+    )
+    started = time.monotonic()
+    try:
+        assert models.resolve_path("someorg/cached")[0] == str(snapshot)
     finally:
         silent.close()
     assert time.monotonic() - started < 30
@@ -225,6 +249,15 @@ def test_a_download_stopped_midway_says_how_to_finish_it(
         "; its copy in the Hugging Face cache looks unfinished: `hf download someorg/small` "
         "completes it"
     ), raised.value
+    # A whole snapshot that fails otherwise (an architecture this transformers lacks) is not
+    # sent to download it again, which would change nothing.
+    shutil.copy(embedded.ensure_built("tiny") / "model.safetensors", snapshot)
+    config = json.loads((snapshot / "config.json").read_text())
+    (snapshot / "config.json").write_text(json.dumps({**config, "model_type": "newarch9000"}))
+    with pytest.raises(models.ModelError) as raised:
+        models.ModelHolder().get(models.ModelChoice("someorg/small", "cpu", "float32"))
+    assert "could not load someorg/small" in str(raised.value), raised.value
+    assert "unfinished" not in str(raised.value), raised.value
 
 
 def test_weights_of_another_model_are_refused_not_loaded_as_noise(
