@@ -462,3 +462,22 @@ def test_a_plain_repl_shows_a_result_in_a_few_lines(model_cache: Path) -> None:
     assert shown[2].startswith("answer: ") and shown[-1] == "True", shown
     assert len(shown) == 4, shown
     assert len("\n".join(shown)) < 1000 and "token_ids" not in ran.stdout, ran.stdout
+
+
+@pytest.mark.parametrize(
+    ("prompt", "markdown"),
+    [
+        ("Is $40 fair? __init__ *x*", "Is \\\\$40 fair? \\_\\_init\\_\\_ \\*x\\*"),
+        ("<b>tags</b> & [link](x)", "&lt;b&gt;tags&lt;/b&gt; &amp; \\[link\\](x)"),
+        # `\\(` is a maths opener to JupyterLab: it swallowed the rows up to the next `\)`
+        ("Is \\( the opener?", "Is \\\\<span></span>( the opener?"),
+        ("Display \\[a+b\\] here", "Display \\\\<span></span>\\[a+b\\\\<span></span>\\] here"),
+        ("C:\\Users\\new (x)", "C:\\\\Users\\\\new (x)"),
+    ],
+)
+def test_a_prompt_in_a_table_is_markdown_that_shows_it_as_typed(prompt: str, markdown: str) -> None:
+    """Each form was checked in JupyterLab 4 through Chromium: the table's rows intact, the
+    cell's text as typed, no MathJax."""
+    from qwen3_jupyter.markdown_text import as_typed
+
+    assert as_typed(prompt) == markdown
