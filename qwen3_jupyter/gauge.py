@@ -318,7 +318,6 @@ FIRST_READING_WAIT = 0.5
 NVML that hangs longer leaves 'reading memory…' until the thread's reading arrives."""
 MUTED = "var(--jp-ui-font-color2, #555)"
 WARN_COLOR = "var(--jp-warn-color0, #b45309)"
-ERROR_COLOR = "var(--jp-error-color1, #b91c1c)"
 """JupyterLab's theme colours (readable in its dark theme too), with light-theme fallbacks."""
 READINGS_CLASS = "qwen3-gauge-readings"
 """The parts of a gauge that dim when its readings go stale (rows, kept line, warnings)."""
@@ -354,12 +353,11 @@ def footer_html(snapshot: Snapshot, compact: bool = False, scope: str = "qwen3-g
         f'{css}<small class="qwen3-gauge-footer" data-beat="{beat}">'
         f'<span class="qwen3-gauge-live" style="animation:qwen3-gauge-dim-0 0s {delay} '
         f'forwards">{live}</span><span class="qwen3-gauge-stale" style="display:block;'
-        f"max-height:0;overflow:hidden;opacity:0;color:{ERROR_COLOR};font-weight:bold;"
-        f'animation:qwen3-gauge-stale 0s {delay} forwards">⚠ not updated since {since}: these '
-        "are old readings. This is a saved copy of the notebook, or the kernel is busy in a "
-        "call that holds Python's lock (a long sort, pickling), stopped or restarted, or its "
-        "gauge thread hung (if it stays so with the kernel idle, run %qwen3_gauge "
-        "again)</span></small>"
+        f"max-height:0;overflow:hidden;opacity:0;color:{WARN_COLOR};"
+        f'animation:qwen3-gauge-stale 0s {delay} forwards">⚠ not updated since {since}: a saved '
+        "copy, or the kernel stopped, restarted or is in a call that holds Python's lock (a long "
+        "sort, pickling); if it stays so while the kernel is idle, run %qwen3_gauge "
+        "again</span></small>"
     )
 
 
