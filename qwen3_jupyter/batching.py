@@ -648,6 +648,8 @@ def check_results_file(path: str | os.PathLike[str]) -> None:
         return
     except OSError as exc:
         raise ResultsFileError(f"cannot write results to {target}: {exc.strerror or exc}") from None
+    if target.resolve() == Path(os.devnull).resolve():
+        raise ResultsFileError(f"--out {target}: give no --out (out=None) to keep no results file")
     if special and special != "a folder":  # (a folder: open's own "Is a directory" below)
         raise ResultsFileError(f"cannot write results to {target}: it is {special}")
     try:

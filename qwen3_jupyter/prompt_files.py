@@ -90,12 +90,13 @@ def read_prompts(path: str, field: str | None = None) -> FilePrompts:
 def _read_text(path: str) -> str:
     """The file as UTF-8, with or without the byte-order mark Windows editors write. A mark
     starting any line of a text file is dropped too (files saved so and joined carry one per
-    piece): `read_prompts` strips it there. Only a regular file is read: `/dev/zero` filled
-    memory until a MemoryError, and a FIFO with no writer held the cell with nothing shown."""
+    piece): `read_prompts` strips it there. Only a regular file is read in a kernel:
+    `/dev/zero` filled memory until a MemoryError, and a FIFO with no writer held the cell with
+    nothing shown (a terminal's pipe is read too: see `_piped_into_a_terminal`)."""
     file = Path(path).expanduser()
     try:
         special = special_kind(file)
-        if special:
+        if special and not (special == "a pipe" and _piped_into_a_terminal()):
             raise PromptFileError(f"--file {path} is {special}, not a file of prompts")
         return file.read_text(encoding="utf-8-sig")
     except OSError as exc:
@@ -106,6 +107,14 @@ def _read_text(path: str) -> str:
             f"--file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line "
             f"{line}): save it as UTF-8"
         ) from None
+
+
+def _piped_into_a_terminal() -> bool:
+    """Whether a pipe may be read: outside a kernel, where `printf … | ipython -c '%qwen3
+    --file /dev/stdin'` pipes prompts in (a kernel's pipes have no writer a user controls)."""
+    from .display import in_kernel
+
+    return not in_kernel()
 
 
 def _from_table(path: str, text: str, delimiter: str, field: str | None) -> list[tuple[str, str]]:

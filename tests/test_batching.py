@@ -652,6 +652,8 @@ def test_results_go_to_a_file_not_a_pipe_or_a_device(tmp_path: Path) -> None:
 
     fifo = tmp_path / "results.jsonl"
     os.mkfifo(fifo)
+    with pytest.raises(ResultsFileError, match=r"^--out /dev/null: give no --out"):
+        check_results_file("/dev/null")  # (which failed at the first append: "Invalid argument")
     for path, what in ((fifo, "a pipe"), (Path("/dev/full"), "a device or socket")):
         with pytest.raises(
             ResultsFileError, match=f"^cannot write results to {path}: it is {what}$"

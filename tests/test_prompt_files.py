@@ -128,15 +128,20 @@ def test_a_file_that_is_not_prompts_is_one_line_naming_where_and_what_to_do(
     assert said in message and "\n" not in message, message
 
 
-def test_only_a_regular_file_is_read(tmp_path: Path) -> None:
+def test_only_a_regular_file_is_read(kernel: Kernel, tmp_path: Path) -> None:
     """`--file /dev/zero` read until a MemoryError (a 25-line traceback, the machine's memory
-    gone first); a FIFO with no writer held the cell, and Tab after `--field` the kernel."""
+    gone first); a FIFO with no writer held the cell, and Tab after `--field` the kernel. (A
+    terminal's pipe is still read: `printf … | ipython -c '%qwen3 --file /dev/stdin'`.)"""
     fifo = tmp_path / "prompts.jsonl"
     os.mkfifo(fifo)
-    for path, what in ((fifo, "a pipe"), (Path("/dev/zero"), "a device"), (tmp_path, "a folder")):
+    for path, what in ((Path("/dev/zero"), "a device"), (tmp_path, "a folder")):
         with pytest.raises(PromptFileError, match=f"^--file {path} is {what}"):
             read_prompts(str(path))
     assert field_names(str(fifo)) == []
+    refused = kernel.run(f"%qwen3 --file {fifo} --max-new-tokens 2")
+    assert refused.stderr.strip() == (
+        f"UsageError: --file {fifo} is a pipe, not a file of prompts"
+    ), refused.stderr
 
 
 def test_tab_on_field_lists_what_the_file_can_name(tmp_path: Path) -> None:
@@ -202,3 +207,29 @@ def test_a_path_with_a_space_left_unquoted_is_told_to_be_quoted(
         f"spaces, --file '{spaced}'"
     ), error
     ok(kernel, f"%qwen3 --file '{spaced}' --greedy --max-new-tokens 2")
+
+
+def test_a_terminal_reads_prompts_piped_into_it(model_cache: Path) -> None:
+    """`printf … | ipython -c '%qwen3 --file /dev/stdin'`: a pipe outside a kernel has its
+    writer, so it is read (refused as "a pipe" it broke a shell pipeline that worked)."""
+    import subprocess
+    import sys
+
+    ran = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "IPython",
+            "--no-banner",
+            "--ext",
+            "qwen3_jupyter",
+            "-c",
+            "%qwen3 --model tiny --file /dev/stdin --no-think --max-new-tokens 2\n"
+            "print('asked', len(_qwen3))",
+        ],
+        input="hi\nthere\n",
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert ran.returncode == 0 and "asked 2" in ran.stdout, (ran.stdout, ran.stderr[-2000:])
