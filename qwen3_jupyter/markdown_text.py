@@ -112,18 +112,14 @@ def dollars_escaped_in_html(text: str) -> str:
 _MARKDOWN_MARKS = re.compile(r"([\\`*_\[\]~])")
 
 
-_BACKSLASH_BEFORE_A_MATH_BRACKET = re.compile(r"\\\\(?=[()]|\\[\[\]])")
-"""An escaped backslash (`\\\\`) before `(`, `)` or an escaped `[`/`]`: JupyterLab reads
-`\\\\(` in Markdown as a maths opener, before Markdown undoes the escape."""
-
-
 def as_typed(text: str) -> str:
     """`text` (a prompt, which is not Markdown) as Markdown that shows it as typed: `&`, `<`
     and `>` as entities, the marks of emphasis, code and links escaped, and every `$` too. A
     batch table drew "Is $40 fair? … pay $55" as maths and lost the rows between, and
-    `__init__` in bold. A backslash before a bracket is kept from it by an empty element: as
-    `\\\\(` it opened maths that swallowed every row to the next `\\)`, and as `&#92;(` MathJax
-    still read `\\(` in the page (seen in JupyterLab 4 through Chromium)."""
+    `__init__` in bold. Each backslash is written `\\\\` then an empty element: without the
+    element JupyterLab read `\\\\(`, `\\\\[` and `\\\\begin` as maths openers (swallowing every
+    row to the closer) and MathJax showed `\\\\` as one backslash; `&#92;` still reached
+    MathJax as `\\` (each seen in JupyterLab 4 through Chromium)."""
     marked = _MARKDOWN_MARKS.sub(r"\\\1", html.escape(text, quote=False))
-    marked = _BACKSLASH_BEFORE_A_MATH_BRACKET.sub(r"\\\\<span></span>", marked)
+    marked = marked.replace("\\\\", "\\\\<span></span>")
     return marked.replace("$", DOLLAR_OUTSIDE_MATH)

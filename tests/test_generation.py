@@ -469,10 +469,13 @@ def test_a_plain_repl_shows_a_result_in_a_few_lines(model_cache: Path) -> None:
     [
         ("Is $40 fair? __init__ *x*", "Is \\\\$40 fair? \\_\\_init\\_\\_ \\*x\\*"),
         ("<b>tags</b> & [link](x)", "&lt;b&gt;tags&lt;/b&gt; &amp; \\[link\\](x)"),
-        # `\\(` is a maths opener to JupyterLab: it swallowed the rows up to the next `\)`
+        # `\\(`, `\\[`, `\\begin` are maths openers to JupyterLab: they swallowed the rows up
+        # to the closer; `\\\\` was one backslash to MathJax
         ("Is \\( the opener?", "Is \\\\<span></span>( the opener?"),
         ("Display \\[a+b\\] here", "Display \\\\<span></span>\\[a+b\\\\<span></span>\\] here"),
-        ("C:\\Users\\new (x)", "C:\\\\Users\\\\new (x)"),
+        ("env \\begin{align} a", "env \\\\<span></span>begin{align} a"),
+        ("a\\\\b costs \\$5", "a\\\\<span></span>\\\\<span></span>b costs \\\\<span></span>\\\\$5"),
+        ("plain (x) \\*", "plain (x) \\\\<span></span>\\*"),
     ],
 )
 def test_a_prompt_in_a_table_is_markdown_that_shows_it_as_typed(prompt: str, markdown: str) -> None:
