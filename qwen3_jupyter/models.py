@@ -250,11 +250,15 @@ def _from_hf_cache(repo_id: str, set_by: str = "") -> str:
     from huggingface_hub.constants import HF_HUB_CACHE
 
     named = f"model {repo_id!r}{f' ({set_by})' if set_by else ''}"
+    allow_download = switch(DOWNLOAD_ENV, default=False)
     try:
-        return str(snapshot_download(repo_id, local_files_only=True))
+        cached = str(snapshot_download(repo_id, local_files_only=True))
     except Exception as exc:
         missed: Exception = exc
-    allow_download = switch(DOWNLOAD_ENV, default=False)
+    else:  # a download stopped midway left a snapshot without its weights: allowed, finish it
+        if not (allow_download and _weights_missing(Path(cached))):
+            return cached
+        missed = FileNotFoundError(f"{cached} has no weights")
     if allow_download:
         silent = _hub_silent()
         if silent is not None:

@@ -249,6 +249,25 @@ def test_a_download_stopped_midway_says_how_to_finish_it(
         "; its copy in the Hugging Face cache looks unfinished: `hf download someorg/small` "
         "completes it"
     ), raised.value
+    # Downloads allowed, the Hub is asked to finish it (here one that never answers): the
+    # snapshot's folder alone was taken as the model, and the download never resumed.
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    monkeypatch.setenv(models.DOWNLOAD_ENV, "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(
+        "huggingface_hub.constants.ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}"
+    )
+    monkeypatch.setattr(models, "HUB_ANSWER_S", 1.0)
+    try:
+        with pytest.raises(models.ModelError, match="did not answer within 1 s"):
+            models.resolve_path("someorg/small")
+    finally:
+        silent.close()
+    monkeypatch.delenv(models.DOWNLOAD_ENV)
     # A whole snapshot that fails otherwise (an architecture this transformers lacks) is not
     # sent to download it again, which would change nothing.
     shutil.copy(embedded.ensure_built("tiny") / "model.safetensors", snapshot)
