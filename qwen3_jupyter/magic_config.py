@@ -47,9 +47,11 @@ def configured_magics(kind: type[Configurable], shell: Any) -> tuple[Any, dict[s
             made.update_config(Config({SECTION: {name: value}}))
         except TraitError as exc:
             default = made.trait_defaults(name)
-            refused[name] = (
-                f"c.{SECTION}.{name} = {value!r} is refused ({_why(exc, name)}): using "
-                f"{default!r}; fix the config file, or %config {SECTION}.{name} = …"
+            shown = str.__repr__(value) if isinstance(value, str) else repr(value)
+            refused[name] = (  # (a command line's value is a str subclass: shown as a str)
+                f"c.{SECTION}.{name} = {shown} is refused ({_why(exc, name)}): using "
+                f"{default!r}; fix it where it is set (a config file, the kernel's command "
+                f"line), or %config {SECTION}.{name} = …"
             )
     return made, refused
 
@@ -65,19 +67,19 @@ def say_or_hold(refused: dict[str, str]) -> None:
         _UNSAID.update(refused)
 
 
-def take_unsaid() -> list[str]:
-    """The held refusals, gone from here once taken (a call says them once)."""
-    unsaid = list(_UNSAID.values())
+def take_unsaid(magics: Configurable) -> list[str]:
+    """The held refusals, gone from here once taken (a call says them once), less those of
+    an option `%config` set since: a value taken is merged into `magics.config`, and a refused
+    one never is (set to the value it already had, no change event said so)."""
+    section = magics.config.get(SECTION, {})
+    unsaid = [line for name, line in _UNSAID.items() if name not in section]
     _UNSAID.clear()
     return unsaid
 
 
-def forget(name: str | None = None) -> None:
-    """Drop the held refusal of option `name` (set since, by `%config`), or all of them."""
-    if name is None:
-        _UNSAID.clear()
-    else:
-        _UNSAID.pop(name, None)
+def forget() -> None:
+    """Drop the held refusals (the extension unloaded)."""
+    _UNSAID.clear()
 
 
 def _why(exc: TraitError, name: str) -> str:

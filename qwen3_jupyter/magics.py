@@ -24,7 +24,7 @@ from IPython.core.magic import (
     no_var_expand,
 )
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from traitlets import Float, TraitError, Unicode, observe, validate
+from traitlets import Float, TraitError, Unicode, validate
 
 from . import display, lifecycle, magic_config
 from .batching import (
@@ -95,11 +95,6 @@ class Qwen3Magics(Magics):
         help="OpenAI-compatible server URL used when --server is not given "
         "($QWEN3_JUPYTER_SERVER wins when set).",
     ).tag(config=True)
-
-    @observe("model", "device", "dtype", "stream_interval", "decode", "server")
-    def _set_since(self, change: Any) -> None:
-        """An option set since the kernel's start (`%config`): its refusal is no longer true."""
-        magic_config.forget(change["name"])
 
     @validate("stream_interval")
     def _seconds(self, proposal: Any) -> float:
@@ -384,7 +379,7 @@ class Qwen3Magics(Magics):
             self._run_holding(args, prompt, batch)
 
     def _run_holding(self, args: Namespace, prompt: str, batch: list[str] | None) -> None:
-        for line in magic_config.take_unsaid():  # the config's refusals of the kernel's start
+        for line in magic_config.take_unsaid(self):  # the config's refusals of the kernel's start
             display.info(line)
         if args.reset:
             display.info(reset_chat())

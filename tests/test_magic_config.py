@@ -16,7 +16,7 @@ KERNEL_CONFIG = """
 from traitlets.config.loader import DeferredConfigString
 c.InteractiveShellApp.extensions = ["qwen3_jupyter"]
 c.InteractiveShellApp.exec_lines = ["%qwen3_gauge"]
-c.Qwen3Magics.stream_interval = "0.5s"
+c.Qwen3Magics.stream_interval = DeferredConfigString("0.5s")  # as `--Qwen3Magics.…=0.5s`
 c.Qwen3Magics.modle = "tiny"
 c.Qwen3Magics.decode = DeferredConfigString("'eager'")  # as `--Qwen3Magics.decode='eager'` gives it
 c.Qwen3Magics.dtype = "float32"
@@ -36,8 +36,8 @@ def test_a_bad_config_file_value_is_said_and_the_extension_still_loads(
     kernel = Kernel({**kernel_env, "IPYTHONDIR": str(tmp_path / "ipython")})
     refusals = {
         "stream_interval": "[qwen3] c.Qwen3Magics.stream_interval = '0.5s' is refused (expected "
-        "a float, not the str '0.5s'): using 0.1; fix the config file, or %config "
-        "Qwen3Magics.stream_interval = …",
+        "a float, not the str '0.5s'): using 0.1; fix it where it is set (a config file, the "
+        "kernel's command line), or %config Qwen3Magics.stream_interval = …",
         "modle": "[qwen3] c.Qwen3Magics.modle is not an option (did you mean model?): ignored",
     }
     try:
@@ -71,13 +71,14 @@ def test_a_refusal_of_the_kernels_start_is_not_said_once_config_set_that_option(
     kernel_env: dict[str, str], tmp_path: Path
 ) -> None:
     """Said at the first call, a refusal the user had already put right with `%config` was
-    stale; the one still true is said."""
+    stale, also when set to the value the refusal left (no change event); the one still true
+    is said."""
     profile = tmp_path / "ipython" / "profile_default"
     profile.mkdir(parents=True)
     (profile / "ipython_kernel_config.py").write_text(KERNEL_CONFIG)
     kernel = Kernel({**kernel_env, "IPYTHONDIR": str(tmp_path / "ipython")})
     try:
-        ok(kernel, "%config Qwen3Magics.stream_interval = 0.2")
+        ok(kernel, "%config Qwen3Magics.stream_interval = 0.1")
         first = ok(kernel, "%qwen3 --no-think --max-new-tokens 2 hi")
         said = [line for line in first.stdout.splitlines() if "c.Qwen3Magics" in line]
         assert said == [
