@@ -66,7 +66,7 @@ class ApiCall:
                 self.console.end(failed)
         if not display.in_kernel():  # a script's log gets them now, not after the batch
             for notice in SESSION.take_notices():
-                display.info(in_python_words(notice))
+                display.info(in_python_words(notice), python_call=True)
         return engine
 
     def progress(self, what: str, done: int, total: int) -> None:
@@ -100,7 +100,7 @@ class ApiCall:
             self.status.end(notices, failed)
         else:
             for notice in notices:
-                display.info(notice)
+                display.info(notice, python_call=True)
 
 
 CONFIGURED = ("model", "device", "dtype", "decode", "server")

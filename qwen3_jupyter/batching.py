@@ -316,7 +316,7 @@ def generate_batch(
     budget = memory_budget_bytes(memory_budget)
     if not prompt_list:  # a filter that left nothing: no model is loaded, no server asked
         if progress:  # a script's log says it too (README: "with one line saying so")
-            display.info("generate_batch got no prompts: nothing was generated")
+            display.info("generate_batch got no prompts: nothing was generated", python_call=True)
         return _no_results(batch_size)
     if out is not None:
         check_results_file(out)  # before the load, not after it

@@ -384,12 +384,13 @@ def show_footer(result: Result) -> None:
     print(footer(result, advice=False), flush=True)
 
 
-def info(message: str) -> None:
-    """One `[qwen3]` line: in the cell's output, or a terminal IPython's, beside the magic's
-    other lines; in a plain Python script on stderr, with the progress lines, so
-    `python job.py > answers.csv` gets only what the script printed (the load notice went
-    into the file)."""
-    print(f"{PREFIX} {message}", file=sys.stdout if _in_ipython() else sys.stderr, flush=True)
+def info(message: str, python_call: bool = False) -> None:
+    """One `[qwen3]` line: in the cell's output, or a terminal IPython's beside a magic's other
+    lines; a Python call's (`python_call`) outside a kernel, and any in a plain Python script,
+    on stderr with the progress lines, so `python job.py > answers.csv` (or `ipython job.py`)
+    gets only what the script printed (the load notice went into the file)."""
+    to_stdout = in_kernel() or (_in_ipython() and not python_call)
+    print(f"{PREFIX} {message}", file=sys.stdout if to_stdout else sys.stderr, flush=True)
 
 
 def _in_ipython() -> bool:

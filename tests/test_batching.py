@@ -379,17 +379,23 @@ print("done", len(r))
 """
 
 
-def test_a_scripts_log_gets_whole_lines_and_the_load_when_it_happens(model_cache: Path) -> None:
+@pytest.mark.parametrize("runner", ["python", "ipython"])
+def test_a_scripts_log_gets_whole_lines_and_the_load_when_it_happens(
+    model_cache: Path, tmp_path: Path, runner: str
+) -> None:
     """`python job.py > answers.txt 2> log`: the batch's tqdm bar wrote every redraw after a
     carriage return (one line of thousands of characters that `tail -f` never finished, the
     final bar twice), "loaded tiny … random weights" came only after the whole batch (never,
-    for a job killed midway), and it went to stdout, into the script's own output."""
+    for a job killed midway), and it went to stdout, into the script's own output (under
+    `ipython job.py` too)."""
     import subprocess
     import sys
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    job = tmp_path / "job.py"
+    job.write_text(SCRIPT_BATCH_INTO_A_LOG)
     ran = subprocess.run(
-        [sys.executable, "-c", SCRIPT_BATCH_INTO_A_LOG],
+        [sys.executable, *(["-m", "IPython", "--no-banner"] if runner == "ipython" else []), job],
         capture_output=True,
         text=True,
         env=env,
