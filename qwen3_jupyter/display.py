@@ -35,19 +35,24 @@ def in_kernel() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
+def running_request() -> dict[str, Any] | None:
+    """The kernel's running execute request (its header and metadata), {} while the kernel
+    starts; None outside a kernel or with an ipykernel without `get_parent`."""
+    try:
+        from IPython import get_ipython
+
+        kernel = getattr(get_ipython(), "kernel", None)
+        return None if kernel is None else (kernel.get_parent("shell") or {})
+    except Exception:
+        return None
+
+
 def in_a_cell() -> bool:
     """False while a kernel starts (its config's extensions and exec_lines), where what is
     shown reaches no cell and is lost; True in a cell, and outside a kernel (a terminal shows
     what its startup prints)."""
-    if not in_kernel():
-        return True
-    from IPython import get_ipython
-
-    try:
-        parent = get_ipython().kernel.get_parent("shell")
-    except Exception:  # an ipykernel without get_parent: as before
-        return True
-    return bool(((parent or {}).get("header") or {}).get("msg_id"))
+    request = running_request()
+    return request is None or bool((request.get("header") or {}).get("msg_id"))
 
 
 @contextmanager

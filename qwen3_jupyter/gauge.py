@@ -717,15 +717,11 @@ def _watch_cell_ends() -> None:
 def _cell_run() -> tuple[str, str] | None:
     """The running cell's id, as JupyterLab and Notebook 7 send it, and its execute request's
     id (one per run); None elsewhere."""
-    try:
-        from IPython import get_ipython
+    from .display import running_request
 
-        kernel = getattr(get_ipython(), "kernel", None)
-        parent = kernel.get_parent("shell") if kernel is not None else None
-    except Exception:  # not in a kernel, or an ipykernel without get_parent
-        return None
-    cell = ((parent or {}).get("metadata") or {}).get("cellId")
-    request = ((parent or {}).get("header") or {}).get("msg_id")
+    parent = running_request() or {}
+    cell = (parent.get("metadata") or {}).get("cellId")
+    request = (parent.get("header") or {}).get("msg_id")
     if not (isinstance(cell, str) and cell and isinstance(request, str)):
         return None
     return cell, request
