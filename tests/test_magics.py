@@ -1144,12 +1144,20 @@ def test_an_answer_longer_than_the_model_allows_is_one_line_at_once(kernel: Kern
             message,
         ), message
     # A prompt beyond them: transformers' own warning came first, naming the tokenizer's
-    # 40,960 against the one-line error's 4,096.
-    ok(kernel, "long_text = 'word ' * 50_000")
+    # 40,960 against the one-line error's 4,096. One far beyond them (a table put in whole) is
+    # refused on its first part's count: tokenizing 48 MB took 35-50 s.
+    ok(kernel, "long_text = 'word ' * 5_000; huge_text = 'word ' * 2_000_000")
     for path in ("--eager", "--fast"):
         ex = kernel.run(f"%qwen3 {path} --vars --no-think --max-new-tokens 3 {{long_text}}")
         said = (ex.stdout + ex.stderr).strip()
-        assert said.startswith("UsageError: prompt (50,0") and len(said.splitlines()) == 1, said
+        assert said.startswith("UsageError: prompt (5,0") and len(said.splitlines()) == 1, said
+        ex = kernel.run(f"%qwen3 {path} --vars --no-think --max-new-tokens 3 {{huge_text}}")
+        said = (ex.stdout + ex.stderr).strip()
+        assert re.fullmatch(
+            r"UsageError: prompt \(at least \d,\d{3} tokens\) \+ --max-new-tokens 3 exceeds "
+            r"the 4,096 positions of tiny: shorten it or lower --max-new-tokens",
+            said,
+        ), said
     ok(kernel, "%qwen3 --chat --no-think --max-new-tokens 4 hi")  # a conversation to shorten
     ex = kernel.run("%qwen3 --chat --no-think --max-new-tokens 4080 hi", timeout=60)
     assert "shorten it (--reset clears a --chat conversation)" in ex.stderr, ex.stderr

@@ -204,6 +204,7 @@ class EagerEngine(LocalEngine):
 
         tokenizer, model, device = self.loaded.tokenizer, self.loaded.model, self.device
         text = prompt_text(tokenizer, prompt, options, history)
+        self.check_text_early(text, options, chat=bool(history))
         inputs = tokenizer(text, return_tensors="pt").to(device)
         prompt_tokens = int(inputs["input_ids"].shape[1])
         self.check_positions(prompt_tokens, options, chat=bool(history))

@@ -406,6 +406,8 @@ class FastEngine(StepBuilding, LocalEngine):
         tokenizer, model, device = self.loaded.tokenizer, self.loaded.model, self.device
         rows = len(texts)
         batch = batch_bucket(rows)
+        for text in texts:
+            self.check_text_early(text, options, chat=chat)
         padded = texts + [texts[-1]] * (batch - rows)
         encoded = tokenizer(padded, return_tensors="pt", padding=True, padding_side="left")
         width = int(encoded["input_ids"].shape[1])

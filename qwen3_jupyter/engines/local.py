@@ -73,6 +73,13 @@ def decodes(
     return run
 
 
+PREFIX_CHARS_PER_POSITION = 8
+"""Characters per position of the model in the first part of a long prompt counted before the
+whole (`LocalEngine.check_text_early`): English runs 3-5 characters a token."""
+PREFIX_SLACK_TOKENS = 64
+"""Tokens the cut at the first part's end may add (a word cut into pieces): not counted."""
+
+
 def position_limit(config: object) -> int:
     """The positions a model is configured for (0: unknown): `max_position_embeddings`, or what a
     RoPE scaling extends it to (Qwen3's model card adds YaRN with factor 4 over 32,768 for
@@ -113,19 +120,36 @@ class LocalEngine(Engine):
         options: GenerationOptions,
         what: str = "prompt",
         chat: bool = False,
+        at_least: bool = False,
     ) -> None:
         """Raise EngineError when the prompt and the answer asked for do not fit the model's
         positions: generate itself would go on past them (for --max-new-tokens 99999999, for
-        hours), and the fast path's cache could not hold them."""
+        hours), and the fast path's cache could not hold them. `at_least`: the count is of the
+        prompt's first part only (`check_text_early`)."""
         limit = position_limit(getattr(self.loaded.model, "config", None))
         if not limit or prompt_tokens + options.max_new_tokens <= limit:
             return
         shorten = "shorten it (--reset clears a --chat conversation)" if chat else "shorten it"
+        counted = f"at least {prompt_tokens:,} tokens" if at_least else f"{prompt_tokens:,} tokens"
         raise EngineError(
-            f"{what} ({prompt_tokens:,} tokens) + --max-new-tokens {options.max_new_tokens:,} "
+            f"{what} ({counted}) + --max-new-tokens {options.max_new_tokens:,} "
             f"exceeds the {limit:,} positions of {self.model_name}: {shorten} or lower "
             "--max-new-tokens"
         )
+
+    def check_text_early(
+        self, text: str, options: GenerationOptions, what: str = "prompt", chat: bool = False
+    ) -> None:
+        """Refuse a text whose first part alone is beyond the model's positions before
+        tokenizing all of it: a 48 MB prompt (a table put in with `--vars {df.to_csv()}`) took
+        35-50 s to tokenize only to be refused. A few characters make a token, so a text
+        `PREFIX_CHARS_PER_POSITION` times longer than the positions nearly always has more."""
+        limit = position_limit(getattr(self.loaded.model, "config", None))
+        prefix = (limit + PREFIX_SLACK_TOKENS) * PREFIX_CHARS_PER_POSITION
+        if not limit or len(text) <= prefix:
+            return
+        tokens = len(self.loaded.tokenizer(text[:prefix])["input_ids"]) - PREFIX_SLACK_TOKENS
+        self.check_positions(tokens, options, what=what, chat=chat, at_least=True)
 
     @abstractmethod
     def generate_chunk(
@@ -153,8 +177,10 @@ class LocalEngine(Engine):
         options = self.options_for_model(options)
         tokenizer = self.loaded.tokenizer
         for index, prompt in enumerate(prompts):  # all of them before any is generated
-            tokens = len(tokenizer(prompt_text(tokenizer, prompt, options))["input_ids"])
+            text = prompt_text(tokenizer, prompt, options)
             try:
+                self.check_text_early(text, options, what=f"prompt {index}")
+                tokens = len(tokenizer(text)["input_ids"])
                 self.check_positions(tokens, options, what=f"prompt {index}")
             except EngineError as exc:
                 exc.prompt_index = index  # a --file run names its line (the magic)
