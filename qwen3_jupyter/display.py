@@ -18,7 +18,7 @@ from IPython.display import display
 
 from .generation import Result, split_thinking
 from .hub_progress import progress_text
-from .markdown_text import as_typed, dollars_escaped_in_html, escape_html
+from .markdown_text import as_typed, dollars_escaped_in_html, escape_html, escape_inline
 from .memory import format_bytes
 
 PREFIX = "[qwen3]"
@@ -191,7 +191,7 @@ class StreamView:
     def _render(self) -> None:
         markdown, plain = self._body, self._plain
         if self._line:
-            status = f"*{self._line}*"
+            status = _italic(self._line)
             markdown = status if not self._streamed else f"{markdown}\n\n{status}"
             plain = self._line if not self._streamed else f"{plain}\n\n{self._line}"
         if self._handle is not None:
@@ -259,6 +259,12 @@ def _quoted(text: str) -> str:
     """`text` as a blockquote's HTML body: escaped, its line breaks kept, and its dollar signs
     outside math shown as typed (a price in the thinking was typeset as MathJax italics)."""
     return dollars_escaped_in_html(html.escape(text)).replace("\n", "<br>\n")
+
+
+def _italic(line: str) -> str:
+    """A status line as italic Markdown that shows it as typed: it can name what a server sent
+    (a model's name), which as Markdown could draw HTML."""
+    return f"*{as_typed(line)}*"
 
 
 def _missing_answer(answer: str, finished: bool, streaming: bool, stop_reason: str) -> str:
@@ -360,7 +366,7 @@ def show_batch(results: list[Result], report: Any, line: Status | None = None) -
         answer = f"failed: {r.error}" if r.error else r.answer
         thinking_only = not answer and bool(r.thinking)
         answer = "(thinking only)" if thinking_only else answer
-        shown = "*(thinking only)*" if thinking_only else _cell(answer, escape_html)
+        shown = "*(thinking only)*" if thinking_only else _cell(answer, escape_inline)
         rows.append(f"| {i} | {_cell(r.prompt, as_typed)} | {shown} | {r.completion_tokens} |")
         plain = f"| {i} | {_cell(r.prompt)} | {_cell(answer)} |"
         plain_rows.append(f"{plain} {r.completion_tokens} |")
@@ -434,9 +440,9 @@ class Status:
         if self._view is not None and self._view.show_line(text):
             return
         if self._handle is None:
-            self._handle = show_markdown(f"*{text}*", text)
+            self._handle = show_markdown(_italic(text), text)
         else:
-            update_markdown(self._handle, f"*{text}*", text)
+            update_markdown(self._handle, _italic(text), text)
 
     def progress(self, what: str, done: int, total: int) -> None:
         if self._console is not None:
@@ -479,7 +485,9 @@ class Status:
             text = "\n".join(f"{PREFIX} {line}" for line in lines)
             self._handle.update({"text/plain": text}, raw=True)  # as it would print
         else:
-            update_markdown(self._handle, f"*{self._said}* — stopped", f"{self._said} — stopped")
+            update_markdown(
+                self._handle, f"{_italic(self._said)} — stopped", f"{self._said} — stopped"
+            )
         self._handle = None
         self._last = ""
 

