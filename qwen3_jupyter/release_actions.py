@@ -167,12 +167,12 @@ def release_last_exception(shell: Any | None) -> tuple[str, ...]:
     handler's `tb` and debugger frames, and strips `__traceback__` from the exceptions that the
     ExecutionResults keep. The exception objects themselves stay where IPython and ipykernel
     read them (a failed cell still reports its error); only their frames go, so `%debug` has
-    nothing to inspect afterwards. An exception a user variable holds (`except E as e: err =
-    e`, then a new error) is the user's: its data and traceback are left as they are, and what
-    they hold is reported under the variable's name.
+    nothing to inspect afterwards. An exception held anywhere but by Python and IPython (`except
+    E as e: err = e`, `log["fit"].append(e)`, a closure, however deep) is the user's: its data
+    and traceback are left as they are, and what they hold is reported under the variable's
+    name.
     """
     released: list[str] = []
-    users = _users_exceptions(user_variables(shell).values()) if shell is not None else set()
     exceptions: list[BaseException] = []
     for name in ("last_exc", "last_value"):
         value = getattr(sys, name, None)
@@ -182,6 +182,7 @@ def release_last_exception(shell: Any | None) -> tuple[str, ...]:
         if hasattr(sys, name):
             delattr(sys, name)
             released.append(f"sys.{name}")
+    kept: list[tuple[str, str, BaseException]] = []
     if shell is not None:
         handler: Any = getattr(shell, "InteractiveTB", None)
         if getattr(handler, "tb", None) is not None:
@@ -190,34 +191,65 @@ def release_last_exception(shell: Any | None) -> tuple[str, ...]:
         debugger = getattr(handler, "pdb", None)
         if debugger is not None and _release_debugger(debugger):
             released.append("debugger frames")
-        for label, name, value in kept_exceptions(shell):
-            exceptions.append(value)
-            if id(value) in users:
-                continue
-            if value.__traceback__ is not None:
-                released.append(f"{label}.{name}.__traceback__")
-            released.extend(f"{label}.{name}.{part}" for part in _release_contents(value))
+        kept = kept_exceptions(shell)
+        exceptions.extend(value for _, _, value in kept)
     current = sys.exc_info()[1]
-    for exc in _exception_chain(exceptions):
-        if exc is not current and id(exc) not in users:
+    chain = [
+        exc
+        for exc in _exception_chain(exceptions)
+        if exc is not current and _holds_something_to_release(exc)
+    ]
+    users = _users_exceptions(shell, chain, ignored=[exceptions, chain, kept, *kept])
+    for label, name, value in kept:
+        if id(value) in users or value not in chain:
+            continue
+        if value.__traceback__ is not None:
+            released.append(f"{label}.{name}.__traceback__")
+        released.extend(f"{label}.{name}.{part}" for part in _release_contents(value))
+    for exc in chain:
+        if id(exc) not in users:
             exc.__traceback__ = None
             _release_contents(exc)
     return tuple(released)
 
 
+def _holds_something_to_release(exc: BaseException) -> bool:
+    """Whether `exc` still has a traceback or tensors in its arguments or attributes (one a
+    cleanup released already has neither: the next cleanup need not look for its holders)."""
+    if exc.__traceback__ is not None or any(holds_device_memory(arg) for arg in exc.args):
+        return True
+    return any(holds_device_memory(value) for value in getattr(exc, "__dict__", {}).values())
+
+
 USERS_WALK_DEPTH = 3
-"""How many steps from a user variable an exception is looked for: `run.err` is two (the
+"""How many steps from a user variable an exception is looked for first: `run.err` is two (the
 object, its attributes), `log["fit"][0]` two, `runs[0].errors[-1]` three."""
 USERS_WALK_BUDGET = 20_000
 """How many objects that look visits at most (a few milliseconds), whatever the namespace."""
 
 
-def _users_exceptions(values: Iterable[Any], per_container: int = 1000) -> set[int]:
+def _users_exceptions(
+    shell: Any | None, candidates: list[BaseException], ignored: list[Any]
+) -> set[int]:
+    """The ids of the `candidates` the user holds, with the exceptions their causes and
+    contexts lead to: first those the user's variables reach within USERS_WALK_DEPTH steps
+    (`_reached_from`); the others are the user's when anything but Python and IPython refers
+    to them (`_held_beyond`, one pass over the heap). Why: the walk alone stopped at its
+    budget in a namespace with a few large lists before it came to `log["fit"][0]`, and a
+    cleanup then made the tensor in that exception a string and dropped its traceback."""
+    if not candidates or shell is None:
+        return set()
+    reached = _reached_from(user_variables(shell).values())
+    unreached = [exc for exc in candidates if id(exc) not in reached]
+    held = _held_beyond(unreached, shell, [*ignored, unreached]) if unreached else []
+    return reached | {id(exc) for exc in _exception_chain(held)}
+
+
+def _reached_from(values: Iterable[Any], per_container: int = 1000) -> set[int]:
     """The ids of the exceptions the user's variables reach, with their causes and contexts:
     bound to a name (`err = e`), in a list or dict (`errors.append(e)`, `log["fit"][0]`), or on
     an object (`run.err = e`), within USERS_WALK_DEPTH steps, the first `per_container` items of
-    each container. Why: only a name or a flat container counted, so a cleanup stripped the
-    traceback of `run.err` and made its tensor argument a string: data the user still reads."""
+    each container, USERS_WALK_BUDGET objects in all."""
     found: list[BaseException] = []
     seen: set[int] = set()
     level = list(values)
@@ -233,6 +265,66 @@ def _users_exceptions(values: Iterable[Any], per_container: int = 1000) -> set[i
                 following.extend(_held_by(value, per_container))
         level = following
     return {id(exc) for exc in _exception_chain(found)}
+
+
+def _held_beyond(
+    exceptions: list[BaseException], shell: Any, ignored: list[Any]
+) -> list[BaseException]:
+    """Those of `exceptions` something refers to besides Python (`sys`, frames, tracebacks,
+    other exceptions: a cause or context), IPython's ExecutionResults and `ignored` (the
+    caller's own lists): a list, dict, object, closure cell… of the user's, at any depth."""
+    internal = {id(item) for item in ignored}
+    internal.add(id(sys.__dict__))
+    for _, result in _execution_results(shell):
+        internal.add(id(result))
+        internal.add(id(getattr(result, "__dict__", None)))
+    referrers = [
+        referrer
+        for referrer in gc.get_referrers(*exceptions)
+        if id(referrer) not in internal and not isinstance(referrer, _NOT_A_HOLDER)
+    ]
+    if not referrers:
+        return []
+    # A holder nothing else refers to is no variable's: the argument tuple of the call above
+    # (`*exceptions` packed), which the heap pass finds. So is this call's own.
+    internal.update((id(referrers), id(exceptions)))
+    candidates = {id(referrer) for referrer in referrers}
+    referred: set[int] = set()
+    for holder in gc.get_referrers(*referrers):
+        if (
+            id(holder) in internal
+            or isinstance(holder, types.FrameType)
+            or _same_items(holder, referrers)
+        ):
+            continue
+        referred.update(id(item) for item in gc.get_referents(holder) if id(item) in candidates)
+    held = {
+        id(item)
+        for referrer in referrers
+        if id(referrer) in referred
+        for item in gc.get_referents(referrer)
+    }
+    return [exc for exc in exceptions if id(exc) in held]
+
+
+def _same_items(holder: Any, items: list[Any]) -> bool:
+    """Whether `holder` is a tuple of exactly `items` (a call's packed arguments)."""
+    return (
+        type(holder) is tuple
+        and len(holder) == len(items)
+        and all(a is b for a, b in zip(holder, items, strict=True))
+    )
+
+
+_NOT_A_HOLDER = (
+    types.FrameType,
+    types.TracebackType,
+    BaseException,
+    type,
+    types.ModuleType,
+)
+"""Referrers that are Python's own keeping, not the user's: a frame (the failing call's, kept
+by its traceback), a traceback, another exception (the one it caused), a class or module."""
 
 
 def _held_by(value: Any, per_container: int) -> list[Any]:

@@ -982,6 +982,40 @@ def test_an_exception_the_user_kept_is_left_as_it_is(k: Kernel) -> None:
     assert_survivors(k)
 
 
+def test_an_exception_the_user_keeps_beyond_the_walks_reach_is_left_as_it_is(k: Kernel) -> None:
+    """The walk from the variables stops at a budget: with a list of 1,000 records defined
+    first it never came to `log["fit"][0]`, and a cleanup made the tensor in that exception a
+    string and dropped its traceback (found in a heavy kernel; `--auto` did it after every
+    cell). Deeper than three steps, or in a closure, it was never looked for. Whatever holds
+    the exception besides Python and IPython now makes it the user's."""
+    ok(k, "rows = [{**{f'f{j}': f'v{i}_{j}' for j in range(20)}, 'tags': []} for i in range(1000)]")
+    ok(k, "bad_rows = torch.tensor([3.0, float('nan')])\nclass Run: pass")
+    for kept, where in (
+        ("log = {'fit': []}\n    log['fit'].append(e)", "log['fit'][0]"),
+        (
+            "deep = {'a': {'b': {'c': [Run()]}}}\n    deep['a']['b']['c'][0].err = e",
+            "deep['a']['b']['c'][0].err",
+        ),
+        ("keeper = (lambda saved: lambda: saved)(e)", "keeper()"),
+    ):
+        failing = (
+            "try:\n"
+            "    raise ValueError('kept', bad_rows[1:])\n"
+            "except ValueError as e:\n"
+            f"    {kept}\n"
+            "    raise RuntimeError('validation failed')"
+        )
+        assert k.run(failing).status == "error"
+        ok(k, "r = qwen3_jupyter.cleanup()")
+        assert k.value(f"(type({where}.args[1]).__name__, {where}.__traceback__ is not None)") == (
+            "Tensor",
+            True,
+        ), where
+        assert k.value("'sys.last_value' in r.summary()"), "IPython's own references still go"
+    ok(k, "del rows, bad_rows, Run, log, deep, keeper")
+    assert_survivors(k)
+
+
 def test_a_shown_tensor_is_released_after_the_user_bound_underscore(k: Kernel) -> None:
     """Once a cell binds `_` (`for _ in ...`, `_ = plt.plot(...)`), IPython stops moving it,
     and `user_ns_hidden['_']` kept the output it last pushed: the only reference to a shown
