@@ -8,6 +8,8 @@ exception shows its ordinary traceback and marks the cell as failed; then it cle
 from __future__ import annotations
 
 import ast
+import logging
+import re
 import types
 import weakref
 from argparse import Namespace
@@ -23,6 +25,9 @@ from .holders import definition_holders
 from .interrupts import CELL_INTERRUPTS
 from .magic_args import asks_help, did_you_mean, parse_options, plain_usage, show_help
 from .memory import format_bytes
+from .release_actions import release_last_exception
+
+_log = logging.getLogger(__name__)
 
 _DEFINITIONS = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)
 _IPYTHON_OWN = ("_", "__", "___", "_i", "_ii", "_iii", "_ih", "_oh", "_dh", "In", "Out")
@@ -40,6 +45,8 @@ class CleanMagics(Magics):
         self.ip: Any = shell
         self.autoclean = False
         self._cleaned_cell: Any = None
+        self._error_kept = False
+        """Autoclean left a failed cell's exception for %debug: the next cell's start frees it."""
 
     @plain_usage
     @magic_arguments()
@@ -165,9 +172,10 @@ class CleanMagics(Magics):
 
           %qwen3_autoclean on|off|status
 
-        With it on, a tensor shown as a cell's result is not kept in Out/_ and a failed cell's
-        traceback is released right after it is shown (so %debug has nothing to inspect):
-        turn it off while debugging. Unloading the extension turns it off.
+        With it on, a tensor shown as a cell's result is not kept in Out/_. A failed cell's
+        traceback is kept for the cells that debug it (%debug, %tb, pdb.pm()) and released as
+        any other cell starts; one that ran out of memory is released at once.
+        Unloading the extension turns it off.
         """
         if asks_help(line):
             show_help(self.shell, "qwen3_autoclean", self.qwen3_autoclean)
@@ -186,15 +194,39 @@ class CleanMagics(Magics):
             self.ip.events.register("post_run_cell", self._after_cell)
         elif not on and self.autoclean:
             self.ip.events.unregister("post_run_cell", self._after_cell)
+            self._keep_error(False)
         self.autoclean = on
 
     def _after_cell(self, result: Any = None) -> None:
         cleaned, self._cleaned_cell = self._cleaned_cell, None
         if result is not None and cleaned is not None and cleaned() is result:
             return  # a %%qwen3_clean cell has just cleaned
-        report = cleanup(shell=self.ip, caller="magic")
+        debugged = self._error_kept and _debugs(result)
+        keep = _debuggable_error(result) or debugged
+        report = cleanup(shell=self.ip, caller="magic", keep_last_error=keep)
+        self._keep_error(keep)
         if report.freed_bytes > 0 or report.error:
             display.info(report.summary())
+
+    def _keep_error(self, keep: bool) -> None:
+        """Watch for the next cell's start while a failed cell's exception is kept."""
+        if keep and not self._error_kept:
+            self.ip.events.register("pre_run_cell", self._before_cell)
+        elif not keep and self._error_kept:
+            self.ip.events.unregister("pre_run_cell", self._before_cell)
+        self._error_kept = keep
+
+    def _before_cell(self, info: Any = None) -> None:
+        """Free the kept exception as a cell starts, unless that cell debugs it: %debug and
+        %tb had nothing to show after a failed cell under autoclean, which had already
+        released its traceback (and, for a small one, said nothing)."""
+        if DEBUGS_THE_LAST_ERROR.search(getattr(info, "raw_cell", None) or ""):
+            return
+        self._keep_error(False)
+        try:
+            release_last_exception(self.ip)
+        except Exception:  # never into the user's cell
+            _log.exception("qwen3_jupyter: releasing the last exception failed")
 
     def _clean(
         self, args: Namespace, drop: tuple[str, ...], kept: tuple[str, ...] = ()
@@ -219,6 +251,29 @@ class CleanMagics(Magics):
             for line in (*report.details(), *kept):
                 print(f"  {line}", flush=True)
         return report
+
+
+DEBUGS_THE_LAST_ERROR = re.compile(
+    r"^\s*%{0,2}(?:debug|tb|pdb)\b|\bpdb\.pm\(|post_mortem\(|\bsys\.last_|last_execution_result",
+    re.MULTILINE,
+)
+"""A cell that reads the last error: `%debug` (or `debug`, with automagic), `%tb`, `%pdb`,
+`pdb.pm()`, `post_mortem(...)`, `sys.last_*`, IPython's last execution result."""
+
+
+def _debugs(result: Any) -> bool:
+    """Whether the cell that gave `result` read the last error (`DEBUGS_THE_LAST_ERROR`)."""
+    raw = getattr(getattr(result, "info", None), "raw_cell", None)
+    return bool(DEBUGS_THE_LAST_ERROR.search(raw or ""))
+
+
+def _debuggable_error(result: Any) -> bool:
+    """Whether the cell ended in an error worth keeping for %debug: any but running out of
+    memory, whose frames hold what the next try needs."""
+    error = getattr(result, "error_in_exec", None)
+    if not isinstance(error, BaseException):
+        return False
+    return not isinstance(error, MemoryError) and type(error).__name__ != "OutOfMemoryError"
 
 
 def _parse_keep(text: str) -> tuple[str, ...]:

@@ -185,6 +185,7 @@ def cleanup(
     full: bool = False,
     shell: Any | None = None,
     caller: Caller = "python",
+    keep_last_error: bool = False,
 ) -> CleanupReport:
     """Release everything that holds memory without being asked for by name, and report it.
 
@@ -198,12 +199,18 @@ def cleanup(
     after, which walks every object (so its gc is full too). Never raises once it runs (a `drop`
     that names no variables, or given outside IPython, is refused first); never unloads the
     model. `caller` words the report's advice: Python's arguments (`cleanup(full=True)`), or
-    "magic" for `%qwen3_clean`'s flags (`--full`).
+    "magic" for `%qwen3_clean`'s flags (`--full`). `keep_last_error` leaves the last exception
+    and its frames for `%debug` and `%tb` (autoclean after a failed cell).
     """
     names = _drop_names(drop)
     from .generation import check_arguments  # `verbose="no"` is truthy: it meant yes
 
-    switches: dict[str, object] = {"dynamo": dynamo, "verbose": verbose, "full": full}
+    switches: dict[str, object] = {
+        "dynamo": dynamo,
+        "verbose": verbose,
+        "full": full,
+        "keep_last_error": keep_last_error,
+    }
     if count_tensors is not None:
         switches["count_tensors"] = count_tensors
     check_arguments(flags=switches)
@@ -226,7 +233,8 @@ def cleanup(
         start = _probe()  # before counting tensors: the count's own garbage is not slack
         before, _ = _snapshot(count)
         heap = _run_action("host heap", release_heap_slack, start)
-        actions = (heap, *_run_actions(shell, names, dynamo, _full_gc_reason(full, dynamo, count)))
+        reason = _full_gc_reason(full, dynamo, count)
+        actions = (heap, *_run_actions(shell, names, dynamo, reason, keep_last_error))
         if count:
             COLLECTOR.hand_back("the last cleanup counted every tensor")
         after, totals = _snapshot(count)
@@ -323,8 +331,15 @@ def on_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+KEPT_FOR_DEBUG = "kept for %debug and %tb until the next cell"
+
+
 def _run_actions(
-    shell: Any | None, drop: tuple[str, ...], dynamo: bool, full_gc_reason: str
+    shell: Any | None,
+    drop: tuple[str, ...],
+    dynamo: bool,
+    full_gc_reason: str,
+    keep_last_error: bool = False,
 ) -> tuple[ActionResult, ...]:
     steps: list[tuple[str, Callable[[], tuple[str, ...]]]] = []
     if shell is not None:
@@ -365,6 +380,9 @@ def _run_actions(
                 continue
             if name in FOREGROUND_ACTIONS and not on_main_thread():
                 results.append(ActionResult(name, skipped=FROM_A_THREAD))
+                continue
+            if name == "last exception" and keep_last_error:
+                results.append(ActionResult(name, skipped=KEPT_FOR_DEBUG))
                 continue
             results.append(_run_action(name, action, probe))
             probe = _probe()

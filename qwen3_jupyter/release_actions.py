@@ -232,39 +232,49 @@ def _users_exceptions(
     shell: Any | None, candidates: list[BaseException], ignored: list[Any]
 ) -> set[int]:
     """The ids of the `candidates` the user holds, with the exceptions their causes and
-    contexts lead to: first those the user's variables reach within USERS_WALK_DEPTH steps
-    (`_reached_from`); the others are the user's when anything but Python and IPython refers
-    to them (`_held_beyond`, one pass over the heap). Why: the walk alone stopped at its
-    budget in a namespace with a few large lists before it came to `log["fit"][0]`, and a
-    cleanup then made the tensor in that exception a string and dropped its traceback."""
+    contexts lead to: those the user's variables reach within USERS_WALK_DEPTH steps
+    (`_reached_from`); where that walk was cut short (its budget spent, a container longer
+    than it reads), also those anything but Python and IPython refers to (`_held_beyond`: a
+    pass over the whole heap, which makes the next gc pass a full one). Why: the walk stopped
+    at its budget in a namespace with a few large lists before it came to `log["fit"][0]`, and
+    a cleanup then made the tensor in that exception a string and dropped its traceback."""
     if not candidates or shell is None:
         return set()
-    reached = _reached_from(user_variables(shell).values())
+    reached, complete = _reached_from(user_variables(shell).values())
     unreached = [exc for exc in candidates if id(exc) not in reached]
-    held = _held_beyond(unreached, shell, [*ignored, unreached]) if unreached else []
+    if complete or not unreached:
+        return reached
+    held = _held_beyond(unreached, shell, [*ignored, unreached])
     return reached | {id(exc) for exc in _exception_chain(held)}
 
 
-def _reached_from(values: Iterable[Any], per_container: int = 1000) -> set[int]:
+def _reached_from(values: Iterable[Any], per_container: int = 1000) -> tuple[set[int], bool]:
     """The ids of the exceptions the user's variables reach, with their causes and contexts:
     bound to a name (`err = e`), in a list or dict (`errors.append(e)`, `log["fit"][0]`), or on
     an object (`run.err = e`), within USERS_WALK_DEPTH steps, the first `per_container` items of
-    each container, USERS_WALK_BUDGET objects in all."""
+    each container, USERS_WALK_BUDGET objects in all; and whether that was all there was to
+    read within those steps."""
     found: list[BaseException] = []
     seen: set[int] = set()
+    complete = True
     level = list(values)
     for depth in range(USERS_WALK_DEPTH + 1):
         following: list[Any] = []
         for value in level:
-            if id(value) in seen or len(seen) >= USERS_WALK_BUDGET:
+            if id(value) in seen:
                 continue
+            if len(seen) >= USERS_WALK_BUDGET:
+                complete = False
+                break
             seen.add(id(value))
             if isinstance(value, BaseException):
                 found.append(value)
             elif depth < USERS_WALK_DEPTH:
-                following.extend(_held_by(value, per_container))
+                held = _held_by(value, per_container + 1)
+                complete = complete and len(held) <= per_container
+                following.extend(held[:per_container])
         level = following
-    return {id(exc) for exc in _exception_chain(found)}
+    return {id(exc) for exc in _exception_chain(found)}, complete
 
 
 def _held_beyond(

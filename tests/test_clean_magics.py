@@ -230,6 +230,47 @@ def test_autoclean_reports_only_when_something_was_freed(k: Kernel) -> None:
     assert report_lines(ok(k, "1")) == []
 
 
+def alive_unseen(k: Kernel, name: str) -> bool:
+    """Whether `refs[name]`'s object lives, read by a silent request (a user expression):
+    IPython runs no cell hooks for it, so it does not count as the user's next cell."""
+    msg_id = k.kc.execute("", silent=True, user_expressions={"v": f"refs[{name!r}]() is not None"})
+    reply = k._reply_to(msg_id, 30)
+    return bool(reply["user_expressions"]["v"]["data"]["text/plain"] == "True")
+
+
+def test_autoclean_keeps_a_failed_cells_error_for_the_cell_that_debugs_it(k: Kernel) -> None:
+    """Under autoclean, `%tb` said "No traceback available to show." and `%debug` "No
+    traceback has been produced" after any failed cell: its traceback was released as it was
+    shown (a small one without a word). It is now kept until the next cell starts, and past
+    it when that cell debugs; an out-of-memory error's frames still go at once."""
+    ok(
+        k,
+        "def train(error=ValueError):\n"
+        "    w = torch.ones(4 * MiB)\n"
+        '    refs["frame"] = weakref.ref(w)\n'
+        "    raise error('loss is nan')",
+    )
+    ok(k, "%qwen3_autoclean on")
+    try:
+        assert k.run("train()").status == "error"
+        assert alive_unseen(k, "frame"), "the failed cell's frames are kept for %debug"
+        shown = k.run("%tb")
+        assert "loss is nan" in str(shown.error), shown.messages
+        assert "loss is nan" in str(k.run("%tb").error), "and for the next cell that debugs"
+        assert alive_unseen(k, "frame"), "a cell that debugs keeps them"
+        ok(k, "x = 1")
+        assert not alive_unseen(k, "frame"), "any other cell frees them as it starts"
+        assert k.run("train(torch.OutOfMemoryError)").status == "error"
+        assert not alive_unseen(k, "frame"), "an out-of-memory error's frames go at once"
+    finally:
+        ok(k, "%qwen3_autoclean off")
+    assert k.value("len(get_ipython().events.callbacks['pre_run_cell'])") == k.value(
+        "len([c for c in get_ipython().events.callbacks['pre_run_cell'] "
+        "if 'CleanMagics' not in repr(c)])"
+    ), "autoclean off leaves no hook behind"
+    ok(k, "del train")
+
+
 def test_unloading_the_extension_removes_magics_and_hook(fresh_kernel: Kernel) -> None:
     hooks = "len(get_ipython().events.callbacks['post_run_cell'])"
     before_loading = fresh_kernel.value(hooks)
