@@ -7,6 +7,7 @@ are raised by the magics as one-line UsageErrors, never tracebacks.)
 from __future__ import annotations
 
 import html
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -211,6 +212,7 @@ def render(
     show no Markdown (`jupyter console`, a notebook converted to text: they showed
     `<IPython.core.display.Markdown object>`)."""
     markdown, plain = [], []
+    thinking = _LINE_END.sub("\n", thinking)  # a lone \r: Markdown's line end, not Python's
     words = _count(len(thinking.split()), "word")
     if thinking and not hide_thinking and streaming and not finished:
         markdown.append(
@@ -235,6 +237,10 @@ def render(
         "\n\n".join(p for p in plain if p) or "generating…",
     )
 
+
+_LINE_END = re.compile(r"\r\n?")
+"""A lone `\r` ends a line for Markdown: two of them in the thinking made a blank line, which
+ended its raw-HTML block, and the rest was read as Markdown (an image in it was fetched)."""
 
 THINKING_TAIL_CHARACTERS = 600
 THINKING_TAIL_LINES = 8

@@ -33,8 +33,9 @@ _NO_BLANK_LINE = r"(?:(?!\n[ \t]*\n).)"
 _MATH = rf"""
     \$\${_NO_BLANK_LINE}+?\$\$                    # display math
     | (?<!\\)\$(?!\s)[^$\n`]*?(?<![\s\\])\$(?!\d)   # inline math, on one line, no code in it
-    | \\\({_NO_BLANK_LINE}+?\\\)                  # \( … \)
-    | \\\[{_NO_BLANK_LINE}+?\\\]                  # \[ … \]
+    | \\\\\({_NO_BLANK_LINE}+?\\\\\)              # \\( … \\) (a single backslash is Markdown's)
+    | \\\\\[{_NO_BLANK_LINE}+?\\\\\]              # \\[ … \\]
+    | \\begin\{{(?P<environment>[a-z]*\*?)\}}{_NO_BLANK_LINE}*?\\end\{{(?P=environment)\}}
 """
 _KEPT = re.compile(
     rf"""
@@ -51,44 +52,143 @@ _MATH_ONLY = re.compile(_MATH, re.DOTALL | re.VERBOSE)
 def escape_html(markdown: str) -> str:
     """`markdown` with every `<` neutralised (see the module's doc) and its images as links.
 
-    A fence left open (an answer still streaming, or cut off) runs to the end, as Markdown
-    renders it; an indented line after a blank line (or after another such line) is code."""
+    Its blocks are read as Markdown reads them, closely enough to keep their look: quotes and
+    list items (their lines taken out, escaped as a text of their own, put back), fenced code
+    (left open while an answer streams or when it was cut off, it runs to the end) and
+    indented code. Where this reading differs from JupyterLab's, only the look can differ."""
+    return _escape_blocks(_LINE_END.sub("\n", markdown))
+
+
+_LINE_END = re.compile(r"\r\n?")
+_LINE = re.compile(r"[^\n]*\n|[^\n]+$")
+_QUOTE = re.compile(r"^ {0,3}> ?")
+_LIST_ITEM = re.compile(r"^ {0,3}(?:[-*+]|\d{1,9}[.)])(?= |\n|$)")
+_HEADING_OR_BREAK = re.compile(r"^ {0,3}(?:#{1,6}(?: |$)|(?:[-*_] *){3,}$)")
+_NEEDS_HTML = ("<", "![")
+"""What code is written as HTML for: a tag, or an image Markdown would fetch were the code
+not code to JupyterLab."""
+
+
+def _escape_blocks(text: str) -> str:
+    lines = _LINE.findall(text)
     out: list[str] = []
     prose: list[str] = []
-    code: list[str] = []  # an open fenced block's lines, its opening fence first
-    fence = ""
-    previous_blank, in_indented = True, False
-    for line in markdown.splitlines(keepends=True):
-        blank = not line.strip()
-        indented_code = not blank and _INDENTED.match(line) and (previous_blank or in_indented)
-        if in_indented and not indented_code and not blank:
-            out.append(_indented_block(code))
-            code, in_indented = [], False
-        if fence:
-            code.append(line)
-            closing = line.strip()
-            if closing.startswith(fence) and set(closing) == {fence[0]}:
-                out.append(_fenced_block(code, closed=True))
-                code, fence = [], ""
+
+    def flush_prose() -> None:
+        out.append(_escape_prose("".join(prose)))
+        prose.clear()
+
+    index, previous_blank = 0, True
+    while index < len(lines):
+        line = lines[index]
+        if _QUOTE.match(line):
+            end = index
+            while end < len(lines) and _QUOTE.match(lines[end]):
+                end += 1
+            flush_prose()
+            out.append(_quoted_block(lines[index:end]))
+        elif item := _LIST_ITEM.match(line):
+            end = _item_end(lines, index, _content_column(line, item.end()))
+            flush_prose()
+            out.append(_list_item(lines[index:end], _content_column(line, item.end())))
         elif opening := _FENCE.match(line):
-            out.append(_escape_prose("".join(prose)))
-            prose, code = [], [line]
-            fence = opening.group(1)
-        elif indented_code or (in_indented and blank):
-            if not in_indented:
-                out.append(_escape_prose("".join(prose)))
-                prose = []
-            code.append(line)
-            in_indented = True
+            end = _fence_end(lines, index, opening.group(1))
+            flush_prose()
+            out.append(
+                _fenced_block(
+                    lines[index:end],
+                    opening,
+                    closed=end - index > 1 and _closes(lines[end - 1], opening.group(1)),
+                )
+            )
+        elif not _blank(line) and _INDENTED.match(line) and previous_blank:
+            end = index
+            while end < len(lines) and (_blank(lines[end]) or _INDENTED.match(lines[end])):
+                end += 1
+            flush_prose()
+            out.append(_indented_block(lines[index:end]))
         else:
             prose.append(line)
-        previous_blank = blank
-    if fence:
-        out.append(_fenced_block(code, closed=False))
-    elif in_indented:
-        out.append(_indented_block(code))
-    out.append(_escape_prose("".join(prose)))
+            end = index + 1
+        previous_blank = _blank(lines[end - 1])
+        index = end
+    flush_prose()
     return "".join(out)
+
+
+def _blank(line: str) -> bool:
+    """Blank as Markdown counts it: spaces and tabs only (a no-break space is text)."""
+    return not line.strip(" \t\n")
+
+
+def _content_column(line: str, marker_end: int) -> int:
+    """Where a list item's text starts: after the marker and its 1-4 spaces (one, when it has
+    no text or 5+ spaces, which make its text indented code)."""
+    spaces = len(line[marker_end:]) - len(line[marker_end:].lstrip(" "))
+    rest = line[marker_end:].strip(" \n")
+    return marker_end + (spaces if rest and spaces <= 4 else 1)
+
+
+def _starts_a_block(line: str) -> bool:
+    return bool(
+        _LIST_ITEM.match(line)
+        or _FENCE.match(line)
+        or _QUOTE.match(line)
+        or _HEADING_OR_BREAK.match(line)
+    )
+
+
+def _item_end(lines: list[str], start: int, column: int) -> int:
+    """The line after a list item: its lines are indented to its text's column, blank, or
+    carry a paragraph on (lazily, with less indent); blank lines after it are not its own."""
+    last, index = start, start + 1
+    while index < len(lines):
+        line = lines[index]
+        indent = len(line) - len(line.lstrip(" "))
+        if _blank(line):
+            index += 1
+            continue
+        lazy = index == last + 1 and not _starts_a_block(line)
+        if indent < column and not lazy:
+            break
+        last = index
+        index += 1
+    return last + 1
+
+
+def _list_item(lines: list[str], column: int) -> str:
+    """A list item escaped as a text of its own, its marker and indent put back."""
+    inner = [lines[0][column:] if len(lines[0]) > column else "\n"]
+    for line in lines[1:]:
+        spaces = len(line) - len(line.lstrip(" "))
+        inner.append(line[min(spaces, column) :])
+    escaped = _escape_blocks("".join(inner)).splitlines(keepends=True)
+    marker = lines[0][:column]
+    if not escaped:
+        return lines[0]
+    shown = [marker + escaped[0] if escaped[0].strip() else marker.rstrip() + "\n"]
+    shown += [" " * column + line if line.strip() else line for line in escaped[1:]]
+    return "".join(shown)
+
+
+def _quoted_block(lines: list[str]) -> str:
+    """A quote's lines escaped as a text of their own, each given its `> ` back."""
+    inner = "".join(_QUOTE.sub("", line, count=1) for line in lines)
+    return "".join(f"> {line}" for line in _escape_blocks(inner).splitlines(keepends=True))
+
+
+def _fence_end(lines: list[str], start: int, fence: str) -> int:
+    """The line after a fenced block's closing fence (the end when it has none yet)."""
+    for index in range(start + 1, len(lines)):
+        if _closes(lines[index], fence):
+            return index + 1
+    return len(lines)
+
+
+def _closes(line: str, fence: str) -> bool:
+    closing = line.strip(" \t\n")
+    indent = len(line) - len(line.lstrip(" "))
+    return indent <= 3 and closing.startswith(fence) and set(closing) == {fence[0]}
 
 
 def escape_inline(text: str) -> str:
@@ -97,23 +197,25 @@ def escape_inline(text: str) -> str:
     return _escape_prose(text)
 
 
-def _fenced_block(lines: list[str], closed: bool) -> str:
+def _fenced_block(lines: list[str], opening: re.Match[str], closed: bool) -> str:
     """A fenced code block (opening fence, its lines, the closing fence if it came) as written,
-    or as HTML when it holds a `<` anywhere (its info string too)."""
-    if not any("<" in line for line in lines):
+    or as HTML when it holds a `<` or an image anywhere (its info string too); its lines lose
+    the fence's own indent, as Markdown takes it off."""
+    if not any(mark in line for line in lines for mark in _NEEDS_HTML):
         return "".join(lines)
-    opening = _FENCE.match(lines[0])
-    info = lines[0][opening.end() if opening else 0 :].strip().split(" ")[0]
+    indent = len(lines[0]) - len(lines[0].lstrip(" "))
+    info = lines[0][opening.end() :].strip().split(" ")[0]
     body = lines[1:-1] if closed else lines[1:]
-    return _html_block("".join(body), _LANGUAGE.sub("", info))
+    code = "".join(line[min(indent, len(line) - len(line.lstrip(" "))) :] for line in body)
+    return _html_block(code, _LANGUAGE.sub("", info))
 
 
 def _indented_block(lines: list[str]) -> str:
-    """An indented code block as written, or as HTML when it holds a `<`; its blank lines after
-    the code are kept outside it."""
+    """An indented code block as written, or as HTML when it holds a `<` or an image; its
+    blank lines after the code are kept outside it."""
     trailing = len(lines) - len("".join(lines).rstrip().splitlines(keepends=True))
     code, blanks = lines[: len(lines) - trailing], lines[len(lines) - trailing :]
-    if not any("<" in line for line in code):
+    if not any(mark in line for line in code for mark in _NEEDS_HTML):
         return "".join(lines)
     body = "".join(_INDENTED.sub("", line, count=1) for line in code)
     return _html_block(body, "") + "".join(blanks)
@@ -123,18 +225,21 @@ _LANGUAGE = re.compile(r"[^\w+#.-]")
 
 
 def _html_block(code: str, language: str) -> str:
-    """`code` as an HTML code block that shows it as written, on lines of its own."""
+    """`code` as an HTML code block that shows it as written, on lines of its own (an HTML
+    block may break into a paragraph, and ends at its line with `</pre>`)."""
     attribute = f' class="language-{language}"' if language else ""
-    return f"\n<pre><code{attribute}>{_as_html_text(code)}</code></pre>\n\n"
+    return f"<pre><code{attribute}>{_as_html_text(code)}</code></pre>\n"
+
+
+_HTML_TEXT = str.maketrans({mark: f"&#{ord(mark)};" for mark in "$\\`*_[]~|!"})
 
 
 def _as_html_text(code: str) -> str:
-    """`code` as HTML text that JupyterLab shows as written: escaped, and its `$`, `\\` and
-    backticks as character references, which neither its math finder (it reads the Markdown
-    before rendering: `$…$` in code was taken out and escaped twice) nor Markdown read; MathJax
-    leaves `<code>` alone."""
-    escaped = html.escape(code, quote=False)
-    return escaped.replace("$", "&#36;").replace("\\", "&#92;").replace("`", "&#96;")
+    """`code` as HTML text that JupyterLab shows as written: escaped, and as character
+    references what its math finder (it reads the Markdown before rendering: `$…$` in code was
+    taken out and escaped twice) or Markdown would read (the text between inline tags is
+    Markdown: `*`, `_`, a table's `|`); MathJax leaves `<code>` alone."""
+    return html.escape(code, quote=False).translate(_HTML_TEXT)
 
 
 def _escape_prose(text: str) -> str:
@@ -150,10 +255,11 @@ def _escape_prose(text: str) -> str:
 
 
 def _kept(match: re.Match[str]) -> str:
-    """A span shown as written, its `<` neutralised: a code span holding one as HTML, math's
-    as TeX's `\\lt`, a link address's as `&lt;` (Markdown reads it back as `<`)."""
+    """A span shown as written, its `<` and images neutralised: a code span holding either as
+    HTML, math's `<` as TeX's `\\lt` (and `![` parted by an empty group), a link address's
+    `<` as `&lt;` (Markdown reads it back as `<`)."""
     span = match.group(0)
-    if "<" not in span or match.group("autolink"):
+    if match.group("autolink") or not any(mark in span for mark in _NEEDS_HTML):
         return span
     if match.group("code"):
         ticks = len(match.group(2))
@@ -162,8 +268,8 @@ def _kept(match: re.Match[str]) -> str:
             inner = inner[1:-1]
         return f"<code>{_as_html_text(inner.replace(chr(10), ' '))}</code>"
     if match.group("math"):
-        return span.replace("<", "\\lt ")
-    return span.replace("<", "&lt;")
+        return span.replace("<", "\\lt ").replace("![", "!{}[")
+    return span.replace("<", "&lt;").replace("![", "\\![")
 
 
 def _outside(kept: re.Pattern[str], text: str, escape: Callable[[str], str]) -> str:

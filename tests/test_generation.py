@@ -371,27 +371,39 @@ def test_dollars_in_the_thinking_are_shown_as_typed_and_its_math_kept() -> None:
         ("inline `div` stays", "inline `div` stays"),
         (
             "```html\n<p>x</p>\n```\nthen <b>",
-            '\n<pre><code class="language-html">&lt;p&gt;x&lt;/p&gt;\n</code></pre>\n\nthen &lt;b>',
+            '<pre><code class="language-html">&lt;p&gt;x&lt;/p&gt;\n</code></pre>\nthen &lt;b>',
         ),
         ("```py\nprint(1)\n```\nthen <b>", "```py\nprint(1)\n```\nthen &lt;b>"),
         ("> a quote & more", "> a quote & more"),
         (
             "streaming ```\n```py\nif a < b:",
-            'streaming ```\n\n<pre><code class="language-py">if a &lt; b:</code></pre>\n\n',
+            'streaming ```\n<pre><code class="language-py">if a &lt; b:</code></pre>\n',
         ),
         (
-            "```sh\necho $HOME `x` \\( <y>",
-            '\n<pre><code class="language-sh">echo &#36;HOME '
-            "&#96;x&#96; &#92;( &lt;y&gt;</code></pre>\n\n",
+            "```sh\necho $HOME `x` \\( <y> *a* [b]",
+            '<pre><code class="language-sh">echo &#36;HOME &#96;x&#96; &#92;( &lt;y&gt; '
+            "&#42;a&#42; &#91;b&#93;</code></pre>\n",
         ),
-        # MathJax gets math as written but `<` as TeX's \lt (`&lt;` there is a TeX error)
+        # MathJax gets math as written but `<` as TeX's \lt (`&lt;` there is a TeX error);
+        # JupyterLab's maths opens at \\( (one backslash is Markdown's escape) and \begin
         (
-            "So $0 < x < 1$ and $$a<b$$ and \\(c<d\\), <i>",
-            "So $0 \\lt  x \\lt  1$ and $$a\\lt b$$ and \\(c\\lt d\\), &lt;i>",
+            "So $0 < x < 1$ and $$a<b$$ and \\\\(c<d\\\\), \\(e<f\\), <i>",
+            "So $0 \\lt  x \\lt  1$ and $$a\\lt b$$ and \\\\(c\\lt d\\\\), \\(e&lt;f\\), &lt;i>",
         ),
+        ("\\begin{align} a &< b \\end{align}", "\\begin{align} a &\\lt  b \\end{align}"),
         (
             "Run:\n\n    if a < b:\n        pass\n\nthen <p>",
-            "Run:\n\n\n<pre><code>if a &lt; b:\n    pass\n</code></pre>\n\n\nthen &lt;p>",
+            "Run:\n\n<pre><code>if a &lt; b:\n    pass\n</code></pre>\n\nthen &lt;p>",
+        ),
+        # code in a list item keeps its place in the item (and loses the item's indent)
+        (
+            "1. Install:\n   ```bash\n   echo <x>\n   ```\n2. Note:\n\n    x < y here",
+            '1. Install:\n   <pre><code class="language-bash">echo &lt;x&gt;\n   </code></pre>\n'
+            "2. Note:\n\n    x &lt; y here",
+        ),
+        (
+            "> ```html\n> <b>x</b>\n> ```",
+            '> <pre><code class="language-html">&lt;b&gt;x&lt;/b&gt;\n> </code></pre>\n',
         ),
         ("Run:\n\n    print(1)\n\nthen <p>", "Run:\n\n    print(1)\n\nthen &lt;p>"),
         # an image is its link: the browser fetched it (and what its address carried)
@@ -420,6 +432,7 @@ def test_an_answers_html_is_shown_as_typed(answer: str, shown: str) -> None:
     assert render("", answer, True, False, streaming=False)[0].endswith(shown)
 
 
+UNESCAPED_IMAGE = re.compile(r"(?<!\\)!\[")
 OUR_TAGS = re.compile(r"</?(?:pre|code)(?: class=\"language-[\w+#.-]*\")?>|<https://[^\s<>]*>")
 
 
@@ -439,6 +452,16 @@ OUR_TAGS = re.compile(r"</?(?:pre|code)(?: class=\"language-[\w+#.-]*\")?>|<http
         "    <img src=x onerror=alert(1)>\n<img src=x onerror=alert(2)>",
         "<https://x.org/a>b<img src=x onerror=alert(1)>",
         '```html lang="<img src=x onerror=alert(1)>"\nok\n```',
+        # images JupyterLab fetched where this package saw code (seen in Chromium)
+        "- first\n\n    ![](https://x.org/px?list)\n",
+        "- item\n   ```\n![](https://x.org/px?fence)\n```",
+        "text\n\u00a0\n    ![](https://x.org/px?nbsp)",
+        "```\ncode\n```~\n![](https://x.org/px?tilde)\n",
+        "ok\x0c```\n![](https://x.org/px?ff)\n```",
+        "ok\u2028```\n![](https://x.org/px?ls)\n```",
+        "$x ![](https://x.org/px?math) y$",
+        "[a](https://x.org/![](https://x.org/px?address))",
+        "`![](https://x.org/px?span)` <",
     ],
 )
 def test_no_tag_the_model_wrote_reaches_the_markdown(answer: str) -> None:
@@ -453,6 +476,10 @@ def test_no_tag_the_model_wrote_reaches_the_markdown(answer: str) -> None:
 
     for shown in (render("", answer, True, False, streaming=False)[0], escape_inline(answer)):
         assert "<" not in OUR_TAGS.sub("", shown), shown
+        assert not UNESCAPED_IMAGE.search(shown), shown
+    thinking = render(f"step\r\r{answer}\r\r# heading", "", True, False, streaming=False)[0]
+    inside = thinking.split("<blockquote>", 1)[1].split("</blockquote>", 1)[0]
+    assert "\n\n" not in inside and "<" not in OUR_TAGS.sub("", inside.replace("<br>", "")), inside
 
 
 def test_a_status_line_shows_what_a_server_named_as_typed() -> None:
