@@ -160,7 +160,7 @@ def test_an_unwritable_cache_folder_leaves_inductor_its_own(
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     monkeypatch.setattr(embedded, "cache_root", lambda: tmp_path / "cache")
     assert compile_cache_dir() == str(tmp_path / "cache" / "torch-compile")
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ, "set only while the step compiles"
     (tmp_path / "a-file").write_text("")
     monkeypatch.setattr(embedded, "cache_root", lambda: tmp_path / "a-file")
     chosen = compile_cache_dir()  # no NotADirectoryError
@@ -1063,6 +1063,25 @@ def test_the_next_kernel_loads_the_compiled_step_from_disk(
         key = "SESSION.engines['fast']._step_key('batch 1 × cache 4096')"
         ok(kernel, "from qwen3_jupyter.session import SESSION")
         assert kernel.value(f"compiling({key}).__enter__()") is True
+    finally:
+        kernel.shutdown()
+
+
+def test_the_fast_path_leaves_the_users_compile_settings_alone(kernel_pool: KernelPool) -> None:
+    """The fast path raised torch.compile's recompile limit to 64 and pointed
+    $TORCHINDUCTOR_CACHE_DIR at its folder for the whole process, for good: a user's own
+    compiled function went on past the limit they had set without torch's warning, and wrote
+    its kernels into this package's folder, even after %unload_ext. Both hold only while the
+    step compiles (or loads) now."""
+    kernel = kernel_pool.take()
+    try:
+        ok(kernel, "import os, torch._dynamo.config as dc\ndc.recompile_limit = 3")
+        ok(kernel, "env = os.environ.get('TORCHINDUCTOR_CACHE_DIR')")
+        ok(kernel, "%load_ext qwen3_jupyter")
+        ex = ok(kernel, "%qwen3 --fast --greedy --no-think --max-new-tokens 3 hi")
+        assert "decode step" in ex.stdout, ex.stdout  # compiled, or loaded from the cache
+        assert kernel.value("dc.recompile_limit") == 3
+        assert kernel.value("os.environ.get('TORCHINDUCTOR_CACHE_DIR') == env")
     finally:
         kernel.shutdown()
 

@@ -89,10 +89,10 @@ def import_compiler(device: str = "cpu") -> None:
 
 def compile_cache_dir() -> str:
     """Where compiled kernels persist across kernels: under the project's cache folder, unless
-    the user set TORCHINDUCTOR_CACHE_DIR."""
+    the user set TORCHINDUCTOR_CACHE_DIR (made here; used only inside `compile_settings`)."""
     from ..embedded import cache_root
 
-    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    current = os.environ.get(CACHE_ENV)
     if current and current != _inductor_default_dir():
         return current
     path = cache_root() / "torch-compile"
@@ -100,8 +100,40 @@ def compile_cache_dir() -> str:
         path.mkdir(parents=True, exist_ok=True)
     except OSError:  # a read-only cache folder: inductor's own folder still caches
         return _inductor_default_dir() or ""
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
     return str(path)
+
+
+CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+RECOMPILE_LIMITS = ("recompile_limit", "cache_size_limit")
+ACCUMULATED_LIMITS = ("accumulated_recompile_limit", "accumulated_cache_size_limit")
+
+
+@contextlib.contextmanager
+def compile_settings() -> Iterator[None]:
+    """The fast path's compile settings, while its step compiles and nowhere else: its cache
+    folder ($TORCHINDUCTOR_CACHE_DIR) and a recompile limit that keeps every shape it builds
+    (torch's default gives up at 8). Why: both were set for the whole process, for good, so the
+    user's own torch.compile went on past the limit they set (or torch's 8) without its
+    warning, and wrote its kernels into this package's folder, even after %unload_ext."""
+    import torch._dynamo.config as dynamo_config
+
+    cache, before = compile_cache_dir(), os.environ.get(CACHE_ENV)
+    wanted = {name: RECOMPILE_LIMIT for name in RECOMPILE_LIMITS + ACCUMULATED_LIMITS}
+    limits = {name: getattr(dynamo_config, name) for name in wanted if hasattr(dynamo_config, name)}
+    try:
+        if cache:
+            os.environ[CACHE_ENV] = cache
+        for name, value in limits.items():
+            if isinstance(value, int) and value < wanted[name]:
+                setattr(dynamo_config, name, wanted[name])
+        yield
+    finally:
+        for name, value in limits.items():
+            setattr(dynamo_config, name, value)
+        if before is None:
+            os.environ.pop(CACHE_ENV, None)
+        else:
+            os.environ[CACHE_ENV] = before
 
 
 def remove_empty_objects(cache: str) -> int:
@@ -143,17 +175,6 @@ def compile_cache_hits() -> int:
     return int(counters["aot_autograd"]["autograd_cache_hit"]) + int(
         counters["inductor"]["fxgraph_cache_hit"]
     )
-
-
-def raise_recompile_limit() -> None:
-    """Let torch.compile keep every shape the fast path builds (its default gives up at 8)."""
-    import torch._dynamo.config as dynamo_config
-
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(dynamo_config, name) and getattr(dynamo_config, name) < RECOMPILE_LIMIT:
-            setattr(dynamo_config, name, RECOMPILE_LIMIT)
-    if getattr(dynamo_config, "accumulated_recompile_limit", RECOMPILE_LIMIT) < RECOMPILE_LIMIT:
-        dynamo_config.accumulated_recompile_limit = RECOMPILE_LIMIT
 
 
 def _mark(step: str) -> Path:
@@ -210,7 +231,8 @@ def compiling(step: str) -> Iterator[bool]:
     if serial:
         inductor_config.compile_threads = 1
     try:
-        yield cached
+        with compile_settings():
+            yield cached
     finally:
         if serial:
             inductor_config.compile_threads = before

@@ -23,7 +23,6 @@ from .compile_setup import (
     compiles_so_far,
     compiling,
     import_compiler,
-    raise_recompile_limit,
     remember_compiled,
     remove_empty_objects,
 )
@@ -134,8 +133,6 @@ class StepBuilding:
             import torch
 
             import_compiler(self.device)
-            compile_cache_dir()
-            raise_recompile_limit()
             options = dict(TUNING) if self.tune else None
             self.compiled_step = qwen3_step.compiled_parts(
                 lambda function: torch.compile(
