@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -180,6 +181,24 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tok
 """A checkpoint folder holds at least one: `save_pretrained` of the model alone writes none."""
 
 
+def meta_default_device() -> str | None:
+    """Why nothing can load or run now, when torch's default device is `meta` (the user's
+    `torch.set_default_device('meta')`, to build a model's skeleton without memory): the load
+    failed deep in torch and was blamed on a damaged model folder, a call after it showed a
+    traceback from the tokenizer and turned the fast path off for the rest of the kernel."""
+    torch = sys.modules.get("torch")
+    try:
+        device = torch.get_default_device() if torch is not None else None
+    except Exception:  # a torch without it: it has no default device to set either
+        return None
+    if getattr(device, "type", "") != "meta":
+        return None
+    return (
+        "torch's default device is meta (torch.set_default_device('meta')), where no model "
+        "loads or runs: torch.set_default_device(None) puts it back, then ask again"
+    )
+
+
 def _built(name: str, progress: Progress | None) -> Path:
     """`embedded.ensure_built`, its failures (a read-only or full cache folder) in one line."""
     try:
@@ -342,6 +361,9 @@ class ModelHolder:
 
     def get(self, choice: ModelChoice, progress: Progress | None = None) -> LoadedModel:
         """The loaded model for `choice`, loading (and replacing another) only when needed."""
+        refused = meta_default_device()
+        if refused:
+            raise ModelError(refused)
         current = self._loaded
         if current and is_loaded_as(current, choice):
             return current

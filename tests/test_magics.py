@@ -1127,6 +1127,25 @@ def test_the_release_after_running_out_finds_the_failing_frames_gone(kernel: Ker
     assert_failed_call_left_nothing(kernel, before)
 
 
+def test_a_meta_default_device_is_one_line_and_leaves_the_fast_path_on(kernel: Kernel) -> None:
+    """`torch.set_default_device('meta')` (a model's skeleton built without memory): a load
+    was blamed on a damaged model folder, a call showed the tokenizer's traceback, and a fast
+    call turned the fast path off for the rest of the kernel."""
+    ok(kernel, "import torch\ntorch.set_default_device('meta')")
+    try:
+        for cell in ("%qwen3 --fast --no-think --max-new-tokens 2 hi", "%qwen3 --eager hi"):
+            said = kernel.run(cell).stderr.strip()
+            assert said == (
+                "UsageError: torch's default device is meta (torch.set_default_device('meta')), "
+                "where no model loads or runs: torch.set_default_device(None) puts it back, then "
+                "ask again"
+            ), said
+    finally:
+        ok(kernel, "torch.set_default_device(None)")
+    ex = ok(kernel, "%qwen3 --fast --greedy --no-think --max-new-tokens 2 hi")
+    assert "(fast)" in ex.stdout, ex.stdout
+
+
 def test_an_answer_longer_than_the_model_allows_is_one_line_at_once(kernel: Kernel) -> None:
     """A typo such as --max-new-tokens 99999999 must not run for hours: transformers' generate
     goes on past the model's positions, so both paths check before generating anything."""

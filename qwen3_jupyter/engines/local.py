@@ -41,8 +41,11 @@ def holds_model(
     ) -> Callable[Concatenate[EngineSelf, Params], Returned]:
         @functools.wraps(method)
         def run(self: EngineSelf, *args: Params.args, **kwargs: Params.kwargs) -> Returned:
-            from ..models import HOLDER
+            from ..models import HOLDER, meta_default_device
 
+            refused = meta_default_device() if needs_model else None
+            if refused:
+                raise EngineError(refused)
             with HOLDER.in_use(activity):
                 loaded = getattr(self, "loaded", None)
                 if needs_model and loaded is not None and loaded.model is None:
