@@ -168,6 +168,9 @@ class TensorScan:
             return
         self._counted.add(id(tensor))
         self._add_storage(tensor)
+        grad = _leaf_grad(tensor)
+        if grad is not None:
+            self._add_tensor(grad)
         grad_fn = getattr(tensor, "grad_fn", None)
         if grad_fn is not None and not self.stop_at_first:  # a yes/no question needs no graph
             self._add_graph(grad_fn)
@@ -196,6 +199,16 @@ class TensorScan:
             for tensor in _saved_tensors(node):
                 self._add_storage(tensor)
             stack.extend(child for child, _ in getattr(node, "next_functions", ()))
+
+
+def _leaf_grad(tensor: Any) -> Any:
+    """The gradient a leaf tensor (a parameter) keeps: `backward()` put it there and only the
+    tensor holds it, so `--verbose` said a model's gradients were "not reachable from a name".
+    (Only leaves: asking a non-leaf for `.grad` warns.)"""
+    try:
+        return tensor.grad if tensor.is_leaf and tensor.requires_grad else None
+    except Exception:  # a tensor subclass or wrapper without autograd fields
+        return None
 
 
 _OPAQUE = (type, types.ModuleType, types.FunctionType)

@@ -1088,6 +1088,25 @@ def test_verbose_charges_a_tensors_autograd_graph_to_its_name(k: Kernel) -> None
         ok(k, "del loss")
 
 
+def test_verbose_charges_a_models_gradients_to_its_name(k: Kernel) -> None:
+    """After `loss.backward()` the parameters' `.grad` tensors are held by the parameters
+    alone: `--verbose` said "not reachable from a name: tensors 96.0 MiB" (exactly the
+    gradients) instead of charging them to the model."""
+    ok(
+        k,
+        "net = torch.nn.Linear(1024, 1024)\n"
+        "net(torch.ones(2, 1024)).sum().backward()\n"
+        'refs["grad"] = weakref.ref(net.weight.grad)',
+    )
+    try:
+        ok(k, "r = qwen3_jupyter.cleanup(verbose=True)")
+        details = k.value("r.details()")
+        assert any(line.startswith("net: ") and "8.0 MiB" in line for line in details), details
+        assert not any(line.startswith("not reachable from a name") for line in details), details
+    finally:
+        ok(k, "del net")
+
+
 SCRIPT_DROPS_A_CYCLE = """
 import weakref, qwen3_jupyter
 class Node:
