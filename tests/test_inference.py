@@ -105,7 +105,7 @@ def test_uncaught_error_in_block_shows_and_is_freed(k: Kernel) -> None:
         (  # taken as the cleanup's shell, it failed four frames down with an AttributeError
             "qwen3_jupyter.cleanup(True)",
             "cleanup() takes no value by position: name each one (drop=, dynamo=, verbose=, "
-            "count_tensors=, full=, shell=)",
+            "count_tensors=, full=, shell=, keep_last_error=)",
         ),
         (
             "with qwen3_jupyter.inference(model='tiny') as chat:\n    chat('hi', 'there')",
