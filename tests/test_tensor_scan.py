@@ -62,6 +62,33 @@ def test_a_walk_cut_short_is_finished_exactly_and_an_unfinished_one_keeps_the_ob
     assert "the search stopped inside Out[3]" in holders._other_hint(["Out[3]"])
 
 
+def test_a_container_beyond_the_exact_budget_is_not_walked_to_no_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--verbose` walked 1.5 M records, a 200,000-entry dict of lists and 300,000 records in
+    `Out` to the end of its budget each time, 3 s that ended in "the search stopped inside
+    …" all the same. A list, tuple, set or dict with that many tracked items now stops at once
+    (a yes/no question still walks: a tensor near its end answers it)."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(tensor_scan, "EXACT_BUDGET", 50)
+    referents: list[int] = []
+    counted = tensor_scan._referents
+    monkeypatch.setattr(tensor_scan, "_referents", lambda obj: referents.append(1) or counted(obj))
+    rows = [{"tags": []} for _ in range(60)]
+    for root in (rows, {i: row for i, row in enumerate(rows)}, tuple(rows)):
+        scan = tensor_scan.TensorScan(torch)
+        scan.visit_all(root)
+        assert scan.stopped and referents == [], type(root)
+    small = tensor_scan.TensorScan(torch)
+    small.visit_all(rows[:10])
+    assert not small.stopped and referents, "a smaller one is walked"
+    plain = tensor_scan.TensorScan(torch)
+    plain.visit_all(list(range(60)))
+    assert not plain.stopped, "untracked items (numbers) cost the walk nothing"
+    rows.append(torch.ones(1))
+    assert tensor_scan.holds_device_memory(rows), "a yes/no question walks on"
+
+
 def test_tensors_in_pandas_object_arrays_and_module_attributes_are_seen() -> None:
     """A DataFrame column of tensors (pandas keeps it in a Cython object whose `vars()` is
     empty), an object array and what a cell or a hook stored on a module (`m.saved = [x]`)
