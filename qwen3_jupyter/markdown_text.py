@@ -25,28 +25,12 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Callable
+
+from .code_highlight import highlighted
+from .markdown_spans import AUTOLINK, CODE, MATH, spans
 
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _INDENTED = re.compile(r"^(?: {4}|\t)")
-_NO_BLANK_LINE = r"(?:(?!\n[ \t]*\n).)"
-_MATH = rf"""
-    \$\${_NO_BLANK_LINE}+?\$\$                    # display math
-    | (?<!\\)\$(?!\s)[^$\n`]*?(?<![\s\\])\$(?!\d)   # inline math, on one line, no code in it
-    | \\\\\({_NO_BLANK_LINE}+?\\\\\)              # \\( … \\) (a single backslash is Markdown's)
-    | \\\\\[{_NO_BLANK_LINE}+?\\\\\]              # \\[ … \\]
-    | \\begin\{{(?P<environment>[a-z]*\*?)\}}{_NO_BLANK_LINE}*?\\end\{{(?P=environment)\}}
-"""
-_KEPT = re.compile(
-    rf"""
-    (?P<code>(?<!\\)(`+)(?!`){_NO_BLANK_LINE}*?(?<!`)\2(?!`))  # a code span, in a paragraph
-    | (?P<math>{_MATH})
-    | (?P<autolink><(?:https?|ftp|mailto):[^\s<>]*>)     # an autolink
-    | (?P<address>(?<=\])\([^()\s]*\))                   # a link's address: [docs](…?k=$KEY)
-    """,
-    re.DOTALL | re.VERBOSE,
-)
-_MATH_ONLY = re.compile(_MATH, re.DOTALL | re.VERBOSE)
 
 
 def escape_html(markdown: str) -> str:
@@ -56,20 +40,29 @@ def escape_html(markdown: str) -> str:
     list items (their lines taken out, escaped as a text of their own, put back), fenced code
     (left open while an answer streams or when it was cut off, it runs to the end) and
     indented code. Where this reading differs from JupyterLab's, only the look can differ."""
-    return _escape_blocks(_LINE_END.sub("\n", markdown))
+    return _escape_blocks(_LINE_END.sub("\n", markdown), depth=0)
 
+
+MAX_NESTING = 16
+"""Quotes and list items deeper than this are read as plain text (escaped all the same): 600
+nested `- ` on one line (a ruled line of `- - -` reads that way too) exceeded Python's recursion
+limit and the answer was lost."""
 
 _LINE_END = re.compile(r"\r\n?")
 _LINE = re.compile(r"[^\n]*\n|[^\n]+$")
 _QUOTE = re.compile(r"^ {0,3}> ?")
 _LIST_ITEM = re.compile(r"^ {0,3}(?:[-*+]|\d{1,9}[.)])(?= |\n|$)")
+_BREAK = re.compile(r"^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$")
+"""A thematic break (`- - -`, `***`): never a list item."""
 _HEADING_OR_BREAK = re.compile(r"^ {0,3}(?:#{1,6}(?: |$)|(?:[-*_] *){3,}$)")
 _NEEDS_HTML = ("<", "![")
 """What code is written as HTML for: a tag, or an image Markdown would fetch were the code
 not code to JupyterLab."""
 
 
-def _escape_blocks(text: str) -> str:
+def _escape_blocks(text: str, depth: int) -> str:
+    if depth > MAX_NESTING:
+        return _escape_prose(text)
     lines = _LINE.findall(text)
     out: list[str] = []
     prose: list[str] = []
@@ -86,12 +79,13 @@ def _escape_blocks(text: str) -> str:
             while end < len(lines) and _QUOTE.match(lines[end]):
                 end += 1
             flush_prose()
-            out.append(_quoted_block(lines[index:end]))
-        elif item := _LIST_ITEM.match(line):
-            end = _item_end(lines, index, _content_column(line, item.end()))
+            out.append(_quoted_block(lines[index:end], depth))
+        elif (item := _LIST_ITEM.match(line)) and not _BREAK.match(line):
+            column = _content_column(line, item.end())
+            end = _item_end(lines, index, column)
             flush_prose()
-            out.append(_list_item(lines[index:end], _content_column(line, item.end())))
-        elif opening := _FENCE.match(line):
+            out.append(_list_item(lines[index:end], column, depth))
+        elif opening := _fence_opening(line):
             end = _fence_end(lines, index, opening.group(1))
             flush_prose()
             out.append(
@@ -132,7 +126,7 @@ def _content_column(line: str, marker_end: int) -> int:
 def _starts_a_block(line: str) -> bool:
     return bool(
         _LIST_ITEM.match(line)
-        or _FENCE.match(line)
+        or _fence_opening(line)
         or _QUOTE.match(line)
         or _HEADING_OR_BREAK.match(line)
     )
@@ -156,13 +150,13 @@ def _item_end(lines: list[str], start: int, column: int) -> int:
     return last + 1
 
 
-def _list_item(lines: list[str], column: int) -> str:
+def _list_item(lines: list[str], column: int, depth: int) -> str:
     """A list item escaped as a text of its own, its marker and indent put back."""
     inner = [lines[0][column:] if len(lines[0]) > column else "\n"]
     for line in lines[1:]:
         spaces = len(line) - len(line.lstrip(" "))
         inner.append(line[min(spaces, column) :])
-    escaped = _escape_blocks("".join(inner)).splitlines(keepends=True)
+    escaped = _escape_blocks("".join(inner), depth + 1).splitlines(keepends=True)
     marker = lines[0][:column]
     if not escaped:
         return lines[0]
@@ -171,10 +165,12 @@ def _list_item(lines: list[str], column: int) -> str:
     return "".join(shown)
 
 
-def _quoted_block(lines: list[str]) -> str:
+def _quoted_block(lines: list[str], depth: int) -> str:
     """A quote's lines escaped as a text of their own, each given its `> ` back."""
     inner = "".join(_QUOTE.sub("", line, count=1) for line in lines)
-    return "".join(f"> {line}" for line in _escape_blocks(inner).splitlines(keepends=True))
+    return "".join(
+        f"> {line}" for line in _escape_blocks(inner, depth + 1).splitlines(keepends=True)
+    )
 
 
 def _fence_end(lines: list[str], start: int, fence: str) -> int:
@@ -185,10 +181,22 @@ def _fence_end(lines: list[str], start: int, fence: str) -> int:
     return len(lines)
 
 
+def _fence_opening(line: str) -> re.Match[str] | None:
+    """A fence that opens a code block: a backtick fence whose info string has a backtick is
+    text (```` ```py` ````), as Markdown reads it."""
+    opening = _FENCE.match(line)
+    if opening and opening.group(1)[0] == "`" and "`" in line[opening.end() :]:
+        return None
+    return opening
+
+
 def _closes(line: str, fence: str) -> bool:
+    """Whether `line` closes a block opened by `fence`: as JupyterLab's Markdown closes it,
+    the fence followed by any backticks or tildes (```` ```~ ```` closed a block this module
+    kept open, and what followed was read as code here and as text there)."""
     closing = line.strip(" \t\n")
     indent = len(line) - len(line.lstrip(" "))
-    return indent <= 3 and closing.startswith(fence) and set(closing) == {fence[0]}
+    return indent <= 3 and closing.startswith(fence) and set(closing) <= {"`", "~"}
 
 
 def escape_inline(text: str) -> str:
@@ -225,10 +233,11 @@ _LANGUAGE = re.compile(r"[^\w+#.-]")
 
 
 def _html_block(code: str, language: str) -> str:
-    """`code` as an HTML code block that shows it as written, on lines of its own (an HTML
-    block may break into a paragraph, and ends at its line with `</pre>`)."""
+    """`code` as an HTML code block that shows it as written, coloured as JupyterLab colours
+    its own (`code_highlight`), on lines of its own (an HTML block may break into a paragraph,
+    and ends at its line with `</pre>`)."""
     attribute = f' class="language-{language}"' if language else ""
-    return f"<pre><code{attribute}>{_as_html_text(code)}</code></pre>\n"
+    return f"<pre><code{attribute}>{highlighted(code, language, _as_html_text)}</code></pre>\n"
 
 
 _HTML_TEXT = str.maketrans({mark: f"&#{ord(mark)};" for mark in "$\\`*_[]~|!"})
@@ -243,49 +252,52 @@ def _as_html_text(code: str) -> str:
 
 
 def _escape_prose(text: str) -> str:
-    """`<` and `$` escaped outside the spans Markdown or MathJax show as written (`_KEPT`),
-    and `<` neutralised inside them too."""
+    """`<` and `$` escaped outside the spans Markdown or MathJax show as written
+    (`markdown_spans`), and `<` and images neutralised inside them too."""
     pieces: list[str] = []
     start = 0
-    for match in _KEPT.finditer(text):
-        pieces += [_escaped(text[start : match.start()]), _kept(match)]
-        start = match.end()
+    for span in spans(text):
+        pieces += [
+            _escaped(text[start : span.start]),
+            _kept(text[span.start : span.end], span.kind),
+        ]
+        start = span.end
     pieces.append(_escaped(text[start:]))
     return "".join(pieces)
 
 
-def _kept(match: re.Match[str]) -> str:
+def _kept(span: str, kind: str) -> str:
     """A span shown as written, its `<` and images neutralised: a code span holding either as
     HTML, math's `<` as TeX's `\\lt` (and `![` parted by an empty group), a link address's
     `<` as `&lt;` (Markdown reads it back as `<`)."""
-    span = match.group(0)
-    if match.group("autolink") or not any(mark in span for mark in _NEEDS_HTML):
+    if kind == AUTOLINK or not any(mark in span for mark in _NEEDS_HTML):
         return span
-    if match.group("code"):
-        ticks = len(match.group(2))
+    if kind == CODE:
+        ticks = len(span) - len(span.lstrip("`"))
         inner = span[ticks:-ticks]
         if inner.startswith(" ") and inner.endswith(" ") and inner.strip():
             inner = inner[1:-1]
         return f"<code>{_as_html_text(inner.replace(chr(10), ' '))}</code>"
-    if match.group("math"):
+    if kind == MATH:
         return span.replace("<", "\\lt ").replace("![", "!{}[")
-    return span.replace("<", "&lt;").replace("![", "\\![")
+    return span.replace("<", "&lt;").replace("![", IMAGE_SHOWN_AS_TEXT)
 
 
-def _outside(kept: re.Pattern[str], text: str, escape: Callable[[str], str]) -> str:
-    """`text` with `escape` applied to what lies between the matches of `kept`."""
-    pieces: list[str] = []
-    start = 0
-    for match in kept.finditer(text):
-        pieces += [escape(text[start : match.start()]), match.group(0)]
-        start = match.end()
-    pieces.append(escape(text[start:]))
-    return "".join(pieces)
+_ESCAPED_ANGLE = re.compile(r"(?<!\\)((?:\\\\)*)\\<")
+"""`\\<`, Markdown's escaped `<`: its backslash goes with it (before `&lt;` it escaped the `&`,
+and "\\<div\\>" showed as `&lt;div>`)."""
 
 
 def _escaped(prose: str) -> str:
+    prose = _ESCAPED_ANGLE.sub(r"\1<", prose)
     prose = prose.replace("<", "&lt;").replace("$", DOLLAR_OUTSIDE_MATH)
-    return prose.replace("![", "\\![")  # an image shown as its link, not fetched
+    return prose.replace("![", IMAGE_SHOWN_AS_TEXT)
+
+
+IMAGE_SHOWN_AS_TEXT = "!\\["
+"""`![` with its bracket escaped: an image (`![…](https://…)`) is shown as typed, not fetched.
+Escaping the `!` instead (`\\![`) let a backslash the model wrote before it escape that
+backslash, and the image was fetched (`\\![](…)` became `\\\\![](…)`)."""
 
 
 DOLLAR_OUTSIDE_MATH = "\\\\$"
@@ -299,7 +311,13 @@ def dollars_escaped_in_html(text: str) -> str:
     written `\\$`: Markdown leaves raw HTML as it is, and MathJax shows `\\$` as a plain `$`
     (the answer's Markdown needs two backslashes, `DOLLAR_OUTSIDE_MATH`). Backticks make no
     code in raw HTML, so only math is kept as written. Checked in JupyterLab 4 (Chromium)."""
-    return _outside(_MATH_ONLY, text, lambda prose: prose.replace("$", "\\$"))
+    pieces: list[str] = []
+    start = 0
+    for span in spans(text, frozenset({MATH})):
+        pieces += [text[start : span.start].replace("$", "\\$"), text[span.start : span.end]]
+        start = span.end
+    pieces.append(text[start:].replace("$", "\\$"))
+    return "".join(pieces)
 
 
 _MARKDOWN_MARKS = re.compile(r"([\\`*_\[\]~])")

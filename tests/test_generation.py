@@ -409,9 +409,10 @@ def test_dollars_in_the_thinking_are_shown_as_typed_and_its_math_kept() -> None:
         # an image is its link: the browser fetched it (and what its address carried)
         (
             "![chart](https://x.org/?q=secret) and <b>",
-            "\\![chart](https://x.org/?q=secret) and &lt;b>",
+            "!\\[chart](https://x.org/?q=secret) and &lt;b>",
         ),
         ("see <https://example.com> or <b>", "see <https://example.com> or &lt;b>"),
+        ("Escape tags like \\<div\\> or \\\\<b>", "Escape tags like &lt;div\\> or \\\\&lt;b>"),
         ("a ` stray\n\nthen <b>x</b> `y`", "a ` stray\n\nthen &lt;b>x&lt;/b> `y`"),
         # money is not math: JupyterLab typeset "$120 a night and the taxi $" in italics
         (
@@ -429,10 +430,14 @@ def test_an_answers_html_is_shown_as_typed(answer: str, shown: str) -> None:
     text vanished) while thinking and table cells were escaped. Code is left as it is."""
     from qwen3_jupyter.display import render
 
-    assert render("", answer, True, False, streaming=False)[0].endswith(shown)
+    rendered = render("", answer, True, False, streaming=False)[0]
+    assert COLOURS.sub("", rendered).endswith(shown), rendered
 
 
-UNESCAPED_IMAGE = re.compile(r"(?<!\\)!\[")
+COLOURS = re.compile(r'<span style="color: var\(--jp-mirror-editor-[\w-]+-color\)">|</span>')
+"""The colours `code_highlight` gives a code block's tokens (tested on their own)."""
+
+
 OUR_TAGS = re.compile(r"</?(?:pre|code)(?: class=\"language-[\w+#.-]*\")?>|<https://[^\s<>]*>")
 
 
@@ -462,6 +467,11 @@ OUR_TAGS = re.compile(r"</?(?:pre|code)(?: class=\"language-[\w+#.-]*\")?>|<http
         "$x ![](https://x.org/px?math) y$",
         "[a](https://x.org/![](https://x.org/px?address))",
         "`![](https://x.org/px?span)` <",
+        "Note: \\![](https://x.org/px?backslash) and \\\\\\![x][r]\n\n[r]: https://x.org/px?ref",
+        "> \\![](https://x.org/px?quoted)",
+        "- " * 600 + "deep <b>",  # nesting past Python's recursion limit lost the answer
+        "> " * 600 + "deep <b>",
+        "- - - " * 400 + "<b>",
     ],
 )
 def test_no_tag_the_model_wrote_reaches_the_markdown(answer: str) -> None:
@@ -476,7 +486,7 @@ def test_no_tag_the_model_wrote_reaches_the_markdown(answer: str) -> None:
 
     for shown in (render("", answer, True, False, streaming=False)[0], escape_inline(answer)):
         assert "<" not in OUR_TAGS.sub("", shown), shown
-        assert not UNESCAPED_IMAGE.search(shown), shown
+        assert "![" not in shown, shown
     thinking = render(f"step\r\r{answer}\r\r# heading", "", True, False, streaming=False)[0]
     inside = thinking.split("<blockquote>", 1)[1].split("</blockquote>", 1)[0]
     assert "\n\n" not in inside and "<" not in OUR_TAGS.sub("", inside.replace("<br>", "")), inside
