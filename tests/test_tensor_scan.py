@@ -73,8 +73,13 @@ def test_a_container_beyond_the_exact_budget_is_not_walked_to_no_answer(
     monkeypatch.setattr(tensor_scan, "EXACT_BUDGET", 50)
     referents: list[int] = []
     counted = tensor_scan._referents
-    monkeypatch.setattr(tensor_scan, "_referents", lambda obj: referents.append(1) or counted(obj))
-    rows = [{"tags": []} for _ in range(60)]
+
+    def counting(obj: Any) -> list[Any]:
+        referents.append(1)
+        return counted(obj)
+
+    monkeypatch.setattr(tensor_scan, "_referents", counting)
+    rows: list[Any] = [{"tags": []} for _ in range(60)]
     for root in (rows, {i: row for i, row in enumerate(rows)}, tuple(rows)):
         scan = tensor_scan.TensorScan(torch)
         scan.visit_all(root)
