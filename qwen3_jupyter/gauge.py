@@ -319,6 +319,15 @@ NVML that hangs longer leaves 'reading memory…' until the thread's reading arr
 MUTED = "var(--jp-ui-font-color2, #555)"
 WARN_COLOR = "var(--jp-warn-color0, #b45309)"
 """JupyterLab's theme colours (readable in its dark theme too), with light-theme fallbacks."""
+WARNING_STYLE = (
+    f"color:var(--jp-ui-font-color1, #222);border-left:3px solid {WARN_COLOR};padding-left:4px"
+)
+"""A warning's text in the theme's text colour, marked by an amber bar: amber text on white
+was 3.8:1, under the 4.5:1 text needs (the bar, a graphic, needs 3:1)."""
+DIMMED = ".65"
+"""A stale gauge's readings: dimmed, still readable (at .4 they were 2.4:1 on white)."""
+LEVEL_WORDS = {"warning": "high", "danger": "nearly full"}
+"""A row's level in words beside its bar's colour, which alone told it."""
 READINGS_CLASS = "qwen3-gauge-readings"
 """The parts of a gauge that dim when its readings go stale (rows, kept line, warnings)."""
 
@@ -336,7 +345,10 @@ def footer_html(snapshot: Snapshot, compact: bool = False, scope: str = "qwen3-g
 
     What CSS alone cannot do: a gauge the browser stops drawing (a notebook tab in the
     background, a cell scrolled out of a windowed notebook) restarts its animations when it is
-    shown again, so a dead kernel's gauge looks live for those few beats once more."""
+    shown again, so a dead kernel's gauge looks live for those few beats once more.
+
+    The warning is `visibility:hidden` until then, not only transparent: a screen reader read
+    "not updated since …" out on every live gauge."""
     period = max(HEARTBEAT_SECONDS, snapshot.interval)
     beat = int(snapshot.timestamp // period)
     delay = f"{STALE_BEATS * period + 1:g}s"
@@ -344,8 +356,9 @@ def footer_html(snapshot: Snapshot, compact: bool = False, scope: str = "qwen3-g
     since = time.strftime("%H:%M:%S %Z", time.localtime(read_at)).strip()
     live = "" if compact and not gpus_in_question(snapshot) else html.escape(footer_text(snapshot))
     css = (
-        "<style>@keyframes qwen3-gauge-stale{to{max-height:6em;opacity:1}}"
-        "@keyframes qwen3-gauge-dim-0{to{opacity:.4}}@keyframes qwen3-gauge-dim-1{to{opacity:.4}}"
+        "<style>@keyframes qwen3-gauge-stale{to{max-height:6em;opacity:1;visibility:visible}}"
+        f"@keyframes qwen3-gauge-dim-0{{to{{opacity:{DIMMED}}}}}"
+        f"@keyframes qwen3-gauge-dim-1{{to{{opacity:{DIMMED}}}}}"
         f".{scope} .{READINGS_CLASS}{{animation:qwen3-gauge-dim-{beat % 2} 0s {delay} forwards}}"
         "</style>"
     )
@@ -353,7 +366,7 @@ def footer_html(snapshot: Snapshot, compact: bool = False, scope: str = "qwen3-g
         f'{css}<small class="qwen3-gauge-footer" data-beat="{beat}">'
         f'<span class="qwen3-gauge-live" style="animation:qwen3-gauge-dim-0 0s {delay} '
         f'forwards">{live}</span><span class="qwen3-gauge-stale" style="display:block;'
-        f"max-height:0;overflow:hidden;opacity:0;color:{WARN_COLOR};"
+        f"max-height:0;overflow:hidden;opacity:0;visibility:hidden;{WARNING_STYLE};"
         f'animation:qwen3-gauge-stale 0s {delay} forwards">⚠ not updated since {since}: a saved '
         "copy, or the kernel stopped, restarted or is in a call that holds Python's lock (a long "
         "sort, pickling); if it stays so while the kernel is idle, run %qwen3_gauge "
@@ -405,6 +418,14 @@ class _Series:
         self.bucket = bucket
 
 
+def row_text(view: RowView) -> str:
+    """A row's words: its percentage and level first (`LEVEL_WORDS`), then its figures."""
+    if view.percent is None:
+        return view.text
+    level = LEVEL_WORDS.get(view.style)
+    return f"{view.percent}%{f' ({level})' if level else ''} · {view.text}"
+
+
 def unbroken(text: str) -> str:
     """Row text that wraps only between its ' · ' parts: inside one ('peak 20.0 GiB') the
     spaces are non-breaking, so a narrow notebook never leaves a number away from its unit."""
@@ -437,9 +458,11 @@ class _Row:
             layout=widgets.Layout(display="none" if compact else None, width="100px", **fixed)
         )
         self.text = widgets.HTML()
-        self.percent = ""
-        """" 37%" as the static copy writes it; "" where the row has no figure."""
-        self.box = widgets.HBox([self.label, self.bar, self.spark, self.text])
+        # wraps where the columns do not fit (200% zoom pushed the figures out of sight)
+        self.box = widgets.HBox(
+            [self.label, self.bar, self.spark, self.text],
+            layout=widgets.Layout(flex_flow="row wrap"),
+        )
         self.box.add_class("qwen3-gauge-row")
         self.text.add_class("qwen3-gauge-text")
 
@@ -451,9 +474,8 @@ class _Row:
         with self.bar.hold_sync():
             self.bar.value = float(view.percent or 0)
             self.bar.bar_style = view.style
-        self.percent = "" if view.percent is None else f" {view.percent}%"
         self.spark.value = spark
-        self.text.value = f"<span>{html.escape(unbroken(view.text))}</span>"
+        self.text.value = f"<span>{html.escape(unbroken(row_text(view)))}</span>"
 
     def close(self) -> None:
         for w in (self.label, self.bar, self.spark, self.text, self.box):
@@ -533,8 +555,7 @@ class Gauge(widgets.VBox):
                 self._rows[view.key].show(view, spark)
             self._kept.value = kept_html(snapshot)
             self._warnings.value = "".join(
-                f'<div style="color:{WARN_COLOR}">⚠ {html.escape(w)}</div>'
-                for w in snapshot.warnings
+                f'<div style="{WARNING_STYLE}">⚠ {html.escape(w)}</div>' for w in snapshot.warnings
             )
             self._footer.value = footer_html(snapshot, self._compact, self._scope)
             self._notice = footer_text(snapshot) if gpus_in_question(snapshot) else ""
@@ -546,10 +567,7 @@ class Gauge(widgets.VBox):
         """The rows and warnings as they are now, as static HTML (no widgets), saying when
         they were read: scrolled back to later, a copy must not pass for a live reading."""
         with self._lock:
-            rows = [
-                f"<div>{r.label.value}{r.percent} · {r.text.value}</div>"
-                for r in self._rows.values()
-            ]
+            rows = [f"<div>{r.label.value} · {r.text.value}</div>" for r in self._rows.values()]
             when = ""
             if self._last_reading is not None:
                 at = time.strftime("%H:%M:%S", time.localtime(self._last_reading))

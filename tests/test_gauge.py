@@ -512,7 +512,7 @@ def test_closing_the_last_gauge_stops_the_polling_thread(
         fake.gpus[0].used = 10 * GiB  # while nothing polls
         third = Gauge(monitor)  # its first text was the reading from before the stop
         row = next(r for key, r in third._rows.items() if key != "host")
-        assert row.text.value.replace("\xa0", " ").startswith("<span>10.0 GiB / 80.0 GiB")
+        assert row.text.value.replace("\xa0", " ").startswith("<span>12% · 10.0 GiB / 80.0 GiB")
         _wait_for(lambda: third.updates >= 1)
         third.close()
         assert not monitor.running
@@ -977,3 +977,29 @@ def test_the_gauge_and_the_sidebar_judge_a_kernel_nvml_leaves_out_alike(
     reading = reader.read()
     trees = process_trees([WatchedKernel(os.getpid())])
     assert attribute(reading, trees, existing_pids(reading)).totals[os.getpid()] == total
+
+
+def test_a_rows_level_is_said_in_words_not_only_by_its_bars_colour() -> None:
+    """The percentage and the warning/danger level were only the bar's fill and colour: a
+    screen reader, a colour-blind user or a text copy had neither."""
+    from qwen3_jupyter.gauge import RowView, row_text
+
+    def view(percent: int | None, style: str) -> RowView:
+        return RowView("k", "GPU 0", "", percent, style, "62.0 GiB / 80.0 GiB", 0.78)
+
+    assert row_text(view(40, "success")) == "40% · 62.0 GiB / 80.0 GiB"
+    assert row_text(view(78, "warning")) == "78% (high) · 62.0 GiB / 80.0 GiB"
+    assert row_text(view(97, "danger")) == "97% (nearly full) · 62.0 GiB / 80.0 GiB"
+    assert row_text(view(None, "danger")) == "62.0 GiB / 80.0 GiB", "no figure: no percentage"
+
+
+def test_a_live_gauges_stale_warning_is_hidden_from_screen_readers_too() -> None:
+    """The warning was only transparent (opacity 0) until it was due: a screen reader read
+    "not updated since …" on every live gauge. `visibility:hidden` hides it from them, and
+    the animation that shows it makes it visible."""
+    from qwen3_jupyter.gauge import footer_html
+
+    footer = footer_html(_snapshot_at_a_beat()[0])
+    stale = footer.split('class="qwen3-gauge-stale" style="', 1)[1].split('"', 1)[0]
+    assert "visibility:hidden" in stale and "opacity:0" in stale
+    assert "@keyframes qwen3-gauge-stale{to{max-height:6em;opacity:1;visibility:visible}}" in footer

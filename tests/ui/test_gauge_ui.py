@@ -114,6 +114,7 @@ def test_gauge_renders_and_updates_in_jupyterlab(
     assert live.inner_text().startswith(("NVML unavailable", "NVML ·"))
     stale = page.locator(".qwen3-gauge .qwen3-gauge-stale").first
     assert _opacity(stale) == 0.0, "a live gauge shows no stale warning"
+    assert _visibility(stale) == "hidden", "nor reads it out (a screen reader skips hidden)"
     readings = page.locator(".qwen3-gauge .qwen3-gauge-readings").first
     assert _opacity(readings) == 1.0
     # The kernel goes away: nothing tells the widget, so the gauge must notice by itself.
@@ -125,8 +126,8 @@ def test_gauge_renders_and_updates_in_jupyterlab(
         time.sleep(0.5)
     page.screenshot(path=str(output_dir / "gauge-jupyterlab-stale.png"))
     assert _opacity(stale) == 1.0, "the gauge still looks live after its kernel was shut down"
-    assert "not updated since" in stale.inner_text()
-    assert _opacity(live) < 0.5 and _opacity(readings) < 0.5  # the readings are dimmed
+    assert "not updated since" in stale.inner_text() and _visibility(stale) == "visible"
+    assert _opacity(live) < 1.0 and _opacity(readings) < 1.0  # the readings are dimmed
 
 
 def test_a_restarted_kernels_gauge_has_one_broken_link_mark_not_one_per_widget(
@@ -172,12 +173,21 @@ def _broken_link_marks(page: Any) -> dict[str, int]:
 
 
 def _opacity(locator: Any) -> float:
-    """The element's computed opacity. The gauge redraws its footer at every heartbeat: an
-    element replaced between Playwright finding it and reading its style reads '' (detached),
-    so the locator finds it again."""
+    return float(_computed(locator, "opacity"))
+
+
+def _visibility(locator: Any) -> str:
+    return _computed(locator, "visibility")
+
+
+def _computed(locator: Any, name: str) -> str:
+    """The element's computed style `name`. The gauge redraws its footer at every heartbeat:
+    an element replaced between Playwright finding it and reading its style reads ''
+    (detached), so the locator finds it again."""
     deadline = time.monotonic() + 5
+    script = f"e => e.isConnected ? getComputedStyle(e).{name} : ''"
     while True:
-        value = str(locator.evaluate("e => e.isConnected ? getComputedStyle(e).opacity : ''"))
+        value = str(locator.evaluate(script))
         if value or time.monotonic() > deadline:
-            return float(value)
+            return value
         time.sleep(0.05)
