@@ -116,6 +116,51 @@ export function usageLevel(
 }
 
 /**
+ * The level in words, beside its colour ("" when memory is fine or its total unknown): colour
+ * alone says nothing to a screen reader, nor to many colour-blind users.
+ */
+export function levelWord(level: UsageLevel): string {
+  return level === 'critical' ? 'critical' : level === 'warning' ? 'high' : '';
+}
+
+/** The ARIA attributes of a gauge's role=meter. */
+export interface IMeterAria {
+  'aria-valuemin': number;
+  'aria-valuemax': number;
+  'aria-valuenow': number;
+  'aria-valuetext': string;
+}
+
+/**
+ * A gauge's meter in percent (screen readers announce aria-valuenow against min and max, and
+ * raw bytes read as "66571993088"), and as text: the figures on show and the level, e.g.
+ * "62.0 of 80.0 GiB, 78%, high".
+ */
+export function meterAria(
+  used: number | null,
+  total: number | null,
+  thresholds: IThresholds = DEFAULT_THRESHOLDS
+): IMeterAria {
+  const fraction = usageFraction(used, total);
+  const parts = [formatUsedOfTotal(used, total).replace(' / ', ' of ')];
+  if (fraction === null) {
+    parts.push('total unknown');
+  } else {
+    parts.push(formatPercent(fraction));
+  }
+  const word = levelWord(usageLevel(fraction, thresholds));
+  if (word) {
+    parts.push(word);
+  }
+  return {
+    'aria-valuemin': 0,
+    'aria-valuemax': 100,
+    'aria-valuenow': Math.round((fraction ?? 0) * 100),
+    'aria-valuetext': parts.join(', ')
+  };
+}
+
+/**
  * GPUs whose memory is not already counted by another entry: every GPU without a MIG parent,
  * and the MIG instances whose parent is not listed (in a container that sees only its MIG
  * slice, the parent GPU cannot be read; the slice is all there is).
@@ -433,6 +478,32 @@ export function sparklineTitle(timestamps: readonly number[]): string {
   return span < 60 ? `Last ${Math.round(span)} s` : `Last ${Math.round(span / 60)} min`;
 }
 
+/**
+ * What a sparkline shows, for screen readers and its tooltip: "Last 2 min: rising, from
+ * 58.0 GiB to 62.0 GiB"; "steady at 1.5 GiB" when it moved by less than 1% of `max`. Empty when it has
+ * fewer than two readings (it draws nothing then).
+ */
+export function sparklineSummary(
+  values: readonly (number | null)[],
+  max: number,
+  timestamps: readonly number[]
+): string {
+  const known = values.filter((v): v is number => v !== null && Number.isFinite(v));
+  if (known.length < 2) {
+    return '';
+  }
+  const first = known[0];
+  const last = known[known.length - 1];
+  const change = max > 0 ? (last - first) / max : 0;
+  const span = sparklineTitle(timestamps);
+  const direction = change > 0 ? 'rising' : 'falling';
+  const trend =
+    Math.abs(change) < 0.01
+      ? `steady at ${formatBytes(last)}`
+      : `${direction}, from ${formatBytes(first)} to ${formatBytes(last)}`;
+  return span ? `${span}: ${trend}` : trend;
+}
+
 export interface IEmptyState {
   title: string;
   hint: string;
@@ -672,6 +743,15 @@ function outOfDate(
   const marker =
     typeof age === 'number' && Number.isFinite(age) ? ` (${Math.round(age)} s old)` : ' (old)';
   return { marker, note: stale };
+}
+
+/**
+ * The status-bar item's accessible name: what it is and does (the title), the figure it shows,
+ * and the level in words, which the item shows only as a coloured mark.
+ */
+export function statusBarLabel(state: IStatusBarState): string {
+  const word = levelWord(state.level);
+  return `${state.title} ${state.text}${word ? ` (${word})` : ''}`;
 }
 
 /** The status bar's one-liner (see `statusBarState`). */

@@ -24,14 +24,16 @@ import {
   kernelNameParts,
   kernelVramText,
   kernelVramTooltip,
+  levelWord,
   LOAD_EXTENSION_HINT,
+  meterAria,
   noGpuState,
   noKernelsState,
   panelNotes,
   physicalSum,
   sortKernels,
   sparklinePoints,
-  sparklineTitle,
+  sparklineSummary,
   unreadGpus,
   unreadGpuState,
   usageFraction,
@@ -46,6 +48,8 @@ import {
   outcomeApplies,
   ROW_MESSAGE_TTL_MS,
   RowAction,
+  rowAnnouncement,
+  rowButtonLabels,
   rowButtons,
   rowStatus
 } from './rows';
@@ -74,7 +78,7 @@ const SPARKLINE_INSET = 1;
 function Sparkline(props: {
   values: (number | null)[];
   max: number;
-  title: string;
+  timestamps: number[];
 }): JSX.Element | null {
   const width = 72;
   const height = 18;
@@ -83,6 +87,7 @@ function Sparkline(props: {
   if (runs.length === 0) {
     return null;
   }
+  const summary = sparklineSummary(props.values, props.max, props.timestamps);
   return (
     <svg
       className="q3j-sparkline"
@@ -90,9 +95,10 @@ function Sparkline(props: {
       width={width}
       height={height}
       preserveAspectRatio="none"
-      aria-hidden="true"
+      // One reading alone between gaps (a dot) has no trend to tell: hidden then.
+      {...(summary ? { role: 'img', 'aria-label': summary } : { 'aria-hidden': true })}
     >
-      {props.title ? <title>{props.title}</title> : null}
+      {summary ? <title>{summary}</title> : null}
       {runs.map((points, i) => (
         <polyline key={i} points={points} strokeLinecap="round" />
       ))}
@@ -107,11 +113,12 @@ function Gauge(props: {
   thresholds: IThresholds;
   detail?: string;
   history?: (number | null)[];
-  historyTitle?: string;
+  timestamps: number[];
   testId: string;
 }): JSX.Element {
   const fraction = usageFraction(props.used, props.total);
   const level = usageLevel(fraction, props.thresholds);
+  const word = levelWord(level);
   return (
     <div className={`q3j-gauge q3j-level-${level}`} data-testid={props.testId}>
       <div className="q3j-gauge-label" title={props.label}>
@@ -120,20 +127,25 @@ function Gauge(props: {
       <div
         className="q3j-bar"
         role="meter"
-        aria-valuemin={0}
-        aria-valuemax={props.total}
-        aria-valuenow={props.used}
         aria-label={props.label}
+        {...meterAria(props.used, props.total, props.thresholds)}
       >
         <div className="q3j-bar-fill" style={{ width: `${(fraction ?? 0) * 100}%` }} />
       </div>
       <div className="q3j-gauge-foot">
         <span className="q3j-gauge-value">
           {formatUsedOfTotal(props.used, props.total)} ({formatPercent(fraction)})
+          {/* The level in words too, not in colour alone. */}
+          {word ? (
+            <>
+              {' '}
+              <span className="q3j-level-word">{word}</span>
+            </>
+          ) : null}
           {props.detail ? <span className="q3j-gauge-detail"> · {props.detail}</span> : null}
         </span>
         {props.history ? (
-          <Sparkline values={props.history} max={props.total} title={props.historyTitle ?? ''} />
+          <Sparkline values={props.history} max={props.total} timestamps={props.timestamps} />
         ) : null}
       </div>
     </div>
@@ -151,6 +163,7 @@ function KernelRow(props: {
 }): JSX.Element {
   const { kernel, status } = props;
   const { freeDisabled, shutdownDisabled } = rowButtons(status);
+  const labels = rowButtonLabels(kernel);
   const name = kernelNameParts(kernel, props.siblings);
   const nameLine = (
     <>
@@ -207,24 +220,28 @@ function KernelRow(props: {
         </span>
       </div>
       <div className="q3j-kernel-actions">
+        {/* aria-disabled, not disabled: a disabled button drops the keyboard focus. */}
         <button
           className="jp-mod-styled q3j-free"
-          disabled={freeDisabled}
+          aria-disabled={freeDisabled}
+          aria-label={labels.free}
           title={freeMemoryAction(kernel).title}
-          onClick={props.onFree}
+          onClick={freeDisabled ? undefined : props.onFree}
         >
           Free memory
         </button>
         <button
           className="jp-mod-styled jp-mod-warn q3j-shutdown"
-          disabled={shutdownDisabled}
-          onClick={props.onShutdown}
+          aria-disabled={shutdownDisabled}
+          aria-label={labels.shutdown}
+          onClick={shutdownDisabled ? undefined : props.onShutdown}
         >
           Shut down
         </button>
       </div>
       {status ? (
-        <div className={`q3j-kernel-status q3j-tone-${status.tone}`} role="status">
+        // No live region: the panel's own announces the message (this one is new each time).
+        <div className={`q3j-kernel-status q3j-tone-${status.tone}`}>
           <div className="q3j-status-text">{status.text}</div>
           {status.detail ? <div className="q3j-status-detail">{status.detail}</div> : null}
         </div>
@@ -317,7 +334,6 @@ function MetricsView(props: {
   const noGpu = noGpuState(metrics);
   const noKernels = noKernelsState(metrics);
   const otherTotal = physicalSum(metrics.other_processes.gpu_memory);
-  const historyTitle = sparklineTitle(metrics.history.timestamps);
   const sorted = sortKernels(metrics.kernels);
 
   return (
@@ -344,7 +360,7 @@ function MetricsView(props: {
             thresholds={thresholds}
             detail={gpu.utilization === null ? undefined : `util ${gpu.utilization}%`}
             history={metrics.history.gpu_memory_used[gpu.key]}
-            historyTitle={historyTitle}
+            timestamps={metrics.history.timestamps}
           />
         ))}
         <Gauge
@@ -354,7 +370,7 @@ function MetricsView(props: {
           total={metrics.host.total}
           thresholds={thresholds}
           history={metrics.history.host_used}
-          historyTitle={historyTitle}
+          timestamps={metrics.history.timestamps}
         />
         {metrics.available && otherTotal !== 0 ? (
           <div
@@ -416,6 +432,18 @@ export class GpuMemoryPanel extends ReactWidget {
     model.changed.connect(this._pruneRows, this);
   }
 
+  /** Opened from the status bar or the command palette: the focus follows, to the heading. */
+  protected onActivateRequest(msg: Message): void {
+    super.onActivateRequest(msg);
+    // A frame later: the command palette, as it closes after running the command, gives the
+    // focus back to the main area's widget.
+    requestAnimationFrame(() => {
+      if (this.isVisible) {
+        this.node.querySelector<HTMLElement>('.q3j-title')?.focus();
+      }
+    });
+  }
+
   protected onAfterShow(msg: Message): void {
     super.onAfterShow(msg);
     this.model.panelVisible = true;
@@ -454,6 +482,7 @@ export class GpuMemoryPanel extends ReactWidget {
     // The message is about the kernel as the latest reading shows it (see `keepRowStatus`).
     const latest = this.model.metrics?.kernels.find(k => k.kernel_id === id) ?? kernel;
     this._rows.set(id, rowStatus(latest, message));
+    this._announcement = rowAnnouncement(latest, message);
     if (!message.pending) {
       this._expireLater();
     }
@@ -490,7 +519,13 @@ export class GpuMemoryPanel extends ReactWidget {
   render(): JSX.Element {
     return (
       <div className="q3j-content">
-        <h2 className="q3j-title">GPU memory</h2>
+        <h2 className="q3j-title" tabIndex={-1}>
+          GPU memory
+        </h2>
+        {/* Always there, so that screen readers hear what changes in it ("Freed 1.4 MiB"). */}
+        <div className="q3j-visually-hidden" role="status" aria-live="polite">
+          {this._announcement}
+        </div>
         <UseSignal signal={this.model.changed}>
           {() => (
             <MetricsView
@@ -506,5 +541,6 @@ export class GpuMemoryPanel extends ReactWidget {
   }
 
   private _rows = new Map<string, IRowStatus>();
+  private _announcement = '';
   private _expiries = new Set<ReturnType<typeof setTimeout>>();
 }

@@ -6,6 +6,7 @@
  * messages in a map by kernel id and applies them.
  */
 
+import { kernelLabel } from './format';
 import type { IKernelMetrics } from './metrics';
 
 /** How long a result ("Freed …", a hint, an error) stays under its row. */
@@ -50,7 +51,8 @@ export function rowStatus(
 /**
  * Which buttons of a row are disabled. "Free memory" while anything runs on the row; "Shut
  * down" only while a shutdown does: it is the way out of a cleanup that waits for a runaway
- * cell, however long that cell runs.
+ * cell, however long that cell runs. The panel marks them aria-disabled and ignores their
+ * clicks, rather than setting `disabled`: a disabled button loses the keyboard focus to <body>.
  */
 export function rowButtons(status: IRowStatus | undefined): {
   freeDisabled: boolean;
@@ -100,4 +102,24 @@ export function keepRowStatus(
     return true;
   }
   return now - status.since < ROW_MESSAGE_TTL_MS && !kernelChanged(status.subject, kernel);
+}
+
+/** The notebook a row is about, as its buttons' names and its announcements say it: the path
+ * (two notebooks of the same name in two folders read apart), or the console's name. */
+function rowSubject(kernel: IKernelMetrics): string {
+  return kernel.notebook_path || kernelLabel(kernel);
+}
+
+/**
+ * The accessible names of a row's buttons: the visible label and the notebook, so that a
+ * screen reader's list of buttons does not read "Free memory" once per notebook.
+ */
+export function rowButtonLabels(kernel: IKernelMetrics): { free: string; shutdown: string } {
+  const subject = rowSubject(kernel);
+  return { free: `Free memory of ${subject}`, shutdown: `Shut down ${subject}` };
+}
+
+/** What the panel's live region says when a row's message changes: "train.ipynb: Freed 1.4 MiB". */
+export function rowAnnouncement(kernel: IKernelMetrics, message: IRowMessage): string {
+  return `${rowSubject(kernel)}: ${message.text}`;
 }

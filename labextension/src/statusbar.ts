@@ -5,7 +5,7 @@
 
 import { Widget } from '@lumino/widgets';
 
-import { statusBarState } from './format';
+import { statusBarLabel, statusBarState } from './format';
 import { makeButton } from './button';
 import { MetricsModel } from './model';
 
@@ -34,7 +34,8 @@ export class GpuMemoryStatus extends Widget {
     this.node.textContent = state.text;
     this.node.dataset.level = state.level;
     this.node.title = state.title;
-    // The title says what the item is and does; the text, the figure it shows now.
-    this.node.setAttribute('aria-label', `${state.title} ${state.text}`);
+    // The title says what the item is and does; the text, the figure it shows now; and the
+    // level, which base.css shows as a coloured mark before the text.
+    this.node.setAttribute('aria-label', statusBarLabel(state));
   }
 }

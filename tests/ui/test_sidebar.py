@@ -110,15 +110,27 @@ def row(page: Any, notebook: str) -> Any:
     return page.locator(f"{PANEL} .q3j-kernel", has=page.locator(f'button[title="{notebook}"]'))
 
 
-def click_free(page: Any, notebook: str) -> None:
-    """Click "Free memory" once the sidebar's own poll has seen the extension in that kernel.
+def click_free(page: Any, notebook: str, keyboard: bool = False) -> None:
+    """Click "Free memory" once the sidebar's own poll has seen the extension in that kernel
+    (with `keyboard`, focus it and press Enter).
 
     Until then the button shows how to load the extension, and a click shows that hint: a click
     right after the server saw the extension lost that race once in a full run."""
     loaded = 'button.q3j-free[title="Run qwen3_jupyter.cleanup() in this kernel"]'
     button = row(page, notebook).locator(loaded)
     button.wait_for(timeout=30_000)
-    button.click()
+    if keyboard:
+        button.focus()
+        page.keyboard.press("Enter")
+    else:
+        button.click()
+
+
+FOCUSED = """() => {
+    const e = document.activeElement;
+    return e ? `${e.tagName.toLowerCase()}.${[...e.classList].join('.')}` : 'none';
+}"""
+"""What has the keyboard focus, as "tag.class.class"."""
 
 
 def rss(page: Any, notebook: str) -> int | None:
@@ -317,6 +329,12 @@ def test_sidebar_and_status_bar_show_a_gpu(
     status.focus()
     page.keyboard.press("Enter")
     panel.wait_for(state="visible", timeout=10_000)
+    # The focus follows into the panel (it stayed on the status bar).
+    wait_until(lambda: page.evaluate(FOCUSED) == "h2.q3j-title", 5, "the focus on the heading")
+    meter = panel.locator('[data-testid="q3j-gpu-0"] [role="meter"]')
+    assert meter.get_attribute("aria-valuenow") == "4"  # percent, not bytes
+    assert meter.get_attribute("aria-valuemax") == "100"
+    assert meter.get_attribute("aria-valuetext") == "3.0 of 80.0 GiB, 4%"
     server.api(
         "api/sessions",
         "POST",
@@ -343,7 +361,9 @@ def test_sidebar_and_status_bar_show_a_gpu(
             30,
             "the server to see the extension loaded",
         )
-        click_free(page, "train.ipynb")
+        free = row(page, "train.ipynb").locator("button.q3j-free")
+        assert free.get_attribute("aria-label") == "Free memory of train.ipynb"
+        click_free(page, "train.ipynb", keyboard=True)
         status_line = row(page, "train.ipynb").locator(".q3j-kernel-status .q3j-status-text")
 
         def answered() -> bool:
@@ -354,6 +374,11 @@ def test_sidebar_and_status_bar_show_a_gpu(
 
         wait_until(answered, 60, "the cleanup reply")
         assert "cleanup" in row(page, "train.ipynb").locator(".q3j-status-detail").inner_text()
+        # The focus stayed on the button (a disabled button dropped it to <body>), and the
+        # answer went to screen readers.
+        assert page.evaluate(FOCUSED) == "button.jp-mod-styled.q3j-free"
+        announced = panel.locator('[aria-live="polite"]').inner_text()
+        assert announced == f"train.ipynb: {status_line.inner_text()}", announced
         screenshot(page, output_dir / "sidebar-fake-gpu.png")
         shut_down_while_free_memory_waits(page, server, client, kernel, output_dir)
     finally:
@@ -373,6 +398,9 @@ def shut_down_while_free_memory_waits(
     train.get_by_text("Waiting for the running cell").wait_for(timeout=10_000)
     free, shutdown = train.locator("button.q3j-free"), train.locator("button.q3j-shutdown")
     assert free.is_disabled() and shutdown.is_enabled()
+    # aria-disabled, not disabled: the clicked button keeps the focus.
+    assert free.get_attribute("aria-disabled") == "true" and free.get_attribute("disabled") is None
+    assert page.evaluate(FOCUSED) == "button.jp-mod-styled.q3j-free"
     opacity = "node => Number(getComputedStyle(node).opacity)"
     assert free.evaluate(opacity) < 1 and shutdown.evaluate(opacity) == 1
     screenshot(page, output_dir / "sidebar-free-waits.png")
@@ -401,7 +429,9 @@ def test_a_lost_gpu_stays_in_the_sidebar_and_turns_the_status_bar_red(
     tmp_path: Path,
 ) -> None:
     """GPU 0 lost, GPU 1 at 88%: the sidebar keeps a row for GPU 0 that says it is lost (not
-    "No GPU to show"), and the status bar says "GPU 0 lost" in the error colour."""
+    "No GPU to show"), and the status bar says "GPU 0 lost" after a mark in the error colour
+    (its text in the bar's own colour: red text was under 4.5:1), and "critical" to screen
+    readers. GPU 1's gauge says "high" in text, and its meter the figures and the level."""
     fake = FakeNvml([FakeGpu(lost=True), FakeGpu(used=70 * GiB)])
     page = browser_page
     _, errors, panel = open_sidebar_on(fake, lab_server_factory, tmp_path, page)
@@ -410,10 +440,17 @@ def test_a_lost_gpu_stays_in_the_sidebar_and_turns_the_status_bar_red(
     assert "GPU 0 — could not be read (GPU is lost)" in lost.inner_text()
     assert "reboot" in lost.inner_text()
     assert "No GPU to show" not in panel.inner_text()
-    panel.locator('[data-testid="q3j-gpu-1"]').wait_for(timeout=10_000)
+    gpu1 = panel.locator('[data-testid="q3j-gpu-1"]')
+    gpu1.wait_for(timeout=10_000)
+    assert gpu1.locator(".q3j-level-word").inner_text() == "high"
+    meter = gpu1.locator('[role="meter"]')
+    assert meter.get_attribute("aria-valuetext") == "70.0 of 80.0 GiB, 88%, high"
     status = page.locator(".q3j-status")
     assert status.inner_text() == "GPU 0 lost"
     assert status.get_attribute("data-level") == "critical"
+    assert (status.get_attribute("aria-label") or "").endswith("GPU 0 lost (critical)")
+    mark = "node => getComputedStyle(node, '::before').backgroundColor"
+    assert status.evaluate(mark) not in ("", "rgba(0, 0, 0, 0)")
     assert "GPU 1: 70.0 / 80.0 GiB (88%)" in (status.get_attribute("title") or "")
     screenshot(page, output_dir / "sidebar-gpu-lost.png")
     assert errors == []
