@@ -254,11 +254,13 @@ class CleanMagics(Magics):
 
 
 DEBUGS_THE_LAST_ERROR = re.compile(
-    r"^\s*%{0,2}(?:debug|tb|pdb)\b|\bpdb\.pm\(|post_mortem\(|\bsys\.last_|last_execution_result",
+    r"^\s*%{1,2}(?:debug|tb|pdb)\b|^\s*(?:debug|tb)\s*$|\bpdb\.pm\(|post_mortem\(|\bsys\.last_"
+    r"|last_execution_result",
     re.MULTILINE,
 )
-"""A cell that reads the last error: `%debug` (or `debug`, with automagic), `%tb`, `%pdb`,
-`pdb.pm()`, `post_mortem(...)`, `sys.last_*`, IPython's last execution result."""
+"""A cell that reads the last error: `%debug`, `%tb`, `%pdb` (or `debug` or `tb` alone on a line,
+with automagic), `pdb.pm()`, `post_mortem(...)`, `sys.last_*`, IPython's last execution result.
+Not `tb = None` or `debug = False`: such a cell kept a failed cell's tensors through a retry."""
 
 
 def _debugs(result: Any) -> bool:

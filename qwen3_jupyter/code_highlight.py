@@ -36,10 +36,23 @@ _COLOURS = (  # most specific first: Name.Builtin before Name
 )
 
 
+LONGEST = 100_000
+"""Longer code is shown plain: lexing takes about 4 ms per KB."""
+
+
 def highlighted(code: str, language: str, as_text: Callable[[str], str] = html.escape) -> str:
     """`code` as HTML text, each token `as_text` and coloured by its kind; plain `as_text`
-    for a language Pygments does not know (or no language)."""
-    tokens = _tokens(code, language.lower()) if language else None
+    for a language Pygments does not know (or no language), or code over LONGEST characters.
+    The last few are kept (an answer is shown again at every streamed update, its finished
+    blocks unchanged)."""
+    if not language or len(code) > LONGEST:
+        return as_text(code)
+    return _highlighted(code, language.lower(), as_text)
+
+
+@functools.lru_cache(maxsize=16)
+def _highlighted(code: str, language: str, as_text: Callable[[str], str]) -> str:
+    tokens = _tokens(code, language)
     if tokens is None:
         return as_text(code)
     runs: list[tuple[str | None, str]] = []  # neighbours of one colour in one span
@@ -57,10 +70,8 @@ def highlighted(code: str, language: str, as_text: Callable[[str], str] = html.e
     )
 
 
-@functools.lru_cache(maxsize=64)
-def _tokens(code: str, language: str) -> tuple[tuple[str, str], ...] | None:
-    """Pygments' tokens of `code`, which put together are `code` exactly (else None). Cached:
-    an answer is shown again at every streamed update, its finished blocks unchanged."""
+def _tokens(code: str, language: str) -> list[tuple[str, str]] | None:
+    """Pygments' tokens of `code`, which put together are `code` exactly (else None)."""
     try:
         from pygments.lexers import get_lexer_by_name
         from pygments.util import ClassNotFound
@@ -71,7 +82,7 @@ def _tokens(code: str, language: str) -> tuple[tuple[str, str], ...] | None:
     except ClassNotFound:
         return None
     try:
-        tokens = tuple((str(kind), value) for kind, value in lexer.get_tokens(code))
+        tokens = [(str(kind), value) for kind, value in lexer.get_tokens(code)]
     except Exception:  # a lexer that fails on odd input: the code stays plain
         return None
     return tokens if "".join(value for _, value in tokens) == code else None

@@ -90,6 +90,8 @@ def _span_at(text: str, start: int, kinds: frozenset[str], missing: _Missing) ->
         return Span(start, found.end(), MATH) if found else None
     begin = _BEGIN.match(text, start)
     if begin is not None:
+        if _closed_by(text, begin.end(), "\\end{", missing) is None:
+            return None  # no environment ends after it: every name's search would fail
         end = _closed_by(text, begin.end(), f"\\end{{{begin.group(1)}}}", missing)
         return Span(start, end, MATH) if end is not None else None
     opener = text[start : start + 3]

@@ -168,6 +168,8 @@ def _list_item(lines: list[str], column: int, depth: int) -> str:
 def _quoted_block(lines: list[str], depth: int) -> str:
     """A quote's lines escaped as a text of their own, each given its `> ` back."""
     inner = "".join(_QUOTE.sub("", line, count=1) for line in lines)
+    if not inner.strip():  # an empty quote (`>` alone) stays: it holds nothing to escape
+        return "".join(lines)
     return "".join(
         f"> {line}" for line in _escape_blocks(inner, depth + 1).splitlines(keepends=True)
     )
@@ -215,7 +217,8 @@ def _fenced_block(lines: list[str], opening: re.Match[str], closed: bool) -> str
     info = lines[0][opening.end() :].strip().split(" ")[0]
     body = lines[1:-1] if closed else lines[1:]
     code = "".join(line[min(indent, len(line) - len(line.lstrip(" "))) :] for line in body)
-    return _html_block(code, _LANGUAGE.sub("", info))
+    # coloured once closed: an open block grows at every streamed update, lexed anew each time
+    return _html_block(code, _LANGUAGE.sub("", info), coloured=closed)
 
 
 def _indented_block(lines: list[str]) -> str:
@@ -232,12 +235,13 @@ def _indented_block(lines: list[str]) -> str:
 _LANGUAGE = re.compile(r"[^\w+#.-]")
 
 
-def _html_block(code: str, language: str) -> str:
+def _html_block(code: str, language: str, coloured: bool = False) -> str:
     """`code` as an HTML code block that shows it as written, coloured as JupyterLab colours
     its own (`code_highlight`), on lines of its own (an HTML block may break into a paragraph,
     and ends at its line with `</pre>`)."""
     attribute = f' class="language-{language}"' if language else ""
-    return f"<pre><code{attribute}>{highlighted(code, language, _as_html_text)}</code></pre>\n"
+    text = highlighted(code, language, _as_html_text) if coloured else _as_html_text(code)
+    return f"<pre><code{attribute}>{text}</code></pre>\n"
 
 
 _HTML_TEXT = str.maketrans({mark: f"&#{ord(mark)};" for mark in "$\\`*_[]~|!"})

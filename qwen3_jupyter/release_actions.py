@@ -222,8 +222,9 @@ def _holds_something_to_release(exc: BaseException) -> bool:
 
 
 USERS_WALK_DEPTH = 3
-"""How many steps from a user variable an exception is looked for first: `run.err` is two (the
-object, its attributes), `log["fit"][0]` two, `runs[0].errors[-1]` three."""
+"""How many steps from a user variable an exception is looked for first (then by its holders):
+`run.err` is two (the object, its attributes), `log["fit"][0]` two, `runs[0].errors[-1]`
+three."""
 USERS_WALK_BUDGET = 20_000
 """How many objects that look visits at most (a few milliseconds), whatever the namespace."""
 
@@ -233,48 +234,52 @@ def _users_exceptions(
 ) -> set[int]:
     """The ids of the `candidates` the user holds, with the exceptions their causes and
     contexts lead to: those the user's variables reach within USERS_WALK_DEPTH steps
-    (`_reached_from`); where that walk was cut short (its budget spent, a container longer
-    than it reads), also those anything but Python and IPython refers to (`_held_beyond`: a
-    pass over the whole heap, which makes the next gc pass a full one). Why: the walk stopped
-    at its budget in a namespace with a few large lists before it came to `log["fit"][0]`, and
-    a cleanup then made the tensor in that exception a string and dropped its traceback."""
+    (`_reached_from`, cheap), and of the others those anything but Python and IPython refers
+    to (`_held_beyond`: a pass over the whole heap, which makes the next gc pass a full one).
+    Why both: the walk alone missed an exception past its budget (a few large lists defined
+    first), deeper than its steps, or where it does not look (a closure, a deque, a dict key,
+    `__slots__`, a class attribute), and a cleanup then made the tensor in that exception a
+    string and dropped its traceback."""
     if not candidates or shell is None:
         return set()
-    reached, complete = _reached_from(user_variables(shell).values())
+    reached = _reached_from(user_variables(shell).values(), _ipython_walls(shell))
     unreached = [exc for exc in candidates if id(exc) not in reached]
-    if complete or not unreached:
+    if not unreached:
         return reached
     held = _held_beyond(unreached, shell, [*ignored, unreached])
     return reached | {id(exc) for exc in _exception_chain(held)}
 
 
-def _reached_from(values: Iterable[Any], per_container: int = 1000) -> tuple[set[int], bool]:
+def _ipython_walls(shell: Any) -> set[int]:
+    """IPython's own objects, which the walk from the variables must not enter: through
+    `ip = get_ipython()` it reached the failed cell's ExecutionResult, and IPython's own
+    reference to the exception counted as the user's (its frames were never freed)."""
+    walls = [shell, getattr(shell, "displayhook", None), getattr(shell, "history_manager", None)]
+    walls += [getattr(shell, "user_ns_hidden", None), getattr(shell, "InteractiveTB", None)]
+    walls += [result for _, result in _execution_results(shell)]
+    return {id(wall) for wall in walls if wall is not None}
+
+
+def _reached_from(values: Iterable[Any], walls: set[int], per_container: int = 1000) -> set[int]:
     """The ids of the exceptions the user's variables reach, with their causes and contexts:
     bound to a name (`err = e`), in a list or dict (`errors.append(e)`, `log["fit"][0]`), or on
     an object (`run.err = e`), within USERS_WALK_DEPTH steps, the first `per_container` items of
-    each container, USERS_WALK_BUDGET objects in all; and whether that was all there was to
-    read within those steps."""
+    each container, USERS_WALK_BUDGET objects in all, never entering `walls`."""
     found: list[BaseException] = []
-    seen: set[int] = set()
-    complete = True
+    seen: set[int] = set(walls)
     level = list(values)
     for depth in range(USERS_WALK_DEPTH + 1):
         following: list[Any] = []
         for value in level:
-            if id(value) in seen:
+            if id(value) in seen or len(seen) >= USERS_WALK_BUDGET:
                 continue
-            if len(seen) >= USERS_WALK_BUDGET:
-                complete = False
-                break
             seen.add(id(value))
             if isinstance(value, BaseException):
                 found.append(value)
             elif depth < USERS_WALK_DEPTH:
-                held = _held_by(value, per_container + 1)
-                complete = complete and len(held) <= per_container
-                following.extend(held[:per_container])
+                following.extend(_held_by(value, per_container))
         level = following
-    return {id(exc) for exc in _exception_chain(found)}, complete
+    return {id(exc) for exc in _exception_chain(found)}
 
 
 def _held_beyond(

@@ -1016,6 +1016,50 @@ def test_an_exception_the_user_keeps_beyond_the_walks_reach_is_left_as_it_is(k: 
     assert_survivors(k)
 
 
+def test_an_exception_the_user_keeps_where_the_walk_does_not_look_is_left_as_it_is(
+    k: Kernel,
+) -> None:
+    """The walk from the variables enters lists, dicts and attributes three steps deep: an
+    exception in a deque, a dict key, `__slots__`, a closure or five levels down was stripped
+    (its tensor made a string, its traceback dropped). And through `ip = get_ipython()` the
+    walk reached IPython's own reference to the failed cell's exception, whose frames were
+    then never freed."""
+    ok(k, "import collections\nclass Slotted:\n    __slots__ = ('err',)")
+    for kept, where in (
+        ("held = collections.deque([e])", "held[0]"),
+        ("held = {e: 1}", "next(iter(held))"),
+        ("held = Slotted(); held.err = e", "held.err"),
+        ("held = (lambda saved: lambda: saved)(e)", "held()"),
+        ("held = [[[[[e]]]]]", "held[0][0][0][0][0]"),
+    ):
+        failing = (
+            "try:\n"
+            "    raise ValueError('kept', torch.zeros(3))\n"
+            "except ValueError as e:\n"
+            f"    {kept}\n"
+            "    raise RuntimeError('validation failed')"
+        )
+        assert k.run(failing).status == "error"
+        ok(k, "r = qwen3_jupyter.cleanup()")
+        assert k.value(f"(type({where}.args[1]).__name__, {where}.__traceback__ is not None)") == (
+            "Tensor",
+            True,
+        ), where
+    ok(
+        k,
+        "ip = get_ipython()\n"
+        "def fail():\n"
+        "    w = torch.ones(MiB)\n"
+        "    refs['ip frame'] = weakref.ref(w)\n"
+        "    raise ValueError('not kept')",
+    )
+    assert k.run("fail()").status == "error"
+    ok(k, "r = qwen3_jupyter.cleanup()")
+    assert not alive(k, "ip frame"), "IPython's reference, reached through ip, is not the user's"
+    ok(k, "del held, Slotted, collections, ip, fail")
+    assert_survivors(k)
+
+
 def test_a_shown_tensor_is_released_after_the_user_bound_underscore(k: Kernel) -> None:
     """Once a cell binds `_` (`for _ in ...`, `_ = plt.plot(...)`), IPython stops moving it,
     and `user_ns_hidden['_']` kept the output it last pushed: the only reference to a shown

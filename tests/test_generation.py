@@ -401,6 +401,8 @@ def test_dollars_in_the_thinking_are_shown_as_typed_and_its_math_kept() -> None:
             '1. Install:\n   <pre><code class="language-bash">echo &lt;x&gt;\n   </code></pre>\n'
             "2. Note:\n\n    x &lt; y here",
         ),
+        (">", ">"),  # an empty quote was dropped
+        ("a\n> ", "a\n> "),
         (
             "> ```html\n> <b>x</b>\n> ```",
             '> <pre><code class="language-html">&lt;b&gt;x&lt;/b&gt;\n> </code></pre>\n',
