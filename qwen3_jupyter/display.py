@@ -391,7 +391,13 @@ def _cell(text: str, markdown: Callable[[str], str] | None = None, width: int = 
     written in the plain form."""
     flat = " ".join(text.split())
     flat = flat if len(flat) <= width else flat[: width - 1] + "…"
-    return (flat if markdown is None else markdown(flat)).replace("|", "\\|")
+    shown = flat if markdown is None else markdown(flat)
+    return _UNESCAPED_PIPE.sub(lambda pipe: pipe.group(1) + "\\|", shown)
+
+
+_UNESCAPED_PIPE = re.compile(r"(?<!\\)((?:\\\\)*)\|")
+"""A `|` not already escaped (an even run of backslashes before it): a text's own `\\|` made
+`\\\\|`, whose pipe split the table's cell."""
 
 
 def show_footer(result: Result) -> None:

@@ -73,13 +73,15 @@ def _span_at(text: str, start: int, kinds: frozenset[str], missing: _Missing) ->
     mark = text[start]
     if mark == "`":
         return _code_span(text, start, missing) if CODE in kinds else None
+    if _escaped_at(text, start):
+        return None  # `\<`, `\$`: text to Markdown
     if mark == "<":
         found = _AUTOLINK.match(text, start)
         return Span(start, found.end(), AUTOLINK) if found and AUTOLINK in kinds else None
     if mark == "(":
         found = _ADDRESS.match(text, start)
         return Span(start, found.end(), ADDRESS) if found and ADDRESS in kinds else None
-    if MATH not in kinds or (start and text[start - 1] == "\\"):
+    if MATH not in kinds:
         return None
     if mark == "$":
         if text.startswith("$$", start):
@@ -101,6 +103,15 @@ def _span_at(text: str, start: int, kinds: frozenset[str], missing: _Missing) ->
     return None
 
 
+def _escaped_at(text: str, index: int) -> bool:
+    """Whether the character at `index` is escaped: an odd run of backslashes before it
+    (`C:\\\\` then a backtick opens a code span)."""
+    backslashes = 0
+    while index - backslashes > 0 and text[index - backslashes - 1] == "\\":
+        backslashes += 1
+    return backslashes % 2 == 1
+
+
 def _closed_by(text: str, after: int, closer: str, missing: _Missing) -> int | None:
     """The end of the first `closer` at or after `after`, remembering when there is none."""
     if closer in missing.closers:
@@ -115,7 +126,7 @@ def _closed_by(text: str, after: int, closer: str, missing: _Missing) -> int | N
 def _code_span(text: str, start: int, missing: _Missing) -> Span | None:
     """A code span: a run of backticks (not escaped, not inside a longer run) closed by the
     next run of the same length."""
-    if start and text[start - 1] in "\\`":
+    if (start and text[start - 1] == "`") or _escaped_at(text, start):
         return None
     if missing.runs is None:
         missing.runs = {}

@@ -27,7 +27,7 @@ import html
 import re
 
 from .code_highlight import highlighted
-from .markdown_spans import AUTOLINK, CODE, MATH, spans
+from .markdown_spans import ADDRESS, AUTOLINK, CODE, MATH, spans
 
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _INDENTED = re.compile(r"^(?: {4}|\t)")
@@ -196,7 +196,7 @@ def _closes(line: str, fence: str) -> bool:
     """Whether `line` closes a block opened by `fence`: as JupyterLab's Markdown closes it,
     the fence followed by any backticks or tildes (```` ```~ ```` closed a block this module
     kept open, and what followed was read as code here and as text there)."""
-    closing = line.strip(" \t\n")
+    closing = line.rstrip("\n").strip(" ")  # a tab after it: no closing fence to Markdown
     indent = len(line) - len(line.lstrip(" "))
     return indent <= 3 and closing.startswith(fence) and set(closing) <= {"`", "~"}
 
@@ -274,7 +274,9 @@ def _kept(span: str, kind: str) -> str:
     """A span shown as written, its `<` and images neutralised: a code span holding either as
     HTML, math's `<` as TeX's `\\lt` (and `![` parted by an empty group), a link address's
     `<` as `&lt;` (Markdown reads it back as `<`)."""
-    if kind == AUTOLINK or not any(mark in span for mark in _NEEDS_HTML):
+    if kind in (AUTOLINK, ADDRESS):
+        return span[0] + span[1:-1].translate(_URL_QUOTED) + span[-1]
+    if not any(mark in span for mark in _NEEDS_HTML):
         return span
     if kind == CODE:
         ticks = len(span) - len(span.lstrip("`"))
@@ -284,7 +286,15 @@ def _kept(span: str, kind: str) -> str:
         return f"<code>{_as_html_text(inner.replace(chr(10), ' '))}</code>"
     if kind == MATH:
         return span.replace("<", "\\lt ").replace("![", "!{}[")
-    return span.replace("<", "&lt;").replace("![", IMAGE_SHOWN_AS_TEXT)
+    return span
+
+
+_URL_QUOTED = str.maketrans({mark: f"%{ord(mark):02X}" for mark in "$\"'<>[]|\\`!"})
+"""A link address or autolink, percent-encoded where Markdown or JupyterLab could read its
+characters as anything but an address: two `$` in addresses made one math span for
+JupyterLab, which put it back inside the `href` unquoted, and its `"` ended the attribute
+(`" onanimationstart="…"` ran, seen in Chromium); `![` was an image where JupyterLab did not
+take the span for an autolink; `|` split a table's cell. A browser reads `%24` as `$`."""
 
 
 _ESCAPED_ANGLE = re.compile(r"(?<!\\)((?:\\\\)*)\\<")

@@ -8,7 +8,7 @@ import re
 from qwen3_jupyter.code_highlight import highlighted
 
 SPAN = re.compile(
-    r'<span style="color: var\(--jp-mirror-editor-([\w-]+)-color\)">(.*?)</span>', re.S
+    r'<span style="color: var\(--jp-mirror-editor-([\w-]+)-color\)[^"]*">(.*?)</span>', re.S
 )
 
 CODE = 'def f(a, b):\n    """Doc <x>."""\n    return a < b and True  # cmp\n\n\n'
