@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from ..engines import qwen3_step
-from ..engines.compile_setup import TUNE_ENV, TUNING, tuning_enabled
+from ..engines.compile_setup import TUNE_ENV, TUNING, compile_settings, tuning_enabled
 from ..engines.decode_steps import DecodeState, restore_call_state, snapshot_call_state
 from ..engines.fast import FastEngine
 from ..engines.qwen3_step import UnsupportedModel
@@ -132,7 +132,7 @@ def _variant_step(
             return qwen3_step.decode_step(model, buffers, True, parts)
 
     started = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), compile_settings():  # more shapes than torch's 8: ours too
         direct()
         _sync(engine.device)
     seconds = time.perf_counter() - started
