@@ -925,6 +925,24 @@ def test_a_tensor_in_the_last_exceptions_args_is_released(k: Kernel) -> None:
     assert_survivors(k)
 
 
+def kept_through_a_cleanup(k: Kernel, kept: str, where: str, data: str = "bad_rows[1:]") -> None:
+    """A cell raises a ValueError carrying the tensor `data`, keeps it with the statement
+    `kept`, and fails; after a cleanup the exception at `where` still has its tensor and its
+    traceback, while IPython's own references to the last exception are gone."""
+    failing = (
+        "try:\n"
+        f"    raise ValueError('kept', {data})\n"
+        "except ValueError as e:\n"
+        f"    {kept}\n"
+        "    raise RuntimeError('validation failed')"
+    )
+    assert k.run(failing).status == "error"
+    ok(k, "r = qwen3_jupyter.cleanup()")
+    held = k.value(f"(type({where}.args[1]).__name__, {where}.__traceback__ is not None)")
+    assert held == ("Tensor", True), where
+    assert k.value("'sys.last_value' in r.summary()"), "IPython's own references still go"
+
+
 def test_an_exception_the_user_kept_is_left_as_it_is(k: Kernel) -> None:
     """`except ValueError as e: first_error = e`, then a new error: the cleanup replaced the
     tensor in first_error.args by its repr and dropped its traceback (and freed nothing: the
@@ -963,21 +981,8 @@ def test_an_exception_the_user_kept_is_left_as_it_is(k: Kernel) -> None:
             "run.chain.__cause__",
         ),
     ):
-        deeper = (
-            "class Run: pass\nrun, log = Run(), {'fit': []}\n"
-            "try:\n"
-            "    raise ValueError('kept deeper', bad_rows[1:])\n"
-            "except ValueError as e:\n"
-            f"    {kept}\n"
-            "    raise RuntimeError('validation failed')"
-        )
-        assert k.run(deeper).status == "error"
-        ok(k, "r = qwen3_jupyter.cleanup()")
-        assert k.value(f"(type({where}.args[1]).__name__, {where}.__traceback__ is not None)") == (
-            "Tensor",
-            True,
-        ), where
-        assert k.value("'sys.last_value' in r.summary()"), "IPython's own references still go"
+        ok(k, "class Run: pass\nrun, log = Run(), {'fit': []}")
+        kept_through_a_cleanup(k, kept, where)
     ok(k, "del bad_rows, first_error, errors, run, log, Run")
     assert_survivors(k)
 
@@ -998,20 +1003,7 @@ def test_an_exception_the_user_keeps_beyond_the_walks_reach_is_left_as_it_is(k: 
         ),
         ("keeper = (lambda saved: lambda: saved)(e)", "keeper()"),
     ):
-        failing = (
-            "try:\n"
-            "    raise ValueError('kept', bad_rows[1:])\n"
-            "except ValueError as e:\n"
-            f"    {kept}\n"
-            "    raise RuntimeError('validation failed')"
-        )
-        assert k.run(failing).status == "error"
-        ok(k, "r = qwen3_jupyter.cleanup()")
-        assert k.value(f"(type({where}.args[1]).__name__, {where}.__traceback__ is not None)") == (
-            "Tensor",
-            True,
-        ), where
-        assert k.value("'sys.last_value' in r.summary()"), "IPython's own references still go"
+        kept_through_a_cleanup(k, kept, where)
     ok(k, "del rows, bad_rows, Run, log, deep, keeper")
     assert_survivors(k)
 
@@ -1032,19 +1024,7 @@ def test_an_exception_the_user_keeps_where_the_walk_does_not_look_is_left_as_it_
         ("held = (lambda saved: lambda: saved)(e)", "held()"),
         ("held = [[[[[e]]]]]", "held[0][0][0][0][0]"),
     ):
-        failing = (
-            "try:\n"
-            "    raise ValueError('kept', torch.zeros(3))\n"
-            "except ValueError as e:\n"
-            f"    {kept}\n"
-            "    raise RuntimeError('validation failed')"
-        )
-        assert k.run(failing).status == "error"
-        ok(k, "r = qwen3_jupyter.cleanup()")
-        assert k.value(f"(type({where}.args[1]).__name__, {where}.__traceback__ is not None)") == (
-            "Tensor",
-            True,
-        ), where
+        kept_through_a_cleanup(k, kept, where, "torch.zeros(3)")
     ok(
         k,
         "ip = get_ipython()\n"

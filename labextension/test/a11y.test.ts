@@ -1,5 +1,7 @@
 import { describe, expect, it } from 'vitest';
 
+import { kernel } from './kernels';
+
 import {
   levelWord,
   meterAria,
@@ -7,25 +9,9 @@ import {
   statusBarLabel,
   statusBarState
 } from '../src/format';
-import type { IKernelMetrics } from '../src/metrics';
 import { rowAnnouncement, rowButtonLabels } from '../src/rows';
 
 const GiB = 1024 ** 3;
-
-function kernel(partial: Partial<IKernelMetrics> = {}): IKernelMetrics {
-  return {
-    kernel_id: 'k1',
-    name: 'python3',
-    notebook_path: 'runs/train.ipynb',
-    pid: 4242,
-    rss: 0,
-    gpu_memory: {},
-    gpu_memory_total: 0,
-    extension_loaded: true,
-    execution_state: 'idle',
-    ...partial
-  };
-}
 
 describe('levels in words', () => {
   it('name warning and critical, and say nothing of the rest', () => {
@@ -91,7 +77,7 @@ describe('the status-bar item', () => {
 describe('row buttons for assistive technology', () => {
   it('name the notebook they act on', () => {
     // Every row's buttons were "Free memory" and "Shut down", whatever their notebook.
-    expect(rowButtonLabels(kernel())).toEqual({
+    expect(rowButtonLabels(kernel({ notebook_path: 'runs/train.ipynb' }))).toEqual({
       free: 'Free memory of runs/train.ipynb',
       shutdown: 'Shut down runs/train.ipynb'
     });
@@ -101,6 +87,8 @@ describe('row buttons for assistive technology', () => {
 
   it('announce what a row says, naming its notebook', () => {
     const freed = { pending: null, tone: 'success' as const, text: 'Freed 1.4 MiB' };
-    expect(rowAnnouncement(kernel(), freed)).toBe('runs/train.ipynb: Freed 1.4 MiB');
+    expect(rowAnnouncement(kernel({ notebook_path: 'runs/train.ipynb' }), freed)).toBe(
+      'runs/train.ipynb: Freed 1.4 MiB'
+    );
   });
 });

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 
-import type { IKernelMetrics } from '../src/metrics';
+import { kernel } from './kernels';
+
 import {
   IRowMessage,
   keepRowStatus,
@@ -9,21 +10,6 @@ import {
   rowButtons,
   rowStatus
 } from '../src/rows';
-
-function kernel(partial: Partial<IKernelMetrics> = {}): IKernelMetrics {
-  return {
-    kernel_id: 'k1',
-    name: 'python3',
-    notebook_path: 'train.ipynb',
-    pid: 4242,
-    rss: 0,
-    gpu_memory: {},
-    gpu_memory_total: 0,
-    extension_loaded: true,
-    execution_state: 'idle',
-    ...partial
-  };
-}
 
 const freed: IRowMessage = { pending: null, tone: 'success', text: 'Nothing to free' };
 const waiting: IRowMessage = {
