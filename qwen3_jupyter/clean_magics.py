@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import logging
 import re
+import sys
 import types
 import weakref
 from argparse import Namespace
@@ -25,6 +26,7 @@ from .holders import definition_holders
 from .interrupts import CELL_INTERRUPTS
 from .magic_args import asks_help, did_you_mean, parse_options, plain_usage, show_help
 from .memory import format_bytes
+from .out_of_memory import out_of_memory_reason
 from .release_actions import release_last_exception
 
 _log = logging.getLogger(__name__)
@@ -271,11 +273,12 @@ def _debugs(result: Any) -> bool:
 
 def _debuggable_error(result: Any) -> bool:
     """Whether the cell ended in an error worth keeping for %debug: any but running out of
-    memory, whose frames hold what the next try needs."""
+    memory (`out_of_memory_reason`: torch's allocators, cuBLAS, a wrapped one), whose frames
+    hold what the next try needs."""
     error = getattr(result, "error_in_exec", None)
-    if not isinstance(error, BaseException):
+    if not isinstance(error, BaseException) or isinstance(error, MemoryError):
         return False
-    return not isinstance(error, MemoryError) and type(error).__name__ != "OutOfMemoryError"
+    return "torch" not in sys.modules or out_of_memory_reason(error) is None
 
 
 def _parse_keep(text: str) -> tuple[str, ...]:
